@@ -1,0 +1,74 @@
+"""The agent's own log: one line per event on stderr, never a traceback storm.
+
+Deliberately not the ``logging`` module: it is not needed to write a line, and
+importing it would cost every traced process start-up time. The level comes from
+``OTEL_LOG_LEVEL``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
+
+_LEVELS = {
+    "debug": DEBUG,
+    "info": INFO,
+    "warn": WARNING,
+    "warning": WARNING,
+    "error": ERROR,
+    "critical": ERROR,
+}
+_NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
+
+_warned: set = set()
+
+
+class Logger:
+    level = INFO
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
+        return level >= self.level
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        if level < self.level:
+            return
+        try:
+            text = message % args if args else message
+            sys.stderr.write("autotrace %s: %s\n" % (_NAMES.get(level, level), text))
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a closed or odd stderr must not break the app
+            pass
+
+    def debug(self, message: str, *args: object) -> None:
+        self.log(DEBUG, message, *args)
+
+    def info(self, message: str, *args: object) -> None:
+        self.log(INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(WARNING, message, *args)
+
+
+logger = Logger()
+
+
+def setup(level_name: str | None) -> None:
+    """Set the agent's level from an OTEL_LOG_LEVEL value."""
+    logger.level = _LEVELS.get((level_name or "info").strip().lower(), INFO)
+
+
+def level_is_valid(level_name: str) -> bool:
+    return level_name.strip().lower() in _LEVELS
+
+
+def warn_once(key: str, message: str, *args: object) -> None:
+    """Log a warning once per process for ``key`` (usually the variable's name)."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.warning(message, *args)
+
+
+def debug_enabled() -> bool:
+    return logger.isEnabledFor(DEBUG)

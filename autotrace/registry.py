@@ -1,0 +1,168 @@
+"""The hook registry: which hook waits for which module, armed with post-import hooks.
+
+Nothing here imports an instrumented library. A hook module is imported only when the
+module it waits for has been imported by the app; a module already imported when the
+registry is armed is patched at once (see :mod:`autotrace.importer`, which has the
+contract of wrapt's post-import hooks without the cost of importing wrapt).
+
+Each hook runs inside :func:`_guarded`: an exception logs one line and leaves that
+library unpatched; the app's ``import`` never fails because of a hook.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import _log, importer
+
+TYPE_CHECKING = False  # typing is not imported at start-up
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Iterable
+
+logger = _log.logger
+
+
+class Hook:
+    """One row of the table."""
+
+    __slots__ = ("name", "module", "hook", "distribution", "min_version", "below_version")
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        hook: str,
+        distribution: str | None = None,
+        min_version: tuple[int, ...] = (),
+        below_version: tuple[int, ...] | None = None,
+    ) -> None:
+        self.name = name  # what OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names
+        self.module = module  # the module whose import fires the hook
+        self.hook = hook  # "package.module[:function]"; the function defaults to ``patch``
+        self.distribution = distribution  # distribution whose version is gated
+        self.min_version = min_version  # inclusive
+        self.below_version = below_version  # exclusive
+
+    def __repr__(self) -> str:
+        return f"Hook({self.name!r}, {self.module!r}, {self.hook!r})"
+
+
+# One row per instrumented library. The library hooks arrive with their own issues; the
+# table's mechanics are exercised by AUTOTRACE_EXTRA_HOOKS in the tests.
+HOOKS: tuple[Hook, ...] = ()
+
+_lock = threading.Lock()
+_armed: dict[str, Hook] = {}
+_applied: set[tuple[str, int]] = set()
+_status: dict[str, str] = {}
+
+
+def status() -> dict[str, str]:
+    """Hook name -> "armed", "applied ..." or "skipped ..." (for diagnostics)."""
+    with _lock:
+        return dict(_status)
+
+
+def _set_status(hook: Hook, text: str, level: int = 10) -> None:
+    with _lock:
+        _status[hook.name] = text
+    logger.log(level, "hook %s %s", hook.name, text)
+
+
+def known_names() -> frozenset[str]:
+    return frozenset(h.name for h in HOOKS)
+
+
+def arm(hooks: Iterable[Hook], disabled: frozenset = frozenset()) -> None:
+    """Register every hook not disabled; idempotent per hook name."""
+    for hook in hooks:
+        if hook.name in disabled:
+            _set_status(hook, "skipped: disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")
+            continue
+        with _lock:
+            if hook.name in _armed:
+                continue
+            _armed[hook.name] = hook
+            _status[hook.name] = f"armed (waits for {hook.module})"
+        logger.debug("hook %s armed (waits for %s)", hook.name, hook.module)
+        importer.register(hook.module, _guarded(hook))
+
+
+def _guarded(hook: Hook):
+    def fire(module: ModuleType) -> None:
+        try:
+            key = (hook.name, id(module))
+            with _lock:
+                if key in _applied:
+                    return
+                _applied.add(key)
+            version = _version_gate(hook)
+            if version is False:
+                return
+            module_name, _, function_name = hook.hook.partition(":")
+            import importlib
+
+            patch = getattr(importlib.import_module(module_name), function_name or "patch")
+            patch(module)
+            _set_status(hook, f"applied to {hook.module}" + (f" ({hook.distribution} {version})" if version else ""))
+        except Exception as exc:  # noqa: BLE001 - the app's import must never fail
+            _set_status(
+                hook,
+                f"failed: {type(exc).__name__}: {exc}; {hook.module} left unpatched",
+                level=30,
+            )
+
+    return fire
+
+
+def _version_gate(hook: Hook) -> str | bool | None:
+    """The library's version when supported, None when not gated, False when skipped."""
+    if hook.distribution is None:
+        return None
+    import importlib_metadata
+
+    try:
+        version = importlib_metadata.version(hook.distribution)
+    except importlib_metadata.PackageNotFoundError:
+        _set_status(hook, f"skipped: distribution {hook.distribution} not found")
+        return False
+    parsed = parse_version(version)
+    if parsed < hook.min_version or (hook.below_version is not None and parsed >= hook.below_version):
+        _set_status(
+            hook,
+            f"skipped: {hook.distribution} {version} is not supported "
+            f"(supported: {_range(hook)})",
+            level=20,
+        )
+        return False
+    return version
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """The leading numeric release parts of a version ("2.31.0rc1" -> (2, 31, 0))."""
+    parts = []
+    for piece in text.split("."):
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(piece):
+            break
+    return tuple(parts)
+
+
+def _range(hook: Hook) -> str:
+    low = ".".join(map(str, hook.min_version)) or "any"
+    if hook.below_version is None:
+        return f">={low}"
+    return f">={low},<{'.'.join(map(str, hook.below_version))}"
+
+
+def extra_hooks(pairs: Iterable[tuple[str, str]]) -> list[Hook]:
+    """Hooks named by AUTOTRACE_EXTRA_HOOKS (``target.module=hook.module[:function]``)."""
+    return [Hook(name=hook.partition(":")[0], module=target, hook=hook) for target, hook in pairs]

@@ -1,0 +1,313 @@
+"""OpenTelemetry SDK set-up: one global TracerProvider, batch export, bounded flush.
+
+This module is imported only when the tracing API is first used (see
+:mod:`autotrace.provider`), never at start-up; exporter transports (grpc, requests)
+are imported inside the factories, for the protocol chosen only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import threading
+from typing import Callable, Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from . import _log
+from ._version import __version__
+from .config import Settings
+from .entrypoint import Entrypoint
+
+logger = _log.logger
+
+
+class ExporterHandle(SpanExporter):
+    """Owns one real exporter: made at set-up, made anew in a forked child.
+
+    It is made at set-up, not at the first export, because the first export may come
+    at interpreter exit, when importing the exporter's transport is no longer allowed.
+    A child of ``fork`` must not share the parent's connection (a requests session or a
+    gRPC channel), so it makes its own at its first export; the modules are already
+    imported by then. Export runs with instrumentation suppressed, the key every
+    autotrace hook checks, so the exporter's own calls are never traced or injected.
+    """
+
+    def __init__(self, name: str, factory: Callable[[], SpanExporter]) -> None:
+        self.name = name
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._failed = False
+        self._exporter: SpanExporter | None = None
+        self._get()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._exporter = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> SpanExporter | None:
+        if self._exporter is None and not self._failed:
+            with self._lock:
+                if self._exporter is None and not self._failed:
+                    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+                    try:
+                        self._exporter = self._factory()
+                    except Exception as exc:  # noqa: BLE001 - fail open, one line
+                        self._failed = True
+                        logger.warning(
+                            "cannot create the %s exporter (%s: %s); spans are dropped",
+                            self.name,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    finally:
+                        detach(token)
+        return self._exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        exporter = self._get()
+        if exporter is None:
+            return SpanExportResult.FAILURE
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            return exporter.export(spans)
+        finally:
+            detach(token)
+
+    def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
+        exporter = self._exporter
+        if exporter is not None:
+            exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        exporter = self._exporter
+        return True if exporter is None else exporter.force_flush(timeout_millis)
+
+
+def _otlp_factory(settings: Settings) -> Callable[[], SpanExporter]:
+    def make() -> SpanExporter:
+        if settings.protocol == "grpc":
+            from grpc import Compression as GrpcCompression
+
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+
+            return GrpcExporter(
+                endpoint=settings.endpoint,
+                insecure=settings.insecure,
+                headers=dict(settings.headers),
+                timeout=settings.timeout_s,
+                compression=GrpcCompression.Gzip
+                if settings.compression == "gzip"
+                else GrpcCompression.NoCompression,
+            )
+        from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        return HttpExporter(
+            endpoint=settings.endpoint,
+            headers=dict(settings.headers),
+            timeout=settings.timeout_s,
+            compression=HttpCompression.Gzip
+            if settings.compression == "gzip"
+            else HttpCompression.NoCompression,
+        )
+
+    return make
+
+
+def _console_factory() -> SpanExporter:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    return ConsoleSpanExporter(out=sys.stderr)
+
+
+def build_resource(settings: Settings, entry: Entrypoint, service_name: str) -> Resource:
+    """The resource, built directly (no detector entry points: they cost start-up time).
+
+    Process attributes leave out the command's arguments: they may hold secrets.
+    """
+    attributes: dict[str, object] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": _sdk_version(),
+        "telemetry.distro.name": "autotrace",
+        "telemetry.distro.version": __version__,
+        "process.pid": os.getpid(),
+        "process.executable.name": os.path.basename(sys.executable or "python"),
+        "process.executable.path": sys.executable or "",
+        "process.command": entry.program,
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "host.name": socket.gethostname(),
+        "host.arch": platform.machine(),
+        "os.type": sys.platform,
+    }
+    attributes.update(settings.resource_attributes)
+    attributes["service.name"] = service_name
+    return Resource(attributes)
+
+
+def _sdk_version() -> str:
+    try:
+        from opentelemetry.sdk.version import __version__ as version
+
+        return version
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def build_sampler(settings: Settings) -> sampling.Sampler:
+    name, arg = settings.sampler, settings.sampler_arg
+    if name == "always_on":
+        return sampling.ALWAYS_ON
+    if name == "always_off":
+        return sampling.ALWAYS_OFF
+    if name == "traceidratio":
+        return sampling.TraceIdRatioBased(arg)
+    if name == "parentbased_always_off":
+        return sampling.ParentBased(sampling.ALWAYS_OFF)
+    if name == "parentbased_traceidratio":
+        return sampling.ParentBased(sampling.TraceIdRatioBased(arg))
+    return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+class AgentTracer(Tracer):
+    """A tracer of the agent's provider that follows the app's provider once the app sets one.
+
+    Code that took a tracer before the app set its own provider (module-level
+    ``tracer = trace.get_tracer(__name__)``, or a hook patched early) must end up
+    in the app's provider, as it would without the agent.
+    """
+
+    def start_span(self, *args, **kwargs):  # type: ignore[override]
+        replacement = _app_provider
+        if replacement is not None:
+            scope = self.instrumentation_scope
+            return replacement.get_tracer(scope.name, scope.version, scope.schema_url).start_span(*args, **kwargs)
+        return super().start_span(*args, **kwargs)
+
+
+class AgentTracerProvider(TracerProvider):
+    def get_tracer(self, *args, **kwargs):  # type: ignore[override]
+        replacement = _app_provider
+        if replacement is not None:
+            return replacement.get_tracer(*args, **kwargs)
+        tracer = super().get_tracer(*args, **kwargs)
+        if type(tracer) is Tracer:
+            tracer.__class__ = AgentTracer
+        return tracer
+
+
+_provider: AgentTracerProvider | None = None
+_app_provider: trace.TracerProvider | None = None
+
+
+def install(set_global: Callable[[trace.TracerProvider], None], settings: Settings, resource: Resource) -> None:
+    """Create the agent's provider and make it the global one (with ``set_global``)."""
+    global _provider
+    provider = AgentTracerProvider(
+        sampler=build_sampler(settings), resource=resource, shutdown_on_exit=False
+    )
+    factories: dict[str, Callable[[], SpanExporter]] = {
+        "otlp": _otlp_factory(settings),
+        "console": _console_factory,
+    }
+    for name in settings.exporters:
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                ExporterHandle(name, factories[name]),
+                max_queue_size=settings.bsp_max_queue_size,
+                schedule_delay_millis=settings.bsp_schedule_delay_ms,
+                max_export_batch_size=settings.bsp_max_export_batch_size,
+                export_timeout_millis=settings.bsp_export_timeout_ms,
+            )
+        )
+    set_global(provider)
+    _provider = provider
+    logger.debug("TracerProvider set up (exporters: %s)", ",".join(settings.exporters) or "none")
+
+
+def hand_over(trace_module, app_provider: trace.TracerProvider) -> bool:
+    """Make the app's provider the global one in place of the agent's.
+
+    The API allows one ``set_tracer_provider``; ours came first, so the app's call would
+    be refused and its exporters silently unused. Instead the app's provider becomes the
+    global one, tracers already handed out follow it (:class:`AgentTracer`), and ours
+    flushes what it holds through its own exporters.
+    """
+    global _app_provider
+    provider = _provider
+    if provider is None or app_provider is provider or _app_provider is not None:
+        return False
+    try:
+        trace_module._TRACER_PROVIDER = app_provider  # noqa: SLF001 - no public way to replace
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("cannot hand over to the app's TracerProvider (%s)", exc)
+        return False
+    _app_provider = app_provider
+    logger.info("the app set its own TracerProvider (%s); spans now go there", type(app_provider).__name__)
+    threading.Thread(target=provider.shutdown, name="autotrace-handover", daemon=True).start()
+    return True
+
+
+def _bounded(work: Callable[[], None], timeout_s: float) -> bool:
+    """Run ``work`` on a helper thread, waiting at most ``timeout_s`` for it.
+
+    An exporter stuck on a dead collector cannot hold the process past the bound.
+    """
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("flushing spans failed (%s: %s)", type(exc).__name__, exc)
+
+    worker = threading.Thread(target=run, name="autotrace-flush", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        logger.warning("spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT); going on without them", timeout_s)
+        return False
+    return True
+
+
+def flush(timeout_s: float, final: bool = True) -> bool:
+    """Flush the agent's provider (and shut it down when ``final``), at most ``timeout_s``."""
+    provider = _provider
+    if provider is None:
+        return True
+    app = _app_provider
+
+    def work() -> None:
+        if final:
+            provider.shutdown()
+        else:
+            provider.force_flush(int(timeout_s * 1000))
+        if app is not None and hasattr(app, "force_flush"):
+            app.force_flush(int(timeout_s * 1000))
+
+    return _bounded(work, timeout_s)
+
+
+def flush_app_provider(timeout_s: float) -> bool:
+    """Flush a provider the app set itself (it shuts itself down at exit)."""
+    current = trace.get_tracer_provider()
+    if not hasattr(current, "force_flush"):
+        return True
+    return _bounded(lambda: current.force_flush(int(timeout_s * 1000)), timeout_s)

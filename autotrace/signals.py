@@ -1,0 +1,67 @@
+"""Flush spans when SIGTERM or SIGINT ends the process.
+
+A container runtime stops the app with SIGTERM, whose default action kills the process
+without running ``atexit``. For each signal we take over only where the process would
+otherwise die without flushing, and keep what a plain run would do afterwards:
+
+- default action (SIG_DFL): flush, restore SIG_DFL, re-send the signal, so the process
+  ends with the same status as a plain run;
+- a Python handler installed before us (by a ``sitecustomize`` of the user's): flush,
+  then call it;
+- ignored (SIG_IGN) or Python's default SIGINT handler (KeyboardInterrupt, after which
+  ``atexit`` flushes): left alone.
+
+A handler the app installs later replaces ours; such handlers usually end the process
+with ``sys.exit``, and ``atexit`` flushes then. Handlers are installed from the main
+thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+TYPE_CHECKING = False  # typing is not imported at start-up
+if TYPE_CHECKING:
+    from typing import Callable
+
+from . import _log
+
+logger = _log.logger
+
+_installed: dict[int, object] = {}
+
+
+def install(flush: Callable[[bool], object]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous = signal.getsignal(signum)
+            if previous in (signal.SIG_IGN, signal.default_int_handler, None):
+                continue
+            if signum in _installed:
+                continue
+            signal.signal(signum, _handler(signum, previous, flush))
+            _installed[signum] = previous
+        except (ValueError, OSError, RuntimeError) as exc:
+            logger.debug("cannot watch signal %s: %s", signum, exc)
+
+
+def _handler(signum: int, previous: object, flush: Callable[[bool], object]):
+    def on_signal(received: int, frame) -> None:
+        try:
+            # Final only when the process is about to die of the signal.
+            flush(not callable(previous))
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("flush on signal %s failed: %s", received, exc)
+        if callable(previous):
+            previous(received, frame)
+            return
+        # Default action: die of the same signal, as a plain run would.
+        signal.signal(received, signal.SIG_DFL)
+        os.kill(os.getpid(), received)
+
+    on_signal.autotrace_previous = previous  # type: ignore[attr-defined]
+    return on_signal

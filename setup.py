@@ -1,0 +1,59 @@
+"""Ships ``autotrace-agent.pth`` at the top of site-packages (activation by environment).
+
+Everything else is in pyproject.toml. setuptools has no declarative way to place a file
+beside the packages, so build_py copies it into wheels, and the editable wheel gets it
+beside the editable finder (whose ``__editable__`` .pth sorts, and so runs, first).
+"""
+
+import os
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PTH = "autotrace-agent.pth"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildPyWithPth(build_py):
+    def run(self):
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH), preserve_mode=0)
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if getattr(self, "editable_mode", False):
+            return outputs
+        return outputs + [os.path.join(self.build_lib, PTH)]
+
+
+commands = {"build_py": BuildPyWithPth}
+
+try:
+    from setuptools.command.editable_wheel import editable_wheel
+
+    class _StrategyWithPth:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __enter__(self):
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc_info):
+            return self.inner.__exit__(*exc_info)
+
+        def __call__(self, wheel, files, mapping):
+            self.inner(wheel, files, mapping)
+            with open(os.path.join(HERE, PTH), "rb") as file:
+                wheel.writestr(PTH, file.read())
+
+    class EditableWheelWithPth(editable_wheel):
+        def _select_strategy(self, *args, **kwargs):
+            return _StrategyWithPth(super()._select_strategy(*args, **kwargs))
+
+    commands["editable_wheel"] = EditableWheelWithPth
+except (ImportError, AttributeError):  # an old setuptools: editable installs lack the .pth
+    pass
+
+setup(cmdclass=commands)
