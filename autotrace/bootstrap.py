@@ -49,6 +49,7 @@ def _start() -> None:
         return
 
     service_name = _service_name(settings, entry)
+    _align_propagators(settings)
     if _log.debug_enabled():
         for name, value in settings.describe():
             logger.debug("config %s: %s", name, value)
@@ -87,6 +88,21 @@ def _service_name(settings, entry) -> str:
     # Children that cannot name themselves take this process's name.
     os.environ[PARENT_SERVICE_ENV] = name
     return name
+
+
+def _align_propagators(settings) -> None:
+    """Make ``OTEL_PROPAGATORS`` say what the agent validated.
+
+    The API reads the variable itself when ``opentelemetry.propagate`` is imported and
+    fails that import on a name it cannot load; the agent has already warned about such
+    a name and dropped it, so the app's import must not fail on it.
+    """
+    configured = os.environ.get("OTEL_PROPAGATORS")
+    if configured is None:
+        return
+    effective = ",".join(settings.propagators) or "none"
+    if [p.strip() for p in configured.split(",") if p.strip()] != effective.split(","):
+        os.environ["OTEL_PROPAGATORS"] = effective
 
 
 def _install_flush(timeout_s: float) -> None:

@@ -27,7 +27,8 @@ SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
-PROPAGATORS = ("tracecontext", "baggage", "none")
+PROPAGATORS = ("tracecontext", "baggage")
+DEFAULT_PROPAGATORS = ("tracecontext", "baggage")
 COMPRESSIONS = ("gzip", "none")
 
 DEFAULT_PROTOCOL = "http/protobuf"
@@ -151,14 +152,12 @@ class _Env:
         return names[-1], None
 
     def bad(self, name: str, value: str, expected: str, default: object) -> None:
-        _log.warn_once(
-            name,
-            "%s=%r is not valid (%s); using the default %s",
-            name,
-            value,
-            expected,
-            default,
-        )
+        """Warn once about ``name``, whose value is replaced by ``default``."""
+        _log.warn_once(name, "%s=%r is not valid (%s); using the default %s", name, value, expected, default)
+
+    def ignored(self, name: str, entry: str, expected: str) -> None:
+        """Warn once about ``name``, one entry of whose list is left out."""
+        _log.warn_once(name, "%s entry %r is not valid (%s); ignoring it", name, entry, expected)
 
     def choice(self, names: tuple[str, ...], choices: tuple[str, ...], default: str) -> str:
         name, value = self.first(*names)
@@ -304,17 +303,16 @@ def _exporters(env: _Env) -> tuple[str, ...]:
     names = env.csv("OTEL_TRACES_EXPORTER")
     if names is None:
         return ("otlp",)
-    chosen: list[str] = []
+    lowered = [name.lower() for name in names]
+    chosen = tuple(dict.fromkeys(n for n in lowered if n in EXPORTERS and n != "none"))
+    valid = chosen or "none" in lowered
     for name in names:
-        lowered = name.lower()
-        if lowered not in EXPORTERS:
-            env.bad("OTEL_TRACES_EXPORTER", name, "expected otlp, console or none", "'otlp'")
-            continue
-        if lowered != "none" and lowered not in chosen:
-            chosen.append(lowered)
-    if not chosen and not any(n.lower() == "none" for n in names):
-        return ("otlp",)
-    return tuple(chosen)
+        if name.lower() not in EXPORTERS:
+            if valid:
+                env.ignored("OTEL_TRACES_EXPORTER", name, "expected otlp, console or none")
+            else:
+                env.bad("OTEL_TRACES_EXPORTER", name, "expected otlp, console or none", "'otlp'")
+    return chosen if valid else ("otlp",)
 
 
 def _endpoint(env: _Env) -> tuple[str, str, bool]:
@@ -375,7 +373,7 @@ def _pairs(env: _Env, name: str) -> dict[str, str]:
         key = unquote(key.strip())
         if not sep or not key:
             # Never echo a value that may hold a secret: name the key part only.
-            env.bad(name, key + ("=<redacted>" if sep else ""), "expected key=value pairs", "(entry ignored)")
+            env.ignored(name, key + ("=<redacted>" if sep else ""), "expected key=value pairs")
             continue
         result[key] = unquote(value.strip())
     return result
@@ -392,17 +390,34 @@ def _resource_attributes(env: _Env) -> dict[str, str]:
 
 
 def _propagators(env: _Env) -> tuple[str, ...]:
+    """Valid propagator names; others are dropped with a warning, none valid -> default.
+
+    Names beyond the built-in ones must be installed (an ``opentelemetry_propagator``
+    entry point): the API would otherwise fail the app's import of
+    ``opentelemetry.propagate``.
+    """
     names = env.csv("OTEL_PROPAGATORS")
     if names is None:
-        return ("tracecontext", "baggage")
+        return DEFAULT_PROPAGATORS
     chosen: list[str] = []
     for name in names:
         lowered = name.lower()
-        if lowered not in PROPAGATORS:
-            env.bad("OTEL_PROPAGATORS", name, "expected tracecontext, baggage or none", "(ignored)")
-        elif lowered != "none" and lowered not in chosen:
-            chosen.append(lowered)
-    return tuple(chosen)
+        if lowered == "none":
+            return ()
+        if lowered not in PROPAGATORS and not _propagator_installed(name):
+            env.ignored("OTEL_PROPAGATORS", name, "expected tracecontext, baggage, none or an installed propagator")
+        elif name not in chosen:
+            chosen.append(lowered if lowered in PROPAGATORS else name)
+    return tuple(chosen) or DEFAULT_PROPAGATORS
+
+
+def _propagator_installed(name: str) -> bool:
+    try:
+        from importlib.metadata import entry_points
+
+        return any(True for _ in entry_points(group="opentelemetry_propagator", name=name))
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _extra_hooks(env: _Env) -> tuple[tuple[str, str], ...]:
@@ -410,7 +425,7 @@ def _extra_hooks(env: _Env) -> tuple[tuple[str, str], ...]:
     result = []
     for target, hook in _pairs(env, "AUTOTRACE_EXTRA_HOOKS").items():
         if not hook:
-            env.bad("AUTOTRACE_EXTRA_HOOKS", target + "=", "expected module=hook_module", "(entry ignored)")
+            env.ignored("AUTOTRACE_EXTRA_HOOKS", target + "=", "expected module=hook_module")
             continue
         result.append((target, hook))
     return tuple(result)

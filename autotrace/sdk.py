@@ -240,7 +240,38 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Settin
         )
     set_global(provider)
     _provider = provider
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: _flush_at_multiprocessing_exit(settings.shutdown_timeout_s))
     logger.debug("TracerProvider set up (exporters: %s)", ",".join(settings.exporters) or "none")
+
+
+_exit_flush_pid = 0
+
+
+def _flush_at_multiprocessing_exit(timeout_s: float) -> None:
+    """In a forked child: flush at the end of a ``multiprocessing`` fork child too.
+
+    Such a child ends with ``os._exit``, so ``atexit`` never flushes what it recorded;
+    multiprocessing runs its own exit finalizers instead. They are cleared when the child
+    starts, so ours is registered by an after-fork callback, which runs after that. Other
+    forked children (gunicorn workers) end through ``sys.exit``, and ``atexit`` flushes.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+
+    def arm(_provider: object) -> None:
+        global _exit_flush_pid
+        if _exit_flush_pid == os.getpid():
+            return
+        _exit_flush_pid = os.getpid()
+        # Lowest priority: after the child's own finalizers and its children are joined.
+        util.Finalize(None, flush, args=(timeout_s,), exitpriority=-1000)
+
+    try:
+        util.register_after_fork(_provider, arm)
+    except Exception as exc:  # noqa: BLE001 - fail open
+        logger.debug("cannot flush at the exit of multiprocessing children: %s", exc)
 
 
 def hand_over(trace_module, app_provider: trace.TracerProvider) -> bool:
