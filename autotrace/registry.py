@@ -97,7 +97,7 @@ def _guarded(hook: Hook):
                 if key in _applied:
                     return
                 _applied.add(key)
-            version = _version_gate(hook)
+            version = _version_gate(hook, module)
             if version is False:
                 return
             module_name, _, function_name = hook.hook.partition(":")
@@ -116,17 +116,19 @@ def _guarded(hook: Hook):
     return fire
 
 
-def _version_gate(hook: Hook) -> str | bool | None:
+def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:
     """The library's version when supported, None when not gated, False when skipped."""
     if hook.distribution is None:
         return None
-    import importlib_metadata
+    version = _dist_info_version(hook.distribution, module)
+    if version is None:
+        import importlib_metadata
 
-    try:
-        version = importlib_metadata.version(hook.distribution)
-    except importlib_metadata.PackageNotFoundError:
-        _set_status(hook, f"skipped: distribution {hook.distribution} not found")
-        return False
+        try:
+            version = importlib_metadata.version(hook.distribution)
+        except importlib_metadata.PackageNotFoundError:
+            _set_status(hook, f"skipped: distribution {hook.distribution} not found")
+            return False
     parsed = parse_version(version)
     if parsed < hook.min_version or (hook.below_version is not None and parsed >= hook.below_version):
         _set_status(
@@ -137,6 +139,41 @@ def _version_gate(hook: Hook) -> str | bool | None:
         )
         return False
     return version
+
+
+def _dist_info_version(distribution: str, module: ModuleType) -> str | None:
+    """The version from a ``name-version.dist-info`` folder beside the module's package.
+
+    The common layout (site-packages), read without importing ``importlib_metadata``,
+    which costs start-up time when a library is imported; anything else returns None
+    and the caller asks ``importlib_metadata``.
+    """
+    import os
+
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    top = module.__name__.partition(".")[0]
+    directory = os.path.dirname(path)
+    for _ in range(module.__name__.count(".") + (1 if os.path.basename(path).startswith("__init__.") else 0)):
+        directory = os.path.dirname(directory)
+    if not top or not directory:
+        return None
+    wanted = _normalize(distribution)
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.endswith(".dist-info"):
+            name, _, version = entry[: -len(".dist-info")].rpartition("-")
+            if name and _normalize(name) == wanted:
+                return version
+    return None
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
 
 
 def parse_version(text: str) -> tuple[int, ...]:
