@@ -123,11 +123,13 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<invalid url>"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc="<redacted>@" + host).geturl()
+        parts = None
+    if parts is not None and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        return parts._replace(netloc="<redacted>@" + host).geturl()
+    if "@" in url:  # not a URL urlsplit understands (no scheme?): hide all up to the "@"
+        return "<redacted>@" + url.rsplit("@", 1)[1]
+    return url if parts is not None else "<invalid url>"
 
 
 class _Env:
@@ -251,7 +253,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     batch = env.number(
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE",), 512, int, positive, "expected a positive integer"
     )
-    if batch > queue:
+    if batch > queue and env.raw("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") is None:
+        batch = queue  # only the queue was set, below the default batch size: follow it
+    elif batch > queue:
         env.bad(
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
             str(batch),
@@ -336,7 +340,7 @@ def _endpoint(env: _Env) -> tuple[str, str, bool]:
         except ValueError:
             parts, port_ok = None, False
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            env.bad(name, value, "expected a URL such as http://collector:4318", "endpoint")
+            env.bad(name, redact_url(value), "expected a URL such as http://collector:4318", "endpoint")
         else:
             url = parts
 
@@ -362,8 +366,12 @@ def _endpoint(env: _Env) -> tuple[str, str, bool]:
     return protocol, endpoint, insecure
 
 
-def _pairs(env: _Env, name: str) -> dict[str, str]:
-    """Parse a ``key=value,key=value`` variable (values URL-decoded)."""
+def _pairs(env: _Env, name: str, secret: bool = False) -> dict[str, str]:
+    """Parse a ``key=value,key=value`` variable (values URL-decoded).
+
+    ``secret``: an entry without "=" is not echoed at all; it may be all secret
+    ("Authorization: Bearer ..." written with a colon).
+    """
     items = env.csv(name) or []
     result: dict[str, str] = {}
     if items:
@@ -373,15 +381,16 @@ def _pairs(env: _Env, name: str) -> dict[str, str]:
         key = unquote(key.strip())
         if not sep or not key:
             # Never echo a value that may hold a secret: name the key part only.
-            env.ignored(name, key + ("=<redacted>" if sep else ""), "expected key=value pairs")
+            shown = key + "=<redacted>" if sep else ("<redacted>" if secret else key)
+            env.ignored(name, shown, "expected key=value pairs")
             continue
         result[key] = unquote(value.strip())
     return result
 
 
 def _headers(env: _Env) -> dict[str, str]:
-    headers = _pairs(env, "OTEL_EXPORTER_OTLP_HEADERS")
-    headers.update(_pairs(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
+    headers = _pairs(env, "OTEL_EXPORTER_OTLP_HEADERS", secret=True)
+    headers.update(_pairs(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", secret=True))
     return {k.lower(): v for k, v in headers.items()}
 
 

@@ -32,6 +32,15 @@ _FLAGS = frozenset(
         "--spew",
         "--call",
         "--debug",
+        "--no-sendfile",
+        "--enable-stdio-inheritance",
+        "-R",
+        "--no-server-header",
+        "--no-date-header",
+        "--no-ipv4",
+        "--no-ipv6",
+        "--expose-tracebacks",
+        "--no-expose-tracebacks",
     }
 )
 _APP_PATTERN = r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(.*\))?)?$"
@@ -63,35 +72,72 @@ def _strip_version(name: str) -> str:
 
 
 def current() -> Entrypoint:
-    argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + list(sys.argv))
-    return parse(argv)
+    if hasattr(sys, "orig_argv"):  # Python 3.10+
+        argv = sys.orig_argv or [sys.executable] + list(sys.argv)
+    else:
+        argv = _os_argv() or [sys.executable] + list(sys.argv)
+    return parse(list(argv))
+
+
+def _os_argv() -> list[str] | None:
+    """The command line as the OS holds it (Linux), for Python 3.9, which has no
+    ``sys.orig_argv``: at start-up its ``sys.argv`` lacks what follows ``-m`` and ``-c``
+    (``python -m pkg.mod a`` shows ``["-m", "a"]``)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as file:
+            raw = file.read()
+    except OSError:
+        return None
+    args = [os.fsdecode(arg) for arg in raw.split(b"\0")]
+    if args and args[-1] == "":
+        args.pop()
+    return args or None
 
 
 def parse(argv: list[str]) -> Entrypoint:
     """Classify an interpreter command line (argv[0] is the interpreter)."""
+    first = os.path.basename(argv[0]) if argv and argv[0] else ""
+    if first and not first.lower().startswith(("python", "pypy")):
+        # Not an interpreter: the program itself (a script's own command line, a frozen
+        # or embedding executable), e.g. ["/venv/bin/pip3.11", "install"].
+        return _from_script(argv[0], argv[1:])
     args = argv[1:]
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "-m" and i + 1 < len(args):
-            return _from_module(args[i + 1], args[i + 2 :])
-        if arg.startswith("-m") and len(arg) > 2 and not arg.startswith("--"):
-            return _from_module(arg[2:], args[i + 1 :])
-        if arg == "-c" or (arg.startswith("-c") and not arg.startswith("--")):
-            rest = args[i + 2 :] if arg == "-c" else args[i + 1 :]
-            code = args[i + 1] if arg == "-c" and i + 1 < len(args) else arg[2:]
-            if "multiprocessing" in code or "--multiprocessing-fork" in rest:
-                return Entrypoint("multiprocessing", _interpreter(argv), "multiprocessing child", True)
-            return Entrypoint("-c", _interpreter(argv), "python -c", True)
-        if arg in ("-W", "-X", "-Q"):
-            i += 2
-            continue
-        if arg == "-" or arg == "--":
+        i += 1
+        if arg == "--":  # end of the interpreter's options: a script follows
+            if i < len(args):
+                return _from_script(args[i], args[i + 1 :])
             break
-        if arg.startswith("-"):
-            i += 1
+        if arg == "-" or not arg.startswith("-"):
+            if arg == "-":  # the program is read from stdin
+                break
+            return _from_script(arg, args[i:])
+        if arg.startswith("--"):
+            if arg == "--check-hash-based-pycs":  # the one long option with a value
+                i += 1
             continue
-        return _from_script(arg, args[i + 1 :])
+        # A cluster of short options, as CPython reads them: "-u", "-OO", "-Wignore",
+        # "-Xdev", "-um pkg", "-Im pkg", "-uc code". -c, -m, -W and -X take the rest of
+        # the cluster as their value, else the next argument.
+        for pos in range(1, len(arg)):
+            option = arg[pos]
+            if option not in "cmWX":
+                continue
+            value = arg[pos + 1 :]
+            if not value and i < len(args):
+                value = args[i]
+                i += 1
+            if option == "m":
+                if not value:
+                    break
+                return _from_module(value, args[i:])
+            if option == "c":
+                if "multiprocessing" in value or "--multiprocessing-fork" in args[i:]:
+                    return Entrypoint("multiprocessing", _interpreter(argv), "multiprocessing child", True)
+                return Entrypoint("-c", _interpreter(argv), "python -c", True)
+            break  # -W or -X: the rest was its value
     return Entrypoint("python", _interpreter(argv), "interactive interpreter", True)
 
 
@@ -132,12 +178,20 @@ def _application_argument(args: list[str]) -> str | None:
     import re
 
     app_re = re.compile(_APP_PATTERN)
-    previous = ""
-    for arg in args:
-        takes_value = previous.startswith("-") and "=" not in previous and previous not in _FLAGS
-        if not arg.startswith("-") and not takes_value and app_re.match(arg):
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg.startswith("-") and arg != "-":
+            attached = "=" in arg or (len(arg) > 2 and not arg.startswith("--"))  # --bind=x, -w4
+            # An option's value may be "-" (gunicorn --access-logfile -), never another option.
+            if not attached and arg not in _FLAGS and i < len(args):
+                value = args[i]
+                if value == "-" or not value.startswith("-"):
+                    i += 1
+            continue
+        if app_re.match(arg):
             return arg
-        previous = arg
     return None
 
 

@@ -129,8 +129,12 @@ def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:
         except importlib_metadata.PackageNotFoundError:
             _set_status(hook, f"skipped: distribution {hook.distribution} not found")
             return False
+    # Compared padded with zeros: "5.1" is (5, 1, 0), not below a minimum of (5, 1, 0).
+    below = hook.below_version
     parsed = parse_version(version)
-    if parsed < hook.min_version or (hook.below_version is not None and parsed >= hook.below_version):
+    width = max(len(parsed), len(hook.min_version), len(below or ()))
+    parsed = _pad(parsed, width)
+    if parsed < _pad(hook.min_version, width) or (below is not None and parsed >= _pad(below, width)):
         _set_status(
             hook,
             f"skipped: {hook.distribution} {version} is not supported "
@@ -193,6 +197,10 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _pad(parts: tuple[int, ...], width: int) -> tuple[int, ...]:
+    return parts + (0,) * (width - len(parts))
+
+
 def _range(hook: Hook) -> str:
     low = ".".join(map(str, hook.min_version)) or "any"
     if hook.below_version is None:
@@ -202,4 +210,14 @@ def _range(hook: Hook) -> str:
 
 def extra_hooks(pairs: Iterable[tuple[str, str]]) -> list[Hook]:
     """Hooks named by AUTOTRACE_EXTRA_HOOKS (``target.module=hook.module[:function]``)."""
-    return [Hook(name=hook.partition(":")[0], module=target, hook=hook) for target, hook in pairs]
+    hooks: list[Hook] = []
+    names: set[str] = set()
+    for target, hook in pairs:
+        # Named by the hook module; the same module hooking a second target gets the whole
+        # entry as its name, or arm() (idempotent per name) would drop it.
+        name = hook.partition(":")[0]
+        if name in names:
+            name = f"{target}={hook}"
+        names.add(name)
+        hooks.append(Hook(name=name, module=target, hook=hook))
+    return hooks

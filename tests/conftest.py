@@ -1,0 +1,111 @@
+"""Shared fixtures: every test starts from clean agent state and leaves none behind."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from autotrace import _log, importer, registry
+
+
+@pytest.fixture(autouse=True)
+def clean_log_state():
+    """warn_once memory and the logger's level are process-wide: reset them per test."""
+    warned = set(_log._warned)
+    level = _log.logger.level
+    _log._warned.clear()
+    _log.logger.level = _log.INFO
+    yield
+    _log._warned.clear()
+    _log._warned.update(warned)
+    _log.logger.level = level
+
+
+@pytest.fixture
+def clean_importer():
+    """Restore the importer's pending hooks and remove its finder if this test added it."""
+    pending = {name: list(hooks) for name, hooks in importer._pending.items()}
+    finder = importer._finder
+    yield importer
+    with importer._lock:
+        importer._pending.clear()
+        importer._pending.update(pending)
+        if finder is None and importer._finder is not None:
+            try:
+                sys.meta_path.remove(importer._finder)
+            except ValueError:
+                pass
+            importer._finder = None
+
+
+@pytest.fixture
+def clean_registry(clean_importer):
+    armed, applied, status = dict(registry._armed), set(registry._applied), dict(registry._status)
+    registry._armed.clear()
+    registry._applied.clear()
+    registry._status.clear()
+    yield registry
+    registry._armed.clear()
+    registry._armed.update(armed)
+    registry._applied.clear()
+    registry._applied.update(applied)
+    registry._status.clear()
+    registry._status.update(status)
+
+
+class ModuleFactory:
+    """Writes modules with unique names into a directory on sys.path."""
+
+    def __init__(self, directory) -> None:
+        self.directory = directory
+        self.names: list[str] = []
+
+    def unique(self, prefix: str = "atmod") -> str:
+        return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+    def module(self, source: str = "", name: str | None = None) -> str:
+        name = name or self.unique()
+        (self.directory / f"{name}.py").write_text(textwrap.dedent(source))
+        self.names.append(name)
+        importlib.invalidate_caches()
+        return name
+
+    def package(self, submodules: dict[str, str], init: str = "", name: str | None = None) -> str:
+        name = name or self.unique("atpkg")
+        root = self.directory / name
+        root.mkdir()
+        (root / "__init__.py").write_text(textwrap.dedent(init))
+        for sub, source in submodules.items():
+            (root / f"{sub}.py").write_text(textwrap.dedent(source))
+        self.names.append(name)
+        importlib.invalidate_caches()
+        return name
+
+    def forget(self) -> None:
+        for name in self.names:
+            for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[loaded]
+
+
+@pytest.fixture
+def modules(tmp_path, monkeypatch):
+    """Make modules on the fly (tmp dir on sys.path); they are dropped from sys.modules after."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory = ModuleFactory(tmp_path)
+    yield factory
+    factory.forget()
+
+
+@pytest.fixture
+def warnings(capsys):
+    """``warnings()``: the agent's warning lines written to stderr since the last call."""
+
+    def read() -> list[str]:
+        err = capsys.readouterr().err
+        return [line for line in err.splitlines() if line.startswith("autotrace WARNING:")]
+
+    return read

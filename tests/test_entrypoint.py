@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import pytest
+
+from autotrace.entrypoint import Entrypoint, is_python, parse
+
+PY = "/venv/bin/python3.11"
+
+
+def names(argv: list[str]) -> tuple[str, str, bool]:
+    entry = parse(argv)
+    return entry.program, entry.service_name, entry.weak
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["python", "app.py"], ("app", "app", False)),
+        (["python", "/x/y/hello.py", "arg"], ("hello", "hello", False)),
+        (["python", "manage.py", "runserver", "0.0.0.0:8000"], ("manage", "manage", False)),
+        (["python", "/srv/shop/__main__.py"], ("shop", "shop", False)),
+        (["python", "-m", "pkg.mod"], ("pkg", "pkg.mod", False)),
+        (["python", "-m", "shop.main"], ("shop", "shop", False)),  # generic "main" dropped
+        (["python", "-mpkg"], ("pkg", "pkg", False)),
+        (["python", "-m", "pip", "install", "x"], ("pip", "pip", False)),
+        ([PY, "/venv/bin/pip3.11", "install", "x"], ("pip", "pip3", False)),
+        ([PY, "/venv/bin/pip", "install", "x"], ("pip", "pip", False)),
+    ],
+)
+def test_scripts_and_modules(argv, expected):
+    assert names(argv) == expected
+
+
+def test_script_source_names_the_file():
+    assert parse(["python", "/x/y/hello.py"]) == Entrypoint("hello", "hello", "script hello.py", False)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["python", "-c", "print(1)"],
+        ["python", "-cprint(1)"],
+        ["python", "-uc", "print(1)"],  # -c at the end of a cluster of short options
+        ["python", "-c"],
+    ],
+)
+def test_dash_c_is_weak(argv):
+    entry = parse(argv)
+    assert (entry.program, entry.weak) == ("-c", True)
+    assert entry.service_name == "python"
+
+
+def test_multiprocessing_spawn_child_is_weak():
+    argv = [
+        "/venv/bin/python3.11",
+        "-B",
+        "-Wignore",
+        "-X",
+        "dev",
+        "-c",
+        "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)",
+        "--multiprocessing-fork",
+    ]
+    entry = parse(argv)
+    assert entry.program == "multiprocessing"
+    assert entry.weak is True
+    assert entry.service_name == "python"  # the interpreter, version stripped
+
+
+def test_multiprocessing_forkserver_child_is_weak():
+    argv = ["python3", "-c", "from multiprocessing.forkserver import main; main(3, 4, ['__main__'])"]
+    assert names(argv) == ("multiprocessing", "python", True)
+
+
+@pytest.mark.parametrize("argv", [["python"], ["python", "-i"], ["python", "-"], ["python", "-u", "-"], ["python", "-m"]])
+def test_no_program_is_weak(argv):
+    assert names(argv) == ("python", "python", True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["python", "-u", "-X", "dev", "-W", "ignore", "app.py"],
+        ["python", "-Wdefault", "-Xdev", "-OO", "-B", "app.py"],
+        ["python", "-uWignore", "app.py"],  # -W's value attached inside a cluster
+        ["python", "-uX", "dev", "app.py"],  # -X's value is the next argument
+        ["python", "--check-hash-based-pycs", "always", "app.py"],
+        ["python", "-E", "-s", "--", "app.py"],
+    ],
+)
+def test_interpreter_options_before_the_script(argv):
+    assert names(argv) == ("app", "app", False)
+
+
+@pytest.mark.parametrize("argv", [["python", "-Im", "svc"], ["python", "-u", "-m", "svc"], ["python", "-W", "error", "-m", "svc"]])
+def test_interpreter_options_before_a_module(argv):
+    assert parse(argv) == Entrypoint("svc", "svc", "python -m svc", False)
+
+
+@pytest.mark.parametrize(
+    "rest, service",
+    [
+        (["-b", "localhost:8000", "app:app"], "app"),
+        (["app:app", "-b", "localhost:8000"], "app"),
+        (["-w", "4", "myproj.wsgi:application"], "myproj"),
+        (["-w4", "myproj.wsgi:application"], "myproj"),
+        (["--bind=0.0.0.0:8000", "--workers=2", "shop.wsgi"], "shop"),
+        (["-k", "uvicorn.workers.UvicornWorker", "svc.main:app"], "svc"),
+        (["--access-logfile", "-", "--error-logfile", "-", "myproj.wsgi:application"], "myproj"),
+        (["--preload", "app:create_app()"], "app"),
+        (["-c", "conf.py", "shop.wsgi:application"], "shop"),
+        (["-c", "conf.py"], "gunicorn"),  # the app is in the config file
+        ([], "gunicorn"),
+    ],
+)
+def test_gunicorn(rest, service):
+    for argv in ([PY, "/venv/bin/gunicorn"] + rest, ["python", "-m", "gunicorn"] + rest):
+        entry = parse(argv)
+        assert (entry.program, entry.service_name, entry.weak) == ("gunicorn", service, False), argv
+
+
+def test_gunicorn_without_app_says_so():
+    entry = parse([PY, "/venv/bin/gunicorn", "-c", "conf.py"])
+    assert "no application" in entry.source
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([PY, "/venv/bin/uvicorn", "main:app", "--host", "127.0.0.1", "--reload"], ("uvicorn", "main")),
+        ([PY, "/venv/bin/uvicorn", "--factory", "main:create_app"], ("uvicorn", "main")),
+        ([PY, "/venv/bin/uvicorn", "--port", "8000", "--workers", "2", "api.main:app"], ("uvicorn", "api")),
+        (["python", "-m", "uvicorn", "main:app"], ("uvicorn", "main")),
+        ([PY, "/venv/bin/hypercorn", "--bind", "0.0.0.0:80", "svc.asgi:app"], ("hypercorn", "svc")),
+        ([PY, "/venv/bin/waitress-serve", "--listen=*:8080", "shop.wsgi:application"], ("waitress-serve", "shop")),
+        ([PY, "/venv/bin/waitress-serve", "--port", "8080", "--call", "shop:create_app"], ("waitress-serve", "shop")),
+        (["python", "-m", "waitress", "--port=8080", "shop:app"], ("waitress", "shop")),
+    ],
+)
+def test_other_servers(argv, expected):
+    entry = parse(argv)
+    assert (entry.program, entry.service_name, entry.weak) == expected + (False,)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["python", "python3", "python3.11", "pypy3", "pypy", "/usr/bin/python3", "/venv/bin/python3.13t", "python.exe"],
+)
+def test_is_python(path):
+    assert is_python(path) is True
+
+
+@pytest.mark.parametrize("path", ["gunicorn", "py", "pythonx", "python3-config", "/usr/bin/env", "ipython", ""])
+def test_is_not_python(path):
+    assert is_python(path) is False
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["/venv/bin/pip3.11", "install", "x"], ("pip", False)),
+        (["/venv/bin/gunicorn", "-w", "2", "shop.wsgi:application"], ("gunicorn", False)),
+        (["/opt/app/frozen-service", "--port", "80"], ("frozen-service", False)),
+    ],
+)
+def test_argv_without_an_interpreter_names_the_program(argv, expected):
+    # A script's own command line (as a caller may pass it), a frozen or embedding executable.
+    entry = parse(argv)
+    assert (entry.program, entry.weak) == expected
+
+
+def test_debug_interpreter_is_still_an_interpreter():
+    assert names(["/usr/bin/python3.11-dbg", "app.py"]) == ("app", "app", False)

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
+from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from autotrace import __version__, sdk
+from autotrace.config import Settings, load
+from autotrace.entrypoint import parse
+
+
+@pytest.mark.parametrize(
+    "name, description",
+    [
+        ("always_on", "AlwaysOnSampler"),
+        ("always_off", "AlwaysOffSampler"),
+        ("traceidratio", "TraceIdRatioBased{0.25}"),
+        ("parentbased_always_on", "ParentBased{root:AlwaysOnSampler,"),
+        ("parentbased_always_off", "ParentBased{root:AlwaysOffSampler,"),
+        ("parentbased_traceidratio", "ParentBased{root:TraceIdRatioBased{0.25},"),
+    ],
+)
+def test_build_sampler(name, description):
+    sampler = sdk.build_sampler(Settings(sampler=name, sampler_arg=0.25))
+    assert sampler.get_description().startswith(description)
+
+
+def test_build_sampler_types_and_ratio():
+    assert sdk.build_sampler(Settings(sampler="always_on")) is sampling.ALWAYS_ON
+    assert sdk.build_sampler(Settings(sampler="always_off")) is sampling.ALWAYS_OFF
+    ratio = sdk.build_sampler(Settings(sampler="traceidratio", sampler_arg=0.5))
+    assert isinstance(ratio, sampling.TraceIdRatioBased) and ratio.rate == 0.5
+    assert isinstance(sdk.build_sampler(Settings()), sampling.ParentBased)
+
+
+def test_build_resource():
+    settings = load({"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=core,service.name=ignored"})
+    entry = parse(["/venv/bin/python3", "/srv/app.py", "--db-password", "hunter2", "--token=s3cr3t"])
+    attributes = dict(sdk.build_resource(settings, entry, "shop").attributes)
+    assert attributes["service.name"] == "shop"
+    assert attributes["telemetry.distro.name"] == "autotrace"
+    assert attributes["telemetry.distro.version"] == __version__
+    assert attributes["process.pid"] == os.getpid()
+    assert attributes["host.name"] == socket.gethostname()
+    assert attributes["deployment.environment"] == "prod"
+    assert attributes["team"] == "core"
+    assert attributes["process.command"] == "app"
+    text = repr(attributes)
+    assert "hunter2" not in text and "s3cr3t" not in text and "--db-password" not in text
+    assert not any("args" in key or "command_line" in key for key in attributes)
+
+
+class FakeExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.suppressed_at_export: list = []
+        self.suppressed_at_creation = get_value(_SUPPRESS_INSTRUMENTATION_KEY)
+
+    def export(self, spans):
+        self.suppressed_at_export.append(get_value(_SUPPRESS_INSTRUMENTATION_KEY))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_export_runs_with_instrumentation_suppressed():
+    made: list[FakeExporter] = []
+
+    def factory() -> FakeExporter:
+        made.append(FakeExporter())
+        return made[-1]
+
+    handle = sdk.ExporterHandle("fake", factory)
+    assert len(made) == 1  # made at set-up, not at the first export
+    assert not get_value(_SUPPRESS_INSTRUMENTATION_KEY)
+    assert handle.export([]) is SpanExportResult.SUCCESS
+    assert handle.export([]) is SpanExportResult.SUCCESS
+    assert made[0].suppressed_at_export == [True, True]
+    assert made[0].suppressed_at_creation is True
+    assert not get_value(_SUPPRESS_INSTRUMENTATION_KEY)  # detached afterwards
+    assert len(made) == 1
+
+
+def test_factory_that_raises_gives_failure_and_one_warning(warnings):
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        raise RuntimeError("no transport")
+
+    handle = sdk.ExporterHandle("otlp", factory)
+    assert handle.export([]) is SpanExportResult.FAILURE
+    assert handle.export([]) is SpanExportResult.FAILURE
+    assert handle.force_flush() is True
+    handle.shutdown()
+    assert len(attempts) == 1
+    lines = warnings()
+    assert len(lines) == 1 and "otlp exporter" in lines[0] and "no transport" in lines[0]
+
+
+def _join_flush_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "autotrace-flush":
+            thread.join(5)
+
+
+def test_bounded_gives_up_within_the_bound(warnings):
+    release = threading.Event()
+    try:
+        started = time.monotonic()
+        assert sdk._bounded(lambda: release.wait(30), 0.2) is False
+        elapsed = time.monotonic() - started
+        assert 0.15 <= elapsed < 2.0
+    finally:
+        release.set()
+        _join_flush_threads()
+    lines = warnings()
+    assert len(lines) == 1 and "not flushed within 0.2s" in lines[0]
+
+
+def test_bounded_returns_true_when_work_finishes(warnings):
+    done = []
+    assert sdk._bounded(lambda: done.append(1), 5) is True
+    assert done == [1]
+    assert warnings() == []
+
+
+def test_bounded_work_that_raises_is_reported_not_raised(warnings):
+    def work():
+        raise OSError("collector gone")
+
+    assert sdk._bounded(work, 5) is True
+    lines = warnings()
+    assert len(lines) == 1 and "collector gone" in lines[0]
