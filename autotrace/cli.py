@@ -96,7 +96,10 @@ def sitecustomize_dir() -> str:
 def build_environment(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, str]:
     env = dict(environ)
     directory = sitecustomize_dir()
-    entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != directory]
+    # Keep the user's entries as they are, empty ones too: Python reads an empty entry as
+    # the current directory. An empty or unset PYTHONPATH has no entries.
+    existing = env.get("PYTHONPATH", "")
+    entries = [p for p in existing.split(os.pathsep) if p != directory] if existing else []
     env["PYTHONPATH"] = os.pathsep.join([directory] + entries)
     if args.service_name:
         env["OTEL_SERVICE_NAME"] = args.service_name
