@@ -37,13 +37,14 @@ def start() -> None:
 def _start() -> None:
     from . import config, entrypoint
 
-    settings = config.load()
-    _log.setup(settings.log_level)
-
+    # The level first, so that OTEL_LOG_LEVEL=error also silences configuration warnings.
+    _log.setup(os.environ.get("OTEL_LOG_LEVEL"))
     entry = entrypoint.current()
-    if entry.program in settings.deny:
+    if entry.program in config.deny_list(os.environ):
         logger.debug("not tracing %s: on the deny list (AUTOTRACE_DENY)", entry.program)
         return
+    settings = config.load()
+    _log.setup(settings.log_level)
     if settings.sdk_disabled:
         logger.debug("not tracing: OTEL_SDK_DISABLED=true")
         return
@@ -60,15 +61,16 @@ def _start() -> None:
     provider.arm(settings, entry, service_name)
     _install_flush(settings.shutdown_timeout_s)
 
-    unknown = settings.disabled_hooks - registry.known_names()
+    hooks = registry.HOOKS + tuple(registry.extra_hooks(settings.extra_hooks))
+    unknown = settings.disabled_hooks - {hook.name for hook in hooks}
     if unknown:
         _log.warn_once(
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names unknown hooks %s (known: %s); ignored",
             ",".join(sorted(unknown)),
-            ",".join(sorted(registry.known_names())) or "none",
+            ",".join(sorted(hook.name for hook in hooks)) or "none",
         )
-    registry.arm(registry.HOOKS + tuple(registry.extra_hooks(settings.extra_hooks)), settings.disabled_hooks)
+    registry.arm(hooks, settings.disabled_hooks)
 
 
 def _service_name(settings, entry) -> str:

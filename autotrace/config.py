@@ -296,11 +296,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "expected milliseconds",
         )
         / 1000.0,
-        deny=tuple(env.csv("AUTOTRACE_DENY") or ())
-        if env.environ.get("AUTOTRACE_DENY") is not None
-        else DEFAULT_DENY,
+        deny=deny_list(env.environ),
         extra_hooks=_extra_hooks(env),
     )
+
+
+def deny_list(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Programs not to trace: ``AUTOTRACE_DENY`` (empty: none), else the default list."""
+    value = environ.get("AUTOTRACE_DENY")
+    if value is None:
+        return DEFAULT_DENY
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def _exporters(env: _Env) -> tuple[str, ...]:
