@@ -198,12 +198,27 @@ class AgentTracer(Tracer):
     def start_span(self, *args, **kwargs):  # type: ignore[override]
         replacement = _app_provider
         if replacement is not None:
-            scope = self.instrumentation_scope
+            # The SDK keeps the scope private (``instrumentation_info`` is its deprecated twin).
+            scope = getattr(self, "_instrumentation_scope", None) or self.instrumentation_info
             return replacement.get_tracer(scope.name, scope.version, scope.schema_url).start_span(*args, **kwargs)
         return super().start_span(*args, **kwargs)
 
 
 class AgentTracerProvider(TracerProvider):
+    def _handle_fork(self) -> None:
+        """In a forked child: only the process id in our resource changes.
+
+        The SDK's own handler (1.4x) re-runs the resource detectors on a thread pool in
+        the child. That deadlocks when ``concurrent.futures.thread`` was imported after
+        the provider was made (the gRPC exporter imports it at set-up): its at-fork
+        handler, which releases its lock in the child, runs after the provider's. The
+        resource is built directly anyway (see :func:`build_resource`).
+        """
+        self._tracers_lock = threading.Lock()
+        update = getattr(self, "_update_resource", None)
+        if update is not None:
+            update(Resource({"process.pid": os.getpid()}))
+
     def get_tracer(self, *args, **kwargs):  # type: ignore[override]
         replacement = _app_provider
         if replacement is not None:
@@ -216,6 +231,7 @@ class AgentTracerProvider(TracerProvider):
 
 _provider: AgentTracerProvider | None = None
 _app_provider: trace.TracerProvider | None = None
+_handover: threading.Thread | None = None  # shuts our provider down after a hand-over
 
 
 def install(set_global: Callable[[trace.TracerProvider], None], settings: Settings, resource: Resource) -> None:
@@ -282,7 +298,7 @@ def hand_over(trace_module, app_provider: trace.TracerProvider) -> bool:
     global one, tracers already handed out follow it (:class:`AgentTracer`), and ours
     flushes what it holds through its own exporters.
     """
-    global _app_provider
+    global _app_provider, _handover
     provider = _provider
     if provider is None or app_provider is provider or _app_provider is not None:
         return False
@@ -293,7 +309,8 @@ def hand_over(trace_module, app_provider: trace.TracerProvider) -> bool:
         return False
     _app_provider = app_provider
     logger.info("the app set its own TracerProvider (%s); spans now go there", type(app_provider).__name__)
-    threading.Thread(target=provider.shutdown, name="autotrace-handover", daemon=True).start()
+    _handover = threading.Thread(target=provider.shutdown, name="autotrace-handover", daemon=True)
+    _handover.start()
     return True
 
 
@@ -324,8 +341,13 @@ def flush(timeout_s: float, final: bool = True) -> bool:
     if provider is None:
         return True
     app = _app_provider
+    handover = _handover
 
     def work() -> None:
+        if handover is not None:
+            # Our provider is already shutting down (a second shutdown returns at once,
+            # before the spans it holds are exported): wait for that instead.
+            handover.join()
         if final:
             provider.shutdown()
         else:
