@@ -11,6 +11,7 @@ library unpatched; the app's ``import`` never fails because of a hook.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from . import _log, importer
@@ -101,9 +102,7 @@ def _guarded(hook: Hook):
             if version is False:
                 return
             module_name, _, function_name = hook.hook.partition(":")
-            import importlib
-
-            patch = getattr(importlib.import_module(module_name), function_name or "patch")
+            patch = getattr(_import_hook_module(module_name), function_name or "patch")
             patch(module)
             _set_status(hook, f"applied to {hook.module}" + (f" ({hook.distribution} {version})" if version else ""))
         except Exception as exc:  # noqa: BLE001 - the app's import must never fail
@@ -114,6 +113,45 @@ def _guarded(hook: Hook):
             )
 
     return fire
+
+
+def _import_hook_module(name: str) -> ModuleType:
+    """Import a hook module; at start-up, also from where the app's own modules will be.
+
+    A hook for a module imported before the bootstrap runs at once, before Python has
+    put the script's directory (or, for -m and -c, the working directory) on sys.path;
+    a hook module of the user's beside the app is found there all the same.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        top = name.partition(".")[0]
+        directory = main_directory()
+        if exc.name != top or directory is None or directory in sys.path:
+            raise
+    sys.path.insert(0, directory)
+    try:
+        return importlib.import_module(name)
+    finally:
+        try:
+            sys.path.remove(directory)
+        except ValueError:
+            pass
+
+
+def main_directory() -> str | None:
+    """The directory Python will put first on sys.path for the main module, if not yet there."""
+    import os
+
+    main = sys.modules.get("__main__")
+    if main is not None and (getattr(main, "__file__", None) or getattr(main, "__spec__", None)):
+        return None  # the main module runs already: sys.path is complete
+    argv = getattr(sys, "argv", None) or [""]
+    if argv[0] in ("", "-c", "-m"):
+        return os.getcwd()
+    return os.path.dirname(os.path.abspath(argv[0]))
 
 
 def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:

@@ -495,11 +495,6 @@ def test_hook_for_a_module_imported_before_start_applies_at_once(tmp_path):
     assert "WARNING" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a hook for a module imported before start-up is imported at start-up, "
-    "before the script's directory is on sys.path, so a hook module beside the app is not found",
-)
 def test_hook_module_beside_the_app_for_a_module_imported_before_start(tmp_path):
     write(tmp_path, "okhook.py", OK_HOOK)
     script = write(tmp_path, "app.py", MARKER_APP)
