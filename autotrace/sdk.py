@@ -83,6 +83,16 @@ class ExporterHandle(SpanExporter):
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             return exporter.export(spans)
+        except Exception as exc:  # noqa: BLE001 - one line per kind of failure, no traceback storm
+            _log.warn_once(
+                f"export:{self.name}:{type(exc).__name__}",
+                "the %s exporter failed (%s: %s); %d span(s) dropped",
+                self.name,
+                type(exc).__name__,
+                exc,
+                len(spans),
+            )
+            return SpanExportResult.FAILURE
         finally:
             detach(token)
 

@@ -104,6 +104,19 @@ def test_factory_that_raises_gives_failure_and_one_warning(warnings):
     assert len(lines) == 1 and "otlp exporter" in lines[0] and "no transport" in lines[0]
 
 
+def test_exporter_that_raises_gives_failure_and_one_line_per_kind(warnings):
+    class Broken(FakeExporter):
+        def export(self, spans):
+            raise OSError("stderr closed")
+
+    handle = sdk.ExporterHandle("console", Broken)
+    for _ in range(3):
+        assert handle.export([]) is SpanExportResult.FAILURE
+    assert not get_value(_SUPPRESS_INSTRUMENTATION_KEY)  # detached even on failure
+    lines = warnings()
+    assert len(lines) == 1 and "console exporter failed" in lines[0] and "stderr closed" in lines[0]
+
+
 def _join_flush_threads() -> None:
     for thread in threading.enumerate():
         if thread.name == "autotrace-flush":
