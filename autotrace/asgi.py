@@ -1,0 +1,115 @@
+"""An ASGI app wrapped with its SERVER span; server hooks wrap whatever app they are given.
+
+HTTP: one span per request, ended when the response is complete (the last body
+message is sent), or when the app returns or fails. WebSocket: one span per
+connection, ended when the app returns. Lifespan and other scopes pass through. The
+app's exceptions are recorded and re-raised untouched; the messages it sends are
+passed on as they are.
+"""
+
+from __future__ import annotations
+
+from . import server_span
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable
+
+_MARK = "__autotrace_asgi__"
+
+
+def wrap(app: Callable) -> Callable:
+    """The app, traced (idempotent: a wrapped app is returned as it is)."""
+    if app is None or getattr(app, _MARK, False):
+        return app
+    return TracedASGIApp(app)
+
+
+class TracedASGIApp:
+    __autotrace_asgi__ = True
+
+    def __init__(self, app: Callable) -> None:
+        self.__wrapped__ = app
+
+    def __getattr__(self, name: str):
+        return getattr(self.__wrapped__, name)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        app = self.__wrapped__
+        kind = scope.get("type") if isinstance(scope, dict) else None
+        span = _start(scope) if kind in ("http", "websocket") else None
+        if span is None:
+            return await app(scope, receive, send)
+
+        async def traced_send(message: dict) -> None:
+            try:
+                event = message.get("type")
+                if event == "http.response.start":
+                    span.set_status_code(int(message.get("status", 0)))
+                    span.capture_response_headers(_decoded(message.get("headers") or ()))
+                elif event == "websocket.accept":
+                    span.set_status_code(101)
+                elif event == "websocket.http.response.start":  # connection refused with a response
+                    span.set_status_code(int(message.get("status", 0)))
+            except Exception:  # noqa: BLE001
+                pass
+            await send(message)
+            if kind == "http" and message.get("type") == "http.response.body" and not message.get("more_body", False):
+                span.end()
+
+        try:
+            return await app(scope, receive, traced_send)
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.end()
+            span.detach()
+
+
+def _decoded(headers) -> list[tuple[str, str]]:
+    return [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in headers]
+
+
+def _start(scope: dict) -> server_span.ServerSpan | None:
+    try:
+        headers = scope.get("headers") or ()
+
+        def lookup(name: str) -> list[str]:
+            wanted = name.encode("latin-1")
+            return [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == wanted]
+
+        server = scope.get("server") or (None, None)
+        client = scope.get("client") or (None, None)
+        address, port = server[0], server[1] if len(server) > 1 else None
+        host = lookup("host")
+        if host:
+            name, _, host_port = host[0].rpartition(":") if host[0].rfind(":") > host[0].rfind("]") else (host[0], "", "")
+            address = name or address
+            if host_port.isdigit():
+                port = int(host_port)
+        raw_path = scope.get("raw_path")
+        path = scope.get("root_path", "") + scope.get("path", "/") if raw_path is None else _text(raw_path)
+        default_scheme = "ws" if scope.get("type") == "websocket" else "http"
+        return server_span.start(
+            method=scope.get("method", "GET"),
+            scheme=scope.get("scheme", default_scheme),
+            path=path,
+            query=_text(scope.get("query_string", b"")),
+            headers=lookup,
+            server_address=address,
+            server_port=port if isinstance(port, int) else None,
+            client_address=client[0] if client else None,
+            protocol_version=scope.get("http_version"),
+        )
+    except Exception:  # noqa: BLE001 - never fail a request
+        return None
+
+
+def _text(value) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(value).decode("latin-1")

@@ -1,0 +1,310 @@
+"""The SERVER span of an incoming HTTP request, shared by every server and framework hook.
+
+A server hook (http.server, a WSGI or ASGI server) calls :func:`start` with what it
+knows of the request; it gets a :class:`ServerSpan` whose context is current while the
+app handles the request, or None when it must not trace (instrumentation suppressed,
+a SERVER span already current in this request, an excluded URL). Framework hooks only
+enrich the current one with :func:`set_route` and :func:`record_exception`.
+
+Span content follows the stable HTTP semantic conventions: name ``"{METHOD} {route}"``
+or ``"{METHOD}"``, never the raw path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import _log
+from ._version import __version__
+from .redact import redact_query
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Sequence
+
+    Lookup = Callable[[str], "Sequence[str]"]  # header name (lower-case) -> its values
+
+KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"})
+
+# Set in the context of a request that has its SERVER span: a second server layer (a
+# framework's own WSGI app under a server hook, werkzeug's handler under http.server)
+# must not start another one.
+_IN_SERVER_SPAN = context.create_key("autotrace-server-span")
+
+# Longest propagation header value read; a longer one is ignored (a new trace starts).
+MAX_PROPAGATION_HEADER = 8192
+
+_tracer: trace.Tracer | None = None
+_settings: _Settings | None = None
+_settings_lock = threading.Lock()
+
+
+class _Settings:
+    """Per-process settings of server spans, read once at the first request."""
+
+    def __init__(self, environ) -> None:
+        import re
+
+        self.excluded = []
+        for pattern in _csv(environ.get("OTEL_PYTHON_EXCLUDED_URLS")):
+            try:
+                self.excluded.append(re.compile(pattern))
+            except re.error as exc:
+                _log.warn_once(
+                    "OTEL_PYTHON_EXCLUDED_URLS:" + pattern,
+                    "OTEL_PYTHON_EXCLUDED_URLS entry %r is not a valid regular expression (%s); ignoring it",
+                    pattern,
+                    exc,
+                )
+        self.request_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"))]
+        self.response_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"))]
+        # Header names whose captured values are replaced (regular expressions, any case).
+        sanitize = []
+        for field in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS")):
+            try:
+                re.compile(field)
+                sanitize.append(f"(?:{field})")
+            except re.error:
+                sanitize.append(re.escape(field))
+        self.sanitize = re.compile("|".join(sanitize), re.IGNORECASE) if sanitize else None
+
+
+def _csv(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def settings() -> _Settings:
+    global _settings
+    if _settings is None:
+        with _settings_lock:
+            if _settings is None:
+                _settings = _Settings(os.environ)
+    return _settings
+
+
+def reset_settings() -> None:
+    """Read the environment again at the next request (for tests)."""
+    global _settings
+    _settings = None
+
+
+def tracer() -> trace.Tracer:
+    global _tracer
+    if _tracer is None:
+        _tracer = trace.get_tracer("autotrace.http.server", __version__)
+    return _tracer
+
+
+class _LookupGetter(Getter):
+    """Reads propagation fields through a server's own header lookup, within the W3C rules.
+
+    ``traceparent`` given more than once (repeated, or comma-joined) is invalid: none is
+    read, so a new trace starts. Oversized values are ignored.
+    """
+
+    def get(self, carrier: Lookup, key: str):
+        values = [v for v in carrier(key) if len(v) <= MAX_PROPAGATION_HEADER]
+        if not values:
+            return None
+        if key == "traceparent" and (len(values) > 1 or "," in values[0]):
+            return None
+        return values
+
+    def keys(self, carrier: Lookup) -> list[str]:
+        return []
+
+
+_GETTER = _LookupGetter()
+
+
+class ServerSpan:
+    """One request's SERVER span; its methods never raise."""
+
+    __slots__ = ("span", "context", "_token", "_ended")
+
+    def __init__(self, span: trace.Span, ctx: context.Context, token: object) -> None:
+        self.span = span
+        self.context = ctx  # the request's context: its span current, marked as served
+        self._token = token
+        self._ended = False
+
+    def set_status_code(self, code: int) -> None:
+        try:
+            span = self.span
+            span.set_attribute("http.response.status_code", code)
+            if code >= 500:
+                span.set_attribute("error.type", str(code))
+                span.set_status(Status(StatusCode.ERROR))
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+    def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
+        wanted = settings().response_headers
+        if wanted:
+            _capture(self.span, "http.response.header.", wanted, headers)
+
+    def record_exception(self, exc: BaseException) -> None:
+        record_exception(exc, self.span)
+
+    def detach(self) -> None:
+        """Make the request's context no longer current (in the thread or task that attached it)."""
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                context.detach(token)
+            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
+                pass
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.span.end()
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+
+def start(
+    method: str,
+    scheme: str,
+    path: str,
+    query: str,
+    headers: Lookup,
+    server_address: str | None = None,
+    server_port: int | None = None,
+    client_address: str | None = None,
+    protocol_version: str | None = None,
+) -> ServerSpan | None:
+    """Start the request's SERVER span and make its context current, or return None.
+
+    ``path`` and ``query`` are the request target's parts, undecoded. ``headers`` looks
+    up a (lower-case) request header's values. Never raises.
+    """
+    try:
+        if context.get_value(_IN_SERVER_SPAN) or not _instrumentation_enabled():
+            return None
+        config = settings()
+        if config.excluded:
+            url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
+            if any(pattern.search(url) for pattern in config.excluded):
+                return None
+        known = method.upper() if method.upper() in KNOWN_METHODS else None
+        attributes: dict[str, object] = {
+            "http.request.method": known or "_OTHER",
+            "url.scheme": scheme,
+            "url.path": path,
+        }
+        if known is None:
+            attributes["http.request.method_original"] = method
+        if query:
+            attributes["url.query"] = redact_query(query)
+        if server_address:
+            attributes["server.address"] = server_address
+        if server_port is not None:
+            attributes["server.port"] = server_port
+        if client_address:
+            attributes["client.address"] = client_address
+        if protocol_version:
+            attributes["network.protocol.version"] = protocol_version
+        agent = headers("user-agent")
+        if agent:
+            attributes["user_agent.original"] = agent[0]
+
+        parent = propagate.extract(headers, getter=_GETTER)
+        name = known or "HTTP"
+        span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        if config.request_headers:
+            _capture(span, "http.request.header.", config.request_headers, None, headers)
+        ctx = context.set_value(_IN_SERVER_SPAN, True, trace.set_span_in_context(span, parent))
+        return ServerSpan(span, ctx, context.attach(ctx))
+    except Exception as exc:  # noqa: BLE001 - never fail a request
+        _report(exc)
+        return None
+
+
+def attach(span: ServerSpan) -> object:
+    """Make a request's context current again (while its response is produced)."""
+    return context.attach(span.context)
+
+
+def detach(token: object) -> None:
+    try:
+        context.detach(token)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def current() -> trace.Span | None:
+    """The SERVER span of the request being handled, if the agent started one."""
+    if not context.get_value(_IN_SERVER_SPAN):
+        return None
+    return trace.get_current_span()
+
+
+def set_route(route: str) -> None:
+    """Name the current SERVER span by its route template (called by framework hooks)."""
+    try:
+        span = current()
+        if span is None or not route:
+            return
+        span.set_attribute("http.route", route)
+        method = getattr(span, "attributes", {}).get("http.request.method", "HTTP")
+        span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
+    except Exception as exc:  # noqa: BLE001
+        _report(exc)
+
+
+def record_exception(exc: BaseException, span: trace.Span | None = None) -> None:
+    """Record an exception on the SERVER span (the current one by default) as an error."""
+    try:
+        span = span if span is not None else current()
+        if span is None:
+            return
+        span.record_exception(exc)
+        span.set_attribute("error.type", type(exc).__qualname__)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    except Exception as error:  # noqa: BLE001
+        _report(error)
+
+
+def _instrumentation_enabled() -> bool:
+    return not context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY)  # noqa: SLF001
+
+
+def _capture(span, prefix: str, wanted: list[str], pairs: Iterable[tuple[str, str]] | None, lookup: Lookup | None = None) -> None:
+    """Record the named headers as ``{prefix}{name}`` list attributes, sanitized."""
+    try:
+        values: dict[str, list[str]] = {}
+        if lookup is not None:
+            for name in wanted:
+                found = list(lookup(name))
+                if found:
+                    values[name] = found
+        else:
+            wanted_set = set(wanted)
+            for name, value in pairs or ():
+                lowered = name.lower()
+                if lowered in wanted_set:
+                    values.setdefault(lowered, []).append(value)
+        sanitize = settings().sanitize
+        for name, found in values.items():
+            if sanitize is not None and sanitize.fullmatch(name):
+                found = ["[REDACTED]"] * len(found)
+            span.set_attribute(prefix + name, found)
+    except Exception as exc:  # noqa: BLE001
+        _report(exc)
+
+
+def _report(exc: BaseException) -> None:
+    _log.warn_once(
+        "server-span:" + type(exc).__name__,
+        "a server span could not be recorded (%s: %s); the request is not affected",
+        type(exc).__name__,
+        exc,
+    )
