@@ -49,9 +49,22 @@ class Hook:
         return f"Hook({self.name!r}, {self.module!r}, {self.hook!r})"
 
 
-# One row per instrumented library. The library hooks arrive with their own issues; the
-# table's mechanics are exercised by AUTOTRACE_EXTRA_HOOKS in the tests.
-HOOKS: tuple[Hook, ...] = ()
+# One row per instrumented library: its name (for OTEL_PYTHON_DISABLED_INSTRUMENTATIONS),
+# the module whose import fires it, its hook module, and the versions it supports.
+HOOKS: tuple[Hook, ...] = (
+    # Incoming requests: servers start the SERVER span ...
+    Hook("http_server", "http.server", "autotrace.hooks.http_server"),
+    Hook("wsgiref", "wsgiref.handlers", "autotrace.hooks.wsgiref"),
+    Hook("werkzeug", "werkzeug.serving", "autotrace.hooks.werkzeug", "werkzeug", (2,)),
+    Hook("gunicorn", "gunicorn.workers.base", "autotrace.hooks.gunicorn", "gunicorn", (20,)),
+    Hook("waitress", "waitress.server", "autotrace.hooks.waitress", "waitress", (2,)),
+    Hook("uvicorn", "uvicorn.config", "autotrace.hooks.uvicorn", "uvicorn", (0, 20)),
+    Hook("hypercorn", "hypercorn.utils", "autotrace.hooks.hypercorn", "hypercorn", (0, 14)),
+    # ... frameworks name it by route (and start it under a server no hook knows).
+    Hook("flask", "flask.app", "autotrace.hooks.flask", "flask", (2,)),
+    Hook("django", "django.core.handlers.base", "autotrace.hooks.django", "django", (3, 2)),
+    Hook("starlette", "starlette.routing", "autotrace.hooks.starlette", "starlette", (0, 20)),
+)
 
 _lock = threading.Lock()
 _armed: dict[str, Hook] = {}
