@@ -15,17 +15,20 @@ from __future__ import annotations
 import os
 import threading
 
-from opentelemetry import context, propagate, trace
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
-
 from . import _log
 from ._version import __version__
 from .redact import redact_query
 
+# The OpenTelemetry API is imported at the first request, not when a hook imports this
+# module (which happens when the app imports its web framework, at start-up).
+context = propagate = trace = SpanKind = Status = StatusCode = None  # set by _load_api()
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Iterable, Sequence
+
+    from opentelemetry import context, propagate, trace  # noqa: F811
+    from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: F811
 
     Lookup = Callable[[str], "Sequence[str]"]  # header name (lower-case) -> its values
 
@@ -34,12 +37,29 @@ KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH
 # Set in the context of a request that has its SERVER span: a second server layer (a
 # framework's own WSGI app under a server hook, werkzeug's handler under http.server)
 # must not start another one.
-_IN_SERVER_SPAN = context.create_key("autotrace-server-span")
+_IN_SERVER_SPAN = "autotrace-server-span"  # a context key, made by _load_api()
+_api_lock = threading.Lock()
 
 # Longest propagation header value read; a longer one is ignored (a new trace starts).
 MAX_PROPAGATION_HEADER = 8192
 
 _tracer: trace.Tracer | None = None
+_loaded = False
+
+
+def _load_api() -> None:
+    """Import the OpenTelemetry API (once, at the first request)."""
+    global context, propagate, trace, SpanKind, Status, StatusCode, _IN_SERVER_SPAN, _loaded
+    with _api_lock:
+        if _loaded:
+            return
+        from opentelemetry import context as _context, propagate as _propagate, trace as _trace
+        from opentelemetry.trace import SpanKind as _SpanKind, Status as _Status, StatusCode as _StatusCode
+
+        context, propagate, trace = _context, _propagate, _trace
+        SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
+        _IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
+        _loaded = True
 _settings: _Settings | None = None
 _settings_lock = threading.Lock()
 
@@ -100,7 +120,7 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
-class _LookupGetter(Getter):
+class _LookupGetter:
     """Reads propagation fields through a server's own header lookup, within the W3C rules.
 
     ``traceparent`` given more than once (repeated, or comma-joined) is invalid: none is
@@ -187,6 +207,8 @@ def start(
     up a (lower-case) request header's values. Never raises.
     """
     try:
+        if not _loaded:
+            _load_api()
         if context.get_value(_IN_SERVER_SPAN) or not _instrumentation_enabled():
             return None
         config = settings()
@@ -242,7 +264,7 @@ def detach(token: object) -> None:
 
 def current() -> trace.Span | None:
     """The SERVER span of the request being handled, if the agent started one."""
-    if not context.get_value(_IN_SERVER_SPAN):
+    if not _loaded or not context.get_value(_IN_SERVER_SPAN):
         return None
     return trace.get_current_span()
 
