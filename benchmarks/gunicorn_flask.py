@@ -1,0 +1,156 @@
+"""Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
+
+    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1]
+
+Needs `wrk` (Debian package wrk). Each variant gets a fresh gunicorn on a free loopback
+port, a warm-up, then a timed wrk run; variants alternate for --rounds rounds, and the
+medians are compared with plain gunicorn measured in the same run. Spans go to a local
+OTLP/HTTP sink that accepts and discards them, so export does real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+APP = '''
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.get("/hello/<name>")
+def hello(name):
+    return f"hello {name}"
+'''
+
+
+class _Sink(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def _wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:
+    """Requests per second and p99 latency in ms."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, p99
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of gunicorn's worker processes (children of the master)."""
+    total = 0
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        for line in Path(f"/proc/{child}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_port}")
+    gunicorn = str(bin_dir / "gunicorn")
+    variants = {
+        "plain": [gunicorn],
+        "autotrace run": [str(bin_dir / "autotrace"), "run", gunicorn],
+    }
+    for name, tool in (("opentelemetry-instrument", "opentelemetry-instrument"), ("ddtrace-run", "ddtrace-run")):
+        path = shutil.which(tool, path=env["PATH"])
+        if path:
+            variants[name] = [path, gunicorn]
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "app.py").write_text(APP)
+        for _ in range(args.rounds):
+            for name, prefix in variants.items():
+                port = _free_port()
+                url = f"http://127.0.0.1:{port}/hello/world"
+                server = subprocess.Popen(
+                    [*prefix, "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "app:app"],
+                    cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                try:
+                    _wait(url)
+                    _wrk(url, 2, args.connections)  # warm-up
+                    rps, p99 = _wrk(url, args.seconds, args.connections)
+                    results[name].append((rps, p99, _rss_kib(server.pid)))
+                finally:
+                    server.send_signal(signal.SIGTERM)
+                    server.wait(timeout=30)
+    sink.shutdown()
+
+    base_rps = statistics.median(r[0] for r in results["plain"])
+    base_p99 = statistics.median(r[1] for r in results["plain"])
+    base_rss = statistics.median(r[2] for r in results["plain"])
+    print(
+        f"gunicorn -w {args.workers} + Flask hello, wrk -c{args.connections} -d{args.seconds}s, "
+        f"median of {args.rounds} rounds, {os.cpu_count()} cores"
+    )
+    for name, rows in results.items():
+        rps = statistics.median(r[0] for r in rows)
+        p99 = statistics.median(r[1] for r in rows)
+        rss = statistics.median(r[2] for r in rows)
+        print(
+            f"  {name:26s} {rps:8.0f} req/s {rps / base_rps:5.2f}x   p99 {p99:7.2f} ms {p99 / base_p99:5.2f}x"
+            f"   worker RSS {rss / 1024:6.1f} MiB {rss / base_rss:5.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
