@@ -23,19 +23,28 @@ def wrap_function(owner: Any, name: str, make_wrapper: Callable[[Callable], Call
     class itself (not inherited), so a subclass is patched only where it defines its own.
     The wrapper gets the original's name, docstring and ``__wrapped__``.
     """
-    original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-    if getattr(original, ORIGINAL, None) is not None:
+    if isinstance(owner, type):
+        if name not in owner.__dict__:
+            return False  # inherited: patch the class that defines it
+        original = owner.__dict__[name]
+    else:
+        original = getattr(owner, name)
+    descriptor = type(original) if isinstance(original, (staticmethod, classmethod)) else None
+    function = original.__func__ if descriptor is not None else original
+    if getattr(function, ORIGINAL, None) is not None:
         return False
-    wrapper = make_wrapper(original)
-    functools.update_wrapper(wrapper, original)
+    wrapper = make_wrapper(function)
+    functools.update_wrapper(wrapper, function)
     setattr(wrapper, ORIGINAL, original)
-    setattr(owner, name, wrapper)
+    setattr(owner, name, descriptor(wrapper) if descriptor is not None else wrapper)
     return True
 
 
 def unwrap_function(owner: Any, name: str) -> None:
     """Put the original back (for tests)."""
     current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+    if isinstance(current, (staticmethod, classmethod)):
+        current = current.__func__
     original = getattr(current, ORIGINAL, None)
     if original is not None:
         setattr(owner, name, original)

@@ -109,3 +109,57 @@ def warnings(capsys):
         return [line for line in err.splitlines() if line.startswith("autotrace WARNING:")]
 
     return read
+
+
+# One SDK TracerProvider for the whole session: the API lets the global provider be set
+# once per process, so every test that records spans shares it (through these fixtures).
+_memory_exporter = None
+
+
+@pytest.fixture(scope="session")
+def memory_exporter():
+    """An InMemorySpanExporter fed by the global SDK TracerProvider (set up once)."""
+    global _memory_exporter
+    if _memory_exporter is None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            trace.set_tracer_provider(TracerProvider())
+            provider = trace.get_tracer_provider()
+        assert isinstance(provider, TracerProvider), f"a non-SDK global TracerProvider is set: {provider!r}"
+        _memory_exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(_memory_exporter))
+    return _memory_exporter
+
+
+@pytest.fixture
+def spans(memory_exporter, monkeypatch):
+    """The in-memory exporter, emptied, with server_span's tracer and settings reset.
+
+    ``spans.get_finished_spans()`` lists what ended during the test.
+    """
+    from opentelemetry import context
+
+    from autotrace import server_span
+
+    for name in (
+        "OTEL_PYTHON_EXCLUDED_URLS",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    memory_exporter.clear()
+    server_span._tracer = None
+    server_span.reset_settings()
+    before = context.get_current()
+    yield memory_exporter
+    if context.get_current() is not before:  # a failed test left a request's context current
+        context.attach(before)
+    memory_exporter.clear()
+    server_span._tracer = None
+    server_span.reset_settings()
