@@ -222,7 +222,7 @@ def start(
             "url.scheme": scheme,
             "url.path": path,
         }
-        if known is None:
+        if method != attributes["http.request.method"]:  # unknown, or known in another case
             attributes["http.request.method_original"] = method
         if query:
             attributes["url.query"] = redact_query(query)
@@ -243,7 +243,8 @@ def start(
         span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         if config.request_headers:
             _capture(span, "http.request.header.", config.request_headers, None, headers)
-        ctx = context.set_value(_IN_SERVER_SPAN, True, trace.set_span_in_context(span, parent))
+        # The key's value is the SERVER span: current() finds it under a child span too.
+        ctx = context.set_value(_IN_SERVER_SPAN, span, trace.set_span_in_context(span, parent))
         return ServerSpan(span, ctx, context.attach(ctx))
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
@@ -264,9 +265,9 @@ def detach(token: object) -> None:
 
 def current() -> trace.Span | None:
     """The SERVER span of the request being handled, if the agent started one."""
-    if not _loaded or not context.get_value(_IN_SERVER_SPAN):
+    if not _loaded:
         return None
-    return trace.get_current_span()
+    return context.get_value(_IN_SERVER_SPAN)
 
 
 def set_route(route: str) -> None:
@@ -288,9 +289,13 @@ def record_exception(exc: BaseException, span: trace.Span | None = None) -> None
         span = span if span is not None else current()
         if span is None:
             return
-        span.record_exception(exc)
         span.set_attribute("error.type", type(exc).__qualname__)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        try:
+            description = f"{type(exc).__name__}: {exc}"
+        except Exception:  # noqa: BLE001 - an exception whose str() fails
+            description = type(exc).__name__
+        span.set_status(Status(StatusCode.ERROR, description))
+        span.record_exception(exc)
     except Exception as error:  # noqa: BLE001
         _report(error)
 

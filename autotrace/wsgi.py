@@ -34,6 +34,8 @@ class TracedWSGIApp:
 
     def __getattr__(self, name: str):
         # Servers and tools may look at the app's own attributes.
+        if name == "__wrapped__":  # not set yet (copy, pickle): no endless recursion
+            raise AttributeError(name)
         return getattr(self.__wrapped__, name)
 
     def __call__(self, environ: dict, start_response: Callable):
@@ -76,10 +78,10 @@ class _ClosingIterable:
         return self
 
     def __next__(self):
-        if self._iterator is None:
-            self._iterator = iter(self._result)
         token = server_span.attach(self._span)
         try:
+            if self._iterator is None:
+                self._iterator = iter(self._result)
             return next(self._iterator)
         except StopIteration:
             self._span.end()
@@ -110,8 +112,7 @@ class _ClosingIterable:
 def _start(environ: dict) -> server_span.ServerSpan | None:
     try:
         query = environ.get("QUERY_STRING", "")
-        path = environ.get("PATH_INFO", "") or "/"
-        script = environ.get("SCRIPT_NAME", "")
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") or "/"
         port = environ.get("SERVER_PORT")
         host = environ.get("HTTP_HOST")
         address = None
@@ -122,7 +123,7 @@ def _start(environ: dict) -> server_span.ServerSpan | None:
         return server_span.start(
             method=environ.get("REQUEST_METHOD", "GET"),
             scheme=environ.get("wsgi.url_scheme", "http"),
-            path=_latin1_to_text(script + path),
+            path=_latin1_to_text(path),
             query=_latin1_to_text(query),
             headers=lambda name: _environ_values(environ, name),
             server_address=address or environ.get("SERVER_NAME"),
