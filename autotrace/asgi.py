@@ -1,10 +1,15 @@
 """An ASGI app wrapped with its SERVER span; server hooks wrap whatever app they are given.
 
 HTTP: one span per request, ended when the response is complete (the last body
-message is sent), or when the app returns or fails. WebSocket: one span per
-connection, ended when the app returns. Lifespan and other scopes pass through. The
-app's exceptions are recorded and re-raised untouched; the messages it sends are
-passed on as they are.
+message is sent, or the last trailers message when the response announced trailers),
+or when the app returns or fails. WebSocket: one span per connection, ended when the
+app returns. Lifespan and other scopes pass through. The app's exceptions are
+recorded and re-raised untouched; the messages it sends are passed on as they are.
+
+The status code is the one the client gets: the app's, 101 for an accepted WebSocket,
+403 for one closed before it was accepted, and 500 when the app returns or fails
+without having started a response while the client is still there (what every ASGI
+server then answers: uvicorn, hypercorn, daphne, granian).
 """
 
 from __future__ import annotations
@@ -32,39 +37,81 @@ class TracedASGIApp:
         self.__wrapped__ = app
 
     def __getattr__(self, name: str):
+        if name == "__wrapped__":  # not set yet (copy, pickle): no endless recursion
+            raise AttributeError(name)
         return getattr(self.__wrapped__, name)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        app = self.__wrapped__
-        kind = scope.get("type") if isinstance(scope, dict) else None
-        span = _start(scope) if kind in ("http", "websocket") else None
-        if span is None:
-            return await app(scope, receive, send)
+        return await call(self.__wrapped__, scope, receive, send)
 
-        async def traced_send(message: dict) -> None:
-            try:
-                event = message.get("type")
-                if event == "http.response.start":
-                    span.set_status_code(int(message.get("status", 0)))
-                    span.capture_response_headers(_decoded(message.get("headers") or ()))
-                elif event == "websocket.accept":
-                    span.set_status_code(101)
-                elif event == "websocket.http.response.start":  # connection refused with a response
-                    span.set_status_code(int(message.get("status", 0)))
-            except Exception:  # noqa: BLE001
-                pass
-            await send(message)
-            if kind == "http" and message.get("type") == "http.response.body" and not message.get("more_body", False):
-                span.end()
 
+async def call(app: Callable, scope: dict, receive: Callable, send: Callable) -> None:
+    """Call ``app`` within the request's SERVER span, as a wrapped app is called.
+
+    For a framework's own ASGI entry point (a method, bound per call), which cannot be
+    wrapped once: ``await asgi.call(bound_method, scope, receive, send)``.
+    """
+    kind = scope.get("type") if isinstance(scope, dict) else None
+    span = _start(scope) if kind in ("http", "websocket") else None
+    if span is None:
+        return await app(scope, receive, send)
+
+    responded = disconnected = trailers = False  # as far as the app's messages tell
+
+    async def traced_receive() -> dict:
+        nonlocal disconnected
+        message = await receive()
         try:
-            return await app(scope, receive, traced_send)
-        except BaseException as exc:
-            span.record_exception(exc)
-            raise
-        finally:
+            if message.get("type") in ("http.disconnect", "websocket.disconnect"):
+                disconnected = True
+        except Exception:  # noqa: BLE001
+            pass
+        return message
+
+    async def traced_send(message: dict) -> None:
+        nonlocal responded, trailers
+        complete = False
+        try:
+            event = message.get("type")
+            if event == "http.response.start":
+                responded = True
+                trailers = bool(message.get("trailers", False))
+                span.set_status_code(int(message.get("status", 0)))
+                span.capture_response_headers(_decoded(message.get("headers") or ()))
+            elif event == "http.response.body":
+                complete = not message.get("more_body", False) and not trailers
+            elif event == "http.response.trailers":
+                complete = not message.get("more_trailers", False)
+            elif event == "websocket.accept":
+                responded = True
+                span.set_status_code(101)
+            elif event == "websocket.close":
+                if not responded:  # closed before accepted: the server answers 403
+                    span.set_status_code(403)
+                responded = True
+            elif event == "websocket.http.response.start":  # connection refused with a response
+                responded = True
+                span.set_status_code(int(message.get("status", 0)))
+        except Exception:  # noqa: BLE001
+            pass
+        await send(message)
+        if complete and kind == "http":
             span.end()
-            span.detach()
+
+    try:
+        result = await app(scope, traced_receive, traced_send)
+    except BaseException as exc:
+        if isinstance(exc, Exception) and not responded and not disconnected:
+            span.set_status_code(500)
+        span.record_exception(exc)  # after: error.type names the exception
+        raise
+    else:
+        if not responded and not disconnected:
+            span.set_status_code(500)
+        return result
+    finally:
+        span.end()
+        span.detach()
 
 
 def _decoded(headers) -> list[tuple[str, str]]:
@@ -89,7 +136,7 @@ def _start(scope: dict) -> server_span.ServerSpan | None:
             if host_port.isdigit():
                 port = int(host_port)
         raw_path = scope.get("raw_path")
-        path = scope.get("root_path", "") + scope.get("path", "/") if raw_path is None else _text(raw_path)
+        path = scope.get("root_path", "") + scope.get("path", "/") if raw_path is None else _text(raw_path).partition("?")[0]
         default_scheme = "ws" if scope.get("type") == "websocket" else "http"
         return server_span.start(
             method=scope.get("method", "GET"),

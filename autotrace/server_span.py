@@ -157,7 +157,9 @@ class ServerSpan:
         try:
             span = self.span
             span.set_attribute("http.response.status_code", code)
-            if code >= 500:
+            # An exception recorded already (one a framework turned into this response)
+            # names the error better than its status code: error.type keeps it.
+            if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):
                 span.set_attribute("error.type", str(code))
                 span.set_status(Status(StatusCode.ERROR))
         except Exception as exc:  # noqa: BLE001
@@ -287,7 +289,10 @@ def record_exception(exc: BaseException, span: trace.Span | None = None) -> None
     """Record an exception on the SERVER span (the current one by default) as an error."""
     try:
         span = span if span is not None else current()
-        if span is None:
+        # Not on an ended span (an exception re-raised after the response was complete,
+        # as Starlette's ServerErrorMiddleware does: the SDK would only log warnings),
+        # nor twice (recorded by a framework hook, then re-raised through the wrapper).
+        if span is None or not span.is_recording() or _recorded(span, exc):
             return
         span.set_attribute("error.type", type(exc).__qualname__)
         try:
@@ -298,6 +303,24 @@ def record_exception(exc: BaseException, span: trace.Span | None = None) -> None
         span.record_exception(exc)
     except Exception as error:  # noqa: BLE001
         _report(error)
+
+
+def _recorded(span: trace.Span, exc: BaseException) -> bool:
+    """Whether the span has an exception event for this exception (same type and message)."""
+    events = getattr(span, "events", None)
+    if not events:
+        return False
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in (None, "builtins") else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001
+        return False
+    for event in events:
+        attributes = event.attributes or {}
+        if event.name == "exception" and attributes.get("exception.type") == name and attributes.get("exception.message") == message:
+            return True
+    return False
 
 
 def _instrumentation_enabled() -> bool:

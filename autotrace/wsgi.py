@@ -3,9 +3,12 @@
 The span ends when the response is complete: when the response iterable is exhausted
 or closed (a streaming response is measured whole), not when the app returns. A list
 or tuple response is complete already and is returned as it is, so servers still see
-its length (wsgiref sets Content-Length from it). The app's exceptions are recorded
-and re-raised untouched; its return value is never replaced by anything that behaves
-differently.
+its length (wsgiref sets Content-Length from it); so is the server's own file wrapper
+(``wsgi.file_wrapper``, which servers send with ``sendfile``; the span then ends when
+the app returns). Any other iterable is wrapped, keeping its length if it has one.
+The app's exceptions are recorded and re-raised untouched; one raised before anything
+was sent makes the status 500, which the server then answers. Its return value is
+never replaced by anything that behaves differently.
 """
 
 from __future__ import annotations
@@ -39,31 +42,52 @@ class TracedWSGIApp:
         return getattr(self.__wrapped__, name)
 
     def __call__(self, environ: dict, start_response: Callable):
-        app = self.__wrapped__
-        span = _start(environ)
-        if span is None:
-            return app(environ, start_response)
+        return call(self.__wrapped__, environ, start_response)
 
-        def traced_start_response(status, headers, exc_info=None):
-            try:
-                span.set_status_code(int(str(status)[:3]))
-                span.capture_response_headers(headers)
-            except Exception:  # noqa: BLE001 - a malformed status is the server's business
-                pass
-            return start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
 
+def call(app: Callable, environ: dict, start_response: Callable):
+    """Call ``app`` within the request's SERVER span, as a wrapped app is called.
+
+    For a framework's own WSGI entry point (a method, bound per call), which cannot be
+    wrapped once: ``wsgi.call(bound_method, environ, start_response)``.
+    """
+    span = _start(environ)
+    if span is None:
+        return app(environ, start_response)
+
+    def traced_start_response(status, headers, exc_info=None):
         try:
-            result = app(environ, traced_start_response)
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.detach()
-            span.end()
-            raise
+            span.set_status_code(int(str(status)[:3]))
+            span.capture_response_headers(headers)
+        except Exception:  # noqa: BLE001 - a malformed status is the server's business
+            pass
+        return start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
+
+    try:
+        result = app(environ, traced_start_response)
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # nothing sent yet: the server answers 500
+            span.set_status_code(500)
+        span.record_exception(exc)
         span.detach()
-        if isinstance(result, (list, tuple)):
-            span.end()
-            return result
-        return _ClosingIterable(result, span)
+        span.end()
+        raise
+    span.detach()
+    if isinstance(result, (list, tuple)) or _is_file_wrapper(result, environ):
+        span.end()
+        return result
+    if hasattr(type(result), "__len__"):  # servers read it (Content-Length): keep it
+        return _SizedClosingIterable(result, span)
+    return _ClosingIterable(result, span)
+
+
+def _is_file_wrapper(result, environ: dict) -> bool:
+    """Whether the response is the server's file wrapper, which it must see as it is."""
+    try:
+        wrapper = environ.get("wsgi.file_wrapper")
+        return isinstance(wrapper, type) and isinstance(result, wrapper)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 class _ClosingIterable:
@@ -73,6 +97,7 @@ class _ClosingIterable:
         self._result = result
         self._iterator = None
         self._span = span
+        self._yielded = False
 
     def __iter__(self):
         return self
@@ -82,16 +107,20 @@ class _ClosingIterable:
         try:
             if self._iterator is None:
                 self._iterator = iter(self._result)
-            return next(self._iterator)
+            item = next(self._iterator)
         except StopIteration:
             self._span.end()
             raise
         except BaseException as exc:
+            if not self._yielded and isinstance(exc, Exception):  # nothing sent yet: a 500
+                self._span.set_status_code(500)
             self._span.record_exception(exc)
             self._span.end()
             raise
         finally:
             server_span.detach(token)
+        self._yielded = True
+        return item
 
     def close(self) -> None:
         try:
@@ -109,10 +138,23 @@ class _ClosingIterable:
         return getattr(self._result, name)
 
 
+class _SizedClosingIterable(_ClosingIterable):
+    """A wrapped response that has a length (wsgiref and waitress set Content-Length from it)."""
+
+    def __len__(self) -> int:
+        return len(self._result)
+
+
 def _start(environ: dict) -> server_span.ServerSpan | None:
     try:
         query = environ.get("QUERY_STRING", "")
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") or "/"
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if isinstance(raw, str) and raw.startswith("/"):
+            # The target as sent (gunicorn, waitress, werkzeug): the path undecoded, as
+            # http.server and ASGI servers (raw_path) give it.
+            path = raw.partition("?")[0].partition("#")[0]
+        else:
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") or "/"
         port = environ.get("SERVER_PORT")
         host = environ.get("HTTP_HOST")
         address = None

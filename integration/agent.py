@@ -107,7 +107,11 @@ class Watched:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            preexec_fn=_default_signals,
+            # Only when needed: a preexec_fn makes Python fork() rather than vfork(), and
+            # with the receiver's gRPC server running in this process, gRPC's fork
+            # handlers then now and then crash the child before it execs (SIGABRT,
+            # "epoll_wait error: Bad file descriptor"; grpc/grpc#43055).
+            preexec_fn=_default_signals if _signal_ignored() else None,
         )
         self._readers = [
             threading.Thread(target=self._read, args=(name, stream), daemon=True)
@@ -196,6 +200,11 @@ class Watched:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _signal_ignored() -> bool:
+    """Whether SIGINT or SIGTERM is ignored here: a child would inherit that (a handler it would not)."""
+    return any(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM))
 
 
 def _default_signals() -> None:

@@ -42,6 +42,8 @@ class ReceivedSpan:
     events: tuple  # event names
     protocol: str  # "grpc" or "http"
     headers: dict = field(hash=False)  # export request metadata / HTTP headers, lower-case keys
+    start_time_unix_nano: int = 0
+    end_time_unix_nano: int = 0
 
 
 def free_port() -> int:
@@ -90,6 +92,8 @@ def _convert(
                         events=tuple(e.name for e in span.events),
                         protocol=protocol,
                         headers=dict(headers),
+                        start_time_unix_nano=int(span.start_time_unix_nano),
+                        end_time_unix_nano=int(span.end_time_unix_nano),
                     )
                 )
     return out
