@@ -31,11 +31,14 @@ from . import _log
 logger = _log.logger
 
 _installed: dict[int, object] = {}
+_flush: Callable[[bool], object] | None = None
 
 
 def install(flush: Callable[[bool], object]) -> None:
+    global _flush
     if threading.current_thread() is not threading.main_thread():
         return
+    _flush = flush
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
             previous = signal.getsignal(signum)
@@ -45,6 +48,24 @@ def install(flush: Callable[[bool], object]) -> None:
                 continue
             signal.signal(signum, _handler(signum, previous, flush))
             _installed[signum] = previous
+        except (ValueError, OSError, RuntimeError) as exc:
+            logger.debug("cannot watch signal %s: %s", signum, exc)
+
+
+def rearm() -> None:
+    """Flush again where a server has put SIGTERM or SIGINT back to the default action.
+
+    For a server that resets its worker's signals to SIG_DFL after the agent started
+    (uvicorn's gunicorn worker does, so that the worker dies of the signal): without
+    this, the worker would die of it without flushing.
+    """
+    if _flush is None or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _handler(signum, signal.SIG_DFL, _flush))
+                _installed[signum] = signal.SIG_DFL
         except (ValueError, OSError, RuntimeError) as exc:
             logger.debug("cannot watch signal %s: %s", signum, exc)
 
