@@ -63,7 +63,11 @@ HOOKS: tuple[Hook, ...] = (
     # ... frameworks name it by route (and start it under a server no hook knows).
     Hook("flask", "flask.app", "autotrace.hooks.flask", "flask", (2,)),
     Hook("django", "django.core.handlers.base", "autotrace.hooks.django", "django", (3, 2)),
+    Hook("django_wsgi", "django.core.handlers.wsgi", "autotrace.hooks.django:patch_wsgi", "django", (3, 2)),
+    Hook("django_asgi", "django.core.handlers.asgi", "autotrace.hooks.django:patch_asgi", "django", (3, 2)),
     Hook("starlette", "starlette.routing", "autotrace.hooks.starlette", "starlette", (0, 20)),
+    Hook("starlette_app", "starlette.applications", "autotrace.hooks.starlette:patch_app", "starlette", (0, 20)),
+    Hook("fastapi", "fastapi.applications", "autotrace.hooks.starlette:patch_fastapi", "fastapi", (0, 87)),
 )
 
 _lock = threading.Lock()
