@@ -30,6 +30,21 @@ def wrap(app: Callable) -> Callable:
     return TracedASGIApp(app)
 
 
+def traced_method(original: Callable) -> Callable:
+    """For ``patching.wrap_function``: a framework's ``__call__`` that traces its requests.
+
+    Under a server hook the request's span is current already and the call goes straight
+    to the framework; under a server no hook knows, the framework starts the span itself.
+    """
+
+    async def __call__(self, scope, receive, send):
+        if server_span.current() is not None:
+            return await original(self, scope, receive, send)
+        return await call(original.__get__(self, type(self)), scope, receive, send)
+
+    return __call__
+
+
 class TracedASGIApp:
     __autotrace_asgi__ = True
 

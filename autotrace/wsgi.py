@@ -29,6 +29,21 @@ def wrap(app: Callable) -> Callable:
     return TracedWSGIApp(app)
 
 
+def traced_method(original: Callable) -> Callable:
+    """For ``patching.wrap_function``: a framework's ``__call__`` that traces its requests.
+
+    Under a server hook the request's span is current already and the call goes straight
+    to the framework; under a server no hook knows, the framework starts the span itself.
+    """
+
+    def __call__(self, environ, start_response):
+        if server_span.current() is not None:
+            return original(self, environ, start_response)
+        return call(original.__get__(self, type(self)), environ, start_response)
+
+    return __call__
+
+
 class TracedWSGIApp:
     __autotrace_wsgi__ = True
 

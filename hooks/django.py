@@ -44,11 +44,11 @@ def patch(module: ModuleType) -> None:
 
 
 def patch_wsgi(module: ModuleType) -> None:
-    wrap_function(module.WSGIHandler, "__call__", _traced_wsgi_call)
+    wrap_function(module.WSGIHandler, "__call__", wsgi.traced_method)
 
 
 def patch_asgi(module: ModuleType) -> None:
-    wrap_function(module.ASGIHandler, "__call__", _traced_asgi_call)
+    wrap_function(module.ASGIHandler, "__call__", asgi.traced_method)
 
 
 def _named_by_route(original):
@@ -80,19 +80,3 @@ def _recording_handled_exception(original):
     return handle_uncaught_exception
 
 
-def _traced_wsgi_call(original):
-    def __call__(self, environ, start_response):
-        if server_span.current() is not None:  # a server hook started it: nothing to add
-            return original(self, environ, start_response)
-        return wsgi.call(original.__get__(self, type(self)), environ, start_response)
-
-    return __call__
-
-
-def _traced_asgi_call(original):
-    async def __call__(self, scope, receive, send):
-        if server_span.current() is not None:  # a server hook started it: nothing to add
-            return await original(self, scope, receive, send)
-        return await asgi.call(original.__get__(self, type(self)), scope, receive, send)
-
-    return __call__

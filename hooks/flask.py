@@ -33,18 +33,9 @@ def patch(module: ModuleType) -> None:
 
     flask_class = module.Flask
     request = importlib.import_module("flask.globals").request  # the request context's proxy
-    wrap_function(flask_class, "__call__", _traced_call)
+    wrap_function(flask_class, "__call__", wsgi.traced_method)
     wrap_function(flask_class, "full_dispatch_request", lambda original: _named_by_rule(original, request))
     wrap_function(flask_class, "handle_exception", _recording_handled_exception)
-
-
-def _traced_call(original):
-    def __call__(self, environ, start_response):
-        if server_span.current() is not None:  # a server hook started it: nothing to add
-            return original(self, environ, start_response)
-        return wsgi.call(original.__get__(self, type(self)), environ, start_response)
-
-    return __call__
 
 
 def _named_by_rule(original, request):

@@ -107,19 +107,10 @@ def _prefixed_by_mount(original):
 def patch_app(module: ModuleType) -> None:
     import importlib
 
-    wrap_function(module.Starlette, "__call__", _traced_asgi_call)
+    wrap_function(module.Starlette, "__call__", asgi.traced_method)
     # Imported by starlette.applications itself: complete by now.
     errors = importlib.import_module("starlette.middleware.errors")
     wrap_function(errors.ServerErrorMiddleware, "__init__", _recording_server_errors)
-
-
-def _traced_asgi_call(original):
-    async def __call__(self, scope, receive, send):
-        if server_span.current() is not None:  # a server hook started it: nothing to add
-            return await original(self, scope, receive, send)
-        return await asgi.call(original.__get__(self, type(self)), scope, receive, send)
-
-    return __call__
 
 
 def _recording_server_errors(original):
@@ -162,7 +153,7 @@ class RecordServerErrors:
 def patch_fastapi(module: ModuleType) -> None:
     import importlib
 
-    wrap_function(module.FastAPI, "__call__", _traced_asgi_call)
+    wrap_function(module.FastAPI, "__call__", asgi.traced_method)
     routing = importlib.import_module("fastapi.routing")
     effective = getattr(routing, "_get_scope_effective_route_context", None)
     if effective is not None and "handle" in vars(routing.APIRoute):
