@@ -111,10 +111,9 @@ def _otlp_factory(settings: Settings) -> Callable[[], SpanExporter]:
         if settings.protocol == "grpc":
             from grpc import Compression as GrpcCompression
 
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter as GrpcExporter,
-            )
+            from .otlp_exporters import grpc_exporter_class
 
+            GrpcExporter = grpc_exporter_class()  # the SDK's, with autotrace's span encoder
             return GrpcExporter(
                 endpoint=settings.endpoint,
                 insecure=settings.insecure,
@@ -125,10 +124,10 @@ def _otlp_factory(settings: Settings) -> Callable[[], SpanExporter]:
                 else GrpcCompression.NoCompression,
             )
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
 
+        from .otlp_exporters import http_exporter_class
+
+        HttpExporter = http_exporter_class()  # the SDK's, with autotrace's span encoder
         return HttpExporter(
             endpoint=settings.endpoint,
             headers=dict(settings.headers),

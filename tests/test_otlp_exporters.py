@@ -1,0 +1,184 @@
+"""The SDK's OTLP exporters with autotrace's encoder plugged in: what reaches the wire."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
+from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_module
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from autotrace import otlp_exporters
+
+
+@pytest.fixture(autouse=True)
+def fresh_state():
+    saved = dict(otlp_exporters._state)
+    otlp_exporters._state.update(verified=False, disabled=False)
+    yield
+    otlp_exporters._state.clear()
+    otlp_exporters._state.update(saved)
+
+
+def _spans(n=5):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource({"service.name": "svc"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("scope", "1.0")
+    for i in range(n):
+        with tracer.start_as_current_span(f"op{i}", kind=SpanKind.SERVER, attributes={"i": i, "s": "x"}) as span:
+            span.add_event("e", {"k": -1})
+    return exporter.get_finished_spans()
+
+
+class _Sink:
+    def __init__(self):
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink():
+    s = _Sink()
+    yield s
+    s.close()
+
+
+def _http_exporter(url):
+    cls = otlp_exporters.http_exporter_class()
+    assert cls is not http_module.OTLPSpanExporter
+    return cls(endpoint=url, timeout=5)
+
+
+def test_http_export_sends_our_encoding(sink, monkeypatch):
+    calls = []
+    real = otlp_exporters.encode_spans
+    monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans: calls.append(len(spans)) or real(spans))
+    spans = _spans()
+    exporter = _http_exporter(sink.url)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert ExportTraceServiceRequest.FromString(sink.bodies[0]) == sdk_encode_spans(spans)
+    assert calls == [5, 5]  # the first-batch check, then the batch
+    # Installing twice keeps one dispatcher, wrapping the SDK's encoder.
+    otlp_exporters.http_exporter_class()
+    assert http_module.encode_spans.__wrapped__ is sdk_encode_spans
+    exporter.shutdown()
+
+
+def test_http_other_exporters_keep_the_sdk_encoder(sink, monkeypatch):
+    otlp_exporters.http_exporter_class()
+    monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans: pytest.fail("ours used"))
+    spans = _spans()
+    # An app's own exporter (the SDK's class) goes through the dispatcher untouched.
+    plain = http_module.OTLPSpanExporter(endpoint=sink.url, timeout=5)
+    assert plain.export(spans) is SpanExportResult.SUCCESS
+    assert ExportTraceServiceRequest.FromString(sink.bodies[0]) == sdk_encode_spans(spans)
+    assert isinstance(http_module.encode_spans(spans), ExportTraceServiceRequest)
+    plain.shutdown()
+
+
+def test_http_falls_back_to_the_sdk_encoder_on_error(sink, monkeypatch, capsys):
+    exporter = _http_exporter(sink.url)
+    spans = _spans()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS  # verified with the real encoder
+
+    def broken(spans):
+        raise RuntimeError("nope")
+
+    monkeypatch.setattr(otlp_exporters, "encode_spans", broken)
+    for _ in range(3):
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    for body in sink.bodies:
+        assert ExportTraceServiceRequest.FromString(body) == sdk_encode_spans(spans)
+    assert capsys.readouterr().err.count("span encoder failed") == 1
+    exporter.shutdown()
+
+
+def test_a_mismatch_switches_ours_off(sink, monkeypatch, capsys):
+    monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans: b"")
+    exporter = _http_exporter(sink.url)
+    spans = _spans()
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert otlp_exporters._state["disabled"]
+    for body in sink.bodies:
+        assert ExportTraceServiceRequest.FromString(body) == sdk_encode_spans(spans)
+    assert capsys.readouterr().err.count("disagrees") == 1
+    exporter.shutdown()
+
+
+def test_grpc_export_sends_our_encoding(monkeypatch):
+    grpc = pytest.importorskip("grpc")
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received = []
+
+    class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        calls = []
+        real = otlp_exporters.encode_spans
+        monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans: calls.append(len(spans)) or real(spans))
+        cls = otlp_exporters.grpc_exporter_class()
+        exporter = cls(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=5)
+        spans = _spans()
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert received == [sdk_encode_spans(spans)]
+        assert calls == [5, 5]
+
+        def broken(spans):
+            raise RuntimeError("nope")
+
+        monkeypatch.setattr(otlp_exporters, "encode_spans", broken)
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert received[1] == sdk_encode_spans(spans)
+        exporter.shutdown()
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_the_agent_factory_makes_the_exporters_with_our_encoder(protocol):
+    from autotrace import sdk
+    from autotrace.config import Settings
+
+    endpoint = "127.0.0.1:4317" if protocol == "grpc" else "http://127.0.0.1:4318/v1/traces"
+    exporter = sdk._otlp_factory(Settings(protocol=protocol, endpoint=endpoint, insecure=True))()
+    try:
+        assert type(exporter).__name__ == ("GrpcSpanExporter" if protocol == "grpc" else "HttpSpanExporter")
+        assert type(exporter).__module__ == "autotrace.otlp_exporters"
+    finally:
+        exporter.shutdown()
