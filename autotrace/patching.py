@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 ORIGINAL = "__autotrace_original__"
 
+# Every (owner, name) replaced, in order: tests put the originals back with undo().
+history: list[tuple[Any, str]] = []
+
 
 def wrap_function(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable]) -> bool:
     """Replace ``owner.name`` by ``make_wrapper(original)``; False if it was wrapped already.
@@ -37,6 +40,7 @@ def wrap_function(owner: Any, name: str, make_wrapper: Callable[[Callable], Call
     functools.update_wrapper(wrapper, function)
     setattr(wrapper, ORIGINAL, original)
     setattr(owner, name, descriptor(wrapper) if descriptor is not None else wrapper)
+    history.append((owner, name))
     return True
 
 
@@ -48,3 +52,10 @@ def unwrap_function(owner: Any, name: str) -> None:
     original = getattr(current, ORIGINAL, None)
     if original is not None:
         setattr(owner, name, original)
+
+
+def undo(mark: int = 0) -> None:
+    """Put back every original replaced since ``len(history)`` was ``mark`` (for tests)."""
+    while len(history) > mark:
+        owner, name = history.pop()
+        unwrap_function(owner, name)

@@ -68,6 +68,13 @@ HOOKS: tuple[Hook, ...] = (
     Hook("starlette", "starlette.routing", "autotrace.hooks.starlette", "starlette", (0, 20)),
     Hook("starlette_app", "starlette.applications", "autotrace.hooks.starlette:patch_app", "starlette", (0, 20)),
     Hook("fastapi", "fastapi.applications", "autotrace.hooks.starlette:patch_fastapi", "fastapi", (0, 87)),
+    # Outgoing requests: the outermost library of a call starts its CLIENT span; the
+    # layers under it (urllib3 and http.client under requests) see the call and start none.
+    Hook("requests", "requests.sessions", "autotrace.hooks.requests", "requests", (2, 25)),
+    Hook("httpx", "httpx._client", "autotrace.hooks.httpx", "httpx", (0, 23)),
+    Hook("urllib", "urllib.request", "autotrace.hooks.urllib_request"),
+    Hook("urllib3", "urllib3.connectionpool", "autotrace.hooks.urllib3", "urllib3", (1, 26)),
+    Hook("http_client", "http.client", "autotrace.hooks.http_client"),
 )
 
 _lock = threading.Lock()

@@ -65,7 +65,7 @@ _settings_lock = threading.Lock()
 
 
 class _Settings:
-    """Per-process settings of server spans, read once at the first request."""
+    """Per-process settings of HTTP spans (server and client), read once at the first request."""
 
     def __init__(self, environ) -> None:
         import re
@@ -83,6 +83,8 @@ class _Settings:
                 )
         self.request_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"))]
         self.response_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"))]
+        self.client_request_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"))]
+        self.client_response_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"))]
         # Header names whose captured values are replaced (regular expressions, any case).
         sanitize = []
         for field in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS")):
@@ -168,7 +170,7 @@ class ServerSpan:
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = settings().response_headers
         if wanted:
-            _capture(self.span, "http.response.header.", wanted, headers)
+            capture_headers(self.span, "http.response.header.", wanted, headers)
 
     def record_exception(self, exc: BaseException) -> None:
         record_exception(exc, self.span)
@@ -244,7 +246,7 @@ def start(
         name = known or "HTTP"
         span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         if config.request_headers:
-            _capture(span, "http.request.header.", config.request_headers, None, headers)
+            capture_headers(span, "http.request.header.", config.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
         ctx = context.set_value(_IN_SERVER_SPAN, span, trace.set_span_in_context(span, parent))
         return ServerSpan(span, ctx, context.attach(ctx))
@@ -327,7 +329,7 @@ def _instrumentation_enabled() -> bool:
     return not context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY)  # noqa: SLF001
 
 
-def _capture(span, prefix: str, wanted: list[str], pairs: Iterable[tuple[str, str]] | None, lookup: Lookup | None = None) -> None:
+def capture_headers(span, prefix: str, wanted: list[str], pairs: Iterable[tuple[str, str]] | None, lookup: Lookup | None = None) -> None:
     """Record the named headers as ``{prefix}{name}`` list attributes, sanitized."""
     try:
         values: dict[str, list[str]] = {}

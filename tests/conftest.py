@@ -144,22 +144,73 @@ def spans(memory_exporter, monkeypatch):
     """
     from opentelemetry import context
 
-    from autotrace import server_span
+    from autotrace import client_span, server_span
 
     for name in (
         "OTEL_PYTHON_EXCLUDED_URLS",
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE",
     ):
         monkeypatch.delenv(name, raising=False)
     memory_exporter.clear()
-    server_span._tracer = None
+    server_span._tracer = client_span._tracer = None
     server_span.reset_settings()
     before = context.get_current()
     yield memory_exporter
     if context.get_current() is not before:  # a failed test left a request's context current
         context.attach(before)
     memory_exporter.clear()
-    server_span._tracer = None
+    server_span._tracer = client_span._tracer = None
     server_span.reset_settings()
+
+
+@pytest.fixture(scope="session")
+def _peer_server():
+    import http_peer
+
+    peer, server, thread = http_peer.start()
+    yield peer
+    http_peer.stop(server, thread)
+
+
+@pytest.fixture
+def peer(_peer_server):
+    """A real HTTP server on loopback recording what it receives (see tests/http_peer.py)."""
+    _peer_server.clear()
+    yield _peer_server
+    _peer_server.clear()
+
+
+# Every outgoing-request hook, by the module it patches (as the registry's table has them).
+CLIENT_HOOKS = (
+    ("http.client", "autotrace.hooks.http_client"),
+    ("urllib.request", "autotrace.hooks.urllib_request"),
+    ("urllib3.connectionpool", "autotrace.hooks.urllib3"),
+    ("requests.sessions", "autotrace.hooks.requests"),
+    ("httpx._client", "autotrace.hooks.httpx"),
+)
+
+
+@pytest.fixture
+def client_hooks(spans):
+    """All outgoing-request hooks applied, as under the agent; the originals put back after.
+
+    Applied together, as an app has them: layers (requests over urllib3 over
+    http.client) must make one span per call. Yields the in-memory exporter.
+    """
+    from autotrace import patching
+
+    mark = len(patching.history)
+    for module_name, hook_name in CLIENT_HOOKS:
+        try:
+            hook = importlib.import_module(hook_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != hook_name:
+                raise
+            continue  # not written yet
+        hook.patch(importlib.import_module(module_name))
+    yield spans
+    patching.undo(mark)

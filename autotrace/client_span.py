@@ -1,0 +1,327 @@
+"""The CLIENT span of an outgoing HTTP request, shared by every client hook.
+
+A client hook calls :func:`start` with the request's method and URL; it gets a
+:class:`ClientSpan`, or None when it must not trace:
+
+- instrumentation is suppressed (the agent's own exporter runs that way);
+- another library's call is in progress in this context: the hook is a lower layer of
+  that call (urllib3 and http.client under requests, http.client under urllib.request),
+  so the call has its span already. A call of the *same* library inside one (a
+  requests response hook that sends another request) is a call of its own: it gets a
+  span, a child of the one in progress.
+
+The hook injects the propagation headers with :meth:`ClientSpan.inject` (the span's own
+id as the parent id), reports the response with :meth:`ClientSpan.set_response` or the
+failure with :meth:`ClientSpan.fail`, then calls :meth:`ClientSpan.end`. Nothing here
+raises into the app.
+
+Span content follows the stable HTTP semantic conventions: name ``"{METHOD}"``, kind
+CLIENT, ``url.full`` without user information and with secret query values redacted.
+"""
+
+from __future__ import annotations
+
+from . import _log, server_span
+from ._version import __version__
+from .redact import redact_query
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, MutableMapping
+
+    from opentelemetry import context, trace
+
+# A context key (made at the first request): its value is the ClientSpan of the call in
+# progress, so a lower layer of the same call does not start a second span.
+_IN_CLIENT_CALL = "autotrace-client-call"
+_loaded = False
+_tracer = None
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _load_api() -> None:
+    """Import the OpenTelemetry API (once, at the first outgoing request)."""
+    global _IN_CLIENT_CALL, _loaded
+    server_span._load_api()
+    _IN_CLIENT_CALL = server_span.context.create_key("autotrace-client-call")
+    _loaded = True
+
+
+def tracer() -> trace.Tracer:
+    global _tracer
+    if _tracer is None:
+        _tracer = server_span.trace.get_tracer("autotrace.http.client", __version__)
+    return _tracer
+
+
+class ClientSpan:
+    """One outgoing request's CLIENT span; its methods never raise."""
+
+    __slots__ = ("span", "library", "parent", "context", "previous", "resends", "injected", "_token", "_ended")
+
+    def __init__(self, span: trace.Span, library: str, parent: context.Context, previous: ClientSpan | None = None) -> None:
+        self.span = span
+        self.library = library
+        self.parent = parent  # the caller's context: where a redirect's next hop starts
+        self.context = parent  # set by start(): the span current, marked as this call
+        self.previous = previous  # the ended hop this one follows (a redirect), if any
+        self.resends = 0  # hops sent after this one from its context (redirects)
+        self.injected: dict[str, str] = {}  # the propagation headers sent with the request
+        self._token: object = None
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # -- the request ------------------------------------------------------------------
+
+    def headers(self) -> dict[str, str]:
+        """The propagation headers for this span (``traceparent``, ``tracestate``, ``baggage`` ...)."""
+        if not self.injected:
+            try:
+                server_span.propagate.inject(self.injected, context=self.context)
+            except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
+                _report(exc)
+        return self.injected
+
+    def inject(self, headers: MutableMapping[str, str]) -> dict[str, str | None]:
+        """Set the propagation headers on a mapping the hook may change.
+
+        Returns what the mapping held before under those names (None: absent), for
+        :func:`restore`. A value the caller set by hand is replaced, with a debug line;
+        one this library's enclosing call sent (a redirect's copy of the request) is
+        replaced silently.
+        """
+        previous: dict[str, str | None] = {}
+        try:
+            exact = type(headers) is dict  # a plain dict is case-sensitive; the rest are not
+            for name, value in self.headers().items():
+                key, existing = _find(headers, name) if exact else (name, headers.get(name))
+                previous[key] = existing
+                if existing is not None and existing != value:
+                    self._replacing(name, existing)
+                if exact and key != name:
+                    del headers[key]
+                    previous[name] = None
+                headers[name] = value
+            if server_span.settings().client_request_headers:
+                capture_request_headers(self, headers.items())
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+        return previous
+
+    def _replacing(self, name: str, existing: str) -> None:
+        previous = self.previous
+        if previous is not None and previous.injected.get(name) == existing:
+            return  # sent with the hop this one follows: a redirect copies the request
+        if _log.debug_enabled():
+            _log.logger.debug("%s: the %s header set by the application is replaced by the CLIENT span's", self.library, name)
+
+    # -- the response -----------------------------------------------------------------
+
+    def set_response(self, status_code: int, protocol_version: str | None = None, headers: Iterable[tuple[str, str]] | None = None) -> None:
+        """Record the response head: 4xx and 5xx make the span an error."""
+        try:
+            span = self.span
+            span.set_attribute("http.response.status_code", status_code)
+            if protocol_version:
+                span.set_attribute("network.protocol.version", protocol_version)
+            if status_code >= 400:
+                span.set_attribute("error.type", str(status_code))
+                span.set_status(server_span.Status(server_span.StatusCode.ERROR))
+            wanted = server_span.settings().client_response_headers
+            if wanted and headers is not None:
+                server_span.capture_headers(span, "http.response.header.", wanted, headers)
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record an exception that ended the call (the hook re-raises it untouched)."""
+        try:
+            if self._ended:
+                return
+            span = self.span
+            span.set_attribute("error.type", error_type(exc))
+            try:
+                description = f"{type(exc).__name__}: {exc}"
+            except Exception:  # noqa: BLE001 - an exception whose str() fails
+                description = type(exc).__name__
+            span.set_status(server_span.Status(server_span.StatusCode.ERROR, description))
+            span.record_exception(exc)
+        except Exception as error:  # noqa: BLE001
+            _report(error)
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.span.end()
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+    # -- the call's context ------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Make the span current (and mark the call in progress) in this thread or task."""
+        try:
+            self._token = server_span.context.attach(self.context)
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+    def detach(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                server_span.context.detach(token)
+            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
+                pass
+
+    def close(self) -> None:
+        """End the span and leave its context (the usual end of a wrapper)."""
+        self.end()
+        self.detach()
+
+
+def start(
+    library: str,
+    method: str,
+    url: str,
+    protocol_version: str | None = None,
+    resend_count: int = 0,
+    attach: bool = True,
+) -> ClientSpan | None:
+    """Start the CLIENT span of a request, or return None (see the module's docstring).
+
+    ``library`` names the hook's library (``"requests"``, ``"urllib3"`` ...). With
+    ``attach`` the span is made current at once; a hook whose request spans several
+    calls (http.client) passes False. Never raises.
+    """
+    try:
+        if not _loaded:
+            _load_api()
+        context = server_span.context
+        parent = context.get_current()
+        if parent.get(context._SUPPRESS_INSTRUMENTATION_KEY) or parent.get(context._SUPPRESS_HTTP_INSTRUMENTATION_KEY):  # noqa: SLF001
+            return None
+        outer = parent.get(_IN_CLIENT_CALL)
+        previous = None
+        if outer is not None:
+            if outer.library != library:
+                return None  # a lower layer of a call that has its span
+            if outer.ended:  # the next hop of a redirect: a sibling of the first
+                previous, parent = outer, outer.parent
+                outer.resends += 1
+                resend_count = outer.resends
+        known = method.upper() if method.upper() in server_span.KNOWN_METHODS else None
+        attributes: dict[str, object] = {"http.request.method": known or "_OTHER"}
+        if method != attributes["http.request.method"]:
+            attributes["http.request.method_original"] = method
+        full, address, port = url_attributes(url)
+        attributes["url.full"] = full
+        if address:
+            attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+        if protocol_version:
+            attributes["network.protocol.version"] = protocol_version
+        if resend_count:
+            attributes["http.request.resend_count"] = resend_count
+        trace = server_span.trace
+        span = tracer().start_span(known or "HTTP", context=parent, kind=server_span.SpanKind.CLIENT, attributes=attributes)
+        call = ClientSpan(span, library, parent, previous)
+        call.context = context.set_value(_IN_CLIENT_CALL, call, trace.set_span_in_context(span, parent))
+        if attach:
+            call.attach()
+        return call
+    except Exception as exc:  # noqa: BLE001 - never fail a request
+        _report(exc)
+        return None
+
+
+def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:
+    """Record the request headers named by OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST."""
+    wanted = server_span.settings().client_request_headers
+    if wanted:
+        server_span.capture_headers(call.span, "http.request.header.", wanted, headers)
+
+
+def restore(headers: MutableMapping[str, str], previous: dict[str, str | None]) -> None:
+    """Put back what :meth:`ClientSpan.inject` replaced (the caller's object is left as it was)."""
+    try:
+        for name, value in previous.items():
+            if value is None:
+                headers.pop(name, None)
+            else:
+                headers[name] = value
+    except Exception as exc:  # noqa: BLE001
+        _report(exc)
+
+
+def current_call() -> ClientSpan | None:
+    """The call in progress in this context, if a client hook started one."""
+    if not _loaded:
+        return None
+    return server_span.context.get_value(_IN_CLIENT_CALL)
+
+
+def _find(headers: dict, name: str) -> tuple[str, str | None]:
+    """The key under which a plain dict holds a header (any case), and its value."""
+    if name in headers:
+        return name, headers[name]
+    for key in headers:
+        if isinstance(key, str) and key.lower() == name:
+            return key, headers[key]
+    return name, None
+
+
+def url_attributes(url: str) -> tuple[str, str | None, int | None]:
+    """``url.full`` (no user information, secret query values redacted), the server's address and port."""
+    from urllib.parse import urlsplit
+
+    if isinstance(url, bytes):
+        url = url.decode("utf-8", "replace")
+    parts = urlsplit(str(url))
+    netloc = parts.netloc
+    full = url
+    if "@" in netloc:
+        netloc = netloc.rpartition("@")[2]
+        full = parts._replace(netloc=netloc).geturl()
+    if parts.query:
+        query = redact_query(parts.query)
+        if query != parts.query:
+            full = parts._replace(netloc=netloc, query=query).geturl()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: the URL is recorded as it is
+        port = None
+    if port is None:
+        port = DEFAULT_PORTS.get(parts.scheme.lower())
+    return full, parts.hostname, port
+
+
+def error_type(exc: BaseException) -> str:
+    """The exception's class, fully qualified (``requests.exceptions.ConnectTimeout``; builtins bare)."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"
+
+
+def protocol_version(version: object) -> str | None:
+    """``network.protocol.version`` from what a library reports (11, 20, "HTTP/1.1", "HTTP/2")."""
+    if isinstance(version, int):
+        return {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}.get(version)
+    if isinstance(version, str) and version:
+        return version.rpartition("/")[2] or None
+    return None
+
+
+def _report(exc: BaseException) -> None:
+    _log.warn_once(
+        "client-span:" + type(exc).__name__,
+        "a client span could not be recorded (%s: %s); the request is not affected",
+        type(exc).__name__,
+        exc,
+    )
