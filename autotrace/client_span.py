@@ -295,10 +295,10 @@ def url_attributes(url: str) -> tuple[str, str | None, int | None]:
             full = parts._replace(netloc=netloc, query=query).geturl()
     try:
         port = parts.port
+        if port is None:
+            port = DEFAULT_PORTS.get(parts.scheme.lower())
     except ValueError:  # a port that is not a number: the URL is recorded as it is
         port = None
-    if port is None:
-        port = DEFAULT_PORTS.get(parts.scheme.lower())
     return full, parts.hostname, port
 
 

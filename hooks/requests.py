@@ -28,17 +28,19 @@ if TYPE_CHECKING:
 
 
 def patch(module: ModuleType) -> None:
-    wrap_function(module.Session, "send", _wrap_send)
+    wrap_function(module.Session, "send", lambda original: _wrap_send(original, module.PreparedRequest))
     wrap_function(module.SessionRedirectMixin, "resolve_redirects", _wrap_resolve_redirects)
 
 
-def _wrap_send(original):
+def _wrap_send(original, prepared_request: type):
     def send(self, request, **kwargs):
+        if not isinstance(request, prepared_request):
+            return original(self, request, **kwargs)  # requests itself says what is wrong
         call = None
         try:
             call = client_span.start("requests", request.method, request.url)
             previous = call.inject(request.headers) if call is not None else None
-        except Exception:  # noqa: BLE001 - not a PreparedRequest: requests itself says so
+        except Exception:  # noqa: BLE001 - an odd PreparedRequest: sent as it is
             if call is not None:
                 call.close()
             call = None

@@ -1,0 +1,134 @@
+"""Cost of an outgoing request: plain Python vs under ``autotrace run``.
+
+    python benchmarks/clients.py [--calls 2000] [--rounds 5]
+
+A client process makes ``--calls`` sequential GETs to a local server and prints the
+mean time per call; each form (``requests.get``, a ``requests.Session``, an
+``httpx.Client``, a urllib3 pool, ``urllib.request.urlopen``) runs plain and under the
+agent, alternating for ``--rounds`` rounds. Under the agent every call is a CLIENT span,
+exported over OTLP/HTTP to a local sink that accepts and discards it (as a collector
+would), so export does its real work. Ratios are medians against plain in the same run.
+The server and the sink run in this process's threads: they load the machine the same
+for both variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+CLIENT = '''
+import sys, time
+form, url, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if form == "requests.get":
+    import requests
+    call = lambda: requests.get(url).content
+elif form == "requests.Session":
+    import requests
+    session = requests.Session()
+    call = lambda: session.get(url).content
+elif form == "httpx.Client":
+    import httpx
+    client = httpx.Client()
+    call = lambda: client.get(url).content
+elif form == "urllib3":
+    import urllib3
+    pool = urllib3.PoolManager()
+    call = lambda: pool.request("GET", url).data
+elif form == "urllib":
+    import urllib.request
+    call = lambda: urllib.request.urlopen(url).read()
+for _ in range(min(200, calls)):  # warm-up: connections, caches, the SDK's set-up
+    call()
+start = time.perf_counter()
+for _ in range(calls):
+    call()
+print((time.perf_counter() - start) / calls * 1e6)
+'''
+
+FORMS = ("requests.get", "requests.Session", "httpx.Client", "urllib3", "urllib")
+
+
+class _Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"hello\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Sink(_Hello):
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def _serve(handler: type) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--forms", default=",".join(FORMS))
+    args = parser.parse_args()
+
+    autotrace = shutil.which("autotrace", path=str(Path(sys.executable).parent)) or "autotrace"
+    hello, sink = _serve(_Hello), _serve(_Sink)
+    url = f"http://127.0.0.1:{hello.server_address[1]}/hello"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    traced_env = dict(
+        env,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_SERVICE_NAME="bench-client",
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        script = Path(directory, "client.py")
+        script.write_text(CLIENT)
+        print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
+        print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7}")
+        for form in args.forms.split(","):
+            plain, traced = [], []
+            for _ in range(args.rounds):
+                for command, environ, into in (
+                    ([sys.executable, str(script)], env, plain),
+                    ([autotrace, "run", sys.executable, str(script)], traced_env, traced),
+                ):
+                    out = subprocess.run(
+                        [*command, form, url, str(args.calls)], env=environ, capture_output=True, text=True, timeout=600
+                    )
+                    if out.returncode != 0:
+                        raise SystemExit(f"{form} failed:\n{out.stderr}")
+                    into.append(float(out.stdout.split()[-1]))
+            p, t = statistics.median(plain), statistics.median(traced)
+            print(f"{form:18} {p:9.1f} {t:10.1f} {t / p:6.2f}x", flush=True)
+    hello.shutdown()
+    sink.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""requests: one CLIENT span per request sent, its context in the headers the peer received.
+
+In process, against the recording peer (tests/http_peer.py), with every client hook
+applied as under the agent: requests over urllib3 over http.client must give one span.
+The same calls under ``autotrace run`` are in integration/test_clients.py.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from autotrace import patching
+
+
+def client_spans(exporter) -> list:
+    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+
+
+def traceparent_ids(value: str) -> tuple[int, int]:
+    version, trace_id, span_id, flags = value.split("-")
+    return int(trace_id, 16), int(span_id, 16)
+
+
+@pytest.fixture
+def parent():
+    with trace.get_tracer("test").start_as_current_span("parent") as span:
+        yield span
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_get_is_one_client_span_whose_id_the_peer_received(client_hooks, peer, parent):
+    before = context.get_current()
+    response = requests.get(peer.url("/ok", "get"), timeout=5)
+    assert context.get_current() is before
+    assert response.status_code == 200 and response.text == "ok\n"
+
+    [span] = client_spans(client_hooks)
+    [received] = peer.requests("get")
+    assert traceparent_ids(received.headers["traceparent"][0]) == (span.context.trace_id, span.context.span_id)
+    assert len(received.headers["traceparent"]) == 1
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert span.name == "GET"
+    assert dict(span.attributes) == {
+        "http.request.method": "GET",
+        "url.full": peer.url("/ok", "get"),
+        "server.address": "127.0.0.1",
+        "server.port": peer.port,
+        "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
+    }
+    assert span.status.status_code == StatusCode.UNSET
+    # requests over urllib3 over http.client: nothing else was recorded.
+    assert len(client_hooks.get_finished_spans()) == 1
+
+
+def test_every_helper_and_session_is_covered(client_hooks, peer):
+    with requests.Session() as session:
+        session.post(peer.url("/ok", "post"), data=b"x", timeout=5)
+        session.request("PUT", peer.url("/ok", "put"), timeout=5)
+    requests.delete(peer.url("/ok", "delete"), timeout=5)
+    requests.head(peer.url("/ok", "head"), timeout=5)
+    names = sorted(s.name for s in client_spans(client_hooks))
+    assert names == ["DELETE", "HEAD", "POST", "PUT"]
+    for case in ("post", "put", "delete", "head"):
+        [received] = peer.requests(case)
+        assert received.header("traceparent")
+
+
+def test_without_a_current_span_the_client_span_starts_the_trace(client_hooks, peer):
+    requests.get(peer.url("/ok", "root"), timeout=5)
+    [span] = client_spans(client_hooks)
+    assert span.parent is None
+    assert traceparent_ids(peer.requests("root")[0].header("traceparent"))[1] == span.context.span_id
+
+
+def test_each_redirect_hop_is_a_sibling_span_with_its_own_traceparent(client_hooks, peer, parent):
+    response = requests.get(peer.url("/redirect/2", "redir"), timeout=5)
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [302, 302, 302]
+
+    hops = client_spans(client_hooks)
+    received = peer.requests("redir")
+    assert [r.path for r in received] == ["/redirect/2", "/redirect/1", "/redirect/0", "/ok"]
+    assert len(hops) == 4
+    by_id = {span.context.span_id: span for span in hops}
+    for index, request in enumerate(received):
+        span = by_id[traceparent_ids(request.header("traceparent"))[1]]
+        assert span.parent.span_id == parent.get_span_context().span_id
+        assert span.attributes["url.full"] == peer.base + request.path + "?case=redir"
+        assert span.attributes.get("http.request.resend_count") == (index or None)
+        assert span.attributes["http.response.status_code"] == (302 if index < 3 else 200)
+    # The hops follow each other: none ends after the next one starts.
+    ordered = sorted(hops, key=lambda s: s.start_time)
+    for first, second in zip(ordered, ordered[1:]):
+        assert first.end_time <= second.start_time
+
+
+def test_allow_redirects_false_is_one_span(client_hooks, peer):
+    response = requests.get(peer.url("/redirect/1", "noredir"), allow_redirects=False, timeout=5)
+    assert response.status_code == 302
+    [span] = client_spans(client_hooks)
+    assert span.attributes["http.response.status_code"] == 302
+    assert span.status.status_code == StatusCode.UNSET
+
+
+@pytest.mark.parametrize("code", [404, 500, 503])
+def test_error_statuses_make_the_span_an_error(client_hooks, peer, code):
+    response = requests.get(peer.url(f"/status/{code}"), timeout=5)
+    assert response.status_code == code
+    [span] = client_spans(client_hooks)
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == str(code)
+    assert span.attributes["http.response.status_code"] == code
+
+
+def test_connection_refused_reaches_the_app_and_is_recorded(client_hooks, parent):
+    port = closed_port()
+    with pytest.raises(requests.exceptions.ConnectionError) as raised:
+        requests.get(f"http://127.0.0.1:{port}/x", timeout=5)
+    [span] = client_spans(client_hooks)
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == "requests.exceptions.ConnectionError"
+    [event] = span.events
+    assert event.name == "exception"
+    assert event.attributes["exception.message"] == str(raised.value)
+    assert span.parent.span_id == parent.get_span_context().span_id
+
+
+def test_timeout_reaches_the_app_and_is_recorded(client_hooks, peer):
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(peer.url("/slow?seconds=1"), timeout=0.2)
+    [span] = client_spans(client_hooks)
+    assert span.attributes["error.type"] == "requests.exceptions.ReadTimeout"
+    assert span.status.status_code == StatusCode.ERROR
+
+
+def test_dns_failure_is_recorded(client_hooks):
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get("http://name.invalid/", timeout=5)
+    [span] = client_spans(client_hooks)
+    assert span.attributes["server.address"] == "name.invalid"
+    assert span.status.status_code == StatusCode.ERROR
+
+
+def test_span_covers_the_body_unless_streaming(client_hooks, peer):
+    requests.get(peer.url("/stream", "whole"), timeout=5)
+    [whole] = client_spans(client_hooks)
+    assert (whole.end_time - whole.start_time) / 1e9 >= 0.08  # five lines, 20 ms apart
+    client_hooks.clear()
+
+    with requests.get(peer.url("/stream", "streamed"), stream=True, timeout=5) as response:
+        [head] = client_spans(client_hooks)  # ended when the head arrived
+        lines = list(response.iter_lines())
+    assert len(lines) == 5
+    assert (head.end_time - head.start_time) / 1e9 < 0.08
+    assert len(client_spans(client_hooks)) == 1
+
+
+def test_header_set_by_hand_is_replaced_and_the_callers_objects_are_unchanged(client_hooks, peer):
+    mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = {"traceparent": mine, "X-Mine": "1"}
+    requests.get(peer.url("/ok", "byhand"), headers=headers, timeout=5)
+    assert headers == {"traceparent": mine, "X-Mine": "1"}
+    [received] = peer.requests("byhand")
+    assert received.headers["traceparent"] != [mine] and len(received.headers["traceparent"]) == 1
+    [span] = client_spans(client_hooks)
+    assert traceparent_ids(received.headers["traceparent"][0])[1] == span.context.span_id
+
+    with requests.Session() as session:
+        prepared = session.prepare_request(requests.Request("GET", peer.url("/ok", "prepared")))
+        before = dict(prepared.headers)
+        response = session.send(prepared, timeout=5)
+        assert response.request is prepared
+        assert dict(prepared.headers) == before  # sent with the header, left without it
+        session.send(prepared, timeout=5)  # sent again: a new span, no stale header
+    first, second = peer.requests("prepared")
+    assert first.header("traceparent") != second.header("traceparent")
+
+
+def test_a_mounted_custom_adapter_gets_the_headers(client_hooks, peer):
+    class Adapter(requests.adapters.HTTPAdapter):
+        seen = []
+
+        def send(self, request, **kwargs):
+            self.seen.append(request.headers.get("traceparent"))
+            return super().send(request, **kwargs)
+
+    with requests.Session() as session:
+        session.mount("http://", Adapter())
+        session.get(peer.url("/ok", "mounted"), timeout=5)
+    [span] = client_spans(client_hooks)
+    assert traceparent_ids(Adapter.seen[0])[1] == span.context.span_id
+    assert peer.requests("mounted")[0].header("traceparent") == Adapter.seen[0]
+
+
+def test_a_request_sent_from_a_response_hook_is_a_child_span(client_hooks, peer, parent):
+    inner = []
+
+    def hook(response, **kwargs):
+        if not inner:
+            inner.append(requests.get(peer.url("/ok", "inner"), timeout=5))
+
+    requests.get(peer.url("/ok", "outer"), hooks={"response": hook}, timeout=5)
+    spans = {s.attributes["url.full"].rpartition("=")[2]: s for s in client_spans(client_hooks)}
+    assert set(spans) == {"outer", "inner"}
+    assert spans["inner"].parent.span_id == spans["outer"].context.span_id
+    assert spans["outer"].parent.span_id == parent.get_span_context().span_id
+
+
+def test_suppressed_instrumentation_sends_no_header_and_records_nothing(client_hooks, peer):
+    # What the agent's own exporter runs under.
+    token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        requests.post(peer.url("/ok", "exporter"), data=b"spans", timeout=5)
+    finally:
+        context.detach(token)
+    assert client_hooks.get_finished_spans() == ()
+    [received] = peer.requests("exporter")
+    assert received.header("traceparent") is None
+
+
+def test_errors_of_the_app_are_untouched(client_hooks):
+    with requests.Session() as session:
+        with pytest.raises(ValueError, match="You can only send PreparedRequests"):
+            session.send(requests.Request("GET", "http://127.0.0.1:1/"))
+        with pytest.raises(requests.exceptions.MissingSchema):
+            session.get("no-scheme")
+    assert client_spans(client_hooks) == []
+
+
+def test_responses_are_the_same_as_untraced(client_hooks, peer):
+    def fetch(case):
+        response = requests.get(peer.url("/status/404", case), timeout=5)
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "date"}
+        return response.status_code, headers, response.content, response.url.replace(case, "")
+
+    traced = fetch("traced")
+    patching.undo(0)  # every hook off: plain requests
+    plain = fetch("plain")
+    assert traced == plain
+    assert peer.requests("plain")[0].header("traceparent") is None

@@ -1,0 +1,195 @@
+"""The shared CLIENT span: URL attributes, injection rules, layering, errors."""
+
+from __future__ import annotations
+
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from autotrace import _log, client_span
+
+
+def test_url_full_drops_user_information_and_redacts_secret_query_values():
+    full, address, port = client_span.url_attributes("https://user:pa%40ss@api.example.com/v1/items?token=abc&page=2")
+    assert full == "https://api.example.com/v1/items?token=REDACTED&page=2"
+    assert (address, port) == ("api.example.com", 443)
+
+
+def test_url_attributes_ports_and_ipv6():
+    assert client_span.url_attributes("http://127.0.0.1:8080/a") == ("http://127.0.0.1:8080/a", "127.0.0.1", 8080)
+    assert client_span.url_attributes("http://example.com/") == ("http://example.com/", "example.com", 80)
+    assert client_span.url_attributes("http://[::1]:9000/x") == ("http://[::1]:9000/x", "::1", 9000)
+    assert client_span.url_attributes(b"http://h/p") == ("http://h/p", "h", 80)
+    # A port that is not a number: recorded as given, no port attribute.
+    assert client_span.url_attributes("http://h:abc/p") == ("http://h:abc/p", "h", None)
+
+
+def test_error_type_is_the_qualified_class_name():
+    assert client_span.error_type(ConnectionRefusedError()) == "ConnectionRefusedError"
+    assert client_span.error_type(TimeoutError()) == "TimeoutError"
+
+    class Custom(Exception):
+        pass
+
+    assert client_span.error_type(Custom()) == f"{__name__}.test_error_type_is_the_qualified_class_name.<locals>.Custom"
+
+
+def test_protocol_version():
+    assert client_span.protocol_version(11) == "1.1"
+    assert client_span.protocol_version(10) == "1.0"
+    assert client_span.protocol_version(20) == "2"
+    assert client_span.protocol_version("HTTP/1.1") == "1.1"
+    assert client_span.protocol_version("HTTP/2") == "2"
+    assert client_span.protocol_version(None) is None
+
+
+def test_span_content_and_injected_parent_id(spans):
+    with trace.get_tracer("test").start_as_current_span("parent") as parent:
+        call = client_span.start("lib", "get", "http://u:p@127.0.0.1:1234/x?api_key=1")
+        headers = {"Accept": "*/*"}
+        previous = call.inject(headers)
+        call.set_response(200, "1.1")
+        call.close()
+    [span] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert span.name == "GET"
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert dict(span.attributes) == {
+        "http.request.method": "GET",
+        "http.request.method_original": "get",
+        "url.full": "http://127.0.0.1:1234/x?api_key=REDACTED",
+        "server.address": "127.0.0.1",
+        "server.port": 1234,
+        "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
+    }
+    assert span.status.status_code == StatusCode.UNSET
+    # traceparent names the CLIENT span itself, in the caller's trace.
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert int(trace_id, 16) == span.context.trace_id
+    assert int(span_id, 16) == span.context.span_id
+    assert previous == {"traceparent": None}
+    client_span.restore(headers, previous)
+    assert headers == {"Accept": "*/*"}
+
+
+def test_unknown_method_is_other(spans):
+    call = client_span.start("lib", "PURGE", "http://h/")
+    call.close()
+    [span] = spans.get_finished_spans()
+    assert span.name == "HTTP"
+    assert span.attributes["http.request.method"] == "_OTHER"
+    assert span.attributes["http.request.method_original"] == "PURGE"
+
+
+def test_plain_dict_header_set_by_hand_is_replaced_in_any_case_with_a_debug_line(spans, capsys):
+    _log.logger.level = _log.DEBUG
+    call = client_span.start("lib", "GET", "http://h/")
+    headers = {"TraceParent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    previous = call.inject(headers)
+    call.close()
+    assert list(headers) == ["traceparent"]
+    assert headers["traceparent"] != "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert "the traceparent header set by the application is replaced" in capsys.readouterr().err
+    client_span.restore(headers, previous)
+    assert headers == {"TraceParent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+
+
+def test_status_codes_and_exceptions(spans):
+    for code, error in ((302, False), (404, True), (503, True)):
+        call = client_span.start("lib", "GET", "http://h/")
+        call.set_response(code)
+        call.close()
+        span = spans.get_finished_spans()[-1]
+        assert (span.status.status_code == StatusCode.ERROR) is error
+        assert span.attributes.get("error.type") == (str(code) if error else None)
+    call = client_span.start("lib", "GET", "http://h/")
+    call.fail(ConnectionRefusedError(111, "refused"))
+    call.close()
+    span = spans.get_finished_spans()[-1]
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == "ConnectionRefusedError"
+    assert [e.name for e in span.events] == ["exception"]
+
+
+def test_lower_layer_of_another_library_starts_nothing_same_library_nests(spans):
+    outer = client_span.start("requests", "GET", "http://h/a")
+    assert client_span.start("urllib3", "GET", "http://h/a") is None  # a layer of the same call
+    inner = client_span.start("requests", "GET", "http://h/b")  # a call of its own
+    inner.close()
+    outer.close()
+    inner_span, outer_span = spans.get_finished_spans()
+    assert inner_span.parent.span_id == outer_span.context.span_id
+    assert client_span.current_call() is None
+
+
+def test_next_hop_after_an_ended_call_is_a_sibling_numbered_by_resend_count(spans):
+    with trace.get_tracer("test").start_as_current_span("parent") as parent:
+        first = client_span.start("requests", "GET", "http://h/1")
+        headers = {}
+        first.inject(headers)
+        first.end()  # the redirect is being followed: the first hop is over
+        second = client_span.start("requests", "GET", "http://h/2")
+        copied = dict(headers)  # the redirect's copy of the request
+        second.inject(copied)
+        second.close()
+        third = client_span.start("requests", "GET", "http://h/3")
+        third.close()
+        first.detach()
+    spans_by_url = {s.attributes["url.full"]: s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT}
+    for url, resends in (("http://h/1", None), ("http://h/2", 1), ("http://h/3", 2)):
+        assert spans_by_url[url].parent.span_id == parent.get_span_context().span_id
+        assert spans_by_url[url].attributes.get("http.request.resend_count") == resends
+    assert copied["traceparent"] != headers["traceparent"]
+
+
+def test_suppressed_instrumentation_starts_nothing(spans):
+    for key in (context._SUPPRESS_INSTRUMENTATION_KEY, context._SUPPRESS_HTTP_INSTRUMENTATION_KEY):
+        token = context.attach(context.set_value(key, True))
+        try:
+            assert client_span.start("lib", "GET", "http://h/") is None
+        finally:
+            context.detach(token)
+    assert spans.get_finished_spans() == ()
+
+
+def test_request_and_response_header_capture(spans, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-Request-Id,Authorization")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "content-type")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "authorization")
+    call = client_span.start("lib", "GET", "http://h/")
+    call.inject({"x-request-id": "r1", "Authorization": "Bearer s3cret", "Other": "no"})
+    call.set_response(200, None, [("Content-Type", "text/plain"), ("Set-Cookie", "a=b")])
+    call.close()
+    [span] = spans.get_finished_spans()
+    assert span.attributes["http.request.header.x-request-id"] == ("r1",)
+    assert span.attributes["http.request.header.authorization"] == ("[REDACTED]",)
+    assert span.attributes["http.response.header.content-type"] == ("text/plain",)
+    assert "http.request.header.other" not in span.attributes
+    assert "http.response.header.set-cookie" not in span.attributes
+
+
+def test_no_header_capture_by_default(spans):
+    call = client_span.start("lib", "GET", "http://h/")
+    call.inject({"Authorization": "Bearer s3cret"})
+    call.set_response(200, None, [("Set-Cookie", "a=b")])
+    call.close()
+    [span] = spans.get_finished_spans()
+    assert not [k for k in span.attributes if ".header." in k]
+
+
+def test_a_broken_propagator_sends_the_request_without_headers(spans, monkeypatch, warnings):
+    from opentelemetry import propagate
+
+    class Broken:
+        fields = {"x"}
+
+        def inject(self, *args, **kwargs):
+            raise RuntimeError("broken propagator")
+
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", Broken())
+    call = client_span.start("lib", "GET", "http://h/")
+    headers = {}
+    assert call.inject(headers) == {}
+    call.close()
+    assert headers == {}
+    assert len(spans.get_finished_spans()) == 1
+    assert any("broken propagator" in line for line in warnings())
