@@ -75,6 +75,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("urllib", "urllib.request", "autotrace.hooks.urllib_request"),
     Hook("urllib3", "urllib3.connectionpool", "autotrace.hooks.urllib3", "urllib3", (1, 26)),
     Hook("http_client", "http.client", "autotrace.hooks.http_client"),
+    # gRPC: servers get interceptors that start SERVER spans, channels ones that start
+    # CLIENT spans (sync, and asyncio in grpc.aio).
+    Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
+    Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
 )
 
 _lock = threading.Lock()

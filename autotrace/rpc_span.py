@@ -1,0 +1,300 @@
+"""The SERVER and CLIENT spans of RPCs (gRPC), shared by the sync and asyncio hooks.
+
+A server hook calls :func:`start_server` with the full method name (``/pkg.Service/Method``)
+and the call's incoming metadata; the parent is extracted from the metadata with the
+configured propagators. A client hook calls :func:`start_client` and sends the metadata
+:meth:`RpcSpan.outgoing_metadata` gives (the caller's own entries kept). Both end with
+the call's status code (:meth:`RpcSpan.set_code`) or the exception that ended it
+(:meth:`RpcSpan.fail`), then :meth:`RpcSpan.end`. Nothing here raises into the app.
+
+Span content follows the RPC semantic conventions: name ``"{package.Service}/{Method}"``,
+``rpc.system=grpc``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``,
+``server.address``, ``server.port``, ``error.type`` (the status code's name). Status
+ERROR for every code but OK.
+"""
+
+from __future__ import annotations
+
+from . import _log, server_span
+from ._version import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Sequence
+
+    from opentelemetry import context, trace
+
+    Metadata = Sequence[tuple[str, "str | bytes"]]
+
+_tracers: dict[str, object] = {}
+
+# grpc.StatusCode values by number (grpc's enum holds (number, name) tuples), so the
+# core needs no grpc import.
+STATUS_NAMES = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+
+
+def _tracer(kind: str) -> trace.Tracer:
+    tracer = _tracers.get(kind)
+    if tracer is None:
+        tracer = _tracers[kind] = server_span.trace.get_tracer(f"autotrace.grpc.{kind}", __version__)
+    return tracer
+
+
+class RpcSpan:
+    """One RPC's span; its methods never raise, and end() is idempotent."""
+
+    __slots__ = ("span", "context", "_token", "_ended", "_coded")
+
+    def __init__(self, span: trace.Span, ctx: context.Context) -> None:
+        self.span = span
+        self.context = ctx  # the span current
+        self._token: object = None
+        self._ended = False
+        self._coded = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def outgoing_metadata(self, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
+        """The caller's metadata (a new list) with this span's propagation entries.
+
+        Entries the caller set under the same keys are replaced, so the call carries
+        exactly one ``traceparent``.
+        """
+        carrier: dict[str, str] = {}
+        try:
+            server_span.propagate.inject(carrier, context=self.context)
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+        kept = [(k, v) for k, v in (metadata or ()) if not (isinstance(k, str) and k.lower() in carrier)]
+        if len(kept) != len(metadata or ()) and _log.debug_enabled():
+            _log.logger.debug("grpc: metadata the application set under %s is replaced by the CLIENT span's", ", ".join(sorted(carrier)))
+        kept.extend(carrier.items())
+        return kept
+
+    def set_code(self, code: object, details: str | None = None) -> None:
+        """Record the call's status code (a grpc.StatusCode, or its number)."""
+        try:
+            number, name = _code(code)
+            if number is None:
+                return
+            self._coded = True
+            span = self.span
+            span.set_attribute("rpc.grpc.status_code", number)
+            if number != 0:
+                span.set_attribute("error.type", name)
+                span.set_status(server_span.Status(server_span.StatusCode.ERROR, details or None))
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+    def fail(self, exc: BaseException, code: object = None) -> None:
+        """Record an exception that ended the call; ``code`` when it maps to a status (UNKNOWN otherwise)."""
+        try:
+            if self._ended:
+                return
+            if code is not None or not self._coded:
+                self.set_code(code if code is not None else 2)
+            self.span.record_exception(exc)
+        except Exception as error:  # noqa: BLE001
+            _report(error)
+
+    def attach(self) -> None:
+        try:
+            self._token = server_span.context.attach(self.context)
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+    def detach(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                server_span.context.detach(token)
+            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
+                pass
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.span.end()
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+
+class _MetadataGetter:
+    """Reads propagation fields from gRPC metadata (a sequence of (key, value) pairs)."""
+
+    def get(self, carrier: Metadata, key: str):
+        values = [
+            v.decode("latin-1") if isinstance(v, bytes) else v
+            for k, v in carrier
+            if k == key and len(v) <= server_span.MAX_PROPAGATION_HEADER
+        ]
+        if not values:
+            return None
+        if key == "traceparent" and (len(values) > 1 or "," in values[0]):
+            return None  # repeated: invalid, a new trace starts
+        return values
+
+    def keys(self, carrier: Metadata) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _MetadataGetter()
+
+
+def start_server(full_method: str, metadata: Metadata | None, peer: str | None = None, attach: bool = True) -> RpcSpan | None:
+    """Start an incoming RPC's SERVER span (parent from the metadata), or None when suppressed."""
+    try:
+        if not server_span._loaded:  # noqa: SLF001
+            server_span._load_api()  # noqa: SLF001
+        context = server_span.context
+        if context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY):  # noqa: SLF001
+            return None
+        attributes = _method_attributes(full_method)
+        address, port = _split_peer(peer)
+        if address:
+            attributes["client.address"] = address
+        if port is not None:
+            attributes["client.port"] = port
+        parent = server_span.propagate.extract(list(metadata or ()), getter=_GETTER)
+        span = _tracer("server").start_span(
+            _span_name(full_method), context=parent, kind=server_span.SpanKind.SERVER, attributes=attributes
+        )
+        call = RpcSpan(span, server_span.trace.set_span_in_context(span, parent))
+        if attach:
+            call.attach()
+        return call
+    except Exception as exc:  # noqa: BLE001 - never fail a call
+        _report(exc)
+        return None
+
+
+def start_client(full_method: str, target: str | None, attach: bool = False) -> RpcSpan | None:
+    """Start an outgoing RPC's CLIENT span under the current context, or None when suppressed.
+
+    ``target`` is the channel's target (``host:port``, ``dns:///host:port`` ...).
+    """
+    try:
+        if not server_span._loaded:  # noqa: SLF001
+            server_span._load_api()  # noqa: SLF001
+        context = server_span.context
+        parent = context.get_current()
+        if parent.get(context._SUPPRESS_INSTRUMENTATION_KEY):  # noqa: SLF001 - the exporter's own calls
+            return None
+        attributes = _method_attributes(full_method)
+        address, port = split_target(target)
+        if address:
+            attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+        span = _tracer("client").start_span(
+            _span_name(full_method), context=parent, kind=server_span.SpanKind.CLIENT, attributes=attributes
+        )
+        call = RpcSpan(span, server_span.trace.set_span_in_context(span, parent))
+        if attach:
+            call.attach()
+        return call
+    except Exception as exc:  # noqa: BLE001
+        _report(exc)
+        return None
+
+
+def _span_name(full_method: str) -> str:
+    return full_method[1:] if full_method.startswith("/") else full_method
+
+
+def _method_attributes(full_method: str) -> dict[str, object]:
+    attributes: dict[str, object] = {"rpc.system": "grpc"}
+    service, _, method = _span_name(full_method).rpartition("/")
+    if service:
+        attributes["rpc.service"] = service
+    if method:
+        attributes["rpc.method"] = method
+    return attributes
+
+
+def split_target(target: str | None) -> tuple[str | None, int | None]:
+    """Host and port of a channel target: ``host:port``, ``dns:///host:port``, ``ipv4:a.b.c.d:p``, ``[::1]:p``."""
+    if not target:
+        return None, None
+    rest = target
+    if rest.startswith(("unix:", "unix-abstract:")):
+        return rest, None
+    for scheme in ("dns:", "ipv4:", "ipv6:"):
+        if rest.startswith(scheme):
+            rest = rest[len(scheme) :]
+            if rest.startswith("//"):
+                rest = rest[2:].partition("/")[2]  # dns://authority/host:port
+            rest = rest.split(",")[0]  # ipv4:a:p,b:p: the first address
+            break
+    return _split_host_port(rest)
+
+
+def _split_peer(peer: str | None) -> tuple[str | None, int | None]:
+    """Address and port of ``ServicerContext.peer()`` (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``)."""
+    if not peer:
+        return None, None
+    for scheme in ("ipv4:", "ipv6:"):
+        if peer.startswith(scheme):
+            return _split_host_port(peer[len(scheme) :])
+    return None, None
+
+
+def _split_host_port(value: str) -> tuple[str | None, int | None]:
+    from urllib.parse import unquote
+
+    value = unquote(value)
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""  # no port, or a bare IPv6 address
+    try:
+        port = int(port_text) if port_text else None
+    except ValueError:
+        port = None
+    return host or None, port
+
+
+def _code(code: object) -> tuple[int | None, str]:
+    """(number, name) of a grpc.StatusCode or a number."""
+    if code is None:
+        return None, ""
+    value = getattr(code, "value", code)  # grpc.StatusCode.X.value == (number, "name")
+    if isinstance(value, tuple):
+        value = value[0]
+    if isinstance(value, int):
+        return value, STATUS_NAMES.get(value, str(value))
+    return None, ""
+
+
+def _report(exc: BaseException) -> None:
+    _log.warn_once(
+        "rpc-span:" + type(exc).__name__,
+        "an RPC span could not be recorded (%s: %s); the call is not affected",
+        type(exc).__name__,
+        exc,
+    )
