@@ -79,6 +79,14 @@ HOOKS: tuple[Hook, ...] = (
     # CLIENT spans (sync, and asyncio in grpc.aio).
     Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
     Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
+    # The context, carried to where work runs (no spans of their own) ...
+    Hook("threading", "threading", "autotrace.hooks.threading"),
+    Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
+    Hook("multiprocessing", "multiprocessing.process", "autotrace.hooks.multiprocessing"),
+    Hook("multiprocessing_pool", "multiprocessing.pool", "autotrace.hooks.multiprocessing:patch_pool"),
+    Hook("process_pool", "concurrent.futures.process", "autotrace.hooks.process_pool"),
+    # ... and into log records.
+    Hook("logging", "logging", "autotrace.hooks.logging"),
 )
 
 _lock = threading.Lock()

@@ -1,0 +1,95 @@
+"""Carrying the trace context to where work runs: other threads, and child processes.
+
+Work is handed its context when it is *submitted or started*, not when it runs, and
+what is carried is a Context (or, to another process, the propagation fields of one),
+never a live span: a parent span that has ended by the time the work runs still
+parents it. Carrying creates no span.
+
+Only the OpenTelemetry context is carried, not the submitter's other context
+variables: the app sees its own ``contextvars`` in a thread exactly as without the
+agent.
+
+Before the OpenTelemetry API has been imported, by the agent or the app (nothing traced
+yet in this process), there is nothing to carry: :func:`capture` returns None at the
+cost of two lookups, and nothing is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import server_span
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from opentelemetry.context import Context
+
+
+def capture() -> Context | None:
+    """The current context, or None when it holds nothing to carry."""
+    if not server_span._loaded:  # noqa: SLF001
+        if "opentelemetry.context" not in sys.modules:
+            return None  # the API not imported: no span anywhere
+        server_span._load_api()  # noqa: SLF001
+    try:
+        ctx = server_span.context.get_current()
+        return ctx if ctx else None  # an empty Context is falsy (a dict)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def run_in(ctx: Context | None, function: Callable, *args, **kwargs):
+    """Call ``function`` with ``ctx`` current (as is if None); the context is restored after."""
+    if ctx is None:
+        return function(*args, **kwargs)
+    context = server_span.context
+    try:
+        token = context.attach(ctx)
+    except Exception:  # noqa: BLE001 - run the work untraced, never fail it
+        return function(*args, **kwargs)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        try:
+            context.detach(token)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def bind(function: Callable) -> Callable:
+    """``function`` bound to the current context (itself when there is none to carry)."""
+    ctx = capture()
+    if ctx is None:
+        return function
+
+    def in_context(*args, **kwargs):
+        return run_in(ctx, function, *args, **kwargs)
+
+    return in_context
+
+
+def to_carrier() -> dict[str, str] | None:
+    """The current context as propagation fields (``traceparent`` ...), for another process."""
+    ctx = capture()
+    if ctx is None:
+        return None
+    carrier: dict[str, str] = {}
+    try:
+        server_span.propagate.inject(carrier, context=ctx)
+    except Exception:  # noqa: BLE001
+        return None
+    return carrier or None
+
+
+def from_carrier(carrier: dict[str, str] | None) -> Context | None:
+    """The context a carrier made by :func:`to_carrier` stands for (in the child process)."""
+    if not carrier:
+        return None
+    try:
+        if not server_span._loaded:  # noqa: SLF001
+            server_span._load_api()  # noqa: SLF001
+        return server_span.propagate.extract(carrier)
+    except Exception:  # noqa: BLE001
+        return None
