@@ -1,0 +1,220 @@
+"""http.client used directly: each request sent on an ``HTTPConnection`` is one CLIENT span.
+
+Waits for ``http.client`` (imported at start-up by almost every app: ``patch`` only
+replaces four methods). A request on an ``HTTPConnection`` spans several calls, so is
+its span; the span is kept on the connection between them:
+
+- ``putrequest`` starts the span (not made current: the app's code runs between the
+  calls), a child of the context current there, with ``url.full`` made from the
+  connection's host and port (the tunnel's with a CONNECT proxy; the URL as given when
+  it is absolute, as sent to a proxy);
+- ``endheaders`` adds the propagation headers (made from the span's own context) to
+  the request's head before it is sent. A ``traceparent``, ``tracestate`` or
+  ``baggage`` line the app put itself is taken out (a request with two is invalid);
+- ``getresponse`` records the response head and ends the span;
+- ``close`` ends a span still pending (a request abandoned before its response), as
+  does the next ``putrequest`` on the connection.
+
+``conn.request()`` goes through the same three calls. An exception from
+``endheaders`` (the connection is made there) or ``getresponse`` is recorded, the span
+ended, and the exception re-raised untouched.
+
+Under requests, urllib3 and urllib.request (whose hooks have the call's span) nothing
+is done: ``putrequest`` finds their call in the context and stores nothing on the
+connection, so the other three find nothing either. urllib3's ``HTTPConnection``
+subclass overrides some of these methods and calls the base class's, which is the one
+wrapped: once per request.
+"""
+
+from __future__ import annotations
+
+from autotrace import _log, client_span
+from autotrace.patching import wrap_function
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+LIBRARY = "http.client"
+
+# The pending ClientSpan of the request in progress on a connection (its __dict__).
+_CALL = "_autotrace_client_call"
+
+_https_class: type | None = None
+
+
+def patch(module: ModuleType) -> None:
+    global _https_class
+    _https_class = getattr(module, "HTTPSConnection", None)  # absent without ssl
+    cls = module.HTTPConnection
+    wrap_function(cls, "putrequest", _wrap_putrequest)
+    wrap_function(cls, "endheaders", _wrap_endheaders)
+    wrap_function(cls, "getresponse", _wrap_getresponse)
+    wrap_function(cls, "close", _wrap_close)
+
+
+def _take(conn) -> client_span.ClientSpan | None:
+    try:
+        return conn.__dict__.pop(_CALL, None)
+    except AttributeError:
+        return None
+
+
+def _wrap_putrequest(original):
+    def putrequest(self, method, url, *args, **kwargs):
+        outer = client_span.current_call()
+        if outer is not None and outer.library != LIBRARY:
+            # A lower layer of requests', urllib3's or urllib.request's call: a context
+            # lookup and nothing else (client_span.start would say None as well).
+            return original(self, method, url, *args, **kwargs)
+        call = None
+        try:
+            call = client_span.start(LIBRARY, method, _url(self, url), attach=False)
+        except Exception:  # noqa: BLE001 - odd arguments: http.client itself says so
+            pass
+        if call is None:
+            return original(self, method, url, *args, **kwargs)
+        try:
+            result = original(self, method, url, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.end()
+            raise
+        try:
+            pending = _take(self)
+            if pending is not None:  # a request abandoned before its response
+                pending.end()
+            self.__dict__[_CALL] = call
+        except Exception:  # noqa: BLE001 - no instance dictionary: the span ends here
+            call.end()
+        return result
+
+    return putrequest
+
+
+def _wrap_endheaders(original):
+    def endheaders(self, *args, **kwargs):
+        try:
+            call = self.__dict__.pop(_CALL, None)
+        except AttributeError:  # no instance dictionary: nothing was stored
+            call = None
+        if call is None:
+            return original(self, *args, **kwargs)
+        _inject(self, call)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:  # the connection is made here: refused, DNS, TLS ...
+            call.fail(exc)
+            call.end()
+            raise
+        try:
+            self.__dict__[_CALL] = call  # until getresponse
+        except Exception:  # noqa: BLE001
+            call.end()
+        return result
+
+    return endheaders
+
+
+def _wrap_getresponse(original):
+    def getresponse(self, *args, **kwargs):
+        # Taken off the connection first: getresponse closes a connection the server
+        # closes, and the close wrapper must not end the span before the response.
+        try:
+            call = self.__dict__.pop(_CALL, None)
+        except AttributeError:  # no instance dictionary: nothing was stored
+            call = None
+        if call is None:
+            return original(self, *args, **kwargs)
+        try:
+            response = original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.end()
+            raise
+        _record_response(call, response)
+        call.end()
+        return response
+
+    return getresponse
+
+
+def _wrap_close(original):
+    def close(self, *args, **kwargs):
+        try:
+            call = self.__dict__.pop(_CALL, None)
+        except AttributeError:
+            call = None
+        if call is not None:
+            call.end()  # abandoned before its response: ended as it stands
+        return original(self, *args, **kwargs)
+
+    return close
+
+
+def _url(conn, url) -> str:
+    """``url.full`` of a request on ``conn`` for the target ``url`` passed to putrequest."""
+    if isinstance(url, bytes):
+        url = url.decode("latin-1")
+    url = url or "/"
+    if url[:4].lower() == "http" and "://" in url[:8]:
+        return url  # absolute: a request sent to a proxy
+    https = (_https_class is not None and isinstance(conn, _https_class)) or getattr(conn, "default_port", None) == 443
+    scheme = "https" if https else "http"
+    tunnel_host = getattr(conn, "_tunnel_host", None)
+    if tunnel_host:
+        host, port = tunnel_host, getattr(conn, "_tunnel_port", None)
+    else:
+        host, port = conn.host, conn.port
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    if port is None or port == client_span.DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}{url}"
+    return f"{scheme}://{host}:{port}{url}"
+
+
+def _inject(conn, call: client_span.ClientSpan) -> None:
+    """Put the propagation headers in the request's head (still in ``conn._buffer``)."""
+    try:
+        headers = call.headers()
+        if not headers:
+            return
+        buffer = conn._buffer
+        names = frozenset(name.lower().encode("latin-1") for name in headers)
+        if len(buffer) > 1:
+            kept = [buffer[0]]
+            for line in buffer[1:]:
+                if line.partition(b":")[0].strip().lower() in names:
+                    if _log.debug_enabled():
+                        _log.logger.debug(
+                            "http.client: the %s header set by the application is replaced by the CLIENT span's",
+                            line.partition(b":")[0].strip().decode("latin-1", "replace"),
+                        )
+                    continue
+                kept.append(line)
+            if len(kept) != len(buffer):
+                buffer[:] = kept
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        if client_span.server_span.settings().client_request_headers:
+            client_span.capture_request_headers(call, _buffered_headers(buffer))
+    except Exception:  # noqa: BLE001 - a wrong state (endheaders raises its own error) or an odd subclass
+        pass
+
+
+def _buffered_headers(buffer):
+    for line in buffer[1:]:
+        name, _, value = line.partition(b":")
+        yield name.strip().decode("latin-1", "replace"), value.strip().decode("latin-1", "replace")
+
+
+def _record_response(call: client_span.ClientSpan, response) -> None:
+    try:
+        call.set_response(response.status, client_span.protocol_version(getattr(response, "version", None)), _response_headers(response))
+    except Exception:  # noqa: BLE001 - a response_class of the app's own
+        pass
+
+
+def _response_headers(response):
+    # A generator: the headers are listed only when some are to be captured.
+    yield from response.getheaders()

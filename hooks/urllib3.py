@@ -1,0 +1,179 @@
+"""urllib3 used directly: each request it sends is one CLIENT span, and carries the trace context.
+
+Waits for ``urllib3.connectionpool``. ``HTTPConnectionPool._make_request`` is patched:
+urllib3 calls it once for each request it sends, from ``urlopen`` (every pool, the
+HTTPS one and those of a ``PoolManager`` or ``ProxyManager``). So each attempt
+``urlopen`` retries and each hop of a redirect a ``PoolManager`` follows is a span of
+its own, the siblings numbered by ``http.request.resend_count`` (the length of the
+``Retry``'s history; urllib3 1.26 does not pass the ``Retry`` to ``_make_request``, so
+there ``urlopen`` is wrapped too, to hand the count over). http.client under it starts
+no span of its own.
+
+The propagation headers go into a copy of the request's headers (of the same type: a
+dict or an ``HTTPHeaderDict``), passed on in their place: the caller's mapping and the
+pool's headers are left as they were.
+
+The span ends when ``_make_request`` returns: after the body with
+``preload_content=True`` (urllib3 2), after the response head otherwise. An exception it
+raises (urllib3's ``NewConnectionError``, ``ReadTimeoutError`` ...) is recorded and
+re-raised untouched; what the app gets after retries (``MaxRetryError``) is urllib3's
+business. Under requests (whose hook has the call's span) nothing is done.
+"""
+
+from __future__ import annotations
+
+from autotrace import client_span
+from autotrace.patching import wrap_function
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+LIBRARY = "urllib3"
+
+
+# urllib3 1.26: the resend count of the attempt urlopen is making (set by its wrapper).
+_resends = None
+
+
+def patch(module: ModuleType) -> None:
+    global _resends
+    pool = module.HTTPConnectionPool
+    make_request = pool.__dict__.get("_make_request")
+    if make_request is None:
+        raise AttributeError("urllib3.connectionpool.HTTPConnectionPool has no _make_request")
+    if not _takes(make_request, "retries"):  # urllib3 1.26: only urlopen sees the Retry
+        import contextvars
+
+        if _resends is None:
+            _resends = contextvars.ContextVar("autotrace_urllib3_resends", default=0)
+        wrap_function(pool, "urlopen", _wrap_urlopen)
+    wrap_function(pool, "_make_request", _wrap_make_request)
+
+
+def _takes(function, name: str) -> bool:
+    try:
+        code = function.__code__
+        return name in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    except Exception:  # noqa: BLE001 - not a plain function
+        return False
+
+
+def _positional_index(function, name: str, after: int = 4) -> int | None:
+    """Where ``name`` is in ``function``'s positional parameters after the first ``after`` (self, conn, method, url)."""
+    try:
+        code = function.__code__
+        names = code.co_varnames[: code.co_argcount]
+        return names.index(name) - after if name in names[after:] else None
+    except Exception:  # noqa: BLE001 - not a plain function
+        return None
+
+
+def _wrap_urlopen(original):
+    # urllib3 1.26 retries by calling urlopen again with the Retry (its history grown).
+    retries_at = _positional_index(original, "retries", 3)
+
+    def urlopen(self, method, url, *args, **kwargs):
+        retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
+        history = getattr(retries, "history", None)
+        if not history:
+            return original(self, method, url, *args, **kwargs)
+        token = _resends.set(len(history))
+        try:
+            return original(self, method, url, *args, **kwargs)
+        finally:
+            _resends.reset(token)
+
+    return urlopen
+
+
+def _wrap_make_request(original):
+    headers_at = _positional_index(original, "headers")  # urllib3 2: after body; 1.26: keyword only
+    retries_at = _positional_index(original, "retries")
+    passes_retries = _takes(original, "retries")
+
+    def _make_request(self, conn, method, url, *args, **kwargs):
+        outer = client_span.current_call()
+        if outer is not None and outer.library != LIBRARY:
+            return original(self, conn, method, url, *args, **kwargs)  # under requests
+        call = None
+        try:
+            if passes_retries:
+                retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
+                history = getattr(retries, "history", None)
+                resends = len(history) if history else 0
+            else:
+                resends = _resends.get() if _resends is not None else 0
+            call = client_span.start(LIBRARY, method, _url(self, url), resend_count=resends)
+            if call is not None:
+                if headers_at is not None and len(args) > headers_at:
+                    args = list(args)
+                    args[headers_at] = _with_propagation(call, args[headers_at])
+                else:
+                    kwargs["headers"] = _with_propagation(call, kwargs.get("headers"))
+        except Exception:  # noqa: BLE001 - odd arguments: urllib3 itself says so
+            pass
+        if call is None:
+            return original(self, conn, method, url, *args, **kwargs)
+        try:
+            response = original(self, conn, method, url, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        _record_response(call, response)
+        call.close()
+        return response
+
+    return _make_request
+
+
+def _with_propagation(call: client_span.ClientSpan, headers):
+    """A copy of the request's headers (same type) with the propagation headers in it."""
+    if headers is None:
+        copy = {}
+    else:
+        copy = None
+        try:
+            copy = headers.copy()  # dict, HTTPHeaderDict, a case-insensitive dict ...
+            if copy is headers or not hasattr(copy, "__setitem__"):
+                copy = None
+        except Exception:  # noqa: BLE001
+            copy = None
+        if copy is None:
+            copy = dict(headers.items())
+    call.inject(copy)
+    return copy
+
+
+def _url(pool, url) -> str:
+    """``url.full``: the pool's scheme, host and port with the request target."""
+    if isinstance(url, bytes):
+        url = url.decode("latin-1")
+    url = url or "/"
+    if url[:4].lower() == "http" and "://" in url[:8]:
+        return url  # absolute: a request sent to a proxy
+    scheme = pool.scheme or "http"
+    host = pool.host or ""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = pool.port
+    if port is None or port == client_span.DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}{url}"
+    return f"{scheme}://{host}:{port}{url}"
+
+
+def _record_response(call: client_span.ClientSpan, response) -> None:
+    try:
+        call.set_response(response.status, client_span.protocol_version(getattr(response, "version", None)), _response_headers(response))
+    except Exception:  # noqa: BLE001 - a response of another shape
+        pass
+
+
+def _response_headers(response):
+    # A generator: the headers are listed only when some are to be captured.
+    headers = getattr(response, "headers", None)
+    if headers is not None and hasattr(headers, "items"):
+        yield from headers.items()  # urllib3's HTTPResponse (2.x), http.client's (1.26)
+    else:
+        yield from response.getheaders()
