@@ -18,7 +18,7 @@ from . import server_span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Callable
+    from typing import Callable
 
 _MARK = "__autotrace_asgi__"
 

@@ -27,7 +27,7 @@ from .redact import redact_query
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, MutableMapping
+    from typing import Iterable, MutableMapping
 
     from opentelemetry import context, trace
 
@@ -55,25 +55,19 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
-class ClientSpan:
+class ClientSpan(server_span.SpanHandle):
     """One outgoing request's CLIENT span; its methods never raise."""
 
-    __slots__ = ("span", "library", "parent", "context", "previous", "resends", "injected", "_token", "_ended")
+    __slots__ = ("library", "parent", "previous", "resends", "injected")
+    WHAT = "a client span"
 
     def __init__(self, span: trace.Span, library: str, parent: context.Context, previous: ClientSpan | None = None) -> None:
-        self.span = span
+        super().__init__(span, parent)  # the context is set by start(): the span current, marked as this call
         self.library = library
         self.parent = parent  # the caller's context: where a redirect's next hop starts
-        self.context = parent  # set by start(): the span current, marked as this call
         self.previous = previous  # the ended hop this one follows (a redirect), if any
         self.resends = 0  # hops sent after this one from its context (redirects)
         self.injected: dict[str, str] = {}  # the propagation headers sent with the request
-        self._token: object = None
-        self._ended = False
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     # -- the request ------------------------------------------------------------------
 
@@ -83,7 +77,7 @@ class ClientSpan:
             try:
                 server_span.propagate.inject(self.injected, context=self.context)
             except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
-                _report(exc)
+                self._report(exc)
         return self.injected
 
     def inject(self, headers: MutableMapping[str, str]) -> dict[str, str | None]:
@@ -109,7 +103,7 @@ class ClientSpan:
             if server_span.settings().client_request_headers:
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
-            _report(exc)
+            self._report(exc)
         return previous
 
     def _replacing(self, name: str, existing: str) -> None:
@@ -129,55 +123,16 @@ class ClientSpan:
             if protocol_version:
                 span.set_attribute("network.protocol.version", protocol_version)
             if status_code >= 400:
-                span.set_attribute("error.type", str(status_code))
-                span.set_status(server_span.Status(server_span.StatusCode.ERROR))
+                server_span.mark_error(span, str(status_code))
             wanted = server_span.settings().client_response_headers
             if wanted and headers is not None:
                 server_span.capture_headers(span, "http.response.header.", wanted, headers)
         except Exception as exc:  # noqa: BLE001
-            _report(exc)
+            self._report(exc)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:  # type: ignore[override]
         """Record an exception that ended the call (the hook re-raises it untouched)."""
-        try:
-            if self._ended:
-                return
-            span = self.span
-            span.set_attribute("error.type", error_type(exc))
-            try:
-                description = f"{type(exc).__name__}: {exc}"
-            except Exception:  # noqa: BLE001 - an exception whose str() fails
-                description = type(exc).__name__
-            span.set_status(server_span.Status(server_span.StatusCode.ERROR, description))
-            span.record_exception(exc)
-        except Exception as error:  # noqa: BLE001
-            _report(error)
-
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            self.span.end()
-        except Exception as exc:  # noqa: BLE001
-            _report(exc)
-
-    # -- the call's context ------------------------------------------------------------
-
-    def attach(self) -> None:
-        """Make the span current (and mark the call in progress) in this thread or task."""
-        try:
-            self._token = server_span.context.attach(self.context)
-        except Exception as exc:  # noqa: BLE001
-            _report(exc)
-
-    def detach(self) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            try:
-                server_span.context.detach(token)
-            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
-                pass
+        super().fail(exc, error_type(exc))
 
     def close(self) -> None:
         """End the span and leave its context (the usual end of a wrapper)."""

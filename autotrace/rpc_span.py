@@ -20,7 +20,7 @@ from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, Sequence
+    from typing import Sequence
 
     from opentelemetry import context, trace
 
@@ -58,21 +58,15 @@ def _tracer(kind: str) -> trace.Tracer:
     return tracer
 
 
-class RpcSpan:
+class RpcSpan(server_span.SpanHandle):
     """One RPC's span; its methods never raise, and end() is idempotent."""
 
-    __slots__ = ("span", "context", "_token", "_ended", "_coded")
+    __slots__ = ("_coded",)
+    WHAT = "an RPC span"
 
     def __init__(self, span: trace.Span, ctx: context.Context) -> None:
-        self.span = span
-        self.context = ctx  # the span current
-        self._token: object = None
-        self._ended = False
+        super().__init__(span, ctx)  # the context: the span current
         self._coded = False
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     def outgoing_metadata(self, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
         """The caller's metadata (a new list) with this span's propagation entries.
@@ -84,7 +78,7 @@ class RpcSpan:
         try:
             server_span.propagate.inject(carrier, context=self.context)
         except Exception as exc:  # noqa: BLE001
-            _report(exc)
+            self._report(exc)
         kept = [(k, v) for k, v in (metadata or ()) if not (isinstance(k, str) and k.lower() in carrier)]
         if len(kept) != len(metadata or ()) and _log.debug_enabled():
             _log.logger.debug("grpc: metadata the application set under %s is replaced by the CLIENT span's", ", ".join(sorted(carrier)))
@@ -101,12 +95,11 @@ class RpcSpan:
             span = self.span
             span.set_attribute("rpc.grpc.status_code", number)
             if number != 0:
-                span.set_attribute("error.type", name)
-                span.set_status(server_span.Status(server_span.StatusCode.ERROR, details or None))
+                server_span.mark_error(span, name, details or None)
         except Exception as exc:  # noqa: BLE001
-            _report(exc)
+            self._report(exc)
 
-    def fail(self, exc: BaseException, code: object = None) -> None:
+    def fail(self, exc: BaseException, code: object = None) -> None:  # type: ignore[override]
         """Record an exception that ended the call; ``code`` when it maps to a status (UNKNOWN otherwise)."""
         try:
             if self._ended:
@@ -115,30 +108,7 @@ class RpcSpan:
                 self.set_code(code if code is not None else 2)
             self.span.record_exception(exc)
         except Exception as error:  # noqa: BLE001
-            _report(error)
-
-    def attach(self) -> None:
-        try:
-            self._token = server_span.context.attach(self.context)
-        except Exception as exc:  # noqa: BLE001
-            _report(exc)
-
-    def detach(self) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            try:
-                server_span.context.detach(token)
-            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
-                pass
-
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            self.span.end()
-        except Exception as exc:  # noqa: BLE001
-            _report(exc)
+            self._report(error)
 
 
 class _MetadataGetter:

@@ -144,39 +144,34 @@ class _LookupGetter:
 _GETTER = _LookupGetter()
 
 
-class ServerSpan:
-    """One request's SERVER span; its methods never raise."""
+class SpanHandle:
+    """A span the agent started, with its context: the part server, client and RPC spans share.
+
+    Its methods never raise; ``end`` is idempotent.
+    """
 
     __slots__ = ("span", "context", "_token", "_ended")
+    WHAT = "a span"  # for the one log line when recording fails
 
-    def __init__(self, span: trace.Span, ctx: context.Context, token: object) -> None:
+    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None) -> None:
         self.span = span
-        self.context = ctx  # the request's context: its span current, marked as served
+        self.context = ctx  # the span current (and the hook's marks)
         self._token = token
         self._ended = False
 
-    def set_status_code(self, code: int) -> None:
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def attach(self) -> None:
+        """Make the span's context current in this thread or task."""
         try:
-            span = self.span
-            span.set_attribute("http.response.status_code", code)
-            # An exception recorded already (one a framework turned into this response)
-            # names the error better than its status code: error.type keeps it.
-            if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):
-                span.set_attribute("error.type", str(code))
-                span.set_status(Status(StatusCode.ERROR))
+            self._token = context.attach(self.context)
         except Exception as exc:  # noqa: BLE001
-            _report(exc)
-
-    def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
-        wanted = settings().response_headers
-        if wanted:
-            capture_headers(self.span, "http.response.header.", wanted, headers)
-
-    def record_exception(self, exc: BaseException) -> None:
-        record_exception(exc, self.span)
+            self._report(exc)
 
     def detach(self) -> None:
-        """Make the request's context no longer current (in the thread or task that attached it)."""
+        """Make it no longer current (in the thread or task that attached it)."""
         token, self._token = self._token, None
         if token is not None:
             try:
@@ -191,7 +186,64 @@ class ServerSpan:
         try:
             self.span.end()
         except Exception as exc:  # noqa: BLE001
+            self._report(exc)
+
+    def fail(self, exc: BaseException, error_type: str) -> None:
+        """Record an exception that ended the operation: status ERROR, ``error.type``, an event."""
+        if self._ended:
+            return
+        try:
+            mark_error(self.span, error_type, exception_description(exc))
+            self.span.record_exception(exc)
+        except Exception as error:  # noqa: BLE001
+            self._report(error)
+
+    def _report(self, exc: BaseException) -> None:
+        _log.warn_once(
+            "span:" + type(exc).__name__,
+            "%s could not be recorded (%s: %s); the application is not affected",
+            self.WHAT,
+            type(exc).__name__,
+            exc,
+        )
+
+
+def mark_error(span: trace.Span, error_type: str, description: str | None = None) -> None:
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR, description))
+
+
+def exception_description(exc: BaseException) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - an exception whose str() fails
+        return type(exc).__name__
+
+
+class ServerSpan(SpanHandle):
+    """One request's SERVER span (its context: the span current, marked as served)."""
+
+    __slots__ = ()
+    WHAT = "a server span"
+
+    def set_status_code(self, code: int) -> None:
+        try:
+            span = self.span
+            span.set_attribute("http.response.status_code", code)
+            # An exception recorded already (one a framework turned into this response)
+            # names the error better than its status code: error.type keeps it.
+            if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):
+                mark_error(span, str(code))
+        except Exception as exc:  # noqa: BLE001
             _report(exc)
+
+    def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
+        wanted = settings().response_headers
+        if wanted:
+            capture_headers(self.span, "http.response.header.", wanted, headers)
+
+    def record_exception(self, exc: BaseException) -> None:
+        record_exception(exc, self.span)
 
 
 def start(
@@ -296,12 +348,7 @@ def record_exception(exc: BaseException, span: trace.Span | None = None) -> None
         # nor twice (recorded by a framework hook, then re-raised through the wrapper).
         if span is None or not span.is_recording() or _recorded(span, exc):
             return
-        span.set_attribute("error.type", type(exc).__qualname__)
-        try:
-            description = f"{type(exc).__name__}: {exc}"
-        except Exception:  # noqa: BLE001 - an exception whose str() fails
-            description = type(exc).__name__
-        span.set_status(Status(StatusCode.ERROR, description))
+        mark_error(span, type(exc).__qualname__, exception_description(exc))
         span.record_exception(exc)
     except Exception as error:  # noqa: BLE001
         _report(error)

@@ -214,3 +214,22 @@ def client_hooks(spans):
         hook.patch(importlib.import_module(module_name))
     yield spans
     patching.undo(mark)
+
+
+@pytest.fixture
+def parent():
+    """A span current for the test: what the app's request span would be."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("test").start_as_current_span("parent") as span:
+        yield span
+
+
+@pytest.fixture
+def suppressed():
+    """Instrumentation suppressed, as the agent's own exporter runs."""
+    from opentelemetry import context
+
+    token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    yield
+    context.detach(token)

@@ -11,25 +11,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import socket
 
 import httpx
 import pytest
-from opentelemetry import context, trace
+from opentelemetry import context
 from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import patching
+from client_checks import client_spans, closed_port, traceparent_ids
 
 MODES = ["sync", "async"]
-
-
-def client_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
-
-
-def traceparent_ids(value: str) -> tuple[int, int]:
-    version, trace_id, span_id, flags = value.split("-")
-    return int(trace_id, 16), int(span_id, 16)
 
 
 def run(mode: str, fn, **client_kwargs):
@@ -56,18 +47,6 @@ def run(mode: str, fn, **client_kwargs):
 
 def get(mode: str, url: str, client_kwargs: dict | None = None, **kwargs) -> httpx.Response:
     return run(mode, lambda client: client.get(url, **kwargs), **(client_kwargs or {}))
-
-
-@pytest.fixture
-def parent():
-    with trace.get_tracer("test").start_as_current_span("parent") as span:
-        yield span
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", MODES)

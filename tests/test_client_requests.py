@@ -7,35 +7,14 @@ The same calls under ``autotrace run`` are in integration/test_clients.py.
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import requests
-from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry import context
+from opentelemetry.trace import StatusCode
 
 from autotrace import patching
-
-
-def client_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
-
-
-def traceparent_ids(value: str) -> tuple[int, int]:
-    version, trace_id, span_id, flags = value.split("-")
-    return int(trace_id, 16), int(span_id, 16)
-
-
-@pytest.fixture
-def parent():
-    with trace.get_tracer("test").start_as_current_span("parent") as span:
-        yield span
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from client_checks import client_spans, closed_port, traceparent_ids
 
 
 def test_get_is_one_client_span_whose_id_the_peer_received(client_hooks, peer, parent):

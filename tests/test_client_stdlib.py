@@ -9,57 +9,17 @@ hooks (``request.getfixturevalue("client_hooks")``).
 from __future__ import annotations
 
 import http.client
-import socket
-import time
 import urllib.error
 import urllib.request
 
 import pytest
-from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry import context
+from opentelemetry.trace import StatusCode
 
 from autotrace.hooks import http_client as http_client_hook
+from client_checks import HAND_TRACEPARENT, assert_failed, assert_propagated, client_spans, closed_port, received, without_date
 
-HAND_TRACEPARENT = "00-11111111111111111111111111111111-2222222222222222-01"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-
-
-def client_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
-
-
-def traceparent_ids(value: str) -> tuple[int, int]:
-    version, trace_id, span_id, flags = value.split("-")
-    return int(trace_id, 16), int(span_id, 16)
-
-
-def assert_propagated(span, received, parent=None) -> None:
-    """The peer got exactly one traceparent: the span's; the span is the parent's child."""
-    [value] = received.headers["traceparent"]
-    assert traceparent_ids(value) == (span.context.trace_id, span.context.span_id)
-    if parent is not None:
-        assert span.parent.span_id == parent.get_span_context().span_id
-        assert span.context.trace_id == parent.get_span_context().trace_id
-
-
-def assert_failed(span, error_type: str) -> None:
-    assert span.status.status_code == StatusCode.ERROR
-    assert span.attributes["error.type"] == error_type
-    assert [event.name for event in span.events] == ["exception"]
-    assert "http.response.status_code" not in span.attributes
-
-
-@pytest.fixture
-def parent():
-    with trace.get_tracer("test").start_as_current_span("parent") as span:
-        yield span
-
-
-@pytest.fixture
-def suppressed():
-    token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
-    yield
-    context.detach(token)
 
 
 @pytest.fixture(autouse=True)
@@ -70,27 +30,6 @@ def no_proxies(monkeypatch):
     urllib.request.install_opener(None)
     yield
     urllib.request.install_opener(None)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def received(peer, case: str, count: int = 1, timeout: float = 5.0) -> list:
-    """The requests the peer recorded, once there are ``count`` (it records them in its own thread)."""
-    deadline = time.monotonic() + timeout
-    while len(peer.requests(case)) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return peer.requests(case)
-
-
-def without_date(headers) -> list:
-    return [(name, value) for name, value in headers if name.lower() != "date"]
-
-
-# -- urllib.request -------------------------------------------------------------------
 
 
 def urlopen(url, **kwargs) -> tuple[int, list, bytes]:

@@ -1,0 +1,57 @@
+"""What the outgoing-request tests check, written once (tests/test_client_*.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from opentelemetry.trace import SpanKind, StatusCode
+
+HAND_TRACEPARENT = "00-11111111111111111111111111111111-2222222222222222-01"
+
+
+def client_spans(exporter) -> list:
+    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+
+
+def traceparent_ids(value: str) -> tuple[int, int]:
+    """(trace id, parent id) of a ``traceparent`` value."""
+    version, trace_id, span_id, flags = value.split("-")
+    return int(trace_id, 16), int(span_id, 16)
+
+
+def assert_propagated(span, received, parent=None) -> None:
+    """The peer got exactly one traceparent: the span's; the span is the parent's child."""
+    [value] = received.headers["traceparent"]
+    assert traceparent_ids(value) == (span.context.trace_id, span.context.span_id)
+    if parent is not None:
+        assert span.parent.span_id == parent.get_span_context().span_id
+        assert span.context.trace_id == parent.get_span_context().trace_id
+
+
+def assert_failed(span, error_type: str) -> None:
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == error_type
+    assert [event.name for event in span.events] == ["exception"]
+    assert "http.response.status_code" not in span.attributes
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def received(peer, case: str, count: int = 1, timeout: float = 5.0) -> list:
+    """The requests the peer recorded, once there are ``count`` (it records them in its own thread)."""
+    deadline = time.monotonic() + timeout
+    while len(peer.requests(case)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return peer.requests(case)
+
+
+def without_date(headers) -> list:
+    """Header pairs (a list of pairs, or a mapping) without Date."""
+    pairs = headers.items() if hasattr(headers, "items") else headers
+    return [(name, value) for name, value in pairs if name.lower() != "date"]
