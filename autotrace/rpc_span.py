@@ -85,6 +85,17 @@ class RpcSpan(server_span.SpanHandle):
         kept.extend(carrier.items())
         return kept
 
+    def set_peer(self, peer: str | None) -> None:
+        """Record ``client.address``/``client.port`` from ``ServicerContext.peer()`` (``ipv4:127.0.0.1:5000``)."""
+        try:
+            address, port = _split_peer(peer)
+            if address:
+                self.span.set_attribute("client.address", address)
+            if port is not None:
+                self.span.set_attribute("client.port", port)
+        except Exception as exc:  # noqa: BLE001
+            self._report(exc)
+
     def set_code(self, code: object, details: str | None = None) -> None:
         """Record the call's status code (a grpc.StatusCode, or its number)."""
         try:
@@ -147,7 +158,9 @@ def start_server(full_method: str, metadata: Metadata | None, peer: str | None =
             attributes["client.address"] = address
         if port is not None:
             attributes["client.port"] = port
-        parent = server_span.propagate.extract(list(metadata or ()), getter=_GETTER)
+        # From the metadata only, not over the current context: a server's call runs in a
+        # task or thread that may have inherited the context the server was started in.
+        parent = server_span.propagate.extract(list(metadata or ()), context=context.Context(), getter=_GETTER)
         span = _tracer("server").start_span(
             _span_name(full_method), context=parent, kind=server_span.SpanKind.SERVER, attributes=attributes
         )
