@@ -633,9 +633,12 @@ def test_export_requests_carry_no_trace_context(tmp_path, otlp_receiver, protoco
     # The exporter's calls went through the instrumented library, with suppression on.
     suppressed = int(result.stdout.split("suppressed calls:")[1])
     assert suppressed >= 1, result.stdout
-    otlp_receiver.wait_for_spans(3, timeout=10)
+    otlp_receiver.wait_for_spans(4, timeout=10)
     spans = by_name(otlp_receiver.spans())
-    assert sorted(spans) == ["app-work", "control", "inner"]
+    # The app's own call is traced by the agent's hook: a CLIENT span under app-work.
+    client = "POST" if protocol == "http" else "opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    assert sorted(spans) == sorted(["app-work", "control", "inner", client])
+    assert spans[client].parent_span_id == spans["app-work"].span_id
     assert {s.protocol for s in spans.values()} == {protocol}
 
     # Control: the app's own call carries the context, so the hook does inject.
