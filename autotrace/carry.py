@@ -33,6 +33,8 @@ def capture() -> Context | None:
         if "opentelemetry.context" not in sys.modules:
             return None  # the API not imported: no span anywhere
         server_span._load_api()  # noqa: SLF001
+        if not server_span._loaded:  # noqa: SLF001 - being imported on this thread
+            return None
     try:
         ctx = server_span.context.get_current()
         return ctx if ctx else None  # an empty Context is falsy (a dict)

@@ -38,7 +38,10 @@ KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH
 # framework's own WSGI app under a server hook, werkzeug's handler under http.server)
 # must not start another one.
 _IN_SERVER_SPAN = "autotrace-server-span"  # a context key, made by _load_api()
-_api_lock = threading.Lock()
+# Re-entrant: importing the API may start a thread or make a log record, whose hooks
+# ask for the API again on the same thread; they then go on without it (see _load_api).
+_api_lock = threading.RLock()
+_loading = False
 
 # Longest propagation header value read; a longer one is ignored (a new trace starts).
 MAX_PROPAGATION_HEADER = 8192
@@ -49,17 +52,28 @@ _loaded = False
 
 def _load_api() -> None:
     """Import the OpenTelemetry API (once, at the first request)."""
-    global context, propagate, trace, SpanKind, Status, StatusCode, _IN_SERVER_SPAN, _loaded
+    global _loading
     with _api_lock:
-        if _loaded:
-            return
-        from opentelemetry import context as _context, propagate as _propagate, trace as _trace
-        from opentelemetry.trace import SpanKind as _SpanKind, Status as _Status, StatusCode as _StatusCode
+        if _loaded or _loading:
+            return  # loaded, or being loaded further up this thread's stack: not yet usable
+        _loading = True
+        try:
+            _import_api()
+        finally:
+            _loading = False
 
-        context, propagate, trace = _context, _propagate, _trace
-        SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
-        _IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
-        _loaded = True
+
+def _import_api() -> None:
+    global context, propagate, trace, SpanKind, Status, StatusCode, _IN_SERVER_SPAN, _loaded
+    from opentelemetry import context as _context, propagate as _propagate, trace as _trace
+    from opentelemetry.trace import SpanKind as _SpanKind, Status as _Status, StatusCode as _StatusCode
+
+    context, propagate, trace = _context, _propagate, _trace
+    SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
+    _IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
+    _loaded = True
+
+
 _settings: _Settings | None = None
 _settings_lock = threading.Lock()
 
