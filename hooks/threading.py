@@ -1,0 +1,133 @@
+"""threading: a thread runs in the trace context of the code that started it.
+
+Waits for ``threading`` (imported before or during the agent's start-up: patched at
+once). Two methods of ``Thread`` are patched, so every subclass is covered, including
+one that overrides ``run()`` (OpenTelemetry's own threading instrumentation wraps
+``run`` and misses those) and ``threading.Timer``:
+
+- ``start``: the current context is captured (:func:`autotrace.carry.capture`) and kept
+  on the instance. When there is nothing to carry (no span, no baggage, or the
+  OpenTelemetry API not even imported) nothing is stored: two lookups, no more.
+- ``_bootstrap_inner``: the first thing the new thread runs; it calls ``run()``. The
+  captured context is taken off the instance and is current for the whole body
+  (``run()``, and ``threading.excepthook`` if ``run()`` raises), then detached.
+  From Python 3.14 a thread runs ``run()`` inside a ``contextvars.Context`` of its own
+  (``Thread(context=...)``, made by ``start()``): the context is attached inside that
+  one, and detached from it after.
+
+What is carried is a Context captured at ``start()``, not a live span: a parent span
+that ends before the thread runs still parents what the thread records. Only the
+OpenTelemetry context is carried: the thread sees the app's own ``contextvars`` exactly
+as without the agent (a new thread starts from an empty context).
+
+Threads whose ``target`` is in :data:`_not_carried` get nothing: the worker threads of
+``ThreadPoolExecutor`` (registered by the ``thread_pool`` hook) are started from inside
+``submit`` by whichever task needs one; each *task* carries its own submitter's context
+instead, so a worker never runs tasks in the context of the request that started it.
+
+Not covered: threads started with ``_thread.start_new_thread`` directly.
+"""
+
+from __future__ import annotations
+
+import contextvars as _contextvars
+
+from autotrace import carry
+from autotrace.patching import wrap_function
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+# Where the captured context waits, in the Thread's __dict__, between start() and the
+# thread's first instruction.
+_CONTEXT = "_autotrace_context"
+
+# id() of thread targets that get no context (pool workers: their tasks carry their own).
+_not_carried: set[int] = set()
+
+
+def do_not_carry(target) -> None:
+    """Threads running ``target`` (a function that lives as long as the process) carry nothing."""
+    _not_carried.add(id(target))
+
+
+def patch(module: ModuleType) -> None:
+    wrap_function(module.Thread, "start", _wrap_start)
+    if _has_thread_context(module.Thread):
+        wrap_function(module.Thread, "_bootstrap_inner", _wrap_bootstrap_inner_in_thread_context)
+    else:
+        wrap_function(module.Thread, "_bootstrap_inner", _wrap_bootstrap_inner)
+
+
+def _has_thread_context(thread_class) -> bool:
+    """Whether threads run in a contextvars.Context of their own (``Thread(context=...)``, 3.14)."""
+    try:
+        code = thread_class.__init__.__code__
+        return "context" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    except AttributeError:
+        return False
+
+
+def _wrap_start(original):
+    capture = carry.capture
+
+    def start(self, *args, **kwargs):
+        ctx = capture()
+        if ctx is not None:
+            try:
+                if id(self.__dict__.get("_target")) not in _not_carried:
+                    self.__dict__[_CONTEXT] = ctx
+            except Exception:  # noqa: BLE001 - an odd Thread: start it untraced
+                pass
+            try:
+                return original(self, *args, **kwargs)
+            except BaseException:  # not started: hold on to nothing
+                self.__dict__.pop(_CONTEXT, None)
+                raise
+        return original(self, *args, **kwargs)
+
+    return start
+
+
+def _wrap_bootstrap_inner(original):
+    run_in = carry.run_in
+
+    def _bootstrap_inner(self, *args, **kwargs):
+        try:
+            ctx = self.__dict__.pop(_CONTEXT, None)
+        except Exception:  # noqa: BLE001
+            ctx = None
+        if ctx is None:
+            return original(self, *args, **kwargs)
+        return run_in(ctx, original, self, *args, **kwargs)
+
+    return _bootstrap_inner
+
+
+def _wrap_bootstrap_inner_in_thread_context(original):
+    """Python 3.14+: ``run()`` runs in ``self._context``; the captured context goes in there."""
+    def _bootstrap_inner(self, *args, **kwargs):
+        try:
+            ctx = self.__dict__.pop(_CONTEXT, None)
+        except Exception:  # noqa: BLE001
+            ctx = None
+        if ctx is None:
+            return original(self, *args, **kwargs)
+        thread_context = self.__dict__.get("_context")
+        if not isinstance(thread_context, _contextvars.Context):
+            return carry.run_in(ctx, original, self, *args, **kwargs)
+        api = carry.server_span.context  # loaded: a context was captured
+        try:
+            token = thread_context.run(api.attach, ctx)
+        except Exception:  # noqa: BLE001 - (a Context entered elsewhere) run untraced
+            return original(self, *args, **kwargs)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            try:
+                thread_context.run(api.detach, token)
+            except Exception:  # noqa: BLE001
+                pass
+
+    return _bootstrap_inner
