@@ -119,9 +119,10 @@ class ClientSpan(server_span.SpanHandle):
         """Record the response head: 4xx and 5xx make the span an error."""
         try:
             span = self.span
-            span.set_attribute("http.response.status_code", status_code)
-            if protocol_version:
-                span.set_attribute("network.protocol.version", protocol_version)
+            if protocol_version:  # one call: the SDK takes its lock once
+                span.set_attributes({"http.response.status_code": status_code, "network.protocol.version": protocol_version})
+            else:
+                span.set_attribute("http.response.status_code", status_code)
             if status_code >= 400:
                 server_span.mark_error(span, str(status_code))
             wanted = server_span.settings().client_response_headers
@@ -232,8 +233,23 @@ def _find(headers: dict, name: str) -> tuple[str, str | None]:
     return name, None
 
 
+# url_attributes of recent URLs: an app calls the same few URLs again and again.
+_URL_CACHE: dict[object, tuple[str, str | None, int | None]] = {}
+_URL_CACHE_SIZE = 256
+
+
 def url_attributes(url: str) -> tuple[str, str | None, int | None]:
     """``url.full`` (no user information, secret query values redacted), the server's address and port."""
+    found = _URL_CACHE.get(url)
+    if found is None:
+        found = _url_attributes(url)
+        if len(_URL_CACHE) >= _URL_CACHE_SIZE:
+            _URL_CACHE.clear()  # bounded: start again rather than keep old entries in order
+        _URL_CACHE[url] = found
+    return found
+
+
+def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
     from urllib.parse import urlsplit
 
     if isinstance(url, bytes):
