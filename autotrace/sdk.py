@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from opentelemetry import trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider, sampling
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, Tracer, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SpanExporter,
@@ -243,12 +243,35 @@ _app_provider: trace.TracerProvider | None = None
 _handover: threading.Thread | None = None  # shuts our provider down after a hand-over
 
 
+# Spans ended in this process, and that number when flush_if_recorded last flushed.
+_ended = 0
+_flushed_at = 0
+
+
+class _EndCounter(SpanProcessor):
+    """Counts ended spans, so a flush can be skipped when nothing was recorded."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        global _ended
+        _ended += 1
+
+
+def flush_if_recorded(timeout_s: float) -> None:
+    """Flush (not finally) if a span ended since the last such flush: cheap when none did."""
+    global _flushed_at
+    if _ended == _flushed_at:
+        return
+    _flushed_at = _ended
+    flush(timeout_s, final=False)
+
+
 def install(set_global: Callable[[trace.TracerProvider], None], settings: Settings, resource: Resource) -> None:
     """Create the agent's provider and make it the global one (with ``set_global``)."""
     global _provider
     provider = AgentTracerProvider(
         sampler=build_sampler(settings), resource=resource, shutdown_on_exit=False
     )
+    provider.add_span_processor(_EndCounter())
     factories: dict[str, Callable[[], SpanExporter]] = {
         "otlp": _otlp_factory(settings),
         "console": _console_factory,

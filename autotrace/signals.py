@@ -52,6 +52,25 @@ def install(flush: Callable[[bool], object]) -> None:
             logger.debug("cannot watch signal %s: %s", signum, exc)
 
 
+def release() -> None:
+    """Give SIGTERM and SIGINT back their previous handlers, where ours is still in place.
+
+    For processes that must die at once of the signal: a ``multiprocessing`` pool
+    worker is stopped by ``Pool.terminate()`` with SIGTERM, and a Python-level handler
+    can miss a signal that arrives just before the worker blocks on the pool's lock,
+    which then waits for it forever.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in list(_installed.items()):
+        try:
+            if hasattr(signal.getsignal(signum), "autotrace_previous"):
+                signal.signal(signum, previous)
+            del _installed[signum]
+        except (ValueError, OSError, RuntimeError) as exc:
+            logger.debug("cannot restore signal %s: %s", signum, exc)
+
+
 def rearm() -> None:
     """Flush again where a server has put SIGTERM or SIGINT back to the default action.
 

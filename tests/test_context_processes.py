@@ -1,0 +1,429 @@
+"""Carrying the trace context to child processes: ``multiprocessing`` and ``ProcessPoolExecutor``.
+
+The hooks are applied in this process (and undone after each test). Children report
+what they see as current (trace and span id, a baggage entry, a value the app set in
+the context) through a ``Queue`` or the pool's result; nothing is exported.
+
+A ``fork`` child runs the hooked code it inherited. A ``spawn`` child is a fresh
+interpreter: the agent runs in it only when it bootstraps from the environment
+(``AUTOTRACE_ENABLED``, the way ``autotrace run`` children do, with the exporter off);
+a pool task needs no agent in the child: its wrapper is unpickled there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.pool
+import multiprocessing.process
+import pickle
+import sys
+
+import pytest
+
+from autotrace import carry, patching
+from autotrace.hooks import multiprocessing as mp_hook
+from autotrace.hooks import process_pool as pp_hook
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork start method")
+
+TIMEOUT = 30
+APP_KEY = "autotrace-test-app-value"
+
+
+# -- what a child sees (module level: picklable by reference for spawn children) ---------
+
+
+def seen(label=None):
+    """(label, trace id, span id, baggage "tenant", the app's own context value) here."""
+    from opentelemetry import baggage, context, trace
+
+    span_context = trace.get_current_span().get_span_context()
+    return (
+        label,
+        format(span_context.trace_id, "032x") if span_context.is_valid else None,
+        format(span_context.span_id, "016x") if span_context.is_valid else None,
+        baggage.get_baggage("tenant"),
+        context.get_value(APP_KEY),
+    )
+
+
+def seen_pair(a, b):
+    return seen(f"{a}{b}")
+
+
+def report(queue, label=None):
+    queue.put(seen(label))
+
+
+class Reporter(multiprocessing.context.SpawnProcess):
+    """A Process subclass that overrides run()."""
+
+    def __init__(self, queue):
+        super().__init__()
+        self.queue = queue
+
+    def run(self):
+        self.queue.put(seen("subclass"))
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hooked(spans):
+    """The three hooks applied, as the agent applies them; the originals put back after."""
+    import concurrent.futures.process
+
+    mark = len(patching.history)
+    mp_hook.patch(multiprocessing.process)
+    mp_hook.patch_pool(multiprocessing.pool)
+    pp_hook.patch(concurrent.futures.process)
+    yield spans
+    patching.undo(mark)
+
+
+@pytest.fixture
+def tracer(hooked):
+    from opentelemetry import trace
+
+    return trace.get_tracer("test_context_processes")
+
+
+@pytest.fixture
+def agent_in_spawn_children(monkeypatch):
+    """Spawn children bootstrap the agent from the environment (no exporter, quiet)."""
+    for name in [n for n in os.environ if n.startswith(("OTEL_", "AUTOTRACE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AUTOTRACE_ENABLED", "true")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_LOG_LEVEL", "error")
+
+
+def ids(span):
+    span_context = span.get_span_context()
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
+class in_span:
+    """A span current, with baggage ``tenant=acme`` and an app value in the context."""
+
+    def __init__(self, tracer, name="submit"):
+        self.tracer = tracer
+        self.name = name
+
+    def __enter__(self):
+        from opentelemetry import baggage, context
+
+        self._span_cm = self.tracer.start_as_current_span(self.name)
+        self.span = self._span_cm.__enter__()
+        ctx = baggage.set_baggage("tenant", "acme")
+        ctx = context.set_value(APP_KEY, "app-only", ctx)
+        self._token = context.attach(ctx)
+        return self
+
+    def __exit__(self, *exc):
+        from opentelemetry import context
+
+        context.detach(self._token)
+        return self._span_cm.__exit__(*exc)
+
+    def expected(self, label=None, app_value=None):
+        return (label, *ids(self.span), "acme", app_value)
+
+
+NOTHING = (None, None, None, None, None)
+
+
+# -- the wrapper ------------------------------------------------------------------------------
+
+
+def test_in_context_is_the_function_itself_when_there_is_nothing_to_carry(hooked):
+    assert mp_hook.in_context(seen) is seen
+
+
+def test_wrapper_survives_pickling_and_runs_the_function_in_the_context(tracer):
+    with in_span(tracer) as parent:
+        wrapped = mp_hook.in_context(seen)
+    assert isinstance(wrapped, mp_hook._InContext)
+    assert "traceparent" in wrapped.carrier
+    copy = pickle.loads(pickle.dumps(wrapped))
+    assert copy.function is seen and copy.carrier == wrapped.carrier
+
+    assert seen() == NOTHING
+    # The propagation fields cross, not the app's own values; the span has ended already.
+    assert copy("x") == parent.expected("x")
+    assert copy("y") == parent.expected("y")  # the extracted context is reused
+    assert seen() == NOTHING  # detached after
+
+
+def test_wrapper_passes_exceptions_and_results_unchanged(tracer):
+    with tracer.start_as_current_span("submit"):
+        wrapped = mp_hook.in_context(fail)
+        doubled = mp_hook.in_context(lambda x: [x, x])
+    with pytest.raises(ValueError, match="^boom$"):
+        wrapped("boom")
+    item = object()
+    result = doubled(item)
+    assert result[0] is item and result[1] is item
+
+
+def _unpicklable():
+    return [lambda: 1, _local_function()]
+
+
+def _local_function():
+    def local():
+        return 1
+
+    return local
+
+
+@pytest.mark.parametrize("function", _unpicklable(), ids=["lambda", "local"])
+def test_unpicklable_function_fails_to_pickle_as_without_the_agent(tracer, function):
+    with pytest.raises(Exception) as plain:
+        pickle.dumps(function)
+    with tracer.start_as_current_span("submit"):
+        wrapped = mp_hook.in_context(function)
+    assert wrapped is not function
+    with pytest.raises(type(plain.value)) as traced:
+        pickle.dumps(wrapped)
+    assert str(traced.value) == str(plain.value)
+
+
+def test_pool_methods_wrap_every_task_with_the_context_if_any(tracer):
+    calls = []
+
+    def original(self, *args, **kwargs):
+        calls.append((args, kwargs))
+        return "result"
+
+    method = mp_hook._wrap_task_method(original, multiprocessing.pool.ThreadPool)
+    # No context: still wrapped (the worker flushes what the task records), nothing carried.
+    assert method(object(), seen, [1]) == "result"
+    (args, kwargs) = calls.pop()
+    assert isinstance(args[0], mp_hook._InContext) and args[0].function is seen and args[0].carrier is None
+    assert args[1:] == ([1],) and kwargs == {}
+    with tracer.start_as_current_span("submit"):
+        method(object(), seen, [1], chunksize=2)
+        method(object(), func=seen, iterable=[1])
+        method(object())  # no function: the original says what is missing
+    (args, kwargs), (kw_args, kw_kwargs), (none_args, none_kwargs) = calls
+    assert isinstance(args[0], mp_hook._InContext) and args[1:] == ([1],) and kwargs == {"chunksize": 2}
+    assert kw_args == () and isinstance(kw_kwargs["func"], mp_hook._InContext)
+    assert kw_kwargs["iterable"] == [1]
+    assert none_args == () and none_kwargs == {}
+
+
+# -- Process ----------------------------------------------------------------------------------
+
+
+def _run_process(process, queue):
+    if process._popen is None:
+        process.start()
+    try:
+        return queue.get(timeout=TIMEOUT)
+    finally:
+        process.join(TIMEOUT)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
+def test_fork_child_keeps_the_context_it_inherited(tracer):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with in_span(tracer) as parent:
+        process = ctx.Process(target=report, args=(queue, "fork"))
+        got = _run_process(process, queue)
+    # The whole context, the app's own value included, as without the agent.
+    assert got == parent.expected("fork", app_value="app-only")
+    assert process.exitcode == 0
+
+
+def test_process_started_outside_any_span_carries_nothing(tracer):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    process = ctx.Process(target=report, args=(queue,))
+    assert _run_process(process, queue) == NOTHING
+    assert mp_hook._CARRIER not in process.__dict__
+
+
+@pytest.mark.parametrize("subclass", [False, True], ids=["target", "run-overridden"])
+def test_spawn_child_runs_in_the_starters_context(tracer, agent_in_spawn_children, subclass):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    with in_span(tracer) as parent:
+        if subclass:
+            process, label = Reporter(queue), "subclass"
+        else:
+            process, label = ctx.Process(target=report, args=(queue, "spawn")), "spawn"
+        process.start()  # the span ends while the child starts up
+    got = _run_process(process, queue)
+    assert got == parent.expected(label)
+    assert process.exitcode == 0
+
+
+def test_unpicklable_target_fails_to_start_as_without_the_agent(tracer):
+    ctx = multiprocessing.get_context("spawn")
+    with pytest.raises(Exception) as plain:
+        ctx.Process(target=lambda: 1).start()
+    with tracer.start_as_current_span("submit"):
+        process = ctx.Process(target=lambda: 1)
+        with pytest.raises(type(plain.value)) as traced:
+            process.start()
+    assert str(traced.value) == str(plain.value)
+    assert mp_hook._CARRIER not in process.__dict__
+
+
+class _FakeProvider:
+    def __init__(self, state):
+        self._state = state
+        self._setup_args = (type("Settings", (), {"shutdown_timeout_s": 1.5})(),)
+        self.flushed = []
+
+    def flush(self, timeout_s, final=True):
+        self.flushed.append((timeout_s, final))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("state", "armed_here", "flushed"),
+    [
+        ("set up", False, [(1.5, True)]),  # set up in the child: nothing else flushes
+        ("declined", False, [(1.5, True)]),  # the app's own provider
+        ("set up", True, []),  # the SDK's multiprocessing finalizer has flushed
+        ("waiting", False, []),  # nothing recorded in this process
+    ],
+)
+def test_child_flushes_at_the_end_of_its_body_unless_flushed_already(monkeypatch, state, armed_here, flushed):
+    provider = _FakeProvider(state)
+    sdk = type(sys)("autotrace.sdk")
+    sdk._exit_flush_pid = os.getpid() if armed_here else 0
+    monkeypatch.setitem(sys.modules, "autotrace.provider", provider)
+    monkeypatch.setitem(sys.modules, "autotrace.sdk", sdk)
+    mp_hook._flush_child()
+    assert provider.flushed == flushed
+
+
+def test_spawn_child_without_the_agent_runs_as_without_it(tracer, monkeypatch):
+    monkeypatch.delenv("AUTOTRACE_ENABLED", raising=False)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    with in_span(tracer):
+        process = ctx.Process(target=report, args=(queue, "plain"))
+        got = _run_process(process, queue)
+    assert got == ("plain", None, None, None, None)
+    assert process.exitcode == 0
+
+
+# -- Pool ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_tasks_run_in_their_submitters_context(tracer, method):
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(1) as pool:
+        with in_span(tracer, "first") as first:
+            results = [
+                pool.apply_async(seen, ("apply_async",)),
+                pool.map_async(seen, ["map_async"]),
+                pool.starmap_async(seen_pair, [("star", "map_async")]),
+            ]
+            sync = [pool.apply(seen, ("apply",)), *pool.map(seen, ["map", "map-chunked"], 1)]
+            sync += pool.starmap(seen_pair, [("star", "map")])
+            lazy = [pool.imap(seen, ["imap"]), pool.imap(seen, ["imap-2"], 2)]
+            lazy += [pool.imap_unordered(seen, ["imap_unordered"]), pool.imap_unordered(seen, ["u2"], 2)]
+        with in_span(tracer, "second") as second:
+            other = pool.apply_async(seen, ("second",))
+        untraced = pool.apply_async(seen, ("outside",))
+
+        got = [results[0].get(TIMEOUT), *results[1].get(TIMEOUT), *results[2].get(TIMEOUT), *sync]
+        got += [item for iterator in lazy for item in iterator]
+        expected = ["apply_async", "map_async", "starmap_async", "apply", "map", "map-chunked", "starmap"]
+        expected += ["imap", "imap-2", "imap_unordered", "u2"]
+        assert got == [first.expected(label) for label in expected]
+        assert other.get(TIMEOUT) == second.expected("second")
+        assert untraced.get(TIMEOUT) == ("outside", None, None, None, None)
+
+
+def test_pool_workers_started_in_a_span_do_not_carry_it(tracer):
+    ctx = multiprocessing.get_context("fork")
+    with in_span(tracer):
+        pool = ctx.Pool(1)
+    try:
+        assert pool.apply(seen, ("later",)) == ("later", None, None, None, None)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_pool_task_errors_and_unpicklable_functions_fail_as_without_the_agent(tracer):
+    ctx = multiprocessing.get_context("fork")
+    with pytest.raises(Exception) as plain:
+        pickle.dumps(lambda: 1)
+    with ctx.Pool(1) as pool, tracer.start_as_current_span("submit"):
+        with pytest.raises(ValueError, match="^boom$"):
+            pool.apply(fail, ("boom",))
+        with pytest.raises(type(plain.value)):
+            pool.apply(lambda: 1)
+        with pytest.raises(type(plain.value)):
+            pool.map(lambda x: x, [1])
+        # The pool still works.
+        assert pool.apply(seen_pair, ("a", "b"))[0] == "ab"
+
+
+def test_thread_pool_tasks_get_the_live_context(tracer):
+    with multiprocessing.pool.ThreadPool(1) as pool, in_span(tracer) as parent:
+        # Nothing pickled: a lambda is fine, and the app's own values are there too.
+        assert pool.apply(lambda: seen("thread")) == parent.expected("thread", app_value="app-only")
+        assert pool.map(seen, ["m"]) == [parent.expected("m", app_value="app-only")]
+
+
+# -- ProcessPoolExecutor ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_executor_tasks_run_in_their_submitters_context(tracer, method):
+    ctx = multiprocessing.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as executor:
+        with in_span(tracer, "first") as first:
+            future = executor.submit(seen, "submit")
+            mapped = executor.map(seen, ["map-1", "map-2"], chunksize=2)
+        untraced = executor.submit(seen, "outside")
+        with in_span(tracer, "second") as second:
+            keyword = executor.submit(seen_pair, "key", b="word")
+
+        assert future.result(TIMEOUT) == first.expected("submit")
+        assert list(mapped) == [first.expected("map-1"), first.expected("map-2")]
+        # The worker was started by the first submit, in its span: it carries nothing itself.
+        assert untraced.result(TIMEOUT) == ("outside", None, None, None, None)
+        assert keyword.result(TIMEOUT) == second.expected("keyword")
+
+
+def test_executor_errors_and_unpicklable_functions_fail_as_without_the_agent(tracer):
+    ctx = multiprocessing.get_context("fork")
+    with pytest.raises(Exception) as plain:
+        pickle.dumps(lambda: 1)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as executor:
+        with tracer.start_as_current_span("submit"):
+            failing = executor.submit(fail, "boom")
+            unpicklable = executor.submit(lambda: 1)
+        with pytest.raises(ValueError, match="^boom$"):
+            failing.result(TIMEOUT)
+        with pytest.raises(type(plain.value)):
+            unpicklable.result(TIMEOUT)
+
+
+def test_carry_is_what_crosses(tracer):
+    """The carrier holds the propagation fields only (a dict of strings)."""
+    with in_span(tracer):
+        carrier = carry.to_carrier()
+    assert set(carrier) == {"traceparent", "baggage"}
+    assert all(isinstance(value, str) for value in carrier.values())
