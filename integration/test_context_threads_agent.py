@@ -3,7 +3,9 @@
 A stdlib http.server service (no tracing setup; it uses the OpenTelemetry API only to
 make its own spans, as app code does) answers ``GET /fanout`` by handing work to a
 ``threading.Thread``, a ``Thread`` subclass overriding ``run()``, a
-``ThreadPoolExecutor`` and asyncio's ``loop.run_in_executor``. Each worker makes a span
+``ThreadPoolExecutor``, asyncio's ``loop.run_in_executor``, a ``ProcessPoolExecutor``
+(spawn) and a ``multiprocessing.Process`` (fork): the issue's acceptance, in one trace.
+Each worker makes a span
 and logs a line whose format names ``%(otelTraceID)s`` and ``%(otelSpanID)s``; the
 handler itself logs through ``logging.basicConfig()``'s default format, which
 ``OTEL_PYTHON_LOG_CORRELATION=true`` makes name the ids. The request carries a
@@ -21,14 +23,15 @@ from otlp_receiver import OTLPReceiver, free_port
 SERVER = 2  # proto SpanKind
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
-WORKERS = ("thread", "thread-subclass", "pool", "executor")
+WORKERS = ("thread", "thread-subclass", "pool", "executor", "process-pool", "process")
 
 SERVICE = """
 import asyncio
 import logging
+import multiprocessing
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry import trace
@@ -65,6 +68,11 @@ def fan_out():
         return await asyncio.get_running_loop().run_in_executor(None, work, "executor")
 
     done.append(asyncio.run(in_executor()))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as processes:
+        done.append(processes.submit(work, "process-pool").result(30))
+    process = multiprocessing.get_context("fork").Process(target=work, args=("process",))
+    process.start()
+    process.join(30)
     thread.join(5)
     subclass.join(5)
     return done
@@ -88,12 +96,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-print("serving", flush=True)
-try:
-    server.serve_forever(poll_interval=0.05)
-except KeyboardInterrupt:
-    pass
+if __name__ == "__main__":  # a spawn child imports this module too
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    print("serving", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
 """
 
 
@@ -110,10 +119,10 @@ def test_workers_are_children_of_the_server_span_and_log_its_trace(tmp_path):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/fanout", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
             )
-            with urllib.request.urlopen(request, timeout=8) as response:
-                assert response.read() == b"pool,executor"
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.read() == b"pool,executor,process-pool"
             in_trace = receiver.wait_for_spans(
-                1 + len(WORKERS), timeout=8, predicate=lambda s: s.trace_id == TRACE_ID
+                1 + len(WORKERS), timeout=15, predicate=lambda s: s.trace_id == TRACE_ID
             )
             service.wait_for_line("fanned out", timeout=5)
             stdout, stderr = service.text("stdout"), service.text("stderr")
