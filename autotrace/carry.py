@@ -42,10 +42,43 @@ def capture() -> Context | None:
         return None
 
 
+def _context_variable():
+    """The ContextVar behind OpenTelemetry's default runtime context, or None for another runtime.
+
+    Setting it directly does what ``context.attach`` does for that runtime, without its
+    layers of calls: the cost of carrying is paid per task.
+    """
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT  # noqa: PLC2701
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+        if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
+            return _RUNTIME_CONTEXT._current_context  # noqa: SLF001
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+_variable = False  # not looked up yet
+
+
 def run_in(ctx: Context | None, function: Callable, *args, **kwargs):
     """Call ``function`` with ``ctx`` current (as is if None); the context is restored after."""
     if ctx is None:
         return function(*args, **kwargs)
+    global _variable
+    variable = _variable
+    if variable is False:
+        variable = _variable = _context_variable()
+    if variable is not None:
+        token = variable.set(ctx)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            try:
+                variable.reset(token)
+            except (ValueError, RuntimeError):  # reset in another context: nothing to undo
+                pass
     context = server_span.context
     try:
         token = context.attach(ctx)
