@@ -1,0 +1,635 @@
+"""W3C Trace Context Level 2 and W3C Baggage propagators: exact rules, round trips, fuzzing."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry import baggage as otel_baggage
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import DefaultGetter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+from autotrace.propagation.baggage import (
+    BaggagePropagator,
+    get_properties,
+    set_baggage_with_properties,
+)
+from autotrace.propagation.tracecontext import TraceContextPropagator
+
+TC = TraceContextPropagator()
+BG = BaggagePropagator()
+
+TID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SID = "00f067aa0ba902b7"
+VALID = f"00-{TID}-{SID}-01"
+
+
+class ListGetter:
+    """A server-style getter: every header maps to the list of its (repeated) values."""
+
+    def get(self, carrier, key):
+        values = carrier.get(key)
+        return list(values) if values else None
+
+    def keys(self, carrier):
+        return list(carrier)
+
+
+LIST_GETTER = ListGetter()
+
+
+def span_context(ctx: Context) -> SpanContext:
+    return trace.get_current_span(ctx).get_span_context()
+
+
+def extract_tc(traceparent=None, tracestate=None, getter=None):
+    carrier = {}
+    if traceparent is not None:
+        carrier["traceparent"] = traceparent
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate
+    if getter is None:
+        return span_context(TC.extract(carrier))
+    return span_context(TC.extract(carrier, getter=getter))
+
+
+# --------------------------------------------------------------------------- traceparent
+
+
+def test_valid_traceparent_exact():
+    sc = extract_tc(VALID)
+    assert sc.is_valid and sc.is_remote
+    assert sc.trace_id == int(TID, 16)
+    assert sc.span_id == int(SID, 16)
+    assert sc.trace_flags == 1 and sc.trace_flags.sampled
+    assert isinstance(sc.trace_flags, TraceFlags)
+    assert len(sc.trace_state) == 0
+
+
+@pytest.mark.parametrize(
+    "flags, sampled, random",
+    [("00", False, False), ("01", True, False), ("02", False, True), ("03", True, True), ("ff", True, True), ("a4", False, False)],
+)
+def test_all_flag_bits_kept(flags, sampled, random):
+    sc = extract_tc(f"00-{TID}-{SID}-{flags}")
+    assert sc.is_valid
+    assert int(sc.trace_flags) == int(flags, 16)
+    assert sc.trace_flags.sampled is sampled
+    assert bool(sc.trace_flags & 0x02) is random  # Level 2 random-trace-id (API 1.27 lacks the property)
+
+
+@pytest.mark.parametrize("value", [f" {VALID}", f"{VALID} ", f"\t {VALID} \t"])
+def test_ows_trimmed(value):
+    sc = extract_tc(value)
+    assert sc.is_valid and sc.trace_id == int(TID, 16)
+
+
+@pytest.mark.parametrize(
+    "value, trace_id, span_id, flags",
+    [
+        (f"01-{TID}-{SID}-01", TID, SID, 1),
+        (f"fe-{TID}-{SID}-03", TID, SID, 3),
+        (f"cc-{TID}-{SID}-01-what-the-future-holds", TID, SID, 1),
+        (f"cc-{TID}-{SID}-09-", TID, SID, 9),
+        (f"02-{TID}-{SID}-01-ANYthing goes here?", TID, SID, 1),
+    ],
+)
+def test_higher_versions_read_first_four_fields(value, trace_id, span_id, flags):
+    sc = extract_tc(value)
+    assert sc.is_valid
+    assert (sc.trace_id, sc.span_id, int(sc.trace_flags)) == (int(trace_id, 16), int(span_id, 16), flags)
+
+
+INVALID_TRACEPARENTS = [
+    "",
+    " ",
+    "garbage",
+    f"ff-{TID}-{SID}-01",  # version ff
+    f"00-{TID}-{SID}-01-",  # version 00: exactly 55
+    f"00-{TID}-{SID}-01-extra",
+    f"00-{TID}-{SID}-1",  # short flags
+    f"00-{TID}-{SID}-001",
+    f"00-{TID[:-1]}-{SID}-01",  # short trace id
+    f"00-{TID}0-{SID}-01",
+    f"00-{TID}-{SID[:-1]}-01",
+    f"00-{TID}-{SID}0-01",
+    f"0-{TID}-{SID}-01",
+    f"000-{TID}-{SID}-01",
+    f"00-{'0' * 32}-{SID}-01",  # all-zero ids
+    f"00-{TID}-{'0' * 16}-01",
+    f"00-{TID.upper()}-{SID}-01",  # upper case anywhere
+    f"00-{TID}-{SID.upper()}-01",
+    f"00-{TID}-{SID}-0A",
+    f"0A-{TID}-{SID}-01",
+    f"0a-{TID}-{SID}-0B-x",
+    f"00-{TID[:-1]}g-{SID}-01",  # non-hex
+    f"00-{TID}-{SID[:-1]}z-01",
+    f"00-{TID}-{SID}-0g",
+    f"g0-{TID}-{SID}-01",
+    f"00_{TID}_{SID}_01",  # wrong separators
+    f"00-{TID}-{SID}_01",
+    f"cc-{TID}-{SID}-01.",  # higher version: 56th char must be "-"
+    f"cc-{TID}-{SID}-01x-more",
+    f"cc-{TID}-{SID}-0",
+    f"{VALID},{VALID}",  # comma: given more than once
+    f"{VALID},",
+    f"cc-{TID}-{SID}-01-a,b",
+    f"\n{VALID}",  # not OWS
+    f"{VALID}\r",
+    f"00-{TID}-{SID}-01" + " " * 500,  # over 512 characters even though trimmable
+    f"cc-{TID}-{SID}-01-" + "x" * 500,
+    f"00-+{TID[1:]}-{SID}-01",  # int() would accept these
+    f"00-{TID}-{SID}- 1",
+    f"00-{TID[:-2]}_1-{SID}-01",
+    "00-" + "٣" * 32 + f"-{SID}-01",  # non-ASCII digits
+]
+
+
+@pytest.mark.parametrize("value", INVALID_TRACEPARENTS)
+@pytest.mark.parametrize("getter", [None, LIST_GETTER])
+def test_invalid_traceparent_starts_new_trace(value, getter):
+    tp = value if getter is None else [value]
+    ts = "vendor=value" if getter is None else ["vendor=value"]
+    assert not extract_tc(tp, ts, getter).is_valid
+
+
+def test_higher_version_at_512_boundary():
+    ok = f"cc-{TID}-{SID}-01-" + "x" * (512 - 56)
+    assert len(ok) == 512 and extract_tc(ok).is_valid
+    assert not extract_tc(ok + "x").is_valid
+
+
+def test_repeated_traceparent_invalid_with_list_getter():
+    assert extract_tc([VALID], getter=LIST_GETTER).is_valid
+    assert not extract_tc([VALID, VALID], getter=LIST_GETTER).is_valid
+    other = f"00-{TID}-{'1' * 16}-01"
+    assert not extract_tc([VALID, other], getter=LIST_GETTER).is_valid
+    assert not extract_tc([VALID, ""], getter=LIST_GETTER).is_valid
+    # DefaultGetter turns a list value into several values too
+    assert not span_context(TC.extract({"traceparent": [VALID, VALID]}, getter=DefaultGetter())).is_valid
+
+
+def test_missing_or_odd_getter_results():
+    assert not extract_tc().is_valid
+    assert not extract_tc([], getter=LIST_GETTER).is_valid
+
+    class StrGetter:  # returns a bare string instead of a list
+        def get(self, carrier, key):
+            return carrier.get(key)
+
+        def keys(self, carrier):
+            return list(carrier)
+
+    assert extract_tc(VALID, getter=StrGetter()).is_valid
+
+    class BadGetter(StrGetter):
+        def get(self, carrier, key):
+            return [42]
+
+    assert not extract_tc(VALID, getter=BadGetter()).is_valid
+
+
+def test_invalid_traceparent_returns_context_unchanged():
+    base = trace.set_span_in_context(
+        NonRecordingSpan(SpanContext(1, 2, is_remote=False)), Context()
+    )
+    assert TC.extract({"traceparent": "bad", "tracestate": "a=b"}, base) is base
+    assert TC.extract({}, base) is base
+
+
+def test_extract_replaces_span_in_given_context():
+    base = trace.set_span_in_context(NonRecordingSpan(SpanContext(1, 2, is_remote=False)), Context())
+    sc = span_context(TC.extract({"traceparent": VALID}, base))
+    assert sc.trace_id == int(TID, 16) and sc.is_remote
+
+
+# --------------------------------------------------------------------------- tracestate
+
+
+def state_of(tracestate, getter=None):
+    sc = extract_tc(VALID if getter is None else [VALID], tracestate, getter)
+    assert sc.is_valid  # tracestate never invalidates the traceparent
+    return list(sc.trace_state.items())
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("rojo=00f067aa0ba902b7", [("rojo", "00f067aa0ba902b7")]),
+        ("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", [("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")]),
+        (" a=1 ,\tb=2\t", [("a", "1"), ("b", "2")]),
+        ("a=1,,b=2,", [("a", "1"), ("b", "2")]),
+        (",,,", []),
+        ("", []),
+        ("a= x y", [("a", " x y")]),  # value may begin with a space
+        ("a=~!#", [("a", "~!#")]),
+        ("a1_-*/=v", [("a1_-*/", "v")]),
+        ("tenant@vendor=v", [("tenant@vendor", "v")]),
+        ("0tenant@v=1", [("0tenant@v", "1")]),
+        ("1@a_-*/=1", [("1@a_-*/", "1")]),
+        ("k" * 256 + "=v", [("k" * 256, "v")]),
+        ("a=" + "v" * 256, [("a", "v" * 256)]),
+        ("t" * 241 + "@" + "v" * 14 + "=1", [("t" * 241 + "@" + "v" * 14, "1")]),
+    ],
+)
+def test_valid_tracestate(header, expected):
+    assert state_of(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "a=1,a=2",  # repeated key
+        "a=1,b=2,a=1",
+        "A=1",  # upper-case key
+        "a=1,B=2",
+        "1a=1",  # simple key starts with lcalpha
+        "_a=1",
+        "a",  # no "="
+        "a=",  # empty value
+        "a= ",
+        "=1",
+        "a=1=2",  # "=" in value
+        "a=x\x7f",
+        "a=é",
+        "a b=1",
+        "a=1;b=2,c=3\x00",
+        "k" * 257 + "=v",  # key too long
+        "a=" + "v" * 257,  # value too long
+        "t" * 242 + "@v=1",  # tenant too long
+        "t@" + "v" * 15 + "=1",  # vendor too long
+        "t@1v=1",  # vendor starts with lcalpha
+        "@v=1",
+        "t@v@w=1",
+        ",".join(f"k{i}=v" for i in range(33)),  # over 32 members
+        "a=" + "v" * 200 + "," + ",".join(f"k{i}=" + "v" * 250 for i in range(31)) + ",z" * 100,
+    ],
+)
+def test_invalid_tracestate_dropped_traceparent_kept(header):
+    assert state_of(header) == []
+
+
+def test_tracestate_32_members_ok_and_length_bound():
+    header = ",".join(f"k{i}=v" for i in range(32))
+    assert len(state_of(header)) == 32
+    # members padded with empty ones past the length bound: invalid before parsing
+    assert state_of("a=1" + "," * 8200) == []
+    assert state_of("a=1" + "," * 8000) == [("a", "1")]
+
+
+def test_tracestate_repeated_headers_combined():
+    assert state_of(["a=1", "b=2 , c=3"], LIST_GETTER) == [("a", "1"), ("b", "2"), ("c", "3")]
+    assert state_of(["a=1", "a=2"], LIST_GETTER) == []  # a repeated key across headers
+    assert state_of(["a=1", "B=2"], LIST_GETTER) == []
+    assert state_of(["a=1", ""], LIST_GETTER) == [("a", "1")]
+    many = [f"k{i}=v" for i in range(32)]
+    assert len(state_of(many, LIST_GETTER)) == 32
+    assert state_of(many + ["x=1"], LIST_GETTER) == []
+
+
+def test_invalid_traceparent_ignores_tracestate():
+    ctx = TC.extract({"traceparent": f"00-{TID}-{SID}-0x", "tracestate": "a=1"})
+    assert not span_context(ctx).is_valid
+
+
+# --------------------------------------------------------------------------- inject
+
+
+def ctx_with(trace_id, span_id, flags=0, state=None):
+    sc = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags), trace_state=state)
+    return trace.set_span_in_context(NonRecordingSpan(sc), Context())
+
+
+def test_inject_exact():
+    carrier = {}
+    TC.inject(carrier, ctx_with(int(TID, 16), int(SID, 16), 0x03, TraceState([("b", "2"), ("a", "1")])))
+    assert carrier == {"traceparent": f"00-{TID}-{SID}-03", "tracestate": "b=2,a=1"}
+
+    carrier = {}
+    TC.inject(carrier, ctx_with(1, 2, 0))
+    assert carrier == {"traceparent": f"00-{'0' * 31}1-{'0' * 15}2-00"}
+
+
+def test_inject_nothing_without_valid_span():
+    carrier = {}
+    TC.inject(carrier, Context())
+    TC.inject(carrier, ctx_with(0, 2, 1))
+    assert carrier == {}
+    assert TC.fields == {"traceparent", "tracestate"}
+
+
+def test_inject_sdk_span_keeps_random_flag():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("t")
+    with tracer.start_as_current_span("s") as span:
+        carrier = {}
+        TC.inject(carrier)
+        sc = span.get_span_context()
+    assert carrier["traceparent"] == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+    back = span_context(TC.extract(carrier))
+    assert back.trace_flags == sc.trace_flags
+
+
+@pytest.mark.parametrize("flags", [0, 1, 2, 3, 0x80, 0xFF])
+def test_round_trip(flags):
+    state = TraceState([("congo", "t61rcWkgMzE"), ("t@v", " a b"), ("rojo", "00f067aa0ba902b7")])
+    carrier = {}
+    TC.inject(carrier, ctx_with(int(TID, 16), int(SID, 16), flags, state))
+    sc = span_context(TC.extract(carrier))
+    assert (sc.trace_id, sc.span_id, int(sc.trace_flags)) == (int(TID, 16), int(SID, 16), flags)
+    assert list(sc.trace_state.items()) == list(state.items())
+    assert sc.is_remote
+
+
+# --------------------------------------------------------------------------- baggage
+
+
+def bag(header, context=None, getter=None):
+    carrier = {"baggage": header}
+    ctx = BG.extract(carrier, context if context is not None else Context(), **({"getter": getter} if getter else {}))
+    return ctx, dict(otel_baggage.get_all(ctx))
+
+
+def test_baggage_basic_and_ows():
+    _, entries = bag(" userId = alice , serverNode=DF%2028 ,isProduction=false ")
+    assert entries == {"userId": "alice", "serverNode": "DF 28", "isProduction": "false"}
+
+
+def test_baggage_percent_decoding_utf8():
+    _, entries = bag("a=%E2%82%AC%20x,b=1+2,c=%zz,d=%FF,e=")
+    assert entries == {"a": "€ x", "b": "1+2", "c": "%zz", "d": "\ufffd", "e": ""}
+
+
+def test_baggage_properties_kept_and_written_back():
+    ctx, entries = bag("key1=value1;property1;property2, key2 = value2 ; p = v%20w ;flag")
+    assert entries == {"key1": "value1", "key2": "value2"}
+    assert get_properties("key1", ctx) == ("property1", "property2")
+    assert get_properties("key2", ctx) == ("p=v%20w", "flag")
+    carrier = {}
+    BG.inject(carrier, ctx)
+    assert carrier == {"baggage": "key1=value1;property1;property2,key2=value2;p=v%20w;flag"}
+
+
+def test_baggage_properties_dropped_when_value_changes():
+    ctx, _ = bag("k=v;prop")
+    ctx = otel_baggage.set_baggage("k", "new", ctx)
+    assert get_properties("k", ctx) == ()
+    carrier = {}
+    BG.inject(carrier, ctx)
+    assert carrier == {"baggage": "k=new"}
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("good=1,bad", {"good": "1"}),  # no "="
+        ("bad key=1,good=1", {"good": "1"}),
+        ("good=1,bad=a b", {"good": "1"}),  # space in value
+        ('bad=a"b,good=1', {"good": "1"}),
+        ("bad=a\\b,good=1", {"good": "1"}),
+        ("bad=é,good=1", {"good": "1"}),
+        ("bad=1;p r,good=1", {"good": "1"}),  # invalid property: member invalid
+        ("bad=1;=x,good=1", {"good": "1"}),
+        ("bad(x)=1,good=1", {"good": "1"}),
+        ("=1,good=1", {"good": "1"}),
+        (",,good=1,,", {"good": "1"}),
+        ("a=1,a=2", {"a": "2"}),
+    ],
+)
+def test_baggage_invalid_members_skipped(header, expected):
+    assert bag(header)[1] == expected
+
+
+def test_baggage_limits():
+    header = ",".join(f"k{i}=v" for i in range(100))
+    _, entries = bag(header)
+    assert list(entries) == [f"k{i}" for i in range(64)]
+    # header over 8192 bytes: ignored whole
+    assert bag("a=1," + "b=" + "x" * 8190)[1] == {}
+    assert bag("a=1," + "b=" + "x" * 8180)[1] == {"a": "1", "b": "x" * 8180}
+    # the byte length counts, not characters
+    assert bag("a=1,b=" + "é" * 4100)[1] == {}
+
+
+def test_baggage_repeated_headers_combined():
+    _, entries = bag(["a=1", "b=2;p", "bad"], getter=LIST_GETTER)
+    assert entries == {"a": "1", "b": "2"}
+    assert bag(["a=1", "b=" + "x" * 8190], getter=LIST_GETTER)[1] == {}
+
+
+def test_baggage_merges_existing_context():
+    base = otel_baggage.set_baggage("keep", "1", Context())
+    base = otel_baggage.set_baggage("over", "old", base)
+    base = set_baggage_with_properties("withprop", "x", ("p=1", "bad prop"), base)
+    ctx, entries = bag("over=new,added=2", base)
+    assert entries == {"keep": "1", "over": "new", "withprop": "x", "added": "2"}
+    assert get_properties("withprop", ctx) == ("p=1",)
+    # no header or nothing valid: the context itself
+    assert BG.extract({}, base) is base
+    assert BG.extract({"baggage": "bad"}, base) is base
+
+
+def test_baggage_extract_defaults_to_current_context():
+    from opentelemetry import context as otel_context
+
+    token = otel_context.attach(otel_baggage.set_baggage("cur", "1", Context()))
+    try:
+        ctx = BG.extract({"baggage": "a=2"})
+    finally:
+        otel_context.detach(token)
+    assert dict(otel_baggage.get_all(ctx)) == {"cur": "1", "a": "2"}
+
+
+def test_baggage_inject_encoding_and_skips():
+    ctx = Context()
+    for k, v in [("a", "x y,z;w=\"q\"\\%"), ("bad key", "1"), ("é", "1"), ("n", 5), ("u", "€")]:
+        ctx = otel_baggage.set_baggage(k, v, ctx)
+    carrier = {}
+    BG.inject(carrier, ctx)
+    assert carrier == {"baggage": "a=x%20y%2Cz%3Bw=%22q%22%5C%25,n=5,u=%E2%82%AC"}
+    assert BG.fields == {"baggage"}
+    carrier = {}
+    BG.inject(carrier, Context())
+    assert carrier == {}
+
+
+def test_baggage_inject_limits():
+    ctx = Context()
+    for i in range(100):
+        ctx = otel_baggage.set_baggage(f"k{i}", "v", ctx)
+    carrier = {}
+    BG.inject(carrier, ctx)
+    assert carrier["baggage"].split(",") == [f"k{i}=v" for i in range(64)]
+
+    ctx = otel_baggage.set_baggage("a", "x" * 5000, Context())
+    ctx = otel_baggage.set_baggage("big", "y" * 5000, ctx)  # would exceed: dropped
+    ctx = otel_baggage.set_baggage("small", "z", ctx)  # still fits
+    carrier = {}
+    BG.inject(carrier, ctx)
+    assert carrier["baggage"] == "a=" + "x" * 5000 + ",small=z"
+    assert len(carrier["baggage"].encode()) <= 8192
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"userId": "alice"},
+        {"ü": "skipped-key", "k": "naïve € 🚀 漢字", "sp": " leading and trailing ", "sym": "%;,=\"\\+"},
+        {"empty": "", "a-b.c_d~!#$&'*+^`|": "1"},
+    ],
+)
+def test_baggage_round_trip(entries):
+    ctx = Context()
+    for k, v in entries.items():
+        ctx = otel_baggage.set_baggage(k, v, ctx)
+    ctx = set_baggage_with_properties("withprops", "v ü", ("p1", "p2=v%20x"), ctx)
+    carrier = {}
+    BG.inject(carrier, ctx)
+    assert carrier["baggage"].isascii()
+    back = BG.extract(carrier, Context())
+    expected = {k: v for k, v in entries.items() if k.isascii()}
+    expected["withprops"] = "v ü"
+    assert dict(otel_baggage.get_all(back)) == expected
+    assert get_properties("withprops", back) == ("p1", "p2=v%20x")
+
+
+# --------------------------------------------------------------------------- properties
+
+# independent statement of a valid traceparent (after OWS trimming), for cross-checks
+_HEXN = "[0-9a-f]"
+_REFERENCE = re.compile(
+    rf"[ \t]*(?:00-{_HEXN}{{32}}-{_HEXN}{{16}}-{_HEXN}{{2}}"
+    rf"|(?!ff|00){_HEXN}{{2}}-{_HEXN}{{32}}-{_HEXN}{{16}}-{_HEXN}{{2}}(?:-[^,]*)?)[ \t]*",
+    re.DOTALL,
+)
+
+
+def reference_valid(value: str) -> bool:
+    if len(value) > 512 or "," in value or not _REFERENCE.fullmatch(value):
+        return False
+    v = value.strip(" \t")
+    return v[3:35] != "0" * 32 and v[36:52] != "0" * 16
+
+
+hex_lower = st.text(alphabet="0123456789abcdef", min_size=0, max_size=40)
+near_miss = st.builds(
+    lambda v, t, s, f, sep, tail, ows: f"{ows}{v}{sep}{t}{sep}{s}{sep}{f}{tail}{ows}",
+    st.sampled_from(["00", "01", "fe", "ff", "0A", "cc", "0"]),
+    st.one_of(st.just(TID), st.just("0" * 32), hex_lower, st.just(TID.upper())),
+    st.one_of(st.just(SID), st.just("0" * 16), hex_lower),
+    st.sampled_from(["01", "00", "ff", "0F", "1", "0g"]),
+    st.sampled_from(["-", "_", "--"]),
+    st.one_of(st.just(""), st.text(max_size=20), st.just("-x" * 300)),
+    st.sampled_from(["", " ", "\t", "\n"]),
+)
+header_text = st.one_of(
+    st.text(max_size=100),
+    st.binary(max_size=100).map(lambda b: b.decode("latin-1")),
+    near_miss,
+    near_miss.map(str.upper),
+    near_miss.map(lambda s: s.swapcase()),
+)
+FUZZ = settings(max_examples=150, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(traceparent=header_text, tracestate=header_text)
+def test_fuzz_traceparent_dict_getter(traceparent, tracestate):
+    sc = extract_tc(traceparent, tracestate)
+    assert sc.is_valid == reference_valid(traceparent)
+    if sc.is_valid:
+        v = traceparent.strip(" \t")
+        assert sc.trace_id == int(v[3:35], 16)
+        assert sc.span_id == int(v[36:52], 16)
+        assert int(sc.trace_flags) == int(v[53:55], 16)
+
+
+@FUZZ
+@given(values=st.lists(header_text, max_size=5), states=st.lists(header_text, max_size=5))
+def test_fuzz_traceparent_list_getter(values, states):
+    sc = extract_tc(values, states, LIST_GETTER)
+    assert sc.is_valid == (len(values) == 1 and reference_valid(values[0]))
+
+
+@FUZZ
+@given(
+    base=st.sampled_from([VALID, f"cc-{TID}-{SID}-01-"]),
+    filler=st.text(max_size=30),
+    repeat=st.integers(min_value=1, max_value=20_000),
+)
+def test_fuzz_huge_values_bounded(base, filler, repeat):
+    value = base + filler * repeat
+    start = time.perf_counter()
+    sc = extract_tc(value, (filler + ",") * repeat)
+    ctx = BG.extract({"baggage": (filler + ",") * repeat}, Context())
+    assert time.perf_counter() - start < 0.25
+    assert sc.is_valid == reference_valid(value)
+    assert ctx is not None
+
+
+@FUZZ
+@given(n=st.integers(min_value=2, max_value=2000))
+def test_fuzz_many_repeated_values(n):
+    sc = extract_tc([VALID] * n, ["a=1"] * n, LIST_GETTER)
+    assert not sc.is_valid
+    sc = extract_tc([VALID], [f"k{i}=v" for i in range(n)], LIST_GETTER)
+    assert sc.is_valid and len(sc.trace_state) == (n if n <= 32 else 0)
+    values = [f"k{i}=v" for i in range(n)]
+    ctx = BG.extract({"baggage": values}, Context(), LIST_GETTER)
+    assert len(otel_baggage.get_all(ctx)) == (min(n, 64) if len(",".join(values)) <= 8192 else 0)
+
+
+member = st.builds(
+    lambda k, v: f"{k}={v}",
+    st.text(alphabet="abcXYZ09_-*/@ ", min_size=0, max_size=8),
+    st.text(alphabet="abc=, ~\x7f\x20é", min_size=0, max_size=8),
+)
+
+
+@FUZZ
+@given(members=st.lists(st.one_of(member, header_text), max_size=40))
+def test_fuzz_tracestate(members):
+    header = ",".join(members)
+    sc = extract_tc(VALID, header)
+    assert sc.is_valid
+    ts = sc.trace_state
+    assert len(ts) <= 32
+    if len(ts):  # accepted: every member valid, written back equal modulo empties/OWS
+        carrier = {}
+        TC.inject(carrier, trace.set_span_in_context(NonRecordingSpan(sc), Context()))
+        parts = [m.strip(" \t") for m in header.split(",") if m.strip(" \t")]
+        assert carrier["tracestate"] == ",".join(parts)
+
+
+@FUZZ
+@given(header=st.one_of(header_text, st.lists(st.one_of(member, header_text), max_size=30).map(";".join)))
+def test_fuzz_baggage_never_raises_and_round_trips(header):
+    ctx = BG.extract({"baggage": header}, Context())
+    entries = dict(otel_baggage.get_all(ctx))
+    assert len(entries) <= 64
+    carrier = {}
+    BG.inject(carrier, ctx)
+    if entries:
+        back = BG.extract(carrier, Context())
+        assert dict(otel_baggage.get_all(back)) == entries
+        for name in entries:
+            assert get_properties(name, back) == get_properties(name, ctx)
+
+
+@FUZZ
+@given(entries=st.dictionaries(st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,10}", fullmatch=True), st.text(max_size=20), max_size=10))
+def test_fuzz_baggage_value_round_trip(entries):
+    ctx = Context()
+    for k, v in entries.items():
+        ctx = otel_baggage.set_baggage(k, v, ctx)
+    carrier = {}
+    BG.inject(carrier, ctx)
+    back = BG.extract(carrier, Context())
+    # values decode back exactly, except unpaired surrogates (not UTF-8 encodable text)
+    assert dict(otel_baggage.get_all(back)) == entries
