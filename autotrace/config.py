@@ -27,7 +27,7 @@ SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
-PROPAGATORS = ("tracecontext", "baggage")
+PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")  # built in (autotrace.propagation)
 DEFAULT_PROPAGATORS = ("tracecontext", "baggage")
 COMPRESSIONS = ("gzip", "none")
 
@@ -420,9 +420,11 @@ def _propagators(env: _Env) -> tuple[str, ...]:
         if lowered == "none":
             return ()
         if lowered not in PROPAGATORS and not _propagator_installed(name):
-            env.ignored("OTEL_PROPAGATORS", name, "expected tracecontext, baggage, none or an installed propagator")
-        elif name not in chosen:
-            chosen.append(lowered if lowered in PROPAGATORS else name)
+            env.ignored("OTEL_PROPAGATORS", name, "expected " + ", ".join(PROPAGATORS) + ", none or an installed propagator")
+        else:
+            chosen_name = lowered if lowered in PROPAGATORS else name
+            if chosen_name not in chosen:
+                chosen.append(chosen_name)
     return tuple(chosen) or DEFAULT_PROPAGATORS
 
 

@@ -1,0 +1,124 @@
+"""Several propagation formats at once: the first valid one is the parent, others links.
+
+* ``inject``: every propagator injects, in order; one that raises is skipped (one
+  warning) and the others still inject.
+* ``extract``: the propagators run in order, each on the context the previous ones
+  produced. The FIRST one that yields a valid span context decides the parent; a later
+  one's span context never replaces it, but what the later ones add besides the span
+  (baggage) is kept. A later valid span context with a different trace id is kept as a
+  span link (:func:`extracted_links`); the same trace id adds nothing. A propagator that
+  raises is skipped (one warning).
+* ``fields``: the union of the propagators' fields.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import create_key, get_value, set_value
+from opentelemetry.context.context import Context
+from opentelemetry.propagators import textmap
+
+from .. import _log
+
+_LINKS_KEY = create_key("autotrace-extracted-links")
+
+
+def extracted_links(context: Context | None = None) -> list[trace.Link]:
+    """The span links :class:`CompositePropagator` extracted into ``context`` (a copy);
+    empty when none. ``context`` None reads the current context. Never raises."""
+    try:
+        links = get_value(_LINKS_KEY, context)
+        return list(links) if links else []
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _name(propagator: object) -> str:
+    return type(propagator).__name__
+
+
+class CompositePropagator(textmap.TextMapPropagator):
+    """The propagators of ``OTEL_PROPAGATORS``, in order (see the module docstring)."""
+
+    def __init__(self, propagators: Sequence[textmap.TextMapPropagator]) -> None:
+        self._propagators = tuple(propagators)
+
+    @property
+    def propagators(self) -> tuple[textmap.TextMapPropagator, ...]:
+        return self._propagators
+
+    def extract(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
+    ) -> Context:
+        result = context
+        chosen: trace.Span | None = None  # the span of the first valid span context
+        links: list[trace.Link] = []
+        seen: set[tuple[int, int]] = set()
+        for propagator in self._propagators:
+            before = trace.get_current_span(result)
+            try:
+                extracted = propagator.extract(carrier, result, getter=getter)
+            except Exception as exc:  # noqa: BLE001 - one broken format must not stop the others
+                _log.warn_once(
+                    "propagation-extract:" + _name(propagator),
+                    "propagator %s failed to extract (%s: %s); it is skipped",
+                    _name(propagator),
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            if not isinstance(extracted, Context):
+                continue
+            span = trace.get_current_span(extracted)
+            if span is not before:
+                span_context = span.get_span_context()
+                if chosen is None:
+                    if span_context.is_valid:
+                        chosen = span
+                        seen.add((span_context.trace_id, span_context.span_id))
+                else:
+                    parent = chosen.get_span_context()
+                    key = (span_context.trace_id, span_context.span_id)
+                    if span_context.is_valid and span_context.trace_id != parent.trace_id and key not in seen:
+                        seen.add(key)
+                        links.append(trace.Link(span_context))
+                    extracted = trace.set_span_in_context(chosen, extracted)
+            result = extracted
+        if result is None:
+            result = Context()
+        if links:
+            result = set_value(_LINKS_KEY, tuple(links), result)
+        return result
+
+    def inject(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
+    ) -> None:
+        for propagator in self._propagators:
+            try:
+                propagator.inject(carrier, context, setter=setter)
+            except Exception as exc:  # noqa: BLE001 - one broken format must not stop the others
+                _log.warn_once(
+                    "propagation-inject:" + _name(propagator),
+                    "propagator %s failed to inject (%s: %s); it is skipped",
+                    _name(propagator),
+                    type(exc).__name__,
+                    exc,
+                )
+
+    @property
+    def fields(self) -> set[str]:
+        fields: set[str] = set()
+        for propagator in self._propagators:
+            try:
+                fields.update(propagator.fields)
+            except Exception:  # noqa: BLE001
+                continue
+        return fields

@@ -1,0 +1,156 @@
+"""Jaeger propagation: the ``uber-trace-id`` header and ``uberctx-{key}`` baggage headers.
+
+https://www.jaegertracing.io/docs/client-libraries/#propagation-format
+
+Reading:
+
+* ``uber-trace-id: {trace-id}:{span-id}:{parent-span-id}:{flags}``, possibly URL-encoded
+  (``%3A`` for ``:``). The trace id is 1 to 32 hex digits (left-padded to 128 bits),
+  the span and parent span ids 1 to 16, the flags 1 or 2 hex digits: bit 0 sampled,
+  bit 1 debug (read as sampled). Either case of hex digits is accepted. An all-zero
+  trace or span id, a missing or extra field, or a non-hex digit is invalid; so is a
+  header given several differing values. Oversized values are ignored.
+* ``uberctx-{key}: {value}`` headers become OpenTelemetry baggage entries ``key``
+  (the header name's rest, lower-cased) with the URL-decoded value, whether or not a
+  valid ``uber-trace-id`` is present. They are found through ``getter.keys(carrier)``;
+  a getter that lists no keys yields no Jaeger baggage. At most
+  ``MAX_BAGGAGE_ENTRIES`` entries and ``MAX_BAGGAGE_CHARS`` characters are read.
+
+Writing: ``uber-trace-id: {trace-id:32}:{span-id:16}:0:{1|0}`` and one
+``uberctx-{key}`` (lower-cased) per baggage entry whose key is a safe header token
+(``[A-Za-z0-9_.-]``), its value URL-encoded. Nothing here raises on extract.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+from opentelemetry import baggage, trace
+from opentelemetry.context.context import Context
+from opentelemetry.propagators import textmap
+
+from .b3 import MAX_KEYS, _as_list, header_values, single_value
+
+TRACE_HEADER = "uber-trace-id"
+BAGGAGE_PREFIX = "uberctx-"
+MAX_TRACE_HEADER_LENGTH = 256
+MAX_BAGGAGE_ENTRIES = 64
+MAX_BAGGAGE_CHARS = 8192
+
+_TRACE = re.compile(r"([0-9a-fA-F]{1,32}):([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,16}):([0-9a-fA-F]{1,2})")
+_BAGGAGE_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
+_SAMPLED = 0x01
+_DEBUG = 0x02
+
+
+def parse_trace_header(value: str) -> tuple[int, int, bool] | None:
+    """``(trace_id, span_id, sampled)`` from an ``uber-trace-id`` value, or None."""
+    if len(value) > MAX_TRACE_HEADER_LENGTH:
+        return None
+    if "%" in value:
+        value = unquote(value)
+    match = _TRACE.fullmatch(value.strip(" \t"))
+    if match is None:
+        return None
+    trace_id = int(match.group(1), 16)
+    span_id = int(match.group(2), 16)
+    if not trace_id or not span_id:
+        return None
+    flags = int(match.group(4), 16)
+    return trace_id, span_id, bool(flags & (_SAMPLED | _DEBUG))
+
+
+class JaegerPropagator(textmap.TextMapPropagator):
+    """``OTEL_PROPAGATORS=jaeger``: ``uber-trace-id`` and ``uberctx-*`` baggage."""
+
+    def extract(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
+    ) -> Context:
+        if context is None:
+            context = Context()
+        try:
+            context = self._extract_baggage(getter, carrier, context)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            pass
+        try:
+            value = single_value(header_values(getter, carrier, TRACE_HEADER))
+            ids = parse_trace_header(value) if value is not None else None
+        except Exception:  # noqa: BLE001
+            ids = None
+        if ids is None:
+            return context
+        trace_id, span_id, sampled = ids
+        span_context = trace.SpanContext(
+            trace_id=trace_id,
+            span_id=span_id,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
+
+    @staticmethod
+    def _extract_baggage(getter: textmap.Getter, carrier: object, context: Context) -> Context:
+        try:
+            keys = getter.keys(carrier)
+        except Exception:  # noqa: BLE001 - a getter without keys
+            return context
+        if not keys:
+            return context
+        entries: dict[str, str] = {}
+        size = 0
+        for count, key in enumerate(keys):
+            if count >= MAX_KEYS or len(entries) >= MAX_BAGGAGE_ENTRIES:
+                break
+            if not isinstance(key, str) or len(key) <= len(BAGGAGE_PREFIX) or len(key) > 256:
+                continue
+            lowered = key.lower()
+            if not lowered.startswith(BAGGAGE_PREFIX):
+                continue
+            name = lowered[len(BAGGAGE_PREFIX) :]
+            if name in entries:
+                continue
+            got = getter.get(carrier, key)
+            values = _as_list(got)
+            if not values or any(v != values[0] for v in values):
+                continue
+            value = unquote(values[0].strip(" \t"))
+            size += len(name) + len(value)
+            if size > MAX_BAGGAGE_CHARS:
+                break
+            entries[name] = value
+        for name, value in entries.items():
+            context = baggage.set_baggage(name, value, context)
+        return context
+
+    def inject(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
+    ) -> None:
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            sampled = "1" if span_context.trace_flags.sampled else "0"
+            setter.set(carrier, TRACE_HEADER, f"{span_context.trace_id:032x}:{span_context.span_id:016x}:0:{sampled}")
+        entries = baggage.get_all(context)
+        size = 0
+        count = 0
+        for name, value in entries.items():
+            if count >= MAX_BAGGAGE_ENTRIES:
+                break
+            if not isinstance(name, str) or not _BAGGAGE_KEY.fullmatch(name):
+                continue
+            encoded = quote(str(value), safe="")
+            size += len(name) + len(encoded)
+            if size > MAX_BAGGAGE_CHARS:
+                break
+            setter.set(carrier, BAGGAGE_PREFIX + name.lower(), encoded)
+            count += 1
+
+    @property
+    def fields(self) -> set[str]:
+        return {TRACE_HEADER}

@@ -1,0 +1,515 @@
+"""B3 (single and multi), Jaeger, the composite propagator and choosing them by name."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry import baggage, trace
+from opentelemetry.context.context import Context
+from opentelemetry.propagators import textmap
+
+from autotrace import config, propagation
+from autotrace.propagation import build, extracted_links, install
+from autotrace.propagation.b3 import B3MultiPropagator, B3SinglePropagator
+from autotrace.propagation.composite import CompositePropagator
+from autotrace.propagation.jaeger import JaegerPropagator
+
+try:
+    from autotrace.propagation.baggage import BaggagePropagator
+    from autotrace.propagation.tracecontext import TraceContextPropagator
+except ImportError:  # written by another engineer at the same time
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator as BaggagePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator as TraceContextPropagator
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+SPAN = "b7ad6b7169203331"
+TRACE64 = "8448eb211c80319c"
+OTHER_TRACE = "11111111111111111111111111111111"
+OTHER_SPAN = "2222222222222222"
+
+
+def span_context(ctx: Context) -> trace.SpanContext:
+    return trace.get_current_span(ctx).get_span_context()
+
+
+def ids(ctx: Context) -> tuple[str, str, bool] | None:
+    sc = span_context(ctx)
+    if not sc.is_valid:
+        return None
+    assert sc.is_remote
+    return f"{sc.trace_id:032x}", f"{sc.span_id:016x}", sc.trace_flags.sampled
+
+
+def local_context(trace_id: str = TRACE, span_id: str = SPAN, sampled: bool = True) -> Context:
+    sc = trace.SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=trace.TraceFlags(1 if sampled else 0)
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(sc), Context())
+
+
+class ListGetter(textmap.Getter):
+    """A getter like the agent's server one: lists of values, names looked up as given."""
+
+    def get(self, carrier, key):
+        return carrier.get(key)
+
+    def keys(self, carrier):
+        return list(carrier)
+
+
+class RaisingGetter(textmap.Getter):
+    def get(self, carrier, key):
+        raise RuntimeError("broken carrier")
+
+    def keys(self, carrier):
+        raise RuntimeError("broken carrier")
+
+
+# -- B3 --------------------------------------------------------------------------------
+
+B3_BOTH = [B3SinglePropagator(), B3MultiPropagator()]
+
+
+@pytest.mark.parametrize("propagator", B3_BOTH, ids=["b3", "b3multi"])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"b3": f"{TRACE}-{SPAN}-1"}, (TRACE, SPAN, True)),
+        ({"b3": f"{TRACE}-{SPAN}-0"}, (TRACE, SPAN, False)),
+        ({"b3": f"{TRACE}-{SPAN}-d"}, (TRACE, SPAN, True)),
+        ({"b3": f"{TRACE}-{SPAN}"}, (TRACE, SPAN, False)),  # deferred
+        ({"b3": f"{TRACE}-{SPAN}-1-{OTHER_SPAN}"}, (TRACE, SPAN, True)),
+        ({"b3": f"{TRACE64}-{SPAN}-1"}, ("0" * 16 + TRACE64, SPAN, True)),
+        ({"b3": f"{TRACE.upper()}-{SPAN}-1"}, (TRACE, SPAN, True)),
+        ({"b3": [f"{TRACE}-{SPAN}-1", f"{TRACE}-{SPAN}-1"]}, (TRACE, SPAN, True)),  # same value twice
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "1"}, (TRACE, SPAN, True)),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "true"}, (TRACE, SPAN, True)),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "0"}, (TRACE, SPAN, False)),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN}, (TRACE, SPAN, False)),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-flags": "1"}, (TRACE, SPAN, True)),
+        ({"x-b3-traceid": TRACE64, "x-b3-spanid": SPAN, "x-b3-sampled": "1"}, ("0" * 16 + TRACE64, SPAN, True)),
+        ({"X-B3-TraceId": TRACE, "X-B3-SpanId": SPAN, "X-B3-Sampled": "1"}, (TRACE, SPAN, True)),  # mixed case
+        ({"B3": f"{TRACE}-{SPAN}-1"}, (TRACE, SPAN, True)),
+        # the single header wins over the multi ones
+        ({"b3": f"{TRACE}-{SPAN}-1", "x-b3-traceid": OTHER_TRACE, "x-b3-spanid": OTHER_SPAN}, (TRACE, SPAN, True)),
+    ],
+)
+def test_b3_extract(propagator, headers, expected):
+    assert ids(propagator.extract(headers)) == expected
+    assert ids(propagator.extract(headers, getter=ListGetter())) == expected
+
+
+@pytest.mark.parametrize("propagator", B3_BOTH, ids=["b3", "b3multi"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"b3": "0"},  # deny
+        {"b3": "1"},
+        {"b3": "d"},
+        {"b3": "0", "x-b3-traceid": TRACE, "x-b3-spanid": SPAN},  # a deny is not overruled
+        {"b3": f"{TRACE}-{SPAN}-x"},
+        {"b3": f"{TRACE}-{SPAN}-1-zz"},
+        {"b3": f"{TRACE}-{SPAN}-1-{SPAN}-extra"},
+        {"b3": f"{TRACE[:-1]}-{SPAN}-1"},  # 31 digits
+        {"b3": f"{TRACE}0-{SPAN}-1"},  # 33 digits
+        {"b3": f"{'0' * 32}-{SPAN}-1"},
+        {"b3": f"{TRACE}-{'0' * 16}-1"},
+        {"b3": f"{TRACE}-{SPAN[:-1]}g-1"},
+        {"b3": f"-{TRACE}-{SPAN}-1"},
+        {"b3": [f"{TRACE}-{SPAN}-1", f"{OTHER_TRACE}-{OTHER_SPAN}-1"]},  # differing values
+        {"b3": f"{TRACE}-{SPAN}-1,{OTHER_TRACE}-{OTHER_SPAN}-1"},
+        {"b3": f"{TRACE}-{SPAN}-1" + " " * 9000},  # oversized
+        {"x-b3-traceid": TRACE},
+        {"x-b3-spanid": SPAN},
+        {"x-b3-traceid": "0" * 16, "x-b3-spanid": SPAN},
+        {"x-b3-traceid": TRACE, "x-b3-spanid": "xyz"},
+        {"x-b3-traceid": [TRACE, OTHER_TRACE], "x-b3-spanid": SPAN},
+        {"x-b3-sampled": "1"},
+        {},
+    ],
+)
+def test_b3_extract_invalid(propagator, headers):
+    base = Context()
+    assert propagator.extract(headers, base) is base
+    assert propagator.extract(headers, base, getter=ListGetter()) is base
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_b3_inject_and_round_trip(sampled):
+    flag = "1" if sampled else "0"
+    carrier: dict[str, str] = {}
+    B3SinglePropagator().inject(carrier, local_context(sampled=sampled))
+    assert carrier == {"b3": f"{TRACE}-{SPAN}-{flag}"}
+    assert ids(B3SinglePropagator().extract(carrier)) == (TRACE, SPAN, sampled)
+    assert ids(B3MultiPropagator().extract(carrier)) == (TRACE, SPAN, sampled)
+
+    carrier = {}
+    B3MultiPropagator().inject(carrier, local_context(sampled=sampled))
+    assert carrier == {"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": flag}
+    assert ids(B3MultiPropagator().extract(carrier)) == (TRACE, SPAN, sampled)
+    assert ids(B3SinglePropagator().extract(carrier)) == (TRACE, SPAN, sampled)
+
+
+def test_b3_fields_and_nothing_injected_without_a_span():
+    assert B3SinglePropagator().fields == {"b3"}
+    assert B3MultiPropagator().fields == {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
+    for propagator in B3_BOTH:
+        carrier: dict[str, str] = {}
+        propagator.inject(carrier, Context())
+        assert carrier == {}
+
+
+# -- Jaeger ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (f"{TRACE}:{SPAN}:0:1", (TRACE, SPAN, True)),
+        (f"{TRACE}:{SPAN}:0:0", (TRACE, SPAN, False)),
+        (f"{TRACE}:{SPAN}:0:01", (TRACE, SPAN, True)),
+        (f"{TRACE}:{SPAN}:0:2", (TRACE, SPAN, True)),  # debug
+        (f"{TRACE}:{SPAN}:0:3", (TRACE, SPAN, True)),
+        (f"{TRACE}:{SPAN}:0:4", (TRACE, SPAN, False)),  # firehose only
+        (f"{TRACE}:{SPAN}:{OTHER_SPAN}:1", (TRACE, SPAN, True)),
+        (f"{TRACE64}:{SPAN}:0:1", ("0" * 16 + TRACE64, SPAN, True)),
+        (f"abc:def:0:1", ("0" * 29 + "abc", "0" * 13 + "def", True)),
+        (f"{TRACE}%3A{SPAN}%3A0%3A1", (TRACE, SPAN, True)),  # URL-encoded
+        (f"{TRACE}%3a{SPAN}%3a0%3a1", (TRACE, SPAN, True)),
+        (f"{TRACE.upper()}:{SPAN}:0:1", (TRACE, SPAN, True)),
+        ([f"{TRACE}:{SPAN}:0:1", f"{TRACE}:{SPAN}:0:1"], (TRACE, SPAN, True)),
+        (f" {TRACE}:{SPAN}:0:1\t", (TRACE, SPAN, True)),  # whitespace around it is trimmed
+    ],
+)
+def test_jaeger_extract(value, expected):
+    assert ids(JaegerPropagator().extract({"uber-trace-id": value})) == expected
+    assert ids(JaegerPropagator().extract({"Uber-Trace-Id": value}, getter=ListGetter())) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{TRACE}:{SPAN}:0",
+        f"{TRACE}:{SPAN}:0:1:1",
+        f"{TRACE}0:{SPAN}:0:1",  # 33 digits
+        f"{TRACE}:{SPAN}0:0:1",  # 17 digits
+        f"{'0' * 32}:{SPAN}:0:1",
+        f"{TRACE}:0:0:1",
+        f"{TRACE}:{SPAN}:0:100",
+        f"{TRACE}:{SPAN}:0:g",
+        f"{TRACE}:{SPAN}::1",
+        f":{SPAN}:0:1",
+        f"{TRACE}-{SPAN}-0-1",
+        f"{TRACE}:{SPAN}:0:1" + "%20" * 100,
+        [f"{TRACE}:{SPAN}:0:1", f"{OTHER_TRACE}:{SPAN}:0:1"],
+        f"{TRACE}:{SPAN}:0:1,{OTHER_TRACE}:{SPAN}:0:1",
+        "",
+    ],
+)
+def test_jaeger_extract_invalid(value):
+    base = Context()
+    assert JaegerPropagator().extract({"uber-trace-id": value}, base) is base
+
+
+def test_jaeger_baggage_extract():
+    headers = {
+        "uber-trace-id": f"{TRACE}:{SPAN}:0:1",
+        "uberctx-user": "alice%20smith",
+        "UberCtx-Tenant": "t%2F1",
+        "uberctx-": "nameless",
+        "uberctx-twice": ["a", "b"],  # differing values: skipped
+        "other": "x",
+    }
+    ctx = JaegerPropagator().extract(headers)
+    assert ids(ctx) == (TRACE, SPAN, True)
+    assert baggage.get_all(ctx) == {"user": "alice smith", "tenant": "t/1"}
+    # baggage without a trace header is still read
+    assert baggage.get_all(JaegerPropagator().extract({"uberctx-k": "v"})) == {"k": "v"}
+
+
+def test_jaeger_baggage_is_bounded():
+    headers = {f"uberctx-k{i}": "v" for i in range(500)}
+    assert len(baggage.get_all(JaegerPropagator().extract(headers))) == 64
+    headers = {f"uberctx-k{i}": "v" * 4000 for i in range(5)}
+    assert len(baggage.get_all(JaegerPropagator().extract(headers))) == 2
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_jaeger_inject_and_round_trip(sampled):
+    ctx = baggage.set_baggage("user", "alice smith/1", local_context(sampled=sampled))
+    ctx = baggage.set_baggage("bad key", "x", ctx)
+    carrier: dict[str, str] = {}
+    JaegerPropagator().inject(carrier, ctx)
+    assert carrier == {
+        "uber-trace-id": f"{TRACE}:{SPAN}:0:{1 if sampled else 0}",
+        "uberctx-user": "alice%20smith%2F1",
+    }
+    back = JaegerPropagator().extract(carrier)
+    assert ids(back) == (TRACE, SPAN, sampled)
+    assert baggage.get_all(back) == {"user": "alice smith/1"}
+    assert JaegerPropagator().fields == {"uber-trace-id"}
+
+
+def test_extractors_survive_a_broken_getter():
+    for propagator in [*B3_BOTH, JaegerPropagator()]:
+        base = Context()
+        assert propagator.extract({}, base, getter=RaisingGetter()) is base
+
+
+# -- the composite ---------------------------------------------------------------------
+
+
+class Exploding(textmap.TextMapPropagator):
+    def extract(self, carrier, context=None, getter=textmap.default_getter):
+        raise RuntimeError("boom")
+
+    def inject(self, carrier, context=None, setter=textmap.default_setter):
+        raise RuntimeError("boom")
+
+    @property
+    def fields(self):
+        return {"boom"}
+
+
+W3C = {"traceparent": f"00-{TRACE}-{SPAN}-01"}
+
+
+def test_composite_first_valid_wins_and_other_trace_is_a_link():
+    composite = CompositePropagator([TraceContextPropagator(), B3MultiPropagator(), JaegerPropagator()])
+    headers = {**W3C, "x-b3-traceid": OTHER_TRACE, "x-b3-spanid": OTHER_SPAN, "x-b3-sampled": "1"}
+    ctx = composite.extract(headers)
+    assert ids(ctx) == (TRACE, SPAN, True)
+    links = extracted_links(ctx)
+    assert [(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") for link in links] == [
+        (OTHER_TRACE, OTHER_SPAN)
+    ]
+    assert isinstance(links[0], trace.Link) and links[0].context.is_remote
+
+
+def test_composite_same_trace_id_is_no_link_and_order_matters():
+    composite = CompositePropagator([B3SinglePropagator(), TraceContextPropagator()])
+    headers = {**W3C, "b3": f"{TRACE}-{OTHER_SPAN}-0"}
+    ctx = composite.extract(headers)
+    assert ids(ctx) == (TRACE, OTHER_SPAN, False)  # b3 comes first here
+    assert extracted_links(ctx) == []
+
+
+def test_composite_skips_invalid_and_broken_formats(warnings):
+    composite = CompositePropagator([Exploding(), TraceContextPropagator(), B3SinglePropagator()])
+    ctx = composite.extract({"traceparent": "garbage", "b3": f"{OTHER_TRACE}-{OTHER_SPAN}-1"})
+    assert ids(ctx) == (OTHER_TRACE, OTHER_SPAN, True)
+    assert extracted_links(ctx) == []
+    carrier: dict[str, str] = {}
+    composite.inject(carrier, local_context())
+    assert set(carrier) == {"traceparent", "b3"}
+    composite.extract({})
+    composite.inject({}, local_context())
+    lines = warnings()
+    assert len(lines) == 2 and all("Exploding" in line for line in lines)
+    assert composite.fields == {"boom", "traceparent", "tracestate", "b3"}
+
+
+def test_composite_merges_baggage_from_every_format():
+    composite = CompositePropagator([TraceContextPropagator(), BaggagePropagator(), JaegerPropagator()])
+    headers = {**W3C, "baggage": "a=1", "uberctx-b": "2", "uber-trace-id": f"{OTHER_TRACE}:{OTHER_SPAN}:0:1"}
+    ctx = composite.extract(headers)
+    assert ids(ctx) == (TRACE, SPAN, True)
+    assert baggage.get_all(ctx) == {"a": "1", "b": "2"}
+    assert len(extracted_links(ctx)) == 1
+
+
+def test_composite_of_nothing_and_links_of_plain_contexts():
+    composite = CompositePropagator([])
+    base = Context()
+    assert composite.extract(W3C, base) is base
+    assert isinstance(composite.extract(W3C), Context)
+    carrier: dict[str, str] = {}
+    composite.inject(carrier, local_context())
+    assert carrier == {} and composite.fields == set()
+    assert extracted_links(Context()) == []
+    assert extracted_links(None) == []
+
+
+def test_composite_round_trip_all_formats():
+    composite = build(["tracecontext", "baggage", "b3", "b3multi", "jaeger"])
+    carrier: dict[str, str] = {}
+    composite.inject(carrier, baggage.set_baggage("k", "v", local_context()))
+    assert {"traceparent", "baggage", "b3", "x-b3-traceid", "uber-trace-id", "uberctx-k"} <= set(carrier)
+    for name in ["tracecontext", "b3", "b3multi", "jaeger"]:
+        assert ids(build([name]).extract(carrier)) == (TRACE, SPAN, True), name
+    ctx = composite.extract(carrier)
+    assert ids(ctx) == (TRACE, SPAN, True) and extracted_links(ctx) == []
+    assert baggage.get_all(ctx) == {"k": "v"}
+
+
+# -- build / install / config ----------------------------------------------------------
+
+
+def test_build_from_names(warnings):
+    kinds = [type(p) for p in build(["TraceContext", "baggage", "b3", "B3MULTI", "jaeger", "b3"]).propagators]
+    assert kinds == [TraceContextPropagator, BaggagePropagator, B3SinglePropagator, B3MultiPropagator, JaegerPropagator]
+    assert build([]).propagators == () and build(["none"]).propagators == ()
+    assert build(["b3", "none"]).propagators == ()
+    assert warnings() == []
+    assert [type(p) for p in build(["no-such-propagator", "jaeger", "no-such-propagator"]).propagators] == [
+        JaegerPropagator
+    ]
+    lines = warnings()
+    assert len(lines) == 1 and "'no-such-propagator'" in lines[0]
+
+
+def test_build_loads_other_names_from_entry_points(monkeypatch):
+    from opentelemetry.util import _importlib_metadata
+
+    class FakeEntryPoint:
+        def load(self):
+            return B3MultiPropagator
+
+    def entry_points(group, name):
+        assert group == "opentelemetry_propagator"
+        return [FakeEntryPoint()] if name == "custom" else []
+
+    monkeypatch.setattr(_importlib_metadata, "entry_points", entry_points)
+    assert [type(p) for p in build(["custom"]).propagators] == [B3MultiPropagator]
+
+
+def test_entry_points_are_installed():
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    for name, cls in [("b3", B3SinglePropagator), ("b3multi", B3MultiPropagator), ("jaeger", JaegerPropagator)]:
+        (found,) = entry_points(group="opentelemetry_propagator", name=name)
+        assert found.load() is cls
+
+
+@pytest.fixture
+def clean_install(monkeypatch):
+    from opentelemetry import propagate
+
+    before = propagate.get_global_textmap()
+    monkeypatch.setattr(propagation, "_installed", None)
+    yield
+    propagate.set_global_textmap(before)
+
+
+def test_install_once(clean_install):
+    from opentelemetry import propagate
+
+    first = install(["b3", "jaeger"])
+    assert propagate.get_global_textmap() is first
+    assert install(["tracecontext"]) is first  # idempotent
+    ctx = propagate.extract({"b3": f"{TRACE}-{SPAN}-1"})
+    assert ids(ctx) == (TRACE, SPAN, True)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("b3", ("b3",)),
+        ("B3,b3multi", ("b3", "b3multi")),
+        ("jaeger, tracecontext ,baggage", ("jaeger", "tracecontext", "baggage")),
+        ("b3,B3", ("b3",)),
+    ],
+)
+def test_config_accepts_the_formats(value, expected, warnings):
+    assert config.load({"OTEL_PROPAGATORS": value}).propagators == expected
+    assert warnings() == []
+
+
+def test_config_warning_lists_the_formats(warnings):
+    assert config.load({"OTEL_PROPAGATORS": "zipkin,b3"}).propagators == ("b3",)
+    (line,) = warnings()
+    assert "'zipkin'" in line and "b3, b3multi, jaeger" in line
+
+
+# -- properties: arbitrary input never raises, stays fast, never yields garbage ---------
+
+HEADER_NAMES = ["b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags", "uber-trace-id", "uberctx-k"]
+EXTRACTORS = [B3SinglePropagator(), B3MultiPropagator(), JaegerPropagator()]
+
+text_values = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet="0123456789abcdefABCDEF-:%3d,", max_size=80),
+    st.builds(lambda n, c: c * n, st.integers(8000, 60000), st.sampled_from("0a-:")),
+)
+
+
+@st.composite
+def mixed_case(draw, name):
+    flips = draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+    return "".join(ch.upper() if flip else ch for ch, flip in zip(name, flips))
+
+
+carriers = st.dictionaries(
+    st.sampled_from(HEADER_NAMES).flatmap(lambda name: st.one_of(st.just(name), mixed_case(name))),
+    st.one_of(
+        text_values,
+        st.lists(text_values, max_size=5),
+        st.builds(lambda v, n: [v] * n, text_values, st.integers(0, 5000)),
+        st.binary(max_size=40),
+        st.integers(),
+        st.none(),
+    ),
+    max_size=8,
+)
+
+
+def _valid_under_own_rules(sc: trace.SpanContext) -> bool:
+    return sc.is_valid and 0 < sc.trace_id < 2**128 and 0 < sc.span_id < 2**64 and sc.is_remote
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(carriers)
+def test_extractors_never_raise_and_stay_fast(carrier):
+    for propagator in EXTRACTORS:
+        for getter in (textmap.default_getter, ListGetter()):
+            started = time.perf_counter()
+            ctx = propagator.extract(carrier, Context(), getter=getter)
+            assert time.perf_counter() - started < 0.5
+            sc = span_context(ctx)
+            if sc.is_valid:
+                assert _valid_under_own_rules(sc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=120), st.text(alphabet="0123456789abcdef-d, ", max_size=120)))
+def test_b3_never_accepts_an_invalid_single_header(value):
+    import re
+
+    ctx = B3SinglePropagator().extract({"b3": value}, Context())
+    parts = {part.strip(" \t") for part in value.split(",")}  # copies of one value count once
+    ok = len(parts) == 1 and re.fullmatch(
+        r"([0-9a-fA-F]{16}|[0-9a-fA-F]{32})-([0-9a-fA-F]{16})(-[01d](-[0-9a-fA-F]{16})?)?", parts.pop()
+    )
+    valid = bool(ok) and int(ok.group(1), 16) != 0 and int(ok.group(2), 16) != 0
+    assert span_context(ctx).is_valid == valid
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="0123456789abcdefg:%3A ", max_size=80))
+def test_jaeger_never_accepts_an_invalid_trace_header(value):
+    import re
+    from urllib.parse import unquote
+
+    ctx = JaegerPropagator().extract({"uber-trace-id": value}, Context())
+    decoded = unquote(value.strip(" \t")).strip(" \t")
+    ok = re.fullmatch(r"([0-9a-f]{1,32}):([0-9a-f]{1,16}):([0-9a-f]{1,16}):([0-9a-f]{1,2})", decoded)
+    valid = bool(ok) and int(ok.group(1), 16) != 0 and int(ok.group(2), 16) != 0
+    assert span_context(ctx).is_valid == valid
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 2**128 - 1),
+    st.integers(1, 2**64 - 1),
+    st.booleans(),
+    st.sampled_from([B3SinglePropagator, B3MultiPropagator, JaegerPropagator]),
+)
+def test_round_trip_property(trace_id, span_id, sampled, cls):
+    sc = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=trace.TraceFlags(int(sampled)))
+    carrier: dict[str, str] = {}
+    cls().inject(carrier, trace.set_span_in_context(trace.NonRecordingSpan(sc), Context()))
+    back = span_context(cls().extract(carrier, Context()))
+    assert (back.trace_id, back.span_id, back.trace_flags.sampled) == (trace_id, span_id, sampled)
