@@ -71,7 +71,19 @@ def _import_api() -> None:
     context, propagate, trace = _context, _propagate, _trace
     SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
     _IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
+    _install_propagators()
     _loaded = True
+
+
+def _install_propagators() -> None:
+    """Make the agent's propagators (exact W3C, B3, Jaeger; OTEL_PROPAGATORS) the global ones."""
+    try:
+        from . import config
+        from .propagation import install
+
+        install(config._propagators(config._Env(os.environ)))  # noqa: SLF001 - the names only
+    except Exception as exc:  # noqa: BLE001 - the API's own propagators stay
+        _log.warn_once("propagation-install", "the agent's propagators could not be installed (%s: %s)", type(exc).__name__, exc)
 
 
 _settings: _Settings | None = None
