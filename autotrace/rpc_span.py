@@ -2,8 +2,9 @@
 
 A server hook calls :func:`start_server` with the full method name (``/pkg.Service/Method``)
 and the call's incoming metadata; the parent is extracted from the metadata with the
-configured propagators. A client hook calls :func:`start_client` and sends the metadata
-:meth:`RpcSpan.outgoing_metadata` gives (the caller's own entries kept). Both end with
+configured propagators, as ``AUTOTRACE_INCOMING_CONTEXT`` says (see
+:func:`autotrace.server_span.extract_incoming`). A client hook calls :func:`start_client`
+and sends the metadata :meth:`RpcSpan.outgoing_metadata` gives (the caller's own entries kept). Both end with
 the call's status code (:meth:`RpcSpan.set_code`) or the exception that ended it
 (:meth:`RpcSpan.fail`), then :meth:`RpcSpan.end`. Nothing here raises into the app.
 
@@ -160,9 +161,10 @@ def start_server(full_method: str, metadata: Metadata | None, peer: str | None =
             attributes["client.port"] = port
         # From the metadata only, not over the current context: a server's call runs in a
         # task or thread that may have inherited the context the server was started in.
-        parent = server_span.propagate.extract(list(metadata or ()), context=context.Context(), getter=_GETTER)
+        # AUTOTRACE_INCOMING_CONTEXT applies as for HTTP (server_span.extract_incoming).
+        parent, links = server_span.extract_incoming(list(metadata or ()), _GETTER, context.Context())
         span = _tracer("server").start_span(
-            _span_name(full_method), context=parent, kind=server_span.SpanKind.SERVER, attributes=attributes
+            _span_name(full_method), context=parent, kind=server_span.SpanKind.SERVER, attributes=attributes, links=links or None
         )
         call = RpcSpan(span, server_span.trace.set_span_in_context(span, parent))
         if attach:

@@ -8,6 +8,21 @@ enrich the current one with :func:`set_route` and :func:`record_exception`.
 
 Span content follows the stable HTTP semantic conventions: name ``"{METHOD} {route}"``
 or ``"{METHOD}"``, never the raw path.
+
+Incoming context (HTTP and gRPC alike, :func:`extract_incoming`) is handled per
+``AUTOTRACE_INCOMING_CONTEXT``:
+
+- ``continue`` (default): the request continues the caller's trace; its baggage is kept
+  (and so propagated by the app's outgoing calls); other traces the composite propagator
+  found in later formats become span links.
+- ``restart``: for a public edge. A new trace starts (the SERVER span is a root), with a
+  span link to the caller's span when its context was valid. The incoming baggage is
+  DROPPED: outside data must not flow inward through the agent.
+- ``ignore``: the propagation headers are not even parsed; a new trace, no link, no baggage.
+
+Incoming baggage is only ever propagated: the agent reads none of it, for no sampling
+decision and no span attribute (the sampler sees the parent's span context and the
+links only).
 """
 
 from __future__ import annotations
@@ -42,6 +57,9 @@ _IN_SERVER_SPAN = "autotrace-server-span"  # a context key, made by _load_api()
 # ask for the API again on the same thread; they then go on without it (see _load_api).
 _api_lock = threading.RLock()
 _loading = False
+
+INCOMING_CONTEXT_MODES = ("continue", "restart", "ignore")
+INCOMING_CONTEXT_ENV = "AUTOTRACE_INCOMING_CONTEXT"
 
 # Longest propagation header value read; a longer one is ignored (a new trace starts).
 MAX_PROPAGATION_HEADER = 8192
@@ -120,6 +138,24 @@ class _Settings:
             except re.error:
                 sanitize.append(re.escape(field))
         self.sanitize = re.compile("|".join(sanitize), re.IGNORECASE) if sanitize else None
+        self.incoming_context = _incoming_context_mode(environ.get(INCOMING_CONTEXT_ENV))
+
+
+def _incoming_context_mode(raw: str | None) -> str:
+    """The ``AUTOTRACE_INCOMING_CONTEXT`` mode; a wrong value warns once and gives ``continue``."""
+    value = (raw or "").strip()
+    if not value:
+        return "continue"
+    if value.lower() in INCOMING_CONTEXT_MODES:
+        return value.lower()
+    _log.warn_once(
+        INCOMING_CONTEXT_ENV,
+        "%s=%r is not valid (expected one of %s); using the default 'continue'",
+        INCOMING_CONTEXT_ENV,
+        value,
+        ", ".join(INCOMING_CONTEXT_MODES),
+    )
+    return "continue"
 
 
 def _csv(value: str | None) -> list[str]:
@@ -168,6 +204,54 @@ class _LookupGetter:
 
 
 _GETTER = _LookupGetter()
+
+
+def _extracted_links(ctx: context.Context) -> list[trace.Link]:
+    """Span links the agent's composite propagator found (none without it)."""
+    try:
+        from .propagation import extracted_links
+    except ImportError:  # the propagation package without it yet
+        return []
+    try:
+        return list(extracted_links(ctx) or ())
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def extract_incoming(carrier, getter, base: context.Context | None = None) -> tuple[context.Context, list[trace.Link]]:
+    """The parent context of an incoming request's SERVER span, and its span links.
+
+    ``carrier`` and ``getter`` are the server's propagation fields (HTTP headers, gRPC
+    metadata) and how to read them; ``base`` the context to extract over (the current
+    one by default). Per ``AUTOTRACE_INCOMING_CONTEXT`` (see the module docstring):
+
+    - ``continue``: the extracted context (remote span and baggage) and the composite's links;
+    - ``restart``: ``base`` without a span (a root; the incoming baggage is not taken), with
+      a link to the remote span context when it was valid, plus the composite's links;
+    - ``ignore``: ``base`` without a span, nothing read from the carrier.
+
+    The API must be loaded (:func:`_load_api`). Baggage is never looked at here.
+    """
+    if base is None:
+        base = context.get_current()
+    mode = settings().incoming_context
+    if mode == "continue":
+        parent = propagate.extract(carrier, context=base, getter=getter)
+        return parent, _extracted_links(parent)
+    root = trace.set_span_in_context(trace.INVALID_SPAN, base)
+    if mode == "ignore":
+        return root, []
+    # restart: read the caller's context apart, only to link to it.
+    extracted = propagate.extract(carrier, context=context.Context(), getter=getter)
+    remote = trace.get_current_span(extracted).get_span_context()
+    links = [trace.Link(remote)] if remote.is_valid else []
+    linked = {(remote.trace_id, remote.span_id)}
+    for link in _extracted_links(extracted):
+        key = (link.context.trace_id, link.context.span_id)
+        if key not in linked:
+            linked.add(key)
+            links.append(link)
+    return root, links
 
 
 class SpanHandle:
@@ -320,9 +404,9 @@ def start(
         if agent:
             attributes["user_agent.original"] = agent[0]
 
-        parent = propagate.extract(headers, getter=_GETTER)
+        parent, links = extract_incoming(headers, _GETTER)
         name = known or "HTTP"
-        span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes, links=links or None)
         if config.request_headers:
             capture_headers(span, "http.request.header.", config.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
