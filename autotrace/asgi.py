@@ -158,7 +158,7 @@ def _start(scope: dict) -> server_span.ServerSpan | None:
             scheme=scope.get("scheme", default_scheme),
             path=path,
             query=_text(scope.get("query_string", b"")),
-            headers=lookup,
+            headers=server_span.HeaderLookup(lookup, lambda: [bytes(k).decode("latin-1") for k, _ in headers]),
             server_address=address,
             server_port=port if isinstance(port, int) else None,
             client_address=client[0] if client else None,

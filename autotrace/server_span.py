@@ -184,6 +184,26 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
+class HeaderLookup:
+    """A server's header lookup (lower-case name -> its values) that can also list the names.
+
+    Formats that look headers up by prefix (Jaeger's ``uberctx-*`` baggage) need the
+    names; the names are only listed when such a format asks.
+    """
+
+    __slots__ = ("_lookup", "_names")
+
+    def __init__(self, lookup: Lookup, names: Callable[[], Iterable[str]]) -> None:
+        self._lookup = lookup
+        self._names = names
+
+    def __call__(self, name: str) -> Sequence[str]:
+        return self._lookup(name)
+
+    def names(self) -> list[str]:
+        return [name.lower() for name in self._names()]
+
+
 class _LookupGetter:
     """Reads propagation fields through a server's own header lookup, within the W3C rules.
 
@@ -200,7 +220,8 @@ class _LookupGetter:
         return values
 
     def keys(self, carrier: Lookup) -> list[str]:
-        return []
+        names = getattr(carrier, "names", None)
+        return names() if names is not None else []
 
 
 _GETTER = _LookupGetter()

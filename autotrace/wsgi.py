@@ -182,7 +182,10 @@ def _start(environ: dict) -> server_span.ServerSpan | None:
             scheme=environ.get("wsgi.url_scheme", "http"),
             path=_latin1_to_text(path),
             query=_latin1_to_text(query),
-            headers=lambda name: _environ_values(environ, name),
+            headers=server_span.HeaderLookup(
+                lambda name: _environ_values(environ, name),
+                lambda: [key[5:].replace("_", "-") for key in environ if key.startswith("HTTP_")],
+            ),
             server_address=address or environ.get("SERVER_NAME"),
             server_port=int(port) if port and str(port).isdigit() else None,
             client_address=environ.get("REMOTE_ADDR"),

@@ -164,7 +164,7 @@ def _start(handler):
             scheme="https" if hasattr(handler.connection, "getpeercert") else "http",
             path=_text(path),
             query=_text(query),
-            headers=lambda name: headers.get_all(name) or (),
+            headers=server_span.HeaderLookup(lambda name: headers.get_all(name) or (), headers.keys),
             server_address=address,
             server_port=port if isinstance(port, int) else None,
             client_address=client_address if isinstance(client_address, str) and client_address else None,

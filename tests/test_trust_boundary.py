@@ -337,3 +337,28 @@ def test_always_on_records_even_an_unsampled_caller():
     sampler = sdk.build_sampler(Settings(sampler="always_on"))
     assert sampled(sampler, HIGH, UNSAMPLED)
     assert not sampled(sdk.build_sampler(Settings()), HIGH, UNSAMPLED)  # the default follows it
+
+
+def test_jaeger_baggage_is_read_through_a_servers_header_names(spans):
+    """``uberctx-*`` headers are found by listing the request's header names (HeaderLookup)."""
+    from opentelemetry import baggage, propagate
+
+    from autotrace.propagation import build
+
+    saved = propagate.get_global_textmap()
+    propagate.set_global_textmap(build(["jaeger"]))
+    try:
+        received = {
+            "uber-trace-id": ["4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1"],
+            "uberctx-tenant": ["blue%20team"],
+        }
+        lookup = server_span.HeaderLookup(lambda name: received.get(name, []), lambda: list(received))
+        span = server_span.start("GET", "http", "/", "", lookup)
+        try:
+            assert baggage.get_baggage("tenant") == "blue team"
+            assert span.span.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+        finally:
+            span.detach()
+            span.end()
+    finally:
+        propagate.set_global_textmap(saved)
