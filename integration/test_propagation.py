@@ -383,10 +383,13 @@ def test_b3multi_headers_in_and_out(services):
 @needs("jaeger")
 def test_jaeger_header_in_and_out(services):
     require_agent_propagators(services, "jaeger")
-    headers, case = services.call("jaeger", [("uber-trace-id", f"{TRACE_ID}:{SPAN_ID}:0:1")])
+    headers, case = services.call(
+        "jaeger", [("uber-trace-id", f"{TRACE_ID}:{SPAN_ID}:0:1"), ("uberctx-tenant", "blue%20team")]
+    )
     trace_id, span_id, _, flags = one(headers, "uber-trace-id").split(":")
     assert trace_id.rjust(32, "0") == TRACE_ID and span_id.rjust(16, "0") != SPAN_ID
     assert int(flags, 16) & 1
+    assert one(headers, "uberctx-tenant") == "blue%20team"  # Jaeger baggage in and out
     assert "traceparent" not in headers
     assert services.server_span(case).parent_span_id == SPAN_ID
 
