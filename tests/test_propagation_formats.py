@@ -176,7 +176,7 @@ def test_b3_fields_and_nothing_injected_without_a_span():
         (f"{TRACE}:{SPAN}:0:4", (TRACE, SPAN, False)),  # firehose only
         (f"{TRACE}:{SPAN}:{OTHER_SPAN}:1", (TRACE, SPAN, True)),
         (f"{TRACE64}:{SPAN}:0:1", ("0" * 16 + TRACE64, SPAN, True)),
-        (f"abc:def:0:1", ("0" * 29 + "abc", "0" * 13 + "def", True)),
+        ("abc:def:0:1", ("0" * 29 + "abc", "0" * 13 + "def", True)),
         (f"{TRACE}%3A{SPAN}%3A0%3A1", (TRACE, SPAN, True)),  # URL-encoded
         (f"{TRACE}%3a{SPAN}%3a0%3a1", (TRACE, SPAN, True)),
         (f"{TRACE.upper()}:{SPAN}:0:1", (TRACE, SPAN, True)),
