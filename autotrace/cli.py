@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--service-name", metavar="NAME", help="service.name (OTEL_SERVICE_NAME)")
     run.add_argument(
         "--exporter",
-        choices=("otlp", "console", "none"),
+        choices=("otlp", "console", "console-json", "none"),
         help="where spans go (OTEL_TRACES_EXPORTER; default otlp)",
     )
     run.add_argument(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 PROTOCOLS = ("grpc", "http/protobuf")
-EXPORTERS = ("otlp", "console", "none")
+EXPORTERS = ("otlp", "console", "console-json", "none")
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -319,9 +319,9 @@ def _exporters(env: _Env) -> tuple[str, ...]:
     for name in names:
         if name.lower() not in EXPORTERS:
             if valid:
-                env.ignored("OTEL_TRACES_EXPORTER", name, "expected otlp, console or none")
+                env.ignored("OTEL_TRACES_EXPORTER", name, "expected otlp, console, console-json or none")
             else:
-                env.bad("OTEL_TRACES_EXPORTER", name, "expected otlp, console or none", "'otlp'")
+                env.bad("OTEL_TRACES_EXPORTER", name, "expected otlp, console, console-json or none", "'otlp'")
     return chosen if valid else ("otlp",)
 
 
