@@ -8,6 +8,7 @@ and the app runs untraced.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 from . import _log
@@ -49,11 +50,9 @@ def _start() -> None:
         logger.debug("not tracing: OTEL_SDK_DISABLED=true")
         return
 
+    source = _service_name_source(settings, entry) if _log.debug_enabled() else ""
     service_name = _service_name(settings, entry)
     _align_propagators(settings)
-    if _log.debug_enabled():
-        for name, value in settings.describe():
-            logger.debug("config %s: %s", name, value)
 
     from . import provider, registry
 
@@ -70,7 +69,116 @@ def _start() -> None:
             ",".join(sorted(unknown)),
             ",".join(sorted(hook.name for hook in hooks)) or "none",
         )
-    registry.arm(hooks, settings.disabled_hooks)
+    if not _log.debug_enabled():
+        registry.arm(hooks, settings.disabled_hooks)
+        return
+    # Under --debug: one report instead of a line per setting and per hook armed. What the
+    # registry logs meanwhile (hooks applied at once, to modules already imported) follows it.
+    held = _HeldLog(logger)
+    registry.logger = held
+    try:
+        registry.arm(hooks, settings.disabled_hooks)
+    finally:
+        registry.logger = logger
+    logger.debug("%s", startup_report(settings, entry, f"{service_name} (from {source})", hooks))
+    held.replay()
+
+
+class _HeldLog:
+    """Stands in for the agent's logger while the registry is armed: keeps its lines for later,
+    drops the "armed" and "skipped" ones (the start-up report lists those hooks)."""
+
+    def __init__(self, target) -> None:
+        self._target = target
+        self._lines: list = []
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
+        return self._target.isEnabledFor(level)
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        if message == "hook %s armed (waits for %s)":
+            return
+        if message == "hook %s %s" and len(args) == 2 and str(args[1]).startswith("skipped: disabled"):
+            return
+        self._lines.append((level, message, args))
+
+    def debug(self, message: str, *args: object) -> None:
+        self.log(_log.DEBUG, message, *args)
+
+    def info(self, message: str, *args: object) -> None:
+        self.log(_log.INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(_log.WARNING, message, *args)
+
+    def replay(self) -> None:
+        for level, message, args in self._lines:
+            self._target.log(level, message, *args)
+
+
+def _distribution_version(name: str) -> str:
+    """A distribution's version from its metadata, without importing it (debug only)."""
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return "not installed"
+
+
+def _without_the(text: str) -> str:
+    return text[4:] if text.startswith("the ") else text
+
+
+def _service_name_source(settings, entry) -> str:
+    if settings.service_name:
+        return "OTEL_SERVICE_NAME"
+    if settings.resource_attributes.get("service.name"):
+        return "OTEL_RESOURCE_ATTRIBUTES"
+    if entry.weak and os.environ.get(PARENT_SERVICE_ENV):
+        return "the parent process"
+    return entry.source
+
+
+def startup_report(settings, entry, service_name: str, hooks) -> str:
+    # service_name: the name and where it came from, e.g. "shop (from OTEL_SERVICE_NAME)"
+    """The start-up report (--debug): versions, where spans go, sampling, hooks, settings."""
+    from . import registry
+    from ._version import __version__
+    from .config import redact_url
+
+    python = "%d.%d.%d" % sys.version_info[:3]
+    head = (
+        f"autotrace {__version__} (Python {python}, opentelemetry-sdk "
+        f"{_distribution_version('opentelemetry-sdk')}) pid {os.getpid()} in {_without_the(entry.source)}"
+    )
+    exporters = []
+    for name in settings.exporters:
+        if name == "otlp":
+            exporters.append(f"otlp {settings.protocol} -> {redact_url(settings.endpoint)}")
+        elif name.startswith("console"):
+            exporters.append(f"{name} -> stderr")
+        else:
+            exporters.append(name)
+    sampler = settings.sampler
+    if "ratio" in sampler:
+        sampler += f" (ratio {settings.sampler_arg:g})"
+    status = registry.status()
+    armed = [h.name for h in hooks if not status.get(h.name, "").startswith("skipped")]
+    disabled = sorted(h.name for h in hooks if h.name in settings.disabled_hooks)
+    rows = [
+        ("service.name", service_name),
+        ("exporter", ", ".join(exporters) or "none (spans are not exported)"),
+        ("sampler", f"{sampler}   propagators {','.join(settings.propagators) or 'none'}"),
+        (
+            "hooks armed",
+            f"{', '.join(armed) or 'none'} ({len(armed)})" + (f"   disabled: {', '.join(disabled)}" if disabled else ""),
+        ),
+    ]
+    shown = {"sdk_disabled", "service.name", "exporters", "protocol", "endpoint", "sampler", "propagators", "disabled hooks"}
+    rows += [(name, value) for name, value in settings.describe() if name not in shown and value]
+    width = max(len(name) for name, _ in rows) + 2
+    return "\n".join([head] + [f"  {name.ljust(width)}{value}" for name, value in rows])
 
 
 def _service_name(settings, entry) -> str:

@@ -32,6 +32,235 @@ from .entrypoint import Entrypoint
 logger = _log.logger
 
 
+# How often failed exports are summarised after the first one of each cause is reported.
+EXPORT_SUMMARY_INTERVAL_S = 60.0
+
+# The SDK's loggers that log each failed batch (and each retry): their lines are replaced
+# by the agent's own report (see ExportFailures); the cause they carry is kept.
+_SDK_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk._shared_internal",
+)
+_capture = threading.local()  # .causes: what the SDK logged during the current export
+_quieted = False
+_queue_drops = 0  # spans dropped because a batch queue was full
+
+
+def _quiet_sdk_export_logs() -> None:
+    """Hide the SDK's per-batch export log lines; idempotent. Run when an exporter is made."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    import logging
+
+    class _ExportLogFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            global _queue_drops
+            causes = getattr(_capture, "causes", None)
+            if causes is not None:  # inside ExporterHandle.export: keep the cause, drop the line
+                causes.append(record.args if isinstance(record.args, tuple) else (record.getMessage(),))
+                return False
+            if record.msg == "Queue full, dropping %s.":
+                _queue_drops += 1
+                return False
+            return True
+
+    for name in _SDK_EXPORT_LOGGERS:
+        # First, before the SDK's DuplicateFilter, which would hide repeats from the count.
+        logging.getLogger(name).filters.insert(0, _ExportLogFilter())
+
+
+def _keep_http_client_results(exporter: object) -> None:
+    """Keep the cause of a failed OTLP/HTTP export: the SDK's client returns it, the
+    exporter drops it (and a batch that times out during retries logs no cause)."""
+    client = getattr(exporter, "_client", None)
+    export = getattr(client, "export", None)
+    if export is None or getattr(export, "_autotrace", False):
+        return
+
+    def keep(data):
+        result = export(data)
+        causes = getattr(_capture, "causes", None)
+        if causes is not None and not getattr(result, "success", True):
+            causes.insert(0, (getattr(result, "error", None), getattr(result, "status_code", None)))
+        return result
+
+    keep._autotrace = True  # type: ignore[attr-defined]
+    try:
+        client.export = keep
+    except Exception:  # noqa: BLE001 - a client without attributes: the logs still tell
+        pass
+
+
+def _is_refused(text: str) -> bool:
+    text = text.lower()
+    return "connection refused" in text or "errno 111" in text or "failed to connect" in text
+
+
+def classify_failure(evidence: Sequence[object]) -> tuple[str, str]:
+    """(kind, hint) of a failed export from what it left: an exception, or the SDK's log args.
+
+    The kind is what failures are counted by: connection refused, timeout, HTTP <status>,
+    gRPC <code>, or the exception's type; the hint is shown with the first report only.
+    """
+    status = code = exc_kind = None
+    exc_hint = ""
+    for item in evidence:
+        text = str(item)
+        if _is_refused(text):
+            return "connection refused", " (is a collector listening there?)"
+        if isinstance(item, BaseException):
+            for exc in _chain(item):
+                if isinstance(exc, ConnectionRefusedError) or _is_refused(str(exc)):
+                    return "connection refused", " (is a collector listening there?)"
+                if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
+                    return "timeout", " (is the collector reachable? see OTEL_EXPORTER_OTLP_TIMEOUT)"
+            grpc_code = getattr(item, "code", None)
+            if callable(grpc_code):
+                try:
+                    code = code or getattr(grpc_code(), "name", None)
+                except Exception:  # noqa: BLE001
+                    pass
+            if exc_kind is None:
+                exc_kind, exc_hint = type(item).__name__, f" ({item})" if str(item) else ""
+        elif type(item).__name__ == "StatusCode" and hasattr(item, "name"):
+            code = code or item.name
+        elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            status = status or item
+        elif "timed out" in text.lower() or "timeout" in text.lower():
+            exc_kind, exc_hint = exc_kind or "timeout", exc_hint
+    if code == "DEADLINE_EXCEEDED" or (exc_kind == "timeout" and not status and not code):
+        return "timeout", " (is the collector reachable? see OTEL_EXPORTER_OTLP_TIMEOUT)"
+    if code:
+        hint = " (check OTEL_EXPORTER_OTLP_HEADERS)" if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") else ""
+        return f"gRPC {code}", hint
+    if status:
+        hint = {401: " (check OTEL_EXPORTER_OTLP_HEADERS)", 403: " (check OTEL_EXPORTER_OTLP_HEADERS)",
+                404: " (check the endpoint's path)"}.get(status, "")
+        return f"HTTP {status}", hint
+    return exc_kind or "the exporter reported a failure", exc_hint
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen or len(seen) > 20:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        todo.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class ExportFailures:
+    """Reports failed exports of one exporter without a line per batch.
+
+    The first failure of each kind is reported at once with its cause; later ones are
+    counted and summarised at most once per ``interval_s``; the first success after
+    failures logs one line (at most one per interval too).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        interval_s: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.target = target  # "to <endpoint>", or a "the <name> exporter"
+        self.interval_s = EXPORT_SUMMARY_INTERVAL_S if interval_s is None else interval_s
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._reported: set[str] = set()
+        self.failing = False
+        self._since: float | None = None  # start of the window being counted
+        self._batches = 0
+        self._spans = 0
+        self._kinds: dict[str, int] = {}
+        self._drops_seen = _queue_drops
+        self._last_recovery: float | None = None
+
+    def _first(self, kind: str, hint: str) -> None:
+        every = f"{self.interval_s:g} s"
+        if self.target.startswith("to "):
+            logger.warning(
+                "spans could not be exported %s: %s%s; further failures are summarised every %s",
+                self.target, kind, hint, every,
+            )
+        else:
+            logger.warning("%s failed: %s%s; further failures are summarised every %s", self.target, kind, hint, every)
+
+    def _counts(self) -> str:
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(self._kinds.items(), key=lambda kv: -kv[1]))
+        batches = "1 batch" if self._batches == 1 else f"{self._batches} batches"
+        text = f"{batches} ({_plural(self._spans, 'span')})"
+        return f"{text} {'was' if self._batches == 1 else 'were'} not exported: {kinds}"
+
+    def _drops(self) -> str:
+        dropped = _queue_drops - self._drops_seen
+        self._drops_seen = _queue_drops
+        return f"; {_plural(dropped, 'span')} dropped: the batch queue was full (OTEL_BSP_MAX_QUEUE_SIZE)" if dropped else ""
+
+    def _reset(self, now: float | None) -> None:
+        self._since = now
+        self._batches = self._spans = 0
+        self._kinds = {}
+
+    def failed(self, kind: str, hint: str, spans: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self.failing = True
+            if self._since is None:
+                self._since = now
+            if kind not in self._reported:
+                self._reported.add(kind)
+                self._first(kind, hint)
+                return
+            self._batches += 1
+            self._spans += spans
+            self._kinds[kind] = self._kinds.get(kind, 0) + 1
+            elapsed = now - self._since
+            if elapsed >= self.interval_s:
+                logger.warning("in the last %.0f s, %s%s", elapsed, self._counts(), self._drops())
+                self._reset(now)
+
+    def succeeded(self) -> None:
+        if not self.failing:
+            return
+        now = self._clock()
+        with self._lock:
+            if not self.failing:
+                return
+            self.failing = False
+            if self._last_recovery is not None and now - self._last_recovery < self.interval_s:
+                return  # flapping: the counts go into the next summary
+            self._last_recovery = now
+            pending = f" ({self._counts()} since the last report)" if self._batches else ""
+            what = f"spans are exported {self.target} again" if self.target.startswith("to ") else f"{self.target} works again"
+            logger.info("%s%s", what, pending)
+            self._reset(None)
+
+    def close(self) -> None:
+        """At shutdown: summarise what is still counted."""
+        with self._lock:
+            if self._batches and self._since is not None:
+                logger.warning("in the last %.0f s, %s%s", self._clock() - self._since, self._counts(), self._drops())
+                self._reset(None)
+
+
 class ExporterHandle(SpanExporter):
     """Owns one real exporter: made at set-up, made anew in a forked child.
 
@@ -49,6 +278,7 @@ class ExporterHandle(SpanExporter):
         self._lock = threading.Lock()
         self._failed = False
         self._exporter: SpanExporter | None = None
+        self.failures: ExportFailures | None = None  # made at the first export
         self._get()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
@@ -64,6 +294,7 @@ class ExporterHandle(SpanExporter):
                     token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
                     try:
                         self._exporter = self._factory()
+                        _quiet_sdk_export_logs()
                     except Exception as exc:  # noqa: BLE001 - fail open, one line
                         self._failed = True
                         logger.warning(
@@ -80,24 +311,38 @@ class ExporterHandle(SpanExporter):
         exporter = self._get()
         if exporter is None:
             return SpanExportResult.FAILURE
+        failures = self.failures
+        if failures is None:
+            endpoint = getattr(exporter, "_endpoint", None)
+            if isinstance(endpoint, str) and endpoint:
+                from .config import redact_url
+
+                target = f"to {redact_url(endpoint)}"
+            else:
+                target = f"the {self.name} exporter"
+            failures = self.failures = ExportFailures(target)
+            _keep_http_client_results(exporter)
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        _capture.causes = causes = []  # what the SDK logs meanwhile: the cause, not a line
         try:
-            return exporter.export(spans)
-        except Exception as exc:  # noqa: BLE001 - one line per kind of failure, no traceback storm
-            _log.warn_once(
-                f"export:{self.name}:{type(exc).__name__}",
-                "the %s exporter failed (%s: %s); %d span(s) dropped",
-                self.name,
-                type(exc).__name__,
-                exc,
-                len(spans),
-            )
-            return SpanExportResult.FAILURE
+            result = exporter.export(spans)
+        except Exception as exc:  # noqa: BLE001 - reported once per cause, then summarised
+            causes.insert(0, (exc,))
+            result = SpanExportResult.FAILURE
         finally:
+            _capture.causes = None
             detach(token)
+        if result is SpanExportResult.SUCCESS:
+            failures.succeeded()
+        else:
+            kind, hint = classify_failure([arg for args in causes for arg in args])
+            failures.failed(kind, hint, len(spans))
+        return result
 
     def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
         exporter = self._exporter
+        if self.failures is not None:
+            self.failures.close()
         if exporter is not None:
             exporter.shutdown()
 
@@ -141,6 +386,14 @@ def _otlp_factory(settings: Settings) -> Callable[[], SpanExporter]:
 
 
 def _console_factory() -> SpanExporter:
+    """``console``: each finished trace as an indented tree on stderr."""
+    from .console_view import ConsoleTreeExporter
+
+    return ConsoleTreeExporter()
+
+
+def _console_json_factory() -> SpanExporter:
+    """``console-json``: the SDK's raw JSON, one object per span, on stderr."""
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     return ConsoleSpanExporter(out=sys.stderr)
@@ -275,6 +528,7 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Settin
     factories: dict[str, Callable[[], SpanExporter]] = {
         "otlp": _otlp_factory(settings),
         "console": _console_factory,
+        "console-json": _console_json_factory,
     }
     for name in settings.exporters:
         provider.add_span_processor(

@@ -79,9 +79,18 @@ def test_console_exporter_prints_span_and_sends_nothing(tmp_path, otlp_receiver)
     result = autotrace_run(script, clean_env(**otlp_receiver.env("grpc")), options=("--exporter", "console"))
 
     assert result.returncode == 0, result.stderr
-    assert '"name": "x"' in result.stderr
-    assert '"telemetry.distro.name": "autotrace"' in result.stderr
-    assert '"name": "x"' not in result.stdout
+    # A readable tree on stderr: the trace, then its span with kind and service.
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("trace ") for line in lines), result.stderr
+    assert any(line.startswith("  x  INTERNAL  [hello]") for line in lines), result.stderr
+    assert "x  INTERNAL" not in result.stdout
+    assert_nothing_sent(otlp_receiver)
+
+    # The raw OpenTelemetry JSON stays available.
+    raw = autotrace_run(script, clean_env(**otlp_receiver.env("grpc")), options=("--exporter", "console-json"))
+    assert raw.returncode == 0, raw.stderr
+    assert '"name": "x"' in raw.stderr
+    assert '"telemetry.distro.name": "autotrace"' in raw.stderr
     assert_nothing_sent(otlp_receiver)
 
 
@@ -131,17 +140,25 @@ def test_endpoint_option_beats_signal_specific_variables(tmp_path, otlp_receiver
     assert the_span(otlp_receiver).protocol == "http"
 
 
+
+def report_row(stderr: str, name: str) -> str | None:
+    """A row of the start-up report (``--debug``): ``  name   value``, or None."""
+    import re
+
+    found = re.search(rf"^  {re.escape(name)}  +(.*)$", stderr, re.MULTILINE)
+    return found.group(1) if found else None
+
+
 def test_debug_prints_configuration_with_headers_redacted(tmp_path, otlp_receiver):
     script = hello(tmp_path)
     env = clean_env(**otlp_receiver.env("http"), OTEL_EXPORTER_OTLP_HEADERS="api-key=secret123")
     result = autotrace_run(script, env, options=("--debug",))
 
     assert result.returncode == 0, result.stderr
-    debug = agent_lines(result.stderr, "DEBUG")
-    assert "autotrace DEBUG: config headers: api-key=<redacted>" in debug
-    assert f"autotrace DEBUG: config endpoint: {otlp_receiver.http_endpoint}/v1/traces" in debug
-    assert "autotrace DEBUG: config protocol: http/protobuf" in debug
-    assert "autotrace DEBUG: config log level: debug" in debug
+    # One start-up block: a row per setting.
+    assert report_row(result.stderr, "headers") == "api-key=<redacted>"
+    assert report_row(result.stderr, "exporter") == f"otlp http/protobuf -> {otlp_receiver.http_endpoint}/v1/traces"
+    assert report_row(result.stderr, "log level") == "debug"
     assert "api-key" in result.stderr
     assert "secret123" not in result.stderr + result.stdout
     # Redacted in the log only: the header still goes to the collector.
@@ -491,11 +508,8 @@ def test_endpoint_without_scheme_warns_and_uses_the_default(tmp_path):
     assert result.returncode == 0, result.stderr
     assert_one_warning_each(result.stderr, wrong)
     assert len(agent_lines(result.stderr, "WARNING")) == 1
-    debug = agent_lines(result.stderr, "DEBUG")
-    assert "autotrace DEBUG: config endpoint: http://localhost:4318/v1/traces" in debug
-    assert "autotrace DEBUG: config protocol: http/protobuf" in debug
-    batch = "autotrace DEBUG: config batch: delay 5000ms, queue 100, batch 100,"
-    assert any(line.startswith(batch) for line in debug)
+    assert report_row(result.stderr, "exporter") == "none (spans are not exported)"
+    assert report_row(result.stderr, "batch").startswith("delay 5000ms, queue 100, batch 100,")
 
 
 # -- 12. deny list ------------------------------------------------------------------
@@ -517,7 +531,8 @@ def test_deny_list_skips_pip_unless_replaced(tmp_path):
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.startswith("pip ")
     debug = agent_lines(allowed.stderr, "DEBUG")
-    assert "autotrace DEBUG: config deny: " in debug
+    assert report_row(allowed.stderr, "service.name") == "pip (from python -m pip)"
+    assert report_row(allowed.stderr, "deny") is None  # an empty list: no row
     assert not any("deny list" in line for line in debug)
     assert derived_line(allowed.stderr) == [
         "autotrace INFO: service.name=pip (from the python -m pip; set OTEL_SERVICE_NAME to choose another)"
@@ -605,8 +620,8 @@ def test_extra_hook_is_armed_then_applied(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]  # imported by the app, patched on import
     debug = agent_lines(result.stderr, "DEBUG")
-    armed = "autotrace DEBUG: hook myhooks armed (waits for targetmod)"
     applied = "autotrace DEBUG: hook myhooks applied to targetmod"
-    assert armed in debug and applied in debug
-    assert debug.index(armed) < debug.index(applied)
-    assert "autotrace DEBUG: config extra hooks: targetmod=myhooks" in debug
+    assert "myhooks" in report_row(result.stderr, "hooks armed").split(", ")[-1]
+    assert applied in debug
+    assert result.stderr.index("  hooks armed") < result.stderr.index(applied)  # armed, then applied
+    assert report_row(result.stderr, "extra hooks") == "targetmod=myhooks"
