@@ -70,12 +70,41 @@ def _parser() -> argparse.ArgumentParser:
         help="log the effective configuration and every hook (OTEL_LOG_LEVEL=debug)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]", help="the command to run")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the configuration, the collector and the environment",
+        description=(
+            "Check what `autotrace run` with the same options would do: the effective "
+            "configuration, whether the collector accepts spans (one test span is sent), "
+            "which libraries are covered and whether another agent conflicts. Exit status "
+            "0 when spans can be delivered, 1 otherwise."
+        ),
+        epilog="example: autotrace doctor --endpoint http://collector:4318",
+    )
+    for action in run._actions:  # the same options as run, applied the same way
+        if action.dest in ("help", "command"):
+            continue
+        doctor._add_action(action)
+    doctor.add_argument("--json", action="store_true", help="print the checks as a JSON object")
+    doctor.add_argument(
+        "--timeout", type=float, default=3.0, metavar="S", help="bound of each network check (default 3)"
+    )
+    doctor.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS...]",
+        help="optional: the app's command, to derive the service name from",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.subcommand == "doctor":
+        from . import doctor
+
+        return doctor.main(args)
     if args.subcommand != "run":
         parser.print_help()
         return 2

@@ -1,0 +1,785 @@
+"""``autotrace doctor``: check the configuration, the collector and the environment.
+
+Every check yields one :class:`Check` (OK / WARN / FAIL, a message and, for WARN and
+FAIL, the fix in plain words). The exit status is 0 when spans can be delivered.
+Nothing here imports an instrumented library; every network wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+# Ports of other tracing systems, recognized when OTLP fails on them.
+FOREIGN_PORTS = {
+    14268: "Jaeger's Thrift-over-HTTP collector port",
+    14250: "Jaeger's gRPC (model.proto) collector port",
+    6831: "Jaeger's UDP agent port",
+    6832: "Jaeger's UDP agent port",
+    9411: "Zipkin's port",
+}
+OTLP_FIX = "point the endpoint at the collector's OTLP port: 4317 for --protocol grpc, 4318 for http/protobuf"
+
+
+class Check:
+    __slots__ = ("fix", "message", "name", "status")
+
+    def __init__(self, status: str, name: str, message: str, fix: str = "") -> None:
+        self.status, self.name, self.message, self.fix = status, name, message, fix
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "name": self.name, "message": self.message, "fix": self.fix}
+
+    def __repr__(self) -> str:
+        return f"Check({self.status!r}, {self.name!r}, {self.message!r}, {self.fix!r})"
+
+
+# -- configuration -------------------------------------------------------------------
+
+# Setting -> (the run option that sets it, the variables read for it, first wins).
+_SOURCES = (
+    ("service.name", "service_name", ("OTEL_SERVICE_NAME",)),
+    ("exporters", "exporter", ("OTEL_TRACES_EXPORTER",)),
+    ("protocol", "protocol", ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")),
+    ("endpoint", "endpoint", ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")),
+    ("headers", None, ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")),
+    ("timeout", None, ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")),
+    ("compression", None, ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")),
+    ("insecure", None, ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")),
+    ("sampler", None, ("OTEL_TRACES_SAMPLER",)),
+    ("propagators", None, ("OTEL_PROPAGATORS",)),
+    ("resource", None, ("OTEL_RESOURCE_ATTRIBUTES",)),
+    ("sdk_disabled", None, ("OTEL_SDK_DISABLED",)),
+    ("disabled hooks", None, ("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",)),
+    ("log level", "debug", ("OTEL_LOG_LEVEL",)),
+)
+
+
+def source_of(setting: str, args, environ) -> str:
+    """Where ``setting`` came from: ``flag``, ``variable NAME`` or ``default``.
+
+    ``environ`` is the environment before the options were applied.
+    """
+    for name, option, variables in _SOURCES:
+        if name != setting:
+            continue
+        if option and args is not None and getattr(args, option, None):
+            return "flag --" + option.replace("_", "-")
+        for variable in variables:
+            if (environ.get(variable) or "").strip():
+                return "variable " + variable
+        return "default"
+    return "default"
+
+
+def load_settings(environ) -> tuple[object, list[str]]:
+    """``config.load(environ)`` with its warnings captured instead of printed."""
+    from . import _log, config
+
+    warnings: list[str] = []
+    original = _log.warn_once
+
+    def capture(key: str, message: str, *args: object) -> None:
+        warnings.append(message % args if args else message)
+
+    _log.warn_once = capture
+    try:
+        settings = config.load(environ)
+    finally:
+        _log.warn_once = original
+    return settings, warnings
+
+
+def configuration_checks(settings, warnings: list[str], args, environ) -> list[Check]:
+    checks = []
+    values = dict(settings.describe())  # already redacted: header names only
+    for name, _option, _variables in _SOURCES:
+        value = values.get(name, "")
+        source = source_of(name, args, environ)
+        if name == "protocol" and source == "default" and settings.protocol == "grpc":
+            source = "derived from the endpoint's port 4317"
+        if name == "service.name" and not settings.service_name:
+            continue  # its own check below
+        if source == "default" and name in ("headers", "resource", "disabled hooks") and not value:
+            continue
+        checks.append(Check(OK, "config " + name, f"{value or '(none)'} ({source})"))
+    for text in warnings:
+        variable = text.split("=", 1)[0].split(" ", 1)[0]
+        checks.append(
+            Check(WARN, "config " + variable, text, f"correct or unset {variable}; until then the default applies")
+        )
+    if settings.sdk_disabled:
+        checks.append(
+            Check(FAIL, "config sdk_disabled", "OTEL_SDK_DISABLED=true: the agent does nothing", "unset OTEL_SDK_DISABLED")
+        )
+    return checks
+
+
+def service_name_check(settings, command: list[str]) -> Check:
+    if settings.service_name:
+        return Check(OK, "service name", f"{settings.service_name} (from OTEL_SERVICE_NAME)")
+    attribute = settings.resource_attributes.get("service.name")
+    if attribute:
+        return Check(OK, "service name", f"{attribute} (from service.name in OTEL_RESOURCE_ATTRIBUTES)")
+    if command:
+        from . import entrypoint
+
+        argv = list(command)
+        if argv and not os.path.basename(argv[0]).lower().startswith(("python", "pypy")):
+            argv = [argv[0]] + argv[1:]
+        entry = entrypoint.parse(argv)
+        status = WARN if entry.weak else OK
+        return Check(
+            status,
+            "service name",
+            f"{entry.service_name} (derived from the {entry.source})",
+            "set OTEL_SERVICE_NAME (or --service-name) to choose the name" if entry.weak else "",
+        )
+    return Check(
+        WARN,
+        "service name",
+        "no command given: the name will be derived from the app's command line",
+        "set OTEL_SERVICE_NAME (or --service-name), or give the command: autotrace doctor -- python app.py",
+    )
+
+
+# -- the endpoint --------------------------------------------------------------------
+
+
+class Target:
+    """The parts of the traces endpoint the probes need."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.url = url
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.path = parts.path or "/"
+        if parts.query:
+            self.path += "?" + parts.query
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Probe:
+    """What the probes found out; the input of :func:`classify`."""
+
+    def __init__(self, **values: object) -> None:
+        self.resolved = True
+        self.connect = "ok"  # ok, refused, timeout, error
+        self.connect_error = ""
+        self.accepted = False  # the configured protocol accepted an empty export
+        self.http_status = None  # HTTP configured: the POST's status
+        self.grpc_code = ""  # gRPC configured: the status code's name
+        self.error = ""  # the protocol call's error, in words
+        self.speaks = ""  # what the raw probe heard: http1, h2, tls, silent, other
+        self.__dict__.update(values)
+
+
+def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str = "") -> Check:
+    """Name what is wrong with the endpoint (or OK) from the probes' results. Pure."""
+    name = "endpoint"
+    where = f"{target.address}"
+    foreign = FOREIGN_PORTS.get(target.port)
+    if not probe.resolved:
+        return Check(FAIL, name, f"cannot resolve host {target.host!r}", "check the endpoint's host name (and DNS)")
+    if probe.connect == "refused":
+        hint = f" ({foreign})" if foreign else ""
+        return Check(
+            FAIL,
+            name,
+            f"nothing listens on {where}{hint}",
+            "start the collector, or point --endpoint at where it listens",
+        )
+    if probe.connect != "ok":
+        return Check(
+            FAIL,
+            name,
+            f"cannot connect to {where}: {probe.connect_error or probe.connect}",
+            "check the host, the port and any firewall between here and the collector",
+        )
+    if probe.accepted:
+        via = "OTLP/gRPC" if protocol == "grpc" else "OTLP/HTTP"
+        return Check(OK, name, f"{target.url} speaks {via} (an empty export was accepted)")
+    tls = target.scheme == "https"
+    if tls and probe.speaks in ("http1", "h2"):
+        return Check(
+            FAIL,
+            name,
+            f"https:// is configured but {where} speaks plain text (no TLS)",
+            "use http:// in the endpoint, or enable TLS on the collector's receiver",
+        )
+    if not tls and probe.speaks == "tls":
+        return Check(
+            FAIL,
+            name,
+            f"http:// is configured but {where} expects TLS",
+            "use https:// in the endpoint",
+        )
+    if foreign and probe.speaks != ("h2" if protocol == "grpc" else "http1") or (
+        foreign and probe.http_status == 404
+    ):
+        return Check(FAIL, name, f"{where} is {foreign}, not OTLP", OTLP_FIX)
+    if foreign and probe.grpc_code == "UNIMPLEMENTED":
+        return Check(FAIL, name, f"{where} is {foreign}, not OTLP", OTLP_FIX)
+    if protocol == "grpc" and probe.speaks == "http1":
+        return Check(
+            FAIL,
+            name,
+            f"gRPC is configured but {where} answers HTTP/1.1",
+            "this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317",
+        )
+    if protocol != "grpc" and probe.speaks == "h2":
+        return Check(
+            FAIL,
+            name,
+            f"http/protobuf is configured but {where} speaks HTTP/2 (gRPC)",
+            "this is an OTLP/gRPC port: use --protocol grpc or port 4318",
+        )
+    if protocol != "grpc" and probe.http_status == 404:
+        path = target.path.rstrip("/")
+        if path.endswith("/v1/traces/v1/traces") or path.count("/v1/traces") > 1:
+            fix = (
+                "/v1/traces is doubled: OTEL_EXPORTER_OTLP_ENDPOINT (and --endpoint) take the "
+                "collector's base URL (e.g. http://collector:4318), the path is appended"
+            )
+        elif not path.endswith("/v1/traces"):
+            fix = (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as is: add /v1/traces to it, "
+                "or set OTEL_EXPORTER_OTLP_ENDPOINT to the base URL instead"
+            )
+        else:
+            fix = "check the endpoint's path: the collector's OTLP/HTTP traces path is /v1/traces"
+        return Check(FAIL, name, f"POST {target.path} answered 404 Not Found", fix)
+    if protocol != "grpc" and probe.http_status in (401, 403):
+        return Check(
+            FAIL,
+            name,
+            f"the collector refused the export: HTTP {probe.http_status}",
+            "set the credentials in OTEL_EXPORTER_OTLP_HEADERS (e.g. authorization=Bearer%20...)",
+        )
+    if protocol == "grpc" and probe.grpc_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return Check(
+            FAIL,
+            name,
+            f"the collector refused the export: {probe.grpc_code}",
+            "set the credentials in OTEL_EXPORTER_OTLP_HEADERS",
+        )
+    if protocol == "grpc" and probe.grpc_code == "UNIMPLEMENTED":
+        return Check(
+            FAIL,
+            name,
+            f"{where} speaks gRPC but has no OTLP TraceService",
+            OTLP_FIX,
+        )
+    detail = probe.error or (f"HTTP {probe.http_status}" if probe.http_status else probe.grpc_code or "no answer")
+    return Check(
+        FAIL,
+        name,
+        f"{target.url} did not accept an OTLP {'gRPC' if protocol == 'grpc' else 'HTTP'} export: {detail}",
+        "check that the endpoint is the collector's OTLP receiver and the protocol matches it",
+    )
+
+
+def _resolve(host: str, port: int, timeout: float) -> bool:
+    import threading
+
+    result: list[bool] = []
+
+    def work() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            result.append(True)
+        except (OSError, UnicodeError):
+            result.append(False)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _connect(target: Target, timeout: float) -> tuple[str, str]:
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout):
+            return "ok", ""
+    except ConnectionRefusedError:
+        return "refused", ""
+    except socket.timeout:
+        return "timeout", f"no answer within {timeout:g}s"
+    except OSError as exc:
+        return "error", str(exc)
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _exchange(target: Target, payload: bytes, timeout: float) -> bytes:
+    """Send ``payload`` on a fresh plain connection, return the first bytes of the reply."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(payload)
+            data = b""
+            deadline = time.monotonic() + timeout
+            while len(data) < 64 and time.monotonic() < deadline:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+                if data.startswith(b"HTTP/") or _is_h2(data) or data[:1] == b"\x15":
+                    break
+            return data
+    except OSError:
+        return b""
+
+
+def _is_h2(data: bytes) -> bool:
+    # A frame header: 3 bytes length, 1 byte type (4 SETTINGS, 7 GOAWAY), flags, stream.
+    return len(data) >= 9 and data[3] in (4, 7) and data[0] == 0
+
+
+def _tls_handshake(target: Target, timeout: float) -> bool:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout) as sock, context.wrap_socket(
+            sock, server_hostname=target.host
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def speaks(target: Target, timeout: float) -> str:
+    """What the port speaks: http1, h2 (gRPC), tls, silent (closes or says nothing), other."""
+    request = f"GET / HTTP/1.1\r\nHost: {target.address}\r\nConnection: close\r\n\r\n".encode()
+    reply = _exchange(target, request, timeout)
+    if reply.startswith(b"HTTP/1."):
+        if b"HTTPS port" in reply or b"https port" in reply.lower():
+            return "tls"
+        return "http1"
+    if _is_h2(reply):
+        return "h2"
+    if reply[:2] in (b"\x15\x03", b"\x16\x03"):
+        return "tls"
+    reply = _exchange(target, _H2_PREFACE, timeout)
+    if _is_h2(reply):
+        return "h2"
+    if reply.startswith(b"HTTP/"):
+        return "http1"
+    if _tls_handshake(target, timeout):
+        return "tls"
+    return "silent" if not reply else "other"
+
+
+def _empty_request() -> bytes:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    return trace_service_pb2.ExportTraceServiceRequest().SerializeToString()
+
+
+def _http_export(target: Target, headers, timeout: float) -> tuple[int | None, str]:
+    import http.client
+    import ssl
+
+    try:
+        if target.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                target.host, target.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+        try:
+            body = _empty_request()
+            connection.request(
+                "POST",
+                target.path,
+                body=body,
+                headers={**dict(headers), "Content-Type": "application/x-protobuf"},
+            )
+            return connection.getresponse().status, ""
+        finally:
+            connection.close()
+    except ssl.SSLCertVerificationError as exc:
+        return None, f"TLS certificate not trusted: {exc.verify_message}"
+    except socket.timeout:
+        return None, f"no answer within {timeout:g}s"
+    except (OSError, http.client.HTTPException) as exc:
+        return None, f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def _grpc_export(target: Target, headers, timeout: float) -> tuple[str, str]:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import (
+        trace_service_pb2,
+        trace_service_pb2_grpc,
+    )
+
+    address = target.address
+    if target.scheme == "https":
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials())
+    else:
+        channel = grpc.insecure_channel(address)
+    try:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        stub.Export(
+            trace_service_pb2.ExportTraceServiceRequest(),
+            timeout=timeout,
+            metadata=list(dict(headers).items()) or None,
+        )
+        return "OK", ""
+    except grpc.RpcError as exc:
+        code = exc.code().name if exc.code() is not None else "UNKNOWN"
+        return code, f"{code}: {exc.details()}"
+    finally:
+        channel.close()
+
+
+def probe_endpoint(settings, timeout: float) -> tuple[Target, Probe]:
+    target = Target(settings.endpoint)
+    probe = Probe()
+    probe.resolved = _resolve(target.host, target.port, timeout)
+    if not probe.resolved:
+        return target, probe
+    probe.connect, probe.connect_error = _connect(target, timeout)
+    if probe.connect != "ok":
+        return target, probe
+    if settings.protocol == "grpc":
+        probe.grpc_code, probe.error = _grpc_export(target, settings.headers, timeout)
+        probe.accepted = probe.grpc_code == "OK"
+    else:
+        probe.http_status, probe.error = _http_export(target, settings.headers, timeout)
+        probe.accepted = probe.http_status is not None and 200 <= probe.http_status < 300
+    if not probe.accepted:
+        probe.speaks = speaks(target, timeout)
+    return target, probe
+
+
+# -- the test span -------------------------------------------------------------------
+
+
+def test_span_check(settings, service_name: str, timeout: float) -> Check:
+    """Send one real span with the agent's own exporter, synchronously and bounded."""
+    import logging
+    import threading
+
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from .sdk import _otlp_factory
+
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # the doctor reports it
+    settings.timeout_s = min(settings.timeout_s, timeout)
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    spans = []
+
+    class Keep(SpanProcessor):
+        def on_end(self, span):
+            spans.append(span)
+
+    provider.add_span_processor(Keep())
+    with provider.get_tracer("autotrace.doctor").start_as_current_span("autotrace doctor test span"):
+        pass
+    result: list[object] = []
+
+    def send() -> None:
+        try:
+            exporter = _otlp_factory(settings)()
+            try:
+                result.append(exporter.export(spans))
+            finally:
+                exporter.shutdown()
+        except Exception as exc:  # noqa: BLE001
+            result.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    took = time.monotonic() - started
+    outcome = result[0] if result else None
+    if outcome == SpanExportResult.SUCCESS:
+        return Check(OK, "test span", f"accepted by {settings.endpoint} in {took * 1000:.0f} ms")
+    if outcome is None:
+        why = f"no answer within {timeout:g}s"
+    elif isinstance(outcome, Exception):
+        why = f"{type(outcome).__name__}: {outcome}"
+    else:
+        why = "the exporter reported a failure"
+    return Check(
+        FAIL,
+        "test span",
+        f"not accepted by {settings.endpoint} after {took * 1000:.0f} ms: {why}",
+        "fix the endpoint problem above, then run autotrace doctor again",
+    )
+
+
+# -- libraries and conflicts ---------------------------------------------------------
+
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a broken dist-info
+        return None
+
+
+def library_checks(disabled=frozenset(), version_of=_installed_version) -> list[Check]:
+    from .registry import HOOKS, _pad, parse_version
+
+    checks = []
+    stdlib = [h.name for h in HOOKS if h.distribution is None and h.name not in disabled]
+    if stdlib:
+        checks.append(Check(OK, "libraries", "standard library covered: " + ", ".join(stdlib)))
+    by_distribution: dict[str, list] = {}
+    for hook in HOOKS:
+        if hook.distribution:
+            by_distribution.setdefault(hook.distribution, []).append(hook)
+    missing = []
+    for distribution, hooks in by_distribution.items():
+        version = version_of(distribution)
+        if version is None:
+            missing.append(distribution)
+            continue
+        names = ", ".join(h.name for h in hooks)
+        hook = hooks[0]
+        if all(h.name in disabled for h in hooks):
+            checks.append(
+                Check(
+                    WARN,
+                    "libraries",
+                    f"{distribution} {version} installed, hook disabled ({names})",
+                    "remove it from OTEL_PYTHON_DISABLED_INSTRUMENTATIONS to trace it",
+                )
+            )
+            continue
+        parsed = parse_version(version)
+        width = max(len(parsed), len(hook.min_version), len(hook.below_version or ()))
+        low = ".".join(map(str, hook.min_version)) or "0"
+        if _pad(parsed, width) < _pad(hook.min_version, width):
+            checks.append(
+                Check(
+                    WARN,
+                    "libraries",
+                    f"{distribution} {version} installed but not covered: the hook needs {low} or newer",
+                    f"upgrade {distribution} to {low} or newer to trace it",
+                )
+            )
+        elif hook.below_version is not None and _pad(parsed, width) >= _pad(hook.below_version, width):
+            high = ".".join(map(str, hook.below_version))
+            checks.append(
+                Check(
+                    WARN,
+                    "libraries",
+                    f"{distribution} {version} installed but not covered: the hook supports below {high}",
+                    f"use {distribution} below {high} to trace it",
+                )
+            )
+        else:
+            checks.append(Check(OK, "libraries", f"{distribution} {version} covered ({names})"))
+    if missing:
+        checks.append(Check(OK, "libraries", "not installed: " + ", ".join(missing)))
+    return checks
+
+
+def _own_site_dir() -> str:
+    try:
+        from .cli import sitecustomize_dir
+
+        return sitecustomize_dir()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def search_path(environ) -> list[str]:
+    """Where the app's ``site`` will look for ``sitecustomize``: PYTHONPATH, then ours."""
+    entries = [p for p in (environ.get("PYTHONPATH") or "").split(os.pathsep) if p]
+    return entries + [p for p in sys.path if p and p not in entries]
+
+
+def conflict_checks(paths: list[str], distributions, own_dir: str | None = None) -> list[Check]:
+    """Other agents on the path or installed. ``distributions``: installed names."""
+    checks = []
+    own = os.path.normcase(os.path.realpath(own_dir if own_dir is not None else _own_site_dir()))
+    found = []
+    for entry in paths:
+        directory = os.path.normcase(os.path.realpath(entry or os.getcwd()))
+        if directory == own:
+            continue
+        candidate = os.path.join(entry or os.getcwd(), "sitecustomize.py")
+        if os.path.isfile(candidate) and candidate not in found:
+            found.append(candidate)
+    for index, path in enumerate(found):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                text = file.read(65536)
+        except OSError:
+            text = ""
+        where = os.path.realpath(path).replace(os.sep, "/") + "\n" + text
+        if "auto_instrumentation" in where:
+            checks.append(
+                Check(
+                    WARN,
+                    "conflicts",
+                    f"{path} is opentelemetry-instrument's sitecustomize: it would set up a second agent",
+                    "remove its directory from PYTHONPATH; do not combine opentelemetry-instrument with autotrace",
+                )
+            )
+        elif "ddtrace/bootstrap" in where or "ddtrace.bootstrap" in where:
+            checks.append(
+                Check(
+                    WARN,
+                    "conflicts",
+                    f"{path} is ddtrace's sitecustomize (ddtrace-run): two tracers would patch the same libraries",
+                    "remove its directory from PYTHONPATH; run the app with autotrace only",
+                )
+            )
+        elif index == 0:
+            checks.append(Check(OK, "conflicts", f"your sitecustomize {path} will run first (chained)"))
+    names = {_normalize(d) for d in distributions}
+    for name, what in (("ddtrace", "ddtrace (Datadog)"), ("jaeger-client", "jaeger-client")):
+        if name in names:
+            checks.append(
+                Check(
+                    WARN,
+                    "conflicts",
+                    f"{what} is installed: if the app starts it too, requests are traced twice",
+                    f"do not start {name} in the app, or uninstall it",
+                )
+            )
+    instrumentations = sorted(
+        n for n in names if n.startswith("opentelemetry-instrumentation-")
+    )
+    if instrumentations:
+        checks.append(
+            Check(
+                WARN,
+                "conflicts",
+                "installed: " + ", ".join(instrumentations),
+                "if the app calls these instrumentors itself, its spans double: remove those calls "
+                "(or disable the matching autotrace hook with OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)",
+            )
+        )
+    if not checks:
+        checks.append(Check(OK, "conflicts", "no other tracing agent found"))
+    return checks
+
+
+def _normalize(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_distributions() -> list[str]:
+    from importlib import metadata
+
+    names = []
+    for dist in metadata.distributions():
+        try:
+            name = dist.metadata["Name"]
+        except Exception:  # noqa: BLE001
+            name = None
+        if name:
+            names.append(name)
+    return names
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def run_checks(args, environ) -> list[Check]:
+    from .cli import build_environment
+
+    timeout = max(0.1, float(getattr(args, "timeout", 3.0) or 3.0))
+    command = list(getattr(args, "command", None) or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    env = build_environment(args, dict(environ))
+    settings, warnings = load_settings(env)
+    checks = configuration_checks(settings, warnings, args, environ)
+    name_check = service_name_check(settings, command)
+    checks.append(name_check)
+    if settings.sdk_disabled:
+        pass
+    elif "otlp" not in settings.exporters:
+        shown = ", ".join(settings.exporters) or "none"
+        checks.append(
+            Check(
+                WARN,
+                "exporter",
+                f"exporter {shown}: no span leaves the process",
+                "use --exporter otlp (OTEL_TRACES_EXPORTER=otlp) to send spans to a collector",
+            )
+        )
+    else:
+        target, probe = probe_endpoint(settings, timeout)
+        endpoint = classify(settings.protocol, target, probe, source_of("endpoint", args, environ))
+        checks.append(endpoint)
+        if endpoint.status == FAIL:
+            checks.append(
+                Check(FAIL, "test span", "not sent: the endpoint check failed", "fix the endpoint problem above")
+            )
+        else:
+            service = settings.service_name or settings.resource_attributes.get("service.name") or "autotrace-doctor"
+            checks.append(test_span_check(settings, service, timeout))
+    checks.extend(library_checks(settings.disabled_hooks))
+    checks.extend(conflict_checks(search_path(env), installed_distributions()))
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    if any(c.status == FAIL for c in checks):
+        return 1
+    if any(c.name == "test span" for c in checks):
+        return 0  # accepted (a failure is a FAIL above)
+    return 0 if any(c.name == "exporter" for c in checks) else 1
+
+
+def render_text(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{check.status:<4} {check.name}: {check.message}")
+        if check.fix and check.status != OK:
+            lines.append(f"     fix: {check.fix}")
+    code = exit_code(checks)
+    if code:
+        lines.append("spans cannot be delivered")
+    elif any(c.name == "test span" for c in checks):
+        lines.append("spans can be delivered")
+    else:
+        lines.append("no exporter sends spans out of the process (nothing to deliver)")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(checks: list[Check]) -> str:
+    code = exit_code(checks)
+    return json.dumps(
+        {"ok": code == 0, "exit_code": code, "checks": [c.as_dict() for c in checks]}, indent=2
+    ) + "\n"
+
+
+def main(args) -> int:
+    checks = run_checks(args, os.environ)
+    sys.stdout.write(render_json(checks) if getattr(args, "json", False) else render_text(checks))
+    sys.stdout.flush()
+    return exit_code(checks)

@@ -1,0 +1,137 @@
+"""``autotrace doctor`` as a user runs it, against the real test OTLP receiver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from agent import AUTOTRACE, clean_env, write
+from otlp_receiver import OTLPReceiver, free_port
+
+
+def doctor(*options: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = clean_env(**extra)
+    return subprocess.run(
+        [AUTOTRACE, "doctor", "--timeout", "2", *options],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _lines(result: subprocess.CompletedProcess, prefix: str) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith(prefix)]
+
+
+def test_grpc_receiver_accepts_the_test_span(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor(
+        "--service-name", "shop", "--endpoint", otlp_receiver.grpc_endpoint, "--protocol", "grpc", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any("accepted by" in line for line in _lines(result, "OK   test span")), result.stdout
+    assert "OK   endpoint:" in result.stdout
+    assert "config service.name: shop (flag --service-name)" in result.stdout
+    span = otlp_receiver.wait_for_spans(1, timeout=5)[0]
+    assert span.name == "autotrace doctor test span"
+    assert span.resource.get("service.name") == "shop"
+
+
+def test_http_receiver_accepts_the_test_span(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor(cwd=tmp_path, OTEL_SERVICE_NAME="shop", **otlp_receiver.env("http"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _lines(result, "OK   test span: accepted by"), result.stdout
+    assert "(variable OTEL_EXPORTER_OTLP_ENDPOINT)" in result.stdout
+    assert otlp_receiver.wait_for_spans(1, timeout=5)
+
+
+def test_json_output(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor("--json", cwd=tmp_path, OTEL_SERVICE_NAME="shop", **otlp_receiver.env("http"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["exit_code"] == 0 and report["ok"] is True
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["test span"] == "OK" and statuses["endpoint"] == "OK"
+
+
+def test_closed_port(tmp_path: Path) -> None:
+    port = free_port()
+    result = doctor("--endpoint", f"http://127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"FAIL endpoint: nothing listens on 127.0.0.1:{port}" in result.stdout, result.stdout
+
+
+def test_unresolvable_host(tmp_path: Path) -> None:
+    result = doctor("--endpoint", "http://no-such-host.invalid:4318", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "FAIL endpoint: cannot resolve host 'no-such-host.invalid'" in result.stdout, result.stdout
+
+
+def test_grpc_against_the_http_port(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor("--endpoint", otlp_receiver.http_endpoint, "--protocol", "grpc", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "fix: this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317" in result.stdout, result.stdout
+
+
+def test_http_against_the_grpc_port(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor("--endpoint", otlp_receiver.grpc_endpoint, "--protocol", "http/protobuf", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "fix: this is an OTLP/gRPC port: use --protocol grpc or port 4318" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_tls_against_the_plain_receiver(otlp_receiver: OTLPReceiver, tmp_path: Path, protocol: str) -> None:
+    plain = otlp_receiver.grpc_endpoint if protocol == "grpc" else otlp_receiver.http_endpoint
+    endpoint = plain.replace("http://", "https://")
+    otlp = "grpc" if protocol == "grpc" else "http/protobuf"
+    result = doctor("--endpoint", endpoint, "--protocol", otlp, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "speaks plain text (no TLS)" in result.stdout, result.stdout
+    assert "fix: use http:// in the endpoint" in result.stdout
+
+
+def test_traces_endpoint_without_the_path(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor(
+        cwd=tmp_path,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otlp_receiver.http_endpoint,
+    )
+    assert result.returncode == 1
+    assert "answered 404 Not Found" in result.stdout, result.stdout
+    assert "add /v1/traces" in result.stdout
+
+
+def test_endpoint_with_a_doubled_path(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor(
+        cwd=tmp_path,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.http_endpoint + "/v1/traces",
+    )
+    assert result.returncode == 1
+    assert "/v1/traces is doubled" in result.stdout, result.stdout
+
+
+def test_conflicting_sitecustomize(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    site = tmp_path / "opentelemetry" / "instrumentation" / "auto_instrumentation"
+    write(site, "sitecustomize.py", "import opentelemetry.instrumentation.auto_instrumentation\n")
+    result = doctor(
+        cwd=tmp_path, PYTHONPATH=str(site), OTEL_SERVICE_NAME="shop", **otlp_receiver.env("http")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARN conflicts:" in result.stdout and "opentelemetry-instrument's sitecustomize" in result.stdout
+
+
+def test_console_exporter_warns_and_succeeds(tmp_path: Path) -> None:
+    result = doctor("--exporter", "console", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "WARN exporter: exporter console: no span leaves the process" in result.stdout
+
+
+def test_wrong_value_is_named(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor(cwd=tmp_path, OTEL_TRACES_SAMPLER="sometimes", **otlp_receiver.env("http"))
+    assert "WARN config OTEL_TRACES_SAMPLER: OTEL_TRACES_SAMPLER='sometimes' is not valid" in result.stdout, result.stdout
+    assert "autotrace WARNING" not in result.stderr
