@@ -135,3 +135,67 @@ def test_wrong_value_is_named(otlp_receiver: OTLPReceiver, tmp_path: Path) -> No
     result = doctor(cwd=tmp_path, OTEL_TRACES_SAMPLER="sometimes", **otlp_receiver.env("http"))
     assert "WARN config OTEL_TRACES_SAMPLER: OTEL_TRACES_SAMPLER='sometimes' is not valid" in result.stdout, result.stdout
     assert "autotrace WARNING" not in result.stderr
+
+
+class _Answer404(__import__("http.server").server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(server) -> None:
+    import threading
+
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+def test_plain_text_against_a_tls_collector(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    from http.server import ThreadingHTTPServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the collector's certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer404)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    _serve(server)
+    try:
+        port = server.server_address[1]
+        result = doctor("--endpoint", f"http://127.0.0.1:{port}", "--protocol", "http/protobuf", cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    assert f"FAIL endpoint: http:// is configured but 127.0.0.1:{port} expects TLS" in result.stdout, result.stdout
+    assert "fix: use https:// in the endpoint" in result.stdout
+
+
+def test_a_zipkin_port_where_otlp_was_expected(tmp_path: Path) -> None:
+    from http.server import ThreadingHTTPServer
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", 9411), _Answer404)  # Zipkin's port, answering 404
+    except OSError:
+        pytest.skip("port 9411 is in use on this machine")
+    _serve(server)
+    try:
+        result = doctor("--endpoint", "http://127.0.0.1:9411", "--protocol", "http/protobuf", cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    assert "is Zipkin's port, not OTLP" in result.stdout, result.stdout
+    assert "fix: point the endpoint at the collector's OTLP port" in result.stdout
