@@ -447,21 +447,9 @@ def _unary_behavior(behavior, state: _ServerCall):
 
 def _streaming_behavior(behavior, state: _ServerCall):
     """A wrapper for a behavior with a response stream, of its kind (as grpc.aio tells them)."""
-    if inspect.iscoroutinefunction(behavior):  # writes with context.write()
-
-        async def streaming(request, context):
-            token = state.enter(context)
-            try:
-                result = await behavior(request, context)
-            except BaseException as exc:
-                _detach(token)
-                state.raised(exc)
-                raise
-            _detach(token)
-            state.returned()
-            return result
-
-    elif inspect.isasyncgenfunction(behavior):
+    if inspect.iscoroutinefunction(behavior):  # writes with context.write(): wrapped as a unary one
+        return _unary_behavior(behavior, state)
+    if inspect.isasyncgenfunction(behavior):
 
         async def streaming(request, context):
             _detach(state.enter(context))

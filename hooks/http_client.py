@@ -94,10 +94,7 @@ def _wrap_putrequest(original):
 
 def _wrap_endheaders(original):
     def endheaders(self, *args, **kwargs):
-        try:
-            call = self.__dict__.pop(_CALL, None)
-        except AttributeError:  # no instance dictionary: nothing was stored
-            call = None
+        call = _take(self)
         if call is None:
             return original(self, *args, **kwargs)
         _inject(self, call)
@@ -120,10 +117,7 @@ def _wrap_getresponse(original):
     def getresponse(self, *args, **kwargs):
         # Taken off the connection first: getresponse closes a connection the server
         # closes, and the close wrapper must not end the span before the response.
-        try:
-            call = self.__dict__.pop(_CALL, None)
-        except AttributeError:  # no instance dictionary: nothing was stored
-            call = None
+        call = _take(self)
         if call is None:
             return original(self, *args, **kwargs)
         try:
@@ -141,10 +135,7 @@ def _wrap_getresponse(original):
 
 def _wrap_close(original):
     def close(self, *args, **kwargs):
-        try:
-            call = self.__dict__.pop(_CALL, None)
-        except AttributeError:
-            call = None
+        call = _take(self)
         if call is not None:
             call.end()  # abandoned before its response: ended as it stands
         return original(self, *args, **kwargs)
