@@ -55,3 +55,17 @@ def without_date(headers) -> list:
     """Header pairs (a list of pairs, or a mapping) without Date."""
     pairs = headers.items() if hasattr(headers, "items") else headers
     return [(name, value) for name, value in pairs if name.lower() != "date"]
+
+
+def assert_get_200(span, url_full: str, port: int) -> None:
+    """A GET answered 200 by the loopback peer: the stable HTTP client attributes, exactly."""
+    assert span.name == "GET"
+    assert dict(span.attributes) == {
+        "http.request.method": "GET",
+        "url.full": url_full,
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
+    }
+    assert span.status.status_code == StatusCode.UNSET
