@@ -442,11 +442,14 @@ def build_sampler(settings: Settings) -> sampling.Sampler:
         return sampling.ALWAYS_OFF
     if name == "traceidratio":
         return sampling.TraceIdRatioBased(arg)
+    # Parent-based, also honouring a decision B3 carries without ids (b3: 0) or defers.
+    from .propagation.sampler import UpstreamParentBased
+
     if name == "parentbased_always_off":
-        return sampling.ParentBased(sampling.ALWAYS_OFF)
+        return UpstreamParentBased(sampling.ALWAYS_OFF)
     if name == "parentbased_traceidratio":
-        return sampling.ParentBased(sampling.TraceIdRatioBased(arg))
-    return sampling.ParentBased(sampling.ALWAYS_ON)
+        return UpstreamParentBased(sampling.TraceIdRatioBased(arg))
+    return UpstreamParentBased(sampling.ALWAYS_ON)
 
 
 class AgentTracer(Tracer):
