@@ -124,19 +124,18 @@ class RpcSpan(server_span.SpanHandle):
 
 
 class _MetadataGetter:
-    """Reads propagation fields from gRPC metadata (a sequence of (key, value) pairs)."""
+    """Reads propagation fields from gRPC metadata (a sequence of (key, value) pairs).
+
+    As the HTTP servers' getter: the raw values are counted first (a repeated
+    ``traceparent`` is invalid even when a copy is oversized), then a value over its
+    field's limit makes the whole field invalid
+    (:func:`autotrace.propagation.fields.bounded_values`).
+    """
 
     def get(self, carrier: Metadata, key: str):
-        values = [
-            v.decode("latin-1") if isinstance(v, bytes) else v
-            for k, v in carrier
-            if k == key and len(v) <= server_span.MAX_PROPAGATION_HEADER
-        ]
-        if not values:
-            return None
-        if key == "traceparent" and (len(values) > 1 or "," in values[0]):
-            return None  # repeated: invalid, a new trace starts
-        return values
+        from .propagation.fields import bounded_values
+
+        return bounded_values(key, (v for k, v in carrier if k == key))
 
     def keys(self, carrier: Metadata) -> list[str]:
         return [k for k, _ in carrier]

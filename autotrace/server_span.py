@@ -61,9 +61,6 @@ _loading = False
 INCOMING_CONTEXT_MODES = ("continue", "restart", "ignore")
 INCOMING_CONTEXT_ENV = "AUTOTRACE_INCOMING_CONTEXT"
 
-# Longest propagation header value read; a longer one is ignored (a new trace starts).
-MAX_PROPAGATION_HEADER = 8192
-
 _tracer: trace.Tracer | None = None
 _loaded = False
 
@@ -207,21 +204,27 @@ class HeaderLookup:
 class _LookupGetter:
     """Reads propagation fields through a server's own header lookup, within the W3C rules.
 
-    ``traceparent`` given more than once (repeated, or comma-joined) is invalid: none is
-    read, so a new trace starts. Oversized values are ignored.
+    The raw values are counted before any size limit: ``traceparent`` given more than
+    once (repeated, or comma-joined) is invalid, so a new trace starts, even when a copy
+    is oversized. A value over its field's limit makes the whole field invalid (an
+    oversized ``tracestate`` drops the tracestate, not one of its headers); see
+    :func:`autotrace.propagation.fields.bounded_values`.
     """
 
     def get(self, carrier: Lookup, key: str):
-        values = [v for v in carrier(key) if len(v) <= MAX_PROPAGATION_HEADER]
-        if not values:
-            return None
-        if key == "traceparent" and (len(values) > 1 or "," in values[0]):
-            return None
-        return values
+        from .propagation.fields import bounded_values
+
+        return bounded_values(key, carrier(key))
 
     def keys(self, carrier: Lookup) -> list[str]:
-        names = getattr(carrier, "names", None)
-        return names() if names is not None else []
+        """The first ``MAX_KEYS`` header names (lower case) of a :class:`HeaderLookup`."""
+        import itertools
+
+        from .propagation.fields import MAX_KEYS
+
+        if not isinstance(carrier, HeaderLookup):
+            return []
+        return [name.lower() for name in itertools.islice(carrier._names(), MAX_KEYS)]  # noqa: SLF001
 
 
 _GETTER = _LookupGetter()

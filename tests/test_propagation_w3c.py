@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -274,12 +275,23 @@ def test_invalid_tracestate_dropped_traceparent_kept(header):
     assert state_of(header) == []
 
 
+# the longest valid tracestate: 32 members of a 256-character key and value, 31 commas
+LONGEST_MEMBERS = [f"k{i:02d}" + "a" * 253 + "=" + "v" * 255 + "~" for i in range(32)]
+
+
 def test_tracestate_32_members_ok_and_length_bound():
     header = ",".join(f"k{i}=v" for i in range(32))
     assert len(state_of(header)) == 32
+    longest = ",".join(LONGEST_MEMBERS)
+    assert len(longest) == 32 * (256 + 1 + 256) + 31 == 16447
+    assert state_of(longest) == [tuple(m.split("=")) for m in LONGEST_MEMBERS]
+    assert state_of(LONGEST_MEMBERS, LIST_GETTER) == state_of(longest)  # one member a header
     # members padded with empty ones past the length bound: invalid before parsing
-    assert state_of("a=1" + "," * 8200) == []
-    assert state_of("a=1" + "," * 8000) == [("a", "1")]
+    assert state_of("a=1" + "," * 16444) == [("a", "1")]  # 16447 characters
+    assert state_of("a=1" + "," * 16445) == []
+    assert state_of(longest + ",") == []
+    assert state_of(["a=1"] + [""] * 64, LIST_GETTER) == []  # more than 64 header values
+    assert state_of(["a=1"] + [""] * 63, LIST_GETTER) == [("a", "1")]
 
 
 def test_tracestate_repeated_headers_combined():
@@ -331,9 +343,69 @@ def test_inject_sdk_span_keeps_random_flag():
         carrier = {}
         TC.inject(carrier)
         sc = span.get_span_context()
+    assert sc.trace_flags & 0x02  # the SDK's random trace ids set the Level 2 random flag
     assert carrier["traceparent"] == f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+    assert carrier["traceparent"].endswith("-03")
     back = span_context(TC.extract(carrier))
     assert back.trace_flags == sc.trace_flags
+
+    # an incoming 03: an SDK child of it writes 03 again
+    parent = TC.extract({"traceparent": f"00-{TID}-{SID}-03"})
+    child = tracer.start_span("child", context=parent)
+    carrier = {}
+    TC.inject(carrier, trace.set_span_in_context(child))
+    child.end()
+    assert carrier["traceparent"] == f"00-{TID}-{child.get_span_context().span_id:016x}-03"
+
+
+def test_an_entry_the_app_adds_is_injected_first_and_the_rest_keep_their_order():
+    """The agent writes no tracestate entry of its own; the app's goes first (Level 2)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    parent = TC.extract({"traceparent": VALID, "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,t@v=x"})
+    incoming = span_context(parent).trace_state
+    for state, expected in [
+        (incoming.add("app", "1"), "app=1,rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,t@v=x"),
+        (incoming.update("congo", "new"), "congo=new,rojo=00f067aa0ba902b7,t@v=x"),  # updated: moved first
+    ]:
+        sc = span_context(parent)
+        app_parent = trace.set_span_in_context(
+            NonRecordingSpan(SpanContext(sc.trace_id, sc.span_id, True, sc.trace_flags, state)), Context()
+        )
+        child = TracerProvider().get_tracer("t").start_span("client", context=app_parent)
+        carrier = {}
+        TC.inject(carrier, trace.set_span_in_context(child))
+        child.end()
+        assert carrier["tracestate"] == expected
+    # without the app's entry: exactly what came in
+    child = TracerProvider().get_tracer("t").start_span("client", context=parent)
+    carrier = {}
+    TC.inject(carrier, trace.set_span_in_context(child))
+    assert carrier["tracestate"] == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,t@v=x"
+
+
+class RaisingGetter:
+    def get(self, carrier, key):
+        raise RuntimeError("broken carrier")
+
+    def keys(self, carrier):
+        raise RuntimeError("broken carrier")
+
+
+class RaisingOnStateGetter(ListGetter):
+    def get(self, carrier, key):
+        if key == "tracestate":
+            raise RuntimeError("broken carrier")
+        return super().get(carrier, key)
+
+
+def test_extract_survives_a_broken_getter():
+    base = otel_baggage.set_baggage("keep", "1", Context())
+    assert TC.extract({"traceparent": VALID}, base, getter=RaisingGetter()) is base
+    assert BG.extract({"baggage": "a=1"}, base, getter=RaisingGetter()) is base
+    # a tracestate that cannot be read is dropped, the traceparent kept
+    sc = span_context(TC.extract({"traceparent": [VALID], "tracestate": ["a=1"]}, base, getter=RaisingOnStateGetter()))
+    assert sc.is_valid and len(sc.trace_state) == 0
 
 
 @pytest.mark.parametrize("flags", [0, 1, 2, 3, 0x80, 0xFF])
@@ -571,6 +643,16 @@ def test_fuzz_huge_values_bounded(base, filler, repeat):
     assert time.perf_counter() - start < 0.25
     assert sc.is_valid == reference_valid(value)
     assert ctx is not None
+    listed = (filler + ",") * repeat
+    carrier = {"traceparent": value, "tracestate": listed, "baggage": listed}
+    tracemalloc.start()
+    try:
+        TC.extract(carrier, Context())
+        BG.extract(carrier, Context())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # the input is made before: this is what extraction takes
 
 
 @FUZZ

@@ -6,7 +6,8 @@ by ``;``-separated properties (``key`` or ``key=value``), with optional whitespa
 around every part. Keys are RFC 7230 tokens, values percent-decoded as UTF-8 (invalid
 sequences become U+FFFD; ``+`` stays ``+``). An invalid member is skipped, not the whole
 header; at most 64 members are kept (the rest are dropped). The entries are merged into
-the baggage already in the context, the extracted ones overriding.
+the baggage already in the context, the extracted ones overriding. A getter that
+raises reads as no header: the context is returned unchanged.
 
 Properties: OpenTelemetry's baggage holds only name -> value. The properties of each
 extracted entry are kept beside it, in the context under a private key, as
@@ -106,6 +107,29 @@ def set_baggage_with_properties(
     return set_value(_PROPERTIES_KEY, kept, context)
 
 
+def _header(getter: textmap.Getter, carrier: object) -> str | None:
+    """The header's values joined with ``,``; None when absent, not text, or over
+    ``MAX_BAGGAGE_BYTES`` (it reads no further than that)."""
+    got = getter.get(carrier, BAGGAGE)
+    if not got:
+        return None
+    if isinstance(got, (str, bytes)):
+        got = [got]
+    values: list[str] = []
+    chars = 0
+    for value in got:
+        if not isinstance(value, (str, bytes)):
+            return None
+        chars += len(value) + (1 if values else 0)  # and the comma joining it
+        if chars > MAX_BAGGAGE_BYTES:  # cheap bound first: UTF-8 is at least a byte a character
+            return None
+        values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
+    header = ",".join(values)
+    if len(header.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES:
+        return None
+    return header
+
+
 class BaggagePropagator(textmap.TextMapPropagator):
     """Extracts and injects W3C Baggage, keeping each entry's properties."""
 
@@ -117,21 +141,11 @@ class BaggagePropagator(textmap.TextMapPropagator):
     ) -> Context:
         if context is None:
             context = get_current()
-        got = getter.get(carrier, BAGGAGE)
-        if not got:
+        try:
+            header = _header(getter, carrier)
+        except Exception:  # noqa: BLE001 - a carrier the getter cannot read: no baggage
             return context
-        if isinstance(got, (str, bytes)):
-            got = [got]
-        values = []
-        for value in got:
-            if isinstance(value, bytes):
-                value = value.decode("latin-1")
-            elif not isinstance(value, str):
-                return context
-            values.append(value)
-        header = ",".join(values)
-        # cheap bound first: UTF-8 is at least one byte per character
-        if len(header) > MAX_BAGGAGE_BYTES or len(header.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES:
+        if header is None:
             return context
 
         entries: dict[str, tuple[str, tuple[str, ...]]] = {}

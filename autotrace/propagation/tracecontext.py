@@ -12,11 +12,15 @@ Reading follows https://www.w3.org/TR/trace-context-2/ exactly, whatever the get
   trace: the context is returned unchanged, and ``tracestate`` is not read.
 * ``tracestate`` values are combined into one list (joined with ``,``). Empty members
   and whitespace around members are tolerated; a repeated key, an invalid member, more
-  than 32 members or more than 8192 characters make the whole ``tracestate`` invalid:
-  it is dropped and the ``traceparent`` kept.
+  than 32 members, more than 64 header values or more than 16447 characters in all (32 members of a 256-character
+  key and value, and 31 commas: the longest valid header) make the whole
+  ``tracestate`` invalid: it is dropped and the ``traceparent`` kept.
+* A getter that raises reads as no header: the context is returned unchanged.
 
 Writing always produces version ``00`` with the span context's flags (two hex digits)
-and its ``TraceState`` as is, in order.
+and its ``TraceState`` as is, in order. The agent adds no ``tracestate`` entry of its
+own; an entry the app adds (``TraceState.add``/``update`` on a span context it then
+makes current) is first, as those methods put it, and the others keep their order.
 """
 
 from __future__ import annotations
@@ -28,11 +32,9 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.trace.span import TraceState
 
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+from .fields import MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, MAX_VALUES, TRACEPARENT, TRACESTATE
+
 MAX_TRACEPARENT_LENGTH = 512
-MAX_TRACESTATE_LENGTH = 8192
-MAX_TRACESTATE_MEMBERS = 32
 
 _OWS = " \t"
 _HEX = frozenset("0123456789abcdef")
@@ -48,20 +50,24 @@ _VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 _MEMBER = re.compile(rf"({_KEY})=({_VALUE})")
 
 
-def _values(getter: textmap.Getter, carrier: object, key: str) -> list[str] | None:
-    """The header's values as a list of str, or None when absent or not text."""
+def _values(getter: textmap.Getter, carrier: object, key: str, max_values: int, max_chars: int) -> list[str] | None:
+    """The header's values as a list of str; None when absent, not text, or more than
+    ``max_values`` values or ``max_chars`` characters joined with commas (it reads no
+    further than that)."""
     got = getter.get(carrier, key)
     if got is None:
         return None
     if isinstance(got, (str, bytes)):
         got = [got]
-    out = []
+    out: list[str] = []
+    chars = 0
     for value in got:
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        elif not isinstance(value, str):
+        if len(out) >= max_values or not isinstance(value, (str, bytes)):
             return None
-        out.append(value)
+        chars += len(value) + (1 if out else 0)  # and the comma joining it
+        if chars > max_chars:
+            return None
+        out.append(value.decode("latin-1") if isinstance(value, bytes) else value)
     return out
 
 
@@ -125,18 +131,22 @@ class TraceContextPropagator(textmap.TextMapPropagator):
     ) -> Context:
         if context is None:
             context = Context()
-        values = _values(getter, carrier, TRACEPARENT)
-        if not values or len(values) > 1:
+        try:
+            values = _values(getter, carrier, TRACEPARENT, 1, MAX_TRACEPARENT_LENGTH)
+            ids = parse_traceparent(values[0]) if values else None
+        except Exception:  # noqa: BLE001 - a carrier the getter cannot read: no parent
             return context
-        ids = parse_traceparent(values[0])
         if ids is None:
             return context
         trace_id, span_id, flags = ids
 
         trace_state = None
-        state_values = _values(getter, carrier, TRACESTATE)
-        if state_values:
-            trace_state = parse_tracestate(state_values)
+        try:
+            state_values = _values(getter, carrier, TRACESTATE, MAX_VALUES, MAX_TRACESTATE_LENGTH)
+            if state_values:
+                trace_state = parse_tracestate(state_values)
+        except Exception:  # noqa: BLE001 - an unreadable tracestate is dropped, the parent kept
+            trace_state = None
 
         span_context = trace.SpanContext(
             trace_id=trace_id,
