@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
+import tracemalloc
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -13,16 +16,13 @@ from opentelemetry.propagators import textmap
 
 from autotrace import config, propagation
 from autotrace.propagation import build, extracted_links, install
+from autotrace.propagation import decision
 from autotrace.propagation.b3 import B3MultiPropagator, B3SinglePropagator
+from autotrace.propagation.baggage import BaggagePropagator
 from autotrace.propagation.composite import CompositePropagator
 from autotrace.propagation.jaeger import JaegerPropagator
-
-try:
-    from autotrace.propagation.baggage import BaggagePropagator
-    from autotrace.propagation.tracecontext import TraceContextPropagator
-except ImportError:  # written by another engineer at the same time
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator as BaggagePropagator
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator as TraceContextPropagator
+from autotrace.propagation.tracecontext import TraceContextPropagator
+from test_propagation_w3c import reference_valid  # the W3C traceparent reference
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
@@ -106,10 +106,6 @@ def test_b3_extract(propagator, headers, expected):
 @pytest.mark.parametrize(
     "headers",
     [
-        {"b3": "0"},  # deny
-        {"b3": "1"},
-        {"b3": "d"},
-        {"b3": "0", "x-b3-traceid": TRACE, "x-b3-spanid": SPAN},  # a deny is not overruled
         {"b3": f"{TRACE}-{SPAN}-x"},
         {"b3": f"{TRACE}-{SPAN}-1-zz"},
         {"b3": f"{TRACE}-{SPAN}-1-{SPAN}-extra"},
@@ -122,12 +118,17 @@ def test_b3_extract(propagator, headers, expected):
         {"b3": [f"{TRACE}-{SPAN}-1", f"{OTHER_TRACE}-{OTHER_SPAN}-1"]},  # differing values
         {"b3": f"{TRACE}-{SPAN}-1,{OTHER_TRACE}-{OTHER_SPAN}-1"},
         {"b3": f"{TRACE}-{SPAN}-1" + " " * 9000},  # oversized
+        {"b3": [f"{TRACE}-{SPAN}-1", f"{TRACE}-{SPAN}-1" + " " * 9000]},  # one copy oversized
+        {"b3": "garbage", "x-b3-traceid": TRACE, "x-b3-spanid": SPAN},  # a bad single header: not the multi ones
+        {"b3": f"{TRACE}-{SPAN}-1" + " " * 9000, "x-b3-traceid": TRACE, "x-b3-spanid": SPAN},
+        {"b3": [f"{TRACE}-{SPAN}-1"] * 65},  # too many copies
         {"x-b3-traceid": TRACE},
         {"x-b3-spanid": SPAN},
         {"x-b3-traceid": "0" * 16, "x-b3-spanid": SPAN},
         {"x-b3-traceid": TRACE, "x-b3-spanid": "xyz"},
         {"x-b3-traceid": [TRACE, OTHER_TRACE], "x-b3-spanid": SPAN},
-        {"x-b3-sampled": "1"},
+        {"x-b3-traceid": [TRACE, TRACE + " " * 9000], "x-b3-spanid": SPAN},
+        {"x-b3-sampled": "maybe"},
         {},
     ],
 )
@@ -135,6 +136,107 @@ def test_b3_extract_invalid(propagator, headers):
     base = Context()
     assert propagator.extract(headers, base) is base
     assert propagator.extract(headers, base, getter=ListGetter()) is base
+
+
+@pytest.mark.parametrize("propagator", B3_BOTH, ids=["b3", "b3multi"])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"b3": "0"}, decision.DENY),
+        ({"b3": "1"}, decision.ACCEPT),
+        ({"b3": "d"}, decision.ACCEPT),
+        ({"b3": "0", "x-b3-traceid": TRACE, "x-b3-spanid": SPAN}, decision.DENY),  # a deny is not overruled
+        ({"x-b3-sampled": "0"}, decision.DENY),
+        ({"X-B3-Sampled": "false"}, decision.DENY),
+        ({"x-b3-sampled": "1"}, decision.ACCEPT),
+        ({"x-b3-flags": "1"}, decision.ACCEPT),
+        ({"x-b3-flags": "1", "x-b3-sampled": "0"}, decision.ACCEPT),  # debug implies accept
+    ],
+)
+def test_b3_sampling_state_alone_is_a_decision_without_a_span(propagator, headers, expected):
+    for ctx in (propagator.extract(headers, Context()), propagator.extract(headers, Context(), getter=ListGetter())):
+        assert not span_context(ctx).is_valid
+        assert decision.upstream_decision(ctx) == expected
+        # it applies to the root span started there, not under a parent
+        assert decision.upstream_decision(trace.set_span_in_context(trace.NonRecordingSpan(span_context(local_context())), ctx)) is None
+
+
+@pytest.mark.parametrize("propagator", B3_BOTH, ids=["b3", "b3multi"])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"b3": f"{TRACE}-{SPAN}"}, decision.DEFER),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN}, decision.DEFER),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "maybe"}, decision.DEFER),
+        ({"b3": f"{TRACE}-{SPAN}-0"}, None),
+        ({"b3": f"{TRACE}-{SPAN}-1"}, None),
+        ({"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "0"}, None),
+    ],
+)
+def test_b3_deferred_state_is_recorded_for_its_span_context_only(propagator, headers, expected):
+    ctx = propagator.extract(headers, Context())
+    assert ids(ctx)[:2] == (TRACE, SPAN)
+    assert decision.upstream_decision(ctx) == expected
+    child = trace.set_span_in_context(trace.NonRecordingSpan(span_context(local_context(span_id=OTHER_SPAN))), ctx)
+    assert decision.upstream_decision(child) is None
+
+
+def test_a_deferred_b3_context_does_not_overrule_an_earlier_formats_parent():
+    """tracecontext first says "sampled"; b3 with the same ids defers: tracecontext's flag stands."""
+    composite = CompositePropagator([TraceContextPropagator(), B3SinglePropagator()])
+    ctx = composite.extract({"traceparent": f"00-{TRACE}-{SPAN}-01", "b3": f"{TRACE}-{SPAN}"})
+    assert ids(ctx) == (TRACE, SPAN, True)
+    assert decision.upstream_decision(ctx) is None
+    # the same format twice (b3 and b3multi read both forms): the deferral is kept
+    ctx = CompositePropagator(B3_BOTH).extract({"b3": f"{TRACE}-{SPAN}"})
+    assert decision.upstream_decision(ctx) == decision.DEFER
+
+
+def debug_context(headers: dict) -> Context:
+    """A local sampled child (other span id) of what ``headers`` carried, as a client call has."""
+    extracted = build(["b3", "jaeger"]).extract(headers, Context())
+    sc = span_context(extracted)
+    child = trace.SpanContext(sc.trace_id, int(OTHER_SPAN, 16), is_remote=False, trace_flags=sc.trace_flags)
+    return trace.set_span_in_context(trace.NonRecordingSpan(child), extracted)
+
+
+DEBUG_IN = [
+    {"b3": f"{TRACE}-{SPAN}-d"},
+    {"b3": f"{TRACE}-{SPAN}-d-{OTHER_SPAN}"},
+    {"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-flags": "1"},
+    {"X-B3-TraceId": TRACE, "X-B3-SpanId": SPAN, "X-B3-Flags": "1", "X-B3-Sampled": "1"},
+    {"uber-trace-id": f"{TRACE}:{SPAN}:0:3"},
+    {"uber-trace-id": f"{TRACE}:{SPAN}:0:2"},
+]
+
+
+@pytest.mark.parametrize("headers", DEBUG_IN)
+def test_the_debug_flag_is_written_back_in_every_format(headers):
+    ctx = debug_context(headers)
+    assert span_context(ctx).trace_flags.sampled
+    carrier: dict[str, str] = {}
+    B3SinglePropagator().inject(carrier, ctx)
+    assert carrier == {"b3": f"{TRACE}-{OTHER_SPAN}-d"}
+    carrier = {}
+    B3MultiPropagator().inject(carrier, ctx)
+    assert carrier == {"x-b3-traceid": TRACE, "x-b3-spanid": OTHER_SPAN, "x-b3-flags": "1"}  # no x-b3-sampled
+    carrier = {}
+    JaegerPropagator().inject(carrier, ctx)
+    assert carrier == {"uber-trace-id": f"{TRACE}:{OTHER_SPAN}:0:3"}
+
+
+def test_the_debug_flag_stays_with_its_trace_and_sampled_spans():
+    ctx = debug_context({"b3": f"{TRACE}-{SPAN}-d"})
+    other_trace = trace.SpanContext(int(OTHER_TRACE, 16), int(OTHER_SPAN, 16), is_remote=False, trace_flags=trace.TraceFlags(1))
+    unsampled = trace.SpanContext(int(TRACE, 16), int(OTHER_SPAN, 16), is_remote=False, trace_flags=trace.TraceFlags(0))
+    for sc, state in ((other_trace, "1"), (unsampled, "0")):
+        carrier: dict[str, str] = {}
+        B3SinglePropagator().inject(carrier, trace.set_span_in_context(trace.NonRecordingSpan(sc), ctx))
+        assert carrier["b3"].endswith("-" + state)
+    # no debug flag came in: plain sampled
+    carrier = {}
+    B3SinglePropagator().inject(carrier, debug_context({"b3": f"{TRACE}-{SPAN}-1"}))
+    assert carrier == {"b3": f"{TRACE}-{OTHER_SPAN}-1"}
 
 
 @pytest.mark.parametrize("sampled", [True, False])
@@ -155,7 +257,7 @@ def test_b3_inject_and_round_trip(sampled):
 
 def test_b3_fields_and_nothing_injected_without_a_span():
     assert B3SinglePropagator().fields == {"b3"}
-    assert B3MultiPropagator().fields == {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
+    assert B3MultiPropagator().fields == {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"}
     for propagator in B3_BOTH:
         carrier: dict[str, str] = {}
         propagator.inject(carrier, Context())
@@ -460,17 +562,200 @@ def _valid_under_own_rules(sc: trace.SpanContext) -> bool:
     return sc.is_valid and 0 < sc.trace_id < 2**128 and 0 < sc.span_id < 2**64 and sc.is_remote
 
 
+MAX_PEAK_BYTES = 1 << 20  # extra memory one extraction may take, whatever the input
+
+
+def bounded_extract(propagator, carrier, getter) -> Context:
+    """``propagator.extract`` checked to take under 0.5 s and under MAX_PEAK_BYTES at its peak."""
+    started = time.perf_counter()
+    ctx = propagator.extract(carrier, Context(), getter=getter)
+    assert time.perf_counter() - started < 0.5
+    tracemalloc.start()
+    try:
+        again = propagator.extract(carrier, Context(), getter=getter)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MAX_PEAK_BYTES, peak
+    assert span_context(again) == span_context(ctx)
+    return ctx
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(carriers)
 def test_extractors_never_raise_and_stay_fast(carrier):
     for propagator in EXTRACTORS:
         for getter in (textmap.default_getter, ListGetter()):
-            started = time.perf_counter()
-            ctx = propagator.extract(carrier, Context(), getter=getter)
-            assert time.perf_counter() - started < 0.5
-            sc = span_context(ctx)
+            sc = span_context(bounded_extract(propagator, carrier, getter))
             if sc.is_valid:
                 assert _valid_under_own_rules(sc)
+
+
+# Reference statements of what each format accepts from a header's RAW values (all its
+# copies, before any limit), independent of the propagators' code.
+
+
+def ref_one_value(values: list[str]) -> str | None:
+    """The value a single-valued header holds: copies of one value (repeated or comma-
+    joined) count once; none, differing, too many or an oversized copy: None."""
+    if not values or len(values) > 64 or any(len(v) > 8192 for v in values):
+        return None
+    parts = {part.strip(" \t") for value in values for part in value.split(",")}
+    return parts.pop() if len(parts) == 1 and "" not in parts else None
+
+
+def ref_hex_id(text: str | None, sizes: tuple[int, ...]) -> int | None:
+    if text is None or len(text) not in sizes or not re.fullmatch(r"[0-9a-fA-F]+", text):
+        return None
+    return int(text, 16) or None
+
+
+def ref_b3_single(values: list[str]) -> tuple[int, int] | None:
+    value = ref_one_value(values)
+    ok = value is not None and re.fullmatch(r"([^-]+)-([^-]+)(-[01d](-[0-9a-fA-F]{16})?)?", value)
+    if not ok:
+        return None
+    trace_id, span_id = ref_hex_id(ok.group(1), (16, 32)), ref_hex_id(ok.group(2), (16,))
+    return (trace_id, span_id) if trace_id and span_id else None
+
+
+def ref_b3_multi(headers: dict[str, list[str]]) -> tuple[int, int, bool] | None:
+    """``(trace_id, span_id, sampled)`` from the X-B3-* headers (no ``b3`` header), or None."""
+    trace_id = ref_hex_id(ref_one_value(headers.get("x-b3-traceid", [])), (16, 32))
+    span_id = ref_hex_id(ref_one_value(headers.get("x-b3-spanid", [])), (16,))
+    if not trace_id or not span_id:
+        return None
+    debug = ref_one_value(headers.get("x-b3-flags", [])) == "1"
+    sampled = (ref_one_value(headers.get("x-b3-sampled", [])) or "").lower() in ("1", "true")
+    return trace_id, span_id, debug or sampled
+
+
+def ref_b3(headers: dict[str, list[str]]) -> tuple[int, int] | None:
+    if headers.get("b3"):  # a present single header decides alone
+        return ref_b3_single(headers["b3"])
+    found = ref_b3_multi(headers)
+    return found[:2] if found else None
+
+
+def ref_jaeger(values: list[str]) -> tuple[int, int] | None:
+    value = ref_one_value(values)
+    if value is None or len(value) > 256:
+        return None
+    hex_ = "[0-9a-fA-F]"
+    ok = re.fullmatch(rf"({hex_}{{1,32}}):({hex_}{{1,16}}):{hex_}{{1,16}}:{hex_}{{1,2}}", unquote(value).strip(" \t"))
+    if not ok:
+        return None
+    trace_id, span_id = int(ok.group(1), 16), int(ok.group(2), 16)
+    return (trace_id, span_id) if trace_id and span_id else None
+
+
+def ref_tracecontext(values: list[str]) -> tuple[int, int] | None:
+    if len(values) != 1 or not reference_valid(values[0]):
+        return None
+    value = values[0].strip(" \t")
+    return int(value[3:35], 16), int(value[36:52], 16)
+
+
+b3_id_text = st.one_of(
+    st.sampled_from([TRACE, TRACE64, SPAN, TRACE.upper(), "0" * 16, "0" * 32, TRACE[:-1], SPAN + "0", ""]),
+    st.text(alphabet="0123456789abcdefABCDEFg ,", max_size=34),
+    st.just(TRACE + " " * 9000),
+)
+b3_multi_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        name: st.lists(values, min_size=1, max_size=3)
+        for name, values in {
+            "x-b3-traceid": b3_id_text,
+            "x-b3-spanid": b3_id_text,
+            "x-b3-sampled": st.sampled_from(["1", "0", "true", "FALSE", "True", "d", "2", "", "1,1", "1,0", " 1 "]),
+            "x-b3-flags": st.sampled_from(["1", "0", "", "1,1", "2"]),
+        }.items()
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(b3_multi_headers, st.booleans())
+@example({"x-b3-traceid": [TRACE64], "x-b3-spanid": [SPAN], "x-b3-flags": ["1"], "x-b3-sampled": ["0"]}, False)
+@example({"x-b3-traceid": [TRACE, TRACE + " " * 9000], "x-b3-spanid": [SPAN]}, False)
+def test_b3multi_never_accepts_invalid_headers(headers, mixed):
+    carrier = {name.upper() if mixed else name: values for name, values in headers.items()}
+    expected = ref_b3_multi(headers)
+    for propagator in B3_BOTH:
+        ctx = propagator.extract(carrier, Context(), getter=ListGetter())
+        sc = span_context(ctx)
+        if expected is None:
+            assert not sc.is_valid
+        else:
+            assert (sc.trace_id, sc.span_id, sc.trace_flags.sampled) == expected
+
+
+# -- the composite through a server's own header lookup (server_span) ------------------
+
+SERVER_FORMATS = ["tracecontext", "baggage", "b3", "b3multi", "jaeger"]
+GOOD_VALUES = {
+    "traceparent": [f"00-{TRACE}-{SPAN}-01", f"00-{OTHER_TRACE}-{OTHER_SPAN}-03", f"cc-{TRACE}-{SPAN}-00-more"],
+    "tracestate": ["a=1", "t@v=x, b=2", ",,c=3"],
+    "baggage": ["bk=1", "bk=2;p"],
+    "b3": [f"{TRACE}-{SPAN}-1", f"{OTHER_TRACE}-{OTHER_SPAN}-d", "0", f"{TRACE64}-{SPAN}"],
+    "x-b3-traceid": [TRACE, OTHER_TRACE, TRACE64],
+    "x-b3-spanid": [SPAN, OTHER_SPAN],
+    "x-b3-sampled": ["1", "0"],
+    "x-b3-flags": ["1"],
+    "uber-trace-id": [f"{TRACE}:{SPAN}:0:1", f"{OTHER_TRACE}%3A{OTHER_SPAN}%3A0%3A3", f"{TRACE64}:{SPAN}:0:0"],
+    "uberctx-k": ["v", "a%20b"],
+}
+
+
+def server_value(name: str):
+    limit = 16447 if name == "tracestate" else 8192
+    return st.one_of(
+        st.sampled_from(GOOD_VALUES[name]),
+        st.sampled_from(GOOD_VALUES[name]).map(lambda v: v + " " * (limit + 1 - len(v))),  # oversized by one
+        st.sampled_from(GOOD_VALUES[name]).map(lambda v: v + "," + v),  # comma-joined copies
+        st.text(max_size=40),
+    )
+
+
+header_pairs = st.lists(
+    st.sampled_from(sorted(GOOD_VALUES)).flatmap(lambda name: st.tuples(mixed_case(name), server_value(name))).flatmap(
+        lambda pair: st.sampled_from([[pair], [pair], [pair] * 2, [pair] * 70, [pair] * 3000])  # repeated headers
+    ),
+    max_size=8,
+).map(lambda groups: [pair for group in groups for pair in group])
+
+
+def server_lookup(pairs: list[tuple[str, str]]):
+    """A request's headers as a server presents them: values by lower-case name, and the names."""
+    from autotrace import server_span
+
+    table: dict[str, list[str]] = {}
+    for name, value in pairs:
+        table.setdefault(name.lower(), []).append(value)
+    return server_span.HeaderLookup(lambda name: table.get(name, []), lambda: (name for name, _ in pairs)), table
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(header_pairs)
+@example([("traceparent", f"00-{TRACE}-{SPAN}-01"), ("traceparent", f"00-{TRACE}-{SPAN}-01" + " " * 9000)])
+@example([("traceparent", f"00-{TRACE}-{SPAN}-01"), ("TraceState", "a=1"), ("tracestate", "b=" + "x" * 16446)])
+@example([("B3", f"{TRACE}-{SPAN}-1"), ("b3", f"{TRACE}-{SPAN}-1" + " " * 9000), ("uber-trace-id", f"{OTHER_TRACE}:{OTHER_SPAN}:0:1")])
+def test_the_composite_through_a_servers_lookup_never_continues_an_invalid_header(pairs):
+    from autotrace import server_span
+
+    lookup, table = server_lookup(pairs)
+    ctx = bounded_extract(build(SERVER_FORMATS), lookup, server_span._GETTER)
+    sc = span_context(ctx)
+    candidates = [ref_tracecontext(table.get("traceparent", [])), ref_b3(table), ref_jaeger(table.get("uber-trace-id", []))]
+    expected = next((found for found in candidates if found), None)
+    assert ((sc.trace_id, sc.span_id) if sc.is_valid else None) == expected
+    states = table.get("tracestate", [])
+    if len(sc.trace_state):  # read only from headers within the limits, never in part
+        assert candidates[0] and len(",".join(states)) <= 16447 and len(states) <= 64
+    bags = table.get("baggage", [])
+    if "bk" in baggage.get_all(ctx):
+        assert len(",".join(bags)) <= 8192 and len(bags) <= 64
 
 
 @settings(max_examples=200, deadline=None)

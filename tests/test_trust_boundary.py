@@ -9,6 +9,8 @@ under ``parentbased_always_on`` gives non-recording spans whose context still tr
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import requests
 from opentelemetry import baggage, context, propagate, trace
@@ -17,8 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from autotrace import rpc_span, sdk, server_span
+from autotrace import client_span, rpc_span, sdk, server_span
 from autotrace.config import Settings
+from autotrace.propagation import build
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 SPAN_ID = "b7ad6b7169203331"
@@ -26,14 +29,18 @@ SAMPLED = f"00-{TRACE_ID}-{SPAN_ID}-01"
 UNSAMPLED = f"00-{TRACE_ID}-{SPAN_ID}-00"
 OTHER_TRACE_ID = "11111111111111111111111111111111"
 OTHER_SPAN_ID = "2222222222222222"
+OVERSIZED = 9000  # characters: over the 8192 a propagation header value may have
 
-try:
-    from autotrace.propagation import build as build_propagators  # noqa: F401
-    from autotrace.propagation import extracted_links  # noqa: F401
 
-    HAVE_COMPOSITE = True
-except ImportError:
-    HAVE_COMPOSITE = False
+@contextlib.contextmanager
+def propagators(*names: str):
+    """The agent's propagators of ``names`` as the global propagator, for a block."""
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(build(list(names)))
+    try:
+        yield
+    finally:
+        propagate.set_global_textmap(before)
 
 
 def lookup(headers: dict | None = None):
@@ -202,20 +209,74 @@ def test_grpc_ignore(mode, spans):
     assert recorded.parent is None and list(recorded.links) == []
 
 
+# -- repeated and oversized values: counted first, then the size limit -----------------
+
+
+@pytest.mark.parametrize(
+    "traceparents",
+    [
+        pytest.param([SAMPLED, SAMPLED + " " * OVERSIZED], id="an-oversized-copy"),
+        pytest.param([SAMPLED, "x" * OVERSIZED], id="an-oversized-other"),
+        pytest.param(["x" * OVERSIZED, SAMPLED], id="the-oversized-one-first"),
+        pytest.param([SAMPLED] * 100, id="many-copies"),
+    ],
+)
+def test_a_repeated_traceparent_is_invalid_even_when_a_copy_is_oversized(mode, spans, traceparents):
+    finish(start({"traceparent": traceparents}))
+    recorded = only(spans)
+    assert recorded.parent is None and recorded.context.trace_id != int(TRACE_ID, 16)
+
+
+def test_an_oversized_traceparent_alone_starts_a_new_trace(mode, spans):
+    finish(start({"traceparent": SAMPLED + " " * OVERSIZED}))
+    assert only(spans).parent is None
+
+
+@pytest.mark.parametrize(
+    "tracestates",
+    [
+        pytest.param(["vendor=x", "big=" + "v" * OVERSIZED], id="an-extra-oversized-header"),
+        pytest.param(["vendor=x", "a=1," * 4200], id="an-extra-header-over-the-tracestate-limit"),
+        pytest.param(["vendor=x" + " " * 17000], id="one-oversized-header"),
+    ],
+)
+def test_an_oversized_tracestate_header_drops_the_whole_tracestate(mode, spans, tracestates):
+    finish(start({"traceparent": SAMPLED, "tracestate": tracestates}))
+    recorded = only(spans)
+    assert recorded.parent.span_id == int(SPAN_ID, 16)  # the traceparent is kept
+    assert len(recorded.context.trace_state) == 0
+
+
+def test_a_valid_tracestate_over_8192_characters_is_kept(mode, spans):
+    members = [f"k{i}=" + "v" * 255 + "x" for i in range(32)]  # 8,541 characters, all valid
+    assert len(",".join(members)) > 8192
+    finish(start({"traceparent": SAMPLED, "tracestate": ",".join(members)}))
+    assert [f"{k}={v}" for k, v in only(spans).context.trace_state.items()] == members
+
+
+def test_grpc_counts_repeated_traceparents_before_the_size_limit(mode, spans):
+    rpc([("traceparent", SAMPLED), ("traceparent", SAMPLED + " " * OVERSIZED)])
+    assert only(spans).parent is None
+    spans.clear()
+    rpc([("traceparent", SAMPLED.encode()), ("traceparent", b"x" * OVERSIZED)])  # bytes as well
+    assert only(spans).parent is None
+    spans.clear()
+    rpc([("traceparent", SAMPLED), ("tracestate", "vendor=x"), ("tracestate", "big=" + "v" * 17000)])
+    recorded = only(spans)
+    assert recorded.parent.span_id == int(SPAN_ID, 16) and len(recorded.context.trace_state) == 0
+    spans.clear()
+    rpc([("traceparent", SAMPLED), ("tracestate", "vendor=x"), ("tracestate", "a=1")])
+    assert list(only(spans).context.trace_state.items()) == [("vendor", "x"), ("a", "1")]
+
+
 # -- links found by the composite propagator (autotrace.propagation) ------------------
 
 
 @pytest.fixture
 def composite():
     """The agent's composite of tracecontext then b3multi as the global propagator."""
-    if not HAVE_COMPOSITE:
-        pytest.skip("autotrace.propagation has no composite propagator yet")
-    from autotrace.propagation import build
-
-    before = propagate.get_global_textmap()
-    propagate.set_global_textmap(build(["tracecontext", "b3multi"]))
-    yield
-    propagate.set_global_textmap(before)
+    with propagators("tracecontext", "b3multi"):
+        yield
 
 
 TWO_TRACES = {
@@ -341,13 +402,7 @@ def test_always_on_records_even_an_unsampled_caller():
 
 def test_jaeger_baggage_is_read_through_a_servers_header_names(spans):
     """``uberctx-*`` headers are found by listing the request's header names (HeaderLookup)."""
-    from opentelemetry import baggage, propagate
-
-    from autotrace.propagation import build
-
-    saved = propagate.get_global_textmap()
-    propagate.set_global_textmap(build(["jaeger"]))
-    try:
+    with propagators("jaeger"):
         received = {
             "uber-trace-id": ["4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1"],
             "uberctx-tenant": ["blue%20team"],
@@ -360,5 +415,121 @@ def test_jaeger_baggage_is_read_through_a_servers_header_names(spans):
         finally:
             span.detach()
             span.end()
+
+
+# -- B3 sampling decisions: deny, accept and deferred (the agent's sampler) -------------
+
+
+@pytest.fixture
+def agent_sampler(spans, monkeypatch):
+    """Server and client spans from a provider with the agent's default sampler
+    (sdk.build_sampler: parentbased_always_on); yields its in-memory exporter."""
+    provider = TracerProvider(sampler=sdk.build_sampler(Settings()))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(server_span, "_tracer", provider.get_tracer("autotrace.http.server"))
+    monkeypatch.setattr(client_span, "_tracer", provider.get_tracer("autotrace.http.client"))
+    yield exporter
+    provider.shutdown()
+
+
+def call_peer(peer, headers: dict, case: str):
+    """A request with ``headers`` whose handler calls the peer: whether its SERVER span
+    was recording, and what the peer received."""
+    span = start(headers)
+    assert span is not None
+    recording = span.span.is_recording()
+    try:
+        assert requests.get(peer.url("/ok", case), timeout=5).status_code == 200
     finally:
-        propagate.set_global_textmap(saved)
+        finish(span)
+    [received] = peer.requests(case)
+    return recording, received
+
+
+@pytest.mark.parametrize(
+    ("formats", "headers"),
+    [
+        (("b3",), {"b3": "0"}),
+        (("b3",), {"X-B3-Sampled": "0"}),
+        (("b3multi",), {"b3": "0"}),
+        (("tracecontext", "b3"), {"b3": "0", "traceparent": "garbage"}),
+    ],
+)
+def test_a_b3_deny_without_ids_is_honoured_and_sent_downstream(mode, client_hooks, agent_sampler, peer, formats, headers):
+    with propagators(*formats):
+        recording, received = call_peer(peer, headers, "deny")
+    assert not recording
+    if "b3multi" in formats:
+        assert received.header("x-b3-sampled") == "0"
+    else:
+        assert received.header("b3").endswith("-0")
+    if "tracecontext" in formats:
+        assert int(received.header("traceparent")[-2:], 16) & 0x01 == 0  # not sampled (random bit aside)
+    assert agent_sampler.get_finished_spans() == ()
+
+
+def test_a_deny_does_not_reach_past_a_restarting_edge(mode, client_hooks, agent_sampler, peer):
+    mode("restart")
+    with propagators("b3"):
+        recording, received = call_peer(peer, {"b3": "0"}, "restart-deny")
+    assert recording and received.header("b3").endswith("-1")
+
+
+def test_a_b3_deny_under_a_valid_parent_does_not_apply(mode, agent_sampler):
+    """tracecontext gives the parent (sampled); a b3 "0" alone is for root spans only."""
+    with propagators("tracecontext", "b3"):
+        span = start({"traceparent": SAMPLED, "b3": "0"})
+    assert span.span.is_recording()
+    finish(span)
+
+
+def test_a_deferred_b3_context_is_continued_and_our_sampler_decides(mode, client_hooks, agent_sampler, peer):
+    with propagators("b3"):
+        recording, received = call_peer(peer, {"b3": f"{TRACE_ID}-{SPAN_ID}"}, "deferred")
+    assert recording  # the default root sampler (always_on) decided
+    trace_id, _, state = received.header("b3").split("-")
+    assert (trace_id, state) == (TRACE_ID, "1")
+    server = next(s for s in agent_sampler.get_finished_spans() if s.kind is SpanKind.SERVER)
+    assert server.parent.span_id == int(SPAN_ID, 16)
+
+
+def b3_sampled(sampler: sampling.Sampler, headers: dict, trace_id: int = LOW) -> bool:
+    ctx = build(["b3"]).extract(headers, context.Context())
+    parent = trace.get_current_span(ctx).get_span_context()
+    result = sampler.should_sample(ctx, parent.trace_id if parent.is_valid else trace_id, "GET", SpanKind.SERVER)
+    return result.decision.is_sampled()
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "headers", "expected"),
+    [
+        ("parentbased_always_on", 1.0, {"b3": "0"}, False),
+        ("parentbased_always_on", 1.0, {"b3": "1"}, True),
+        ("parentbased_always_off", 1.0, {"b3": "1"}, True),  # accept: as a sampled remote parent
+        ("parentbased_always_off", 1.0, {"b3": "d"}, True),
+        ("parentbased_always_off", 1.0, {"x-b3-flags": "1"}, True),
+        ("parentbased_always_off", 1.0, {}, False),
+        ("parentbased_always_on", 1.0, {"b3": f"{TRACE_ID}-{SPAN_ID}"}, True),  # deferred: the root sampler
+        ("parentbased_always_off", 1.0, {"b3": f"{TRACE_ID}-{SPAN_ID}"}, False),
+        ("parentbased_traceidratio", 0.5, {"b3": f"{'0' * 16}{'0' * 15}1-{SPAN_ID}"}, True),  # a low trace id
+        ("parentbased_traceidratio", 0.5, {"b3": f"{'f' * 32}-{SPAN_ID}"}, False),
+        ("parentbased_always_on", 1.0, {"b3": f"{TRACE_ID}-{SPAN_ID}-0"}, False),  # not deferred: followed
+        ("parentbased_always_off", 1.0, {"b3": f"{TRACE_ID}-{SPAN_ID}-1"}, True),
+    ],
+)
+def test_the_agents_samplers_honour_b3_decisions(name, arg, headers, expected):
+    assert b3_sampled(sdk.build_sampler(Settings(sampler=name, sampler_arg=arg)), headers) is expected
+
+
+def test_a_b3_decision_applies_to_its_own_span_only():
+    """A local child of the server span follows the server span, whatever came in."""
+    sampler = sdk.build_sampler(Settings())
+    ctx = build(["b3"]).extract({"b3": f"{TRACE_ID}-{SPAN_ID}"}, context.Context())
+    local = trace.SpanContext(int(TRACE_ID, 16), int(OTHER_SPAN_ID, 16), is_remote=False, trace_flags=trace.TraceFlags(0))
+    child = trace.set_span_in_context(trace.NonRecordingSpan(local), ctx)
+    assert not sampler.should_sample(child, int(TRACE_ID, 16), "GET").decision.is_sampled()
+    denied = build(["b3"]).extract({"b3": "0"}, context.Context())
+    sampled_local = trace.SpanContext(int(TRACE_ID, 16), int(OTHER_SPAN_ID, 16), is_remote=False, trace_flags=trace.TraceFlags(1))
+    under = trace.set_span_in_context(trace.NonRecordingSpan(sampled_local), denied)
+    assert sampler.should_sample(under, int(TRACE_ID, 16), "GET").decision.is_sampled()

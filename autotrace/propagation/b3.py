@@ -6,29 +6,42 @@ Reading (both propagators read both forms, the single header first):
 
 * ``b3: {TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]`` or ``b3: {SamplingState}``.
   The trace id is 16 or 32 hex digits (64-bit ids are left-padded to 128 bits), the
-  span id 16, the sampling state ``1`` (accept), ``0`` (deny) or ``d`` (debug, read as
-  sampled); absent means deferred, read as not sampled. ``b3: 0`` (no ids) denies: no
-  span context is extracted. A present but malformed single header is invalid (nothing
-  extracted; the multi headers are not consulted).
+  span id 16, the sampling state ``1`` (accept), ``0`` (deny) or ``d`` (debug: sampled,
+  and the debug flag kept); absent means deferred. A present but malformed single
+  header is invalid (nothing extracted; the multi headers are not consulted).
 * Otherwise ``X-B3-TraceId``, ``X-B3-SpanId``, ``X-B3-Sampled`` (``1``/``0``, also
-  ``true``/``false``) and ``X-B3-Flags: 1`` (debug, read as sampled).
+  ``true``/``false``; another value reads as absent) and ``X-B3-Flags: 1`` (debug).
+* A sampling state without ids (``b3: 0``, or ``X-B3-Sampled: 0`` with no id headers)
+  extracts no span context but records the decision for the root span started in that
+  context; ids without a sampling state record a deferred decision. The agent's
+  parent-based sampler honours both (:mod:`autotrace.propagation.decision`): a deny
+  starts an unsampled trace, a deferred one leaves the decision to the root sampler.
+  Deferred ids are otherwise read as not sampled.
 * Hex digits may be either case; an all-zero id, a wrong length or a non-hex digit is
-  invalid. A header given several differing values (repeated, or comma-joined) is
-  invalid; an oversized value is ignored. Header names are looked up in lower case,
-  then, when the getter lists its keys, in any case. Nothing here raises.
+  invalid. A header given several differing values (repeated, or comma-joined), more
+  than ``MAX_VALUES`` values or one oversized value is invalid. Header names are looked
+  up in lower case, then, when the getter lists its keys, in any case. Nothing here
+  raises.
 
-Writing: ``b3: {traceid:32}-{spanid:16}-{1|0}`` (:class:`B3SinglePropagator`) or
-``x-b3-traceid``, ``x-b3-spanid``, ``x-b3-sampled`` (:class:`B3MultiPropagator`). Names
-are written in lower case (HTTP names are case-insensitive; gRPC metadata requires it).
+Writing: ``b3: {traceid:32}-{spanid:16}-{1|0|d}`` (:class:`B3SinglePropagator`) or
+``x-b3-traceid``, ``x-b3-spanid`` and ``x-b3-sampled: 1|0``, or instead of it
+``x-b3-flags: 1`` on a debug trace (:class:`B3MultiPropagator`); ``d``/debug while the
+span context is sampled and of the trace the debug flag came with (B3's or Jaeger's).
+Names are written in lower case (HTTP names are case-insensitive; gRPC metadata
+requires it).
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
+
+from . import decision
+from .fields import MAX_KEYS, MAX_VALUE_LENGTH, MAX_VALUES
 
 SINGLE = "b3"
 TRACE_ID = "x-b3-traceid"
@@ -37,24 +50,24 @@ SAMPLED = "x-b3-sampled"
 FLAGS = "x-b3-flags"
 PARENT_SPAN_ID = "x-b3-parentspanid"
 
-MAX_VALUE_LENGTH = 8192  # longest header value read; a longer one is ignored
-MAX_VALUES = 64  # more values than this for one header: invalid
-MAX_KEYS = 1024  # keys scanned for a case-insensitive match
 _OWS = " \t"
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{16}")
 _SPAN_ID = re.compile(r"[0-9a-fA-F]{16}")
+
+ACCEPT, DENY, DEBUG = "1", "0", "d"  # sampling states; None is deferred
 
 
 # -- reading headers (shared with the Jaeger propagator) -------------------------------
 
 
 def header_values(getter: textmap.Getter, carrier: object, name: str) -> list[str] | None:
-    """The values of header ``name`` (lower case) as a list of str; None when absent.
+    """The values of header ``name`` (lower case) as a list of str; None when absent,
+    ``[]`` when present but invalid.
 
-    Looks the name up as given, then in any case among ``getter.keys(carrier)``. Values
-    that are not text, or longer than ``MAX_VALUE_LENGTH``, are left out; more than
-    ``MAX_VALUES`` values, or a getter that raises, read as absent.
+    Looks the name up as given, then in any case among ``getter.keys(carrier)``. A value
+    that is not text or is longer than ``MAX_VALUE_LENGTH``, or more than ``MAX_VALUES``
+    values, make the header invalid; a getter that raises reads as absent.
     """
     got = _get(getter, carrier, name)
     if got is None:
@@ -80,6 +93,8 @@ def _get(getter: textmap.Getter, carrier: object, name: str) -> object:
 
 
 def _as_list(got: object) -> list[str] | None:
+    """``got`` as a list of str: None when absent, ``[]`` when invalid (a value that is
+    not text or oversized, more than ``MAX_VALUES`` values, not iterable)."""
     if got is None:
         return None
     if isinstance(got, (str, bytes)):
@@ -87,15 +102,12 @@ def _as_list(got: object) -> list[str] | None:
     values: list[str] = []
     try:
         for value in got:  # type: ignore[union-attr]
-            if len(values) >= MAX_VALUES:
-                return None
-            if isinstance(value, bytes):
-                value = value.decode("latin-1")
-            if isinstance(value, str) and len(value) <= MAX_VALUE_LENGTH:
-                values.append(value)
+            if len(values) >= MAX_VALUES or not isinstance(value, (str, bytes)) or len(value) > MAX_VALUE_LENGTH:
+                return []
+            values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
     except Exception:  # noqa: BLE001 - not iterable
-        return None
-    return values or None
+        return []
+    return values
 
 
 def single_value(values: list[str] | None) -> str | None:
@@ -117,6 +129,14 @@ def single_value(values: list[str] | None) -> str | None:
 # -- parsing ---------------------------------------------------------------------------
 
 
+class Extracted(NamedTuple):
+    """What B3 headers carry: ids (both None for a sampling state alone) and the state."""
+
+    trace_id: int | None
+    span_id: int | None
+    state: str | None  # ACCEPT, DENY, DEBUG, or None: deferred
+
+
 def _trace_id(text: str) -> int | None:
     if not _TRACE_ID.fullmatch(text):
         return None
@@ -129,52 +149,81 @@ def _span_id(text: str) -> int | None:
     return int(text, 16) or None
 
 
-def parse_single(value: str) -> tuple[int, int, bool] | None:
-    """``(trace_id, span_id, sampled)`` from a ``b3`` value, or None (invalid, or deny)."""
+def parse_single(value: str) -> Extracted | None:
+    """What a ``b3`` value carries, or None if it is invalid."""
     parts = value.split("-")
-    if len(parts) < 2 or len(parts) > 4:
-        return None  # one part: a sampling state alone (deny, or no ids to continue)
+    if len(parts) == 1:
+        return Extracted(None, None, value) if value in (ACCEPT, DENY, DEBUG) else None
+    if len(parts) > 4:
+        return None
     trace_id, span_id = _trace_id(parts[0]), _span_id(parts[1])
     if trace_id is None or span_id is None:
         return None
-    sampled = False
-    if len(parts) >= 3:
-        state = parts[2]
-        if state in ("1", "d"):
-            sampled = True
-        elif state != "0":
-            return None
+    state = parts[2] if len(parts) >= 3 else None
+    if state is not None and state not in (ACCEPT, DENY, DEBUG):
+        return None
     if len(parts) == 4 and _span_id(parts[3]) is None:
         return None
-    return trace_id, span_id, sampled
+    return Extracted(trace_id, span_id, state)
 
 
-def _extract_ids(getter: textmap.Getter, carrier: object) -> tuple[int, int, bool] | None:
-    single = single_value(header_values(getter, carrier, SINGLE))
+def _multi_state(getter: textmap.Getter, carrier: object) -> str | None:
+    if single_value(header_values(getter, carrier, FLAGS)) == "1":
+        return DEBUG
+    sampled = (single_value(header_values(getter, carrier, SAMPLED)) or "").lower()
+    if sampled in ("1", "true"):
+        return ACCEPT
+    if sampled in ("0", "false"):
+        return DENY
+    return None
+
+
+def _extract(getter: textmap.Getter, carrier: object) -> Extracted | None:
+    single = header_values(getter, carrier, SINGLE)
     if single is not None:
-        return parse_single(single)
-    trace_text = single_value(header_values(getter, carrier, TRACE_ID))
-    span_text = single_value(header_values(getter, carrier, SPAN_ID))
+        value = single_value(single)
+        return parse_single(value) if value is not None else None
+    trace_values = header_values(getter, carrier, TRACE_ID)
+    span_values = header_values(getter, carrier, SPAN_ID)
+    state = _multi_state(getter, carrier)
+    if trace_values is None and span_values is None:
+        return Extracted(None, None, state) if state is not None else None  # a decision alone
+    trace_text, span_text = single_value(trace_values), single_value(span_values)
     if trace_text is None or span_text is None:
         return None
     trace_id, span_id = _trace_id(trace_text), _span_id(span_text)
     if trace_id is None or span_id is None:
         return None
-    sampled = single_value(header_values(getter, carrier, SAMPLED))
-    flags = single_value(header_values(getter, carrier, FLAGS))
-    is_sampled = flags == "1" or (sampled is not None and sampled.lower() in ("1", "true", "d"))
-    return trace_id, span_id, is_sampled
+    return Extracted(trace_id, span_id, state)
 
 
-def _context_with(ids: tuple[int, int, bool], context: Context) -> Context:
-    trace_id, span_id, sampled = ids
+def context_with(
+    context: Context, trace_id: int | None, span_id: int | None, state: str | None, deferrable: bool = True
+) -> Context:
+    """``context`` with what was extracted: the remote span context (sampled when the
+    state is accept or debug) and the decision (:mod:`autotrace.propagation.decision`).
+    Shared with the Jaeger propagator (``deferrable`` False: no deferred state there)."""
+    if trace_id is None or span_id is None:
+        return decision.with_decision(context, decision.DENY if state == DENY else decision.ACCEPT)
     span_context = trace.SpanContext(
         trace_id=trace_id,
         span_id=span_id,
         is_remote=True,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT),
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if state in (ACCEPT, DEBUG) else trace.TraceFlags.DEFAULT),
     )
-    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
+    context = trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
+    if state is None and deferrable:
+        context = decision.with_decision(context, decision.DEFER, span_context)
+    if state == DEBUG:
+        context = decision.with_debug(context, trace_id)
+    return context
+
+
+def state_to_write(context: Context | None, span_context: trace.SpanContext) -> str:
+    """The sampling state to write for ``span_context``: DEBUG, ACCEPT or DENY."""
+    if decision.is_debug(context, span_context):
+        return DEBUG
+    return ACCEPT if span_context.trace_flags.sampled else DENY
 
 
 class _B3Propagator(textmap.TextMapPropagator):
@@ -187,12 +236,10 @@ class _B3Propagator(textmap.TextMapPropagator):
         if context is None:
             context = Context()
         try:
-            ids = _extract_ids(getter, carrier)
+            found = _extract(getter, carrier)
+            return context if found is None else context_with(context, *found)
         except Exception:  # noqa: BLE001 - never raise into the app
             return context
-        if ids is None:
-            return context
-        return _context_with(ids, context)
 
 
 class B3SinglePropagator(_B3Propagator):
@@ -207,8 +254,8 @@ class B3SinglePropagator(_B3Propagator):
         span_context = trace.get_current_span(context).get_span_context()
         if not span_context.is_valid:
             return
-        sampled = "1" if span_context.trace_flags.sampled else "0"
-        setter.set(carrier, SINGLE, f"{span_context.trace_id:032x}-{span_context.span_id:016x}-{sampled}")
+        state = state_to_write(context, span_context)
+        setter.set(carrier, SINGLE, f"{span_context.trace_id:032x}-{span_context.span_id:016x}-{state}")
 
     @property
     def fields(self) -> set[str]:
@@ -229,8 +276,12 @@ class B3MultiPropagator(_B3Propagator):
             return
         setter.set(carrier, TRACE_ID, f"{span_context.trace_id:032x}")
         setter.set(carrier, SPAN_ID, f"{span_context.span_id:016x}")
-        setter.set(carrier, SAMPLED, "1" if span_context.trace_flags.sampled else "0")
+        state = state_to_write(context, span_context)
+        if state == DEBUG:
+            setter.set(carrier, FLAGS, "1")  # debug implies accept: no X-B3-Sampled (B3 spec)
+        else:
+            setter.set(carrier, SAMPLED, state)
 
     @property
     def fields(self) -> set[str]:
-        return {TRACE_ID, SPAN_ID, SAMPLED}
+        return {TRACE_ID, SPAN_ID, SAMPLED, FLAGS}

@@ -7,7 +7,8 @@ receiver (deferred: ids without a sampling state), or force sampling (debug: ``d
 
 * :func:`with_decision` / :func:`upstream_decision`: ``DENY`` or ``ACCEPT`` for the root
   span started in that context (no valid parent), ``DEFER`` for a span whose parent is
-  exactly the deferred span context. The agent's sampler
+  the deferred span context (equal in ids, flags and state: a parent from another
+  format that says "sampled" is not overruled). The agent's sampler
   (:class:`~autotrace.propagation.sampler.UpstreamParentBased`) honours them.
 * :func:`with_debug` / :func:`is_debug`: the debug flag of a trace, written back by the
   B3 and Jaeger injectors on that trace's sampled span contexts.
@@ -32,7 +33,7 @@ _DEBUG_KEY = create_key("autotrace-upstream-debug")
 
 def with_decision(context: Context, decision: str, deferred: trace.SpanContext | None = None) -> Context:
     """``context`` recording ``decision``: for its root span (``deferred`` None), or for a
-    span whose parent is the span context ``deferred`` (the object itself)."""
+    span whose parent is (equal to) the span context ``deferred``."""
     return set_value(_DECISION_KEY, (decision, deferred), context)
 
 
@@ -45,7 +46,7 @@ def upstream_decision(context: Context | None) -> str | None:
     parent = trace.get_current_span(context).get_span_context()
     if deferred is None:
         return decision if not parent.is_valid else None
-    return decision if parent is deferred else None
+    return decision if parent == deferred else None
 
 
 def with_debug(context: Context, trace_id: int) -> Context:

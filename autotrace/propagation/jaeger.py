@@ -7,16 +7,18 @@ Reading:
 * ``uber-trace-id: {trace-id}:{span-id}:{parent-span-id}:{flags}``, possibly URL-encoded
   (``%3A`` for ``:``). The trace id is 1 to 32 hex digits (left-padded to 128 bits),
   the span and parent span ids 1 to 16, the flags 1 or 2 hex digits: bit 0 sampled,
-  bit 1 debug (read as sampled). Either case of hex digits is accepted. An all-zero
-  trace or span id, a missing or extra field, or a non-hex digit is invalid; so is a
-  header given several differing values. Oversized values are ignored.
+  bit 1 debug (sampled, and the debug flag kept: see :mod:`autotrace.propagation.decision`).
+  Either case of hex digits is accepted. An all-zero trace or span id, a missing or
+  extra field, or a non-hex digit is invalid; so is a header given several differing
+  values, or an oversized one.
 * ``uberctx-{key}: {value}`` headers become OpenTelemetry baggage entries ``key``
   (the header name's rest, lower-cased) with the URL-decoded value, whether or not a
   valid ``uber-trace-id`` is present. They are found through ``getter.keys(carrier)``;
   a getter that lists no keys yields no Jaeger baggage. At most
   ``MAX_BAGGAGE_ENTRIES`` entries and ``MAX_BAGGAGE_CHARS`` characters are read.
 
-Writing: ``uber-trace-id: {trace-id:32}:{span-id:16}:0:{1|0}`` and one
+Writing: ``uber-trace-id: {trace-id:32}:{span-id:16}:0:{flags}`` (``1`` sampled, ``0``
+not, ``3`` sampled with the debug flag of that trace, from Jaeger or B3) and one
 ``uberctx-{key}`` (lower-cased) per baggage entry whose key is a safe header token
 (``[A-Za-z0-9_.-]``), its value URL-encoded. Nothing here raises on extract.
 """
@@ -30,7 +32,8 @@ from opentelemetry import baggage, trace
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
-from .b3 import MAX_KEYS, _as_list, header_values, single_value
+from .b3 import ACCEPT, DEBUG, DENY, _as_list, context_with, header_values, single_value, state_to_write
+from .fields import MAX_KEYS
 
 TRACE_HEADER = "uber-trace-id"
 BAGGAGE_PREFIX = "uberctx-"
@@ -44,8 +47,9 @@ _SAMPLED = 0x01
 _DEBUG = 0x02
 
 
-def parse_trace_header(value: str) -> tuple[int, int, bool] | None:
-    """``(trace_id, span_id, sampled)`` from an ``uber-trace-id`` value, or None."""
+def parse_trace_header(value: str) -> tuple[int, int, str] | None:
+    """``(trace_id, span_id, state)`` from an ``uber-trace-id`` value, or None; the
+    state is B3's: ``ACCEPT``, ``DENY`` or ``DEBUG``."""
     if len(value) > MAX_TRACE_HEADER_LENGTH:
         return None
     if "%" in value:
@@ -58,7 +62,8 @@ def parse_trace_header(value: str) -> tuple[int, int, bool] | None:
     if not trace_id or not span_id:
         return None
     flags = int(match.group(4), 16)
-    return trace_id, span_id, bool(flags & (_SAMPLED | _DEBUG))
+    state = DEBUG if flags & _DEBUG else ACCEPT if flags & _SAMPLED else DENY
+    return trace_id, span_id, state
 
 
 class JaegerPropagator(textmap.TextMapPropagator):
@@ -83,14 +88,10 @@ class JaegerPropagator(textmap.TextMapPropagator):
             ids = None
         if ids is None:
             return context
-        trace_id, span_id, sampled = ids
-        span_context = trace.SpanContext(
-            trace_id=trace_id,
-            span_id=span_id,
-            is_remote=True,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT),
-        )
-        return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
+        try:
+            return context_with(context, *ids, deferrable=False)
+        except Exception:  # noqa: BLE001
+            return context
 
     @staticmethod
     def _extract_baggage(getter: textmap.Getter, carrier: object, context: Context) -> Context:
@@ -134,8 +135,9 @@ class JaegerPropagator(textmap.TextMapPropagator):
     ) -> None:
         span_context = trace.get_current_span(context).get_span_context()
         if span_context.is_valid:
-            sampled = "1" if span_context.trace_flags.sampled else "0"
-            setter.set(carrier, TRACE_HEADER, f"{span_context.trace_id:032x}:{span_context.span_id:016x}:0:{sampled}")
+            state = state_to_write(context, span_context)
+            flags = _SAMPLED | _DEBUG if state == DEBUG else _SAMPLED if state == ACCEPT else 0
+            setter.set(carrier, TRACE_HEADER, f"{span_context.trace_id:032x}:{span_context.span_id:016x}:0:{flags:x}")
         entries = baggage.get_all(context)
         size = 0
         count = 0
