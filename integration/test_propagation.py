@@ -7,15 +7,14 @@ in other formats) and checks the OUTGOING headers the peer received, and, where 
 matters, the spans at an OTLP receiver.
 
 Each variant of the service (its environment: ``OTEL_PROPAGATORS``,
-``AUTOTRACE_INCOMING_CONTEXT``) runs once for the module, all of them at once. The
-B3/Jaeger variants need the agent's own propagators (autotrace.propagation) installed
-as the global propagator; until they are, those tests skip.
+``AUTOTRACE_INCOMING_CONTEXT``) runs once for the module, all of them at once, and
+serves every case of its variant; each uses the agent's own propagators
+(autotrace.propagation) as the global propagator.
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import secrets
 import sys
@@ -36,6 +35,8 @@ SPAN_ID = "00f067aa0ba902b7"
 OTHER_TRACE_ID = "5bf92f3577b34da6a3ce929d0e0e4737"
 OTHER_SPAN_ID = "10f067aa0ba902b8"
 TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
+TRACE_ID_64 = "a3ce929d0e0e4736"  # a 64-bit trace id: the lower half of a 128-bit one
+OVERSIZED = 9000  # characters: over the 8192 a propagation header value may have
 
 SERVICE = """
 import json
@@ -98,18 +99,8 @@ VARIANTS = {
     "b3multi": {"OTEL_PROPAGATORS": "b3multi"},
     "jaeger": {"OTEL_PROPAGATORS": "jaeger"},
     "tracecontext_b3": {"OTEL_PROPAGATORS": "tracecontext,b3"},
+    "tracecontext_jaeger": {"OTEL_PROPAGATORS": "tracecontext,baggage,jaeger"},
 }
-
-
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
-
-
-def needs(module: str):
-    return pytest.mark.skipif(not _have(f"autotrace.propagation.{module}"), reason=f"autotrace/propagation/{module}.py not written yet")
 
 
 class RawReceiver(OTLPReceiver):
@@ -200,12 +191,6 @@ def services(tmp_path_factory):
         http_peer.stop(peer_server, peer_thread)
 
 
-def require_agent_propagators(services: Services, variant: str) -> None:
-    """Skip a format variant's test until the agent installs its own propagators."""
-    if not services.uses_agent_propagators(variant):
-        pytest.skip("the agent does not install autotrace.propagation's propagators yet")
-
-
 def one(headers: dict, name: str) -> str:
     values = headers.get(name)
     assert values and len(values) == 1, (name, headers)
@@ -293,6 +278,68 @@ def test_a_valid_tracestate_is_forwarded_in_order(services):
     assert one(headers, "tracestate").replace(" ", "") == tracestate
 
 
+# -- W3C Trace Context Level 2 edge cases ----------------------------------------------
+
+
+def test_flags_03_travel_on_as_03(services):
+    headers, case = services.call("default", [("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-03")])
+    version, trace_id, span_id, flags = parse_traceparent(one(headers, "traceparent"))
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "03") and span_id != SPAN_ID
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+@pytest.mark.parametrize(
+    "traceparents",
+    [
+        pytest.param([f"{TRACEPARENT},{TRACEPARENT}"], id="comma-joined"),
+        pytest.param([f"{TRACEPARENT}, 00-{OTHER_TRACE_ID}-{OTHER_SPAN_ID}-01"], id="comma-joined-different"),
+        pytest.param([TRACEPARENT, TRACEPARENT + "0" * (OVERSIZED - len(TRACEPARENT))], id="a-9000-character-duplicate"),
+        pytest.param([TRACEPARENT + "0" * (OVERSIZED - len(TRACEPARENT)), TRACEPARENT], id="the-9000-character-one-first"),
+    ],
+)
+def test_a_traceparent_given_more_than_once_starts_a_new_trace(services, traceparents):
+    headers, case = services.call("default", [("traceparent", value) for value in traceparents])
+    assert_new_trace(headers)
+    assert services.server_span(case).parent_span_id == ""
+
+
+@pytest.mark.parametrize(
+    ("tracestates", "expected"),
+    [
+        pytest.param(["a=1", "b=2"], "a=1,b=2", id="two-headers-combined"),
+        pytest.param(["a=1,b=2", "c=3"], "a=1,b=2,c=3", id="two-headers-in-order"),
+        pytest.param(["tenant@vendor=x,b=2"], "tenant@vendor=x,b=2", id="tenant-at-vendor-key"),
+        pytest.param([" a=1 ,, b=2 ,\t,c=3\t"], "a=1,b=2,c=3", id="empty-members-and-whitespace"),
+        pytest.param(["a=1", "", "b=2"], "a=1,b=2", id="an-empty-header"),
+        pytest.param([",".join(f"k{i}=v{i}" for i in range(32))], ",".join(f"k{i}=v{i}" for i in range(32)), id="exactly-32-members"),
+        pytest.param(
+            [",".join(f"k{i}=v{i}" for i in range(16)), ",".join(f"k{i}=v{i}" for i in range(16, 32))],
+            ",".join(f"k{i}=v{i}" for i in range(32)),
+            id="32-members-in-two-headers",
+        ),
+        pytest.param(["a=1", "a=2"], None, id="a-key-repeated-across-headers"),
+        pytest.param([",".join(f"k{i}=v{i}" for i in range(20)), ",".join(f"k{i}=v{i}" for i in range(20, 33))], None, id="33-members-in-two-headers"),
+        pytest.param(["vendor=1", "big=" + "v" * 17000], None, id="an-extra-oversized-header"),
+        pytest.param(["vendor=1", "a=1," * 2200], None, id="an-extra-header-over-8192-characters"),
+    ],
+)
+def test_tracestate_headers_are_combined_or_dropped_whole(services, tracestates, expected):
+    headers, case = services.call("default", [("traceparent", TRACEPARENT)] + [("tracestate", v) for v in tracestates])
+    assert_continued(headers)  # the traceparent is kept either way
+    if expected is None:
+        assert "tracestate" not in headers
+    else:
+        assert one(headers, "tracestate") == expected
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+def test_a_long_valid_tracestate_is_forwarded(services):
+    """32 members of 256-character values: over 8192 characters, and valid."""
+    tracestate = ",".join(f"k{i}=" + "v" * 255 + "x" for i in range(32))
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", tracestate)])
+    assert one(headers, "tracestate") == tracestate
+
+
 @pytest.mark.parametrize(
     "tracestate",
     [
@@ -349,17 +396,15 @@ def test_ignore_disregards_the_incoming_context(services):
     assert services.receiver.links(server.span_id) == []
 
 
-def test_no_warning_from_the_agent(services):
-    for variant in ("default", "restart", "ignore"):
-        assert "autotrace WARNING" not in services.processes[variant].text("stderr"), variant
+def test_every_variant_uses_the_agents_propagators(services):
+    for variant in VARIANTS:
+        assert services.uses_agent_propagators(variant), variant
 
 
 # -- other formats (autotrace.propagation) --------------------------------------------
 
 
-@needs("b3")
 def test_b3_single_header_in_and_out(services):
-    require_agent_propagators(services, "b3")
     headers, case = services.call("b3", [("b3", f"{TRACE_ID}-{SPAN_ID}-1")])
     trace_id, span_id, sampled = one(headers, "b3").split("-")[:3]
     assert (trace_id, sampled) == (TRACE_ID, "1") and span_id != SPAN_ID
@@ -367,9 +412,7 @@ def test_b3_single_header_in_and_out(services):
     assert services.server_span(case).parent_span_id == SPAN_ID
 
 
-@needs("b3")
 def test_b3multi_headers_in_and_out(services):
-    require_agent_propagators(services, "b3multi")
     headers, case = services.call(
         "b3multi", [("X-B3-TraceId", TRACE_ID), ("X-B3-SpanId", SPAN_ID), ("X-B3-Sampled", "1")]
     )
@@ -380,9 +423,7 @@ def test_b3multi_headers_in_and_out(services):
     assert services.server_span(case).parent_span_id == SPAN_ID
 
 
-@needs("jaeger")
 def test_jaeger_header_in_and_out(services):
-    require_agent_propagators(services, "jaeger")
     headers, case = services.call(
         "jaeger", [("uber-trace-id", f"{TRACE_ID}:{SPAN_ID}:0:1"), ("uberctx-tenant", "blue%20team")]
     )
@@ -394,10 +435,7 @@ def test_jaeger_header_in_and_out(services):
     assert services.server_span(case).parent_span_id == SPAN_ID
 
 
-@needs("b3")
-@needs("composite")
 def test_tracecontext_b3_continues_either_and_writes_both(services):
-    require_agent_propagators(services, "tracecontext_b3")
     headers, _ = services.call("tracecontext_b3", [("b3", f"{TRACE_ID}-{SPAN_ID}-1")])
     assert_continued(headers)
     assert one(headers, "b3").split("-")[0] == TRACE_ID
@@ -407,10 +445,7 @@ def test_tracecontext_b3_continues_either_and_writes_both(services):
     assert one(headers, "b3").split("-")[0] == TRACE_ID
 
 
-@needs("b3")
-@needs("composite")
 def test_tracecontext_b3_first_format_is_the_parent_the_other_a_link(services):
-    require_agent_propagators(services, "tracecontext_b3")
     headers, case = services.call(
         "tracecontext_b3", [("traceparent", TRACEPARENT), ("b3", f"{OTHER_TRACE_ID}-{OTHER_SPAN_ID}-1")]
     )
@@ -419,3 +454,116 @@ def test_tracecontext_b3_first_format_is_the_parent_the_other_a_link(services):
     server = services.server_span(case)
     assert server.parent_span_id == SPAN_ID
     assert services.receiver.links(server.span_id) == [(OTHER_TRACE_ID, OTHER_SPAN_ID)]
+
+
+def test_tracecontext_b3_writes_a_w3c_context_as_b3_too(services):
+    headers, _ = services.call("tracecontext_b3", [("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-03")])
+    assert parse_traceparent(one(headers, "traceparent"))[3] == "03"
+    trace_id, span_id, state = one(headers, "b3").split("-")
+    assert (trace_id, state) == (TRACE_ID, "1") and span_id == parse_traceparent(one(headers, "traceparent"))[2]
+
+
+# -- 64-bit ids, URL-encoded Jaeger, debug and deny --------------------------------------
+
+
+def test_b3_64_bit_ids_are_continued(services):
+    headers, case = services.call("b3", [("b3", f"{TRACE_ID_64}-{SPAN_ID}-1")])
+    trace_id, _, state = one(headers, "b3").split("-")
+    assert (trace_id, state) == ("0" * 16 + TRACE_ID_64, "1")
+    assert services.server_span(case).trace_id == "0" * 16 + TRACE_ID_64
+    headers, _ = services.call("b3multi", [("X-B3-TraceId", TRACE_ID_64), ("X-B3-SpanId", SPAN_ID), ("X-B3-Sampled", "1")])
+    assert one(headers, "x-b3-traceid").lstrip("0") == TRACE_ID_64.lstrip("0")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(f"{TRACE_ID_64}:{SPAN_ID}:0:1", id="64-bit"),
+        pytest.param(f"{TRACE_ID_64}%3A{SPAN_ID}%3A0%3A1", id="64-bit-url-encoded"),
+        pytest.param(f"{TRACE_ID}%3a{SPAN_ID}%3a0%3a1", id="url-encoded-lower-case"),
+    ],
+)
+def test_jaeger_64_bit_and_url_encoded_ids_are_continued(services, value):
+    headers, case = services.call("jaeger", [("uber-trace-id", value)])
+    trace_id, span_id, _, flags = one(headers, "uber-trace-id").split(":")
+    expected = TRACE_ID if TRACE_ID in value else "0" * 16 + TRACE_ID_64
+    assert trace_id.rjust(32, "0") == expected and span_id != SPAN_ID and flags == "1"
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+def test_jaeger_to_w3c_and_w3c_to_jaeger(services):
+    headers, case = services.call(
+        "tracecontext_jaeger", [("uber-trace-id", f"{TRACE_ID}:{SPAN_ID}:0:1"), ("uberctx-tenant", "blue%20team")]
+    )
+    assert_continued(headers)  # a Jaeger caller's trace, written as W3C
+    _, _, w3c_span, _ = parse_traceparent(one(headers, "traceparent"))
+    assert one(headers, "uber-trace-id") == f"{TRACE_ID}:{w3c_span}:0:1"
+    assert one(headers, "baggage") == "tenant=blue%20team" and one(headers, "uberctx-tenant") == "blue%20team"
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+    headers, case = services.call("tracecontext_jaeger", [("traceparent", TRACEPARENT), ("baggage", "tenant=acme")])
+    trace_id, span_id, parent, flags = one(headers, "uber-trace-id").split(":")
+    assert (trace_id, parent, flags) == (TRACE_ID, "0", "1")  # a W3C caller's trace, written as Jaeger
+    assert span_id == parse_traceparent(one(headers, "traceparent"))[2]
+    assert one(headers, "uberctx-tenant") == "acme"
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+@pytest.mark.parametrize(
+    ("variant", "incoming", "check"),
+    [
+        pytest.param("b3", [("b3", f"{TRACE_ID}-{SPAN_ID}-d")], lambda h: one(h, "b3").split("-")[2] == "d", id="b3-d"),
+        pytest.param(
+            "b3multi",
+            [("X-B3-TraceId", TRACE_ID), ("X-B3-SpanId", SPAN_ID), ("X-B3-Flags", "1")],
+            lambda h: one(h, "x-b3-flags") == "1" and "x-b3-sampled" not in h,
+            id="b3multi-flags",
+        ),
+        pytest.param("jaeger", [("uber-trace-id", f"{TRACE_ID}:{SPAN_ID}:0:3")], lambda h: one(h, "uber-trace-id").endswith(":3"), id="jaeger-3"),
+        pytest.param(
+            "tracecontext_b3",
+            [("b3", f"{TRACE_ID}-{SPAN_ID}-d")],
+            lambda h: one(h, "b3").endswith("-d") and parse_traceparent(one(h, "traceparent"))[3] in ("01", "03"),
+            id="b3-d-with-w3c",
+        ),
+    ],
+)
+def test_the_debug_flag_travels_on(services, variant, incoming, check):
+    headers, case = services.call(variant, incoming)
+    assert check(headers), headers
+    server = services.server_span(case)  # debug: sampled, so exported
+    assert (server.trace_id, server.parent_span_id) == (TRACE_ID, SPAN_ID)
+
+
+@pytest.mark.parametrize(
+    ("variant", "incoming", "outgoing"),
+    [
+        pytest.param("b3", [("b3", "0")], lambda h: one(h, "b3").endswith("-0"), id="b3-0"),
+        pytest.param("b3multi", [("X-B3-Sampled", "0")], lambda h: one(h, "x-b3-sampled") == "0", id="x-b3-sampled-0"),
+        pytest.param(
+            "tracecontext_b3",
+            [("b3", "0")],
+            lambda h: one(h, "b3").endswith("-0") and int(parse_traceparent(one(h, "traceparent"))[3], 16) & 1 == 0,
+            id="b3-0-with-w3c",
+        ),
+    ],
+)
+def test_a_b3_deny_is_honoured_and_sent_downstream(services, variant, incoming, outgoing):
+    headers, case = services.call(variant, incoming)
+    assert outgoing(headers), headers
+    # nothing of it is exported (checked against a later, sampled request's spans)
+    _, later = services.call(variant, [("b3", f"{TRACE_ID}-{SPAN_ID}-1")])
+    services.server_span(later)
+    assert not [s for s in services.receiver.spans() if case in str(s.attributes.get("url.full", ""))]
+
+
+def test_a_deferred_b3_decision_is_ours(services):
+    headers, case = services.call("b3", [("b3", f"{TRACE_ID}-{SPAN_ID}")])
+    trace_id, _, state = one(headers, "b3").split("-")
+    assert (trace_id, state) == (TRACE_ID, "1")  # the default sampler's root (always_on) decided
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+def test_no_warning_from_the_agent(services):
+    for variant in VARIANTS:
+        assert "autotrace WARNING" not in services.processes[variant].text("stderr"), variant
