@@ -10,6 +10,11 @@ They are combined by :class:`~autotrace.propagation.composite.CompositePropagato
 first format that yields a valid span context is the parent, a later one's different
 trace is kept as a span link (:func:`extracted_links`).
 
+Beside them: :mod:`.fields` (the limits, and how servers' getters read raw values
+within them), :mod:`.decision` (a B3 deny/accept/deferred decision and the B3/Jaeger
+debug flag, kept in the context) and :mod:`.sampler` (the ``parentbased_*`` sampler
+that honours such a decision).
+
 Nothing here imports the OpenTelemetry API at import time: the agent loads it at the
 first request.
 """
