@@ -11,14 +11,15 @@ agent.
 
 Before the OpenTelemetry API has been imported, by the agent or the app (nothing traced
 yet in this process), there is nothing to carry: :func:`capture` returns None at the
-cost of two lookups, and nothing is imported.
+cost of two lookups, and nothing is imported. When the API cannot be imported (a broken
+install) one warning says so and the work goes on untraced: nothing here raises.
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import server_span
+from . import _log, server_span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,19 +28,40 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
 
 
+# Set when the API failed to import: nothing is carried, and the import is not retried.
+_api_failed = False
+
+
 def capture() -> Context | None:
     """The current context, or None when it holds nothing to carry."""
     if not server_span._loaded:  # noqa: SLF001
-        if "opentelemetry.context" not in sys.modules:
+        if _api_failed or "opentelemetry.context" not in sys.modules:
             return None  # the API not imported: no span anywhere
-        server_span._load_api()  # noqa: SLF001
-        if not server_span._loaded:  # noqa: SLF001 - being imported on this thread
+        _load_api()
+        if not server_span._loaded:  # noqa: SLF001 - being imported on this thread, or broken
             return None
     try:
         ctx = server_span.context.get_current()
         return ctx if ctx else None  # an empty Context is falsy (a dict)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _load_api() -> None:
+    """Import the API for :func:`capture`; a failure is logged once and remembered."""
+    global _api_failed
+    if _api_failed:
+        return
+    try:
+        server_span._load_api()  # noqa: SLF001
+    except Exception as exc:  # noqa: BLE001 - the app's Thread.start or submit goes on, untraced
+        _api_failed = True
+        _log.warn_once(
+            "carry-api",
+            "cannot import the OpenTelemetry API (%s: %s); work handed to threads and processes is not traced",
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _context_variable():
@@ -122,9 +144,11 @@ def from_carrier(carrier: dict[str, str] | None) -> Context | None:
     """The context a carrier made by :func:`to_carrier` stands for (in the child process)."""
     if not carrier:
         return None
-    try:
+    if not server_span._loaded:  # noqa: SLF001
+        _load_api()
         if not server_span._loaded:  # noqa: SLF001
-            server_span._load_api()  # noqa: SLF001
+            return None
+    try:
         return server_span.propagate.extract(carrier)
     except Exception:  # noqa: BLE001
         return None

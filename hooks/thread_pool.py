@@ -55,9 +55,12 @@ def _wrap_submit(original):
     partial = functools.partial
 
     def submit(self, *args, **kwargs):
-        ctx = capture()
-        if ctx is None and _threads_inherit:
-            ctx = _empty_context()
+        try:
+            ctx = capture()
+            if ctx is None and _threads_inherit:
+                ctx = _empty_context()
+        except Exception:  # noqa: BLE001 - the task goes to the pool untraced
+            ctx = None
         if ctx is None or not args:
             return original(self, *args, **kwargs)
         # The task, then its arguments; run_in(ctx, fn, *task_args, **task_kwargs).

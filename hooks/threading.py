@@ -13,7 +13,14 @@ one that overrides ``run()`` (OpenTelemetry's own threading instrumentation wrap
   (``run()``, and ``threading.excepthook`` if ``run()`` raises), then detached.
   From Python 3.14 a thread runs ``run()`` inside a ``contextvars.Context`` of its own
   (``Thread(context=...)``, made by ``start()``): the context is attached inside that
-  one, and detached from it after.
+  one, and detached from it after. ``start()`` returns only once the new thread has
+  begun ``_bootstrap_inner``, so what is still on the instance then (a subclass whose
+  own ``_bootstrap_inner`` never calls the base class's, or a failed start) is dropped:
+  a Thread never holds on to a Context.
+
+A thread keeps the context it was started in for as long as it runs: a long-lived
+thread started inside a request (a worker that takes jobs from a queue) runs every later
+job in that request's context, unless the job carries its own (as thread-pool tasks do).
 
 What is carried is a Context captured at ``start()``, not a live span: a parent span
 that ends before the thread runs still parents what the thread records. Only the
@@ -73,19 +80,23 @@ def _wrap_start(original):
     capture = carry.capture
 
     def start(self, *args, **kwargs):
-        ctx = capture()
-        if ctx is not None:
-            try:
-                if id(self.__dict__.get("_target")) not in _not_carried:
+        try:
+            ctx = capture()
+            if ctx is not None:
+                if id(self.__dict__.get("_target")) in _not_carried:
+                    ctx = None
+                else:
                     self.__dict__[_CONTEXT] = ctx
-            except Exception:  # noqa: BLE001 - an odd Thread: start it untraced
-                pass
-            try:
-                return original(self, *args, **kwargs)
-            except BaseException:  # not started: hold on to nothing
-                self.__dict__.pop(_CONTEXT, None)
-                raise
-        return original(self, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - an odd Thread: start it untraced
+            ctx = None
+        if ctx is None:
+            return original(self, *args, **kwargs)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            # Taken by _bootstrap_inner before start() returns; still there when a
+            # subclass's own _bootstrap_inner never called ours, or when not started.
+            self.__dict__.pop(_CONTEXT, None)
 
     return start
 

@@ -11,12 +11,15 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.thread
 import contextvars
+import queue
+import sys
 import threading
+import weakref
 
 import pytest
 from opentelemetry import baggage, context, trace
 
-from autotrace import patching
+from autotrace import carry, patching, server_span
 from autotrace.hooks import thread_pool as thread_pool_hook
 from autotrace.hooks import threading as threading_hook
 
@@ -123,6 +126,43 @@ def test_a_parent_that_ended_before_the_thread_runs_still_parents_it(hooks):
     go.set()
     thread.join(WAIT)
     assert_child_of(hooks, "late-child")
+
+
+def test_a_subclass_whose_bootstrap_never_calls_ours_holds_no_context(hooks):
+    """A Thread subclass that runs the unpatched _bootstrap_inner (saved before the agent)."""
+    plain_bootstrap = threading.Thread._bootstrap_inner.__wrapped__
+    results = []
+
+    class OwnBootstrap(threading.Thread):
+        def _bootstrap_inner(self):
+            plain_bootstrap(self)
+
+    with tracer().start_as_current_span("parent"):
+        thread = OwnBootstrap(target=lambda: results.append(work("own-bootstrap")))
+        thread.start()
+        held = weakref.ref(context.get_current())
+    thread.join(WAIT)
+    assert results == ["own-bootstrap-done"]
+    assert threading_hook._CONTEXT not in thread.__dict__
+    assert held() is None  # nothing keeps the span's Context alive
+    assert_root(hooks, "own-bootstrap")  # its own _bootstrap_inner: not carried
+
+
+def test_a_long_lived_thread_keeps_the_context_it_was_started_in(hooks):
+    """Documented: a worker thread started in a request runs later jobs in that request's context."""
+    jobs: queue.Queue = queue.Queue()
+
+    def serve():
+        for job in iter(lambda: jobs.get(timeout=WAIT), None):
+            job()
+
+    with tracer().start_as_current_span("parent"):
+        thread = threading.Thread(target=serve)
+        thread.start()
+    jobs.put(lambda: work("later-job"))  # queued outside any span
+    jobs.put(None)
+    thread.join(WAIT)
+    assert_child_of(hooks, "later-job")
 
 
 def test_baggage_is_carried_too(hooks):
@@ -406,6 +446,39 @@ async def _async_work(name: str) -> None:
     await asyncio.sleep(0)
     with tracer().start_as_current_span(name):
         await asyncio.sleep(0)
+
+
+@pytest.fixture
+def broken_api(monkeypatch):
+    """The OpenTelemetry API not importable, as with a broken install (not loaded by the agent yet)."""
+    import opentelemetry
+
+    monkeypatch.setattr(server_span, "_loaded", False)
+    monkeypatch.setattr(carry, "_api_failed", False, raising=False)
+    monkeypatch.delattr(opentelemetry, "propagate")
+    monkeypatch.setitem(sys.modules, "opentelemetry.propagate", None)
+
+
+def test_a_broken_api_install_leaves_threads_and_pools_untraced(hooks, broken_api, warnings):
+    with pytest.raises(ImportError):
+        server_span._load_api()  # what the hooks run into
+    results = []
+    with tracer().start_as_current_span("parent"):
+        thread = threading.Thread(target=lambda: results.append(work("thread")))
+        thread.start()
+        timer = threading.Timer(0, lambda: results.append(work("timer")))
+        timer.start()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            results.append(pool.submit(work, "submit").result(WAIT))
+            results.extend(pool.map(work, ["map"], timeout=WAIT))
+        assert carry.bind(work) is work
+    thread.join(WAIT)
+    timer.join(WAIT)
+    assert sorted(results) == ["map-done", "submit-done", "thread-done", "timer-done"]
+    [line] = warnings()
+    assert "cannot import the OpenTelemetry API" in line and "opentelemetry.propagate" in line
+    for name in ("thread", "timer", "submit", "map"):
+        assert_root(hooks, name)  # nothing carried
 
 
 def test_hooks_undone_restore_the_originals(spans):
