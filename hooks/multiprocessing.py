@@ -9,10 +9,11 @@ nothing is added: a lookup or two, no more.
 
 ``Process`` (:func:`patch`, waits for ``multiprocessing.process``), any start method:
 
-- ``BaseProcess.start``: the carrier is stored on the instance. A ``spawn`` or
-  ``forkserver`` child gets the Process object pickled with its ``__dict__``, carrier
-  included; the agent starts in that child from the inherited environment and arms
-  this hook before the object is unpickled.
+- ``BaseProcess.start``: the carrier is stored on the instance while ``start()`` runs.
+  A ``spawn`` or ``forkserver`` child gets the Process object pickled with its
+  ``__dict__``, carrier included; the agent starts in that child from the inherited
+  environment and arms this hook before the object is unpickled. A ``fork`` child gets
+  a copy of it. Once ``start()`` returns, the parent's Process object no longer has it.
 - ``BaseProcess._bootstrap``: the first thing the child runs (it calls ``run()``, so a
   subclass that overrides ``run()`` is covered). In a ``spawn`` or ``forkserver``
   child the carrier's context is made current for the whole body. A ``fork`` child
@@ -30,11 +31,14 @@ function. A function that cannot be pickled fails as it would without the agent 
 wrapper pickles it as its own state: same exception); what the function returns or
 raises reaches the app unchanged (a remote traceback shows the wrapper's frames too).
 A ``ThreadPool`` task is bound to the live Context instead (nothing is pickled there).
+When there is nothing to carry the task goes to the pool as it was given.
 
-The pool's workers themselves carry nothing: ``Pool._repopulate_pool_static`` (which
-starts them, at creation and when replacing a worker that exited) runs with an empty
-context, so a ``fork`` worker does not inherit the creating request's span either, and
-a task submitted outside any span runs outside any span.
+The pool itself carries nothing: ``Pool.__init__`` runs with an empty context, so the
+workers it starts (a ``fork`` worker would inherit the creating request's span) and its
+three helper threads (the worker, task and result handlers, which replace workers that
+exited and run the ``callback`` and ``error_callback`` of every task) do not keep the
+context of whichever request created the pool: a task submitted outside any span runs,
+and has its callbacks run, outside any span.
 
 Spans a child records leave it: a ``fork`` child (which ends with ``os._exit``) is
 flushed by the SDK through multiprocessing's exit finalizers when the SDK was set up
@@ -47,9 +51,12 @@ SIGTERM, and a Python-level handler there can miss a signal that arrives just be
 the worker blocks on the pool's lock, which ``terminate()`` then waits for forever. So
 the worker (``multiprocessing.pool.worker``) gives SIGTERM back its default action
 (:func:`autotrace.signals.release`): it dies at once, as without the agent. Instead,
-every task a Pool sends is wrapped (with or without a context to carry), and the
-worker flushes what a task recorded when the task ends (nothing to do, and nothing
-done, when it recorded nothing).
+the worker flushes what a task recorded before it sends the task's result to the parent
+(its result queue's ``put`` is wrapped): the guarantee is that the spans of every task
+whose result the parent has received are exported (within the flush timeout) by then,
+whatever the parent does next. That is once per task *message*: a ``map`` chunk of 100
+items is one flush, not 100; and no flush at all when the task recorded nothing. A task
+still running when the pool is terminated loses its spans, as it loses its result.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class _InContext:
 
     Calling it calls the function with that context current (and detached after). The
     context is extracted once per unpickled copy (a ``map`` chunk calls it per item).
+    It flushes nothing: a Pool worker flushes per task message (see _FlushingQueue).
     """
 
     __slots__ = ("function", "carrier", "_context")
@@ -97,40 +105,35 @@ class _InContext:
         ctx = self._context
         if ctx is _NOTHING:
             ctx = self._context = carry.from_carrier(self.carrier)
-        try:
-            return carry.run_in(ctx, self.function, *args, **kwargs)
-        finally:
-            if _in_pool_worker:
-                _flush_task()
+        return carry.run_in(ctx, self.function, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<autotrace in-context {self.function!r}>"
 
 
-def in_context(function, always: bool = False):
-    """``function`` with the current context to carry to another process.
-
-    Itself when there is none to carry, unless ``always`` (a Pool's task: wrapped so
-    that the worker flushes what the task recorded, see _in_pool_worker).
-    """
+def in_context(function):
+    """``function`` with the current context to carry to another process; itself when there is none."""
     try:
         carrier = carry.to_carrier()
     except Exception:  # noqa: BLE001 - never fail the submit
         return function
-    if carrier is None and not always:
+    if carrier is None:
         return function
     return _InContext(function, carrier)
 
 
 def without_context(function, *args, **kwargs):
     """Call ``function`` with an empty OpenTelemetry context (as is if none is current)."""
-    if carry.capture() is None:
-        return function(*args, **kwargs)
     try:
-        from opentelemetry.context import Context
+        if carry.capture() is None:
+            empty = None
+        else:
+            from opentelemetry.context import Context
 
-        empty = Context()
-    except Exception:  # noqa: BLE001
+            empty = Context()
+    except Exception:  # noqa: BLE001 - call it as it is
+        empty = None
+    if empty is None:
         return function(*args, **kwargs)
     return carry.run_in(empty, function, *args, **kwargs)
 
@@ -158,10 +161,9 @@ def _wrap_start(original):
         token = _starting.set(self)
         try:
             return original(self, *args, **kwargs)
-        except BaseException:  # not started: hold on to nothing
-            self.__dict__.pop(_CARRIER, None)
-            raise
         finally:
+            # The child has it (pickled, or copied by fork) or was not started: drop it.
+            self.__dict__.pop(_CARRIER, None)
             _starting.reset(token)
 
     return start
@@ -206,14 +208,9 @@ def _flush_child() -> None:
 
 # -- Pool --------------------------------------------------------------------------------
 
-# True in a Pool's worker process. Such a worker is stopped by Pool.terminate() (what
-# ``with Pool() as pool:`` does on exit) with SIGTERM, and must die of it at once: the
-# agent's SIGTERM handler is removed there (see signals.release), and the spans of
-# each traced task are flushed when the task ends instead, so none is lost.
-_in_pool_worker = False
-
 
 def _flush_task() -> None:
+    """In a Pool worker: export what the task recorded, if anything (bounded by the flush timeout)."""
     try:
         provider = sys.modules.get("autotrace.provider")
         sdk = sys.modules.get("autotrace.sdk")
@@ -224,18 +221,42 @@ def _flush_task() -> None:
         pass
 
 
+class _FlushingQueue:
+    """A Pool worker's result queue: what the task recorded is flushed before its result is sent.
+
+    ``worker()`` sends each task message's result once (a whole ``map`` chunk's at once),
+    and the parent may terminate the worker as soon as it has the result.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue) -> None:
+        self._queue = queue
+
+    def put(self, obj) -> None:
+        _flush_task()
+        self._queue.put(obj)
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+
 def _wrap_worker(original):
     def worker(*args, **kwargs):
-        global _in_pool_worker
         # A worker process runs this in its main thread; a ThreadPool, in a thread.
         if threading.current_thread() is threading.main_thread():
-            _in_pool_worker = True
+            # Pool.terminate() (what ``with Pool() as pool:`` does on exit) stops this
+            # process with SIGTERM: it must die of it at once (see the module's text).
             try:
                 from autotrace import signals
 
                 signals.release()
             except Exception:  # noqa: BLE001
                 pass
+            if len(args) > 1:
+                args = (args[0], _FlushingQueue(args[1]), *args[2:])
+            elif "outqueue" in kwargs:
+                kwargs["outqueue"] = _FlushingQueue(kwargs["outqueue"])
         return original(*args, **kwargs)
 
     return worker
@@ -249,7 +270,7 @@ def patch_pool(module: ModuleType) -> None:
     wrap_function(pool, "_map_async", lambda original: _wrap_task_method(original, thread_pool))
     wrap_function(pool, "imap", lambda original: _wrap_task_method(original, thread_pool))
     wrap_function(pool, "imap_unordered", lambda original: _wrap_task_method(original, thread_pool))
-    wrap_function(pool, "_repopulate_pool_static", _wrap_repopulate)
+    wrap_function(pool, "__init__", _wrap_init)
 
 
 def _wrap_task_method(original, thread_pool):
@@ -266,7 +287,7 @@ def _wrap_task_method(original, thread_pool):
             if thread_pool is not None and isinstance(self, thread_pool):
                 wrapped = carry.bind(function)
             else:
-                wrapped = in_context(function, always=True)
+                wrapped = in_context(function)
         except Exception:  # noqa: BLE001
             wrapped = function
         if wrapped is function:
@@ -278,8 +299,8 @@ def _wrap_task_method(original, thread_pool):
     return method
 
 
-def _wrap_repopulate(original):
-    def _repopulate_pool_static(*args, **kwargs):
-        return without_context(original, *args, **kwargs)
+def _wrap_init(original):
+    def __init__(self, *args, **kwargs):  # noqa: N807
+        without_context(original, self, *args, **kwargs)
 
-    return _repopulate_pool_static
+    return __init__

@@ -9,9 +9,12 @@ through ``submit`` and is covered with it, as is a subclass that overrides ``sub
 and calls the base class's. When there is nothing to carry the task goes to the pool
 as it was given; a function that cannot be pickled fails as it would without the agent.
 
-The workers themselves carry nothing: ``_spawn_process`` (which starts each one, from
+The executor itself carries nothing: ``_spawn_process`` (which starts each worker, from
 whichever ``submit`` or from the pool's manager thread) runs with an empty context, so
-a ``fork`` worker does not inherit the context of the task that happened to start it.
+a ``fork`` worker does not inherit the context of the task that happened to start it;
+and so does ``_start_executor_manager_thread`` (called by the first ``submit``), so the
+manager thread, which runs every future's done-callbacks, does not keep the first
+submitter's context: a callback runs outside any span, as the thread runs it.
 Workers end when the pool shuts down, through multiprocessing's ``_bootstrap``: the
 ``multiprocessing`` hook's flush covers what they recorded.
 """
@@ -28,7 +31,8 @@ if TYPE_CHECKING:
 
 def patch(module: ModuleType) -> None:
     wrap_function(module.ProcessPoolExecutor, "submit", _wrap_submit)
-    wrap_function(module.ProcessPoolExecutor, "_spawn_process", _wrap_spawn_process)
+    wrap_function(module.ProcessPoolExecutor, "_spawn_process", _wrap_without_context)
+    wrap_function(module.ProcessPoolExecutor, "_start_executor_manager_thread", _wrap_without_context)
 
 
 def _wrap_submit(original):
@@ -43,8 +47,8 @@ def _wrap_submit(original):
     return submit
 
 
-def _wrap_spawn_process(original):
-    def _spawn_process(self, *args, **kwargs):
+def _wrap_without_context(original):
+    def method(self, *args, **kwargs):
         return without_context(original, self, *args, **kwargs)
 
-    return _spawn_process
+    return method

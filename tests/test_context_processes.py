@@ -20,10 +20,12 @@ import multiprocessing.pool
 import multiprocessing.process
 import pickle
 import sys
+import threading
+import time
 
 import pytest
 
-from autotrace import carry, patching
+from autotrace import carry, patching, server_span
 from autotrace.hooks import multiprocessing as mp_hook
 from autotrace.hooks import process_pool as pp_hook
 
@@ -73,6 +75,24 @@ def fail(message):
     raise ValueError(message)
 
 
+def wait_for_file(path):
+    """Return once ``path`` exists (bounded)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return path
+
+
+def log_item(path_and_item):
+    """A task that notes, in the file ``path``, that it ran here; returns its item."""
+    path, item = path_and_item
+    with open(path, "a") as log:
+        log.write(f"item {os.getpid()}\n")
+    return item
+
+
 # -- fixtures -------------------------------------------------------------------------------
 
 
@@ -87,6 +107,16 @@ def hooked(spans):
     pp_hook.patch(concurrent.futures.process)
     yield spans
     patching.undo(mark)
+
+
+@pytest.fixture
+def threads_hooked(hooked):
+    """The threading hook too: helper threads started in a span would carry it."""
+    import threading as threading_module
+
+    from autotrace.hooks import threading as threading_hook
+
+    threading_hook.patch(threading_module)  # undone with the others by ``hooked``
 
 
 @pytest.fixture
@@ -205,11 +235,9 @@ def test_pool_methods_wrap_every_task_with_the_context_if_any(tracer):
         return "result"
 
     method = mp_hook._wrap_task_method(original, multiprocessing.pool.ThreadPool)
-    # No context: still wrapped (the worker flushes what the task records), nothing carried.
+    # No context: the task as it was given (the worker flushes per task message itself).
     assert method(object(), seen, [1]) == "result"
-    (args, kwargs) = calls.pop()
-    assert isinstance(args[0], mp_hook._InContext) and args[0].function is seen and args[0].carrier is None
-    assert args[1:] == ([1],) and kwargs == {}
+    assert calls.pop() == ((seen, [1]), {})
     with tracer.start_as_current_span("submit"):
         method(object(), seen, [1], chunksize=2)
         method(object(), func=seen, iterable=[1])
@@ -245,6 +273,7 @@ def test_fork_child_keeps_the_context_it_inherited(tracer):
     # The whole context, the app's own value included, as without the agent.
     assert got == parent.expected("fork", app_value="app-only")
     assert process.exitcode == 0
+    assert mp_hook._CARRIER not in process.__dict__  # the parent's object keeps nothing
 
 
 def test_process_started_outside_any_span_carries_nothing(tracer):
@@ -265,6 +294,7 @@ def test_spawn_child_runs_in_the_starters_context(tracer, agent_in_spawn_childre
         else:
             process, label = ctx.Process(target=report, args=(queue, "spawn")), "spawn"
         process.start()  # the span ends while the child starts up
+    assert mp_hook._CARRIER not in process.__dict__  # pickled to the child by start()
     got = _run_process(process, queue)
     assert got == parent.expected(label)
     assert process.exitcode == 0
@@ -364,6 +394,56 @@ def test_pool_workers_started_in_a_span_do_not_carry_it(tracer):
         pool.join()
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_callbacks_do_not_run_in_the_pools_creators_context(threads_hooked, tracer, method):
+    """The result handler thread, which runs callbacks, is started by Pool() in a span."""
+    ctx = multiprocessing.get_context(method)
+    called = []
+    with in_span(tracer, "creator"):
+        pool = ctx.Pool(1)
+    try:
+        with in_span(tracer, "submitter"):
+            inside = pool.apply_async(seen, ("inside",), callback=lambda result: called.append(seen("callback")))
+        outside = pool.apply_async(fail, ("boom",), error_callback=lambda error: called.append(seen("errback")))
+        assert inside.get(TIMEOUT)[0] == "inside"
+        with pytest.raises(ValueError):
+            outside.get(TIMEOUT)
+    finally:
+        pool.terminate()
+        pool.join()
+    # Python runs callbacks in the result handler thread: outside any span, as without the agent.
+    assert called == [("callback", None, None, None, None), ("errback", None, None, None, None)]
+    for handler in (pool._worker_handler, pool._task_handler, pool._result_handler):
+        assert "_autotrace_context" not in handler.__dict__
+
+
+def test_pool_workers_flush_once_per_task_message_before_its_result(tracer, tmp_path, monkeypatch):
+    """One flush per chunk of map (not per item), per apply; each before the result is sent."""
+    log = tmp_path / "log"
+
+    def flush_task():  # in the fork workers, which inherit it
+        with open(log, "a") as out:
+            out.write(f"flush {os.getpid()}\n")
+
+    monkeypatch.setattr(mp_hook, "_flush_task", flush_task)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        with tracer.start_as_current_span("submit"):
+            assert pool.map(log_item, [(str(log), i) for i in range(200)], chunksize=50) == list(range(200))
+            lines = log.read_text().splitlines()  # the workers' flushes came before the results
+            assert pool.apply(log_item, ((str(log), "one"),)) == "one"
+        assert pool.map(log_item, [(str(log), "outside")]) == ["outside"]  # nothing carried: flushed too
+        after = log.read_text().splitlines()
+    assert len(lines) == 200 + 4 and [line.split()[0] for line in lines].count("flush") == 4
+    by_worker: dict[str, list[str]] = {}
+    for line in after:
+        kind, pid = line.split()
+        by_worker.setdefault(pid, []).append(kind)
+    blocks = [block for kinds in by_worker.values() for block in " ".join(kinds).split("flush") if block.strip()]
+    assert sorted(block.split().count("item") for block in blocks) == [1, 1, 50, 50, 50, 50]
+    assert all(kinds[-1] == "flush" for kinds in by_worker.values())
+
+
 def test_pool_task_errors_and_unpicklable_functions_fail_as_without_the_agent(tracer):
     ctx = multiprocessing.get_context("fork")
     with pytest.raises(Exception) as plain:
@@ -407,6 +487,25 @@ def test_executor_tasks_run_in_their_submitters_context(tracer, method):
         assert keyword.result(TIMEOUT) == second.expected("keyword")
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_executor_done_callbacks_do_not_run_in_the_first_submitters_context(threads_hooked, tracer, tmp_path, method):
+    """The manager thread, which runs done-callbacks, is started by the first submit, in its span."""
+    ctx = multiprocessing.get_context(method)
+    gate = tmp_path / "gate"
+    called, done = [], threading.Event()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as executor:
+        with in_span(tracer, "first") as first:
+            assert executor.submit(seen, "first").result(TIMEOUT) == first.expected("first")
+        later = executor.submit(wait_for_file, str(gate))  # outside any span
+        later.add_done_callback(lambda future: (called.append(seen("callback")), done.set()))
+        gate.touch()
+        assert later.result(TIMEOUT) == str(gate)
+        assert done.wait(TIMEOUT)
+        manager = executor._executor_manager_thread
+        assert "_autotrace_context" not in manager.__dict__
+    assert called == [("callback", None, None, None, None)]
+
+
 def test_executor_errors_and_unpicklable_functions_fail_as_without_the_agent(tracer):
     ctx = multiprocessing.get_context("fork")
     with pytest.raises(Exception) as plain:
@@ -419,6 +518,29 @@ def test_executor_errors_and_unpicklable_functions_fail_as_without_the_agent(tra
             failing.result(TIMEOUT)
         with pytest.raises(type(plain.value)):
             unpicklable.result(TIMEOUT)
+
+
+def test_a_broken_api_install_leaves_processes_and_pools_untraced(tracer, monkeypatch, capsys):
+    import opentelemetry
+
+    monkeypatch.setattr(server_span, "_loaded", False)
+    monkeypatch.setattr(carry, "_api_failed", False, raising=False)
+    monkeypatch.delattr(opentelemetry, "propagate")
+    monkeypatch.setitem(sys.modules, "opentelemetry.propagate", None)
+    ctx = multiprocessing.get_context("fork")
+    with tracer.start_as_current_span("submit"):
+        assert mp_hook.without_context(seen_pair, "a", b="b")[0] == "ab"
+        assert mp_hook.in_context(seen) is seen
+        queue = ctx.Queue()
+        process = ctx.Process(target=report, args=(queue, "process"))
+        assert _run_process(process, queue)[0] == "process"
+        with ctx.Pool(1) as pool:
+            assert pool.apply(seen_pair, ("po", "ol"))[0] == "pool"
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as executor:
+            assert executor.submit(seen_pair, "ex", "ecutor").result(TIMEOUT)[0] == "executor"
+    assert process.exitcode == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autotrace ")]
+    assert len(lines) == 1 and "cannot import the OpenTelemetry API" in lines[0], lines
 
 
 def test_carry_is_what_crosses(tracer):
