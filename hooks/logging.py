@@ -3,7 +3,8 @@
 Waits for ``logging`` (usually imported before or during the agent's start-up:
 patched at once). A ``LogRecord`` factory is set that chains the one in place (the
 default, or one the app set before the agent) and adds the fields
-opentelemetry-instrumentation-logging adds, under the same names:
+opentelemetry-instrumentation-logging adds, under the same names (and
+``Logger.makeRecord`` is wrapped, see below):
 
 - ``otelTraceID``: the current span's trace id, 32 hex digits;
 - ``otelSpanID``: its span id, 16 hex digits;
@@ -19,10 +20,17 @@ cost of two lookups, and nothing is imported.
 
 The app's own factories: one set *before* the agent is called by ours. One set after,
 that chains the factory in place (``old = logging.getLogRecordFactory()`` ... ``old(...)``),
-as the logging documentation shows, keeps the fields. One set after that does not chain
-replaces ours: its records lack the fields (a format naming them then fails, as it
-would without the agent). Records made without any factory (``logging.makeLogRecord``,
-records unpickled by a socket receiver) lack them too.
+as the logging documentation shows, sees the fields on the record ``old()`` returns.
+One set after that does not chain replaces ours; ``Logger.makeRecord`` (wrapped) then
+adds the fields to what it returns, so a record logged through a logger always has
+them. ``logging.makeLogRecord`` (what a socket receiver rebuilds records with) calls the
+factory in place: its records have them while ours is in place, and the sender's
+values win. A record made by ``LogRecord(...)`` directly, or by a factory that does not
+chain outside a logger, lacks them.
+
+``extra=`` naming the fields (``logger.info(..., extra={"otelTraceID": ...})``) works as
+without the agent: the app's values are the record's (logging itself refuses an
+``extra`` key the record has already; the wrapped ``makeRecord`` sets these after it).
 
 ``OTEL_PYTHON_LOG_CORRELATION=true`` (default false) also puts the ids into the format
 ``logging.basicConfig()`` uses when the app gives none (called explicitly, or implicitly
@@ -30,7 +38,11 @@ by ``logging.warning(...)`` and friends with no handler configured), as
 opentelemetry-instrumentation-logging does: :data:`DEFAULT_FORMAT`, or the value of
 ``OTEL_PYTHON_LOG_FORMAT`` if set (a %-style format). A format the app passes is kept.
 Unlike that instrumentation, the agent does not call ``basicConfig`` itself: an app
-that configures logging its own way is not given a second handler.
+that configures logging its own way is not given a second handler. A record that
+reaches a handler with that format without the fields (see above) is written with the
+ids of "outside a span", never a "--- Logging error ---". A named logger used before
+any handler is configured writes through ``logging.lastResort`` (Python's "last resort"
+handler, message only): with correlation on it writes that same format, ids included.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import os
 import sys
 
 from autotrace import _log, provider
+from autotrace.patching import unwrap_function, wrap_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,6 +67,9 @@ DEFAULT_FORMAT = (
 ZERO_TRACE_ID = "0" * 32
 ZERO_SPAN_ID = "0" * 16
 
+FIELDS = ("otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName")
+_FIELD_SET = frozenset(FIELDS)
+
 CORRELATION_ENV = "OTEL_PYTHON_LOG_CORRELATION"
 FORMAT_ENV = "OTEL_PYTHON_LOG_FORMAT"
 
@@ -62,14 +78,18 @@ _PREVIOUS = "__autotrace_previous_factory__"
 
 # What patch() changed in the logging module, for unpatch() (tests).
 _saved_format: tuple | None = None  # (BASIC_FORMAT, _STYLES["%"]) before
+_last_resort: tuple | None = None  # (logging.lastResort, the formatter given to it)
 
 
 def patch(module: ModuleType) -> None:
     current = module.getLogRecordFactory()
     if getattr(current, _PREVIOUS, None) is None:
         module.setLogRecordFactory(_make_factory(current))
+    wrap_function(module.Logger, "makeRecord", _wrap_make_record)
     if _correlation_enabled():
-        _set_default_format(module, _default_format(module))
+        fmt = _default_format(module)
+        if _set_default_format(module, fmt):
+            _format_last_resort(module, fmt)
 
 
 def unpatch(module: ModuleType) -> None:
@@ -78,27 +98,39 @@ def unpatch(module: ModuleType) -> None:
     The factory is put back only while ours is the one in place (an app's factory set
     after it is left).
     """
-    global _saved_format
+    global _saved_format, _last_resort
     current = module.getLogRecordFactory()
     previous = getattr(current, _PREVIOUS, None)
     if previous is not None:
         module.setLogRecordFactory(previous)
+    unwrap_function(module.Logger, "makeRecord")
     if _saved_format is not None:
         module.BASIC_FORMAT, module._STYLES["%"] = _saved_format  # noqa: SLF001
         _saved_format = None
+    if _last_resort is not None:
+        handler, formatter = _last_resort
+        if handler.formatter is formatter:
+            handler.setFormatter(None)
+        _last_resort = None
+
+
+def _fields() -> tuple:
+    """The four fields' values here and now; those of "outside a span" if a lookup fails."""
+    try:
+        ids = _current_ids()
+    except Exception:  # noqa: BLE001 - the record still gets the fields, as outside a span
+        ids = _NO_SPAN
+    try:
+        name = _service_name()
+    except Exception:  # noqa: BLE001
+        name = ""
+    return (*ids, name)
 
 
 def _make_factory(previous):
     def record_factory(*args, **kwargs):
         record = previous(*args, **kwargs)
-        try:
-            trace_id, span_id, sampled = _current_ids()
-        except Exception:  # noqa: BLE001 - the record still gets the fields, as outside a span
-            trace_id, span_id, sampled = ZERO_TRACE_ID, ZERO_SPAN_ID, False
-        try:
-            name = _service_name()
-        except Exception:  # noqa: BLE001
-            name = ""
+        trace_id, span_id, sampled, name = _fields()
         try:
             record.otelTraceID = trace_id
             record.otelSpanID = span_id
@@ -110,6 +142,40 @@ def _make_factory(previous):
 
     setattr(record_factory, _PREVIOUS, previous)
     return record_factory
+
+
+def _wrap_make_record(original):
+    """``Logger.makeRecord``: ``extra=`` may name the fields (the app's values win); none is missing.
+
+    Logging refuses an ``extra`` key the record already has, and the factory has set the
+    fields by then: they are taken out of ``extra`` and set after, as logging would have.
+    A record whose factory did not set them (an app's factory that does not chain) gets
+    them here.
+    """
+    fields = _FIELD_SET
+
+    def makeRecord(self, name, level, fn, lno, msg, args, exc_info, func=None, extra=None, sinfo=None, **more):  # noqa: N802
+        own = None
+        if extra:
+            try:
+                if not fields.isdisjoint(extra):
+                    own = {key: extra[key] for key in extra if key in fields}
+                    extra = {key: extra[key] for key in extra if key not in fields}
+            except Exception:  # noqa: BLE001 - an odd mapping: logging says what is wrong with it
+                own = None
+        record = original(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo, **more)
+        try:
+            values = record.__dict__
+            if "otelTraceID" not in values:
+                for key, value in zip(FIELDS, _fields()):
+                    values.setdefault(key, value)
+            if own:
+                values.update(own)
+        except Exception:  # noqa: BLE001 - not a LogRecord: the app's factory's business
+            pass
+        return record
+
+    return makeRecord
 
 
 _NO_SPAN = (ZERO_TRACE_ID, ZERO_SPAN_ID, False)
@@ -241,15 +307,59 @@ def _default_format(module: ModuleType) -> str:
     return fmt
 
 
-def _set_default_format(module: ModuleType, fmt: str) -> None:
-    """basicConfig() reads its default %-format from ``_STYLES["%"]``; BASIC_FORMAT names it."""
+def _set_default_format(module: ModuleType, fmt: str) -> bool:
+    """basicConfig() reads its default %-format from ``_STYLES["%"]``; BASIC_FORMAT names it.
+
+    The style class there (what every %-format ``Formatter`` is made with) is replaced by
+    a subclass that fills in the fields a record lacks, for ``fmt`` only.
+    """
     global _saved_format
     styles = getattr(module, "_STYLES", None)
     entry = styles.get("%") if isinstance(styles, dict) else None
-    if not isinstance(entry, tuple) or len(entry) != 2:
+    if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], type):
         _log.logger.debug("logging: unknown layout of logging._STYLES; %s left out", CORRELATION_ENV)
-        return
+        return False
     if _saved_format is None:
         _saved_format = (module.BASIC_FORMAT, entry)
-    styles["%"] = (entry[0], fmt)
+    base = _saved_format[1][0]
+    styles["%"] = (_filling_style(base, fmt), fmt)
     module.BASIC_FORMAT = fmt
+    return True
+
+
+def _filling_style(base: type, fmt: str) -> type:
+    """``base`` (logging's PercentStyle), giving a record that lacks the fields zeros, for ``fmt``."""
+
+    class CorrelatedPercentStyle(base):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._autotrace_fill = getattr(self, "_fmt", None) == fmt
+
+        def format(self, record):
+            if self._autotrace_fill and "otelTraceID" not in getattr(record, "__dict__", ()):
+                record = _WithFields(record)
+            return super().format(record)
+
+    return CorrelatedPercentStyle
+
+
+class _WithFields:
+    """A record's attributes plus the fields it lacks, as outside a span (for formatting only)."""
+
+    def __init__(self, record) -> None:
+        self.__dict__.update(zip(FIELDS, (*_NO_SPAN, "")))
+        self.__dict__.update(record.__dict__)
+
+
+def _format_last_resort(module: ModuleType, fmt: str) -> None:
+    """``logging.lastResort`` (message only) writes ``fmt`` instead, if no one changed it."""
+    global _last_resort
+    handler = getattr(module, "lastResort", None)
+    if _last_resort is not None or handler is None or getattr(handler, "formatter", False) is not None:
+        return
+    try:
+        formatter = module.Formatter(fmt)
+        handler.setFormatter(formatter)
+    except Exception:  # noqa: BLE001 - left as it is
+        return
+    _last_resort = (handler, formatter)

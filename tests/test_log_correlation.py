@@ -161,10 +161,75 @@ def test_an_app_factory_set_after_that_chains_keeps_the_fields(hooked):
     assert made.otelSpanID == format(span.get_span_context().span_id, "016x")
 
 
-def test_an_app_factory_set_after_that_does_not_chain_replaces_ours(hooked):
-    logging.setLogRecordFactory(logging.LogRecord)  # documented: the fields are then missing
-    made = record()
-    assert not any(hasattr(made, field) for field in FIELDS)
+class AppRecord(logging.LogRecord):
+    """An app's own record class, set as the factory without chaining the one in place."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.app_field = "app"
+
+
+def test_an_app_factory_set_after_that_does_not_chain_still_gives_logged_records_the_fields(hooked):
+    logging.setLogRecordFactory(AppRecord)
+    assert logging.getLogRecordFactory() is AppRecord  # the app's own, as it set it
+    with tracer().start_as_current_span("parent") as span:
+        made = record()
+    assert type(made) is AppRecord and made.app_field == "app"
+    ctx = span.get_span_context()
+    assert (made.otelTraceID, made.otelSpanID, made.otelTraceSampled) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", True)
+    assert made.otelServiceName == provider_service_name()
+    direct = AppRecord("direct", logging.INFO, __file__, 1, "m", (), None)  # no logger: documented
+    assert not any(hasattr(direct, field) for field in FIELDS)
+
+
+def _logged_with(fmt: str, *calls) -> list[str]:
+    """The lines a logger writes with formatter ``fmt`` for each ``(message, extra)`` call."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(fmt))
+    logger = logging.getLogger("test.log.extra")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for message, extra in calls:
+            logger.warning(message, extra=extra)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    return stream.getvalue().splitlines()
+
+
+def test_extra_naming_the_fields_gives_the_apps_values(hooked):
+    fmt = "%(otelTraceID)s %(otelSpanID)s %(otelTraceSampled)s %(otelServiceName)s %(custom)s %(message)s"
+    with tracer().start_as_current_span("parent") as span:
+        lines = _logged_with(
+            fmt,
+            ("all", {"otelTraceID": "t", "otelSpanID": "s", "otelTraceSampled": "maybe", "otelServiceName": "n", "custom": 1}),
+            ("one", {"otelTraceID": "mine", "custom": 2}),
+            ("none", {"custom": 3}),
+        )
+    ctx = span.get_span_context()
+    trace_id, span_id, name = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", provider_service_name()
+    assert lines == [
+        "t s maybe n 1 all",
+        f"mine {span_id} True {name} 2 one",
+        f"{trace_id} {span_id} True {name} 3 none",
+    ]
+
+
+def test_extra_refused_by_logging_is_refused_as_without_the_agent(restore_logging):
+    def refusal(extra):
+        logger = logging.getLogger("test.log.refused")
+        with pytest.raises(KeyError) as raised:
+            logger.makeRecord("n", logging.INFO, __file__, 1, "m", (), None, extra=extra)
+        return str(raised.value)
+
+    extras = ({"message": "x"}, {"asctime": "x", "otelTraceID": "t"}, {"levelname": "x"})
+    plain = [refusal(extra) for extra in extras]
+    logging_hook.patch(logging)
+    assert [refusal(extra) for extra in extras] == plain
+    with pytest.raises(TypeError):  # not a mapping: logging's own error
+        logging.getLogger("test.log.refused").warning("m", extra=42)
 
 
 def test_patch_twice_wraps_once(hooked):
@@ -295,11 +360,90 @@ def test_otel_python_log_format_chooses_the_default_format(spans, restore_loggin
 
 def test_an_invalid_otel_python_log_format_warns_and_uses_the_default(spans, restore_logging, monkeypatch, capsys):
     monkeypatch.setenv(logging_hook.CORRELATION_ENV, "true")
-    monkeypatch.setenv(logging_hook.FORMAT_ENV, "no fields at all")
+    monkeypatch.setenv(logging_hook.FORMAT_ENV, "%(unclosed")
     logging_hook.patch(logging)
-    err = capsys.readouterr().err
-    assert "OTEL_PYTHON_LOG_FORMAT" in err
+    logging_hook.unpatch(logging)
+    logging_hook.patch(logging)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines  # one line, once, nothing else
+    assert lines[0].startswith("autotrace WARNING: OTEL_PYTHON_LOG_FORMAT=")
+    assert "'%(unclosed'" in lines[0]
     assert logging.BASIC_FORMAT == logging_hook.DEFAULT_FORMAT
+
+
+# An app that sets its own record factory (not chaining), then basicConfig(), with the
+# correlated default format: every line is written, with the ids.
+@pytest.mark.parametrize("fmt", [None, "%(otelTraceID)s %(otelSpanID)s %(message)s"], ids=["default", "env"])
+def test_correlated_default_format_with_an_apps_own_factory(spans, restore_logging, monkeypatch, fmt):
+    monkeypatch.setenv(logging_hook.CORRELATION_ENV, "true")
+    if fmt is not None:
+        monkeypatch.setenv(logging_hook.FORMAT_ENV, fmt)
+    logging_hook.patch(logging)
+    logging.setLogRecordFactory(AppRecord)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)  # basicConfig()'s stream, and "--- Logging error ---"'s
+    logging.basicConfig()
+    with tracer().start_as_current_span("parent") as span:
+        logging.getLogger("app").warning("in a span")
+    logging.getLogger("app").warning("outside")
+    root.handle(logging.makeLogRecord({"msg": "no fields", "levelno": logging.WARNING}))  # made without a logger
+    out = stream.getvalue()
+    assert "Logging error" not in out, out
+    ctx = span.get_span_context()
+    if fmt is None:
+        inside, outside, bare = out.splitlines()
+        assert f"[trace_id={ctx.trace_id:032x} span_id={ctx.span_id:016x} " in inside and inside.endswith("- in a span")
+        assert f"[trace_id={'0' * 32} span_id={'0' * 16} " in outside and outside.endswith("- outside")
+        assert f"[trace_id={'0' * 32} span_id={'0' * 16} resource.service.name= trace_sampled=False] - no fields" in bare
+    else:
+        assert out.splitlines() == [
+            f"{ctx.trace_id:032x} {ctx.span_id:016x} in a span",
+            f"{'0' * 32} {'0' * 16} outside",
+            f"{'0' * 32} {'0' * 16} no fields",
+        ]
+
+
+def test_only_the_correlated_format_fills_in_missing_fields(spans, restore_logging, monkeypatch):
+    monkeypatch.setenv(logging_hook.CORRELATION_ENV, "true")
+    logging_hook.patch(logging)
+    bare = logging.LogRecord("bare", logging.INFO, __file__, 1, "m", (), None)  # no factory
+    assert logging.Formatter().format(bare) == "m"
+    assert logging.Formatter(logging_hook.DEFAULT_FORMAT).format(bare).endswith("trace_sampled=False] - m")
+    with pytest.raises(ValueError, match="otelTraceID"):  # the app's own format: as without the agent
+        logging.Formatter("%(otelTraceID)s %(message)s").format(bare)
+    assert not hasattr(bare, "otelTraceID")  # the record itself is left as it was
+
+
+LAST_RESORT = """
+import logging, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from autotrace.hooks import logging as hook
+hook.patch(logging)
+trace.set_tracer_provider(TracerProvider())
+with trace.get_tracer("t").start_as_current_span("parent") as span:
+    logging.getLogger("named").warning("no handler configured")
+print(format(span.get_span_context().trace_id, "032x"), format(span.get_span_context().span_id, "016x"))
+"""
+
+
+@pytest.mark.parametrize("correlation", ["true", "false"])
+def test_a_named_logger_without_handlers_writes_through_last_resort(correlation):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
+    env.update(OTEL_SERVICE_NAME="last-resort", OTEL_PYTHON_LOG_CORRELATION=correlation)
+    out = subprocess.run([sys.executable, "-c", LAST_RESORT], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    trace_id, span_id = out.stdout.split()
+    [line] = out.stderr.splitlines()
+    if correlation == "true":
+        assert "WARNING [named] [<string>:9] " in line
+        assert f"[trace_id={trace_id} span_id={span_id} resource.service.name=last-resort trace_sampled=True] - " in line
+        assert line.endswith("- no handler configured")
+    else:
+        assert line == "no handler configured"  # Python's own last resort: the message only
 
 
 def test_nothing_of_opentelemetry_is_imported_while_nothing_is_traced():
