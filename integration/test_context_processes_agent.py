@@ -11,6 +11,9 @@ outside any span records a root span.
 At the real OTLP receiver: every worker's span arrived (the child flushed it before it
 ended: nothing is exported while the app runs, see ``OTEL_BSP_SCHEDULE_DELAY``), once,
 from a process other than the parent, as a child of the submitting span in its trace.
+
+A ``Pool.map`` of many items in a few chunks, one span per item, is exported in one
+request per chunk (the worker flushes before it sends a chunk's result), not per item.
 """
 
 from __future__ import annotations
@@ -100,6 +103,20 @@ def run_pool(method, ending):
         pool.join()
 
 
+def run_chunks(method, items, chunksize):
+    case = "chunks-" + method
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        with tracer.start_as_current_span("submit " + case):
+            pids = pool.map(record_item, [(case, i) for i in range(int(items))], int(chunksize))
+    assert len(pids) == int(items)
+
+
+def record_item(item):
+    with tracer.start_as_current_span("item %s %s" % item):
+        pass
+    return os.getpid()
+
+
 def run_executor(method):
     case = "executor-" + method
     context = multiprocessing.get_context(method)
@@ -118,7 +135,8 @@ if __name__ == "__main__":
     os.makedirs(GATES, exist_ok=True)
     for name in sys.argv[1:]:
         kind, _, args = name.partition(":")
-        {"process": run_process, "pool": run_pool, "executor": run_executor}[kind](*args.split(","))
+        runs = {"process": run_process, "pool": run_pool, "executor": run_executor, "chunks": run_chunks}
+        runs[kind](*args.split(","))
         print("done", name, flush=True)
     print("app done", flush=True)
 """
@@ -211,3 +229,18 @@ def test_terminated_pool_workers_flush_their_spans(tmp_path, otlp_receiver, prot
     app, code = run_app(tmp_path, otlp_receiver, protocol, TERMINATED, timeout=60)
     check_app(app, code, TERMINATED)
     check_spans(otlp_receiver, app, TERMINATED)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_map_exports_once_per_chunk_not_per_item(tmp_path, otlp_receiver, method):
+    items, chunks = 400, 4
+    case = f"chunks:{method},{items},{items // chunks}"
+    app, code = run_app(tmp_path, otlp_receiver, "http", [case], timeout=60)
+    check_app(app, code, [case])
+    spans = otlp_receiver.wait_for_spans(items + 1, timeout=5)
+    [submit] = [s for s in spans if s.name == f"submit chunks-{method}"]
+    recorded = [s for s in spans if s.name.startswith("item ")]
+    assert sorted(int(s.name.split()[-1]) for s in recorded) == list(range(items))
+    assert all(s.parent_span_id == submit.span_id and s.resource["process.pid"] != app.pid for s in recorded)
+    # One request per chunk from the workers, one from the parent at exit: never one per item.
+    assert chunks + 1 <= len(otlp_receiver.export_requests()) <= chunks + 2, len(otlp_receiver.export_requests())

@@ -8,7 +8,8 @@ make its own spans, as app code does) answers ``GET /fanout`` by handing work to
 Each worker makes a span
 and logs a line whose format names ``%(otelTraceID)s`` and ``%(otelSpanID)s``; the
 handler itself logs through ``logging.basicConfig()``'s default format, which
-``OTEL_PYTHON_LOG_CORRELATION=true`` makes name the ids. The request carries a
+``OTEL_PYTHON_LOG_CORRELATION=true`` makes name the ids; one more line passes its own
+``otelTraceID`` in ``extra=`` (the app's value is written). The request carries a
 ``traceparent``. At a real OTLP receiver: every worker span is a child of the request's
 SERVER span, in the caller's trace; each log line names its worker's span.
 """
@@ -90,6 +91,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = ",".join(fan_out()).encode()
         logging.getLogger("handler").info("fanned out")
+        logging.getLogger("handler").info("own id", extra={"otelTraceID": "chosen-by-the-app"})
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -146,4 +148,6 @@ def test_workers_are_children_of_the_server_span_and_log_its_trace(tmp_path):
     [handled] = [line for line in stdout.splitlines() if line.endswith("- fanned out")]
     assert f"[trace_id={TRACE_ID} span_id={server.span_id} resource.service.name=fanout trace_sampled=True]" in handled
     assert "INFO [handler]" in handled
+    [own] = [line for line in stdout.splitlines() if line.endswith("- own id")]
+    assert f"[trace_id=chosen-by-the-app span_id={server.span_id} " in own
     assert "autotrace WARNING" not in stderr, stderr
