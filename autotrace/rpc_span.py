@@ -11,10 +11,15 @@ the call's status code (:meth:`RpcSpan.set_code`) or the exception that ended it
 Span content follows the RPC semantic conventions: name ``"{package.Service}/{Method}"``,
 ``rpc.system=grpc``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``,
 ``server.address``, ``server.port``, ``error.type`` (the status code's name). Status
-ERROR for every code but OK.
+ERROR for every code but OK. A SERVER span has ``server.address``/``server.port`` when
+its server was given exactly one port (:class:`ServerPorts`, noted by
+:func:`note_ports`): the address the app passed (none for a wildcard such as
+``[::]`` or ``0.0.0.0``; the path for a Unix socket) and the port grpc bound.
 """
 
 from __future__ import annotations
+
+import functools
 
 from . import _log, server_span
 from ._version import __version__
@@ -96,6 +101,15 @@ class RpcSpan(server_span.SpanHandle):
                 self.span.set_attribute("client.port", port)
         except Exception as exc:  # noqa: BLE001
             self._report(exc)
+
+    def set_server(self, ports: ServerPorts) -> None:
+        """Record ``server.address``/``server.port`` of a SERVER span, when its server's port is known."""
+        attributes = ports.attributes
+        if attributes:
+            try:
+                self.span.set_attributes(attributes)
+            except Exception as exc:  # noqa: BLE001
+                self._report(exc)
 
     def set_code(self, code: object, details: str | None = None) -> None:
         """Record the call's status code (a grpc.StatusCode, or its number)."""
@@ -223,8 +237,12 @@ def split_target(target: str | None) -> tuple[str | None, int | None]:
     if not target:
         return None, None
     rest = target
-    if rest.startswith(("unix:", "unix-abstract:")):
-        return rest, None
+    for scheme in ("unix-abstract:", "unix:"):
+        if rest.startswith(scheme):
+            path = rest[len(scheme) :]
+            if scheme == "unix:" and path.startswith("//"):
+                path = path[2:]  # unix:///absolute/path
+            return path or None, None
     for scheme in ("dns:", "ipv4:", "ipv6:"):
         if rest.startswith(scheme):
             rest = rest[len(scheme) :]
@@ -233,6 +251,61 @@ def split_target(target: str | None) -> tuple[str | None, int | None]:
             rest = rest.split(",")[0]  # ipv4:a:p,b:p: the first address
             break
     return _split_host_port(rest)
+
+
+# The addresses a server binds to every interface with: not an address a client uses.
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+class ServerPorts:
+    """The ports a server was given; ``attributes``: what its SERVER spans record (None when not exactly one)."""
+
+    __slots__ = ("_count", "attributes")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self.attributes: dict[str, object] | None = None
+
+    def added(self, address: object, bound: object) -> None:
+        """``add_insecure_port(address)`` or ``add_secure_port(address, ...)`` returned ``bound``."""
+        try:
+            if bound == 0:  # grpc could not bind it
+                return
+            host, port = split_target(address) if isinstance(address, str) else (None, None)
+            attributes: dict[str, object] = {}
+            if host and host not in _WILDCARDS:
+                attributes["server.address"] = host
+            if not (isinstance(address, str) and address.startswith("unix")):
+                if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
+                    port = bound  # the port grpc chose for ":0"
+                if port:
+                    attributes["server.port"] = port
+            self._count += 1
+            self.attributes = (attributes or None) if self._count == 1 else None
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
+
+def note_ports(server: object, ports: ServerPorts) -> None:
+    """Note in ``ports`` what the app's ``server.add_insecure_port``/``add_secure_port`` calls bind.
+
+    The methods are wrapped on the server object itself; they return and raise what grpc's do.
+    """
+    for name in ("add_insecure_port", "add_secure_port"):
+        try:
+            setattr(server, name, _noting(getattr(server, name), ports))
+        except Exception:  # noqa: BLE001 - a server object of another kind: its spans have no server.*
+            pass
+
+
+def _noting(add_port, ports: ServerPorts):
+    @functools.wraps(add_port)
+    def noting(*args, **kwargs):
+        bound = add_port(*args, **kwargs)
+        ports.added(args[0] if args else kwargs.get("address"), bound)
+        return bound
+
+    return noting
 
 
 def _split_peer(peer: str | None) -> tuple[str | None, int | None]:

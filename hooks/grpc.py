@@ -64,7 +64,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
-_OK, _CANCELLED, _DEADLINE_EXCEEDED = 0, 1, 4
+_OK, _CANCELLED, _DEADLINE_EXCEEDED, _INTERNAL = 0, 1, 4, 13
 
 # A call cancelled this close to its deadline (seconds left, as the server sees it) was
 # cancelled by the deadline: the client's deadline fires a moment before the server's.
@@ -72,7 +72,7 @@ _DEADLINE_SLACK = 0.05
 
 # Made by patch() from the grpc module's classes (their base classes must be grpc's).
 _grpc = None
-_server_interceptor = None
+_server_interceptor_type: type | None = None
 _client_interceptor_type: type | None = None
 _call_details_type: type | None = None
 
@@ -89,15 +89,19 @@ def patch(module: ModuleType) -> None:
 
 def _wrap_server(original):
     def server(*args, **kwargs):
+        ports = rpc_span.ServerPorts()
         try:
+            ours = _server_interceptor_type(ports)
             # server(thread_pool, handlers=None, interceptors=None, ...)
             if len(args) > 2:
-                args = (*args[:2], [_server_interceptor, *(args[2] or ())], *args[3:])
+                args = (*args[:2], [ours, *(args[2] or ())], *args[3:])
             else:
-                kwargs = {**kwargs, "interceptors": [_server_interceptor, *(kwargs.get("interceptors") or ())]}
+                kwargs = {**kwargs, "interceptors": [ours, *(kwargs.get("interceptors") or ())]}
         except Exception:  # noqa: BLE001 - arguments grpc itself will refuse
             pass
-        return original(*args, **kwargs)
+        made = original(*args, **kwargs)
+        rpc_span.note_ports(made, ports)
+        return made
 
     return server
 
@@ -115,13 +119,18 @@ def _wrap_channel(original, intercept_channel):
 
 
 def _define_classes(grpc) -> None:
-    global _grpc, _server_interceptor, _client_interceptor_type, _call_details_type
-    if _server_interceptor is not None and _grpc is grpc:
+    global _grpc, _server_interceptor_type, _client_interceptor_type, _call_details_type
+    if _server_interceptor_type is not None and _grpc is grpc:
         return
 
     class ServerInterceptor(grpc.ServerInterceptor):
+        """One per server: it knows the server's ports."""
+
+        def __init__(self, ports: rpc_span.ServerPorts) -> None:
+            self.ports = ports
+
         def intercept_service(self, continuation, handler_call_details):
-            return _intercept_service(continuation, handler_call_details)
+            return _intercept_service(continuation, handler_call_details, self.ports)
 
     class ClientInterceptor(
         grpc.UnaryUnaryClientInterceptor,
@@ -156,7 +165,7 @@ def _define_classes(grpc) -> None:
         kind.__module__ = __name__
         kind.__qualname__ = kind.__name__
     _grpc = grpc
-    _server_interceptor = ServerInterceptor()
+    _server_interceptor_type = ServerInterceptor
     _client_interceptor_type = ClientInterceptor
     _call_details_type = CallDetails
 
@@ -218,17 +227,28 @@ def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
 # -- server --------------------------------------------------------------------------
 
 
-def _intercept_service(continuation, handler_call_details):
+def _intercept_service(continuation, handler_call_details, ports: rpc_span.ServerPorts):
     handler = continuation(handler_call_details)
     if handler is None:
         return None
     try:
-        return _traced_handler(handler, handler_call_details.method)
+        return _traced_handler(handler, _Serving(handler_call_details.method, ports))
     except Exception:  # noqa: BLE001 - a handler of a kind we do not know: served as it is
         return handler
 
 
-def _traced_handler(handler, method):
+class _Serving:
+    """One RPC's handler, made for it: the method, the server's ports, and the call once the behavior starts."""
+
+    __slots__ = ("call", "method", "ports")
+
+    def __init__(self, method: str, ports: rpc_span.ServerPorts) -> None:
+        self.method = method
+        self.ports = ports
+        self.call: _ServerCall | None = None
+
+
+def _traced_handler(handler, serving: _Serving):
     grpc = _grpc
     if handler.request_streaming:
         if handler.response_streaming:
@@ -241,12 +261,17 @@ def _traced_handler(handler, method):
         behavior, make, streaming = handler.unary_unary, grpc.unary_unary_rpc_method_handler, False
     if behavior is None:
         return handler
-    return make(_traced_behavior(behavior, method, streaming), handler.request_deserializer, handler.response_serializer)
+    serializer = handler.response_serializer
+    if serializer is not None:
+        serializer = _traced_serializer(serializer, serving, streaming)
+    return make(_traced_behavior(behavior, serving, streaming, serializer is not None), handler.request_deserializer, serializer)
 
 
-def _traced_behavior(behavior, method, streaming: bool):
+def _traced_behavior(behavior, serving: _Serving, streaming: bool, serialized: bool):
+    """``serialized``: a unary response's span ends when our serializer has serialized it."""
+
     def traced(argument, context, *more):
-        call = _ServerCall.start(method, context)
+        call = serving.call = _ServerCall.start(serving, context)
         if call is None:
             return behavior(argument, context, *more)
         if more:  # experimental_non_blocking: responses are sent with the callback grpc gives
@@ -264,7 +289,8 @@ def _traced_behavior(behavior, method, streaming: bool):
             return result  # the span ends when the stream's end is sent, or the RPC terminates
         if streaming:
             return _ResponseStream(result, call)
-        call.finish()
+        if not serialized:
+            call.finish()
         return result
 
     # grpc reads these attributes of a behavior (thread pool, non-blocking streaming).
@@ -275,6 +301,28 @@ def _traced_behavior(behavior, method, streaming: bool):
             continue
         setattr(traced, name, value)
     return traced
+
+
+def _traced_serializer(serializer, serving: _Serving, streaming: bool):
+    """The handler's response serializer; a failure (grpc sends INTERNAL) ends the span with it."""
+
+    def serialize(response):
+        try:
+            data = serializer(response)
+        except BaseException as exc:
+            call = serving.call
+            if call is not None:
+                call.unsent(exc)
+            raise
+        call = serving.call
+        if call is not None:
+            if data is None:  # grpc takes it for a failure too
+                call.unsent(None)
+            elif not streaming:
+                call.finish()
+        return data
+
+    return serialize
 
 
 class _ServerCall:
@@ -289,13 +337,14 @@ class _ServerCall:
         self.done = False
 
     @classmethod
-    def start(cls, method, context) -> _ServerCall | None:
+    def start(cls, serving: _Serving, context) -> _ServerCall | None:
         try:
-            rpc = rpc_span.start_server(method, context.invocation_metadata(), context.peer(), attach=False)
+            rpc = rpc_span.start_server(serving.method, context.invocation_metadata(), context.peer(), attach=False)
         except Exception:  # noqa: BLE001 - a context that is not grpc's
             return None
         if rpc is None:
             return None
+        rpc.set_server(serving.ports)
         call = cls(rpc, context)
         try:
             context.add_callback(call.terminated)
@@ -340,6 +389,21 @@ class _ServerCall:
                 self.rpc.fail(exc, self._cancellation_code())  # the call's end, seen by the handler
             else:
                 self.rpc.fail(exc, code)  # code None: UNKNOWN, as grpc sends
+        except Exception:  # noqa: BLE001
+            pass
+        self.rpc.end()
+
+    def unsent(self, exc: BaseException | None) -> None:
+        """The response serializer raised ``exc`` (or gave None): grpc aborts the call."""
+        if not self._claim():
+            return
+        try:
+            context = self.context
+            # What grpc sends: the code and details the handler set, or INTERNAL and its words.
+            code, details = context.code(), _text(context.details())
+            self.rpc.set_code(_INTERNAL if code is None else code, "Failed to serialize response!" if details is None else details)
+            if exc is not None:
+                self.rpc.fail(exc)
         except Exception:  # noqa: BLE001
             pass
         self.rpc.end()

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from contextvars import ContextVar
 
 from autotrace import rpc_span, server_span
@@ -74,8 +75,9 @@ _DEADLINE_SLACK = 0.05
 
 # Made by patch() from the grpc.aio module's classes (its base classes must be grpc's).
 _aio = None
-_server_interceptor = None
+_server_interceptor_type: type | None = None
 _client_interceptor_types: tuple = ()
+_recording_type: type | None = None  # a sync handler's context, recording its status
 
 # The RPC whose SERVER span our interceptor made current in this context (the RPC's own
 # task, where grpc.aio runs the interceptors and then an async handler). A plain context
@@ -95,11 +97,15 @@ def patch(module: ModuleType) -> None:
 
 def _wrap_server(original):
     def server(*args, **kwargs):
+        ports = rpc_span.ServerPorts()
         try:
-            args, kwargs = _with_interceptors(args, kwargs, 2, _server_interceptors)
+            ours = _server_interceptor_type(ports)
+            args, kwargs = _with_interceptors(args, kwargs, 2, lambda app: [ours, *(app or ())])
         except Exception:  # noqa: BLE001 - arguments grpc itself will refuse
             pass
-        return original(*args, **kwargs)
+        made = original(*args, **kwargs)
+        rpc_span.note_ports(made, ports)
+        return made
 
     return server
 
@@ -129,23 +135,24 @@ def _with_interceptors(args: tuple, kwargs: dict, index: int, combine) -> tuple[
     return args, kwargs
 
 
-def _server_interceptors(app) -> list:
-    return [_server_interceptor, *(app or ())]
-
-
 def _client_interceptors(app, target) -> list:
     return [*(app or ()), *(kind(target) for kind in _client_interceptor_types)]
 
 
 def _define_interceptors(aio) -> None:
     """Our interceptor classes, subclasses of this grpc.aio's (grpc checks with isinstance)."""
-    global _aio, _server_interceptor, _client_interceptor_types
-    if _server_interceptor is not None and _aio is aio:
+    global _aio, _server_interceptor_type, _client_interceptor_types, _recording_type
+    if _server_interceptor_type is not None and _aio is aio:
         return
 
     class ServerInterceptor(aio.ServerInterceptor):
+        """One per server: it knows the server's ports."""
+
+        def __init__(self, ports: rpc_span.ServerPorts) -> None:
+            self.ports = ports
+
         async def intercept_service(self, continuation, handler_call_details):
-            return await _intercept_service(continuation, handler_call_details)
+            return await _intercept_service(continuation, handler_call_details, self.ports)
 
     class _Client:
         def __init__(self, target) -> None:
@@ -171,8 +178,9 @@ def _define_interceptors(aio) -> None:
         kind.__module__ = __name__
         kind.__qualname__ = kind.__name__
     _aio = aio
-    _server_interceptor = ServerInterceptor()
+    _server_interceptor_type = ServerInterceptor
     _client_interceptor_types = (UnaryUnaryInterceptor, UnaryStreamInterceptor, StreamUnaryInterceptor, StreamStreamInterceptor)
+    _recording_type = _define_recording_context(sys.modules["grpc"])
 
 
 # -- client --------------------------------------------------------------------------
@@ -270,12 +278,13 @@ def _record_client_exception(rpc: rpc_span.RpcSpan, exc: BaseException) -> None:
 class _ServerCall:
     """One incoming RPC: its span, and the handler's context once the handler runs."""
 
-    __slots__ = ("context", "rpc", "started")
+    __slots__ = ("context", "rpc", "serialized", "started")
 
     def __init__(self, rpc: rpc_span.RpcSpan) -> None:
         self.rpc = rpc
         self.context = None
         self.started = False
+        self.serialized = False  # a unary response our serializer wrapper serializes: the span ends there
 
     def enter(self, context) -> object:
         """The handler starts: note its context and peer, make the span current (see attach)."""
@@ -304,7 +313,28 @@ class _ServerCall:
         if rpc.ended:
             return
         code, details = _handler_status(self.context)
+        if self.serialized and rpc_span._code(code)[0] in (None, _OK):
+            return  # grpc serializes the response next (it does not when the code is another)
         rpc.set_code(_OK if code is None else code, details)
+        rpc.end()
+
+    def sent(self) -> None:
+        """Our serializer wrapper serialized the unary response."""
+        self.serialized = False
+        self.returned()
+
+    def unsent(self, exc: BaseException) -> None:
+        """The response serializer raised: grpc sends the code the handler set, UNKNOWN if none."""
+        rpc = self.rpc
+        if rpc.ended:
+            return
+        code = _handler_status(self.context)[0]
+        try:
+            details = "Unexpected %s: %s" % (type(exc), exc)  # grpc's words
+        except Exception:  # noqa: BLE001 - an exception whose str() fails
+            details = None
+        rpc.set_code(code if rpc_span._code(code)[0] else _UNKNOWN, details)
+        rpc.fail(exc)
         rpc.end()
 
     def raised(self, exc: BaseException) -> None:
@@ -332,8 +362,8 @@ class _ServerCall:
         rpc.end()
 
 
-async def _intercept_service(continuation, handler_call_details):
-    state = _start_server(handler_call_details)
+async def _intercept_service(continuation, handler_call_details, ports: rpc_span.ServerPorts):
+    state = _start_server(handler_call_details, ports)
     if state is None:
         return await continuation(handler_call_details)
     rpc = state.rpc
@@ -363,7 +393,7 @@ async def _intercept_service(continuation, handler_call_details):
         return handler
 
 
-def _start_server(handler_call_details) -> _ServerCall | None:
+def _start_server(handler_call_details, ports: rpc_span.ServerPorts) -> _ServerCall | None:
     try:
         if not server_span._loaded:  # noqa: SLF001
             server_span._load_api()  # noqa: SLF001
@@ -375,6 +405,7 @@ def _start_server(handler_call_details) -> _ServerCall | None:
         rpc = rpc_span.start_server(handler_call_details.method, handler_call_details.invocation_metadata, None, attach=False)
         if rpc is None:
             return None
+        rpc.set_server(ports)
         state = _ServerCall(rpc)
         try:
             asyncio.current_task().add_done_callback(state.task_done)
@@ -404,7 +435,27 @@ def _wrap_handler(handler, state: _ServerCall):
         wrapped = _unary_behavior(behavior, state)
     if behavior is None:
         return handler
-    return make(wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    serializer = handler.response_serializer
+    if serializer is not None:
+        state.serialized = not handler.response_streaming
+        serializer = _traced_serializer(serializer, state)
+    return make(wrapped, request_deserializer=handler.request_deserializer, response_serializer=serializer)
+
+
+def _traced_serializer(serializer, state: _ServerCall):
+    """The handler's response serializer: a failure ends the span (grpc answers UNKNOWN), so does a unary success."""
+
+    def serialize(response):
+        try:
+            data = serializer(response)
+        except BaseException as exc:
+            state.unsent(exc)
+            raise
+        if state.serialized:
+            state.sent()
+        return data
+
+    return serialize
 
 
 def _is_async(behavior) -> bool:
@@ -431,6 +482,7 @@ def _unary_behavior(behavior, state: _ServerCall):
     else:
 
         def unary(request, context):  # run in the server's thread pool
+            context = _recording(context)
             token = state.enter(context)
             try:
                 response = behavior(request, context)
@@ -476,6 +528,7 @@ def _streaming_behavior(behavior, state: _ServerCall):
     else:  # a sync generator, iterated in the server's thread pool
 
         def streaming(request, context):
+            context = _recording(context)
             token = state.enter(context)
             try:
                 responses = behavior(request, context)
@@ -515,6 +568,8 @@ def _sync_stream(responses, state: _ServerCall):
 
 def _handler_status(context) -> tuple[object, str | None]:
     """The code and details the handler set on its context (None: none set, or not readable)."""
+    if type(context) is _recording_type:
+        return context.recorded_code, context.recorded_details or None
     try:
         code = context.code()
     except Exception:  # noqa: BLE001 - the sync handlers' context has no code()
@@ -558,3 +613,113 @@ def _leave(token: object, serving) -> None:
         _serving.reset(serving)
     except (ValueError, RuntimeError):  # not expected: the same task
         pass
+
+
+# -- the context of a sync handler -----------------------------------------------------
+
+
+def _recording(context):
+    """A sync handler's context (grpc's, without ``code()``) in a proxy recording its status; fail open."""
+    try:
+        return _recording_type(context)
+    except Exception:  # noqa: BLE001 - the handler gets grpc's own: its status is not recorded
+        return context
+
+
+def _define_recording_context(grpc) -> type:
+    class RecordingContext(grpc.ServicerContext):
+        """grpc.aio's context of a sync handler, delegating everything; notes the code and details set.
+
+        What the handler calls goes to grpc's context, with its results and exceptions
+        (``code()`` too: grpc's has none). ``abort`` and ``abort_with_status`` are noted
+        before grpc's runs (the sync API's abort raises).
+        """
+
+        __slots__ = ("_context", "recorded_code", "recorded_details")
+
+        def __init__(self, context) -> None:
+            self._context = context
+            self.recorded_code = None
+            self.recorded_details = None
+
+        def set_code(self, code):
+            result = self._context.set_code(code)
+            self.recorded_code = code
+            return result
+
+        def set_details(self, details):
+            result = self._context.set_details(details)
+            self.recorded_details = details
+            return result
+
+        def abort(self, code, details="", *args, **kwargs):
+            self._note_abort(code, details)
+            return self._context.abort(code, details, *args, **kwargs)
+
+        def abort_with_status(self, status):
+            abort_with_status = self._context.abort_with_status
+            self._note_abort(getattr(status, "code", None), getattr(status, "details", ""))
+            return abort_with_status(status)
+
+        def _note_abort(self, code, details) -> None:
+            self.recorded_code = code
+            if details:  # grpc keeps the details set before when abort gives none
+                self.recorded_details = details
+
+        def __getattr__(self, name):
+            if name == "_context":
+                raise AttributeError(name)
+            return getattr(self._context, name)
+
+        # The rest of grpc.ServicerContext, delegated.
+        def invocation_metadata(self):
+            return self._context.invocation_metadata()
+
+        def peer(self):
+            return self._context.peer()
+
+        def peer_identities(self):
+            return self._context.peer_identities()
+
+        def peer_identity_key(self):
+            return self._context.peer_identity_key()
+
+        def auth_context(self):
+            return self._context.auth_context()
+
+        def set_compression(self, compression):
+            return self._context.set_compression(compression)
+
+        def send_initial_metadata(self, initial_metadata):
+            return self._context.send_initial_metadata(initial_metadata)
+
+        def set_trailing_metadata(self, trailing_metadata):
+            return self._context.set_trailing_metadata(trailing_metadata)
+
+        def trailing_metadata(self):
+            return self._context.trailing_metadata()
+
+        def code(self):
+            return self._context.code()
+
+        def details(self):
+            return self._context.details()
+
+        def disable_next_message_compression(self):
+            return self._context.disable_next_message_compression()
+
+        def is_active(self):
+            return self._context.is_active()
+
+        def time_remaining(self):
+            return self._context.time_remaining()
+
+        def cancel(self):
+            return self._context.cancel()
+
+        def add_callback(self, callback):
+            return self._context.add_callback(callback)
+
+    RecordingContext.__module__ = __name__
+    RecordingContext.__qualname__ = RecordingContext.__name__
+    return RecordingContext

@@ -222,6 +222,8 @@ def assert_rpc(client, server, shape: str, port: int, code: int = 0) -> None:
         "rpc.service": SERVICE,
         "rpc.method": shape,
         "client.address": "127.0.0.1",
+        "server.address": "127.0.0.1",  # the server's one port
+        "server.port": port,
         "rpc.grpc.status_code": code,
     }
     assert isinstance(server.attributes["client.port"], int) and server.attributes["client.port"] != port

@@ -54,6 +54,7 @@ class Echo:
     def __init__(self) -> None:
         self.seen: list[dict] = []
         self.release = threading.Event()  # lets a handler that waits go on
+        self.waiting = threading.Event()  # a handler waits for release
         self.finished: list[str] = []  # handlers (and streams) that ran to their end
 
     def note(self, method: str, ctx) -> None:
@@ -71,6 +72,7 @@ class Echo:
         if request == b"raise":
             raise ValueError("boom")
         if request == b"wait":  # past the client's deadline: the handler goes on after it
+            self.waiting.set()
             self.release.wait(5)
             self.finished.append("wait")
 
@@ -260,6 +262,8 @@ def test_one_client_and_one_server_span_per_call_in_the_callers_trace(running, s
     assert server.attributes["rpc.method"] == shape
     assert server.attributes["client.address"] == "127.0.0.1"
     assert isinstance(server.attributes["client.port"], int)
+    assert server.attributes["server.address"] == "127.0.0.1"  # the server's one port
+    assert server.attributes["server.port"] == running.port
     assert server.attributes["rpc.grpc.status_code"] == 0
     for span in (client, server):
         assert span.status.status_code == StatusCode.UNSET
@@ -389,9 +393,10 @@ def test_an_unreachable_server_is_recorded_on_the_client_span(hook):
 # -- deadlines and cancellation --------------------------------------------------------
 
 
-def test_deadline_exceeded_ends_both_spans_while_the_handler_still_runs(running):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_deadline_exceeded_ends_both_spans_while_the_handler_still_runs(running, shape):
     started = time.monotonic()
-    error = rpc_error(running, "Unary", b"wait", timeout=0.2)
+    error = rpc_error(running, shape, b"wait", timeout=0.2)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     client, server = one_rpc(running.spans, timeout=2)
     assert time.monotonic() - started < 2
@@ -432,6 +437,184 @@ def test_client_cancelling_a_response_stream_ends_both_spans(running, shape):
         assert span.attributes["error.type"] == "CANCELLED"
     if shape == "BidiStream":
         gate.set()
+
+
+@pytest.mark.parametrize("shape", ["Unary", "ClientStream"])
+def test_client_cancelling_a_future_ends_both_spans(running, shape):
+    """A unary call's future, and a request stream's (cancelled while the handler waits)."""
+    gate = threading.Event()
+
+    def requests():
+        yield b"wait"
+        gate.wait(5)  # the client's stream stays open until the call is cancelled
+
+    method = f"/{SERVICE}/{shape}"
+    try:
+        if shape == "Unary":
+            future = running.channel.unary_unary(method).future(b"wait", timeout=10)
+        else:
+            future = running.channel.stream_unary(method).future(requests(), timeout=10)
+        assert running.echo.waiting.wait(5)
+        assert future.cancel()
+        with pytest.raises(grpc.FutureCancelledError):
+            future.result(5)
+        client, server = one_rpc(running.spans, timeout=3)
+    finally:
+        gate.set()
+    for span in (client, server):
+        assert span.attributes["rpc.grpc.status_code"] == 1
+        assert span.attributes["error.type"] == "CANCELLED"
+        assert span.end_time is not None
+
+
+# -- the response serializer -------------------------------------------------------------
+
+
+class Serializer:
+    """A response serializer that fails for responses starting with ``bad``; notes when it ran."""
+
+    def __init__(self) -> None:
+        self.ran_at: list[int] = []
+
+    def __call__(self, response: bytes) -> bytes:
+        self.ran_at.append(time.time_ns())
+        if response.startswith(b"bad"):
+            raise ValueError("cannot serialize")
+        return response
+
+
+def serialized_handler(serializer: Serializer) -> grpc.GenericRpcHandler:
+    def stream(request, ctx):
+        yield b"ok"
+        yield request
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(lambda request, ctx: request, response_serializer=serializer),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(stream, response_serializer=serializer),
+        },
+    )
+
+
+@contextlib.contextmanager
+def served(handler: grpc.GenericRpcHandler, address: str = "127.0.0.1:0"):
+    """A started server with ``handler`` and a channel to it: (channel, port)."""
+    pool = futures.ThreadPoolExecutor(max_workers=4)
+    server = grpc.server(pool, handlers=[handler])
+    port = server.add_insecure_port(address)
+    server.start()
+    try:
+        with grpc.insecure_channel(address.replace(":0", f":{port}")) as channel:
+            yield channel, port
+    finally:
+        server.stop(None).wait(5)
+        pool.shutdown()
+
+
+def serialized_call(channel, shape: str, request: bytes):
+    method = f"/{SERVICE}/{shape}"
+    if shape == "Unary":
+        return channel.unary_unary(method)(request, timeout=5)
+    return list(channel.unary_stream(method)(request, timeout=5))
+
+
+@pytest.mark.parametrize("shape", ["Unary", "ServerStream"])
+def test_a_response_the_serializer_refuses_is_recorded_with_the_code_the_client_gets(spans, shape):
+    with served(serialized_handler(Serializer())) as (channel, _):
+        with pytest.raises(grpc.RpcError) as plain:
+            serialized_call(channel, shape, b"bad")
+    spans.clear()
+    with hooked(), served(serialized_handler(Serializer())) as (channel, _):
+        with pytest.raises(grpc.RpcError) as traced:
+            serialized_call(channel, shape, b"bad")
+        client, server = one_rpc(spans)
+    assert (traced.value.code(), traced.value.details()) == (plain.value.code(), plain.value.details())
+    assert traced.value.code() == grpc.StatusCode.INTERNAL
+    for span in (client, server):
+        assert span.attributes["rpc.grpc.status_code"] == 13
+        assert span.attributes["error.type"] == "INTERNAL"
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.status.description == traced.value.details()
+    assert [e.attributes["exception.type"] for e in server.events] == ["ValueError"]
+
+
+def test_a_unary_responses_span_ends_once_it_is_serialized(hook):
+    serializer = Serializer()
+    with served(serialized_handler(serializer)) as (channel, _):
+        assert serialized_call(channel, "Unary", b"fine") == b"fine"
+        client, server = one_rpc(hook)
+    [serialized_at] = serializer.ran_at
+    assert server.end_time >= serialized_at
+    assert server.attributes["rpc.grpc.status_code"] == 0 and server.status.status_code == StatusCode.UNSET
+
+
+# -- the server's address --------------------------------------------------------------
+
+
+def server_span_of_a_call(hook, server, channel) -> object:
+    assert channel.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=5) == b"x"
+    [span] = of_kind(finished(hook, 2), SpanKind.SERVER)
+    return span
+
+
+@pytest.mark.parametrize("ports", [["127.0.0.1:0", "127.0.0.1:0"], ["[::]:0"], ["localhost:0"]])
+def test_server_address_and_port_come_from_the_servers_one_port(hook, ports):
+    pool = futures.ThreadPoolExecutor(max_workers=2)
+    server = grpc.server(pool, handlers=[Echo().handler()])
+    bound = [server.add_insecure_port(address) for address in ports]
+    assert all(isinstance(port, int) and port > 0 for port in bound)  # grpc's own answers
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{bound[0]}") as channel:
+            span = server_span_of_a_call(hook, server, channel)
+    finally:
+        server.stop(None).wait(5)
+        pool.shutdown()
+    if len(ports) > 1:  # which one the call came to is not known
+        assert "server.address" not in span.attributes and "server.port" not in span.attributes
+    elif ports == ["[::]:0"]:  # every interface: no address a client would use
+        assert "server.address" not in span.attributes and span.attributes["server.port"] == bound[0]
+    else:
+        assert (span.attributes["server.address"], span.attributes["server.port"]) == ("localhost", bound[0])
+
+
+def test_a_unix_socket_is_the_address_on_both_spans(hook, tmp_path):
+    path = str(tmp_path / "grpc.sock")
+    with served(Echo().handler(), f"unix:{path}") as (channel, _):
+        assert channel.unary_unary(f"/{SERVICE}/Unary")(b"u", timeout=5) == b"u"
+        client, server = one_rpc(hook)
+    for span in (client, server):
+        assert span.attributes["server.address"] == path
+        assert "server.port" not in span.attributes
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("unix:/tmp/s.sock", ("/tmp/s.sock", None)),
+        ("unix:///tmp/s.sock", ("/tmp/s.sock", None)),
+        ("unix:relative.sock", ("relative.sock", None)),
+        ("unix-abstract:name", ("name", None)),
+        ("dns:///example.com:443", ("example.com", 443)),
+        ("[::1]:50051", ("::1", 50051)),
+    ],
+)
+def test_split_target(target, expected):
+    from autotrace import rpc_span
+
+    assert rpc_span.split_target(target) == expected
+
+
+def test_a_port_grpc_refuses_raises_as_without_the_agent(hook):
+    pool = futures.ThreadPoolExecutor(max_workers=1)
+    server = grpc.server(pool)
+    try:
+        with pytest.raises(RuntimeError):
+            server.add_insecure_port("no-such-scheme:/x:1")
+    finally:
+        server.stop(None)
+        pool.shutdown()
 
 
 # -- the app's interceptors ------------------------------------------------------------
