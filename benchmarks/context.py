@@ -47,6 +47,13 @@ hand-overs are regular.
 A second table gives the hooks' own work per operation, timed in one thread with a span
 current, free of that noise: at submit (capture the context, bind the task), and on the
 worker (attach and detach it around the task).
+
+A third table, ``pool map``, is end to end in child processes: ``Pool(2).map`` (fork) of
+2000 items in chunks of 100, each item recording a span inside a request span, in plain
+Python (the API's no-op spans) and under ``autotrace run`` exporting over OTLP/HTTP to a
+local sink (``clients.py``'s), with ``OTEL_BSP_SCHEDULE_DELAY`` long enough that only
+the workers' own flushes export. A worker flushes once per chunk, before the chunk's
+result goes back (20 exports here); when it flushed after every item this took seconds.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ import statistics
 import sys
 import threading
 import time
+import subprocess
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -216,6 +225,66 @@ CASES = (
 )
 
 
+POOL_MAP = """
+import multiprocessing, sys, time
+from opentelemetry import trace
+
+tracer = trace.get_tracer("benchmark")
+
+
+def item(i):
+    with tracer.start_as_current_span("item"):
+        return i
+
+
+if __name__ == "__main__":
+    items, chunksize = int(sys.argv[1]), int(sys.argv[2])
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        with tracer.start_as_current_span("warm-up"):
+            pool.map(item, range(4), 1)  # the workers started, the SDK set up in them
+        with tracer.start_as_current_span("request"):
+            start = time.perf_counter()
+            pool.map(item, range(items), chunksize)
+            print(time.perf_counter() - start)
+"""
+
+
+def pool_map(rounds: int, items: int = 2000, chunksize: int = 100) -> tuple[float, float]:
+    """Median seconds of the map in plain Python and under ``autotrace run`` (child processes)."""
+    from clients import _serve, _Sink
+
+    autotrace = str(Path(sys.executable).parent / "autotrace")
+    sink = _serve(_Sink)
+    plain_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
+    traced_env = dict(
+        plain_env,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_SERVICE_NAME="bench-pool",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
+    times: dict[str, list[float]] = {"plain": [], "autotrace": []}
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            script = Path(directory, "pool_map.py")
+            script.write_text(POOL_MAP)
+            for _ in range(rounds):
+                for name, command, env in (
+                    ("plain", [sys.executable], plain_env),
+                    ("autotrace", [autotrace, "run", sys.executable], traced_env),
+                ):
+                    out = subprocess.run(
+                        [*command, str(script), str(items), str(chunksize)],
+                        env=env, capture_output=True, text=True, timeout=300, check=False,
+                    )
+                    if out.returncode != 0:
+                        raise SystemExit(f"pool map ({name}) failed:\n{out.stderr}")
+                    times[name].append(float(out.stdout.split()[-1]))
+    finally:
+        sink.shutdown()
+    return statistics.median(times["plain"]), statistics.median(times["autotrace"])
+
+
 class Hooks:
     def __init__(self) -> None:
         self.mark = len(patching.history)
@@ -247,8 +316,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--cpu", default="last", help="a CPU number to pin to, 'last' (default) or 'all'")
     options = parser.parse_args()
-    pinned = _pin(options.cpu)
     cases = [case for case in CASES if options.only in case[0]]
+    if options.only in "pool map":  # child processes, before this one is pinned
+        pool_rounds = max(1, options.rounds // 3)
+        pool_figures = pool_map(pool_rounds, max(1, int(2000 * options.scale)))
+    pinned = _pin(options.cpu)
 
     trace.set_tracer_provider(TracerProvider())
     hooks = Hooks()
@@ -275,8 +347,9 @@ def main() -> None:
         print(f"round {round_number + 1}/{options.rounds} done", file=sys.stderr)
 
     print(f"\nPython {sys.version.split()[0]}, {options.rounds} rounds, medians, {pinned}\n")
-    print("| case | span current | plain | patched | ratio | spread |")
-    print("|---|---|---|---|---|---|")
+    if cases:
+        print("| case | span current | plain | patched | ratio | spread |")
+        print("|---|---|---|---|---|---|")
     for name, _, _ in cases:
         for in_span in (False, True):
             slot = results[(name, in_span)]
@@ -287,15 +360,24 @@ def main() -> None:
                 f"| {statistics.median(ratios[(name, in_span)]):.3f}x | {spread:.3f} |"
             )
 
-    hooks.apply()
-    try:
-        added = [added_work(max(1, int(200000 * options.scale))) for _ in range(options.rounds)]
-    finally:
-        hooks.remove()
-    print("\n| hooks' own work, span current | per operation |")
-    print("|---|---|")
-    for index, (name, _) in enumerate(added[0]):
-        print(f"| {name} | {statistics.median(rows[index][1] for rows in added) * 1e9:.0f} ns |")
+    if cases:
+        hooks.apply()
+        try:
+            added = [added_work(max(1, int(200000 * options.scale))) for _ in range(options.rounds)]
+        finally:
+            hooks.remove()
+        print("\n| hooks' own work, span current | per operation |")
+        print("|---|---|")
+        for index, (name, _) in enumerate(added[0]):
+            print(f"| {name} | {statistics.median(rows[index][1] for rows in added) * 1e9:.0f} ns |")
+
+    if options.only in "pool map":
+        plain, traced = pool_figures
+        items = max(1, int(2000 * options.scale))
+        print(f"\n| pool map: Pool(2).map of {items} items, chunks of 100, a span each ({pool_rounds} rounds) | plain "
+              "| autotrace run | per item added |")
+        print("|---|---|---|---|")
+        print(f"| map | {plain * 1e3:.1f} ms | {traced * 1e3:.1f} ms | {(traced - plain) / items * 1e6:.1f} us |")
 
 
 def _pin(cpu: str) -> str:
