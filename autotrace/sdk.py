@@ -45,7 +45,7 @@ _SDK_EXPORT_LOGGERS = (
 )
 _capture = threading.local()  # .causes: what the SDK logged during the current export
 _quieted = False
-_queue_drops = 0  # spans dropped because a batch queue was full
+_QUEUE_FULL = "Queue full, dropping %s."  # the SDK's line for each span its batch queue drops
 
 
 def _quiet_sdk_export_logs() -> None:
@@ -58,14 +58,17 @@ def _quiet_sdk_export_logs() -> None:
 
     class _ExportLogFilter(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            global _queue_drops
-            causes = getattr(_capture, "causes", None)
-            if causes is not None:  # inside ExporterHandle.export: keep the cause, drop the line
-                causes.append(record.args if isinstance(record.args, tuple) else (record.getMessage(),))
-                return False
-            if record.msg == "Queue full, dropping %s.":
-                _queue_drops += 1
-                return False
+            # Runs inside the SDK's logging calls, on the app's threads too: never raises.
+            try:
+                if record.msg == _QUEUE_FULL:  # in span.end() on the app's thread: cheap
+                    queue_drops.dropped()
+                    return False
+                causes = getattr(_capture, "causes", None)
+                if causes is not None:  # inside ExporterHandle.export: keep the cause, drop the line
+                    causes.append(record.args if isinstance(record.args, tuple) else (record.getMessage(),))
+                    return False
+            except Exception:  # noqa: BLE001 - the SDK's line is shown instead
+                pass
             return True
 
     for name in _SDK_EXPORT_LOGGERS:
@@ -190,7 +193,6 @@ class ExportFailures:
         self._batches = 0
         self._spans = 0
         self._kinds: dict[str, int] = {}
-        self._drops_seen = _queue_drops
         self._last_recovery: float | None = None
 
     def _first(self, kind: str, hint: str) -> None:
@@ -208,11 +210,6 @@ class ExportFailures:
         batches = "1 batch" if self._batches == 1 else f"{self._batches} batches"
         text = f"{batches} ({_plural(self._spans, 'span')})"
         return f"{text} {'was' if self._batches == 1 else 'were'} not exported: {kinds}"
-
-    def _drops(self) -> str:
-        dropped = _queue_drops - self._drops_seen
-        self._drops_seen = _queue_drops
-        return f"; {_plural(dropped, 'span')} dropped: the batch queue was full (OTEL_BSP_MAX_QUEUE_SIZE)" if dropped else ""
 
     def _reset(self, now: float | None) -> None:
         self._since = now
@@ -234,7 +231,7 @@ class ExportFailures:
             self._kinds[kind] = self._kinds.get(kind, 0) + 1
             elapsed = now - self._since
             if elapsed >= self.interval_s:
-                logger.warning("in the last %.0f s, %s%s", elapsed, self._counts(), self._drops())
+                logger.warning("in the last %.0f s, %s", elapsed, self._counts())
                 self._reset(now)
 
     def succeeded(self) -> None:
@@ -257,8 +254,74 @@ class ExportFailures:
         """At shutdown: summarise what is still counted."""
         with self._lock:
             if self._batches and self._since is not None:
-                logger.warning("in the last %.0f s, %s%s", self._clock() - self._since, self._counts(), self._drops())
+                logger.warning("in the last %.0f s, %s", self._clock() - self._since, self._counts())
                 self._reset(None)
+
+
+class QueueDrops:
+    """Reports spans dropped because a batch queue was full, whether exports fail or not.
+
+    The first drop is reported at once, naming OTEL_BSP_MAX_QUEUE_SIZE and its value;
+    later ones are counted (on the app's threads: a lock and an addition) and summarised
+    at most once per ``interval_s``, from the export thread and at shutdown.
+    """
+
+    def __init__(self, interval_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.interval_s = EXPORT_SUMMARY_INTERVAL_S if interval_s is None else interval_s
+        self.queue_size: int | None = None  # set by install(); the SDK's line does not say
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self.count = 0  # dropped in this process
+        self._reported = 0  # of count, already reported
+        self._since: float | None = None  # the last report
+
+    def _setting(self) -> str:
+        size = "default" if self.queue_size is None else self.queue_size
+        return f"OTEL_BSP_MAX_QUEUE_SIZE={size}"
+
+    def dropped(self) -> None:
+        with self._lock:
+            self.count += 1
+            if self._since is not None:
+                return
+            self._since = self._clock()
+            self._reported = self.count
+        logger.warning(
+            "a span was dropped: the batch queue is full (%s); spans end faster than they are exported "
+            "(raise OTEL_BSP_MAX_QUEUE_SIZE, or lower OTEL_BSP_SCHEDULE_DELAY); "
+            "further drops are summarised every %g s",
+            self._setting(), self.interval_s,
+        )
+
+    def summarise(self, final: bool = False) -> None:
+        """Report the drops not yet reported, if ``interval_s`` has passed (or ``final``)."""
+        if self.count == self._reported:  # the common case, without the lock
+            return
+        now = self._clock()
+        with self._lock:
+            pending = self.count - self._reported
+            since = self._since if self._since is not None else now
+            if not pending or (not final and now - since < self.interval_s):
+                return
+            self._reported = self.count
+            self._since = now
+        logger.warning(
+            "in the last %.0f s, %s dropped: the batch queue was full (%s)",
+            now - since, _plural(pending, "more span") + (" was" if pending == 1 else " were"), self._setting(),
+        )
+
+    def _forget(self) -> None:
+        """In a forked child: its own count, and its own first report."""
+        self._lock = threading.Lock()
+        self.count = self._reported = 0
+        self._since = None
+
+
+queue_drops = QueueDrops()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=queue_drops._forget)
 
 
 class ExporterHandle(SpanExporter):
@@ -311,17 +374,8 @@ class ExporterHandle(SpanExporter):
         exporter = self._get()
         if exporter is None:
             return SpanExportResult.FAILURE
-        failures = self.failures
-        if failures is None:
-            endpoint = getattr(exporter, "_endpoint", None)
-            if isinstance(endpoint, str) and endpoint:
-                from .config import redact_url
-
-                target = f"to {redact_url(endpoint)}"
-            else:
-                target = f"the {self.name} exporter"
-            failures = self.failures = ExportFailures(target)
-            _keep_http_client_results(exporter)
+        if self.failures is None:
+            self._start_reporting(exporter)
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         _capture.causes = causes = []  # what the SDK logs meanwhile: the cause, not a line
         try:
@@ -332,17 +386,44 @@ class ExporterHandle(SpanExporter):
         finally:
             _capture.causes = None
             detach(token)
-        if result is SpanExportResult.SUCCESS:
-            failures.succeeded()
-        else:
-            kind, hint = classify_failure([arg for args in causes for arg in args])
-            failures.failed(kind, hint, len(spans))
+        self._report(result, causes, len(spans))
         return result
+
+    def _start_reporting(self, exporter: SpanExporter) -> None:
+        target = f"the {self.name} exporter"
+        try:
+            endpoint = getattr(exporter, "_endpoint", None)
+            if isinstance(endpoint, str) and endpoint:
+                from .config import redact_url
+
+                target = f"to {redact_url(endpoint)}"
+            _keep_http_client_results(exporter)
+        except Exception as exc:  # noqa: BLE001 - fail open: reported without the endpoint
+            _log.warn_once("export-report", "cannot report export failures fully (%s: %s)", type(exc).__name__, exc)
+        self.failures = ExportFailures(target)
+
+    def _report(self, result: SpanExportResult, causes: list, spans: int) -> None:
+        """Say how the export went (see ExportFailures, QueueDrops); never raises."""
+        try:
+            failures = self.failures
+            if failures is not None:
+                if result is SpanExportResult.SUCCESS:
+                    failures.succeeded()
+                else:
+                    kind, hint = classify_failure([arg for args in causes for arg in args])
+                    failures.failed(kind, hint, spans)
+            queue_drops.summarise()
+        except Exception as exc:  # noqa: BLE001 - on the export thread: one line, then go on
+            _log.warn_once("export-report", "cannot report export failures (%s: %s)", type(exc).__name__, exc)
 
     def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
         exporter = self._exporter
-        if self.failures is not None:
-            self.failures.close()
+        try:
+            if self.failures is not None:
+                self.failures.close()
+            queue_drops.summarise(final=True)
+        except Exception as exc:  # noqa: BLE001 - shutdown goes on
+            _log.warn_once("export-report", "cannot report export failures (%s: %s)", type(exc).__name__, exc)
         if exporter is not None:
             exporter.shutdown()
 
@@ -543,6 +624,7 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Settin
                 export_timeout_millis=settings.bsp_export_timeout_ms,
             )
         )
+    queue_drops.queue_size = settings.bsp_max_queue_size  # named when spans are dropped
     set_global(provider)
     _provider = provider
     if hasattr(os, "register_at_fork"):

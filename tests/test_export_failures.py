@@ -177,3 +177,137 @@ def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
         f"autotrace WARNING: spans could not be exported to {endpoint}: connection refused "
         "(is a collector listening there?); further failures are summarised every 60 s"
     ), err
+
+
+@pytest.mark.parametrize("broken", ["classify", "failed", "succeeded"])
+def test_reporting_never_raises_on_the_export_thread(handle, capsys, monkeypatch, broken):
+    handle, exporter, clock = handle
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("reporter bug")
+
+    if broken == "classify":
+        monkeypatch.setattr(sdk, "classify_failure", boom)
+    else:
+        monkeypatch.setattr(handle.failures, broken, boom)
+    monkeypatch.setattr(sdk._log, "_warned", set())
+    outcome = SpanExportResult.SUCCESS if broken == "succeeded" else SpanExportResult.FAILURE
+    exporter.outcome = outcome
+    for _ in range(3):  # the exporter's own result, every time; one line in all
+        assert handle.export([object()]) is outcome
+    assert _agent_lines(capsys) == [
+        "autotrace WARNING: cannot report export failures (RuntimeError: reporter bug)"
+    ]
+
+
+class Gated(SpanExporter):
+    """Succeeds, but each export waits until ``gate`` is set: the batch queue fills meanwhile."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.exported = 0
+
+    def export(self, spans):
+        self.entered.set()
+        self.gate.wait(10)
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _drop_spans(tracer, n: int) -> None:
+    for i in range(n):
+        tracer.start_span(f"s{i}").end()
+
+
+def test_queue_full_drops_are_reported_while_exports_succeed(monkeypatch, capsys, caplog):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    clock = Clock()
+    drops = sdk.QueueDrops(interval_s=60.0, clock=clock)
+    drops.queue_size = 2
+    monkeypatch.setattr(sdk, "queue_drops", drops)
+    exporter = Gated()
+    processor = BatchSpanProcessor(
+        sdk.ExporterHandle("otlp", lambda: exporter),
+        max_queue_size=2, max_export_batch_size=2, schedule_delay_millis=60_000,
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    try:
+        _drop_spans(tracer, 2)  # a full batch: the worker takes it and waits at the gate
+        assert exporter.entered.wait(5)
+        _drop_spans(tracer, 52)  # 2 fit in the queue, 50 are dropped
+        assert drops.count == 50
+        first = [
+            "autotrace WARNING: a span was dropped: the batch queue is full (OTEL_BSP_MAX_QUEUE_SIZE=2); "
+            "spans end faster than they are exported (raise OTEL_BSP_MAX_QUEUE_SIZE, or lower "
+            "OTEL_BSP_SCHEDULE_DELAY); further drops are summarised every 60 s"
+        ]
+        assert _agent_lines(capsys) == first
+        exporter.gate.set()
+        processor.force_flush()  # exports succeed, within the interval: nothing more said
+        assert exporter.exported == 4
+        assert _agent_lines(capsys) == []
+        clock.now += 61
+        exporter.gate.clear()
+        exporter.entered.clear()
+        _drop_spans(tracer, 2)
+        assert exporter.entered.wait(5)
+        _drop_spans(tracer, 7)  # 5 more dropped
+        exporter.gate.set()
+        processor.force_flush()  # a successful export after the interval: one summary
+        assert _agent_lines(capsys) == [
+            "autotrace WARNING: in the last 61 s, 54 more spans were dropped: the batch queue was full "
+            "(OTEL_BSP_MAX_QUEUE_SIZE=2)"
+        ]
+        clock.now += 10
+        exporter.gate.clear()
+        exporter.entered.clear()
+        _drop_spans(tracer, 2)
+        assert exporter.entered.wait(5)
+        _drop_spans(tracer, 3)  # 1 dropped, within the interval: kept for the final summary
+        exporter.gate.set()
+        processor.force_flush()
+        assert _agent_lines(capsys) == []
+    finally:
+        exporter.gate.set()
+        provider.shutdown()
+    assert _agent_lines(capsys) == [
+        "autotrace WARNING: in the last 10 s, 1 more span was dropped: the batch queue was full "
+        "(OTEL_BSP_MAX_QUEUE_SIZE=2)"
+    ]
+    assert not [r for r in caplog.records if "Queue full" in r.getMessage()]
+
+
+def test_queue_drop_counting_never_raises(monkeypatch):
+    """The SDK's line is counted inside span.end() on the app's thread: a broken counter shows the line."""
+    import logging
+
+    class Broken:
+        def dropped(self):
+            raise RuntimeError("counter bug")
+
+    sdk._quiet_sdk_export_logs()
+    monkeypatch.setattr(sdk, "queue_drops", Broken())
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    sdk_logger = logging.getLogger("opentelemetry.sdk._shared_internal")
+    keep = Keep()
+    sdk_logger.addHandler(keep)
+    try:
+        sdk_logger.warning(sdk._QUEUE_FULL, "span")  # no raise
+    finally:
+        sdk_logger.removeHandler(keep)
+    assert [r.getMessage() for r in records] == ["Queue full, dropping span."]
