@@ -87,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         doctor._add_action(action)
     doctor.add_argument("--json", action="store_true", help="print the checks as a JSON object")
     doctor.add_argument(
-        "--timeout", type=float, default=3.0, metavar="S", help="bound of each network check (default 3)"
+        "--timeout",
+        type=_doctor_timeout,
+        default=3.0,
+        metavar="S",
+        help="bound of each network check, in seconds above 0 (default 3, at most 60)",
     )
     doctor.add_argument(
         "command",
@@ -114,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         parser.error("run: a command is required, e.g. autotrace run python app.py")
     return run(args, command)
+
+
+def _doctor_timeout(text: str) -> float:
+    from .doctor import parse_timeout
+
+    try:
+        return parse_timeout(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def sitecustomize_dir() -> str:

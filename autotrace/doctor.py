@@ -8,6 +8,7 @@ Nothing here imports an instrumented library; every network wait is bounded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -24,6 +25,71 @@ FOREIGN_PORTS = {
     9411: "Zipkin's port",
 }
 OTLP_FIX = "point the endpoint at the collector's OTLP port: 4317 for --protocol grpc, 4318 for http/protobuf"
+CERTIFICATE_FIX = (
+    "give the collector's CA certificate (a PEM file) in OTEL_EXPORTER_OTLP_CERTIFICATE, "
+    "or use http:// if the collector's receiver is plain text"
+)
+MAX_TIMEOUT_S = 60.0
+REMOTE_TIMEOUT_S = 20.0  # the library and conflict checks in the command's interpreter
+
+
+def parse_timeout(text: object) -> float:
+    """``--timeout``: a finite number of seconds above 0, capped at 60."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"--timeout {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--timeout {text!r} must be a finite number of seconds above 0")
+    return min(value, MAX_TIMEOUT_S)
+
+
+def redact(text: str) -> str:
+    """A URL (or text holding one) with user info and secret query values hidden."""
+    from urllib.parse import urlsplit
+
+    from .config import redact_url
+    from .redact import redact_query
+
+    url = redact_url(text)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    return parts._replace(query=redact_query(parts.query)).geturl() if parts.query else url
+
+
+def secrets_of(url: str) -> list[str]:
+    """The secret parts of ``url`` (user info, sensitive query values), to scrub from any text."""
+    from urllib.parse import unquote, urlsplit
+
+    from .redact import _is_sensitive
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url.rsplit("@", 1)[0]] if "@" in url else []
+    found = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        found += [userinfo, *userinfo.split(":", 1)]
+    for part in parts.query.split("&"):
+        key, sep, value = part.partition("=")
+        if sep and value and _is_sensitive(key):
+            found.append(value)
+    found += [unquote(s) for s in found]
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
+def scrub(checks: list[Check], secrets: list[str]) -> list[Check]:
+    """Every check with the given secrets replaced (an exception's text may quote the URL)."""
+    if not secrets:
+        return checks
+    for check in checks:
+        for secret in secrets:
+            check.message = check.message.replace(secret, "REDACTED")
+            check.fix = check.fix.replace(secret, "REDACTED")
+    return checks
 
 
 class Check:
@@ -77,15 +143,28 @@ def source_of(setting: str, args, environ) -> str:
     return "default"
 
 
-def load_settings(environ) -> tuple[object, list[str]]:
+class Warnings(list):
+    """The configuration's warnings as text; ``rejected``: variable -> its refused value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected: dict[str, str] = {}
+
+
+_REJECTED = "%s=%r is not valid"
+
+
+def load_settings(environ) -> tuple[object, Warnings]:
     """``config.load(environ)`` with its warnings captured instead of printed."""
     from . import _log, config
 
-    warnings: list[str] = []
+    warnings = Warnings()
     original = _log.warn_once
 
     def capture(key: str, message: str, *args: object) -> None:
         warnings.append(message % args if args else message)
+        if message.startswith(_REJECTED) and len(args) >= 2:
+            warnings.rejected[str(args[0])] = str(args[1])
 
     _log.warn_once = capture
     try:
@@ -95,12 +174,35 @@ def load_settings(environ) -> tuple[object, list[str]]:
     return settings, warnings
 
 
+def _rejected_source(setting: str, rejected: dict[str, str]) -> str:
+    """``default (OTEL_X='bad' was rejected)`` when a variable read for ``setting`` was refused."""
+    for name, _option, variables in _SOURCES:
+        if name == setting:
+            for variable in variables:
+                if variable in rejected:
+                    return f"default ({variable}={redact(rejected[variable])!r} was rejected)"
+    return ""
+
+
 def configuration_checks(settings, warnings: list[str], args, environ) -> list[Check]:
     checks = []
     values = dict(settings.describe())  # already redacted: header names only
+    rejected = getattr(warnings, "rejected", {})
     for name, _option, _variables in _SOURCES:
         value = values.get(name, "")
         source = source_of(name, args, environ)
+        refused = _rejected_source(name, rejected) if source.startswith("variable ") else ""
+        if refused:
+            variable = source.split(" ", 1)[1]
+            checks.append(
+                Check(
+                    WARN,
+                    "config " + name,
+                    f"{value or '(none)'} ({refused})",
+                    f"correct or unset {variable}",
+                )
+            )
+            continue
         if name == "protocol" and source == "default" and settings.protocol == "grpc":
             source = "derived from the endpoint's port 4317"
         if name == "service.name" and not settings.service_name:
@@ -129,10 +231,7 @@ def service_name_check(settings, command: list[str]) -> Check:
     if command:
         from . import entrypoint
 
-        argv = list(command)
-        if argv and not os.path.basename(argv[0]).lower().startswith(("python", "pypy")):
-            argv = [argv[0]] + argv[1:]
-        entry = entrypoint.parse(argv)
+        entry = entrypoint.parse(list(command))
         status = WARN if entry.weak else OK
         return Check(
             status,
@@ -154,12 +253,15 @@ def service_name_check(settings, command: list[str]) -> Check:
 class Target:
     """The parts of the traces endpoint the probes need."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: bool | None = None) -> None:
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
         self.url = url
+        self.shown = redact(url)  # what is printed
         self.scheme = parts.scheme
+        # Whether the exporter uses TLS: the scheme, or for gRPC OTEL_EXPORTER_OTLP_INSECURE too.
+        self.tls = parts.scheme == "https" if tls is None else tls
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.path = parts.path or "/"
@@ -168,7 +270,8 @@ class Target:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 class Probe:
@@ -194,11 +297,12 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
     if not probe.resolved:
         return Check(FAIL, name, f"cannot resolve host {target.host!r}", "check the endpoint's host name (and DNS)")
     if probe.connect == "refused":
-        hint = f" ({foreign})" if foreign else ""
+        if foreign:
+            return Check(FAIL, name, f"nothing listens on {where} ({foreign}, not OTLP)", OTLP_FIX)
         return Check(
             FAIL,
             name,
-            f"nothing listens on {where}{hint}",
+            f"nothing listens on {where}",
             "start the collector, or point --endpoint at where it listens",
         )
     if probe.connect != "ok":
@@ -210,22 +314,39 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
         )
     if probe.accepted:
         via = "OTLP/gRPC" if protocol == "grpc" else "OTLP/HTTP"
-        return Check(OK, name, f"{target.url} speaks {via} (an empty export was accepted)")
-    tls = target.scheme == "https"
-    if tls and probe.speaks in ("http1", "h2"):
+        return Check(OK, name, f"{target.shown} speaks {via} (an empty export was accepted)")
+    # For gRPC, OTEL_EXPORTER_OTLP_INSECURE=false means TLS even with http:// (as the exporter does).
+    insecure_says = protocol == "grpc" and target.tls != (target.scheme == "https")
+    if target.tls and probe.speaks in ("http1", "h2"):
+        if insecure_says:
+            return Check(
+                FAIL,
+                name,
+                f"OTEL_EXPORTER_OTLP_INSECURE=false asks for TLS but {where} speaks plain text (no TLS)",
+                "set OTEL_EXPORTER_OTLP_INSECURE=true (or unset it), or enable TLS on the collector's receiver",
+            )
         return Check(
             FAIL,
             name,
             f"https:// is configured but {where} speaks plain text (no TLS)",
             "use http:// in the endpoint, or enable TLS on the collector's receiver",
         )
-    if not tls and probe.speaks == "tls":
+    if not target.tls and probe.speaks == "tls":
+        if protocol == "grpc":
+            return Check(
+                FAIL,
+                name,
+                f"plain text is configured (http:// and OTEL_EXPORTER_OTLP_INSECURE) but {where} expects TLS",
+                "use https:// in the endpoint, or set OTEL_EXPORTER_OTLP_INSECURE=false",
+            )
         return Check(
             FAIL,
             name,
             f"http:// is configured but {where} expects TLS",
             "use https:// in the endpoint",
         )
+    if "certificate" in probe.error.lower():
+        return Check(FAIL, name, f"{where} speaks TLS but {probe.error}", CERTIFICATE_FIX)
     if foreign and probe.speaks != ("h2" if protocol == "grpc" else "http1") or (
         foreign and probe.http_status == 404
     ):
@@ -248,19 +369,30 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
         )
     if protocol != "grpc" and probe.http_status == 404:
         path = target.path.rstrip("/")
-        if path.endswith("/v1/traces/v1/traces") or path.count("/v1/traces") > 1:
-            fix = (
-                "/v1/traces is doubled: OTEL_EXPORTER_OTLP_ENDPOINT (and --endpoint) take the "
-                "collector's base URL (e.g. http://collector:4318), the path is appended"
-            )
+        traces_variable = endpoint_source.endswith("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if path.count("/v1/traces") > 1:
+            if traces_variable:
+                fix = (
+                    "/v1/traces is doubled: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as is: "
+                    "remove the repeated /v1/traces from it"
+                )
+            else:
+                fix = (
+                    "/v1/traces is doubled: OTEL_EXPORTER_OTLP_ENDPOINT (and --endpoint) take the "
+                    "collector's base URL (e.g. http://collector:4318), the path is appended: "
+                    "remove /v1/traces from it"
+                )
         elif not path.endswith("/v1/traces"):
-            fix = (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as is: add /v1/traces to it, "
-                "or set OTEL_EXPORTER_OTLP_ENDPOINT to the base URL instead"
-            )
+            if not endpoint_source.endswith(("OTEL_EXPORTER_OTLP_ENDPOINT", "--endpoint")):
+                fix = (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as is: add /v1/traces to it, "
+                    "or set OTEL_EXPORTER_OTLP_ENDPOINT to the base URL instead"
+                )
+            else:
+                fix = "check the endpoint's path: the collector's OTLP/HTTP traces path is /v1/traces"
         else:
             fix = "check the endpoint's path: the collector's OTLP/HTTP traces path is /v1/traces"
-        return Check(FAIL, name, f"POST {target.path} answered 404 Not Found", fix)
+        return Check(FAIL, name, f"POST {redact(target.path)} answered 404 Not Found", fix)
     if protocol != "grpc" and probe.http_status in (401, 403):
         return Check(
             FAIL,
@@ -286,7 +418,7 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
     return Check(
         FAIL,
         name,
-        f"{target.url} did not accept an OTLP {'gRPC' if protocol == 'grpc' else 'HTTP'} export: {detail}",
+        f"{target.shown} did not accept an OTLP {'gRPC' if protocol == 'grpc' else 'HTTP'} export: {detail}",
         "check that the endpoint is the collector's OTLP receiver and the protocol matches it",
     )
 
@@ -392,14 +524,23 @@ def _empty_request() -> bytes:
     return trace_service_pb2.ExportTraceServiceRequest().SerializeToString()
 
 
-def _http_export(target: Target, headers, timeout: float) -> tuple[int | None, str]:
+def certificate_file(environ) -> str | None:
+    """The CA file the exporter trusts (OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE), if set."""
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"):
+        value = (environ.get(variable) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def _http_export(target: Target, headers, timeout: float, cafile: str | None = None) -> tuple[int | None, str]:
     import http.client
     import ssl
 
     try:
         if target.scheme == "https":
             connection = http.client.HTTPSConnection(
-                target.host, target.port, timeout=timeout, context=ssl.create_default_context()
+                target.host, target.port, timeout=timeout, context=ssl.create_default_context(cafile=cafile)
             )
         else:
             connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
@@ -422,7 +563,7 @@ def _http_export(target: Target, headers, timeout: float) -> tuple[int | None, s
         return None, f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
-def _grpc_export(target: Target, headers, timeout: float) -> tuple[str, str]:
+def _grpc_export(target: Target, headers, timeout: float, cafile: str | None = None) -> tuple[str, str]:
     import grpc
     from opentelemetry.proto.collector.trace.v1 import (
         trace_service_pb2,
@@ -430,8 +571,15 @@ def _grpc_export(target: Target, headers, timeout: float) -> tuple[str, str]:
     )
 
     address = target.address
-    if target.scheme == "https":
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials())
+    if target.tls:
+        roots = None
+        if cafile:
+            try:
+                with open(cafile, "rb") as file:
+                    roots = file.read()
+            except OSError as exc:
+                return "UNAVAILABLE", f"cannot read the CA file OTEL_EXPORTER_OTLP_CERTIFICATE: {exc}"
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
     else:
         channel = grpc.insecure_channel(address)
     try:
@@ -449,8 +597,15 @@ def _grpc_export(target: Target, headers, timeout: float) -> tuple[str, str]:
         channel.close()
 
 
-def probe_endpoint(settings, timeout: float) -> tuple[Target, Probe]:
-    target = Target(settings.endpoint)
+def uses_tls(settings) -> bool:
+    """The exporter's decision: https://, or for gRPC also OTEL_EXPORTER_OTLP_INSECURE=false."""
+    https = settings.endpoint.split(":", 1)[0].lower() == "https"
+    return https or (settings.protocol == "grpc" and not settings.insecure)
+
+
+def probe_endpoint(settings, timeout: float, environ=None) -> tuple[Target, Probe]:
+    target = Target(settings.endpoint, tls=uses_tls(settings))
+    cafile = certificate_file(environ if environ is not None else os.environ)
     probe = Probe()
     probe.resolved = _resolve(target.host, target.port, timeout)
     if not probe.resolved:
@@ -459,10 +614,10 @@ def probe_endpoint(settings, timeout: float) -> tuple[Target, Probe]:
     if probe.connect != "ok":
         return target, probe
     if settings.protocol == "grpc":
-        probe.grpc_code, probe.error = _grpc_export(target, settings.headers, timeout)
+        probe.grpc_code, probe.error = _grpc_export(target, settings.headers, timeout, cafile)
         probe.accepted = probe.grpc_code == "OK"
     else:
-        probe.http_status, probe.error = _http_export(target, settings.headers, timeout)
+        probe.http_status, probe.error = _http_export(target, settings.headers, timeout, cafile)
         probe.accepted = probe.http_status is not None and 200 <= probe.http_status < 300
     if not probe.accepted:
         probe.speaks = speaks(target, timeout)
@@ -472,8 +627,50 @@ def probe_endpoint(settings, timeout: float) -> tuple[Target, Probe]:
 # -- the test span -------------------------------------------------------------------
 
 
+def failure_fix(kind: str, hint: str) -> str:
+    """The fix for a failed test span, from the agent's own classification of the failure."""
+    text = f"{kind} {hint}".lower()
+    if "certificate" in text or kind == "SSLError":
+        return CERTIFICATE_FIX
+    if kind == "connection refused":
+        return "start the collector, or point --endpoint at where it listens"
+    if kind == "timeout":
+        return "check that the collector is reachable from here, or raise OTEL_EXPORTER_OTLP_TIMEOUT"
+    if kind in ("HTTP 401", "HTTP 403", "gRPC UNAUTHENTICATED", "gRPC PERMISSION_DENIED"):
+        return "set the credentials in OTEL_EXPORTER_OTLP_HEADERS"
+    if kind == "HTTP 404":
+        return "check the endpoint's path: the collector's OTLP/HTTP traces path is /v1/traces"
+    if kind == "gRPC UNAVAILABLE":
+        return "check the endpoint's port and TLS (https:// or OTEL_EXPORTER_OTLP_INSECURE) against the collector's"
+    return "check that the endpoint is the collector's OTLP receiver and the protocol matches it"
+
+
+def _verdict_class():
+    from .sdk import ExportFailures
+
+    class Verdict(ExportFailures):
+        """Keeps the classified cause of a failed export instead of logging it."""
+
+        kind = hint = ""
+
+        def failed(self, kind: str, hint: str, spans: int) -> None:
+            self.kind, self.hint = kind, hint
+
+        def succeeded(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return Verdict
+
+
 def test_span_check(settings, service_name: str, timeout: float) -> Check:
-    """Send one real span with the agent's own exporter, synchronously and bounded."""
+    """Send one real span through the agent's own exporter, synchronously and bounded.
+
+    The export runs through :class:`autotrace.sdk.ExporterHandle`, so a failure is
+    classified exactly as the agent classifies it (:func:`autotrace.sdk.classify_failure`).
+    """
     import logging
     import threading
 
@@ -481,7 +678,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from .sdk import _otlp_factory
+    from . import sdk
 
     logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # the doctor reports it
     settings.timeout_s = min(settings.timeout_s, timeout)
@@ -495,15 +692,20 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
     provider.add_span_processor(Keep())
     with provider.get_tracer("autotrace.doctor").start_as_current_span("autotrace doctor test span"):
         pass
+    verdict = _verdict_class()(f"to {redact(settings.endpoint)}")
     result: list[object] = []
 
     def send() -> None:
         try:
-            exporter = _otlp_factory(settings)()
+            handle = sdk.ExporterHandle("otlp", sdk._otlp_factory(settings))
+            exporter = handle._get()
+            if exporter is not None:
+                sdk._keep_http_client_results(exporter)  # the HTTP status, as the agent keeps it
+            handle.failures = verdict
             try:
-                result.append(exporter.export(spans))
+                result.append(handle.export(spans))
             finally:
-                exporter.shutdown()
+                handle.shutdown()
         except Exception as exc:  # noqa: BLE001
             result.append(exc)
 
@@ -513,19 +715,22 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
     thread.join(timeout + 2.0)
     took = time.monotonic() - started
     outcome = result[0] if result else None
+    shown = redact(settings.endpoint)
     if outcome == SpanExportResult.SUCCESS:
-        return Check(OK, "test span", f"accepted by {settings.endpoint} in {took * 1000:.0f} ms")
+        return Check(OK, "test span", f"accepted by {shown} in {took * 1000:.0f} ms")
     if outcome is None:
-        why = f"no answer within {timeout:g}s"
+        kind, hint = "timeout", f" (no answer within {timeout:g}s)"
     elif isinstance(outcome, Exception):
-        why = f"{type(outcome).__name__}: {outcome}"
+        kind, hint = sdk.classify_failure([outcome])
+    elif verdict.kind:
+        kind, hint = verdict.kind, verdict.hint
     else:
-        why = "the exporter reported a failure"
+        kind, hint = "the exporter could not be created", ""
     return Check(
         FAIL,
         "test span",
-        f"not accepted by {settings.endpoint} after {took * 1000:.0f} ms: {why}",
-        "fix the endpoint problem above, then run autotrace doctor again",
+        f"not accepted by {shown} after {took * 1000:.0f} ms: {kind}{hint}",
+        failure_fix(kind, hint),
     )
 
 
@@ -635,22 +840,28 @@ def conflict_checks(paths: list[str], distributions, own_dir: str | None = None)
         except OSError:
             text = ""
         where = os.path.realpath(path).replace(os.sep, "/") + "\n" + text
+        agent = ""
         if "auto_instrumentation" in where:
+            agent = "opentelemetry-instrument's sitecustomize"
+        elif "ddtrace/bootstrap" in where or "ddtrace.bootstrap" in where:
+            agent = "ddtrace's sitecustomize (ddtrace-run)"
+        if agent and index == 0:  # autotrace chains the first one after its own: it runs
             checks.append(
                 Check(
-                    WARN,
+                    FAIL,
                     "conflicts",
-                    f"{path} is opentelemetry-instrument's sitecustomize: it would set up a second agent",
-                    "remove its directory from PYTHONPATH; do not combine opentelemetry-instrument with autotrace",
+                    f"{path} is {agent}: autotrace runs it after itself, so a second tracer "
+                    "patches the same libraries (spans doubled or broken)",
+                    "remove its directory from PYTHONPATH; run the app with autotrace only",
                 )
             )
-        elif "ddtrace/bootstrap" in where or "ddtrace.bootstrap" in where:
+        elif agent:
             checks.append(
                 Check(
                     WARN,
                     "conflicts",
-                    f"{path} is ddtrace's sitecustomize (ddtrace-run): two tracers would patch the same libraries",
-                    "remove its directory from PYTHONPATH; run the app with autotrace only",
+                    f"{path} is {agent}, hidden behind {found[0]} (it does not run)",
+                    "remove its directory from PYTHONPATH, so it cannot run if the other one goes",
                 )
             )
         elif index == 0:
@@ -710,7 +921,7 @@ def installed_distributions() -> list[str]:
 def run_checks(args, environ) -> list[Check]:
     from .cli import build_environment
 
-    timeout = max(0.1, float(getattr(args, "timeout", 3.0) or 3.0))
+    timeout = parse_timeout(getattr(args, "timeout", 3.0) or 3.0)
     command = list(getattr(args, "command", None) or [])
     if command and command[0] == "--":
         command = command[1:]
@@ -719,10 +930,20 @@ def run_checks(args, environ) -> list[Check]:
     checks = configuration_checks(settings, warnings, args, environ)
     name_check = service_name_check(settings, command)
     checks.append(name_check)
+    derived = name_check.message.split(" (", 1)[0] if command and name_check.status != FAIL else ""
     if settings.sdk_disabled:
         pass
+    elif not settings.exporters:
+        checks.append(
+            Check(
+                FAIL,
+                "exporter",
+                "no exporter: spans are dropped (OTEL_TRACES_EXPORTER=none)",
+                "use --exporter otlp (OTEL_TRACES_EXPORTER=otlp) to send spans to a collector",
+            )
+        )
     elif "otlp" not in settings.exporters:
-        shown = ", ".join(settings.exporters) or "none"
+        shown = ", ".join(settings.exporters)
         checks.append(
             Check(
                 WARN,
@@ -732,7 +953,7 @@ def run_checks(args, environ) -> list[Check]:
             )
         )
     else:
-        target, probe = probe_endpoint(settings, timeout)
+        target, probe = probe_endpoint(settings, timeout, env)
         endpoint = classify(settings.protocol, target, probe, source_of("endpoint", args, environ))
         checks.append(endpoint)
         if endpoint.status == FAIL:
@@ -740,11 +961,89 @@ def run_checks(args, environ) -> list[Check]:
                 Check(FAIL, "test span", "not sent: the endpoint check failed", "fix the endpoint problem above")
             )
         else:
-            service = settings.service_name or settings.resource_attributes.get("service.name") or "autotrace-doctor"
+            service = (
+                settings.service_name
+                or settings.resource_attributes.get("service.name")
+                or derived
+                or "autotrace-doctor"
+            )
             checks.append(test_span_check(settings, service, timeout))
-    checks.extend(library_checks(settings.disabled_hooks))
-    checks.extend(conflict_checks(search_path(env), installed_distributions()))
-    return checks
+    checks.extend(environment_checks(command, env, settings.disabled_hooks))
+    return scrub(checks, secrets_of(settings.endpoint) + _raw_endpoint_secrets(env))
+
+
+def _raw_endpoint_secrets(env) -> list[str]:
+    found: list[str] = []
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        found += secrets_of(env.get(variable) or "")
+    return found
+
+
+def local_environment_checks(paths: list[str], disabled) -> list[Check]:
+    """The library and conflict checks for the Python running this function."""
+    return library_checks(frozenset(disabled)) + conflict_checks(paths, installed_distributions())
+
+
+def remote_main() -> None:
+    """Entry point in the command's interpreter: its checks as JSON on stdout."""
+    request = json.loads(sys.stdin.read() or "{}")
+    checks = local_environment_checks(request.get("paths", []), request.get("disabled", []))
+    sys.stdout.write(json.dumps([c.as_dict() for c in checks]))
+
+
+def _command_interpreter(command: list[str], env) -> str | None:
+    """The command's Python when it is not the one running the doctor (another environment)."""
+    from .cli import _same_environment, python_of, which
+
+    if not command:
+        return None
+    executable = which(command[0], env.get("PATH"))
+    interpreter = python_of(executable, env) if executable else None
+    if interpreter is None or _same_environment(interpreter):
+        return None
+    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
+        return None
+    return interpreter
+
+
+def environment_checks(command: list[str], env, disabled) -> list[Check]:
+    """Libraries and conflicts as the command's interpreter sees them (bounded subprocess)."""
+    paths = search_path(env)
+    interpreter = _command_interpreter(command, env)
+    if interpreter is None:
+        return local_environment_checks(paths, disabled)
+    import subprocess
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "AUTOTRACE_ENABLED")}
+    child_env["PYTHONPATH"] = package_root  # this autotrace, without arming the agent there
+    request = json.dumps({"paths": paths, "disabled": sorted(disabled)})
+    try:
+        result = subprocess.run(
+            [interpreter, "-c", "from autotrace.doctor import remote_main; remote_main()"],
+            input=request,
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=REMOTE_TIMEOUT_S,
+        )
+        rows = json.loads(result.stdout) if result.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        rows, result = None, exc
+    if not isinstance(rows, list):
+        why = getattr(result, "stderr", "") or str(result)
+        why = (why.strip().splitlines() or ["no answer"])[-1]
+        return [
+            Check(
+                WARN,
+                "interpreter",
+                f"cannot inspect the command's Python {interpreter} ({why}); "
+                f"the library and conflict checks below are for {sys.executable}",
+                "install autotrace into that environment and run its autotrace doctor",
+            )
+        ] + local_environment_checks(paths, disabled)
+    header = Check(OK, "interpreter", f"libraries and conflicts checked in the command's Python {interpreter}")
+    return [header] + [Check(r["status"], r["name"], r["message"], r.get("fix", "")) for r in rows]
 
 
 def exit_code(checks: list[Check]) -> int:
@@ -758,9 +1057,8 @@ def exit_code(checks: list[Check]) -> int:
 def render_text(checks: list[Check]) -> str:
     lines = []
     for check in checks:
-        lines.append(f"{check.status:<4} {check.name}: {check.message}")
-        if check.fix and check.status != OK:
-            lines.append(f"     fix: {check.fix}")
+        fix = f"; fix: {check.fix}" if check.fix and check.status != OK else ""
+        lines.append(f"{check.status:<4} {check.name}: {check.message}{fix}")
     code = exit_code(checks)
     if code:
         lines.append("spans cannot be delivered")
@@ -779,7 +1077,14 @@ def render_json(checks: list[Check]) -> str:
 
 
 def main(args) -> int:
-    checks = run_checks(args, os.environ)
+    environ = dict(os.environ)
+    # gRPC's C core would print "Handshake failed" lines for the TLS probes: the report says it.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    try:
+        checks = run_checks(args, environ)
+    except ValueError as exc:  # a bad --timeout given programmatically
+        sys.stderr.write(f"autotrace doctor: {exc}\n")
+        return 2
     sys.stdout.write(render_json(checks) if getattr(args, "json", False) else render_text(checks))
     sys.stdout.flush()
     return exit_code(checks)

@@ -118,7 +118,7 @@ def test_json_shape_and_exit_code() -> None:
     failing = checks + [Check(FAIL, "x", "broken", "mend it")]
     assert json.loads(doctor.render_json(failing))["exit_code"] == 1
     text = doctor.render_text(failing)
-    assert "FAIL x: broken\n     fix: mend it\n" in text
+    assert "FAIL x: broken; fix: mend it\n" in text  # the problem and its fix on one line
 
 
 def test_exit_code_for_console_exporter() -> None:
@@ -130,14 +130,25 @@ def test_conflicting_sitecustomize(tmp_path) -> None:
     site.mkdir(parents=True)
     (site / "sitecustomize.py").write_text("# opentelemetry-instrument\n")
     checks = doctor.conflict_checks([str(site)], [], own_dir=str(tmp_path / "own"))
-    assert [c.status for c in checks] == [WARN]
+    assert [c.status for c in checks] == [FAIL]  # chained after autotrace's: it runs
     assert "opentelemetry-instrument" in checks[0].message and checks[0].fix
 
 
 def test_ddtrace_sitecustomize(tmp_path) -> None:
     (tmp_path / "sitecustomize.py").write_text("import ddtrace.bootstrap.sitecustomize\n")
     checks = doctor.conflict_checks([str(tmp_path)], [], own_dir=str(tmp_path / "own"))
-    assert checks[0].status == WARN and "ddtrace" in checks[0].message
+    assert checks[0].status == FAIL and "ddtrace" in checks[0].message
+
+
+def test_a_shadowed_agent_sitecustomize_is_a_warning(tmp_path) -> None:
+    user, agent = tmp_path / "user", tmp_path / "ddtrace" / "bootstrap"
+    user.mkdir()
+    agent.mkdir(parents=True)
+    (user / "sitecustomize.py").write_text("print('hi')\n")
+    (agent / "sitecustomize.py").write_text("import ddtrace.bootstrap.sitecustomize\n")
+    checks = doctor.conflict_checks([str(user), str(agent)], [], own_dir=str(tmp_path / "own"))
+    assert [c.status for c in checks] == [OK, WARN]
+    assert "hidden behind" in checks[1].message and str(user) in checks[1].message
 
 
 def test_user_sitecustomize_is_chained_and_own_is_skipped(tmp_path) -> None:
@@ -171,3 +182,75 @@ def test_library_checks() -> None:
     assert any(m.startswith("grpcio 1.60.0 installed, hook disabled") for m in text)
     assert any(m.startswith("standard library covered: http_server") for m in text)
     assert any(m.startswith("not installed:") and "requests" in m for m in text)
+
+
+def test_a_rejected_value_is_not_credited_to_its_variable() -> None:
+    checks = config_checks(parse(), {"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})
+    protocol = checks["config protocol"]
+    assert protocol.status == WARN
+    assert protocol.message == "http/protobuf (default (OTEL_EXPORTER_OTLP_PROTOCOL='thrift' was rejected))"
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in protocol.fix
+
+
+def test_credentials_are_redacted_everywhere() -> None:
+    url = "http://user:s3cretpw@h:4318/v1/traces?token=t0psecret&x=1"
+    target = Target(url)
+    assert "s3cret" not in classify("http/protobuf", target, Probe(accepted=True)).message
+    failed = classify("http/protobuf", target, Probe(http_status=500, error="POST " + url))
+    checks = doctor.scrub([failed], doctor.secrets_of(url))
+    text = doctor.render_text(checks) + doctor.render_json(checks)
+    assert "s3cretpw" not in text and "t0psecret" not in text and "user:" not in text
+    assert doctor.redact(url) == "http://<redacted>@h:4318/v1/traces?token=REDACTED&x=1"
+
+
+def test_ipv6_address_is_bracketed() -> None:
+    assert Target("http://[::1]:4318/v1/traces").address == "[::1]:4318"
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-1", "0", "1e12x"])
+def test_timeout_must_be_finite_and_positive(text: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse("--timeout", text)
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_timeout_is_capped() -> None:
+    assert parse("--timeout", "1e12").timeout == doctor.MAX_TIMEOUT_S
+
+
+def test_insecure_false_means_tls_for_grpc() -> None:
+    settings, _ = doctor.load_settings(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4317", "OTEL_EXPORTER_OTLP_INSECURE": "false"}
+    )
+    assert doctor.uses_tls(settings)
+    target = Target(settings.endpoint, tls=doctor.uses_tls(settings))
+    check = classify("grpc", target, Probe(grpc_code="UNAVAILABLE", speaks="h2"))
+    assert check.status == FAIL and "OTEL_EXPORTER_OTLP_INSECURE" in check.message + check.fix
+
+
+def test_untrusted_certificate_names_the_ca_variable() -> None:
+    check = classify("http/protobuf", Target("https://h:4318/v1/traces"),
+                     Probe(error="TLS certificate not trusted: self-signed certificate", speaks="tls"))
+    assert check.status == FAIL and "OTEL_EXPORTER_OTLP_CERTIFICATE" in check.fix
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in doctor.failure_fix("SSLError", " (CERTIFICATE_VERIFY_FAILED)")
+
+
+def test_refused_foreign_port_points_at_the_otlp_port() -> None:
+    check = classify("http/protobuf", Target("http://h:14268/v1/traces"), Probe(connect="refused"))
+    assert "Jaeger" in check.message and check.fix == doctor.OTLP_FIX
+
+
+def test_doubled_path_names_the_variable_used() -> None:
+    url, probe = "http://h:4318/v1/traces/v1/traces", Probe(http_status=404, speaks="http1")
+    traces = classify("http/protobuf", Target(url), probe, "variable OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = classify("http/protobuf", Target(url), probe, "variable OTEL_EXPORTER_OTLP_ENDPOINT")
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in traces.fix and "OTEL_EXPORTER_OTLP_ENDPOINT (" not in traces.fix
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT (and --endpoint)" in base.fix
+
+
+def test_no_exporter_fails() -> None:
+    checks = doctor.run_checks(parse("--exporter", "none"), {})
+    exporter = next(c for c in checks if c.name == "exporter")
+    assert exporter.status == FAIL and "OTEL_TRACES_EXPORTER=none" in exporter.message
+    assert doctor.exit_code(checks) == 1
