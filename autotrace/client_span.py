@@ -4,11 +4,11 @@ A client hook calls :func:`start` with the request's method and URL; it gets a
 :class:`ClientSpan`, or None when it must not trace:
 
 - instrumentation is suppressed (the agent's own exporter runs that way);
-- another library's call is in progress in this context: the hook is a lower layer of
-  that call (urllib3 and http.client under requests, http.client under urllib.request),
-  so the call has its span already. A call of the *same* library inside one (a
-  requests response hook that sends another request) is a call of its own: it gets a
-  span, a child of the one in progress.
+- the call in progress in this context is one the hook's library is a lower layer of
+  (:data:`LOWER_LAYERS`: urllib3 and http.client under requests, http.client under
+  urllib3 and urllib.request), so the call has its span already. A call of any other
+  library inside one (httpx from a requests response hook) is a call of its own: a
+  child of the one in progress.
 
 The hook injects the propagation headers with :meth:`ClientSpan.inject` (the span's own
 id as the parent id), reports the response with :meth:`ClientSpan.set_response` or the
@@ -39,6 +39,20 @@ _tracer = None
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
+# The libraries each client library sends its requests through: under a call of the key,
+# a hook of one of these is a lower layer of that call and starts no span.
+LOWER_LAYERS: dict[str, frozenset[str]] = {
+    "requests": frozenset(("urllib3", "http.client")),
+    "urllib3": frozenset(("http.client",)),
+    "urllib": frozenset(("http.client",)),
+}
+_NO_LAYERS: frozenset[str] = frozenset()
+
+
+def is_lower_layer(library: str, outer: ClientSpan | None) -> bool:
+    """Whether ``library`` sends the request of ``outer``, the call in progress (so starts no span)."""
+    return outer is not None and library in LOWER_LAYERS.get(outer.library, _NO_LAYERS)
+
 
 def _load_api() -> None:
     """Import the OpenTelemetry API (once, at the first outgoing request)."""
@@ -58,7 +72,7 @@ def tracer() -> trace.Tracer:
 class ClientSpan(server_span.SpanHandle):
     """One outgoing request's CLIENT span; its methods never raise."""
 
-    __slots__ = ("library", "parent", "previous", "resends", "injected")
+    __slots__ = ("library", "parent", "previous", "resends", "injected", "state")
     WHAT = "a client span"
 
     def __init__(self, span: trace.Span, library: str, parent: context.Context, previous: ClientSpan | None = None) -> None:
@@ -68,6 +82,7 @@ class ClientSpan(server_span.SpanHandle):
         self.previous = previous  # the ended hop this one follows (a redirect), if any
         self.resends = 0  # hops sent after this one from its context (redirects)
         self.injected: dict[str, str] = {}  # the propagation headers sent with the request
+        self.state: object = None  # the hook's own bookkeeping of the call, if it needs any
 
     # -- the request ------------------------------------------------------------------
 
@@ -148,12 +163,14 @@ def start(
     protocol_version: str | None = None,
     resend_count: int = 0,
     attach: bool = True,
+    sibling_of: ClientSpan | None = None,
 ) -> ClientSpan | None:
     """Start the CLIENT span of a request, or return None (see the module's docstring).
 
     ``library`` names the hook's library (``"requests"``, ``"urllib3"`` ...). With
     ``attach`` the span is made current at once; a hook whose request spans several
-    calls (http.client) passes False. Never raises.
+    calls (http.client) passes False. With ``sibling_of`` (a hop or attempt the hook
+    ended) the span is a sibling of that one, under its parent. Never raises.
     """
     try:
         if not _loaded:
@@ -163,11 +180,13 @@ def start(
         if parent.get(context._SUPPRESS_INSTRUMENTATION_KEY) or parent.get(context._SUPPRESS_HTTP_INSTRUMENTATION_KEY):  # noqa: SLF001
             return None
         outer = parent.get(_IN_CLIENT_CALL)
-        previous = None
-        if outer is not None:
-            if outer.library != library:
+        previous = sibling_of
+        if previous is not None:
+            parent = previous.parent
+        elif outer is not None:
+            if library in LOWER_LAYERS.get(outer.library, _NO_LAYERS):
                 return None  # a lower layer of a call that has its span
-            if outer.ended:  # the next hop of a redirect: a sibling of the first
+            if outer.ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
                 previous, parent = outer, outer.parent
                 outer.resends += 1
                 resend_count = outer.resends

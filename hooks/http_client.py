@@ -62,8 +62,7 @@ def _take(conn) -> client_span.ClientSpan | None:
 
 def _wrap_putrequest(original):
     def putrequest(self, method, url, *args, **kwargs):
-        outer = client_span.current_call()
-        if outer is not None and outer.library != LIBRARY:
+        if client_span.is_lower_layer(LIBRARY, client_span.current_call()):
             # A lower layer of requests', urllib3's or urllib.request's call: a context
             # lookup and nothing else (client_span.start would say None as well).
             return original(self, method, url, *args, **kwargs)

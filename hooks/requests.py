@@ -2,86 +2,190 @@
 
 Waits for ``requests.sessions``. ``Session.send`` is patched, so every helper
 (``requests.get`` ...) and every session is covered, whatever adapter it mounts; urllib3
-and http.client under it start no span of their own. The propagation headers go into
-the ``PreparedRequest`` for the time of the call and are taken out after, so the
-caller's object is left as it was.
+and http.client under it start no span of their own. The adapter ``Session.send`` gets
+from ``get_adapter`` is handed a copy of the ``PreparedRequest`` with the propagation
+headers in it: the caller's object is never changed (it may be shared between
+threads), and ``response.request`` is the object the adapter was given, as untraced.
 
-The span ends when ``send`` returns: after the body for a call that reads it, after
-the response head with ``stream=True``.
+Each request that is sent is a span of its own, the siblings under the caller's span
+numbered by ``http.request.resend_count``:
 
-Redirects: requests sends each hop with ``Session.send`` again, from
-``resolve_redirects``. Each hop is a span of its own, the hops siblings under the
-caller's span, numbered by ``http.request.resend_count``; the first hop's span ends when
-``resolve_redirects`` starts on its response. Exchanges requests makes inside one
-``send`` (the second round of digest authentication, retries by an adapter's
-``max_retries``) are part of that send's span.
+- each hop of a redirect (requests sends it with ``Session.send`` from
+  ``resolve_redirects``);
+- each attempt an adapter's ``max_retries`` makes (urllib3 retries inside one
+  ``urlopen``; its hook tells this one when an attempt is resent), each with its own
+  ``traceparent``.
+
+A hop's or attempt's span ends when the next one is sent, the last one's when the
+outer ``send`` returns (after the body for a call that reads it, after the response
+head with ``stream=True``) or raises: an exception (``TooManyRedirects``, a
+``ConnectionError`` after the retries) is recorded on it.
+
+Response hooks (``hooks={"response": ...}``) run with the span current but no call in
+progress: a request they send (with any library, the second round of digest
+authentication too) is a call of its own, a child of this span.
 """
 
 from __future__ import annotations
 
-from autotrace import client_span
+from autotrace import client_span, server_span
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
+LIBRARY = "requests"
+
 
 def patch(module: ModuleType) -> None:
     wrap_function(module.Session, "send", lambda original: _wrap_send(original, module.PreparedRequest))
-    wrap_function(module.SessionRedirectMixin, "resolve_redirects", _wrap_resolve_redirects)
+    wrap_function(module.Session, "get_adapter", _wrap_get_adapter)
+    wrap_function(module, "dispatch_hook", _wrap_dispatch_hook)
+
+
+class Exchange:
+    """What one outer ``send`` has sent: the span of the request in flight (or last answered)."""
+
+    __slots__ = ("current", "sent", "recorded", "error")
+
+    def __init__(self, first: client_span.ClientSpan) -> None:
+        self.current = first
+        self.sent = False  # the current span's request went to an adapter
+        self.recorded = False  # the current span has its response
+        self.error: BaseException | None = None  # the current attempt's failure, seen by urllib3's hook
+
+    def resend(self, method: str, url: str) -> client_span.ClientSpan:
+        """End the current span (a redirect followed, an attempt retried) and start its sibling."""
+        previous = self.current
+        if self.error is not None:
+            previous.fail(self.error)
+            self.error = None
+        previous.end()
+        first = previous if previous.previous is None else _first(previous)
+        first.resends += 1
+        call = client_span.start(LIBRARY, method, url, resend_count=first.resends, attach=False, sibling_of=previous)
+        if call is not None:
+            self.current = call
+            self.recorded = False
+        return self.current
+
+    def record(self, response) -> None:
+        if not self.recorded:
+            self.recorded = True
+            _record_response(self.current, response)
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        current = self.current
+        if exc is not None:
+            current.fail(exc)
+        current.end()
+
+
+def _first(call: client_span.ClientSpan) -> client_span.ClientSpan:
+    while call.previous is not None:
+        call = call.previous
+    return call
+
+
+def exchange() -> Exchange | None:
+    """The exchange of the requests call in progress in this context (urllib3's hook asks)."""
+    call = client_span.current_call()
+    if call is not None and call.library == LIBRARY:
+        return call.state  # type: ignore[return-value]
+    return None
 
 
 def _wrap_send(original, prepared_request: type):
     def send(self, request, **kwargs):
         if not isinstance(request, prepared_request):
             return original(self, request, **kwargs)  # requests itself says what is wrong
-        call = None
-        try:
-            call = client_span.start("requests", request.method, request.url)
-            previous = call.inject(request.headers) if call is not None else None
-        except Exception:  # noqa: BLE001 - an odd PreparedRequest: sent as it is
-            if call is not None:
-                call.close()
-            call = None
+        outer = client_span.current_call()
+        if outer is not None and outer.library == LIBRARY:
+            return original(self, request, **kwargs)  # a redirect hop: its adapter starts its span
+        call = client_span.start(LIBRARY, request.method, request.url)
         if call is None:
             return original(self, request, **kwargs)
+        state = call.state = Exchange(call)
         try:
             response = original(self, request, **kwargs)
         except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            client_span.restore(request.headers, previous)
+            state.finish(exc)
+            call.detach()
             raise
-        if not call.ended:
-            _record_response(call, response)
-        call.close()
-        client_span.restore(request.headers, previous)
+        state.finish()
+        call.detach()
         return response
 
     return send
 
 
-def _wrap_resolve_redirects(original):
-    def resolve_redirects(self, resp, req, *args, **kwargs):
-        # The first hop ends where requests starts following its redirect; the hops that
-        # follow are sent from here, each a span of its own (see the module docstring).
-        try:
-            call = client_span.current_call()
-            if (
-                call is not None
-                and call.library == "requests"
-                and not call.ended
-                and not kwargs.get("yield_requests")
-                and self.get_redirect_target(resp)
-            ):
-                _record_response(call, resp)
-                call.end()
-        except Exception:  # noqa: BLE001 - the span ends with the call instead
-            pass
-        return original(self, resp, req, *args, **kwargs)
+def _wrap_get_adapter(original):
+    def get_adapter(self, *args, **kwargs):
+        adapter = original(self, *args, **kwargs)
+        state = exchange()
+        return adapter if state is None else TracedAdapter(adapter, state)
 
-    return resolve_redirects
+    return get_adapter
+
+
+class TracedAdapter:
+    """The adapter for one request of an exchange: it sends a copy with the propagation headers."""
+
+    __slots__ = ("adapter", "state")
+
+    def __init__(self, adapter, state: Exchange) -> None:
+        self.adapter = adapter
+        self.state = state
+
+    def __getattr__(self, name: str):
+        return getattr(self.adapter, name)
+
+    def send(self, request, *args, **kwargs):
+        state = self.state
+        sent = request
+        try:
+            call = state.resend(request.method, request.url) if state.sent else state.current
+            state.sent = True
+            sent = _copy(request)
+            call.inject(sent.headers)
+        except Exception:  # noqa: BLE001 - an odd PreparedRequest: sent as it is
+            sent = request
+        response = self.adapter.send(sent, *args, **kwargs)
+        try:
+            if sent is not request and getattr(response, "request", None) is sent:
+                response.request = request  # what the app sees, as untraced
+            state.record(response)
+        except Exception:  # noqa: BLE001 - a response object of a custom adapter
+            pass
+        return response
+
+
+def _copy(request):
+    """A shallow copy of a PreparedRequest with headers of its own (cheaper than ``copy()``)."""
+    sent = object.__new__(type(request))
+    sent.__dict__.update(request.__dict__)
+    sent.headers = request.headers.copy()
+    return sent
+
+
+def _wrap_dispatch_hook(original):
+    def dispatch_hook(key, hooks, hook_data, **kwargs):
+        call = client_span.current_call()
+        if call is None or call.library != LIBRARY or not hooks or not hooks.get(key):
+            return original(key, hooks, hook_data, **kwargs)
+        try:  # the span current, no call in progress: the hooks' requests are calls of their own
+            state = call.state
+            span = state.current.span if isinstance(state, Exchange) else call.span
+            token = server_span.context.attach(server_span.trace.set_span_in_context(span, call.parent))
+        except Exception:  # noqa: BLE001
+            return original(key, hooks, hook_data, **kwargs)
+        try:
+            return original(key, hooks, hook_data, **kwargs)
+        finally:
+            server_span.context.detach(token)
+
+    return dispatch_hook
 
 
 def _record_response(call: client_span.ClientSpan, response) -> None:

@@ -17,7 +17,9 @@ The span ends when ``_make_request`` returns: after the body with
 ``preload_content=True`` (urllib3 2), after the response head otherwise. An exception it
 raises (urllib3's ``NewConnectionError``, ``ReadTimeoutError`` ...) is recorded and
 re-raised untouched; what the app gets after retries (``MaxRetryError``) is urllib3's
-business. Under requests (whose hook has the call's span) nothing is done.
+business. Under requests (whose hook has the call's span) no span is started here: the
+response head is recorded on requests' span, and an attempt urllib3 retries is handed
+to requests' hook, which ends the span of the attempt before and starts the next one's.
 """
 
 from __future__ import annotations
@@ -94,16 +96,11 @@ def _wrap_make_request(original):
 
     def _make_request(self, conn, method, url, *args, **kwargs):
         outer = client_span.current_call()
-        if outer is not None and outer.library != LIBRARY:
-            return original(self, conn, method, url, *args, **kwargs)  # under requests
+        if client_span.is_lower_layer(LIBRARY, outer):
+            return _under_requests(original, outer.state, self, conn, method, url, args, kwargs)
         call = None
         try:
-            if passes_retries:
-                retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
-                history = getattr(retries, "history", None)
-                resends = len(history) if history else 0
-            else:
-                resends = _resends.get() if _resends is not None else 0
+            resends = _resend_count(args, kwargs)
             call = client_span.start(LIBRARY, method, _url(self, url), resend_count=resends)
             if call is not None:
                 if headers_at is not None and len(args) > headers_at:
@@ -123,6 +120,37 @@ def _wrap_make_request(original):
             raise
         _record_response(call, response)
         call.close()
+        return response
+
+    def _resend_count(args, kwargs) -> int:
+        if not passes_retries:
+            return _resends.get() if _resends is not None else 0
+        retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
+        history = getattr(retries, "history", None)
+        return len(history) if history else 0
+
+    def _under_requests(original, state, pool, conn, method, url, args, kwargs):
+        # requests' call has the span; an attempt urllib3 retries is a span of its own,
+        # with its own traceparent (see hooks/requests.py), so the call is told here.
+        if state is None or not hasattr(state, "resend"):
+            return original(pool, conn, method, url, *args, **kwargs)
+        try:
+            if _resend_count(args, kwargs):
+                call = state.resend(method, _url(pool, url))
+                if headers_at is not None and len(args) > headers_at:
+                    args = list(args)
+                    args[headers_at] = _with_propagation(call, args[headers_at])
+                else:
+                    kwargs["headers"] = _with_propagation(call, kwargs.get("headers"))
+        except Exception:  # noqa: BLE001 - the attempt is sent as requests made it
+            pass
+        try:
+            response = original(pool, conn, method, url, *args, **kwargs)
+        except BaseException as exc:
+            state.error = exc  # recorded if the attempt is retried; else requests' exception is
+            raise
+        state.recorded = True
+        _record_response(state.current, response)
         return response
 
     return _make_request

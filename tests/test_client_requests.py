@@ -220,3 +220,94 @@ def test_responses_are_the_same_as_untraced(client_hooks, peer):
     plain = fetch("plain")
     assert traced == plain
     assert peer.requests("plain")[0].header("traceparent") is None
+
+
+def test_a_request_of_another_library_from_a_response_hook_is_a_child_span(client_hooks, peer, parent):
+    import urllib.request
+
+    import urllib3
+
+    def hook(response, **kwargs):
+        urllib.request.urlopen(peer.url("/ok", "inner-urllib"), timeout=5).read()
+        urllib3.PoolManager().request("GET", peer.url("/ok", "inner-urllib3"), timeout=5)
+
+    requests.get(peer.url("/ok", "outer"), hooks={"response": hook}, timeout=5)
+    spans = {s.attributes["url.full"].rpartition("=")[2]: s for s in client_spans(client_hooks)}
+    assert set(spans) == {"outer", "inner-urllib", "inner-urllib3"}
+    for case in ("inner-urllib", "inner-urllib3"):
+        assert spans[case].parent.span_id == spans["outer"].context.span_id
+        [received] = peer.requests(case)
+        assert traceparent_ids(received.header("traceparent"))[1] == spans[case].context.span_id
+    assert spans["outer"].parent.span_id == parent.get_span_context().span_id
+
+
+def test_redirected_responses_and_their_requests_are_the_same_as_untraced(client_hooks, peer):
+    def fetch(case):
+        response = requests.get(peer.url("/redirect/2", case), timeout=5)
+        hops = [response, *response.history]
+        return [(hop.status_code, sorted(hop.request.headers.items()), hop.request.url.replace(case, "")) for hop in hops]
+
+    traced = fetch("traced")
+    assert len(peer.requests("traced")) == 4 and all(r.header("traceparent") for r in peer.requests("traced"))
+    patching.undo(0)
+    plain = fetch("plain")
+    assert traced == plain
+    assert all("traceparent" not in dict(headers) for _, headers, _ in traced)
+
+
+def test_a_prepared_request_shared_between_threads_is_never_changed(client_hooks, peer):
+    import threading
+
+    with requests.Session() as session:
+        prepared = session.prepare_request(requests.Request("GET", peer.url("/ok", "shared")))
+        before = dict(prepared.headers)
+        same = []
+
+        def send_some() -> None:
+            for _ in range(5):
+                response = session.send(prepared, timeout=5)
+                same.append(response.request is prepared and "traceparent" not in response.request.headers)
+
+        threads = [threading.Thread(target=send_some) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+    assert dict(prepared.headers) == before
+    assert same == [True] * 30
+    spans = client_spans(client_hooks)
+    assert len(spans) == 30
+    sent = {traceparent_ids(r.header("traceparent"))[1] for r in peer.requests("shared")}
+    assert sent == {s.context.span_id for s in spans}
+
+
+def test_too_many_redirects_is_recorded_on_the_last_hop(client_hooks, peer, parent):
+    with requests.Session() as session:
+        session.max_redirects = 1
+        with pytest.raises(requests.exceptions.TooManyRedirects) as raised:
+            session.get(peer.url("/redirect/3", "toomany"), timeout=5)
+    first, last = client_spans(client_hooks)
+    assert first.attributes["http.response.status_code"] == 302 and not first.events
+    assert last.attributes["http.response.status_code"] == 302
+    assert last.attributes["error.type"] == "requests.exceptions.TooManyRedirects"
+    [event] = last.events
+    assert event.name == "exception" and event.attributes["exception.message"] == str(raised.value)
+    assert last.parent.span_id == first.parent.span_id == parent.get_span_context().span_id
+
+
+def test_each_retry_is_a_sibling_span_with_its_own_traceparent(client_hooks, peer, parent):
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=2, status_forcelist=[503], backoff_factor=0, raise_on_status=False)
+    with requests.Session() as session:
+        session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+        response = session.get(peer.url("/status/503", "retried"), timeout=5)
+    assert response.status_code == 503
+    spans = client_spans(client_hooks)
+    assert [s.attributes.get("http.request.resend_count") for s in spans] == [None, 1, 2]
+    assert all(s.attributes["http.response.status_code"] == 503 for s in spans)
+    assert all(s.parent.span_id == parent.get_span_context().span_id for s in spans)
+    sent = [traceparent_ids(r.header("traceparent"))[1] for r in peer.requests("retried")]
+    assert sent == [s.context.span_id for s in spans]
+    assert len(client_hooks.get_finished_spans()) == 3
