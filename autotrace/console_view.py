@@ -21,7 +21,7 @@ from typing import IO, Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 _RESET = "\033[0m"
 _BOLD = "\033[1m"
@@ -44,7 +44,33 @@ def format_duration(nanos: int | None) -> str:
     return f"{ms:.0f} ms"
 
 
-def _attr_summary(attrs) -> list[str]:
+# The peer of a span: for a SERVER span the client, otherwise the server called.
+# Each (address, port) pair is read together, so a port never joins another key's host.
+_SERVER_PEER_KEYS = (
+    ("client.address", "client.port"),
+    ("network.peer.address", "network.peer.port"),
+    ("net.sock.peer.addr", "net.sock.peer.port"),
+    ("net.peer.ip", "net.peer.port"),
+)
+_CLIENT_PEER_KEYS = (
+    ("server.address", "server.port"),
+    ("net.peer.name", "net.peer.port"),
+)
+
+# Deeper spans are printed at this indentation, their depth shown: bounded line width.
+MAX_INDENT_DEPTH = 32
+
+
+def _peer(attrs, kind: SpanKind | None) -> str | None:
+    for host_key, port_key in _SERVER_PEER_KEYS if kind is SpanKind.SERVER else _CLIENT_PEER_KEYS:
+        host = attrs.get(host_key)
+        if host is not None and host != "":
+            port = attrs.get(port_key)
+            return f"{host}:{port}" if port is not None and port != "" else str(host)
+    return None
+
+
+def _attr_summary(attrs, kind: SpanKind | None = None) -> list[str]:
     """The few attributes worth a glance, as short ``label=value`` items."""
     if not attrs:
         return []
@@ -79,9 +105,9 @@ def _attr_summary(attrs) -> list[str]:
     grpc_status = get("rpc.grpc.status_code")
     if grpc_status is not None:
         out.append(f"grpc.status={grpc_status}")
-    host, port = get("server.address", "net.peer.name"), get("server.port", "net.peer.port")
-    if host is not None:
-        out.append(f"peer={host}:{port}" if port is not None else f"peer={host}")
+    peer = _peer(attrs, kind)
+    if peer is not None:
+        out.append(f"peer={peer}")
     error_type = get("error.type")
     if error_type is not None:
         out.append(f"error.type={error_type}")
@@ -191,9 +217,13 @@ class ConsoleTreeExporter(SpanExporter):
             return
         children = _children_map(entry[0])
         subtree: list[ReadableSpan] = []
+        seen: set[int] = set()  # span ids may repeat (a broken id generator): no loop
         stack = [root]
         while stack:
             span = stack.pop()
+            if id(span) in seen:
+                continue
+            seen.add(id(span))
             subtree.append(span)
             stack.extend(children.get(span.context.span_id, ()))
         self._take(trace_id, subtree)
@@ -276,7 +306,7 @@ class ConsoleTreeExporter(SpanExporter):
                 key=_start,
             )
 
-            def walk(span: ReadableSpan, depth: int, parent_service: str | None) -> None:
+            def line(span: ReadableSpan, depth: int, parent_service: str | None) -> str:
                 service = _service(span)
                 parts = [paint(_BOLD, span.name), span.kind.name if span.kind else "INTERNAL"]
                 if service is not None and service != parent_service:
@@ -289,15 +319,40 @@ class ConsoleTreeExporter(SpanExporter):
                     parts.append(paint(_RED, status))
                 else:
                     parts.append(paint(_GREEN, "OK"))
-                parts.extend(_attr_summary(span.attributes))
-                lines.append("  " * (depth + 1) + "  ".join(parts))
-                for child in children.get(span.context.span_id, ()):
-                    walk(child, depth + 1, service)
+                parts.extend(_attr_summary(span.attributes, span.kind))
+                if depth < MAX_INDENT_DEPTH:
+                    return "  " * (depth + 1) + "  ".join(parts)
+                return "  " * (MAX_INDENT_DEPTH + 1) + paint(_DIM, f"[depth {depth}]") + "  " + "  ".join(parts)
+
+            seen: set[int] = set()
+
+            def walk(top: ReadableSpan) -> None:
+                """Depth first, iteratively: a trace of any depth is printed whole."""
+                capped = False
+                stack: list[tuple[ReadableSpan, int, str | None]] = [(top, 0, None)]
+                while stack:
+                    span, depth, parent_service = stack.pop()
+                    if id(span) in seen:
+                        continue
+                    seen.add(id(span))
+                    if depth >= MAX_INDENT_DEPTH and not capped:
+                        capped = True
+                        lines.append("  " * (MAX_INDENT_DEPTH + 1) + paint(
+                            _DIM, f"(deeper than {MAX_INDENT_DEPTH} levels: indentation capped, depth shown)"
+                        ))
+                    lines.append(line(span, depth, parent_service))
+                    service = _service(span)
+                    for child in reversed(children.get(span.context.span_id, ())):
+                        stack.append((child, depth + 1, service))
 
             for top in tops:
                 if top.parent is not None and not top.parent.is_remote:
                     lines.append("  " + paint(_DIM, f"(parent {top.parent.span_id:016x} not seen)"))
-                walk(top, 0, None)
+                walk(top)
+            for span in sorted(spans, key=_start):  # in a cycle of repeated span ids: still shown
+                if id(span) not in seen:
+                    lines.append("  " + paint(_DIM, "(in a cycle of repeated span ids)"))
+                    walk(span)
             return "\n".join(lines) + "\n"
 
         return render

@@ -8,8 +8,8 @@ import time
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -223,13 +223,140 @@ def test_no_colour_when_not_a_tty_or_no_color(monkeypatch):
     assert out.getvalue() and "\033[" not in out.getvalue()
 
 
+class Broken(io.StringIO):
+    """A stream whose every use raises, as a closed or broken stderr does; counts writes."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        raise self.error
+
+    def flush(self):
+        raise self.error
+
+    def isatty(self):
+        raise self.error
+
+
+def ended(name: str, trace_id: int = 0xABC, span_id: int = 0x1, parent: SpanContext | None = None) -> ReadableSpan:
+    return ReadableSpan(
+        name=name,
+        context=SpanContext(trace_id, span_id, is_remote=False),
+        parent=parent,
+        resource=Resource.create({"service.name": "shop"}),
+        start_time=T0,
+        end_time=T0 + MS,
+    )
+
+
+@pytest.mark.parametrize("error", [ValueError("I/O operation on closed file."), BrokenPipeError(32, "Broken pipe")])
+def test_broken_stream_never_raises(error):
+    out = Broken(error)
+    exporter = ConsoleTreeExporter(out, colour=None, sweep=False)
+    assert exporter.export([ended("root")]) is SpanExportResult.SUCCESS
+    assert out.writes == 1  # the tree was written, and the failure swallowed
+    child = ended("orphan", span_id=0x2, parent=SpanContext(0xABC, 0x9, is_remote=False))
+    assert exporter.export([child]) is SpanExportResult.SUCCESS
+    assert exporter.force_flush() is True
+    assert out.writes == 2
+    exporter.shutdown()
+
+
 def test_closed_stream_never_raises():
     closed = io.StringIO()
     closed.close()
-    tracer, exporter, _ = make(out=closed, colour=None)
-    s, end = span(tracer, "x", 0, 1)
-    end()
+    exporter = ConsoleTreeExporter(closed, colour=None, sweep=False)
+    assert exporter.export([ended("root")]) is SpanExportResult.SUCCESS
     exporter.shutdown()
+
+
+def test_server_span_peer_is_the_client():
+    tracer, _, out = make(duration=lambda ns: "D")
+    server, end_server = span(
+        tracer, "GET /", 0, 1, kind=SpanKind.SERVER,
+        attributes={"server.address": "api.local", "server.port": 8000,
+                    "client.address": "10.0.0.7", "client.port": 51234},
+    )
+    end_server()
+    socket_only, end_socket_only = span(
+        tracer, "GET /x", 0, 1, kind=SpanKind.SERVER,
+        attributes={"server.address": "api.local", "network.peer.address": "10.0.0.8",
+                    "network.peer.port": 40000, "client.port": 1},
+    )
+    end_socket_only()
+    no_client, end_no_client = span(
+        tracer, "GET /y", 0, 1, kind=SpanKind.SERVER, attributes={"server.address": "api.local", "server.port": 8000},
+    )
+    end_no_client()
+    client, end_client = span(
+        tracer, "GET", 0, 1, kind=SpanKind.CLIENT,
+        attributes={"server.address": "auth", "client.address": "10.0.0.1", "network.peer.port": 9},
+    )
+    end_client()
+    lines = [line.strip() for line in out.getvalue().splitlines() if not line.startswith("trace ")]
+    assert lines == [
+        "GET /  SERVER  [shop]  D  OK  peer=10.0.0.7:51234",
+        "GET /x  SERVER  [shop]  D  OK  peer=10.0.0.8:40000",
+        "GET /y  SERVER  [shop]  D  OK",
+        "GET  CLIENT  [shop]  D  OK  peer=auth",
+    ]
+
+
+def test_a_very_deep_trace_is_printed_whole_with_capped_indentation():
+    from autotrace.console_view import MAX_INDENT_DEPTH
+
+    tracer, exporter, out = make(duration=lambda ns: "D", max_spans=5000)
+    depth = 1500  # beyond the interpreter's recursion limit
+    ends = []
+    parent = None
+    for level in range(depth):
+        parent, end = span(tracer, f"level{level}", 0, 1, parent=parent)
+        ends.append(end)
+    for end in reversed(ends):
+        end()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "trace 00000000000000000000000000abc001"
+    assert lines[1] == "  level0  INTERNAL  [shop]  D  OK"
+    assert lines[MAX_INDENT_DEPTH] == "  " * MAX_INDENT_DEPTH + f"level{MAX_INDENT_DEPTH - 1}  INTERNAL  D  OK"
+    indent = "  " * (MAX_INDENT_DEPTH + 1)
+    assert lines[MAX_INDENT_DEPTH + 1] == indent + f"(deeper than {MAX_INDENT_DEPTH} levels: indentation capped, depth shown)"
+    assert lines[MAX_INDENT_DEPTH + 2] == indent + f"[depth {MAX_INDENT_DEPTH}]  level{MAX_INDENT_DEPTH}  INTERNAL  D  OK"
+    assert lines[-1] == indent + f"[depth {depth - 1}]  level{depth - 1}  INTERNAL  D  OK"
+    assert len(lines) == 1 + depth + 1
+    assert max(len(line) for line in lines) < 200
+    assert exporter._pending == {} and exporter._span_count == 0
+
+
+def test_repeated_span_ids_neither_loop_nor_vanish():
+    import threading
+
+    out = io.StringIO()
+    exporter = ConsoleTreeExporter(out, colour=False, sweep=False, duration=lambda ns: "D")
+    # A cycle without a root: a's parent is b, b's parent is a.
+    a = ended("a", trace_id=0x1, span_id=0x1, parent=SpanContext(0x1, 0x2, is_remote=False))
+    b = ended("b", trace_id=0x1, span_id=0x2, parent=SpanContext(0x1, 0x1, is_remote=False))
+    # A root whose id a descendant repeats: root(1) -> child(2) -> again(1) -> child(2) ...
+    root = ended("root", trace_id=0x2, span_id=0x1)
+    child = ended("child", trace_id=0x2, span_id=0x2, parent=SpanContext(0x2, 0x1, is_remote=False))
+    again = ended("again", trace_id=0x2, span_id=0x1, parent=SpanContext(0x2, 0x2, is_remote=False))
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append((exporter.export([a, b, child, again, root]), exporter.force_flush())),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the console view looped on repeated span ids"
+    assert results == [(SpanExportResult.SUCCESS, True)]
+    text = out.getvalue()
+    for name in ("a", "b", "root", "child", "again"):
+        assert f"  {name}  INTERNAL" in text, text
+    assert "(in a cycle of repeated span ids)" in text
+    assert exporter._pending == {} and exporter._span_count == 0
 
 
 def test_writes_to_current_stderr_by_default(capsys):
