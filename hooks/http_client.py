@@ -13,7 +13,9 @@ its span; the span is kept on the connection between them:
   ``baggage`` line the app put itself is taken out (a request with two is invalid);
 - ``getresponse`` records the response head and ends the span;
 - ``close`` ends a span still pending (a request abandoned before its response), as
-  does the next ``putrequest`` on the connection.
+  does the next ``putrequest`` on the connection, or the connection's garbage
+  collection (a ``weakref.finalize``, registered when the span is stored on the
+  connection, detached when it ends: the connection is not kept alive).
 
 ``conn.request()`` goes through the same three calls. An exception from
 ``endheaders`` (the connection is made there) or ``getresponse`` is recorded, the span
@@ -27,6 +29,8 @@ wrapped: once per request.
 """
 
 from __future__ import annotations
+
+import weakref
 
 from autotrace import _log, client_span
 from autotrace.patching import wrap_function
@@ -60,6 +64,23 @@ def _take(conn) -> client_span.ClientSpan | None:
         return None
 
 
+def _store(conn, call: client_span.ClientSpan) -> None:
+    """Keep the pending span on the connection; it ends if the connection is collected first."""
+    conn.__dict__[_CALL] = call
+    if call.state is None:
+        finalizer = weakref.finalize(conn, call.end)
+        finalizer.atexit = False
+        call.state = finalizer
+
+
+def _end(call: client_span.ClientSpan) -> None:
+    finalizer = call.state
+    if finalizer is not None:
+        call.state = None
+        finalizer.detach()
+    call.end()
+
+
 def _wrap_putrequest(original):
     def putrequest(self, method, url, *args, **kwargs):
         if client_span.is_lower_layer(LIBRARY, client_span.current_call()):
@@ -82,10 +103,10 @@ def _wrap_putrequest(original):
         try:
             pending = _take(self)
             if pending is not None:  # a request abandoned before its response
-                pending.end()
-            self.__dict__[_CALL] = call
-        except Exception:  # noqa: BLE001 - no instance dictionary: the span ends here
-            call.end()
+                _end(pending)
+            _store(self, call)
+        except Exception:  # noqa: BLE001 - no instance dictionary or weak reference: the span ends here
+            _end(call)
         return result
 
     return putrequest
@@ -101,12 +122,12 @@ def _wrap_endheaders(original):
             result = original(self, *args, **kwargs)
         except BaseException as exc:  # the connection is made here: refused, DNS, TLS ...
             call.fail(exc)
-            call.end()
+            _end(call)
             raise
         try:
-            self.__dict__[_CALL] = call  # until getresponse
+            _store(self, call)  # until getresponse
         except Exception:  # noqa: BLE001
-            call.end()
+            _end(call)
         return result
 
     return endheaders
@@ -123,10 +144,10 @@ def _wrap_getresponse(original):
             response = original(self, *args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
-            call.end()
+            _end(call)
             raise
         _record_response(call, response)
-        call.end()
+        _end(call)
         return response
 
     return getresponse
@@ -136,7 +157,7 @@ def _wrap_close(original):
     def close(self, *args, **kwargs):
         call = _take(self)
         if call is not None:
-            call.end()  # abandoned before its response: ended as it stands
+            _end(call)  # abandoned before its response: ended as it stands
         return original(self, *args, **kwargs)
 
     return close

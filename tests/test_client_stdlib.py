@@ -187,11 +187,15 @@ def test_urlopen_suppressed_makes_no_span_and_sends_no_header(client_hooks, peer
 
 @pytest.mark.parametrize("path", ["/ok", "/stream", "/status/404", "/redirect/1"])
 def test_urlopen_response_is_what_an_untraced_call_gets(request, peer, path):
-    untraced = urlopen(peer.url(path))
-    request.getfixturevalue("client_hooks")
-    traced = urlopen(peer.url(path))
+    untraced = urlopen(peer.url(path, "plain"))
+    exporter = request.getfixturevalue("client_hooks")
+    traced = urlopen(peer.url(path, "traced"))
     assert traced[0] == untraced[0] and traced[2] == untraced[2]
     assert without_date(traced[1]) == without_date(untraced[1])
+    # One span per request sent: one, or one per hop of a redirect.
+    sent = len(peer.requests("traced"))
+    assert sent == (1 if "redirect" not in path else len(peer.requests("plain")))
+    assert len(exporter.get_finished_spans()) == sent
 
 
 def test_urlopen_url_full_has_no_user_information_and_no_secret(client_hooks, peer):
@@ -379,8 +383,42 @@ def test_http_client_response_is_what_an_untraced_call_gets(request, peer, path)
             conn.close()
 
     untraced = call()
-    request.getfixturevalue("client_hooks")
+    exporter = request.getfixturevalue("client_hooks")
     assert call() == untraced
+    assert len(exporter.get_finished_spans()) == 1
+
+
+def test_http_client_request_abandoned_without_close_ends_when_the_connection_is_collected(client_hooks, peer):
+    import gc
+    import weakref
+
+    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=5)
+    conn.request("GET", "/ok?case=collected")  # sent; neither getresponse() nor close()
+    assert len(received(peer, "collected")) == 1
+    assert client_spans(client_hooks) == []
+    conn.sock.close()  # the socket only: the connection object is simply dropped
+    alive = weakref.ref(conn)
+    del conn
+    gc.collect()
+    assert alive() is None  # the pending span did not keep the connection alive
+    [span] = client_spans(client_hooks)
+    assert span.end_time is not None and "http.response.status_code" not in span.attributes
+    assert_propagated(span, peer.requests("collected")[0])
+
+
+def test_http_client_finished_requests_leave_no_finalizer(client_hooks, peer):
+    import weakref
+
+    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=5)
+    try:
+        before = len(weakref.finalize._registry)
+        for _ in range(5):
+            conn.request("GET", "/ok?case=finalizers")
+            conn.getresponse().read()
+        assert len(weakref.finalize._registry) == before
+    finally:
+        conn.close()
+    assert len(client_spans(client_hooks)) == 5
 
 
 def test_http_client_absolute_url_to_a_proxy(client_hooks, peer):

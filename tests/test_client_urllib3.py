@@ -243,14 +243,18 @@ def test_suppressed_makes_no_span_and_sends_no_header(client_hooks, peer, pool, 
 
 @pytest.mark.parametrize("path", ["/ok", "/stream", "/status/404", "/redirect/1"])
 def test_response_is_what_an_untraced_call_gets(request, peer, path):
-    def call() -> tuple:
+    def call(case: str) -> tuple:
         with urllib3.PoolManager(timeout=5) as manager:
-            response = manager.request("GET", peer.url(path))
+            response = manager.request("GET", peer.url(path, case))
             return response.status, response.reason, response.version, without_date(response.headers), response.data
 
-    untraced = call()
-    request.getfixturevalue("client_hooks")
-    assert call() == untraced
+    untraced = call("plain")
+    exporter = request.getfixturevalue("client_hooks")
+    assert call("traced") == untraced
+    # One span per request sent: one, or one per hop of a redirect.
+    sent = len(peer.requests("traced"))
+    assert sent == (1 if "redirect" not in path else len(peer.requests("plain")))
+    assert len(exporter.get_finished_spans()) == sent
 
 
 def test_proxy_request_in_absolute_form(client_hooks, peer):
