@@ -979,15 +979,17 @@ def _raw_endpoint_secrets(env) -> list[str]:
     return found
 
 
-def local_environment_checks(paths: list[str], disabled) -> list[Check]:
+def local_environment_checks(paths: list[str], disabled, own_dir: str | None = None) -> list[Check]:
     """The library and conflict checks for the Python running this function."""
-    return library_checks(frozenset(disabled)) + conflict_checks(paths, installed_distributions())
+    return library_checks(frozenset(disabled)) + conflict_checks(paths, installed_distributions(), own_dir)
 
 
 def remote_main() -> None:
     """Entry point in the command's interpreter: its checks as JSON on stdout."""
     request = json.loads(sys.stdin.read() or "{}")
-    checks = local_environment_checks(request.get("paths", []), request.get("disabled", []))
+    checks = local_environment_checks(
+        search_path({"PYTHONPATH": request.get("pythonpath", "")}), request.get("disabled", []), request.get("own")
+    )
     sys.stdout.write(json.dumps([c.as_dict() for c in checks]))
 
 
@@ -999,9 +1001,8 @@ def _command_interpreter(command: list[str], env) -> str | None:
         return None
     executable = which(command[0], env.get("PATH"))
     interpreter = python_of(executable, env) if executable else None
+    # Not realpath: a venv's python is a link to its base interpreter, with other packages.
     if interpreter is None or _same_environment(interpreter):
-        return None
-    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
         return None
     return interpreter
 
@@ -1017,7 +1018,10 @@ def environment_checks(command: list[str], env, disabled) -> list[Check]:
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "AUTOTRACE_ENABLED")}
     child_env["PYTHONPATH"] = package_root  # this autotrace, without arming the agent there
-    request = json.dumps({"paths": paths, "disabled": sorted(disabled)})
+    child_env["PYTHONSAFEPATH"] = "1"  # nor the current directory's modules
+    request = json.dumps(
+        {"pythonpath": env.get("PYTHONPATH", ""), "disabled": sorted(disabled), "own": _own_site_dir()}
+    )
     try:
         result = subprocess.run(
             [interpreter, "-c", "from autotrace.doctor import remote_main; remote_main()"],

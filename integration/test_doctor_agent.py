@@ -74,13 +74,13 @@ def test_unresolvable_host(tmp_path: Path) -> None:
 def test_grpc_against_the_http_port(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     result = doctor("--endpoint", otlp_receiver.http_endpoint, "--protocol", "grpc", cwd=tmp_path)
     assert result.returncode == 1
-    assert "fix: this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317" in result.stdout, result.stdout
+    assert "; fix: this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317" in result.stdout, result.stdout
 
 
 def test_http_against_the_grpc_port(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     result = doctor("--endpoint", otlp_receiver.grpc_endpoint, "--protocol", "http/protobuf", cwd=tmp_path)
     assert result.returncode == 1
-    assert "fix: this is an OTLP/gRPC port: use --protocol grpc or port 4318" in result.stdout, result.stdout
+    assert "; fix: this is an OTLP/gRPC port: use --protocol grpc or port 4318" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -91,7 +91,7 @@ def test_tls_against_the_plain_receiver(otlp_receiver: OTLPReceiver, tmp_path: P
     result = doctor("--endpoint", endpoint, "--protocol", otlp, cwd=tmp_path)
     assert result.returncode == 1
     assert "speaks plain text (no TLS)" in result.stdout, result.stdout
-    assert "fix: use http:// in the endpoint" in result.stdout
+    assert "; fix: use http:// in the endpoint" in result.stdout
 
 
 def test_traces_endpoint_without_the_path(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
@@ -121,8 +121,9 @@ def test_conflicting_sitecustomize(otlp_receiver: OTLPReceiver, tmp_path: Path) 
     result = doctor(
         cwd=tmp_path, PYTHONPATH=str(site), OTEL_SERVICE_NAME="shop", **otlp_receiver.env("http")
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "WARN conflicts:" in result.stdout and "opentelemetry-instrument's sitecustomize" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr  # it would run after autotrace's
+    assert "FAIL conflicts:" in result.stdout and "opentelemetry-instrument's sitecustomize" in result.stdout
+    assert "; fix: remove its directory from PYTHONPATH" in result.stdout
 
 
 def test_console_exporter_warns_and_succeeds(tmp_path: Path) -> None:
@@ -133,6 +134,7 @@ def test_console_exporter_warns_and_succeeds(tmp_path: Path) -> None:
 
 def test_wrong_value_is_named(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     result = doctor(cwd=tmp_path, OTEL_TRACES_SAMPLER="sometimes", **otlp_receiver.env("http"))
+    assert result.returncode == 0, result.stdout + result.stderr  # the default applies: spans are delivered
     assert "WARN config OTEL_TRACES_SAMPLER: OTEL_TRACES_SAMPLER='sometimes' is not valid" in result.stdout, result.stdout
     assert "autotrace WARNING" not in result.stderr
 
@@ -179,23 +181,139 @@ def test_plain_text_against_a_tls_collector(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert result.returncode == 1
-    assert f"FAIL endpoint: http:// is configured but 127.0.0.1:{port} expects TLS" in result.stdout, result.stdout
-    assert "fix: use https:// in the endpoint" in result.stdout
+    assert f"FAIL endpoint: http:// is configured but 127.0.0.1:{port} expects TLS; fix: use https:// in the endpoint" in result.stdout, result.stdout
 
 
-def test_a_zipkin_port_where_otlp_was_expected(tmp_path: Path) -> None:
+def _foreign_port_checks(monkeypatch: pytest.MonkeyPatch, what: str, *options: str) -> list:
+    """The doctor in process against a real listener registered as ``what``'s port.
+
+    Any free port stands for the real one (9411, 14268), which may be taken on this machine.
+    """
     from http.server import ThreadingHTTPServer
 
-    try:
-        server = ThreadingHTTPServer(("127.0.0.1", 9411), _Answer404)  # Zipkin's port, answering 404
-    except OSError:
-        pytest.skip("port 9411 is in use on this machine")
+    from autotrace import cli
+    from autotrace import doctor as doctor_module
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Answer404)
+    port = server.server_address[1]
+    monkeypatch.setitem(doctor_module.FOREIGN_PORTS, port, what)
     _serve(server)
     try:
-        result = doctor("--endpoint", "http://127.0.0.1:9411", "--protocol", "http/protobuf", cwd=tmp_path)
+        args = cli._parser().parse_args(
+            ["doctor", "--timeout", "2", "--endpoint", f"http://127.0.0.1:{port}", *options]
+        )
+        checks = doctor_module.run_checks(args, clean_env())
     finally:
         server.shutdown()
         server.server_close()
+    text = doctor_module.render_text(checks)
+    assert doctor_module.exit_code(checks) == 1, text
+    return text.splitlines()
+
+
+def test_a_zipkin_port_where_otlp_was_expected(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _foreign_port_checks(monkeypatch, "Zipkin's port", "--protocol", "http/protobuf")
+    endpoint = next(line for line in lines if line.startswith("FAIL endpoint:"))
+    assert "is Zipkin's port, not OTLP; fix: point the endpoint at the collector's OTLP port: 4317" in endpoint
+
+
+def test_a_jaeger_port_where_otlp_was_expected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autotrace import doctor as doctor_module
+
+    what = doctor_module.FOREIGN_PORTS[14268]
+    lines = _foreign_port_checks(monkeypatch, what, "--protocol", "grpc")
+    endpoint = next(line for line in lines if line.startswith("FAIL endpoint:"))
+    assert f"is {what}, not OTLP; fix: point the endpoint at the collector's OTLP port" in endpoint, lines
+
+
+def test_a_refused_jaeger_port_points_at_the_otlp_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # 14268 itself, when nothing listens there
+        if probe.connect_ex(("127.0.0.1", 14268)) == 0:
+            pytest.fail("something listens on 127.0.0.1:14268; this test needs it closed")
+    result = doctor("--endpoint", "http://127.0.0.1:14268", cwd=tmp_path)
     assert result.returncode == 1
-    assert "is Zipkin's port, not OTLP" in result.stdout, result.stdout
-    assert "fix: point the endpoint at the collector's OTLP port" in result.stdout
+    assert "FAIL endpoint: nothing listens on 127.0.0.1:14268 (Jaeger's Thrift-over-HTTP collector port, not OTLP); " \
+        "fix: point the endpoint at the collector's OTLP port: 4317" in result.stdout, result.stdout
+
+
+def test_credentials_never_printed(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    good = otlp_receiver.http_endpoint.replace("http://", "http://user:s3cretpw@")
+    closed = f"http://user:s3cretpw@127.0.0.1:{free_port()}/?token=t0psecretq"
+    for endpoint, code in ((good, 0), (closed, 1)):
+        for extra in ((), ("--json",)):
+            result = doctor("--endpoint", endpoint, "--protocol", "http/protobuf", *extra, cwd=tmp_path)
+            assert result.returncode == code, result.stdout + result.stderr
+            output = result.stdout + result.stderr
+            assert "s3cretpw" not in output and "t0psecretq" not in output, output
+            assert "<redacted>@127.0.0.1" in output
+
+
+def test_insecure_false_against_a_plain_grpc_receiver(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor(
+        "--endpoint", otlp_receiver.grpc_endpoint, "--protocol", "grpc", cwd=tmp_path,
+        OTEL_EXPORTER_OTLP_INSECURE="false",
+    )
+    assert result.returncode == 1, result.stdout
+    endpoint = _lines(result, "FAIL endpoint:")
+    assert endpoint and "OTEL_EXPORTER_OTLP_INSECURE=false asks for TLS" in endpoint[0], result.stdout
+    assert "; fix: set OTEL_EXPORTER_OTLP_INSECURE=true" in endpoint[0]
+    assert "Handshake failed" not in result.stderr, result.stderr
+
+
+def test_an_invalid_protocol_is_shown_as_rejected(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    env = {**otlp_receiver.env("http"), "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}
+    result = doctor(cwd=tmp_path, **env)
+    assert "WARN config protocol: http/protobuf (default (OTEL_EXPORTER_OTLP_PROTOCOL='thrift' was rejected))" \
+        in result.stdout, result.stdout
+
+
+def test_no_exporter_fails(tmp_path: Path) -> None:
+    result = doctor("--exporter", "none", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "FAIL exporter: no exporter: spans are dropped (OTEL_TRACES_EXPORTER=none); fix:" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["inf", "-1", "nan"])
+def test_a_bad_timeout_is_refused(tmp_path: Path, value: str) -> None:
+    result = subprocess.run(
+        [AUTOTRACE, "doctor", "--timeout", value], cwd=tmp_path, env=clean_env(),
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 2
+    assert "--timeout" in result.stderr and "finite number of seconds above 0" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_command_interpreter_is_inspected(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    import sys
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    venv = tmp_path / "other-env"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60, capture_output=True)
+    python = venv / "bin" / "python"
+    app = write(tmp_path, "shop.py", "import flask\n")
+    result = doctor("--", str(python), str(app), cwd=tmp_path, **otlp_receiver.env("http"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OK   interpreter: libraries and conflicts checked in the command's Python {python}" in result.stdout
+    not_installed = _lines(result, "OK   libraries: not installed:")
+    assert not_installed and "flask" in not_installed[0], result.stdout  # flask is in the doctor's own venv only
+    assert "OK   service name: shop (derived" in result.stdout
+    span = otlp_receiver.wait_for_spans(1, timeout=5)[0]
+    assert span.resource.get("service.name") == "shop"  # the derived name, not autotrace-doctor
+
+
+def test_debug_reports_each_hook_applied_with_its_library_version(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    from agent import PYTHON
+
+    app = write(tmp_path, "app.py", "import flask\nprint('ready')\n")
+    result = subprocess.run(
+        [AUTOTRACE, "run", "--debug", "--exporter", "console", PYTHON, str(app)],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    version = metadata.version("flask")
+    assert f"hook flask applied to flask.app (flask {version})" in result.stderr, result.stderr
