@@ -35,9 +35,9 @@ is still open (the task was cancelled while grpc, not the handler, was running: 
 a streamed message; a sync handler still running in its thread), it ends there, with the
 same cancellation code. A call that never reached a handler ends without a code (the
 request could not be read, the concurrency limit was hit), or with UNIMPLEMENTED when no
-handler knows the method. Sync handlers (run in the thread pool) get a context object
-that does not tell the code it was given: they are recorded OK when they return and
-UNKNOWN when they raise.
+handler knows the method. Sync handlers (run in the thread pool) get grpc's context in
+a proxy that notes the code and details they set or abort with (grpc's own cannot tell
+them), so their span has the status the client gets.
 
 CLIENT span: it starts when our interceptor is called, in the call's interceptor task
 (whose context is the app's at the time of the call), and ends when the call is done:

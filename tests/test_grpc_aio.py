@@ -370,7 +370,7 @@ def test_an_unknown_method_is_unimplemented_on_both_spans(hook):
     assert server.parent.span_id == client.context.span_id
 
 
-@pytest.mark.parametrize("shape", ["Unary", "ServerStream", "BidiStream"])
+@pytest.mark.parametrize("shape", SHAPES)
 def test_a_deadline_exceeded_ends_both_spans(hook, shape):
     echo = Echo()
 
@@ -448,6 +448,118 @@ def test_the_client_cancelling_a_unary_call_ends_both_spans(hook):
 
     port, ([client], [server]) = run(main)
     assert_rpc(client, server, "Unary", port, 1)
+
+
+@pytest.mark.parametrize("shape", ["ClientStream", "BidiStream"])
+def test_the_client_cancelling_a_request_stream_ends_both_spans(hook, shape):
+    """Cancelled while the handler sleeps on the first request (the request stream still open)."""
+    echo = Echo()
+    gate = asyncio.Event()
+
+    async def requests():
+        yield b"sleep"
+        await gate.wait()
+
+    async def main():
+        async with serving(echo.handler()) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                method = f"/{SERVICE}/{shape}"
+                if shape == "ClientStream":
+                    pending = channel.stream_unary(method)(requests())
+                else:
+                    pending = channel.stream_stream(method)(requests())
+                first = await pending.read() if shape == "BidiStream" else None
+                deadline = time.monotonic() + 5
+                while not echo.seen and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # the handler is in its sleep
+                assert pending.cancel()
+                assert await pending.code() == grpc.StatusCode.CANCELLED
+                gate.set()
+                return port, first, await rpc_spans(hook, 2)
+
+    port, first, ([client], [server]) = run(main)
+    assert first == (b"sleep" if shape == "BidiStream" else None)
+    assert_rpc(client, server, shape, port, 1)
+
+
+# -- the response serializer ----------------------------------------------------------------
+
+
+class Serializer:
+    """A response serializer that fails for responses starting with ``bad``; notes when it ran."""
+
+    def __init__(self) -> None:
+        self.ran_at: list[int] = []
+
+    def __call__(self, response: bytes) -> bytes:
+        self.ran_at.append(time.time_ns())
+        if response.startswith(b"bad"):
+            raise ValueError("cannot serialize")
+        return response
+
+
+def serialized_handler(serializer: Serializer):
+    async def unary(request, ctx):
+        return request
+
+    async def stream(request, ctx):
+        yield b"ok"
+        yield request
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary, response_serializer=serializer),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(stream, response_serializer=serializer),
+        },
+    )
+
+
+async def serialized_call(shape: str, request: bytes, serializer: Serializer):
+    async with serving(serialized_handler(serializer)) as port:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            if shape == "Unary":
+                return await channel.unary_unary(f"/{SERVICE}/Unary")(request, timeout=5)
+            return [r async for r in channel.unary_stream(f"/{SERVICE}/ServerStream")(request, timeout=5)]
+
+
+async def refused(shape: str) -> tuple:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await serialized_call(shape, b"bad", Serializer())
+    return raised.value.code(), raised.value.details()
+
+
+@pytest.mark.parametrize("shape", ["Unary", "ServerStream"])
+def test_a_response_the_serializer_refuses_is_recorded_with_the_code_the_client_gets(spans, shape):
+    without_agent = run(lambda: refused(shape))
+
+    async def main():
+        with hooked():
+            result = await refused(shape)
+        return result, await rpc_spans(spans, 2)
+
+    with_agent, ([client], [server]) = run(main)
+    assert with_agent == without_agent
+    code = with_agent[0].value[0]
+    assert code != 0
+    for span in (client, server):
+        assert span.attributes["rpc.grpc.status_code"] == code
+        assert span.status.status_code == StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in server.events] == ["ValueError"]
+
+
+def test_a_unary_responses_span_ends_once_it_is_serialized(hook):
+    serializer = Serializer()
+
+    async def main():
+        return await serialized_call("Unary", b"fine", serializer), await rpc_spans(hook, 2)
+
+    response, ([client], [server]) = run(main)
+    assert response == b"fine"
+    [serialized_at] = serializer.ran_at
+    assert server.end_time >= serialized_at
+    assert server.attributes["rpc.grpc.status_code"] == 0 and server.status.status_code == StatusCode.UNSET
 
 
 # -- the app's interceptors ---------------------------------------------------------------
@@ -603,6 +715,67 @@ def test_sync_handlers_run_in_the_thread_pool_under_the_server_span(hook, parent
     assert [s.span_id for s in seen] == [s.context.span_id for s in servers]
     for client, server in zip(clients, servers):
         assert server.parent.span_id == client.context.span_id
+
+
+def sync_status_handler():
+    """Sync handlers setting a code (``code``), or aborting (``abort``, unary only).
+
+    grpc.aio itself (1.85, no agent) is racy with a sync stream handler that aborts: the
+    client sees its deadline instead of the status, or the thread pool hangs. grpc.aio's
+    sync context has no ``abort_with_status``.
+    """
+
+    def act(request, ctx):
+        if request == b"code":
+            ctx.set_code(grpc.StatusCode.NOT_FOUND)
+            ctx.set_details("no such echo")
+        elif request == b"abort":
+            ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+
+    def unary(request, ctx):
+        act(request, ctx)
+        return b""
+
+    def stream(request, ctx):
+        yield b"first"
+        act(request, ctx)
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(stream),
+        },
+    )
+
+
+async def sync_status_call(shape: str, request: bytes) -> tuple:
+    with futures.ThreadPoolExecutor(2) as pool:
+        async with serving(sync_status_handler(), migration_thread_pool=pool) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call(channel, shape, request, timeout=5)
+    return raised.value.code(), raised.value.details()
+
+
+@pytest.mark.parametrize(("shape", "request_"), [("Unary", b"code"), ("Unary", b"abort"), ("ServerStream", b"code")])
+def test_a_sync_handlers_code_and_details_are_the_ones_the_client_gets(spans, shape, request_):
+    without_agent = run(lambda: sync_status_call(shape, request_))
+
+    async def main():
+        with hooked():
+            result = await sync_status_call(shape, request_)
+        return result, await rpc_spans(spans, 2)
+
+    with_agent, ([client], [server]) = run(main)
+    assert with_agent == without_agent
+    code, details = with_agent
+    assert code == {b"code": grpc.StatusCode.NOT_FOUND, b"abort": grpc.StatusCode.PERMISSION_DENIED}[request_]
+    for span in (client, server):
+        assert span.attributes["rpc.grpc.status_code"] == code.value[0]
+        assert span.attributes["error.type"] == code.name
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.status.description == details
 
 
 # -- suppressed, and no context leaks -------------------------------------------------------
