@@ -16,7 +16,8 @@ failure with :meth:`ClientSpan.fail`, then calls :meth:`ClientSpan.end`. Nothing
 raises into the app.
 
 Span content follows the stable HTTP semantic conventions: name ``"{METHOD}"``, kind
-CLIENT, ``url.full`` without user information and with secret query values redacted.
+CLIENT, ``url.full`` without user information and with secret query values (and
+``key=value`` pairs of the fragment) redacted.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ _URL_CACHE_SIZE = 256
 
 
 def url_attributes(url: str) -> tuple[str, str | None, int | None]:
-    """``url.full`` (no user information, secret query values redacted), the server's address and port."""
+    """``url.full`` (no user information, secret query and fragment values redacted), the server's address and port."""
     found = _URL_CACHE.get(url)
     if found is None:
         found = _url_attributes(url)
@@ -279,10 +280,12 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
     if "@" in netloc:
         netloc = netloc.rpartition("@")[2]
         full = parts._replace(netloc=netloc).geturl()
-    if parts.query:
-        query = redact_query(parts.query)
-        if query != parts.query:
-            full = parts._replace(netloc=netloc, query=query).geturl()
+    if parts.query or parts.fragment:
+        # The fragment too: it is never sent, but url.full keeps it, and an OAuth
+        # implicit-flow URL carries its token there (#access_token=...).
+        query, fragment = redact_query(parts.query), redact_query(parts.fragment)
+        if query != parts.query or fragment != parts.fragment:
+            full = parts._replace(netloc=netloc, query=query, fragment=fragment).geturl()
     try:
         port = parts.port
         if port is None:

@@ -187,12 +187,10 @@ def _url(conn, url) -> str:
 def _inject(conn, call: client_span.ClientSpan) -> None:
     """Put the propagation headers in the request's head (still in ``conn._buffer``)."""
     try:
-        headers = call.headers()
-        if not headers:
-            return
+        headers = call.headers()  # none with OTEL_PROPAGATORS=none: the head is sent as it is
         buffer = conn._buffer
         names = frozenset(name.lower().encode("latin-1") for name in headers)
-        if len(buffer) > 1:
+        if names and len(buffer) > 1:
             kept = [buffer[0]]
             for line in buffer[1:]:
                 if line.partition(b":")[0].strip().lower() in names:

@@ -23,7 +23,10 @@ head with ``stream=True``) or raises: an exception (``TooManyRedirects``, a
 
 Response hooks (``hooks={"response": ...}``) run with the span current but no call in
 progress: a request they send (with any library, the second round of digest
-authentication too) is a call of its own, a child of this span.
+authentication too) is a call of its own, a child of this span. So is a request a
+mounted adapter sends with requests from its own ``send`` (a token fetched first): the
+adapter runs with its hop's span current, and a ``Session.send`` then is a new call,
+not a redirect hop of the one in flight.
 """
 
 from __future__ import annotations
@@ -47,13 +50,25 @@ def patch(module: ModuleType) -> None:
 class Exchange:
     """What one outer ``send`` has sent: the span of the request in flight (or last answered)."""
 
-    __slots__ = ("current", "sent", "recorded", "error")
+    __slots__ = ("current", "sent", "recorded", "error", "in_adapter", "finished")
 
     def __init__(self, first: client_span.ClientSpan) -> None:
         self.current = first
         self.sent = False  # the current span's request went to an adapter
         self.recorded = False  # the current span has its response
         self.error: BaseException | None = None  # the current attempt's failure, seen by urllib3's hook
+        self.in_adapter = False  # an adapter is sending a request of this exchange
+        self.finished = False  # the outer send returned or raised
+
+    def takes_hops(self) -> bool:
+        """Whether a ``Session.send`` seeing this exchange in the context is one of its redirect hops.
+
+        requests sends those from ``resolve_redirects``, after the adapter returned and
+        before the outer ``send`` does. One sent from inside an adapter's ``send`` is a
+        call of its own; one from a thread that outlived the call (its context carried)
+        is not a hop of this exchange either, which is over.
+        """
+        return not self.in_adapter and not self.finished
 
     def resend(self, method: str, url: str) -> client_span.ClientSpan:
         """End the current span (a redirect followed, an attempt retried) and start its sibling."""
@@ -66,6 +81,7 @@ class Exchange:
         first.resends += 1
         call = client_span.start(LIBRARY, method, url, resend_count=first.resends, attach=False, sibling_of=previous)
         if call is not None:
+            call.state = self  # the exchange, for the hooks under the adapter (urllib3's)
             self.current = call
             self.recorded = False
         return self.current
@@ -76,6 +92,7 @@ class Exchange:
             _record_response(self.current, response)
 
     def finish(self, exc: BaseException | None = None) -> None:
+        self.finished = True
         current = self.current
         if exc is not None:
             current.fail(exc)
@@ -92,7 +109,8 @@ def exchange() -> Exchange | None:
     """The exchange of the requests call in progress in this context (urllib3's hook asks)."""
     call = client_span.current_call()
     if call is not None and call.library == LIBRARY:
-        return call.state  # type: ignore[return-value]
+        state = call.state
+        return state if isinstance(state, Exchange) else None
     return None
 
 
@@ -100,8 +118,8 @@ def _wrap_send(original, prepared_request: type):
     def send(self, request, **kwargs):
         if not isinstance(request, prepared_request):
             return original(self, request, **kwargs)  # requests itself says what is wrong
-        outer = client_span.current_call()
-        if outer is not None and outer.library == LIBRARY:
+        outer = exchange()
+        if outer is not None and outer.takes_hops():
             return original(self, request, **kwargs)  # a redirect hop: its adapter starts its span
         call = client_span.start(LIBRARY, request.method, request.url)
         if call is None:
@@ -144,6 +162,7 @@ class TracedAdapter:
     def send(self, request, *args, **kwargs):
         state = self.state
         sent = request
+        call = None
         try:
             call = state.resend(request.method, request.url) if state.sent else state.current
             state.sent = True
@@ -151,7 +170,16 @@ class TracedAdapter:
             call.inject(sent.headers)
         except Exception:  # noqa: BLE001 - an odd PreparedRequest: sent as it is
             sent = request
-        response = self.adapter.send(sent, *args, **kwargs)
+        # The adapter runs with this hop's span current (the app's code in a custom
+        # adapter, a request it sends being a child of the hop, not a hop).
+        token = _enter(call.context) if call is not None else None
+        state.in_adapter = True
+        try:
+            response = self.adapter.send(sent, *args, **kwargs)
+        finally:
+            state.in_adapter = False
+            if token is not None:
+                _leave(token)
         try:
             if sent is not request and getattr(response, "request", None) is sent:
                 response.request = request  # what the app sees, as untraced
@@ -159,6 +187,20 @@ class TracedAdapter:
         except Exception:  # noqa: BLE001 - a response object of a custom adapter
             pass
         return response
+
+
+def _enter(ctx) -> object:
+    try:
+        return server_span.context.attach(ctx)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _leave(token: object) -> None:
+    try:
+        server_span.context.detach(token)
+    except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
+        pass
 
 
 def _copy(request):
@@ -177,13 +219,14 @@ def _wrap_dispatch_hook(original):
         try:  # the span current, no call in progress: the hooks' requests are calls of their own
             state = call.state
             span = state.current.span if isinstance(state, Exchange) else call.span
-            token = server_span.context.attach(server_span.trace.set_span_in_context(span, call.parent))
+            token = _enter(server_span.trace.set_span_in_context(span, call.parent))
         except Exception:  # noqa: BLE001
-            return original(key, hooks, hook_data, **kwargs)
+            token = None
         try:
             return original(key, hooks, hook_data, **kwargs)
         finally:
-            server_span.context.detach(token)
+            if token is not None:
+                _leave(token)
 
     return dispatch_hook
 

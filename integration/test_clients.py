@@ -4,14 +4,15 @@ A small service (stdlib http.server, no tracing code) answers ``GET /call?client
 target=...`` by calling ``target`` with that client and replying with what it got. It
 runs twice at once: under ``autotrace run`` (exporting over OTLP/HTTP to a real
 receiver) and plain. The test calls both the same way, with a ``traceparent`` on the
-traced one, then checks, for each client and each sync/async form:
+traced one, then checks, for each client and each sync/async form, once with each
+export protocol (OTLP/HTTP, sent with requests or urllib3, and OTLP/gRPC):
 
 - the peer (a recording server in this process) received a ``traceparent`` naming the
   CLIENT span, whose parent is the service's SERVER span, in the caller's trace;
 - one CLIENT span per request sent (one per hop when a redirect is followed);
 - errors (a status >= 400, connection refused) recorded, the same exception reaching the app;
 - the service's replies are the same as the plain run's;
-- the exporter's own requests carry no ``traceparent`` and have no span.
+- the exporter's own requests (HTTP or gRPC) carry no ``traceparent`` and have no span.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class Call:
 
 @dataclass
 class Runs:
+    protocol: str  # the traced service's OTLP export protocol
     peer: http_peer.Peer
     receiver: OTLPReceiver
     calls: list
@@ -178,14 +180,15 @@ def ask(port: int, client: str, target: str, traceparent: str | None = None) -> 
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Runs:
+@pytest.fixture(scope="module", params=["http/protobuf", "grpc"])
+def runs(request, tmp_path_factory) -> Runs:
+    protocol = request.param
     directory = tmp_path_factory.mktemp("clients")
     write(directory, "service.py", SERVICE)
     peer, peer_server, peer_thread = http_peer.start()
     with OTLPReceiver() as receiver:
         traced_port, plain_port = free_port(), free_port()
-        traced_env = clean_env(**receiver.env("http/protobuf"), OTEL_SERVICE_NAME="caller")
+        traced_env = clean_env(**receiver.env(protocol), OTEL_SERVICE_NAME="caller")
         with Watched([AUTOTRACE, "run", "python", "service.py", str(traced_port)], directory, traced_env) as traced, Watched(
             [PYTHON, "service.py", str(plain_port)], directory, clean_env()
         ) as plain:
@@ -211,7 +214,7 @@ def runs(tmp_path_factory) -> Runs:
             traced.stop()  # SIGTERM: the agent flushes before the process exits
             stderr = traced.text("stderr")
         http_peer.stop(peer_server, peer_thread)
-        yield Runs(peer, receiver, calls, refused, stderr)
+        yield Runs(protocol, peer, receiver, calls, refused, stderr)
 
 
 def closed_port() -> int:
@@ -286,12 +289,14 @@ def test_status_and_errors_are_recorded(runs, client):
 
 
 def test_the_exporters_own_requests_are_not_traced(runs):
-    assert runs.receiver.export_requests(), "nothing was exported"
+    exported = runs.receiver.export_requests()
+    assert exported and set(exported) == {"grpc" if runs.protocol == "grpc" else "http"}
     spans = runs.receiver.spans()
     for span in spans:
         assert "traceparent" not in span.headers, span.headers
-    receiver_port = runs.receiver.http_endpoint.rpartition(":")[2].strip("/")
-    assert not [s for s in spans if s.kind == CLIENT and str(s.attributes.get("server.port")) == receiver_port]
+    receiver_ports = {endpoint.rpartition(":")[2].strip("/") for endpoint in (runs.receiver.http_endpoint, runs.receiver.grpc_endpoint)}
+    assert not [s for s in spans if s.kind == CLIENT and str(s.attributes.get("server.port")) in receiver_ports]
+    assert not [s for s in spans if "rpc.system" in s.attributes]  # no gRPC span of the export
     # Every CLIENT span is one of the service's calls to the peer (or to the closed port).
     assert all("case=" in s.attributes["url.full"] for s in spans if s.kind == CLIENT)
 

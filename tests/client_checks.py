@@ -69,3 +69,29 @@ def assert_get_200(span, url_full: str, port: int) -> None:
         "network.protocol.version": "1.1",
     }
     assert span.status.status_code == StatusCode.UNSET
+
+
+INVALID_HOST = "name.invalid"
+
+
+def fail_dns(monkeypatch) -> str:
+    """Resolving INVALID_HOST fails as an unknown name does, with no query leaving the machine.
+
+    Every client resolves through ``socket.getaddrinfo`` (asyncio's resolver too), so the
+    library maps the ``gaierror`` to its own exception exactly as for a real DNS failure.
+    Returns the host name.
+    """
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host in (INVALID_HOST, INVALID_HOST.encode()):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return INVALID_HOST
+
+
+def tls_url(peer, path: str = "/ok") -> str:
+    """An ``https://`` URL of the plain-HTTP peer: the TLS handshake fails (wrong version number)."""
+    return f"https://127.0.0.1:{peer.port}{path}"

@@ -18,7 +18,7 @@ from opentelemetry import context
 from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import patching
-from client_checks import client_spans, closed_port, traceparent_ids
+from client_checks import assert_failed, client_spans, closed_port, fail_dns, tls_url, traceparent_ids
 
 MODES = ["sync", "async"]
 
@@ -213,6 +213,23 @@ def test_timeout_reaches_the_app_and_is_recorded(client_hooks, peer, mode):
     assert [e.name for e in span.events] == ["exception"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("failure", ["dns", "tls"])
+def test_dns_and_tls_failures_reach_the_app_untouched(request, peer, monkeypatch, parent, mode, failure):
+    url = f"http://{fail_dns(monkeypatch)}/x" if failure == "dns" else tls_url(peer)
+    with pytest.raises(Exception) as untraced:
+        get(mode, url, timeout=5)
+    client_hooks = request.getfixturevalue("client_hooks")
+    with pytest.raises(Exception) as traced:
+        get(mode, url, timeout=5)
+    assert type(traced.value) is type(untraced.value) is httpx.ConnectError
+    [span] = client_spans(client_hooks)
+    assert_failed(span, "httpx.ConnectError")
+    assert span.events[0].attributes["exception.message"] == str(traced.value)
+    assert span.attributes["url.full"] == url
+    assert span.parent.span_id == parent.get_span_context().span_id
+
+
 class BrokenBody(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A body that fails after its first chunk."""
 
@@ -267,10 +284,46 @@ def test_span_covers_the_body_unless_streaming(client_hooks, peer, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_header_set_by_hand_is_replaced_and_the_callers_objects_are_unchanged(client_hooks, peer, mode):
+@pytest.mark.parametrize("how", ["never_read", "closed_early"])
+def test_a_streamed_response_left_unread_has_its_one_span_ended(client_hooks, peer, mode, how):
+    import gc
+    import weakref
+
+    def stream(client):
+        request = client.build_request("GET", peer.url("/stream", how))
+        if mode == "sync":
+            response = client.send(request, stream=True)
+            if how == "closed_early":
+                next(response.iter_bytes())
+                response.close()
+            return weakref.ref(response)
+
+        async def main():
+            response = await client.send(request, stream=True)
+            if how == "closed_early":
+                await response.aiter_bytes().__anext__()
+                await response.aclose()
+            return weakref.ref(response)
+
+        return main()
+
+    alive = run(mode, stream, timeout=5)  # the client closed: the response never read to its end
+    gc.collect()
+    assert alive() is None  # the span holds no reference to the response
+    [span] = client_spans(client_hooks)  # ended at the head: nothing is left open
+    assert span.attributes["http.response.status_code"] == 200
+    assert traceparent_ids(peer.requests(how)[0].header("traceparent"))[1] == span.context.span_id
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_header_set_by_hand_is_replaced_and_the_callers_objects_are_unchanged(client_hooks, peer, mode, capsys):
+    from autotrace import _log
+
+    _log.logger.level = _log.DEBUG
     mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     headers = {"traceparent": mine, "X-Mine": "1"}
     get(mode, peer.url("/ok", "byhand"), headers=headers, timeout=5)
+    assert "httpx: the traceparent header set by the application is replaced" in capsys.readouterr().err
     assert headers == {"traceparent": mine, "X-Mine": "1"}
     [received] = peer.requests("byhand")
     assert len(received.headers["traceparent"]) == 1 and received.header("traceparent") != mine
@@ -360,6 +413,21 @@ def test_an_httpx_call_inside_a_transport_is_a_child_span(client_hooks, peer, pa
     assert outer.parent.span_id == parent.get_span_context().span_id
     assert inner.parent.span_id == outer.context.span_id
     assert traceparent_ids(peer.requests("inner")[0].header("traceparent"))[1] == inner.context.span_id
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_named_headers_are_captured(client_hooks, peer, monkeypatch, mode):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App,traceparent,Authorization")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "X-Peer,Content-Length")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "authorization")
+    get(mode, peer.url("/ok", "capture"), headers={"X-App": "1", "Authorization": "Bearer s3cret"}, timeout=5)
+    [span] = client_spans(client_hooks)
+    [got] = peer.requests("capture")
+    assert span.attributes["http.request.header.x-app"] == ("1",)
+    assert span.attributes["http.request.header.traceparent"] == tuple(got.headers["traceparent"])
+    assert span.attributes["http.request.header.authorization"] == ("[REDACTED]",)
+    assert span.attributes["http.response.header.x-peer"] == ("yes",)
+    assert span.attributes["http.response.header.content-length"] == ("3",)
 
 
 def _observable(response: httpx.Response) -> tuple:

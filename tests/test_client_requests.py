@@ -14,7 +14,7 @@ from opentelemetry import context
 from opentelemetry.trace import StatusCode
 
 from autotrace import patching
-from client_checks import assert_get_200, client_spans, closed_port, traceparent_ids
+from client_checks import assert_failed, assert_get_200, client_spans, closed_port, fail_dns, tls_url, traceparent_ids
 
 
 def test_get_is_one_client_span_whose_id_the_peer_received(client_hooks, peer, parent):
@@ -115,12 +115,33 @@ def test_timeout_reaches_the_app_and_is_recorded(client_hooks, peer):
     assert span.status.status_code == StatusCode.ERROR
 
 
-def test_dns_failure_is_recorded(client_hooks):
-    with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get("http://name.invalid/", timeout=5)
+def test_dns_failure_is_recorded(request, monkeypatch):
+    url = f"http://{fail_dns(monkeypatch)}/"
+    with pytest.raises(Exception) as untraced:
+        requests.get(url, timeout=5)
+    client_hooks = request.getfixturevalue("client_hooks")
+    with pytest.raises(Exception) as traced:
+        requests.get(url, timeout=5)
+    assert type(traced.value) is type(untraced.value) is requests.exceptions.ConnectionError
     [span] = client_spans(client_hooks)
     assert span.attributes["server.address"] == "name.invalid"
-    assert span.status.status_code == StatusCode.ERROR
+    assert_failed(span, "requests.exceptions.ConnectionError")
+    assert span.events[0].attributes["exception.message"] == str(traced.value)
+
+
+def test_tls_failure_reaches_the_app_and_is_recorded(request, peer, parent):
+    with pytest.raises(Exception) as untraced:
+        requests.get(tls_url(peer), timeout=5)
+    client_hooks = request.getfixturevalue("client_hooks")
+    before = context.get_current()
+    with pytest.raises(Exception) as traced:
+        requests.get(tls_url(peer), timeout=5)
+    assert context.get_current() is before
+    assert type(traced.value) is type(untraced.value) is requests.exceptions.SSLError
+    [span] = client_spans(client_hooks)
+    assert_failed(span, "requests.exceptions.SSLError")
+    assert span.attributes["url.full"] == tls_url(peer) and span.attributes["server.port"] == peer.port
+    assert span.parent.span_id == parent.get_span_context().span_id
 
 
 def test_span_covers_the_body_unless_streaming(client_hooks, peer):
@@ -137,10 +158,35 @@ def test_span_covers_the_body_unless_streaming(client_hooks, peer):
     assert len(client_spans(client_hooks)) == 1
 
 
-def test_header_set_by_hand_is_replaced_and_the_callers_objects_are_unchanged(client_hooks, peer):
+@pytest.mark.parametrize("how", ["never_read", "closed_early"])
+def test_a_streamed_response_left_unread_has_its_one_span_ended(client_hooks, peer, how):
+    import gc
+    import weakref
+
+    before = context.get_current()
+    response = requests.get(peer.url("/stream", how), stream=True, timeout=5)
+    if how == "closed_early":
+        next(response.iter_content(4))
+        response.close()
+    [span] = client_spans(client_hooks)  # ended at the head: nothing is left open
+    assert span.attributes["http.response.status_code"] == 200
+    assert context.get_current() is before
+    alive = weakref.ref(response)
+    del response
+    gc.collect()
+    assert alive() is None  # the span holds no reference to the response
+    assert client_spans(client_hooks) == [span]
+    assert traceparent_ids(peer.requests(how)[0].header("traceparent"))[1] == span.context.span_id
+
+
+def test_header_set_by_hand_is_replaced_and_the_callers_objects_are_unchanged(client_hooks, peer, capsys):
+    from autotrace import _log
+
+    _log.logger.level = _log.DEBUG
     mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     headers = {"traceparent": mine, "X-Mine": "1"}
     requests.get(peer.url("/ok", "byhand"), headers=headers, timeout=5)
+    assert "requests: the traceparent header set by the application is replaced" in capsys.readouterr().err
     assert headers == {"traceparent": mine, "X-Mine": "1"}
     [received] = peer.requests("byhand")
     assert received.headers["traceparent"] != [mine] and len(received.headers["traceparent"]) == 1
@@ -311,3 +357,52 @@ def test_each_retry_is_a_sibling_span_with_its_own_traceparent(client_hooks, pee
     sent = [traceparent_ids(r.header("traceparent"))[1] for r in peer.requests("retried")]
     assert sent == [s.context.span_id for s in spans]
     assert len(client_hooks.get_finished_spans()) == 3
+
+
+def test_a_request_an_adapter_sends_itself_is_a_child_of_its_hop(client_hooks, peer, parent):
+    # A mounted adapter that calls another service with requests before sending (a
+    # token fetched first): a call of its own, not a hop of the one in flight, whose
+    # spans keep their own responses.
+    class Adapter(requests.adapters.HTTPAdapter):
+        def send(self, request, **kwargs):
+            if "case=outer" in request.url:
+                requests.get(peer.url("/ok", "inner"), timeout=5)
+            return super().send(request, **kwargs)
+
+    with requests.Session() as session:
+        session.mount("http://", Adapter())
+        response = session.get(peer.url("/redirect/1", "outer"), timeout=5)
+    assert response.status_code == 200 and len(response.history) == 2
+
+    spans = client_spans(client_hooks)
+    hops = [s for s in spans if s.attributes["url.full"].endswith("case=outer")]
+    inner = [s for s in spans if s.attributes["url.full"].endswith("case=inner")]
+    assert len(hops) == len(peer.requests("outer")) == 3
+    assert len(inner) == len(peer.requests("inner")) == 3
+    assert [s.attributes["http.response.status_code"] for s in hops] == [302, 302, 200]
+    assert [s.attributes.get("http.request.resend_count") for s in hops] == [None, 1, 2]
+    for hop, got in zip(hops, peer.requests("outer")):
+        assert hop.parent.span_id == parent.get_span_context().span_id
+        assert traceparent_ids(got.header("traceparent"))[1] == hop.context.span_id
+    # Each inner call: one span, 200, a child of the hop whose adapter sent it.
+    for call, hop, got in zip(inner, hops, peer.requests("inner")):
+        assert call.attributes["http.response.status_code"] == 200
+        assert "http.request.resend_count" not in call.attributes
+        assert call.parent.span_id == hop.context.span_id
+        assert traceparent_ids(got.header("traceparent"))[1] == call.context.span_id
+    assert len(spans) == 6
+
+
+def test_named_headers_are_captured(client_hooks, peer, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App,traceparent,Authorization")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "X-Peer,Content-Length")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "authorization")
+    requests.get(peer.url("/ok", "capture"), headers={"X-App": "1", "Authorization": "Bearer s3cret"}, timeout=5)
+    [span] = client_spans(client_hooks)
+    [got] = peer.requests("capture")
+    assert span.attributes["http.request.header.x-app"] == ("1",)
+    assert span.attributes["http.request.header.traceparent"] == tuple(got.headers["traceparent"])
+    assert span.attributes["http.request.header.authorization"] == ("[REDACTED]",)
+    assert span.attributes["http.response.header.x-peer"] == ("yes",)
+    assert span.attributes["http.response.header.content-length"] == ("3",)
+    assert not [k for k in span.attributes if ".header." in k and k.rpartition(".")[2] not in ("x-app", "traceparent", "authorization", "x-peer", "content-length")]

@@ -14,6 +14,14 @@ def test_url_full_drops_user_information_and_redacts_secret_query_values():
     assert (address, port) == ("api.example.com", 443)
 
 
+def test_url_full_redacts_secret_values_of_the_fragment():
+    # Never sent, but kept in url.full: an OAuth implicit-flow URL has its token there.
+    full, _, _ = client_span.url_attributes("https://h/cb?state=1&sig=x#access_token=abc&token_type=bearer")
+    assert full == "https://h/cb?state=1&sig=REDACTED#access_token=REDACTED&token_type=bearer"
+    assert client_span.url_attributes("http://h/page#section-2")[0] == "http://h/page#section-2"
+    assert client_span.url_attributes("http://u:p@h/#token=t")[0] == "http://h/#token=REDACTED"
+
+
 def test_url_attributes_ports_and_ipv6():
     assert client_span.url_attributes("http://127.0.0.1:8080/a") == ("http://127.0.0.1:8080/a", "127.0.0.1", 8080)
     assert client_span.url_attributes("http://example.com/") == ("http://example.com/", "example.com", 80)

@@ -9,6 +9,8 @@ hooks (``request.getfixturevalue("client_hooks")``).
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
 import urllib.error
 import urllib.request
 
@@ -17,7 +19,18 @@ from opentelemetry import context
 from opentelemetry.trace import StatusCode
 
 from autotrace.hooks import http_client as http_client_hook
-from client_checks import HAND_TRACEPARENT, assert_failed, assert_get_200, assert_propagated, client_spans, closed_port, received, without_date
+from client_checks import (
+    HAND_TRACEPARENT,
+    assert_failed,
+    assert_get_200,
+    assert_propagated,
+    client_spans,
+    closed_port,
+    fail_dns,
+    received,
+    tls_url,
+    without_date,
+)
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -124,6 +137,22 @@ def test_urlopen_timeout_reaches_the_app_untouched(request, peer):
     assert type(traced.value) is type(untraced.value)
     [span] = client_spans(spans)
     assert_failed(span, client_span_error_type(traced.value))
+
+
+@pytest.mark.parametrize("failure", ["dns", "tls"])
+def test_urlopen_dns_and_tls_failures_reach_the_app_untouched(request, peer, monkeypatch, failure):
+    url = f"http://{fail_dns(monkeypatch)}/x" if failure == "dns" else tls_url(peer)
+    with pytest.raises(Exception) as untraced:
+        urllib.request.urlopen(url, timeout=5)
+    spans = request.getfixturevalue("client_hooks")
+    with pytest.raises(Exception) as traced:
+        urllib.request.urlopen(url, timeout=5)
+    assert type(traced.value) is type(untraced.value) is urllib.error.URLError
+    assert type(traced.value.reason) is type(untraced.value.reason)
+    assert isinstance(traced.value.reason, socket.gaierror if failure == "dns" else ssl.SSLError)
+    [span] = client_spans(spans)
+    assert_failed(span, "urllib.error.URLError")
+    assert span.attributes["url.full"] == url
 
 
 def client_span_error_type(exc: BaseException) -> str:
@@ -311,6 +340,27 @@ def test_http_client_connection_refused_reaches_the_app_untouched(client_hooks, 
     assert span.parent.span_id == parent.get_span_context().span_id
 
 
+@pytest.mark.parametrize("failure", ["dns", "tls"])
+def test_http_client_dns_and_tls_failures_reach_the_app_untouched(client_hooks, peer, parent, monkeypatch, failure):
+    if failure == "dns":
+        conn = http.client.HTTPConnection(fail_dns(monkeypatch), timeout=5)
+        expected, error_type = socket.gaierror, "socket.gaierror"
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", peer.port, timeout=5)
+        expected, error_type = ssl.SSLError, "ssl.SSLError"
+    before = context.get_current()
+    try:
+        with pytest.raises(Exception) as raised:
+            conn.request("GET", "/ok")  # the connection is made when the head is sent
+        assert type(raised.value) is expected
+        assert context.get_current() is before
+    finally:
+        conn.close()
+    [span] = client_spans(client_hooks)
+    assert_failed(span, error_type)
+    assert span.parent.span_id == parent.get_span_context().span_id
+
+
 def test_http_client_timeout_reaches_the_app_untouched(client_hooks, peer):
     conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=0.2)
     try:
@@ -471,3 +521,22 @@ def test_named_headers_are_captured(client_hooks, peer, monkeypatch):
         assert span.attributes["http.request.header.traceparent"] == tuple(got.headers["traceparent"])
         assert span.attributes["http.response.header.x-peer"] == ("yes",)
         assert span.attributes["http.response.header.content-type"] == ("text/plain",)
+
+
+def test_request_headers_are_captured_without_propagation_headers(client_hooks, peer, monkeypatch):
+    # OTEL_PROPAGATORS=none: nothing is injected, the named headers are still captured.
+    from opentelemetry import propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([]))
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App")
+    urlopen(urllib.request.Request(peer.url("/ok", "none"), headers={"X-App": "1"}))
+    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=5)
+    try:
+        conn.request("GET", "/ok?case=none", headers={"X-App": "2"})
+        conn.getresponse().read()
+    finally:
+        conn.close()
+    spans = client_spans(client_hooks)
+    assert [s.attributes.get("http.request.header.x-app") for s in spans] == [("1",), ("2",)]
+    assert [r.header("traceparent") for r in peer.requests("none")] == [None, None]

@@ -18,7 +18,7 @@ from urllib3._collections import HTTPHeaderDict  # where 1.26 and 2.x both have 
 from urllib3.util import Retry
 
 from autotrace.hooks import urllib3 as urllib3_hook
-from client_checks import HAND_TRACEPARENT, assert_failed, assert_get_200, assert_propagated, client_spans, closed_port, without_date
+from client_checks import HAND_TRACEPARENT, assert_failed, assert_get_200, assert_propagated, client_spans, closed_port, fail_dns, tls_url, without_date
 
 URLLIB3_2 = int(urllib3.__version__.split(".")[0]) >= 2
 
@@ -190,6 +190,29 @@ def test_connection_refused_reaches_the_app_untouched(request, retries):
     assert type(traced.__cause__) is type(untraced.__cause__)
     [span] = client_spans(spans)
     assert_failed(span, "urllib3.exceptions.NewConnectionError")
+
+
+@pytest.mark.parametrize("failure", ["dns", "tls"])
+def test_dns_and_tls_failures_reach_the_app_untouched(request, peer, monkeypatch, failure):
+    url = f"http://{fail_dns(monkeypatch)}/x" if failure == "dns" else tls_url(peer)
+    if failure == "tls":
+        expected = urllib3.exceptions.SSLError
+    else:  # 1.26 has no NameResolutionError: a NewConnectionError
+        expected = getattr(urllib3.exceptions, "NameResolutionError", urllib3.exceptions.NewConnectionError)
+
+    def call():
+        with urllib3.PoolManager(timeout=5, retries=False) as manager:
+            with pytest.raises(Exception) as raised:
+                manager.request("GET", url)
+        return raised.value
+
+    untraced = call()
+    spans = request.getfixturevalue("client_hooks")
+    traced = call()
+    assert type(traced) is type(untraced) is expected
+    [span] = client_spans(spans)
+    assert_failed(span, f"urllib3.exceptions.{expected.__name__}")
+    assert span.attributes["url.full"] == url
 
 
 def test_timeout_reaches_the_app_untouched(request, peer):
