@@ -9,6 +9,13 @@ Only the OpenTelemetry context is carried, not the submitter's other context
 variables: the app sees its own ``contextvars`` in a thread exactly as without the
 agent.
 
+To another process the context goes as propagation fields: those of the configured
+formats (``OTEL_PROPAGATORS``: what they keep beside the ids, such as B3's debug flag,
+goes too) and, where those wrote none, W3C ``traceparent``/``tracestate`` and
+``baggage``. ``OTEL_PROPAGATORS`` says how to talk to other services (``none``, or
+formats without baggage); the process's own children continue its trace whatever it
+says, as its threads do.
+
 Before the OpenTelemetry API has been imported, by the agent or the app (nothing traced
 yet in this process), there is nothing to carry: :func:`capture` returns None at the
 cost of two lookups, and nothing is imported. When the API cannot be imported (a broken
@@ -134,9 +141,17 @@ def to_carrier() -> dict[str, str] | None:
         return None
     carrier: dict[str, str] = {}
     try:
-        server_span.propagate.inject(carrier, context=ctx)
+        server_span.propagate.inject(carrier, context=ctx)  # the configured formats
+    except Exception:  # noqa: BLE001 - the W3C fields below still carry the trace
+        carrier.clear()
+    try:
+        w3c_trace, w3c_baggage = _w3c()  # where the configured formats wrote none
+        if w3c_trace.fields.isdisjoint(carrier):
+            w3c_trace.inject(carrier, context=ctx)
+        if w3c_baggage.fields.isdisjoint(carrier):
+            w3c_baggage.inject(carrier, context=ctx)
     except Exception:  # noqa: BLE001
-        return None
+        pass
     return carrier or None
 
 
@@ -149,6 +164,35 @@ def from_carrier(carrier: dict[str, str] | None) -> Context | None:
         if not server_span._loaded:  # noqa: SLF001
             return None
     try:
-        return server_span.propagate.extract(carrier)
+        ctx = server_span.propagate.extract(carrier)  # the configured formats
     except Exception:  # noqa: BLE001
-        return None
+        ctx = None
+    try:
+        from opentelemetry import baggage
+
+        if ctx is None:
+            ctx = server_span.context.Context()
+        # The W3C fields to_carrier() added where the configured formats wrote none.
+        w3c_trace, w3c_baggage = _w3c()
+        if not server_span.trace.get_current_span(ctx).get_span_context().is_valid:
+            ctx = w3c_trace.extract(carrier, ctx)
+        if not baggage.get_all(ctx):
+            ctx = w3c_baggage.extract(carrier, ctx)
+    except Exception:  # noqa: BLE001
+        pass
+    return ctx
+
+
+# The agent's own W3C propagators (trace context, baggage), made at the first carrier.
+_w3c_propagators: tuple | None = None
+
+
+def _w3c() -> tuple:
+    """(W3C trace context propagator, W3C baggage propagator); the API is loaded by then."""
+    global _w3c_propagators
+    if _w3c_propagators is None:
+        from .propagation.baggage import BaggagePropagator
+        from .propagation.tracecontext import TraceContextPropagator
+
+        _w3c_propagators = (TraceContextPropagator(), BaggagePropagator())
+    return _w3c_propagators

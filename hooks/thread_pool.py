@@ -10,6 +10,11 @@ with the loop's default executor or an app's ``ThreadPoolExecutor``, and
 the context is set twice, to the same value: one attach/detach more, nothing else).
 A subclass that overrides ``submit`` and calls the base class's is covered too.
 
+Python 3.14's ``InterpreterPoolExecutor`` (a ``ThreadPoolExecutor`` whose tasks are
+pickled at ``submit`` and run in a subinterpreter, where the agent does not run) gets its
+tasks as they were given: a task bound to a Context cannot be pickled, and its ``submit``
+would raise.
+
 When there is nothing to carry, the task goes to the pool as it was given. Except
 where new threads start with a copy of their starter's contextvars
 (``sys.flags.thread_inherit_context``, the default of free-threaded Python 3.14+): a
@@ -59,6 +64,8 @@ def _wrap_submit(original):
             ctx = capture()
             if ctx is None and _threads_inherit:
                 ctx = _empty_context()
+            if ctx is not None and _in_subinterpreters(self):
+                ctx = None
         except Exception:  # noqa: BLE001 - the task goes to the pool untraced
             ctx = None
         if ctx is None or not args:
@@ -67,6 +74,15 @@ def _wrap_submit(original):
         return original(self, partial(run_in, ctx, args[0]), *args[1:], **kwargs)
 
     return submit
+
+
+def _in_subinterpreters(executor) -> bool:
+    """Whether ``executor`` is an ``InterpreterPoolExecutor`` (3.14+), which pickles its tasks."""
+    module = sys.modules.get("concurrent.futures.interpreter")
+    if module is None:
+        return False  # not imported: no such executor exists
+    pool = getattr(module, "InterpreterPoolExecutor", None)
+    return pool is not None and isinstance(executor, pool)
 
 
 def _empty_context():

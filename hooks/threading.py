@@ -31,6 +31,11 @@ Threads whose ``target`` is in :data:`_not_carried` get nothing: the worker thre
 ``ThreadPoolExecutor`` (registered by the ``thread_pool`` hook) are started from inside
 ``submit`` by whichever task needs one; each *task* carries its own submitter's context
 instead, so a worker never runs tasks in the context of the request that started it.
+Nor do the OpenTelemetry SDK's own threads (a ``target`` that is a method defined in
+``opentelemetry.sdk``): the batch processors' export thread is started when the SDK is
+set up, which may be inside a request (a remote parent or baggage current already), and
+again in every ``fork`` child (a ``multiprocessing.Process`` started in a span); it
+lives as long as the process, and what it logs must not name that request's trace.
 
 Not covered: threads started with ``_thread.start_new_thread`` directly.
 """
@@ -83,7 +88,8 @@ def _wrap_start(original):
         try:
             ctx = capture()
             if ctx is not None:
-                if id(self.__dict__.get("_target")) in _not_carried:
+                target = self.__dict__.get("_target")
+                if id(target) in _not_carried or _is_sdk_method(target):
                     ctx = None
                 else:
                     self.__dict__[_CONTEXT] = ctx
@@ -99,6 +105,12 @@ def _wrap_start(original):
             self.__dict__.pop(_CONTEXT, None)
 
     return start
+
+
+def _is_sdk_method(target) -> bool:
+    """Whether ``target`` is a bound method defined in the OpenTelemetry SDK (its worker threads)."""
+    module = getattr(getattr(target, "__func__", None), "__module__", None)
+    return isinstance(module, str) and module.startswith("opentelemetry.sdk.")
 
 
 def _wrap_bootstrap_inner(original):

@@ -12,6 +12,9 @@ At the real OTLP receiver: every worker's span arrived (the child flushed it bef
 ended: nothing is exported while the app runs, see ``OTEL_BSP_SCHEDULE_DELAY``), once,
 from a process other than the parent, as a child of the submitting span in its trace.
 
+The same holds with ``OTEL_PROPAGATORS=none``: the agent carries W3C fields to its own
+children whatever formats it speaks to other services.
+
 A ``Pool.map`` of many items in a few chunks, one span per item, is exported in one
 request per chunk (the worker flushes before it sends a chunk's result), not per item.
 """
@@ -155,9 +158,9 @@ def expected_work(cases: list[str]) -> dict[str, list[str]]:
     return wanted
 
 
-def run_app(tmp_path, receiver, protocol: str, cases: list[str], timeout: float = 120):
+def run_app(tmp_path, receiver, protocol: str, cases: list[str], timeout: float = 120, **extra_env: str):
     script = write(tmp_path, "app.py", APP)
-    env = clean_env(**receiver.env(protocol))
+    env = clean_env(**receiver.env(protocol), **extra_env)
     env["OTEL_BSP_SCHEDULE_DELAY"] = HOLD
     # Its own session: children left hanging are cleaned up with it.
     with Watched([AUTOTRACE, "run", "python", script.name, *cases], tmp_path, env) as app:
@@ -219,6 +222,16 @@ def test_children_and_pool_tasks_join_the_submitting_span(tmp_path, otlp_receive
     app, code = run_app(tmp_path, otlp_receiver, protocol, CASES)
     check_app(app, code, CASES)
     check_spans(otlp_receiver, app, CASES)
+
+
+NO_PROPAGATORS = ["process:spawn", "pool:fork,close", "pool:spawn,close", "executor:spawn"]
+
+
+def test_children_join_the_trace_with_otel_propagators_none(tmp_path, otlp_receiver):
+    """OTEL_PROPAGATORS says how to talk to other services, not whether children continue the trace."""
+    app, code = run_app(tmp_path, otlp_receiver, "http", NO_PROPAGATORS, OTEL_PROPAGATORS="none")
+    check_app(app, code, NO_PROPAGATORS)
+    check_spans(otlp_receiver, app, NO_PROPAGATORS)
 
 
 TERMINATED = ["pool:fork,terminate", "pool:spawn,terminate"]

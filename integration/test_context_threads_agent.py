@@ -11,7 +11,8 @@ handler itself logs through ``logging.basicConfig()``'s default format, which
 ``OTEL_PYTHON_LOG_CORRELATION=true`` makes name the ids; one more line passes its own
 ``otelTraceID`` in ``extra=`` (the app's value is written). The request carries a
 ``traceparent``. At a real OTLP receiver: every worker span is a child of the request's
-SERVER span, in the caller's trace; each log line names its worker's span.
+SERVER span, in the caller's trace, and the trace holds nothing else (the hooks make no
+span of their own); each log line names its worker's span.
 """
 
 from __future__ import annotations
@@ -127,7 +128,12 @@ def test_workers_are_children_of_the_server_span_and_log_its_trace(tmp_path):
                 1 + len(WORKERS), timeout=15, predicate=lambda s: s.trace_id == TRACE_ID
             )
             service.wait_for_line("fanned out", timeout=5)
+            service.stop()  # SIGTERM: the service flushes what it still holds, then exits
             stdout, stderr = service.text("stdout"), service.text("stderr")
+        # Everything the service (and its children) recorded has arrived by now: the
+        # trace holds the request's span and one per worker, nothing made by the hooks.
+        whole_trace = [s for s in receiver.spans() if s.trace_id == TRACE_ID]
+        assert len(whole_trace) == 1 + len(WORKERS), sorted(s.name for s in whole_trace)
 
     [server] = [s for s in in_trace if s.kind == SERVER]
     assert server.parent_span_id == PARENT_ID

@@ -276,6 +276,42 @@ def test_fork_child_keeps_the_context_it_inherited(tracer):
     assert mp_hook._CARRIER not in process.__dict__  # the parent's object keeps nothing
 
 
+def test_the_sdks_export_thread_in_a_fork_child_carries_nothing(threads_hooked, tracer):
+    """The SDK restarts its batch processor's thread in a fork child, from the thread that forked."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    ctx = multiprocessing.get_context("fork")
+    reports = ctx.Queue()
+    exported = threading.Event()  # the child's copy is set by the child's export
+
+    class Exporter(SpanExporter):
+        def export(self, batch):
+            reports.put((threading.current_thread().name, os.getpid(), seen()[1:3]))
+            exported.set()
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(Exporter(), schedule_delay_millis=10))
+
+    def child():
+        with provider.get_tracer("fork-child").start_as_current_span("in-child"):
+            pass
+        assert exported.wait(TIMEOUT)
+
+    try:
+        with in_span(tracer):
+            process = ctx.Process(target=child)
+            process.start()
+        name, pid, current = reports.get(timeout=TIMEOUT)
+        process.join(TIMEOUT)
+    finally:
+        provider.shutdown()
+    assert process.exitcode == 0
+    assert pid == process.pid and name.startswith("OtelBatch")  # the child's export thread
+    assert current == (None, None)  # holds no request's context
+
+
 def test_process_started_outside_any_span_carries_nothing(tracer):
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -549,3 +585,53 @@ def test_carry_is_what_crosses(tracer):
         carrier = carry.to_carrier()
     assert set(carrier) == {"traceparent", "baggage"}
     assert all(isinstance(value, str) for value in carrier.values())
+
+
+@pytest.fixture
+def propagators(monkeypatch):
+    """``propagators("b3")``: OTEL_PROPAGATORS here (the global textmap) and in spawn children."""
+    from opentelemetry import propagate
+
+    from autotrace.propagation import build
+
+    def use(names: str) -> None:
+        monkeypatch.setenv("OTEL_PROPAGATORS", names)
+        monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", build(names.split(",")))
+
+    return use
+
+
+@pytest.mark.parametrize(
+    ("names", "fields"),
+    [
+        ("tracecontext,baggage", {"traceparent", "baggage"}),  # the default: as configured, nothing added
+        ("none", {"traceparent", "baggage"}),  # nothing configured: W3C
+        ("baggage", {"traceparent", "baggage"}),
+        ("b3", {"b3", "traceparent", "baggage"}),  # B3's own field (its debug flag) and W3C's
+    ],
+)
+def test_the_carrier_continues_the_trace_whatever_otel_propagators_says(tracer, propagators, names, fields):
+    """OTEL_PROPAGATORS is how to talk to other services; a child process of this one continues its trace."""
+    propagators(names)
+    with in_span(tracer) as parent:
+        carrier = carry.to_carrier()
+    assert set(carrier) == fields
+    from opentelemetry import context
+
+    token = context.attach(carry.from_carrier(carrier))
+    try:
+        assert seen("child") == parent.expected("child")
+    finally:
+        context.detach(token)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_and_executor_tasks_join_the_trace_with_otel_propagators_none(tracer, propagators, method):
+    propagators("none")
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(1) as pool, concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as executor:
+        with in_span(tracer) as parent:
+            pooled = pool.apply_async(seen, ("pool",))
+            submitted = executor.submit(seen, "executor")
+        assert pooled.get(TIMEOUT) == parent.expected("pool")
+        assert submitted.result(TIMEOUT) == parent.expected("executor")

@@ -11,9 +11,11 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.thread
 import contextvars
+import pickle
 import queue
 import sys
 import threading
+import types
 import weakref
 
 import pytest
@@ -259,6 +261,64 @@ def test_threads_with_a_context_of_their_own_get_it_there(spans):
     assert dict(own.run(context.get_current)) == {}  # the app's Context is left as it was
 
 
+def test_the_sdks_export_thread_started_in_a_span_carries_nothing(hooks):
+    """The SDK set up inside a request: its batch processor's thread lives as long as the process."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    exported: queue.Queue = queue.Queue()
+
+    class Exporter(SpanExporter):
+        def export(self, batch):
+            current = trace.get_current_span().get_span_context().span_id
+            exported.put((threading.current_thread().name, current))
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    with tracer().start_as_current_span("parent") as parent:
+        processor = BatchSpanProcessor(Exporter(), schedule_delay_millis=10)  # starts its thread
+        app_thread = threading.Thread(target=lambda: exported.put(("app", trace.get_current_span().get_span_context().span_id)))
+        app_thread.start()
+    provider.add_span_processor(processor)
+    try:
+        app_thread.join(WAIT)
+        with provider.get_tracer("sdk-thread").start_as_current_span("recorded"):
+            pass
+        got = [exported.get(timeout=WAIT), exported.get(timeout=WAIT)]
+    finally:
+        provider.shutdown()
+    assert ("app", parent.get_span_context().span_id) in got  # the app's own thread: carried
+    [(name, span_id)] = [item for item in got if item[0] != "app"]
+    assert name.startswith("OtelBatch")  # exported on the processor's own thread
+    assert span_id == 0  # which holds no request's context
+
+
+def test_the_hooks_make_no_spans_of_their_own(hooks):
+    class Worker(threading.Thread):
+        def run(self):
+            work("subclass")
+
+    async def in_asyncio():
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, work, "executor")
+        await asyncio.to_thread(work, "to-thread")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        with tracer().start_as_current_span("parent"):
+            threads = [threading.Thread(target=work, args=("thread",)), Worker(), threading.Timer(0, work, ("timer",))]
+            for thread in threads:
+                thread.start()
+            pool.submit(work, "submit").result(WAIT)
+            list(pool.map(work, ["map"], timeout=WAIT))
+            asyncio.run(in_asyncio())
+        for thread in threads:
+            thread.join(WAIT)
+    workers = ["thread", "subclass", "timer", "submit", "map", "executor", "to-thread"]
+    assert sorted(span.name for span in hooks.get_finished_spans()) == sorted(["parent", *workers])
+    for name in workers:
+        assert_child_of(hooks, name)
+
+
 # -- concurrent.futures.ThreadPoolExecutor ---------------------------------------------
 
 
@@ -352,6 +412,33 @@ def test_where_threads_inherit_contextvars_a_task_outside_a_span_runs_in_none(ho
         assert pool.submit(span_id).result(WAIT) == 0  # none, as submitted
         with tracer().start_as_current_span("parent") as parent:
             assert pool.submit(span_id).result(WAIT) == parent.get_span_context().span_id
+
+
+def _run_pickled(data: bytes):
+    function, args, kwargs = pickle.loads(data)
+    return function(*args, **kwargs)
+
+
+def test_an_interpreter_pool_gets_its_tasks_as_given(hooks, monkeypatch):
+    """Python 3.14's InterpreterPoolExecutor pickles each task in submit() (emulated here)."""
+
+    class InterpreterPoolExecutor(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            data = pickle.dumps((fn, args, kwargs))  # as its _resolve_work_item_task does
+            return concurrent.futures.ThreadPoolExecutor.submit.__wrapped__(self, _run_pickled, data)
+
+    module = types.ModuleType("concurrent.futures.interpreter")
+    module.InterpreterPoolExecutor = InterpreterPoolExecutor
+    monkeypatch.setitem(sys.modules, "concurrent.futures.interpreter", module)
+    mark = len(patching.history)
+    patching.wrap_function(InterpreterPoolExecutor, "submit", thread_pool_hook._wrap_submit)
+    try:
+        with InterpreterPoolExecutor(max_workers=1) as pool:
+            with tracer().start_as_current_span("parent"):
+                assert pool.submit(work, "in-interpreter").result(WAIT) == "in-interpreter-done"
+    finally:
+        patching.undo(mark)
+    assert_root(hooks, "in-interpreter")  # not carried: the agent does not run in a subinterpreter
 
 
 def test_pool_worker_threads_carry_nothing_themselves(hooks):
