@@ -211,6 +211,8 @@ class _LookupGetter:
     :func:`autotrace.propagation.fields.bounded_values`.
     """
 
+    names_in_any_case = True  # servers' lookups ignore case: propagators need not scan the names
+
     def get(self, carrier: Lookup, key: str):
         from .propagation.fields import bounded_values
 

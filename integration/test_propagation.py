@@ -100,6 +100,8 @@ VARIANTS = {
     "jaeger": {"OTEL_PROPAGATORS": "jaeger"},
     "tracecontext_b3": {"OTEL_PROPAGATORS": "tracecontext,b3"},
     "tracecontext_jaeger": {"OTEL_PROPAGATORS": "tracecontext,baggage,jaeger"},
+    "b3multi_jaeger": {"OTEL_PROPAGATORS": "b3multi,jaeger"},
+    "none": {"OTEL_PROPAGATORS": "none"},
 }
 
 
@@ -281,11 +283,40 @@ def test_a_valid_tracestate_is_forwarded_in_order(services):
 # -- W3C Trace Context Level 2 edge cases ----------------------------------------------
 
 
-def test_flags_03_travel_on_as_03(services):
-    headers, case = services.call("default", [("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-03")])
+@pytest.mark.parametrize(
+    ("incoming", "outgoing"),
+    [
+        pytest.param("03", "03", id="sampled-and-random"),
+        pytest.param("02", "02", id="random-unsampled"),
+        pytest.param("07", "03", id="a-reserved-bit-is-not-written-back"),  # W3C: other flags set to zero
+    ],
+)
+def test_the_level_2_random_flag_travels_on(services, incoming, outgoing):
+    headers, case = services.call("default", [("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-{incoming}")])
     version, trace_id, span_id, flags = parse_traceparent(one(headers, "traceparent"))
-    assert (version, trace_id, flags) == ("00", TRACE_ID, "03") and span_id != SPAN_ID
+    assert (version, trace_id, flags) == ("00", TRACE_ID, outgoing) and span_id != SPAN_ID
+    if int(outgoing, 16) & 1:
+        assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param(("TraceParent", "TraceState", "Baggage"), id="mixed-case"),
+        pytest.param(("TRACEPARENT", "TRACESTATE", "BAGGAGE"), id="upper-case"),
+    ],
+)
+def test_header_names_in_any_case(services, names):
+    traceparent, tracestate, bag = names
+    headers, case = services.call(
+        "default", [(traceparent, TRACEPARENT), (tracestate, "a=1"), (tracestate, "b=2"), (bag, "tenant=acme")]
+    )
+    assert_continued(headers)
+    assert one(headers, "tracestate") == "a=1,b=2" and one(headers, "baggage") == "tenant=acme"
     assert services.server_span(case).parent_span_id == SPAN_ID
+    # a repeated traceparent whatever the case of its names
+    headers, _ = services.call("default", [(traceparent, TRACEPARENT), ("traceparent", TRACEPARENT)])
+    assert_new_trace(headers)
 
 
 @pytest.mark.parametrize(
@@ -489,6 +520,33 @@ def test_jaeger_64_bit_and_url_encoded_ids_are_continued(services, value):
     expected = TRACE_ID if TRACE_ID in value else "0" * 16 + TRACE_ID_64
     assert trace_id.rjust(32, "0") == expected and span_id != SPAN_ID and flags == "1"
     assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+def test_b3_to_jaeger_and_jaeger_to_b3(services):
+    headers, case = services.call(
+        "b3multi_jaeger", [("X-B3-TraceId", TRACE_ID), ("X-B3-SpanId", SPAN_ID), ("X-B3-Sampled", "1")]
+    )
+    span_id = one(headers, "x-b3-spanid")
+    assert (one(headers, "x-b3-traceid"), one(headers, "x-b3-sampled")) == (TRACE_ID, "1")
+    assert one(headers, "uber-trace-id") == f"{TRACE_ID}:{span_id}:0:1"  # a B3 caller's trace, as Jaeger
+    assert span_id != SPAN_ID and services.server_span(case).parent_span_id == SPAN_ID
+
+    headers, case = services.call("b3multi_jaeger", [("uber-trace-id", f"{TRACE_ID_64}%3A{SPAN_ID}%3A0%3A0")])
+    trace_id, span_id, parent, flags = one(headers, "uber-trace-id").split(":")
+    assert (trace_id, parent, flags) == ("0" * 16 + TRACE_ID_64, "0", "0")  # unsampled, still propagated
+    assert one(headers, "x-b3-traceid") == "0" * 16 + TRACE_ID_64  # a Jaeger caller's trace, as B3
+    assert (one(headers, "x-b3-spanid"), one(headers, "x-b3-sampled")) == (span_id, "0")
+    assert "traceparent" not in headers and "b3" not in headers
+
+
+def test_none_reads_and_writes_no_context(services):
+    headers, case = services.call(
+        "none", [("traceparent", TRACEPARENT), ("baggage", "tenant=acme"), ("b3", f"{TRACE_ID}-{SPAN_ID}-1")]
+    )
+    propagation = {"traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", "uber-trace-id"}
+    assert not propagation & set(headers), headers
+    server = services.server_span(case)  # still traced: a root span of its own
+    assert server.parent_span_id == "" and server.trace_id != TRACE_ID
 
 
 def test_jaeger_to_w3c_and_w3c_to_jaeger(services):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import tracemalloc
 
 import pytest
@@ -193,6 +192,56 @@ def test_missing_or_odd_getter_results():
             return [42]
 
     assert not extract_tc(VALID, getter=BadGetter()).is_valid
+
+
+@pytest.mark.parametrize("getter", [None, LIST_GETTER], ids=["default-getter", "list-getter"])
+def test_header_names_in_any_case(getter):
+    """W3C: vendors MUST expect the header name in any case (a dict carrier keeps it)."""
+
+    def carrier(**headers):
+        return {name: ([v] if getter else v) for name, v in headers.items()}
+
+    def extract(headers):
+        return TC.extract(headers) if getter is None else TC.extract(headers, getter=getter)
+
+    ctx = extract(carrier(Traceparent=VALID, TRACESTATE="a=1,b=2"))
+    assert span_context(ctx).trace_id == int(TID, 16)
+    assert list(span_context(ctx).trace_state.items()) == [("a", "1"), ("b", "2")]
+    assert not span_context(extract(carrier(TraceParent=f"00-{TID.upper()}-{SID}-01"))).is_valid
+    # two names that differ only in case: the header given twice
+    assert not span_context(extract(carrier(Traceparent=VALID, TRACEPARENT=VALID))).is_valid
+    # ... and tracestate headers combined in order
+    ctx = extract(carrier(traceparent=VALID, TraceState="a=1", TRACESTATE="b=2"))
+    assert list(span_context(ctx).trace_state.items()) == [("a", "1"), ("b", "2")]
+    ctx = extract(carrier(traceparent=VALID, TraceState="a=1", TRACESTATE="a=2"))
+    assert span_context(ctx).is_valid and len(span_context(ctx).trace_state) == 0
+
+    bags = carrier(Baggage="a=1", BAGGAGE="b=2;p")
+    ctx = BG.extract(bags, Context()) if getter is None else BG.extract(bags, Context(), getter)
+    assert dict(otel_baggage.get_all(ctx)) == {"a": "1", "b": "2"} and get_properties("b", ctx) == ("p",)
+
+
+def test_any_case_lookup_reads_a_bounded_number_of_names():
+    """A carrier with a huge number of keys: at most MAX_KEYS names are looked at."""
+    from autotrace.propagation.fields import MAX_KEYS
+
+    class ManyKeys:
+        listed = 0
+
+        def get(self, carrier, key):
+            return None
+
+        def keys(self, carrier):
+            def names():
+                for i in range(10**6):
+                    self.listed += 1
+                    yield "x" * 11 if i < 10**6 - 1 else "Traceparent"
+
+            return names()
+
+    getter, base = ManyKeys(), Context()
+    assert TC.extract({}, base, getter=getter) is base
+    assert getter.listed <= MAX_KEYS + 1
 
 
 def test_invalid_traceparent_returns_context_unchanged():
@@ -493,6 +542,9 @@ def test_baggage_repeated_headers_combined():
     _, entries = bag(["a=1", "b=2;p", "bad"], getter=LIST_GETTER)
     assert entries == {"a": "1", "b": "2"}
     assert bag(["a=1", "b=" + "x" * 8190], getter=LIST_GETTER)[1] == {}
+    # at most 64 values, as the servers' getters read them (fields.bounded_values)
+    assert bag(["a=1"] + [""] * 63, getter=LIST_GETTER)[1] == {"a": "1"}
+    assert bag(["a=1"] + [""] * 64, getter=LIST_GETTER)[1] == {}
 
 
 def test_baggage_merges_existing_context():
@@ -607,7 +659,8 @@ header_text = st.one_of(
     near_miss.map(str.upper),
     near_miss.map(lambda s: s.swapcase()),
 )
-FUZZ = settings(max_examples=150, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+# No deadline: bounded work is checked by counting what is read, never by the clock.
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -637,13 +690,15 @@ def test_fuzz_traceparent_list_getter(values, states):
 )
 def test_fuzz_huge_values_bounded(base, filler, repeat):
     value = base + filler * repeat
-    start = time.perf_counter()
-    sc = extract_tc(value, (filler + ",") * repeat)
-    ctx = BG.extract({"baggage": (filler + ",") * repeat}, Context())
-    assert time.perf_counter() - start < 0.25
-    assert sc.is_valid == reference_valid(value)
-    assert ctx is not None
     listed = (filler + ",") * repeat
+    sc = extract_tc(value, listed)
+    assert sc.is_valid == reference_valid(value)
+    if len(listed) > 16447:  # over the tracestate limit: dropped whole, never read in part
+        assert len(sc.trace_state) == 0
+    entries = otel_baggage.get_all(BG.extract({"baggage": listed}, Context()))
+    assert len(entries) <= 64
+    if len(listed.encode("utf-8", "surrogatepass")) > 8192:
+        assert len(entries) == 0
     carrier = {"traceparent": value, "tracestate": listed, "baggage": listed}
     tracemalloc.start()
     try:
@@ -664,7 +719,8 @@ def test_fuzz_many_repeated_values(n):
     assert sc.is_valid and len(sc.trace_state) == (n if n <= 32 else 0)
     values = [f"k{i}=v" for i in range(n)]
     ctx = BG.extract({"baggage": values}, Context(), LIST_GETTER)
-    assert len(otel_baggage.get_all(ctx)) == (min(n, 64) if len(",".join(values)) <= 8192 else 0)
+    # more than 64 header values, or over 8192 bytes: the whole header is ignored
+    assert len(otel_baggage.get_all(ctx)) == (n if n <= 64 and len(",".join(values)) <= 8192 else 0)
 
 
 member = st.builds(

@@ -20,8 +20,8 @@ Reading (both propagators read both forms, the single header first):
 * Hex digits may be either case; an all-zero id, a wrong length or a non-hex digit is
   invalid. A header given several differing values (repeated, or comma-joined), more
   than ``MAX_VALUES`` values or one oversized value is invalid. Header names are looked
-  up in lower case, then, when the getter lists its keys, in any case. Nothing here
-  raises.
+  up in lower case, then, when the getter lists its keys, in any case
+  (:func:`~autotrace.propagation.fields.lookup`). Nothing here raises.
 
 Writing: ``b3: {traceid:32}-{spanid:16}-{1|0|d}`` (:class:`B3SinglePropagator`) or
 ``x-b3-traceid``, ``x-b3-spanid`` and ``x-b3-sampled: 1|0``, or instead of it
@@ -41,7 +41,7 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
 from . import decision
-from .fields import MAX_KEYS, MAX_VALUE_LENGTH, MAX_VALUES
+from .fields import MAX_VALUE_LENGTH, MAX_VALUES, lookup
 
 SINGLE = "b3"
 TRACE_ID = "x-b3-traceid"
@@ -65,31 +65,11 @@ def header_values(getter: textmap.Getter, carrier: object, name: str) -> list[st
     """The values of header ``name`` (lower case) as a list of str; None when absent,
     ``[]`` when present but invalid.
 
-    Looks the name up as given, then in any case among ``getter.keys(carrier)``. A value
-    that is not text or is longer than ``MAX_VALUE_LENGTH``, or more than ``MAX_VALUES``
-    values, make the header invalid; a getter that raises reads as absent.
+    Found by :func:`~autotrace.propagation.fields.lookup` (as given, then in any case). A
+    value that is not text or is longer than ``MAX_VALUE_LENGTH``, or more than
+    ``MAX_VALUES`` values, make the header invalid; a getter that raises reads as absent.
     """
-    got = _get(getter, carrier, name)
-    if got is None:
-        try:
-            keys = getter.keys(carrier)
-        except Exception:  # noqa: BLE001 - a getter without keys
-            keys = None
-        if keys:
-            for count, key in enumerate(keys):
-                if count >= MAX_KEYS:
-                    break
-                if isinstance(key, str) and key != name and key.lower() == name:
-                    got = _get(getter, carrier, key)
-                    break
-    return _as_list(got)
-
-
-def _get(getter: textmap.Getter, carrier: object, name: str) -> object:
-    try:
-        return getter.get(carrier, name)
-    except Exception:  # noqa: BLE001 - a carrier the getter cannot read
-        return None
+    return _as_list(lookup(getter, carrier, name))
 
 
 def _as_list(got: object) -> list[str] | None:

@@ -1,13 +1,14 @@
 """W3C Baggage: the ``baggage`` header (https://www.w3.org/TR/baggage/).
 
 Reading: the header's values are combined into one list (joined with ``,``); a header
-over 8192 bytes is ignored whole. Each list member is ``key OWS "=" OWS value`` followed
-by ``;``-separated properties (``key`` or ``key=value``), with optional whitespace
-around every part. Keys are RFC 7230 tokens, values percent-decoded as UTF-8 (invalid
+over 8192 bytes or given more than 64 times is ignored whole. Each list member is
+``key OWS "=" OWS value`` followed by ``;``-separated properties (``key`` or
+``key=value``), with optional whitespace around every part. Keys are RFC 7230 tokens, values percent-decoded as UTF-8 (invalid
 sequences become U+FFFD; ``+`` stays ``+``). An invalid member is skipped, not the whole
 header; at most 64 members are kept (the rest are dropped). The entries are merged into
 the baggage already in the context, the extracted ones overriding. A getter that
-raises reads as no header: the context is returned unchanged.
+raises reads as no header: the context is returned unchanged. The header name is
+matched in any case (:func:`autotrace.propagation.fields.lookup`).
 
 Properties: OpenTelemetry's baggage holds only name -> value. The properties of each
 extracted entry are kept beside it, in the context under a private key, as
@@ -31,6 +32,8 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry.context import create_key, get_current, get_value, set_value
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
+
+from .fields import MAX_VALUES, lookup
 
 BAGGAGE = "baggage"
 MAX_BAGGAGE_BYTES = 8192
@@ -108,9 +111,11 @@ def set_baggage_with_properties(
 
 
 def _header(getter: textmap.Getter, carrier: object) -> str | None:
-    """The header's values joined with ``,``; None when absent, not text, or over
-    ``MAX_BAGGAGE_BYTES`` (it reads no further than that)."""
-    got = getter.get(carrier, BAGGAGE)
+    """The header's values joined with ``,``; None when absent, not text, more than
+    ``MAX_VALUES`` values (as the servers' getters count them) or over
+    ``MAX_BAGGAGE_BYTES`` (it reads no further than that). The name is found in any
+    case (:func:`.fields.lookup`)."""
+    got = lookup(getter, carrier, BAGGAGE)
     if not got:
         return None
     if isinstance(got, (str, bytes)):
@@ -118,7 +123,7 @@ def _header(getter: textmap.Getter, carrier: object) -> str | None:
     values: list[str] = []
     chars = 0
     for value in got:
-        if not isinstance(value, (str, bytes)):
+        if len(values) >= MAX_VALUES or not isinstance(value, (str, bytes)):
             return None
         chars += len(value) + (1 if values else 0)  # and the comma joining it
         if chars > MAX_BAGGAGE_BYTES:  # cheap bound first: UTF-8 is at least a byte a character

@@ -6,8 +6,9 @@
   produced. The FIRST one that yields a valid span context decides the parent; a later
   one's span context never replaces it, but what the later ones add besides the span
   (baggage) is kept. A later valid span context with a different trace id is kept as a
-  span link (:func:`extracted_links`); the same trace id adds nothing. A propagator that
-  raises is skipped (one warning).
+  span link (:func:`extracted_links`); the same trace id adds nothing. The links are
+  those of this extraction only (links the given context held are replaced). A
+  propagator that raises is skipped (one warning).
 * ``fields``: the union of the propagators' fields.
 """
 
@@ -91,7 +92,9 @@ class CompositePropagator(textmap.TextMapPropagator):
             result = extracted
         if result is None:
             result = Context()
-        if links:
+        # Links are this extraction's only: a context carried from an earlier request
+        # (a thread started inside it) must not lend its links to this one.
+        if links or get_value(_LINKS_KEY, result):
             result = set_value(_LINKS_KEY, tuple(links), result)
         return result
 

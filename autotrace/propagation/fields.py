@@ -3,6 +3,9 @@
 Used by the servers' getters (HTTP header lookups, gRPC metadata) and the propagators.
 Imports nothing of OpenTelemetry: the servers' modules load it at start-up.
 
+:func:`lookup` is how every propagator finds a field in a carrier: by its lower-case
+name, then in any case (W3C: "vendors MUST expect the header name in any case").
+
 :func:`bounded_values` applies, in this order:
 
 1. more than ``MAX_VALUES`` values: the field is invalid;
@@ -17,6 +20,7 @@ An invalid field reads as ``[]`` (present, nothing usable), an absent one as Non
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable
 
 MAX_VALUE_LENGTH = 8192  # longest value of a field other than tracestate
@@ -30,6 +34,51 @@ MAX_TRACESTATE_LENGTH = MAX_TRACESTATE_MEMBERS * (256 + 1 + 256) + MAX_TRACESTAT
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+
+
+def _get(getter: object, carrier: object, name: str) -> object:
+    try:
+        return getter.get(carrier, name)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a carrier the getter cannot read
+        return None
+
+
+def _each(value: object) -> Iterable[object]:
+    return (value,) if isinstance(value, (str, bytes, bytearray)) else value  # type: ignore[return-value]
+
+
+def lookup(getter: object, carrier: object, name: str) -> object:
+    """The raw value(s) ``getter.get`` gives for field ``name`` (lower case), or None.
+
+    The name is looked up as given first. When that finds nothing and the getter lists
+    its keys (``getter.keys(carrier)``, the first ``MAX_KEYS``), every key that is
+    ``name`` in another case is read, in order: two such keys (``Traceparent`` and
+    ``TRACEPARENT`` in a dict) are the field given twice, their values chained lazily.
+    A getter whose ``get`` matches names in any case itself (the servers' header
+    lookups) says so with a true ``names_in_any_case`` attribute and is not scanned.
+    A getter that raises reads as absent. Never raises.
+    """
+    got = _get(getter, carrier, name)
+    if got is not None or getattr(getter, "names_in_any_case", False):
+        return got
+    try:
+        keys = getter.keys(carrier)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a getter without keys
+        return None
+    if not keys:
+        return None
+    found: list[object] = []
+    try:
+        for key in itertools.islice(keys, MAX_KEYS):
+            if isinstance(key, str) and len(key) == len(name) and key != name and key.lower() == name:
+                value = _get(getter, carrier, key)
+                if value is not None:
+                    found.append(value)
+    except Exception:  # noqa: BLE001 - keys that cannot be iterated
+        return None
+    if len(found) <= 1:
+        return found[0] if found else None
+    return itertools.chain.from_iterable(_each(value) for value in found)
 
 
 def max_length(name: str) -> int:

@@ -15,7 +15,10 @@ Reading follows https://www.w3.org/TR/trace-context-2/ exactly, whatever the get
   than 32 members, more than 64 header values or more than 16447 characters in all (32 members of a 256-character
   key and value, and 31 commas: the longest valid header) make the whole
   ``tracestate`` invalid: it is dropped and the ``traceparent`` kept.
-* A getter that raises reads as no header: the context is returned unchanged.
+* Header names are matched in any case (W3C: vendors MUST expect any case): as given
+  first, then, when the getter lists its keys, in another case; two keys that differ
+  only in case (``Traceparent`` and ``TRACEPARENT`` in a dict) are the header given
+  twice. A getter that raises reads as no header: the context is returned unchanged.
 
 Writing always produces version ``00`` with the span context's flags (two hex digits)
 and its ``TraceState`` as is, in order. The agent adds no ``tracestate`` entry of its
@@ -32,7 +35,7 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.trace.span import TraceState
 
-from .fields import MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, MAX_VALUES, TRACEPARENT, TRACESTATE
+from .fields import MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, MAX_VALUES, TRACEPARENT, TRACESTATE, lookup
 
 MAX_TRACEPARENT_LENGTH = 512
 
@@ -53,8 +56,8 @@ _MEMBER = re.compile(rf"({_KEY})=({_VALUE})")
 def _values(getter: textmap.Getter, carrier: object, key: str, max_values: int, max_chars: int) -> list[str] | None:
     """The header's values as a list of str; None when absent, not text, or more than
     ``max_values`` values or ``max_chars`` characters joined with commas (it reads no
-    further than that)."""
-    got = getter.get(carrier, key)
+    further than that). The name is found in any case (:func:`.fields.lookup`)."""
+    got = lookup(getter, carrier, key)
     if got is None:
         return None
     if isinstance(got, (str, bytes)):
