@@ -29,6 +29,7 @@ CERTIFICATE_FIX = (
     "give the collector's CA certificate (a PEM file) in OTEL_EXPORTER_OTLP_CERTIFICATE, "
     "or use http:// if the collector's receiver is plain text"
 )
+NO_CONFLICT = "no other tracing agent found"
 MAX_TIMEOUT_S = 60.0
 REMOTE_TIMEOUT_S = 20.0  # the library and conflict checks in the command's interpreter
 
@@ -174,32 +175,41 @@ def load_settings(environ) -> tuple[object, Warnings]:
     return settings, warnings
 
 
-def _rejected_source(setting: str, rejected: dict[str, str]) -> str:
-    """``default (OTEL_X='bad' was rejected)`` when a variable read for ``setting`` was refused."""
-    for name, _option, variables in _SOURCES:
-        if name == setting:
-            for variable in variables:
-                if variable in rejected:
-                    return f"default ({variable}={redact(rejected[variable])!r} was rejected)"
-    return ""
+def _set_by(source: str, variables: tuple[str, ...]) -> tuple[str, str] | None:
+    """(the variable holding the value, how the user wrote it) for a flag or variable source.
+
+    A flag reaches the configuration through the last variable of its setting (see
+    ``cli.build_environment``), so a value refused there was the flag's.
+    """
+    if source.startswith("variable "):
+        variable = source.split(" ", 1)[1]
+        return variable, variable
+    if source.startswith("flag "):
+        return variables[-1], source.split(" ", 1)[1]
+    return None
 
 
 def configuration_checks(settings, warnings: list[str], args, environ) -> list[Check]:
     checks = []
     values = dict(settings.describe())  # already redacted: header names only
     rejected = getattr(warnings, "rejected", {})
-    for name, _option, _variables in _SOURCES:
+    flags: dict[str, str] = {}  # variable -> the flag that set it
+    for name, _option, variables in _SOURCES:
         value = values.get(name, "")
         source = source_of(name, args, environ)
-        refused = _rejected_source(name, rejected) if source.startswith("variable ") else ""
-        if refused:
-            variable = source.split(" ", 1)[1]
+        holder = _set_by(source, variables)
+        if holder is not None and source.startswith("flag "):
+            flags[holder[0]] = holder[1]
+        if holder is not None and holder[0] in rejected:
+            variable, written = holder
+            refused = redact(rejected[variable])
+            shown = f"{written}={refused!r}" if written == variable else f"{written} {refused!r}"
             checks.append(
                 Check(
                     WARN,
                     "config " + name,
-                    f"{value or '(none)'} ({refused})",
-                    f"correct or unset {variable}",
+                    f"{value or '(none)'} (default ({shown} was rejected))",
+                    f"correct or unset {variable}" if written == variable else f"correct {written}",
                 )
             )
             continue
@@ -212,9 +222,8 @@ def configuration_checks(settings, warnings: list[str], args, environ) -> list[C
         checks.append(Check(OK, "config " + name, f"{value or '(none)'} ({source})"))
     for text in warnings:
         variable = text.split("=", 1)[0].split(" ", 1)[0]
-        checks.append(
-            Check(WARN, "config " + variable, text, f"correct or unset {variable}; until then the default applies")
-        )
+        fix = f"correct {flags[variable]}" if variable in flags else f"correct or unset {variable}"
+        checks.append(Check(WARN, "config " + variable, text, fix + "; until then the default applies"))
     if settings.sdk_disabled:
         checks.append(
             Check(FAIL, "config sdk_disabled", "OTEL_SDK_DISABLED=true: the agent does nothing", "unset OTEL_SDK_DISABLED")
@@ -244,6 +253,56 @@ def service_name_check(settings, command: list[str]) -> Check:
         "service name",
         "no command given: the name will be derived from the app's command line",
         "set OTEL_SERVICE_NAME (or --service-name), or give the command: autotrace doctor -- python app.py",
+    )
+
+
+# What the exporters' transports accept: an HTTP header name is a token (RFC 9110), its
+# value Latin-1 without control characters or leading blank (requests' rule); a gRPC
+# metadata key is lower-case [0-9a-z_.-], its value printable ASCII (a ``-bin`` key
+# wants bytes, which a variable cannot give).
+_HTTP_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_GRPC_KEY = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
+
+
+def _header_problem(name: str, value: str, protocol: str) -> str:
+    """Why ``name`` cannot be sent with ``protocol`` ("" when it can). Never quotes the value."""
+    if protocol == "grpc":
+        if not name or not set(name) <= _GRPC_KEY:
+            return "is not a valid gRPC metadata key (lower-case letters, digits, '-', '_' and '.')"
+        if name.endswith("-bin"):
+            return "is a binary (-bin) gRPC metadata key, which the exporter cannot send from a variable"
+        if any(not " " <= c <= "~" for c in value):
+            return "has a value that is not printable ASCII, which gRPC metadata requires"
+        return ""
+    if not name or not set(name) <= _HTTP_TOKEN:
+        return "is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+    if value[:1] in (" ", "\t") or any(c in value for c in "\r\n\0"):
+        return "has a value with a leading blank or a control character (CR, LF, NUL)"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "has a value with characters outside Latin-1, which HTTP headers cannot carry"
+    return ""
+
+
+def unsendable_headers(headers, protocol: str) -> dict[str, str]:
+    """The headers the exporter cannot send, each with the reason."""
+    found = {}
+    for name, value in dict(headers).items():
+        problem = _header_problem(str(name), str(value), protocol)
+        if problem:
+            found[str(name)] = problem
+    return found
+
+
+def headers_check(unsendable: dict[str, str], source: str) -> Check:
+    where = source.split(" ", 1)[1] if source.startswith("variable ") else "OTEL_EXPORTER_OTLP_HEADERS"
+    problems = "; ".join(f"header {name!r} {why}" for name, why in unsendable.items())
+    return Check(
+        FAIL,
+        "headers",
+        f"{where}: {problems}: every export would fail",
+        f"correct {where}: key=value pairs, values URL-encoded ASCII (e.g. authorization=Bearer%20TOKEN)",
     )
 
 
@@ -286,6 +345,7 @@ class Probe:
         self.grpc_code = ""  # gRPC configured: the status code's name
         self.error = ""  # the protocol call's error, in words
         self.speaks = ""  # what the raw probe heard: http1, h2, tls, silent, other
+        self.other_accepts = False  # behind TLS: the protocol not configured accepted an export
         self.__dict__.update(values)
 
 
@@ -347,6 +407,20 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
         )
     if "certificate" in probe.error.lower():
         return Check(FAIL, name, f"{where} speaks TLS but {probe.error}", CERTIFICATE_FIX)
+    if probe.other_accepts and protocol == "grpc":
+        return Check(
+            FAIL,
+            name,
+            f"gRPC is configured but {where} is an OTLP/HTTP receiver (behind TLS)",
+            "this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317",
+        )
+    if probe.other_accepts:
+        return Check(
+            FAIL,
+            name,
+            f"http/protobuf is configured but {where} is an OTLP/gRPC receiver (behind TLS)",
+            "this is an OTLP/gRPC port: use --protocol grpc or port 4318",
+        )
     if foreign and probe.speaks != ("h2" if protocol == "grpc" else "http1") or (
         foreign and probe.http_status == 404
     ):
@@ -561,6 +635,8 @@ def _http_export(target: Target, headers, timeout: float, cafile: str | None = N
         return None, f"no answer within {timeout:g}s"
     except (OSError, http.client.HTTPException) as exc:
         return None, f"{type(exc).__name__}: {exc}".rstrip(": ")
+    except ValueError as exc:  # a header http.client refuses; its text may quote a secret value
+        return None, f"{type(exc).__name__}: a header cannot be sent"
 
 
 def _grpc_export(target: Target, headers, timeout: float, cafile: str | None = None) -> tuple[str, str]:
@@ -593,6 +669,8 @@ def _grpc_export(target: Target, headers, timeout: float, cafile: str | None = N
     except grpc.RpcError as exc:
         code = exc.code().name if exc.code() is not None else "UNKNOWN"
         return code, f"{code}: {exc.details()}"
+    except (TypeError, ValueError) as exc:  # metadata grpc refuses before sending
+        return "INTERNAL", f"{type(exc).__name__}: a header cannot be sent"
     finally:
         channel.close()
 
@@ -603,8 +681,11 @@ def uses_tls(settings) -> bool:
     return https or (settings.protocol == "grpc" and not settings.insecure)
 
 
-def probe_endpoint(settings, timeout: float, environ=None) -> tuple[Target, Probe]:
+def probe_endpoint(settings, timeout: float, environ=None, headers=None) -> tuple[Target, Probe]:
+    """Resolve, connect, export an empty request with the configured protocol; if that
+    fails, find out what the port speaks. ``headers``: those to send (default: all)."""
     target = Target(settings.endpoint, tls=uses_tls(settings))
+    headers = settings.headers if headers is None else headers
     cafile = certificate_file(environ if environ is not None else os.environ)
     probe = Probe()
     probe.resolved = _resolve(target.host, target.port, timeout)
@@ -614,23 +695,47 @@ def probe_endpoint(settings, timeout: float, environ=None) -> tuple[Target, Prob
     if probe.connect != "ok":
         return target, probe
     if settings.protocol == "grpc":
-        probe.grpc_code, probe.error = _grpc_export(target, settings.headers, timeout, cafile)
+        probe.grpc_code, probe.error = _grpc_export(target, headers, timeout, cafile)
         probe.accepted = probe.grpc_code == "OK"
     else:
-        probe.http_status, probe.error = _http_export(target, settings.headers, timeout, cafile)
+        probe.http_status, probe.error = _http_export(target, headers, timeout, cafile)
         probe.accepted = probe.http_status is not None and 200 <= probe.http_status < 300
     if not probe.accepted:
         probe.speaks = speaks(target, timeout)
+    if not probe.accepted and target.tls and probe.speaks == "tls":
+        # Behind TLS the raw probes cannot tell gRPC from HTTP/1.1: try the other protocol.
+        probe.other_accepts = _other_protocol_accepts(settings.protocol, target, headers, timeout, cafile)
     return target, probe
+
+
+def _other_protocol_accepts(protocol: str, target: Target, headers, timeout: float, cafile: str | None) -> bool:
+    """Whether the protocol not configured accepts an empty export on the same TLS port."""
+    if protocol == "grpc":
+        status, _ = _http_export(Target(f"https://{target.address}/v1/traces"), headers, timeout, cafile)
+        return status is not None and 200 <= status < 300
+    code, _ = _grpc_export(Target(f"https://{target.address}", tls=True), headers, timeout, cafile)
+    return code == "OK"
 
 
 # -- the test span -------------------------------------------------------------------
 
 
-def failure_fix(kind: str, hint: str) -> str:
+# Variables through which requests (the OTLP/HTTP exporter's transport) replaces the CA
+# file it was given by its own (psf/requests#3829).
+_REQUESTS_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def failure_fix(kind: str, hint: str, environ=None, protocol: str = "") -> str:
     """The fix for a failed test span, from the agent's own classification of the failure."""
     text = f"{kind} {hint}".lower()
     if "certificate" in text or kind == "SSLError":
+        environ = {} if environ is None else environ
+        overriding = [v for v in _REQUESTS_CA_VARIABLES if environ.get(v)]
+        if protocol != "grpc" and overriding and certificate_file(environ):
+            return (
+                f"{overriding[0]} is set and replaces OTEL_EXPORTER_OTLP_CERTIFICATE for OTLP/HTTP: "
+                "unset it for the app, or add the collector's CA certificate to its file"
+            )
         return CERTIFICATE_FIX
     if kind == "connection refused":
         return "start the collector, or point --endpoint at where it listens"
@@ -730,7 +835,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
         FAIL,
         "test span",
         f"not accepted by {shown} after {took * 1000:.0f} ms: {kind}{hint}",
-        failure_fix(kind, hint),
+        failure_fix(kind, hint, os.environ, settings.protocol),
     )
 
 
@@ -891,7 +996,7 @@ def conflict_checks(paths: list[str], distributions, own_dir: str | None = None)
             )
         )
     if not checks:
-        checks.append(Check(OK, "conflicts", "no other tracing agent found"))
+        checks.append(Check(OK, "conflicts", NO_CONFLICT))
     return checks
 
 
@@ -930,7 +1035,9 @@ def run_checks(args, environ) -> list[Check]:
     checks = configuration_checks(settings, warnings, args, environ)
     name_check = service_name_check(settings, command)
     checks.append(name_check)
+    checks.extend(command_checks(command, env))
     derived = name_check.message.split(" (", 1)[0] if command and name_check.status != FAIL else ""
+    unsendable = unsendable_headers(settings.headers, settings.protocol)
     if settings.sdk_disabled:
         pass
     elif not settings.exporters:
@@ -953,12 +1060,16 @@ def run_checks(args, environ) -> list[Check]:
             )
         )
     else:
-        target, probe = probe_endpoint(settings, timeout, env)
+        if unsendable:
+            checks.append(headers_check(unsendable, source_of("headers", args, environ)))
+        sendable = {k: v for k, v in settings.headers.items() if k not in unsendable}
+        target, probe = probe_endpoint(settings, timeout, env, sendable)
         endpoint = classify(settings.protocol, target, probe, source_of("endpoint", args, environ))
         checks.append(endpoint)
-        if endpoint.status == FAIL:
+        if endpoint.status == FAIL or unsendable:
+            failed = "endpoint" if endpoint.status == FAIL else "headers"
             checks.append(
-                Check(FAIL, "test span", "not sent: the endpoint check failed", "fix the endpoint problem above")
+                Check(FAIL, "test span", f"not sent: the {failed} check failed", f"fix the {failed} problem above")
             )
         else:
             service = (
@@ -969,7 +1080,101 @@ def run_checks(args, environ) -> list[Check]:
             )
             checks.append(test_span_check(settings, service, timeout))
     checks.extend(environment_checks(command, env, settings.disabled_hooks))
-    return scrub(checks, secrets_of(settings.endpoint) + _raw_endpoint_secrets(env))
+    if any(c.name == "conflicts" and c.status != OK for c in checks):  # the command's own, above
+        checks = [c for c in checks if not (c.name == "conflicts" and c.message == NO_CONFLICT)]
+    # Header values are secrets (tokens): an exception's text must not show one either.
+    header_values = [v for v in settings.headers.values() if len(v) >= 6]
+    return scrub(checks, secrets_of(settings.endpoint) + _raw_endpoint_secrets(env) + header_values)
+
+
+# Launchers of other agents: in front of the app's command, they start a second tracer.
+_OTHER_LAUNCHERS = {
+    "opentelemetry-instrument": "opentelemetry-instrument (OpenTelemetry's zero-code agent)",
+    "ddtrace-run": "ddtrace-run (Datadog's agent)",
+}
+
+
+def command_checks(command: list[str], env) -> list[Check]:
+    """What ``autotrace run`` would make of the command itself (arguments never echoed)."""
+    if not command:
+        return []
+    from . import config, entrypoint
+
+    checks = []
+    launcher = os.path.basename(command[0])
+    if launcher in _OTHER_LAUNCHERS:
+        checks.append(
+            Check(
+                FAIL,
+                "conflicts",
+                f"the command starts {_OTHER_LAUNCHERS[launcher]}: a second tracer patches the same "
+                "libraries (spans doubled or broken)",
+                f"drop {launcher} from the command and run the app with autotrace only",
+            )
+        )
+    program = entrypoint.parse(list(command)).program
+    if program in config.deny_list(env):
+        where = "AUTOTRACE_DENY" if env.get("AUTOTRACE_DENY") is not None else "the default AUTOTRACE_DENY list"
+        checks.append(
+            Check(
+                FAIL,
+                "command",
+                f"{program} is on {where}: autotrace run does not trace it",
+                "set AUTOTRACE_DENY to the programs not to trace, without this one (empty: trace everything)",
+            )
+        )
+    return checks + instrumentor_checks(command)
+
+
+# An OpenTelemetry instrumentor the app calls itself: FlaskInstrumentor().instrument(),
+# FastAPIInstrumentor.instrument_app(app), GrpcInstrumentorClient().instrument(), ...
+_INSTRUMENTOR_CALL = r"\b(\w*Instrumentor(?:Client|Server)?)\s*(?:\(\s*\))?\s*\.\s*instrument(?:_app)?\s*\("
+_APP_FILE_LIMIT = 1 << 20  # bytes read of each of the app's files
+
+
+def app_files(command: list[str], cwd: str) -> list[str]:
+    """The app's own source files the command names: a script, a ``-m`` module, a server's
+    ``module:attr`` application, when they exist under ``cwd``."""
+    import re
+
+    found: list[str] = []
+    for index, arg in enumerate(command[1:], 1):
+        if arg.endswith(".py"):
+            path = arg
+        elif command[index - 1] == "-m" or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]", arg):
+            path = arg.split(":", 1)[0].replace(".", os.sep) + ".py"
+        else:
+            continue
+        full = os.path.join(cwd, path)
+        if os.path.isfile(full) and full not in found:
+            found.append(full)
+    return found[:4]
+
+
+def instrumentor_checks(command: list[str], cwd: str | None = None) -> list[Check]:
+    """OpenTelemetry instrumentors the app's files call: with autotrace, spans double."""
+    import re
+
+    checks = []
+    for path in app_files(command, cwd or os.getcwd()):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                text = file.read(_APP_FILE_LIMIT)
+        except OSError:
+            continue
+        names = sorted(set(re.findall(_INSTRUMENTOR_CALL, text)))
+        if names:
+            checks.append(
+                Check(
+                    WARN,
+                    "conflicts",
+                    f"{path} calls {', '.join(names)} itself: autotrace instruments the same libraries, "
+                    "so their spans double",
+                    "remove those calls (autotrace needs none), or disable the matching autotrace hooks "
+                    "in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+                )
+            )
+    return checks
 
 
 def _raw_endpoint_secrets(env) -> list[str]:
@@ -1089,6 +1294,29 @@ def main(args) -> int:
     except ValueError as exc:  # a bad --timeout given programmatically
         sys.stderr.write(f"autotrace doctor: {exc}\n")
         return 2
-    sys.stdout.write(render_json(checks) if getattr(args, "json", False) else render_text(checks))
-    sys.stdout.flush()
+    _write(render_json(checks) if getattr(args, "json", False) else render_text(checks))
     return exit_code(checks)
+
+
+def _write(text: str) -> None:
+    """The report on stdout, whatever the stream: characters it cannot encode are escaped,
+    and a stdout that cannot be written (closed pipe, full disk) costs one line on stderr."""
+    out = sys.stdout
+    try:
+        if out is None:
+            return
+        encoding = getattr(out, "encoding", None) or "utf-8"
+        out.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+        out.flush()
+    except (OSError, ValueError, LookupError) as exc:
+        try:
+            # What is still buffered goes nowhere: Python's own flush at exit cannot fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            sys.stderr.write(f"autotrace doctor: cannot write the report: {exc}\n")
+        except (OSError, ValueError, AttributeError):
+            pass

@@ -317,3 +317,172 @@ def test_debug_reports_each_hook_applied_with_its_library_version(tmp_path: Path
     assert result.returncode == 0, result.stderr
     version = metadata.version("flask")
     assert f"hook flask applied to flask.app (flask {version})" in result.stderr, result.stderr
+
+
+# -- TLS collectors: a real OTLP receiver behind TLS, gRPC and HTTP ----------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (key, cert); the cert is its own CA."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the collector's certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    return key, cert
+
+
+@pytest.fixture
+def tls_receiver(certificate: tuple[Path, Path]):
+    """The test receiver's OTLP/gRPC and OTLP/HTTP services, each on a TLS port of its own."""
+    import ssl
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+    from otlp_receiver import _HTTPHandler, _HTTPServer, _TraceServicer
+
+    key, cert = certificate
+    receiver = OTLPReceiver()  # not started: it records what the TLS servers receive
+    pool = ThreadPoolExecutor(max_workers=4)
+    grpc_server = grpc.server(pool)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(receiver), grpc_server)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    grpc_port = grpc_server.add_secure_port("127.0.0.1:0", credentials)
+    grpc_server.start()
+    http_server = _HTTPServer(("127.0.0.1", 0), _HTTPHandler)
+    http_server.receiver = receiver
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
+    thread = threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield receiver, grpc_port, http_server.server_address[1]
+    finally:
+        http_server.shutdown()
+        http_server.server_close()
+        thread.join(5)
+        grpc_server.stop(1).wait(3)
+        pool.shutdown(wait=True)
+
+
+def _trusting(cert: Path, **extra: str) -> dict[str, str]:
+    """The CA given as the OTLP exporters read it, and no requests-wide bundle overriding it."""
+    return {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(cert), "REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": "", **extra}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_tls_receiver_accepts_the_test_span(tls_receiver, certificate, tmp_path: Path, protocol: str) -> None:
+    receiver, grpc_port, http_port = tls_receiver
+    port = grpc_port if protocol == "grpc" else http_port
+    result = doctor(
+        "--service-name", "shop", "--endpoint", f"https://127.0.0.1:{port}", "--protocol", protocol,
+        cwd=tmp_path, **_trusting(certificate[1]),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _lines(result, "OK   test span: accepted by https://127.0.0.1:"), result.stdout
+    span = receiver.wait_for_spans(1, timeout=5)[0]
+    assert span.name == "autotrace doctor test span" and span.resource.get("service.name") == "shop"
+
+
+def test_plain_grpc_against_a_tls_grpc_collector(tls_receiver, tmp_path: Path) -> None:
+    _receiver, grpc_port, _http_port = tls_receiver
+    result = doctor("--endpoint", f"http://127.0.0.1:{grpc_port}", "--protocol", "grpc", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert f"FAIL endpoint: plain text is configured (http:// and OTEL_EXPORTER_OTLP_INSECURE) but 127.0.0.1:" \
+        f"{grpc_port} expects TLS; fix: use https:// in the endpoint, or set OTEL_EXPORTER_OTLP_INSECURE=false" \
+        in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("configured", ["grpc", "http/protobuf"])
+def test_the_wrong_protocol_behind_tls(tls_receiver, certificate, tmp_path: Path, configured: str) -> None:
+    """Behind TLS the raw probes hear only TLS: the other protocol's export tells the port."""
+    _receiver, grpc_port, http_port = tls_receiver
+    port = http_port if configured == "grpc" else grpc_port  # the other protocol's port
+    result = doctor(
+        "--endpoint", f"https://127.0.0.1:{port}", "--protocol", configured, cwd=tmp_path,
+        **_trusting(certificate[1]),
+    )
+    assert result.returncode == 1, result.stdout
+    endpoint = _lines(result, "FAIL endpoint:")
+    expected = (
+        "this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317"
+        if configured == "grpc"
+        else "this is an OTLP/gRPC port: use --protocol grpc or port 4318"
+    )
+    assert endpoint and "(behind TLS); fix: " + expected in endpoint[0], result.stdout
+
+
+def test_a_requests_ca_bundle_that_hides_the_otlp_certificate(tls_receiver, certificate, tmp_path: Path) -> None:
+    """requests lets REQUESTS_CA_BUNDLE replace the CA file the OTLP/HTTP exporter was given."""
+    import certifi  # requests' own dependency: a bundle without the test CA
+
+    _receiver, _grpc_port, http_port = tls_receiver
+    environment = _trusting(certificate[1], REQUESTS_CA_BUNDLE=certifi.where())
+    result = doctor(
+        "--endpoint", f"https://127.0.0.1:{http_port}", "--protocol", "http/protobuf", cwd=tmp_path, **environment
+    )
+    assert result.returncode == 1, result.stdout
+    span = _lines(result, "FAIL test span:")
+    assert span and "; fix: REQUESTS_CA_BUNDLE is set and replaces OTEL_EXPORTER_OTLP_CERTIFICATE" in span[0], \
+        result.stdout
+
+
+# -- bad input: one line naming it, never a traceback ------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_header_that_cannot_be_sent(otlp_receiver: OTLPReceiver, tmp_path: Path, protocol: str) -> None:
+    env = {**otlp_receiver.env(protocol), "OTEL_EXPORTER_OTLP_HEADERS": "x-team=%E2%82%AC,api-key=s3cretvalue"}
+    result = doctor(cwd=tmp_path, **env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    headers = _lines(result, "FAIL headers:")
+    assert headers, result.stdout
+    assert headers[0].startswith("FAIL headers: OTEL_EXPORTER_OTLP_HEADERS: header 'x-team' "), result.stdout
+    assert "; fix: correct OTEL_EXPORTER_OTLP_HEADERS" in headers[0]
+    assert _lines(result, "OK   endpoint:"), result.stdout  # probed with the headers that can be sent
+    assert "FAIL test span: not sent: the headers check failed" in result.stdout
+    assert "Traceback" not in result.stderr and "s3cretvalue" not in result.stdout + result.stderr
+    assert not otlp_receiver.spans()
+
+
+def test_another_agents_launcher_as_the_command(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    result = doctor("--", "opentelemetry-instrument", "python", "app.py", cwd=tmp_path, **otlp_receiver.env("http"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL conflicts: the command starts opentelemetry-instrument" in result.stdout
+    assert "; fix: drop opentelemetry-instrument from the command" in result.stdout
+    assert "no other tracing agent found" not in result.stdout  # the report does not contradict itself
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://caf\u00e9.invalid:4318", "http://[::1", "http://h:99999", "collector:4318", "http://", "unix:///x.sock"],
+)
+def test_a_bad_endpoint_is_reported_not_raised(tmp_path: Path, endpoint: str) -> None:
+    """Whatever the endpoint and however stdout encodes, a report and exit 1, never a traceback."""
+    result = doctor("--endpoint", endpoint, "--json", cwd=tmp_path, PYTHONIOENCODING="ascii")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert report["exit_code"] == 1 and any(c["status"] == "FAIL" for c in report["checks"])
+    text = doctor("--endpoint", endpoint, cwd=tmp_path, PYTHONIOENCODING="ascii")
+    assert text.returncode == 1 and "Traceback" not in text.stderr, text.stderr
+    assert "spans cannot be delivered" in text.stdout
+
+
+def test_an_instrumentor_the_app_calls_itself(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    write(tmp_path, "shop.py", "from opentelemetry.instrumentation.flask import FlaskInstrumentor\n"
+          "FlaskInstrumentor().instrument()\n")
+    result = doctor("--", "python", "shop.py", cwd=tmp_path, **otlp_receiver.env("http"))
+    assert result.returncode == 0, result.stdout + result.stderr  # spans are delivered, doubled
+    conflict = _lines(result, "WARN conflicts:")
+    assert conflict and "shop.py calls FlaskInstrumentor itself" in conflict[0], result.stdout

@@ -53,3 +53,109 @@ def test_queue_full_reported_once_then_summarised_with_a_healthy_collector(otlp_
     received = otlp_receiver.wait_for_spans(SPANS - dropped, timeout=15)
     assert SPANS - dropped <= len(received) <= SPANS - dropped + 50, (len(received), dropped)
     assert len(received) < SPANS
+
+
+# -- a collector that is down: reported once with the cause, then summarised ------------
+
+FAILING_APP = """
+import time
+from opentelemetry import trace
+
+tracer = trace.get_tracer("app")
+for i in range(8):
+    tracer.start_span(f"s{i}").end()
+    time.sleep(0.25)  # one batch each (OTEL_BSP_SCHEDULE_DELAY=100)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
+    from otlp_receiver import free_port
+
+    port = free_port()
+    script = write(tmp_path, "app.py", FAILING_APP)
+    env = clean_env(
+        OTEL_SERVICE_NAME="down",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc" if protocol == "grpc" else "http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="500",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    result = autotrace_run(script, env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # No line per batch, no SDK line ("Transient error", "Failed to export"): two lines in all.
+    assert len(lines) == 2, result.stderr
+    shown = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/v1/traces"
+    assert lines[0] == (
+        f"autotrace WARNING: spans could not be exported to {shown}: connection refused "
+        "(is a collector listening there?); further failures are summarised every 60 s"
+    )
+    summary = re.fullmatch(
+        r"autotrace WARNING: in the last \d+ s, (\d+) batch(?:es)? \((\d+) spans?\) (?:was|were) not exported: "
+        r"connection refused x(\d+)",
+        lines[1],
+    )
+    assert summary, lines[1]
+    batches, spans, refused = map(int, summary.groups())
+    assert batches == refused >= 1 and 1 <= spans <= 7  # the first batch was reported on its own
+
+
+RECOVERING_APP = """
+import os, time
+from opentelemetry import trace
+
+tracer = trace.get_tracer("app")
+deadline = time.monotonic() + 30
+while not os.path.exists("stop") and time.monotonic() < deadline:
+    tracer.start_span("tick").end()
+    time.sleep(0.1)
+print("done", flush=True)
+"""
+
+
+def test_recovery_is_said_once_when_the_collector_comes_up(tmp_path):
+    """HTTP: the exporter's next request reaches a collector started on the refused port."""
+    import threading
+
+    from agent import AUTOTRACE, Watched
+    from otlp_receiver import OTLPReceiver, _HTTPHandler, _HTTPServer, free_port
+
+    port = free_port()
+    write(tmp_path, "app.py", RECOVERING_APP)
+    env = clean_env(
+        OTEL_SERVICE_NAME="flaky",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="500",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    receiver = OTLPReceiver()  # not started: it records what the server below receives
+    server = thread = None
+    with Watched([AUTOTRACE, "run", "python", "app.py"], cwd=tmp_path, env=env) as app:
+        try:
+            app.wait_for_line("spans could not be exported", name="stderr")
+            server = _HTTPServer(("127.0.0.1", port), _HTTPHandler)
+            server.receiver = receiver
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            thread.start()
+            app.wait_for_line("again", name="stderr", timeout=20)
+            receiver.wait_for_spans(1, timeout=10)
+            (tmp_path / "stop").write_text("")
+            assert app.finish() == 0, app.text("stderr")
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            if thread is not None:
+                thread.join(5)
+    lines = [line for line in app.text("stderr").splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"autotrace WARNING: spans could not be exported to http://127.0.0.1:{port}/v1/traces: ")
+    assert re.fullmatch(
+        rf"autotrace INFO: spans are exported to http://127\.0\.0\.1:{port}/v1/traces again"
+        r"( \(\d+ batch(es)? \(\d+ spans?\) (was|were) not exported: connection refused x\d+ since the last report\))?",
+        lines[1],
+    ), lines[1]

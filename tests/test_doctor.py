@@ -254,3 +254,160 @@ def test_no_exporter_fails() -> None:
     exporter = next(c for c in checks if c.name == "exporter")
     assert exporter.status == FAIL and "OTEL_TRACES_EXPORTER=none" in exporter.message
     assert doctor.exit_code(checks) == 1
+
+
+def test_a_rejected_flag_is_credited_to_the_flag() -> None:
+    args = parse("--endpoint", "collector:4318")  # no scheme: refused, the default applies
+    checks = config_checks(args, {})
+    endpoint = checks["config endpoint"]
+    assert endpoint.status == WARN
+    assert endpoint.message == "http://localhost:4318/v1/traces (default (--endpoint 'collector:4318' was rejected))"
+    assert endpoint.fix == "correct --endpoint"
+    assert checks["config OTEL_EXPORTER_OTLP_ENDPOINT"].fix.startswith("correct --endpoint;")
+
+
+def test_a_rejected_variable_other_than_the_source_is_not_blamed() -> None:
+    environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://a:4318/v1/traces", "OTEL_EXPORTER_OTLP_ENDPOINT": "x"}
+    checks = config_checks(parse(), environ)
+    assert checks["config endpoint"].status == OK
+    assert checks["config endpoint"].message == "http://a:4318/v1/traces (variable OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)"
+
+
+@pytest.mark.parametrize(
+    "protocol, name, value, problem",
+    [
+        ("http/protobuf", "authorization", "Bearer abc", ""),
+        ("http/protobuf", "x", "caf\u00e9", ""),  # Latin-1 is fine for HTTP
+        ("http/protobuf", "x", "\u20ac", "outside Latin-1"),
+        ("http/protobuf", "x y", "1", "not a valid HTTP header name"),
+        ("http/protobuf", "x", "a\nb", "control character"),
+        ("http/protobuf", "x", " s3cret", "leading blank"),
+        ("grpc", "x-api-key", "abc", ""),
+        ("grpc", "x y", "1", "not a valid gRPC metadata key"),
+        ("grpc", "x", "caf\u00e9", "not printable ASCII"),
+        ("grpc", "x", "a\tb", "not printable ASCII"),
+        ("grpc", "x-bin", "abc", "binary (-bin)"),
+    ],
+)
+def test_header_problems(protocol, name, value, problem) -> None:
+    found = doctor.unsendable_headers({name: value}, protocol)
+    if not problem:
+        assert found == {}
+    else:
+        assert problem in found[name]
+        check = doctor.headers_check(found, "variable OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        assert check.status == FAIL and check.message.startswith("OTEL_EXPORTER_OTLP_TRACES_HEADERS: header ")
+        assert "correct OTEL_EXPORTER_OTLP_TRACES_HEADERS" in check.fix
+        assert value.strip() not in check.message  # values are secrets: never quoted
+
+
+def test_unsendable_headers_fail_before_any_export() -> None:
+    """The headers check fails on its own; the probes run without the bad header (a closed port here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {"OTEL_EXPORTER_OTLP_HEADERS": "x=%E2%82%AC,authorization=Bearer%20s3cretvalue"}
+    checks = doctor.run_checks(parse("--timeout", "1", "--endpoint", f"http://127.0.0.1:{port}"), environ)
+    by_name = {c.name: c for c in checks}
+    assert by_name["headers"].status == FAIL and "'x'" in by_name["headers"].message
+    assert "authorization" not in by_name["headers"].message
+    assert by_name["endpoint"].message == f"nothing listens on 127.0.0.1:{port}"
+    assert doctor.exit_code(checks) == 1
+    assert "s3cretvalue" not in doctor.render_text(checks) + doctor.render_json(checks)
+
+
+@pytest.mark.parametrize(
+    "protocol, url, fix",
+    [
+        ("grpc", "https://h:4318", "this is an OTLP/HTTP port: use --protocol http/protobuf or port 4317"),
+        ("http/protobuf", "https://h:4317/v1/traces", "this is an OTLP/gRPC port: use --protocol grpc or port 4318"),
+    ],
+)
+def test_classify_the_other_protocol_behind_tls(protocol, url, fix) -> None:
+    probe = Probe(speaks="tls", other_accepts=True, grpc_code="UNAVAILABLE", error="RemoteDisconnected")
+    check = classify(protocol, Target(url), probe)
+    assert check.status == FAIL and check.fix == fix and "behind TLS" in check.message
+
+
+def test_certificate_fix_names_a_requests_ca_bundle_that_overrides() -> None:
+    environ = {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem", "REQUESTS_CA_BUNDLE": "/etc/ssl/bundle.pem"}
+    fix = doctor.failure_fix("SSLError", " (CERTIFICATE_VERIFY_FAILED)", environ, "http/protobuf")
+    assert fix.startswith("REQUESTS_CA_BUNDLE is set and replaces OTEL_EXPORTER_OTLP_CERTIFICATE")
+    assert doctor.failure_fix("SSLError", "", environ, "grpc") == doctor.CERTIFICATE_FIX  # grpc reads its own
+    assert doctor.failure_fix("SSLError", "", {"REQUESTS_CA_BUNDLE": "/b"}, "http/protobuf") == doctor.CERTIFICATE_FIX
+
+
+@pytest.mark.parametrize("launcher", ["opentelemetry-instrument", "/usr/local/bin/ddtrace-run"])
+def test_another_agents_launcher_in_the_command_fails(launcher: str) -> None:
+    checks = doctor.command_checks([launcher, "python", "app.py", "--password", "hunter2"], {})
+    assert [c.status for c in checks] == [FAIL]
+    assert checks[0].name == "conflicts" and "second tracer" in checks[0].message
+    assert "hunter2" not in checks[0].message + checks[0].fix  # arguments are never echoed
+
+
+def test_a_denied_command_fails_unless_the_deny_list_allows_it() -> None:
+    checks = doctor.command_checks(["python", "-m", "pip", "install", "x"], {})
+    assert [(c.status, c.name) for c in checks] == [(FAIL, "command")]
+    assert checks[0].message == "pip is on the default AUTOTRACE_DENY list: autotrace run does not trace it"
+    assert doctor.command_checks(["python", "-m", "pip"], {"AUTOTRACE_DENY": ""}) == []
+    assert doctor.command_checks(["python", "shop.py"], {"AUTOTRACE_DENY": "shop"})[0].message.startswith(
+        "shop is on AUTOTRACE_DENY"
+    )
+    assert doctor.command_checks(["python", "shop.py"], {}) == []
+
+
+def test_the_report_is_written_to_any_stdout(monkeypatch, capsys) -> None:
+    import io
+
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr("sys.stdout", ascii_out)
+    doctor._write("FAIL endpoint: cannot resolve host 'caf\u00e9'\n")
+    ascii_out.flush()
+    assert ascii_out.buffer.getvalue() == b"FAIL endpoint: cannot resolve host 'caf\\xe9'\n"
+
+
+def test_an_unwritable_stdout_costs_one_line(monkeypatch, tmp_path, capsys) -> None:
+    import io
+    import os
+
+    class Full(io.StringIO):
+        """A full disk: every write fails; its descriptor is a real file."""
+
+        fd = -1
+
+        def fileno(self) -> int:
+            return self.fd
+
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    full = Full()
+    full.fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setattr("sys.stdout", full)
+    try:
+        doctor._write("report\n")  # no raise
+    finally:
+        os.close(full.fd)
+    assert capsys.readouterr().err == "autotrace doctor: cannot write the report: [Errno 28] No space left on device\n"
+
+
+def test_instrumentors_the_app_calls_itself(tmp_path) -> None:
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "wsgi.py").write_text(
+        "from opentelemetry.instrumentation.flask import FlaskInstrumentor\n"
+        "FlaskInstrumentor.instrument_app(app)\n"
+        "GrpcInstrumentorClient().instrument()\n"
+        "RequestsInstrumentor( ) . instrument(tracer_provider=p)\n"
+    )
+    (tmp_path / "plain.py").write_text("import flask  # FlaskInstrumentor is only named here\n")
+    shop = str(tmp_path / "shop" / "wsgi.py")
+    assert doctor.app_files(["gunicorn", "-w", "2", "shop.wsgi:application"], str(tmp_path)) == [shop]
+    assert doctor.app_files(["python", "-m", "shop.wsgi"], str(tmp_path)) == [shop]
+    checks = doctor.instrumentor_checks(["python", "-u", "shop/wsgi.py"], str(tmp_path))
+    assert [(c.status, c.name) for c in checks] == [(WARN, "conflicts")]
+    assert "calls FlaskInstrumentor, GrpcInstrumentorClient, RequestsInstrumentor itself" in checks[0].message
+    assert checks[0].fix.startswith("remove those calls")
+    assert doctor.instrumentor_checks(["python", "plain.py"], str(tmp_path)) == []
+    assert doctor.instrumentor_checks(["python", "missing.py"], str(tmp_path)) == []
