@@ -720,22 +720,10 @@ def _other_protocol_accepts(protocol: str, target: Target, headers, timeout: flo
 # -- the test span -------------------------------------------------------------------
 
 
-# Variables through which requests (the OTLP/HTTP exporter's transport) replaces the CA
-# file it was given by its own (psf/requests#3829).
-_REQUESTS_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
-
-def failure_fix(kind: str, hint: str, environ=None, protocol: str = "") -> str:
+def failure_fix(kind: str, hint: str) -> str:
     """The fix for a failed test span, from the agent's own classification of the failure."""
     text = f"{kind} {hint}".lower()
     if "certificate" in text or kind == "SSLError":
-        environ = {} if environ is None else environ
-        overriding = [v for v in _REQUESTS_CA_VARIABLES if environ.get(v)]
-        if protocol != "grpc" and overriding and certificate_file(environ):
-            return (
-                f"{overriding[0]} is set and replaces OTEL_EXPORTER_OTLP_CERTIFICATE for OTLP/HTTP: "
-                "unset it for the app, or add the collector's CA certificate to its file"
-            )
         return CERTIFICATE_FIX
     if kind == "connection refused":
         return "start the collector, or point --endpoint at where it listens"
@@ -835,7 +823,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
         FAIL,
         "test span",
         f"not accepted by {shown} after {took * 1000:.0f} ms: {kind}{hint}",
-        failure_fix(kind, hint, os.environ, settings.protocol),
+        failure_fix(kind, hint),
     )
 
 

@@ -141,6 +141,43 @@ def http_exporter_class() -> type:
     return HttpSpanExporter
 
 
+# Where the OTLP/HTTP exporter reads its CA file, and the credential-provider variables
+# with which the SDK makes the requests session itself.
+_CERTIFICATE_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+_CREDENTIAL_PROVIDER_VARIABLES = (
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+)
+
+
+def http_session(environ: Any) -> Any:
+    """A requests session for the OTLP/HTTP exporter that keeps the CA file it is given, or None.
+
+    The SDK's transport sets the session's ``verify`` to the file
+    ``OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`` names, and requests then lets
+    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replace it at every request
+    (psf/requests#3829): in an image that sets those for the app, the exporter would
+    distrust the very collector it was told to trust. This session keeps its own file;
+    everything else (proxies from the environment included) is requests' as usual.
+    None (the SDK makes its session) without a certificate, or when a credential
+    provider makes the session.
+    """
+    if not any(environ.get(name) for name in _CERTIFICATE_VARIABLES):
+        return None
+    if any(environ.get(name) for name in _CREDENTIAL_PROVIDER_VARIABLES):
+        return None
+    import requests
+
+    class KeepsItsCA(requests.Session):
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and isinstance(self.verify, str):
+                merged["verify"] = self.verify  # the exporter's CA file, not the environment's
+            return merged
+
+    return KeepsItsCA()
+
+
 def grpc_exporter_class() -> type:
     """The SDK's OTLP/gRPC span exporter, encoding with ours (or the SDK's class unchanged)."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as base

@@ -451,11 +451,12 @@ def _otlp_factory(settings: Settings) -> Callable[[], SpanExporter]:
             )
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 
-        from .otlp_exporters import http_exporter_class
+        from .otlp_exporters import http_exporter_class, http_session
 
         HttpExporter = http_exporter_class()  # the SDK's, with autotrace's span encoder
         return HttpExporter(
             endpoint=settings.endpoint,
+            session=http_session(os.environ),  # keeps OTEL_EXPORTER_OTLP_CERTIFICATE's CA file
             headers=dict(settings.headers),
             timeout=settings.timeout_s,
             compression=HttpCompression.Gzip

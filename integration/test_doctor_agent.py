@@ -422,19 +422,36 @@ def test_the_wrong_protocol_behind_tls(tls_receiver, certificate, tmp_path: Path
     assert endpoint and "(behind TLS); fix: " + expected in endpoint[0], result.stdout
 
 
-def test_a_requests_ca_bundle_that_hides_the_otlp_certificate(tls_receiver, certificate, tmp_path: Path) -> None:
-    """requests lets REQUESTS_CA_BUNDLE replace the CA file the OTLP/HTTP exporter was given."""
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_requests_ca_bundle_does_not_hide_the_otlp_certificate(
+    tls_receiver, certificate, tmp_path: Path, variable: str
+) -> None:
+    """requests lets these replace a session's CA file (psf/requests#3829); the agent's exporter keeps its own."""
     import certifi  # requests' own dependency: a bundle without the test CA
 
-    _receiver, _grpc_port, http_port = tls_receiver
-    environment = _trusting(certificate[1], REQUESTS_CA_BUNDLE=certifi.where())
+    receiver, _grpc_port, http_port = tls_receiver
+    environment = _trusting(certificate[1], **{variable: certifi.where()})
     result = doctor(
-        "--endpoint", f"https://127.0.0.1:{http_port}", "--protocol", "http/protobuf", cwd=tmp_path, **environment
+        "--service-name", "shop", "--endpoint", f"https://127.0.0.1:{http_port}", "--protocol", "http/protobuf",
+        cwd=tmp_path, **environment,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _lines(result, "OK   test span: accepted by https://127.0.0.1:"), result.stdout
+    assert receiver.wait_for_spans(1, timeout=5)[0].resource.get("service.name") == "shop"
+
+
+def test_a_wrong_otlp_certificate_still_fails(tls_receiver, tmp_path: Path) -> None:
+    import certifi
+
+    _receiver, _grpc_port, http_port = tls_receiver
+    result = doctor(
+        "--endpoint", f"https://127.0.0.1:{http_port}", "--protocol", "http/protobuf", cwd=tmp_path,
+        OTEL_EXPORTER_OTLP_CERTIFICATE=certifi.where(), REQUESTS_CA_BUNDLE="", CURL_CA_BUNDLE="",
     )
     assert result.returncode == 1, result.stdout
-    span = _lines(result, "FAIL test span:")
-    assert span and "; fix: REQUESTS_CA_BUNDLE is set and replaces OTEL_EXPORTER_OTLP_CERTIFICATE" in span[0], \
-        result.stdout
+    endpoint = _lines(result, "FAIL endpoint:")
+    assert endpoint and "TLS certificate not trusted" in endpoint[0], result.stdout
+    assert "; fix: give the collector's CA certificate (a PEM file) in OTEL_EXPORTER_OTLP_CERTIFICATE" in endpoint[0]
 
 
 # -- bad input: one line naming it, never a traceback ------------------------------------

@@ -331,14 +331,6 @@ def test_classify_the_other_protocol_behind_tls(protocol, url, fix) -> None:
     assert check.status == FAIL and check.fix == fix and "behind TLS" in check.message
 
 
-def test_certificate_fix_names_a_requests_ca_bundle_that_overrides() -> None:
-    environ = {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem", "REQUESTS_CA_BUNDLE": "/etc/ssl/bundle.pem"}
-    fix = doctor.failure_fix("SSLError", " (CERTIFICATE_VERIFY_FAILED)", environ, "http/protobuf")
-    assert fix.startswith("REQUESTS_CA_BUNDLE is set and replaces OTEL_EXPORTER_OTLP_CERTIFICATE")
-    assert doctor.failure_fix("SSLError", "", environ, "grpc") == doctor.CERTIFICATE_FIX  # grpc reads its own
-    assert doctor.failure_fix("SSLError", "", {"REQUESTS_CA_BUNDLE": "/b"}, "http/protobuf") == doctor.CERTIFICATE_FIX
-
-
 @pytest.mark.parametrize("launcher", ["opentelemetry-instrument", "/usr/local/bin/ddtrace-run"])
 def test_another_agents_launcher_in_the_command_fails(launcher: str) -> None:
     checks = doctor.command_checks([launcher, "python", "app.py", "--password", "hunter2"], {})
