@@ -4,7 +4,8 @@ A server hook calls :func:`start_server` with the full method name (``/pkg.Servi
 and the call's incoming metadata; the parent is extracted from the metadata with the
 configured propagators, as ``AUTOTRACE_INCOMING_CONTEXT`` says (see
 :func:`autotrace.server_span.extract_incoming`). A client hook calls :func:`start_client`
-and sends the metadata :meth:`RpcSpan.outgoing_metadata` gives (the caller's own entries kept). Both end with
+and sends the metadata :meth:`RpcSpan.outgoing_metadata` gives (the caller's own entries kept;
+the propagation fields lower-cased, one grpc would refuse left out). Both end with
 the call's status code (:meth:`RpcSpan.set_code`) or the exception that ended it
 (:meth:`RpcSpan.fail`), then :meth:`RpcSpan.end`. Nothing here raises into the app.
 
@@ -20,6 +21,7 @@ its server was given exactly one port (:class:`ServerPorts`, noted by
 from __future__ import annotations
 
 import functools
+import re
 
 from . import _log, server_span
 from ._version import __version__
@@ -85,6 +87,7 @@ class RpcSpan(server_span.SpanHandle):
             server_span.propagate.inject(carrier, context=self.context)
         except Exception as exc:  # noqa: BLE001
             self._report(exc)
+        carrier = _valid_metadata(carrier)
         kept = [(k, v) for k, v in (metadata or ()) if not (isinstance(k, str) and k.lower() in carrier)]
         if len(kept) != len(metadata or ()) and _log.debug_enabled():
             _log.logger.debug("grpc: metadata the application set under %s is replaced by the CLIENT span's", ", ".join(sorted(carrier)))
@@ -137,6 +140,31 @@ class RpcSpan(server_span.SpanHandle):
             self._report(error)
 
 
+# The text metadata grpc accepts (anything else fails the call: INTERNAL, "Invalid
+# metadata"): keys of lower-case letters, digits, "-", "_" and "."; printable ASCII values.
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+
+
+def _valid_metadata(carrier: dict[str, str]) -> dict[str, str]:
+    """The propagation fields gRPC can carry: keys lower-cased, an entry it would refuse left out (one warning).
+
+    The built-in formats write only valid entries; a propagator loaded from an entry
+    point may write ``X-Amzn-Trace-Id`` (lower-cased here) or a value grpc refuses.
+    """
+    valid: dict[str, str] = {}
+    for key, value in carrier.items():
+        name = key.lower() if isinstance(key, str) else ""
+        if _METADATA_KEY.fullmatch(name) and isinstance(value, str) and value.isascii() and value.isprintable():
+            valid[name] = value
+        else:
+            _log.warn_once(
+                "rpc-metadata:" + str(key),
+                "grpc: the field %r a propagator of OTEL_PROPAGATORS writes is not valid gRPC metadata; RPCs are sent without it",
+                key,
+            )
+    return valid
+
+
 class _MetadataGetter:
     """Reads propagation fields from gRPC metadata (a sequence of (key, value) pairs).
 
@@ -146,9 +174,12 @@ class _MetadataGetter:
     (:func:`autotrace.propagation.fields.bounded_values`).
     """
 
+    names_in_any_case = True  # get() lower-cases the name: propagators need not scan the keys
+
     def get(self, carrier: Metadata, key: str):
         from .propagation.fields import bounded_values
 
+        key = key.lower()  # gRPC metadata keys are lower-case; a propagator may ask for X-Amzn-Trace-Id
         return bounded_values(key, (v for k, v in carrier if k == key))
 
     def keys(self, carrier: Metadata) -> list[str]:

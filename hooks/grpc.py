@@ -37,16 +37,20 @@ waiting for the handler. It is recorded DEADLINE_EXCEEDED when the call's deadli
 passed, CANCELLED otherwise; the handler, still running, goes on under the span's
 context, as without the agent. (grpc shows a handler that reads a request stream the
 client's cancellation as the end of that stream: a handler that then ends before grpc
-has seen the cancellation is recorded with the code it ended with.) A call that never
-reaches a behavior (no handler knows the method, the client went away before its
-request was read) has no span.
+has seen the cancellation is recorded with the code it ended with.) A call grpc
+answers without a behavior has a SERVER span ended at once: UNIMPLEMENTED when no
+handler knows the method, UNKNOWN (the exception recorded) when an app interceptor's
+``intercept_service`` raised. A call whose behavior never starts (the client went away
+before its request was read) has no span.
 
 CLIENT span: it starts when our interceptor is called, in the thread that calls (the
 app's context is its parent), and the call is sent with the span's context current. It
-ends when the call is done (``add_done_callback``), with the call's status code: before
-a blocking call (``stub.Method(request)``, ``with_call``) returns or raises; when a
-``future()`` completes; when a response stream's status arrives, or the app cancels it
-(``call.cancel()``, or the deadline passes). Responses, statuses and the exceptions the
+ends when the call is done, with the call's status code: before a blocking call
+(``stub.Method(request)``, ``with_call``) returns or raises; when a ``future()``
+completes; when a response stream's status arrives, or the app cancels it
+(``call.cancel()``, the deadline passes, or the app drops the call unfinished and grpc
+cancels it as it is collected: the agent keeps no reference to the call, see
+:func:`_end_when_done`). Responses, statuses and the exceptions the
 app sees (``RpcError``: the same ``code()`` and ``details()``) are grpc's own.
 Instrumentation suppressed (the agent's own OTLP/gRPC exporter calls): the call goes on
 unchanged, without a span.
@@ -55,6 +59,7 @@ unchanged, without a span.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import namedtuple
 
 from autotrace import rpc_span
@@ -64,7 +69,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
-_OK, _CANCELLED, _DEADLINE_EXCEEDED, _INTERNAL = 0, 1, 4, 13
+_OK, _CANCELLED, _DEADLINE_EXCEEDED, _UNIMPLEMENTED, _INTERNAL = 0, 1, 4, 12, 13
 
 # A call cancelled this close to its deadline (seconds left, as the server sees it) was
 # cancelled by the deadline: the client's deadline fires a moment before the server's.
@@ -199,10 +204,55 @@ def _intercept_call(target, continuation, details, request):
         raise
     rpc.detach()
     try:
-        call.add_done_callback(lambda done: _client_done(rpc, done))
+        _end_when_done(rpc, call)
     except Exception:  # noqa: BLE001 - not a grpc call object: nothing tells its end
         rpc.end()
     return call
+
+
+def _end_when_done(rpc: rpc_span.RpcSpan, call) -> None:
+    """End the CLIENT span when the call is done, without keeping the call object alive.
+
+    grpc's ``add_done_callback`` keeps the call referenced until its status arrives. A
+    response stream or future the app drops unfinished is cancelled by grpc when it is
+    collected (``__del__``: "Cancelled upon garbage collection!"); a callback holding it
+    would stop that, and the server would go on sending. So a call of grpc's own (a
+    rendezvous: ``_state`` with ``condition`` and ``callbacks``) gets its callback on that
+    state, the list ``add_done_callback`` uses, and the status is read from there. The span
+    also ends when such a call is collected before its status is handled (a
+    single-threaded response stream: nothing reads its events any more), as CANCELLED.
+    Other call objects (a unary call's outcome, already done) use ``add_done_callback``.
+    """
+    state = getattr(call, "_state", None)
+    condition = getattr(state, "condition", None)
+    if condition is None or not isinstance(getattr(state, "callbacks", None), list):
+        call.add_done_callback(lambda done: _client_done(rpc, done))
+        return
+    once = [state]  # popped by the first of the status callback and the finalizer
+
+    def done() -> None:
+        try:
+            done_state = once.pop()
+        except IndexError:
+            return
+        _status_done(rpc, done_state)
+
+    with condition:
+        if state.code is None and isinstance(state.callbacks, list):
+            state.callbacks.append(done)
+            weakref.finalize(call, done).atexit = False
+            return
+    done()
+
+
+def _status_done(rpc: rpc_span.RpcSpan, state) -> None:
+    """The status on a call's state; none yet: the call was collected unfinished (grpc cancels it)."""
+    try:
+        code = state.code
+        rpc.set_code(_CANCELLED if code is None else code, state.details)
+    except Exception:  # noqa: BLE001 - the span ends without a code
+        pass
+    rpc.end()
 
 
 def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
@@ -228,13 +278,34 @@ def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
 
 
 def _intercept_service(continuation, handler_call_details, ports: rpc_span.ServerPorts):
-    handler = continuation(handler_call_details)
-    if handler is None:
+    try:
+        handler = continuation(handler_call_details)
+    except BaseException as exc:  # an app interceptor raised: grpc answers UNKNOWN
+        _unserved(handler_call_details, ports, exc=exc)
+        raise
+    if handler is None:  # grpc answers UNIMPLEMENTED ("Method not found!")
+        _unserved(handler_call_details, ports, code=_UNIMPLEMENTED)
         return None
     try:
         return _traced_handler(handler, _Serving(handler_call_details.method, ports))
     except Exception:  # noqa: BLE001 - a handler of a kind we do not know: served as it is
         return handler
+
+
+def _unserved(handler_call_details, ports: rpc_span.ServerPorts, code: int | None = None, exc: BaseException | None = None) -> None:
+    """A call grpc answers without running a behavior: a SERVER span of its own, ended at once (as grpc.aio's)."""
+    try:
+        rpc = rpc_span.start_server(handler_call_details.method, handler_call_details.invocation_metadata, attach=False)
+    except Exception:  # noqa: BLE001 - call details that are not grpc's
+        return
+    if rpc is None:
+        return
+    rpc.set_server(ports)
+    if exc is not None:
+        rpc.fail(exc)  # UNKNOWN, the exception recorded
+    else:
+        rpc.set_code(code)
+    rpc.end()
 
 
 class _Serving:

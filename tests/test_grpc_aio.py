@@ -816,6 +816,52 @@ def test_a_suppressed_call_sends_no_traceparent_and_the_server_span_is_a_root(ho
     assert echo.seen[0]["span"].span_id == server.context.span_id
 
 
+class ThirdPartyPropagator:
+    """W3C trace context, plus an upper-case key (``X-Vendor-Id``) as some third-party propagators write."""
+
+    def __init__(self) -> None:
+        from autotrace.propagation import build
+
+        self.inner = build(["tracecontext"])
+
+    def inject(self, carrier, context=None, setter=None):
+        self.inner.inject(carrier, context=context)
+        carrier["X-Vendor-Id"] = "v-1"
+
+    def extract(self, carrier, context=None, getter=None):
+        return self.inner.extract(carrier, context=context, getter=getter)
+
+    @property
+    def fields(self):
+        return {"traceparent", "X-Vendor-Id"}
+
+
+def test_a_propagators_upper_case_key_is_sent_lower_cased_and_never_fails_the_call(hook):
+    """grpc refuses an upper-case metadata key (the call fails); the agent sends it lower-cased."""
+    from opentelemetry import propagate
+
+    from autotrace import server_span
+
+    server_span._load_api()  # the agent installs its propagators once, at the first span: before ours
+    echo = Echo()
+
+    async def main():
+        async with serving(echo.handler()) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                response = await call(channel, "Unary")
+            return response, await rpc_spans(hook, 2)
+
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(ThirdPartyPropagator())
+    try:
+        response, ([client], [server]) = run(main)
+    finally:
+        propagate.set_global_textmap(before)
+    assert response == b"hi"
+    assert ("x-vendor-id", "v-1") in echo.seen[0]["metadata"]
+    assert server.parent.span_id == client.context.span_id
+
+
 def test_secure_channels_are_traced_too(hook):
     echo = Echo()
 

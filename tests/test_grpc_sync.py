@@ -9,6 +9,7 @@ channels closed at the end of each test; waits are bounded.
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -365,15 +366,43 @@ def test_a_code_the_handler_sets_is_recorded(running):
         assert span.status.status_code == StatusCode.ERROR
 
 
-def test_unimplemented_method_has_a_client_span_only(running):
+def test_an_unknown_method_is_unimplemented_on_both_spans(running):
     with pytest.raises(grpc.RpcError) as caught:
         running.channel.unary_unary(f"/{SERVICE}/Missing")(b"x", timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    [client] = finished(running.spans, 1)
-    assert client.kind == SpanKind.CLIENT
-    assert client.attributes["error.type"] == "UNIMPLEMENTED"
+    client, server = one_rpc(running.spans)
+    assert server.parent.span_id == client.context.span_id and server.parent.is_remote
+    for span in (client, server):
+        assert span.name == f"{SERVICE}/Missing"
+        assert span.attributes["rpc.grpc.status_code"] == 12
+        assert span.attributes["error.type"] == "UNIMPLEMENTED"
+        assert span.status.status_code == StatusCode.ERROR
+    assert server.attributes["server.port"] == running.port
     time.sleep(0.05)
-    assert len(running.spans.get_finished_spans()) == 1
+    assert len(running.spans.get_finished_spans()) == 2
+
+
+class RefusingInterceptor(grpc.ServerInterceptor):
+    """Raises in ``intercept_service`` itself: grpc answers UNKNOWN without running a handler."""
+
+    def intercept_service(self, continuation, details):
+        raise PermissionError("go away")
+
+
+def test_an_app_server_interceptor_that_raises_is_recorded_and_the_client_gets_what_it_would(spans):
+    with serving(server_interceptors=[RefusingInterceptor()]) as plain:
+        without = rpc_error(plain, "Unary", b"x")
+    spans.clear()
+    with hooked(), serving(server_interceptors=[RefusingInterceptor()]) as traced:
+        got = rpc_error(traced, "Unary", b"x")
+        client, server = one_rpc(spans)
+    assert (got.code(), got.details()) == (without.code(), without.details())
+    assert got.code() == grpc.StatusCode.UNKNOWN
+    assert server.parent.span_id == client.context.span_id
+    for span in (client, server):
+        assert span.attributes["rpc.grpc.status_code"] == 2
+        assert span.status.status_code == StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in server.events] == ["PermissionError"]
 
 
 def test_an_unreachable_server_is_recorded_on_the_client_span(hook):
@@ -465,6 +494,28 @@ def test_client_cancelling_a_future_ends_both_spans(running, shape):
         assert span.attributes["rpc.grpc.status_code"] == 1
         assert span.attributes["error.type"] == "CANCELLED"
         assert span.end_time is not None
+
+
+@pytest.mark.parametrize("single_threaded", [False, True], ids=["multi-threaded", "single-threaded"])
+def test_a_response_stream_the_app_drops_is_cancelled_as_without_the_agent(running, single_threaded):
+    """grpc cancels a call collected unfinished; the agent holds no reference that would keep it going.
+
+    The handler streams for 5 s unless the call is cancelled, and the call's deadline is
+    10 s: the SERVER span ends within 3 s only if the server saw the cancellation.
+    """
+    import grpc.experimental
+
+    options = [(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)] if single_threaded else []
+    with grpc.insecure_channel(running.target, options=options) as channel:
+        stream = channel.unary_stream(f"/{SERVICE}/ServerStream")(b"endless", timeout=10)
+        assert next(stream) == b"0"
+        del stream
+        gc.collect()
+        client, server = one_rpc(running.spans, timeout=3)
+    for span in (client, server):
+        assert span.attributes["rpc.grpc.status_code"] == 1
+        assert span.attributes["error.type"] == "CANCELLED"
+    assert server.parent.span_id == client.context.span_id
 
 
 # -- the response serializer -------------------------------------------------------------
@@ -754,6 +805,77 @@ def test_suppressed_instrumentation_sends_no_traceparent_and_makes_no_client_spa
     for seen in running.echo.seen:
         assert traceparent_of(seen) == []
     assert all(s.parent is None for s in spans)  # the server, not suppressed, starts traces
+
+
+@pytest.mark.parametrize("format_, key", [("b3", "b3"), ("b3multi", "x-b3-spanid"), ("jaeger", "uber-trace-id")])
+def test_the_configured_formats_carry_the_context(running, format_, key):
+    """Not only ``traceparent``: the propagators configured (OTEL_PROPAGATORS) write and read the metadata."""
+    from opentelemetry import propagate
+
+    from autotrace import server_span
+    from autotrace.propagation import build
+
+    server_span._load_api()  # the agent installs its propagators once, at the first span: before ours
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(build([format_]))
+    try:
+        assert running.call("ClientStream") == b"hi!"
+    finally:
+        propagate.set_global_textmap(before)
+    client, server = one_rpc(running.spans)
+    metadata = dict(running.echo.seen[0]["metadata"])
+    assert key in metadata and "traceparent" not in metadata
+    assert f"{client.context.span_id:016x}" in metadata[key]
+    assert server.parent.span_id == client.context.span_id and server.parent.is_remote
+    assert server.context.trace_id == client.context.trace_id
+
+
+class UpperCasePropagator:
+    """W3C trace context plus what a third-party propagator may write: an upper-case key, a non-ASCII value."""
+
+    def __init__(self) -> None:
+        from autotrace.propagation import build
+
+        self.inner = build(["tracecontext"])
+        self.extracted: list = []
+
+    def inject(self, carrier, context=None, setter=None):
+        self.inner.inject(carrier, context=context)
+        carrier["X-Upper-Id"] = "u-1"
+        carrier["x-accented"] = "caf\u00e9"
+
+    def extract(self, carrier, context=None, getter=None):
+        self.extracted.append(getter.get(carrier, "X-Upper-Id"))
+        return self.inner.extract(carrier, context=context, getter=getter)
+
+    @property
+    def fields(self):
+        return {"traceparent", "X-Upper-Id", "x-accented"}
+
+
+def test_propagation_fields_grpc_would_refuse_never_fail_the_call(running, warnings):
+    from opentelemetry import propagate
+
+    from autotrace import server_span
+
+    server_span._load_api()  # the agent installs its propagators once, at the first span: before ours
+    propagator = UpperCasePropagator()
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(propagator)
+    try:
+        assert running.call("Unary") == b"hi"
+        assert running.call("BidiStream") == [b"hi", b"!"]
+    finally:
+        propagate.set_global_textmap(before)
+    spans = finished(running.spans, 4)
+    for seen in running.echo.seen:
+        assert ("x-upper-id", "u-1") in seen["metadata"]  # lower-cased, as gRPC wants
+        assert "x-accented" not in dict(seen["metadata"])  # grpc would fail the call with it
+    assert propagator.extracted == [["u-1"], ["u-1"]]  # read back under the name the propagator uses
+    for server in of_kind(spans, SpanKind.SERVER):
+        assert server.parent is not None and server.parent.is_remote
+    [warning] = warnings()
+    assert "'x-accented'" in warning and "OTEL_PROPAGATORS" in warning
 
 
 def test_no_context_is_left_current(running):
