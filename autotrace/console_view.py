@@ -4,7 +4,9 @@
 keeps the SDK's raw JSON (``ConsoleSpanExporter``).
 
 Spans are buffered per trace id. A trace is printed when a local root span (no parent,
-or a remote parent) is exported: the root and every buffered descendant. Spans whose
+or a remote parent) is exported: the root and every buffered descendant. A span whose
+remote parent is a span of this process, buffered with it (a service calling itself,
+one process both client and server), is printed in its parent's tree, not apart. Spans whose
 parent never arrives are printed after ``linger_s`` without news of their trace, at
 ``force_flush`` and at ``shutdown``. The buffer is bounded (traces and spans): when it
 is full, the oldest trace is printed early, marked as such. Writing never raises.
@@ -177,7 +179,8 @@ class ConsoleTreeExporter(SpanExporter):
                 if _is_local_root(span):
                     roots.append(span)
             for root in roots:
-                self._emit_root(root)
+                if not self._under_a_buffered_span(root):
+                    self._emit_root(root)
             self._expire(now)
             self._bound()
             if self._pending:
@@ -209,6 +212,14 @@ class ConsoleTreeExporter(SpanExporter):
             self._pending[trace_id] = (remaining, entry[1])
         else:
             del self._pending[trace_id]
+
+    def _under_a_buffered_span(self, root: ReadableSpan) -> bool:
+        """Whether a root's remote parent is a span buffered here: it is printed in that tree."""
+        parent = root.parent
+        if parent is None:
+            return False
+        entry = self._pending.get(root.context.trace_id)
+        return entry is not None and any(span.context.span_id == parent.span_id for span in entry[0])
 
     def _emit_root(self, root: ReadableSpan) -> None:
         trace_id = root.context.trace_id
@@ -379,9 +390,10 @@ def _duration_ns(span: ReadableSpan) -> int | None:
 
 
 def _children_map(spans: Sequence[ReadableSpan]) -> dict[int, list[ReadableSpan]]:
+    """Parent span id -> its spans; a remote parent counts where it is among ``spans``."""
     children: dict[int, list[ReadableSpan]] = {}
     for span in spans:
-        if span.parent is not None and not span.parent.is_remote:
+        if span.parent is not None:
             children.setdefault(span.parent.span_id, []).append(span)
     for group in children.values():
         group.sort(key=_start)

@@ -106,6 +106,33 @@ def test_golden_tree():
     assert exporter._pending == {} and exporter._span_count == 0
 
 
+def test_a_server_span_under_a_client_span_of_this_process_is_in_its_tree():
+    """One process calling itself: the SERVER span's remote parent is a CLIENT span buffered here."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    out = io.StringIO()
+    exporter = ConsoleTreeExporter(out, colour=False, sweep=False, duration=lambda ns: "D")
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}), id_generator=CountingIds())
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    call, end_call = span(tracer, "GET", 0, 10, kind=SpanKind.CLIENT)
+    sent = call.get_span_context()
+    received = trace.NonRecordingSpan(SpanContext(sent.trace_id, sent.span_id, is_remote=True, trace_flags=sent.trace_flags))
+    served, end_served = span(tracer, "GET /hello", 1, 9, parent=received, kind=SpanKind.SERVER)
+    end_served()  # ends first: a local root, with a remote parent not exported yet
+    end_call()
+    processor.force_flush()  # one batch, as the exit flush makes it
+    assert out.getvalue() == textwrap.dedent(
+        """\
+        trace 00000000000000000000000000abc001
+          GET  CLIENT  [shop]  D  OK
+            GET /hello  SERVER  D  OK
+        """
+    )
+    processor.shutdown()
+
+
 def test_format_duration():
     assert format_duration(None) == "? ms"
     assert format_duration(1_234_567) == "1.23 ms"
