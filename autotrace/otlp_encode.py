@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from struct import Struct
+from time import sleep
 from types import MappingProxyType
 from typing import Any
 
@@ -356,17 +357,34 @@ def _span(span: Any) -> bytes:
     return _ld(T_SS_SPANS, b"".join(out))
 
 
-def encode_spans(spans: Sequence[Any]) -> bytes:
+# How the export thread lets request threads run while it encodes a batch: a pause of
+# PAUSE_S after every PAUSE_EVERY spans (about 100 us of work). A thread holding the GIL
+# gives it up only every 5 ms (sys.getswitchinterval) when another asks for it, so a
+# request thread would wait up to that long behind a batch (hundreds of spans, some
+# milliseconds of work): the p99 latency of a busy server. A pause long enough for the
+# waiting thread to take the GIL bounds that wait to one slice; ``sleep(0)`` would not,
+# as the thread that releases the GIL usually takes it back first.
+PAUSE_EVERY = 16
+PAUSE_S = 0.0001
+
+
+def encode_spans(spans: Sequence[Any], pause: bool = False) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` of ``spans``, as the SDK encoder makes it.
 
     Spans are grouped by resource, then by instrumentation scope, in order of first
-    appearance, with the SDK's notion of equal resources and scopes (``==``).
+    appearance, with the SDK's notion of equal resources and scopes (``==``). With
+    ``pause`` (the export thread), it pauses briefly every ``PAUSE_EVERY`` spans.
     """
+    countdown = PAUSE_EVERY if pause else -1
     # resource object id -> its group; distinct but equal objects share a group
     by_id: dict[int, dict[Any, list[bytes]]] = {}
     groups: dict[Any, dict[Any, list[bytes]]] = {}
     scope_lists: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
+        countdown -= 1
+        if countdown == 0:
+            sleep(PAUSE_S)
+            countdown = PAUSE_EVERY
         resource = span.resource
         scope = span.instrumentation_scope or None
         key = (id(resource), id(scope))

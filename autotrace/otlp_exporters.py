@@ -66,7 +66,7 @@ def _encode_or_none(spans: Sequence[Any], sdk_encode: Callable[[Sequence[Any]], 
     if not _check(spans, sdk_encode):
         return None
     try:
-        return encode_spans(spans)
+        return encode_spans(spans, pause=True)  # on the export thread: request threads go first
     except Exception as exc:  # noqa: BLE001 - fall back for this batch
         _log.warn_once(
             f"otlp_encode:{type(exc).__name__}",

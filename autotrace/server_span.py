@@ -32,6 +32,7 @@ import threading
 
 from . import _log
 from ._version import __version__
+from .propagation.fields import MAX_KEYS, bounded_values
 from .redact import redact_query
 
 # The OpenTelemetry API is imported at the first request, not when a hook imports this
@@ -214,15 +215,11 @@ class _LookupGetter:
     names_in_any_case = True  # servers' lookups ignore case: propagators need not scan the names
 
     def get(self, carrier: Lookup, key: str):
-        from .propagation.fields import bounded_values
-
         return bounded_values(key, carrier(key))
 
     def keys(self, carrier: Lookup) -> list[str]:
         """The first ``MAX_KEYS`` header names (lower case) of a :class:`HeaderLookup`."""
         import itertools
-
-        from .propagation.fields import MAX_KEYS
 
         if not isinstance(carrier, HeaderLookup):
             return []
@@ -235,13 +232,42 @@ _GETTER = _LookupGetter()
 def _extracted_links(ctx: context.Context) -> list[trace.Link]:
     """Span links the agent's composite propagator found (none without it)."""
     try:
-        from .propagation import extracted_links
-    except ImportError:  # the propagation package without it yet
-        return []
-    try:
-        return list(extracted_links(ctx) or ())
+        from .propagation.composite import extracted_links
+
+        return extracted_links(ctx)
     except Exception:  # noqa: BLE001
         return []
+
+
+# The global propagator last seen, and the fields it may read (None: unknown, always extract).
+_reads: tuple[object, frozenset[str] | None] = (None, None)
+
+
+def _fields_read(propagator: object) -> frozenset[str] | None:
+    global _reads
+    seen, reads = _reads
+    if seen is not propagator:
+        try:
+            reads = getattr(propagator, "reads", None)
+            reads = reads if isinstance(reads, frozenset) else None
+        except Exception:  # noqa: BLE001
+            reads = None
+        _reads = (propagator, reads)
+    return reads
+
+
+def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
+    """Whether extraction would leave ``base`` as it is: none of the fields the propagator
+    reads is in the request (most requests at a service's edge), and ``base`` holds no links
+    of an earlier extraction (which extraction would clear). Only with a getter that finds
+    names in any case (the servers' own), as a propagator's lookup would."""
+    reads = _fields_read(propagate.get_global_textmap())
+    if reads is None or not getattr(getter, "names_in_any_case", False):
+        return False
+    for name in reads:
+        if getter.get(carrier, name) is not None:
+            return False
+    return not _extracted_links(base)
 
 
 def extract_incoming(carrier, getter, base: context.Context | None = None) -> tuple[context.Context, list[trace.Link]]:
@@ -262,6 +288,8 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
         base = context.get_current()
     mode = settings().incoming_context
     if mode == "continue":
+        if _nothing_to_extract(carrier, getter, base):
+            return base, []
         parent = propagate.extract(carrier, context=base, getter=getter)
         return parent, _extracted_links(parent)
     root = trace.set_span_in_context(trace.INVALID_SPAN, base)

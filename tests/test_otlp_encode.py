@@ -277,3 +277,20 @@ def test_typical_http_server_span_repeated():
     ours, expected = assert_same(exporter.get_finished_spans())
     # The SDK (upb) writes fields in field-number order, as we do: the very same bytes.
     assert ours == expected.SerializeToString()
+
+
+def test_the_export_threads_encoding_pauses_every_few_spans(monkeypatch):
+    """With ``pause`` (the export thread), a pause every PAUSE_EVERY spans; the same bytes."""
+    from autotrace import otlp_encode
+
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("t")
+    for i in range(otlp_encode.PAUSE_EVERY * 3 + 5):
+        tracer.start_span(f"s{i}").end()
+    spans = exporter.get_finished_spans()
+    pauses = []
+    monkeypatch.setattr(otlp_encode, "sleep", pauses.append)
+    plain = otlp_encode.encode_spans(spans)
+    assert pauses == []
+    assert otlp_encode.encode_spans(spans, pause=True) == plain
+    assert pauses == [otlp_encode.PAUSE_S] * 3

@@ -79,7 +79,7 @@ def _http_exporter(url):
 def test_http_export_sends_our_encoding(sink, monkeypatch):
     calls = []
     real = otlp_exporters.encode_spans
-    monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans: calls.append(len(spans)) or real(spans))
+    monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans, **kw: calls.append(len(spans)) or real(spans, **kw))
     spans = _spans()
     exporter = _http_exporter(sink.url)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
@@ -151,7 +151,7 @@ def test_grpc_export_sends_our_encoding(monkeypatch):
     try:
         calls = []
         real = otlp_exporters.encode_spans
-        monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans: calls.append(len(spans)) or real(spans))
+        monkeypatch.setattr(otlp_exporters, "encode_spans", lambda spans, **kw: calls.append(len(spans)) or real(spans, **kw))
         cls = otlp_exporters.grpc_exporter_class()
         exporter = cls(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=5)
         spans = _spans()

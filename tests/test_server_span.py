@@ -455,3 +455,96 @@ def test_sanitize_fields_match_whole_names(spans, monkeypatch):
     attributes = only(spans).attributes
     assert tuple(attributes["http.request.header.x-token"]) == ("[REDACTED]",)
     assert tuple(attributes["http.request.header.x-token-id"]) == ("public",)
+
+
+# -- a request without propagation fields is not extracted -----------------------------
+
+
+class Spy:
+    """A propagator reading one field (``reads``), noting each extraction."""
+
+    def __init__(self, reads=frozenset({"x-spy"})) -> None:
+        self.reads = reads
+        self.extracted = 0
+
+    def extract(self, carrier, context=None, getter=None):
+        self.extracted += 1
+        return context if context is not None else context_module().get_current()
+
+    def inject(self, carrier, context=None, setter=None):
+        pass
+
+    @property
+    def fields(self):
+        return {"x-spy"}
+
+
+def context_module():
+    return context
+
+
+@pytest.fixture
+def global_propagator():
+    from opentelemetry import propagate
+
+    before = propagate.get_global_textmap()
+
+    def install(propagator):
+        propagate.set_global_textmap(propagator)
+        return propagator
+
+    yield install
+    propagate.set_global_textmap(before)
+
+
+def extract(headers=None, base=None):
+    return server_span.extract_incoming(lookup(headers), server_span._GETTER, base)
+
+
+def test_a_request_without_the_fields_a_composite_reads_is_not_extracted(spans, global_propagator):
+    from autotrace.propagation.composite import CompositePropagator
+
+    spy = Spy()
+    global_propagator(CompositePropagator([spy]))
+    base = context.set_value("app-key", "kept", context.Context())
+    parent, links = extract({"user-agent": "curl", "x-other": "1"}, base)
+    assert spy.extracted == 0 and parent is base and links == []
+    extract({"X-Spy": "1"}, base)  # in any case, as the server's lookup finds it
+    assert spy.extracted == 1
+
+
+def test_what_the_composite_reads(global_propagator):
+    from autotrace.propagation import build
+    from autotrace.propagation.composite import CompositePropagator
+
+    assert build(["tracecontext", "baggage"]).reads == {"traceparent", "tracestate", "baggage"}
+    assert build(["b3"]).reads == build(["b3multi"]).reads == {
+        "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags", "x-b3-parentspanid"
+    }
+    assert build(["tracecontext", "jaeger"]).reads is None  # uberctx-* baggage: any name
+    assert CompositePropagator([Spy(reads=None)]).reads is None  # another package's: unknown
+    assert build(["none"]).reads == frozenset()
+
+
+def test_a_propagator_that_does_not_say_what_it_reads_always_extracts(spans, global_propagator):
+    spy = global_propagator(Spy(reads=None))
+    extract({"user-agent": "curl"})
+    assert spy.extracted == 1
+
+
+def test_links_of_an_earlier_extraction_are_cleared_without_fields(spans, global_propagator):
+    from autotrace.propagation import build
+    from autotrace.propagation.composite import extracted_links
+
+    global_propagator(build(["tracecontext", "b3multi"]))
+    other = "1" * 32
+    earlier = extract({"traceparent": TRACEPARENT, "x-b3-traceid": other, "x-b3-spanid": "2" * 16, "x-b3-sampled": "1"})[0]
+    assert len(extracted_links(earlier)) == 1
+    parent, links = extract({"user-agent": "curl"}, earlier)
+    assert links == [] and extracted_links(parent) == []
+
+
+def test_no_fields_keeps_the_current_span_and_baggage_as_extraction_would(spans):
+    base = baggage.set_baggage("tenant", "a", context.Context())
+    parent, links = extract({"user-agent": "curl"}, base)
+    assert baggage.get_baggage("tenant", parent) == "a" and links == []

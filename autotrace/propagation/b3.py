@@ -207,6 +207,9 @@ def state_to_write(context: Context | None, span_context: trace.SpanContext) -> 
 
 
 class _B3Propagator(textmap.TextMapPropagator):
+    # Every field extract() may read (lower case): both forms, whichever is written.
+    reads = frozenset({SINGLE, TRACE_ID, SPAN_ID, SAMPLED, FLAGS, PARENT_SPAN_ID})
+
     def extract(
         self,
         carrier: textmap.CarrierT,

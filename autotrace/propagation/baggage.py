@@ -138,6 +138,8 @@ def _header(getter: textmap.Getter, carrier: object) -> str | None:
 class BaggagePropagator(textmap.TextMapPropagator):
     """Extracts and injects W3C Baggage, keeping each entry's properties."""
 
+    reads = frozenset({BAGGAGE})  # every field extract() may read (lower case)
+
     def extract(
         self,
         carrier: textmap.CarrierT,

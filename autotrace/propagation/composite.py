@@ -50,6 +50,22 @@ class CompositePropagator(textmap.TextMapPropagator):
     def propagators(self) -> tuple[textmap.TextMapPropagator, ...]:
         return self._propagators
 
+    @property
+    def reads(self) -> frozenset[str] | None:
+        """Every field ``extract`` may read (lower case), or None when that is not a fixed set.
+
+        A server with none of these fields in a request need not extract at all (the
+        context stays as it was). None when a propagator does not say what it reads (one
+        of another package) or reads by prefix (Jaeger's ``uberctx-*`` baggage).
+        """
+        names: set[str] = set()
+        for propagator in self._propagators:
+            reads = getattr(propagator, "reads", None)
+            if not isinstance(reads, frozenset):
+                return None
+            names |= reads
+        return frozenset(names)
+
     def extract(
         self,
         carrier: textmap.CarrierT,

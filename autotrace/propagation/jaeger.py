@@ -67,7 +67,11 @@ def parse_trace_header(value: str) -> tuple[int, int, str] | None:
 
 
 class JaegerPropagator(textmap.TextMapPropagator):
-    """``OTEL_PROPAGATORS=jaeger``: ``uber-trace-id`` and ``uberctx-*`` baggage."""
+    """``OTEL_PROPAGATORS=jaeger``: ``uber-trace-id`` and ``uberctx-*`` baggage.
+
+    It has no ``reads`` set (see :attr:`.composite.CompositePropagator.reads`): its
+    baggage is any header named ``uberctx-*``.
+    """
 
     def extract(
         self,

@@ -126,6 +126,8 @@ def parse_tracestate(values: list[str]) -> TraceState | None:
 class TraceContextPropagator(textmap.TextMapPropagator):
     """Extracts and injects W3C Trace Context (Level 2) ``traceparent``/``tracestate``."""
 
+    reads = frozenset({TRACEPARENT, TRACESTATE})  # every field extract() may read (lower case)
+
     def extract(
         self,
         carrier: textmap.CarrierT,
