@@ -231,12 +231,16 @@ _GETTER = _LookupGetter()
 
 def _extracted_links(ctx: context.Context) -> list[trace.Link]:
     """Span links the agent's composite propagator found (none without it)."""
+    global _links_of
     try:
-        from .propagation.composite import extracted_links
-
-        return extracted_links(ctx)
+        if _links_of is None:
+            from .propagation.composite import extracted_links as _links_of
+        return _links_of(ctx)
     except Exception:  # noqa: BLE001
         return []
+
+
+_links_of = None  # propagation.composite.extracted_links, imported at the first request
 
 
 # The global propagator last seen, and the fields it may read (None: unknown, always extract).
