@@ -95,3 +95,26 @@ def fail_dns(monkeypatch) -> str:
 def tls_url(peer, path: str = "/ok") -> str:
     """An ``https://`` URL of the plain-HTTP peer: the TLS handshake fails (wrong version number)."""
     return f"https://127.0.0.1:{peer.port}{path}"
+
+
+# What test_named_headers_are_captured sets, for requests and httpx alike.
+CAPTURE_REQUEST = "X-App,traceparent,Authorization"
+CAPTURE_RESPONSE = "X-Peer,Content-Length"
+CAPTURED_REQUEST_HEADERS = {"X-App": "1", "Authorization": "Bearer s3cret"}
+
+
+def capture_named_headers(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", CAPTURE_REQUEST)
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", CAPTURE_RESPONSE)
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "authorization")
+
+
+def assert_named_headers_captured(span, received) -> None:
+    """Exactly the named headers, as sent and answered (CAPTURED_REQUEST_HEADERS); the sanitized one redacted."""
+    assert span.attributes["http.request.header.x-app"] == ("1",)
+    assert span.attributes["http.request.header.traceparent"] == tuple(received.headers["traceparent"])
+    assert span.attributes["http.request.header.authorization"] == ("[REDACTED]",)
+    assert span.attributes["http.response.header.x-peer"] == ("yes",)
+    assert span.attributes["http.response.header.content-length"] == ("3",)
+    named = ("x-app", "traceparent", "authorization", "x-peer", "content-length")
+    assert not [k for k in span.attributes if ".header." in k and k.rpartition(".")[2] not in named]

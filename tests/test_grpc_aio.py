@@ -20,6 +20,7 @@ from opentelemetry import baggage, context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import patching
+from grpc_checks import Serializer
 
 SERVICE = "pkg.Echo"
 SHAPES = ["Unary", "ServerStream", "ClientStream", "BidiStream"]
@@ -484,19 +485,6 @@ def test_the_client_cancelling_a_request_stream_ends_both_spans(hook, shape):
 
 
 # -- the response serializer ----------------------------------------------------------------
-
-
-class Serializer:
-    """A response serializer that fails for responses starting with ``bad``; notes when it ran."""
-
-    def __init__(self) -> None:
-        self.ran_at: list[int] = []
-
-    def __call__(self, response: bytes) -> bytes:
-        self.ran_at.append(time.time_ns())
-        if response.startswith(b"bad"):
-            raise ValueError("cannot serialize")
-        return response
 
 
 def serialized_handler(serializer: Serializer):

@@ -21,6 +21,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import patching
+from grpc_checks import Serializer
 
 SERVICE = "pkg.Echo"
 SHAPES = ["Unary", "ServerStream", "ClientStream", "BidiStream"]
@@ -519,19 +520,6 @@ def test_a_response_stream_the_app_drops_is_cancelled_as_without_the_agent(runni
 
 
 # -- the response serializer -------------------------------------------------------------
-
-
-class Serializer:
-    """A response serializer that fails for responses starting with ``bad``; notes when it ran."""
-
-    def __init__(self) -> None:
-        self.ran_at: list[int] = []
-
-    def __call__(self, response: bytes) -> bytes:
-        self.ran_at.append(time.time_ns())
-        if response.startswith(b"bad"):
-            raise ValueError("cannot serialize")
-        return response
 
 
 def serialized_handler(serializer: Serializer) -> grpc.GenericRpcHandler:
