@@ -231,9 +231,10 @@ def configuration_checks(settings, warnings: list[str], args, environ) -> list[C
     return checks
 
 
-def service_name_check(settings, command: list[str]) -> Check:
+def service_name_check(settings, command: list[str], args=None) -> Check:
     if settings.service_name:
-        return Check(OK, "service name", f"{settings.service_name} (from OTEL_SERVICE_NAME)")
+        origin = "--service-name" if getattr(args, "service_name", None) else "OTEL_SERVICE_NAME"
+        return Check(OK, "service name", f"{settings.service_name} (from {origin})")
     attribute = settings.resource_attributes.get("service.name")
     if attribute:
         return Check(OK, "service name", f"{attribute} (from service.name in OTEL_RESOURCE_ATTRIBUTES)")
@@ -1021,7 +1022,7 @@ def run_checks(args, environ) -> list[Check]:
     env = build_environment(args, dict(environ))
     settings, warnings = load_settings(env)
     checks = configuration_checks(settings, warnings, args, environ)
-    name_check = service_name_check(settings, command)
+    name_check = service_name_check(settings, command, args)
     checks.append(name_check)
     checks.extend(command_checks(command, env))
     derived = name_check.message.split(" (", 1)[0] if command and name_check.status != FAIL else ""

@@ -62,6 +62,10 @@ def test_service_name_checks() -> None:
     assert doctor.service_name_check(settings, ["python", "shop.py"]).message.startswith("shop (derived from")
     settings, _ = doctor.load_settings({"OTEL_RESOURCE_ATTRIBUTES": "service.name=cart"})
     assert doctor.service_name_check(settings, []).message.startswith("cart (from service.name")
+    settings, _ = doctor.load_settings({"OTEL_SERVICE_NAME": "shop"})
+    assert doctor.service_name_check(settings, []).message == "shop (from OTEL_SERVICE_NAME)"
+    flagged = parse("--service-name", "shop")
+    assert doctor.service_name_check(settings, [], flagged).message == "shop (from --service-name)"
 
 
 def test_doctor_accepts_a_command_after_double_dash() -> None:
