@@ -35,7 +35,10 @@ Nor do the OpenTelemetry SDK's own threads (a ``target`` that is a method define
 ``opentelemetry.sdk``): the batch processors' export thread is started when the SDK is
 set up, which may be inside a request (a remote parent or baggage current already), and
 again in every ``fork`` child (a ``multiprocessing.Process`` started in a span); it
-lives as long as the process, and what it logs must not name that request's trace.
+lives as long as the process, and what it logs must not name that request's trace. Nor
+does a ``multiprocessing`` queue's feeder thread (``Queue._feed``, started by the first
+``put``): it only moves pickled objects to the pipe, and would otherwise keep the first
+caller's context (and its span) for the queue's lifetime.
 
 Not covered: threads started with ``_thread.start_new_thread`` directly.
 """
@@ -89,7 +92,7 @@ def _wrap_start(original):
             ctx = capture()
             if ctx is not None:
                 target = self.__dict__.get("_target")
-                if id(target) in _not_carried or _is_sdk_method(target):
+                if id(target) in _not_carried or _is_infrastructure(target):
                     ctx = None
                 else:
                     self.__dict__[_CONTEXT] = ctx
@@ -107,10 +110,16 @@ def _wrap_start(original):
     return start
 
 
-def _is_sdk_method(target) -> bool:
-    """Whether ``target`` is a bound method defined in the OpenTelemetry SDK (its worker threads)."""
-    module = getattr(getattr(target, "__func__", None), "__module__", None)
-    return isinstance(module, str) and module.startswith("opentelemetry.sdk.")
+def _is_infrastructure(target) -> bool:
+    """Whether ``target`` runs a thread that records nothing for the app: a method of the
+    OpenTelemetry SDK (its worker threads), or a ``multiprocessing`` queue's feeder."""
+    function = getattr(target, "__func__", target)
+    module = getattr(function, "__module__", None)
+    if not isinstance(module, str):
+        return False
+    if module.startswith("opentelemetry.sdk."):
+        return function is not target  # a bound method, as the SDK starts its threads
+    return module == "multiprocessing.queues" and getattr(function, "__name__", None) == "_feed"
 
 
 def _wrap_bootstrap_inner(original):

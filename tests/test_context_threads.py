@@ -261,6 +261,32 @@ def test_threads_with_a_context_of_their_own_get_it_there(spans):
     assert dict(own.run(context.get_current)) == {}  # the app's Context is left as it was
 
 
+def test_a_multiprocessing_queues_feeder_thread_carries_nothing(hooks, monkeypatch):
+    """The feeder starts at the first put(): it must not keep that caller's span for the queue's life."""
+    import functools
+    import multiprocessing
+    from multiprocessing import queues
+
+    seen: queue.Queue = queue.Queue()
+    feed = queues.Queue._feed
+
+    @functools.wraps(feed)  # multiprocessing's own function, as the hook sees it
+    def noting_feed(*args, **kwargs):
+        seen.put(trace.get_current_span().get_span_context().span_id)
+        return feed(*args, **kwargs)
+
+    monkeypatch.setattr(queues.Queue, "_feed", staticmethod(noting_feed))
+    q = multiprocessing.get_context("spawn").Queue()
+    try:
+        with tracer().start_as_current_span("parent"):
+            q.put("item")
+        assert seen.get(timeout=WAIT) == 0  # the feeder runs in no span
+        assert q.get(timeout=WAIT) == "item"
+    finally:
+        q.close()
+        q.join_thread()
+
+
 def test_the_sdks_export_thread_started_in_a_span_carries_nothing(hooks):
     """The SDK set up inside a request: its batch processor's thread lives as long as the process."""
     from opentelemetry.sdk.trace import TracerProvider
