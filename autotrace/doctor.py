@@ -258,21 +258,22 @@ def service_name_check(settings, command: list[str], args=None) -> Check:
 
 
 # What the exporters' transports accept: an HTTP header name is a token (RFC 9110), its
-# value Latin-1 without control characters or leading blank (requests' rule); a gRPC
-# metadata key is lower-case [0-9a-z_.-], its value printable ASCII (a ``-bin`` key
-# wants bytes, which a variable cannot give).
+# value Latin-1 without control characters or leading blank (requests' rule); gRPC
+# metadata as the agent's own gRPC hooks check it (:mod:`autotrace.rpc_span`; a ``-bin``
+# key wants bytes, which a variable cannot give).
 _HTTP_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_GRPC_KEY = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
 
 
 def _header_problem(name: str, value: str, protocol: str) -> str:
     """Why ``name`` cannot be sent with ``protocol`` ("" when it can). Never quotes the value."""
     if protocol == "grpc":
-        if not name or not set(name) <= _GRPC_KEY:
+        from .rpc_span import is_metadata_key, is_metadata_value
+
+        if not is_metadata_key(name):
             return "is not a valid gRPC metadata key (lower-case letters, digits, '-', '_' and '.')"
         if name.endswith("-bin"):
             return "is a binary (-bin) gRPC metadata key, which the exporter cannot send from a variable"
-        if any(not " " <= c <= "~" for c in value):
+        if not is_metadata_value(value):
             return "has a value that is not printable ASCII, which gRPC metadata requires"
         return ""
     if not name or not set(name) <= _HTTP_TOKEN:

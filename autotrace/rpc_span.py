@@ -25,6 +25,7 @@ import re
 
 from . import _log, server_span
 from ._version import __version__
+from .propagation.fields import bounded_values
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -145,6 +146,16 @@ class RpcSpan(server_span.SpanHandle):
 _METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
 
 
+def is_metadata_key(name: str) -> bool:
+    """Whether grpc accepts ``name`` as a text metadata key."""
+    return _METADATA_KEY.fullmatch(name) is not None
+
+
+def is_metadata_value(value: str) -> bool:
+    """Whether grpc accepts ``value`` as a text metadata value (printable ASCII)."""
+    return value.isascii() and value.isprintable()
+
+
 def _valid_metadata(carrier: dict[str, str]) -> dict[str, str]:
     """The propagation fields gRPC can carry: keys lower-cased, an entry it would refuse left out (one warning).
 
@@ -154,7 +165,7 @@ def _valid_metadata(carrier: dict[str, str]) -> dict[str, str]:
     valid: dict[str, str] = {}
     for key, value in carrier.items():
         name = key.lower() if isinstance(key, str) else ""
-        if _METADATA_KEY.fullmatch(name) and isinstance(value, str) and value.isascii() and value.isprintable():
+        if is_metadata_key(name) and isinstance(value, str) and is_metadata_value(value):
             valid[name] = value
         else:
             _log.warn_once(
@@ -177,8 +188,6 @@ class _MetadataGetter:
     names_in_any_case = True  # get() lower-cases the name: propagators need not scan the keys
 
     def get(self, carrier: Metadata, key: str):
-        from .propagation.fields import bounded_values
-
         key = key.lower()  # gRPC metadata keys are lower-case; a propagator may ask for X-Amzn-Trace-Id
         return bounded_values(key, (v for k, v in carrier if k == key))
 

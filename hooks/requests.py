@@ -179,7 +179,7 @@ class TracedAdapter:
         finally:
             state.in_adapter = False
             if token is not None:
-                _leave(token)
+                server_span.detach(token)
         try:
             if sent is not request and getattr(response, "request", None) is sent:
                 response.request = request  # what the app sees, as untraced
@@ -194,13 +194,6 @@ def _enter(ctx) -> object:
         return server_span.context.attach(ctx)
     except Exception:  # noqa: BLE001
         return None
-
-
-def _leave(token: object) -> None:
-    try:
-        server_span.context.detach(token)
-    except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
-        pass
 
 
 def _copy(request):
@@ -226,7 +219,7 @@ def _wrap_dispatch_hook(original):
             return original(key, hooks, hook_data, **kwargs)
         finally:
             if token is not None:
-                _leave(token)
+                server_span.detach(token)
 
     return dispatch_hook
 
