@@ -21,20 +21,24 @@ print("done", flush=True)
 """
 
 
+def run_to_done(tmp_path, source: str, env: dict) -> list[str]:
+    """Run ``source`` as app.py under ``autotrace run``; it must print ``done`` and exit 0. Its stderr lines."""
+    result = autotrace_run(write(tmp_path, "app.py", source), env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n"
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_queue_full_reported_once_then_summarised_with_a_healthy_collector(otlp_receiver, tmp_path, protocol):
-    script = write(tmp_path, "app.py", APP)
     env = clean_env(
         **otlp_receiver.env(protocol),
         OTEL_SERVICE_NAME="flood",
         OTEL_BSP_MAX_QUEUE_SIZE="4",
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE="4",
     )
-    result = autotrace_run(script, env, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "done\n"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 2, result.stderr  # no line per drop, no SDK line, no failure
+    lines = run_to_done(tmp_path, APP, env)
+    assert len(lines) == 2, lines  # no line per drop, no SDK line, no failure
     assert lines[0] == (
         "autotrace WARNING: a span was dropped: the batch queue is full (OTEL_BSP_MAX_QUEUE_SIZE=4); "
         "spans end faster than they are exported (raise OTEL_BSP_MAX_QUEUE_SIZE, or lower "
@@ -74,7 +78,6 @@ def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
     from otlp_receiver import free_port
 
     port = free_port()
-    script = write(tmp_path, "app.py", FAILING_APP)
     env = clean_env(
         OTEL_SERVICE_NAME="down",
         OTEL_EXPORTER_OTLP_PROTOCOL="grpc" if protocol == "grpc" else "http/protobuf",
@@ -82,12 +85,9 @@ def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
         OTEL_EXPORTER_OTLP_TIMEOUT="500",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
-    result = autotrace_run(script, env, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "done\n"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = run_to_done(tmp_path, FAILING_APP, env)
     # No line per batch, no SDK line ("Transient error", "Failed to export"): two lines in all.
-    assert len(lines) == 2, result.stderr
+    assert len(lines) == 2, lines
     shown = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/v1/traces"
     assert lines[0] == (
         f"autotrace WARNING: spans could not be exported to {shown}: connection refused "

@@ -57,6 +57,38 @@ def via_a(context):
 
 def denied(details):
     return ("x-deny", "1") in [(m.key, m.value) for m in details.invocation_metadata]
+
+
+def chain_handler(unary, server_stream, client_stream, bidi_stream):  # pkg.Chain's four behaviors
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "BidiStream": grpc.stream_stream_rpc_method_handler(bidi_stream),
+        },
+    )
+
+
+def serve_sync(handler, interceptors=None):
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print("listening", port, flush=True)
+    server.wait_for_termination()
+
+
+async def serve_aio(handler, interceptors=None):
+    server = grpc.aio.server(interceptors=interceptors)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print("listening", port, flush=True)
+    await server.wait_for_termination()
 """
 
 # B's answers: b"abort": NOT_FOUND; b"slow": works until the call's deadline (5 s at most);
@@ -64,9 +96,6 @@ def denied(details):
 LEAF_SYNC = (
     COMMON
     + """
-from concurrent import futures
-
-
 def unary(request, context):
     if request == b"abort":
         context.abort(grpc.StatusCode.NOT_FOUND, "no such link")
@@ -98,21 +127,7 @@ def bidi_stream(requests, context):
         yield b"B:" + request
 
 
-handler = grpc.method_handlers_generic_handler(
-    SERVICE,
-    {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-        "BidiStream": grpc.stream_stream_rpc_method_handler(bidi_stream),
-    },
-)
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print("listening", port, flush=True)
-server.wait_for_termination()
+serve_sync(chain_handler(unary, server_stream, client_stream, bidi_stream))
 """
 )
 
@@ -150,21 +165,7 @@ async def bidi_stream(requests, context):
 
 
 async def main():
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Unary": grpc.unary_unary_rpc_method_handler(unary),
-            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-            "BidiStream": grpc.stream_stream_rpc_method_handler(bidi_stream),
-        },
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print("listening", port, flush=True)
-    await server.wait_for_termination()
+    await serve_aio(chain_handler(unary, server_stream, client_stream, bidi_stream))
 
 
 asyncio.run(main())
@@ -174,9 +175,6 @@ asyncio.run(main())
 LINK_SYNC = (
     COMMON
     + """
-from concurrent import futures
-
-
 class Via(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(details._replace(metadata=[*(details.metadata or ()), ("x-via", "a")]), request)
@@ -216,21 +214,7 @@ def bidi_stream(requests, context):
         yield b"A:" + response
 
 
-handler = grpc.method_handlers_generic_handler(
-    SERVICE,
-    {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-        "BidiStream": grpc.stream_stream_rpc_method_handler(bidi_stream),
-    },
-)
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[Deny()])
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print("listening", port, flush=True)
-server.wait_for_termination()
+serve_sync(chain_handler(unary, server_stream, client_stream, bidi_stream), [Deny()])
 """
 )
 
@@ -278,21 +262,7 @@ async def main():
         async for response in channel.stream_stream(method("BidiStream"))(iter(received), timeout=10):
             yield b"A:" + response
 
-    handler = grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Unary": grpc.unary_unary_rpc_method_handler(unary),
-            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-            "BidiStream": grpc.stream_stream_rpc_method_handler(bidi_stream),
-        },
-    )
-    server = grpc.aio.server(interceptors=[Deny()])
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print("listening", port, flush=True)
-    await server.wait_for_termination()
+    await serve_aio(chain_handler(unary, server_stream, client_stream, bidi_stream), [Deny()])
 
 
 asyncio.run(main())

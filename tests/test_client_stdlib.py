@@ -504,16 +504,21 @@ def test_http_client_url_through_a_tunnel_is_the_target():
     assert http_client_hook._url(conn, "/x") == "https://target.example:8443/x"
 
 
-def test_named_headers_are_captured(client_hooks, peer, monkeypatch):
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App,traceparent")
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "X-Peer,Content-Type")
-    urlopen(urllib.request.Request(peer.url("/ok", "capture"), headers={"X-App": "1"}))
+def get_with_x_app(peer, case: str) -> None:
+    """GET the peer's /ok twice: with urlopen (X-App: 1), then http.client directly (X-App: 2)."""
+    urlopen(urllib.request.Request(peer.url("/ok", case), headers={"X-App": "1"}))
     conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=5)
     try:
-        conn.request("GET", "/ok?case=capture", headers={"X-App": "2"})
+        conn.request("GET", f"/ok?case={case}", headers={"X-App": "2"})
         conn.getresponse().read()
     finally:
         conn.close()
+
+
+def test_named_headers_are_captured(client_hooks, peer, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App,traceparent")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "X-Peer,Content-Type")
+    get_with_x_app(peer, "capture")
     spans = client_spans(client_hooks)
     assert len(spans) == 2
     for span, app, got in zip(spans, ("1", "2"), peer.requests("capture")):
@@ -530,13 +535,7 @@ def test_request_headers_are_captured_without_propagation_headers(client_hooks, 
 
     monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([]))
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App")
-    urlopen(urllib.request.Request(peer.url("/ok", "none"), headers={"X-App": "1"}))
-    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=5)
-    try:
-        conn.request("GET", "/ok?case=none", headers={"X-App": "2"})
-        conn.getresponse().read()
-    finally:
-        conn.close()
+    get_with_x_app(peer, "none")
     spans = client_spans(client_hooks)
     assert [s.attributes.get("http.request.header.x-app") for s in spans] == [("1",), ("2",)]
     assert [r.header("traceparent") for r in peer.requests("none")] == [None, None]
