@@ -1,6 +1,9 @@
 """Start-up cost: an app importing flask and requests, plain vs under the agent.
 
-    python benchmarks/startup.py [--runs 20]
+    python benchmarks/startup.py [--runs 20] [--compare LABEL=VENV_BIN_DIR ...]
+
+``--compare`` adds ``autotrace run`` from another install (say, a venv holding an
+earlier checkout of autotrace, for a before/after figure measured in the same run).
 
 Runs each variant alternately in the same session and prints medians and the ratio to
 plain Python measured in the same run. Variants whose tool is not installed are
@@ -26,6 +29,13 @@ APP = "import flask, requests\n"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=VENV_BIN_DIR",
+        help="also time `autotrace run` of the install in that venv's bin directory",
+    )
     args = parser.parse_args()
 
     bin_dir = Path(sys.executable).parent
@@ -41,6 +51,13 @@ def main() -> None:
             "AUTOTRACE_ENABLED": [sys.executable, str(app)],
         }
         extra_env = {"AUTOTRACE_ENABLED": {"AUTOTRACE_ENABLED": "true"}}
+        for item in args.compare:
+            label, sep, other_bin = item.partition("=")
+            if not sep or not Path(other_bin, "autotrace").exists():
+                parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+            name = f"autotrace run ({label})"
+            variants[name] = [str(Path(other_bin, "autotrace")), "run", "python", str(app)]
+            extra_env[name] = {"PATH": f"{other_bin}{os.pathsep}{env['PATH']}"}
         for name, tool in (("opentelemetry-instrument", "opentelemetry-instrument"), ("ddtrace-run", "ddtrace-run")):
             path = shutil.which(tool, path=env["PATH"])
             if path:
