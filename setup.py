@@ -1,8 +1,19 @@
 """Ships ``autotrace-agent.pth`` at the top of site-packages (activation by environment).
 
-Everything else is in pyproject.toml. setuptools has no declarative way to place a file
-beside the packages, so build_py copies it into wheels, and the editable wheel gets it
-beside the editable finder (whose ``__editable__`` .pth sorts, and so runs, first).
+Everything else is in pyproject.toml. build_py copies the file into wheels, and the
+editable wheel gets it beside the editable finder (whose ``__editable__`` .pth sorts, and
+so runs, first) through ``editable_wheel._select_strategy``, a private setuptools method:
+setuptools offers no public way to add a file to an editable wheel.
+
+Why not declarative: setuptools' ``data-files`` install under the environment's prefix,
+not site-packages. hatchling 1.33 does the wheel declaratively (``sources`` maps hooks/ to
+autotrace/hooks and sitecustomize/ to autotrace/_sitecustomize, ``force-include`` puts the
+.pth at the top), but its editable build refuses a ``sources`` entry that adds a prefix
+("Dev mode installations are unsupported when any path rewrite in the `sources` option
+changes a prefix rather than removes it", pfmoore/editables#20); its ``dev-mode-dirs``
+only adds directories to sys.path, which leaves ``autotrace.hooks`` unimportable and makes
+sitecustomize/ a top-level ``sitecustomize`` that every interpreter of the venv would run.
+flit-core and pdm-backend have no per-package directory mapping at all.
 """
 
 import os

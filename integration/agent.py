@@ -100,18 +100,18 @@ class Watched:
         self._cond = threading.Condition()
         self.exited_at: float | None = None
         self.process = subprocess.Popen(
-            args,
+            # Not a preexec_fn: that makes Python fork() rather than vfork(), and with gRPC
+            # active in this process (the receiver's server, a test's channel) gRPC's fork
+            # handler restarts its poller in the child, whose epoll descriptor the child
+            # then closes before exec: now and then the child aborts before it becomes the
+            # command (SIGABRT, "epoll_wait error: Bad file descriptor"; grpc/grpc#43055).
+            [PYTHON, "-I", "-S", "-c", _DEFAULT_SIGNALS_THEN_EXEC, *args] if _signal_ignored() else args,
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            # Only when needed: a preexec_fn makes Python fork() rather than vfork(), and
-            # with the receiver's gRPC server running in this process, gRPC's fork
-            # handlers then now and then crash the child before it execs (SIGABRT,
-            # "epoll_wait error: Bad file descriptor"; grpc/grpc#43055).
-            preexec_fn=_default_signals if _signal_ignored() else None,
         )
         self._readers = [
             threading.Thread(target=self._read, args=(name, stream), daemon=True)
@@ -207,9 +207,15 @@ def _signal_ignored() -> bool:
     return any(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM))
 
 
-def _default_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+# Run by a bare interpreter (-I -S: no site, so not the agent either) that then becomes the
+# command, same PID: signals ignored by the test runner (a background job's SIGINT) are
+# reset, since exec keeps an ignored signal ignored.
+_DEFAULT_SIGNALS_THEN_EXEC = (
+    "import os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
 
 
 def wait_until_answers(url: str, timeout: float = 20, process: Watched | None = None) -> None:

@@ -8,7 +8,6 @@ span it receives as a :class:`ReceivedSpan`.
 from __future__ import annotations
 
 import gzip
-import socket
 import threading
 import time
 import zlib
@@ -44,33 +43,6 @@ class ReceivedSpan:
     headers: dict = field(hash=False)  # export request metadata / HTTP headers, lower-case keys
     start_time_unix_nano: int = 0
     end_time_unix_nano: int = 0
-
-
-# free_port() hands out ports below Linux's ephemeral range (32768-60999 by default), so a
-# socket bound to port 0 later (this receiver's own, a client's) can never be given a port
-# that a test is about to start a server on; and never the same port twice in one run.
-_FREE_PORTS = range(20000, 32768)
-_handed_out: set[int] = set()
-_handed_out_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """Return a loopback TCP port that nothing is listening on, for a server a test starts."""
-    import random
-
-    with _handed_out_lock:
-        for _ in range(200):
-            port = random.choice(_FREE_PORTS)
-            if port in _handed_out:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((_HOST, port))
-                except OSError:
-                    continue
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free loopback port found in 200 tries")
 
 
 def _any_value(value: common_pb2.AnyValue) -> Any:

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from agent import AUTOTRACE, BIN, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver, free_port
+from otlp_receiver import OTLPReceiver
+from ports import free_port
 
 HOLD = "60000"  # OTEL_BSP_SCHEDULE_DELAY: nothing is exported before the process ends
 CHUNKS, PAUSE = 5, 0.1  # /stream: CHUNKS body messages, PAUSE seconds apart

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from agent import AUTOTRACE, PYTHON, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver, ReceivedSpan, free_port
+from otlp_receiver import OTLPReceiver, ReceivedSpan
+from ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import http_peer  # noqa: E402
@@ -206,7 +206,7 @@ def runs(request, tmp_path_factory) -> Runs:
                     plain_reply = json.loads(json.dumps(plain_reply).replace("plain-", ""))
                     calls.append(Call(client, target, case, traced_reply, plain_reply))
             refused = {}
-            port = closed_port()
+            port = free_port()
             for client in CLIENT_NAMES:
                 case = f"{client}-refused-{secrets.token_hex(3)}"
                 target = f"http://127.0.0.1:{port}/down?case={case}"
@@ -215,12 +215,6 @@ def runs(request, tmp_path_factory) -> Runs:
             stderr = traced.text("stderr")
         http_peer.stop(peer_server, peer_thread)
         yield Runs(protocol, peer, receiver, calls, refused, stderr)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_span_of(runs: Runs, client_span: ReceivedSpan) -> ReceivedSpan:

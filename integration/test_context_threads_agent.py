@@ -20,7 +20,8 @@ from __future__ import annotations
 import urllib.request
 
 from agent import AUTOTRACE, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver, free_port
+from otlp_receiver import OTLPReceiver
+from ports import free_port
 
 SERVER = 2  # proto SpanKind
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

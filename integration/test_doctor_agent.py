@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from agent import AUTOTRACE, clean_env, write
-from otlp_receiver import OTLPReceiver, free_port
+from otlp_receiver import OTLPReceiver
+from ports import free_port
 
 
 def doctor(*options: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess:

@@ -75,7 +75,7 @@ print("done", flush=True)
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
-    from otlp_receiver import free_port
+    from ports import free_port
 
     port = free_port()
     env = clean_env(
@@ -121,7 +121,8 @@ def test_recovery_is_said_once_when_the_collector_comes_up(tmp_path):
     import threading
 
     from agent import AUTOTRACE, Watched
-    from otlp_receiver import OTLPReceiver, _HTTPHandler, _HTTPServer, free_port
+    from otlp_receiver import OTLPReceiver, _HTTPHandler, _HTTPServer
+    from ports import free_port
 
     port = free_port()
     write(tmp_path, "app.py", RECOVERING_APP)

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from agent import AUTOTRACE, BIN, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver, free_port
+from otlp_receiver import OTLPReceiver
+from ports import free_port
 
 SERVER = 2  # proto SpanKind
 STATUS_UNSET, STATUS_ERROR = 0, 2

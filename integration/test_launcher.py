@@ -19,7 +19,7 @@ import pytest
 import autotrace
 import autotrace._sitecustomize
 from agent import AUTOTRACE, PYTHON, autotrace_run, clean_env, run, start, stop, write
-from otlp_receiver import free_port
+from ports import free_port
 
 HELLO = 'from opentelemetry import trace; trace.get_tracer("t").start_span("x").end()\n'
 SITECUSTOMIZE_DIR = os.path.dirname(os.path.abspath(autotrace._sitecustomize.__file__))

@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otlp_receiver import OTLPReceiver, ReceivedSpan, free_port
+from otlp_receiver import OTLPReceiver, ReceivedSpan
+from ports import free_port
 
 SERVICE = "receiver-selftest"
 

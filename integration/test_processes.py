@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent import AUTOTRACE, PYTHON, Watched, autotrace_run, clean_env, run, wait_until_answers, write
-from otlp_receiver import free_port
+from ports import free_port
 
 PROTOCOLS = ["grpc", "http"]
 HOLD = "60000"  # OTEL_BSP_SCHEDULE_DELAY: nothing is exported before the process ends

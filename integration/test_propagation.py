@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from agent import AUTOTRACE, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver, ReceivedSpan, free_port
+from otlp_receiver import OTLPReceiver, ReceivedSpan
+from ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import http_peer  # noqa: E402

@@ -27,7 +27,8 @@ from typing import Callable, Optional
 import pytest
 
 from agent import AUTOTRACE, BIN, PYTHON, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver, free_port
+from otlp_receiver import OTLPReceiver
+from ports import free_port
 
 STREAM_CHUNKS = 5
 STREAM_PAUSE = 0.1  # between chunks: the stream takes at least 0.4 s

@@ -6,6 +6,7 @@ import socket
 import time
 
 from opentelemetry.trace import SpanKind, StatusCode
+from ports import free_port
 
 HAND_TRACEPARENT = "00-11111111111111111111111111111111-2222222222222222-01"
 
@@ -38,9 +39,7 @@ def assert_failed(span, error_type: str) -> None:
 
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 def received(peer, case: str, count: int = 1, timeout: float = 5.0) -> list:

@@ -307,11 +307,9 @@ def test_header_problems(protocol, name, value, problem) -> None:
 
 def test_unsendable_headers_fail_before_any_export() -> None:
     """The headers check fails on its own; the probes run without the bad header (a closed port here)."""
-    import socket
+    from ports import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     environ = {"OTEL_EXPORTER_OTLP_HEADERS": "x=%E2%82%AC,authorization=Bearer%20s3cretvalue"}
     checks = doctor.run_checks(parse("--timeout", "1", "--endpoint", f"http://127.0.0.1:{port}"), environ)
     by_name = {c.name: c for c in checks}

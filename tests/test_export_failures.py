@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from ports import free_port
 
 from autotrace import sdk
 
@@ -147,16 +147,10 @@ def test_flapping_recovery_is_said_once_per_interval(handle, capsys):
     assert len(lines) == 2 and "WARNING" in lines[0] and "again" in lines[1]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
     from autotrace.config import Settings
 
-    endpoint = f"http://127.0.0.1:{_closed_port()}/v1/traces"
+    endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
     settings = Settings(protocol="http/protobuf", endpoint=endpoint, timeout_s=0.3)
     handle = sdk.ExporterHandle("otlp", sdk._otlp_factory(settings))
     from opentelemetry.sdk.trace import TracerProvider

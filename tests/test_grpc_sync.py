@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import socket
 import threading
 import time
 from concurrent import futures
@@ -22,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import patching
 from grpc_checks import Serializer
+from ports import free_port
 
 SERVICE = "pkg.Echo"
 SHAPES = ["Unary", "ServerStream", "ClientStream", "BidiStream"]
@@ -407,9 +407,7 @@ def test_an_app_server_interceptor_that_raises_is_recorded_and_the_client_gets_w
 
 
 def test_an_unreachable_server_is_recorded_on_the_client_span(hook):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as caught:
         channel.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
