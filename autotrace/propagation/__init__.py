@@ -10,8 +10,8 @@ They are combined by :class:`~autotrace.propagation.composite.CompositePropagato
 first format that yields a valid span context is the parent, a later one's different
 trace is kept as a span link (:func:`extracted_links`).
 
-Beside them: :mod:`.fields` (the limits, and how servers' getters read raw values
-within them), :mod:`.decision` (a B3 deny/accept/deferred decision and the B3/Jaeger
+Beside them: :mod:`.fields` (the limits, and the one function that reads a field's
+values within them), :mod:`.base` (what the formats share), :mod:`.decision` (a B3 deny/accept/deferred decision and the B3/Jaeger
 debug flag, kept in the context) and :mod:`.sampler` (the ``parentbased_*`` sampler
 that honours such a decision).
 
