@@ -348,7 +348,7 @@ def test_a_traceparent_given_more_than_once_starts_a_new_trace(services, tracepa
             ",".join(f"k{i}=v{i}" for i in range(32)),
             id="32-members-in-two-headers",
         ),
-        pytest.param(["a=1", "a=2"], None, id="a-key-repeated-across-headers"),
+        pytest.param(["a=1", "a=2"], "a=1", id="a-key-repeated-across-headers"),  # the first kept
         pytest.param([",".join(f"k{i}=v{i}" for i in range(20)), ",".join(f"k{i}=v{i}" for i in range(20, 33))], None, id="33-members-in-two-headers"),
         pytest.param(["vendor=1", "big=" + "v" * 17000], None, id="an-extra-oversized-header"),
         pytest.param(["vendor=1", "a=1," * 2200], None, id="an-extra-header-over-8192-characters"),
@@ -362,6 +362,59 @@ def test_tracestate_headers_are_combined_or_dropped_whole(services, tracestates,
     else:
         assert one(headers, "tracestate") == expected
     assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+# W3C Trace Context Level 2 (current text): the key grammar ( lcalpha / DIGIT ) 0*255
+# ( keychar ), "@" a keychar, no tenant@vendor limits. Each with "foo=1" in another
+# header: the two headers are one list, in order (combined, "tracestate Header Field
+# Values"), so "unchanged" is that list in one header.
+@pytest.mark.parametrize(
+    "tracestate",
+    [
+        pytest.param("foo@=1,bar=2", id="trailing-at"),
+        pytest.param("foo@@bar=1,bar=2", id="two-ats"),
+        pytest.param("foo@bar@baz=1,bar=2", id="two-vendors"),
+        pytest.param("k" * 256 + "=1", id="a-256-character-key"),
+        pytest.param("t" * 242 + "@v=1", id="a-242-character-tenant"),
+        pytest.param("t@" + "v" * 15 + "=1", id="a-15-character-vendor"),
+    ],
+)
+def test_a_tracestate_of_the_current_key_grammar_is_propagated_unchanged(services, tracestate):
+    headers, case = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", "foo=1"), ("tracestate", tracestate)])
+    assert_continued(headers)
+    assert one(headers, "tracestate") == "foo=1," + tracestate
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", tracestate), ("tracestate", "foo=1")])
+    assert one(headers, "tracestate") == tracestate + ",foo=1"
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+@pytest.mark.parametrize(
+    "tracestates",
+    [
+        pytest.param(["foo=1,foo=1"], id="one-header"),
+        pytest.param(["foo=1,foo=2"], id="one-header-differing"),
+        pytest.param(["foo=1", "foo=1"], id="two-headers"),
+        pytest.param(["foo=1", "foo=2"], id="two-headers-differing"),
+    ],
+)
+def test_a_duplicate_tracestate_key_keeps_the_first_member(services, tracestates):
+    """W3C: vendors MAY discard duplicate keys; the tracestate is not thrown away."""
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT)] + [("tracestate", v) for v in tracestates])
+    assert_continued(headers)
+    assert one(headers, "tracestate") == "foo=1"
+
+
+@pytest.mark.parametrize(
+    "tracestate",
+    [
+        pytest.param("@foo=1,bar=2", id="a-leading-at"),
+        pytest.param("k" * 257 + "=1", id="a-257-character-key"),
+    ],
+)
+def test_a_tracestate_key_outside_the_grammar_drops_the_tracestate(services, tracestate):
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", "foo=1"), ("tracestate", tracestate)])
+    assert_continued(headers)
+    assert "tracestate" not in headers
 
 
 def test_a_long_valid_tracestate_is_forwarded(services):
