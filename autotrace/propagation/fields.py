@@ -16,7 +16,10 @@ An invalid field reads as ``[]`` (present, nothing usable), an absent one as Non
 from __future__ import annotations
 
 import itertools
-from typing import Iterable
+
+TYPE_CHECKING = False  # typing is not imported when a server's module loads this one
+if TYPE_CHECKING:
+    from typing import Iterable
 
 MAX_VALUE_LENGTH = 8192  # longest value of a field other than tracestate
 MAX_VALUES = 64  # more values than this for one field: invalid
