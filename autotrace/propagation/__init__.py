@@ -15,9 +15,9 @@ first format that yields a valid span context is the parent, a later one's diffe
 trace is kept as a span link (:func:`extracted_links`).
 
 Beside them: :mod:`.fields` (the limits, and the one function that reads a field's
-values within them), :mod:`.base` (what the formats share), :mod:`.decision` (a B3 deny/accept/deferred decision and the B3/Jaeger
-debug flag, kept in the context) and :mod:`.sampler` (the ``parentbased_*`` sampler
-that honours such a decision).
+values within them), :mod:`.base` (what the formats share), :mod:`.decision` (a B3
+deny/accept/deferred decision and the B3/Jaeger debug flag, kept in the context) and
+:mod:`.sampler` (the ``parentbased_*`` sampler that honours such a decision).
 
 Nothing here imports the OpenTelemetry API at import time: the agent loads it at the
 first request.

@@ -3,8 +3,9 @@
 What the OpenTelemetry API's ``W3CBaggagePropagator`` (opentelemetry-api 1.45) gets
 wrong and this module gets right, by section of the specification:
 
-* "value" (percent-encoding, RFC 3986): it decodes and encodes ``+`` as a space, so
-  ``a=1+2`` arrives as ``1 2`` and a space leaves as ``+``; here ``+`` is ``+``.
+* "value" (percent-encoding, RFC 3986): it reads ``+`` as a space and writes a space
+  as ``+``, so ``a=1+2`` arrives as ``1 2`` and ``a b`` leaves as ``a+b`` (read ``a+b``
+  downstream); here ``+`` is ``+`` and a space ``%20``.
 * "property": a member's properties become part of its value and leave
   percent-encoded (``k=v;p`` goes on as ``k=v%3Bp``: value ``v;p``, no property); here
   they stay properties.
