@@ -54,10 +54,12 @@ def _start() -> None:
     service_name = _service_name(settings, entry)
     _align_propagators(settings)
 
-    from . import provider, registry
+    from . import propagation, provider, registry
 
-    # The SDK itself is set up at the first use of the tracing API (see autotrace.provider).
+    # The SDK itself is set up at the first use of the tracing API (see autotrace.provider),
+    # the agent's propagators at the import of opentelemetry.propagate.
     provider.arm(settings, entry, service_name)
+    propagation.arm(settings.propagators)
     _install_flush(settings.shutdown_timeout_s)
 
     hooks = registry.HOOKS + tuple(registry.extra_hooks(settings.extra_hooks))
@@ -205,12 +207,16 @@ def _align_propagators(settings) -> None:
 
     The API reads the variable itself when ``opentelemetry.propagate`` is imported and
     fails that import on a name it cannot load; the agent has already warned about such
-    a name and dropped it, so the app's import must not fail on it.
+    a name and dropped it, so the app's import must not fail on it. The agent's own B3
+    and Jaeger formats are written by their entry point names (``autotrace_b3``: see
+    :func:`autotrace.propagation.api_setting`), which the API always finds.
     """
+    from .propagation import api_setting
+
     configured = os.environ.get("OTEL_PROPAGATORS")
     if configured is None:
         return
-    effective = ",".join(settings.propagators) or "none"
+    effective = api_setting(settings.propagators)
     if [p.strip() for p in configured.split(",") if p.strip()] != effective.split(","):
         os.environ["OTEL_PROPAGATORS"] = effective
 

@@ -411,12 +411,14 @@ def _propagators(env: _Env) -> tuple[str, ...]:
     entry point): the API would otherwise fail the app's import of
     ``opentelemetry.propagate``.
     """
+    from .propagation import built_in_name
+
     names = env.csv("OTEL_PROPAGATORS")
     if names is None:
         return DEFAULT_PROPAGATORS
     chosen: list[str] = []
     for name in names:
-        lowered = name.lower()
+        lowered = built_in_name(name) or name.lower()  # autotrace_b3 (the agent's entry point) is b3
         if lowered == "none":
             return ()
         if lowered not in PROPAGATORS and not _propagator_installed(name):

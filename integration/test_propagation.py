@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent import AUTOTRACE, Watched, clean_env, wait_until_answers, write
+from agent import AUTOTRACE, Watched, clean_env, run, wait_until_answers, write
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 from ports import free_port
 
@@ -349,7 +351,7 @@ def test_a_traceparent_given_more_than_once_starts_a_new_trace(services, tracepa
             ",".join(f"k{i}=v{i}" for i in range(32)),
             id="32-members-in-two-headers",
         ),
-        pytest.param(["a=1", "a=2"], None, id="a-key-repeated-across-headers"),
+        pytest.param(["a=1", "a=2"], "a=1", id="a-key-repeated-across-headers"),  # the first kept
         pytest.param([",".join(f"k{i}=v{i}" for i in range(20)), ",".join(f"k{i}=v{i}" for i in range(20, 33))], None, id="33-members-in-two-headers"),
         pytest.param(["vendor=1", "big=" + "v" * 17000], None, id="an-extra-oversized-header"),
         pytest.param(["vendor=1", "a=1," * 2200], None, id="an-extra-header-over-8192-characters"),
@@ -363,6 +365,59 @@ def test_tracestate_headers_are_combined_or_dropped_whole(services, tracestates,
     else:
         assert one(headers, "tracestate") == expected
     assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+# W3C Trace Context Level 2 (current text): the key grammar ( lcalpha / DIGIT ) 0*255
+# ( keychar ), "@" a keychar, no tenant@vendor limits. Each with "foo=1" in another
+# header: the two headers are one list, in order (combined, "tracestate Header Field
+# Values"), so "unchanged" is that list in one header.
+@pytest.mark.parametrize(
+    "tracestate",
+    [
+        pytest.param("foo@=1,bar=2", id="trailing-at"),
+        pytest.param("foo@@bar=1,bar=2", id="two-ats"),
+        pytest.param("foo@bar@baz=1,bar=2", id="two-vendors"),
+        pytest.param("k" * 256 + "=1", id="a-256-character-key"),
+        pytest.param("t" * 242 + "@v=1", id="a-242-character-tenant"),
+        pytest.param("t@" + "v" * 15 + "=1", id="a-15-character-vendor"),
+    ],
+)
+def test_a_tracestate_of_the_current_key_grammar_is_propagated_unchanged(services, tracestate):
+    headers, case = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", "foo=1"), ("tracestate", tracestate)])
+    assert_continued(headers)
+    assert one(headers, "tracestate") == "foo=1," + tracestate
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", tracestate), ("tracestate", "foo=1")])
+    assert one(headers, "tracestate") == tracestate + ",foo=1"
+    assert services.server_span(case).parent_span_id == SPAN_ID
+
+
+@pytest.mark.parametrize(
+    "tracestates",
+    [
+        pytest.param(["foo=1,foo=1"], id="one-header"),
+        pytest.param(["foo=1,foo=2"], id="one-header-differing"),
+        pytest.param(["foo=1", "foo=1"], id="two-headers"),
+        pytest.param(["foo=1", "foo=2"], id="two-headers-differing"),
+    ],
+)
+def test_a_duplicate_tracestate_key_keeps_the_first_member(services, tracestates):
+    """W3C: vendors MAY discard duplicate keys; the tracestate is not thrown away."""
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT)] + [("tracestate", v) for v in tracestates])
+    assert_continued(headers)
+    assert one(headers, "tracestate") == "foo=1"
+
+
+@pytest.mark.parametrize(
+    "tracestate",
+    [
+        pytest.param("@foo=1,bar=2", id="a-leading-at"),
+        pytest.param("k" * 257 + "=1", id="a-257-character-key"),
+    ],
+)
+def test_a_tracestate_key_outside_the_grammar_drops_the_tracestate(services, tracestate):
+    headers, _ = services.call("default", [("traceparent", TRACEPARENT), ("tracestate", "foo=1"), ("tracestate", tracestate)])
+    assert_continued(headers)
+    assert "tracestate" not in headers
 
 
 def test_a_long_valid_tracestate_is_forwarded(services):
@@ -626,3 +681,114 @@ def test_a_deferred_b3_decision_is_ours(services):
 def test_no_warning_from_the_agent(services):
     for variant in VARIANTS:
         assert "autotrace WARNING" not in services.processes[variant].text("stderr"), variant
+
+
+# -- beside the contrib packages' propagators (opentelemetry-propagator-b3, -jaeger) ----
+#
+# Their entry points are named b3, b3multi and jaeger; the agent's are autotrace_b3,
+# autotrace_b3multi and autotrace_jaeger, so in one environment every name has one
+# propagator and the API's choice never depends on the order it finds them in.
+# Documented in the README ("Beside the contrib propagator packages").
+
+from test_wheel import wheel, wheel_env  # noqa: E402,F401 - fixtures: the wheel, installed in a new venv
+
+CONTRIB = ("opentelemetry-propagator-b3", "opentelemetry-propagator-jaeger")
+CONTRIB_NAMES = "b3,b3multi,jaeger"
+
+PROBE = """
+import json
+import os
+import sys
+import urllib.request
+from importlib.metadata import entry_points
+
+def describe():
+    from opentelemetry import propagate
+
+    textmap = propagate.get_global_textmap()
+    inner = getattr(textmap, "propagators", None) or getattr(textmap, "_propagators", ())
+    return [type(textmap).__module__] + [type(p).__module__ + "." + type(p).__name__ for p in inner]
+
+early = describe() if sys.argv[2] == "import-early" else None
+with urllib.request.urlopen(sys.argv[1], timeout=10) as response:  # traced under the agent
+    response.read()
+print(json.dumps({
+    "early": early,
+    "late": describe(),
+    "environment": os.environ.get("OTEL_PROPAGATORS"),
+    "entry_points": sorted(
+        (e.name, e.value) for e in entry_points(group="opentelemetry_propagator") if "b3" in e.name or "jaeger" in e.name
+    ),
+}))
+"""
+
+THE_CONTRIB_PACKAGES = [
+    "opentelemetry.propagators.composite",
+    "opentelemetry.propagators.b3.B3SingleFormat",
+    "opentelemetry.propagators.b3.B3MultiFormat",
+    "opentelemetry.propagators.jaeger.JaegerPropagator",
+]
+THE_AGENTS = [
+    "autotrace.propagation.composite",
+    "autotrace.propagation.b3.B3SinglePropagator",
+    "autotrace.propagation.b3.B3MultiPropagator",
+    "autotrace.propagation.jaeger.JaegerPropagator",
+]
+
+
+@pytest.fixture(scope="module")
+def contrib_env(wheel_env) -> Path:
+    """The wheel's venv with the contrib propagator packages installed beside it."""
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(wheel_env / "bin" / "python"), "install", "--no-deps", "-q", *CONTRIB],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if installed.returncode:
+        pytest.skip(f"could not install {' and '.join(CONTRIB)}: {installed.stderr.strip()[-300:]}")
+    return wheel_env
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "no-agent"])
+@pytest.mark.parametrize("when", ["import-early", "import-late"])
+def test_beside_the_contrib_packages_each_name_has_one_propagator(contrib_env, tmp_path, agent, when):
+    """With the agent, the global propagator is the agent's, whenever the app looks; without
+    it, OTEL_PROPAGATORS=b3,b3multi,jaeger names the contrib packages' propagators."""
+    write(tmp_path, "probe.py", PROBE)
+    peer, peer_server, peer_thread = http_peer.start()
+    try:
+        case = secrets.token_hex(4)
+        env = clean_env(OTEL_PROPAGATORS=CONTRIB_NAMES, OTEL_TRACES_EXPORTER="none")
+        env["PATH"] = str(contrib_env / "bin") + os.pathsep + env["PATH"]
+        command = [str(contrib_env / "bin" / "python"), "probe.py", peer.url("/echo", case), when]
+        if agent:
+            command = [str(contrib_env / "bin" / "autotrace"), "run", "python"] + command[1:]
+        result = run(command, tmp_path, env)
+        assert result.returncode == 0, result.stderr
+        assert "autotrace WARNING" not in result.stderr
+        seen = json.loads(result.stdout)
+        [request] = peer.requests(case)
+    finally:
+        http_peer.stop(peer_server, peer_thread)
+    assert [tuple(entry) for entry in seen["entry_points"]] == [
+        ("autotrace_b3", "autotrace.propagation.b3:B3SinglePropagator"),
+        ("autotrace_b3multi", "autotrace.propagation.b3:B3MultiPropagator"),
+        ("autotrace_jaeger", "autotrace.propagation.jaeger:JaegerPropagator"),
+        ("b3", "opentelemetry.propagators.b3:B3SingleFormat"),
+        ("b3multi", "opentelemetry.propagators.b3:B3MultiFormat"),
+        ("jaeger", "opentelemetry.propagators.jaeger:JaegerPropagator"),
+    ]
+    expected = THE_AGENTS if agent else THE_CONTRIB_PACKAGES
+    assert seen["late"] == expected
+    assert seen["early"] == (expected if when == "import-early" else None)
+    if agent:
+        # The API's import found the agent's formats by their own names, then the agent's
+        # propagator replaced its one; the outgoing request carries the agent's headers.
+        assert seen["environment"] == "autotrace_b3,autotrace_b3multi,autotrace_jaeger"
+        trace_id, span_id, parent, flags = one(request.headers, "uber-trace-id").split(":")
+        assert (parent, flags) == ("0", "1")  # the contrib package would write the parent id and 03
+        assert one(request.headers, "b3") == f"{trace_id}-{span_id}-1"
+    else:
+        assert seen["environment"] == CONTRIB_NAMES
+        assert not {"b3", "uber-trace-id", "traceparent"} & set(request.headers)  # nothing traces the call

@@ -492,11 +492,13 @@ def test_build_loads_other_names_from_entry_points(monkeypatch):
 
 
 def test_entry_points_are_installed():
+    """By names of their own (autotrace_b3 ...): b3, b3multi and jaeger are the contrib packages'."""
     from opentelemetry.util._importlib_metadata import entry_points
 
     for name, cls in [("b3", B3SinglePropagator), ("b3multi", B3MultiPropagator), ("jaeger", JaegerPropagator)]:
-        (found,) = entry_points(group="opentelemetry_propagator", name=name)
-        assert found.load() is cls
+        (found,) = entry_points(group="opentelemetry_propagator", name="autotrace_" + name)
+        assert found.load() is cls and propagation.ENTRY_POINTS[name] == "autotrace_" + name
+        assert not [e for e in entry_points(group="opentelemetry_propagator", name=name) if e.value.startswith("autotrace")]
 
 
 @pytest.fixture
@@ -519,6 +521,50 @@ def test_install_once(clean_install):
     assert ids(ctx) == (TRACE, SPAN, True)
 
 
+def test_built_in_names_and_the_setting_the_api_can_load():
+    assert [propagation.built_in_name(n) for n in ["B3", " autotrace_b3 ", "AUTOTRACE_JAEGER", "tracecontext"]] == [
+        "b3",
+        "b3",
+        "jaeger",
+        "tracecontext",
+    ]
+    assert propagation.built_in_name("xray") is None and propagation.built_in_name("autotrace_xray") is None
+    assert propagation.api_setting(["tracecontext", "baggage", "b3", "b3multi", "jaeger", "xray"]) == (
+        "tracecontext,baggage,autotrace_b3,autotrace_b3multi,autotrace_jaeger,xray"
+    )
+    assert propagation.api_setting([]) == "none"
+    kinds = [type(p) for p in build(["autotrace_b3", "b3", "autotrace_jaeger"]).propagators]
+    assert kinds == [B3SinglePropagator, JaegerPropagator]  # autotrace_b3 is b3: once
+
+
+def test_arm_installs_at_once_when_the_api_is_imported(clean_install):
+    from opentelemetry import propagate
+
+    propagation.arm(["b3"])  # opentelemetry.propagate is imported already: now
+    assert [type(p) for p in propagate.get_global_textmap().propagators] == [B3SinglePropagator]
+
+
+def test_arm_installs_when_the_app_imports_the_api(tmp_path):
+    """In a new process: the agent's propagator is the global one by the end of the app's
+    own import of opentelemetry.propagate, which loads OTEL_PROPAGATORS as the agent set it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from autotrace import propagation\n"
+        "propagation.arm(['b3', 'jaeger'])\n"
+        "from opentelemetry import propagate\n"
+        "print([type(p).__module__ for p in propagate.get_global_textmap().propagators])\n"
+        "print(propagation.install(['tracecontext']) is propagate.get_global_textmap())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
+    env["OTEL_PROPAGATORS"] = propagation.api_setting(["b3", "jaeger"])
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["['autotrace.propagation.b3', 'autotrace.propagation.jaeger']", "True"]
+
+
 @pytest.mark.parametrize(
     "value, expected",
     [
@@ -526,6 +572,8 @@ def test_install_once(clean_install):
         ("B3,b3multi", ("b3", "b3multi")),
         ("jaeger, tracecontext ,baggage", ("jaeger", "tracecontext", "baggage")),
         ("b3,B3", ("b3",)),
+        ("autotrace_b3,autotrace_b3multi,autotrace_jaeger", ("b3", "b3multi", "jaeger")),  # as the agent writes them
+        ("autotrace_b3,b3", ("b3",)),
     ],
 )
 def test_config_accepts_the_formats(value, expected, warnings):

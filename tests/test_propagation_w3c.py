@@ -6,7 +6,7 @@ import re
 import tracemalloc
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import trace
@@ -214,7 +214,7 @@ def test_header_names_in_any_case(getter):
     ctx = extract(carrier(traceparent=VALID, TraceState="a=1", TRACESTATE="b=2"))
     assert list(span_context(ctx).trace_state.items()) == [("a", "1"), ("b", "2")]
     ctx = extract(carrier(traceparent=VALID, TraceState="a=1", TRACESTATE="a=2"))
-    assert span_context(ctx).is_valid and len(span_context(ctx).trace_state) == 0
+    assert span_context(ctx).is_valid and list(span_context(ctx).trace_state.items()) == [("a", "1")]  # first kept
 
     bags = carrier(Baggage="a=1", BAGGAGE="b=2;p")
     ctx = BG.extract(bags, Context()) if getter is None else BG.extract(bags, Context(), getter)
@@ -285,6 +285,21 @@ def state_of(tracestate, getter=None):
         ("k" * 256 + "=v", [("k" * 256, "v")]),
         ("a=" + "v" * 256, [("a", "v" * 256)]),
         ("t" * 241 + "@" + "v" * 14 + "=1", [("t" * 241 + "@" + "v" * 14, "1")]),
+        # the current key grammar: ( lcalpha / DIGIT ) 0*255 ( keychar ), "@" a keychar
+        ("1a=1", [("1a", "1")]),
+        ("foo@=1,bar=2", [("foo@", "1"), ("bar", "2")]),
+        ("foo@@bar=1,bar=2", [("foo@@bar", "1"), ("bar", "2")]),
+        ("foo@bar@baz=1,bar=2", [("foo@bar@baz", "1"), ("bar", "2")]),
+        ("t" * 242 + "@v=1", [("t" * 242 + "@v", "1")]),  # no tenant limit
+        ("t@" + "v" * 15 + "=1", [("t@" + "v" * 15, "1")]),  # no vendor limit
+        ("t@1v=1", [("t@1v", "1")]),
+        ("t@v@w=1", [("t@v@w", "1")]),
+        ("z" * 255 + "@=1", [("z" * 255 + "@", "1")]),
+        # duplicate keys: the first member kept, later ones discarded
+        ("a=1,a=2", [("a", "1")]),
+        ("a=1,b=2,a=1", [("a", "1"), ("b", "2")]),
+        ("foo=1,foo=1", [("foo", "1")]),
+        (",".join(f"k{i}=v" for i in range(31)) + ",k0=again", [(f"k{i}", "v") for i in range(31)]),
     ],
 )
 def test_valid_tracestate(header, expected):
@@ -294,12 +309,10 @@ def test_valid_tracestate(header, expected):
 @pytest.mark.parametrize(
     "header",
     [
-        "a=1,a=2",  # repeated key
-        "a=1,b=2,a=1",
         "A=1",  # upper-case key
         "a=1,B=2",
-        "1a=1",  # simple key starts with lcalpha
-        "_a=1",
+        "_a=1",  # a key starts with lcalpha or a digit
+        "*a=1",
         "a",  # no "="
         "a=",  # empty value
         "a= ",
@@ -310,13 +323,14 @@ def test_valid_tracestate(header, expected):
         "a b=1",
         "a=1;b=2,c=3\x00",
         "k" * 257 + "=v",  # key too long
+        "t" * 255 + "@v=1",
         "a=" + "v" * 257,  # value too long
-        "t" * 242 + "@v=1",  # tenant too long
-        "t@" + "v" * 15 + "=1",  # vendor too long
-        "t@1v=1",  # vendor starts with lcalpha
-        "@v=1",
-        "t@v@w=1",
+        "@v=1",  # a key starts with lcalpha or a digit
+        "@foo=1,bar=2",
+        "foo.bar=1",
+        "t@V=1",
         ",".join(f"k{i}=v" for i in range(33)),  # over 32 members
+        ",".join(f"k{i}=v" for i in range(32)) + ",k0=again",  # a repeated key counts
         "a=" + "v" * 200 + "," + ",".join(f"k{i}=" + "v" * 250 for i in range(31)) + ",z" * 100,
     ],
 )
@@ -345,7 +359,8 @@ def test_tracestate_32_members_ok_and_length_bound():
 
 def test_tracestate_repeated_headers_combined():
     assert state_of(["a=1", "b=2 , c=3"], LIST_GETTER) == [("a", "1"), ("b", "2"), ("c", "3")]
-    assert state_of(["a=1", "a=2"], LIST_GETTER) == []  # a repeated key across headers
+    assert state_of(["a=1", "a=2"], LIST_GETTER) == [("a", "1")]  # a repeated key across headers: the first kept
+    assert state_of(["foo=1", "foo@=1,bar=2"], LIST_GETTER) == [("foo", "1"), ("foo@", "1"), ("bar", "2")]
     assert state_of(["a=1", "B=2"], LIST_GETTER) == []
     assert state_of(["a=1", ""], LIST_GETTER) == [("a", "1")]
     many = [f"k{i}=v" for i in range(32)]
@@ -431,6 +446,33 @@ def test_an_entry_the_app_adds_is_injected_first_and_the_rest_keep_their_order()
     carrier = {}
     TC.inject(carrier, trace.set_span_in_context(child))
     assert carrier["tracestate"] == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,t@v=x"
+
+
+@pytest.mark.parametrize(
+    "tracestate",
+    ["foo@=1,bar=2", "foo@@bar=1,bar=2", "foo@bar@baz=1,bar=2", "1a=1", "t" * 242 + "@v=1", "t@" + "v" * 15 + "=1"],
+)
+def test_a_tracestate_of_the_current_grammar_survives_the_sdk(tracestate):
+    """The API's TraceState checks the older grammar; the extracted state never meets those
+    checks: an SDK child span (its sampler copies the parent's state) injects it unchanged,
+    and the app's add/update/delete keep the other members."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    parent = TC.extract({"traceparent": VALID, "tracestate": tracestate})
+    for sampler in (ParentBased(ALWAYS_ON), TraceIdRatioBased(1.0)):
+        child = TracerProvider(sampler=sampler).get_tracer("t").start_span("client", context=parent)
+        carrier = {}
+        TC.inject(carrier, trace.set_span_in_context(child))
+        child.end()
+        assert carrier["tracestate"] == tracestate, sampler
+    state = span_context(parent).trace_state
+    first = tracestate.split(",")[0]
+    assert state.add("app", "1").to_header() == "app=1," + tracestate
+    assert state.update("app", "2").to_header() == "app=2," + tracestate
+    assert state.update("zz@", "x").delete("zz@").to_header() == tracestate
+    assert state.delete(first.split("=")[0]).to_header() == ",".join(tracestate.split(",")[1:])
+    assert state.add("@bad", "1") is state and state.add("ok", "bad,value") is state
 
 
 class RaisingGetter:
@@ -723,26 +765,56 @@ def test_fuzz_many_repeated_values(n):
     assert len(otel_baggage.get_all(ctx)) == (n if n <= 64 and len(",".join(values)) <= 8192 else 0)
 
 
+# independent statement of a tracestate list (W3C Trace Context Level 2, "tracestate
+# Header Field Values"): key = ( lcalpha / DIGIT ) 0*255 ( keychar ), keychar = lcalpha /
+# DIGIT / "_" / "-" / "*" / "/" / "@"; value = 0*255 ( chr ) nblk-chr; at most 32 members
+# (as received) and 16447 characters; a duplicate key discarded ("Mutating the tracestate Field").
+_LCALPHA_DIGIT = set("abcdefghijklmnopqrstuvwxyz0123456789")
+_KEYCHAR = _LCALPHA_DIGIT | set("_-*/@")
+
+
+def reference_tracestate(header: str) -> list[tuple[str, str]] | None:
+    """The members of a valid ``tracestate`` in order, the first of a repeated key; None if invalid."""
+    if len(header) > 16447:
+        return None
+    listed = [m.strip(" \t") for m in header.split(",") if m.strip(" \t")]
+    if len(listed) > 32:
+        return None
+    members: dict[str, str] = {}
+    for member in listed:
+        key, eq, value = member.partition("=")
+        key_ok = 1 <= len(key) <= 256 and key[0] in _LCALPHA_DIGIT and set(key) <= _KEYCHAR
+        value_ok = 1 <= len(value) <= 256 and value[-1] != " " and all(" " <= c <= "~" and c not in ",=" for c in value)
+        if not (eq and key_ok and value_ok):
+            return None
+        if key not in members:
+            members[key] = value
+    return list(members.items())
+
+
 member = st.builds(
     lambda k, v: f"{k}={v}",
-    st.text(alphabet="abcXYZ09_-*/@ ", min_size=0, max_size=8),
+    st.text(alphabet="abcXYZ09_-*/@ .", min_size=0, max_size=8),
     st.text(alphabet="abc=, ~\x7f\x20é", min_size=0, max_size=8),
 )
+valid_member = st.from_regex(r"[a-z0-9][a-z0-9_\-*/@]{0,12}=[ -+\--<>-~]{0,6}[!-+\--<>-~]", fullmatch=True)
+repeated = st.lists(st.one_of(member, valid_member), min_size=1, max_size=3).map(lambda ms: ms + ms[:1])  # a key again
 
 
 @FUZZ
-@given(members=st.lists(st.one_of(member, header_text), max_size=40))
+@given(members=st.lists(st.one_of(member, valid_member, repeated.map(",".join), header_text), max_size=40))
+@example(members=["foo@=1", "foo@@bar=1", "foo@bar@baz=1", "1a=2", "foo@=2"])
+@example(members=["t" * 242 + "@v=1", "t@" + "v" * 15 + "=1", "z" * 256 + "=1"])
 def test_fuzz_tracestate(members):
     header = ",".join(members)
     sc = extract_tc(VALID, header)
     assert sc.is_valid
-    ts = sc.trace_state
-    assert len(ts) <= 32
-    if len(ts):  # accepted: every member valid, written back equal modulo empties/OWS
+    expected = reference_tracestate(header) or []
+    assert list(sc.trace_state.items()) == expected
+    if expected:  # written back as it came, but for empty members, OWS and later duplicates
         carrier = {}
         TC.inject(carrier, trace.set_span_in_context(NonRecordingSpan(sc), Context()))
-        parts = [m.strip(" \t") for m in header.split(",") if m.strip(" \t")]
-        assert carrier["tracestate"] == ",".join(parts)
+        assert carrier["tracestate"] == ",".join(f"{k}={v}" for k, v in expected)
 
 
 @FUZZ

@@ -1,19 +1,23 @@
 """Propagation formats: reading and writing trace context in W3C, B3 and Jaeger headers.
 
 Selected with ``OTEL_PROPAGATORS`` (default ``tracecontext,baggage``). The agent's own
-propagators replace the OpenTelemetry API's when the agent loads the API, so every
-hook and the app's own ``propagate.inject``/``extract`` calls use them.
+propagators become the OpenTelemetry API's global one as soon as
+``opentelemetry.propagate`` is imported (:func:`arm`; by the app or by the agent at its
+first request), so every hook and the app's own ``propagate.inject``/``extract`` calls
+use them.
 
 Names: ``tracecontext``, ``baggage``, ``b3`` (single header), ``b3multi`` (``X-B3-*``),
-``jaeger``; any other name is loaded from its ``opentelemetry_propagator`` entry point.
+``jaeger`` (or ``autotrace_b3``, ``autotrace_b3multi``, ``autotrace_jaeger``: their entry
+point names, see :data:`ENTRY_POINTS`); any other name is loaded from its
+``opentelemetry_propagator`` entry point.
 They are combined by :class:`~autotrace.propagation.composite.CompositePropagator`: the
 first format that yields a valid span context is the parent, a later one's different
 trace is kept as a span link (:func:`extracted_links`).
 
-Beside them: :mod:`.fields` (the limits, and how servers' getters read raw values
-within them), :mod:`.decision` (a B3 deny/accept/deferred decision and the B3/Jaeger
-debug flag, kept in the context) and :mod:`.sampler` (the ``parentbased_*`` sampler
-that honours such a decision).
+Beside them: :mod:`.fields` (the limits, and the one function that reads a field's
+values within them), :mod:`.base` (what the formats share), :mod:`.decision` (a B3
+deny/accept/deferred decision and the B3/Jaeger debug flag, kept in the context) and
+:mod:`.sampler` (the ``parentbased_*`` sampler that honours such a decision).
 
 Nothing here imports the OpenTelemetry API at import time: the agent loads it at the
 first request.
@@ -27,6 +31,7 @@ from .. import _log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import ModuleType
     from typing import Sequence
 
     from opentelemetry.context.context import Context
@@ -38,8 +43,38 @@ if TYPE_CHECKING:
 BUILT_IN = ("tracecontext", "baggage", "b3", "b3multi", "jaeger")
 ENTRY_POINT_GROUP = "opentelemetry_propagator"
 
+# The name each built-in format has in ENTRY_POINT_GROUP, the group from which the API's
+# ``import opentelemetry.propagate`` loads every OTEL_PROPAGATORS name (failing the import
+# on a name that is not there). tracecontext and baggage are the API's own. b3, b3multi
+# and jaeger are the names of the contrib packages' propagators
+# (opentelemetry-propagator-b3, -jaeger): under a name two packages give, the API takes
+# whichever it finds first, so the agent's own are named apart (pyproject.toml).
+ENTRY_POINTS = {
+    "tracecontext": "tracecontext",
+    "baggage": "baggage",
+    "b3": "autotrace_b3",
+    "b3multi": "autotrace_b3multi",
+    "jaeger": "autotrace_jaeger",
+}
+_BY_ENTRY_POINT = {entry_point: name for name, entry_point in ENTRY_POINTS.items()}
+
 _install_lock = threading.Lock()
 _installed: TextMapPropagator | None = None
+
+
+def built_in_name(name: str) -> str | None:
+    """The built-in format ``name`` stands for (in any case; ``autotrace_b3`` is ``b3``),
+    or None."""
+    lowered = name.strip().lower()
+    return lowered if lowered in ENTRY_POINTS else _BY_ENTRY_POINT.get(lowered)
+
+
+def api_setting(names: Sequence[str]) -> str:
+    """The ``OTEL_PROPAGATORS`` value under which the API's import of
+    ``opentelemetry.propagate`` loads, for the agent's (valid) ``names``: a built-in
+    format by its entry point name (:data:`ENTRY_POINTS`: never the contrib packages'),
+    any other name as it is, ``none`` for none."""
+    return ",".join(ENTRY_POINTS.get(built_in_name(name), name) for name in names) or "none"
 
 
 def _built_in(name: str) -> TextMapPropagator:
@@ -89,12 +124,13 @@ def build(names: Sequence[str]) -> CompositePropagator:
             continue
         if lowered == "none":
             return CompositePropagator([])
-        key = lowered if lowered in BUILT_IN else name
+        built_in = built_in_name(name)
+        key = built_in or name
         if key in seen:
             continue
         seen.add(key)
         try:
-            propagators.append(_built_in(lowered) if lowered in BUILT_IN else _from_entry_point(name))
+            propagators.append(_built_in(built_in) if built_in else _from_entry_point(name))
         except Exception as exc:  # noqa: BLE001 - a broken or missing propagator: go on without it
             _log.warn_once(
                 "OTEL_PROPAGATORS:" + name,
@@ -106,17 +142,36 @@ def build(names: Sequence[str]) -> CompositePropagator:
     return CompositePropagator(propagators)
 
 
-def install(names: Sequence[str]) -> TextMapPropagator:
-    """Make ``build(names)`` the API's global propagator, once; later calls return it."""
+def install(names: Sequence[str], propagate: ModuleType | None = None) -> TextMapPropagator:
+    """Make ``build(names)`` the API's global propagator, once; later calls return it.
+
+    ``propagate`` is the module ``opentelemetry.propagate`` (imported when not given).
+    """
     global _installed
+    if propagate is None:
+        # Before the lock: the import itself may install (see arm()).
+        from opentelemetry import propagate
     with _install_lock:
         if _installed is None:
-            from opentelemetry import propagate
-
             propagator = build(names)
             propagate.set_global_textmap(propagator)
             _installed = propagator
         return _installed
+
+
+def arm(names: Sequence[str]) -> None:
+    """Install the agent's propagators (``names``) as soon as ``opentelemetry.propagate``
+    is imported, by the app or the agent (now, if it already is).
+
+    The API's import has by then loaded the OTEL_PROPAGATORS names from their entry
+    points (see :func:`api_setting`); from the end of that import on, every caller of
+    ``propagate.get_global_textmap()`` gets the agent's propagator. An app that sets its
+    own with ``propagate.set_global_textmap`` afterwards keeps it.
+    """
+    from .. import importer
+
+    names = tuple(names)
+    importer.register("opentelemetry.propagate", lambda module: install(names, module))
 
 
 def extracted_links(context: Context | None = None) -> list[Link]:
@@ -128,4 +183,4 @@ def extracted_links(context: Context | None = None) -> list[Link]:
     return _links(context)
 
 
-__all__ = ["BUILT_IN", "build", "extracted_links", "install"]
+__all__ = ["BUILT_IN", "ENTRY_POINTS", "api_setting", "arm", "build", "built_in_name", "extracted_links", "install"]

@@ -1,8 +1,19 @@
 """B3 propagation (Zipkin): the single ``b3`` header and the multi ``X-B3-*`` headers.
 
-https://github.com/openzipkin/b3-propagation, as the OpenTelemetry propagators spec uses it.
+What opentelemetry-propagator-b3 (1.45) gets wrong and this module gets right, by
+section of https://github.com/openzipkin/b3-propagation (README):
 
-Reading (both propagators read both forms, the single header first):
+* "Sampling State": a decision without ids (``b3: 0``, ``X-B3-Sampled: 0`` alone) is
+  dropped there, so the next service samples on its own; here a deny is honoured and
+  sent on. Ids without a sampling state (defer) are read there as sampled from the
+  single header and as not sampled from the multi ones; here the receiver decides.
+* "Debug Flag" (``d``, ``X-B3-Flags: 1``): read there as sampled and written back as
+  ``1``; here the debug flag travels on.
+* A malformed sampling state (``b3: {ids}-x``) or differing repeated headers are
+  continued there (the first value); here they are invalid.
+
+Reading (both propagators read both forms, the single header first; as the
+OpenTelemetry propagators specification uses B3):
 
 * ``b3: {TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]`` or ``b3: {SamplingState}``.
   The trace id is 16 or 32 hex digits (64-bit ids are left-padded to 128 bits), the
@@ -41,7 +52,8 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
 from . import decision
-from .fields import MAX_VALUE_LENGTH, MAX_VALUES, lookup
+from .base import Propagator
+from .fields import read, single_value
 
 SINGLE = "b3"
 TRACE_ID = "x-b3-traceid"
@@ -50,60 +62,10 @@ SAMPLED = "x-b3-sampled"
 FLAGS = "x-b3-flags"
 PARENT_SPAN_ID = "x-b3-parentspanid"
 
-_OWS = " \t"
-
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{16}")
 _SPAN_ID = re.compile(r"[0-9a-fA-F]{16}")
 
 ACCEPT, DENY, DEBUG = "1", "0", "d"  # sampling states; None is deferred
-
-
-# -- reading headers (shared with the Jaeger propagator) -------------------------------
-
-
-def header_values(getter: textmap.Getter, carrier: object, name: str) -> list[str] | None:
-    """The values of header ``name`` (lower case) as a list of str; None when absent,
-    ``[]`` when present but invalid.
-
-    Found by :func:`~autotrace.propagation.fields.lookup` (as given, then in any case). A
-    value that is not text or is longer than ``MAX_VALUE_LENGTH``, or more than
-    ``MAX_VALUES`` values, make the header invalid; a getter that raises reads as absent.
-    """
-    return _as_list(lookup(getter, carrier, name))
-
-
-def _as_list(got: object) -> list[str] | None:
-    """``got`` as a list of str: None when absent, ``[]`` when invalid (a value that is
-    not text or oversized, more than ``MAX_VALUES`` values, not iterable)."""
-    if got is None:
-        return None
-    if isinstance(got, (str, bytes)):
-        got = (got,)
-    values: list[str] = []
-    try:
-        for value in got:  # type: ignore[union-attr]
-            if len(values) >= MAX_VALUES or not isinstance(value, (str, bytes)) or len(value) > MAX_VALUE_LENGTH:
-                return []
-            values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
-    except Exception:  # noqa: BLE001 - not iterable
-        return []
-    return values
-
-
-def single_value(values: list[str] | None) -> str | None:
-    """The one value a header holds: repeated or comma-joined copies of one value are
-    that value; differing values are invalid (None). Whitespace around it is trimmed."""
-    if not values:
-        return None
-    found: str | None = None
-    for value in values:
-        for part in value.split(","):
-            part = part.strip(_OWS)
-            if found is None:
-                found = part
-            elif part != found:
-                return None
-    return found or None
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -148,9 +110,9 @@ def parse_single(value: str) -> Extracted | None:
 
 
 def _multi_state(getter: textmap.Getter, carrier: object) -> str | None:
-    if single_value(header_values(getter, carrier, FLAGS)) == "1":
+    if single_value(read(getter, carrier, FLAGS)) == "1":
         return DEBUG
-    sampled = (single_value(header_values(getter, carrier, SAMPLED)) or "").lower()
+    sampled = (single_value(read(getter, carrier, SAMPLED)) or "").lower()
     if sampled in ("1", "true"):
         return ACCEPT
     if sampled in ("0", "false"):
@@ -159,12 +121,12 @@ def _multi_state(getter: textmap.Getter, carrier: object) -> str | None:
 
 
 def _extract(getter: textmap.Getter, carrier: object) -> Extracted | None:
-    single = header_values(getter, carrier, SINGLE)
+    single = read(getter, carrier, SINGLE)
     if single is not None:
         value = single_value(single)
         return parse_single(value) if value is not None else None
-    trace_values = header_values(getter, carrier, TRACE_ID)
-    span_values = header_values(getter, carrier, SPAN_ID)
+    trace_values = read(getter, carrier, TRACE_ID)
+    span_values = read(getter, carrier, SPAN_ID)
     state = _multi_state(getter, carrier)
     if trace_values is None and span_values is None:
         return Extracted(None, None, state) if state is not None else None  # a decision alone
@@ -206,65 +168,41 @@ def state_to_write(context: Context | None, span_context: trace.SpanContext) -> 
     return ACCEPT if span_context.trace_flags.sampled else DENY
 
 
-class _B3Propagator(textmap.TextMapPropagator):
-    # Every field extract() may read (lower case): both forms, whichever is written.
+class _B3Propagator(Propagator):
+    # Every field extract() may read: both forms, whichever is written.
     reads = frozenset({SINGLE, TRACE_ID, SPAN_ID, SAMPLED, FLAGS, PARENT_SPAN_ID})
 
-    def extract(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
-    ) -> Context:
-        if context is None:
-            context = Context()
-        try:
-            found = _extract(getter, carrier)
-            return context if found is None else context_with(context, *found)
-        except Exception:  # noqa: BLE001 - never raise into the app
-            return context
+    def read(self, getter: textmap.Getter, carrier: object, context: Context) -> Context:
+        found = _extract(getter, carrier)
+        return context if found is None else context_with(context, *found)
+
+    def write(self, context: Context | None, setter: textmap.Setter, carrier: object) -> None:
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            self.write_ids(span_context, state_to_write(context, span_context), setter, carrier)
+
+    def write_ids(self, span_context: trace.SpanContext, state: str, setter: textmap.Setter, carrier: object) -> None:
+        raise NotImplementedError
 
 
 class B3SinglePropagator(_B3Propagator):
     """``OTEL_PROPAGATORS=b3``: writes the single ``b3`` header; reads both forms."""
 
-    def inject(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
-    ) -> None:
-        span_context = trace.get_current_span(context).get_span_context()
-        if not span_context.is_valid:
-            return
-        state = state_to_write(context, span_context)
-        setter.set(carrier, SINGLE, f"{span_context.trace_id:032x}-{span_context.span_id:016x}-{state}")
+    writes = frozenset({SINGLE})
 
-    @property
-    def fields(self) -> set[str]:
-        return {SINGLE}
+    def write_ids(self, span_context: trace.SpanContext, state: str, setter: textmap.Setter, carrier: object) -> None:
+        setter.set(carrier, SINGLE, f"{span_context.trace_id:032x}-{span_context.span_id:016x}-{state}")
 
 
 class B3MultiPropagator(_B3Propagator):
     """``OTEL_PROPAGATORS=b3multi``: writes the ``X-B3-*`` headers; reads both forms."""
 
-    def inject(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
-    ) -> None:
-        span_context = trace.get_current_span(context).get_span_context()
-        if not span_context.is_valid:
-            return
+    writes = frozenset({TRACE_ID, SPAN_ID, SAMPLED, FLAGS})
+
+    def write_ids(self, span_context: trace.SpanContext, state: str, setter: textmap.Setter, carrier: object) -> None:
         setter.set(carrier, TRACE_ID, f"{span_context.trace_id:032x}")
         setter.set(carrier, SPAN_ID, f"{span_context.span_id:016x}")
-        state = state_to_write(context, span_context)
         if state == DEBUG:
             setter.set(carrier, FLAGS, "1")  # debug implies accept: no X-B3-Sampled (B3 spec)
         else:
             setter.set(carrier, SAMPLED, state)
-
-    @property
-    def fields(self) -> set[str]:
-        return {TRACE_ID, SPAN_ID, SAMPLED, FLAGS}

@@ -1,5 +1,16 @@
 """W3C Baggage: the ``baggage`` header (https://www.w3.org/TR/baggage/).
 
+What the OpenTelemetry API's ``W3CBaggagePropagator`` (opentelemetry-api 1.45) gets
+wrong and this module gets right, by section of the specification:
+
+* "value" (percent-encoding, RFC 3986): it reads ``+`` as a space and writes a space
+  as ``+``, so ``a=1+2`` arrives as ``1 2`` and ``a b`` leaves as ``a+b`` (read ``a+b``
+  downstream); here ``+`` is ``+`` and a space ``%20``.
+* "property": a member's properties become part of its value and leave
+  percent-encoded (``k=v;p`` goes on as ``k=v%3Bp``: value ``v;p``, no property); here
+  they stay properties.
+* "Multiple baggage headers are allowed": it reads the first only; here all, combined.
+
 Reading: the header's values are combined into one list (joined with ``,``); a header
 over 8192 bytes or given more than 64 times is ignored whole. Each list member is
 ``key OWS "=" OWS value`` followed by ``;``-separated properties (``key`` or
@@ -33,7 +44,8 @@ from opentelemetry.context import create_key, get_current, get_value, set_value
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
-from .fields import MAX_VALUES, lookup
+from .base import Propagator
+from .fields import read
 
 BAGGAGE = "baggage"
 MAX_BAGGAGE_BYTES = 8192
@@ -110,49 +122,22 @@ def set_baggage_with_properties(
     return set_value(_PROPERTIES_KEY, kept, context)
 
 
-def _header(getter: textmap.Getter, carrier: object) -> str | None:
-    """The header's values joined with ``,``; None when absent, not text, more than
-    ``MAX_VALUES`` values (as the servers' getters count them) or over
-    ``MAX_BAGGAGE_BYTES`` (it reads no further than that). The name is found in any
-    case (:func:`.fields.lookup`)."""
-    got = lookup(getter, carrier, BAGGAGE)
-    if not got:
-        return None
-    if isinstance(got, (str, bytes)):
-        got = [got]
-    values: list[str] = []
-    chars = 0
-    for value in got:
-        if len(values) >= MAX_VALUES or not isinstance(value, (str, bytes)):
-            return None
-        chars += len(value) + (1 if values else 0)  # and the comma joining it
-        if chars > MAX_BAGGAGE_BYTES:  # cheap bound first: UTF-8 is at least a byte a character
-            return None
-        values.append(value.decode("latin-1") if isinstance(value, bytes) else value)
-    header = ",".join(values)
-    if len(header.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES:
-        return None
-    return header
-
-
-class BaggagePropagator(textmap.TextMapPropagator):
+class BaggagePropagator(Propagator):
     """Extracts and injects W3C Baggage, keeping each entry's properties."""
 
-    reads = frozenset({BAGGAGE})  # every field extract() may read (lower case)
+    reads = frozenset({BAGGAGE})
+    writes = reads
 
-    def extract(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
-    ) -> Context:
-        if context is None:
-            context = get_current()
-        try:
-            header = _header(getter, carrier)
-        except Exception:  # noqa: BLE001 - a carrier the getter cannot read: no baggage
+    def default_context(self) -> Context:
+        """Without a context, extracted baggage is merged into the current one."""
+        return get_current()
+
+    def read(self, getter: textmap.Getter, carrier: object, context: Context) -> Context:
+        values = read(getter, carrier, BAGGAGE, limit=MAX_BAGGAGE_BYTES, joined=True)
+        if not values:
             return context
-        if header is None:
+        header = ",".join(values)
+        if len(header.encode("utf-8", "surrogatepass")) > MAX_BAGGAGE_BYTES:  # characters were counted
             return context
 
         entries: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -179,12 +164,7 @@ class BaggagePropagator(textmap.TextMapPropagator):
                 kept.pop(name, None)
         return set_value(_PROPERTIES_KEY, kept, context)
 
-    def inject(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
-    ) -> None:
+    def write(self, context: Context | None, setter: textmap.Setter, carrier: object) -> None:
         entries = otel_baggage.get_all(context)
         if not entries:
             return
@@ -208,7 +188,3 @@ class BaggagePropagator(textmap.TextMapPropagator):
             size += extra
         if members:
             setter.set(carrier, BAGGAGE, ",".join(members))
-
-    @property
-    def fields(self) -> set[str]:
-        return {BAGGAGE}

@@ -22,6 +22,7 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
 from .. import _log
+from .base import Propagator
 
 _LINKS_KEY = create_key("autotrace-extracted-links")
 
@@ -40,11 +41,14 @@ def _name(propagator: object) -> str:
     return type(propagator).__name__
 
 
-class CompositePropagator(textmap.TextMapPropagator):
+class CompositePropagator(Propagator):
     """The propagators of ``OTEL_PROPAGATORS``, in order (see the module docstring)."""
 
     def __init__(self, propagators: Sequence[textmap.TextMapPropagator]) -> None:
         self._propagators = tuple(propagators)
+        # How each injects: the agent's formats straight through their write() (a call
+        # less on every outgoing request), others through the API's inject().
+        self._writers = tuple((p, p.write if isinstance(p, Propagator) else None) for p in self._propagators)
 
     @property
     def propagators(self) -> tuple[textmap.TextMapPropagator, ...]:
@@ -66,12 +70,12 @@ class CompositePropagator(textmap.TextMapPropagator):
             names |= reads
         return frozenset(names)
 
-    def extract(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
-    ) -> Context:
+    def default_context(self) -> Context | None:  # type: ignore[override]
+        """None: without a context, each format starts from its own default (an empty
+        context; the current one for baggage)."""
+        return None
+
+    def read(self, getter: textmap.Getter, carrier: object, context: Context | None) -> Context:  # type: ignore[override]
         result = context
         chosen: trace.Span | None = None  # the span of the first valid span context
         links: list[trace.Link] = []
@@ -114,15 +118,13 @@ class CompositePropagator(textmap.TextMapPropagator):
             result = set_value(_LINKS_KEY, tuple(links), result)
         return result
 
-    def inject(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
-    ) -> None:
-        for propagator in self._propagators:
+    def write(self, context: Context | None, setter: textmap.Setter, carrier: object) -> None:
+        for propagator, write in self._writers:
             try:
-                propagator.inject(carrier, context, setter=setter)
+                if write is not None:
+                    write(context, setter, carrier)
+                else:
+                    propagator.inject(carrier, context, setter=setter)
             except Exception as exc:  # noqa: BLE001 - one broken format must not stop the others
                 _log.warn_once(
                     "propagation-inject:" + _name(propagator),

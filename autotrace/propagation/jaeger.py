@@ -1,6 +1,17 @@
 """Jaeger propagation: the ``uber-trace-id`` header and ``uberctx-{key}`` baggage headers.
 
-https://www.jaegertracing.io/docs/client-libraries/#propagation-format
+What opentelemetry-propagator-jaeger (1.45) gets wrong and this module gets right, by
+section of Jaeger's "Propagation Format"
+(https://www.jaegertracing.io/docs/client-libraries/#propagation-format):
+
+* "Trace/Span Identity", flags (bit 2: debug): it writes every sampled trace with the
+  debug bit (``03``), so downstream Jaeger services force and mark them all as debug,
+  and it drops the debug bit it receives; here debug is written only on a trace that
+  came with it (from Jaeger or B3).
+* "Trace/Span Identity", key ("case-insensitive in HTTP"): ``Uber-Trace-Id`` in a dict is
+  not found there; here any case is.
+* "Baggage" (``uberctx-{key}``): read there only beside a ``uber-trace-id``; here
+  whether or not one is present.
 
 Reading:
 
@@ -32,8 +43,9 @@ from opentelemetry import baggage, trace
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
-from .b3 import ACCEPT, DEBUG, DENY, _as_list, context_with, header_values, single_value, state_to_write
-from .fields import MAX_KEYS
+from .b3 import ACCEPT, DEBUG, DENY, context_with, state_to_write
+from .base import Propagator
+from .fields import MAX_KEYS, bounded_values, read, single_value
 
 TRACE_HEADER = "uber-trace-id"
 BAGGAGE_PREFIX = "uberctx-"
@@ -66,86 +78,34 @@ def parse_trace_header(value: str) -> tuple[int, int, str] | None:
     return trace_id, span_id, state
 
 
-class JaegerPropagator(textmap.TextMapPropagator):
+class JaegerPropagator(Propagator):
     """``OTEL_PROPAGATORS=jaeger``: ``uber-trace-id`` and ``uberctx-*`` baggage.
 
-    It has no ``reads`` set (see :attr:`.composite.CompositePropagator.reads`): its
+    Its ``reads`` is None (see :attr:`.composite.CompositePropagator.reads`): its
     baggage is any header named ``uberctx-*``.
     """
 
-    def extract(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
-    ) -> Context:
-        if context is None:
-            context = Context()
+    reads = None
+    writes = frozenset({TRACE_HEADER})
+
+    def read(self, getter: textmap.Getter, carrier: object, context: Context) -> Context:
+        value = single_value(read(getter, carrier, TRACE_HEADER))
+        ids = parse_trace_header(value) if value is not None else None
         try:
-            context = self._extract_baggage(getter, carrier, context)
-        except Exception:  # noqa: BLE001 - never raise into the app
+            context = _with_baggage(getter, carrier, context)
+        except Exception:  # noqa: BLE001 - a getter whose keys cannot be read: no Jaeger baggage
             pass
-        try:
-            value = single_value(header_values(getter, carrier, TRACE_HEADER))
-            ids = parse_trace_header(value) if value is not None else None
-        except Exception:  # noqa: BLE001
-            ids = None
-        if ids is None:
-            return context
-        try:
-            return context_with(context, *ids, deferrable=False)
-        except Exception:  # noqa: BLE001
-            return context
+        return context if ids is None else context_with(context, *ids, deferrable=False)
 
-    @staticmethod
-    def _extract_baggage(getter: textmap.Getter, carrier: object, context: Context) -> Context:
-        try:
-            keys = getter.keys(carrier)
-        except Exception:  # noqa: BLE001 - a getter without keys
-            return context
-        if not keys:
-            return context
-        entries: dict[str, str] = {}
-        size = 0
-        for count, key in enumerate(keys):
-            if count >= MAX_KEYS or len(entries) >= MAX_BAGGAGE_ENTRIES:
-                break
-            if not isinstance(key, str) or len(key) <= len(BAGGAGE_PREFIX) or len(key) > 256:
-                continue
-            lowered = key.lower()
-            if not lowered.startswith(BAGGAGE_PREFIX):
-                continue
-            name = lowered[len(BAGGAGE_PREFIX) :]
-            if name in entries:
-                continue
-            got = getter.get(carrier, key)
-            values = _as_list(got)
-            if not values or any(v != values[0] for v in values):
-                continue
-            value = unquote(values[0].strip(" \t"))
-            size += len(name) + len(value)
-            if size > MAX_BAGGAGE_CHARS:
-                break
-            entries[name] = value
-        for name, value in entries.items():
-            context = baggage.set_baggage(name, value, context)
-        return context
-
-    def inject(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
-    ) -> None:
+    def write(self, context: Context | None, setter: textmap.Setter, carrier: object) -> None:
         span_context = trace.get_current_span(context).get_span_context()
         if span_context.is_valid:
             state = state_to_write(context, span_context)
             flags = _SAMPLED | _DEBUG if state == DEBUG else _SAMPLED if state == ACCEPT else 0
             setter.set(carrier, TRACE_HEADER, f"{span_context.trace_id:032x}:{span_context.span_id:016x}:0:{flags:x}")
-        entries = baggage.get_all(context)
         size = 0
         count = 0
-        for name, value in entries.items():
+        for name, value in baggage.get_all(context).items():
             if count >= MAX_BAGGAGE_ENTRIES:
                 break
             if not isinstance(name, str) or not _BAGGAGE_KEY.fullmatch(name):
@@ -157,6 +117,33 @@ class JaegerPropagator(textmap.TextMapPropagator):
             setter.set(carrier, BAGGAGE_PREFIX + name.lower(), encoded)
             count += 1
 
-    @property
-    def fields(self) -> set[str]:
-        return {TRACE_HEADER}
+
+def _with_baggage(getter: textmap.Getter, carrier: object, context: Context) -> Context:
+    """``context`` with the baggage of the carrier's ``uberctx-*`` fields (see the module docstring)."""
+    keys = getter.keys(carrier)
+    if not keys:
+        return context
+    entries: dict[str, str] = {}
+    size = 0
+    for count, key in enumerate(keys):
+        if count >= MAX_KEYS or len(entries) >= MAX_BAGGAGE_ENTRIES:
+            break
+        if not isinstance(key, str) or len(key) <= len(BAGGAGE_PREFIX) or len(key) > 256:
+            continue
+        lowered = key.lower()
+        if not lowered.startswith(BAGGAGE_PREFIX):
+            continue
+        name = lowered[len(BAGGAGE_PREFIX) :]
+        if name in entries:
+            continue
+        values = bounded_values(lowered, getter.get(carrier, key))
+        if not values or any(v != values[0] for v in values):
+            continue
+        value = unquote(values[0].strip(" \t"))
+        size += len(name) + len(value)
+        if size > MAX_BAGGAGE_CHARS:
+            break
+        entries[name] = value
+    for name, value in entries.items():
+        context = baggage.set_baggage(name, value, context)
+    return context

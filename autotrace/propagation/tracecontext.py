@@ -1,6 +1,18 @@
 """W3C Trace Context Level 2: the ``traceparent`` and ``tracestate`` headers.
 
-Reading follows https://www.w3.org/TR/trace-context-2/ exactly, whatever the getter:
+What the OpenTelemetry API's ``TraceContextTextMapPropagator`` (opentelemetry-api 1.45)
+gets wrong and this module gets right, by section of https://www.w3.org/TR/trace-context-2/:
+
+* tracestate "Key": its ``TraceState`` checks the older tenant@vendor grammar, so one
+  valid key such as ``foo@``, ``foo@@bar``, ``1a`` or ``t@`` + 15 characters drops the
+  whole ``tracestate``; here every key of the current grammar is kept.
+* "Mutating the tracestate Field" (vendors MAY discard duplicate keys): there a repeated
+  key drops the whole ``tracestate``; here the first member is kept, later ones dropped.
+* "Header Name" (ASCII case-insensitive): there ``TraceParent`` in a dict is not found.
+* A repeated ``traceparent`` is one header given twice (its values combine into an
+  invalid comma-joined one): there the first is continued, here a new trace starts.
+
+Reading follows the specification exactly, whatever the getter:
 
 * ``traceparent`` given more than once (the getter returns several values, or one value
   holds a comma), longer than 512 characters, or not of the form
@@ -11,14 +23,19 @@ Reading follows https://www.w3.org/TR/trace-context-2/ exactly, whatever the get
   (space, tab) around the value is trimmed. An invalid ``traceparent`` starts a new
   trace: the context is returned unchanged, and ``tracestate`` is not read.
 * ``tracestate`` values are combined into one list (joined with ``,``). Empty members
-  and whitespace around members are tolerated; a repeated key, an invalid member, more
-  than 32 members, more than 64 header values or more than 16447 characters in all (32 members of a 256-character
-  key and value, and 31 commas: the longest valid header) make the whole
-  ``tracestate`` invalid: it is dropped and the ``traceparent`` kept.
-* Header names are matched in any case (W3C: vendors MUST expect any case): as given
-  first, then, when the getter lists its keys, in another case; two keys that differ
-  only in case (``Traceparent`` and ``TRACEPARENT`` in a dict) are the header given
-  twice. A getter that raises reads as no header: the context is returned unchanged.
+  and whitespace around members are tolerated. A key is ``( lcalpha / DIGIT ) 0*255
+  ( keychar )`` with ``keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"``. A
+  repeated key keeps its first member (the later ones are discarded). An invalid
+  member, more than 32 members (repeated keys counted), more than 64 header values or
+  more than 16447 characters in all (32 members of a 256-character key and value, and
+  31 commas: the longest valid header) make the whole ``tracestate`` invalid: it is
+  dropped and the ``traceparent`` kept. The state is a :class:`W3CTraceState`, which
+  the API's ``TraceState`` checks (the older grammar) never see, so it reaches
+  outgoing headers through the SDK's spans as it came.
+* Header names are matched in any case: as given first, then, when the getter lists
+  its keys, in another case; two keys that differ only in case (``Traceparent`` and
+  ``TRACEPARENT`` in a dict) are the header given twice. A getter that raises reads as
+  no header: the context is returned unchanged.
 
 Writing always produces version ``00`` with the span context's flags (two hex digits)
 and its ``TraceState`` as is, in order. The agent adds no ``tracestate`` entry of its
@@ -29,13 +46,15 @@ makes current) is first, as those methods put it, and the others keep their orde
 from __future__ import annotations
 
 import re
+from typing import Iterator, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.trace.span import TraceState
 
-from .fields import MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, MAX_VALUES, TRACEPARENT, TRACESTATE, lookup
+from .base import Propagator
+from .fields import MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, TRACEPARENT, TRACESTATE, read
 
 MAX_TRACEPARENT_LENGTH = 512
 
@@ -44,34 +63,12 @@ _HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_SPAN_ID = "0" * 16
 
-# tracestate list member (trace-context-2, section 3.3.1)
-_KEY = (
-    r"[a-z][a-z0-9_\-*/]{0,255}"
-    r"|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
-)
+# tracestate list member (trace-context-2, "tracestate Header Field Values")
+_KEY = r"[a-z0-9][a-z0-9_\-*/@]{0,255}"
 _VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 _MEMBER = re.compile(rf"({_KEY})=({_VALUE})")
-
-
-def _values(getter: textmap.Getter, carrier: object, key: str, max_values: int, max_chars: int) -> list[str] | None:
-    """The header's values as a list of str; None when absent, not text, or more than
-    ``max_values`` values or ``max_chars`` characters joined with commas (it reads no
-    further than that). The name is found in any case (:func:`.fields.lookup`)."""
-    got = lookup(getter, carrier, key)
-    if got is None:
-        return None
-    if isinstance(got, (str, bytes)):
-        got = [got]
-    out: list[str] = []
-    chars = 0
-    for value in got:
-        if len(out) >= max_values or not isinstance(value, (str, bytes)):
-            return None
-        chars += len(value) + (1 if out else 0)  # and the comma joining it
-        if chars > max_chars:
-            return None
-        out.append(value.decode("latin-1") if isinstance(value, bytes) else value)
-    return out
+_KEY_PATTERN = re.compile(_KEY)
+_VALUE_PATTERN = re.compile(_VALUE)
 
 
 def _is_hex(text: str) -> bool:
@@ -103,84 +100,129 @@ def parse_traceparent(value: str) -> tuple[int, int, int] | None:
     return int(trace_id, 16), int(span_id, 16), int(flags, 16)
 
 
-def parse_tracestate(values: list[str]) -> TraceState | None:
-    """The ``TraceState`` of the combined header values, or None if it is invalid."""
+def parse_tracestate(values: Sequence[str]) -> W3CTraceState | None:
+    """The state of the combined header values, or None if it is invalid."""
     combined = ",".join(values)
     if len(combined) > MAX_TRACESTATE_LENGTH:
         return None
-    pairs: dict[str, str] = {}
+    members: dict[str, str] = {}
+    count = 0
     for member in combined.split(","):
         member = member.strip(_OWS)
         if not member:
             continue
+        count += 1
         match = _MEMBER.fullmatch(member)
-        if match is None:
+        if match is None or count > MAX_TRACESTATE_MEMBERS:
             return None
-        key, val = match.groups()
-        if key in pairs or len(pairs) >= MAX_TRACESTATE_MEMBERS:
-            return None
-        pairs[key] = val
-    return TraceState(list(pairs.items()))
+        key, value = match.groups()
+        members.setdefault(key, value)  # a duplicate key: discarded ("Mutating the tracestate Field")
+    return W3CTraceState(members)
 
 
-class TraceContextPropagator(textmap.TextMapPropagator):
+def _is_valid_member(key: object, value: object) -> bool:
+    return (
+        isinstance(key, str)
+        and isinstance(value, str)
+        and _KEY_PATTERN.fullmatch(key) is not None
+        and _VALUE_PATTERN.fullmatch(value) is not None
+    )
+
+
+class W3CTraceState(TraceState):
+    """A ``TraceState`` whose members follow the current W3C grammar.
+
+    The API's ``TraceState`` drops keys of the newer grammar (``foo@``, ``1a``) when it
+    is made and again when ``add``/``update``/``delete`` make a new one. This one keeps
+    its own members and makes its mutations of its own class, checking a new member
+    against the current grammar; otherwise it behaves as the API's (a member that is
+    not valid, or an 33rd, is not added: the same state is returned). The SDK passes a
+    parent's state on to its children as it is, so an extracted one reaches the
+    outgoing ``tracestate`` as it came.
+    """
+
+    def __init__(self, members: dict[str, str] | None = None) -> None:
+        super().__init__()  # the API's own (older) checks see no entries
+        self._members: dict[str, str] = members if members is not None else {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._members
+
+    def __getitem__(self, key: str) -> str:
+        return self._members[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return str([f"{{key={key}, value={value}}}" for key, value in self._members.items()])
+
+    def keys(self):  # type: ignore[override]
+        return self._members.keys()
+
+    def items(self):  # type: ignore[override]
+        return self._members.items()
+
+    def values(self):  # type: ignore[override]
+        return self._members.values()
+
+    def add(self, key: str, value: str) -> TraceState:
+        if not _is_valid_member(key, value) or key in self._members or len(self._members) >= MAX_TRACESTATE_MEMBERS:
+            return self
+        return W3CTraceState({key: value, **self._members})
+
+    def update(self, key: str, value: str) -> TraceState:
+        if not _is_valid_member(key, value):
+            return self
+        if key not in self._members and len(self._members) >= MAX_TRACESTATE_MEMBERS:
+            return self
+        rest = {k: v for k, v in self._members.items() if k != key}
+        return W3CTraceState({key: value, **rest})
+
+    def delete(self, key: str) -> TraceState:
+        if key not in self._members:
+            return self
+        return W3CTraceState({k: v for k, v in self._members.items() if k != key})
+
+    def to_header(self) -> str:
+        return ",".join(f"{key}={value}" for key, value in self._members.items())
+
+    @classmethod
+    def from_header(cls, header_list: list[str]) -> TraceState:
+        return parse_tracestate(header_list) or cls()
+
+
+class TraceContextPropagator(Propagator):
     """Extracts and injects W3C Trace Context (Level 2) ``traceparent``/``tracestate``."""
 
-    reads = frozenset({TRACEPARENT, TRACESTATE})  # every field extract() may read (lower case)
+    reads = frozenset({TRACEPARENT, TRACESTATE})
+    writes = reads
 
-    def extract(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
-    ) -> Context:
-        if context is None:
-            context = Context()
-        try:
-            values = _values(getter, carrier, TRACEPARENT, 1, MAX_TRACEPARENT_LENGTH)
-            ids = parse_traceparent(values[0]) if values else None
-        except Exception:  # noqa: BLE001 - a carrier the getter cannot read: no parent
-            return context
+    def read(self, getter: textmap.Getter, carrier: object, context: Context) -> Context:
+        values = read(getter, carrier, TRACEPARENT, max_values=1, limit=MAX_TRACEPARENT_LENGTH)
+        ids = parse_traceparent(values[0]) if values else None
         if ids is None:
             return context
         trace_id, span_id, flags = ids
-
-        trace_state = None
-        try:
-            state_values = _values(getter, carrier, TRACESTATE, MAX_VALUES, MAX_TRACESTATE_LENGTH)
-            if state_values:
-                trace_state = parse_tracestate(state_values)
-        except Exception:  # noqa: BLE001 - an unreadable tracestate is dropped, the parent kept
-            trace_state = None
-
+        states = read(getter, carrier, TRACESTATE, joined=True)  # 64 values, 16447 characters
         span_context = trace.SpanContext(
             trace_id=trace_id,
             span_id=span_id,
             is_remote=True,
             trace_flags=trace.TraceFlags(flags),
-            trace_state=trace_state,
+            trace_state=parse_tracestate(states) if states else None,
         )
         return trace.set_span_in_context(trace.NonRecordingSpan(span_context), context)
 
-    def inject(
-        self,
-        carrier: textmap.CarrierT,
-        context: Context | None = None,
-        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
-    ) -> None:
+    def write(self, context: Context | None, setter: textmap.Setter, carrier: object) -> None:
         span_context = trace.get_current_span(context).get_span_context()
         if not span_context.is_valid:
             return
         flags = int(span_context.trace_flags) & 0xFF
-        setter.set(
-            carrier,
-            TRACEPARENT,
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}",
-        )
+        setter.set(carrier, TRACEPARENT, f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}")
         trace_state = span_context.trace_state
         if trace_state:
-            setter.set(carrier, TRACESTATE, ",".join(f"{k}={v}" for k, v in trace_state.items()))
-
-    @property
-    def fields(self) -> set[str]:
-        return {TRACEPARENT, TRACESTATE}
+            setter.set(carrier, TRACESTATE, ",".join(f"{key}={value}" for key, value in trace_state.items()))
