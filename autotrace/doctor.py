@@ -741,7 +741,7 @@ def failure_fix(kind: str, hint: str) -> str:
 
 
 def _verdict_class():
-    from .sdk import ExportFailures
+    from .export_report import ExportFailures
 
     class Verdict(ExportFailures):
         """Keeps the classified cause of a failed export instead of logging it."""
@@ -763,8 +763,9 @@ def _verdict_class():
 def test_span_check(settings, service_name: str, timeout: float) -> Check:
     """Send one real span through the agent's own exporter, synchronously and bounded.
 
-    The export runs through :class:`autotrace.sdk.ExporterHandle`, so a failure is
-    classified exactly as the agent classifies it (:func:`autotrace.sdk.classify_failure`).
+    The export runs through :class:`autotrace.exporters.ExporterHandle`, so a failure is
+    classified exactly as the agent classifies it
+    (:func:`autotrace.export_report.classify_failure`).
     """
     import logging
     import threading
@@ -773,7 +774,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from . import sdk
+    from . import export_report, exporters
 
     logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # the doctor reports it
     settings.timeout_s = min(settings.timeout_s, timeout)
@@ -792,11 +793,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
 
     def send() -> None:
         try:
-            handle = sdk.ExporterHandle("otlp", sdk._otlp_factory(settings))
-            exporter = handle._get()
-            if exporter is not None:
-                sdk._keep_http_client_results(exporter)  # the HTTP status, as the agent keeps it
-            handle.failures = verdict
+            handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), failures=verdict)
             try:
                 result.append(handle.export(spans))
             finally:
@@ -816,7 +813,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
     if outcome is None:
         kind, hint = "timeout", f" (no answer within {timeout:g}s)"
     elif isinstance(outcome, Exception):
-        kind, hint = sdk.classify_failure([outcome])
+        kind, hint = export_report.classify_failure([outcome])
     elif verdict.kind:
         kind, hint = verdict.kind, verdict.hint
     else:
