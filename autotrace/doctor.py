@@ -64,7 +64,7 @@ def secrets_of(url: str) -> list[str]:
     """The secret parts of ``url`` (user info, sensitive query values), to scrub from any text."""
     from urllib.parse import unquote, urlsplit
 
-    from .redact import _is_sensitive
+    from .redact import is_sensitive
 
     try:
         parts = urlsplit(url)
@@ -76,7 +76,7 @@ def secrets_of(url: str) -> list[str]:
         found += [userinfo, *userinfo.split(":", 1)]
     for part in parts.query.split("&"):
         key, sep, value = part.partition("=")
-        if sep and value and _is_sensitive(key):
+        if sep and value and is_sensitive(key):
             found.append(value)
     found += [unquote(s) for s in found]
     return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
@@ -179,7 +179,7 @@ def _set_by(source: str, variables: tuple[str, ...]) -> tuple[str, str] | None:
     """(the variable holding the value, how the user wrote it) for a flag or variable source.
 
     A flag reaches the configuration through the last variable of its setting (see
-    ``cli.build_environment``), so a value refused there was the flag's.
+    ``launcher.build_environment``), so a value refused there was the flag's.
     """
     if source.startswith("variable "):
         variable = source.split(" ", 1)[1]
@@ -841,7 +841,7 @@ def _installed_version(distribution: str) -> str | None:
 
 
 def library_checks(disabled=frozenset(), version_of=_installed_version) -> list[Check]:
-    from .registry import HOOKS, _pad, parse_version
+    from .registry import HOOKS, version_position
 
     checks = []
     stdlib = [h.name for h in HOOKS if h.distribution is None and h.name not in disabled]
@@ -869,10 +869,9 @@ def library_checks(disabled=frozenset(), version_of=_installed_version) -> list[
                 )
             )
             continue
-        parsed = parse_version(version)
-        width = max(len(parsed), len(hook.min_version), len(hook.below_version or ()))
+        position = version_position(hook, version)
         low = ".".join(map(str, hook.min_version)) or "0"
-        if _pad(parsed, width) < _pad(hook.min_version, width):
+        if position < 0:
             checks.append(
                 Check(
                     WARN,
@@ -881,8 +880,8 @@ def library_checks(disabled=frozenset(), version_of=_installed_version) -> list[
                     f"upgrade {distribution} to {low} or newer to trace it",
                 )
             )
-        elif hook.below_version is not None and _pad(parsed, width) >= _pad(hook.below_version, width):
-            high = ".".join(map(str, hook.below_version))
+        elif position > 0:
+            high = ".".join(map(str, hook.below_version or ()))
             checks.append(
                 Check(
                     WARN,
@@ -900,7 +899,7 @@ def library_checks(disabled=frozenset(), version_of=_installed_version) -> list[
 
 def _own_site_dir() -> str:
     try:
-        from .cli import sitecustomize_dir
+        from .launcher import sitecustomize_dir
 
         return sitecustomize_dir()
     except Exception:  # noqa: BLE001
@@ -1011,13 +1010,13 @@ def installed_distributions() -> list[str]:
 
 
 def run_checks(args, environ) -> list[Check]:
-    from .cli import build_environment
+    from .launcher import build_environment
 
     timeout = parse_timeout(getattr(args, "timeout", 3.0) or 3.0)
     command = list(getattr(args, "command", None) or [])
     if command and command[0] == "--":
         command = command[1:]
-    env = build_environment(args, dict(environ))
+    env = build_environment(args, environ)
     settings, warnings = load_settings(env)
     checks = configuration_checks(settings, warnings, args, environ)
     name_check = service_name_check(settings, command, args)
@@ -1185,24 +1184,12 @@ def remote_main() -> None:
     sys.stdout.write(json.dumps([c.as_dict() for c in checks]))
 
 
-def _command_interpreter(command: list[str], env) -> str | None:
-    """The command's Python when it is not the one running the doctor (another environment)."""
-    from .cli import _same_environment, python_of, which
-
-    if not command:
-        return None
-    executable = which(command[0], env.get("PATH"))
-    interpreter = python_of(executable, env) if executable else None
-    # Not realpath: a venv's python is a link to its base interpreter, with other packages.
-    if interpreter is None or _same_environment(interpreter):
-        return None
-    return interpreter
-
-
 def environment_checks(command: list[str], env, disabled) -> list[Check]:
     """Libraries and conflicts as the command's interpreter sees them (bounded subprocess)."""
+    from .launcher import foreign_python
+
     paths = search_path(env)
-    interpreter = _command_interpreter(command, env)
+    interpreter = foreign_python(command, env)  # the command's, when another environment's
     if interpreter is None:
         return local_environment_checks(paths, disabled)
     import subprocess

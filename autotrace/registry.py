@@ -203,12 +203,7 @@ def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:
         except importlib_metadata.PackageNotFoundError:
             _set_status(hook, f"skipped: distribution {hook.distribution} not found")
             return False
-    # Compared padded with zeros: "5.1" is (5, 1, 0), not below a minimum of (5, 1, 0).
-    below = hook.below_version
-    parsed = parse_version(version)
-    width = max(len(parsed), len(hook.min_version), len(below or ()))
-    parsed = _pad(parsed, width)
-    if parsed < _pad(hook.min_version, width) or (below is not None and parsed >= _pad(below, width)):
+    if version_position(hook, version):
         _set_status(
             hook,
             f"skipped: {hook.distribution} {version} is not supported "
@@ -269,6 +264,20 @@ def parse_version(text: str) -> tuple[int, ...]:
         if len(digits) != len(piece):
             break
     return tuple(parts)
+
+
+def version_position(hook: Hook, version: str) -> int:
+    """Where ``version`` is against the hook's range: -1 below it, 0 in it, 1 above it."""
+    # Compared padded with zeros: "5.1" is (5, 1, 0), not below a minimum of (5, 1, 0).
+    below = hook.below_version
+    parsed = parse_version(version)
+    width = max(len(parsed), len(hook.min_version), len(below or ()))
+    parsed = _pad(parsed, width)
+    if parsed < _pad(hook.min_version, width):
+        return -1
+    if below is not None and parsed >= _pad(below, width):
+        return 1
+    return 0
 
 
 def _pad(parts: tuple[int, ...], width: int) -> tuple[int, ...]:

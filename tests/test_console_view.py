@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from autotrace import cli, config, exporters
+from autotrace import cli, config, exporters, launcher
 from autotrace.console_view import ConsoleTreeExporter, format_duration
 
 MS = 1_000_000
@@ -418,5 +418,5 @@ def test_config_accepts_console_json(value, expected, warnings):
 
 def test_cli_accepts_console_json():
     args = cli._parser().parse_args(["run", "--exporter", "console-json", "python", "app.py"])
-    env = cli.build_environment(args, {})
+    env = launcher.build_environment(args, {})
     assert env["OTEL_TRACES_EXPORTER"] == "console-json"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from autotrace import cli, doctor
+from autotrace import cli, doctor, launcher
 from autotrace.doctor import FAIL, OK, WARN, Check, Probe, Target, classify
 
 
@@ -15,7 +15,7 @@ def parse(*argv: str):
 
 
 def config_checks(args, environ) -> dict[str, Check]:
-    env = cli.build_environment(args, dict(environ))
+    env = launcher.build_environment(args, dict(environ))
     settings, warnings = doctor.load_settings(env)
     return {c.name: c for c in doctor.configuration_checks(settings, warnings, args, environ)}
 

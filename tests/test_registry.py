@@ -206,3 +206,11 @@ def test_status_is_a_copy(target_and_hooks):
     registry.arm([Hook("lib", target, hooks)])
     registry.status()["lib"] = "tampered"
     assert registry.status()["lib"].startswith("armed")
+
+
+@pytest.mark.parametrize(
+    "version, position", [("0.9", -1), ("1", 0), ("1.9.9", 0), ("2.0", 1), ("2.0.0rc1", 1)]
+)
+def test_version_position_against_the_range(version, position):
+    hook = Hook("lib", "lib", "hooks", distribution="lib", min_version=(1, 0), below_version=(2,))
+    assert registry.version_position(hook, version) == position
