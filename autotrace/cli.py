@@ -96,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.subcommand == "doctor":
-        from . import doctor
+        from .doctor import report
 
-        return doctor.main(args)
+        return report.main(args)
     if args.subcommand != "run":
         parser.print_help()
         return 2
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _doctor_timeout(text: str) -> float:
-    from .doctor import parse_timeout
+    from .doctor.report import parse_timeout
 
     try:
         return parse_timeout(text)
