@@ -22,12 +22,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import _log, export_report
-from .config import Settings
+from .config import Configuration
 
 logger = _log.logger
 
 
-def otlp_factory(settings: Settings) -> Callable[[], SpanExporter]:
+def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
     """The factory of the OTLP exporter ``settings`` describe (protocol, endpoint, headers, ...)."""
 
     def make() -> SpanExporter:
@@ -78,7 +78,7 @@ def console_json_factory() -> SpanExporter:
     return ConsoleSpanExporter(out=sys.stderr)
 
 
-def factories(settings: Settings) -> dict[str, Callable[[], SpanExporter]]:
+def factories(settings: Configuration) -> dict[str, Callable[[], SpanExporter]]:
     """Exporter name (a value of ``OTEL_TRACES_EXPORTER``) -> the factory of that exporter."""
     return {"otlp": otlp_factory(settings), "console": console_factory, "console-json": console_json_factory}
 

@@ -21,13 +21,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import _log, export_report, exporters
 from ._version import __version__
-from .config import Settings
+from .config import Configuration
 from .entrypoint import Entrypoint
 
 logger = _log.logger
 
 
-def build_resource(settings: Settings, entry: Entrypoint, service_name: str) -> Resource:
+def build_resource(settings: Configuration, entry: Entrypoint, service_name: str) -> Resource:
     """The resource, built directly (no detector entry points: they cost start-up time).
 
     Process attributes leave out the command's arguments: they may hold secrets.
@@ -62,7 +62,7 @@ def _sdk_version() -> str:
         return "unknown"
 
 
-def build_sampler(settings: Settings) -> sampling.Sampler:
+def build_sampler(settings: Configuration) -> sampling.Sampler:
     name, arg = settings.sampler, settings.sampler_arg
     if name == "always_on":
         return sampling.ALWAYS_ON
@@ -149,7 +149,7 @@ def flush_if_recorded(timeout_s: float) -> None:
     flush(timeout_s, final=False)
 
 
-def install(set_global: Callable[[trace.TracerProvider], None], settings: Settings, resource: Resource) -> None:
+def install(set_global: Callable[[trace.TracerProvider], None], settings: Configuration, resource: Resource) -> None:
     """Create the agent's provider and make it the global one (with ``set_global``)."""
     global _provider
     provider = AgentTracerProvider(

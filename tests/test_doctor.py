@@ -416,3 +416,14 @@ def test_instrumentors_the_app_calls_itself(tmp_path) -> None:
     assert doctor_command.instrumentor_checks(["python", "plain.py"], str(tmp_path)) == []
     assert doctor_command.instrumentor_checks(["python", "missing.py"], str(tmp_path)) == []
 
+
+def test_every_setting_the_agent_reads_is_checked_when_set() -> None:
+    checks = config_checks(parse(), {"AUTOTRACE_INCOMING_CONTEXT": "bogus", "OTEL_BSP_MAX_QUEUE_SIZE": "100"})
+    assert checks["config AUTOTRACE_INCOMING_CONTEXT"].status == WARN
+    assert checks["config incoming context"].message == (
+        "continue (default (AUTOTRACE_INCOMING_CONTEXT='bogus' was rejected))"
+    )
+    assert checks["config batch"].message.endswith("(variable OTEL_BSP_MAX_QUEUE_SIZE)")
+    unset = config_checks(parse(), {})
+    assert "config batch" not in unset and "config deny" not in unset  # at their default: not shown
+    assert "config compression" in unset

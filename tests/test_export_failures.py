@@ -154,10 +154,10 @@ def _closed_port() -> int:
 
 
 def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
-    from autotrace.config import Settings
+    from autotrace.config import Configuration
 
     endpoint = f"http://127.0.0.1:{_closed_port()}/v1/traces"
-    settings = Settings(protocol="http/protobuf", endpoint=endpoint, timeout_s=0.3)
+    settings = Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=0.3)
     handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings))
     from opentelemetry.sdk.trace import TracerProvider
 

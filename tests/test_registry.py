@@ -208,6 +208,18 @@ def test_status_is_a_copy(target_and_hooks):
     assert registry.status()["lib"].startswith("armed")
 
 
+def test_held_lines_for_the_start_up_report(target_and_hooks, capsys):
+    """Under --debug: armed and disabled hooks are the report's; what is applied meanwhile is held."""
+    target, hooks = target_and_hooks
+    module = importlib.import_module(target)
+    held: list = []
+    registry.arm([Hook("lib", target, hooks), Hook("off", "no_such_module_x", hooks)], frozenset({"off"}), held)
+    assert capsys.readouterr().err == ""
+    assert held == [(10, "hook %s %s", ("lib", f"applied to {target}"))]
+    assert module.patched_by == hooks
+    assert registry.status()["off"].startswith("skipped: disabled")
+
+
 @pytest.mark.parametrize(
     "version, position", [("0.9", -1), ("1", 0), ("1.9.9", 0), ("2.0", 1), ("2.0.0rc1", 1)]
 )

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from autotrace import __version__, exporters, sdk
-from autotrace.config import Settings, load
+from autotrace.config import Configuration, load
 from autotrace.entrypoint import parse
 
 
@@ -27,16 +27,16 @@ from autotrace.entrypoint import parse
     ],
 )
 def test_build_sampler(name, description):
-    sampler = sdk.build_sampler(Settings(sampler=name, sampler_arg=0.25))
+    sampler = sdk.build_sampler(Configuration(sampler=name, sampler_arg=0.25))
     assert sampler.get_description().startswith(description)
 
 
 def test_build_sampler_types_and_ratio():
-    assert sdk.build_sampler(Settings(sampler="always_on")) is sampling.ALWAYS_ON
-    assert sdk.build_sampler(Settings(sampler="always_off")) is sampling.ALWAYS_OFF
-    ratio = sdk.build_sampler(Settings(sampler="traceidratio", sampler_arg=0.5))
+    assert sdk.build_sampler(Configuration(sampler="always_on")) is sampling.ALWAYS_ON
+    assert sdk.build_sampler(Configuration(sampler="always_off")) is sampling.ALWAYS_OFF
+    ratio = sdk.build_sampler(Configuration(sampler="traceidratio", sampler_arg=0.5))
     assert isinstance(ratio, sampling.TraceIdRatioBased) and ratio.rate == 0.5
-    assert isinstance(sdk.build_sampler(Settings()), sampling.ParentBased)
+    assert isinstance(sdk.build_sampler(Configuration()), sampling.ParentBased)
 
 
 def test_build_resource():

@@ -36,7 +36,8 @@ def command_checks(command: list[str], env) -> list[Check]:
         )
     program = entrypoint.parse(list(command)).program
     if program in config.deny_list(env):
-        where = "AUTOTRACE_DENY" if env.get("AUTOTRACE_DENY") is not None else "the default AUTOTRACE_DENY list"
+        given = config.source_of("deny", env).kind != "default"
+        where = "AUTOTRACE_DENY" if given else "the default AUTOTRACE_DENY list"
         checks.append(
             Check(
                 FAIL,

@@ -6,7 +6,6 @@ pure, turns that into one check with its fix.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -390,21 +389,12 @@ def uses_tls(settings) -> bool:
     return https or (settings.protocol == "grpc" and not settings.insecure)
 
 
-def certificate_file(environ) -> str | None:
-    """The CA file the exporter trusts (OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE), if set."""
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"):
-        value = (environ.get(variable) or "").strip()
-        if value:
-            return value
-    return None
-
-
-def probe_endpoint(settings, timeout: float, environ=None, headers=None) -> tuple[Target, Probe]:
+def probe_endpoint(settings, timeout: float, headers=None) -> tuple[Target, Probe]:
     """Resolve, connect, export an empty request with the configured protocol; if that
     fails, find out what the port speaks. ``headers``: those to send (default: all)."""
     target = Target(settings.endpoint, tls=uses_tls(settings))
     headers = settings.headers if headers is None else headers
-    cafile = certificate_file(environ if environ is not None else os.environ)
+    cafile = settings.certificate  # the CA file the exporter trusts
     probe = Probe()
     probe.resolved = _resolve(target.host, target.port, timeout)
     if not probe.resolved:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 
+from .. import config
 from .check import FAIL, OK, WARN, Check, scrub, secrets_of
 from .command import command_checks
 from .endpoint import classify, probe_endpoint
@@ -76,7 +77,7 @@ def run_checks(args, environ) -> list[Check]:
         if unsendable:
             checks.append(headers_check(unsendable, source_of("headers", args, environ)))
         sendable = {k: v for k, v in settings.headers.items() if k not in unsendable}
-        target, probe = probe_endpoint(settings, timeout, env, sendable)
+        target, probe = probe_endpoint(settings, timeout, sendable)
         endpoint = classify(settings.protocol, target, probe, source_of("endpoint", args, environ))
         checks.append(endpoint)
         if endpoint.status == FAIL or unsendable:
@@ -102,7 +103,7 @@ def run_checks(args, environ) -> list[Check]:
 
 def _raw_endpoint_secrets(env) -> list[str]:
     found: list[str] = []
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+    for variable in config.VARIABLES["endpoint"]:  # as given, a refused one included
         found += secrets_of(env.get(variable) or "")
     return found
 

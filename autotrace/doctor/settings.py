@@ -1,125 +1,81 @@
-"""The configuration as :mod:`autotrace.config` reads it, the service name, the exporter's headers."""
+"""The configuration as :mod:`autotrace.config` reads it, the service name, the exporter's headers.
+
+Values, sources and warnings are the configuration's own data (:func:`config.read
+<autotrace.config.read>`); the doctor adds which launcher option set a variable.
+"""
 
 from __future__ import annotations
 
+from .. import config, launcher
 from .check import FAIL, OK, WARN, Check, redact
 
-# Setting -> (the run option that sets it, the variables read for it, first wins).
-_SOURCES = (
-    ("service.name", "service_name", ("OTEL_SERVICE_NAME",)),
-    ("exporters", "exporter", ("OTEL_TRACES_EXPORTER",)),
-    ("protocol", "protocol", ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")),
-    ("endpoint", "endpoint", ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")),
-    ("headers", None, ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")),
-    ("timeout", None, ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")),
-    ("compression", None, ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")),
-    ("insecure", None, ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")),
-    ("sampler", None, ("OTEL_TRACES_SAMPLER",)),
-    ("propagators", None, ("OTEL_PROPAGATORS",)),
-    ("resource", None, ("OTEL_RESOURCE_ATTRIBUTES",)),
-    ("sdk_disabled", None, ("OTEL_SDK_DISABLED",)),
-    ("disabled hooks", None, ("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",)),
-    ("log level", "debug", ("OTEL_LOG_LEVEL",)),
+# Shown even at their default (any other setting only when it is set): where spans go.
+ALWAYS_SHOWN = frozenset(
+    {
+        "service.name",
+        "exporters",
+        "protocol",
+        "endpoint",
+        "headers",
+        "timeout",
+        "compression",
+        "insecure",
+        "sampler",
+        "propagators",
+        "resource",
+        "sdk_disabled",
+        "disabled hooks",
+        "log level",
+    }
 )
 
 
+def load_settings(environ) -> tuple[config.Configuration, list[config.ConfigWarning]]:
+    """The configuration ``environ`` gives, and its warnings (not logged)."""
+    settings = config.read(environ)
+    return settings, list(settings.warnings)
+
+
 def source_of(setting: str, args, environ) -> str:
-    """Where ``setting`` came from: ``flag``, ``variable NAME`` or ``default``.
-
-    ``environ`` is the environment before the options were applied.
-    """
-    for name, option, variables in _SOURCES:
-        if name != setting:
-            continue
-        if option and args is not None and getattr(args, option, None):
-            return "flag --" + option.replace("_", "-")
-        for variable in variables:
-            if (environ.get(variable) or "").strip():
-                return "variable " + variable
-        return "default"
-    return "default"
+    """Where ``setting`` came from: ``flag --OPTION`` (of ``args``), ``variable NAME`` (of
+    ``environ``, the environment before the options were applied) or ``default``."""
+    return config.source_of(setting, environ, launcher.flags(args)).text
 
 
-class Warnings(list):
-    """The configuration's warnings as text; ``rejected``: variable -> its refused value."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rejected: dict[str, str] = {}
-
-
-_REJECTED = "%s=%r is not valid"
-
-
-def load_settings(environ) -> tuple[object, Warnings]:
-    """``config.load(environ)`` with its warnings captured instead of printed."""
-    from .. import _log, config
-
-    warnings = Warnings()
-    original = _log.warn_once
-
-    def capture(key: str, message: str, *args: object) -> None:
-        warnings.append(message % args if args else message)
-        if message.startswith(_REJECTED) and len(args) >= 2:
-            warnings.rejected[str(args[0])] = str(args[1])
-
-    _log.warn_once = capture
-    try:
-        settings = config.load(environ)
-    finally:
-        _log.warn_once = original
-    return settings, warnings
-
-
-def _set_by(source: str, variables: tuple[str, ...]) -> tuple[str, str] | None:
-    """(the variable holding the value, how the user wrote it) for a flag or variable source.
-
-    A flag reaches the configuration through the last variable of its setting (see
-    ``cli.build_environment``), so a value refused there was the flag's.
-    """
-    if source.startswith("variable "):
-        variable = source.split(" ", 1)[1]
-        return variable, variable
-    if source.startswith("flag "):
-        return variables[-1], source.split(" ", 1)[1]
-    return None
-
-
-def configuration_checks(settings, warnings: list[str], args, environ) -> list[Check]:
+def configuration_checks(settings, warnings: list[config.ConfigWarning], args, environ) -> list[Check]:
+    """One check per setting (see :data:`ALWAYS_SHOWN`) with its value and where it came
+    from, one per warning. ``environ``: the environment before the options were applied."""
     checks = []
     values = dict(settings.describe())  # already redacted: header names only
-    rejected = getattr(warnings, "rejected", {})
-    flags: dict[str, str] = {}  # variable -> the flag that set it
-    for name, _option, variables in _SOURCES:
-        value = values.get(name, "")
-        source = source_of(name, args, environ)
-        holder = _set_by(source, variables)
-        if holder is not None and source.startswith("flag "):
-            flags[holder[0]] = holder[1]
-        if holder is not None and holder[0] in rejected:
-            variable, written = holder
-            refused = redact(rejected[variable])
-            shown = f"{written}={refused!r}" if written == variable else f"{written} {refused!r}"
+    flags = launcher.flags(args)  # variable -> the option that set it
+    refused = {w.variable: w.refused for w in warnings if w.refused is not None}  # replaced by the default
+    for name in config.VARIABLES:
+        value = values[name]
+        source = config.source_of(name, environ, flags)
+        if source.kind == "default":
+            source = settings.sources.get(name, source)  # derived, or the default
+        if source.variable in refused:  # the value given where it came from was refused
+            variable, written = source.variable, source.option or source.variable
+            shown = redact(refused[variable])
+            shown = f"{written}={shown!r}" if source.kind == "variable" else f"{written} {shown!r}"
             checks.append(
                 Check(
                     WARN,
                     "config " + name,
                     f"{value or '(none)'} (default ({shown} was rejected))",
-                    f"correct or unset {variable}" if written == variable else f"correct {written}",
+                    f"correct or unset {variable}" if source.kind == "variable" else f"correct {written}",
                 )
             )
             continue
-        if name == "protocol" and source == "default" and settings.protocol == "grpc":
-            source = "derived from the endpoint's port 4317"
         if name == "service.name" and not settings.service_name:
             continue  # its own check below
-        if source == "default" and name in ("headers", "resource", "disabled hooks") and not value:
+        if source.kind == "default" and (not value or name not in ALWAYS_SHOWN):
             continue
         checks.append(Check(OK, "config " + name, f"{value or '(none)'} ({source})"))
-    for text in warnings:
-        variable = text.split("=", 1)[0].split(" ", 1)[0]
+    for warning in warnings:
+        variable = warning.variable
         fix = f"correct {flags[variable]}" if variable in flags else f"correct or unset {variable}"
-        checks.append(Check(WARN, "config " + variable, text, fix + "; until then the default applies"))
+        checks.append(Check(WARN, "config " + variable, warning.text, fix + "; until then the default applies"))
     if settings.sdk_disabled:
         checks.append(
             Check(FAIL, "config sdk_disabled", "OTEL_SDK_DISABLED=true: the agent does nothing", "unset OTEL_SDK_DISABLED")
@@ -129,7 +85,7 @@ def configuration_checks(settings, warnings: list[str], args, environ) -> list[C
 
 def service_name_check(settings, command: list[str], args=None) -> Check:
     if settings.service_name:
-        origin = "--service-name" if getattr(args, "service_name", None) else "OTEL_SERVICE_NAME"
+        origin = launcher.flags(args).get("OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME")
         return Check(OK, "service name", f"{settings.service_name} (from {origin})")
     attribute = settings.resource_attributes.get("service.name")
     if attribute:
