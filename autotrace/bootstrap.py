@@ -38,14 +38,14 @@ def start() -> None:
 def _start() -> None:
     from . import config, entrypoint
 
+    settings = config.read()
     # The level first, so that OTEL_LOG_LEVEL=error also silences configuration warnings.
-    _log.setup(os.environ.get("OTEL_LOG_LEVEL"))
+    _log.setup(settings.log_level)
     entry = entrypoint.current()
-    if entry.program in config.deny_list(os.environ):
+    if entry.program in settings.deny:
         logger.debug("not tracing %s: on the deny list (AUTOTRACE_DENY)", entry.program)
         return
-    settings = config.load()
-    _log.setup(settings.log_level)
+    config.log_warnings(settings.warnings)
     if settings.sdk_disabled:
         logger.debug("not tracing: OTEL_SDK_DISABLED=true")
         return
@@ -74,48 +74,13 @@ def _start() -> None:
     if not _log.debug_enabled():
         registry.arm(hooks, settings.disabled_hooks)
         return
-    # Under --debug: one report instead of a line per setting and per hook armed. What the
-    # registry logs meanwhile (hooks applied at once, to modules already imported) follows it.
-    held = _HeldLog(logger)
-    registry.logger = held
-    try:
-        registry.arm(hooks, settings.disabled_hooks)
-    finally:
-        registry.logger = logger
+    # Under --debug: one report instead of a line per setting and per hook armed. The lines
+    # of hooks applied meanwhile (to modules already imported) follow it.
+    held: list = []
+    registry.arm(hooks, settings.disabled_hooks, held)
     logger.debug("%s", startup_report(settings, entry, f"{service_name} (from {source})", hooks))
-    held.replay()
-
-
-class _HeldLog:
-    """Stands in for the agent's logger while the registry is armed: keeps its lines for later,
-    drops the "armed" and "skipped" ones (the start-up report lists those hooks)."""
-
-    def __init__(self, target) -> None:
-        self._target = target
-        self._lines: list = []
-
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
-        return self._target.isEnabledFor(level)
-
-    def log(self, level: int, message: str, *args: object) -> None:
-        if message == "hook %s armed (waits for %s)":
-            return
-        if message == "hook %s %s" and len(args) == 2 and str(args[1]).startswith("skipped: disabled"):
-            return
-        self._lines.append((level, message, args))
-
-    def debug(self, message: str, *args: object) -> None:
-        self.log(_log.DEBUG, message, *args)
-
-    def info(self, message: str, *args: object) -> None:
-        self.log(_log.INFO, message, *args)
-
-    def warning(self, message: str, *args: object) -> None:
-        self.log(_log.WARNING, message, *args)
-
-    def replay(self) -> None:
-        for level, message, args in self._lines:
-            self._target.log(level, message, *args)
+    for level, message, args in held:
+        logger.log(level, message, *args)
 
 
 def _distribution_version(name: str) -> str:
@@ -177,7 +142,10 @@ def startup_report(settings, entry, service_name: str, hooks) -> str:
             f"{', '.join(armed) or 'none'} ({len(armed)})" + (f"   disabled: {', '.join(disabled)}" if disabled else ""),
         ),
     ]
-    shown = {"sdk_disabled", "service.name", "exporters", "protocol", "endpoint", "sampler", "propagators", "disabled hooks"}
+    shown = {
+        "sdk_disabled", "service.name", "exporters", "protocol", "endpoint", "sampler", "sampler arg", "propagators",
+        "disabled hooks",
+    }
     rows += [(name, value) for name, value in settings.describe() if name not in shown and value]
     width = max(len(name) for name, _ in rows) + 2
     return "\n".join([head] + [f"  {name.ljust(width)}{value}" for name, value in rows])

@@ -141,15 +141,6 @@ def http_exporter_class() -> type:
     return HttpSpanExporter
 
 
-# Where the OTLP/HTTP exporter reads its CA file, and the credential-provider variables
-# with which the SDK makes the requests session itself.
-_CERTIFICATE_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
-_CREDENTIAL_PROVIDER_VARIABLES = (
-    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
-    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
-)
-
-
 def http_session(environ: Any) -> Any:
     """A requests session for the OTLP/HTTP exporter that keeps the CA file it is given, or None.
 
@@ -162,9 +153,11 @@ def http_session(environ: Any) -> Any:
     None (the SDK makes its session) without a certificate, or when a credential
     provider makes the session.
     """
-    if not any(environ.get(name) for name in _CERTIFICATE_VARIABLES):
+    from .config import VARIABLES  # where the SDK's exporter reads them itself
+
+    if not any(environ.get(name) for name in VARIABLES["certificate"]):
         return None
-    if any(environ.get(name) for name in _CREDENTIAL_PROVIDER_VARIABLES):
+    if any(environ.get(name) for name in VARIABLES["credential provider"]):
         return None
     import requests
 

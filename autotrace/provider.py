@@ -43,6 +43,21 @@ def is_set_up() -> bool:
     return _state == "set up"
 
 
+def state() -> str:
+    """``waiting`` (for the API), ``set up``, ``failed`` or ``declined`` (the app's provider is used)."""
+    return _state
+
+
+def settings():
+    """The configuration the agent armed with, or None when it did not (not traced)."""
+    return _setup_args[0] if _setup_args else None
+
+
+def service_name() -> str | None:
+    """The service name the agent armed with, or None when it did not (not traced)."""
+    return _setup_args[2] if len(_setup_args) > 2 else None
+
+
 def _wrap_api(trace: ModuleType) -> None:
     original_get = trace.get_tracer_provider
     original_set = trace.set_tracer_provider

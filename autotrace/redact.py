@@ -45,13 +45,14 @@ def redact_query(query: str) -> str:
     changed = False
     for index, part in enumerate(parts):
         key, sep, value = part.partition("=")
-        if sep and value and _is_sensitive(key):
+        if sep and value and is_sensitive(key):
             parts[index] = key + "=" + REDACTED
             changed = True
     return "&".join(parts) if changed else query
 
 
-def _is_sensitive(key: str) -> bool:
+def is_sensitive(key: str) -> bool:
+    """Whether a query key names a secret (any case, URL-encoded or not)."""
     lowered = key.lower()
     if "%" in lowered or "+" in lowered:
         from urllib.parse import unquote_plus

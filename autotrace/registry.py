@@ -93,6 +93,7 @@ _lock = threading.Lock()
 _armed: dict[str, Hook] = {}
 _applied: set[tuple[str, int]] = set()
 _status: dict[str, str] = {}
+_held: list | None = None  # see arm()
 
 
 def status() -> dict[str, str]:
@@ -101,29 +102,43 @@ def status() -> dict[str, str]:
         return dict(_status)
 
 
-def _set_status(hook: Hook, text: str, level: int = 10) -> None:
+def _set_status(hook: Hook, text: str, level: int = 10, listed: bool = False) -> None:
+    """Record and log a hook's status. ``listed``: the start-up report lists it (see arm())."""
     with _lock:
         _status[hook.name] = text
-    logger.log(level, "hook %s %s", hook.name, text)
+    held = _held
+    if held is None:
+        logger.log(level, "hook %s %s", hook.name, text)
+    elif not listed:
+        held.append((level, "hook %s %s", (hook.name, text)))
 
 
 def known_names() -> frozenset[str]:
     return frozenset(h.name for h in HOOKS)
 
 
-def arm(hooks: Iterable[Hook], disabled: frozenset = frozenset()) -> None:
-    """Register every hook not disabled; idempotent per hook name."""
-    for hook in hooks:
-        if hook.name in disabled:
-            _set_status(hook, "skipped: disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")
-            continue
-        with _lock:
-            if hook.name in _armed:
+def arm(hooks: Iterable[Hook], disabled: frozenset = frozenset(), held: list | None = None) -> None:
+    """Register every hook not disabled; idempotent per hook name.
+
+    ``held`` (for the start-up report, which lists the hooks armed and disabled): their
+    lines are left out, and the lines of hooks applied meanwhile (to modules already
+    imported) go into this list as (level, message, args), to be logged after the report.
+    """
+    global _held
+    _held = held
+    try:
+        for hook in hooks:
+            if hook.name in disabled:
+                _set_status(hook, "skipped: disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", listed=True)
                 continue
-            _armed[hook.name] = hook
-            _status[hook.name] = f"armed (waits for {hook.module})"
-        logger.debug("hook %s armed (waits for %s)", hook.name, hook.module)
-        importer.register(hook.module, _guarded(hook))
+            with _lock:
+                if hook.name in _armed:
+                    continue
+                _armed[hook.name] = hook
+            _set_status(hook, f"armed (waits for {hook.module})", listed=True)
+            importer.register(hook.module, _guarded(hook))
+    finally:
+        _held = None
 
 
 def _guarded(hook: Hook):
@@ -203,12 +218,7 @@ def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:
         except importlib_metadata.PackageNotFoundError:
             _set_status(hook, f"skipped: distribution {hook.distribution} not found")
             return False
-    # Compared padded with zeros: "5.1" is (5, 1, 0), not below a minimum of (5, 1, 0).
-    below = hook.below_version
-    parsed = parse_version(version)
-    width = max(len(parsed), len(hook.min_version), len(below or ()))
-    parsed = _pad(parsed, width)
-    if parsed < _pad(hook.min_version, width) or (below is not None and parsed >= _pad(below, width)):
+    if version_position(hook, version):
         _set_status(
             hook,
             f"skipped: {hook.distribution} {version} is not supported "
@@ -269,6 +279,20 @@ def parse_version(text: str) -> tuple[int, ...]:
         if len(digits) != len(piece):
             break
     return tuple(parts)
+
+
+def version_position(hook: Hook, version: str) -> int:
+    """Where ``version`` is against the hook's range: -1 below it, 0 in it, 1 above it."""
+    # Compared padded with zeros: "5.1" is (5, 1, 0), not below a minimum of (5, 1, 0).
+    below = hook.below_version
+    parsed = parse_version(version)
+    width = max(len(parsed), len(hook.min_version), len(below or ()))
+    parsed = _pad(parsed, width)
+    if parsed < _pad(hook.min_version, width):
+        return -1
+    if below is not None and parsed >= _pad(below, width):
+        return 1
+    return 0
 
 
 def _pad(parts: tuple[int, ...], width: int) -> tuple[int, ...]:

@@ -193,22 +193,23 @@ def _foreign_port_checks(monkeypatch: pytest.MonkeyPatch, what: str, *options: s
     from http.server import ThreadingHTTPServer
 
     from autotrace import cli
-    from autotrace import doctor as doctor_module
+    from autotrace.doctor import endpoint as doctor_endpoint
+    from autotrace.doctor import report as doctor_report
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Answer404)
     port = server.server_address[1]
-    monkeypatch.setitem(doctor_module.FOREIGN_PORTS, port, what)
+    monkeypatch.setitem(doctor_endpoint.FOREIGN_PORTS, port, what)
     _serve(server)
     try:
         args = cli._parser().parse_args(
             ["doctor", "--timeout", "2", "--endpoint", f"http://127.0.0.1:{port}", *options]
         )
-        checks = doctor_module.run_checks(args, clean_env())
+        checks = doctor_report.run_checks(args, clean_env())
     finally:
         server.shutdown()
         server.server_close()
-    text = doctor_module.render_text(checks)
-    assert doctor_module.exit_code(checks) == 1, text
+    text = doctor_report.render_text(checks)
+    assert doctor_report.exit_code(checks) == 1, text
     return text.splitlines()
 
 
@@ -219,9 +220,9 @@ def test_a_zipkin_port_where_otlp_was_expected(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_jaeger_port_where_otlp_was_expected(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autotrace import doctor as doctor_module
+    from autotrace.doctor import endpoint as doctor_endpoint
 
-    what = doctor_module.FOREIGN_PORTS[14268]
+    what = doctor_endpoint.FOREIGN_PORTS[14268]
     lines = _foreign_port_checks(monkeypatch, what, "--protocol", "grpc")
     endpoint = next(line for line in lines if line.startswith("FAIL endpoint:"))
     assert f"is {what}, not OTLP; fix: point the endpoint at the collector's OTLP port" in endpoint, lines

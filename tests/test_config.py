@@ -399,4 +399,105 @@ def test_resource_attributes_and_service_name():
 
 def test_settings_rejects_unknown_names():
     with pytest.raises(TypeError):
-        config.Settings(no_such_setting=1)
+        config.Configuration(no_such_setting=1)
+
+
+# -- values, sources and warnings as data ------------------------------------------------
+
+
+def test_read_gives_sources_and_warnings_as_data_and_logs_nothing(warnings):
+    s = config.read(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+            "OTEL_TRACES_SAMPLER": "sometimes",
+            "OTEL_TRACES_EXPORTER": "otlp,zipkin",
+        }
+    )
+    assert warnings() == []
+    assert [(w.variable, w.refused) for w in s.warnings] == [
+        ("OTEL_TRACES_EXPORTER", None),  # an entry left out
+        ("OTEL_TRACES_SAMPLER", "sometimes"),  # the default replaced the value
+    ]
+    assert s.warnings[1].text == (
+        "OTEL_TRACES_SAMPLER='sometimes' is not valid (expected one of "
+        + ", ".join(config.SAMPLERS)
+        + "); using the default 'parentbased_always_on'"
+    )
+    assert str(s.sources["endpoint"]) == "variable OTEL_EXPORTER_OTLP_ENDPOINT"
+    assert str(s.sources["protocol"]) == "derived from the endpoint's port 4317"
+    assert s.sources["compression"].kind == "default"
+    config.log_warnings(s.warnings)
+    config.log_warnings(s.warnings)  # once per process
+    assert [line.split(": ", 1)[1] for line in warnings()] == [w.text for w in s.warnings]
+
+
+def test_every_setting_is_described_and_sourced():
+    s = config.read({})
+    assert [name for name, _ in s.describe()] == list(config.VARIABLES)
+    assert set(s.sources) == set(config.VARIABLES)
+
+
+def test_source_of_a_launcher_option_beats_the_variables():
+    environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://a:4318/v1/traces"}
+    assert str(config.source_of("endpoint", environ)) == "variable OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    flagged = config.source_of("endpoint", environ, {"OTEL_EXPORTER_OTLP_ENDPOINT": "--endpoint"})
+    assert (flagged.kind, flagged.variable, str(flagged)) == ("flag", "OTEL_EXPORTER_OTLP_ENDPOINT", "flag --endpoint")
+    assert config.source_of("deny", {"AUTOTRACE_DENY": ""}).kind == "variable"  # empty: trace everything
+    assert config.source_of("service.name", {"OTEL_SERVICE_NAME": " "}).kind == "default"
+
+
+def test_http_logging_and_propagator_settings_are_read_here(warnings):
+    s = config.read(
+        {
+            "OTEL_PYTHON_EXCLUDED_URLS": "/health, a(",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "X-Request-Id",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE": "Content-Type",
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": "authorization,set-cookie,a(",
+            "AUTOTRACE_INCOMING_CONTEXT": "Restart",
+            "OTEL_PYTHON_LOG_CORRELATION": "true",
+            "OTEL_PYTHON_LOG_FORMAT": "%(message)s",
+        }
+    )
+    http = s.http
+    assert [p.pattern for p in http.excluded] == ["/health"]
+    assert http.request_headers == ["x-request-id"] and http.client_response_headers == ["content-type"]
+    assert http.response_headers == [] and http.client_request_headers == []
+    assert http.sanitize.search("Set-Cookie") and http.sanitize.search("x-a(") and not http.sanitize.search("x")
+    assert http.incoming_context == "restart"
+    assert s.log_correlation is True and s.log_format == "%(message)s"
+    assert [w.key for w in s.warnings] == ["OTEL_PYTHON_EXCLUDED_URLS:a("]
+    assert warnings() == []
+
+
+def test_http_settings_are_read_once_until_reset(monkeypatch, warnings):
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/health,b[")
+    monkeypatch.setenv("AUTOTRACE_INCOMING_CONTEXT", "sometimes")
+    config.reset_http_settings()
+    try:
+        first = config.http_settings()
+        assert [p.pattern for p in first.excluded] == ["/health"] and first.incoming_context == "continue"
+        lines = warnings()
+        assert len(lines) == 2 and "'b['" in lines[0] and "AUTOTRACE_INCOMING_CONTEXT='sometimes'" in lines[1]
+        monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/other")
+        assert config.http_settings() is first
+        config.reset_http_settings()
+        assert [p.pattern for p in config.http_settings().excluded] == ["/other"]
+        assert warnings() == []  # each wrong value warned once
+    finally:
+        config.reset_http_settings()
+
+
+def test_propagator_names_and_log_correlation_read_the_environment(monkeypatch, warnings):
+    monkeypatch.setenv("OTEL_PROPAGATORS", "b3, no-such-propagator, B3")
+    monkeypatch.setenv("OTEL_PYTHON_LOG_CORRELATION", "maybe")
+    monkeypatch.setenv("OTEL_PYTHON_LOG_FORMAT", " %(message)s ")
+    assert config.propagator_names() == ("b3",)
+    assert config.log_correlation() is False
+    assert config.log_format() == "%(message)s"
+    lines = warnings()
+    assert len(lines) == 2 and "'no-such-propagator'" in lines[0] and "OTEL_PYTHON_LOG_CORRELATION='maybe'" in lines[1]
+    monkeypatch.delenv("OTEL_PROPAGATORS")
+    monkeypatch.delenv("OTEL_PYTHON_LOG_CORRELATION")
+    monkeypatch.delenv("OTEL_PYTHON_LOG_FORMAT")
+    assert config.propagator_names() == config.DEFAULT_PROPAGATORS
+    assert config.log_correlation() is False and config.log_format() is None

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from autotrace import cli, config, sdk
+from autotrace import cli, config, exporters, launcher
 from autotrace.console_view import ConsoleTreeExporter, format_duration
 
 MS = 1_000_000
@@ -397,8 +397,8 @@ def test_writes_to_current_stderr_by_default(capsys):
 
 
 def test_console_factories(capsys):
-    assert isinstance(sdk._console_factory(), ConsoleTreeExporter)
-    json_exporter = sdk._console_json_factory()
+    assert isinstance(exporters.console_factory(), ConsoleTreeExporter)
+    json_exporter = exporters.console_json_factory()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(json_exporter))
     provider.get_tracer("t").start_span("raw").end()
@@ -418,5 +418,5 @@ def test_config_accepts_console_json(value, expected, warnings):
 
 def test_cli_accepts_console_json():
     args = cli._parser().parse_args(["run", "--exporter", "console-json", "python", "app.py"])
-    env = cli.build_environment(args, {})
+    env = launcher.build_environment(args, {})
     assert env["OTEL_TRACES_EXPORTER"] == "console-json"

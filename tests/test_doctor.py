@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from autotrace import cli, doctor
-from autotrace.doctor import FAIL, OK, WARN, Check, Probe, Target, classify
+from autotrace import cli, launcher
+from autotrace.doctor import check as doctor_check
+from autotrace.doctor import command as doctor_command
+from autotrace.doctor import endpoint as doctor_endpoint
+from autotrace.doctor import environment as doctor_environment
+from autotrace.doctor import report as doctor_report
+from autotrace.doctor import settings as doctor_settings
+from autotrace.doctor import span as doctor_span
+from autotrace.doctor.check import FAIL, OK, WARN, Check
+from autotrace.doctor.endpoint import Probe, Target, classify
 
 
 def parse(*argv: str):
@@ -15,9 +23,9 @@ def parse(*argv: str):
 
 
 def config_checks(args, environ) -> dict[str, Check]:
-    env = cli.build_environment(args, dict(environ))
-    settings, warnings = doctor.load_settings(env)
-    return {c.name: c for c in doctor.configuration_checks(settings, warnings, args, environ)}
+    env = launcher.build_environment(args, dict(environ))
+    settings, warnings = doctor_settings.load_settings(env)
+    return {c.name: c for c in doctor_settings.configuration_checks(settings, warnings, args, environ)}
 
 
 def test_source_flag_variable_default() -> None:
@@ -34,7 +42,7 @@ def test_flag_beats_the_traces_variable() -> None:
     environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://a:4318/v1/traces"}
     checks = config_checks(parse("--endpoint", "http://b:4318"), environ)
     assert checks["config endpoint"].message == "http://b:4318/v1/traces (flag --endpoint)"
-    assert doctor.source_of("endpoint", parse(), environ) == "variable OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    assert doctor_settings.source_of("endpoint", parse(), environ) == "variable OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 
 
 def test_protocol_derived_from_port_4317() -> None:
@@ -57,15 +65,15 @@ def test_wrong_values_are_captured_as_warnings(capsys) -> None:
 
 
 def test_service_name_checks() -> None:
-    settings, _ = doctor.load_settings({})
-    assert doctor.service_name_check(settings, []).status == WARN
-    assert doctor.service_name_check(settings, ["python", "shop.py"]).message.startswith("shop (derived from")
-    settings, _ = doctor.load_settings({"OTEL_RESOURCE_ATTRIBUTES": "service.name=cart"})
-    assert doctor.service_name_check(settings, []).message.startswith("cart (from service.name")
-    settings, _ = doctor.load_settings({"OTEL_SERVICE_NAME": "shop"})
-    assert doctor.service_name_check(settings, []).message == "shop (from OTEL_SERVICE_NAME)"
+    settings, _ = doctor_settings.load_settings({})
+    assert doctor_settings.service_name_check(settings, []).status == WARN
+    assert doctor_settings.service_name_check(settings, ["python", "shop.py"]).message.startswith("shop (derived from")
+    settings, _ = doctor_settings.load_settings({"OTEL_RESOURCE_ATTRIBUTES": "service.name=cart"})
+    assert doctor_settings.service_name_check(settings, []).message.startswith("cart (from service.name")
+    settings, _ = doctor_settings.load_settings({"OTEL_SERVICE_NAME": "shop"})
+    assert doctor_settings.service_name_check(settings, []).message == "shop (from OTEL_SERVICE_NAME)"
     flagged = parse("--service-name", "shop")
-    assert doctor.service_name_check(settings, [], flagged).message == "shop (from --service-name)"
+    assert doctor_settings.service_name_check(settings, [], flagged).message == "shop (from --service-name)"
 
 
 def test_doctor_accepts_a_command_after_double_dash() -> None:
@@ -110,7 +118,7 @@ def test_classify_names_the_problem() -> None:
 
 def test_json_shape_and_exit_code() -> None:
     checks = [Check(OK, "endpoint", "fine"), Check(OK, "test span", "accepted by x in 3 ms")]
-    report = json.loads(doctor.render_json(checks))
+    report = json.loads(doctor_report.render_json(checks))
     assert report == {
         "ok": True,
         "exit_code": 0,
@@ -120,27 +128,27 @@ def test_json_shape_and_exit_code() -> None:
         ],
     }
     failing = checks + [Check(FAIL, "x", "broken", "mend it")]
-    assert json.loads(doctor.render_json(failing))["exit_code"] == 1
-    text = doctor.render_text(failing)
+    assert json.loads(doctor_report.render_json(failing))["exit_code"] == 1
+    text = doctor_report.render_text(failing)
     assert "FAIL x: broken; fix: mend it\n" in text  # the problem and its fix on one line
 
 
 def test_exit_code_for_console_exporter() -> None:
-    assert doctor.exit_code([Check(WARN, "exporter", "no span leaves the process", "use otlp")]) == 0
+    assert doctor_report.exit_code([Check(WARN, "exporter", "no span leaves the process", "use otlp")]) == 0
 
 
 def test_conflicting_sitecustomize(tmp_path) -> None:
     site = tmp_path / "opentelemetry" / "instrumentation" / "auto_instrumentation"
     site.mkdir(parents=True)
     (site / "sitecustomize.py").write_text("# opentelemetry-instrument\n")
-    checks = doctor.conflict_checks([str(site)], [], own_dir=str(tmp_path / "own"))
+    checks = doctor_environment.conflict_checks([str(site)], [], own_dir=str(tmp_path / "own"))
     assert [c.status for c in checks] == [FAIL]  # chained after autotrace's: it runs
     assert "opentelemetry-instrument" in checks[0].message and checks[0].fix
 
 
 def test_ddtrace_sitecustomize(tmp_path) -> None:
     (tmp_path / "sitecustomize.py").write_text("import ddtrace.bootstrap.sitecustomize\n")
-    checks = doctor.conflict_checks([str(tmp_path)], [], own_dir=str(tmp_path / "own"))
+    checks = doctor_environment.conflict_checks([str(tmp_path)], [], own_dir=str(tmp_path / "own"))
     assert checks[0].status == FAIL and "ddtrace" in checks[0].message
 
 
@@ -150,7 +158,7 @@ def test_a_shadowed_agent_sitecustomize_is_a_warning(tmp_path) -> None:
     agent.mkdir(parents=True)
     (user / "sitecustomize.py").write_text("print('hi')\n")
     (agent / "sitecustomize.py").write_text("import ddtrace.bootstrap.sitecustomize\n")
-    checks = doctor.conflict_checks([str(user), str(agent)], [], own_dir=str(tmp_path / "own"))
+    checks = doctor_environment.conflict_checks([str(user), str(agent)], [], own_dir=str(tmp_path / "own"))
     assert [c.status for c in checks] == [OK, WARN]
     assert "hidden behind" in checks[1].message and str(user) in checks[1].message
 
@@ -161,25 +169,25 @@ def test_user_sitecustomize_is_chained_and_own_is_skipped(tmp_path) -> None:
     user.mkdir()
     (own / "sitecustomize.py").write_text("")
     (user / "sitecustomize.py").write_text("print('hi')\n")
-    checks = doctor.conflict_checks([str(own), str(user)], [], own_dir=str(own))
+    checks = doctor_environment.conflict_checks([str(own), str(user)], [], own_dir=str(own))
     assert [c.status for c in checks] == [OK]
     assert "chained" in checks[0].message and str(user) in checks[0].message
 
 
 def test_conflicting_distributions() -> None:
-    checks = doctor.conflict_checks(
+    checks = doctor_environment.conflict_checks(
         [], ["ddtrace", "jaeger_client", "opentelemetry-instrumentation-flask", "flask"], own_dir=""
     )
     messages = " | ".join(c.message for c in checks)
     assert all(c.status == WARN for c in checks)
     assert "ddtrace" in messages and "jaeger-client" in messages
     assert "opentelemetry-instrumentation-flask" in messages
-    assert doctor.conflict_checks([], ["flask"], own_dir="")[0].status == OK
+    assert doctor_environment.conflict_checks([], ["flask"], own_dir="")[0].status == OK
 
 
 def test_library_checks() -> None:
     versions = {"flask": "3.0.0", "django": "3.1", "grpcio": "1.60.0"}
-    checks = doctor.library_checks(frozenset({"grpc", "grpc_aio"}), version_of=versions.get)
+    checks = doctor_environment.library_checks(frozenset({"grpc", "grpc_aio"}), version_of=versions.get)
     text = {c.message: c.status for c in checks}
     assert text["flask 3.0.0 covered (flask)"] == OK
     assert any(m.startswith("django 3.1 installed but not covered") and s == WARN for m, s in text.items())
@@ -201,10 +209,10 @@ def test_credentials_are_redacted_everywhere() -> None:
     target = Target(url)
     assert "s3cret" not in classify("http/protobuf", target, Probe(accepted=True)).message
     failed = classify("http/protobuf", target, Probe(http_status=500, error="POST " + url))
-    checks = doctor.scrub([failed], doctor.secrets_of(url))
-    text = doctor.render_text(checks) + doctor.render_json(checks)
+    checks = doctor_check.scrub([failed], doctor_check.secrets_of(url))
+    text = doctor_report.render_text(checks) + doctor_report.render_json(checks)
     assert "s3cretpw" not in text and "t0psecret" not in text and "user:" not in text
-    assert doctor.redact(url) == "http://<redacted>@h:4318/v1/traces?token=REDACTED&x=1"
+    assert doctor_check.redact(url) == "http://<redacted>@h:4318/v1/traces?token=REDACTED&x=1"
 
 
 def test_ipv6_address_is_bracketed() -> None:
@@ -220,15 +228,15 @@ def test_timeout_must_be_finite_and_positive(text: str, capsys) -> None:
 
 
 def test_timeout_is_capped() -> None:
-    assert parse("--timeout", "1e12").timeout == doctor.MAX_TIMEOUT_S
+    assert parse("--timeout", "1e12").timeout == doctor_report.MAX_TIMEOUT_S
 
 
 def test_insecure_false_means_tls_for_grpc() -> None:
-    settings, _ = doctor.load_settings(
+    settings, _ = doctor_settings.load_settings(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4317", "OTEL_EXPORTER_OTLP_INSECURE": "false"}
     )
-    assert doctor.uses_tls(settings)
-    target = Target(settings.endpoint, tls=doctor.uses_tls(settings))
+    assert doctor_endpoint.uses_tls(settings)
+    target = Target(settings.endpoint, tls=doctor_endpoint.uses_tls(settings))
     check = classify("grpc", target, Probe(grpc_code="UNAVAILABLE", speaks="h2"))
     assert check.status == FAIL and "OTEL_EXPORTER_OTLP_INSECURE" in check.message + check.fix
 
@@ -237,12 +245,12 @@ def test_untrusted_certificate_names_the_ca_variable() -> None:
     check = classify("http/protobuf", Target("https://h:4318/v1/traces"),
                      Probe(error="TLS certificate not trusted: self-signed certificate", speaks="tls"))
     assert check.status == FAIL and "OTEL_EXPORTER_OTLP_CERTIFICATE" in check.fix
-    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in doctor.failure_fix("SSLError", " (CERTIFICATE_VERIFY_FAILED)")
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in doctor_span.failure_fix("SSLError", " (CERTIFICATE_VERIFY_FAILED)")
 
 
 def test_refused_foreign_port_points_at_the_otlp_port() -> None:
     check = classify("http/protobuf", Target("http://h:14268/v1/traces"), Probe(connect="refused"))
-    assert "Jaeger" in check.message and check.fix == doctor.OTLP_FIX
+    assert "Jaeger" in check.message and check.fix == doctor_endpoint.OTLP_FIX
 
 
 def test_doubled_path_names_the_variable_used() -> None:
@@ -254,10 +262,10 @@ def test_doubled_path_names_the_variable_used() -> None:
 
 
 def test_no_exporter_fails() -> None:
-    checks = doctor.run_checks(parse("--exporter", "none"), {})
+    checks = doctor_report.run_checks(parse("--exporter", "none"), {})
     exporter = next(c for c in checks if c.name == "exporter")
     assert exporter.status == FAIL and "OTEL_TRACES_EXPORTER=none" in exporter.message
-    assert doctor.exit_code(checks) == 1
+    assert doctor_report.exit_code(checks) == 1
 
 
 def test_a_rejected_flag_is_credited_to_the_flag() -> None:
@@ -294,12 +302,12 @@ def test_a_rejected_variable_other_than_the_source_is_not_blamed() -> None:
     ],
 )
 def test_header_problems(protocol, name, value, problem) -> None:
-    found = doctor.unsendable_headers({name: value}, protocol)
+    found = doctor_settings.unsendable_headers({name: value}, protocol)
     if not problem:
         assert found == {}
     else:
         assert problem in found[name]
-        check = doctor.headers_check(found, "variable OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        check = doctor_settings.headers_check(found, "variable OTEL_EXPORTER_OTLP_TRACES_HEADERS")
         assert check.status == FAIL and check.message.startswith("OTEL_EXPORTER_OTLP_TRACES_HEADERS: header ")
         assert "correct OTEL_EXPORTER_OTLP_TRACES_HEADERS" in check.fix
         assert value.strip() not in check.message  # values are secrets: never quoted
@@ -311,13 +319,13 @@ def test_unsendable_headers_fail_before_any_export() -> None:
 
     port = free_port()
     environ = {"OTEL_EXPORTER_OTLP_HEADERS": "x=%E2%82%AC,authorization=Bearer%20s3cretvalue"}
-    checks = doctor.run_checks(parse("--timeout", "1", "--endpoint", f"http://127.0.0.1:{port}"), environ)
+    checks = doctor_report.run_checks(parse("--timeout", "1", "--endpoint", f"http://127.0.0.1:{port}"), environ)
     by_name = {c.name: c for c in checks}
     assert by_name["headers"].status == FAIL and "'x'" in by_name["headers"].message
     assert "authorization" not in by_name["headers"].message
     assert by_name["endpoint"].message == f"nothing listens on 127.0.0.1:{port}"
-    assert doctor.exit_code(checks) == 1
-    assert "s3cretvalue" not in doctor.render_text(checks) + doctor.render_json(checks)
+    assert doctor_report.exit_code(checks) == 1
+    assert "s3cretvalue" not in doctor_report.render_text(checks) + doctor_report.render_json(checks)
 
 
 @pytest.mark.parametrize(
@@ -335,21 +343,21 @@ def test_classify_the_other_protocol_behind_tls(protocol, url, fix) -> None:
 
 @pytest.mark.parametrize("launcher", ["opentelemetry-instrument", "/usr/local/bin/ddtrace-run"])
 def test_another_agents_launcher_in_the_command_fails(launcher: str) -> None:
-    checks = doctor.command_checks([launcher, "python", "app.py", "--password", "hunter2"], {})
+    checks = doctor_command.command_checks([launcher, "python", "app.py", "--password", "hunter2"], {})
     assert [c.status for c in checks] == [FAIL]
     assert checks[0].name == "conflicts" and "second tracer" in checks[0].message
     assert "hunter2" not in checks[0].message + checks[0].fix  # arguments are never echoed
 
 
 def test_a_denied_command_fails_unless_the_deny_list_allows_it() -> None:
-    checks = doctor.command_checks(["python", "-m", "pip", "install", "x"], {})
+    checks = doctor_command.command_checks(["python", "-m", "pip", "install", "x"], {})
     assert [(c.status, c.name) for c in checks] == [(FAIL, "command")]
     assert checks[0].message == "pip is on the default AUTOTRACE_DENY list: autotrace run does not trace it"
-    assert doctor.command_checks(["python", "-m", "pip"], {"AUTOTRACE_DENY": ""}) == []
-    assert doctor.command_checks(["python", "shop.py"], {"AUTOTRACE_DENY": "shop"})[0].message.startswith(
+    assert doctor_command.command_checks(["python", "-m", "pip"], {"AUTOTRACE_DENY": ""}) == []
+    assert doctor_command.command_checks(["python", "shop.py"], {"AUTOTRACE_DENY": "shop"})[0].message.startswith(
         "shop is on AUTOTRACE_DENY"
     )
-    assert doctor.command_checks(["python", "shop.py"], {}) == []
+    assert doctor_command.command_checks(["python", "shop.py"], {}) == []
 
 
 def test_the_report_is_written_to_any_stdout(monkeypatch, capsys) -> None:
@@ -357,7 +365,7 @@ def test_the_report_is_written_to_any_stdout(monkeypatch, capsys) -> None:
 
     ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
     monkeypatch.setattr("sys.stdout", ascii_out)
-    doctor._write("FAIL endpoint: cannot resolve host 'caf\u00e9'\n")
+    doctor_report._write("FAIL endpoint: cannot resolve host 'caf\u00e9'\n")
     ascii_out.flush()
     assert ascii_out.buffer.getvalue() == b"FAIL endpoint: cannot resolve host 'caf\\xe9'\n"
 
@@ -381,7 +389,7 @@ def test_an_unwritable_stdout_costs_one_line(monkeypatch, tmp_path, capsys) -> N
     full.fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
     monkeypatch.setattr("sys.stdout", full)
     try:
-        doctor._write("report\n")  # no raise
+        doctor_report._write("report\n")  # no raise
     finally:
         os.close(full.fd)
     assert capsys.readouterr().err == "autotrace doctor: cannot write the report: [Errno 28] No space left on device\n"
@@ -397,11 +405,23 @@ def test_instrumentors_the_app_calls_itself(tmp_path) -> None:
     )
     (tmp_path / "plain.py").write_text("import flask  # FlaskInstrumentor is only named here\n")
     shop = str(tmp_path / "shop" / "wsgi.py")
-    assert doctor.app_files(["gunicorn", "-w", "2", "shop.wsgi:application"], str(tmp_path)) == [shop]
-    assert doctor.app_files(["python", "-m", "shop.wsgi"], str(tmp_path)) == [shop]
-    checks = doctor.instrumentor_checks(["python", "-u", "shop/wsgi.py"], str(tmp_path))
+    assert doctor_command.app_files(["gunicorn", "-w", "2", "shop.wsgi:application"], str(tmp_path)) == [shop]
+    assert doctor_command.app_files(["python", "-m", "shop.wsgi"], str(tmp_path)) == [shop]
+    checks = doctor_command.instrumentor_checks(["python", "-u", "shop/wsgi.py"], str(tmp_path))
     assert [(c.status, c.name) for c in checks] == [(WARN, "conflicts")]
     assert "calls FlaskInstrumentor, GrpcInstrumentorClient, RequestsInstrumentor itself" in checks[0].message
     assert checks[0].fix.startswith("remove those calls")
-    assert doctor.instrumentor_checks(["python", "plain.py"], str(tmp_path)) == []
-    assert doctor.instrumentor_checks(["python", "missing.py"], str(tmp_path)) == []
+    assert doctor_command.instrumentor_checks(["python", "plain.py"], str(tmp_path)) == []
+    assert doctor_command.instrumentor_checks(["python", "missing.py"], str(tmp_path)) == []
+
+
+def test_every_setting_the_agent_reads_is_checked_when_set() -> None:
+    checks = config_checks(parse(), {"AUTOTRACE_INCOMING_CONTEXT": "bogus", "OTEL_BSP_MAX_QUEUE_SIZE": "100"})
+    assert checks["config AUTOTRACE_INCOMING_CONTEXT"].status == WARN
+    assert checks["config incoming context"].message == (
+        "continue (default (AUTOTRACE_INCOMING_CONTEXT='bogus' was rejected))"
+    )
+    assert checks["config batch"].message.endswith("(variable OTEL_BSP_MAX_QUEUE_SIZE)")
+    unset = config_checks(parse(), {})
+    assert "config batch" not in unset and "config deny" not in unset  # at their default: not shown
+    assert "config compression" in unset

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from ports import free_port
 
-from autotrace import sdk
+from autotrace import _log, export_report, exporters
 
 
 class Clock:
@@ -41,7 +41,7 @@ class Scripted(SpanExporter):
 @pytest.fixture
 def handle():
     exporter = Scripted()
-    handle = sdk.ExporterHandle("otlp", lambda: exporter)
+    handle = exporters.ExporterHandle("otlp", lambda: exporter)
     clock = Clock()
     handle.export([])  # makes the reporter (success: nothing said)
     handle.failures._clock = clock
@@ -148,11 +148,11 @@ def test_flapping_recovery_is_said_once_per_interval(handle, capsys):
 
 
 def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
-    from autotrace.config import Settings
+    from autotrace.config import Configuration
 
     endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
-    settings = Settings(protocol="http/protobuf", endpoint=endpoint, timeout_s=0.3)
-    handle = sdk.ExporterHandle("otlp", sdk._otlp_factory(settings))
+    settings = Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=0.3)
+    handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings))
     from opentelemetry.sdk.trace import TracerProvider
 
     span = TracerProvider().get_tracer("t").start_span("s")
@@ -181,10 +181,10 @@ def test_reporting_never_raises_on_the_export_thread(handle, capsys, monkeypatch
         raise RuntimeError("reporter bug")
 
     if broken == "classify":
-        monkeypatch.setattr(sdk, "classify_failure", boom)
+        monkeypatch.setattr(export_report, "classify_failure", boom)
     else:
         monkeypatch.setattr(handle.failures, broken, boom)
-    monkeypatch.setattr(sdk._log, "_warned", set())
+    monkeypatch.setattr(_log, "_warned", set())
     outcome = SpanExportResult.SUCCESS if broken == "succeeded" else SpanExportResult.FAILURE
     exporter.outcome = outcome
     for _ in range(3):  # the exporter's own result, every time; one line in all
@@ -224,12 +224,12 @@ def test_queue_full_drops_are_reported_while_exports_succeed(monkeypatch, capsys
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     clock = Clock()
-    drops = sdk.QueueDrops(interval_s=60.0, clock=clock)
+    drops = export_report.QueueDrops(interval_s=60.0, clock=clock)
     drops.queue_size = 2
-    monkeypatch.setattr(sdk, "queue_drops", drops)
+    monkeypatch.setattr(export_report, "queue_drops", drops)
     exporter = Gated()
     processor = BatchSpanProcessor(
-        sdk.ExporterHandle("otlp", lambda: exporter),
+        exporters.ExporterHandle("otlp", lambda: exporter),
         max_queue_size=2, max_export_batch_size=2, schedule_delay_millis=60_000,
     )
     provider = TracerProvider()
@@ -289,8 +289,8 @@ def test_queue_drop_counting_never_raises(monkeypatch):
         def dropped(self):
             raise RuntimeError("counter bug")
 
-    sdk._quiet_sdk_export_logs()
-    monkeypatch.setattr(sdk, "queue_drops", Broken())
+    export_report.quiet_sdk_export_logs()
+    monkeypatch.setattr(export_report, "queue_drops", Broken())
     records = []
 
     class Keep(logging.Handler):
@@ -301,7 +301,7 @@ def test_queue_drop_counting_never_raises(monkeypatch):
     keep = Keep()
     sdk_logger.addHandler(keep)
     try:
-        sdk_logger.warning(sdk._QUEUE_FULL, "span")  # no raise
+        sdk_logger.warning(export_report.QUEUE_FULL, "span")  # no raise
     finally:
         sdk_logger.removeHandler(keep)
     assert [r.getMessage() for r in records] == ["Queue full, dropping span."]

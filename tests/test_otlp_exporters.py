@@ -172,11 +172,11 @@ def test_grpc_export_sends_our_encoding(monkeypatch):
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_the_agent_factory_makes_the_exporters_with_our_encoder(protocol):
-    from autotrace import sdk
-    from autotrace.config import Settings
+    from autotrace import exporters
+    from autotrace.config import Configuration
 
     endpoint = "127.0.0.1:4317" if protocol == "grpc" else "http://127.0.0.1:4318/v1/traces"
-    exporter = sdk._otlp_factory(Settings(protocol=protocol, endpoint=endpoint, insecure=True))()
+    exporter = exporters.otlp_factory(Configuration(protocol=protocol, endpoint=endpoint, insecure=True))()
     try:
         assert type(exporter).__name__ == ("GrpcSpanExporter" if protocol == "grpc" else "HttpSpanExporter")
         assert type(exporter).__module__ == "autotrace.otlp_exporters"

@@ -206,3 +206,23 @@ def test_status_is_a_copy(target_and_hooks):
     registry.arm([Hook("lib", target, hooks)])
     registry.status()["lib"] = "tampered"
     assert registry.status()["lib"].startswith("armed")
+
+
+def test_held_lines_for_the_start_up_report(target_and_hooks, capsys):
+    """Under --debug: armed and disabled hooks are the report's; what is applied meanwhile is held."""
+    target, hooks = target_and_hooks
+    module = importlib.import_module(target)
+    held: list = []
+    registry.arm([Hook("lib", target, hooks), Hook("off", "no_such_module_x", hooks)], frozenset({"off"}), held)
+    assert capsys.readouterr().err == ""
+    assert held == [(10, "hook %s %s", ("lib", f"applied to {target}"))]
+    assert module.patched_by == hooks
+    assert registry.status()["off"].startswith("skipped: disabled")
+
+
+@pytest.mark.parametrize(
+    "version, position", [("0.9", -1), ("1", 0), ("1.9.9", 0), ("2.0", 1), ("2.0.0rc1", 1)]
+)
+def test_version_position_against_the_range(version, position):
+    hook = Hook("lib", "lib", "hooks", distribution="lib", min_version=(1, 0), below_version=(2,))
+    assert registry.version_position(hook, version) == position

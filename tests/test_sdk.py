@@ -10,8 +10,8 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from autotrace import __version__, sdk
-from autotrace.config import Settings, load
+from autotrace import __version__, exporters, sdk
+from autotrace.config import Configuration, load
 from autotrace.entrypoint import parse
 
 
@@ -27,16 +27,16 @@ from autotrace.entrypoint import parse
     ],
 )
 def test_build_sampler(name, description):
-    sampler = sdk.build_sampler(Settings(sampler=name, sampler_arg=0.25))
+    sampler = sdk.build_sampler(Configuration(sampler=name, sampler_arg=0.25))
     assert sampler.get_description().startswith(description)
 
 
 def test_build_sampler_types_and_ratio():
-    assert sdk.build_sampler(Settings(sampler="always_on")) is sampling.ALWAYS_ON
-    assert sdk.build_sampler(Settings(sampler="always_off")) is sampling.ALWAYS_OFF
-    ratio = sdk.build_sampler(Settings(sampler="traceidratio", sampler_arg=0.5))
+    assert sdk.build_sampler(Configuration(sampler="always_on")) is sampling.ALWAYS_ON
+    assert sdk.build_sampler(Configuration(sampler="always_off")) is sampling.ALWAYS_OFF
+    ratio = sdk.build_sampler(Configuration(sampler="traceidratio", sampler_arg=0.5))
     assert isinstance(ratio, sampling.TraceIdRatioBased) and ratio.rate == 0.5
-    assert isinstance(sdk.build_sampler(Settings()), sampling.ParentBased)
+    assert isinstance(sdk.build_sampler(Configuration()), sampling.ParentBased)
 
 
 def test_build_resource():
@@ -76,7 +76,7 @@ def test_export_runs_with_instrumentation_suppressed():
         made.append(FakeExporter())
         return made[-1]
 
-    handle = sdk.ExporterHandle("fake", factory)
+    handle = exporters.ExporterHandle("fake", factory)
     assert len(made) == 1  # made at set-up, not at the first export
     assert not get_value(_SUPPRESS_INSTRUMENTATION_KEY)
     assert handle.export([]) is SpanExportResult.SUCCESS
@@ -94,7 +94,7 @@ def test_factory_that_raises_gives_failure_and_one_warning(warnings):
         attempts.append(1)
         raise RuntimeError("no transport")
 
-    handle = sdk.ExporterHandle("otlp", factory)
+    handle = exporters.ExporterHandle("otlp", factory)
     assert handle.export([]) is SpanExportResult.FAILURE
     assert handle.export([]) is SpanExportResult.FAILURE
     assert handle.force_flush() is True
@@ -109,7 +109,7 @@ def test_exporter_that_raises_gives_failure_and_one_line_per_kind(warnings):
         def export(self, spans):
             raise OSError("stderr closed")
 
-    handle = sdk.ExporterHandle("console", Broken)
+    handle = exporters.ExporterHandle("console", Broken)
     for _ in range(3):
         assert handle.export([]) is SpanExportResult.FAILURE
     assert not get_value(_SUPPRESS_INSTRUMENTATION_KEY)  # detached even on failure

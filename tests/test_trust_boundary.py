@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from autotrace import client_span, rpc_span, sdk, server_span
-from autotrace.config import Settings
+from autotrace.config import Configuration
 from autotrace.propagation import build
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -361,16 +361,16 @@ LOW, HIGH = 1, (1 << 64) - 1  # trace ids whose lower 64 bits are below / above 
 
 
 def test_traceidratio_samples_by_trace_id_and_ignores_the_parent():
-    ratio = sdk.build_sampler(Settings(sampler="traceidratio", sampler_arg=0.5))
+    ratio = sdk.build_sampler(Configuration(sampler="traceidratio", sampler_arg=0.5))
     assert sampled(ratio, LOW) and not sampled(ratio, HIGH)
     assert not sampled(ratio, HIGH, SAMPLED)  # not parent-based
     assert sampled(ratio, LOW, UNSAMPLED)
-    never = sdk.build_sampler(Settings(sampler="traceidratio", sampler_arg=0.0))
+    never = sdk.build_sampler(Configuration(sampler="traceidratio", sampler_arg=0.0))
     assert not sampled(never, LOW)
 
 
 def test_parentbased_traceidratio_follows_the_parent_and_else_the_ratio():
-    sampler = sdk.build_sampler(Settings(sampler="parentbased_traceidratio", sampler_arg=0.0))
+    sampler = sdk.build_sampler(Configuration(sampler="parentbased_traceidratio", sampler_arg=0.0))
     assert sampled(sampler, HIGH, SAMPLED)
     assert not sampled(sampler, LOW, UNSAMPLED)
     assert not sampled(sampler, LOW)  # a root: the ratio (0) decides
@@ -378,7 +378,7 @@ def test_parentbased_traceidratio_follows_the_parent_and_else_the_ratio():
 
 def test_always_off_drops_even_a_sampled_caller_and_still_propagates():
     """A provider with always_off: spans do not record, their context (flags 00) travels on."""
-    provider = TracerProvider(sampler=sdk.build_sampler(Settings(sampler="always_off")))
+    provider = TracerProvider(sampler=sdk.build_sampler(Configuration(sampler="always_off")))
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
@@ -395,9 +395,9 @@ def test_always_off_drops_even_a_sampled_caller_and_still_propagates():
 
 
 def test_always_on_records_even_an_unsampled_caller():
-    sampler = sdk.build_sampler(Settings(sampler="always_on"))
+    sampler = sdk.build_sampler(Configuration(sampler="always_on"))
     assert sampled(sampler, HIGH, UNSAMPLED)
-    assert not sampled(sdk.build_sampler(Settings()), HIGH, UNSAMPLED)  # the default follows it
+    assert not sampled(sdk.build_sampler(Configuration()), HIGH, UNSAMPLED)  # the default follows it
 
 
 def test_jaeger_baggage_is_read_through_a_servers_header_names(spans):
@@ -424,7 +424,7 @@ def test_jaeger_baggage_is_read_through_a_servers_header_names(spans):
 def agent_sampler(spans, monkeypatch):
     """Server and client spans from a provider with the agent's default sampler
     (sdk.build_sampler: parentbased_always_on); yields its in-memory exporter."""
-    provider = TracerProvider(sampler=sdk.build_sampler(Settings()))
+    provider = TracerProvider(sampler=sdk.build_sampler(Configuration()))
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(server_span, "_tracer", provider.get_tracer("autotrace.http.server"))
@@ -519,12 +519,12 @@ def b3_sampled(sampler: sampling.Sampler, headers: dict, trace_id: int = LOW) ->
     ],
 )
 def test_the_agents_samplers_honour_b3_decisions(name, arg, headers, expected):
-    assert b3_sampled(sdk.build_sampler(Settings(sampler=name, sampler_arg=arg)), headers) is expected
+    assert b3_sampled(sdk.build_sampler(Configuration(sampler=name, sampler_arg=arg)), headers) is expected
 
 
 def test_a_b3_decision_applies_to_its_own_span_only():
     """A local child of the server span follows the server span, whatever came in."""
-    sampler = sdk.build_sampler(Settings())
+    sampler = sdk.build_sampler(Configuration())
     ctx = build(["b3"]).extract({"b3": f"{TRACE_ID}-{SPAN_ID}"}, context.Context())
     local = trace.SpanContext(int(TRACE_ID, 16), int(OTHER_SPAN_ID, 16), is_remote=False, trace_flags=trace.TraceFlags(0))
     child = trace.set_span_in_context(trace.NonRecordingSpan(local), ctx)

@@ -1,0 +1,169 @@
+"""The span exporters ``OTEL_TRACES_EXPORTER`` names, and the handle each one is used through.
+
+- ``otlp``: the SDK's OTLP exporter for the configured protocol, with autotrace's span
+  encoder (:mod:`autotrace.otlp_exporters`, :mod:`autotrace.otlp_encode`);
+- ``console``: each finished trace as an indented tree on stderr
+  (:mod:`autotrace.console_view`);
+- ``console-json``: the SDK's raw JSON, one object per span, on stderr.
+
+Imported with the SDK (see :mod:`autotrace.sdk`), never at start-up; an exporter's
+transport (grpc, requests) is imported by its factory, for the protocol chosen only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Callable, Sequence
+
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from . import _log, export_report
+from .config import Configuration
+
+logger = _log.logger
+
+
+def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
+    """The factory of the OTLP exporter ``settings`` describe (protocol, endpoint, headers, ...)."""
+
+    def make() -> SpanExporter:
+        if settings.protocol == "grpc":
+            from grpc import Compression as GrpcCompression
+
+            from .otlp_exporters import grpc_exporter_class
+
+            GrpcExporter = grpc_exporter_class()  # the SDK's, with autotrace's span encoder
+            return GrpcExporter(
+                endpoint=settings.endpoint,
+                insecure=settings.insecure,
+                headers=dict(settings.headers),
+                timeout=settings.timeout_s,
+                compression=GrpcCompression.Gzip
+                if settings.compression == "gzip"
+                else GrpcCompression.NoCompression,
+            )
+        from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+
+        from .otlp_exporters import http_exporter_class, http_session
+
+        HttpExporter = http_exporter_class()  # the SDK's, with autotrace's span encoder
+        return HttpExporter(
+            endpoint=settings.endpoint,
+            session=http_session(os.environ),  # keeps OTEL_EXPORTER_OTLP_CERTIFICATE's CA file
+            headers=dict(settings.headers),
+            timeout=settings.timeout_s,
+            compression=HttpCompression.Gzip
+            if settings.compression == "gzip"
+            else HttpCompression.NoCompression,
+        )
+
+    return make
+
+
+def console_factory() -> SpanExporter:
+    """``console``: each finished trace as an indented tree on stderr."""
+    from .console_view import ConsoleTreeExporter
+
+    return ConsoleTreeExporter()
+
+
+def console_json_factory() -> SpanExporter:
+    """``console-json``: the SDK's raw JSON, one object per span, on stderr."""
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    return ConsoleSpanExporter(out=sys.stderr)
+
+
+def factories(settings: Configuration) -> dict[str, Callable[[], SpanExporter]]:
+    """Exporter name (a value of ``OTEL_TRACES_EXPORTER``) -> the factory of that exporter."""
+    return {"otlp": otlp_factory(settings), "console": console_factory, "console-json": console_json_factory}
+
+
+class ExporterHandle(SpanExporter):
+    """Owns one real exporter: made at set-up, made anew in a forked child.
+
+    It is made at set-up, not at the first export, because the first export may come
+    at interpreter exit, when importing the exporter's transport is no longer allowed.
+    A child of ``fork`` must not share the parent's connection (a requests session or a
+    gRPC channel), so it makes its own at its first export; the modules are already
+    imported by then. Export runs with instrumentation suppressed, the key every
+    autotrace hook checks, so the exporter's own calls are never traced or injected.
+
+    Failed exports are reported by :mod:`autotrace.export_report`; ``failures`` replaces
+    the agent's report of them (the doctor keeps the cause instead of logging it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], SpanExporter],
+        failures: export_report.ExportFailures | None = None,
+    ) -> None:
+        self.name = name
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._failed = False
+        self._exporter: SpanExporter | None = None
+        self._reporting = False  # the report is set up at the first export
+        self.failures = failures
+        self._get()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._exporter = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> SpanExporter | None:
+        if self._exporter is None and not self._failed:
+            with self._lock:
+                if self._exporter is None and not self._failed:
+                    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+                    try:
+                        self._exporter = self._factory()
+                        export_report.quiet_sdk_export_logs()
+                    except Exception as exc:  # noqa: BLE001 - fail open, one line
+                        self._failed = True
+                        logger.warning(
+                            "cannot create the %s exporter (%s: %s); spans are dropped",
+                            self.name,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    finally:
+                        detach(token)
+        return self._exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        exporter = self._get()
+        if exporter is None:
+            return SpanExportResult.FAILURE
+        if not self._reporting:
+            self._reporting = True
+            self.failures = export_report.failures_of(exporter, self.name, self.failures)
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
+        try:
+            result = exporter.export(spans)
+        except Exception as exc:  # noqa: BLE001 - reported once per cause, then summarised
+            causes.insert(0, (exc,))
+            result = SpanExportResult.FAILURE
+        finally:
+            export_report.stop_capture()
+            detach(token)
+        export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
+        return result
+
+    def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
+        exporter = self._exporter
+        export_report.close(self.failures)
+        if exporter is not None:
+            exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        exporter = self._exporter
+        return True if exporter is None else exporter.force_flush(timeout_millis)
