@@ -64,6 +64,12 @@ def test_wheel_holds_the_package_hooks_bootstrap_and_pth(wheel):
     assert "autotrace/_sitecustomize/sitecustomize.py" in names
     assert "autotrace-agent.pth" in names
     assert not any(name.startswith(("hooks/", "sitecustomize/", "tests/", "integration/")) for name in names)
+    # Every module of the source tree is shipped (a new subpackage must be listed in pyproject.toml).
+    root = Path(__file__).resolve().parent.parent
+    shipped_as = {"autotrace": "autotrace", "hooks": "autotrace/hooks", "sitecustomize": "autotrace/_sitecustomize"}
+    for folder, target in shipped_as.items():
+        for source in (root / folder).rglob("*.py"):
+            assert f"{target}/{source.relative_to(root / folder).as_posix()}" in names, source
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
