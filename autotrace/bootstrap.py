@@ -85,12 +85,9 @@ def _start() -> None:
 
 def _distribution_version(name: str) -> str:
     """A distribution's version from its metadata, without importing it (debug only)."""
-    try:
-        from importlib.metadata import version
+    from .distributions import version
 
-        return version(name)
-    except Exception:  # noqa: BLE001
-        return "not installed"
+    return version(name) or "not installed"
 
 
 def _without_the(text: str) -> str:

@@ -617,12 +617,9 @@ def _propagators(env: _Reader) -> tuple[str, ...]:
 
 
 def _propagator_installed(name: str) -> bool:
-    try:
-        from importlib.metadata import entry_points
+    from .distributions import entry_points
 
-        return any(True for _ in entry_points(group="opentelemetry_propagator", name=name))
-    except Exception:  # noqa: BLE001
-        return False
+    return bool(entry_points("opentelemetry_propagator", name))
 
 
 def _extra_hooks(env: _Reader) -> tuple[tuple[str, str], ...]:

@@ -211,11 +211,10 @@ def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:
         return None
     version = _dist_info_version(hook.distribution, module)
     if version is None:
-        import importlib_metadata
+        from .distributions import version as installed_version
 
-        try:
-            version = importlib_metadata.version(hook.distribution)
-        except importlib_metadata.PackageNotFoundError:
+        version = installed_version(hook.distribution)
+        if version is None:
             _set_status(hook, f"skipped: distribution {hook.distribution} not found")
             return False
     if version_position(hook, version):
@@ -234,7 +233,7 @@ def _dist_info_version(distribution: str, module: ModuleType) -> str | None:
 
     The common layout (site-packages), read without importing ``importlib_metadata``,
     which costs start-up time when a library is imported; anything else returns None
-    and the caller asks ``importlib_metadata``.
+    and the caller asks :mod:`autotrace.distributions`.
     """
     import os
 
@@ -247,7 +246,9 @@ def _dist_info_version(distribution: str, module: ModuleType) -> str | None:
         directory = os.path.dirname(directory)
     if not top or not directory:
         return None
-    wanted = _normalize(distribution)
+    from .distributions import normalize
+
+    wanted = normalize(distribution)
     try:
         entries = os.listdir(directory)
     except OSError:
@@ -255,13 +256,9 @@ def _dist_info_version(distribution: str, module: ModuleType) -> str | None:
     for entry in entries:
         if entry.endswith(".dist-info"):
             name, _, version = entry[: -len(".dist-info")].rpartition("-")
-            if name and _normalize(name) == wanted:
+            if name and normalize(name) == wanted:
                 return version
     return None
-
-
-def _normalize(name: str) -> str:
-    return name.lower().replace("-", "_").replace(".", "_")
 
 
 def parse_version(text: str) -> tuple[int, ...]:

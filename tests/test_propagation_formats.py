@@ -477,7 +477,7 @@ def test_build_from_names(warnings):
 
 
 def test_build_loads_other_names_from_entry_points(monkeypatch):
-    from opentelemetry.util import _importlib_metadata
+    from autotrace import distributions
 
     class FakeEntryPoint:
         def load(self):
@@ -487,7 +487,7 @@ def test_build_loads_other_names_from_entry_points(monkeypatch):
         assert group == "opentelemetry_propagator"
         return [FakeEntryPoint()] if name == "custom" else []
 
-    monkeypatch.setattr(_importlib_metadata, "entry_points", entry_points)
+    monkeypatch.setattr(distributions, "entry_points", entry_points)
     assert [type(p) for p in build(["custom"]).propagators] == [B3MultiPropagator]
 
 

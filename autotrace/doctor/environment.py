@@ -9,24 +9,14 @@ import json
 import os
 import sys
 
+from ..distributions import names as distribution_names, normalize, version as distribution_version
 from .check import FAIL, OK, WARN, Check
 
 NO_CONFLICT = "no other tracing agent found"
 REMOTE_TIMEOUT_S = 20.0  # the library and conflict checks in the command's interpreter
 
 
-def _installed_version(distribution: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - a broken dist-info
-        return None
-
-
-def library_checks(disabled=frozenset(), version_of=_installed_version) -> list[Check]:
+def library_checks(disabled=frozenset(), version_of=distribution_version) -> list[Check]:
     from ..registry import HOOKS, version_position
 
     checks = []
@@ -143,7 +133,7 @@ def conflict_checks(paths: list[str], distributions, own_dir: str | None = None)
             )
         elif index == 0:
             checks.append(Check(OK, "conflicts", f"your sitecustomize {path} will run first (chained)"))
-    names = {_normalize(d) for d in distributions}
+    names = {normalize(d) for d in distributions}
     for name, what in (("ddtrace", "ddtrace (Datadog)"), ("jaeger-client", "jaeger-client")):
         if name in names:
             checks.append(
@@ -172,29 +162,9 @@ def conflict_checks(paths: list[str], distributions, own_dir: str | None = None)
     return checks
 
 
-def _normalize(name: str) -> str:
-    import re
-
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def installed_distributions() -> list[str]:
-    from importlib import metadata
-
-    names = []
-    for dist in metadata.distributions():
-        try:
-            name = dist.metadata["Name"]
-        except Exception:  # noqa: BLE001
-            name = None
-        if name:
-            names.append(name)
-    return names
-
-
 def local_environment_checks(paths: list[str], disabled, own_dir: str | None = None) -> list[Check]:
     """The library and conflict checks for the Python running this function."""
-    return library_checks(frozenset(disabled)) + conflict_checks(paths, installed_distributions(), own_dir)
+    return library_checks(frozenset(disabled)) + conflict_checks(paths, distribution_names(), own_dir)
 
 
 def remote_main() -> None:

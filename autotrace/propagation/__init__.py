@@ -97,9 +97,10 @@ def _built_in(name: str) -> TextMapPropagator:
 
 def _from_entry_point(name: str) -> TextMapPropagator:
     from opentelemetry.propagators.textmap import TextMapPropagator
-    from opentelemetry.util._importlib_metadata import entry_points
 
-    found = next(iter(entry_points(group=ENTRY_POINT_GROUP, name=name)), None)
+    from ..distributions import entry_points
+
+    found = next(iter(entry_points(ENTRY_POINT_GROUP, name)), None)
     if found is None:
         raise LookupError(f"no {ENTRY_POINT_GROUP} entry point named {name!r} is installed")
     propagator = found.load()()
