@@ -250,8 +250,14 @@ async def main():
             await context.abort(error.code(), error.details())
 
     async def server_stream(request, context):
-        async for response in channel.unary_stream(method("ServerStream"))(request, timeout=context.time_remaining()):
-            yield b"A:" + response
+        call = channel.unary_stream(method("ServerStream"))(request, timeout=context.time_remaining())
+        try:
+            async for response in call:
+                yield b"A:" + response
+        finally:
+            # Cancelled while grpc was sending (not while B's stream was read, where grpc
+            # cancels B's call itself): B's call would be left to run to its deadline.
+            call.cancel()
 
     async def client_stream(requests, context):
         received = [request async for request in requests]
