@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,14 +14,19 @@ import pytest
 from agent import clean_env, run, write
 
 ROOT = Path(__file__).resolve().parent.parent
+COPY_IGNORED = (".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", "venv", ".pytest_cache", ".hypothesis")
 HELLO = 'from opentelemetry import trace; trace.get_tracer("t").start_span("x").end()\n'
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # Built from a copy: setuptools writes build/ inside the source tree, where another
+    # run's build (or an old one's leftover modules) would mix into this wheel.
+    source = tmp_path_factory.mktemp("source") / "autotrace"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*COPY_IGNORED))
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
