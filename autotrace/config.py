@@ -446,3 +446,80 @@ def _extra_hooks(env: _Env) -> tuple[tuple[str, str], ...]:
             continue
         result.append((target, hook))
     return tuple(result)
+
+
+# -- settings read by hooks at the first request (interface; see settings branch)
+
+import _thread  # noqa: E402
+
+INCOMING_CONTEXT_MODES = ("continue", "restart", "ignore")
+INCOMING_CONTEXT_ENV = "AUTOTRACE_INCOMING_CONTEXT"
+LOG_CORRELATION_ENV = "OTEL_PYTHON_LOG_CORRELATION"
+
+
+class HttpSettings:
+    """Per-process settings of HTTP spans (server and client) and of incoming context."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        import re
+
+        env = _Env(environ)
+        self.excluded: list[re.Pattern] = []
+        for pattern in env.csv("OTEL_PYTHON_EXCLUDED_URLS") or ():
+            try:
+                self.excluded.append(re.compile(pattern))
+            except re.error as exc:
+                _log.warn_once(
+                    "OTEL_PYTHON_EXCLUDED_URLS:" + pattern,
+                    "OTEL_PYTHON_EXCLUDED_URLS entry %r is not a valid regular expression (%s); ignoring it",
+                    pattern,
+                    exc,
+                )
+        prefix = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
+        self.request_headers = [h.lower() for h in env.csv(prefix + "SERVER_REQUEST") or ()]
+        self.response_headers = [h.lower() for h in env.csv(prefix + "SERVER_RESPONSE") or ()]
+        self.client_request_headers = [h.lower() for h in env.csv(prefix + "CLIENT_REQUEST") or ()]
+        self.client_response_headers = [h.lower() for h in env.csv(prefix + "CLIENT_RESPONSE") or ()]
+        # Header names whose captured values are replaced (regular expressions, any case).
+        sanitize = []
+        for field in env.csv(prefix + "SANITIZE_FIELDS") or ():
+            try:
+                re.compile(field)
+                sanitize.append(f"(?:{field})")
+            except re.error:
+                sanitize.append(re.escape(field))
+        self.sanitize: re.Pattern | None = re.compile("|".join(sanitize), re.IGNORECASE) if sanitize else None
+        # A wrong value warns once and gives "continue".
+        self.incoming_context: str = env.choice((INCOMING_CONTEXT_ENV,), INCOMING_CONTEXT_MODES, "continue")
+
+
+_http_settings: HttpSettings | None = None
+_http_settings_lock = _thread.allocate_lock()  # _thread: built in, unlike threading (start-up)
+
+
+def http_settings() -> HttpSettings:
+    """The HTTP settings, read from the environment once per process (at the first request)."""
+    global _http_settings
+    settings = _http_settings
+    if settings is None:
+        with _http_settings_lock:
+            if _http_settings is None:
+                _http_settings = HttpSettings(os.environ)
+            settings = _http_settings
+    return settings
+
+
+def reset_http_settings() -> None:
+    """Read the environment again at the next use (for tests)."""
+    global _http_settings
+    _http_settings = None
+
+
+def propagator_names() -> tuple[str, ...]:
+    """The propagators ``OTEL_PROPAGATORS`` names (valid ones; the default when none is)."""
+    return _propagators(_Env(os.environ))
+
+
+def log_correlation() -> bool:
+    """``OTEL_PYTHON_LOG_CORRELATION``: ids in logging's default format (default false)."""
+    return _Env(os.environ).boolean((LOG_CORRELATION_ENV,), False)
