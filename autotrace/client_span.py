@@ -61,11 +61,11 @@ class ClientSpan(SpanHandle):
     __slots__ = ("library", "parent", "previous", "resends", "injected", "state")
     WHAT = "a client span"
 
-    def __init__(self, span: trace.Span, ctx: context.Context) -> None:
-        super().__init__(span, ctx)  # start() marks the context as this call's, and sets these three:
-        self.library = ""  # the hook's library
-        self.parent: context.Context | None = None  # the caller's context: where a redirect's next hop starts
-        self.previous: ClientSpan | None = None  # the ended hop this one follows (a redirect), if any
+    def __init__(self, span: trace.Span, library: str, parent: context.Context, previous: ClientSpan | None = None) -> None:
+        super().__init__(span, parent)  # the context is set by start(): the span current, marked as this call
+        self.library = library
+        self.parent = parent  # the caller's context: where a redirect's next hop starts
+        self.previous = previous  # the ended hop this one follows (a redirect), if any
         self.resends = 0  # hops sent after this one from its context (redirects)
         self.injected: dict[str, str] = {}  # the propagation headers sent with the request
         self.state: object = None  # the hook's own bookkeeping of the call, if it needs any
@@ -185,9 +185,9 @@ def start(
             attributes["network.protocol.version"] = protocol_version
         if resend_count:
             attributes["http.request.resend_count"] = resend_count
-        call = spans.new(ClientSpan, TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
-        call.library, call.parent, call.previous = library, parent, previous
-        call.context = context.set_value(api.IN_CLIENT_CALL, call, call.context)
+        span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
+        call = ClientSpan(span, library, parent, previous)
+        call.context = context.set_value(api.IN_CLIENT_CALL, call, ctx)
         if attach:
             call.attach()
         return call

@@ -250,7 +250,7 @@ def _current() -> context.Context | None:
 
 
 def _start(tracer: str, full_method: str, kind: trace.SpanKind, parent: context.Context, attributes: dict, links, attach: bool) -> RpcSpan:
-    call = spans.new(RpcSpan, tracer, _span_name(full_method), kind, parent, attributes, links)
+    call = RpcSpan(*spans.new(tracer, _span_name(full_method), kind, parent, attributes, links))
     if attach:
         call.attach()
     return call

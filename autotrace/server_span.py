@@ -257,13 +257,12 @@ def start(
             attributes["user_agent.original"] = agent[0]
 
         parent, links = extract_incoming(headers, _GETTER, current)
-        served = spans.new(ServerSpan, TRACER, known or "HTTP", api.SpanKind.SERVER, parent, attributes, links or None)
+        span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers:
-            capture_headers(served.span, "http.request.header.", settings.request_headers, None, headers)
+            capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
-        served.context = context.set_value(api.IN_SERVER_SPAN, served.span, served.context)
-        served.attach()
-        return served
+        ctx = context.set_value(api.IN_SERVER_SPAN, span, ctx)
+        return ServerSpan(span, ctx, context.attach(ctx))
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None

@@ -1,7 +1,7 @@
 """The life of a span the agent starts, shared by every kind: start, enrich, end, never raise.
 
 A span kind's module (:mod:`~autotrace.server_span`, :mod:`~autotrace.client_span`,
-:mod:`~autotrace.rpc_span`, and those of the kinds to come: databases, messaging) makes
+:mod:`~autotrace.rpc_span`, and those of the kinds to come: databases, messaging) starts
 its spans with :func:`new`, after its own checks, and hands them out in a
 :class:`SpanHandle` subclass. A hook of a kind that needs no checks of its own starts its
 span in one call::
@@ -111,15 +111,17 @@ class SpanHandle:
         report(exc, self.WHAT)
 
 
-def new(handle: type[Handle], tracer: str, name: str, kind: trace.SpanKind, parent: context.Context, attributes=None, links=None) -> Handle:
-    """Start a span under ``parent`` and hand it out as ``handle(span, its context)``, not current yet.
+def new(tracer: str, name: str, kind: trace.SpanKind, parent: context.Context, attributes=None, links=None) -> tuple[trace.Span, context.Context]:
+    """Start a span under ``parent``: the span, and ``parent`` with the span current (not attached).
 
     For a span kind's own start function, after its checks (API loaded, instrumentation
-    not suppressed): it raises what the SDK raises, and the caller reports it.
-    ``tracer`` names the agent's tracer (``autotrace.http.server`` ...).
+    not suppressed), which then hands the two out in its :class:`SpanHandle` subclass. It
+    raises what the SDK raises: the caller reports it. ``tracer`` names the agent's
+    tracer (``autotrace.http.server`` ...).
     """
-    span = api.tracer(tracer).start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
-    return handle(span, api.trace.set_span_in_context(span, parent))
+    found = api.tracers.get(tracer)  # not api.tracer(): a call less on every request
+    span = (found or api.tracer(tracer)).start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
+    return span, api.trace.set_span_in_context(span, parent)
 
 
 def start(
@@ -148,7 +150,7 @@ def start(
             return None
         if isinstance(kind, str):
             kind = api.SpanKind[kind]
-        started = new(handle, tracer, name, kind, parent, attributes, links or None)
+        started = handle(*new(tracer, name, kind, parent, attributes, links or None))
         if attach:
             started.attach()
         return started
