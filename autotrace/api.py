@@ -11,7 +11,7 @@ request (span modules call it, then read these module globals):
 - :data:`SUPPRESS_INSTRUMENTATION` and :data:`SUPPRESS_HTTP_INSTRUMENTATION`: the API's
   keys that turn instrumentation off in a context (the agent's exporter sets the first);
   :func:`suppressed` and :func:`http_suppressed` read them;
-- :func:`tracer`: the agent's tracer of a given name (one per span kind);
+- :func:`tracer`: the agent's tracer of a given name (one per span kind, kept in :data:`tracers`);
 - :func:`attach` and :func:`detach`: ``context.attach``/``detach`` that never raise.
 
 Before the first :func:`load` every name above is None (the keys: their names), and

@@ -158,7 +158,7 @@ def start(
             api.load()
         context = api.context
         parent = context.get_current()
-        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.SUPPRESS_HTTP_INSTRUMENTATION):
+        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.SUPPRESS_HTTP_INSTRUMENTATION):  # api.http_suppressed, inline
             return None
         outer = parent.get(api.IN_CLIENT_CALL)
         previous = sibling_of

@@ -246,7 +246,7 @@ def _current() -> context.Context | None:
     if not api.loaded:
         api.load()
     current = api.context.get_current()
-    return None if current.get(api.SUPPRESS_INSTRUMENTATION) else current
+    return None if api.suppressed(current) else current
 
 
 def _start(tracer: str, full_method: str, kind: trace.SpanKind, parent: context.Context, attributes: dict, links, attach: bool) -> RpcSpan:

@@ -6,9 +6,9 @@ its spans with :func:`new`, after its own checks, and hands them out in a
 :class:`SpanHandle` subclass. A hook of a kind that needs no checks of its own starts its
 span in one call::
 
-    from autotrace import api, spans
+    from autotrace import spans
 
-    call = spans.start("autotrace.db.sqlite", "SELECT shop", api.SpanKind.CLIENT, {"db.system.name": "sqlite"})
+    call = spans.start("autotrace.db.sqlite", "SELECT shop", "CLIENT", {"db.system.name": "sqlite"})
     if call is None:  # instrumentation suppressed, or the span could not be started
         return original(*args)
     try:
@@ -21,9 +21,9 @@ span in one call::
     call.close()  # end the span, leave its context
     return result
 
-(``api.SpanKind`` is read after ``spans.start`` has loaded the API: pass the kind's name,
-``"CLIENT"``, to call it before.) Nothing here raises into the app: a failure is one
-warning line (:func:`report`), and the app's call goes on.
+The kind is given by name (``"CLIENT"``, ``"PRODUCER"`` ...): the API's ``SpanKind`` is
+only there once :func:`spans.start` has loaded it. Nothing here raises into the app: a
+failure is one warning line (:func:`report`), and the app's call goes on.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def start(
             api.load()
         if parent is None:
             parent = api.context.get_current()
-        if parent.get(api.SUPPRESS_INSTRUMENTATION):
+        if api.suppressed(parent):
             return None
         if isinstance(kind, str):
             kind = api.SpanKind[kind]
