@@ -551,23 +551,10 @@ def _recording(context):
 # class itself: the base class defines them all (abstract, or raising), so __getattr__
 # would never be asked for them.
 FORWARDED = (
-    "invocation_metadata",
-    "peer",
-    "peer_identities",
-    "peer_identity_key",
-    "auth_context",
-    "set_compression",
-    "send_initial_metadata",
-    "set_trailing_metadata",
-    "trailing_metadata",
-    "code",
-    "details",
-    "disable_next_message_compression",
-    "is_active",
-    "time_remaining",
-    "cancel",
-    "add_callback",
-)
+    "invocation_metadata", "peer", "peer_identities", "peer_identity_key", "auth_context",
+    "set_compression", "send_initial_metadata", "set_trailing_metadata", "trailing_metadata",
+    "code", "details", "disable_next_message_compression", "is_active", "time_remaining", "cancel", "add_callback",
+)  # fmt: skip
 
 
 class _Recording:
