@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _log, server_span
+from . import _log, api
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,14 +41,14 @@ _api_failed = False
 
 def capture() -> Context | None:
     """The current context, or None when it holds nothing to carry."""
-    if not server_span._loaded:  # noqa: SLF001
+    if not api.loaded:
         if _api_failed or "opentelemetry.context" not in sys.modules:
             return None  # the API not imported: no span anywhere
         _load_api()
-        if not server_span._loaded:  # noqa: SLF001 - being imported on this thread, or broken
+        if not api.loaded:  # being imported on this thread, or broken
             return None
     try:
-        ctx = server_span.context.get_current()
+        ctx = api.context.get_current()
         return ctx if ctx else None  # an empty Context is falsy (a dict)
     except Exception:  # noqa: BLE001
         return None
@@ -60,7 +60,7 @@ def _load_api() -> None:
     if _api_failed:
         return
     try:
-        server_span._load_api()  # noqa: SLF001
+        api.load()
     except Exception as exc:  # noqa: BLE001 - the app's Thread.start or submit goes on, untraced
         _api_failed = True
         _log.warn_once(
@@ -108,7 +108,7 @@ def run_in(ctx: Context | None, function: Callable, *args, **kwargs):
                 variable.reset(token)
             except (ValueError, RuntimeError):  # reset in another context: nothing to undo
                 pass
-    context = server_span.context
+    context = api.context
     try:
         token = context.attach(ctx)
     except Exception:  # noqa: BLE001 - run the work untraced, never fail it
@@ -141,7 +141,7 @@ def to_carrier() -> dict[str, str] | None:
         return None
     carrier: dict[str, str] = {}
     try:
-        server_span.propagate.inject(carrier, context=ctx)  # the configured formats
+        api.propagate.inject(carrier, context=ctx)  # the configured formats
     except Exception:  # noqa: BLE001 - the W3C fields below still carry the trace
         carrier.clear()
     try:
@@ -159,22 +159,22 @@ def from_carrier(carrier: dict[str, str] | None) -> Context | None:
     """The context a carrier made by :func:`to_carrier` stands for (in the child process)."""
     if not carrier:
         return None
-    if not server_span._loaded:  # noqa: SLF001
+    if not api.loaded:
         _load_api()
-        if not server_span._loaded:  # noqa: SLF001
+        if not api.loaded:
             return None
     try:
-        ctx = server_span.propagate.extract(carrier)  # the configured formats
+        ctx = api.propagate.extract(carrier)  # the configured formats
     except Exception:  # noqa: BLE001
         ctx = None
     try:
         from opentelemetry import baggage
 
         if ctx is None:
-            ctx = server_span.context.Context()
+            ctx = api.context.Context()
         # The W3C fields to_carrier() added where the configured formats wrote none.
         w3c_trace, w3c_baggage = _w3c()
-        if not server_span.trace.get_current_span(ctx).get_span_context().is_valid:
+        if not api.trace.get_current_span(ctx).get_span_context().is_valid:
             ctx = w3c_trace.extract(carrier, ctx)
         if not baggage.get_all(ctx):
             ctx = w3c_baggage.extract(carrier, ctx)

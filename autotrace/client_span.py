@@ -12,8 +12,10 @@ A client hook calls :func:`start` with the request's method and URL; it gets a
 
 The hook injects the propagation headers with :meth:`ClientSpan.inject` (the span's own
 id as the parent id), reports the response with :meth:`ClientSpan.set_response` or the
-failure with :meth:`ClientSpan.fail`, then calls :meth:`ClientSpan.end`. Nothing here
-raises into the app.
+failure with :meth:`ClientSpan.fail`, then calls :meth:`ClientSpan.end` (or ``close``,
+which also leaves the span's context). Nothing here raises into the app. The span's life
+(attach, end, error marking) is :class:`autotrace.spans.SpanHandle`'s; headers are
+captured as :func:`autotrace.config.http_settings` says.
 
 Span content follows the stable HTTP semantic conventions: name ``"{METHOD}"``, kind
 CLIENT, ``url.full`` without user information and with secret query values (and
@@ -22,9 +24,11 @@ CLIENT, ``url.full`` without user information and with secret query values (and
 
 from __future__ import annotations
 
-from . import _log, server_span
-from ._version import __version__
+from . import _log, api, spans
+from .config import http_settings
 from .redact import redact_query
+from .server_span import KNOWN_METHODS
+from .spans import SpanHandle, capture_headers, error_type, mark_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,11 +36,7 @@ if TYPE_CHECKING:
 
     from opentelemetry import context, trace
 
-# A context key (made at the first request): its value is the ClientSpan of the call in
-# progress, so a lower layer of the same call does not start a second span.
-_IN_CLIENT_CALL = "autotrace-client-call"
-_loaded = False
-_tracer = None
+TRACER = "autotrace.http.client"
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -55,22 +55,7 @@ def is_lower_layer(library: str, outer: ClientSpan | None) -> bool:
     return outer is not None and library in LOWER_LAYERS.get(outer.library, _NO_LAYERS)
 
 
-def _load_api() -> None:
-    """Import the OpenTelemetry API (once, at the first outgoing request)."""
-    global _IN_CLIENT_CALL, _loaded
-    server_span._load_api()
-    _IN_CLIENT_CALL = server_span.context.create_key("autotrace-client-call")
-    _loaded = True
-
-
-def tracer() -> trace.Tracer:
-    global _tracer
-    if _tracer is None:
-        _tracer = server_span.trace.get_tracer("autotrace.http.client", __version__)
-    return _tracer
-
-
-class ClientSpan(server_span.SpanHandle):
+class ClientSpan(SpanHandle):
     """One outgoing request's CLIENT span; its methods never raise."""
 
     __slots__ = ("library", "parent", "previous", "resends", "injected", "state")
@@ -91,9 +76,9 @@ class ClientSpan(server_span.SpanHandle):
         """The propagation headers for this span (``traceparent``, ``tracestate``, ``baggage`` ...)."""
         if not self.injected:
             try:
-                server_span.propagate.inject(self.injected, context=self.context)
+                api.propagate.inject(self.injected, context=self.context)
             except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
-                self._report(exc)
+                self.report(exc)
         return self.injected
 
     def inject(self, headers: MutableMapping[str, str]) -> dict[str, str | None]:
@@ -116,10 +101,10 @@ class ClientSpan(server_span.SpanHandle):
                     del headers[key]
                     previous[name] = None
                 headers[name] = value
-            if server_span.settings().client_request_headers:
+            if http_settings().client_request_headers:
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
-            self._report(exc)
+            self.report(exc)
         return previous
 
     def _replacing(self, name: str, existing: str) -> None:
@@ -140,21 +125,16 @@ class ClientSpan(server_span.SpanHandle):
             else:
                 span.set_attribute("http.response.status_code", status_code)
             if status_code >= 400:
-                server_span.mark_error(span, str(status_code))
-            wanted = server_span.settings().client_response_headers
+                mark_error(span, str(status_code))
+            wanted = http_settings().client_response_headers
             if wanted and headers is not None:
-                server_span.capture_headers(span, "http.response.header.", wanted, headers)
+                capture_headers(span, "http.response.header.", wanted, headers)
         except Exception as exc:  # noqa: BLE001
-            self._report(exc)
+            self.report(exc)
 
     def fail(self, exc: BaseException) -> None:  # type: ignore[override]
         """Record an exception that ended the call (the hook re-raises it untouched)."""
         super().fail(exc, error_type(exc))
-
-    def close(self) -> None:
-        """End the span and leave its context (the usual end of a wrapper)."""
-        self.end()
-        self.detach()
 
 
 def start(
@@ -174,13 +154,13 @@ def start(
     ended) the span is a sibling of that one, under its parent. Never raises.
     """
     try:
-        if not _loaded:
-            _load_api()
-        context = server_span.context
+        if not api.loaded:
+            api.load()
+        context = api.context
         parent = context.get_current()
-        if parent.get(context._SUPPRESS_INSTRUMENTATION_KEY) or parent.get(context._SUPPRESS_HTTP_INSTRUMENTATION_KEY):  # noqa: SLF001
+        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.SUPPRESS_HTTP_INSTRUMENTATION):  # api.http_suppressed, inline
             return None
-        outer = parent.get(_IN_CLIENT_CALL)
+        outer = parent.get(api.IN_CLIENT_CALL)
         previous = sibling_of
         if previous is not None:
             parent = previous.parent
@@ -191,7 +171,7 @@ def start(
                 previous, parent = outer, outer.parent
                 outer.resends += 1
                 resend_count = outer.resends
-        known = method.upper() if method.upper() in server_span.KNOWN_METHODS else None
+        known = method.upper() if method.upper() in KNOWN_METHODS else None
         attributes: dict[str, object] = {"http.request.method": known or "_OTHER"}
         if method != attributes["http.request.method"]:
             attributes["http.request.method_original"] = method
@@ -205,10 +185,9 @@ def start(
             attributes["network.protocol.version"] = protocol_version
         if resend_count:
             attributes["http.request.resend_count"] = resend_count
-        trace = server_span.trace
-        span = tracer().start_span(known or "HTTP", context=parent, kind=server_span.SpanKind.CLIENT, attributes=attributes)
+        span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
         call = ClientSpan(span, library, parent, previous)
-        call.context = context.set_value(_IN_CLIENT_CALL, call, trace.set_span_in_context(span, parent))
+        call.context = context.set_value(api.IN_CLIENT_CALL, call, ctx)
         if attach:
             call.attach()
         return call
@@ -219,9 +198,9 @@ def start(
 
 def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:
     """Record the request headers named by OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST."""
-    wanted = server_span.settings().client_request_headers
+    wanted = http_settings().client_request_headers
     if wanted:
-        server_span.capture_headers(call.span, "http.request.header.", wanted, headers)
+        capture_headers(call.span, "http.request.header.", wanted, headers)
 
 
 def restore(headers: MutableMapping[str, str], previous: dict[str, str | None]) -> None:
@@ -238,9 +217,9 @@ def restore(headers: MutableMapping[str, str], previous: dict[str, str | None]) 
 
 def current_call() -> ClientSpan | None:
     """The call in progress in this context, if a client hook started one."""
-    if not _loaded:
+    if not api.loaded:
         return None
-    return server_span.context.get_value(_IN_CLIENT_CALL)
+    return api.context.get_value(api.IN_CLIENT_CALL)
 
 
 def _find(headers: dict, name: str) -> tuple[str, str | None]:
@@ -295,13 +274,6 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
     return full, parts.hostname, port
 
 
-def error_type(exc: BaseException) -> str:
-    """The exception's class, fully qualified (``requests.exceptions.ConnectTimeout``; builtins bare)."""
-    cls = type(exc)
-    module = getattr(cls, "__module__", None)
-    return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"
-
-
 def protocol_version(version: object) -> str | None:
     """``network.protocol.version`` from what a library reports (11, 20, "HTTP/1.1", "HTTP/2")."""
     if isinstance(version, int):
@@ -312,9 +284,4 @@ def protocol_version(version: object) -> str | None:
 
 
 def _report(exc: BaseException) -> None:
-    _log.warn_once(
-        "client-span:" + type(exc).__name__,
-        "a client span could not be recorded (%s: %s); the request is not affected",
-        type(exc).__name__,
-        exc,
-    )
+    spans.report(exc, ClientSpan.WHAT, "the request", "client-span")

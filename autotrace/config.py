@@ -16,8 +16,8 @@ and the value, and the default is used instead; nothing in here raises.
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 
 from . import _log
 
@@ -690,7 +690,7 @@ def _read_now(part: Callable[[_Reader], T]) -> T:
 
 
 _http_settings: HttpSettings | None = None
-_http_settings_lock = threading.Lock()
+_http_settings_lock = _thread.allocate_lock()  # _thread: built in, unlike threading (start-up)
 
 
 def http_settings() -> HttpSettings:
@@ -725,13 +725,3 @@ def log_format() -> str | None:
     """``OTEL_PYTHON_LOG_FORMAT`` as given (None when unset); the logging hook validates it
     as a %-style format, which needs the logging module."""
     return _Reader(os.environ).raw("OTEL_PYTHON_LOG_FORMAT")
-
-
-class _Env(_Reader):
-    """TEMPORARY, for the callers the core change switches to :func:`propagator_names` and
-    :func:`log_correlation` (``server_span``, ``hooks/logging``): a reader that logs at once.
-    Drop at the merge."""
-
-    def warn(self, variable: str, text: str, refused: str | None = None, key: str = "") -> None:
-        super().warn(variable, text, refused, key)
-        log_warnings(self.warnings[-1:])

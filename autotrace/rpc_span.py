@@ -8,24 +8,27 @@ and sends the metadata :meth:`RpcSpan.outgoing_metadata` gives (the caller's own
 the propagation fields lower-cased, one grpc would refuse left out). Both end with
 the call's status code (:meth:`RpcSpan.set_code`) or the exception that ended it
 (:meth:`RpcSpan.fail`), then :meth:`RpcSpan.end`. Nothing here raises into the app.
+Status codes are grpc's numbers (:data:`STATUS_NAMES`, :func:`status_code`), so nothing
+here imports grpc; what else the two hooks share (server wrapping, ports, cancellation)
+is in :mod:`autotrace.grpc_common`.
 
 Span content follows the RPC semantic conventions: name ``"{package.Service}/{Method}"``,
 ``rpc.system=grpc``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``,
 ``server.address``, ``server.port``, ``error.type`` (the status code's name). Status
 ERROR for every code but OK. A SERVER span has ``server.address``/``server.port`` when
-its server was given exactly one port (:class:`ServerPorts`, noted by
-:func:`note_ports`): the address the app passed (none for a wildcard such as
+its server was given exactly one port (:class:`~autotrace.grpc_common.ServerPorts`,
+noted by :func:`~autotrace.grpc_common.note_ports`): the address the app passed (none for a wildcard such as
 ``[::]`` or ``0.0.0.0``; the path for a Unix socket) and the port grpc bound.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 
-from . import _log, server_span
-from ._version import __version__
+from . import _log, api, spans
 from .propagation.fields import bounded_values
+from .server_span import extract_incoming
+from .spans import SpanHandle, mark_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,9 +36,12 @@ if TYPE_CHECKING:
 
     from opentelemetry import context, trace
 
+    from .grpc_common import ServerPorts
+
     Metadata = Sequence[tuple[str, "str | bytes"]]
 
-_tracers: dict[str, object] = {}
+SERVER_TRACER = "autotrace.grpc.server"
+CLIENT_TRACER = "autotrace.grpc.client"
 
 # grpc.StatusCode values by number (grpc's enum holds (number, name) tuples), so the
 # core needs no grpc import.
@@ -58,16 +64,23 @@ STATUS_NAMES = {
     15: "DATA_LOSS",
     16: "UNAUTHENTICATED",
 }
+# The codes the hooks name.
+OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL = 0, 1, 2, 4, 12, 13
 
 
-def _tracer(kind: str) -> trace.Tracer:
-    tracer = _tracers.get(kind)
-    if tracer is None:
-        tracer = _tracers[kind] = server_span.trace.get_tracer(f"autotrace.grpc.{kind}", __version__)
-    return tracer
+def status_code(code: object) -> tuple[int | None, str]:
+    """(number, name) of a grpc.StatusCode or a number; (None, "") for anything else."""
+    if code is None:
+        return None, ""
+    value = getattr(code, "value", code)  # grpc.StatusCode.X.value == (number, "name")
+    if isinstance(value, tuple):
+        value = value[0]
+    if isinstance(value, int):
+        return value, STATUS_NAMES.get(value, str(value))
+    return None, ""
 
 
-class RpcSpan(server_span.SpanHandle):
+class RpcSpan(SpanHandle):
     """One RPC's span; its methods never raise, and end() is idempotent."""
 
     __slots__ = ("_coded",)
@@ -85,9 +98,9 @@ class RpcSpan(server_span.SpanHandle):
         """
         carrier: dict[str, str] = {}
         try:
-            server_span.propagate.inject(carrier, context=self.context)
+            api.propagate.inject(carrier, context=self.context)
         except Exception as exc:  # noqa: BLE001
-            self._report(exc)
+            self.report(exc)
         carrier = _valid_metadata(carrier)
         kept = [(k, v) for k, v in (metadata or ()) if not (isinstance(k, str) and k.lower() in carrier)]
         if len(kept) != len(metadata or ()) and _log.debug_enabled():
@@ -98,13 +111,11 @@ class RpcSpan(server_span.SpanHandle):
     def set_peer(self, peer: str | None) -> None:
         """Record ``client.address``/``client.port`` from ``ServicerContext.peer()`` (``ipv4:127.0.0.1:5000``)."""
         try:
-            address, port = _split_peer(peer)
-            if address:
-                self.span.set_attribute("client.address", address)
-            if port is not None:
-                self.span.set_attribute("client.port", port)
+            attributes = _with_address({}, "client", _split_peer(peer))
+            if attributes:
+                self.span.set_attributes(attributes)
         except Exception as exc:  # noqa: BLE001
-            self._report(exc)
+            self.report(exc)
 
     def set_server(self, ports: ServerPorts) -> None:
         """Record ``server.address``/``server.port`` of a SERVER span, when its server's port is known."""
@@ -113,32 +124,32 @@ class RpcSpan(server_span.SpanHandle):
             try:
                 self.span.set_attributes(attributes)
             except Exception as exc:  # noqa: BLE001
-                self._report(exc)
+                self.report(exc)
 
     def set_code(self, code: object, details: str | None = None) -> None:
         """Record the call's status code (a grpc.StatusCode, or its number)."""
         try:
-            number, name = _code(code)
+            number, name = status_code(code)
             if number is None:
                 return
             self._coded = True
             span = self.span
             span.set_attribute("rpc.grpc.status_code", number)
             if number != 0:
-                server_span.mark_error(span, name, details or None)
+                mark_error(span, name, details or None)
         except Exception as exc:  # noqa: BLE001
-            self._report(exc)
+            self.report(exc)
 
     def fail(self, exc: BaseException, code: object = None) -> None:  # type: ignore[override]
         """Record an exception that ended the call; ``code`` when it maps to a status (UNKNOWN otherwise)."""
         try:
-            if self._ended:
+            if self.ended:
                 return
             if code is not None or not self._coded:
-                self.set_code(code if code is not None else 2)
+                self.set_code(code if code is not None else UNKNOWN)
             self.span.record_exception(exc)
         except Exception as error:  # noqa: BLE001
-            self._report(error)
+            self.report(error)
 
 
 # The text metadata grpc accepts (anything else fails the call: INTERNAL, "Invalid
@@ -201,30 +212,16 @@ _GETTER = _MetadataGetter()
 def start_server(full_method: str, metadata: Metadata | None, peer: str | None = None, attach: bool = True) -> RpcSpan | None:
     """Start an incoming RPC's SERVER span (parent from the metadata), or None when suppressed."""
     try:
-        if not server_span._loaded:  # noqa: SLF001
-            server_span._load_api()  # noqa: SLF001
-        context = server_span.context
-        if context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY):  # noqa: SLF001
+        if _current() is None:
             return None
-        attributes = _method_attributes(full_method)
-        address, port = _split_peer(peer)
-        if address:
-            attributes["client.address"] = address
-        if port is not None:
-            attributes["client.port"] = port
+        attributes = _with_address(_method_attributes(full_method), "client", _split_peer(peer))
         # From the metadata only, not over the current context: a server's call runs in a
         # task or thread that may have inherited the context the server was started in.
         # AUTOTRACE_INCOMING_CONTEXT applies as for HTTP (server_span.extract_incoming).
-        parent, links = server_span.extract_incoming(list(metadata or ()), _GETTER, context.Context())
-        span = _tracer("server").start_span(
-            _span_name(full_method), context=parent, kind=server_span.SpanKind.SERVER, attributes=attributes, links=links or None
-        )
-        call = RpcSpan(span, server_span.trace.set_span_in_context(span, parent))
-        if attach:
-            call.attach()
-        return call
+        parent, links = extract_incoming(list(metadata or ()), _GETTER, api.context.Context())
+        return _start(SERVER_TRACER, full_method, api.SpanKind.SERVER, parent, attributes, links or None, attach)
     except Exception as exc:  # noqa: BLE001 - never fail a call
-        _report(exc)
+        report(exc)
         return None
 
 
@@ -234,28 +231,29 @@ def start_client(full_method: str, target: str | None, attach: bool = False) -> 
     ``target`` is the channel's target (``host:port``, ``dns:///host:port`` ...).
     """
     try:
-        if not server_span._loaded:  # noqa: SLF001
-            server_span._load_api()  # noqa: SLF001
-        context = server_span.context
-        parent = context.get_current()
-        if parent.get(context._SUPPRESS_INSTRUMENTATION_KEY):  # noqa: SLF001 - the exporter's own calls
+        parent = _current()
+        if parent is None:  # the exporter's own calls
             return None
-        attributes = _method_attributes(full_method)
-        address, port = split_target(target)
-        if address:
-            attributes["server.address"] = address
-        if port is not None:
-            attributes["server.port"] = port
-        span = _tracer("client").start_span(
-            _span_name(full_method), context=parent, kind=server_span.SpanKind.CLIENT, attributes=attributes
-        )
-        call = RpcSpan(span, server_span.trace.set_span_in_context(span, parent))
-        if attach:
-            call.attach()
-        return call
+        attributes = _with_address(_method_attributes(full_method), "server", split_target(target))
+        return _start(CLIENT_TRACER, full_method, api.SpanKind.CLIENT, parent, attributes, None, attach)
     except Exception as exc:  # noqa: BLE001
-        _report(exc)
+        report(exc)
         return None
+
+
+def _current() -> context.Context | None:
+    """The current context (the API loaded first), or None when instrumentation is suppressed there."""
+    if not api.loaded:
+        api.load()
+    current = api.context.get_current()
+    return None if api.suppressed(current) else current
+
+
+def _start(tracer: str, full_method: str, kind: trace.SpanKind, parent: context.Context, attributes: dict, links, attach: bool) -> RpcSpan:
+    call = RpcSpan(*spans.new(tracer, _span_name(full_method), kind, parent, attributes, links))
+    if attach:
+        call.attach()
+    return call
 
 
 def _span_name(full_method: str) -> str:
@@ -269,6 +267,16 @@ def _method_attributes(full_method: str) -> dict[str, object]:
         attributes["rpc.service"] = service
     if method:
         attributes["rpc.method"] = method
+    return attributes
+
+
+def _with_address(attributes: dict[str, object], prefix: str, address_port: tuple[str | None, int | None]) -> dict[str, object]:
+    """``attributes`` with ``{prefix}.address`` and ``{prefix}.port``, those known."""
+    address, port = address_port
+    if address:
+        attributes[prefix + ".address"] = address
+    if port is not None:
+        attributes[prefix + ".port"] = port
     return attributes
 
 
@@ -291,61 +299,6 @@ def split_target(target: str | None) -> tuple[str | None, int | None]:
             rest = rest.split(",")[0]  # ipv4:a:p,b:p: the first address
             break
     return _split_host_port(rest)
-
-
-# The addresses a server binds to every interface with: not an address a client uses.
-_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
-
-
-class ServerPorts:
-    """The ports a server was given; ``attributes``: what its SERVER spans record (None when not exactly one)."""
-
-    __slots__ = ("_count", "attributes")
-
-    def __init__(self) -> None:
-        self._count = 0
-        self.attributes: dict[str, object] | None = None
-
-    def added(self, address: object, bound: object) -> None:
-        """``add_insecure_port(address)`` or ``add_secure_port(address, ...)`` returned ``bound``."""
-        try:
-            if bound == 0:  # grpc could not bind it
-                return
-            host, port = split_target(address) if isinstance(address, str) else (None, None)
-            attributes: dict[str, object] = {}
-            if host and host not in _WILDCARDS:
-                attributes["server.address"] = host
-            if not (isinstance(address, str) and address.startswith("unix")):
-                if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
-                    port = bound  # the port grpc chose for ":0"
-                if port:
-                    attributes["server.port"] = port
-            self._count += 1
-            self.attributes = (attributes or None) if self._count == 1 else None
-        except Exception as exc:  # noqa: BLE001
-            _report(exc)
-
-
-def note_ports(server: object, ports: ServerPorts) -> None:
-    """Note in ``ports`` what the app's ``server.add_insecure_port``/``add_secure_port`` calls bind.
-
-    The methods are wrapped on the server object itself; they return and raise what grpc's do.
-    """
-    for name in ("add_insecure_port", "add_secure_port"):
-        try:
-            setattr(server, name, _noting(getattr(server, name), ports))
-        except Exception:  # noqa: BLE001 - a server object of another kind: its spans have no server.*
-            pass
-
-
-def _noting(add_port, ports: ServerPorts):
-    @functools.wraps(add_port)
-    def noting(*args, **kwargs):
-        bound = add_port(*args, **kwargs)
-        ports.added(args[0] if args else kwargs.get("address"), bound)
-        return bound
-
-    return noting
 
 
 def _split_peer(peer: str | None) -> tuple[str | None, int | None]:
@@ -376,22 +329,6 @@ def _split_host_port(value: str) -> tuple[str | None, int | None]:
     return host or None, port
 
 
-def _code(code: object) -> tuple[int | None, str]:
-    """(number, name) of a grpc.StatusCode or a number."""
-    if code is None:
-        return None, ""
-    value = getattr(code, "value", code)  # grpc.StatusCode.X.value == (number, "name")
-    if isinstance(value, tuple):
-        value = value[0]
-    if isinstance(value, int):
-        return value, STATUS_NAMES.get(value, str(value))
-    return None, ""
-
-
-def _report(exc: BaseException) -> None:
-    _log.warn_once(
-        "rpc-span:" + type(exc).__name__,
-        "an RPC span could not be recorded (%s: %s); the call is not affected",
-        type(exc).__name__,
-        exc,
-    )
+def report(exc: BaseException) -> None:
+    """The one warning line for a failure to record an RPC span (the call goes on)."""
+    spans.report(exc, RpcSpan.WHAT, "the call", "rpc-span")

@@ -7,7 +7,10 @@ a SERVER span already current in this request, an excluded URL). Framework hooks
 enrich the current one with :func:`set_route` and :func:`record_exception`.
 
 Span content follows the stable HTTP semantic conventions: name ``"{METHOD} {route}"``
-or ``"{METHOD}"``, never the raw path.
+or ``"{METHOD}"``, never the raw path. What every span kind shares (attach, end, error
+marking, header capture, the failure report) is in :mod:`autotrace.spans`; the settings
+(``OTEL_PYTHON_EXCLUDED_URLS``, header capture, ``AUTOTRACE_INCOMING_CONTEXT``) come from
+:func:`autotrace.config.http_settings`, read at the first request.
 
 Incoming context (HTTP and gRPC alike, :func:`extract_incoming`) is handled per
 ``AUTOTRACE_INCOMING_CONTEXT``:
@@ -27,159 +30,23 @@ links only).
 
 from __future__ import annotations
 
-import os
-import threading
-
-from . import _log
-from ._version import __version__
+from . import api, spans
+from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
 from .redact import redact_query
-
-# The OpenTelemetry API is imported at the first request, not when a hook imports this
-# module (which happens when the app imports its web framework, at start-up).
-context = propagate = trace = SpanKind = Status = StatusCode = None  # set by _load_api()
+from .spans import SpanHandle, capture_headers, error_type, exception_description, mark_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Iterable, Sequence
 
-    from opentelemetry import context, propagate, trace  # noqa: F811
-    from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: F811
+    from opentelemetry import context, trace
 
     Lookup = Callable[[str], "Sequence[str]"]  # header name (lower-case) -> its values
 
+TRACER = "autotrace.http.server"
+
 KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"})
-
-# Set in the context of a request that has its SERVER span: a second server layer (a
-# framework's own WSGI app under a server hook, werkzeug's handler under http.server)
-# must not start another one.
-_IN_SERVER_SPAN = "autotrace-server-span"  # a context key, made by _load_api()
-# Re-entrant: importing the API may start a thread or make a log record, whose hooks
-# ask for the API again on the same thread; they then go on without it (see _load_api).
-_api_lock = threading.RLock()
-_loading = False
-
-INCOMING_CONTEXT_MODES = ("continue", "restart", "ignore")
-INCOMING_CONTEXT_ENV = "AUTOTRACE_INCOMING_CONTEXT"
-
-_tracer: trace.Tracer | None = None
-_loaded = False
-
-
-def _load_api() -> None:
-    """Import the OpenTelemetry API (once, at the first request)."""
-    global _loading
-    with _api_lock:
-        if _loaded or _loading:
-            return  # loaded, or being loaded further up this thread's stack: not yet usable
-        _loading = True
-        try:
-            _import_api()
-        finally:
-            _loading = False
-
-
-def _import_api() -> None:
-    global context, propagate, trace, SpanKind, Status, StatusCode, _IN_SERVER_SPAN, _loaded
-    from opentelemetry import context as _context, propagate as _propagate, trace as _trace
-    from opentelemetry.trace import SpanKind as _SpanKind, Status as _Status, StatusCode as _StatusCode
-
-    context, propagate, trace = _context, _propagate, _trace
-    SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
-    _IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
-    _install_propagators()
-    _loaded = True
-
-
-def _install_propagators() -> None:
-    """Make the agent's propagators (exact W3C, B3, Jaeger; OTEL_PROPAGATORS) the global ones."""
-    try:
-        from . import config
-        from .propagation import install
-
-        install(config._propagators(config._Env(os.environ)))  # noqa: SLF001 - the names only
-    except Exception as exc:  # noqa: BLE001 - the API's own propagators stay
-        _log.warn_once("propagation-install", "the agent's propagators could not be installed (%s: %s)", type(exc).__name__, exc)
-
-
-_settings: _Settings | None = None
-_settings_lock = threading.Lock()
-
-
-class _Settings:
-    """Per-process settings of HTTP spans (server and client), read once at the first request."""
-
-    def __init__(self, environ) -> None:
-        import re
-
-        self.excluded = []
-        for pattern in _csv(environ.get("OTEL_PYTHON_EXCLUDED_URLS")):
-            try:
-                self.excluded.append(re.compile(pattern))
-            except re.error as exc:
-                _log.warn_once(
-                    "OTEL_PYTHON_EXCLUDED_URLS:" + pattern,
-                    "OTEL_PYTHON_EXCLUDED_URLS entry %r is not a valid regular expression (%s); ignoring it",
-                    pattern,
-                    exc,
-                )
-        self.request_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"))]
-        self.response_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"))]
-        self.client_request_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"))]
-        self.client_response_headers = [h.lower() for h in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"))]
-        # Header names whose captured values are replaced (regular expressions, any case).
-        sanitize = []
-        for field in _csv(environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS")):
-            try:
-                re.compile(field)
-                sanitize.append(f"(?:{field})")
-            except re.error:
-                sanitize.append(re.escape(field))
-        self.sanitize = re.compile("|".join(sanitize), re.IGNORECASE) if sanitize else None
-        self.incoming_context = _incoming_context_mode(environ.get(INCOMING_CONTEXT_ENV))
-
-
-def _incoming_context_mode(raw: str | None) -> str:
-    """The ``AUTOTRACE_INCOMING_CONTEXT`` mode; a wrong value warns once and gives ``continue``."""
-    value = (raw or "").strip()
-    if not value:
-        return "continue"
-    if value.lower() in INCOMING_CONTEXT_MODES:
-        return value.lower()
-    _log.warn_once(
-        INCOMING_CONTEXT_ENV,
-        "%s=%r is not valid (expected one of %s); using the default 'continue'",
-        INCOMING_CONTEXT_ENV,
-        value,
-        ", ".join(INCOMING_CONTEXT_MODES),
-    )
-    return "continue"
-
-
-def _csv(value: str | None) -> list[str]:
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
-
-
-def settings() -> _Settings:
-    global _settings
-    if _settings is None:
-        with _settings_lock:
-            if _settings is None:
-                _settings = _Settings(os.environ)
-    return _settings
-
-
-def reset_settings() -> None:
-    """Read the environment again at the next request (for tests)."""
-    global _settings
-    _settings = None
-
-
-def tracer() -> trace.Tracer:
-    global _tracer
-    if _tracer is None:
-        _tracer = trace.get_tracer("autotrace.http.server", __version__)
-    return _tracer
 
 
 class HeaderLookup:
@@ -265,7 +132,7 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     reads is in the request (most requests at a service's edge), and ``base`` holds no links
     of an earlier extraction (which extraction would clear). Only with a getter that finds
     names in any case (the servers' own), as a propagator's lookup would."""
-    reads = _fields_read(propagate.get_global_textmap())
+    reads = _fields_read(api.propagate.get_global_textmap())
     if reads is None or not getattr(getter, "names_in_any_case", False):
         return False
     for name in reads:
@@ -286,11 +153,12 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
       a link to the remote span context when it was valid, plus the composite's links;
     - ``ignore``: ``base`` without a span, nothing read from the carrier.
 
-    The API must be loaded (:func:`_load_api`). Baggage is never looked at here.
+    The API must be loaded (:func:`autotrace.api.load`). Baggage is never looked at here.
     """
+    context, propagate, trace = api.context, api.propagate, api.trace
     if base is None:
         base = context.get_current()
-    mode = settings().incoming_context
+    mode = http_settings().incoming_context
     if mode == "continue":
         if _nothing_to_extract(carrier, getter, base):
             return base, []
@@ -312,82 +180,6 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
     return root, links
 
 
-class SpanHandle:
-    """A span the agent started, with its context: the part server, client and RPC spans share.
-
-    Its methods never raise; ``end`` is idempotent.
-    """
-
-    __slots__ = ("span", "context", "_token", "_ended")
-    WHAT = "a span"  # for the one log line when recording fails
-
-    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None) -> None:
-        self.span = span
-        self.context = ctx  # the span current (and the hook's marks)
-        self._token = token
-        self._ended = False
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def attach(self) -> None:
-        """Make the span's context current in this thread or task."""
-        try:
-            self._token = context.attach(self.context)
-        except Exception as exc:  # noqa: BLE001
-            self._report(exc)
-
-    def detach(self) -> None:
-        """Make it no longer current (in the thread or task that attached it)."""
-        token, self._token = self._token, None
-        if token is not None:
-            try:
-                context.detach(token)
-            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
-                pass
-
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            self.span.end()
-        except Exception as exc:  # noqa: BLE001
-            self._report(exc)
-
-    def fail(self, exc: BaseException, error_type: str) -> None:
-        """Record an exception that ended the operation: status ERROR, ``error.type``, an event."""
-        if self._ended:
-            return
-        try:
-            mark_error(self.span, error_type, exception_description(exc))
-            self.span.record_exception(exc)
-        except Exception as error:  # noqa: BLE001
-            self._report(error)
-
-    def _report(self, exc: BaseException) -> None:
-        _log.warn_once(
-            "span:" + type(exc).__name__,
-            "%s could not be recorded (%s: %s); the application is not affected",
-            self.WHAT,
-            type(exc).__name__,
-            exc,
-        )
-
-
-def mark_error(span: trace.Span, error_type: str, description: str | None = None) -> None:
-    span.set_attribute("error.type", error_type)
-    span.set_status(Status(StatusCode.ERROR, description))
-
-
-def exception_description(exc: BaseException) -> str:
-    try:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001 - an exception whose str() fails
-        return type(exc).__name__
-
-
 class ServerSpan(SpanHandle):
     """One request's SERVER span (its context: the span current, marked as served)."""
 
@@ -406,7 +198,7 @@ class ServerSpan(SpanHandle):
             _report(exc)
 
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
-        wanted = settings().response_headers
+        wanted = http_settings().response_headers
         if wanted:
             capture_headers(self.span, "http.response.header.", wanted, headers)
 
@@ -431,14 +223,16 @@ def start(
     up a (lower-case) request header's values. Never raises.
     """
     try:
-        if not _loaded:
-            _load_api()
-        if context.get_value(_IN_SERVER_SPAN) or not _instrumentation_enabled():
+        if not api.loaded:
+            api.load()
+        context = api.context
+        current = context.get_current()
+        if current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION):
             return None
-        config = settings()
-        if config.excluded:
+        settings = http_settings()
+        if settings.excluded:
             url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
-            if any(pattern.search(url) for pattern in config.excluded):
+            if any(pattern.search(url) for pattern in settings.excluded):
                 return None
         known = method.upper() if method.upper() in KNOWN_METHODS else None
         attributes: dict[str, object] = {
@@ -462,36 +256,23 @@ def start(
         if agent:
             attributes["user_agent.original"] = agent[0]
 
-        parent, links = extract_incoming(headers, _GETTER)
-        name = known or "HTTP"
-        span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes, links=links or None)
-        if config.request_headers:
-            capture_headers(span, "http.request.header.", config.request_headers, None, headers)
+        parent, links = extract_incoming(headers, _GETTER, current)
+        span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.SERVER, parent, attributes, links or None)
+        if settings.request_headers:
+            capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
-        ctx = context.set_value(_IN_SERVER_SPAN, span, trace.set_span_in_context(span, parent))
+        ctx = context.set_value(api.IN_SERVER_SPAN, span, ctx)
         return ServerSpan(span, ctx, context.attach(ctx))
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
 
 
-def attach(span: ServerSpan) -> object:
-    """Make a request's context current again (while its response is produced)."""
-    return context.attach(span.context)
-
-
-def detach(token: object) -> None:
-    try:
-        context.detach(token)
-    except Exception:  # noqa: BLE001
-        pass
-
-
 def current() -> trace.Span | None:
     """The SERVER span of the request being handled, if the agent started one."""
-    if not _loaded:
+    if not api.loaded:
         return None
-    return context.get_value(_IN_SERVER_SPAN)
+    return api.context.get_value(api.IN_SERVER_SPAN)
 
 
 def set_route(route: str) -> None:
@@ -527,8 +308,7 @@ def _recorded(span: trace.Span, exc: BaseException) -> bool:
     events = getattr(span, "events", None)
     if not events:
         return False
-    cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ in (None, "builtins") else f"{cls.__module__}.{cls.__qualname__}"
+    name = error_type(exc)  # as the SDK names it in the event
     try:
         message = str(exc)
     except Exception:  # noqa: BLE001
@@ -540,38 +320,5 @@ def _recorded(span: trace.Span, exc: BaseException) -> bool:
     return False
 
 
-def _instrumentation_enabled() -> bool:
-    return not context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY)  # noqa: SLF001
-
-
-def capture_headers(span, prefix: str, wanted: list[str], pairs: Iterable[tuple[str, str]] | None, lookup: Lookup | None = None) -> None:
-    """Record the named headers as ``{prefix}{name}`` list attributes, sanitized."""
-    try:
-        values: dict[str, list[str]] = {}
-        if lookup is not None:
-            for name in wanted:
-                found = list(lookup(name))
-                if found:
-                    values[name] = found
-        else:
-            wanted_set = set(wanted)
-            for name, value in pairs or ():
-                lowered = name.lower()
-                if lowered in wanted_set:
-                    values.setdefault(lowered, []).append(value)
-        sanitize = settings().sanitize
-        for name, found in values.items():
-            if sanitize is not None and sanitize.fullmatch(name):
-                found = ["[REDACTED]"] * len(found)
-            span.set_attribute(prefix + name, found)
-    except Exception as exc:  # noqa: BLE001
-        _report(exc)
-
-
 def _report(exc: BaseException) -> None:
-    _log.warn_once(
-        "server-span:" + type(exc).__name__,
-        "a server span could not be recorded (%s: %s); the request is not affected",
-        type(exc).__name__,
-        exc,
-    )
+    spans.report(exc, ServerSpan.WHAT, "the request", "server-span")

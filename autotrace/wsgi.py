@@ -13,7 +13,7 @@ never replaced by anything that behaves differently.
 
 from __future__ import annotations
 
-from . import server_span
+from . import api, server_span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class _ClosingIterable:
         return self
 
     def __next__(self):
-        token = server_span.attach(self._span)
+        token = api.attach(self._span.context)
         try:
             if self._iterator is None:
                 self._iterator = iter(self._result)
@@ -133,7 +133,7 @@ class _ClosingIterable:
             self._span.end()
             raise
         finally:
-            server_span.detach(token)
+            api.detach(token)
         self._yielded = True
         return item
 
@@ -141,11 +141,11 @@ class _ClosingIterable:
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
-                token = server_span.attach(self._span)
+                token = api.attach(self._span.context)
                 try:
                     close()
                 finally:
-                    server_span.detach(token)
+                    api.detach(token)
         finally:
             self._span.end()
 

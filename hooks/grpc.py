@@ -62,18 +62,14 @@ import threading
 import weakref
 from collections import namedtuple
 
-from autotrace import rpc_span
+from autotrace import grpc_common, rpc_span
+from autotrace.grpc_common import ServerPorts
 from autotrace.patching import wrap_function
+from autotrace.rpc_span import CANCELLED, INTERNAL, OK, UNIMPLEMENTED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-
-_OK, _CANCELLED, _DEADLINE_EXCEEDED, _UNIMPLEMENTED, _INTERNAL = 0, 1, 4, 12, 13
-
-# A call cancelled this close to its deadline (seconds left, as the server sees it) was
-# cancelled by the deadline: the client's deadline fires a moment before the server's.
-_DEADLINE_SLACK = 0.05
 
 # Made by patch() from the grpc module's classes (their base classes must be grpc's).
 _grpc = None
@@ -84,7 +80,7 @@ _call_details_type: type | None = None
 
 def patch(module: ModuleType) -> None:
     _define_classes(module)
-    wrap_function(module, "server", _wrap_server)
+    wrap_function(module, "server", lambda original: grpc_common.wrap_server(original, _server_interceptor))
     wrap_function(module, "insecure_channel", lambda original: _wrap_channel(original, module.intercept_channel))
     wrap_function(module, "secure_channel", lambda original: _wrap_channel(original, module.intercept_channel))
 
@@ -92,23 +88,8 @@ def patch(module: ModuleType) -> None:
 # -- servers and channels ------------------------------------------------------------
 
 
-def _wrap_server(original):
-    def server(*args, **kwargs):
-        ports = rpc_span.ServerPorts()
-        try:
-            ours = _server_interceptor_type(ports)
-            # server(thread_pool, handlers=None, interceptors=None, ...)
-            if len(args) > 2:
-                args = (*args[:2], [ours, *(args[2] or ())], *args[3:])
-            else:
-                kwargs = {**kwargs, "interceptors": [ours, *(kwargs.get("interceptors") or ())]}
-        except Exception:  # noqa: BLE001 - arguments grpc itself will refuse
-            pass
-        made = original(*args, **kwargs)
-        rpc_span.note_ports(made, ports)
-        return made
-
-    return server
+def _server_interceptor(ports: ServerPorts):
+    return _server_interceptor_type(ports)
 
 
 def _wrap_channel(original, intercept_channel):
@@ -127,15 +108,6 @@ def _define_classes(grpc) -> None:
     global _grpc, _server_interceptor_type, _client_interceptor_type, _call_details_type
     if _server_interceptor_type is not None and _grpc is grpc:
         return
-
-    class ServerInterceptor(grpc.ServerInterceptor):
-        """One per server: it knows the server's ports."""
-
-        def __init__(self, ports: rpc_span.ServerPorts) -> None:
-            self.ports = ports
-
-        def intercept_service(self, continuation, handler_call_details):
-            return _intercept_service(continuation, handler_call_details, self.ports)
 
     class ClientInterceptor(
         grpc.UnaryUnaryClientInterceptor,
@@ -166,11 +138,11 @@ def _define_classes(grpc) -> None:
     ):
         pass
 
-    for kind in (ServerInterceptor, ClientInterceptor, CallDetails):
+    for kind in (ClientInterceptor, CallDetails):
         kind.__module__ = __name__
         kind.__qualname__ = kind.__name__
     _grpc = grpc
-    _server_interceptor_type = ServerInterceptor
+    _server_interceptor_type = grpc_common.server_interceptor_type(grpc.ServerInterceptor, _intercept_service)
     _client_interceptor_type = ClientInterceptor
     _call_details_type = CallDetails
 
@@ -249,7 +221,7 @@ def _status_done(rpc: rpc_span.RpcSpan, state) -> None:
     """The status on a call's state; none yet: the call was collected unfinished (grpc cancels it)."""
     try:
         code = state.code
-        rpc.set_code(_CANCELLED if code is None else code, state.details)
+        rpc.set_code(CANCELLED if code is None else code, state.details)
     except Exception:  # noqa: BLE001 - the span ends without a code
         pass
     rpc.end()
@@ -258,7 +230,7 @@ def _status_done(rpc: rpc_span.RpcSpan, state) -> None:
 def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
     try:
         code = call.code()
-        if _number(code) == _OK:
+        if rpc_span.status_code(code)[0] == OK:
             rpc.set_code(code)
         else:
             try:
@@ -277,14 +249,14 @@ def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
 # -- server --------------------------------------------------------------------------
 
 
-def _intercept_service(continuation, handler_call_details, ports: rpc_span.ServerPorts):
+def _intercept_service(continuation, handler_call_details, ports: ServerPorts):
     try:
         handler = continuation(handler_call_details)
     except BaseException as exc:  # an app interceptor raised: grpc answers UNKNOWN
         _unserved(handler_call_details, ports, exc=exc)
         raise
     if handler is None:  # grpc answers UNIMPLEMENTED ("Method not found!")
-        _unserved(handler_call_details, ports, code=_UNIMPLEMENTED)
+        _unserved(handler_call_details, ports, code=UNIMPLEMENTED)
         return None
     try:
         return _traced_handler(handler, _Serving(handler_call_details.method, ports))
@@ -292,7 +264,7 @@ def _intercept_service(continuation, handler_call_details, ports: rpc_span.Serve
         return handler
 
 
-def _unserved(handler_call_details, ports: rpc_span.ServerPorts, code: int | None = None, exc: BaseException | None = None) -> None:
+def _unserved(handler_call_details, ports: ServerPorts, code: int | None = None, exc: BaseException | None = None) -> None:
     """A call grpc answers without running a behavior: a SERVER span of its own, ended at once (as grpc.aio's)."""
     try:
         rpc = rpc_span.start_server(handler_call_details.method, handler_call_details.invocation_metadata, attach=False)
@@ -313,23 +285,15 @@ class _Serving:
 
     __slots__ = ("call", "method", "ports")
 
-    def __init__(self, method: str, ports: rpc_span.ServerPorts) -> None:
+    def __init__(self, method: str, ports: ServerPorts) -> None:
         self.method = method
         self.ports = ports
         self.call: _ServerCall | None = None
 
 
 def _traced_handler(handler, serving: _Serving):
-    grpc = _grpc
-    if handler.request_streaming:
-        if handler.response_streaming:
-            behavior, make, streaming = handler.stream_stream, grpc.stream_stream_rpc_method_handler, True
-        else:
-            behavior, make, streaming = handler.stream_unary, grpc.stream_unary_rpc_method_handler, False
-    elif handler.response_streaming:
-        behavior, make, streaming = handler.unary_stream, grpc.unary_stream_rpc_method_handler, True
-    else:
-        behavior, make, streaming = handler.unary_unary, grpc.unary_unary_rpc_method_handler, False
+    behavior, make = grpc_common.handler_behavior(handler, _grpc)
+    streaming = handler.response_streaming
     if behavior is None:
         return handler
     serializer = handler.response_serializer
@@ -439,9 +403,9 @@ class _ServerCall:
             code = context.code()
             if code is None:
                 if not context.is_active():
-                    code = self._cancellation_code()
+                    code = grpc_common.cancellation_code(self.context)
                 else:
-                    code = _OK
+                    code = OK
             self.rpc.set_code(code, _text(context.details()))
         except Exception:  # noqa: BLE001 - the span ends without a code
             pass
@@ -457,7 +421,7 @@ class _ServerCall:
             if code is not None and type(exc) is Exception and not exc.args:
                 self.rpc.set_code(code, _text(context.details()))  # context.abort(code, details)
             elif code is None and not context.is_active():
-                self.rpc.fail(exc, self._cancellation_code())  # the call's end, seen by the handler
+                self.rpc.fail(exc, grpc_common.cancellation_code(self.context))  # the call's end, seen by the handler
             else:
                 self.rpc.fail(exc, code)  # code None: UNKNOWN, as grpc sends
         except Exception:  # noqa: BLE001
@@ -472,7 +436,7 @@ class _ServerCall:
             context = self.context
             # What grpc sends: the code and details the handler set, or INTERNAL and its words.
             code, details = context.code(), _text(context.details())
-            self.rpc.set_code(_INTERNAL if code is None else code, "Failed to serialize response!" if details is None else details)
+            self.rpc.set_code(INTERNAL if code is None else code, "Failed to serialize response!" if details is None else details)
             if exc is not None:
                 self.rpc.fail(exc)
         except Exception:  # noqa: BLE001
@@ -484,17 +448,10 @@ class _ServerCall:
         if not self._claim():
             return
         try:
-            self.rpc.set_code(self._cancellation_code())
+            self.rpc.set_code(grpc_common.cancellation_code(self.context))
         except Exception:  # noqa: BLE001
             pass
         self.rpc.end()
-
-    def _cancellation_code(self) -> int:
-        try:
-            remaining = self.context.time_remaining()
-        except Exception:  # noqa: BLE001
-            return _CANCELLED
-        return _DEADLINE_EXCEEDED if remaining is not None and remaining <= _DEADLINE_SLACK else _CANCELLED
 
     def sending(self, send_response):
         def send(response):
@@ -542,13 +499,6 @@ class _ResponseStream:
                 close()
         finally:
             self._call.finish()
-
-
-def _number(code) -> int | None:
-    value = getattr(code, "value", code)
-    if isinstance(value, tuple):
-        value = value[0]
-    return value if isinstance(value, int) else None
 
 
 def _text(details) -> str | None:

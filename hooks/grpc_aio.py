@@ -59,19 +59,14 @@ import inspect
 import sys
 from contextvars import ContextVar
 
-from autotrace import rpc_span, server_span
+from autotrace import api, grpc_common, rpc_span
+from autotrace.grpc_common import ServerPorts, cancellation_code, with_interceptors
 from autotrace.patching import wrap_function
+from autotrace.rpc_span import CANCELLED, OK, UNIMPLEMENTED, UNKNOWN, status_code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-
-_OK, _CANCELLED, _UNKNOWN, _DEADLINE_EXCEEDED, _UNIMPLEMENTED = 0, 1, 2, 4, 12
-
-# A call cancelled this close to its deadline (seconds left, as the server sees it) was
-# cancelled by the deadline: the client's own deadline fires a moment before the
-# server's, and its cancellation reaches the server with the server's still running.
-_DEADLINE_SLACK = 0.05
 
 # Made by patch() from the grpc.aio module's classes (its base classes must be grpc's).
 _aio = None
@@ -87,7 +82,7 @@ _serving: ContextVar[_ServerCall | None] = ContextVar("autotrace-grpc-aio-servin
 
 def patch(module: ModuleType) -> None:
     _define_interceptors(module)
-    wrap_function(module, "server", _wrap_server)
+    wrap_function(module, "server", lambda original: grpc_common.wrap_server(original, _server_interceptor))
     wrap_function(module, "insecure_channel", _channel_wrapper(3))  # target, options, compression, interceptors
     wrap_function(module, "secure_channel", _channel_wrapper(4))  # target, credentials, options, compression, interceptors
 
@@ -95,19 +90,8 @@ def patch(module: ModuleType) -> None:
 # -- servers and channels ------------------------------------------------------------
 
 
-def _wrap_server(original):
-    def server(*args, **kwargs):
-        ports = rpc_span.ServerPorts()
-        try:
-            ours = _server_interceptor_type(ports)
-            args, kwargs = _with_interceptors(args, kwargs, 2, lambda app: [ours, *(app or ())])
-        except Exception:  # noqa: BLE001 - arguments grpc itself will refuse
-            pass
-        made = original(*args, **kwargs)
-        rpc_span.note_ports(made, ports)
-        return made
-
-    return server
+def _server_interceptor(ports: ServerPorts):
+    return _server_interceptor_type(ports)
 
 
 def _channel_wrapper(index: int):
@@ -115,7 +99,7 @@ def _channel_wrapper(index: int):
         def channel(*args, **kwargs):
             try:
                 target = args[0] if args else kwargs.get("target")
-                args, kwargs = _with_interceptors(args, kwargs, index, lambda app: _client_interceptors(app, target))
+                args, kwargs = with_interceptors(args, kwargs, index, lambda app: _client_interceptors(app, target))
             except Exception:  # noqa: BLE001
                 pass
             return original(*args, **kwargs)
@@ -123,16 +107,6 @@ def _channel_wrapper(index: int):
         return channel
 
     return wrap
-
-
-def _with_interceptors(args: tuple, kwargs: dict, index: int, combine) -> tuple[tuple, dict]:
-    """The arguments with ``interceptors`` (positional at ``index``, or by name) combined with ours."""
-    if len(args) > index:
-        args = args[:index] + (combine(args[index]),) + args[index + 1 :]
-    else:
-        kwargs = dict(kwargs)
-        kwargs["interceptors"] = combine(kwargs.get("interceptors"))
-    return args, kwargs
 
 
 def _client_interceptors(app, target) -> list:
@@ -144,15 +118,6 @@ def _define_interceptors(aio) -> None:
     global _aio, _server_interceptor_type, _client_interceptor_types, _recording_type
     if _server_interceptor_type is not None and _aio is aio:
         return
-
-    class ServerInterceptor(aio.ServerInterceptor):
-        """One per server: it knows the server's ports."""
-
-        def __init__(self, ports: rpc_span.ServerPorts) -> None:
-            self.ports = ports
-
-        async def intercept_service(self, continuation, handler_call_details):
-            return await _intercept_service(continuation, handler_call_details, self.ports)
 
     class _Client:
         def __init__(self, target) -> None:
@@ -174,11 +139,11 @@ def _define_interceptors(aio) -> None:
         async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
             return await _intercept_call(self.target, continuation, client_call_details, request_iterator)
 
-    for kind in (ServerInterceptor, UnaryUnaryInterceptor, UnaryStreamInterceptor, StreamUnaryInterceptor, StreamStreamInterceptor):
+    for kind in (UnaryUnaryInterceptor, UnaryStreamInterceptor, StreamUnaryInterceptor, StreamStreamInterceptor):
         kind.__module__ = __name__
         kind.__qualname__ = kind.__name__
     _aio = aio
-    _server_interceptor_type = ServerInterceptor
+    _server_interceptor_type = grpc_common.server_interceptor_type(aio.ServerInterceptor, _intercept_service)
     _client_interceptor_types = (UnaryUnaryInterceptor, UnaryStreamInterceptor, StreamUnaryInterceptor, StreamStreamInterceptor)
     _recording_type = _define_recording_context(sys.modules["grpc"])
 
@@ -226,7 +191,7 @@ def _with_propagation(details, rpc: rpc_span.RpcSpan):
         except AttributeError:  # call details an app interceptor made of its own class
             return _aio.ClientCallDetails(details.method, details.timeout, new, details.credentials, details.wait_for_ready)
     except Exception as exc:  # noqa: BLE001 - the call goes on, without propagation
-        rpc._report(exc)
+        rpc.report(exc)
         return details
 
 
@@ -237,7 +202,7 @@ def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
         if status is not None:
             rpc.set_code(status.code(), status.details())
         elif call.cancelled():
-            rpc.set_code(_CANCELLED)
+            rpc.set_code(CANCELLED)
     except Exception:  # noqa: BLE001 - another grpc's call: ask it (a coroutine)
         try:
             task = asyncio.ensure_future(_client_done_later(rpc, call))
@@ -245,7 +210,7 @@ def _client_done(rpc: rpc_span.RpcSpan, call) -> None:
             task.add_done_callback(_asking.discard)
             return
         except Exception as exc:  # noqa: BLE001
-            rpc._report(exc)
+            rpc.report(exc)
     rpc.end()
 
 
@@ -256,13 +221,13 @@ async def _client_done_later(rpc: rpc_span.RpcSpan, call) -> None:
     try:
         rpc.set_code(await call.code(), await call.details())
     except BaseException as exc:  # noqa: BLE001
-        rpc._report(exc)
+        rpc.report(exc)
     rpc.end()
 
 
 def _record_client_exception(rpc: rpc_span.RpcSpan, exc: BaseException) -> None:
     if isinstance(exc, asyncio.CancelledError):
-        rpc.set_code(_CANCELLED)
+        rpc.set_code(CANCELLED)
         return
     try:
         if isinstance(exc, _aio.AioRpcError):  # grpc's answer: its code and details
@@ -306,16 +271,16 @@ class _ServerCall:
         """
         if _serving.get() is self:
             return None
-        return _attach(self.rpc)
+        return api.attach(self.rpc.context)
 
     def returned(self) -> None:
         rpc = self.rpc
         if rpc.ended:
             return
         code, details = _handler_status(self.context)
-        if self.serialized and rpc_span._code(code)[0] in (None, _OK):
+        if self.serialized and status_code(code)[0] in (None, OK):
             return  # grpc serializes the response next (it does not when the code is another)
-        rpc.set_code(_OK if code is None else code, details)
+        rpc.set_code(OK if code is None else code, details)
         rpc.end()
 
     def sent(self) -> None:
@@ -333,7 +298,7 @@ class _ServerCall:
             details = "Unexpected %s: %s" % (type(exc), exc)  # grpc's words
         except Exception:  # noqa: BLE001 - an exception whose str() fails
             details = None
-        rpc.set_code(code if rpc_span._code(code)[0] else _UNKNOWN, details)
+        rpc.set_code(code if status_code(code)[0] else UNKNOWN, details)
         rpc.fail(exc)
         rpc.end()
 
@@ -342,14 +307,14 @@ class _ServerCall:
         if rpc.ended:
             return
         if isinstance(exc, asyncio.CancelledError):
-            rpc.set_code(_cancel_code(self.context))
+            rpc.set_code(cancellation_code(self.context))
         else:
             code, details = _handler_status(self.context)
             if _aio is not None and isinstance(exc, _aio.AbortError) and code is not None:
                 rpc.set_code(code, details)  # context.abort(code, details): grpc sent them
             else:
-                number = rpc_span._code(code)[0]
-                rpc.fail(exc, code if number else _UNKNOWN)  # grpc sends the code set, UNKNOWN if none
+                number = status_code(code)[0]
+                rpc.fail(exc, code if number else UNKNOWN)  # grpc sends the code set, UNKNOWN if none
         rpc.end()
 
     def task_done(self, _task) -> None:
@@ -358,50 +323,45 @@ class _ServerCall:
         if rpc.ended:
             return
         if self.started:
-            rpc.set_code(_cancel_code(self.context))
+            rpc.set_code(cancellation_code(self.context))
         rpc.end()
 
 
-async def _intercept_service(continuation, handler_call_details, ports: rpc_span.ServerPorts):
+async def _intercept_service(continuation, handler_call_details, ports: ServerPorts):
     state = _start_server(handler_call_details, ports)
     if state is None:
         return await continuation(handler_call_details)
     rpc = state.rpc
     # Made current for the app's interceptors and, in this same task, the handler: left
     # so when a handler is returned (the RPC's task has a context of its own, gone with it).
-    token = _attach(rpc)
+    token = api.attach(rpc.context)
     serving = _serving.set(state)
     try:
         handler = await continuation(handler_call_details)
     except BaseException as exc:  # an app interceptor raised: grpc answers CANCELLED or UNKNOWN
         _leave(token, serving)
         if isinstance(exc, asyncio.CancelledError):
-            rpc.set_code(_CANCELLED)
+            rpc.set_code(CANCELLED)
         else:
             rpc.fail(exc)
         rpc.end()
         raise
     if handler is None:  # grpc answers "Method not found!"
         _leave(token, serving)
-        rpc.set_code(_UNIMPLEMENTED)
+        rpc.set_code(UNIMPLEMENTED)
         rpc.end()
         return handler
     try:
         return _wrap_handler(handler, state)
     except Exception as exc:  # noqa: BLE001 - a handler of an unknown kind: served as it is
-        rpc._report(exc)
+        rpc.report(exc)
         return handler
 
 
-def _start_server(handler_call_details, ports: rpc_span.ServerPorts) -> _ServerCall | None:
+def _start_server(handler_call_details, ports: ServerPorts) -> _ServerCall | None:
     try:
-        if not server_span._loaded:  # noqa: SLF001
-            server_span._load_api()  # noqa: SLF001
-        context = server_span.context
-        if context.get_value(context._SUPPRESS_INSTRUMENTATION_KEY):  # noqa: SLF001
-            return None
-        # The RPC's task inherits the context the server was started in: start_server
-        # takes the parent from the metadata only.
+        # None when instrumentation is suppressed. The RPC's task inherits the context the
+        # server was started in: start_server takes the parent from the metadata only.
         rpc = rpc_span.start_server(handler_call_details.method, handler_call_details.invocation_metadata, None, attach=False)
         if rpc is None:
             return None
@@ -413,28 +373,15 @@ def _start_server(handler_call_details, ports: rpc_span.ServerPorts) -> _ServerC
             pass
         return state
     except Exception as exc:  # noqa: BLE001
-        rpc_span._report(exc)
+        rpc_span.report(exc)
         return None
 
 
 def _wrap_handler(handler, state: _ServerCall):
-    import grpc
-
-    if handler.request_streaming:
-        if handler.response_streaming:
-            behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-            wrapped = _streaming_behavior(behavior, state)
-        else:
-            behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-            wrapped = _unary_behavior(behavior, state)
-    elif handler.response_streaming:
-        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        wrapped = _streaming_behavior(behavior, state)
-    else:
-        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        wrapped = _unary_behavior(behavior, state)
+    behavior, make = grpc_common.handler_behavior(handler, sys.modules["grpc"])
     if behavior is None:
         return handler
+    wrapped = (_streaming_behavior if handler.response_streaming else _unary_behavior)(behavior, state)
     serializer = handler.response_serializer
     if serializer is not None:
         state.serialized = not handler.response_streaming
@@ -472,10 +419,10 @@ def _unary_behavior(behavior, state: _ServerCall):
             try:
                 response = await behavior(request, context)
             except BaseException as exc:
-                _detach(token)
+                api.detach(token)
                 state.raised(exc)
                 raise
-            _detach(token)
+            api.detach(token)
             state.returned()
             return response
 
@@ -487,10 +434,10 @@ def _unary_behavior(behavior, state: _ServerCall):
             try:
                 response = behavior(request, context)
             except BaseException as exc:
-                _detach(token)
+                api.detach(token)
                 state.raised(exc)
                 raise
-            _detach(token)
+            api.detach(token)
             state.returned()
             return response
 
@@ -504,21 +451,21 @@ def _streaming_behavior(behavior, state: _ServerCall):
     if inspect.isasyncgenfunction(behavior):
 
         async def streaming(request, context):
-            _detach(state.enter(context))
+            api.detach(state.enter(context))
             responses = behavior(request, context)
             while True:
                 token = state.attach()
                 try:
                     response = await responses.__anext__()
                 except StopAsyncIteration:
-                    _detach(token)
+                    api.detach(token)
                     state.returned()
                     return
                 except BaseException as exc:
-                    _detach(token)
+                    api.detach(token)
                     state.raised(exc)
                     raise
-                _detach(token)
+                api.detach(token)
                 try:
                     yield response
                 except GeneratorExit:  # grpc left the stream (the call was cancelled)
@@ -533,10 +480,10 @@ def _streaming_behavior(behavior, state: _ServerCall):
             try:
                 responses = behavior(request, context)
             except BaseException as exc:
-                _detach(token)
+                api.detach(token)
                 state.raised(exc)
                 raise
-            _detach(token)
+            api.detach(token)
             return _sync_stream(responses, state)
 
     return streaming
@@ -551,14 +498,14 @@ def _sync_stream(responses, state: _ServerCall):
                 iterator = iter(responses)
             response = next(iterator)
         except StopIteration:
-            _detach(token)
+            api.detach(token)
             state.returned()
             return
         except BaseException as exc:
-            _detach(token)
+            api.detach(token)
             state.raised(exc)
             raise
-        _detach(token)
+        api.detach(token)
         try:
             yield response
         except GeneratorExit:
@@ -581,34 +528,8 @@ def _handler_status(context) -> tuple[object, str | None]:
     return code, details
 
 
-def _cancel_code(context) -> int:
-    """DEADLINE_EXCEEDED if the call's deadline has passed, CANCELLED otherwise."""
-    try:
-        remaining = context.time_remaining() if context is not None else None
-    except Exception:  # noqa: BLE001
-        remaining = None
-    if remaining is not None and remaining <= _DEADLINE_SLACK:
-        return _DEADLINE_EXCEEDED
-    return _CANCELLED
-
-
-def _attach(rpc: rpc_span.RpcSpan) -> object:
-    try:
-        return server_span.context.attach(rpc.context)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _detach(token: object) -> None:
-    if token is not None:
-        try:
-            server_span.context.detach(token)
-        except Exception:  # noqa: BLE001
-            pass
-
-
 def _leave(token: object, serving) -> None:
-    _detach(token)
+    api.detach(token)
     try:
         _serving.reset(serving)
     except (ValueError, RuntimeError):  # not expected: the same task
@@ -626,100 +547,82 @@ def _recording(context):
         return context
 
 
-def _define_recording_context(grpc) -> type:
-    class RecordingContext(grpc.ServicerContext):
-        """grpc.aio's context of a sync handler, delegating everything; notes the code and details set.
+# The methods of grpc.ServicerContext the proxy passes on as they are. Each must be on the
+# class itself: the base class defines them all (abstract, or raising), so __getattr__
+# would never be asked for them.
+FORWARDED = (
+    "invocation_metadata", "peer", "peer_identities", "peer_identity_key", "auth_context",
+    "set_compression", "send_initial_metadata", "set_trailing_metadata", "trailing_metadata",
+    "code", "details", "disable_next_message_compression", "is_active", "time_remaining", "cancel", "add_callback",
+)  # fmt: skip
 
-        What the handler calls goes to grpc's context, with its results and exceptions
-        (``code()`` too: grpc's has none). ``abort`` and ``abort_with_status`` are noted
-        before grpc's runs (the sync API's abort raises).
-        """
 
-        __slots__ = ("_context", "recorded_code", "recorded_details")
+class _Recording:
+    """grpc.aio's context of a sync handler, delegating everything; notes the code and details set.
 
-        def __init__(self, context) -> None:
-            self._context = context
-            self.recorded_code = None
-            self.recorded_details = None
+    What the handler calls goes to grpc's context, with its results and exceptions
+    (``code()`` too: grpc's has none). ``abort`` and ``abort_with_status`` are noted
+    before grpc's runs (the sync API's abort raises). The class the hook uses,
+    ``RecordingContext``, is this one made a ``grpc.ServicerContext`` with the
+    :data:`FORWARDED` methods (:func:`_define_recording_context`).
+    """
 
-        def set_code(self, code):
-            result = self._context.set_code(code)
-            self.recorded_code = code
-            return result
+    __slots__ = ()  # the class made from it has the slots
 
-        def set_details(self, details):
-            result = self._context.set_details(details)
+    def __init__(self, context) -> None:
+        self._context = context
+        self.recorded_code = None
+        self.recorded_details = None
+
+    def set_code(self, code):
+        result = self._context.set_code(code)
+        self.recorded_code = code
+        return result
+
+    def set_details(self, details):
+        result = self._context.set_details(details)
+        self.recorded_details = details
+        return result
+
+    def abort(self, code, details="", *args, **kwargs):
+        self._note_abort(code, details)
+        return self._context.abort(code, details, *args, **kwargs)
+
+    def abort_with_status(self, status):
+        abort_with_status = self._context.abort_with_status
+        self._note_abort(getattr(status, "code", None), getattr(status, "details", ""))
+        return abort_with_status(status)
+
+    def _note_abort(self, code, details) -> None:
+        self.recorded_code = code
+        if details:  # grpc keeps the details set before when abort gives none
             self.recorded_details = details
-            return result
 
-        def abort(self, code, details="", *args, **kwargs):
-            self._note_abort(code, details)
-            return self._context.abort(code, details, *args, **kwargs)
+    def __getattr__(self, name):
+        if name == "_context":
+            raise AttributeError(name)
+        return getattr(self._context, name)
 
-        def abort_with_status(self, status):
-            abort_with_status = self._context.abort_with_status
-            self._note_abort(getattr(status, "code", None), getattr(status, "details", ""))
-            return abort_with_status(status)
 
-        def _note_abort(self, code, details) -> None:
-            self.recorded_code = code
-            if details:  # grpc keeps the details set before when abort gives none
-                self.recorded_details = details
+def _forwarding(name: str):
+    """A method calling the same method of grpc's context."""
 
-        def __getattr__(self, name):
-            if name == "_context":
-                raise AttributeError(name)
-            return getattr(self._context, name)
+    def forward(self, *args, **kwargs):
+        return getattr(self._context, name)(*args, **kwargs)
 
-        # The rest of grpc.ServicerContext, delegated.
-        def invocation_metadata(self):
-            return self._context.invocation_metadata()
+    forward.__name__ = name
+    forward.__qualname__ = "RecordingContext." + name
+    return forward
 
-        def peer(self):
-            return self._context.peer()
 
-        def peer_identities(self):
-            return self._context.peer_identities()
-
-        def peer_identity_key(self):
-            return self._context.peer_identity_key()
-
-        def auth_context(self):
-            return self._context.auth_context()
-
-        def set_compression(self, compression):
-            return self._context.set_compression(compression)
-
-        def send_initial_metadata(self, initial_metadata):
-            return self._context.send_initial_metadata(initial_metadata)
-
-        def set_trailing_metadata(self, trailing_metadata):
-            return self._context.set_trailing_metadata(trailing_metadata)
-
-        def trailing_metadata(self):
-            return self._context.trailing_metadata()
-
-        def code(self):
-            return self._context.code()
-
-        def details(self):
-            return self._context.details()
-
-        def disable_next_message_compression(self):
-            return self._context.disable_next_message_compression()
-
-        def is_active(self):
-            return self._context.is_active()
-
-        def time_remaining(self):
-            return self._context.time_remaining()
-
-        def cancel(self):
-            return self._context.cancel()
-
-        def add_callback(self, callback):
-            return self._context.add_callback(callback)
-
-    RecordingContext.__module__ = __name__
-    RecordingContext.__qualname__ = RecordingContext.__name__
-    return RecordingContext
+def _define_recording_context(grpc) -> type:
+    """``RecordingContext``: :class:`_Recording` as a subclass of this grpc's ``ServicerContext``."""
+    namespace = {name: _forwarding(name) for name in FORWARDED}
+    namespace.update(
+        __slots__=("_context", "recorded_code", "recorded_details"),
+        __module__=__name__,
+        __qualname__="RecordingContext",
+        __doc__=_Recording.__doc__,
+    )
+    base = grpc.ServicerContext
+    return type(base)("RecordingContext", (_Recording, base), namespace)

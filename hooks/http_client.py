@@ -33,6 +33,7 @@ from __future__ import annotations
 import weakref
 
 from autotrace import _log, client_span
+from autotrace.config import http_settings
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -205,7 +206,7 @@ def _inject(conn, call: client_span.ClientSpan) -> None:
                 buffer[:] = kept
         for name, value in headers.items():
             conn.putheader(name, value)
-        if client_span.server_span.settings().client_request_headers:
+        if http_settings().client_request_headers:
             client_span.capture_request_headers(call, _buffered_headers(buffer))
     except Exception:  # noqa: BLE001 - a wrong state (endheaders raises its own error) or an odd subclass
         pass

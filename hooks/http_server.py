@@ -23,6 +23,7 @@ hook sets it on werkzeug's ``WSGIRequestHandler``, whose app it traces) is left 
 
 from __future__ import annotations
 
+from autotrace.config import http_settings
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -99,7 +100,7 @@ def _wrap_send_header(original):
         state = self.__dict__
         if state.get(_SPAN) is not None:
             try:
-                if _server_span.settings().response_headers:
+                if http_settings().response_headers:
                     state.setdefault(_HEADERS, []).append((str(keyword), str(value)))
             except Exception:  # noqa: BLE001
                 pass

@@ -50,7 +50,7 @@ from __future__ import annotations
 import os
 import sys
 
-from autotrace import _log, provider
+from autotrace import _log, config, provider
 from autotrace.patching import unwrap_function, wrap_function
 
 TYPE_CHECKING = False
@@ -70,7 +70,7 @@ ZERO_SPAN_ID = "0" * 16
 FIELDS = ("otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName")
 _FIELD_SET = frozenset(FIELDS)
 
-CORRELATION_ENV = "OTEL_PYTHON_LOG_CORRELATION"
+CORRELATION_ENV = "OTEL_PYTHON_LOG_CORRELATION"  # read by config.log_correlation()
 FORMAT_ENV = "OTEL_PYTHON_LOG_FORMAT"
 
 # Marks our factory; holds the factory it chains.
@@ -86,7 +86,7 @@ def patch(module: ModuleType) -> None:
     if getattr(current, _PREVIOUS, None) is None:
         module.setLogRecordFactory(_make_factory(current))
     wrap_function(module.Logger, "makeRecord", _wrap_make_record)
-    if _correlation_enabled():
+    if config.log_correlation():
         fmt = _default_format(module)
         if _set_default_format(module, fmt):
             _format_last_resort(module, fmt)
@@ -281,12 +281,6 @@ def _resource_service_name(tracer_provider) -> str:
         return str(tracer_provider.resource.attributes.get("service.name") or "")
     except Exception:  # noqa: BLE001 - a provider without a resource
         return ""
-
-
-def _correlation_enabled() -> bool:
-    from autotrace import config
-
-    return config._Env(os.environ).boolean((CORRELATION_ENV,), False)  # noqa: SLF001
 
 
 def _default_format(module: ModuleType) -> str:

@@ -31,7 +31,7 @@ not a redirect hop of the one in flight.
 
 from __future__ import annotations
 
-from autotrace import client_span, server_span
+from autotrace import api, client_span
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -172,14 +172,14 @@ class TracedAdapter:
             sent = request
         # The adapter runs with this hop's span current (the app's code in a custom
         # adapter, a request it sends being a child of the hop, not a hop).
-        token = _enter(call.context) if call is not None else None
+        token = api.attach(call.context) if call is not None else None
         state.in_adapter = True
         try:
             response = self.adapter.send(sent, *args, **kwargs)
         finally:
             state.in_adapter = False
             if token is not None:
-                server_span.detach(token)
+                api.detach(token)
         try:
             if sent is not request and getattr(response, "request", None) is sent:
                 response.request = request  # what the app sees, as untraced
@@ -187,13 +187,6 @@ class TracedAdapter:
         except Exception:  # noqa: BLE001 - a response object of a custom adapter
             pass
         return response
-
-
-def _enter(ctx) -> object:
-    try:
-        return server_span.context.attach(ctx)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _copy(request):
@@ -212,14 +205,14 @@ def _wrap_dispatch_hook(original):
         try:  # the span current, no call in progress: the hooks' requests are calls of their own
             state = call.state
             span = state.current.span if isinstance(state, Exchange) else call.span
-            token = _enter(server_span.trace.set_span_in_context(span, call.parent))
+            token = api.attach(api.trace.set_span_in_context(span, call.parent))
         except Exception:  # noqa: BLE001
             token = None
         try:
             return original(key, hooks, hook_data, **kwargs)
         finally:
             if token is not None:
-                server_span.detach(token)
+                api.detach(token)
 
     return dispatch_hook
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from autotrace import carry
+from autotrace import api, carry
 from autotrace.hooks import threading as threading_hook
 from autotrace.patching import wrap_function
 
@@ -89,8 +89,7 @@ def _empty_context():
     """An empty Context once the API is imported (before, no thread can hold a span)."""
     global _EMPTY
     if _EMPTY is None:
-        server_span = carry.server_span
-        if not server_span._loaded:  # noqa: SLF001
+        if not api.loaded:
             return None
-        _EMPTY = server_span.context.Context()
+        _EMPTY = api.context.Context()
     return _EMPTY

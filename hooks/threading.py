@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import contextvars as _contextvars
 
-from autotrace import carry
+from autotrace import api, carry
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -149,16 +149,16 @@ def _wrap_bootstrap_inner_in_thread_context(original):
         thread_context = self.__dict__.get("_context")
         if not isinstance(thread_context, _contextvars.Context):
             return carry.run_in(ctx, original, self, *args, **kwargs)
-        api = carry.server_span.context  # loaded: a context was captured
+        context = api.context  # loaded: a context was captured
         try:
-            token = thread_context.run(api.attach, ctx)
+            token = thread_context.run(context.attach, ctx)
         except Exception:  # noqa: BLE001 - (a Context entered elsewhere) run untraced
             return original(self, *args, **kwargs)
         try:
             return original(self, *args, **kwargs)
         finally:
             try:
-                thread_context.run(api.detach, token)
+                thread_context.run(context.detach, token)
             except Exception:  # noqa: BLE001
                 pass
 

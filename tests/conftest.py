@@ -144,7 +144,7 @@ def spans(memory_exporter, monkeypatch):
     """
     from opentelemetry import context
 
-    from autotrace import client_span, server_span
+    from autotrace import api, config
 
     for name in (
         "OTEL_PYTHON_EXCLUDED_URLS",
@@ -156,15 +156,15 @@ def spans(memory_exporter, monkeypatch):
     ):
         monkeypatch.delenv(name, raising=False)
     memory_exporter.clear()
-    server_span._tracer = client_span._tracer = None
-    server_span.reset_settings()
+    api.tracers.clear()
+    config.reset_http_settings()
     before = context.get_current()
     yield memory_exporter
     if context.get_current() is not before:  # a failed test left a request's context current
         context.attach(before)
     memory_exporter.clear()
-    server_span._tracer = client_span._tracer = None
-    server_span.reset_settings()
+    api.tracers.clear()
+    config.reset_http_settings()
 
 
 @pytest.fixture(scope="session")

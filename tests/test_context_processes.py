@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from autotrace import carry, patching, server_span
+from autotrace import api, carry, patching
 from autotrace.hooks import multiprocessing as mp_hook
 from autotrace.hooks import process_pool as pp_hook
 
@@ -559,7 +559,7 @@ def test_executor_errors_and_unpicklable_functions_fail_as_without_the_agent(tra
 def test_a_broken_api_install_leaves_processes_and_pools_untraced(tracer, monkeypatch, capsys):
     import opentelemetry
 
-    monkeypatch.setattr(server_span, "_loaded", False)
+    monkeypatch.setattr(api, "loaded", False)
     monkeypatch.setattr(carry, "_api_failed", False, raising=False)
     monkeypatch.delattr(opentelemetry, "propagate")
     monkeypatch.setitem(sys.modules, "opentelemetry.propagate", None)

@@ -21,7 +21,7 @@ import weakref
 import pytest
 from opentelemetry import baggage, context, trace
 
-from autotrace import carry, patching, server_span
+from autotrace import api, carry, patching
 from autotrace.hooks import thread_pool as thread_pool_hook
 from autotrace.hooks import threading as threading_hook
 
@@ -566,7 +566,7 @@ def broken_api(monkeypatch):
     """The OpenTelemetry API not importable, as with a broken install (not loaded by the agent yet)."""
     import opentelemetry
 
-    monkeypatch.setattr(server_span, "_loaded", False)
+    monkeypatch.setattr(api, "loaded", False)
     monkeypatch.setattr(carry, "_api_failed", False, raising=False)
     monkeypatch.delattr(opentelemetry, "propagate")
     monkeypatch.setitem(sys.modules, "opentelemetry.propagate", None)
@@ -574,7 +574,7 @@ def broken_api(monkeypatch):
 
 def test_a_broken_api_install_leaves_threads_and_pools_untraced(hooks, broken_api, warnings):
     with pytest.raises(ImportError):
-        server_span._load_api()  # what the hooks run into
+        api.load()  # what the hooks run into
     results = []
     with tracer().start_as_current_span("parent"):
         thread = threading.Thread(target=lambda: results.append(work("thread")))

@@ -828,9 +828,9 @@ def test_a_propagators_upper_case_key_is_sent_lower_cased_and_never_fails_the_ca
     """grpc refuses an upper-case metadata key (the call fails); the agent sends it lower-cased."""
     from opentelemetry import propagate
 
-    from autotrace import server_span
+    from autotrace import api
 
-    server_span._load_api()  # the agent installs its propagators once, at the first span: before ours
+    api.load()  # the agent installs its propagators once, at the first span: before ours
     echo = Echo()
 
     async def main():

@@ -798,10 +798,10 @@ def test_the_configured_formats_carry_the_context(running, format_, key):
     """Not only ``traceparent``: the propagators configured (OTEL_PROPAGATORS) write and read the metadata."""
     from opentelemetry import propagate
 
-    from autotrace import server_span
+    from autotrace import api
     from autotrace.propagation import build
 
-    server_span._load_api()  # the agent installs its propagators once, at the first span: before ours
+    api.load()  # the agent installs its propagators once, at the first span: before ours
     before = propagate.get_global_textmap()
     propagate.set_global_textmap(build([format_]))
     try:
@@ -842,9 +842,9 @@ class UpperCasePropagator:
 def test_propagation_fields_grpc_would_refuse_never_fail_the_call(running, warnings):
     from opentelemetry import propagate
 
-    from autotrace import server_span
+    from autotrace import api
 
-    server_span._load_api()  # the agent installs its propagators once, at the first span: before ours
+    api.load()  # the agent installs its propagators once, at the first span: before ours
     propagator = UpperCasePropagator()
     before = propagate.get_global_textmap()
     propagate.set_global_textmap(propagator)

@@ -6,7 +6,7 @@ import pytest
 from opentelemetry import baggage, context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from autotrace import server_span
+from autotrace import api, config, server_span
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 SPAN_ID = "b7ad6b7169203331"
@@ -259,7 +259,7 @@ def test_bad_arguments_give_none_not_an_exception(spans):
         raise KeyError(name)
 
     assert server_span.start("GET", "http", "/", "", broken) is None
-    assert context.get_value(server_span._IN_SERVER_SPAN) is None
+    assert context.get_value(api.IN_SERVER_SPAN) is None
 
 
 @pytest.mark.parametrize(
@@ -279,7 +279,7 @@ def test_excluded_urls(spans, monkeypatch, path, query, server_address, server_p
     span = start("GET", path, query, server_address=server_address, server_port=server_port)
     if excluded:
         assert span is None
-        assert context.get_value(server_span._IN_SERVER_SPAN) is None
+        assert context.get_value(api.IN_SERVER_SPAN) is None
     else:
         finish(span)
         assert len(spans.get_finished_spans()) == 1
@@ -300,7 +300,7 @@ def test_settings_are_read_once(spans, monkeypatch):
     monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "healthz")
     finish(start(path="/healthz"))  # not read again
     assert len(spans.get_finished_spans()) == 2
-    server_span.reset_settings()
+    config.reset_http_settings()
     assert start(path="/healthz") is None
 
 

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from autotrace import client_span, rpc_span, sdk, server_span
+from autotrace import api, client_span, config, rpc_span, sdk, server_span
 from autotrace.config import Configuration
 from autotrace.propagation import build
 
@@ -73,7 +73,7 @@ def mode(spans, monkeypatch):
             monkeypatch.delenv("AUTOTRACE_INCOMING_CONTEXT", raising=False)
         else:
             monkeypatch.setenv("AUTOTRACE_INCOMING_CONTEXT", value)
-        server_span.reset_settings()
+        config.reset_http_settings()
 
     set_mode(None)
     return set_mode
@@ -88,15 +88,15 @@ def mode(spans, monkeypatch):
 )
 def test_mode_values(mode, warnings, value, expected):
     mode(value)
-    assert server_span.settings().incoming_context == expected
+    assert config.http_settings().incoming_context == expected
     assert warnings() == []
 
 
 def test_a_wrong_mode_warns_once_naming_the_variable_and_value_then_continues(mode, warnings, spans):
     mode("drop")
-    assert server_span.settings().incoming_context == "continue"
-    server_span.reset_settings()
-    assert server_span.settings().incoming_context == "continue"
+    assert config.http_settings().incoming_context == "continue"
+    config.reset_http_settings()
+    assert config.http_settings().incoming_context == "continue"
     [line] = warnings()
     assert "AUTOTRACE_INCOMING_CONTEXT" in line and "'drop'" in line and "continue" in line
     finish(start({"traceparent": SAMPLED}))
@@ -427,8 +427,8 @@ def agent_sampler(spans, monkeypatch):
     provider = TracerProvider(sampler=sdk.build_sampler(Configuration()))
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(server_span, "_tracer", provider.get_tracer("autotrace.http.server"))
-    monkeypatch.setattr(client_span, "_tracer", provider.get_tracer("autotrace.http.client"))
+    monkeypatch.setitem(api.tracers, server_span.TRACER, provider.get_tracer("autotrace.http.server"))
+    monkeypatch.setitem(api.tracers, client_span.TRACER, provider.get_tracer("autotrace.http.client"))
     yield exporter
     provider.shutdown()
 

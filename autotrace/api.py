@@ -1,0 +1,144 @@
+"""The OpenTelemetry API as the agent uses it: imported at the first request, one handle for every span kind.
+
+Importing this module imports no OpenTelemetry code: hooks import it when the app imports
+its web framework or HTTP client, at start-up. :func:`load` imports the API at the first
+request (span modules call it, then read these module globals):
+
+- :data:`context`, :data:`trace`, :data:`propagate`: the API's modules;
+  :data:`SpanKind`, :data:`Status`, :data:`StatusCode`: its classes;
+- :data:`IN_SERVER_SPAN` (value: the request's SERVER span) and :data:`IN_CLIENT_CALL`
+  (value: the outgoing call in progress): the agent's own context keys;
+- :data:`SUPPRESS_INSTRUMENTATION` and :data:`SUPPRESS_HTTP_INSTRUMENTATION`: the API's
+  keys that turn instrumentation off in a context (the agent's exporter sets the first);
+  :func:`suppressed` and :func:`http_suppressed` read them;
+- :func:`tracer`: the agent's tracer of a given name (one per span kind, kept in :data:`tracers`);
+- :func:`attach` and :func:`detach`: ``context.attach``/``detach`` that never raise.
+
+Before the first :func:`load` every name above is None (the keys: their names), and
+:data:`loaded` is False. A hot path reads them as module attributes
+(``api.context.get_current()``): one lookup each, nothing imported, no call added.
+
+At load the agent's propagators (exact W3C, B3, Jaeger; ``OTEL_PROPAGATORS``) become the
+global ones (:func:`autotrace.propagation.install`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import _log
+from ._version import __version__
+
+# The OpenTelemetry API is imported at the first request, not when a hook imports this
+# module (which happens when the app imports its web framework, at start-up).
+context = propagate = trace = SpanKind = Status = StatusCode = None  # set by load()
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from opentelemetry import context, propagate, trace  # noqa: F811
+    from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: F811
+
+# Context keys, made by load(). IN_SERVER_SPAN is set in the context of a request that
+# has its SERVER span: a second server layer (a framework's own WSGI app under a server
+# hook, werkzeug's handler under http.server) must not start another one. IN_CLIENT_CALL
+# holds the outgoing call in progress, so a lower layer of the same call (urllib3 under
+# requests) does not start a second span.
+IN_SERVER_SPAN: object = "autotrace-server-span"
+IN_CLIENT_CALL: object = "autotrace-client-call"
+# The API's own keys (private there: only this module names them).
+SUPPRESS_INSTRUMENTATION: object = "suppress_instrumentation"
+SUPPRESS_HTTP_INSTRUMENTATION: object = "suppress_http_instrumentation"
+
+loaded = False
+
+# Re-entrant: importing the API may start a thread or make a log record, whose hooks
+# ask for the API again on the same thread; they then go on without it (see load).
+_lock = threading.RLock()
+_loading = False
+
+
+def load() -> None:
+    """Import the OpenTelemetry API (once, at the first request).
+
+    Raises what the import raises (a broken install); callers fail open. Called again
+    while the import runs on this thread, it returns at once with :data:`loaded` still
+    False: the caller goes on without the API.
+    """
+    global _loading
+    with _lock:
+        if loaded or _loading:
+            return  # loaded, or being loaded further up this thread's stack: not yet usable
+        _loading = True
+        try:
+            _import_api()
+        finally:
+            _loading = False
+
+
+def _import_api() -> None:
+    global context, propagate, trace, SpanKind, Status, StatusCode, loaded
+    global IN_SERVER_SPAN, IN_CLIENT_CALL, SUPPRESS_INSTRUMENTATION, SUPPRESS_HTTP_INSTRUMENTATION
+    from opentelemetry import context as _context, propagate as _propagate, trace as _trace
+    from opentelemetry.trace import SpanKind as _SpanKind, Status as _Status, StatusCode as _StatusCode
+
+    context, propagate, trace = _context, _propagate, _trace
+    SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
+    IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
+    IN_CLIENT_CALL = _context.create_key("autotrace-client-call")
+    SUPPRESS_INSTRUMENTATION = _context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001
+    SUPPRESS_HTTP_INSTRUMENTATION = _context._SUPPRESS_HTTP_INSTRUMENTATION_KEY  # noqa: SLF001
+    _install_propagators()
+    loaded = True
+
+
+def _install_propagators() -> None:
+    """Make the agent's propagators (exact W3C, B3, Jaeger; OTEL_PROPAGATORS) the global ones."""
+    try:
+        from . import config
+        from .propagation import install
+
+        install(config.propagator_names())
+    except Exception as exc:  # noqa: BLE001 - the API's own propagators stay
+        _log.warn_once("propagation-install", "the agent's propagators could not be installed (%s: %s)", type(exc).__name__, exc)
+
+
+def suppressed(ctx: context.Context | None = None) -> bool:
+    """Whether instrumentation is turned off in ``ctx`` (the current context by default).
+
+    The API must be loaded.
+    """
+    return bool((context.get_current() if ctx is None else ctx).get(SUPPRESS_INSTRUMENTATION))
+
+
+def http_suppressed(ctx: context.Context) -> bool:
+    """Whether HTTP client instrumentation is turned off in ``ctx`` (either key set)."""
+    return bool(ctx.get(SUPPRESS_INSTRUMENTATION) or ctx.get(SUPPRESS_HTTP_INSTRUMENTATION))
+
+
+def attach(ctx: context.Context) -> object:
+    """Make ``ctx`` current; the token for :func:`detach`, None if that failed. Never raises."""
+    try:
+        return context.attach(ctx)
+    except Exception:  # noqa: BLE001 - the work goes on in the context it had
+        return None
+
+
+def detach(token: object) -> None:
+    """Undo an :func:`attach` (nothing for None). Never raises: a token of another context is dropped."""
+    if token is not None:
+        try:
+            context.detach(token)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# The agent's tracers by name, made at their first use (tests clear it, or put their own).
+tracers: dict[str, trace.Tracer] = {}
+
+
+def tracer(name: str) -> trace.Tracer:
+    """The agent's tracer ``name`` (``autotrace.http.server`` ...), made once. The API must be loaded."""
+    found = tracers.get(name)
+    if found is None:
+        found = tracers[name] = trace.get_tracer(name, __version__)
+    return found

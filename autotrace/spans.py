@@ -1,0 +1,221 @@
+"""The life of a span the agent starts, shared by every kind: start, enrich, end, never raise.
+
+A span kind's module (:mod:`~autotrace.server_span`, :mod:`~autotrace.client_span`,
+:mod:`~autotrace.rpc_span`, and those of the kinds to come: databases, messaging) starts
+its spans with :func:`new`, after its own checks, and hands them out in a
+:class:`SpanHandle` subclass. A hook of a kind that needs no checks of its own starts its
+span in one call::
+
+    from autotrace import spans
+
+    call = spans.start("autotrace.db.sqlite", "SELECT shop", "CLIENT", {"db.system.name": "sqlite"})
+    if call is None:  # instrumentation suppressed, or the span could not be started
+        return original(*args)
+    try:
+        result = original(*args)
+    except BaseException as exc:
+        call.fail(exc, spans.error_type(exc))  # status ERROR, error.type, the exception event
+        call.close()
+        raise
+    call.set_attributes({"db.response.returned_rows": len(result)})
+    call.close()  # end the span, leave its context
+    return result
+
+The kind is given by name (``"CLIENT"``, ``"PRODUCER"`` ...): the API's ``SpanKind`` is
+only there once :func:`spans.start` has loaded it. Nothing here raises into the app: a
+failure is one warning line (:func:`report`), and the app's call goes on.
+"""
+
+from __future__ import annotations
+
+from . import _log, api, config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+
+    from opentelemetry import context, trace
+
+    Lookup = Callable[[str], "Sequence[str]"]  # header name (lower-case) -> its values
+    Handle = TypeVar("Handle", bound="SpanHandle")
+
+
+class SpanHandle:
+    """A span the agent started, with its context: the part server, client and RPC spans share.
+
+    Its methods never raise; ``end`` is idempotent.
+    """
+
+    __slots__ = ("span", "context", "_token", "_ended")
+    WHAT = "a span"  # for the one log line when recording fails
+
+    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None) -> None:
+        self.span = span
+        self.context = ctx  # the span current (and the hook's marks)
+        self._token = token
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def attach(self) -> None:
+        """Make the span's context current in this thread or task."""
+        try:
+            self._token = api.context.attach(self.context)
+        except Exception as exc:  # noqa: BLE001
+            self.report(exc)
+
+    def detach(self) -> None:
+        """Make it no longer current (in the thread or task that attached it)."""
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                api.context.detach(token)
+            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
+                pass
+
+    def set_attributes(self, attributes: Mapping[str, object]) -> None:
+        """Add attributes to the span (what became known during the operation)."""
+        try:
+            self.span.set_attributes(attributes)
+        except Exception as exc:  # noqa: BLE001
+            self.report(exc)
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.span.end()
+        except Exception as exc:  # noqa: BLE001
+            self.report(exc)
+
+    def close(self) -> None:
+        """End the span and leave its context (the usual end of a wrapper)."""
+        self.end()
+        self.detach()
+
+    def fail(self, exc: BaseException, error_type: str) -> None:
+        """Record an exception that ended the operation: status ERROR, ``error.type``, an event."""
+        if self._ended:
+            return
+        try:
+            mark_error(self.span, error_type, exception_description(exc))
+            self.span.record_exception(exc)
+        except Exception as error:  # noqa: BLE001
+            self.report(error)
+
+    def report(self, exc: BaseException) -> None:
+        """The one log line for a failure to record this span (the application goes on)."""
+        report(exc, self.WHAT)
+
+
+def new(tracer: str, name: str, kind: trace.SpanKind, parent: context.Context, attributes=None, links=None) -> tuple[trace.Span, context.Context]:
+    """Start a span under ``parent``: the span, and ``parent`` with the span current (not attached).
+
+    For a span kind's own start function, after its checks (API loaded, instrumentation
+    not suppressed), which then hands the two out in its :class:`SpanHandle` subclass. It
+    raises what the SDK raises: the caller reports it. ``tracer`` names the agent's
+    tracer (``autotrace.http.server`` ...).
+    """
+    found = api.tracers.get(tracer)  # not api.tracer(): a call less on every request
+    span = (found or api.tracer(tracer)).start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
+    return span, api.trace.set_span_in_context(span, parent)
+
+
+def start(
+    tracer: str,
+    name: str,
+    kind: trace.SpanKind | str,
+    attributes: Mapping[str, object] | None = None,
+    parent: context.Context | None = None,
+    links: Sequence[trace.Link] | None = None,
+    attach: bool = True,
+    handle: type[Handle] = SpanHandle,
+) -> Handle | None:
+    """Start a span (a child of ``parent``, the current context by default), or None; never raises.
+
+    None when instrumentation is suppressed in ``parent`` (the agent's exporter runs so)
+    or the span could not be started (one warning line). ``kind``: a ``SpanKind`` or its
+    name. With ``attach`` the span's context is made current at once (:meth:`SpanHandle.close`
+    leaves it).
+    """
+    try:
+        if not api.loaded:
+            api.load()
+        if parent is None:
+            parent = api.context.get_current()
+        if api.suppressed(parent):
+            return None
+        if isinstance(kind, str):
+            kind = api.SpanKind[kind]
+        started = handle(*new(tracer, name, kind, parent, attributes, links or None))
+        if attach:
+            started.attach()
+        return started
+    except Exception as exc:  # noqa: BLE001 - never fail the app's call
+        report(exc, handle.WHAT)
+        return None
+
+
+def mark_error(span: trace.Span, error_type: str, description: str | None = None) -> None:
+    """Status ERROR with ``description``, and ``error.type``; raises what the SDK raises."""
+    span.set_attribute("error.type", error_type)
+    span.set_status(api.Status(api.StatusCode.ERROR, description))
+
+
+def exception_description(exc: BaseException) -> str:
+    """``"ValueError: message"``: the status description of an exception that ended an operation."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - an exception whose str() fails
+        return type(exc).__name__
+
+
+def error_type(exc: BaseException) -> str:
+    """The exception's class, fully qualified (``requests.exceptions.ConnectTimeout``; builtins bare)."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"
+
+
+def capture_headers(span, prefix: str, wanted: list[str], pairs: Iterable[tuple[str, str]] | None, lookup: Lookup | None = None) -> None:
+    """Record the named headers as ``{prefix}{name}`` list attributes, sanitized.
+
+    From ``lookup`` (lower-case name -> values) when given, else from ``pairs``. Values
+    of names ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS`` matches are
+    replaced. Never raises.
+    """
+    try:
+        values: dict[str, list[str]] = {}
+        if lookup is not None:
+            for name in wanted:
+                found = list(lookup(name))
+                if found:
+                    values[name] = found
+        else:
+            wanted_set = set(wanted)
+            for name, value in pairs or ():
+                lowered = name.lower()
+                if lowered in wanted_set:
+                    values.setdefault(lowered, []).append(value)
+        sanitize = config.http_settings().sanitize
+        for name, found in values.items():
+            if sanitize is not None and sanitize.fullmatch(name):
+                found = ["[REDACTED]"] * len(found)
+            span.set_attribute(prefix + name, found)
+    except Exception as exc:  # noqa: BLE001
+        report(exc, "a server span", "the request", "server-span")
+
+
+def report(exc: BaseException, what: str = "a span", unaffected: str = "the application", key: str = "span") -> None:
+    """One warning line, once per ``key`` and exception class: ``what`` could not be recorded."""
+    _log.warn_once(
+        f"{key}:{type(exc).__name__}",
+        "%s could not be recorded (%s: %s); %s is not affected",
+        what,
+        type(exc).__name__,
+        exc,
+        unaffected,
+    )
