@@ -241,11 +241,10 @@ _name_cache: tuple = (None, "")
 
 def _service_name() -> str:
     global _name_cache
-    state = provider._state  # noqa: SLF001
+    state = provider.state()
     key = state
     if state == "set up":  # the app may have handed its own provider over since
-        sdk = sys.modules.get("autotrace.sdk")
-        key = getattr(sdk, "_app_provider", None) or state
+        key = _app_provider() or state
     cached = _name_cache
     if cached[0] is key:
         return cached[1]
@@ -261,11 +260,9 @@ def _find_service_name(state: str) -> tuple[str, bool]:
     The API is not called (its calls may log, and this runs inside a log call): the
     provider the app set is read where the API keeps it.
     """
-    args = provider._setup_args  # noqa: SLF001
-    agent_name = args[2] if len(args) > 2 else None
+    agent_name = provider.service_name()
     if agent_name and state != "declined":
-        sdk = sys.modules.get("autotrace.sdk")
-        app_provider = getattr(sdk, "_app_provider", None) if state == "set up" else None
+        app_provider = _app_provider() if state == "set up" else None
         if app_provider is None:
             return agent_name, True
         return _resource_service_name(app_provider) or agent_name, True
@@ -274,6 +271,12 @@ def _find_service_name(state: str) -> tuple[str, bool]:
     if tracer_provider is None:
         return agent_name or os.environ.get("OTEL_SERVICE_NAME", "").strip(), False
     return _resource_service_name(tracer_provider) or agent_name or "", True
+
+
+def _app_provider():
+    """The provider the app handed over to, if the agent's SDK is set up (never imports it)."""
+    sdk = sys.modules.get("autotrace.sdk")
+    return sdk.app_provider() if sdk is not None else None
 
 
 def _resource_service_name(tracer_provider) -> str:

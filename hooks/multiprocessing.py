@@ -195,13 +195,12 @@ def _flush_child() -> None:
     """
     try:
         provider = sys.modules.get("autotrace.provider")
-        if provider is None or provider._state not in ("set up", "declined"):  # noqa: SLF001
+        if provider is None or provider.state() not in ("set up", "declined"):
             return  # nothing recorded here (or the agent is not running in this process)
         sdk = sys.modules.get("autotrace.sdk")
-        if sdk is not None and getattr(sdk, "_exit_flush_pid", 0) == os.getpid():
+        if sdk is not None and sdk.flushes_at_multiprocessing_exit():
             return  # flushed by the finalizer that _bootstrap has just run
-        settings = provider._setup_args[0]  # noqa: SLF001
-        provider.flush(settings.shutdown_timeout_s)
+        provider.flush(provider.settings().shutdown_timeout_s)
     except Exception:  # noqa: BLE001 - fail open
         pass
 
@@ -214,9 +213,9 @@ def _flush_task() -> None:
     try:
         provider = sys.modules.get("autotrace.provider")
         sdk = sys.modules.get("autotrace.sdk")
-        if provider is None or sdk is None or provider._state != "set up":  # noqa: SLF001
+        if provider is None or sdk is None or provider.state() != "set up":
             return
-        sdk.flush_if_recorded(provider._setup_args[0].shutdown_timeout_s)  # noqa: SLF001
+        sdk.flush_if_recorded(provider.settings().shutdown_timeout_s)
     except Exception:  # noqa: BLE001 - fail open
         pass
 

@@ -351,8 +351,14 @@ def test_unpicklable_target_fails_to_start_as_without_the_agent(tracer):
 class _FakeProvider:
     def __init__(self, state):
         self._state = state
-        self._setup_args = (type("Settings", (), {"shutdown_timeout_s": 1.5})(),)
+        self._settings = type("Settings", (), {"shutdown_timeout_s": 1.5})()
         self.flushed = []
+
+    def state(self):
+        return self._state
+
+    def settings(self):
+        return self._settings
 
     def flush(self, timeout_s, final=True):
         self.flushed.append((timeout_s, final))
@@ -371,7 +377,8 @@ class _FakeProvider:
 def test_child_flushes_at_the_end_of_its_body_unless_flushed_already(monkeypatch, state, armed_here, flushed):
     provider = _FakeProvider(state)
     sdk = type(sys)("autotrace.sdk")
-    sdk._exit_flush_pid = os.getpid() if armed_here else 0
+    pid = os.getpid() if armed_here else 0
+    sdk.flushes_at_multiprocessing_exit = lambda: pid == os.getpid()
     monkeypatch.setitem(sys.modules, "autotrace.provider", provider)
     monkeypatch.setitem(sys.modules, "autotrace.sdk", sdk)
     mp_hook._flush_child()
