@@ -1,4 +1,6 @@
-"""The ``autotrace`` command: ``autotrace run [options] CMD [ARGS...]`` and ``autotrace doctor``.
+"""The ``autotrace`` command: ``autotrace run [options] CMD [ARGS...]``, ``autotrace doctor``
+and ``autotrace view`` (the local trace viewer, :mod:`autotrace.view.command`, imported only
+when that sub-command runs).
 
 ``run`` puts the ``sitecustomize`` directory first on ``PYTHONPATH``, turns its options
 into the standard environment variables (:mod:`autotrace.launcher`), and replaces itself
@@ -64,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="-- CMD [ARGS...]",
         help="optional: the app's command, to derive the service name from",
     )
+    # Listed here for the help; its options are parsed by autotrace.view.command.
+    commands.add_parser("view", help="a local trace viewer: OTLP receiver, store and web UI", add_help=False)
     return parser
 
 
@@ -93,6 +97,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["view"]:
+        from .view import command
+
+        return command.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.subcommand == "doctor":

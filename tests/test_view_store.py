@@ -1,0 +1,138 @@
+"""The viewer's SQLite store: batches, searches, retention of whole traces, reopening."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from view_checks import body, new_span_id, new_trace_id, span
+
+from autotrace.view.otlp import decode_json
+from autotrace.view.store import Store, TraceQuery
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request, tmp_path):
+    store = Store(":memory:" if request.param == "memory" else str(tmp_path / "view.db"))
+    yield store
+    store.close()
+
+
+def put(store: Store, spans: list, **kwargs) -> None:
+    store.write(decode_json(body(spans, **kwargs)))
+
+
+def trace(service: str = "front", start_ns: int | None = None, spans: int = 2, **root_kwargs) -> tuple[str, list]:
+    trace_id, root = new_trace_id(), new_span_id()
+    start_ns = start_ns or time.time_ns()
+    out = [span(trace_id, "GET /", span_id=root, start_ns=start_ns, **root_kwargs)]
+    out += [span(trace_id, f"child {i}", parent=root, kind=3, start_ns=start_ns + i + 1) for i in range(spans - 1)]
+    return trace_id, out
+
+
+def test_a_trace_across_batches_and_services_is_one_trace(store):
+    trace_id, root = new_trace_id(), new_span_id()
+    now = time.time_ns()
+    put(store, [span(trace_id, "call", parent=root, kind=3, start_ns=now + 10)], service="front")
+    summary, = store.summaries([trace_id])
+    assert (summary.root_service, summary.root_name) == ("front", "call")  # the root has not arrived
+    put(store, [span(trace_id, "GET /", span_id=root, start_ns=now, duration_ns=5000)], service="back")
+    put(store, [span(trace_id, "GET /", span_id=root, start_ns=now, duration_ns=5000)], service="back")  # again
+    summary, = store.summaries([trace_id])
+    assert (summary.root_service, summary.root_name, summary.span_count) == ("back", "GET /", 2)
+    assert summary.services == ["back", "front"]
+    assert store.span_count == 2
+    assert [r.name for r in store.spans([trace_id])] == ["GET /", "call"]
+    assert store.services() == ["back", "front"]
+    assert store.operations("front") == [("call", 3)]
+
+
+def test_search_conditions(store):
+    base = time.time_ns() - 10_000_000_000
+    slow, spans = trace("shop", base, duration_ns=900_000_000, attributes={"http.route": "/cart", "user": 7})
+    put(store, spans, service="shop")
+    failed, spans = trace("shop", base + 1_000_000_000, status=2)
+    put(store, spans, service="shop")
+    other, spans = trace("ledger", base + 2_000_000_000)
+    put(store, spans, service="ledger", resource={"deployment.environment": "dev"})
+
+    def ids(**kwargs):
+        found, total = store.search(TraceQuery(**kwargs))
+        assert total == len(found)
+        return found
+
+    assert ids() == [other, failed, slow]  # newest first
+    assert ids(service="shop") == [failed, slow]
+    assert ids(service="shop", operation="child 0") == [failed, slow]
+    assert ids(errors_only=True) == [failed]
+    assert ids(min_duration_ns=500_000_000) == [slow]
+    assert ids(service="shop", max_duration_ns=500_000_000) == [failed, slow]  # the children are short
+    assert ids(tags={"http.route": "/cart"}) == [slow]
+    assert ids(tags={"user": "7"}) == [slow]
+    assert ids(tags={"deployment.environment": "dev"}) == [other]  # resource attributes too
+    assert ids(tags={"http.route": "/cart", "user": "8"}) == []
+    assert ids(start_ns=base + 500_000_000) == [other, failed]
+    assert ids(end_ns=base + 500_000_000) == [slow]
+    assert ids(trace_ids=[failed.upper()]) == [failed]
+    page, total = store.search(TraceQuery(limit=1, offset=1))
+    assert (page, total) == ([failed], 3)
+
+
+def test_retention_by_span_count_drops_the_oldest_traces_whole(tmp_path):
+    store = Store(str(tmp_path / "view.db"), max_spans=10)
+    try:
+        traces = []
+        for _ in range(5):
+            trace_id, spans = trace(spans=3)
+            put(store, spans)
+            traces.append(trace_id)
+        # 15 spans over 10: the two oldest traces went, whole.
+        assert store.span_count == 9
+        found, total = store.search(TraceQuery())
+        assert sorted(found) == sorted(traces[2:]) and total == 3
+        assert store.spans(traces[:2]) == []
+        assert all(len(store.spans([t])) == 3 for t in traces[2:])
+        assert store.search(TraceQuery(tags={"user": "x"}))[1] == 0
+    finally:
+        store.close()
+
+
+def test_retention_by_age_drops_traces_received_before_the_cutoff(tmp_path):
+    store = Store(str(tmp_path / "view.db"), retention_days=1)
+    try:
+        old, spans = trace()
+        put(store, spans)
+        store._writer.execute("UPDATE traces SET received_ns = received_ns - 2 * 86400 * 1000000000 WHERE trace_id = ?", (old,))
+        new, spans = trace()
+        put(store, spans)
+        assert store.retain() == 1
+        assert store.search(TraceQuery())[0] == [new]
+        assert store.spans([old]) == [] and store.span_count == 2
+    finally:
+        store.close()
+
+
+def test_a_committed_batch_is_there_after_reopening(tmp_path):
+    path = str(tmp_path / "view.db")
+    store = Store(path)
+    trace_id, spans = trace(spans=4)
+    put(store, spans)
+    store.close()
+    again = Store(path, max_spans=100)
+    try:
+        assert len(again.spans([trace_id])) == 4 and again.span_count == 4
+    finally:
+        again.close()
+
+
+def test_dependencies_and_durations(store):
+    trace_id, root, client = new_trace_id(), new_span_id(), new_span_id()
+    now = time.time_ns()
+    put(store, [span(trace_id, "GET /", span_id=root, start_ns=now),
+                span(trace_id, "GET back", span_id=client, parent=root, kind=3, start_ns=now + 1),
+                span(trace_id, "inner", parent=root, kind=3, start_ns=now + 2)], service="front")
+    put(store, [span(trace_id, "GET back", parent=client, kind=2, start_ns=now + 3, status=2)], service="back")
+    assert store.dependencies(now - 1, now + 10) == [("front", "back", 1, 1)]
+    assert store.dependencies(now + 10, now + 20) == []
+    assert [row[:2] for row in store.durations(now - 1, now + 10)] == [
+        ("back", "GET back"), ("front", "GET /"), ("front", "GET back"), ("front", "inner")]
