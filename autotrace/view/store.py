@@ -232,7 +232,9 @@ class Store:
     def _retain_locked(self, now_ns: int) -> int:
         doomed: list[str] = []
         db = self._writer
-        if self.retention_days is not None and time.monotonic() - self._age_checked >= _AGE_CHECK_EVERY_S:
+        if self.retention_days is not None and time.monotonic() - self._age_checked >= min(
+            _AGE_CHECK_EVERY_S, self.retention_days * 86400 / 10
+        ):
             self._age_checked = time.monotonic()
             cutoff = now_ns - int(self.retention_days * 86400e9)
             doomed += [row[0] for row in db.execute("SELECT trace_id FROM traces WHERE received_ns < ?", (cutoff,))]
