@@ -57,34 +57,24 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
-    return port
+def _bounded(convert: type, low: float, high: float, what: str):
+    """An argparse type: ``convert(text)`` within [low, high], else an error naming ``what``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}: {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number above 0: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number above 0: {text!r}")
-    return value
+_port = _bounded(int, 0, 65535, "a port number")
+_positive_float = _bounded(float, 1e-9, float("inf"), "a number above 0")
+_positive_int = _bounded(int, 1, float("inf"), "a whole number above 0")
 
 
 def browser_host(host: str) -> str:

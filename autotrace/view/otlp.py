@@ -318,20 +318,20 @@ def _object(value: Any, what: str) -> dict:
 
 
 def _list(holder: dict, field: str) -> list:
-    value = holder.get(field)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadData(f"{field} must be a JSON array")
-    return value
+    return _field(holder, field, list, "a JSON array")
 
 
 def _str(holder: dict, field: str) -> str:
+    return _field(holder, field, str, "a string")
+
+
+def _field(holder: dict, field: str, kind: type, what: str) -> Any:
+    """``holder[field]`` if of type ``kind``, empty if absent or null."""
     value = holder.get(field)
     if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadData(f"{field} must be a string")
+        return kind()
+    if not isinstance(value, kind):
+        raise BadData(f"{field} must be {what}")
     return value
 
 
