@@ -159,3 +159,17 @@ def test_a_bad_import_file_is_one_line(tmp_path):
     bad.write_text('{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "1"}]}]}]}')
     result = run([AUTOTRACE, "view", "--memory", "--import", str(bad)], tmp_path, clean_env(), timeout=30)
     assert result.returncode == 1 and "cannot import" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grpc_bad_data_is_invalid_argument_and_good_data_is_stored(tmp_path):
+    import grpc
+
+    with Viewer(tmp_path) as viewer, grpc.insecure_channel(f"127.0.0.1:{viewer.grpc_port}") as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        for bad in (b"\x0a\xff\xff\xff\xff\x0f", protobuf([span("ab" * 8)])):
+            with pytest.raises(grpc.RpcError) as caught:
+                export(bad, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        trace_id = new_trace_id()
+        assert export(protobuf([span(trace_id)]), timeout=10) == b""
+        assert viewer.get(f"/api/traces/{trace_id}")["total"] == 1

@@ -123,6 +123,14 @@ def test_grpc_stores_and_refuses_bad_data():
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Export(bad, timeout=10)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            raw = channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=None, response_deserializer=None,
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert stored(store) == 1
     finally:
         receiver.stop()
         store.close()

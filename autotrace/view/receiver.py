@@ -14,7 +14,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .otlp import BadData, decode_json, decode_protobuf, records_of_request
+from .otlp import BadData, decode_json, decode_protobuf
 from .server import Handler, ViewerHTTPServer, log, marker
 from .store import Store
 
@@ -22,6 +22,7 @@ MAX_BODY = 16 * 1024 * 1024  # bytes, of the body as sent and after decompressio
 _CHUNK = 256 * 1024
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
+_GRPC_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 class TooLarge(BadData):
@@ -145,26 +146,27 @@ class GrpcReceiver:
 
     def __init__(self, host: str, port: int, store: Store) -> None:
         import grpc
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
         self.store = store
-        response_type = trace_service_pb2.ExportTraceServiceResponse
-        receiver = self
 
-        class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method's name
-                try:
-                    records = records_of_request(request)
-                except BadData as exc:
-                    log(f"refused a gRPC batch from {context.peer()}: {exc}")
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                try:
-                    receiver.store.write(records)
-                except Exception as exc:  # noqa: BLE001 - the sender retries on UNAVAILABLE
-                    log(f"cannot store a gRPC batch: {type(exc).__name__}: {exc}")
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "cannot store the batch")
-                return response_type()
+        def export(body: bytes, context: Any) -> bytes:
+            # The request arrives as bytes (no deserializer): malformed protobuf is then
+            # INVALID_ARGUMENT here, not gRPC's INTERNAL "Exception deserializing request".
+            try:
+                records = decode_protobuf(body)
+            except BadData as exc:
+                log(f"refused a gRPC batch from {context.peer()}: {exc}")
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            try:
+                store.write(records)
+            except Exception as exc:  # noqa: BLE001 - the sender retries on UNAVAILABLE
+                log(f"cannot store a gRPC batch: {type(exc).__name__}: {exc}")
+                context.abort(grpc.StatusCode.UNAVAILABLE, "cannot store the batch")
+            return b""  # an empty ExportTraceServiceResponse
 
+        handler = grpc.method_handlers_generic_handler(
+            _GRPC_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
+        )
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=8, thread_name_prefix="otlp-grpc"),
             options=[
@@ -172,7 +174,7 @@ class GrpcReceiver:
                 ("grpc.max_receive_message_length", MAX_BODY),
             ],
         )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), self.server)
+        self.server.add_generic_rpc_handlers((handler,))
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             self.port = self.server.add_insecure_port(address)
