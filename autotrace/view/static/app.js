@@ -701,17 +701,24 @@
 
   // ---- services page -----------------------------------------------------------------
 
-  async function servicesPage() {
-    setActiveNav("services");
-    document.title = "Services · autotrace view";
+  // The start of a page over a time window (services, map): heading, the window chosen
+  // from ?lookback= (default 1h; changing it reloads the page), and a holder for the rest.
+  function windowPage(nav, heading, path, holderID) {
+    setActiveNav(nav);
+    document.title = heading + " · autotrace view";
     clear(app);
-    const params = new URLSearchParams(location.search);
-    const lookback = LOOKBACKS.some(([value]) => value && value === params.get("lookback")) ? params.get("lookback") : "1h";
+    const wanted = new URLSearchParams(location.search).get("lookback");
+    const lookback = WINDOWS_MS[wanted] ? wanted : "1h";
     const windowSelect = selectBox("lookback", LOOKBACKS.filter(([value]) => value), lookback, "Window");
-    const form = el("form", {className: "search-form", method: "get", action: "/services"}, field("Window", windowSelect));
+    const form = el("form", {className: "search-form", method: "get", action: path}, field("Window", windowSelect));
     windowSelect.addEventListener("change", () => form.submit());
-    const holder = el("div", {id: "stats"}, el("p", {className: "muted", text: "Loading…"}));
-    app.append(el("h1", {text: "Services"}), form, holder);
+    const holder = el("div", {id: holderID}, el("p", {className: "muted", text: "Loading…"}));
+    app.append(el("h1", {text: heading}), form, holder);
+    return {lookback: lookback, holder: holder};
+  }
+
+  async function servicesPage() {
+    const {lookback, holder} = windowPage("services", "Services", "/services", "stats");
     let body;
     try {
       body = await getJSON("/api/autotrace/stats?lookback=" + encodeURIComponent(lookback));
@@ -768,16 +775,7 @@
   }
 
   async function mapPage() {
-    setActiveNav("map");
-    document.title = "Service map · autotrace view";
-    clear(app);
-    const params = new URLSearchParams(location.search);
-    const lookback = WINDOWS_MS[params.get("lookback")] ? params.get("lookback") : "1h";
-    const windowSelect = selectBox("lookback", LOOKBACKS.filter(([value]) => value), lookback, "Window");
-    const form = el("form", {className: "search-form", method: "get", action: "/map"}, field("Window", windowSelect));
-    windowSelect.addEventListener("change", () => form.submit());
-    const holder = el("div", {id: "map"}, el("p", {className: "muted", text: "Loading…"}));
-    app.append(el("h1", {text: "Service map"}), form, holder);
+    const {lookback, holder} = windowPage("map", "Service map", "/map", "map");
     let body;
     try {
       // Jaeger's dependencies API takes endTs and lookback in milliseconds.
