@@ -310,7 +310,12 @@
       app.append(el("h1", {text: "Trace " + traceID}), errorBox("Trace not found."));
       return;
     }
-    renderTrace(buildTrace(trace), traceID);
+    const model = buildTrace(trace);
+    if (!model.roots.length) {
+      app.append(el("h1", {text: "Trace " + traceID}), errorBox("No span of this trace can be drawn: " + model.warnings.join("; ")));
+      return;
+    }
+    renderTrace(model, traceID);
   }
 
   function renderTrace(model, traceID) {
@@ -614,7 +619,7 @@
       serviceSelect.value = names.includes(params.get("service")) ? params.get("service") : "";
       return loadOperations(serviceSelect.value, params.get("operation"));
     }).catch((error) => results.before(errorBox("Could not load services: " + error.message)));
-    serviceSelect.addEventListener("change", () => loadOperations(serviceSelect.value, ""));
+    serviceSelect.addEventListener("change", () => loadOperations(serviceSelect.value, "").catch(() => undefined));
 
     async function loadOperations(service, selected) {
       clear(operationSelect);
