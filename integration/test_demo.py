@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 from agent import PYTHON, clean_env, run
 from otlp_receiver import OTLPReceiver
 from ports import free_port
+from viewer_stub import send
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 ERROR = 2  # proto Status code
@@ -43,17 +44,10 @@ class FakeViewer:
                     receiver.http_endpoint + "/v1/traces", body, {"Content-Type": self.headers["Content-Type"]}
                 )
                 with urllib.request.urlopen(request, timeout=5) as reply:
-                    self._send(reply.status, reply.read(), reply.headers["Content-Type"])
+                    send(self, reply.status, reply.read(), reply.headers["Content-Type"])
 
             def _json(self, document: dict) -> None:
-                self._send(200, json.dumps(document).encode(), "application/json")
-
-            def _send(self, status: int, body: bytes, kind: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send(self, 200, json.dumps(document).encode())
 
             def log_message(self, *args: object) -> None:
                 pass

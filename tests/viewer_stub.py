@@ -19,6 +19,15 @@ UI = "http://127.0.0.1:16686"
 VERSION = "9.8.7"
 
 
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, kind: str = "application/json") -> None:
+    """Answer ``handler``'s request with ``body`` (a length, so the connection can be kept)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", kind)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class StubViewer:
     def __init__(self, mode: str = "viewer", delay: float = 1.0) -> None:
         self.mode, self.delay = mode, delay
@@ -32,26 +41,19 @@ class StubViewer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path != "/autotrace-view" or stub.mode == "404":
-                    self._send(404, b'{"error": "not found"}')
+                    send(self, 404, b'{"error": "not found"}')
                     return
                 stub.marker_requests += 1
                 if stub.mode == "slow":
                     time.sleep(stub.delay)
                 service = "autotrace-view" if stub.mode != "other" else "some-collector"
                 body = {"service": service, "version": VERSION, "ui": UI}
-                self._send(200, json.dumps(body).encode())
+                send(self, 200, json.dumps(body).encode())
 
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 stub.exports += 1
-                self._send(200, b"", "application/x-protobuf")
-
-            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send(self, 200, b"", "application/x-protobuf")
 
             def log_message(self, *args: object) -> None:
                 pass
