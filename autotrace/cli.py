@@ -148,12 +148,28 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                 "that environment's autotrace, or run the command with this one's Python.\n"
             )
             return 1
+    _announce_viewer(env)
     try:
         os.execve(executable, command, env)
     except OSError as exc:
         sys.stderr.write(f"autotrace: cannot run {executable}: {exc}\n")
         return 126
     return 0  # not reached
+
+
+def _announce_viewer(env: dict[str, str]) -> None:
+    """One INFO line when the command's spans go to a running ``autotrace view`` (asked
+    once here, not in every traced process; bounded, see :mod:`autotrace.viewer_probe`)."""
+    try:
+        from .viewer_probe import startup_line
+
+        line = startup_line(env)
+        if line:
+            from ._log import logger
+
+            logger.info(line)
+    except Exception:  # noqa: BLE001 - a courtesy: it never stops the command
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

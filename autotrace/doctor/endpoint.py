@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 
+from .. import viewer_probe
 from .check import FAIL, OK, Check, redact
 
 # Ports of other tracing systems, recognized when OTLP fails on them.
@@ -63,6 +64,7 @@ class Probe:
         self.error = ""  # the protocol call's error, in words
         self.speaks = ""  # what the raw probe heard: http1, h2, tls, silent, other
         self.other_accepts = False  # behind TLS: the protocol not configured accepted an export
+        self.viewer = None  # OTLP/HTTP accepted: the autotrace view answering there (viewer_probe.Viewer)
         self.__dict__.update(values)
 
 
@@ -88,6 +90,13 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
             name,
             f"cannot connect to {where}: {probe.connect_error or probe.connect}",
             "check the host, the port and any firewall between here and the collector",
+        )
+    if probe.accepted and probe.viewer is not None:
+        viewer = probe.viewer
+        return Check(
+            OK,
+            name,
+            f"{target.shown} is autotrace view {viewer.version} (UI {viewer.ui}); an empty OTLP/HTTP export was accepted",
         )
     if probe.accepted:
         via = "OTLP/gRPC" if protocol == "grpc" else "OTLP/HTTP"
@@ -408,6 +417,8 @@ def probe_endpoint(settings, timeout: float, headers=None) -> tuple[Target, Prob
     else:
         probe.http_status, probe.error = _http_export(target, headers, timeout, cafile)
         probe.accepted = probe.http_status is not None and 200 <= probe.http_status < 300
+        if probe.accepted:
+            probe.viewer = viewer_probe.probe(target.scheme, target.host, target.port, timeout)
     if not probe.accepted:
         probe.speaks = speaks(target, timeout)
     if not probe.accepted and target.tls and probe.speaks == "tls":
