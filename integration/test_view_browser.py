@@ -587,3 +587,36 @@ def test_unknown_trace_says_not_found(browser, viewer):
     assert "Trace not found." in one(browser, ".error-box").text
     open_page(browser, viewer, "/trace/not-hex")
     assert "Not a trace id: not-hex" in one(browser, ".error-box").text
+
+
+def test_the_readme_demo_trace_in_the_browser(browser, tmp_path):
+    """The README's first command, on free ports: a viewer with a fresh store, the demo
+    exporting to it, and the trace URL the demo prints opened in the browser."""
+    with Viewer(tmp_path, "--db", str(tmp_path / "view.db")) as demo_viewer:
+        result = run([PYTHON, str(DEMO), "--endpoint", demo_viewer.otlp_http], cwd=tmp_path, env=clean_env(), timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        found = re.search(r"^The demo's trace \(three services\):\s+(\S+)$", result.stdout, re.MULTILINE)
+        assert found, result.stdout
+        url = found.group(1)
+        # The demo found the UI through the viewer's marker: the URL is on the viewer's UI port.
+        assert url.startswith(f"{demo_viewer.ui}/trace/"), url
+        trace_id = url.rsplit("/", 1)[1]
+        stored = demo_viewer.get(f"/api/traces/{trace_id}")["data"][0]
+        expected = {s["spanID"] for s in stored["spans"]}
+        assert len(expected) == 7  # the frontend SERVER span, then CLIENT + SERVER per call: 1 + 2 * 3
+
+        browser.set_window_size(1400, 700)  # a picture that reads well in the README
+        try:
+            browser.get(url)
+            rows = wait_for(browser, ".span-row", len(expected))
+            assert {r.get_attribute("data-span-id") for r in rows} == expected
+            assert {r.get_attribute("data-service") for r in rows} == {"frontend", "checkout", "inventory"}
+            assert all(r.is_displayed() for r in rows)
+            assert "frontend" in one(browser, ".trace-title").text
+            shot = screenshot(browser, tmp_path, "viewer-trace.png")
+        finally:
+            browser.set_window_size(1400, 1000)
+    folder = os.environ.get("AUTOTRACE_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(shot, os.path.join(folder, "viewer-trace.png"))
