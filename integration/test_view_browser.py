@@ -1,37 +1,40 @@
 """The `autotrace view` UI in a real browser: Debian's chromium, headless, driven by Selenium.
 
-The pages are the files in ``autotrace/view/static/``, served by :class:`FakeViewer`, a
-stand-in for the viewer's HTTP server that keeps the viewer's contract: the same page
-paths, the same Content-Security-Policy header, and canned JSON in the shapes of the
-Jaeger query API and autotrace's own endpoints. Its data (:data:`SPANS`) holds a trace
-across three services with an error and its stack trace, a span link to another trace,
-a span whose parent never arrived and an N+1 loop of six identical CLIENT calls, plus a
-trace whose service names, span names, attributes, events and links are HTML/JS payloads.
+The browser talks to a real ``autotrace view --memory`` (one for the module, on free ports)
+that got the canned data the way any SDK sends spans: OTLP JSON POSTed to its receiver.
+The data (:func:`canned_spans`) holds a trace across three services with an error and its
+stack trace, a span link to another trace, a span whose parent never arrived and an N+1
+loop of six identical CLIENT calls, a same-service call (never a map edge), plus a trace
+whose service names, span names, attributes and events are HTML/JS payloads. The
+2,000-span trace (:func:`big_trace`) is two days old: only its id finds it in the default
+windows. The last test runs the README's demo against its own viewer and opens its trace.
 
-One browser for the module. Screenshots go to each test's ``tmp_path``; the trace page's
-screenshot is also copied to ``$AUTOTRACE_SCREENSHOTS/viewer-trace.png`` when that
-variable names a folder. The tests fail (never skip) when chromium, chromedriver or
-Selenium is missing: CI installs them (see .ci/run).
+One browser for the module. Screenshots go to each test's ``tmp_path``; the demo trace's
+screenshot is also saved as ``$AUTOTRACE_SCREENSHOTS/viewer-trace.png`` when that variable
+names a folder (the README shows it). The tests fail (never skip) when chromium,
+chromedriver or Selenium is missing: CI installs them (see .ci/run).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from ports import free_port
+from agent import PYTHON, clean_env, run
+from viewer import Viewer
 
-STATIC = Path(__file__).resolve().parent.parent / "autotrace" / "view" / "static"
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "autotrace" / "view" / "static"
+DEMO = ROOT / "examples" / "demo.py"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -112,7 +115,7 @@ def xss_trace(start: int) -> list[dict[str, Any]]:
         span(XSS, "c000000000000001", None, P_IMG, P_SCRIPT, "server", 0, 40,
              {P_SVG: P_IMG, "url.full": P_JS_URL, "user_agent.original": P_TITLE},
              [(P_SCRIPT, 5, {P_IMG: P_SVG, "exception.message": P_IMG})],
-             links=[(P_JS_URL, P_SVG)], trace_start_us=start),
+             links=[(LINKED, "b000000000000002")], trace_start_us=start),
         span(XSS, "c000000000000002", "c000000000000001", P_IMG, P_IMG, "client", 5, 30,
              {"server.address": P_JS_URL}, trace_start_us=start),
         span(XSS, "c000000000000003", "c000000000000002", P_SVG, P_TITLE, "server", 6, 28,
@@ -123,12 +126,19 @@ def xss_trace(start: int) -> list[dict[str, Any]]:
 
 
 def filler_trace(i: int, start: int) -> list[dict[str, Any]]:
-    return [span(f"{0xf0000000 + i:032x}", "d000000000000001", None, "frontend", "GET /health", "server", 0, 2 + i,
-                 trace_start_us=start)]
+    trace = f"{0xf0000000 + i:032x}"
+    spans = [span(trace, "d000000000000001", None, "frontend", "GET /health", "server", 0, 2 + i, trace_start_us=start)]
+    if i == 0:  # frontend calling itself: a CLIENT span and its SERVER span in one service, never a map edge
+        spans += [span(trace, "d000000000000002", "d000000000000001", "frontend", "GET", "client", 0.2, 1,
+                       {"server.address": "frontend"}, trace_start_us=start),
+                  span(trace, "d000000000000003", "d000000000000002", "frontend", "GET /self", "server", 0.3, 0.8,
+                       trace_start_us=start)]
+    return spans
 
 
 BIG = "b16b16b16b16b16b16b16b16b16b16b1"
 BIG_SPANS = 2000
+BIG_START_US = NOW_US - 2 * 86_400_000_000  # outside the 1h-24h windows, inside 7d
 
 
 def big_trace(start: int) -> list[dict[str, Any]]:
@@ -156,252 +166,67 @@ def canned_spans() -> list[dict[str, Any]]:
     return spans
 
 
-# ---- the canned data in the contract's JSON shapes -----------------------------------------
+# ---- the canned data as OTLP JSON, the way an SDK sends it -----------------------------------
 
-def kv(key: str, value: Any) -> dict[str, Any]:
+KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+
+
+def otlp_value(value: Any) -> dict[str, Any]:
     if isinstance(value, bool):
-        return {"key": key, "type": "bool", "value": value}
+        return {"boolValue": value}
     if isinstance(value, int):
-        return {"key": key, "type": "int64", "value": value}
+        return {"intValue": str(value)}
     if isinstance(value, float):
-        return {"key": key, "type": "float64", "value": value}
-    return {"key": key, "type": "string", "value": str(value)}
+        return {"doubleValue": value}
+    return {"stringValue": str(value)}
 
 
-def jaeger_trace(trace_id: str, spans: list[dict[str, Any]]) -> dict[str, Any]:
-    processes: dict[str, dict[str, Any]] = {}
-    process_of: dict[str, str] = {}
-    out = []
+def otlp_attributes(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": key, "value": otlp_value(value)} for key, value in attrs.items()]
+
+
+def otlp_json(spans: list[dict[str, Any]]) -> bytes:
+    """Spans of the neutral form as one OTLP JSON ``ExportTraceServiceRequest``: one resource
+    (``service.name`` and a few more attributes) per service, as each service's SDK sends it."""
+    by_service: dict[str, list[dict[str, Any]]] = {}
     for s in spans:
-        if s["service"] not in process_of:
-            pid = f"p{len(process_of) + 1}"
-            process_of[s["service"]] = pid
-            processes[pid] = {"serviceName": s["service"], "tags": [
-                kv("host.name", "dev-laptop"), kv("telemetry.sdk.language", "python"),
-                kv("service.instance.id", s["service"] + "-1")]}
-        tags = [kv(k, v) for k, v in s["attrs"].items()]
-        tags += [kv("span.kind", s["kind"]), kv("otel.scope.name", "autotrace")]
-        if s["error"]:
-            tags += [kv("otel.status_code", "ERROR"), kv("error", True)]
-        refs = []
+        otlp = {
+            "traceId": s["trace"], "spanId": s["id"], "name": s["name"], "kind": KINDS[s["kind"]],
+            "startTimeUnixNano": str(s["start"] * 1000), "endTimeUnixNano": str((s["start"] + s["duration"]) * 1000),
+            "attributes": otlp_attributes(s["attrs"]),
+            # An event's time: ms from its span's start.
+            "events": [{"timeUnixNano": str((s["start"] + int(at * 1000)) * 1000), "name": name,
+                        "attributes": otlp_attributes(attrs)} for name, at, attrs in s["events"]],
+            "links": [{"traceId": trace, "spanId": span_id} for trace, span_id in s["links"]],
+            "status": {"code": 2, "message": "failed"} if s["error"] else {},
+        }
         if s["parent"]:
-            refs.append({"refType": "CHILD_OF", "traceID": trace_id, "spanID": s["parent"]})
-        refs += [{"refType": "FOLLOWS_FROM", "traceID": t, "spanID": sid} for t, sid in s["links"]]
-        logs = [{"timestamp": s["start"] + int(at * 1000),  # an event's time: ms from its span's start
-                 "fields": [kv("event", name)] + [kv(k, v) for k, v in attrs.items()]} for name, at, attrs in s["events"]]
-        out.append({"traceID": trace_id, "spanID": s["id"], "operationName": s["name"], "references": refs,
-                    "startTime": s["start"], "duration": s["duration"], "tags": tags, "logs": logs,
-                    "processID": process_of[s["service"]], "warnings": None, "flags": 1})
-    return {"traceID": trace_id, "spans": out, "processes": processes, "warnings": None}
+            otlp["parentSpanId"] = s["parent"]
+        by_service.setdefault(s["service"], []).append(otlp)
+    return json.dumps({"resourceSpans": [
+        {"resource": {"attributes": otlp_attributes({"service.name": service, "host.name": "dev-laptop",
+                                                     "telemetry.sdk.language": "python",
+                                                     "service.instance.id": service + "-1"})},
+         "scopeSpans": [{"scope": {"name": "autotrace", "version": "1"}, "spans": otlp_spans}]}
+        for service, otlp_spans in by_service.items()
+    ]}).encode()
 
 
-def duration_us(text: str) -> float | None:
-    units = {"us": 1, "µs": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000}
-    text = text.strip()
-    for unit in sorted(units, key=len, reverse=True):
-        if text.endswith(unit):
-            try:
-                return float(text[: -len(unit)]) * units[unit]
-            except ValueError:
-                return None
-    return None
-
-
-class FakeViewer:
-    """Serves the static UI and canned API answers the way `autotrace view` does (see above)."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = canned_spans()
-        self.big = big_trace(NOW_US - 60_000_000)
-        self.requests: list[tuple[str, dict[str, list[str]]]] = []
-        self.lock = threading.Lock()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        viewer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                viewer.handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def __enter__(self) -> "FakeViewer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-    def add_spans(self, spans: list[dict[str, Any]]) -> None:
-        with self.lock:
-            self.spans += spans
-
-    def api_requests(self, path: str) -> list[dict[str, list[str]]]:
-        with self.lock:
-            return [query for p, query in self.requests if p == path]
-
-    # -- data --
-
-    def traces(self) -> dict[str, list[dict[str, Any]]]:
-        with self.lock:
-            spans = list(self.spans)
-        by_trace: dict[str, list[dict[str, Any]]] = {}
-        for s in spans:
-            by_trace.setdefault(s["trace"], []).append(s)
-        return by_trace
-
-    def summary(self, trace_id: str, spans: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = {s["id"] for s in spans}
-        roots = sorted((s for s in spans if s["parent"] is None or s["parent"] not in ids), key=lambda s: (s["parent"] is not None, s["start"]))
-        start = min(s["start"] for s in spans)
-        end = max(s["start"] + s["duration"] for s in spans)
-        services: list[str] = []
-        for s in sorted(spans, key=lambda s: s["start"]):
-            if s["service"] not in services:
-                services.append(s["service"])
-        return {"traceID": trace_id, "rootService": roots[0]["service"], "rootOperation": roots[0]["name"],
-                "startTime": start, "duration": end - start, "spanCount": len(spans), "services": services,
-                "errors": sum(1 for s in spans if s["error"])}
-
-    def search(self, query: dict[str, list[str]]) -> tuple[list[dict[str, Any]], int, int, int]:
-        one = {k: v[0] for k, v in query.items()}
-        tags = json.loads(one.get("tags", "{}"))
-        trace_ids = set(query.get("traceID", []))
-        low = duration_us(one["minDuration"]) if "minDuration" in one else None
-        high = duration_us(one["maxDuration"]) if "maxDuration" in one else None
-        found = []
-        for trace_id, spans in self.traces().items():
-            summary = self.summary(trace_id, spans)
-            if trace_ids and trace_id not in trace_ids:
-                continue
-            if "service" in one and not any(s["service"] == one["service"] and s["name"] == one.get("operation", s["name"]) for s in spans):
-                continue
-            if low is not None and summary["duration"] < low or high is not None and summary["duration"] > high:
-                continue
-
-            def has(key: str, value: str) -> bool:
-                if key == "error":
-                    return any(s["error"] for s in spans) == (value == "true")
-                return any(str(s["attrs"].get(key)) == value for s in spans)
-
-            if not all(has(k, str(v)) for k, v in tags.items()):
-                continue
-            found.append(summary)
-        found.sort(key=lambda t: t["startTime"], reverse=True)
-        limit = int(one.get("limit", "20"))
-        offset = int(one.get("offset", "0"))
-        return found[offset:offset + limit], len(found), limit, offset
-
-    def stats(self) -> list[dict[str, Any]]:
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for spans in self.traces().values():
-            for s in spans:
-                groups.setdefault((s["service"], s["name"]), []).append(s)
-        rows = []
-        for (service, name), spans in sorted(groups.items()):
-            durations = sorted(s["duration"] for s in spans)
-
-            def rank(p: float) -> int:
-                return durations[max(0, min(len(durations) - 1, int(round(p * len(durations) + 0.5)) - 1))]
-
-            rows.append({"service": service, "operation": name, "count": len(spans),
-                         "errors": sum(1 for s in spans if s["error"]), "p50": rank(0.5), "p95": rank(0.95), "p99": rank(0.99)})
-        return rows
-
-    def dependencies(self) -> list[dict[str, Any]]:
-        counts: dict[tuple[str, str], int] = {}
-        for spans in self.traces().values():
-            by_id = {s["id"]: s for s in spans}
-            for s in spans:
-                parent = by_id.get(s["parent"] or "")
-                if parent and parent["kind"] in ("client", "producer") and s["kind"] in ("server", "consumer") and parent["service"] != s["service"]:
-                    counts[(parent["service"], s["service"])] = counts.get((parent["service"], s["service"]), 0) + 1
-        return [{"parent": p, "child": c, "callCount": n} for (p, c), n in sorted(counts.items())]
-
-    # -- HTTP --
-
-    def handle(self, request: BaseHTTPRequestHandler) -> None:
-        parsed = urllib.parse.urlsplit(request.path)
-        path = parsed.path
-        query = urllib.parse.parse_qs(parsed.query)
-        if path.startswith("/api/"):
-            with self.lock:
-                self.requests.append((path, query))
-        if path in ("/", "/search", "/services", "/map") or path.startswith("/trace/"):
-            self.send(request, 200, "text/html; charset=utf-8", (STATIC / "index.html").read_bytes(), html=True)
-        elif path.startswith("/static/"):
-            name = path[len("/static/"):]
-            types = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8",
-                     ".svg": "image/svg+xml", ".png": "image/png"}
-            if name in os.listdir(STATIC) and Path(name).suffix in types:
-                self.send(request, 200, types[Path(name).suffix], (STATIC / name).read_bytes())
-            else:
-                self.send_json(request, 404, {"error": "not found"})
-        elif path == "/api/services":
-            names = sorted({s["service"] for spans in self.traces().values() for s in spans})
-            self.send_json(request, 200, {"data": names, "total": len(names), "limit": 0, "offset": 0, "errors": None})
-        elif path.startswith("/api/services/") and path.endswith("/operations"):
-            service = urllib.parse.unquote(path[len("/api/services/"):-len("/operations")])
-            names = sorted({s["name"] for spans in self.traces().values() for s in spans if s["service"] == service})
-            self.send_json(request, 200, {"data": names, "total": len(names), "limit": 0, "offset": 0, "errors": None})
-        elif path.startswith("/api/traces/"):
-            trace_id = path[len("/api/traces/"):]
-            # The big trace is only served by id: it stays out of search and statistics.
-            spans = self.big if trace_id == BIG else self.traces().get(trace_id)
-            if spans is None:
-                self.send_json(request, 404, {"data": None, "total": 0, "limit": 0, "offset": 0,
-                                              "errors": [{"code": 404, "msg": "trace not found"}]})
-            else:
-                self.send_json(request, 200, {"data": [jaeger_trace(trace_id, spans)], "total": 1, "limit": 0, "offset": 0, "errors": None})
-        elif path == "/api/autotrace/summaries":
-            found, total, limit, offset = self.search(query)
-            self.send_json(request, 200, {"data": found, "total": total, "limit": limit, "offset": offset, "errors": None})
-        elif path == "/api/autotrace/stats":
-            self.send_json(request, 200, {"data": self.stats()})
-        elif path == "/api/dependencies":
-            # One self loop the real viewer never serves: the UI must not draw it either.
-            edges = self.dependencies() + [{"parent": "orders", "child": "orders", "callCount": 3}]
-            self.send_json(request, 200, {"data": edges, "total": len(edges), "limit": 0, "offset": 0, "errors": None})
-        elif path.startswith("/api/autotrace/traces/") and path.endswith("/otlp"):
-            trace_id = path[len("/api/autotrace/traces/"):-len("/otlp")]
-            body = json.dumps({"resourceSpans": []}).encode()
-            request.send_response(200)
-            request.send_header("Content-Type", "application/json")
-            request.send_header("Content-Disposition", f'attachment; filename="trace-{trace_id}.json"')
-            request.send_header("Content-Length", str(len(body)))
-            request.end_headers()
-            request.wfile.write(body)
-        else:
-            self.send_json(request, 404, {"data": None, "errors": [{"code": 404, "msg": "not found"}]})
-
-    def send_json(self, request: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-        self.send(request, status, "application/json", json.dumps(body).encode())
-
-    @staticmethod
-    def send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes, html: bool = False) -> None:
-        request.send_response(status)
-        request.send_header("Content-Type", content_type)
-        request.send_header("Content-Length", str(len(body)))
-        request.send_header("X-Content-Type-Options", "nosniff")
-        if html:
-            request.send_header("Content-Security-Policy", CSP)
-        request.end_headers()
-        request.wfile.write(body)
+def ingest(viewer: Viewer, spans: list[dict[str, Any]]) -> None:
+    """POST the spans to the viewer's OTLP/HTTP receiver; it answers once they are stored."""
+    status = viewer.post(otlp_json(spans))
+    assert status == 200, f"the receiver answered {status}"
 
 
 # ---- fixtures ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def viewer() -> Iterator[FakeViewer]:
-    with FakeViewer() as fake:
-        yield fake
+def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
+    """``autotrace view --memory`` on free ports, holding the canned data."""
+    with Viewer(tmp_path_factory.mktemp("viewer")) as real:
+        ingest(real, canned_spans())
+        ingest(real, big_trace(BIG_START_US))
+        yield real
 
 
 @pytest.fixture(scope="module")
@@ -454,8 +279,8 @@ def wait_until(check: Any, what: str) -> Any:
         time.sleep(0.05)
 
 
-def open_page(browser: Any, viewer: FakeViewer, path: str) -> None:
-    browser.get(viewer.url + path)
+def open_page(browser: Any, viewer: Viewer, path: str) -> None:
+    browser.get(viewer.ui + path)
 
 
 def one(browser: Any, css: str) -> Any:
@@ -484,7 +309,7 @@ def no_xss(browser: Any) -> None:
 
 def test_pages_carry_the_csp_and_no_inline_script(viewer):
     for path in ("/", "/search", f"/trace/{MAIN}", "/services", "/map"):
-        with urllib.request.urlopen(viewer.url + path, timeout=5) as response:
+        with urllib.request.urlopen(viewer.ui + path, timeout=5) as response:
             assert response.headers["Content-Security-Policy"] == CSP
             assert response.headers["X-Content-Type-Options"] == "nosniff"
             page = response.read().decode()
@@ -510,7 +335,10 @@ def test_search_lists_newest_first_pages_and_opens_a_trace(browser, viewer, tmp_
 
     one(browser, "a.pager-next").click()
     wait_until(lambda: "offset=20" in browser.current_url and len(browser.find_elements("css selector", "li.result")) == 6, "page 2")
-    assert viewer.api_requests("/api/autotrace/summaries")[-1]["offset"] == ["20"]
+    # The second page is the six oldest traces: the viewer was asked for offset 20.
+    assert [r.get_attribute("data-trace-id") for r in browser.find_elements("css selector", "li.result")] == [
+        f"{0xf0000000 + i:032x}" for i in range(17, 23)]
+    assert "Traces 21–26 of 26" in one(browser, "#result-count").text
 
     # Search by service from the form: the query goes into the URL.
     open_page(browser, viewer, "/search")
@@ -523,23 +351,36 @@ def test_search_lists_newest_first_pages_and_opens_a_trace(browser, viewer, tmp_
     one(browser, "#f-submit").click()
     wait_until(lambda: "service=payments" in browser.current_url, "the service in the URL")
     assert urllib.parse.urlsplit(browser.current_url).query == "service=payments&operation=POST+%2Fpay&lookback=1h&limit=20"
+    # payments has two traces (MAIN and LINKED): only the operation keeps LINKED out.
     wait_until(lambda: [r.get_attribute("data-trace-id") for r in browser.find_elements("css selector", "li.result")] == [MAIN], "one result")
-    assert viewer.api_requests("/api/autotrace/summaries")[-1]["operation"] == ["POST /pay"]
 
     one(browser, "li.result a.result-title").click()
     wait_until(lambda: browser.current_url.endswith(f"/trace/{MAIN}"), "the trace page")
     wait_for(browser, ".span-row", 15)
 
 
+def results(browser: Any, viewer: Viewer, path: str) -> list[str]:
+    """The trace ids the search page at ``path`` lists (once the list is drawn)."""
+    open_page(browser, viewer, path)
+    wait_for(browser, "#result-count:not(:empty)")
+    return [r.get_attribute("data-trace-id") for r in browser.find_elements("css selector", "li.result")]
+
+
 def test_search_query_from_the_url(browser, viewer):
-    open_page(browser, viewer, "/search?errors=1&tags=http.response.status_code%3D500&minDuration=50ms&lookback=6h")
-    wait_for(browser, "li.result")
-    query = viewer.api_requests("/api/autotrace/summaries")[-1]
-    assert json.loads(query["tags"][0]) == {"http.response.status_code": "500", "error": "true"}
-    assert query["minDuration"] == ["50ms"] and query["lookback"] == ["6h"]
+    # Each condition from the URL reaches the viewer: the results narrow as they are added.
+    assert results(browser, viewer, "/search?errors=1&lookback=6h") == [MAIN, XSS]
+    assert results(browser, viewer, "/search?errors=1&minDuration=35ms&lookback=6h") == [MAIN, XSS]
+    assert results(browser, viewer, "/search?errors=1&minDuration=50ms&lookback=6h") == [MAIN]
+    assert results(browser, viewer, "/search?tags=http.response.status_code%3D500&lookback=6h") == [MAIN]
+    assert results(browser, viewer, "/search?maxDuration=3ms&lookback=6h") == [
+        f"{0xf0000000 + i:032x}" for i in range(2)]  # a span of at most 3 ms: the two shortest fillers
+    assert results(browser, viewer, "/search?lookback=24h&minDuration=1s") == []
+    assert BIG in results(browser, viewer, "/search?lookback=7d&minDuration=1s")
+    assert results(browser, viewer, "/search?errors=1&tags=http.response.status_code%3D500&minDuration=50ms&lookback=6h") == [MAIN]
     assert one(browser, "#f-errors").is_selected()
     assert one(browser, "#f-tags").get_attribute("value") == "http.response.status_code=500"
-    assert [r.get_attribute("data-trace-id") for r in browser.find_elements("css selector", "li.result")] == [MAIN]
+    assert one(browser, "#f-minDuration").get_attribute("value") == "50ms"
+    assert one(browser, "#f-lookback").get_attribute("value") == "6h"
 
     open_page(browser, viewer, f"/search?traceID={LINKED}")
     wait_until(lambda: [r.get_attribute("data-trace-id") for r in browser.find_elements("css selector", "li.result")] == [LINKED], "the trace id")
@@ -550,14 +391,16 @@ def test_live_tail_shows_a_new_trace(browser, viewer):
     wait_for(browser, "li.result", 20)
     one(browser, "#live-tail").click()
     wait_until(lambda: "live=1" in browser.current_url, "live=1 in the URL")
+    # The viewer keeps this trace: the tests before this one count 26 traces, those after
+    # it only look at the canned ones.
     new = f"{0xe0000000:032x}"
-    viewer.add_spans([span(new, "e000000000000001", None, "orders", "GET /new", "server", 0, 5, trace_start_us=int(time.time() * 1e6))])
+    ingest(viewer, [span(new, "e000000000000001", None, "orders", "GET /new", "server", 0, 5, trace_start_us=int(time.time() * 1e6))])
     try:
-        wait_until(lambda: browser.find_elements("css selector", "li.result")[0].get_attribute("data-trace-id") == new, "the new trace on top")
+        # Read in one script: the live tail redraws the list every 2 s (no stale elements).
+        wait_until(lambda: browser.execute_script("const r = document.querySelector('li.result'); return r && r.dataset.traceId") == new,
+                   "the new trace on top")
     finally:
         one(browser, "#live-tail").click()
-        with viewer.lock:
-            viewer.spans = [s for s in viewer.spans if s["trace"] != new]
 
 
 def test_waterfall_tree_colours_and_critical_path(browser, viewer, tmp_path):
@@ -586,11 +429,7 @@ def test_waterfall_tree_colours_and_critical_path(browser, viewer, tmp_path):
                         "a000000000000007", "a000000000000008"} | {f"a00000000000001{i}" for i in range(6)}
     assert len(wait_for(browser, ".span-row .cp")) >= len(critical)
     assert not row(browser, "a000000000000002").find_elements("css selector", ".cp")
-    shot = screenshot(browser, tmp_path, "trace.png")
-    folder = os.environ.get("AUTOTRACE_SCREENSHOTS")
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        shutil.copyfile(shot, os.path.join(folder, "viewer-trace.png"))
+    screenshot(browser, tmp_path, "trace.png")
 
     # Collapse the orders server span: its 9 descendants are hidden, then shown again.
     toggle = row(browser, "a000000000000004").find_element("css selector", "button.toggle")
@@ -601,9 +440,9 @@ def test_waterfall_tree_colours_and_critical_path(browser, viewer, tmp_path):
     wait_until(lambda: all(r.is_displayed() for r in rows), "all rows shown")
 
     download = one(browser, "a.download")
-    assert download.get_attribute("href") == f"{viewer.url}/api/autotrace/traces/{MAIN}/otlp"
-    assert browser.execute_script(
-        "return fetch(arguments[0]).then(r => r.json())", download.get_attribute("href")).get("resourceSpans") is not None
+    assert download.get_attribute("href") == f"{viewer.ui}/api/autotrace/traces/{MAIN}/otlp"
+    otlp = browser.execute_script("return fetch(arguments[0]).then(r => r.json())", download.get_attribute("href"))
+    assert sum(len(scope["spans"]) for resource in otlp["resourceSpans"] for scope in resource["scopeSpans"]) == 15
 
 
 def test_span_detail_attributes_exception_and_link(browser, viewer, tmp_path):
@@ -625,7 +464,7 @@ def test_span_detail_attributes_exception_and_link(browser, viewer, tmp_path):
     row(browser, "a000000000000008").click()
     detail = one(browser, '.span-detail[data-span-id="a000000000000008"]')
     link = detail.find_element("css selector", ".links a.span-link")
-    assert link.get_attribute("href") == f"{viewer.url}/trace/{LINKED}"
+    assert link.get_attribute("href") == f"{viewer.ui}/trace/{LINKED}"
     assert "FOLLOWS_FROM" in detail.find_element("css selector", ".links").text
     link.click()
     wait_until(lambda: browser.current_url.endswith(f"/trace/{LINKED}"), "the linked trace")
@@ -650,7 +489,9 @@ def test_flags_missing_parent_and_repeated_calls(browser, viewer):
 def test_services_table(browser, viewer, tmp_path):
     open_page(browser, viewer, "/services?lookback=6h")
     wait_for(browser, "#stats-table tbody tr", 5)
-    assert viewer.api_requests("/api/autotrace/stats")[-1]["lookback"] == ["6h"]
+    assert one(browser, "#f-lookback").get_attribute("value") == "6h"
+    # The window reaches the viewer: the two-day-old big trace is only in the 7-day one.
+    assert not browser.find_elements("css selector", '#stats-table tr[data-operation="GET /big"]')
     pay = one(browser, '#stats-table tr[data-service="payments"][data-operation="POST /pay"]')
     cells = [c.text for c in pay.find_elements("css selector", "td")]
     assert cells == ["payments", "POST /pay", "1", "100%", "47.0 ms", "47.0 ms", "47.0 ms"]
@@ -658,25 +499,36 @@ def test_services_table(browser, viewer, tmp_path):
     cells = [c.text for c in health.find_elements("css selector", "td")]
     assert cells[2:4] == ["23", "0%"] and cells[4] == "13.0 ms" and cells[6] == "24.0 ms"
     link = pay.find_element("css selector", "a")
-    assert link.get_attribute("href") == f"{viewer.url}/search?service=payments&operation=POST+%2Fpay&lookback=6h"
+    assert link.get_attribute("href") == f"{viewer.ui}/search?service=payments&operation=POST+%2Fpay&lookback=6h"
     screenshot(browser, tmp_path, "services.png")
+    open_page(browser, viewer, "/services?lookback=7d")
+    big = one(browser, '#stats-table tr[data-service="frontend"][data-operation="GET /big"]')
+    assert [c.text for c in big.find_elements("css selector", "td")][2:4] == ["1", "0%"]
 
 
 def test_service_map_edges(browser, viewer, tmp_path):
     open_page(browser, viewer, "/map")
     edges = wait_for(browser, "#service-map g.edge", 3)
     pairs = {(e.get_attribute("data-parent"), e.get_attribute("data-child")): e.text for e in edges}
-    assert pairs[("frontend", "orders")] == "1 call" and pairs[("orders", "payments")] == "1 call"
+    assert pairs[("frontend", "orders")] == "1 call" and pairs[("orders", "payments")] == "1 call, 1 error"
+    # frontend's call to itself (in the data) is no edge.
     assert all(parent != child for parent, child in pairs)
     nodes = {n.get_attribute("data-service") for n in browser.find_elements("css selector", "#service-map g.node")}
     assert {"frontend", "orders", "payments"} <= nodes
-    query = viewer.api_requests("/api/dependencies")[-1]
-    assert query["lookback"] == ["3600000"] and abs(int(query["endTs"][0]) - time.time() * 1000) < 60_000
+    table = {(r.get_attribute("data-parent"), r.get_attribute("data-child")): [c.text for c in r.find_elements("css selector", "td")]
+             for r in browser.find_elements("css selector", "#edge-table tbody tr")}
+    assert [h.text for h in browser.find_elements("css selector", "#edge-table th")] == ["Caller", "Callee", "Calls", "Errors"]
+    assert table[("orders", "payments")] == ["orders", "payments", "1", "1"]
+    assert table[("frontend", "orders")] == ["frontend", "orders", "1", "0"]
     screenshot(browser, tmp_path, "map.png")
+    # The window reaches the viewer: the big trace's 50 calls are two days old.
+    open_page(browser, viewer, "/map?lookback=7d")
+    wait_until(lambda: [e.text for e in browser.find_elements("css selector", '#service-map g.edge[data-parent="frontend"][data-child="orders"]')]
+               == ["51 calls"], "the 7-day window")
 
 
 def test_payloads_in_span_data_never_run(browser, viewer, tmp_path):
-    with urllib.request.urlopen(f"{viewer.url}/trace/{XSS}", timeout=5) as response:
+    with urllib.request.urlopen(f"{viewer.ui}/trace/{XSS}", timeout=5) as response:
         assert response.headers["Content-Security-Policy"] == CSP
 
     open_page(browser, viewer, "/search")
@@ -694,9 +546,10 @@ def test_payloads_in_span_data_never_run(browser, viewer, tmp_path):
     text = one(browser, "#app").text
     for payload in (P_IMG, P_SCRIPT, P_SVG, P_JS_URL, P_TITLE, "</pre>" + P_SCRIPT):
         assert payload in text, payload
-    # The link's trace id is not a hex id: it is shown as text, never as an href.
-    link = one(browser, '.span-detail[data-span-id="c000000000000001"] .links')
-    assert P_JS_URL in link.text and not link.find_elements("css selector", "a")
+    # Link ids are hex by the time they reach the page (see the next test): the link is a
+    # same-origin path.
+    link = one(browser, '.span-detail[data-span-id="c000000000000001"] .links a.span-link')
+    assert link.get_attribute("href") == f"{viewer.ui}/trace/{LINKED}"
     screenshot(browser, tmp_path, "xss-trace.png")
     no_xss(browser)
 
@@ -710,6 +563,15 @@ def test_payloads_in_span_data_never_run(browser, viewer, tmp_path):
     screenshot(browser, tmp_path, "xss-map.png")
 
 
+def test_payload_ids_are_refused_at_ingestion(viewer):
+    """Ids are hex in OTLP: a span or link id that is a payload never reaches the store."""
+    for bad in ([span(P_JS_URL, "c000000000000009", None, "frontend", "x", "server", 0, 1)],
+                [span(XSS, P_SVG, None, "frontend", "x", "server", 0, 1)],
+                [span(XSS, "c000000000000009", None, "frontend", "x", "server", 0, 1, links=[(P_JS_URL, P_SVG)])]):
+        assert viewer.post(otlp_json(bad)) == 400
+    assert len(viewer.get(f"/api/traces/{XSS}")["data"][0]["spans"]) == 3
+
+
 def test_a_2000_span_waterfall_renders_within_a_second(browser, viewer, tmp_path):
     open_page(browser, viewer, f"/trace/{BIG}")
     assert len(wait_for(browser, ".span-row", BIG_SPANS)) == BIG_SPANS
@@ -717,7 +579,7 @@ def test_a_2000_span_waterfall_renders_within_a_second(browser, viewer, tmp_path
         "const m = performance.getEntriesByName('autotrace:trace-rendered'); return m.length && m[0].startTime"), "the mark")
     screenshot(browser, tmp_path, "big-trace.png")
     assert rendered < 1000, f"{rendered:.0f} ms from navigation to the drawn waterfall"
-    print(f"2,000-span waterfall drawn {rendered:.0f} ms after navigation (fake viewer)")
+    print(f"2,000-span waterfall drawn {rendered:.0f} ms after navigation")
 
 
 def test_unknown_trace_says_not_found(browser, viewer):
@@ -725,3 +587,36 @@ def test_unknown_trace_says_not_found(browser, viewer):
     assert "Trace not found." in one(browser, ".error-box").text
     open_page(browser, viewer, "/trace/not-hex")
     assert "Not a trace id: not-hex" in one(browser, ".error-box").text
+
+
+def test_the_readme_demo_trace_in_the_browser(browser, tmp_path):
+    """The README's first command, on free ports: a viewer with a fresh store, the demo
+    exporting to it, and the trace URL the demo prints opened in the browser."""
+    with Viewer(tmp_path, "--db", str(tmp_path / "view.db")) as demo_viewer:
+        result = run([PYTHON, str(DEMO), "--endpoint", demo_viewer.otlp_http], cwd=tmp_path, env=clean_env(), timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        found = re.search(r"^The demo's trace \(three services\):\s+(\S+)$", result.stdout, re.MULTILINE)
+        assert found, result.stdout
+        url = found.group(1)
+        # The demo found the UI through the viewer's marker: the URL is on the viewer's UI port.
+        assert url.startswith(f"{demo_viewer.ui}/trace/"), url
+        trace_id = url.rsplit("/", 1)[1]
+        stored = demo_viewer.get(f"/api/traces/{trace_id}")["data"][0]
+        expected = {s["spanID"] for s in stored["spans"]}
+        assert len(expected) == 7  # the frontend SERVER span, then CLIENT + SERVER per call: 1 + 2 * 3
+
+        browser.set_window_size(1400, 700)  # a picture that reads well in the README
+        try:
+            browser.get(url)
+            rows = wait_for(browser, ".span-row", len(expected))
+            assert {r.get_attribute("data-span-id") for r in rows} == expected
+            assert {r.get_attribute("data-service") for r in rows} == {"frontend", "checkout", "inventory"}
+            assert all(r.is_displayed() for r in rows)
+            assert "frontend" in one(browser, ".trace-title").text
+            shot = screenshot(browser, tmp_path, "viewer-trace.png")
+        finally:
+            browser.set_window_size(1400, 1000)
+    folder = os.environ.get("AUTOTRACE_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(shot, os.path.join(folder, "viewer-trace.png"))

@@ -111,6 +111,11 @@
     return String(value);
   }
 
+  // "1 call", "2 calls".
+  function plural(count, noun) {
+    return count + " " + noun + (count === 1 ? "" : "s");
+  }
+
   function errorBox(message) {
     return el("p", {className: "error-box", text: message});
   }
@@ -799,11 +804,12 @@
     }
     holder.append(drawMap(edges));
     const table = el("table", {className: "stats edges", id: "edge-table"},
-      el("thead", {}, el("tr", {}, el("th", {text: "Caller"}), el("th", {text: "Callee"}), el("th", {text: "Calls"}))));
+      el("thead", {}, el("tr", {}, el("th", {text: "Caller"}), el("th", {text: "Callee"}), el("th", {text: "Calls"}), el("th", {text: "Errors"}))));
     const tbody = el("tbody");
     for (const edge of edges) {
       tbody.append(el("tr", {"data-parent": edge.parent, "data-child": edge.child},
-        el("td", {text: edge.parent}), el("td", {text: edge.child}), el("td", {className: "num", text: String(edge.calls)})));
+        el("td", {text: edge.parent}), el("td", {text: edge.child}), el("td", {className: "num", text: String(edge.calls)}),
+        el("td", {className: "num" + (edge.errors ? " err-text" : ""), text: String(edge.errors)})));
     }
     table.append(tbody);
     holder.append(table);
@@ -855,7 +861,7 @@
       const group = svg("g", {class: "edge" + (edge.errors ? " has-error" : ""), "data-parent": edge.parent, "data-child": edge.child});
       const bend = forward ? 0 : 60;
       group.append(svg("path", {d: `M ${x1} ${y1} C ${(x1 + x2) / 2 + bend} ${y1}, ${(x1 + x2) / 2 + bend} ${y2}, ${x2} ${y2}`, "marker-end": "url(#arrow)"}));
-      group.append(svg("text", {x: (x1 + x2) / 2 + bend * 0.75, y: (y1 + y2) / 2 - 6, class: "edge-label", text: edge.calls + (edge.calls === 1 ? " call" : " calls") + (edge.errors ? `, ${edge.errors} errors` : "")}));
+      group.append(svg("text", {x: (x1 + x2) / 2 + bend * 0.75, y: (y1 + y2) / 2 - 6, class: "edge-label", text: plural(edge.calls, "call") + (edge.errors ? ", " + plural(edge.errors, "error") : "")}));
       root.append(group);
     }
     for (const name of names) {
