@@ -4,10 +4,11 @@
     python examples/demo.py    # prints the URL of the demo's trace
 
 ``frontend`` -> ``checkout`` -> ``inventory`` (``examples/shop/``), each a process of its own
-under ``autotrace run`` on a free port. The demo buys a book (three services, four
-calls), then an item the inventory has no record of (an error in every service), stops
-the services (SIGTERM: each flushes its spans as it exits; the viewer stores a batch
-before it answers), and asks the viewer's Jaeger API for the two traces.
+under ``autotrace run`` on a free port. The demo buys an item the inventory has no
+record of (an error in every service), then a book (three services, four calls), stops
+the services (SIGTERM: each finishes the requests in progress and exits, and the agent
+flushes its spans at exit; the viewer stores a batch before it answers), and asks the
+viewer's Jaeger API for the two traces.
 
 Options: ``--endpoint`` (default http://localhost:4318, where the services send spans).
 Only the standard library; the agent must be installed for this Python.
@@ -103,7 +104,7 @@ def main() -> int:
         buy(url["frontend"], "unicorn")  # no stock record: a 500 in inventory, 502 upstream
         buy(url["frontend"], "book")  # the newest trace: frontend -> checkout -> inventory x2
     finally:
-        for service in services:  # each flushes its spans at SIGTERM, then exits
+        for service in services:  # each finishes its requests at SIGTERM; the agent flushes at exit
             if service.poll() is None:
                 service.send_signal(signal.SIGTERM)
         for service in services:

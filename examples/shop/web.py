@@ -7,7 +7,9 @@ SERVER span and each call it makes is a CLIENT span carrying the trace to the ne
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +38,8 @@ def call(method: str, url: str, body: dict | None = None) -> dict:
 def serve(name: str, routes: dict) -> None:
     """Serve ``routes`` (``"GET /stock"`` -> function(path_rest, query, body) -> (status, dict))
     on the port given as the first argument (0: any free port, named in the first line
-    printed), until the process is stopped."""
+    printed), until SIGTERM: then it finishes the requests in progress and returns, as a
+    service stopped by its orchestrator should."""
     port = int(sys.argv[1])
 
     class Handler(BaseHTTPRequestHandler):
@@ -69,6 +72,14 @@ def serve(name: str, routes: dict) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    class Server(ThreadingHTTPServer):
+        daemon_threads = False  # server_close() waits for the requests in progress
+
+    server = Server(("127.0.0.1", port), Handler)
     print(f"{name} listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
-    server.serve_forever()
+    # shutdown() waits for serve_forever() to return: called from another thread.
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown).start())
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
