@@ -78,6 +78,32 @@ def test_search_conditions(store):
     assert (page, total) == ([failed], 3)
 
 
+def test_search_of_an_attribute_with_span_conditions(store):
+    """An attribute (or trace id) with service, operation or duration conditions: one span
+    of the trace must meet all of those, another may carry the attribute."""
+    base = time.time_ns() - 10_000_000_000
+    slow, spans = trace("shop", base, duration_ns=900_000_000, attributes={"user": 7})
+    put(store, spans, service="shop")
+    quick, spans = trace("shop", base + 1_000_000_000, duration_ns=1_000, attributes={"user": 7})
+    put(store, spans, service="shop")
+    elsewhere, spans = trace("ledger", base + 2_000_000_000, duration_ns=900_000_000, attributes={"user": 7})
+    put(store, spans, service="ledger")
+
+    def ids(**kwargs):
+        found, total = store.search(TraceQuery(**kwargs))
+        assert total == len(found)
+        return found
+
+    assert ids(tags={"user": "7"}) == [elsewhere, quick, slow]
+    assert ids(tags={"user": "7"}, service="shop") == [quick, slow]
+    assert ids(tags={"user": "7"}, service="shop", min_duration_ns=500_000_000) == [slow]
+    assert ids(tags={"user": "7"}, min_duration_ns=500_000_000) == [elsewhere, slow]
+    assert ids(tags={"user": "7"}, service="shop", operation="child 0") == [quick, slow]  # on another span
+    assert ids(tags={"user": "7"}, service="shop", operation="GET /", max_duration_ns=5_000) == [quick]
+    assert ids(tags={"user": "8"}, service="shop") == []
+    assert ids(trace_ids=[slow, elsewhere], service="ledger") == [elsewhere]
+
+
 def test_retention_by_span_count_drops_the_oldest_traces_whole(tmp_path):
     store = Store(str(tmp_path / "view.db"), max_spans=10)
     try:
