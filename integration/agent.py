@@ -16,6 +16,17 @@ AUTOTRACE = str(BIN / "autotrace")
 PYTHON = sys.executable
 
 
+# The end of a test service script whose ThreadingHTTPServer ``Handler`` serves on the port
+# given as its first argument, until SIGINT.
+SERVE_ON_ARGV_PORT = """
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("serving", flush=True)
+try:
+    server.serve_forever(poll_interval=0.05)
+except KeyboardInterrupt:
+    pass
+"""
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any agent or OpenTelemetry setting.
 

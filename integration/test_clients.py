@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import AUTOTRACE, PYTHON, Watched, clean_env, wait_until_answers, write
+from agent import AUTOTRACE, PYTHON, SERVE_ON_ARGV_PORT, Watched, clean_env, wait_until_answers, write
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 from ports import free_port
 
@@ -135,13 +135,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-print("serving", flush=True)
-try:
-    server.serve_forever(poll_interval=0.05)
-except KeyboardInterrupt:
-    pass
-"""
+""" + SERVE_ON_ARGV_PORT
 
 CLIENT_NAMES = ("requests", "httpx", "httpx_async", "urllib", "urllib3", "http_client")
 # Targets on the peer: (path, hops sent by a client that follows redirects, status).

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import AUTOTRACE, Watched, clean_env, run, wait_until_answers, write
+from agent import AUTOTRACE, SERVE_ON_ARGV_PORT, Watched, clean_env, run, wait_until_answers, write
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 from ports import free_port
 
@@ -85,13 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-print("serving", flush=True)
-try:
-    server.serve_forever(poll_interval=0.05)
-except KeyboardInterrupt:
-    pass
-"""
+""" + SERVE_ON_ARGV_PORT
 
 # variant -> its environment (besides the receiver's)
 VARIANTS = {

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from agent import AUTOTRACE, Watched, autotrace_run, wait_until_answers, write
+from agent import AUTOTRACE, SERVE_ON_ARGV_PORT, Watched, autotrace_run, wait_until_answers, write
 from ports import free_port
 from viewer import Viewer
 
@@ -33,13 +33,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"ok")
 
 
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-print("serving", flush=True)
-try:
-    server.serve_forever(poll_interval=0.05)
-except KeyboardInterrupt:
-    pass
-"""
+""" + SERVE_ON_ARGV_PORT
 
 FRONT = """
 import sys
