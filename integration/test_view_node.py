@@ -83,8 +83,12 @@ async function main() {
     { kind: api.SpanKind.CLIENT, attributes: { "db.system.name": "postgresql" } },
     api.trace.setSpan(api.context.active(), work),
   );
+  client.addLink({ context: root.spanContext(), attributes: { "link.reason": "retry" } });
   client.end();
   work.end();
+  const failure = new Error("order failed");
+  failure.name = "OrderError";
+  root.recordException(failure);
   root.setStatus({ code: api.SpanStatusCode.ERROR, message: "order failed" });
   root.end();
   await provider.shutdown();
@@ -191,9 +195,15 @@ def test_node_trace_arrives_whole(traces, variant):
     # Parents: root <- load order <- SELECT orders, as CHILD_OF references.
     assert root["references"] == []
     assert work["references"] == [{"refType": "CHILD_OF", "traceID": trace["traceID"], "spanID": root["spanID"]}]
-    assert client["references"] == [{"refType": "CHILD_OF", "traceID": trace["traceID"], "spanID": work["spanID"]}]
+    # The link, after the parent, as FOLLOWS_FROM.
+    assert client["references"] == [
+        {"refType": "CHILD_OF", "traceID": trace["traceID"], "spanID": work["spanID"]},
+        {"refType": "FOLLOWS_FROM", "traceID": trace["traceID"], "spanID": root["spanID"]},
+    ]
+    # The JS SDK starts a span at Date.now() (whole milliseconds) and times its duration with
+    # performance.now(): a child may seem to end up to 1 ms after its parent.
     assert root["startTime"] <= work["startTime"] <= client["startTime"]
-    assert client["startTime"] + client["duration"] <= work["startTime"] + work["duration"] + 1
+    assert client["startTime"] + client["duration"] <= work["startTime"] + work["duration"] + 1000
 
     # Attributes of each type, with Jaeger's KV types; the kind, the scope, the error status.
     tags = _tags(root["tags"])
@@ -214,10 +224,16 @@ def test_node_trace_arrives_whole(traces, variant):
     assert client_tags["span.kind"] == ("string", "client")
     assert client_tags["db.system.name"] == ("string", "postgresql")
 
-    # The event, as a log with an ``event`` field and the event's attributes.
-    assert root["logs"] == [] and client["logs"] == []
+    # The exception and the event, as logs with an ``event`` field and the event's attributes.
+    assert client["logs"] == []
+    (exception,) = root["logs"]
+    fields = _tags(exception["fields"])
+    assert fields["event"] == ("string", "exception")
+    assert fields["exception.type"] == ("string", "OrderError")
+    assert fields["exception.message"] == ("string", "order failed")
+    assert fields["exception.stacktrace"][0] == "string" and "trace.js" in fields["exception.stacktrace"][1]
     (log,) = work["logs"]
-    assert work["startTime"] <= log["timestamp"] <= work["startTime"] + work["duration"] + 1
+    assert work["startTime"] - 1000 <= log["timestamp"] <= work["startTime"] + work["duration"] + 1000
     assert _tags(log["fields"]) == {
         "event": ("string", "cache.miss"),
         "cache.key": ("string", "order:7"),
