@@ -123,6 +123,39 @@ def test_retention_by_span_count_drops_the_oldest_traces_whole(tmp_path):
         store.close()
 
 
+def test_retention_deletes_the_attribute_rows_of_dropped_traces(tmp_path):
+    # span_attrs has no index by trace: retention recomputes a trace's rows from its spans.
+    store = Store(str(tmp_path / "view.db"), max_spans=4)
+    try:
+        traces = []
+        for n in range(4):
+            trace_id = new_trace_id()
+            spans = [span(trace_id, "GET /", attributes={"user": f"u{n}", "n": n, "ok": True, "big": "x" * 2000})]
+            spans.append(span(trace_id, "child", parent=spans[0]["spanId"], attributes={"user": f"u{n}", "pi": 3.5}))
+            put(store, spans, resource={"host.name": f"h{n % 2}"})
+            traces.append(trace_id)
+        kept = {row[0] for row in store._writer.execute("SELECT DISTINCT trace_id FROM span_attrs")}
+        assert kept == set(traces[2:])
+        assert store.search(TraceQuery(tags={"user": "u3"}))[0] == [traces[3]]
+        assert store.search(TraceQuery(tags={"host.name": "h0"}))[0] == [traces[2]]
+    finally:
+        store.close()
+
+
+def test_a_store_of_the_previous_schema_loses_the_attribute_trace_index(tmp_path):
+    path = str(tmp_path / "view.db")
+    Store(path).close()
+    store = Store(path)
+    store._writer.execute("CREATE INDEX span_attrs_trace ON span_attrs (trace_id)")
+    store.close()
+    store = Store(path)
+    try:
+        names = {row[0] for row in store._writer.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "span_attrs_trace" not in names
+    finally:
+        store.close()
+
+
 def test_retention_by_age_drops_traces_received_before_the_cutoff(tmp_path):
     store = Store(str(tmp_path / "view.db"), retention_days=1)
     try:

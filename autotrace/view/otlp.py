@@ -136,7 +136,15 @@ def _pb_id(raw: bytes, size: int, what: str) -> str:
 
 
 def _pb_attributes(kvs: Iterable[Any]) -> list:
-    return [{"key": kv.key, "value": _pb_value(kv.value, 0)} for kv in kvs]
+    # Measured: most values are strings; they skip the _pb_value call (a third of decoding).
+    out = []
+    for kv in kvs:
+        value = kv.value
+        if value.WhichOneof("value") == "string_value":
+            out.append({"key": kv.key, "value": {"stringValue": value.string_value}})
+        else:
+            out.append({"key": kv.key, "value": _pb_value(value, 0)})
+    return out
 
 
 def _pb_value(value: Any, depth: int) -> dict:
