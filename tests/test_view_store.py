@@ -156,6 +156,34 @@ def test_a_store_of_the_previous_schema_loses_the_attribute_trace_index(tmp_path
         store.close()
 
 
+def test_a_store_whose_spans_are_keyed_without_rowid_still_works(tmp_path):
+    # The layout before spans became a rowid table: opened as it is.
+    import sqlite3
+
+    path = str(tmp_path / "view.db")
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT NOT NULL,"
+        " service TEXT NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL, start_ns INTEGER NOT NULL,"
+        " end_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, status_code INTEGER NOT NULL,"
+        " status_message TEXT NOT NULL, trace_state TEXT NOT NULL, flags INTEGER NOT NULL, attributes TEXT NOT NULL,"
+        " events TEXT NOT NULL, links TEXT NOT NULL, resource_id INTEGER NOT NULL, scope_id INTEGER NOT NULL,"
+        " PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID"
+    )
+    old.close()
+    store = Store(path, max_spans=3)
+    try:
+        first, spans = trace(spans=2, attributes={"user": "a"})
+        put(store, spans)
+        put(store, spans)  # the same spans again are kept once
+        second, spans = trace(spans=2, attributes={"user": "b"})
+        put(store, spans)
+        assert store.span_count == 2 and store.spans([first]) == []
+        assert store.search(TraceQuery(tags={"user": "b"}))[0] == [second]
+    finally:
+        store.close()
+
+
 def test_retention_by_age_drops_traces_received_before_the_cutoff(tmp_path):
     store = Store(str(tmp_path / "view.db"), retention_days=1)
     try:
