@@ -17,9 +17,10 @@ span of their own); each log line names its worker's span.
 
 from __future__ import annotations
 
+import textwrap
 import urllib.request
 
-from agent import AUTOTRACE, Watched, clean_env, wait_until_answers, write
+from agent import AUTOTRACE, SERVE_ON_ARGV_PORT, Watched, clean_env, wait_until_answers, write
 from otlp_receiver import OTLPReceiver
 from ports import free_port
 
@@ -101,13 +102,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":  # a spawn child imports this module too
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-    print("serving", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.05)
-    except KeyboardInterrupt:
-        pass
-"""
+""" + textwrap.indent(SERVE_ON_ARGV_PORT, "    ")
 
 
 def test_workers_are_children_of_the_server_span_and_log_its_trace(tmp_path):

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import pytest
 
 from agent import PYTHON, clean_env, run
+from view_checks import kvs
 from viewer import Viewer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,20 +172,6 @@ def canned_spans() -> list[dict[str, Any]]:
 KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 
 
-def otlp_value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    return {"stringValue": str(value)}
-
-
-def otlp_attributes(attrs: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": key, "value": otlp_value(value)} for key, value in attrs.items()]
-
-
 def otlp_json(spans: list[dict[str, Any]]) -> bytes:
     """Spans of the neutral form as one OTLP JSON ``ExportTraceServiceRequest``: one resource
     (``service.name`` and a few more attributes) per service, as each service's SDK sends it."""
@@ -193,10 +180,10 @@ def otlp_json(spans: list[dict[str, Any]]) -> bytes:
         otlp = {
             "traceId": s["trace"], "spanId": s["id"], "name": s["name"], "kind": KINDS[s["kind"]],
             "startTimeUnixNano": str(s["start"] * 1000), "endTimeUnixNano": str((s["start"] + s["duration"]) * 1000),
-            "attributes": otlp_attributes(s["attrs"]),
+            "attributes": kvs(s["attrs"]),
             # An event's time: ms from its span's start.
             "events": [{"timeUnixNano": str((s["start"] + int(at * 1000)) * 1000), "name": name,
-                        "attributes": otlp_attributes(attrs)} for name, at, attrs in s["events"]],
+                        "attributes": kvs(attrs)} for name, at, attrs in s["events"]],
             "links": [{"traceId": trace, "spanId": span_id} for trace, span_id in s["links"]],
             "status": {"code": 2, "message": "failed"} if s["error"] else {},
         }
@@ -204,7 +191,7 @@ def otlp_json(spans: list[dict[str, Any]]) -> bytes:
             otlp["parentSpanId"] = s["parent"]
         by_service.setdefault(s["service"], []).append(otlp)
     return json.dumps({"resourceSpans": [
-        {"resource": {"attributes": otlp_attributes({"service.name": service, "host.name": "dev-laptop",
+        {"resource": {"attributes": kvs({"service.name": service, "host.name": "dev-laptop",
                                                      "telemetry.sdk.language": "python",
                                                      "service.instance.id": service + "-1"})},
          "scopeSpans": [{"scope": {"name": "autotrace", "version": "1"}, "spans": otlp_spans}]}
