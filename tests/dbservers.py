@@ -20,7 +20,9 @@ session each server is asked to stop, then killed with its whole process group a
 (``PR_SET_PDEATHSIG``), so no server outlives its run; the directory a killed run leaves
 behind is removed by the next run.
 
-Tests share the servers: each uses its own table and key names (``uuid``).
+``redis_cluster_server`` is a one-node Redis Cluster (every slot on one server in cluster
+mode), for cluster clients. Tests share the servers: each uses its own table and key names
+(``uuid``).
 """
 
 from __future__ import annotations
@@ -477,4 +479,50 @@ def redis_server() -> Iterator[DbServer]:
     yield from _serve("redis", _launch_redis, signal.SIGTERM)
 
 
-__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_server"]
+def _command(port: int, *words: str) -> bytes:
+    """One inline command's reply (the first read), for set-up without a client library."""
+    with _connect(port) as sock:
+        sock.sendall(" ".join(words).encode() + b"\r\n")
+        return sock.recv(4096)
+
+
+def _launch_redis_cluster(server: _Server) -> DbServer:
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise ServerStartError("Redis is not installed (redis-server): apt-get install redis-server")
+    port = free_port()
+    args = [
+        binary,
+        "--port", str(port),
+        "--bind", HOST,
+        "--dir", str(server.directory),
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", str(server.directory / "nodes.conf"),
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--logfile", "",
+    ]
+
+    def ready() -> bool:
+        return _command(port, "PING").startswith(b"+PONG")
+
+    server.start(args, signal.SIGTERM, ready)
+    reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")  # Redis 7+
+    if not reply.startswith(b"+OK"):
+        raise ServerStartError(f"redis cluster test server: CLUSTER ADDSLOTSRANGE answered {reply!r}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while b"cluster_state:ok" not in _command(port, "CLUSTER", "INFO"):
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"redis cluster test server: state not ok within {START_TIMEOUT:.0f} s")
+        time.sleep(0.05)
+    return DbServer("redis", HOST, port, None, None, "0")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[DbServer]:
+    """A one-node Redis Cluster (all 16384 slots on one server in cluster mode), for cluster clients."""
+    yield from _serve("redis-cluster", _launch_redis_cluster, signal.SIGTERM)
+
+
+__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_cluster_server", "redis_server"]

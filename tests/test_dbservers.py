@@ -106,3 +106,17 @@ def test_redis_serves_commands(redis_server: DbServer) -> None:
     finally:
         client.delete(key)
         client.close()
+
+
+def test_redis_cluster_serves_a_cluster_client(redis_cluster_server: DbServer) -> None:
+    from redis.cluster import RedisCluster
+
+    key = f"k:{uuid.uuid4().hex}"
+    client = RedisCluster(host=redis_cluster_server.host, port=redis_cluster_server.port)
+    try:
+        assert client.set(key, "v") is True
+        assert client.get(key) == b"v"
+        assert client.cluster_info()["cluster_state"] == "ok"
+    finally:
+        client.delete(key)
+        client.close()
