@@ -79,6 +79,12 @@ HOOKS: tuple[Hook, ...] = (
     # CLIENT spans (sync, and asyncio in grpc.aio).
     Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
     Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
+    # Databases and caches: one CLIENT span per query or command (autotrace.db); a layer
+    # over another (SQLAlchemy over its driver) has the span, the one under it starts none.
+    Hook("redis", "redis.client", "autotrace.hooks.redis", "redis", (4, 2)),
+    Hook("redis_asyncio", "redis.asyncio.client", "autotrace.hooks.redis:patch_asyncio", "redis", (4, 2)),
+    Hook("redis_cluster", "redis.cluster", "autotrace.hooks.redis:patch_cluster", "redis", (4, 2)),
+    Hook("redis_asyncio_cluster", "redis.asyncio.cluster", "autotrace.hooks.redis:patch_asyncio_cluster", "redis", (4, 3)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
