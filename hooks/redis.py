@@ -332,14 +332,16 @@ def queued_commands(pipeline: Any) -> list[tuple] | None:
     """The argument tuples of a pipeline's queued commands; None if this version keeps them elsewhere.
 
     ``Pipeline``: ``command_stack`` of ``(args, options)``; ``ClusterPipeline``: its
-    strategy's ``command_queue`` (or, in older versions, ``command_stack``) of objects
-    with ``args``.
+    strategy's ``command_queue`` (asyncio: ``_command_queue``; older versions: its own
+    ``command_stack``) of objects with ``args``.
     """
     stack = getattr(pipeline, "command_stack", None)
     if not stack:
         strategy = getattr(pipeline, "_execution_strategy", None)
         if strategy is not None:
             stack = getattr(strategy, "command_queue", None)
+            if stack is None:
+                stack = getattr(strategy, "_command_queue", None)
     if stack is None:
         return None
     commands = []
