@@ -17,7 +17,7 @@ Startup is bounded (:data:`START_TIMEOUT`); a server that does not come up fails
 that uses it with a message and the tail of its log (never a silent skip). At the end of the
 session each server is asked to stop, then killed with its whole process group after
 :data:`STOP_TIMEOUT`; the servers also get SIGTERM/SIGQUIT if the test process dies
-(``PR_SET_PDEATHSIG``), so no server outlives its run; the directory a killed run leaves
+(``setpriv --pdeathsig``), so no server outlives its run; the directory a killed run leaves
 behind is removed by the next run.
 
 ``redis_cluster_server`` is a one-node Redis Cluster (every slot on one server in cluster
@@ -28,7 +28,6 @@ mode), for cluster clients. Tests share the servers: each uses its own table and
 from __future__ import annotations
 
 import atexit
-import ctypes
 import glob
 import os
 import pwd
@@ -107,20 +106,11 @@ def _run_as() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(signum: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets ``signum`` when the test process dies.
-
-    Set in the child after its user changed (a credentials change clears the setting).
-    """
-
-    def preexec() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
-
-    return preexec
+def _setpriv() -> str:
+    path = shutil.which("setpriv") or next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if os.path.exists(p)), None)
+    if path is None:
+        raise ServerStartError("setpriv (util-linux) is missing: apt-get install util-linux")
+    return path
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -166,11 +156,20 @@ class _Server:
             "TMPDIR": str(self.directory),
         }
 
-    def _user_kwargs(self) -> dict:
-        if self.run_as is None:
-            return {}
-        uid, gid = self.run_as
-        return {"user": uid, "group": gid, "extra_groups": []}
+    def command(self, args: list[str], death_signal: str | None = None) -> list[str]:
+        """``args`` run through setpriv: as the server's user, and killed with the test process.
+
+        Not Popen's ``user=`` or a ``preexec_fn``: those make Python fork() rather than
+        vfork(), and with gRPC active in the test process (an OTLP receiver) a forked child
+        may abort before it execs (see integration/agent.py's Watched).
+        """
+        wrapper = [_setpriv()]
+        if self.run_as is not None:
+            uid, gid = self.run_as
+            wrapper += [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        if death_signal is not None:
+            wrapper.append(f"--pdeathsig={death_signal}")
+        return [*wrapper, "--", *args]
 
     def write(self, name: str, text: str) -> Path:
         """A file in the server's directory that the server's user can read (and only it)."""
@@ -185,13 +184,13 @@ class _Server:
         """Run a set-up command as the server's user (bounded); its output, or a clear failure."""
         try:
             done = subprocess.run(
-                args,
+                self.command(args),
                 cwd=self.directory,
                 env=self.env,
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
                 timeout=SETUP_TIMEOUT,
-                **self._user_kwargs(),
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ServerStartError(f"{self.system} test server: {args[0]} failed: {exc}") from None
@@ -202,20 +201,18 @@ class _Server:
             )
         return done.stdout
 
-    def start(self, args: list[str], death_signal: int, ready: Callable[[], bool]) -> None:
+    def start(self, args: list[str], death_signal: str, ready: Callable[[], bool]) -> None:
         """Start the server (output to its log) and wait until ``ready()`` or fail with the log's tail."""
         with open(self.log, "ab") as log:
             try:
                 self.process = subprocess.Popen(
-                    args,
+                    self.command(args, death_signal),
                     cwd=self.directory,
                     env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stop() kills all of it
-                    preexec_fn=_die_with_parent(death_signal),
-                    **self._user_kwargs(),
                 )
             except OSError as exc:
                 raise ServerStartError(f"{self.system} test server: cannot start {args[0]}: {exc}") from None
@@ -348,7 +345,7 @@ def _launch_postgres(server: _Server) -> DbServer:
         return check.returncode == 0
 
     # SIGQUIT (immediate shutdown) if the test process dies: its clients are gone anyway
-    server.start(args, signal.SIGQUIT, ready)
+    server.start(args, "QUIT", ready)
     server.setup(
         [
             str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
@@ -433,7 +430,7 @@ def _launch_mariadb(server: _Server) -> DbServer:
             greeting = sock.recv(5)
         return len(greeting) == 5 and greeting[4] == 10
 
-    server.start(args, signal.SIGTERM, ready)
+    server.start(args, "TERM", ready)
     return DbServer("mariadb", HOST, port, USER, password, DATABASE)
 
 
@@ -469,7 +466,7 @@ def _launch_redis(server: _Server) -> DbServer:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
 
-    server.start(args, signal.SIGTERM, ready)
+    server.start(args, "TERM", ready)
     return DbServer("redis", HOST, port, None, None, "0")
 
 
@@ -507,7 +504,7 @@ def _launch_redis_cluster(server: _Server) -> DbServer:
     def ready() -> bool:
         return _command(port, "PING").startswith(b"+PONG")
 
-    server.start(args, signal.SIGTERM, ready)
+    server.start(args, "TERM", ready)
     reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")  # Redis 7+
     if not reply.startswith(b"+OK"):
         raise ServerStartError(f"redis cluster test server: CLUSTER ADDSLOTSRANGE answered {reply!r}")
