@@ -79,8 +79,9 @@ HOOKS: tuple[Hook, ...] = (
     # CLIENT spans (sync, and asyncio in grpc.aio).
     Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
     Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
-    # Databases and caches: one CLIENT span per query or command (autotrace.db); a layer
-    # over another (SQLAlchemy over its driver) has the span, the one under it starts none.
+    # Databases and caches: one CLIENT span per query the app runs; a driver under an
+    # outer layer (an ORM, executemany) sees the call in progress and starts none.
+    Hook("sqlite3", "sqlite3", "autotrace.hooks.sqlite3"),
     Hook("redis", "redis.client", "autotrace.hooks.redis", "redis", (4, 2)),
     Hook("redis_asyncio", "redis.asyncio.client", "autotrace.hooks.redis:patch_asyncio", "redis", (4, 2)),
     Hook("redis_cluster", "redis.cluster", "autotrace.hooks.redis:patch_cluster", "redis", (4, 2)),
