@@ -28,6 +28,7 @@ mode), for cluster clients. Tests share the servers: each uses its own table and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
@@ -281,6 +282,20 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection((HOST, port), timeout=1.0)
 
 
+@contextlib.contextmanager
+def running(system: str) -> Iterator[DbServer]:
+    """A server started for the ``with`` block, outside pytest (benchmarks):
+    ``"postgresql"``, ``"mariadb"``, ``"redis"`` or ``"redis-cluster"``."""
+    launchers = {
+        "postgresql": (_launch_postgres, signal.SIGINT),
+        "mariadb": (_launch_mariadb, signal.SIGTERM),
+        "redis": (_launch_redis, signal.SIGTERM),
+        "redis-cluster": (_launch_redis_cluster, signal.SIGTERM),
+    }
+    launch, stop_signal = launchers[system]
+    yield from _serve(system, launch, stop_signal)
+
+
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
@@ -522,4 +537,4 @@ def redis_cluster_server() -> Iterator[DbServer]:
     yield from _serve("redis-cluster", _launch_redis_cluster, signal.SIGTERM)
 
 
-__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_cluster_server", "redis_server"]
+__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_cluster_server", "redis_server", "running"]
