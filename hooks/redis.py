@@ -33,6 +33,9 @@ none. Arguments that are secrets or data rather than a key (``AUTH``, ``HELLO``,
 Redis error reply sets ``db.response.status_code`` to its prefix (``WRONGTYPE``,
 ``ERR``, ``NOSCRIPT``); the app's exception is re-raised untouched.
 
+Supported: redis-py 4.2 and later (the asyncio cluster from 4.3, where it appeared); the
+tests pass with 4.2.0, 4.6.0, 5.0.8, 6.4.0, 7.0.1 and 8.2.0.
+
 Per call the hook does little: the connection pool's :class:`autotrace.db.Target` is
 built once and kept on the pool, the command name's upper case is cached, the text is
 made from the arguments as they are.
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 LIBRARY = "redis"
 SYSTEM = "redis"
 
-# The attribute a connection pool (or a cluster client) keeps its Target in.
+# The attribute a connection pool keeps its Target in.
 TARGET_ATTRIBUTE = "_autotrace_db_target"
 
 # Commands whose arguments are never recorded: secrets (passwords), or data rather than a key.
@@ -250,18 +253,14 @@ def pool_target(pool: Any) -> db.Target:
     return db.Target(SYSTEM, str(database), server_address=str(host), server_port=_port(port, 6379))
 
 
+_CLUSTER_TARGET: list[db.Target] = []  # made at the first cluster command
+
+
 def _cluster_target(client: Any) -> db.Target:
-    """A cluster client's Target: database 0, no address (each command picks its node)."""
-    try:
-        return client.__dict__[TARGET_ATTRIBUTE]
-    except (KeyError, AttributeError):
-        pass
-    target = db.Target(SYSTEM, "0")
-    try:
-        setattr(client, TARGET_ATTRIBUTE, target)
-    except Exception:  # noqa: BLE001
-        pass
-    return target
+    """Every cluster client's Target: database 0, no address (each command picks its node)."""
+    if not _CLUSTER_TARGET:
+        _CLUSTER_TARGET.append(db.Target(SYSTEM, "0"))
+    return _CLUSTER_TARGET[0]
 
 
 def _port(port: object, default: int) -> int | None:
@@ -331,11 +330,11 @@ def _text(value: object) -> str:
 def queued_commands(pipeline: Any) -> list[tuple] | None:
     """The argument tuples of a pipeline's queued commands; None if this version keeps them elsewhere.
 
-    ``Pipeline``: ``command_stack`` of ``(args, options)``; ``ClusterPipeline``: its
-    strategy's ``command_queue`` (asyncio: ``_command_queue``; older versions: its own
-    ``command_stack``) of objects with ``args``.
+    ``Pipeline``: ``command_stack`` of ``(args, options)``; ``ClusterPipeline``: its own
+    ``command_stack`` (sync, up to 5.x), ``_command_stack`` (asyncio, up to 5.x), or its
+    strategy's ``command_queue`` / ``_command_queue`` (6.x and later), of objects with ``args``.
     """
-    stack = getattr(pipeline, "command_stack", None)
+    stack = getattr(pipeline, "command_stack", None) or getattr(pipeline, "_command_stack", None)
     if not stack:
         strategy = getattr(pipeline, "_execution_strategy", None)
         if strategy is not None:

@@ -334,6 +334,11 @@ def test_a_hook_failure_leaves_the_command_working(traced, client, parent, monke
 # -- asyncio ----------------------------------------------------------------------------
 
 
+async def close(client) -> None:
+    """``aclose()`` (redis-py 5 and later), ``close()`` before."""
+    await (client.aclose() if hasattr(client, "aclose") else client.close())
+
+
 def test_asyncio_commands_and_pipelines_are_spans_of_their_tasks_request(traced, redis_server):
     tracer = trace.get_tracer("test")
     name = key()
@@ -353,7 +358,7 @@ def test_asyncio_commands_and_pipelines_are_spans_of_their_tasks_request(traced,
             await asyncio.gather(request("a", client), request("b", client))
             await client.get(name)  # outside any request: no span
         finally:
-            await client.aclose()
+            await close(client)
 
     asyncio.run(main())
     finished = traced.get_finished_spans()
@@ -383,7 +388,7 @@ def test_asyncio_error_reraised_untouched(traced, redis_server, parent):
             finally:
                 await client.delete(name)
         finally:
-            await client.aclose()
+            await close(client)
         raise AssertionError("no error")
 
     error = asyncio.run(main())
@@ -430,7 +435,7 @@ def test_asyncio_cluster_commands_and_pipeline_are_one_span_each(traced, redis_c
                     pipe.get(name).delete(name)
                     assert await pipe.execute() == [b"v", 1]
         finally:
-            await cluster.aclose()
+            await close(cluster)
 
     asyncio.run(main())
     spans = redis_spans(traced)
