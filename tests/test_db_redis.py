@@ -2,7 +2,7 @@
 
 In process, with the in-memory exporter and the hook applied to redis.client,
 redis.asyncio.client, redis.cluster and redis.asyncio.cluster as the registry would.
-The same calls under ``autotrace run`` are in integration/test_db_redis.py.
+The same calls under ``autotrace run`` are in integration/test_db_redis_agent.py.
 """
 
 from __future__ import annotations
