@@ -70,11 +70,11 @@ tracer = trace.get_tracer("bench")
 with tracer.start_as_current_span("GET /bench", kind=trace.SpanKind.SERVER):  # the request
     for _ in range(min(500, calls)):  # warm-up: connections, caches, the SDK's set-up
         call()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         call()
-    elapsed = time.perf_counter() - start
-print(elapsed / calls * 1e6)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(elapsed / calls * 1e6, cpu / calls * 1e6)
 '''
 
 FORMS = ("redis.get", "psycopg.select1", "sdk.span")
@@ -135,13 +135,14 @@ def main() -> None:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run in one request span, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
+        print(f"{'':18} {'wall clock':^39} | {'CPU of the process (all threads)':^39}")
+        print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9} | {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
         for form in forms:
-            plain, traced = [], []
+            plain, traced, plain_cpu, traced_cpu = [], [], [], []
             for _ in range(args.rounds):
-                for command, environ, into in (
-                    ([sys.executable, str(script)], env, plain),
-                    ([autotrace, "run", sys.executable, str(script)], traced_env, traced),
+                for command, environ, into, into_cpu in (
+                    ([sys.executable, str(script)], env, plain, plain_cpu),
+                    ([autotrace, "run", sys.executable, str(script)], traced_env, traced, traced_cpu),
                 ):
                     out = subprocess.run(
                         [*command, form, urls.get(form, "-"), str(args.calls)],
@@ -152,9 +153,14 @@ def main() -> None:
                     )
                     if out.returncode != 0:
                         raise SystemExit(f"{form} failed:\n{out.stderr}")
-                    into.append(float(out.stdout.split()[-1]))
-            p, t = statistics.median(plain), statistics.median(traced)
-            print(f"{form:18} {p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs", flush=True)
+                    wall, cpu = out.stdout.split()[-2:]
+                    into.append(float(wall))
+                    into_cpu.append(float(cpu))
+            columns = []
+            for before, after in ((plain, traced), (plain_cpu, traced_cpu)):
+                p, t = statistics.median(before), statistics.median(after)
+                columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
+            print(f"{form:18} {columns[0]} | {columns[1]}", flush=True)
     sink.shutdown()
 
 
