@@ -54,14 +54,29 @@ def target(connection) -> db.Target | None:
         return None
 
 
-def _make_target(connection) -> db.Target:
+def _make_target(connection, given: db.Target | None = None) -> db.Target:
+    """``given``: what ``connect`` was called with, for a mysqlclient that does not keep it (2.1.0)."""
     system = "mariadb" if "MariaDB" in (connection.get_server_info() or "") else "mysql"
-    # host, db and port: set by mysqlclient 2.1+ (port by its C type).
+    # host, db: kept by mysqlclient 2.1.1+; port: by its C type in newer versions.
     host = getattr(connection, "host", None)
     port = getattr(connection, "port", None)
+    namespace = dbapi.text(getattr(connection, "db", None))
     return db.Target(
         system,
-        dbapi.text(getattr(connection, "db", None)),
+        namespace or (given.namespace if given is not None else None),
+        host if isinstance(host, str) and host else (given.server_address if given is not None else None),
+        port if isinstance(port, int) and port else (given.server_port if given is not None else None),
+    )
+
+
+def _given(kwargs: dict) -> db.Target:
+    """The Target ``connect``'s keyword arguments name (before the server says what it is)."""
+    host, port, socket = kwargs.get("host"), kwargs.get("port", 3306), kwargs.get("unix_socket")
+    if isinstance(socket, str) and socket and not host:
+        host, port = socket, None
+    return db.Target(
+        "mysql",
+        dbapi.text(kwargs.get("database", kwargs.get("db"))),
         host if isinstance(host, str) and host else None,
         port if isinstance(port, int) and port else None,
     )
@@ -70,27 +85,24 @@ def _make_target(connection) -> db.Target:
 def _wrap_init(original):
     def __init__(self, *args, **kwargs):
         try:
-            host, port = kwargs.get("host"), kwargs.get("port")
-            provisional = db.Target(
-                "mysql",
-                dbapi.text(kwargs.get("database", kwargs.get("db"))),
-                host if isinstance(host, str) and host else None,
-                port if isinstance(port, int) and port else None,
-            )
-            call = db.start(LIBRARY, provisional, name="connect")
+            given = _given(kwargs)
+            call = db.start(LIBRARY, given, name="connect")
         except Exception:  # noqa: BLE001
-            call = None
-        if call is None:
-            return original(self, *args, **kwargs)
+            given = call = None
         try:
             original(self, *args, **kwargs)
         except BaseException as exc:
-            call.fail(exc, dbapi.error_number(exc))
-            call.close()
+            if call is not None:
+                call.fail(exc, dbapi.error_number(exc))
+                call.close()
             raise
-        made = target(self)
-        if made is not None:
-            call.set_attributes(made.attributes)  # mariadb or mysql, the address it used
-        call.close()
+        try:
+            made = self.__dict__[KEPT] = _make_target(self, given)
+        except Exception:  # noqa: BLE001 - made at the first call instead
+            made = None
+        if call is not None:
+            if made is not None:
+                call.set_attributes(made.attributes)  # mariadb or mysql, the address it used
+            call.close()
 
     return __init__
