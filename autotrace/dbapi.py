@@ -12,7 +12,8 @@ read). The wrappers:
   (the core's nesting rule);
 - ``callproc``: one span ``CALL name`` with ``db.stored_procedure.name``; the ``SET`` of
   the parameters the driver sends first is part of it;
-- ``commit`` and ``rollback``: one span each (they go to the server).
+- ``begin`` (PyMySQL and mysqlclient have one), ``commit`` and ``rollback``: one span
+  each (they go to the server).
 
 Every wrapper returns what the driver returned and re-raises the driver's exception
 untouched, recorded on the span with the driver's status code (``status_code``; for the
@@ -53,9 +54,11 @@ def patch_cursor(cursor_class: type, driver: Driver) -> None:
 
 
 def patch_transactions(connection_class: type, driver: Driver) -> None:
-    """Wrap ``commit`` and ``rollback`` where ``connection_class`` defines them."""
-    wrap_function(connection_class, "commit", lambda original: _end(original, driver, "COMMIT"))
-    wrap_function(connection_class, "rollback", lambda original: _end(original, driver, "ROLLBACK"))
+    """Wrap ``begin`` (a driver's own method, where it has one), ``commit`` and ``rollback``
+    where ``connection_class`` defines them."""
+    for name in ("begin", "commit", "rollback"):
+        if name in connection_class.__dict__:
+            wrap_function(connection_class, name, lambda original, sql=name.upper(): _end(original, driver, sql))
 
 
 def error_number(exc: BaseException) -> str | None:
@@ -112,15 +115,20 @@ def _execute(original: Callable, driver: Driver) -> Callable:
 
 
 def _commented(query: object, args: object, call: db.DbCall) -> object:
-    """The statement with the sqlcommenter comment when it is on (``str`` statements only)."""
-    if not isinstance(query, str):
+    """The statement with the sqlcommenter comment when it is on (``str`` and ``bytes`` statements)."""
+    if not isinstance(query, (str, bytes)):
         return query
     commented = db.with_comment(query, call)
     if commented is query or args is None:
         return commented
     # The driver formats the statement with ``%`` when it has parameters: a ``%`` of the
     # comment (a URL-encoded tracestate) must reach the server as it is.
-    return query + commented[len(query):].replace("%", "%%")
+    percent = "%" if isinstance(query, str) else b"%"
+    if commented.count(percent) == query.count(percent):
+        return commented  # no "%" in the comment
+    if commented[: len(query)] != query:
+        return query  # the comment went before a final ";": left out rather than parsed
+    return query + commented[len(query):].replace(percent, percent * 2)
 
 
 def _executemany(original: Callable, driver: Driver) -> Callable:

@@ -7,9 +7,9 @@ it imports ``MySQLdb.cursors``). Patched:
   methods, see :mod:`autotrace.dbapi`): every cursor class inherits them;
 - ``MySQLdb.connections.Connection.__init__`` (``MySQLdb.connect`` makes one): a span
   ``connect``, only under a current span (see :func:`autotrace.db.start`);
-- ``commit`` and ``rollback``: C methods of ``_mysql.connection``, which cannot be
-  replaced there; ``Connection`` is a Python subclass, so the wrappers go on it (each
-  call goes to the server: a span each).
+- ``begin`` (Python) and ``commit``, ``rollback``: C methods of ``_mysql.connection``,
+  which cannot be replaced there; ``Connection`` is a Python subclass, so the wrappers go
+  on it (each call goes to the server: a span each).
 
 The connection's :class:`autotrace.db.Target` is made when it connects (or at its first
 call, for one made before the hook) and kept on it: ``db.system.name`` is ``mariadb`` when

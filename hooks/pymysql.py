@@ -10,7 +10,7 @@ Waits for ``pymysql`` (which imports its ``connections`` and ``cursors``). Patch
   authentication, ``SET NAMES``, ``init_command``: one span, the statements inside it
   none), started, like every database span, only under a current span (see
   :func:`autotrace.db.start`);
-- ``Connection.commit`` and ``rollback``: each goes to the server, each a span.
+- ``Connection.begin``, ``commit`` and ``rollback``: each goes to the server, each a span.
 
 The connection's :class:`autotrace.db.Target` is made at its first traced call and kept
 on it (remade if ``select_db`` changes its database): ``db.system.name`` is ``mariadb``

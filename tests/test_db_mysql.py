@@ -229,16 +229,21 @@ def test_connect_commit_rollback_are_spans_inside_a_request(driver, table, paren
     cursor = connection.cursor()
     cursor.execute(f"UPDATE {table} SET name = 'z' WHERE id = 1")
     connection.rollback()
+    connection.begin()
     cursor.execute(f"UPDATE {table} SET name = 'w' WHERE id = 2")
     connection.commit()
     connection.close()
     names = [s.name for s in db_spans(driver.spans)]
-    assert names == ["connect", f"UPDATE {table}", "ROLLBACK", f"UPDATE {table}", "COMMIT"]
+    assert names == ["connect", f"UPDATE {table}", "ROLLBACK", "BEGIN", f"UPDATE {table}", "COMMIT"]
+    cursor = driver.connect().cursor()
+    cursor.execute(f"SELECT name FROM {table} ORDER BY id")
+    assert [row[0] for row in cursor.fetchall()] == ["ann", "w", "cy"]  # rolled back, committed
     connect = db_spans(driver.spans)[0]
     assert_child_of(connect, parent)
     assert_target(connect, driver)  # what the handshake said, set when it returned
     for span in db_spans(driver.spans):
         assert_child_of(span, parent)
+        assert span.status.status_code == StatusCode.UNSET
 
 
 def test_a_failed_connect_is_recorded_and_raised_unchanged(driver, parent):
@@ -329,3 +334,25 @@ def test_suppressed_instrumentation_makes_no_span(driver, table, parent, suppres
     connection.cursor().execute(f"SELECT * FROM {table}")
     connection.close()
     assert db_spans(driver.spans) == []
+
+
+def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, monkeypatch):
+    """A URL-encoded tracestate has "%": the driver's own %-formatting must leave it as it is."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState, set_span_in_context
+
+    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
+    config.reset_db_settings()
+    caller = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "k:v/x")]))
+    token = context.attach(set_span_in_context(NonRecordingSpan(caller)))
+    try:
+        connection = connected(driver, autocommit=True)
+        cursor = connection.cursor()
+        sql = "SELECT info FROM information_schema.processlist WHERE id = CONNECTION_ID() AND %s = 1"
+        cursor.execute(sql, (1,))
+        [(received,)] = cursor.fetchall()
+    finally:
+        context.detach(token)
+    received = received.decode() if isinstance(received, bytes) else received
+    [span] = db_spans(driver.spans)
+    traceparent = f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-{span.context.trace_flags:02x}"
+    assert received == sql.replace("%s", "1") + f" /*traceparent='{traceparent}',tracestate='vendor%3Dk%3Av%2Fx'*/"
