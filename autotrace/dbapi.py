@@ -61,15 +61,21 @@ def patch_transactions(connection_class: type, driver: Driver) -> None:
             wrap_function(connection_class, name, lambda original, sql=name.upper(): _end(original, driver, sql))
 
 
+# The modules of the MySQL drivers' exceptions (pymysql.err, MySQLdb._exceptions).
+MYSQL_ERROR_MODULES = frozenset(("pymysql", "MySQLdb"))
+
+
 def error_number(exc: BaseException) -> str | None:
-    """A MySQL error's number (``args[0]``), as MySQL's semantic conventions want it (not its SQLSTATE)."""
+    """A MySQL driver error's number (``args[0]``), as MySQL's semantic conventions want it
+    (not the SQLSTATE newer drivers also carry); None for any other exception."""
     try:
-        args = exc.args
-        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
-            return str(args[0])
+        if (type(exc).__module__ or "").partition(".")[0] in MYSQL_ERROR_MODULES:
+            args = exc.args
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                return str(args[0])
     except Exception:  # noqa: BLE001
         pass
-    return db.status_code_of(exc)
+    return None
 
 
 def cursor_target(cursor: Any, driver: Driver) -> db.Target | None:

@@ -6,12 +6,13 @@ under ``autotrace run``, spans checked at a real OTLP receiver.
   ``executemany``, and commits); a request whose SQL is bad answers with the driver's error;
 - a Starlette app under uvicorn on PostgreSQL with an asyncpg pool (made in its lifespan,
   outside any trace): ``pool.fetchval``, ``pool.execute``, a transaction on an acquired
-  connection, a prepared statement; a bad query.
+  connection, a prepared statement, a cursor read in ten fetches; a bad query.
 
 Each request carries its own ``traceparent``; in its trace: one SERVER span, exactly one
-CLIENT span per query (none for a pool's acquire or release, none for asyncpg's own type
-introspection), each a child of the SERVER span, with the sanitised text; the failing query
-records the server's error code and the app gets the driver's error unchanged.
+CLIENT span per query (none for a pool's acquire or release, for a cursor's further
+fetches, for asyncpg's own type introspection), each a child of the SERVER span, with the
+sanitised text; the failing query records the server's error code and the app gets the
+driver's error unchanged.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ async def item(request):
         async with connection.transaction():
             statement = await connection.prepare(f"SELECT name FROM {{TABLE}} WHERE id = $1")
             name = await statement.fetchval(item_id)
-    return JSONResponse({{"item": item_id, "count": count, "name": name}})
+            # 500 rows, 50 a fetch: one span for the cursor, not one a fetch.
+            rows = [row[0] async for row in connection.cursor("SELECT generate_series(1, 500)", prefetch=50)]
+    return JSONResponse({{"item": item_id, "count": count, "name": name, "rows": len(rows)}})
 
 
 async def boom(request):
@@ -296,7 +299,7 @@ def asyncpg_run(postgres_server, tmp_path_factory):
 
 def test_asyncpg_one_span_per_query_under_the_request(asyncpg_run, postgres_server):
     run, table = asyncpg_run, asyncpg_run.table
-    assert run.replies["item"] == (200, {"item": 1, "count": 0, "name": "secret-bound"})
+    assert run.replies["item"] == (200, {"item": 1, "count": 0, "name": "secret-bound", "rows": 500})
     assert run.replies["item-again"][0] == 200
     assert_clean(run, "asyncpg")
     for name in ("item", "item-again"):
@@ -307,6 +310,7 @@ def test_asyncpg_one_span_per_query_under_the_request(asyncpg_run, postgres_serv
             "BEGIN",
             f"PREPARE SELECT {table}",
             f"SELECT {table}",
+            "SELECT",  # the cursor: its ten fetches are one span
             "COMMIT",
         ]
         for span in spans:

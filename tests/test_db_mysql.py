@@ -356,3 +356,16 @@ def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, monkey
     [span] = db_spans(driver.spans)
     traceparent = f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-{span.context.trace_flags:02x}"
     assert received == sql.replace("%s", "1") + f" /*traceparent='{traceparent}',tracestate='vendor%3Dk%3Av%2Fx'*/"
+
+
+def test_the_status_code_is_the_error_number_of_a_driver_error_only():
+    import MySQLdb
+    import pymysql
+
+    from autotrace import dbapi
+
+    assert dbapi.error_number(pymysql.err.ProgrammingError(1064, "syntax")) == "1064"
+    assert dbapi.error_number(MySQLdb.ProgrammingError(1146, "no table")) == "1146"
+    assert dbapi.error_number(pymysql.err.InterfaceError("closed")) is None
+    assert dbapi.error_number(OSError(111, "Connection refused")) is None
+    assert dbapi.error_number(ValueError(3)) is None
