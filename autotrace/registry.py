@@ -86,6 +86,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("redis_asyncio", "redis.asyncio.client", "autotrace.hooks.redis:patch_asyncio", "redis", (4, 2)),
     Hook("redis_cluster", "redis.cluster", "autotrace.hooks.redis:patch_cluster", "redis", (4, 2)),
     Hook("redis_asyncio_cluster", "redis.asyncio.cluster", "autotrace.hooks.redis:patch_asyncio_cluster", "redis", (4, 3)),
+    Hook("pymysql", "pymysql", "autotrace.hooks.pymysql", "PyMySQL", (1, 0)),
+    Hook("mysqlclient", "MySQLdb.connections", "autotrace.hooks.mysqlclient", "mysqlclient", (2, 1)),
+    Hook("asyncpg", "asyncpg", "autotrace.hooks.asyncpg", "asyncpg", (0, 27)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
