@@ -59,3 +59,17 @@ def names() -> list[str]:
         return found
     except Exception:  # noqa: BLE001
         return []
+
+
+def console_script_owner(script: str) -> str | None:
+    """The name of the distribution whose ``console_scripts`` entry point is ``script``,
+    or None (not a console script, or its distribution is unreadable)."""
+    for entry_point in entry_points("console_scripts", script):
+        try:
+            dist = entry_point.dist
+            name = dist.metadata["Name"] if dist is not None else None
+        except Exception:  # noqa: BLE001 - a broken dist-info
+            name = None
+        if name:
+            return name
+    return None
