@@ -72,6 +72,7 @@ def _start() -> None:
         )
     if not _log.debug_enabled():
         registry.arm(hooks, settings.disabled_hooks)
+        _prepare_soon(entry)
         return
     # Under --debug: one report instead of a line per setting and per hook armed. The lines
     # of hooks applied meanwhile (to modules already imported) follow it.
@@ -80,6 +81,16 @@ def _start() -> None:
     logger.debug("%s", startup_report(settings, entry, f"{service_name} (from {source})", hooks))
     for level, message, args in held:
         logger.log(level, message, *args)
+    _prepare_soon(entry)
+
+
+def _prepare_soon(entry) -> None:
+    """Set the SDK up off the first request's path (see :func:`autotrace.provider.prepare_soon`);
+    not in multiprocessing's helper processes, which record nothing."""
+    from . import entrypoint, provider
+
+    if entry.source != entrypoint.HELPER_SOURCE:
+        provider.prepare_soon()
 
 
 def _distribution_version(name: str) -> str:

@@ -68,6 +68,9 @@ GENERIC = frozenset(
 )
 # Options of ``fastapi run|dev`` that take no value.
 _FASTAPI_FLAGS = frozenset({"--reload", "--no-reload", "--proxy-headers", "--no-proxy-headers", "--help"})
+# The source of multiprocessing's own helper processes (its resource tracker and fork
+# server), which run no code of the app's.
+HELPER_SOURCE = "multiprocessing helper"
 # Programs named by their own rule (below), never looked up as a console script.
 _TOOLS = frozenset({"flask", "fastapi", "celery", "django-admin", "django", "manage"})
 
@@ -178,6 +181,8 @@ def parse(argv: list[str], cwd: str = "", environ: Mapping[str, str] | None = No
                     break
                 return _from_module(value, args[i:], where)
             if option == "c":
+                if "resource_tracker" in value or "forkserver" in value:
+                    return Entrypoint("multiprocessing", _interpreter(argv), HELPER_SOURCE, True)
                 if "multiprocessing" in value or "--multiprocessing-fork" in args[i:]:
                     return Entrypoint("multiprocessing", _interpreter(argv), "multiprocessing child", True)
                 return Entrypoint("-c", _interpreter(argv), "python -c", True)

@@ -72,6 +72,21 @@ def test_multiprocessing_forkserver_child_is_weak():
     assert names(argv) == ("multiprocessing", "python", True)
 
 
+@pytest.mark.parametrize(
+    "code, helper",
+    [
+        ("from multiprocessing.resource_tracker import main;main(5)", True),
+        ("from multiprocessing.forkserver import main; main(3, 4, ['__main__'])", True),
+        ("from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)", False),
+    ],
+)
+def test_multiprocessing_helpers_are_told_apart(code, helper):
+    # Helpers run no code of the app's: the SDK is not set up ahead of a first span there.
+    from autotrace.entrypoint import HELPER_SOURCE
+
+    assert (parse(["python3", "-c", code]).source == HELPER_SOURCE) is helper
+
+
 @pytest.mark.parametrize("argv", [["python"], ["python", "-i"], ["python", "-"], ["python", "-u", "-"], ["python", "-m"]])
 def test_no_program_is_weak(argv):
     assert names(argv) == ("python", "python", True)
