@@ -18,7 +18,8 @@ The SDK is also set up ahead of that first use, off the request path (it costs a
 importing what it imports at start-up, then loads the API and sets the SDK up, so the
 first request finds everything ready. A request that comes earlier waits for that set-up
 (the lock below) or does it itself, as before; nothing is lost either way. A forked child
-(a gunicorn worker) starts its own thread if the SDK was not set up before the fork.
+(a gunicorn worker) starts its own thread if the SDK was not set up before the fork, and a
+process that forked such children (a prefork master) leaves the set-up to them.
 
 Module state here is light: the SDK is imported only inside :func:`_set_up`.
 """
@@ -68,7 +69,7 @@ def prepare_soon() -> None:
         return
     if hasattr(os, "register_at_fork") and not _fork_handlers:
         _fork_handlers = True
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
     _wrap_fork()
     _prepare_thread = threading.Thread(
         target=_prepare, args=(threading.get_ident(),), name="autotrace-setup", daemon=True
@@ -92,7 +93,9 @@ def _prepare(starter: int) -> None:
                 return
             quiet = 0 if importing else quiet + 1
         with _prepare_lock:
-            if _state != "waiting":
+            if _state != "waiting" or _forked_before_set_up:
+                # A prefork master (gunicorn) whose workers were forked before this: they
+                # set up on their own; here the first span, if any, sets it up.
                 return
             from . import api
 
@@ -160,10 +163,20 @@ def _unwrap_fork() -> None:
     _real_fork = None
 
 
+_forked_before_set_up = False  # this process forked a child while its SDK was not set up
+
+
+def _after_fork_in_parent() -> None:
+    global _forked_before_set_up
+    if _state == "waiting":
+        _forked_before_set_up = True
+
+
 def _after_fork_in_child() -> None:
-    global _prepare_lock, _prepare_thread
+    global _prepare_lock, _prepare_thread, _forked_before_set_up
     _prepare_lock = threading.Lock()
     _prepare_thread = None
+    _forked_before_set_up = False
     if _state == "waiting":
         # The worker's own background set-up (the parent's thread is not in the child).
         try:

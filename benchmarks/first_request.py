@@ -1,6 +1,6 @@
 """The first request's latency: plain vs under the agent, seen from the client.
 
-    python benchmarks/first_request.py [--rounds 7] [--pause 1.0]
+    python benchmarks/first_request.py [--rounds 7] [--pause 1.0] [--compare LABEL=VENV_BIN_DIR ...]
 
 For each server (a stdlib ``http.server`` script, gunicorn + Flask with one sync worker)
 and each variant (plain, ``autotrace run``), a fresh server is started; when its port
@@ -8,7 +8,9 @@ accepts a connection (a bare TCP connect, no request), the client waits ``--paus
 seconds (a first request rarely comes the instant a server binds; 0 measures that
 instant), then times one GET, then a second one. Variants alternate for ``--rounds``
 rounds; medians are printed with the difference to plain measured in the same run.
-Spans go to a local OTLP/HTTP sink that accepts and discards them.
+Spans go to a local OTLP/HTTP sink that accepts and discards them. ``--compare`` adds
+``autotrace run`` from another install (a venv holding an earlier checkout: a before/after
+figure measured in the same run).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between the port accepting and the first request")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=VENV_BIN_DIR")
     args = parser.parse_args()
 
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
@@ -113,10 +116,15 @@ def main() -> None:
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_port}",
         OTEL_LOG_LEVEL="warning",
     )
-    autotrace = [str(bin_dir / "autotrace"), "run"]
+    variants = {"plain": ([], {}), "autotrace run": ([str(bin_dir / "autotrace"), "run"], {})}
+    for item in args.compare:
+        label, sep, other = item.partition("=")
+        if not sep or not Path(other, "autotrace").exists():
+            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+        variants[f"autotrace run ({label})"] = ([str(Path(other, "autotrace")), "run"], {"PATH": f"{other}{os.pathsep}{env['PATH']}"})
     servers = {
-        "http.server": lambda port: [sys.executable, "server.py", str(port)],
-        "gunicorn+Flask": lambda port: [str(bin_dir / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}", "app:app"],
+        "http.server": lambda port: ["python", "server.py", str(port)],
+        "gunicorn+Flask": lambda port: ["gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "app:app"],
     }
     paths = {"http.server": "/", "gunicorn+Flask": "/hello/world"}
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -125,10 +133,13 @@ def main() -> None:
         Path(tmp, "app.py").write_text(FLASK_APP)
         for _ in range(args.rounds):
             for server, command in servers.items():
-                for variant, prefix in (("plain", []), ("autotrace run", autotrace)):
+                for variant, (prefix, extra_env) in variants.items():
                     port = _free_port()
+                    argv = command(port)
+                    if not prefix:  # plain: this venv's programs, as autotrace run finds them on PATH
+                        argv = [str(bin_dir / argv[0])] + argv[1:]
                     process = subprocess.Popen(
-                        prefix + command(port), cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                        prefix + argv, cwd=tmp, env={**env, **extra_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                     )
                     try:
                         _wait_for_port(port, process)
@@ -145,12 +156,12 @@ def main() -> None:
     print(f"first request {args.pause:g}s after the port accepts; median of {args.rounds} rounds, {os.cpu_count()} cores")
     for server in servers:
         base = statistics.median(r[0] for r in results[(server, "plain")])
-        for variant in ("plain", "autotrace run"):
+        for variant in variants:
             rows = results[(server, variant)]
             first = statistics.median(r[0] for r in rows)
             second = statistics.median(r[1] for r in rows)
             added = f"   added {first - base:+7.1f} ms" if variant != "plain" else ""
-            print(f"  {server:15s} {variant:14s} first {first:7.1f} ms   second {second:6.1f} ms{added}")
+            print(f"  {server:15s} {variant:24s} first {first:7.1f} ms   second {second:6.1f} ms{added}")
 
 
 if __name__ == "__main__":
