@@ -1,6 +1,7 @@
 """autotrace.distributions: the one way the agent reads package metadata."""
 
 import sys
+
 import pytest
 
 from autotrace import distributions
