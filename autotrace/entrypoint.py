@@ -60,7 +60,7 @@ _FLAGS = frozenset(
 )
 _APP_PATTERN = r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*(\(.*\))?)?$"
 # Servers' options naming the directory the application is imported from.
-_APP_DIR_OPTIONS = ("--chdir", "--app-dir", "--root-path-dir")
+_APP_DIR_OPTIONS = ("--chdir", "--app-dir")  # gunicorn, uvicorn
 # Names that say nothing about the service (modules, files, folders): the folder that
 # holds them names it instead, and the doctor warns when the name it would use is one.
 GENERIC = frozenset(
