@@ -76,6 +76,24 @@ def test_service_name_checks() -> None:
     assert doctor_settings.service_name_check(settings, [], flagged).message == "shop (from --service-name)"
 
 
+def test_service_name_check_warns_about_a_generic_name(tmp_path, monkeypatch) -> None:
+    settings, _ = doctor_settings.load_settings({})
+    app = tmp_path / "app"
+    app.mkdir()
+    monkeypatch.chdir(app)
+    # gunicorn main:app run from a folder called app: every name on the way is generic.
+    check = doctor_settings.service_name_check(settings, ["gunicorn", "main:app"])
+    assert check.status == WARN and check.message.startswith("app (derived from")
+    assert "generic" in check.message and "OTEL_SERVICE_NAME" in check.fix
+    check = doctor_settings.service_name_check(settings, ["python", "main.py"])
+    assert (check.status, check.message.split(" ")[0]) == (WARN, "main")
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    monkeypatch.chdir(shop)
+    check = doctor_settings.service_name_check(settings, ["gunicorn", "main:app"])
+    assert (check.status, check.message.split(" ")[0], check.fix) == (OK, "shop", "")
+
+
 def test_doctor_accepts_a_command_after_double_dash() -> None:
     args = parse("--json", "--", "python", "app.py")
     assert args.json and args.command[-2:] == ["python", "app.py"]
