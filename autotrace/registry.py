@@ -79,6 +79,9 @@ HOOKS: tuple[Hook, ...] = (
     # CLIENT spans (sync, and asyncio in grpc.aio).
     Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
     Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
+    # Databases and caches: one CLIENT span per query the app runs; a driver under an
+    # outer layer (an ORM, executemany) sees the call in progress and starts none.
+    Hook("sqlite3", "sqlite3", "autotrace.hooks.sqlite3"),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
