@@ -58,9 +58,10 @@ _system_target: db.Target | None = None
 def patch(module: ModuleType) -> None:
     global _connection_hook, _cursor_hook, _system_target
     extensions = module.extensions
-    _system_target = db.Target(SYSTEM)
-    _cursor_hook = _make_cursor_hook(extensions.cursor)
-    _connection_hook = _make_connection_hook(extensions.connection, extensions.cursor, extensions.STATUS_BEGIN)
+    if _connection_hook is None or _connection_hook.__base__ is not extensions.connection:
+        _system_target = db.Target(SYSTEM)
+        _cursor_hook = _make_cursor_hook(extensions.cursor)
+        _connection_hook = _make_connection_hook(extensions.connection, extensions.cursor, extensions.STATUS_BEGIN)
     wrap_function(module, "connect", _wrap_connect)
 
 
