@@ -25,6 +25,9 @@ pool. Taking a connection from a pool is not a span.
 - ``commit``/``rollback``: a span only when a transaction is open (the server is told).
   The ``BEGIN``/``COMMIT`` of ``with conn.transaction():`` blocks are not spans.
 - ``sql.SQL``/``sql.Composed`` statements: the text is ``as_string(connection)``, sanitized.
+- ``AUTOTRACE_SQL_COMMENT=true``: the span's context is appended to the text ``execute``
+  sends when it is a str and not to be prepared (``prepare=True``); a commented text
+  differs at each call, so psycopg never prepares it by itself either.
 
 ``db.response.status_code`` is the error's ``sqlstate``. The Target (database, server
 address and port, peer address) is read once per connection from ``conn.info``.
@@ -114,11 +117,31 @@ def _batch_size(params) -> int | None:
     return len(params) if isinstance(params, (list, tuple)) else None
 
 
+def _commented(args: tuple, kwargs: dict, call: db.DbCall) -> tuple:
+    """``args`` with the query (``args[0]``, a str) carrying the sqlcommenter comment, when asked.
+
+    Not for a statement to prepare (``prepare=True``: it must stay byte-identical). With
+    parameters psycopg reads ``%`` in the text as a placeholder: a comment that would add
+    one (a ``tracestate`` URL-encoded) is left out.
+    """
+    query = args[0]
+    if query.__class__ is not str or kwargs.get("prepare"):
+        return args
+    text = db.with_comment(query, call)
+    if text is query:
+        return args
+    if (len(args) > 1 and args[1] is not None or kwargs.get("params") is not None) and text.count("%") != query.count("%"):
+        return args
+    return (text, *args[1:])
+
+
 def _wrap_execute(original):
     def execute(self, *args, **kwargs):
         call = _start(self, args[0] if args else kwargs.get("query"))
         if call is None:
             return original(self, *args, **kwargs)
+        if args:
+            args = _commented(args, kwargs, call)
         try:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
@@ -136,6 +159,8 @@ def _wrap_async_execute(original):
         call = _start(self, args[0] if args else kwargs.get("query"))
         if call is None:
             return await original(self, *args, **kwargs)
+        if args:
+            args = _commented(args, kwargs, call)
         try:
             result = await original(self, *args, **kwargs)
         except BaseException as exc:

@@ -26,6 +26,8 @@ rewrites the query or logs it runs first, and the span covers what goes to the s
   cursor ``execute`` calls they make inside being part of it.
 - ``sql.Composed`` statements: the text is ``as_string(connection)`` (what psycopg2
   itself sends; it quotes with the connection but talks to no server), sanitized.
+- ``AUTOTRACE_SQL_COMMENT=true``: the span's context is appended to the text ``execute``
+  sends when it is a str (not to ``executemany``, whose statement psycopg2 repeats).
 
 Not traced: asynchronous connections (``async_=True``: ``execute`` only sends, the
 result comes later through ``poll()``), a ``connection_factory`` or ``cursor_factory``
@@ -229,6 +231,8 @@ def _make_cursor_hook(cursor: type) -> type:
             call = _start(self, args[0] if args else kwargs.get("query"))
             if call is None:
                 return super().execute(*args, **kwargs)
+            if args:
+                args = _commented(args, kwargs.get("vars"), call)
             try:
                 result = super().execute(*args, **kwargs)
             except BaseException as exc:
@@ -291,6 +295,23 @@ def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
     if target is None:
         return None
     return db.start(LIBRARY, target, _statement(cursor, query), **start_kwargs)
+
+
+def _commented(args: tuple, params: object, call: db.DbCall) -> tuple:
+    """``args`` with the query (``args[0]``, a str) carrying the sqlcommenter comment, when asked.
+
+    With parameters psycopg reads ``%`` in the text as a placeholder: a comment that
+    would add one (a ``tracestate`` URL-encoded) is left out.
+    """
+    query = args[0]
+    if query.__class__ is not str:
+        return args
+    text = db.with_comment(query, call)
+    if text is query:
+        return args
+    if (params is not None or len(args) > 1 and args[1] is not None) and text.count("%") != query.count("%"):
+        return args
+    return (text, *args[1:])
 
 
 def _copy_table(cursor, original, args, kwargs):

@@ -298,3 +298,18 @@ def test_an_async_pools_connections_are_traced(traced, dsn, table):
     for span in (select, commit):
         assert_child(span, parent, LIBRARY)
     assert (select.name, commit.name) == (f"SELECT {table}", "COMMIT")
+
+
+def test_sql_comment_carries_the_spans_context_when_asked(traced, db_settings, conn, parent):
+    from autotrace import config
+
+    db_settings.setenv("AUTOTRACE_SQL_COMMENT", "true")
+    config.reset_db_settings()
+    [(sent,)] = conn.execute("SELECT current_query() WHERE %s = 1", (1,)).fetchall()
+    [(prepared,)] = conn.execute("SELECT current_query()", prepare=True).fetchall()
+    first, second = db_spans(traced)
+    context = first.get_span_context()
+    flags = f"{int(context.trace_flags):02x}"
+    assert sent == f"SELECT current_query() WHERE $1 = 1 /*traceparent='00-{context.trace_id:032x}-{context.span_id:016x}-{flags}'*/"
+    assert prepared == "SELECT current_query()"  # a statement to prepare stays as written
+    assert first.attributes["db.query.text"] == "SELECT current_query() WHERE %s = ?"

@@ -302,3 +302,20 @@ def test_statement_off_records_no_text(traced, db_settings, conn, table, parent)
         cur.execute(f"SELECT * FROM {table} WHERE name = 'one'")
     [span] = db_spans(traced)
     assert "db.query.text" not in span.attributes and span.name == f"SELECT {table}"
+
+
+def test_sql_comment_carries_the_spans_context_when_asked(traced, db_settings, conn, parent):
+    from autotrace import config
+
+    db_settings.setenv("AUTOTRACE_SQL_COMMENT", "true")
+    config.reset_db_settings()
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_query(), %s", (1,))
+        [(sent, _)] = cur.fetchall()
+        cur.executemany("SELECT %s", [(1,), (2,)])
+        assert b"traceparent" not in cur.query  # the statement psycopg2 repeats is left alone
+    span = db_spans(traced)[0]
+    context = span.get_span_context()
+    flags = f"{int(context.trace_flags):02x}"
+    assert sent == f"SELECT current_query(), 1 /*traceparent='00-{context.trace_id:032x}-{context.span_id:016x}-{flags}'*/"
+    assert span.attributes["db.query.text"] == "SELECT current_query(), %s"
