@@ -12,6 +12,8 @@ pool. Taking a connection from a pool is not a span.
   cursor and calls its ``execute``: that one span.
 - ``executemany``: one span, with ``db.operation.batch.size`` (psycopg pipelines the
   statements itself).
+- ``stream(...)``: the span covers sending the query and getting its first row (when
+  the driver first returns control); the rows after it are fetches, not spans.
 - ``copy(...)``: a context manager; the span covers the COPY until the ``with`` block
   ends, when psycopg finishes it and the server answers (the data the block writes or
   reads is the operation). An exception leaving the block ends the COPY and is recorded.
@@ -60,10 +62,12 @@ def patch(module: ModuleType) -> None:
         wrap_function(cursor, "execute", _wrap_execute)
     wrap_function(module.Cursor, "executemany", _wrap_executemany)
     wrap_function(module.Cursor, "copy", _wrap_copy)
+    wrap_function(module.Cursor, "stream", _wrap_stream)
     for cursor in (module.AsyncCursor, module.AsyncServerCursor):
         wrap_function(cursor, "execute", _wrap_async_execute)
     wrap_function(module.AsyncCursor, "executemany", _wrap_async_executemany)
     wrap_function(module.AsyncCursor, "copy", _wrap_async_copy)
+    wrap_function(module.AsyncCursor, "stream", _wrap_async_stream)
     wrap_function(module.Connection, "connect", _wrap_connect)
     # ``psycopg.connect`` is ``Connection.connect`` as bound when psycopg was imported.
     wrap_function(module, "connect", lambda original: _wrap_module_connect(module.Connection))
@@ -249,6 +253,54 @@ def _wrap_async_copy(original):
         call.close()
 
     return copy
+
+
+def _wrap_stream(original):
+    def stream(self, *args, **kwargs):
+        rows = original(self, *args, **kwargs)  # a generator: nothing is sent before its first row is asked for
+        call = _start(self, args[0] if args else kwargs.get("query"))
+        if call is None:
+            yield from rows
+            return
+        try:
+            first = next(rows)
+        except StopIteration:
+            call.close()
+            return
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        yield first
+        yield from rows
+
+    return stream
+
+
+def _wrap_async_stream(original):
+    async def stream(self, *args, **kwargs):
+        rows = original(self, *args, **kwargs)
+        try:  # the app leaving its loop early closes this generator: psycopg's is closed with it
+            call = _start(self, args[0] if args else kwargs.get("query"))
+            if call is not None:
+                try:
+                    first = await rows.__anext__()
+                except StopAsyncIteration:
+                    call.close()
+                    return
+                except BaseException as exc:
+                    call.fail(exc)
+                    call.close()
+                    raise
+                call.close()
+                yield first
+            async for row in rows:
+                yield row
+        finally:
+            await rows.aclose()
+
+    return stream
 
 
 def _wrap_end_transaction(original):

@@ -313,3 +313,40 @@ def test_sql_comment_carries_the_spans_context_when_asked(traced, db_settings, c
     assert sent == f"SELECT current_query() WHERE $1 = 1 /*traceparent='00-{context.trace_id:032x}-{context.span_id:016x}-{flags}'*/"
     assert prepared == "SELECT current_query()"  # a statement to prepare stays as written
     assert first.attributes["db.query.text"] == "SELECT current_query() WHERE %s = ?"
+
+
+def test_stream_is_one_span_to_its_first_row(traced, conn, table, parent):
+    rows = conn.cursor().stream(f"SELECT id FROM {table} ORDER BY id")
+    assert db_spans(traced) == []  # nothing sent yet
+    assert next(rows) == (1,)
+    [span] = db_spans(traced)
+    assert_child(span, parent, LIBRARY)
+    assert span.name == f"SELECT {table}"
+    assert list(rows) == [(2,)]
+    for row in conn.cursor().stream(f"SELECT id FROM {table} ORDER BY id"):
+        break  # left early: psycopg cleans up, the connection goes on
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        list(conn.cursor().stream("SELECT * FROM nowhere_at_all"))
+    assert [s.name for s in db_spans(traced)] == [f"SELECT {table}", f"SELECT {table}", "SELECT", "SELECT nowhere_at_all"]
+    assert_failed(db_spans(traced)[-1], "psycopg.errors.UndefinedTable", "42P01")
+
+
+def test_async_stream_is_one_span_to_its_first_row(traced, dsn, table):
+    async def main():
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            with request_span() as parent:
+                cur = conn.cursor()
+                found = [row async for row in cur.stream(f"SELECT id FROM {table} ORDER BY id")]
+                async for row in cur.stream(f"SELECT id FROM {table} ORDER BY id"):
+                    break  # left early: the generator is closed, psycopg cleans up
+                cur = await conn.execute("SELECT 1")
+                assert await cur.fetchone() == (1,)
+            return parent, found
+
+    parent, found = asyncio.run(main())
+    assert found == [(1,), (2,)]
+    spans = db_spans(traced)
+    assert [s.name for s in spans] == [f"SELECT {table}", f"SELECT {table}", "SELECT"]
+    for span in spans:
+        assert_child(span, parent, LIBRARY)
