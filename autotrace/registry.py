@@ -87,6 +87,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("psycopg2", "psycopg2", "autotrace.hooks.psycopg2", ("psycopg2", "psycopg2-binary"), (2, 8)),
     Hook("psycopg2_extras", "psycopg2.extras", "autotrace.hooks.psycopg2:patch_extras", ("psycopg2", "psycopg2-binary"), (2, 8)),
     Hook("psycopg", "psycopg", "autotrace.hooks.psycopg", "psycopg", (3, 1)),
+    Hook("psycopg_pool", "psycopg_pool", "autotrace.hooks.psycopg:patch_pool", "psycopg-pool", (3, 1)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),

@@ -1,6 +1,6 @@
 """psycopg (3): each statement a cursor sends is one CLIENT span (PostgreSQL), sync and async.
 
-Waits for ``psycopg``. Its cursors and connections are Python classes: the methods are
+Waits for ``psycopg`` (and ``psycopg_pool``: :func:`patch_pool`). Its cursors and connections are Python classes: the methods are
 patched where they are defined, so every cursor class (``Cursor``, ``ClientCursor``,
 ``RawCursor``, ``ServerCursor``, and the ``Async`` ones), every connection however it
 was made, and so the connections of ``psycopg_pool`` pools (sync and async, which make
@@ -24,8 +24,9 @@ pool. Taking a connection from a pool is not a span.
 - ``Connection.connect``/``AsyncConnection.connect`` (``psycopg.connect``, a pool adding
   a connection): a span named ``connect`` when a span is current, as every database span
   (a pool's own workers connect with none current: no span).
-- ``commit``/``rollback``: a span only when a transaction is open (the server is told).
-  The ``BEGIN``/``COMMIT`` of ``with conn.transaction():`` blocks are not spans.
+- ``commit``/``rollback``: a span only when a transaction is open (the server is told);
+  so is the end of an outermost ``with conn.transaction():`` block (``COMMIT``, or
+  ``ROLLBACK`` when the block raised). Its ``BEGIN``, and savepoints, are not spans.
 - ``sql.SQL``/``sql.Composed`` statements: the text is ``as_string(connection)``, sanitized.
 - ``AUTOTRACE_SQL_COMMENT=true``: the span's context is appended to the text ``execute``
   sends when it is a str and not to be prepared (``prepare=True``); a commented text
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager, contextmanager
 
-from autotrace import _log, db
+from autotrace import _log, api, db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -75,6 +76,19 @@ def patch(module: ModuleType) -> None:
     for name in ("commit", "rollback"):
         wrap_function(module.Connection, name, _wrap_end_transaction)
         wrap_function(module.AsyncConnection, name, _wrap_async_end_transaction)
+    wrap_function(module.Transaction, "__exit__", _wrap_transaction_exit)
+    wrap_function(module.AsyncTransaction, "__aexit__", _wrap_async_transaction_exit)
+
+
+def patch_pool(module: ModuleType) -> None:
+    """``psycopg_pool``: taking a connection (``getconn``, ``connection()``) is never a span.
+
+    Its connections are psycopg's, traced as any (see :func:`patch`). What a checkout may
+    do on the way (the ``check`` callback's query, a ``NullConnectionPool``'s connect)
+    runs with instrumentation suppressed.
+    """
+    wrap_function(module.ConnectionPool, "getconn", _wrap_getconn)
+    wrap_function(module.AsyncConnectionPool, "getconn", _wrap_async_getconn)
 
 
 def connection_target(conn) -> db.Target:
@@ -323,6 +337,71 @@ def _wrap_async_end_transaction(original):
         return await db.call_async(LIBRARY, connection_target(self), None, original, (self,), {}, operation=operation)
 
     return end_transaction
+
+
+def _wrap_transaction_exit(original):
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        operation = _transaction_end(self, exc_val)
+        if operation is None:
+            return original(self, exc_type, exc_val, exc_tb)
+        args = (self, exc_type, exc_val, exc_tb)
+        return db.call(LIBRARY, connection_target(self._conn), None, original, args, {}, operation=operation)
+
+    return __exit__
+
+
+def _wrap_async_transaction_exit(original):
+    async def __aexit__(self, exc_type, exc_val, exc_tb):
+        operation = _transaction_end(self, exc_val)
+        if operation is None:
+            return await original(self, exc_type, exc_val, exc_tb)
+        args = (self, exc_type, exc_val, exc_tb)
+        return await db.call_async(LIBRARY, connection_target(self._conn), None, original, args, {}, operation=operation)
+
+    return __aexit__
+
+
+def _transaction_end(transaction, exc_val) -> str | None:
+    """What the end of a ``conn.transaction()`` block sends: COMMIT, ROLLBACK, or None.
+
+    None for a nested block (a savepoint released or rolled back to) and a broken
+    connection (psycopg sends nothing then).
+    """
+    try:
+        if not transaction._outer_transaction or transaction.pgconn.status != 0:  # 0: CONNECTION_OK
+            return None
+        return "ROLLBACK" if exc_val is not None or transaction.force_rollback else "COMMIT"
+    except Exception:  # noqa: BLE001 - a psycopg version without these: no span
+        return None
+
+
+def _wrap_getconn(original):
+    def getconn(self, *args, **kwargs):
+        token = _suppress()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return getconn
+
+
+def _wrap_async_getconn(original):
+    async def getconn(self, *args, **kwargs):
+        token = _suppress()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return getconn
+
+
+def _suppress() -> object:
+    """Instrumentation suppressed in this context (the token to detach), None if no API yet."""
+    if not api.loaded:
+        return None  # no request has been traced yet: no span is current
+    return api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
 
 
 def _transaction_status(conn) -> int:

@@ -28,7 +28,7 @@ def traced(spans, db_settings):
     from autotrace import patching
 
     mark = len(patching.history)
-    apply_hook("autotrace.hooks.psycopg", ("psycopg", "patch"))
+    apply_hook("autotrace.hooks.psycopg", ("psycopg", "patch"), ("psycopg_pool", "patch_pool"))
     yield spans
     patching.undo(mark)
 
@@ -349,4 +349,59 @@ def test_async_stream_is_one_span_to_its_first_row(traced, dsn, table):
     spans = db_spans(traced)
     assert [s.name for s in spans] == [f"SELECT {table}", f"SELECT {table}", "SELECT"]
     for span in spans:
+        assert_child(span, parent, LIBRARY)
+
+
+def test_the_end_of_an_outermost_transaction_block_is_a_span(traced, conn, table, parent):
+    with conn.transaction():
+        conn.execute(f"INSERT INTO {table} VALUES (70, 'a')")
+        with conn.transaction():  # a savepoint: released, no span
+            conn.execute(f"INSERT INTO {table} VALUES (71, 'b')")
+    with pytest.raises(ZeroDivisionError):
+        with conn.transaction():
+            conn.execute(f"INSERT INTO {table} VALUES (72, 'c')")
+            1 / 0
+    with conn.transaction():
+        conn.execute(f"INSERT INTO {table} VALUES (73, 'd')")
+        raise psycopg.Rollback()  # psycopg rolls back and swallows it
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (4,)
+    insert = f"INSERT {table}"
+    names = [s.name for s in db_spans(traced)]
+    assert names == [insert, insert, "COMMIT", insert, "ROLLBACK", insert, "ROLLBACK", f"SELECT {table}"]
+    for span in db_spans(traced):
+        assert_child(span, parent, LIBRARY)
+        assert span.status.status_code.name == "UNSET"
+
+
+def test_a_pools_check_and_a_null_pools_connect_are_not_spans(traced, dsn, table):
+    from psycopg_pool import ConnectionPool, NullConnectionPool
+
+    with ConnectionPool(dsn, min_size=1, max_size=1, check=ConnectionPool.check_connection) as pool, NullConnectionPool(dsn) as null:
+        pool.wait(timeout=10)
+        with request_span() as parent:
+            for each in (pool, null):
+                with each.connection() as conn:  # checked (an empty query); connected for the null pool
+                    assert conn.execute(f"SELECT name FROM {table} WHERE id = 1").fetchone() == ("one",)
+    found = db_spans(traced)
+    assert [s.name for s in found] == [f"SELECT {table}", "COMMIT"] * 2
+    for span in found:
+        assert_child(span, parent, LIBRARY)
+
+
+def test_an_async_pools_check_is_not_a_span(traced, dsn, table):
+    from psycopg_pool import AsyncConnectionPool
+
+    async def main():
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, check=AsyncConnectionPool.check_connection) as pool:
+            await pool.wait(timeout=10)
+            with request_span() as parent:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(f"SELECT name FROM {table} WHERE id = 1")
+                    assert await cur.fetchone() == ("one",)
+        return parent
+
+    parent = asyncio.run(main())
+    found = db_spans(traced)
+    assert [s.name for s in found] == [f"SELECT {table}", "COMMIT"]
+    for span in found:
         assert_child(span, parent, LIBRARY)
