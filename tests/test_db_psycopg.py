@@ -405,3 +405,8 @@ def test_an_async_pools_check_is_not_a_span(traced, dsn, table):
     assert [s.name for s in found] == [f"SELECT {table}", "COMMIT"]
     for span in found:
         assert_child(span, parent, LIBRARY)
+
+
+def test_no_span_when_instrumentation_is_suppressed(traced, conn, table, parent, suppressed):
+    conn.execute(f"SELECT * FROM {table}")
+    assert db_spans(traced) == []

@@ -319,3 +319,74 @@ def test_sql_comment_carries_the_spans_context_when_asked(traced, db_settings, c
     flags = f"{int(context.trace_flags):02x}"
     assert sent == f"SELECT current_query(), 1 /*traceparent='00-{context.trace_id:032x}-{context.span_id:016x}-{flags}'*/"
     assert span.attributes["db.query.text"] == "SELECT current_query(), %s"
+
+
+def test_a_logging_connection_logs_and_is_traced(traced, dsn, table, parent):
+    import logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.psycopg2.logging")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.DEBUG)
+    conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LoggingConnection)
+    try:
+        conn.initialize(logger)
+        with conn.cursor() as cur:
+            assert isinstance(cur, psycopg2.extras.LoggingCursor)
+            cur.execute(f"SELECT name FROM {table} WHERE id = %s", (1,))
+    finally:
+        conn.close()
+    plain = psycopg2.extras.LoggingConnection(dsn)  # made directly: untraced
+    try:
+        plain.initialize(logger)
+        plain.cursor().execute(f"SELECT name FROM {table} WHERE id = %s", (1,))
+    finally:
+        plain.close()
+    assert len(records) == 2 and records[0] == records[1]  # the app's logger got what it gets without the agent
+    assert f"SELECT name FROM {table} WHERE id = 1" in records[0]
+    assert [s.name for s in db_spans(traced)] == ["connect", f"SELECT {table}"]
+
+
+def test_what_cannot_be_traced_works_untraced(traced, dsn, table, parent):
+    from psycopg2.extras import wait_select
+
+    def factory(*args, **kwargs):  # a function, not a class: nothing to subclass
+        return psycopg2.extensions.cursor(*args, **kwargs)
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor(cursor_factory=factory) as cur:
+            assert type(cur) is psycopg2.extensions.cursor
+            cur.execute(f"SELECT count(*) FROM {table}")
+            assert cur.fetchone() == (2,)
+    finally:
+        conn.close()
+    asynchronous = psycopg2.connect(dsn, async_=True)  # execute only sends: not traced
+    try:
+        wait_select(asynchronous)
+        cur = asynchronous.cursor()
+        cur.execute(f"SELECT count(*) FROM {table}")
+        wait_select(asynchronous)
+        assert cur.fetchone() == (2,)
+    finally:
+        asynchronous.close()
+    assert [s.name for s in db_spans(traced)] == ["connect"]
+
+
+def test_execute_values_returns_what_it_fetched(traced, conn, table, parent):
+    with conn.cursor() as cur:
+        got = psycopg2.extras.execute_values(cur, f"INSERT INTO {table} (id, name) VALUES %s RETURNING id", [(80, "a"), (81, "b")], fetch=True)
+    assert got == [(80,), (81,)]
+    [span] = db_spans(traced)
+    assert span.attributes["db.operation.batch.size"] == 2
+
+
+def test_no_span_when_instrumentation_is_suppressed(traced, conn, table, parent, suppressed):
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM {table}")
+    assert db_spans(traced) == []
