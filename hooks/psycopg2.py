@@ -75,38 +75,37 @@ def patch_extras(module: ModuleType) -> None:
 
 def traced_connection_class(requested: object) -> type | None:
     """The traced subclass of connection class ``requested`` (made once), or None if it is not one."""
-    found = _traced_connections.get(requested)  # type: ignore[arg-type]
-    if found is not None:
-        return found
-    hook = _connection_hook
-    if hook is None or not isinstance(requested, type) or not issubclass(requested, hook.__base__):
-        return None
-    if issubclass(requested, hook):
-        return requested  # traced already (an app subclassing a traced class)
-    try:
-        found = _subclass(requested, hook)
-    except Exception as exc:  # noqa: BLE001 - a class that cannot be subclassed so: untraced
-        _log.warn_once(f"psycopg2-class:{requested!r}", "psycopg2: connections of %r are not traced (%s: %s)", requested, type(exc).__name__, exc)
-        return None
-    return _traced_connections.setdefault(requested, found)
+    return _traced_class(requested, _connection_hook, _traced_connections, "connections")
 
 
 def traced_cursor_class(requested: object) -> type | None:
     """The traced subclass of cursor class ``requested`` (made once), or None if it is not one."""
-    found = _traced_cursors.get(requested)  # type: ignore[arg-type]
-    if found is not None:
-        return found
-    hook = _cursor_hook
-    if hook is None or not isinstance(requested, type) or not issubclass(requested, hook.__base__):
-        return None
-    if issubclass(requested, hook):
-        return requested
+    return _traced_class(requested, _cursor_hook, _traced_cursors, "cursors")
+
+
+# Traced subclasses kept at most: an app that makes classes on the fly gets its first ones
+# traced, then the rest untraced (one warning), rather than a cache that grows forever.
+MAX_TRACED_CLASSES = 256
+
+
+def _traced_class(requested: object, hook: type | None, cache: dict[type, type], what: str) -> type | None:
+    if not isinstance(requested, type) or hook is None:
+        return None  # a factory function: psycopg2 calls it, it is not traced
     try:
-        found = _subclass(requested, hook)
-    except Exception as exc:  # noqa: BLE001
-        _log.warn_once(f"psycopg2-class:{requested!r}", "psycopg2: cursors of %r are not traced (%s: %s)", requested, type(exc).__name__, exc)
+        found = cache.get(requested)
+        if found is not None:
+            return found
+        if not issubclass(requested, hook.__base__):
+            return None  # psycopg2 itself says what is wrong with it
+        if issubclass(requested, hook):
+            return requested  # traced already (an app subclassing a traced class)
+        if len(cache) >= MAX_TRACED_CLASSES:
+            _log.warn_once(f"psycopg2-classes-{what}", "psycopg2: more than %d %s classes; %s of the others are not traced", MAX_TRACED_CLASSES, what[:-1], what)
+            return None
+        return cache.setdefault(requested, _subclass(requested, hook))
+    except Exception as exc:  # noqa: BLE001 - a class that cannot be subclassed so: untraced
+        _log.warn_once(f"psycopg2-class:{what}:{type(exc).__name__}", "psycopg2: %s of %r are not traced (%s: %s)", what, requested, type(exc).__name__, exc)
         return None
-    return _traced_cursors.setdefault(requested, found)
 
 
 def _subclass(requested: type, hook: type) -> type:

@@ -390,3 +390,21 @@ def test_no_span_when_instrumentation_is_suppressed(traced, conn, table, parent,
     with conn.cursor() as cur:
         cur.execute(f"SELECT * FROM {table}")
     assert db_spans(traced) == []
+
+
+def test_classes_made_on_the_fly_are_traced_up_to_a_bound(traced, conn, table, parent, monkeypatch, warnings):
+    import autotrace.hooks.psycopg2 as hook
+
+    monkeypatch.setattr(hook, "MAX_TRACED_CLASSES", len(hook._traced_cursors))
+
+    class Mine(psycopg2.extensions.cursor):
+        pass
+
+    for _ in range(2):
+        with conn.cursor(cursor_factory=Mine) as cur:
+            assert type(cur) is Mine  # untraced: the app's class itself
+            cur.execute(f"SELECT count(*) FROM {table}")
+            assert cur.fetchone() == (2,)
+    assert db_spans(traced) == []
+    [line] = warnings()
+    assert "cursor classes" in line
