@@ -188,7 +188,7 @@ def _make_connection_hook(connection: type, cursor: type, status_begin: int) -> 
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)  # connects
-            setattr(self, TARGET, connection_target(self))
+            _keep(self, connection_target(self))
 
         def cursor(self, *args, **kwargs):
             # What the app's classes above chose reaches here: the factory psycopg2 would use.
@@ -206,7 +206,7 @@ def _make_connection_hook(connection: type, cursor: type, status_begin: int) -> 
             else:
                 kwargs["cursor_factory"] = traced
             made = super().cursor(*args, **kwargs)
-            setattr(made, TARGET, getattr(self, TARGET, None) or _system_target)
+            _keep(made, getattr(self, TARGET, None) or _system_target)
             return made
 
         def commit(self):
@@ -220,6 +220,14 @@ def _make_connection_hook(connection: type, cursor: type, status_begin: int) -> 
             return db.call(LIBRARY, getattr(self, TARGET, _system_target), None, super().rollback, (), {}, operation="ROLLBACK")
 
     return ConnectionHook
+
+
+def _keep(owner: object, target: db.Target) -> None:
+    """Keep the Target on a traced connection or cursor (an app class refusing it: untraced)."""
+    try:
+        setattr(owner, TARGET, target)
+    except Exception as exc:  # noqa: BLE001 - a __setattr__ or __slots__ of the app's class
+        _log.warn_once("psycopg2-keep", "psycopg2: %s objects are not traced (%s: %s)", type(owner).__name__, type(exc).__name__, exc)
 
 
 def _make_cursor_hook(cursor: type) -> type:
