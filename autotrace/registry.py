@@ -88,6 +88,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("psycopg2_extras", "psycopg2.extras", "autotrace.hooks.psycopg2:patch_extras", ("psycopg2", "psycopg2-binary"), (2, 8)),
     Hook("psycopg", "psycopg", "autotrace.hooks.psycopg", "psycopg", (3, 1)),
     Hook("psycopg_pool", "psycopg_pool", "autotrace.hooks.psycopg:patch_pool", "psycopg-pool", (3, 1)),
+    Hook("redis", "redis.client", "autotrace.hooks.redis", "redis", (4, 2)),
+    Hook("redis_asyncio", "redis.asyncio.client", "autotrace.hooks.redis:patch_asyncio", "redis", (4, 2)),
+    Hook("redis_cluster", "redis.cluster", "autotrace.hooks.redis:patch_cluster", "redis", (4, 2)),
+    Hook("redis_asyncio_cluster", "redis.asyncio.cluster", "autotrace.hooks.redis:patch_asyncio_cluster", "redis", (4, 3)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),

@@ -17,16 +17,18 @@ Startup is bounded (:data:`START_TIMEOUT`); a server that does not come up fails
 that uses it with a message and the tail of its log (never a silent skip). At the end of the
 session each server is asked to stop, then killed with its whole process group after
 :data:`STOP_TIMEOUT`; the servers also get SIGTERM/SIGQUIT if the test process dies
-(``PR_SET_PDEATHSIG``), so no server outlives its run; the directory a killed run leaves
+(``setpriv --pdeathsig``), so no server outlives its run; the directory a killed run leaves
 behind is removed by the next run.
 
-Tests share the servers: each uses its own table and key names (``uuid``).
+``redis_cluster_server`` is a one-node Redis Cluster (every slot on one server in cluster
+mode), for cluster clients. Tests share the servers: each uses its own table and key names
+(``uuid``).
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
+import contextlib
 import glob
 import os
 import pwd
@@ -105,20 +107,11 @@ def _run_as() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(signum: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets ``signum`` when the test process dies.
-
-    Set in the child after its user changed (a credentials change clears the setting).
-    """
-
-    def preexec() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
-
-    return preexec
+def _setpriv() -> str:
+    path = shutil.which("setpriv") or next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if os.path.exists(p)), None)
+    if path is None:
+        raise ServerStartError("setpriv (util-linux) is missing: apt-get install util-linux")
+    return path
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -164,11 +157,20 @@ class _Server:
             "TMPDIR": str(self.directory),
         }
 
-    def _user_kwargs(self) -> dict:
-        if self.run_as is None:
-            return {}
-        uid, gid = self.run_as
-        return {"user": uid, "group": gid, "extra_groups": []}
+    def command(self, args: list[str], death_signal: str | None = None) -> list[str]:
+        """``args`` run through setpriv: as the server's user, and killed with the test process.
+
+        Not Popen's ``user=`` or a ``preexec_fn``: those make Python fork() rather than
+        vfork(), and with gRPC active in the test process (an OTLP receiver) a forked child
+        may abort before it execs (see integration/agent.py's Watched).
+        """
+        wrapper = [_setpriv()]
+        if self.run_as is not None:
+            uid, gid = self.run_as
+            wrapper += [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        if death_signal is not None:
+            wrapper.append(f"--pdeathsig={death_signal}")
+        return [*wrapper, "--", *args]
 
     def write(self, name: str, text: str) -> Path:
         """A file in the server's directory that the server's user can read (and only it)."""
@@ -183,13 +185,13 @@ class _Server:
         """Run a set-up command as the server's user (bounded); its output, or a clear failure."""
         try:
             done = subprocess.run(
-                args,
+                self.command(args),
                 cwd=self.directory,
                 env=self.env,
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
                 timeout=SETUP_TIMEOUT,
-                **self._user_kwargs(),
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ServerStartError(f"{self.system} test server: {args[0]} failed: {exc}") from None
@@ -200,20 +202,18 @@ class _Server:
             )
         return done.stdout
 
-    def start(self, args: list[str], death_signal: int, ready: Callable[[], bool]) -> None:
+    def start(self, args: list[str], death_signal: str, ready: Callable[[], bool]) -> None:
         """Start the server (output to its log) and wait until ``ready()`` or fail with the log's tail."""
         with open(self.log, "ab") as log:
             try:
                 self.process = subprocess.Popen(
-                    args,
+                    self.command(args, death_signal),
                     cwd=self.directory,
                     env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stop() kills all of it
-                    preexec_fn=_die_with_parent(death_signal),
-                    **self._user_kwargs(),
                 )
             except OSError as exc:
                 raise ServerStartError(f"{self.system} test server: cannot start {args[0]}: {exc}") from None
@@ -282,6 +282,20 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection((HOST, port), timeout=1.0)
 
 
+@contextlib.contextmanager
+def running(system: str) -> Iterator[DbServer]:
+    """A server started for the ``with`` block, outside pytest (benchmarks):
+    ``"postgresql"``, ``"mariadb"``, ``"redis"`` or ``"redis-cluster"``."""
+    launchers = {
+        "postgresql": (_launch_postgres, signal.SIGINT),
+        "mariadb": (_launch_mariadb, signal.SIGTERM),
+        "redis": (_launch_redis, signal.SIGTERM),
+        "redis-cluster": (_launch_redis_cluster, signal.SIGTERM),
+    }
+    launch, stop_signal = launchers[system]
+    yield from _serve(system, launch, stop_signal)
+
+
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
@@ -346,7 +360,7 @@ def _launch_postgres(server: _Server) -> DbServer:
         return check.returncode == 0
 
     # SIGQUIT (immediate shutdown) if the test process dies: its clients are gone anyway
-    server.start(args, signal.SIGQUIT, ready)
+    server.start(args, "QUIT", ready)
     server.setup(
         [
             str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
@@ -431,7 +445,7 @@ def _launch_mariadb(server: _Server) -> DbServer:
             greeting = sock.recv(5)
         return len(greeting) == 5 and greeting[4] == 10
 
-    server.start(args, signal.SIGTERM, ready)
+    server.start(args, "TERM", ready)
     return DbServer("mariadb", HOST, port, USER, password, DATABASE)
 
 
@@ -467,7 +481,7 @@ def _launch_redis(server: _Server) -> DbServer:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
 
-    server.start(args, signal.SIGTERM, ready)
+    server.start(args, "TERM", ready)
     return DbServer("redis", HOST, port, None, None, "0")
 
 
@@ -477,4 +491,50 @@ def redis_server() -> Iterator[DbServer]:
     yield from _serve("redis", _launch_redis, signal.SIGTERM)
 
 
-__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_server"]
+def _command(port: int, *words: str) -> bytes:
+    """One inline command's reply (the first read), for set-up without a client library."""
+    with _connect(port) as sock:
+        sock.sendall(" ".join(words).encode() + b"\r\n")
+        return sock.recv(4096)
+
+
+def _launch_redis_cluster(server: _Server) -> DbServer:
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise ServerStartError("Redis is not installed (redis-server): apt-get install redis-server")
+    port = free_port()
+    args = [
+        binary,
+        "--port", str(port),
+        "--bind", HOST,
+        "--dir", str(server.directory),
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", str(server.directory / "nodes.conf"),
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--logfile", "",
+    ]
+
+    def ready() -> bool:
+        return _command(port, "PING").startswith(b"+PONG")
+
+    server.start(args, "TERM", ready)
+    reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")  # Redis 7+
+    if not reply.startswith(b"+OK"):
+        raise ServerStartError(f"redis cluster test server: CLUSTER ADDSLOTSRANGE answered {reply!r}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while b"cluster_state:ok" not in _command(port, "CLUSTER", "INFO"):
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"redis cluster test server: state not ok within {START_TIMEOUT:.0f} s")
+        time.sleep(0.05)
+    return DbServer("redis", HOST, port, None, None, "0")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[DbServer]:
+    """A one-node Redis Cluster (all 16384 slots on one server in cluster mode), for cluster clients."""
+    yield from _serve("redis-cluster", _launch_redis_cluster, signal.SIGTERM)
+
+
+__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_cluster_server", "redis_server", "running"]
