@@ -1,11 +1,12 @@
 """psycopg (3): each statement a cursor sends is one CLIENT span (PostgreSQL), sync and async.
 
-Waits for ``psycopg`` (and ``psycopg_pool``: :func:`patch_pool`). Its cursors and connections are Python classes: the methods are
-patched where they are defined, so every cursor class (``Cursor``, ``ClientCursor``,
-``RawCursor``, ``ServerCursor``, and the ``Async`` ones), every connection however it
-was made, and so the connections of ``psycopg_pool`` pools (sync and async, which make
-them with ``connection_class.connect``) are traced alike, with nothing to patch in the
-pool. Taking a connection from a pool is not a span.
+Waits for ``psycopg`` (and ``psycopg_pool``: :func:`patch_pool`). Its cursors and
+connections are Python classes: the methods are patched where they are defined, so
+every cursor class (``Cursor``, ``ClientCursor``, ``RawCursor``, ``ServerCursor``, and
+the ``Async`` ones), every connection however it was made, and so the connections of
+``psycopg_pool`` pools (sync and async, which make them with
+``connection_class.connect``) are traced alike. Taking a connection from a pool is not
+a span, nor is what the pool does for it on the way (:func:`patch_pool`).
 
 - ``Cursor.execute``/``AsyncCursor.execute`` (and ``ServerCursor``'s, where the span is
   the ``DECLARE``: the fetches are not spans): one span. ``Connection.execute`` makes a
