@@ -86,10 +86,14 @@ def patch_pool(module: ModuleType) -> None:
 
     Its connections are psycopg's, traced as any (see :func:`patch`). What a checkout may
     do on the way (the ``check`` callback's query, a ``NullConnectionPool``'s connect)
-    runs with instrumentation suppressed.
+    runs with instrumentation suppressed. So does ``open``: the pool's workers (threads,
+    or asyncio tasks, which take the context they are made in) would otherwise keep the
+    context of the request that happened to open the pool, and make their connects and
+    ``configure`` queries spans of it long after it ended.
     """
-    wrap_function(module.ConnectionPool, "getconn", _wrap_getconn)
-    wrap_function(module.AsyncConnectionPool, "getconn", _wrap_async_getconn)
+    for name in ("getconn", "open"):
+        wrap_function(module.ConnectionPool, name, _wrap_suppressed)
+        wrap_function(module.AsyncConnectionPool, name, _wrap_async_suppressed)
 
 
 def connection_target(conn) -> db.Target:
@@ -376,26 +380,26 @@ def _transaction_end(transaction, exc_val) -> str | None:
         return None
 
 
-def _wrap_getconn(original):
-    def getconn(self, *args, **kwargs):
+def _wrap_suppressed(original):
+    def suppressed(self, *args, **kwargs):
         token = _suppress()
         try:
             return original(self, *args, **kwargs)
         finally:
             api.detach(token)
 
-    return getconn
+    return suppressed
 
 
-def _wrap_async_getconn(original):
-    async def getconn(self, *args, **kwargs):
+def _wrap_async_suppressed(original):
+    async def suppressed(self, *args, **kwargs):
         token = _suppress()
         try:
             return await original(self, *args, **kwargs)
         finally:
             api.detach(token)
 
-    return getconn
+    return suppressed
 
 
 def _suppress() -> object:

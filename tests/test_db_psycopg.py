@@ -429,3 +429,43 @@ def test_an_async_pools_check_is_not_a_span(traced, dsn, table):
 def test_no_span_when_instrumentation_is_suppressed(traced, conn, table, parent, suppressed):
     conn.execute(f"SELECT * FROM {table}")
     assert db_spans(traced) == []
+
+
+def test_a_pool_opened_in_a_request_does_not_keep_its_context(traced, dsn, table):
+    from psycopg_pool import ConnectionPool
+
+    apply_hook("autotrace.hooks.threading", ("threading", "patch"))  # threads carry the context, as under the agent
+    pool = ConnectionPool(dsn, min_size=2, max_size=2, open=False)
+    try:
+        with request_span() as parent:
+            pool.open(wait=True, timeout=10)  # the workers start here, and connect
+            with pool.connection() as conn:
+                assert conn.execute(f"SELECT name FROM {table} WHERE id = 1").fetchone() == ("one",)
+    finally:
+        pool.close()
+    found = db_spans(traced)
+    assert [s.name for s in found] == [f"SELECT {table}", "COMMIT"]  # no connect of the workers
+    for span in found:
+        assert_child(span, parent, LIBRARY)
+
+
+def test_an_async_pool_opened_in_a_request_does_not_keep_its_context(traced, dsn, table):
+    from psycopg_pool import AsyncConnectionPool
+
+    async def main():
+        pool = AsyncConnectionPool(dsn, min_size=2, max_size=2, open=False)
+        try:
+            with request_span() as parent:
+                await pool.open(wait=True, timeout=10)  # its worker tasks are made here, and connect
+                async with pool.connection() as conn:
+                    cur = await conn.execute(f"SELECT name FROM {table} WHERE id = 1")
+                    assert await cur.fetchone() == ("one",)
+        finally:
+            await pool.close()
+        return parent
+
+    parent = asyncio.run(main())
+    found = db_spans(traced)
+    assert [s.name for s in found] == [f"SELECT {table}", "COMMIT"]
+    for span in found:
+        assert_child(span, parent, LIBRARY)
