@@ -6,7 +6,7 @@ every cursor class (``Cursor``, ``ClientCursor``, ``RawCursor``, ``ServerCursor`
 the ``Async`` ones), every connection however it was made, and so the connections of
 ``psycopg_pool`` pools (sync and async, which make them with
 ``connection_class.connect``) are traced alike. Taking a connection from a pool is not
-a span, nor is what the pool does for it on the way (:func:`patch_pool`).
+a span, nor are the queries the pool runs for it on the way (:func:`patch_pool`).
 
 - ``Cursor.execute``/``AsyncCursor.execute`` (and ``ServerCursor``'s, where the span is
   the ``DECLARE``: the fetches are not spans): one span. ``Connection.execute`` makes a
@@ -40,6 +40,7 @@ address and port, peer address) is read once per connection from ``conn.info``.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 
 from autotrace import _log, api, db
 from autotrace.patching import wrap_function
@@ -84,16 +85,18 @@ def patch(module: ModuleType) -> None:
 def patch_pool(module: ModuleType) -> None:
     """``psycopg_pool``: taking a connection (``getconn``, ``connection()``) is never a span.
 
-    Its connections are psycopg's, traced as any (see :func:`patch`). What a checkout may
-    do on the way (the ``check`` callback's query, a ``NullConnectionPool``'s connect)
-    runs with instrumentation suppressed. So does ``open``: the pool's workers (threads,
-    or asyncio tasks, which take the context they are made in) would otherwise keep the
-    context of the request that happened to open the pool, and make their connects and
-    ``configure`` queries spans of it long after it ended.
+    Its connections are psycopg's, traced as any (see :func:`patch`). The queries a
+    checkout runs on the way (the ``check`` callback's) are not spans either; a connect
+    it makes (a ``NullConnectionPool`` connects at each checkout) is one, as any connect
+    the app waits for. ``open`` runs with instrumentation suppressed: the pool's workers
+    (threads, or asyncio tasks, which take the context they are made in) would otherwise
+    keep the context of the request that happened to open the pool, and make their
+    connects and ``configure`` queries spans of it long after it ended.
     """
-    for name in ("getconn", "open"):
-        wrap_function(module.ConnectionPool, name, _wrap_suppressed)
-        wrap_function(module.AsyncConnectionPool, name, _wrap_async_suppressed)
+    wrap_function(module.ConnectionPool, "getconn", _wrap_getconn)
+    wrap_function(module.AsyncConnectionPool, "getconn", _wrap_async_getconn)
+    wrap_function(module.ConnectionPool, "open", _wrap_suppressed)
+    wrap_function(module.AsyncConnectionPool, "open", _wrap_async_suppressed)
 
 
 def connection_target(conn) -> db.Target:
@@ -127,7 +130,13 @@ def _statement(query, conn) -> db.Statement | None:
         return None
 
 
+# True while a pool hands out a connection (psycopg_pool's getconn): its queries are no spans.
+_in_checkout: ContextVar[bool] = ContextVar("autotrace-psycopg-checkout", default=False)
+
+
 def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
+    if _in_checkout.get():
+        return None
     try:
         conn = cursor._conn
     except AttributeError:
@@ -378,6 +387,28 @@ def _transaction_end(transaction, exc_val) -> str | None:
         return "ROLLBACK" if exc_val is not None or transaction.force_rollback else "COMMIT"
     except Exception:  # noqa: BLE001 - a psycopg version without these: no span
         return None
+
+
+def _wrap_getconn(original):
+    def getconn(self, *args, **kwargs):
+        token = _in_checkout.set(True)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _in_checkout.reset(token)
+
+    return getconn
+
+
+def _wrap_async_getconn(original):
+    async def getconn(self, *args, **kwargs):
+        token = _in_checkout.set(True)
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            _in_checkout.reset(token)
+
+    return getconn
 
 
 def _wrap_suppressed(original):

@@ -391,15 +391,15 @@ def test_a_pools_check_is_not_a_span(traced, dsn, table):
         assert_child(span, parent, LIBRARY)
 
 
-def test_a_null_pools_connect_is_not_a_span(traced, dsn, table):
+def test_a_null_pools_connect_is_a_span_of_the_checkout(traced, dsn, table, postgres_server):
     from psycopg_pool import NullConnectionPool
 
     with NullConnectionPool(dsn) as pool:
         with request_span() as parent:
-            with pool.connection() as conn:  # connected now, for this checkout
+            with pool.connection() as conn:  # connected now, for this checkout: the app waits for it
                 assert conn.execute(f"SELECT name FROM {table} WHERE id = 1").fetchone() == ("one",)
     found = db_spans(traced)
-    assert [s.name for s in found] == [f"SELECT {table}", "COMMIT"]
+    assert [s.name for s in found] == ["connect", f"SELECT {table}", "COMMIT"]
     for span in found:
         assert_child(span, parent, LIBRARY)
 
