@@ -1,0 +1,206 @@
+"""SQLAlchemy (1.4 and 2.x, sync and asyncio): one CLIENT span per statement the engine executes, in place of the driver's.
+
+Waits for ``sqlalchemy.engine``. Listens to the engine events on the ``Engine`` class,
+so every engine has them, the sync engine under an ``AsyncEngine`` too:
+
+- ``before_cursor_execute``: the span starts (:func:`autotrace.db.start`) and is current
+  while the driver runs. The driver's own hook (psycopg, asyncpg, PyMySQL, sqlite3 ...)
+  sees a database call in progress and starts none: one span per statement, never the
+  driver's next to it. Each cursor execution is one: a statement, each batch of an
+  "insertmanyvalues" INSERT, a default or sequence SQLAlchemy runs before a statement.
+- ``after_cursor_execute``: the span ends (fetching rows is not part of it).
+- ``handle_error``: the exception is recorded (``error.type`` is that of SQLAlchemy's
+  exception, the one the app gets, unchanged; ``db.response.status_code`` comes from the
+  DBAPI error's SQLSTATE/errno) and the span ends.
+- ``DefaultExecutionContext.handle_dbapi_exception``, which SQLAlchemy calls for a DBAPI
+  error after ``handle_error``: it ends a span still open, where SQLAlchemy dispatches
+  no ``handle_error`` (the ``skip_user_error_events`` option its MySQL dialect uses to
+  probe tables); a span left open by any other path is ended when the connection
+  executes its next statement.
+
+asyncio engines: SQLAlchemy runs the sync engine's code in a greenlet whose context is
+the task's own (greenlet's ``gr_context``, shared, not copied), so the span current in
+the greenlet is current where the async driver is awaited: asyncpg's hook starts none.
+
+Attributes come from the engine's URL and dialect (built once per engine):
+``db.system.name`` from the dialect (``mariadb`` once SQLAlchemy has seen the server say
+so), ``db.namespace`` the URL's database, ``server.address``/``server.port`` the URL's
+host and port (the dialect's default port when the URL has a host and no port);
+``db.query.text`` is the statement SQLAlchemy sends (placeholders, not values),
+sanitised by :mod:`autotrace.db`; ``db.operation.batch.size`` for an ``executemany``.
+
+Checking a connection out of the pool is not a span, nor is anything the pool runs then
+(``pool_pre_ping``); opening a new connection is whatever the driver's hook makes of it.
+With ``AUTOTRACE_SQL_COMMENT=true`` the sqlcommenter comment is appended to the statement
+(not to an ``executemany``, nor for asyncpg, whose statement cache keys on the text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from autotrace import _log, api, db
+from autotrace.patching import wrap_function
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+LIBRARY = "sqlalchemy"
+CALL = "_autotrace_db_call"  # the span of the statement a Connection is executing
+TARGET = "_autotrace_db_target"  # an Engine's Target, once its dialect knows the server
+
+# Dialect name -> db.system.name where the two differ.
+SYSTEMS = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "microsoft.sql_server": 1433, "oracle.db": 1521}
+# Drivers whose statements must stay byte-identical (they cache prepared statements by text).
+NO_COMMENT_DRIVERS = frozenset({"asyncpg"})
+INTERPOLATING = frozenset({"format", "pyformat"})  # a "%" in the statement must be doubled
+
+
+def patch(module: ModuleType) -> None:
+    import importlib
+
+    from sqlalchemy import event
+
+    # sqlalchemy.engine imports both while it runs: complete by now.
+    engine_class = importlib.import_module("sqlalchemy.engine.base").Engine
+    default = importlib.import_module("sqlalchemy.engine.default")
+    event.listen(engine_class, "before_cursor_execute", _before_cursor_execute, retval=True)
+    event.listen(engine_class, "after_cursor_execute", _after_cursor_execute)
+    event.listen(engine_class, "handle_error", _handle_error)
+    wrap_function(default.DefaultExecutionContext, "handle_dbapi_exception", _ending_on_dbapi_error)
+    # pool_pre_ping: 2.x pings through _do_ping_w_event (dialects override do_ping), 1.4 do_ping.
+    ping = "_do_ping_w_event" if "_do_ping_w_event" in default.DefaultDialect.__dict__ else "do_ping"
+    wrap_function(default.DefaultDialect, ping, _quiet_ping)
+
+
+def _before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
+    try:
+        state = conn.__dict__
+        stale = state.pop(CALL, None)
+        if stale is not None:  # a statement whose end SQLAlchemy did not tell (see the docstring)
+            stale.close()
+        engine = conn.engine
+        target = _target(engine)
+        batch = _batch_size(parameters) if executemany else None
+        call = db.start(LIBRARY, target, db.statement(statement), batch_size=batch)
+        if call is None:
+            return statement, parameters
+        state[CALL] = call
+        if not executemany:
+            statement = _commented(statement, parameters, context, engine.dialect, call)
+    except Exception as exc:  # noqa: BLE001 - the statement runs regardless
+        _log.warn_once("sqlalchemy-start", "autotrace: a SQLAlchemy statement could not be traced (%s: %s)", type(exc).__name__, exc)
+    return statement, parameters
+
+
+def _after_cursor_execute(conn, cursor, statement, parameters, context, executemany):
+    try:
+        call = conn.__dict__.pop(CALL, None)
+        if call is not None:
+            call.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _handle_error(exception_context) -> None:
+    try:
+        conn = exception_context.connection
+        call = conn.__dict__.pop(CALL, None) if conn is not None else None
+        if call is not None:
+            original = exception_context.original_exception
+            raised = exception_context.sqlalchemy_exception or original
+            call.fail(raised, _status_code(original))
+            call.close()
+    except Exception:  # noqa: BLE001 - the app gets its exception regardless
+        pass
+    return None  # SQLAlchemy raises its own exception, unchanged
+
+
+def _ending_on_dbapi_error(original):
+    def handle_dbapi_exception(self, e):
+        try:
+            call = self.root_connection.__dict__.pop(CALL, None)
+            if call is not None:
+                call.fail(e, _status_code(e))
+                call.close()
+        except Exception:  # noqa: BLE001
+            pass
+        return original(self, e)
+
+    return handle_dbapi_exception
+
+
+def _quiet_ping(original):
+    """``pool_pre_ping``'s ``SELECT 1`` is part of the checkout: instrumentation suppressed, no span."""
+
+    def ping(self, dbapi_connection):
+        token = None
+        try:
+            if not api.loaded:
+                api.load()
+            if api.loaded:
+                token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
+        except Exception:  # noqa: BLE001 - the ping runs regardless
+            pass
+        try:
+            return original(self, dbapi_connection)
+        finally:
+            if token is not None:
+                api.detach(token)
+
+    return ping
+
+
+def _target(engine) -> db.Target:
+    target = engine.__dict__.get(TARGET)
+    if target is None:
+        dialect = engine.dialect
+        url = engine.url
+        name = dialect.name
+        if getattr(dialect, "is_mariadb", False):
+            name = "mariadb"
+        system = SYSTEMS.get(name, name)
+        host = url.host or None
+        port = url.port
+        if host is not None and port is None:
+            port = DEFAULT_PORTS.get(system)
+        target = db.Target(system, url.database or None, host, port)
+        # Kept once the dialect has met the server (a MySQL dialect learns it is MariaDB then).
+        if getattr(dialect, "server_version_info", None) is not None:
+            engine.__dict__[TARGET] = target
+    return target
+
+
+def _batch_size(parameters) -> int | None:
+    """The number of parameter sets of an ``executemany``.
+
+    None for an "insertmanyvalues" batch, which SQLAlchemy also reports as executemany:
+    one INSERT of many rows, its parameters one flat set.
+    """
+    if isinstance(parameters, (list, tuple)) and parameters and isinstance(parameters[0], (Mapping, list, tuple)):
+        return len(parameters)
+    return None
+
+
+def _commented(statement, parameters, context, dialect, call):
+    """The statement with the sqlcommenter comment when it is on (``statement`` itself else)."""
+    commented = db.with_comment(statement, call)
+    if commented is statement or dialect.driver in NO_COMMENT_DRIVERS:
+        return statement
+    comment = commented[len(statement) :]
+    if "%" in comment and dialect.paramstyle in INTERPOLATING:
+        no_parameters = not parameters and context is not None and getattr(context, "no_parameters", False)
+        if not no_parameters:  # the driver interpolates: "%" written "%%"
+            comment = comment.replace("%", "%%")
+    return statement + comment
+
+
+def _status_code(exc: BaseException) -> str | None:
+    code = db.status_code_of(exc)
+    if code is None:
+        cause = getattr(exc, "orig", None) or exc.__cause__
+        if isinstance(cause, BaseException):
+            code = db.status_code_of(cause)
+    return code
