@@ -7,7 +7,8 @@ request (span modules call it, then read these module globals):
 - :data:`context`, :data:`trace`, :data:`propagate`: the API's modules;
   :data:`SpanKind`, :data:`Status`, :data:`StatusCode`: its classes;
 - :data:`IN_SERVER_SPAN` (value: the request's SERVER span) and :data:`IN_CLIENT_CALL`
-  (value: the outgoing call in progress): the agent's own context keys;
+  (value: the outgoing call in progress), :data:`IN_DB_CALL` (value: the database or
+  cache call in progress, :class:`autotrace.db.DbCall`): the agent's own context keys;
 - :data:`SUPPRESS_INSTRUMENTATION` and :data:`SUPPRESS_HTTP_INSTRUMENTATION`: the API's
   keys that turn instrumentation off in a context (the agent's exporter sets the first);
   :func:`suppressed` and :func:`http_suppressed` read them;
@@ -42,9 +43,11 @@ if TYPE_CHECKING:
 # has its SERVER span: a second server layer (a framework's own WSGI app under a server
 # hook, werkzeug's handler under http.server) must not start another one. IN_CLIENT_CALL
 # holds the outgoing call in progress, so a lower layer of the same call (urllib3 under
-# requests) does not start a second span.
+# requests) does not start a second span. IN_DB_CALL holds the database call in progress:
+# a lower layer of it (the driver under SQLAlchemy, execute under executemany) starts none.
 IN_SERVER_SPAN: object = "autotrace-server-span"
 IN_CLIENT_CALL: object = "autotrace-client-call"
+IN_DB_CALL: object = "autotrace-db-call"
 # The API's own keys (private there: only this module names them).
 SUPPRESS_INSTRUMENTATION: object = "suppress_instrumentation"
 SUPPRESS_HTTP_INSTRUMENTATION: object = "suppress_http_instrumentation"
@@ -77,7 +80,7 @@ def load() -> None:
 
 def _import_api() -> None:
     global context, propagate, trace, SpanKind, Status, StatusCode, loaded
-    global IN_SERVER_SPAN, IN_CLIENT_CALL, SUPPRESS_INSTRUMENTATION, SUPPRESS_HTTP_INSTRUMENTATION
+    global IN_SERVER_SPAN, IN_CLIENT_CALL, IN_DB_CALL, SUPPRESS_INSTRUMENTATION, SUPPRESS_HTTP_INSTRUMENTATION
     from opentelemetry import context as _context, propagate as _propagate, trace as _trace
     from opentelemetry.trace import SpanKind as _SpanKind, Status as _Status, StatusCode as _StatusCode
 
@@ -85,6 +88,7 @@ def _import_api() -> None:
     SpanKind, Status, StatusCode = _SpanKind, _Status, _StatusCode
     IN_SERVER_SPAN = _context.create_key("autotrace-server-span")
     IN_CLIENT_CALL = _context.create_key("autotrace-client-call")
+    IN_DB_CALL = _context.create_key("autotrace-db-call")
     SUPPRESS_INSTRUMENTATION = _context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001
     SUPPRESS_HTTP_INSTRUMENTATION = _context._SUPPRESS_HTTP_INSTRUMENTATION_KEY  # noqa: SLF001
     _install_propagators()

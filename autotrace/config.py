@@ -107,6 +107,9 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "incoming context": ("AUTOTRACE_INCOMING_CONTEXT",),
     "log correlation": ("OTEL_PYTHON_LOG_CORRELATION",),
     "log format": ("OTEL_PYTHON_LOG_FORMAT",),
+    "db statement": ("AUTOTRACE_DB_STATEMENT",),
+    "sql comment": ("AUTOTRACE_SQL_COMMENT",),
+    "db root spans": ("AUTOTRACE_DB_ROOT_SPANS",),
 }
 
 # Variables whose empty value is a value (an empty deny list traces everything); any
@@ -213,6 +216,30 @@ class HttpSettings:
         return "; ".join(f"{where}: {_join(names)}" for where, names in groups if names)
 
 
+DB_STATEMENT_MODES = ("sanitized", "raw", "off")
+
+
+class DbSettings:
+    """Settings of database and cache spans (see :mod:`autotrace.db`).
+
+    ``statement``: what ``db.query.text`` holds: ``sanitized`` (literals replaced by
+    ``?``), ``raw`` (as the app wrote it) or ``off`` (not recorded). ``sql_comment``:
+    append the span's context to SQL as a sqlcommenter comment. ``root_spans``: a query
+    outside any trace starts one (off by default: a background job's queries would
+    flood the backend).
+    """
+
+    __slots__ = ("statement", "sql_comment", "root_spans")
+
+    def __init__(self, statement: str = "sanitized", sql_comment: bool = False, root_spans: bool = False) -> None:
+        self.statement = statement
+        self.sql_comment = sql_comment
+        self.root_spans = root_spans
+
+    def __repr__(self) -> str:
+        return f"DbSettings(statement={self.statement!r}, sql_comment={self.sql_comment}, root_spans={self.root_spans})"
+
+
 class Configuration:
     """The effective configuration (defaults as class attributes; :func:`read` sets the
     rest), with where each setting came from and the warnings reading it gave."""
@@ -244,6 +271,7 @@ class Configuration:
     http: HttpSettings = HttpSettings()
     log_correlation: bool = False
     log_format: str | None = None
+    db: DbSettings = DbSettings()
     sources: Mapping[str, Source] = {}  # setting (a key of VARIABLES) -> where it came from
     warnings: Sequence[ConfigWarning] = ()
 
@@ -288,6 +316,9 @@ class Configuration:
             "incoming context": http.incoming_context,
             "log correlation": str(self.log_correlation),
             "log format": self.log_format or "",
+            "db statement": self.db.statement,
+            "sql comment": str(self.db.sql_comment),
+            "db root spans": str(self.db.root_spans),
         }
         return [(name, values[name]) for name in VARIABLES]
 
@@ -482,6 +513,7 @@ def read(environ: Mapping[str, str] | None = None) -> Configuration:
         http=_http(env),
         log_correlation=_log_correlation(env),
         log_format=env.raw("OTEL_PYTHON_LOG_FORMAT"),
+        db=_db(env),
     )
     sources = {setting: source_of(setting, environ) for setting in VARIABLES}
     if protocol == "grpc" and sources["protocol"].kind == "default":
@@ -677,6 +709,14 @@ def _log_correlation(env: _Reader) -> bool:
     return env.boolean(VARIABLES["log correlation"], False)
 
 
+def _db(env: _Reader) -> DbSettings:
+    return DbSettings(
+        statement=env.choice(VARIABLES["db statement"], DB_STATEMENT_MODES, "sanitized"),
+        sql_comment=env.boolean(VARIABLES["sql comment"], False),
+        root_spans=env.boolean(VARIABLES["db root spans"], False),
+    )
+
+
 # -- read after start-up -----------------------------------------------------------------
 # Each reads the current environment with the functions read() uses, and logs what is
 # wrong once per process (the start-up's load() may have logged it already).
@@ -709,6 +749,39 @@ def reset_http_settings() -> None:
     """Read the environment again at the next use of :func:`http_settings` (for tests)."""
     global _http_settings
     _http_settings = None
+
+
+_db_settings: DbSettings | None = None
+
+
+def db_settings() -> DbSettings:
+    """The database settings, read once per process (at the first query)."""
+    global _db_settings
+    settings = _db_settings
+    if settings is None:
+        with _http_settings_lock:
+            if _db_settings is None:
+                _db_settings = _read_now(_db)
+            settings = _db_settings
+    return settings
+
+
+# Called by reset_db_settings(): what was made from the old settings is dropped
+# (autotrace.db's statements, whose text depends on AUTOTRACE_DB_STATEMENT).
+_db_reset_callbacks: list[Callable[[], None]] = []
+
+
+def on_db_settings_reset(callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever :func:`reset_db_settings` runs."""
+    _db_reset_callbacks.append(callback)
+
+
+def reset_db_settings() -> None:
+    """Read the environment again at the next use of :func:`db_settings` (for tests)."""
+    global _db_settings
+    _db_settings = None
+    for callback in _db_reset_callbacks:
+        callback()
 
 
 def propagator_names() -> tuple[str, ...]:

@@ -1,0 +1,836 @@
+"""Database and cache calls: the CLIENT span every database hook starts, and what SQL text yields.
+
+A hook builds a :class:`Target` once per connection (the system, database name, server
+address), a :class:`Statement` per SQL text with :func:`statement` (cached by text), and
+wraps each call the app makes::
+
+    from autotrace import db
+
+    def execute(self, sql, parameters=()):
+        found = db.statement(sql)
+        return db.call("sqlite3", target_of(self), found, original, (self, sql, parameters), {})
+
+:func:`start` returns None, and the call runs untraced, when:
+
+- instrumentation is suppressed (the agent's own exporter runs so);
+- a database call is in progress in this context already (:data:`autotrace.api.IN_DB_CALL`):
+  the outer layer (SQLAlchemy, Django, ``executemany`` calling ``execute``, a pool
+  calling its connection) has the span, so each logical operation gets one;
+- no span is current and ``AUTOTRACE_DB_ROOT_SPANS`` is not true: a background job's
+  thousands of queries would otherwise each be a trace of their own;
+- the span could not be started (one warning line).
+
+Span content follows the stable database semantic conventions: name ``db.query.summary``
+(``"SELECT users"``), else ``"{db.operation.name} {db.collection.name}"``, else the
+operation, else ``db.system.name``; kind CLIENT; ``db.query.text`` as
+``AUTOTRACE_DB_STATEMENT`` says (literals replaced by ``?`` by default, see
+:func:`sanitize`), capped at :data:`MAX_QUERY_TEXT` characters.
+
+Nothing here raises into the app: the app's own exceptions are recorded and re-raised
+untouched by the hook (:func:`call` does it), a failure of ours is one warning line.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from . import api, config, spans
+from .spans import SpanHandle
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Mapping
+
+    from opentelemetry import context, trace
+
+TRACER_PREFIX = "autotrace.db."  # instrumentation scope: "autotrace.db.psycopg2" ...
+
+MAX_QUERY_TEXT = 2048  # db.query.text is cut to this many characters, marker included
+TRUNCATED = " ...[truncated]"  # the marker that ends a cut db.query.text
+MAX_SUMMARY = 255  # db.query.summary: whole words, at most this long (as semconv advises)
+
+# Systems whose SQL reads "..." as a string and \ as an escape in strings (MySQL's
+# defaults); everywhere else "..." is a quoted identifier and '' the only escape.
+MYSQL_SYSTEMS = frozenset(("mysql", "mariadb"))
+
+
+class Target:
+    """A connection's facts, built once per connection by a hook and reused for every call.
+
+    :attr:`attributes` is the prebuilt dict of ``db.system.name``, ``db.namespace``,
+    ``server.address``, ``server.port``, ``network.peer.address`` (and ``extra``), Nones
+    left out: every span of the connection starts from a copy of it.
+    """
+
+    __slots__ = ("system", "namespace", "server_address", "server_port", "peer_address", "attributes")
+
+    def __init__(
+        self,
+        system: str,
+        namespace: str | None = None,
+        server_address: str | None = None,
+        server_port: int | None = None,
+        peer_address: str | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        self.system = system
+        self.namespace = namespace
+        self.server_address = server_address
+        self.server_port = server_port
+        self.peer_address = peer_address
+        attributes: dict[str, object] = {"db.system.name": system}
+        if namespace is not None:
+            attributes["db.namespace"] = namespace
+        if server_address is not None:
+            attributes["server.address"] = server_address
+        if server_port is not None:
+            attributes["server.port"] = server_port
+        if peer_address is not None:
+            attributes["network.peer.address"] = peer_address
+        if extra:
+            attributes.update((k, v) for k, v in extra.items() if v is not None)
+        self.attributes = attributes
+
+    def __repr__(self) -> str:
+        return f"Target({self.attributes!r})"
+
+
+class Statement:
+    """What one SQL text yields, computed once per distinct text (see :func:`statement`).
+
+    - ``text``: the ``db.query.text`` value as ``AUTOTRACE_DB_STATEMENT`` says (sanitized
+      by default, raw, or None for off), capped at :data:`MAX_QUERY_TEXT` characters;
+    - ``operation``: ``db.operation.name`` (``"SELECT"``, ``"CREATE TABLE"``) when the
+      text is one statement that starts with one;
+    - ``collection``: ``db.collection.name`` when the statement names exactly one table,
+      as written (``public.users``, ``"Users"``); None when unsure;
+    - ``summary``: ``db.query.summary``: operations and tables in order of appearance
+      (``"SELECT users orders"``), None when the text gives none;
+    - ``attributes``: the four above as span attributes (Nones left out).
+    """
+
+    __slots__ = ("text", "operation", "collection", "summary", "attributes")
+
+    def __init__(self, text: str | None, operation: str | None, collection: str | None, summary: str | None) -> None:
+        self.text = text
+        self.operation = operation
+        self.collection = collection
+        self.summary = summary
+        attributes: dict[str, object] = {}
+        if text is not None:
+            attributes["db.query.text"] = text
+        if operation is not None:
+            attributes["db.operation.name"] = operation
+        if collection is not None:
+            attributes["db.collection.name"] = collection
+        if summary is not None:
+            attributes["db.query.summary"] = summary
+        self.attributes = attributes
+
+    def __repr__(self) -> str:
+        return f"Statement(text={self.text!r}, operation={self.operation!r}, collection={self.collection!r}, summary={self.summary!r})"
+
+
+# -- statements ---------------------------------------------------------------------------
+
+# Statements by text, one cache for standard SQL and one for MySQL's. Bounded in entries
+# and in characters held; the oldest entry goes first. Texts longer than _CACHED_CHARS are
+# analysed at each call (linear time) rather than held.
+_CACHE_ENTRIES = 2048
+_CACHE_CHARS = 4_000_000
+_CACHED_CHARS = 65_536
+_caches: tuple[dict[object, Statement], dict[object, Statement]] = ({}, {})
+_cache_chars = [0, 0]
+_cache_lock = threading.Lock()
+
+
+def statement(sql: object, system: str | None = None) -> Statement | None:
+    """The :class:`Statement` of ``sql``: a str, or bytes (decoded as UTF-8, bad bytes replaced).
+
+    Anything else gives None (a hook turns its library's SQL objects into text itself:
+    their ``str()`` may be a repr holding values, or compile a query). ``system``:
+    ``"mysql"`` or ``"mariadb"`` lex MySQL's way (``"..."`` strings, backslash escapes,
+    ``#`` comments). Never raises. Cached by text.
+    """
+    mysql = 1 if system in MYSQL_SYSTEMS else 0
+    cache = _caches[mysql]
+    found = cache.get(sql)
+    if found is not None:
+        return found
+    try:
+        if isinstance(sql, str):
+            text = sql
+        elif isinstance(sql, (bytes, bytearray, memoryview)):
+            text = bytes(sql).decode("utf-8", "replace")
+        else:
+            return None
+        found = _make_statement(text, bool(mysql))
+        size = len(text)
+        if size <= _CACHED_CHARS and isinstance(sql, (str, bytes)):
+            with _cache_lock:
+                while cache and (len(cache) >= _CACHE_ENTRIES or _cache_chars[mysql] + size > _CACHE_CHARS):
+                    oldest = next(iter(cache))
+                    _cache_chars[mysql] -= len(oldest)
+                    del cache[oldest]
+                if sql not in cache:
+                    cache[sql] = found
+                    _cache_chars[mysql] += size
+        return found
+    except Exception as exc:  # noqa: BLE001 - never fail a query
+        spans.report(exc, "a database statement", "the query", "db-statement")
+        return None
+
+
+def clear_cache() -> None:
+    """Forget every cached :class:`Statement` (a setting changed; tests)."""
+    with _cache_lock:
+        for index, cache in enumerate(_caches):
+            cache.clear()
+            _cache_chars[index] = 0
+
+
+config.on_db_settings_reset(clear_cache)
+
+
+def _make_statement(text: str, mysql: bool) -> Statement:
+    mode = config.db_settings().statement
+    sanitized, operation, collection, summary = analyse(text, mysql)
+    if mode == "sanitized":
+        query_text: str | None = cap(sanitized)
+    elif mode == "raw":
+        query_text = cap(text)
+    else:
+        query_text = None
+    return Statement(query_text, operation, collection, summary)
+
+
+def cap(text: str, limit: int = MAX_QUERY_TEXT) -> str:
+    """``text``, cut to ``limit`` characters with :data:`TRUNCATED` at its end when longer."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+def sanitize(sql: str, system: str | None = None) -> str:
+    """``sql`` with its literals replaced by ``?``; linear time, never raises.
+
+    Strings (``'..'`` with ``''`` escapes, ``E'..'`` with backslash escapes, ``N'..'``,
+    ``X'..'``, ``B'..'``, PostgreSQL's ``$tag$..$tag$``) and numbers (integers, decimals,
+    exponents, ``0x..``) become ``?``; a list of literals in ``IN (...)`` becomes
+    ``IN (?)``. Comments are dropped (they may carry values: other tools' sqlcommenter
+    tags, notes). Placeholders (``%s``, ``%(name)s``, ``$1``, ``?``, ``:name``), keywords
+    (``TRUE``, ``FALSE``, ``NULL``), identifiers (quoted too) are kept as written. From
+    an unbalanced quote on, the rest of the text is one ``?``. Not capped (see :func:`cap`).
+    """
+    try:
+        return analyse(sql, system in MYSQL_SYSTEMS)[0]
+    except Exception:  # noqa: BLE001 - never reached by design; a text we cannot read is not recorded
+        return "?"
+
+
+# The lexer: each step reads one token at position i with str.find or an anchored regular
+# expression whose alternatives cannot backtrack into each other, so a text is read in
+# time linear in its length, whatever it holds.
+_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[^\W\d]\w*")
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_PERCENT = re.compile(r"%\([^()\s]{1,64}\)[sdfb]|%[sdfb]")  # %s, %(name)s: the pyformat placeholders
+_DOLLAR = re.compile(r"\$(?:\d+|(?:[^\W\d]\w*)?\$)")  # $1, or a $tag$ opening a dollar-quoted string
+_COLON = re.compile(r":[^\W\d]\w*")  # :name
+_QMARK = re.compile(r"\?\d*")  # ?, ?1
+_PREFIXES = frozenset("eEnNxXbB")  # E'..', N'..', X'..', B'..'
+
+# Token kinds for the summary pass.
+_W, _Q, _P = "w", "q", "p"  # word, quoted identifier, punctuation
+_L, _H = "l", "h"  # literal, placeholder
+
+
+def analyse(text: str, mysql: bool = False) -> tuple[str, str | None, str | None, str | None]:
+    """The sanitized text, operation, collection and summary of ``text`` (one pass, then one over its tokens)."""
+    out: list[str] = []  # the sanitized text, in pieces
+    tokens: list[tuple[str, str]] = []  # what the summary is made from
+    n = len(text)
+    i = 0
+    # IN (...) lists of literals: 0 none, 1 after IN, 2 inside the parenthesis.
+    in_state = 0
+    in_start = 0
+    in_literal = False
+    while i < n:
+        c = text[i]
+        kind = None
+        if c.isspace():
+            m = _SPACE.match(text, i)
+            j = m.end() if m else i + 1
+            if not (out and out[-1][-1:].isspace()):  # after a comment's blank: one is enough
+                out.append(text[i:j])
+            i = j
+            continue
+        if c == "-" and text.startswith("--", i) or c == "#" and mysql:
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            _gap(out)
+            continue
+        if c == "/" and text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            _gap(out)
+            continue
+        if c == "'":
+            i = _string_end(text, i + 1, "'", mysql)
+            kind = _L
+        elif c == '"':
+            if mysql:
+                i = _string_end(text, i + 1, '"', True)
+                kind = _L
+            else:
+                j = _string_end(text, i + 1, '"', False)
+                if j > n:  # unbalanced: the rest is one ?
+                    i, kind = j, _L
+                else:
+                    out.append(text[i:j])
+                    tokens.append((_Q, text[i:j]))
+                    i = j
+                    in_state = 0
+                    continue
+        elif c == "`":
+            j = text.find("`", i + 1)
+            if j < 0:
+                i, kind = n + 1, _L
+            else:
+                out.append(text[i : j + 1])
+                tokens.append((_Q, text[i : j + 1]))
+                i = j + 1
+                in_state = 0
+                continue
+        elif "0" <= c <= "9" or c == "." and "0" <= text[i + 1 : i + 2] <= "9" and i + 1 < n:
+            i = _NUMBER.match(text, i).end()
+            kind = _L
+        elif c == "$":
+            m = _DOLLAR.match(text, i)
+            if m is None:
+                kind = _P
+                piece = c
+                i += 1
+            elif m.group().endswith("$") and not mysql:  # $tag$ ... $tag$
+                delimiter = m.group()
+                j = text.find(delimiter, m.end())
+                i = n + 1 if j < 0 else j + len(delimiter)
+                kind = _L
+            else:
+                kind, piece, i = _H, m.group(), m.end()
+        elif c == "%":
+            m = _PERCENT.match(text, i)
+            kind, piece = (_H, m.group()) if m else (_P, c)
+            i = m.end() if m else i + 1
+        elif c == ":":
+            m = _COLON.match(text, i)
+            kind, piece = (_H, m.group()) if m else (_P, c)
+            i = m.end() if m else i + 1
+        elif c == "?":
+            m = _QMARK.match(text, i)
+            kind, piece, i = _H, m.group(), m.end()
+        else:
+            m = _WORD.match(text, i)
+            if m is None:
+                kind, piece = _P, c
+                i += 1
+            else:
+                word = m.group()
+                j = m.end()
+                if j < n and text[j] == "'" and len(word) == 1 and word in _PREFIXES:
+                    i = _string_end(text, j + 1, "'", mysql or word in "eE")
+                    kind = _L
+                else:
+                    out.append(word)
+                    tokens.append((_W, word))
+                    i = j
+                    if in_state == 2 or len(word) != 2 or word.upper() != "IN":
+                        in_state = 0
+                    else:
+                        in_state = 1
+                    continue
+        # A literal, a placeholder or punctuation.
+        if kind == _L:
+            out.append("?")
+            tokens.append((_L, "?"))
+            if in_state == 2:
+                in_literal = True
+            else:
+                in_state = 0
+            continue
+        out.append(piece)
+        tokens.append((kind, piece))
+        if in_state == 1:
+            if piece == "(":
+                in_state, in_start, in_literal = 2, len(out) - 1, False
+            else:
+                in_state = 0
+        elif in_state == 2:
+            if piece == ")":
+                if in_literal:
+                    del out[in_start:]
+                    out.append("(?)")
+                in_state = 0
+            elif kind != _H and piece not in (",", "-", "+"):
+                in_state = 0
+    sanitized = "".join(out).strip()
+    return (sanitized, *_summarize(tokens))
+
+
+def _gap(out: list[str]) -> None:
+    """Where a comment was: a blank, so the tokens on either side stay apart."""
+    if out and not out[-1][-1:].isspace():
+        out.append(" ")
+
+
+def _string_end(text: str, start: int, quote: str, backslash: bool) -> int:
+    """The index after the quote that closes a string opened before ``start``; past the end (len + 1) if none.
+
+    A doubled quote is part of the string; with ``backslash``, so is a quote after an
+    odd number of backslashes. Linear: each character is looked at a bounded number of times.
+    """
+    j = start
+    find = text.find
+    while True:
+        k = find(quote, j)
+        if k < 0:
+            return len(text) + 1
+        if backslash:
+            b = k
+            while b > j and text[b - 1] == "\\":
+                b -= 1
+            if (k - b) % 2:  # escaped
+                j = k + 1
+                continue
+        if text.startswith(quote, k + 1):  # doubled
+            j = k + 2
+            continue
+        return k + 1
+
+
+# -- the summary ------------------------------------------------------------------------
+
+# Words that start a statement and name its operation.
+_OPERATIONS = frozenset(
+    """SELECT INSERT UPDATE DELETE MERGE UPSERT REPLACE CREATE DROP ALTER TRUNCATE CALL EXEC
+    EXECUTE BEGIN START COMMIT ROLLBACK SAVEPOINT RELEASE END SET SHOW PRAGMA VACUUM ANALYZE
+    EXPLAIN GRANT REVOKE LOCK COPY DO DECLARE FETCH MOVE CLOSE PREPARE DEALLOCATE LISTEN
+    NOTIFY UNLISTEN REINDEX CLUSTER COMMENT ATTACH DETACH USE DESCRIBE VALUES TABLE LOAD
+    RESET DISCARD CHECKPOINT REFRESH OPTIMIZE REPAIR FLUSH KILL HANDLER""".split()
+)
+# Data operations that also count inside a statement (INSERT ... SELECT, a CTE's body).
+_NESTED = frozenset(("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"))
+# After these words, UPDATE or DELETE is a clause, not an operation (ON CONFLICT DO
+# UPDATE, ON DUPLICATE KEY UPDATE, FOR UPDATE, ON DELETE CASCADE, a trigger's event).
+_CLAUSE_BEFORE = frozenset(("DO", "KEY", "FOR", "ON", "OF", "BEFORE", "AFTER", "INSTEAD", "OR", "NO", "THEN"))
+_DDL_VERBS = frozenset(("CREATE", "DROP", "ALTER"))
+_DDL_MODIFIERS = frozenset(
+    ("OR", "REPLACE", "TEMP", "TEMPORARY", "UNIQUE", "UNLOGGED", "GLOBAL", "LOCAL", "VIRTUAL", "MATERIALIZED", "RECURSIVE", "IF", "NOT", "EXISTS", "DEFINER", "ONLINE", "CONCURRENTLY")
+)
+_DDL_OBJECTS = frozenset(
+    ("TABLE", "INDEX", "VIEW", "SEQUENCE", "SCHEMA", "DATABASE", "FUNCTION", "PROCEDURE", "TRIGGER", "TYPE", "EXTENSION", "ROLE", "USER", "DOMAIN", "POLICY", "RULE", "EVENT")
+)
+# Words skipped before a table name (UPDATE OR REPLACE t, FROM ONLY t, TABLE IF NOT EXISTS t).
+_NAME_SKIP = frozenset(("ONLY", "OR", "REPLACE", "IGNORE", "ROLLBACK", "ABORT", "FAIL", "LOW_PRIORITY", "IF", "NOT", "EXISTS", "TABLE"))
+# Words that cannot be a table name (or an alias) where one may be.
+_KEYWORDS = frozenset(
+    """SELECT FROM WHERE JOIN INNER LEFT RIGHT FULL OUTER CROSS NATURAL ON USING GROUP ORDER
+    LIMIT OFFSET HAVING UNION EXCEPT INTERSECT WINDOW FOR SET VALUES VALUE RETURNING FETCH
+    STRAIGHT_JOIN LATERAL DEFAULT WITH USE FORCE IGNORE TABLESAMPLE AS INTO PARTITION QUALIFY
+    LOCK INDEXED NOT AND OR IN IS LIKE BETWEEN CASE WHEN THEN ELSE END EXISTS ANY ALL SOME
+    DISTINCT BY DO CONFLICT DUPLICATE KEY UPDATE DELETE INSERT""".split()
+)
+# Words after which "(" opens a subquery or a list, not a function's arguments.
+_NOT_FUNCTIONS = _KEYWORDS | frozenset(("TABLE", "ARRAY", "ROW"))
+
+
+def _summarize(tokens: list[tuple[str, str]]) -> tuple[str | None, str | None, str | None]:
+    """Operation, collection and summary from the tokens of one or more statements."""
+    parts: list[str] = []
+    collections: set[str] = set()
+    operation: str | None = None
+    statements = 0
+    at_start = True
+    previous = ""  # the previous token, upper-case when a word
+    functions: list[bool] = []  # the open parentheses: True for a function's arguments
+    n = len(tokens)
+    i = 0
+    while i < n:
+        kind, text = tokens[i]
+        if kind == _P:
+            if text == ";":
+                at_start = True
+            elif text == "(":
+                functions.append(_opens_function(tokens, i))
+            elif text == ")" and functions:
+                functions.pop()
+            previous = text
+            i += 1
+            continue
+        if kind != _W:
+            if at_start:
+                at_start = False
+                statements += 1
+            previous = text
+            i += 1
+            continue
+        word = text.upper()
+        if at_start:
+            at_start = False
+            statements += 1
+            if word in _DDL_VERBS or word == "TRUNCATE":
+                done, i = _ddl(tokens, i, word, parts, collections)
+                operation = operation or done
+                previous = ""
+                continue
+            if word in _OPERATIONS and word not in _NESTED:
+                operation = operation or word
+                parts.append(word)
+                previous = word
+                i += 1
+                continue
+        in_function = bool(functions) and functions[-1]
+        if word in _NESTED and previous not in _CLAUSE_BEFORE and not in_function:
+            operation = operation or word
+            parts.append(word)
+            i += 1
+            if word == "UPDATE":
+                i = _names(tokens, i, parts, collections, listing=False)
+        elif word in ("FROM", "JOIN", "STRAIGHT_JOIN") and not in_function and previous != "DISTINCT":
+            i = _names(tokens, i + 1, parts, collections, listing=word == "FROM", functions_ok=False)
+        elif word == "INTO" and not in_function:
+            i = _names(tokens, i + 1, parts, collections, listing=False)
+        else:
+            i += 1
+        previous = word
+    if len(parts) > 0:
+        summary = _join_capped(parts)
+    else:
+        summary = None
+    single = statements == 1
+    collection = next(iter(collections)) if single and len(collections) == 1 else None
+    return (operation if single else None), collection, summary
+
+
+def _opens_function(tokens: list[tuple[str, str]], i: int) -> bool:
+    """Whether the "(" at ``i`` opens a function's arguments (a word not a keyword before it)."""
+    if i == 0:
+        return False
+    kind, text = tokens[i - 1]
+    return kind == _W and text.upper() not in _NOT_FUNCTIONS
+
+
+def _ddl(tokens, i: int, verb: str, parts: list[str], collections: set[str]) -> tuple[str, int]:
+    """CREATE/DROP/ALTER [modifiers] OBJECT [name], TRUNCATE [TABLE] name: the operation, and where it ends."""
+    n = len(tokens)
+    j = i + 1
+    if verb == "TRUNCATE":
+        parts.append(verb)
+        return verb, _names(tokens, j, parts, collections, listing=False)
+    while j < n and tokens[j][0] == _W and tokens[j][1].upper() in _DDL_MODIFIERS:
+        j += 1
+    if j < n and tokens[j][0] == _W and tokens[j][1].upper() in _DDL_OBJECTS:
+        obj = tokens[j][1].upper()
+        operation = f"{verb} {obj}"
+        parts.append(operation)
+        if obj == "TABLE":
+            return operation, _names(tokens, j + 1, parts, collections, listing=False)
+        return operation, j + 1
+    parts.append(verb)
+    return verb, j
+
+
+def _names(tokens, i: int, parts: list[str], collections: set[str], listing: bool, functions_ok: bool = True) -> int:
+    """Read the table name at ``i`` (after FROM, JOIN, INTO, UPDATE, TABLE); with ``listing``,
+    the comma-separated ones after it (``FROM a x, b y``). Returns where reading stopped."""
+    n = len(tokens)
+    while True:
+        while i < n and tokens[i][0] == _W and tokens[i][1].upper() in _NAME_SKIP:
+            i += 1
+        start = i
+        pieces: list[str] = []
+        while i < n:
+            kind, text = tokens[i]
+            if kind == _Q or kind == _W and text.upper() not in _KEYWORDS:
+                pieces.append(text)
+                i += 1
+                if i + 1 < n and tokens[i] == (_P, ".") and tokens[i + 1][0] in (_W, _Q):
+                    pieces.append(".")
+                    i += 1
+                    continue
+            break
+        if not pieces:
+            return start
+        if not functions_ok and i < n and tokens[i] == (_P, "("):
+            return i  # a function in FROM (generate_series(...)): not a table
+        name = "".join(pieces)
+        parts.append(name)
+        collections.add(name)
+        if not listing:
+            return i
+        # An alias ([AS] name), then a comma and another table.
+        if i < n and tokens[i][0] == _W and tokens[i][1].upper() == "AS":
+            i += 1
+        if i < n and (tokens[i][0] == _Q or tokens[i][0] == _W and tokens[i][1].upper() not in _KEYWORDS):
+            i += 1
+        if i < n and tokens[i] == (_P, ","):
+            i += 1
+            continue
+        return i
+
+
+def _join_capped(parts: list[str]) -> str:
+    summary = parts[0][:MAX_SUMMARY]
+    for part in parts[1:]:
+        if len(summary) + 1 + len(part) > MAX_SUMMARY:
+            break
+        summary += " " + part
+    return summary
+
+
+# -- spans ------------------------------------------------------------------------------
+
+
+class DbCall(SpanHandle):
+    """One database or cache call's CLIENT span; its methods never raise."""
+
+    __slots__ = ("library",)
+    WHAT = "a database span"
+
+    def __init__(self, span: trace.Span, ctx: context.Context, library: str) -> None:
+        super().__init__(span, ctx)
+        self.library = library
+
+    def fail(self, exc: BaseException, status_code: str | None = None) -> None:  # type: ignore[override]
+        """Record an exception that ended the call: status ERROR, ``error.type``, the
+        exception event, ``db.response.status_code`` (``status_code``, else :func:`status_code_of`)."""
+        if self._ended:
+            return
+        super().fail(exc, spans.error_type(exc))
+        try:
+            code = status_code or status_code_of(exc)
+            if code:
+                self.span.set_attribute("db.response.status_code", code)
+        except Exception as error:  # noqa: BLE001
+            self.report(error)
+
+
+_tracer_names: dict[str, str] = {}
+
+
+def start(
+    library: str,
+    target: Target,
+    statement: Statement | None = None,
+    *,
+    name: str | None = None,
+    operation: str | None = None,
+    collection: str | None = None,
+    query_text: str | None = None,
+    batch_size: int | None = None,
+    attributes: Mapping[str, object] | None = None,
+) -> DbCall | None:
+    """Start the CLIENT span of a database call, made current; None when not to trace (see the module).
+
+    ``library`` names the hook's library (``"sqlite3"``, ``"psycopg2"`` ...; the tracer is
+    ``autotrace.db.<library>``). ``name``, ``operation``, ``collection`` and
+    ``query_text`` override what ``statement`` says. ``batch_size`` (``executemany``, a
+    pipeline) is recorded when it is 2 or more, and then the statement's operation is
+    ``"BATCH <operation>"``, as semconv says. Never raises.
+    """
+    try:
+        if not api.loaded:
+            api.load()
+            if not api.loaded:
+                return None
+        parent = api.context.get_current()
+        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
+            return None
+        if not api.trace.get_current_span(parent).get_span_context().is_valid and not config.db_settings().root_spans:
+            return None
+        span_attributes = dict(target.attributes)
+        summary = None
+        if statement is not None:
+            span_attributes.update(statement.attributes)
+            summary = statement.summary
+            if operation is None:
+                operation = statement.operation
+                if operation is not None and batch_size is not None and batch_size >= 2:
+                    operation = "BATCH " + operation
+                    span_attributes["db.operation.name"] = operation
+            if collection is None:
+                collection = statement.collection
+        if operation is not None:
+            span_attributes["db.operation.name"] = operation
+        if collection is not None:
+            span_attributes["db.collection.name"] = collection
+        if query_text is not None:
+            span_attributes["db.query.text"] = cap(query_text)
+        if batch_size is not None and batch_size >= 2:
+            span_attributes["db.operation.batch.size"] = batch_size
+        if attributes:
+            span_attributes.update(attributes)
+        if name is None:
+            if summary is not None:
+                name = summary
+            elif operation is not None:
+                name = f"{operation} {collection}" if collection is not None else operation
+            else:
+                name = target.system
+        tracer = _tracer_names.get(library)
+        if tracer is None:
+            tracer = _tracer_names[library] = TRACER_PREFIX + library
+        span, ctx = spans.new(tracer, name, api.SpanKind.CLIENT, parent, span_attributes)
+        call = DbCall(span, ctx, library)
+        call.context = api.context.set_value(api.IN_DB_CALL, call, ctx)
+        call.attach()
+        return call
+    except Exception as exc:  # noqa: BLE001 - never fail the app's query
+        spans.report(exc, DbCall.WHAT, "the query", "db-span")
+        return None
+
+
+def current() -> DbCall | None:
+    """The database call in progress in this context, if a hook started one."""
+    if not api.loaded:
+        return None
+    return api.context.get_value(api.IN_DB_CALL)
+
+
+# Modules whose exceptions carry a MySQL error number as their first argument.
+_MYSQL_MODULES = ("pymysql", "MySQLdb", "mysql", "aiomysql", "asyncmy")
+
+
+def status_code_of(exc: BaseException) -> str | None:
+    """``db.response.status_code`` of a database error, None if it carries none.
+
+    The SQLSTATE (``sqlstate`` of psycopg 3 and asyncpg, ``pgcode`` of psycopg2), the
+    MySQL error number (``args[0]`` of PyMySQL's and mysqlclient's errors), SQLite's
+    error name (``sqlite_errorname``, Python 3.11+), the prefix of a Redis error reply
+    (``WRONGTYPE``, ``NOSCRIPT``). Never raises.
+    """
+    try:
+        for attribute in ("sqlstate", "pgcode", "sqlite_errorname"):
+            value = getattr(exc, attribute, None)
+            if isinstance(value, str) and value:
+                return value
+        module = type(exc).__module__ or ""
+        top = module.partition(".")[0]
+        if top in _MYSQL_MODULES:
+            args = exc.args
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                return str(args[0])
+        elif top in ("redis", "valkey"):
+            first = str(exc).partition(" ")[0]
+            if first.isupper() and first.isalpha():
+                return first
+    except Exception:  # noqa: BLE001 - an exception whose attributes fail
+        pass
+    return None
+
+
+# -- sqlcommenter ---------------------------------------------------------------------
+
+
+def with_comment(sql: str, call: DbCall | None) -> str:
+    """``sql`` with the span's context appended as a sqlcommenter comment, when asked.
+
+    Only with ``AUTOTRACE_SQL_COMMENT=true`` and a ``call``: ``sql + " /*traceparent='00-...'*/"``
+    (and ``tracestate`` when the span has one): keys sorted, values URL-encoded and
+    quoted, as the sqlcommenter spec says; before a final ``;``. A statement that holds a
+    comment already is left as it is (the spec: it may be a hint). Otherwise ``sql``
+    itself is returned (the same object). Never raises.
+
+    Not for a statement that must stay byte-identical (a prepared statement reused, a
+    driver's statement cache, ``executemany``): the comment makes each text unique.
+    """
+    if call is None or not config.db_settings().sql_comment:
+        return sql
+    try:
+        if isinstance(sql, bytes):
+            text = sql.decode("utf-8")
+        elif isinstance(sql, str):
+            text = sql
+        else:
+            return sql
+        if "/*" in text or "--" in text:
+            return sql
+        comment = _comment(call)
+        if comment is None:
+            return sql
+        body = text.rstrip()
+        if body.endswith(";"):
+            commented = f"{body[:-1].rstrip()} {comment};"
+        else:
+            commented = f"{body} {comment}"
+        return commented.encode("utf-8") if isinstance(sql, bytes) else commented
+    except Exception as exc:  # noqa: BLE001 - the statement goes as written
+        call.report(exc)
+        return sql
+
+
+def _comment(call: DbCall) -> str | None:
+    from urllib.parse import quote
+
+    context = call.span.get_span_context()
+    if not context.is_valid:
+        return None
+    pairs = {"traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags) & 0xFF:02x}"}
+    state = context.trace_state
+    if state:
+        pairs["tracestate"] = state.to_header()
+    fields = []
+    for key in sorted(pairs):
+        value = quote(pairs[key], safe="").replace("'", "\\'")
+        fields.append(f"{quote(key, safe='')}='{value}'")
+    return "/*" + ",".join(fields) + "*/"
+
+
+# -- wrapping a call ------------------------------------------------------------------
+
+
+def call(
+    library: str,
+    target: Target,
+    statement: Statement | None,
+    original: Callable[..., Any],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    **start_kwargs: Any,
+) -> Any:
+    """Run ``original(*args, **kwargs)`` in a span (:func:`start`): its result or exception, untouched."""
+    db_call = start(library, target, statement, **start_kwargs)
+    if db_call is None:
+        return original(*args, **kwargs)
+    try:
+        result = original(*args, **kwargs)
+    except BaseException as exc:
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    db_call.close()
+    return result
+
+
+async def call_async(
+    library: str,
+    target: Target,
+    statement: Statement | None,
+    original: Callable[..., Awaitable[Any]],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    **start_kwargs: Any,
+) -> Any:
+    """:func:`call` for a coroutine function: awaited in the span."""
+    db_call = start(library, target, statement, **start_kwargs)
+    if db_call is None:
+        return await original(*args, **kwargs)
+    try:
+        result = await original(*args, **kwargs)
+    except BaseException as exc:
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    db_call.close()
+    return result

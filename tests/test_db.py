@@ -1,0 +1,324 @@
+"""autotrace.db: the database CLIENT span every DB hook starts, statements, settings, sqlcommenter.
+
+In process, with the in-memory exporter. The sanitizer's properties (hypothesis) are in
+tests/test_db_sanitize.py; the sqlite3 hook in tests/test_db_sqlite3.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from autotrace import api, config, db
+
+
+@pytest.fixture
+def db_env(monkeypatch):
+    """Set database settings for a test: ``db_env(AUTOTRACE_DB_STATEMENT="raw")``; reset after."""
+    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
+        monkeypatch.delenv(name, raising=False)
+    config.reset_db_settings()
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        config.reset_db_settings()
+
+    yield set_env
+    monkeypatch.undo()
+    config.reset_db_settings()
+
+
+@pytest.fixture
+def recorded(spans, db_env):
+    return spans
+
+
+TARGET = db.Target("postgresql", "shop", "127.0.0.1", 5432, "127.0.0.1", extra={"db.x": 1, "db.none": None})
+
+
+def test_target_prebuilds_its_attributes_without_nones():
+    assert TARGET.attributes == {
+        "db.system.name": "postgresql",
+        "db.namespace": "shop",
+        "server.address": "127.0.0.1",
+        "server.port": 5432,
+        "network.peer.address": "127.0.0.1",
+        "db.x": 1,
+    }
+    assert db.Target("sqlite").attributes == {"db.system.name": "sqlite"}
+
+
+def test_statement_is_cached_by_text_and_reads_str_and_bytes(db_env):
+    first = db.statement("SELECT * FROM users WHERE id = 42")
+    assert first is db.statement("SELECT * FROM users WHERE id = 42")
+    assert (first.text, first.operation, first.collection, first.summary) == (
+        "SELECT * FROM users WHERE id = ?",
+        "SELECT",
+        "users",
+        "SELECT users",
+    )
+    assert db.statement(b"DELETE FROM t WHERE a = 'x\xff'").text == "DELETE FROM t WHERE a = ?"
+    assert db.statement(object()) is None
+    assert db.statement(None) is None
+
+
+def test_statement_text_follows_the_setting(db_env):
+    sql = "SELECT * FROM users WHERE name = 'bob'"
+    assert db.statement(sql).text == "SELECT * FROM users WHERE name = ?"
+    db_env(AUTOTRACE_DB_STATEMENT="raw")
+    assert db.statement(sql).text == sql  # the reset dropped the cached sanitized one
+    db_env(AUTOTRACE_DB_STATEMENT="off")
+    found = db.statement(sql)
+    assert found.text is None and found.summary == "SELECT users"
+    assert "db.query.text" not in found.attributes
+
+
+def test_query_text_is_capped_with_a_marker(db_env):
+    long = "SELECT " + ", ".join(f"c{i}" for i in range(2000)) + " FROM t"
+    text = db.statement(long).text
+    assert len(text) == db.MAX_QUERY_TEXT and text.endswith(db.TRUNCATED)
+    assert db.cap("short") == "short"
+
+
+def test_mysql_lexing_reads_double_quotes_as_strings(db_env):
+    sql = 'SELECT * FROM t WHERE name = "bob" AND note = \'it\\\'s\''
+    assert db.statement(sql, system="mysql").text == "SELECT * FROM t WHERE name = ? AND note = ?"
+    assert db.statement('SELECT "name" FROM "t"').text == 'SELECT "name" FROM "t"'  # identifiers elsewhere
+
+
+def test_start_makes_a_current_client_span_under_the_request(recorded, parent):
+    before = context.get_current()
+    call = db.start("psycopg2", TARGET, db.statement("SELECT * FROM users WHERE id = %s"))
+    assert call is not None and isinstance(call, db.DbCall)
+    assert trace.get_current_span() is call.span
+    assert db.current() is call
+    call.close()
+    assert context.get_current() is before and db.current() is None
+    [span] = recorded.get_finished_spans()
+    assert span.name == "SELECT users"
+    assert span.kind is SpanKind.CLIENT
+    assert span.instrumentation_scope.name == "autotrace.db.psycopg2"
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert dict(span.attributes) == {
+        **TARGET.attributes,
+        "db.query.text": "SELECT * FROM users WHERE id = %s",
+        "db.operation.name": "SELECT",
+        "db.collection.name": "users",
+        "db.query.summary": "SELECT users",
+    }
+
+
+def test_no_span_outside_a_trace_unless_root_spans_are_asked_for(recorded, db_env):
+    assert db.start("sqlite3", TARGET, db.statement("SELECT 1")) is None
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
+    call = db.start("sqlite3", TARGET, db.statement("SELECT 1"))
+    assert call is not None
+    call.close()
+    [span] = recorded.get_finished_spans()
+    assert span.parent is None and span.name == "SELECT"
+
+
+def test_no_span_when_suppressed(recorded, parent, suppressed):
+    assert db.start("sqlite3", TARGET, db.statement("SELECT 1")) is None
+
+
+def test_a_call_inside_a_call_is_the_outer_ones(recorded, parent):
+    outer = db.start("sqlalchemy", TARGET, db.statement("SELECT 1"))
+    assert db.start("psycopg2", TARGET, db.statement("SELECT 1")) is None
+    assert db.current() is outer
+    outer.close()
+    assert len(recorded.get_finished_spans()) == 1
+
+
+def test_api_key_is_a_context_key_after_load(recorded):
+    api.load()
+    assert api.IN_DB_CALL != "autotrace-db-call" and str(api.IN_DB_CALL).startswith("autotrace-db-call")
+
+
+def test_names_and_overrides(recorded, parent):
+    starts = [
+        lambda: db.start("redis", db.Target("redis", "0"), None, name="GET", operation="GET", query_text="GET user:42"),
+        lambda: db.start("x", TARGET, None, operation="connect"),
+        lambda: db.start("x", TARGET, None, operation="COPY", collection="items"),
+        lambda: db.start("x", TARGET, None),
+        lambda: db.start("x", TARGET, db.statement("SELECT 1"), name="override", attributes={"db.extra": "y"}),
+        lambda: db.start("x", TARGET, None, query_text="x" * 5000),
+    ]
+    for start in starts:
+        call = start()
+        assert call is not None
+        call.close()
+    redis, connect, copy, bare, override, long = recorded.get_finished_spans()
+    assert (redis.name, redis.attributes["db.query.text"], redis.attributes["db.operation.name"]) == ("GET", "GET user:42", "GET")
+    assert redis.attributes["db.namespace"] == "0"
+    assert connect.name == "connect"
+    assert copy.name == "COPY items" and copy.attributes["db.collection.name"] == "items"
+    assert bare.name == "postgresql"
+    assert override.name == "override" and override.attributes["db.extra"] == "y"
+    assert len(long.attributes["db.query.text"]) == db.MAX_QUERY_TEXT
+
+
+def test_batch_size_only_from_two_on_and_the_operation_says_batch(recorded, parent):
+    insert = db.statement("INSERT INTO items (a) VALUES (?)")
+    for size in (None, 1, 3):
+        db.start("sqlite3", TARGET, insert, batch_size=size).close()
+    none, one, three = recorded.get_finished_spans()
+    for span in (none, one):
+        assert "db.operation.batch.size" not in span.attributes
+        assert span.attributes["db.operation.name"] == "INSERT"
+    assert three.attributes["db.operation.batch.size"] == 3
+    assert three.attributes["db.operation.name"] == "BATCH INSERT"
+    assert three.name == "INSERT items"
+    assert insert.attributes["db.operation.name"] == "INSERT"  # the cached statement is untouched
+
+
+class SqlStateError(Exception):
+    sqlstate = "42P01"
+
+
+def test_call_returns_the_result_and_reraises_the_apps_exception_untouched(recorded, parent):
+    result = object()
+    assert db.call("x", TARGET, db.statement("SELECT 1"), lambda a, b=None: result, (1,), {"b": 2}) is result
+    error = SqlStateError("relation does not exist")
+
+    def fails():
+        raise error
+
+    with pytest.raises(SqlStateError) as raised:
+        db.call("x", TARGET, db.statement("SELECT * FROM nowhere"), fails, (), {})
+    assert raised.value is error
+    ok, failed = recorded.get_finished_spans()
+    assert ok.status.status_code is StatusCode.UNSET
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes["error.type"] == f"{__name__}.SqlStateError"
+    assert failed.attributes["db.response.status_code"] == "42P01"
+    assert [e.name for e in failed.events] == ["exception"]
+    assert db.current() is None
+
+
+def test_call_without_a_span_just_calls(recorded):
+    assert db.call("x", TARGET, None, lambda: 5, (), {}) == 5
+    assert recorded.get_finished_spans() == ()
+
+
+def test_call_async(recorded, parent):
+    async def query(value):
+        await asyncio.sleep(0)
+        assert db.current() is not None
+        return value
+
+    async def fails():
+        raise SqlStateError("no")
+
+    async def main():
+        assert await db.call_async("asyncpg", TARGET, db.statement("SELECT 1"), query, (7,), {}) == 7
+        with pytest.raises(SqlStateError):
+            await db.call_async("asyncpg", TARGET, db.statement("SELECT 2"), fails, (), {})
+        assert db.current() is None
+
+    asyncio.run(main())
+    first, second = recorded.get_finished_spans()
+    assert first.parent.span_id == second.parent.span_id == parent.get_span_context().span_id
+    assert second.attributes["db.response.status_code"] == "42P01"
+
+
+def test_fail_with_an_explicit_status_code(recorded, parent):
+    call = db.start("redis", TARGET)
+    call.fail(ValueError("x"), "WRONGTYPE")
+    call.close()
+    call.fail(ValueError("after the end"))  # ignored
+    [span] = recorded.get_finished_spans()
+    assert span.attributes["db.response.status_code"] == "WRONGTYPE"
+    assert span.attributes["error.type"] == "ValueError"
+
+
+def _error_in(module: str, *args, **attributes):
+    cls = type("Error", (Exception,), {"__module__": module, **attributes})
+    return cls(*args)
+
+
+def test_status_code_of():
+    assert db.status_code_of(_error_in("psycopg.errors", sqlstate="23505")) == "23505"
+    assert db.status_code_of(_error_in("psycopg2.errors", pgcode="42601")) == "42601"
+    assert db.status_code_of(_error_in("sqlite3", sqlite_errorname="SQLITE_ERROR")) == "SQLITE_ERROR"
+    assert db.status_code_of(_error_in("pymysql.err", 1146, "Table doesn't exist")) == "1146"
+    assert db.status_code_of(_error_in("MySQLdb._exceptions", 1064, "syntax")) == "1064"
+    assert db.status_code_of(_error_in("redis.exceptions", "WRONGTYPE Operation against a key")) == "WRONGTYPE"
+    assert db.status_code_of(_error_in("redis.exceptions", "Error 111 connecting")) is None
+    assert db.status_code_of(OSError(111, "refused")) is None  # an errno is not a database's code
+    assert db.status_code_of(_error_in("psycopg2.errors", pgcode=None)) is None
+    assert db.status_code_of(ValueError()) is None
+
+
+def test_with_comment_is_off_by_default_and_returns_the_same_object(recorded, parent):
+    sql = "SELECT 1"
+    call = db.start("x", TARGET, db.statement(sql))
+    assert db.with_comment(sql, call) is sql
+    call.close()
+
+
+def test_with_comment_appends_the_db_spans_traceparent(recorded, parent, db_env):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
+    call = db.start("x", TARGET, db.statement("SELECT 1"))
+    ids = call.span.get_span_context()
+    traceparent = f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}"
+    assert db.with_comment("SELECT 1", call) == f"SELECT 1 /*traceparent='{traceparent}'*/"
+    assert db.with_comment("SELECT 1 ;  ", call) == f"SELECT 1 /*traceparent='{traceparent}'*/;"
+    assert db.with_comment(b"SELECT 1", call) == f"SELECT 1 /*traceparent='{traceparent}'*/".encode()
+    hinted = "SELECT /*+ INDEX(t i) */ 1"
+    assert db.with_comment(hinted, call) is hinted  # a statement with a comment is left alone
+    assert db.with_comment("SELECT 1", None) == "SELECT 1"
+    call.close()
+    [span] = recorded.get_finished_spans()
+    assert span.attributes["db.query.text"] == "SELECT ?"  # recorded without the comment
+
+
+def test_with_comment_adds_tracestate_url_encoded_keys_sorted(recorded, db_env):
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    db_env(AUTOTRACE_SQL_COMMENT="true")
+    state = TraceState([("vendor", "a b"), ("other", "x")])
+    remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=state)
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(remote)))
+    try:
+        call = db.start("x", TARGET, db.statement("SELECT 1"))
+        ids = call.span.get_span_context()
+        commented = db.with_comment("SELECT 1", call)
+        call.close()
+    finally:
+        context.detach(token)
+    assert commented == (
+        f"SELECT 1 /*traceparent='00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}',"
+        "tracestate='vendor%3Da%20b%2Cother%3Dx'*/"
+    )
+
+
+def test_db_settings_are_read_once_and_wrong_values_warn_once(db_env, warnings):
+    assert repr(config.db_settings()) == "DbSettings(statement='sanitized', sql_comment=False, root_spans=False)"
+    db_env(AUTOTRACE_DB_STATEMENT="Verbose", AUTOTRACE_SQL_COMMENT="perhaps", AUTOTRACE_DB_ROOT_SPANS="1")
+    settings = config.db_settings()
+    assert (settings.statement, settings.sql_comment, settings.root_spans) == ("sanitized", False, True)
+    assert config.db_settings() is settings
+    lines = warnings()
+    assert len(lines) == 2
+    assert "AUTOTRACE_DB_STATEMENT='Verbose'" in lines[0] and "sanitized" in lines[0]
+    assert "AUTOTRACE_SQL_COMMENT='perhaps'" in lines[1]
+    config.reset_db_settings()
+    config.db_settings()
+    assert warnings() == []  # once per process
+    db_env(AUTOTRACE_DB_STATEMENT="RAW")
+    assert config.db_settings().statement == "raw"
+
+
+def test_db_settings_are_listed_for_the_doctor_and_debug():
+    assert config.VARIABLES["db statement"] == ("AUTOTRACE_DB_STATEMENT",)
+    assert config.VARIABLES["sql comment"] == ("AUTOTRACE_SQL_COMMENT",)
+    assert config.VARIABLES["db root spans"] == ("AUTOTRACE_DB_ROOT_SPANS",)
+    described = dict(config.read({"AUTOTRACE_DB_STATEMENT": "off", "AUTOTRACE_SQL_COMMENT": "yes"}).describe())
+    assert (described["db statement"], described["sql comment"], described["db root spans"]) == ("off", "True", "False")
+    s = config.read({"AUTOTRACE_DB_ROOT_SPANS": "sure"})
+    assert [w.variable for w in s.warnings] == ["AUTOTRACE_DB_ROOT_SPANS"] and s.db.root_spans is False
