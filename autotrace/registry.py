@@ -79,6 +79,10 @@ HOOKS: tuple[Hook, ...] = (
     # CLIENT spans (sync, and asyncio in grpc.aio).
     Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
     Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
+    # Databases and caches: one CLIENT span per query; an outer layer (SQLAlchemy, Django's
+    # cursor) has the span and the driver under it starts none.
+    Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
+    Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),

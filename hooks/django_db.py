@@ -99,7 +99,7 @@ def _start(cursor, sql, batch_size: int | None = None, procedure: object = None)
     try:
         target = _target(cursor.db)
         if procedure is None:
-            return db.start(LIBRARY, target, db.statement(sql), batch_size=batch_size)
+            return db.start(LIBRARY, target, db.statement(sql, target.system), batch_size=batch_size)
         name = str(procedure)
         return db.start(LIBRARY, target, name=f"CALL {name}", operation="CALL", attributes={"db.stored_procedure.name": name})
     except Exception as exc:  # noqa: BLE001 - the query runs regardless
@@ -157,7 +157,8 @@ def _batch_size(param_list) -> int | None:
 def _commented(sql, params, call: db.DbCall):
     """The SQL with the sqlcommenter comment when it is on (``sql`` itself else)."""
     commented = db.with_comment(sql, call)
-    if commented is sql or params is None:
+    if commented is sql or params is None or not isinstance(commented, str):
         return commented
-    # With parameters the driver interpolates "%s": a "%" of the comment written "%%".
-    return sql + commented[len(sql) :].replace("%", "%%")
+    # With parameters the driver interpolates "%s": the comment's "%" written "%%".
+    start = commented.rfind("/*")
+    return commented[:start] + commented[start:].replace("%", "%%")

@@ -66,9 +66,9 @@ def patch(module: ModuleType) -> None:
     # sqlalchemy.engine imports both while it runs: complete by now.
     engine_class = importlib.import_module("sqlalchemy.engine.base").Engine
     default = importlib.import_module("sqlalchemy.engine.default")
-    event.listen(engine_class, "before_cursor_execute", _before_cursor_execute, retval=True)
-    event.listen(engine_class, "after_cursor_execute", _after_cursor_execute)
-    event.listen(engine_class, "handle_error", _handle_error)
+    for name, listener in LISTENERS:
+        # retval: the listener returns the statement (the sqlcommenter comment appended).
+        event.listen(engine_class, name, listener, retval=name == "before_cursor_execute")
     wrap_function(default.DefaultExecutionContext, "handle_dbapi_exception", _ending_on_dbapi_error)
     # pool_pre_ping: 2.x pings through _do_ping_w_event (dialects override do_ping), 1.4 do_ping.
     ping = "_do_ping_w_event" if "_do_ping_w_event" in default.DefaultDialect.__dict__ else "do_ping"
@@ -84,7 +84,7 @@ def _before_cursor_execute(conn, cursor, statement, parameters, context, execute
         engine = conn.engine
         target = _target(engine)
         batch = _batch_size(parameters) if executemany else None
-        call = db.start(LIBRARY, target, db.statement(statement), batch_size=batch)
+        call = db.start(LIBRARY, target, db.statement(statement, target.system), batch_size=batch)
         if call is None:
             return statement, parameters
         state[CALL] = call
@@ -186,15 +186,19 @@ def _batch_size(parameters) -> int | None:
 
 def _commented(statement, parameters, context, dialect, call):
     """The statement with the sqlcommenter comment when it is on (``statement`` itself else)."""
-    commented = db.with_comment(statement, call)
-    if commented is statement or dialect.driver in NO_COMMENT_DRIVERS:
+    if dialect.driver in NO_COMMENT_DRIVERS:
         return statement
-    comment = commented[len(statement) :]
-    if "%" in comment and dialect.paramstyle in INTERPOLATING:
+    commented = db.with_comment(statement, call)
+    if commented is not statement and dialect.paramstyle in INTERPOLATING:
         no_parameters = not parameters and context is not None and getattr(context, "no_parameters", False)
-        if not no_parameters:  # the driver interpolates: "%" written "%%"
-            comment = comment.replace("%", "%%")
-    return statement + comment
+        if not no_parameters:  # the driver interpolates the text: the comment's "%" written "%%"
+            commented = _percent_doubled_in_comment(commented)
+    return commented
+
+
+def _percent_doubled_in_comment(commented: str) -> str:
+    start = commented.rfind("/*")
+    return commented[:start] + commented[start:].replace("%", "%%")
 
 
 def _status_code(exc: BaseException) -> str | None:
@@ -204,3 +208,11 @@ def _status_code(exc: BaseException) -> str | None:
         if isinstance(cause, BaseException):
             code = db.status_code_of(cause)
     return code
+
+
+# The engine events listened to, for patch() (and tests, which remove them).
+LISTENERS = (
+    ("before_cursor_execute", _before_cursor_execute),
+    ("after_cursor_execute", _after_cursor_execute),
+    ("handle_error", _handle_error),
+)
