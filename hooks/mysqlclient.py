@@ -1,0 +1,94 @@
+"""mysqlclient (``MySQLdb``): each cursor ``execute``/``executemany``/``callproc`` is one CLIENT span; so are connect, commit, rollback.
+
+Waits for ``MySQLdb`` (which imports its ``connections`` and ``cursors``). Patched:
+
+- ``MySQLdb.cursors.BaseCursor``'s ``execute``, ``executemany``, ``callproc`` (Python
+  methods, see :mod:`autotrace.dbapi`): every cursor class inherits them;
+- ``MySQLdb.connections.Connection.__init__`` (``MySQLdb.connect`` makes one): a span
+  ``connect``, only under a current span (see :func:`autotrace.db.start`);
+- ``commit`` and ``rollback``: C methods of ``_mysql.connection``, which cannot be
+  replaced there; ``Connection`` is a Python subclass, so the wrappers go on it (each
+  call goes to the server: a span each).
+
+The connection's :class:`autotrace.db.Target` is made when it connects (or at its first
+call, for one made before the hook) and kept on it: ``db.system.name`` is ``mariadb`` when
+``get_server_info()`` says so, else ``mysql``; ``db.namespace`` the database it was
+opened with; ``server.address``/``server.port`` the ones it was given.
+"""
+
+from __future__ import annotations
+
+from autotrace import db, dbapi
+from autotrace.patching import wrap_function
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+LIBRARY = "mysqlclient"
+KEPT = "_autotrace_db_target"  # on the connection
+
+
+def patch(module: ModuleType) -> None:
+    connection_class = module.connections.Connection
+    dbapi.patch_cursor(module.cursors.BaseCursor, LIBRARY, target)
+    for name in ("commit", "rollback"):
+        if name not in connection_class.__dict__:
+            # The C base's method, defined on the subclass itself (the same callable), so
+            # that it can be wrapped there.
+            setattr(connection_class, name, getattr(connection_class, name))
+    dbapi.patch_transactions(connection_class, LIBRARY, target)
+    wrap_function(connection_class, "__init__", _wrap_init)
+
+
+def target(connection) -> db.Target | None:
+    """The connection's Target, kept on it."""
+    try:
+        kept = connection.__dict__.get(KEPT)
+        if kept is None:
+            kept = connection.__dict__[KEPT] = _make_target(connection)
+        return kept
+    except Exception:  # noqa: BLE001 - untraced, the driver does what it does
+        return None
+
+
+def _make_target(connection) -> db.Target:
+    system = "mariadb" if "MariaDB" in (connection.get_server_info() or "") else "mysql"
+    # host, db and port: set by mysqlclient 2.1+ (port by its C type).
+    host = getattr(connection, "host", None)
+    port = getattr(connection, "port", None)
+    return db.Target(
+        system,
+        dbapi.text(getattr(connection, "db", None)),
+        host if isinstance(host, str) and host else None,
+        port if isinstance(port, int) and port else None,
+    )
+
+
+def _wrap_init(original):
+    def __init__(self, *args, **kwargs):
+        try:
+            host, port = kwargs.get("host"), kwargs.get("port")
+            provisional = db.Target(
+                "mysql",
+                dbapi.text(kwargs.get("database", kwargs.get("db"))),
+                host if isinstance(host, str) and host else None,
+                port if isinstance(port, int) and port else None,
+            )
+            call = db.start(LIBRARY, provisional, name="connect")
+        except Exception:  # noqa: BLE001
+            call = None
+        if call is None:
+            return original(self, *args, **kwargs)
+        try:
+            original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        made = target(self)
+        if made is not None:
+            call.set_attributes(made.attributes)  # mariadb or mysql, the address it used
+        call.close()
+
+    return __init__
