@@ -14,26 +14,47 @@ from autotrace import config, patching, registry
 # Top-level modules of the database libraries (the registry rows waiting for them are applied).
 DATABASE_MODULES = ("sqlite3", "psycopg2", "psycopg", "psycopg_pool", "pymysql", "MySQLdb", "asyncpg", "sqlalchemy")
 DJANGO_DB = "django.db.backends.utils"
+# Driver hooks by the module they wait for, applied when the table has no row for that
+# module (a branch that wrote its hook before its registry row).
+DRIVER_HOOKS = {
+    "sqlite3": "autotrace.hooks.sqlite3",
+    "psycopg2": "autotrace.hooks.psycopg2",
+    "psycopg": "autotrace.hooks.psycopg",
+    "pymysql": "autotrace.hooks.pymysql",
+    "MySQLdb": "autotrace.hooks.mysqlclient",
+    "asyncpg": "autotrace.hooks.asyncpg",
+}
 
 
 def rows() -> list[registry.Hook]:
-    return [
+    table = [
         hook
         for hook in registry.HOOKS
         if hook.module.partition(".")[0] in DATABASE_MODULES or hook.module == DJANGO_DB
     ]
+    listed = {hook.module for hook in table}
+    extra = [registry.Hook(name, name, path) for name, path in DRIVER_HOOKS.items() if name not in listed]
+    return extra + table
 
 
 def apply() -> list[str]:
     """Apply every database hook whose module imports; the names applied."""
     applied = []
     for hook in rows():
+        path, _, function = hook.hook.partition(":")
         try:
             module = importlib.import_module(hook.module)
+            if hook.module == "MySQLdb":  # imports its connections module at the first connect
+                importlib.import_module("MySQLdb.connections")
         except ImportError:
-            continue
-        path, _, function = hook.hook.partition(":")
-        getattr(importlib.import_module(path), function or "patch")(module)
+            continue  # the library is not installed
+        try:
+            hook_module = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path:
+                raise
+            continue  # its hook is not merged yet
+        getattr(hook_module, function or "patch")(module)
         applied.append(hook.name)
     return applied
 
