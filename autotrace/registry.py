@@ -83,6 +83,7 @@ HOOKS: tuple[Hook, ...] = (
     # cursor) has the span and the driver under it starts none.
     Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
     Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
+    Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),

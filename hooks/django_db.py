@@ -1,12 +1,23 @@
-"""Django ORM: one CLIENT span per query a Django cursor runs, with the database alias.
+"""Django ORM: one CLIENT span per query a Django cursor runs, with the database alias; one per connect.
 
-Waits for ``django.db.backends.utils``. Patched are ``CursorWrapper.execute``,
+Two rows of the hook table (``django.db.backends.base.base`` imports ``utils``, so one
+cannot be patched from the other's hook):
+
+``django.db.backends.utils`` (:func:`patch`): ``CursorWrapper.execute``,
 ``executemany`` and ``callproc``: every query Django runs goes through them (the ORM,
 ``connection.cursor()`` in the app's code, migrations), ``CursorDebugWrapper`` (with
 ``DEBUG``) too, whose methods call these. The span covers the connection's
 ``execute_wrappers`` and the driver's call, and is current while the driver runs: the
 driver's hook (psycopg, psycopg2, mysqlclient, sqlite3 ...) sees a database call in
 progress and starts none.
+
+``django.db.backends.base.base`` (:func:`patch_connect`): ``BaseDatabaseWrapper.connect``,
+where Django opens a connection (each request's first query with the default
+``CONN_MAX_AGE=0``) and sets it up: a span named ``connect``, the driver's connect and
+the set-up queries (a ``SET TIME ZONE``, a MySQL ``sql_mode`` check, what
+``connection_created`` receivers run) under it, none of their own. Not with
+``OPTIONS["pool"]``: a connection checked out of psycopg's pool is not a span (the pool's
+hook traces the connections it opens).
 
 Attributes, built once per Django connection (``DatabaseWrapper``) from its
 ``settings_dict`` and ``vendor``: ``db.system.name`` (``mariadb`` once Django has asked
@@ -45,6 +56,10 @@ def patch(module: ModuleType) -> None:
     wrap_function(cursor, "execute", _traced_execute)
     wrap_function(cursor, "executemany", _traced_executemany)
     wrap_function(cursor, "callproc", _traced_callproc)
+
+
+def patch_connect(module: ModuleType) -> None:
+    wrap_function(module.BaseDatabaseWrapper, "connect", _traced_connect)
 
 
 def _traced_execute(original):
@@ -93,6 +108,27 @@ def _traced_callproc(original):
         return result
 
     return callproc
+
+
+def _traced_connect(original):
+    def connect(self):
+        call = None
+        try:
+            if not (self.settings_dict.get("OPTIONS") or {}).get("pool"):
+                call = db.start(LIBRARY, _target(self), name="connect")
+        except Exception as exc:  # noqa: BLE001 - Django connects regardless
+            _log.warn_once("django-db-connect", "autotrace: a Django connect could not be traced (%s: %s)", type(exc).__name__, exc)
+        if call is None:
+            return original(self)
+        try:
+            result = original(self)
+        except BaseException as exc:
+            _fail(call, exc)
+            raise
+        call.close()
+        return result
+
+    return connect
 
 
 def _start(cursor, sql, batch_size: int | None = None, procedure: object = None) -> db.DbCall | None:

@@ -13,7 +13,7 @@ from autotrace import config, patching, registry
 
 # Top-level modules of the database libraries (the registry rows waiting for them are applied).
 DATABASE_MODULES = ("sqlite3", "psycopg2", "psycopg", "psycopg_pool", "pymysql", "MySQLdb", "asyncpg", "sqlalchemy")
-DJANGO_DB = "django.db.backends.utils"
+DJANGO_DB = ("django.db.backends.utils", "django.db.backends.base.base")
 # Driver hooks by the module they wait for, applied when the table has no row for that
 # module (a branch that wrote its hook before its registry row).
 DRIVER_HOOKS = {
@@ -30,7 +30,7 @@ def rows() -> list[registry.Hook]:
     table = [
         hook
         for hook in registry.HOOKS
-        if hook.module.partition(".")[0] in DATABASE_MODULES or hook.module == DJANGO_DB
+        if hook.module.partition(".")[0] in DATABASE_MODULES or hook.module in DJANGO_DB
     ]
     listed = {hook.module for hook in table}
     extra = [registry.Hook(name, name, path) for name, path in DRIVER_HOOKS.items() if name not in listed]
