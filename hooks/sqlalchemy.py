@@ -70,9 +70,13 @@ def patch(module: ModuleType) -> None:
         # retval: the listener returns the statement (the sqlcommenter comment appended).
         event.listen(engine_class, name, listener, retval=name == "before_cursor_execute")
     wrap_function(default.DefaultExecutionContext, "handle_dbapi_exception", _ending_on_dbapi_error)
-    # pool_pre_ping: 2.x pings through _do_ping_w_event (dialects override do_ping), 1.4 do_ping.
-    ping = "_do_ping_w_event" if "_do_ping_w_event" in default.DefaultDialect.__dict__ else "do_ping"
-    wrap_function(default.DefaultDialect, ping, _quiet_ping)
+    # pool_pre_ping: 2.x pings through DefaultDialect._do_ping_w_event (which calls the
+    # dialect's do_ping); 1.4 calls do_ping, which dialects override: each dialect class's
+    # is wrapped when its engine runs its first statement (see _target).
+    if "_do_ping_w_event" in default.DefaultDialect.__dict__:
+        wrap_function(default.DefaultDialect, "_do_ping_w_event", _quiet_ping)
+    else:
+        wrap_function(default.DefaultDialect, "do_ping", _quiet_ping)
 
 
 def _before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
@@ -157,6 +161,10 @@ def _target(engine) -> db.Target:
     target = engine.__dict__.get(TARGET)
     if target is None:
         dialect = engine.dialect
+        if not hasattr(dialect, "_do_ping_w_event"):  # 1.4: the dialect's own do_ping (wrapped once)
+            for cls in type(dialect).__mro__:
+                if "do_ping" in cls.__dict__:
+                    wrap_function(cls, "do_ping", _quiet_ping)
         url = engine.url
         name = dialect.name
         if getattr(dialect, "is_mariadb", False):

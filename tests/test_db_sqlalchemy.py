@@ -24,6 +24,9 @@ from autotrace import config, patching
 sqlalchemy = pytest.importorskip("sqlalchemy")
 from sqlalchemy import text  # noqa: E402
 
+SA2 = int(sqlalchemy.__version__.split(".")[0]) >= 2
+# 1.4's engines in 2.0 style (Connection.commit); 2.x has only that style.
+ENGINE_OPTIONS = {} if SA2 else {"future": True}
 SCOPE = "autotrace.db.sqlalchemy"
 # The drivers' own spans, allowed next to SQLAlchemy's: a connection opened, a transaction ended.
 DRIVERS_OWN = ("connect", "COMMIT", "ROLLBACK")
@@ -65,6 +68,8 @@ ASYNC = ("postgresql+asyncpg", "postgresql+psycopg_async")
 
 
 def make_db(request, scheme: str, tmp_path) -> Db:
+    if not SA2 and scheme.startswith("postgresql+psycopg") and not scheme.startswith("postgresql+psycopg2"):
+        pytest.skip(f"SQLAlchemy {sqlalchemy.__version__} has no psycopg 3 dialect (2.0 added it)")
     if scheme.startswith("postgresql"):
         server = request.getfixturevalue("postgres_server")
         return Db(server.url(scheme), "postgresql", server)
@@ -78,7 +83,7 @@ def make_db(request, scheme: str, tmp_path) -> Db:
 def sync_db(request, tmp_path, hooked):
     """(engine, Db): the engine connected once and its table made, outside any trace (no spans)."""
     db = make_db(request, request.param, tmp_path)
-    engine = sqlalchemy.create_engine(db.url, pool_pre_ping=True)
+    engine = sqlalchemy.create_engine(db.url, pool_pre_ping=True, **ENGINE_OPTIONS)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE TABLE {db.table} (id INTEGER PRIMARY KEY, name VARCHAR(40))")
     hooked.clear()
@@ -206,10 +211,44 @@ def test_pre_ping_at_checkout_is_no_span(sync_db, hooked, parent):
     assert [s.attributes["db.query.text"] for s in db_spans(hooked)] == ["SELECT ?"] * 3
 
 
+def test_driver_runs_under_the_statements_span_and_the_ping_suppressed(request, hooked, parent):
+    """What every driver's hook sees: SQLAlchemy's span in progress; at a pre-ping, instrumentation off."""
+    import psycopg2.extensions
+
+    from autotrace import api, db
+
+    server = request.getfixturevalue("postgres_server")
+    seen = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):
+            seen.append((query, db.current(), api.loaded and api.suppressed()))
+            return super().execute(query, vars)
+
+    engine = sqlalchemy.create_engine(
+        server.url("postgresql+psycopg2"), pool_pre_ping=True, connect_args={"cursor_factory": Recording}, **ENGINE_OPTIONS
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 41")).all()
+        seen.clear()
+        hooked.clear()
+        with engine.connect() as conn:  # checkout: the pool pings the connection first
+            conn.execute(text("SELECT 42")).all()
+    finally:
+        engine.dispose()
+    [statement] = db_spans(hooked)
+    (ping, ping_call, ping_suppressed), (query, call, suppressed) = seen
+    assert ping_suppressed and ping_call is None
+    assert query == "SELECT 42" and not suppressed
+    assert call is not None and call.library == "sqlalchemy"
+    assert call.span.get_span_context().span_id == statement.context.span_id
+
+
 def test_mysql_reflection_error_without_handle_error_ends_its_span(request, hooked, parent):
     """The MySQL dialect probes a table with skip_user_error_events: no handle_error, the span still ends."""
     server = request.getfixturevalue("mariadb_server")
-    engine = sqlalchemy.create_engine(server.url("mysql+pymysql"))
+    engine = sqlalchemy.create_engine(server.url("mysql+pymysql"), **ENGINE_OPTIONS)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1")).all()
@@ -218,9 +257,14 @@ def test_mysql_reflection_error_without_handle_error_ends_its_span(request, hook
         missing = "missing_" + uuid.uuid4().hex[:8]
         assert sqlalchemy.inspect(engine).has_table(missing) is False
         assert context.get_current() is before
-        spans = db_spans(hooked)
-        assert [s.name for s in spans] == ["DESCRIBE"] and spans[0].attributes["db.response.status_code"] in ("42S02", "1146")
-        assert spans[0].status.status_code == StatusCode.ERROR
+        [span] = db_spans(hooked)
+        if SA2:  # 1.4 asks information_schema (no error)
+            assert span.name == "DESCRIBE" and span.attributes["db.response.status_code"] in ("42S02", "1146")
+            assert span.status.status_code == StatusCode.ERROR
+        # Nothing left in progress: the next statement is traced.
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 3")).all()
+        assert len(db_spans(hooked)) == 2
     finally:
         engine.dispose()
 
