@@ -236,7 +236,7 @@ def sanitize(sql: str, system: str | None = None) -> str:
 # expression whose alternatives cannot backtrack into each other, so a text is read in
 # time linear in its length, whatever it holds.
 _SPACE = re.compile(r"\s+")
-_WORD = re.compile(r"[^\W\d]\w*")
+_WORD = re.compile(r"[^\W\d][\w$]*")  # a$b is one identifier (PostgreSQL, MySQL)
 _NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _PERCENT = re.compile(r"%\([^()\s]{1,64}\)[sdfb]|%[sdfb]")  # %s, %(name)s: the pyformat placeholders
 _DOLLAR = re.compile(r"\$(?:\d+|(?:[^\W\d]\w*)?\$)")  # $1, or a $tag$ opening a dollar-quoted string
@@ -275,8 +275,7 @@ def analyse(text: str, mysql: bool = False) -> tuple[str, str | None, str | None
             _gap(out)
             continue
         if c == "/" and text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            i = n if j < 0 else j + 2
+            i = _comment_end(text, i + 2, not mysql)
             _gap(out)
             continue
         if c == "'":
@@ -385,6 +384,25 @@ def _gap(out: list[str]) -> None:
     """Where a comment was: a blank, so the tokens on either side stay apart."""
     if out and not out[-1][-1:].isspace():
         out.append(" ")
+
+
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+
+
+def _comment_end(text: str, start: int, nested: bool) -> int:
+    """The index after the ``*/`` that closes a comment opened before ``start`` (the end if none).
+
+    With ``nested`` (PostgreSQL's rule) an inner ``/* */`` pair is part of the comment.
+    """
+    if not nested:
+        j = text.find("*/", start)
+        return len(text) if j < 0 else j + 2
+    depth = 1
+    for mark in _COMMENT_MARK.finditer(text, start):
+        depth += 1 if mark.group() == "/*" else -1
+        if depth == 0:
+            return mark.end()
+    return len(text)
 
 
 def _string_end(text: str, start: int, quote: str, backslash: bool) -> int:

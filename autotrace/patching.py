@@ -44,6 +44,14 @@ def wrap_function(owner: Any, name: str, make_wrapper: Callable[[Callable], Call
     return True
 
 
+def unwrapped(function: Callable) -> Callable:
+    """The function a wrapper of :func:`wrap_function` replaced; ``function`` itself if it is no wrapper.
+
+    For the agent's own use of a library it instruments (the viewer's store and sqlite3).
+    """
+    return getattr(function, ORIGINAL, function)
+
+
 def unwrap_function(owner: Any, name: str) -> None:
     """Put the original back (for tests)."""
     current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)

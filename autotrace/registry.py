@@ -79,8 +79,9 @@ HOOKS: tuple[Hook, ...] = (
     # CLIENT spans (sync, and asyncio in grpc.aio).
     Hook("grpc", "grpc", "autotrace.hooks.grpc", "grpcio", (1, 50)),
     Hook("grpc_aio", "grpc.aio", "autotrace.hooks.grpc_aio", "grpcio", (1, 50)),
-    # Databases and caches: one CLIENT span per query; an outer layer (SQLAlchemy, Django's
-    # cursor) has the span and the driver under it starts none.
+    # Databases and caches: one CLIENT span per query the app runs; a driver under an
+    # outer layer (an ORM, executemany) sees the call in progress and starts none.
+    Hook("sqlite3", "sqlite3", "autotrace.hooks.sqlite3"),
     Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
     Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
     Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from ..patching import unwrapped
 from .otlp import SpanRecord
 
 ERROR = 2  # OTLP STATUS_CODE_ERROR
@@ -171,7 +172,9 @@ class Store:
         self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # sqlite3.connect as it was before the agent's hook wrapped it (a viewer run in a
+        # traced process): the store's own queries are never traced.
+        connection = unwrapped(sqlite3.connect)(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         connection.execute("PRAGMA busy_timeout=30000")
         return connection
 
