@@ -174,7 +174,8 @@ def _target(engine) -> db.Target:
         port = url.port
         if host is not None and port is None:
             port = DEFAULT_PORTS.get(system)
-        target = db.Target(system, url.database or None, host, port)
+        namespace = url.database or (":memory:" if system == "sqlite" else None)  # as sqlite3's hook says
+        target = db.Target(system, namespace, host, port)
         # Kept once the dialect has met the server (a MySQL dialect learns it is MariaDB then).
         if getattr(dialect, "server_version_info", None) is not None:
             engine.__dict__[TARGET] = target
