@@ -67,8 +67,9 @@ def patch(module: ModuleType) -> None:
     engine_class = importlib.import_module("sqlalchemy.engine.base").Engine
     default = importlib.import_module("sqlalchemy.engine.default")
     for name, listener in LISTENERS:
-        # retval: the listener returns the statement (the sqlcommenter comment appended).
-        event.listen(engine_class, name, listener, retval=name == "before_cursor_execute")
+        if not event.contains(engine_class, name, listener):
+            # retval: the listener returns the statement (the sqlcommenter comment appended).
+            event.listen(engine_class, name, listener, retval=name == "before_cursor_execute")
     wrap_function(default.DefaultExecutionContext, "handle_dbapi_exception", _ending_on_dbapi_error)
     # pool_pre_ping: 2.x pings through DefaultDialect._do_ping_w_event (which calls the
     # dialect's do_ping); 1.4 calls do_ping, which dialects override: each dialect class's
@@ -87,7 +88,7 @@ def _before_cursor_execute(conn, cursor, statement, parameters, context, execute
             stale.close()
         engine = conn.engine
         target = _target(engine)
-        batch = _batch_size(parameters) if executemany else None
+        batch = _batch_size(parameters, context) if executemany else None
         call = db.start(LIBRARY, target, db.statement(statement, target.system), batch_size=batch)
         if call is None:
             return statement, parameters
@@ -182,12 +183,15 @@ def _target(engine) -> db.Target:
     return target
 
 
-def _batch_size(parameters) -> int | None:
+def _batch_size(parameters, context) -> int | None:
     """The number of parameter sets of an ``executemany``.
 
-    None for an "insertmanyvalues" batch, which SQLAlchemy also reports as executemany:
-    one INSERT of many rows, its parameters one flat set.
+    None for an "insertmanyvalues" batch (2.x), which SQLAlchemy also reports as
+    executemany: one INSERT of many rows, its parameters one flat set.
     """
+    style = getattr(context, "execute_style", None)
+    if style is not None and style.name == "INSERTMANYVALUES":
+        return None
     if isinstance(parameters, (list, tuple)) and parameters and isinstance(parameters[0], (Mapping, list, tuple)):
         return len(parameters)
     return None

@@ -152,6 +152,8 @@ def item(request, item_id):
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {{Item._meta.db_table}} WHERE name = 'secret-literal'")
         literal = cursor.fetchone()[0]
+        table = Item._meta.db_table
+        cursor.executemany(f"INSERT INTO {{table}} (id, name) VALUES (%s, %s)", [(item_id * 100 + n, "secret-many") for n in (1, 2, 3)])
     return JsonResponse({{"item": item_id, "names": len(names), "total": total, "literal": literal}})
 
 
@@ -365,14 +367,18 @@ def test_django_one_span_per_query_with_its_alias(django_run, postgres_server):
             ("connect", "reports"),
             ("SELECT", "reports"),
             ("SELECT", "default"),
+            ("INSERT", "default"),
         ]
-        connect, insert, select, _, count, literal = spans
+        connect, insert, select, _, count, literal, many = spans
         assert insert.attributes["db.operation.name"] == "INSERT"
         assert insert.attributes["db.collection.name"].strip('"') == table
         assert insert.attributes["db.query.text"].startswith(f'INSERT INTO "{table}" ("id", "name") VALUES (%s, %s)')
         assert select.attributes["db.query.text"].endswith('WHERE "' + table + '"."name" = %s')
         assert count.attributes["db.query.text"].startswith("SELECT COUNT(*)")
         assert literal.attributes["db.query.text"] == f"SELECT count(*) FROM {table} WHERE name = ?"
+        assert many.attributes["db.operation.batch.size"] == 3
+        assert many.attributes["db.operation.name"] == "BATCH INSERT"
+        assert "db.operation.batch.size" not in insert.attributes
         for span in spans:
             assert span.attributes["db.namespace"] == postgres_server.database
             assert span.attributes["server.address"] == "127.0.0.1"
