@@ -20,8 +20,8 @@ the set-up queries (a ``SET TIME ZONE``, a MySQL ``sql_mode`` check, what
 hook traces the connections it opens).
 
 Attributes, built once per Django connection (``DatabaseWrapper``) from its
-``settings_dict`` and ``vendor``: ``db.system.name`` (``mariadb`` once Django has asked
-the server), ``db.namespace`` (``NAME``), ``server.address``/``server.port`` (``HOST``,
+``settings_dict`` and ``vendor``: ``db.system.name`` (``mariadb`` when the server said
+so in its handshake, as mysqlclient has it), ``db.namespace`` (``NAME``), ``server.address``/``server.port`` (``HOST``,
 ``PORT``, the default port when only the host is set) and ``django.db.alias``, the
 connection's alias in ``DATABASES`` (the name ddtrace uses: OpenTelemetry has none).
 ``db.query.text`` is the SQL as Django hands it to the driver (``%s`` placeholders, not
@@ -125,6 +125,8 @@ def _traced_connect(original):
         except BaseException as exc:
             _fail(call, exc)
             raise
+        if self.vendor == "mysql":  # connected: the server has said whether it is MariaDB
+            call.set_attributes({"db.system.name": _target(self).system})
         call.close()
         return result
 
@@ -160,7 +162,9 @@ def _target(wrapper) -> db.Target:
         vendor = wrapper.vendor
         known = True
         if vendor == "mysql":
-            mariadb = state.get("mysql_is_mariadb")  # a cached_property: only once Django asked the server
+            mariadb = state.get("mysql_is_mariadb")  # a cached_property, once Django asked the server
+            if mariadb is None:
+                mariadb = _says_mariadb(wrapper.connection)
             known = mariadb is not None
             system = "mariadb" if mariadb else "mysql"
         else:
@@ -174,6 +178,17 @@ def _target(wrapper) -> db.Target:
         if known:
             state[TARGET] = target
     return target
+
+
+def _says_mariadb(connection) -> bool | None:
+    """Whether the server of an open mysqlclient connection is MariaDB (its handshake said; no query)."""
+    if connection is None:
+        return None
+    try:
+        info = connection.get_server_info()
+    except Exception:  # noqa: BLE001 - a closed connection, another driver
+        return None
+    return "mariadb" in info.lower() if isinstance(info, str) else None
 
 
 def _port(value: object) -> int | None:

@@ -3,7 +3,8 @@ PostgreSQL, served under ``autotrace run``; spans checked at a real OTLP receive
 
 - Flask + SQLAlchemy (a sync engine over psycopg) under gunicorn;
 - Starlette + SQLAlchemy asyncio (an async engine over asyncpg) under uvicorn;
-- Django (its ORM over psycopg, a model made by ``migrate``, two aliases) under gunicorn.
+- Django (its ORM over psycopg on PostgreSQL, over mysqlclient on MariaDB; a model made
+  by ``migrate``, two aliases) under gunicorn.
 
 Each request carries its own ``traceparent``; in its trace: one SERVER span, one CLIENT
 span per query (the ORM's, never the driver's next to it), each a child of the SERVER
@@ -110,7 +111,7 @@ DJANGO_APP = """
 from django.conf import settings
 
 DATABASE = {{
-    "ENGINE": "django.db.backends.postgresql",
+    "ENGINE": {engine!r},
     "NAME": {database!r},
     "USER": {user!r},
     "PASSWORD": {password!r},
@@ -262,12 +263,12 @@ def assert_clean(run: Run, hooks: tuple) -> None:
     assert "ended span" not in stderr, stderr
 
 
-def assert_children_of_the_request(run: Run, name: str, spans: list) -> None:
+def assert_children_of_the_request(run: Run, name: str, spans: list, system: str = "postgresql") -> None:
     server = run.server_span(name)
     for span in spans:
         assert span.parent_span_id == server.span_id, (name, span)
         assert span.kind == CLIENT
-        assert span.attributes["db.system.name"] == "postgresql"
+        assert span.attributes["db.system.name"] == system
 
 
 # -- SQLAlchemy ---------------------------------------------------------------------------
@@ -328,15 +329,26 @@ def test_sqlalchemy_error_recorded_on_the_statements_span(sqlalchemy_run):
 # -- Django -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def django_run(postgres_server, tmp_path_factory):
+# Django's backend per server: (ENGINE, its identifier quote, the error's status code).
+DJANGO_BACKENDS = {
+    "postgresql": ("django.db.backends.postgresql", '"', "42P01"),
+    "mariadb": ("django.db.backends.mysql", "`", "1146"),
+}
+
+
+@pytest.fixture(scope="module", params=list(DJANGO_BACKENDS))
+def django_run(request, tmp_path_factory):
+    system = request.param
+    server = request.getfixturevalue("postgres_server" if system == "postgresql" else "mariadb_server")
+    engine, quote, code = DJANGO_BACKENDS[system]
     directory = tmp_path_factory.mktemp("django")
     table = "item_" + uuid.uuid4().hex[:12]
-    server = postgres_server
     write(
         directory,
         "djdb.py",
-        DJANGO_APP.format(database=server.database, user=server.user, password=server.password, host=server.host, port=str(server.port)),
+        DJANGO_APP.format(
+            engine=engine, database=server.database, user=server.user, password=server.password, host=server.host, port=str(server.port)
+        ),
     )
     write(directory, "shop/__init__.py", "")
     write(directory, "shop/models.py", DJANGO_MODELS.format(table=table))
@@ -346,18 +358,18 @@ def django_run(postgres_server, tmp_path_factory):
     assert made.returncode == 0, made.stderr
     requests = [Request("item", "/items/1/"), Request("item-again", "/items/2/"), Request("boom", "/boom/")]
     run_ = serve(["gunicorn", "-w", "1", "-b", "127.0.0.1:{port}", "djdb:wsgi"], directory, requests)
-    run_.table = table
+    run_.table, run_.system, run_.server, run_.quote, run_.code = table, system, server, quote, code
     return run_
 
 
-def test_django_one_span_per_query_with_its_alias(django_run, postgres_server):
+def test_django_one_span_per_query_with_its_alias(django_run):
     run_ = django_run
     assert run_.statuses == {"item": 200, "item-again": 200, "boom": 500}
     assert_clean(run_, ("django", "django_db", "django_db_connect"))
-    table = run_.table
+    table, q = run_.table, run_.quote
     for name in ("item", "item-again"):
         spans = run_.db_spans(name, DJANGO)
-        assert_children_of_the_request(run_, name, spans)
+        assert_children_of_the_request(run_, name, spans, run_.system)
         # Django connects per request (CONN_MAX_AGE=0): one connect span per alias used,
         # the driver's connect and Django's set-up queries under it, none of their own.
         assert [(s.name.split()[0], s.attributes["django.db.alias"]) for s in spans] == [
@@ -371,18 +383,18 @@ def test_django_one_span_per_query_with_its_alias(django_run, postgres_server):
         ]
         connect, insert, select, _, count, literal, many = spans
         assert insert.attributes["db.operation.name"] == "INSERT"
-        assert insert.attributes["db.collection.name"].strip('"') == table
-        assert insert.attributes["db.query.text"].startswith(f'INSERT INTO "{table}" ("id", "name") VALUES (%s, %s)')
-        assert select.attributes["db.query.text"].endswith('WHERE "' + table + '"."name" = %s')
+        assert insert.attributes["db.collection.name"].strip(q) == table
+        assert insert.attributes["db.query.text"].startswith(f"INSERT INTO {q}{table}{q} ({q}id{q}, {q}name{q}) VALUES (%s, %s)")
+        assert select.attributes["db.query.text"].endswith(f"WHERE {q}{table}{q}.{q}name{q} = %s")
         assert count.attributes["db.query.text"].startswith("SELECT COUNT(*)")
         assert literal.attributes["db.query.text"] == f"SELECT count(*) FROM {table} WHERE name = ?"
         assert many.attributes["db.operation.batch.size"] == 3
         assert many.attributes["db.operation.name"] == "BATCH INSERT"
         assert "db.operation.batch.size" not in insert.attributes
         for span in spans:
-            assert span.attributes["db.namespace"] == postgres_server.database
+            assert span.attributes["db.namespace"] == run_.server.database
             assert span.attributes["server.address"] == "127.0.0.1"
-            assert span.attributes["server.port"] == postgres_server.port
+            assert span.attributes["server.port"] == run_.server.port
             assert span.status_code == STATUS_UNSET
             assert "secret" not in str(span.attributes)
 
@@ -391,10 +403,10 @@ def test_django_error_recorded_on_the_querys_span(django_run):
     run_ = django_run
     connect, failed = run_.db_spans("boom", DJANGO)
     assert connect.name == "connect"
-    assert_children_of_the_request(run_, "boom", [connect, failed])
+    assert_children_of_the_request(run_, "boom", [connect, failed], run_.system)
     assert failed.status_code == STATUS_ERROR
     assert failed.attributes["error.type"] == "django.db.utils.ProgrammingError"
-    assert failed.attributes["db.response.status_code"] == "42P01"
+    assert failed.attributes["db.response.status_code"] == run_.code
     assert failed.attributes["db.query.text"] == "SELECT * FROM missing_table_q WHERE id = %s"
     assert failed.events.count("exception") == 1
     server = run_.server_span("boom")
