@@ -15,7 +15,10 @@ read). The wrappers:
 - ``commit`` and ``rollback``: one span each (they go to the server).
 
 Every wrapper returns what the driver returned and re-raises the driver's exception
-untouched (recorded on the span with the server's error number).
+untouched, recorded on the span with the driver's status code (``status_code``; for the
+MySQL drivers the server's error number, see :func:`error_number`). A call made while a
+database call is in progress (``executemany``'s own ``execute`` calls, statements a driver
+runs while it connects) goes straight to the driver: its statement is not even read.
 """
 
 from __future__ import annotations
@@ -28,26 +31,52 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
     TargetOf = Callable[[Any], "db.Target | None"]
+    StatusOf = Callable[[BaseException], "str | None"]
 
 
-def patch_cursor(cursor_class: type, library: str, target_of: TargetOf) -> None:
+class Driver:
+    """What the wrappers need to know of a driver."""
+
+    __slots__ = ("library", "target_of", "status_code")
+
+    def __init__(self, library: str, target_of: TargetOf, status_code: StatusOf | None = None) -> None:
+        self.library = library  # the tracer is autotrace.db.<library>
+        self.target_of = target_of  # connection -> Target (None: untraced)
+        self.status_code = status_code  # exception -> db.response.status_code (None: db.status_code_of)
+
+
+def patch_cursor(cursor_class: type, driver: Driver) -> None:
     """Wrap ``execute``, ``executemany`` and ``callproc`` where ``cursor_class`` defines them."""
-    wrap_function(cursor_class, "execute", lambda original: _execute(original, library, target_of))
-    wrap_function(cursor_class, "executemany", lambda original: _executemany(original, library, target_of))
-    wrap_function(cursor_class, "callproc", lambda original: _callproc(original, library, target_of))
+    wrap_function(cursor_class, "execute", lambda original: _execute(original, driver))
+    wrap_function(cursor_class, "executemany", lambda original: _executemany(original, driver))
+    wrap_function(cursor_class, "callproc", lambda original: _callproc(original, driver))
 
 
-def patch_transactions(connection_class: type, library: str, target_of: TargetOf) -> None:
+def patch_transactions(connection_class: type, driver: Driver) -> None:
     """Wrap ``commit`` and ``rollback`` where ``connection_class`` defines them."""
-    wrap_function(connection_class, "commit", lambda original: _end(original, library, target_of, "COMMIT"))
-    wrap_function(connection_class, "rollback", lambda original: _end(original, library, target_of, "ROLLBACK"))
+    wrap_function(connection_class, "commit", lambda original: _end(original, driver, "COMMIT"))
+    wrap_function(connection_class, "rollback", lambda original: _end(original, driver, "ROLLBACK"))
 
 
-def cursor_target(cursor: Any, target_of: TargetOf) -> db.Target | None:
-    """The Target of a cursor's connection; None for a closed cursor or one it cannot read."""
+def error_number(exc: BaseException) -> str | None:
+    """A MySQL error's number (``args[0]``), as MySQL's semantic conventions want it (not its SQLSTATE)."""
+    try:
+        args = exc.args
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            return str(args[0])
+    except Exception:  # noqa: BLE001
+        pass
+    return db.status_code_of(exc)
+
+
+def cursor_target(cursor: Any, driver: Driver) -> db.Target | None:
+    """The Target of a cursor's connection; None inside a database call, for a closed
+    cursor, or one it cannot read."""
+    if db.current() is not None:
+        return None  # the outer call has the span
     try:
         connection = cursor.connection
-        return None if connection is None else target_of(connection)
+        return None if connection is None else driver.target_of(connection)
     except Exception:  # noqa: BLE001 - untraced, the driver does what it does
         return None
 
@@ -59,25 +88,25 @@ def text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def run(call: db.DbCall, original: Callable, *args: Any, **kwargs: Any) -> Any:
+def run(call: db.DbCall, driver: Driver, original: Callable, *args: Any, **kwargs: Any) -> Any:
     """Run the driver's method inside ``call``: the result untouched, an exception recorded and re-raised."""
     try:
         result = original(*args, **kwargs)
     except BaseException as exc:
-        call.fail(exc)
+        call.fail(exc, driver.status_code(exc) if driver.status_code is not None else None)
         call.close()
         raise
     call.close()
     return result
 
 
-def _execute(original: Callable, library: str, target_of: TargetOf) -> Callable:
+def _execute(original: Callable, driver: Driver) -> Callable:
     def execute(self, query, args=None):
-        target = cursor_target(self, target_of)
-        call = None if target is None else db.start(library, target, db.statement(query))
+        target = cursor_target(self, driver)
+        call = None if target is None else db.start(driver.library, target, db.statement(query, target.system))
         if call is None:
             return original(self, query, args)
-        return run(call, original, self, _commented(query, args, call), args)
+        return run(call, driver, original, self, _commented(query, args, call), args)
 
     return execute
 
@@ -94,15 +123,15 @@ def _commented(query: object, args: object, call: db.DbCall) -> object:
     return query + commented[len(query):].replace("%", "%%")
 
 
-def _executemany(original: Callable, library: str, target_of: TargetOf) -> Callable:
+def _executemany(original: Callable, driver: Driver) -> Callable:
     def executemany(self, query, args, *more, **kwargs):
-        target = cursor_target(self, target_of)
+        target = cursor_target(self, driver)
         call = None
         if target is not None and args:
-            call = db.start(library, target, db.statement(query), batch_size=_size(args))
+            call = db.start(driver.library, target, db.statement(query, target.system), batch_size=_size(args))
         if call is None:
             return original(self, query, args, *more, **kwargs)
-        return run(call, original, self, query, args, *more, **kwargs)
+        return run(call, driver, original, self, query, args, *more, **kwargs)
 
     return executemany
 
@@ -115,34 +144,35 @@ def _size(rows: object) -> int | None:
         return None
 
 
-def _callproc(original: Callable, library: str, target_of: TargetOf) -> Callable:
+def _callproc(original: Callable, driver: Driver) -> Callable:
     def callproc(self, procname, *args, **kwargs):
-        target = cursor_target(self, target_of)
+        target = cursor_target(self, driver)
         name = text(procname)
         call = None
         if target is not None and name is not None:
             call = db.start(
-                library,
+                driver.library,
                 target,
-                db.statement(f"CALL {name}"),
-                attributes={"db.stored_procedure.name": name},
+                db.statement(f"CALL {name}", target.system),
+                name=f"CALL {name}",
+                attributes={"db.stored_procedure.name": name, "db.query.summary": f"CALL {name}"},
             )
         if call is None:
             return original(self, procname, *args, **kwargs)
-        return run(call, original, self, procname, *args, **kwargs)
+        return run(call, driver, original, self, procname, *args, **kwargs)
 
     return callproc
 
 
-def _end(original: Callable, library: str, target_of: TargetOf, sql: str) -> Callable:
+def _end(original: Callable, driver: Driver, sql: str) -> Callable:
     def end(self, *args, **kwargs):
         try:
-            target = target_of(self)
+            target = None if db.current() is not None else driver.target_of(self)
         except Exception:  # noqa: BLE001
             target = None
-        call = None if target is None else db.start(library, target, db.statement(sql))
+        call = None if target is None else db.start(driver.library, target, db.statement(sql, target.system))
         if call is None:
             return original(self, *args, **kwargs)
-        return run(call, original, self, *args, **kwargs)
+        return run(call, driver, original, self, *args, **kwargs)
 
     return end

@@ -280,7 +280,17 @@ def _wrap_copy_table(original, direction: str):
 
     async def copy_table(self, *args, **kwargs):
         table = _table(args, kwargs)
-        call = None if table is None else _start(self, f"COPY {table} {direction}")
+        call = None
+        if table is not None:
+            # The statement asyncpg builds, in short; named by the table (the text's
+            # summary would name STDIN).
+            call = _start(
+                self,
+                f"COPY {table} {direction}",
+                name=f"COPY {table}",
+                collection=table,
+                attributes={"db.query.summary": f"COPY {table}"},
+            )
         if call is None:
             return await original(self, *args, **kwargs)
         return await _run(call, original, self, *args, **kwargs)

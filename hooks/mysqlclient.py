@@ -1,6 +1,7 @@
 """mysqlclient (``MySQLdb``): each cursor ``execute``/``executemany``/``callproc`` is one CLIENT span; so are connect, commit, rollback.
 
-Waits for ``MySQLdb`` (which imports its ``connections`` and ``cursors``). Patched:
+Waits for ``MySQLdb.connections`` (``MySQLdb.connect`` imports it at the first connect;
+it imports ``MySQLdb.cursors``). Patched:
 
 - ``MySQLdb.cursors.BaseCursor``'s ``execute``, ``executemany``, ``callproc`` (Python
   methods, see :mod:`autotrace.dbapi`): every cursor class inherits them;
@@ -30,14 +31,15 @@ KEPT = "_autotrace_db_target"  # on the connection
 
 
 def patch(module: ModuleType) -> None:
-    connection_class = module.connections.Connection
-    dbapi.patch_cursor(module.cursors.BaseCursor, LIBRARY, target)
+    connection_class = module.Connection
+    driver = dbapi.Driver(LIBRARY, target, dbapi.error_number)
+    dbapi.patch_cursor(module.cursors.BaseCursor, driver)
     for name in ("commit", "rollback"):
         if name not in connection_class.__dict__:
             # The C base's method, defined on the subclass itself (the same callable), so
             # that it can be wrapped there.
             setattr(connection_class, name, getattr(connection_class, name))
-    dbapi.patch_transactions(connection_class, LIBRARY, target)
+    dbapi.patch_transactions(connection_class, driver)
     wrap_function(connection_class, "__init__", _wrap_init)
 
 
@@ -83,7 +85,7 @@ def _wrap_init(original):
         try:
             original(self, *args, **kwargs)
         except BaseException as exc:
-            call.fail(exc)
+            call.fail(exc, dbapi.error_number(exc))
             call.close()
             raise
         made = target(self)
