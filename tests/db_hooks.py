@@ -21,7 +21,7 @@ DRIVER_HOOKS = {
     "psycopg2": "autotrace.hooks.psycopg2",
     "psycopg": "autotrace.hooks.psycopg",
     "pymysql": "autotrace.hooks.pymysql",
-    "MySQLdb": "autotrace.hooks.mysqlclient",
+    "MySQLdb.connections": "autotrace.hooks.mysqlclient",
     "asyncpg": "autotrace.hooks.asyncpg",
 }
 
@@ -44,8 +44,6 @@ def apply() -> list[str]:
         path, _, function = hook.hook.partition(":")
         try:
             module = importlib.import_module(hook.module)
-            if hook.module == "MySQLdb":  # imports its connections module at the first connect
-                importlib.import_module("MySQLdb.connections")
         except ImportError:
             continue  # the library is not installed
         try:
