@@ -67,8 +67,9 @@ def _traced_execute(original):
         call = _start(self, sql)
         if call is None:
             return original(self, sql, params)
+        sent = _commented(sql, params, call)
         try:
-            result = original(self, _commented(sql, params, call), params)
+            result = original(self, sent, params)
         except BaseException as exc:
             _fail(call, exc)
             raise
@@ -125,8 +126,11 @@ def _traced_connect(original):
         except BaseException as exc:
             _fail(call, exc)
             raise
-        if self.vendor == "mysql":  # connected: the server has said whether it is MariaDB
-            call.set_attributes({"db.system.name": _target(self).system})
+        try:
+            if self.vendor == "mysql":  # connected: the server has said whether it is MariaDB
+                call.set_attributes({"db.system.name": _target(self).system})
+        except Exception:  # noqa: BLE001 - the span keeps what it had
+            pass
         call.close()
         return result
 
@@ -206,10 +210,12 @@ def _batch_size(param_list) -> int | None:
 
 
 def _commented(sql, params, call: db.DbCall):
-    """The SQL with the sqlcommenter comment when it is on (``sql`` itself else)."""
+    """The SQL with the sqlcommenter comment when it is on (``sql`` itself else). Never raises."""
     commented = db.with_comment(sql, call)
     if commented is sql or params is None or not isinstance(commented, str):
         return commented
-    # With parameters the driver interpolates "%s": the comment's "%" written "%%".
-    start = commented.rfind("/*")
-    return commented[:start] + commented[start:].replace("%", "%%")
+    try:  # with parameters the driver interpolates "%s": the comment's "%" written "%%"
+        start = commented.rfind("/*")
+        return commented[:start] + commented[start:].replace("%", "%%")
+    except Exception:  # noqa: BLE001
+        return sql

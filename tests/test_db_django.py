@@ -8,6 +8,7 @@ integration/test_db_orm.py.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -46,8 +47,10 @@ import db_hooks
 db_hooks.apply()
 from django.db import connections
 
+# The request continues a remote trace with a tracestate: a "%" in a sqlcommenter comment.
+remote = trace.SpanContext(0x1234, 0x5678, True, trace.TraceFlags(1), trace.TraceState([("vendor", "v1")]))
 outcome = None
-with trace.get_tracer("test").start_as_current_span("request") as request_span:
+with trace.get_tracer("test").start_as_current_span("request", trace.set_span_in_context(trace.NonRecordingSpan(remote))) as request_span:
     try:
         if scenario == "queries":
             with connections["default"].cursor() as cursor:
@@ -60,6 +63,14 @@ with trace.get_tracer("test").start_as_current_span("request") as request_span:
                     cursor.execute("SELECT * FROM missing_table_q")
                 except Exception as exc:
                     outcome = [outcome, type(exc).__module__ + "." + type(exc).__qualname__]
+        elif scenario == "comment":  # what the server runs, as it got it
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT query FROM pg_stat_activity WHERE pid = pg_backend_pid() AND 1 = %s", [1])
+                with_parameters = cursor.fetchone()[0]
+            connections["default"].close()  # a transaction each: one snapshot of the activity per transaction
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT query FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+                outcome = [with_parameters, cursor.fetchone()[0]]
         elif scenario == "connect-fails":
             connections["default"].ensure_connection()
         elif scenario == "callproc":
@@ -76,6 +87,7 @@ spans = [
         "name": s.name,
         "scope": s.instrumentation_scope.name,
         "kind": s.kind.name,
+        "id": s.context.span_id,
         "parent": s.parent.span_id if s.parent else None,
         "attributes": dict(s.attributes),
         "status": s.status.status_code.name,
@@ -88,13 +100,16 @@ print(json.dumps({"outcome": outcome, "request": request_span.get_span_context()
 """
 
 
-def run_case(databases: dict, scenario: str, table: str = "") -> dict:
+def run_case(databases: dict, scenario: str, table: str = "", **environ: str) -> dict:
     table = table or "t_" + uuid.uuid4().hex[:12]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
+    env.update(environ)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(databases), scenario, table],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -182,3 +197,13 @@ def test_callproc_is_one_span_named_by_the_procedure(mariadb_server):
     assert call["attributes"]["db.system.name"] == "mariadb"
     others = [s for s in result["spans"] if s["scope"] != "autotrace.db.django"]
     assert others == [], others  # mysqlclient's hook started none
+
+
+def test_sql_comment_reaches_the_server_when_asked(postgres_server):
+    result = run_case(settings_for(postgres_server, "django.db.backends.postgresql"), "comment", AUTOTRACE_SQL_COMMENT="true")
+    spans = [s for s in django_spans(result) if s["name"] != "connect"]
+    assert len(spans) == 2
+    for span, seen in zip(spans, result["outcome"]):
+        # With parameters the driver interpolated the text: the comment's "%" arrived single.
+        assert seen.endswith(f" /*traceparent='00-{0x1234:032x}-{span['id']:016x}-01',tracestate='vendor%3Dv1'*/"), seen
+        assert "traceparent" not in span["attributes"]["db.query.text"]
