@@ -29,14 +29,22 @@ host and port (the dialect's default port when the URL has a host and no port);
 ``db.query.text`` is the statement SQLAlchemy sends (placeholders, not values),
 sanitised by :mod:`autotrace.db`; ``db.operation.batch.size`` for an ``executemany``.
 
-Checking a connection out of the pool is not a span, nor is anything the pool runs then
-(``pool_pre_ping``); opening a new connection is whatever the driver's hook makes of it.
+Opening a connection to a server (the pool's, when a checkout needs a new one, or
+replaces one invalidated or recycled) is one span named ``connect`` (SQLite's none: no
+server, as the sqlite3 hook has it): the driver's connect and
+SQLAlchemy's set-up of the connection under it (the dialect's ``on_connect``, the first
+connection's ``initialize`` queries), none of their own. The pool's private
+``_ConnectionRecord.__connect`` is wrapped for it, the only place that covers both; the
+engine is found from the pool's dialect (``Engine.__init__`` notes it there). Checking
+out a pooled connection is not a span, nor is anything the pool runs then
+(``pool_pre_ping``'s ping: instrumentation is suppressed while it runs).
 With ``AUTOTRACE_SQL_COMMENT=true`` the sqlcommenter comment is appended to the statement
 (not to an ``executemany``, nor for asyncpg, whose statement cache keys on the text).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 from autotrace import _log, api, db
@@ -49,6 +57,11 @@ if TYPE_CHECKING:
 LIBRARY = "sqlalchemy"
 CALL = "_autotrace_db_call"  # the span of the statement a Connection is executing
 TARGET = "_autotrace_db_target"  # an Engine's Target, once its dialect knows the server
+ENGINE = "_autotrace_db_engine"  # on a dialect: a weak reference to its Engine
+# The pool's connection record: its (name-mangled) method that opens the DBAPI connection
+# and runs the pool's connect events, and the attribute holding its pool.
+CONNECT = "_ConnectionRecord__connect"
+POOL = "_ConnectionRecord__pool"
 
 # Dialect name -> db.system.name where the two differ.
 SYSTEMS = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
@@ -78,6 +91,10 @@ def patch(module: ModuleType) -> None:
         wrap_function(default.DefaultDialect, "_do_ping_w_event", _quiet_ping)
     else:
         wrap_function(default.DefaultDialect, "do_ping", _quiet_ping)
+    record = importlib.import_module("sqlalchemy.pool.base")._ConnectionRecord
+    if CONNECT in record.__dict__:
+        wrap_function(engine_class, "__init__", _noting_the_engine)
+        wrap_function(record, CONNECT, _traced_connect)
 
 
 def _before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
@@ -141,21 +158,72 @@ def _quiet_ping(original):
     """``pool_pre_ping``'s ``SELECT 1`` is part of the checkout: instrumentation suppressed, no span."""
 
     def ping(self, dbapi_connection):
-        token = None
-        try:
-            if not api.loaded:
-                api.load()
-            if api.loaded:
-                token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
-        except Exception:  # noqa: BLE001 - the ping runs regardless
-            pass
-        try:
-            return original(self, dbapi_connection)
-        finally:
-            if token is not None:
-                api.detach(token)
+        return _suppressed(original, self, dbapi_connection)
 
     return ping
+
+
+def _suppressed(function, *args):
+    """``function(*args)`` with instrumentation suppressed: no span in it, the drivers' neither."""
+    token = None
+    try:
+        if not api.loaded:
+            api.load()
+        if api.loaded:
+            token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
+    except Exception:  # noqa: BLE001 - it runs regardless
+        pass
+    try:
+        return function(*args)
+    finally:
+        if token is not None:
+            api.detach(token)
+
+
+def _noting_the_engine(original):
+    def __init__(self, pool, dialect, *args, **kwargs):
+        original(self, pool, dialect, *args, **kwargs)
+        try:
+            dialect.__dict__[ENGINE] = weakref.ref(self)
+        except Exception:  # noqa: BLE001 - its connects are the driver's then
+            pass
+
+    return __init__
+
+
+def _traced_connect(original):
+    def connect(self):  # a _ConnectionRecord opening its DBAPI connection
+        call = engine = None
+        serverless = False
+        try:
+            dialect = getattr(self, POOL)._dialect
+            note = dialect.__dict__.get(ENGINE)
+            engine = note() if note is not None else None
+            if engine is not None:
+                target = _target(engine)
+                serverless = target.system == "sqlite"
+                if not serverless:
+                    call = db.start(LIBRARY, target, name="connect")
+        except Exception:  # noqa: BLE001 - the pool connects regardless
+            pass
+        if serverless:  # SQLite: no server, no span (as sqlite3's hook has it), none in it
+            return _suppressed(original, self)
+        if call is None:
+            return original(self)
+        try:
+            result = original(self)
+        except BaseException as exc:
+            call.fail(exc, _status_code(exc))
+            call.close()
+            raise
+        try:  # connected: a MySQL dialect knows now whether the server is MariaDB
+            call.set_attributes({"db.system.name": _target(engine).system})
+        except Exception:  # noqa: BLE001
+            pass
+        call.close()
+        return result
+
+    return connect
 
 
 def _target(engine) -> db.Target:

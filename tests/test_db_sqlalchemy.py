@@ -245,6 +245,40 @@ def test_driver_runs_under_the_statements_span_and_the_ping_suppressed(request, 
     assert call.span.get_span_context().span_id == statement.context.span_id
 
 
+@pytest.mark.parametrize("scheme", SYNC)
+def test_a_new_connection_is_one_connect_span(request, scheme, tmp_path, hooked, parent):
+    """The driver's connect and SQLAlchemy's set-up queries (on_connect, initialize) under it."""
+    db = make_db(request, scheme, tmp_path)
+    engine = sqlalchemy.create_engine(db.url, **ENGINE_OPTIONS)  # no connection yet
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1")).all()
+    finally:
+        engine.dispose()
+    spans = db_spans(hooked)
+    if db.system == "sqlite":  # no server: connecting is no span, as sqlite3's hook has it
+        assert [s.name for s in spans] == ["SELECT"]
+    else:
+        assert [s.name for s in spans] == ["connect", "SELECT"]
+    for span in spans:
+        assert_child(span, parent)
+        for name, value in db.attributes.items():
+            assert span.attributes[name] == value, name  # MariaDB known once connected
+
+
+def test_a_failed_connect_is_recorded_and_the_app_gets_sqlalchemys_exception(request, hooked, parent):
+    server = request.getfixturevalue("postgres_server")
+    url = sqlalchemy.engine.make_url(server.url("postgresql+psycopg2")).set(password="wrong")
+    engine = sqlalchemy.create_engine(url, **ENGINE_OPTIONS)
+    before = context.get_current()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        engine.connect()
+    assert context.get_current() is before
+    [connect] = db_spans(hooked)
+    assert connect.name == "connect" and connect.status.status_code == StatusCode.ERROR
+    assert connect.attributes["error.type"] == "psycopg2.OperationalError"  # raised where it connects; SQLAlchemy wraps it after
+
+
 def test_mysql_reflection_error_without_handle_error_ends_its_span(request, hooked, parent):
     """The MySQL dialect probes a table with skip_user_error_events: no handle_error, the span still ends."""
     server = request.getfixturevalue("mariadb_server")
@@ -357,6 +391,9 @@ def test_async_engine_one_span_per_statement(async_db, hooked):
     assert failed.attributes["db.response.status_code"] == "42P01"
     assert [e.name for e in failed.events] == ["exception"]
     # The tasks' statements, one each, under their task's span; DROP TABLE (no trace) none.
-    tasks = [s for s in hooked.get_finished_spans() if s.name.startswith("task")]
-    assert len(spans) == 5
-    assert sorted(s.parent.span_id for s in spans[3:]) == sorted(t.context.span_id for t in tasks)
+    # Two at once need a second connection: its connect span is under its task's span too.
+    tasks = {t.context.span_id for t in hooked.get_finished_spans() if t.name.startswith("task")}
+    selects = [s for s in spans[3:] if s.name != "connect"]
+    [connect] = [s for s in spans[3:] if s.name == "connect"]
+    assert len(selects) == 2 and {s.parent.span_id for s in selects} == tasks
+    assert connect.parent.span_id in tasks and connect.attributes["db.system.name"] == "postgresql"
