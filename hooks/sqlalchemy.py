@@ -29,17 +29,19 @@ host and port (the dialect's default port when the URL has a host and no port);
 ``db.query.text`` is the statement SQLAlchemy sends (placeholders, not values),
 sanitised by :mod:`autotrace.db`; ``db.operation.batch.size`` for an ``executemany``.
 
-Opening a connection to a server (the pool's, when a checkout needs a new one, or
-replaces one invalidated or recycled) is one span named ``connect`` (SQLite's none: no
-server, as the sqlite3 hook has it): the driver's connect and
-SQLAlchemy's set-up of the connection under it (the dialect's ``on_connect``, the first
-connection's ``initialize`` queries), none of their own. The pool's private
-``_ConnectionRecord.__connect`` is wrapped for it, the only place that covers both; the
-engine is found from the pool's dialect (``Engine.__init__`` notes it there). Checking
-out a pooled connection is not a span, nor is anything the pool runs then
-(``pool_pre_ping``'s ping: instrumentation is suppressed while it runs).
-With ``AUTOTRACE_SQL_COMMENT=true`` the sqlcommenter comment is appended to the statement
-(not to an ``executemany``, nor for asyncpg, whose statement cache keys on the text).
+Opening a connection to a server (the pool's, when a checkout needs a new one or
+replaces one invalidated or recycled) is one span named ``connect``: the driver's
+connect and SQLAlchemy's set-up of the connection under it (the dialect's
+``on_connect``, the first connection's ``initialize`` queries), none of their own.
+SQLite has none (no server, as the sqlite3 hook has it): its set-up runs untraced. The
+pool's private ``_ConnectionRecord.__connect`` is wrapped for it, the one place that
+covers both; the engine is found from the pool's dialect (``Engine.__init__`` notes it
+there). Checking out a pooled connection is not a span, nor is anything the pool runs
+then (``pool_pre_ping``'s ping runs with instrumentation suppressed).
+
+With ``AUTOTRACE_SQL_COMMENT=true`` the sqlcommenter comment is appended to the
+statement (its ``%`` doubled where the driver interpolates ``%s``), not to an
+``executemany``, nor for asyncpg, whose statement cache keys on the text.
 """
 
 from __future__ import annotations
