@@ -82,6 +82,9 @@ HOOKS: tuple[Hook, ...] = (
     # Databases and caches: one CLIENT span per query the app runs; a driver under an
     # outer layer (an ORM, executemany) sees the call in progress and starts none.
     Hook("sqlite3", "sqlite3", "autotrace.hooks.sqlite3"),
+    Hook("pymysql", "pymysql", "autotrace.hooks.pymysql", "PyMySQL", (1, 0)),
+    Hook("mysqlclient", "MySQLdb.connections", "autotrace.hooks.mysqlclient", "mysqlclient", (2, 1)),
+    Hook("asyncpg", "asyncpg", "autotrace.hooks.asyncpg", "asyncpg", (0, 27)),
     Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
     Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
     Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),

@@ -159,6 +159,9 @@ async def _run(call: db.DbCall, original: Callable, *args: Any, **kwargs: Any) -
 
 
 def _start(connection, statement_text: object, **start_kwargs: Any) -> db.DbCall | None:
+    """The call's span; None inside a call in progress (asyncpg's own calls under it), or untraced."""
+    if db.current() is not None:
+        return None
     found = target(connection)
     if found is None:
         return None
@@ -204,7 +207,7 @@ def _wrap_query_batch(original):
 
 def _wrap_prepare(original):
     async def prepare(self, *args, **kwargs):
-        found = target(self)
+        found = None if db.current() is not None else target(self)
         statement = db.statement(_argument(args, kwargs, "query")) if found is not None else None
         call = None
         if found is not None:
