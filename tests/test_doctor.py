@@ -196,6 +196,15 @@ def test_library_checks() -> None:
     assert any(m.startswith("not installed:") and "requests" in m for m in text)
 
 
+def test_library_checks_name_the_distribution_installed_of_several() -> None:
+    # psycopg2's module comes from "psycopg2" or "psycopg2-binary": the one installed is checked.
+    checks = doctor_environment.library_checks(version_of={"psycopg2-binary": "2.9.9"}.get)
+    text = {c.message: c.status for c in checks}
+    assert text["psycopg2-binary 2.9.9 covered (psycopg2, psycopg2_extras)"] == OK
+    checks = doctor_environment.library_checks(version_of={"psycopg2-binary": "2.7.7"}.get)
+    assert any(c.message.startswith("psycopg2-binary 2.7.7 installed but not covered") for c in checks)
+
+
 def test_a_rejected_value_is_not_credited_to_its_variable() -> None:
     checks = config_checks(parse(), {"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})
     protocol = checks["config protocol"]

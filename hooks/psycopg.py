@@ -1,0 +1,396 @@
+"""psycopg (3): each statement a cursor sends is one CLIENT span (PostgreSQL), sync and async.
+
+Waits for ``psycopg``. Its cursors and connections are Python classes: the methods are
+patched where they are defined, so every cursor class (``Cursor``, ``ClientCursor``,
+``RawCursor``, ``ServerCursor``, and the ``Async`` ones), every connection however it
+was made, and so the connections of ``psycopg_pool`` pools (sync and async, which make
+them with ``connection_class.connect``) are traced alike, with nothing to patch in the
+pool. Taking a connection from a pool is not a span.
+
+- ``Cursor.execute``/``AsyncCursor.execute`` (and ``ServerCursor``'s, where the span is
+  the ``DECLARE``: the fetches are not spans): one span. ``Connection.execute`` makes a
+  cursor and calls its ``execute``: that one span.
+- ``executemany``: one span, with ``db.operation.batch.size`` (psycopg pipelines the
+  statements itself).
+- ``stream(...)``: the span covers sending the query and getting its first row (when
+  the driver first returns control); the rows after it are fetches, not spans.
+- ``copy(...)``: a context manager; the span covers the COPY until the ``with`` block
+  ends, when psycopg finishes it and the server answers (the data the block writes or
+  reads is the operation). An exception leaving the block ends the COPY and is recorded.
+- Pipelines (``conn.pipeline()``): one span per statement, ending when ``execute``
+  returns, that is when the statement is queued. A server error is raised by psycopg
+  when the pipeline syncs (at the end of the block, or a fetch): the statement spans
+  do not have it.
+- ``Connection.connect``/``AsyncConnection.connect`` (``psycopg.connect``, a pool adding
+  a connection): a span named ``connect`` when a span is current, as every database span
+  (a pool's own workers connect with none current: no span).
+- ``commit``/``rollback``: a span only when a transaction is open (the server is told).
+  The ``BEGIN``/``COMMIT`` of ``with conn.transaction():`` blocks are not spans.
+- ``sql.SQL``/``sql.Composed`` statements: the text is ``as_string(connection)``, sanitized.
+- ``AUTOTRACE_SQL_COMMENT=true``: the span's context is appended to the text ``execute``
+  sends when it is a str and not to be prepared (``prepare=True``); a commented text
+  differs at each call, so psycopg never prepares it by itself either.
+
+``db.response.status_code`` is the error's ``sqlstate``. The Target (database, server
+address and port, peer address) is read once per connection from ``conn.info``.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager, contextmanager
+
+from autotrace import _log, db
+from autotrace.patching import wrap_function
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+LIBRARY = "psycopg"
+SYSTEM = "postgresql"
+# Where a connection keeps its Target (its own instance attribute).
+TARGET = "_autotrace_target"
+IDLE = 0  # pq.TransactionStatus.IDLE: no transaction open, commit and rollback send nothing
+
+_system_target: db.Target | None = None
+
+
+def patch(module: ModuleType) -> None:
+    global _system_target
+    _system_target = db.Target(SYSTEM)
+    for cursor in (module.Cursor, module.ServerCursor):
+        wrap_function(cursor, "execute", _wrap_execute)
+    wrap_function(module.Cursor, "executemany", _wrap_executemany)
+    wrap_function(module.Cursor, "copy", _wrap_copy)
+    wrap_function(module.Cursor, "stream", _wrap_stream)
+    for cursor in (module.AsyncCursor, module.AsyncServerCursor):
+        wrap_function(cursor, "execute", _wrap_async_execute)
+    wrap_function(module.AsyncCursor, "executemany", _wrap_async_executemany)
+    wrap_function(module.AsyncCursor, "copy", _wrap_async_copy)
+    wrap_function(module.AsyncCursor, "stream", _wrap_async_stream)
+    wrap_function(module.Connection, "connect", _wrap_connect)
+    # ``psycopg.connect`` is ``Connection.connect`` as bound when psycopg was imported.
+    wrap_function(module, "connect", lambda original: _wrap_module_connect(module.Connection))
+    wrap_function(module.AsyncConnection, "connect", _wrap_async_connect)
+    for name in ("commit", "rollback"):
+        wrap_function(module.Connection, name, _wrap_end_transaction)
+        wrap_function(module.AsyncConnection, name, _wrap_async_end_transaction)
+
+
+def connection_target(conn) -> db.Target:
+    """The connection's Target, read from ``conn.info`` at its first statement and kept on it."""
+    try:
+        return conn.__dict__[TARGET]
+    except KeyError:
+        pass
+    except Exception:  # noqa: BLE001 - no __dict__: an odd subclass
+        return _system_target
+    try:
+        info = conn.info
+        target = db.Target(SYSTEM, info.dbname or None, info.host or None, info.port or None, info.hostaddr or None)
+    except Exception as exc:  # noqa: BLE001 - a closed or broken connection: psycopg says so
+        _log.warn_once("psycopg-target", "psycopg: the server of a connection could not be read (%s: %s)", type(exc).__name__, exc)
+        return _system_target
+    conn.__dict__[TARGET] = target
+    return target
+
+
+def _statement(query, conn) -> db.Statement | None:
+    """The Statement of a query as the app gave it: a str or bytes, or a ``sql`` object."""
+    if query.__class__ is str:
+        return db.statement(query)
+    as_string = getattr(query, "as_string", None)
+    if as_string is None:
+        return db.statement(query)
+    try:
+        return db.statement(as_string(conn))
+    except Exception:  # noqa: BLE001 - psycopg's execute says what is wrong with it
+        return None
+
+
+def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
+    try:
+        conn = cursor._conn
+    except AttributeError:
+        return None
+    return db.start(LIBRARY, connection_target(conn), _statement(query, conn), **start_kwargs)
+
+
+def _batch_size(params) -> int | None:
+    """How many parameter sets ``executemany`` got, when it says so without being consumed."""
+    return len(params) if isinstance(params, (list, tuple)) else None
+
+
+def _commented(args: tuple, kwargs: dict, call: db.DbCall) -> tuple:
+    """``args`` with the query (``args[0]``, a str) carrying the sqlcommenter comment, when asked.
+
+    Not for a statement to prepare (``prepare=True``: it must stay byte-identical). With
+    parameters psycopg reads ``%`` in the text as a placeholder: a comment that would add
+    one (a ``tracestate`` URL-encoded) is left out.
+    """
+    query = args[0]
+    if query.__class__ is not str or kwargs.get("prepare"):
+        return args
+    text = db.with_comment(query, call)
+    if text is query:
+        return args
+    if (len(args) > 1 and args[1] is not None or kwargs.get("params") is not None) and text.count("%") != query.count("%"):
+        return args
+    return (text, *args[1:])
+
+
+def _wrap_execute(original):
+    def execute(self, *args, **kwargs):
+        call = _start(self, args[0] if args else kwargs.get("query"))
+        if call is None:
+            return original(self, *args, **kwargs)
+        if args:
+            args = _commented(args, kwargs, call)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
+
+    return execute
+
+
+def _wrap_async_execute(original):
+    async def execute(self, *args, **kwargs):
+        call = _start(self, args[0] if args else kwargs.get("query"))
+        if call is None:
+            return await original(self, *args, **kwargs)
+        if args:
+            args = _commented(args, kwargs, call)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
+
+    return execute
+
+
+def _wrap_executemany(original):
+    def executemany(self, *args, **kwargs):
+        query = args[0] if args else kwargs.get("query")
+        params = args[1] if len(args) > 1 else kwargs.get("params_seq")
+        call = _start(self, query, batch_size=_batch_size(params))
+        if call is None:
+            return original(self, *args, **kwargs)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
+
+    return executemany
+
+
+def _wrap_async_executemany(original):
+    async def executemany(self, *args, **kwargs):
+        query = args[0] if args else kwargs.get("query")
+        params = args[1] if len(args) > 1 else kwargs.get("params_seq")
+        call = _start(self, query, batch_size=_batch_size(params))
+        if call is None:
+            return await original(self, *args, **kwargs)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
+
+    return executemany
+
+
+def _wrap_copy(original):
+    @contextmanager
+    def copy(self, *args, **kwargs):
+        call = _start(self, args[0] if args else kwargs.get("statement"))
+        if call is None:
+            with original(self, *args, **kwargs) as copying:
+                yield copying
+            return
+        try:
+            with original(self, *args, **kwargs) as copying:
+                yield copying
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+
+    return copy
+
+
+def _wrap_async_copy(original):
+    @asynccontextmanager
+    async def copy(self, *args, **kwargs):
+        call = _start(self, args[0] if args else kwargs.get("statement"))
+        if call is None:
+            async with original(self, *args, **kwargs) as copying:
+                yield copying
+            return
+        try:
+            async with original(self, *args, **kwargs) as copying:
+                yield copying
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+
+    return copy
+
+
+def _wrap_stream(original):
+    def stream(self, *args, **kwargs):
+        rows = original(self, *args, **kwargs)  # a generator: nothing is sent before its first row is asked for
+        call = _start(self, args[0] if args else kwargs.get("query"))
+        if call is None:
+            yield from rows
+            return
+        try:
+            first = next(rows)
+        except StopIteration:
+            call.close()
+            return
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        yield first
+        yield from rows
+
+    return stream
+
+
+def _wrap_async_stream(original):
+    async def stream(self, *args, **kwargs):
+        rows = original(self, *args, **kwargs)
+        try:  # the app leaving its loop early closes this generator: psycopg's is closed with it
+            call = _start(self, args[0] if args else kwargs.get("query"))
+            if call is not None:
+                try:
+                    first = await rows.__anext__()
+                except StopAsyncIteration:
+                    call.close()
+                    return
+                except BaseException as exc:
+                    call.fail(exc)
+                    call.close()
+                    raise
+                call.close()
+                yield first
+            async for row in rows:
+                yield row
+        finally:
+            await rows.aclose()
+
+    return stream
+
+
+def _wrap_end_transaction(original):
+    operation = original.__name__.upper()  # COMMIT, ROLLBACK
+
+    def end_transaction(self):
+        if _transaction_status(self) == IDLE:
+            return original(self)  # nothing goes to the server
+        return db.call(LIBRARY, connection_target(self), None, original, (self,), {}, operation=operation)
+
+    return end_transaction
+
+
+def _wrap_async_end_transaction(original):
+    operation = original.__name__.upper()
+
+    async def end_transaction(self):
+        if _transaction_status(self) == IDLE:
+            return await original(self)
+        return await db.call_async(LIBRARY, connection_target(self), None, original, (self,), {}, operation=operation)
+
+    return end_transaction
+
+
+def _transaction_status(conn) -> int:
+    try:
+        return conn.pgconn.transaction_status
+    except Exception:  # noqa: BLE001 - psycopg itself says what is wrong
+        return IDLE
+
+
+def _wrap_connect(original):
+    def connect(cls, *args, **kwargs):
+        call = db.start(LIBRARY, _system_target, name="connect")
+        if call is None:
+            return original(cls, *args, **kwargs)
+        try:
+            conn = original(cls, *args, **kwargs)
+        except BaseException as exc:
+            call.set_attributes(_params_target(args, kwargs).attributes)
+            call.fail(exc)
+            call.close()
+            raise
+        call.set_attributes(connection_target(conn).attributes)
+        call.close()
+        return conn
+
+    return connect
+
+
+def _wrap_module_connect(connection: type):
+    def connect(*args, **kwargs):
+        return connection.connect(*args, **kwargs)
+
+    return connect
+
+
+def _wrap_async_connect(original):
+    async def connect(cls, *args, **kwargs):
+        call = db.start(LIBRARY, _system_target, name="connect")
+        if call is None:
+            return await original(cls, *args, **kwargs)
+        try:
+            conn = await original(cls, *args, **kwargs)
+        except BaseException as exc:
+            call.set_attributes(_params_target(args, kwargs).attributes)
+            call.fail(exc)
+            call.close()
+            raise
+        call.set_attributes(connection_target(conn).attributes)
+        call.close()
+        return conn
+
+    return connect
+
+
+def _params_target(args, kwargs) -> db.Target:
+    """The Target the connection parameters name (a connect that failed)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(args[0] if args else kwargs.get("conninfo", ""))
+        params.update((key, kwargs[key]) for key in ("dbname", "host", "port") if kwargs.get(key) is not None)
+        host = params.get("host")
+        port = params.get("port")
+        return db.Target(
+            SYSTEM,
+            str(params["dbname"]) if params.get("dbname") else None,
+            str(host).split(",")[0] if host else None,
+            int(str(port).split(",")[0]) if port else None,
+        )
+    except Exception:  # noqa: BLE001 - psycopg itself says what is wrong with them
+        return _system_target
