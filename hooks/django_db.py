@@ -17,7 +17,10 @@ where Django opens a connection (each request's first query with the default
 the set-up queries (a ``SET TIME ZONE``, a MySQL ``sql_mode`` check, what
 ``connection_created`` receivers run) under it, none of their own. Not with
 ``OPTIONS["pool"]``: a connection checked out of psycopg's pool is not a span (the pool's
-hook traces the connections it opens).
+hook traces the connections it opens). Django's health checks of a connection it keeps
+(``close_if_unusable_or_obsolete`` at a request's end after a database error,
+``close_if_health_check_failed`` with ``CONN_HEALTH_CHECKS``: a ``SELECT 1`` or a ping)
+run with instrumentation suppressed: housekeeping, no span.
 
 Attributes, built once per Django connection (``DatabaseWrapper``) from its
 ``settings_dict`` and ``vendor``: ``db.system.name`` (``mariadb`` when the server said
@@ -36,7 +39,7 @@ or errno as ``db.response.status_code``, and re-raised untouched. With
 
 from __future__ import annotations
 
-from autotrace import _log, db
+from autotrace import _log, api, db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -59,7 +62,13 @@ def patch(module: ModuleType) -> None:
 
 
 def patch_connect(module: ModuleType) -> None:
-    wrap_function(module.BaseDatabaseWrapper, "connect", _traced_connect)
+    wrapper = module.BaseDatabaseWrapper
+    wrap_function(wrapper, "connect", _traced_connect)
+    # Django's health checks of a kept connection (at a request's end after a database
+    # error, or before reusing one with CONN_HEALTH_CHECKS): a "SELECT 1" or a ping.
+    for name in ("close_if_unusable_or_obsolete", "close_if_health_check_failed"):
+        if name in wrapper.__dict__:
+            wrap_function(wrapper, name, _quiet)
 
 
 def _traced_execute(original):
@@ -135,6 +144,19 @@ def _traced_connect(original):
         return result
 
     return connect
+
+
+def _quiet(original):
+    """Connection housekeeping, not the app's query: instrumentation suppressed, no span."""
+
+    def housekeeping(self, *args, **kwargs):
+        token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True)) if api.loaded else None
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return housekeeping
 
 
 def _start(cursor, sql, batch_size: int | None = None, procedure: object = None) -> db.DbCall | None:

@@ -14,27 +14,14 @@ from autotrace import config, patching, registry
 # Top-level modules of the database libraries (the registry rows waiting for them are applied).
 DATABASE_MODULES = ("sqlite3", "psycopg2", "psycopg", "psycopg_pool", "pymysql", "MySQLdb", "asyncpg", "sqlalchemy")
 DJANGO_DB = ("django.db.backends.utils", "django.db.backends.base.base")
-# Driver hooks by the module they wait for, applied when the table has no row for that
-# module (a branch that wrote its hook before its registry row).
-DRIVER_HOOKS = {
-    "sqlite3": "autotrace.hooks.sqlite3",
-    "psycopg2": "autotrace.hooks.psycopg2",
-    "psycopg": "autotrace.hooks.psycopg",
-    "pymysql": "autotrace.hooks.pymysql",
-    "MySQLdb.connections": "autotrace.hooks.mysqlclient",
-    "asyncpg": "autotrace.hooks.asyncpg",
-}
 
 
 def rows() -> list[registry.Hook]:
-    table = [
+    return [
         hook
         for hook in registry.HOOKS
         if hook.module.partition(".")[0] in DATABASE_MODULES or hook.module in DJANGO_DB
     ]
-    listed = {hook.module for hook in table}
-    extra = [registry.Hook(name, name, path) for name, path in DRIVER_HOOKS.items() if name not in listed]
-    return extra + table
 
 
 def apply() -> list[str]:
@@ -46,13 +33,7 @@ def apply() -> list[str]:
             module = importlib.import_module(hook.module)
         except ImportError:
             continue  # the library is not installed
-        try:
-            hook_module = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name != path:
-                raise
-            continue  # its hook is not merged yet
-        getattr(hook_module, function or "patch")(module)
+        getattr(importlib.import_module(path), function or "patch")(module)
         applied.append(hook.name)
     return applied
 
