@@ -95,6 +95,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("pymysql", "pymysql", "autotrace.hooks.pymysql", "PyMySQL", (1, 0)),
     Hook("mysqlclient", "MySQLdb.connections", "autotrace.hooks.mysqlclient", "mysqlclient", (2, 1)),
     Hook("asyncpg", "asyncpg", "autotrace.hooks.asyncpg", "asyncpg", (0, 27)),
+    Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
+    Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
+    Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
