@@ -160,7 +160,7 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Config
     for name in settings.exporters:
         provider.add_span_processor(
             BatchSpanProcessor(
-                exporters.ExporterHandle(name, factories[name]),
+                exporters.ExporterHandle(name, factories[name], settings=settings),
                 max_queue_size=settings.bsp_max_queue_size,
                 schedule_delay_millis=settings.bsp_schedule_delay_ms,
                 max_export_batch_size=settings.bsp_max_export_batch_size,
@@ -273,6 +273,7 @@ def flush(timeout_s: float, final: bool = True) -> bool:
             # before the spans it holds are exported): wait for that instead.
             handover.join()
         if final:
+            exporters.closing()  # a failed export is not retried at exit
             provider.shutdown()
         else:
             provider.force_flush(int(timeout_s * 1000))

@@ -60,7 +60,8 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
     lines = _agent_lines(capsys)
     assert lines == [
         "autotrace WARNING: spans could not be exported to http://<redacted>@collector.example:4318/v1/traces: "
-        "connection refused (is a collector listening there?); further failures are summarised every 60 s"
+        "connection refused (is a collector listening there?); further failures are summarised every 60 s; "
+        "run 'autotrace doctor' for details"
     ]
     for _ in range(5):  # within the interval: nothing
         clock.now += 10
@@ -69,7 +70,8 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
     clock.now += 10  # 60 s after the first: the summary, this batch included
     handle.export([object()] * 4)
     assert _agent_lines(capsys) == [
-        "autotrace WARNING: in the last 60 s, 6 batches (24 spans) were not exported: connection refused x6"
+        "autotrace WARNING: in the last 60 s, 6 batches (24 spans) were not exported: connection refused x6; "
+        "run 'autotrace doctor' for details"
     ]
     clock.now += 5
     handle.export([object()] * 2)
@@ -131,7 +133,8 @@ def test_summary_at_shutdown(handle, capsys):
     clock.now += 3
     handle.shutdown()
     assert _agent_lines(capsys) == [
-        "autotrace WARNING: in the last 3 s, 1 batch (1 span) was not exported: connection refused x1"
+        "autotrace WARNING: in the last 3 s, 1 batch (1 span) was not exported: connection refused x1; "
+        "run 'autotrace doctor' for details"
     ]
 
 
@@ -169,7 +172,8 @@ def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
     lines = [line for line in err.splitlines() if line.startswith("autotrace ")]
     assert lines[0] == (
         f"autotrace WARNING: spans could not be exported to {endpoint}: connection refused "
-        "(is a collector listening there?); further failures are summarised every 60 s"
+        "(is a collector listening there?); further failures are summarised every 60 s; "
+        "run 'autotrace doctor' for details"
     ), err
 
 
