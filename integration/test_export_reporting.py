@@ -90,12 +90,13 @@ def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
     assert len(lines) == 2, lines
     shown = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/v1/traces"
     assert lines[0] == (
-        f"autotrace WARNING: spans could not be exported to {shown}: connection refused "
-        "(is a collector listening there?); further failures are summarised every 60 s"
+        f"autotrace WARNING: spans could not be exported to {shown}: nothing listens on 127.0.0.1:{port}; "
+        "fix: start the collector, or point --endpoint at where it listens; "
+        "further failures are summarised every 60 s; run 'autotrace doctor' for details"
     )
     summary = re.fullmatch(
         r"autotrace WARNING: in the last \d+ s, (\d+) batch(?:es)? \((\d+) spans?\) (?:was|were) not exported: "
-        r"connection refused x(\d+)",
+        r"connection refused x(\d+); run 'autotrace doctor' for details",
         lines[1],
     )
     assert summary, lines[1]
