@@ -19,7 +19,8 @@ _started = False
 _start_lock = threading.Lock()
 
 # Set for child processes: the parent's service name, used when the child's own command
-# line says nothing (multiprocessing spawn children, ``python -c``).
+# line says nothing (multiprocessing spawn children, ``python -c``). A process started
+# without it is the main process of its tree (see :func:`startup_line`).
 PARENT_SERVICE_ENV = "AUTOTRACE_PARENT_SERVICE_NAME"
 
 
@@ -41,17 +42,21 @@ def _start() -> None:
     settings = config.read()
     # The level first, so that OTEL_LOG_LEVEL=error also silences configuration warnings.
     _log.setup(settings.log_level)
+    main = PARENT_SERVICE_ENV not in os.environ  # the first traced process of its tree
+    _log.set_main_process(main)
     entry = entrypoint.current()
     if entry.program in settings.deny:
         logger.debug("not tracing %s: on the deny list (AUTOTRACE_DENY)", entry.program)
         return
-    config.log_warnings(settings.warnings)
+    config.log_warnings_in_tree(settings.warnings)
     if settings.sdk_disabled:
         logger.debug("not tracing: OTEL_SDK_DISABLED=true")
         return
 
     source = _service_name_source(settings, entry) if _log.debug_enabled() else ""
-    service_name = _service_name(settings, entry)
+    service_name = _service_name(settings, entry, announce=not main)
+    if main:
+        logger.info("%s", startup_line(settings, entry, service_name))
     _align_propagators(settings)
 
     from . import propagation, provider, registry
@@ -148,8 +153,33 @@ def startup_report(settings, entry, service_name: str, hooks) -> str:
     return "\n".join([head] + [f"  {name.ljust(width)}{value}" for name, value in rows])
 
 
-def _service_name(settings, entry) -> str:
-    """OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else derived."""
+def _derived_from(entry) -> str:
+    return f" (from the {entry.source}; set OTEL_SERVICE_NAME to choose another)"
+
+
+def startup_line(settings, entry, service_name: str) -> str:
+    """The main process's INFO line at start-up: the service name, where spans go, the sampler."""
+    from .config import redact_url
+
+    named = settings.service_name or settings.resource_attributes.get("service.name")
+    line = f"service.name={service_name}" + ("" if named else _derived_from(entry))
+    where = []
+    for name in settings.exporters:
+        if name == "otlp":
+            where.append(f"to {redact_url(settings.endpoint)} (OTLP {settings.protocol})")
+        else:
+            where.append(f"to stderr ({name})")
+    sampler = settings.sampler
+    if "ratio" in sampler:
+        sampler += f" (ratio {settings.sampler_arg:g})"
+    spans = "spans " + " and ".join(where) if where else "spans are not exported (OTEL_TRACES_EXPORTER=none)"
+    return f"{line}, {spans}, sampler {sampler}"
+
+
+def _service_name(settings, entry, announce: bool = True) -> str:
+    """OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else derived.
+
+    ``announce``: log the derived name (the main process says it in its start-up line)."""
     name = settings.service_name or settings.resource_attributes.get("service.name")
     if not name:
         parent = os.environ.get(PARENT_SERVICE_ENV)
@@ -157,11 +187,8 @@ def _service_name(settings, entry) -> str:
             name = parent
         else:
             name = entry.service_name
-            logger.info(
-                "service.name=%s (from the %s; set OTEL_SERVICE_NAME to choose another)",
-                name,
-                entry.source,
-            )
+            if announce:
+                logger.info("service.name=%s%s", name, _derived_from(entry))
     # Children that cannot name themselves take this process's name.
     os.environ[PARENT_SERVICE_ENV] = name
     return name
