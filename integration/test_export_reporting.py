@@ -22,11 +22,19 @@ print("done", flush=True)
 
 
 def run_to_done(tmp_path, source: str, env: dict) -> list[str]:
-    """Run ``source`` as app.py under ``autotrace run``; it must print ``done`` and exit 0. Its stderr lines."""
+    """Run ``source`` as app.py under ``autotrace run``; it must print ``done`` and exit 0. Its
+    stderr lines after the start-up line."""
     result = autotrace_run(write(tmp_path, "app.py", source), env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "done\n"
-    return [line for line in result.stderr.splitlines() if line.strip()]
+    return after_startup(result.stderr)
+
+
+def after_startup(stderr: str) -> list[str]:
+    """The lines of ``stderr`` after the agent's start-up line (which must come first)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("autotrace INFO: service.name="), lines
+    return lines[1:]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -153,7 +161,7 @@ def test_recovery_is_said_once_when_the_collector_comes_up(tmp_path):
                 server.server_close()
             if thread is not None:
                 thread.join(5)
-    lines = [line for line in app.text("stderr").splitlines() if line.strip()]
+    lines = after_startup(app.text("stderr"))
     assert len(lines) == 2, lines
     assert lines[0].startswith(f"autotrace WARNING: spans could not be exported to http://127.0.0.1:{port}/v1/traces: ")
     assert re.fullmatch(
