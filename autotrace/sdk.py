@@ -254,7 +254,11 @@ def _bounded(work: Callable[[], None], timeout_s: float) -> bool:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        logger.warning("spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT); going on without them", timeout_s)
+        logger.warning(
+            "spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT): an export is still waiting for an answer; "
+            "going on without them; run 'autotrace doctor' for details",
+            timeout_s,
+        )
         return False
     return True
 
