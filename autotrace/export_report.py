@@ -189,10 +189,11 @@ def classify_failure(evidence: Sequence[object], settings: object = None, diagno
     if settings is not None and evidence:
         from .doctor import endpoint
 
-        probe = endpoint.failure_probe(settings.protocol, evidence, settings.timeout_s)  # type: ignore[attr-defined]
-        if endpoint.failure_kind(probe, evidence) is not None:
+        probe = endpoint.failure_probe(evidence, settings.timeout_s)  # type: ignore[attr-defined]
+        kind = endpoint.failure_kind(probe, evidence)
+        if kind is not None:  # on the way to the collector
             if not diagnose:
-                return endpoint.failure_kind(probe, evidence) or "", ""
+                return kind, ""
             kind, check = endpoint.diagnose_failure(settings, evidence)
             return kind, Diagnosis(f"{check.message}; fix: {check.fix}")
     return _classify_alone(evidence)

@@ -432,7 +432,7 @@ def test_every_setting_the_agent_reads_is_checked_when_set() -> None:
 
 def _runtime(protocol: str, endpoint: str, evidence: list, speaks: str = "") -> Check:
     """The check a failed export gives, without the network (``speaks``: what the port would say)."""
-    probe = doctor_endpoint.failure_probe(protocol, evidence, 10.0)
+    probe = doctor_endpoint.failure_probe(evidence, 10.0)
     if speaks:
         probe.speaks = speaks
     return classify(protocol, Target(endpoint, tls=endpoint.startswith("https")), probe)
@@ -469,13 +469,13 @@ def test_failure_evidence_of_the_running_agent_is_classified_as_the_doctor_does(
     # What the port speaks comes from asking it (diagnose_failure) when the failure cannot tell.
     framing = [grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: "
                "ipv4:1.2.3.4:4318: Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame)"]
-    assert doctor_endpoint.failure_kind(doctor_endpoint.failure_probe("grpc", framing, 1.0), framing) == (
+    assert doctor_endpoint.failure_kind(doctor_endpoint.failure_probe(framing, 1.0), framing) == (
         "connection failed"
     )
     assert "answers HTTP/1.1" in _runtime("grpc", "http://h:4318", framing, speaks="http1").message
     # Not a failure on the way to the collector: no kind (the agent names the exception).
     boom = [RuntimeError("boom")]
-    assert doctor_endpoint.failure_kind(doctor_endpoint.failure_probe("grpc", boom, 1.0), boom) is None
+    assert doctor_endpoint.failure_kind(doctor_endpoint.failure_probe(boom, 1.0), boom) is None
 
 
 def test_the_collectors_message_is_read_from_a_status_body():

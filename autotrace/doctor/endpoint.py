@@ -517,7 +517,7 @@ def chain(exc: BaseException) -> Iterator[BaseException]:
             todo.append(reason)
 
 
-def failure_probe(protocol: str, evidence: Sequence[object], timeout_s: float) -> Probe:
+def failure_probe(evidence: Sequence[object], timeout_s: float) -> Probe:
     """What a failed export tells about the endpoint, as a :class:`Probe`. Pure: no network.
 
     ``evidence``: what the export left: exceptions, and the SDK's log arguments (a gRPC
@@ -609,7 +609,7 @@ def diagnose_failure(settings, evidence: Sequence[object], probe_timeout_s: floa
     per exchange), as the doctor asks it.
     """
     target = Target(settings.endpoint, tls=uses_tls(settings))
-    probe = failure_probe(settings.protocol, evidence, settings.timeout_s)
+    probe = failure_probe(evidence, settings.timeout_s)
     kind = failure_kind(probe, evidence) or "the exporter reported a failure"
     if kind == "connection failed":
         probe.speaks = speaks(target, probe_timeout_s)
