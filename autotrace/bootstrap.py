@@ -179,7 +179,8 @@ def startup_line(settings, entry, service_name: str) -> str:
 def _service_name(settings, entry, announce: bool = True) -> str:
     """OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else derived.
 
-    ``announce``: log the derived name (the main process says it in its start-up line)."""
+    ``announce``: log a derived name that differs from the parent's (the main process says
+    it in its start-up line)."""
     name = settings.service_name or settings.resource_attributes.get("service.name")
     if not name:
         parent = os.environ.get(PARENT_SERVICE_ENV)
@@ -187,7 +188,7 @@ def _service_name(settings, entry, announce: bool = True) -> str:
             name = parent
         else:
             name = entry.service_name
-            if announce:
+            if announce and name != parent:  # a child named like its parent says nothing new
                 logger.info("service.name=%s%s", name, _derived_from(entry))
     # Children that cannot name themselves take this process's name.
     os.environ[PARENT_SERVICE_ENV] = name
