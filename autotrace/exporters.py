@@ -136,10 +136,11 @@ class ExporterHandle(SpanExporter):
                     except Exception as exc:  # noqa: BLE001 - fail open, one line
                         self._failed = True
                         logger.warning(
-                            "cannot create the %s exporter (%s: %s); spans are dropped",
+                            "cannot create the %s exporter (%s: %s); spans are dropped; %s",
                             self.name,
                             type(exc).__name__,
                             exc,
+                            export_report.DOCTOR,
                         )
                     finally:
                         detach(token)
@@ -155,16 +156,19 @@ class ExporterHandle(SpanExporter):
             if self._closing:
                 self.failures.closing = True
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
         try:
-            result = exporter.export(spans)
-        except Exception as exc:  # noqa: BLE001 - reported once per cause, then summarised
-            causes.insert(0, (exc,))
-            result = SpanExportResult.FAILURE
+            causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
+            try:
+                result = exporter.export(spans)
+            except Exception as exc:  # noqa: BLE001 - reported once per cause, then summarised
+                causes.insert(0, (exc,))
+                result = SpanExportResult.FAILURE
+            finally:
+                export_report.stop_capture()
+            # Still suppressed: diagnosing a failure may ask the port, and that is not traced.
+            export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
         finally:
-            export_report.stop_capture()
             detach(token)
-        export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
         return result
 
     def closing(self) -> None:

@@ -309,3 +309,38 @@ def test_queue_drop_counting_never_raises(monkeypatch):
     finally:
         sdk_logger.removeHandler(keep)
     assert [r.getMessage() for r in records] == ["Queue full, dropping span."]
+
+
+def test_an_exporter_that_cannot_be_made_is_reported_once_with_the_doctor(capsys):
+    def broken():
+        raise ImportError("No module named 'grpc'")
+
+    handle = exporters.ExporterHandle("otlp", broken)
+    assert handle.export([object()]) is SpanExportResult.FAILURE
+    assert _agent_lines(capsys) == [
+        "autotrace WARNING: cannot create the otlp exporter (ImportError: No module named 'grpc'); "
+        "spans are dropped; run 'autotrace doctor' for details"
+    ]
+
+
+def test_at_exit_a_failed_export_is_not_retried_and_the_line_says_so(capsys):
+    """closing() stops the SDK exporter's retries; the first failure's line says it was the last try."""
+    from autotrace.config import Configuration
+    from opentelemetry.sdk.trace import TracerProvider
+
+    endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
+    settings = Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=30.0)
+    handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
+    span = TracerProvider().get_tracer("t").start_span("s")
+    span.end()
+    capsys.readouterr()
+    exporters.closing()
+    assert handle.export([span]) is SpanExportResult.FAILURE  # one attempt: no 30 s of back-off
+    handle.shutdown()
+    (line,) = _agent_lines(capsys)
+    port = endpoint.split(":")[2].split("/")[0]
+    assert line == (
+        f"autotrace WARNING: spans could not be exported to {endpoint}: nothing listens on 127.0.0.1:{port}; "
+        "fix: start the collector, or point --endpoint at where it listens; not retried at exit (1 span dropped); "
+        "run 'autotrace doctor' for details"
+    )
