@@ -324,23 +324,53 @@ def test_an_exporter_that_cannot_be_made_is_reported_once_with_the_doctor(capsys
 
 
 def test_at_exit_a_failed_export_is_not_retried_and_the_line_says_so(capsys):
-    """closing() stops the SDK exporter's retries; the first failure's line says it was the last try."""
-    from autotrace.config import Configuration
+    """closing() stops the SDK exporter's retries: a collector answering 503 (which the SDK
+    retries, with back-off, for the 30 s timeout) gets one request; the line says why."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
     from opentelemetry.sdk.trace import TracerProvider
 
-    endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
-    settings = Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=30.0)
-    handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
-    span = TracerProvider().get_tracer("t").start_span("s")
-    span.end()
-    capsys.readouterr()
-    exporters.closing()
-    assert handle.export([span]) is SpanExportResult.FAILURE  # one attempt: no 30 s of back-off
-    handle.shutdown()
+    from autotrace.config import Configuration
+
+    requests_seen = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            requests_seen.append(self.path)
+            body = b"try later"
+            self.send_response(503)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        endpoint = f"http://127.0.0.1:{port}/v1/traces"
+        settings = Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=30.0)
+        handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
+        span = TracerProvider().get_tracer("t").start_span("s")
+        span.end()
+        capsys.readouterr()
+        exporters.closing()
+        assert handle.export([span]) is SpanExportResult.FAILURE
+        handle.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert requests_seen == ["/v1/traces"]  # one attempt, no back-off
     (line,) = _agent_lines(capsys)
-    port = endpoint.split(":")[2].split("/")[0]
     assert line == (
-        f"autotrace WARNING: spans could not be exported to {endpoint}: nothing listens on 127.0.0.1:{port}; "
-        "fix: start the collector, or point --endpoint at where it listens; not retried at exit (1 span dropped); "
-        "run 'autotrace doctor' for details"
+        f"autotrace WARNING: spans could not be exported to {endpoint}: 127.0.0.1:{port} failed the export: "
+        "HTTP 503: try later; fix: the collector is reachable but failing: check its logs and its health; "
+        "not retried at exit (1 span dropped); run 'autotrace doctor' for details"
     )
