@@ -437,7 +437,8 @@ def failures_of(
     of a failed OTLP/HTTP export is kept for it from now on."""
     target = f"the {name} exporter"
     try:
-        endpoint = getattr(exporter, "_endpoint", None)
+        # The endpoint as configured (with its scheme, which tells TLS), else the exporter's.
+        endpoint = getattr(settings, "endpoint", None) or getattr(exporter, "_endpoint", None)
         if isinstance(endpoint, str) and endpoint:
             from .config import redact_url
 

@@ -96,7 +96,7 @@ def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
     lines = run_to_done(tmp_path, FAILING_APP, env)
     # No line per batch, no SDK line ("Transient error", "Failed to export"): two lines in all.
     assert len(lines) == 2, lines
-    shown = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/v1/traces"
+    shown = f"http://127.0.0.1:{port}" + ("" if protocol == "grpc" else "/v1/traces")
     assert lines[0] == (
         f"autotrace WARNING: spans could not be exported to {shown}: nothing listens on 127.0.0.1:{port}; "
         "fix: start the collector, or point --endpoint at where it listens; "
