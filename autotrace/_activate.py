@@ -12,9 +12,9 @@ Any other value (``enabled``, ``ture``) gets one warning naming it, and nothing 
 import os
 import sys
 
-TRUE = ("1", "true", "yes", "on")
-
 from . import _sitecustomize
+
+TRUE = ("1", "true", "yes", "on")  # as autotrace-agent.pth; its false values are config.ENABLED_FALSE
 
 _directory = os.path.dirname(os.path.abspath(_sitecustomize.__file__))
 if os.environ.get("AUTOTRACE_ENABLED", "").strip().lower() in TRUE:
