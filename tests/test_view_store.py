@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from view_checks import body, new_span_id, new_trace_id, span
+from view_checks import body, kvs, new_span_id, new_trace_id, span
 
 from autotrace.view.otlp import decode_json
 from autotrace.view.store import Store, TraceQuery
@@ -286,3 +286,29 @@ def test_dependencies_and_durations(store):
     assert store.dependencies(now + 10, now + 20) == []
     assert [row[:2] for row in store.durations(now - 1, now + 10)] == [
         ("back", "GET back"), ("front", "GET /"), ("front", "GET back"), ("front", "inner")]
+
+
+def test_attributes_of_every_type_come_back_as_they_were_sent(store):
+    # Plain values are stored as one JSON object, others as the OTLP JSON list: both read
+    # back the same, and the scalar ones are found by a search.
+    trace_id, root = new_trace_id(), new_span_id()
+    plain = kvs({"s": "text", "i": -7, "b": False, "d": 2.5, "big": 2**62, "u": "ü \"q\""})
+    mixed = plain + [
+        {"key": "a", "value": {"arrayValue": {"values": [{"intValue": "1"}, {"stringValue": "x"}]}}},
+        {"key": "m", "value": {"kvlistValue": {"values": [{"key": "k", "value": {"boolValue": True}}]}}},
+        {"key": "raw", "value": {"bytesValue": "AAE="}},
+        {"key": "nan", "value": {"doubleValue": "NaN"}},
+        {"key": "none", "value": {}},
+    ]
+    repeated = kvs({"k": "first"}) + kvs({"k": "second"})
+    spans = [span(trace_id, "plain", span_id=root, attributes=None, start_ns=1_000)]
+    spans[0]["attributes"] = plain
+    for n, attributes in enumerate((mixed, repeated, [])):
+        spans.append(span(trace_id, f"child {n}", parent=root, start_ns=1_001 + n))
+        spans[-1]["attributes"] = attributes
+    sent = decode_json(body(spans))
+    store.write(sent)
+    assert [r.attributes for r in store.spans([trace_id])] == [r.attributes for r in sent]
+    assert [r.attributes for r in sent] == [plain, mixed, repeated, []]
+    for key, text in (("i", "-7"), ("b", "false"), ("d", "2.5"), ("big", str(2**62)), ("u", 'ü "q"'), ("k", "second")):
+        assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key

@@ -270,28 +270,27 @@ class Store:
                     if r.trace_id in new and (r.trace_id, r.span_id) not in first:
                         first[r.trace_id, r.span_id] = r
                         new[r.trace_id].append(r)
-                cursor = db.executemany(
-                    "INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    sorted(
-                        (
-                            numbers[r.trace_id], r.span_id, r.parent_span_id, r.service, r.name, r.kind,
-                            r.start_ns, r.end_ns, max(0, r.end_ns - r.start_ns), r.status_code,
-                            r.status_message, r.trace_state, r.flags,
-                            _dumps(r.attributes), _dumps(r.events), _dumps(r.links),
-                            resource_ids.get(id(r.resource)) or resource_id(r.resource),
-                            scope_ids.get(id(r.scope)) or scope_id(r.scope),
-                        )
-                        for r in records
-                    ),
-                )
+                index: set[tuple[str, str, int]] = set()
+                resources_done: set[tuple[int, int]] = set()
+                rows = []
+                for r in records:
+                    tn = numbers[r.trace_id]
+                    key = (id(r.resource), tn)
+                    if key not in resources_done:  # the resource's attributes, once a trace
+                        resources_done.add(key)
+                        add_index_rows(r.resource.get("attributes", ()), tn, index)
+                    rows.append((
+                        tn, r.span_id, r.parent_span_id, r.service, r.name, r.kind,
+                        r.start_ns, r.end_ns, max(0, r.end_ns - r.start_ns), r.status_code,
+                        r.status_message, r.trace_state, r.flags,
+                        stored_attributes(r.attributes, tn, index), _dumps(r.events), _dumps(r.links),
+                        resource_ids.get(id(r.resource)) or resource_id(r.resource),
+                        scope_ids.get(id(r.scope)) or scope_id(r.scope),
+                    ))
+                rows.sort()
+                cursor = db.executemany("INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 added = cursor.rowcount
-                db.executemany(
-                    "INSERT OR IGNORE INTO span_attrs VALUES (?,?,?)",
-                    sorted(_index_rows(
-                        (numbers[r.trace_id], r.attributes, id(r.resource), r.resource.get("attributes", ()))
-                        for r in records
-                    )),
-                )
+                db.executemany("INSERT OR IGNORE INTO span_attrs VALUES (?,?,?)", sorted(index))
                 db.executemany(
                     "INSERT OR IGNORE INTO operations VALUES (?,?,?)",
                     {(r.service, r.name, r.kind) for r in records},
@@ -374,7 +373,8 @@ class Store:
                     body = db.execute("SELECT body FROM resources WHERE id = ?", (resource,)).fetchone()[0]
                     resources[resource] = json.loads(body).get("attributes", [])
                 rows = _index_rows(
-                    (tn, json.loads(attributes), resource, resources[resource]) for tn, attributes, resource in spans
+                    (tn, load_attributes(attributes), resource, resources[resource])
+                    for tn, attributes, resource in spans
                 )
                 db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND tn = ?", sorted(rows))
                 for table in ("spans", "traces"):
@@ -490,7 +490,7 @@ class Store:
                 chunk,
             )
             records.extend(
-                SpanRecord(*row[:12], json.loads(row[12]), json.loads(row[13]), json.loads(row[14]),
+                SpanRecord(*row[:12], load_attributes(row[12]), json.loads(row[13]), json.loads(row[14]),
                            json.loads(row[15]), json.loads(row[16]))
                 for row in rows
             )
@@ -544,6 +544,71 @@ def _dumps(value: object) -> str:
     return _encode(value) if value else "[]"  # events and links are mostly empty lists
 
 
+# A span's attributes are stored as a JSON object of plain values ({"http.route": "/a",
+# "http.response.status_code": 200}) when each is a string, bool, int or finite double and no
+# key repeats: half the text of the OTLP JSON list, and quicker to encode. Others (arrays,
+# maps, bytes, NaN, a repeated key) are stored as the OTLP JSON list, as stores made before.
+_NOT_PLAIN = object()
+
+
+def stored_attributes(attributes: list, tn: int, index: set) -> str:
+    """The stored text of a span's attributes; adds their ``span_attrs`` rows to ``index``."""
+    if not attributes:
+        return "[]"
+    plain: dict | None = {}
+    for kv in attributes:
+        key, value = kv["key"], kv["value"]
+        text = value.get("stringValue")
+        if text is not None:
+            item = text
+        else:
+            text = attribute_text(value)
+            item = _plain(value)
+        if text is not None and len(text) <= MAX_INDEXED_VALUE:
+            index.add((key, text, tn))
+        if plain is not None:
+            if item is _NOT_PLAIN or key in plain:
+                plain = None
+            else:
+                plain[key] = item
+    return _encode(plain if plain is not None else attributes)
+
+
+def _plain(value: dict) -> object:
+    """The plain JSON value of a one-field OTLP JSON value other than a string, or _NOT_PLAIN."""
+    if len(value) == 1:
+        if type(value.get("boolValue")) is bool:
+            return value["boolValue"]
+        if type(value.get("doubleValue")) is float:
+            return value["doubleValue"]  # finite: NaN and the infinities are strings in OTLP JSON
+        number = value.get("intValue")
+        if type(number) is str:
+            try:
+                if str(int(number)) == number:
+                    return int(number)
+            except ValueError:
+                pass
+    return _NOT_PLAIN
+
+
+def load_attributes(text: str) -> list:
+    """A span's stored attributes as OTLP JSON KeyValues (either stored form)."""
+    loaded = json.loads(text)
+    if type(loaded) is list:
+        return loaded
+    return [{"key": key, "value": _otlp_value(item)} for key, item in loaded.items()]
+
+
+def _otlp_value(item: object) -> dict:
+    if type(item) is str:
+        return {"stringValue": item}
+    if type(item) is bool:
+        return {"boolValue": item}
+    if type(item) is int:
+        return {"intValue": str(item)}
+    return {"doubleValue": item}
+
+
 def _chunks(items: list) -> Iterable[list]:
     for at in range(0, len(items), _CHUNK):
         yield items[at : at + _CHUNK]
@@ -565,21 +630,22 @@ def attribute_text(value: dict) -> str | None:
 def _index_rows(spans: Iterable[tuple[int, list, object, list]]) -> set[tuple[str, str, int]]:
     """The ``span_attrs`` rows of spans given as (trace number, attributes, resource
     identity, resource attributes): each scalar attribute of a span or its resource, once a
-    trace."""
-    rows = set()
+    trace (as :meth:`Store.write` makes them)."""
+    rows: set[tuple[str, str, int]] = set()
     resources_done: set[tuple[object, int]] = set()
     for tn, attributes, resource, resource_attributes in spans:
-        attribute_lists = [attributes]
-        key = (resource, tn)
-        if key not in resources_done:
-            resources_done.add(key)
-            attribute_lists.append(resource_attributes)
-        for attribute_list in attribute_lists:
-            for kv in attribute_list:
-                text = attribute_text(kv["value"])
-                if text is not None and len(text) <= MAX_INDEXED_VALUE:
-                    rows.add((kv["key"], text, tn))
+        add_index_rows(attributes, tn, rows)
+        if (resource, tn) not in resources_done:
+            resources_done.add((resource, tn))
+            add_index_rows(resource_attributes, tn, rows)
     return rows
+
+
+def add_index_rows(attributes: Iterable[dict], tn: int, rows: set) -> None:
+    for kv in attributes:
+        text = attribute_text(kv["value"])
+        if text is not None and len(text) <= MAX_INDEXED_VALUE:
+            rows.add((kv["key"], text, tn))
 
 
 def _trace_row(tn: int, trace_id: str, spans: list[SpanRecord], received_ns: int) -> tuple:
