@@ -75,6 +75,7 @@ def decode_protobuf(body: bytes) -> list[SpanRecord]:
 def records_of_request(request: Any) -> list[SpanRecord]:
     """The spans of a parsed ``ExportTraceServiceRequest`` message (HTTP and gRPC)."""
     records = []
+    trace_ids: dict[bytes, str] = {}  # the spans of a trace share its id's text
     for resource_spans in request.resource_spans:
         resource = {"attributes": _pb_attributes(resource_spans.resource.attributes)}
         if resource_spans.resource.dropped_attributes_count:
@@ -86,9 +87,14 @@ def records_of_request(request: Any) -> list[SpanRecord]:
             if pb_scope.attributes:
                 scope["attributes"] = _pb_attributes(pb_scope.attributes)
             for span in scope_spans.spans:
+                raw = span.trace_id
+                trace_id = trace_ids.get(raw)
+                if trace_id is None:
+                    trace_id = trace_ids[raw] = _pb_id(raw, 16, "traceId")
+                status = span.status
                 records.append(
                     SpanRecord(
-                        _pb_id(span.trace_id, 16, "traceId"),
+                        trace_id,
                         _pb_id(span.span_id, 8, "spanId"),
                         _pb_id(span.parent_span_id, 8, "parentSpanId") if span.parent_span_id else "",
                         service,
@@ -96,8 +102,8 @@ def records_of_request(request: Any) -> list[SpanRecord]:
                         span.kind,
                         span.start_time_unix_nano,
                         span.end_time_unix_nano,
-                        span.status.code,
-                        span.status.message,
+                        status.code,
+                        status.message,
                         span.trace_state,
                         span.flags,
                         _pb_attributes(span.attributes),
@@ -110,7 +116,7 @@ def records_of_request(request: Any) -> list[SpanRecord]:
                                 }
                             )
                             for event in span.events
-                        ],
+                        ] if span.events else [],
                         [
                             _compact(
                                 {
@@ -121,7 +127,7 @@ def records_of_request(request: Any) -> list[SpanRecord]:
                                 }
                             )
                             for link in span.links
-                        ],
+                        ] if span.links else [],
                         resource,
                         scope,
                     )
