@@ -555,23 +555,20 @@ def stored_attributes(attributes: list, tn: int, index: set) -> str:
     """The stored text of a span's attributes; adds their ``span_attrs`` rows to ``index``."""
     if not attributes:
         return "[]"
-    plain: dict | None = {}
+    plain = {}
     for kv in attributes:
         key, value = kv["key"], kv["value"]
         text = value.get("stringValue")
-        if text is not None:
-            item = text
-        else:
+        if text is None:
             text = attribute_text(value)
-            item = _plain(value)
+            plain[key] = _plain(value)
+        else:
+            plain[key] = text
         if text is not None and len(text) <= MAX_INDEXED_VALUE:
             index.add((key, text, tn))
-        if plain is not None:
-            if item is _NOT_PLAIN or key in plain:
-                plain = None
-            else:
-                plain[key] = item
-    return _encode(plain if plain is not None else attributes)
+    if len(plain) == len(attributes) and _NOT_PLAIN not in plain.values():
+        return _encode(plain)
+    return _encode(attributes)  # a repeated key, or a value that is not plain
 
 
 def _plain(value: dict) -> object:
