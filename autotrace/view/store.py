@@ -300,6 +300,8 @@ class Store:
                     [_trace_row(numbers[trace_id], trace_id, spans, now) for trace_id, spans in new.items()],
                 )
                 db.executemany(_UPDATE_TRACE, [(tn, now) for tn in sorted(known)])
+                # Retention in the same transaction: one commit a batch.
+                _, dropped = self._retain_in(db, now, self._span_total + added)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -307,8 +309,7 @@ class Store:
                 self._scope_ids.clear()
                 raise
             self._next_tn = next_tn
-            self._span_total += added
-            self._retain_locked(now)
+            self._span_total += added - dropped
         return len(records)
 
     @staticmethod
@@ -333,19 +334,28 @@ class Store:
         """Apply retention now; returns how many traces were dropped."""
         with self._lock:
             self._age_checked = 0.0
-            return self._retain_locked(time.time_ns())
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                traces, spans = self._retain_in(db, time.time_ns(), self._span_total)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._span_total -= spans
+            return traces
 
-    def _retain_locked(self, now_ns: int) -> int:
+    def _retain_in(self, db: sqlite3.Connection, now_ns: int, span_total: int) -> tuple[int, int]:
+        """Drop what retention says, in the open transaction: (traces, spans) dropped."""
         doomed: list[int] = []
-        db = self._writer
         if self.retention_days is not None and time.monotonic() - self._age_checked >= min(
             _AGE_CHECK_EVERY_S, self.retention_days * 86400 / 10
         ):
             self._age_checked = time.monotonic()
             cutoff = now_ns - int(self.retention_days * 86400e9)
             doomed += [row[0] for row in db.execute("SELECT tn FROM traces WHERE received_ns < ?", (cutoff,))]
-        if self.max_spans is not None and self._span_total > self.max_spans:
-            excess = self._span_total - self.max_spans
+        if self.max_spans is not None and span_total > self.max_spans:
+            excess = span_total - self.max_spans
             seen = set(doomed)
             for tn, count in db.execute("SELECT tn, span_count FROM traces ORDER BY received_ns, start_ns"):
                 if excess <= 0:
@@ -353,37 +363,31 @@ class Store:
                 if tn not in seen:
                     doomed.append(tn)
                     excess -= count
-        if doomed:
-            self._drop_locked(doomed)
-        return len(doomed)
+        return len(doomed), self._drop(db, doomed) if doomed else 0
 
-    def _drop_locked(self, numbers: list[int]) -> None:
-        db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            dropped = 0
-            resources: dict[int, list] = {}
-            for chunk in _chunks(numbers):
-                marks = ",".join("?" * len(chunk))
-                dropped += db.execute(f"SELECT total(span_count) FROM traces WHERE tn IN ({marks})", chunk).fetchone()[0]
-                spans = db.execute(
-                    f"SELECT tn, attributes, resource_id FROM spans WHERE tn IN ({marks})", chunk
-                ).fetchall()
-                for resource in {row[2] for row in spans} - resources.keys():
-                    body = db.execute("SELECT body FROM resources WHERE id = ?", (resource,)).fetchone()[0]
-                    resources[resource] = json.loads(body).get("attributes", [])
-                rows = _index_rows(
-                    (tn, load_attributes(attributes), resource, resources[resource])
-                    for tn, attributes, resource in spans
-                )
-                db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND tn = ?", sorted(rows))
-                for table in ("spans", "traces"):
-                    db.execute(f"DELETE FROM {table} WHERE tn IN ({marks})", chunk)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._span_total -= int(dropped)
+    @staticmethod
+    def _drop(db: sqlite3.Connection, numbers: list[int]) -> int:
+        """Delete these traces, their spans and attribute rows; returns the spans dropped."""
+        dropped = 0
+        resources: dict[int, list] = {}
+        for chunk in _chunks(numbers):
+            marks = ",".join("?" * len(chunk))
+            dropped += db.execute(f"SELECT total(span_count) FROM traces WHERE tn IN ({marks})", chunk).fetchone()[0]
+            spans = db.execute(f"SELECT tn, attributes, resource_id FROM spans WHERE tn IN ({marks})", chunk).fetchall()
+            for resource in {row[2] for row in spans} - resources.keys():
+                body = db.execute("SELECT body FROM resources WHERE id = ?", (resource,)).fetchone()[0]
+                resources[resource] = json.loads(body).get("attributes", [])
+            rows: set[tuple[str, str, int]] = set()
+            resources_done: set[tuple[int, int]] = set()
+            for tn, attributes, resource in spans:
+                stored_index_rows(attributes, tn, rows)
+                if (resource, tn) not in resources_done:
+                    resources_done.add((resource, tn))
+                    add_index_rows(resources[resource], tn, rows)
+            db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND tn = ?", sorted(rows))
+            for table in ("spans", "traces"):
+                db.execute(f"DELETE FROM {table} WHERE tn IN ({marks})", chunk)
+        return int(dropped)
 
     def close(self) -> None:
         with self._lock:
@@ -624,18 +628,21 @@ def attribute_text(value: dict) -> str | None:
     return None
 
 
-def _index_rows(spans: Iterable[tuple[int, list, object, list]]) -> set[tuple[str, str, int]]:
-    """The ``span_attrs`` rows of spans given as (trace number, attributes, resource
-    identity, resource attributes): each scalar attribute of a span or its resource, once a
-    trace (as :meth:`Store.write` makes them)."""
-    rows: set[tuple[str, str, int]] = set()
-    resources_done: set[tuple[object, int]] = set()
-    for tn, attributes, resource, resource_attributes in spans:
-        add_index_rows(attributes, tn, rows)
-        if (resource, tn) not in resources_done:
-            resources_done.add((resource, tn))
-            add_index_rows(resource_attributes, tn, rows)
-    return rows
+def stored_index_rows(text: str, tn: int, rows: set) -> None:
+    """Adds the ``span_attrs`` rows of a span's stored attributes (as :meth:`Store.write`
+    made them) to ``rows``."""
+    loaded = json.loads(text)
+    if type(loaded) is list:
+        return add_index_rows(loaded, tn, rows)
+    for key, item in loaded.items():
+        if type(item) is str:
+            text = item
+        elif type(item) is bool:
+            text = "true" if item else "false"
+        else:
+            text = repr(item) if type(item) is float else str(item)
+        if len(text) <= MAX_INDEXED_VALUE:
+            rows.add((key, text, tn))
 
 
 def add_index_rows(attributes: Iterable[dict], tn: int, rows: set) -> None:
