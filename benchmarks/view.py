@@ -14,7 +14,8 @@
 Targets (issue 14): ingest >= 20,000 spans/s; with 1M spans: search first page <= 200 ms,
 2,000-span trace JSON <= 300 ms, RSS <= 300 MB. Prints figures; asserts nothing.
 
-    python benchmarks/view.py [--spans 1000000] [--ingest-batches 60] [--senders 1] [--skip-ingest] [--skip-stored]
+    python benchmarks/view.py [--spans 1000000] [--ingest-batches 60] [--senders 1] [--ingest-max-spans N]
+                              [--skip-ingest] [--skip-stored]
 """
 
 from __future__ import annotations
@@ -121,12 +122,12 @@ def sdk_batches(count: int, size: int = 512) -> list:
     return [spans[at : at + size] for at in range(0, len(spans), size)]
 
 
-def bench_ingest(workdir: Path, batches: int, senders: int) -> None:
+def bench_ingest(workdir: Path, batches: int, senders: int, max_spans: int) -> None:
     from autotrace.otlp_exporters import http_exporter_class
 
     print(f"preparing {batches} batches of 512 SDK spans ...", flush=True)
     prepared = sdk_batches(batches)
-    viewer = Viewer(workdir / "ingest.db", max_spans=10_000_000)
+    viewer = Viewer(workdir / "ingest.db", max_spans=max_spans)
     try:
         exporter_class = http_exporter_class()
         exporter_class(endpoint=f"http://127.0.0.1:{viewer.http}/v1/traces").export(prepared[0])  # warm up
@@ -163,7 +164,8 @@ def bench_ingest(workdir: Path, batches: int, senders: int) -> None:
         done.set()
         searcher.join()
         spans = sum(len(b) for b in prepared[1:])
-        print(f"ingest: {spans} spans in {elapsed:.2f} s, {senders} exporter thread(s), {len(failures)} failed batches")
+        print(f"ingest: {spans} spans in {elapsed:.2f} s, {senders} exporter thread(s), {len(failures)} failed batches"
+              + (f", retention at {max_spans:,} spans" if max_spans < spans else ""))
         report("ingest over OTLP/HTTP (agent's exporter, 512/batch)", spans / elapsed, "spans/s", TARGETS["ingest"], True)
         if searches:
             report(f"search during ingest, median of {len(searches)}", statistics.median(searches), "ms")
@@ -286,6 +288,9 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=1_000_000, help="spans stored for the query figures")
     parser.add_argument("--ingest-batches", type=int, default=60, help="batches of 512 spans sent in the ingest test")
     parser.add_argument("--senders", type=int, default=1, help="exporter threads in the ingest test (the agent has 1)")
+    parser.add_argument("--ingest-max-spans", type=int, default=10_000_000,
+                        help="the viewer's --max-spans in the ingest test (below the spans sent: a full store, "
+                             "retention dropping the oldest traces as batches arrive)")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-stored", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (printed)")
@@ -293,7 +298,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="autotrace-view-bench-"))
     try:
         if not args.skip_ingest:
-            bench_ingest(workdir, args.ingest_batches, args.senders)
+            bench_ingest(workdir, args.ingest_batches, args.senders, args.ingest_max_spans)
         if not args.skip_stored:
             bench_stored(workdir, args.spans)
     finally:
