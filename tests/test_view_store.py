@@ -312,3 +312,11 @@ def test_attributes_of_every_type_come_back_as_they_were_sent(store):
     assert [r.attributes for r in sent] == [plain, mixed, repeated, []]
     for key, text in (("i", "-7"), ("b", "false"), ("d", "2.5"), ("big", str(2**62)), ("u", 'ü "q"'), ("k", "second")):
         assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key
+
+
+def test_a_span_sent_twice_in_one_batch_is_kept_as_first_sent(store):
+    trace_id, root = new_trace_id(), new_span_id()
+    put(store, [span(trace_id, "zeta", span_id=root), span(trace_id, "alpha", span_id=root)])
+    assert [r.name for r in store.spans([trace_id])] == ["zeta"]
+    summary, = store.summaries([trace_id])
+    assert (summary.root_name, summary.span_count, store.span_count) == ("zeta", 1, 1)

@@ -32,6 +32,7 @@ span count (``max_spans``).
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 import time
@@ -47,6 +48,7 @@ WAL_CHECKPOINT_PAGES = 10_000
 SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is the layout keyed by trace id
 _AGE_CHECK_EVERY_S = 60.0
 _CHUNK = 500  # ids per "IN (...)" statement
+_TN_SPAN = operator.itemgetter(0, 1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE);
@@ -110,7 +112,8 @@ INSERT OR IGNORE INTO spans
         s.resource_id, s.scope_id
     FROM old_spans s JOIN traces t ON t.trace_id = s.trace_id ORDER BY t.tn;
 INSERT OR IGNORE INTO span_attrs
-    SELECT a.key, a.value, t.tn FROM old_span_attrs a JOIN traces t ON t.trace_id = a.trace_id;
+    SELECT a.key, a.value, t.tn FROM old_span_attrs a JOIN traces t ON t.trace_id = a.trace_id
+    ORDER BY a.key, a.value, t.tn;
 """
 
 _SPAN_COLUMNS = (
@@ -287,7 +290,7 @@ class Store:
                         resource_ids.get(id(r.resource)) or resource_id(r.resource),
                         scope_ids.get(id(r.scope)) or scope_id(r.scope),
                     ))
-                rows.sort()
+                rows.sort(key=_TN_SPAN)  # stable: of a span sent twice, the first is kept
                 cursor = db.executemany("INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 added = cursor.rowcount
                 db.executemany("INSERT OR IGNORE INTO span_attrs VALUES (?,?,?)", sorted(index))
