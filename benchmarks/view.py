@@ -4,7 +4,8 @@
    agent's own exporter (the SDK's OTLP/HTTP exporter with autotrace's encoder,
    `autotrace/otlp_exporters.py`), batches of 512 spans prepared before the clock starts,
    while another thread asks the UI's search (`/api/autotrace/summaries`) every 200 ms;
-   that search's latency during ingest is reported too.
+   that search's latency during ingest is reported too, and the viewer's CPU time a batch
+   (from /proc: on a machine shared with other work, steadier than the rate).
 2. Stored: N spans (realistic traces of four services with HTTP attributes, plus one
    trace of 2,000 spans) written straight through the store's write path, then a viewer
    started on that file: the first page of a search (service + attribute + min duration)
@@ -76,6 +77,11 @@ class Viewer:
     def rss_mb(self) -> tuple[float, float]:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
         return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the viewer used so far: a figure the machine's load moves less."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -155,18 +161,19 @@ def bench_ingest(workdir: Path, batches: int, senders: int, max_spans: int) -> N
         searcher = threading.Thread(target=search)
         threads = [threading.Thread(target=send) for _ in range(senders)]
         searcher.start()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), viewer.cpu_s()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, viewer.cpu_s() - cpu0
         done.set()
         searcher.join()
         spans = sum(len(b) for b in prepared[1:])
         print(f"ingest: {spans} spans in {elapsed:.2f} s, {senders} exporter thread(s), {len(failures)} failed batches"
               + (f", retention at {max_spans:,} spans" if max_spans < spans else ""))
         report("ingest over OTLP/HTTP (agent's exporter, 512/batch)", spans / elapsed, "spans/s", TARGETS["ingest"], True)
+        report("viewer CPU a batch of 512 (searches included)", cpu * 1e3 / (len(prepared) - 1), "ms")
         if searches:
             report(f"search during ingest, median of {len(searches)}", statistics.median(searches), "ms")
             report("search during ingest, max", max(searches), "ms")
