@@ -320,3 +320,30 @@ def test_a_span_sent_twice_in_one_batch_is_kept_as_first_sent(store):
     assert [r.name for r in store.spans([trace_id])] == ["zeta"]
     summary, = store.summaries([trace_id])
     assert (summary.root_name, summary.span_count, store.span_count) == ("zeta", 1, 1)
+
+
+def test_protobuf_decoded_for_the_store_reads_back_as_otlp_json(store):
+    # The receivers decode protobuf straight to the stored form (a dict of plain values
+    # where it can hold them): what comes back is what the OTLP JSON decoding gives.
+    from autotrace.view.otlp import decode_protobuf
+    from view_checks import protobuf
+
+    trace_id, root = new_trace_id(), new_span_id()
+    spans = [span(trace_id, "plain", span_id=root, start_ns=1_000,
+                  attributes={"s": "text", "i": -7, "b": True, "d": 0.1, "big": -(2**63)})]
+    for n, attributes in enumerate((
+        kvs({"s": "x"}) + [{"key": "a", "value": {"arrayValue": {"values": [{"intValue": "1"}]}}}],
+        kvs({"k": "first"}) + kvs({"k": "second"}),
+        kvs({"nan": 1.0}) + [{"key": "inf", "value": {"doubleValue": "Infinity"}}],
+        [],
+    )):
+        spans.append(span(trace_id, f"child {n}", parent=root, start_ns=1_001 + n))
+        spans[-1]["attributes"] = attributes
+    from_json = decode_json(body(spans))
+    request = protobuf(spans)  # (makes the span dicts' ids base64)
+    stored = decode_protobuf(request, plain=True)
+    assert type(stored[0].attributes) is dict and all(type(r.attributes) is list for r in stored[1:4])
+    store.write(stored)
+    assert store.spans([trace_id]) == decode_protobuf(request) == from_json
+    for key, text in (("i", "-7"), ("b", "true"), ("d", "0.1"), ("big", str(-(2**63))), ("s", "x"), ("k", "second")):
+        assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key

@@ -563,10 +563,17 @@ def _dumps(value: object) -> str:
 _NOT_PLAIN = object()
 
 
-def stored_attributes(attributes: list, tn: int, index: set) -> str:
-    """The stored text of a span's attributes; adds their ``span_attrs`` rows to ``index``."""
+def stored_attributes(attributes: list | dict, tn: int, index: set) -> str:
+    """The stored text of a span's attributes (the OTLP JSON list, or a dict of plain
+    values from ``decode_protobuf(plain=True)``); adds their ``span_attrs`` rows to ``index``."""
     if not attributes:
         return "[]"
+    if type(attributes) is dict:
+        for key, item in attributes.items():
+            text = item if type(item) is str else plain_text(item)
+            if len(text) <= MAX_INDEXED_VALUE:
+                index.add((key, text, tn))
+        return _encode(attributes)
     plain = {}
     for kv in attributes:
         key, value = kv["key"], kv["value"]
@@ -581,6 +588,13 @@ def stored_attributes(attributes: list, tn: int, index: set) -> str:
     if len(plain) == len(attributes) and _NOT_PLAIN not in plain.values():
         return _encode(plain)
     return _encode(attributes)  # a repeated key, or a value that is not plain
+
+
+def plain_text(item: object) -> str:
+    """The text a ``key=value`` search matches a plain stored value (not a string) against."""
+    if type(item) is bool:
+        return "true" if item else "false"
+    return repr(item) if type(item) is float else str(item)
 
 
 def _plain(value: dict) -> object:
@@ -643,12 +657,7 @@ def stored_index_rows(text: str, tn: int, rows: set) -> None:
     if type(loaded) is list:
         return add_index_rows(loaded, tn, rows)
     for key, item in loaded.items():
-        if type(item) is str:
-            text = item
-        elif type(item) is bool:
-            text = "true" if item else "false"
-        else:
-            text = repr(item) if type(item) is float else str(item)
+        text = item if type(item) is str else plain_text(item)
         if len(text) <= MAX_INDEXED_VALUE:
             rows.add((key, text, tn))
 
