@@ -14,8 +14,10 @@ of arrival, not by its random id (measured: keyed by trace id, a 512-span batch 
   end, span and error counts, the root's service and name (the earliest span when the root
   never arrived) and when the trace was last received, which retention orders by. A new
   trace's row is computed from its batch; a trace that had spans is recomputed from them.
-* ``spans``: one row a span (unique by trace number and span id); attributes, events and
-  links as OTLP JSON; the resource and scope by id into ``resources`` and ``scopes`` (each
+* ``spans``: one row a span (unique by trace number and span id); its attributes as one
+  JSON object of plain values when each is a string, integer, bool or finite double under
+  distinct keys (half the text of OTLP JSON), else as the OTLP JSON list; events and links
+  as OTLP JSON; the resource and scope by id into ``resources`` and ``scopes`` (each
   distinct one stored once).
 * ``span_attrs``: (key, value, trace number) for every scalar attribute of a span or its
   resource, once a trace: the ``key=value`` search on any span of a trace is one index
@@ -23,7 +25,7 @@ of arrival, not by its random id (measured: keyed by trace id, a 512-span batch 
 * ``operations``: (service, name, kind) seen, for the service and operation lists.
 
 A store of the earlier layouts (keyed by trace id; ``PRAGMA user_version`` 0) is migrated
-in one transaction when opened.
+in one transaction when opened, then vacuumed.
 
 Retention drops the traces received longest ago, whole: by age (``retention_days``) and by
 span count (``max_spans``).
