@@ -347,3 +347,22 @@ def test_protobuf_decoded_for_the_store_reads_back_as_otlp_json(store):
     assert store.spans([trace_id]) == decode_protobuf(request) == from_json
     for key, text in (("i", "-7"), ("b", "true"), ("d", "0.1"), ("big", str(-(2**63))), ("s", "x"), ("k", "second")):
         assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key
+
+
+def test_two_stores_on_one_file_number_their_traces_apart(tmp_path):
+    # Two viewers on the same file (each its own writer): neither reuses the other's numbers.
+    path = str(tmp_path / "view.db")
+    first, second = Store(path), Store(path)
+    try:
+        ids = []
+        for store in (first, second, first, second):
+            trace_id, spans = trace(spans=2, attributes={"user": f"u{len(ids)}"})
+            put(store, spans)
+            ids.append(trace_id)
+        for store in (first, second):
+            assert sorted(store.search(TraceQuery())[0]) == sorted(ids)
+            assert all(len(store.spans([t])) == 2 for t in ids)
+            assert store.search(TraceQuery(tags={"user": "u2"}))[0] == [ids[2]]
+    finally:
+        first.close()
+        second.close()

@@ -264,8 +264,9 @@ class Store:
                 return found
 
             db.execute("BEGIN IMMEDIATE")
-            next_tn = self._next_tn
             try:
+                # Another process may write to the same file: numbers go on from the file's.
+                next_tn = max(self._next_tn, db.execute("SELECT coalesce(max(tn), 0) + 1 FROM traces").fetchone()[0])
                 numbers = self._numbers(db, {r.trace_id for r in records})
                 known = set(numbers.values())
                 # A trace not stored yet gets the next number, and its row is computed here
