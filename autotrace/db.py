@@ -452,6 +452,8 @@ _DDL_MODIFIERS = frozenset(
 _DDL_OBJECTS = frozenset(
     ("TABLE", "INDEX", "VIEW", "SEQUENCE", "SCHEMA", "DATABASE", "FUNCTION", "PROCEDURE", "TRIGGER", "TYPE", "EXTENSION", "ROLE", "USER", "DOMAIN", "POLICY", "RULE", "EVENT")
 )
+# Objects whose name follows the operation in the summary (CREATE PROCEDURE p), not a table.
+_ROUTINES = frozenset(("FUNCTION", "PROCEDURE", "TRIGGER", "EVENT"))
 # Words skipped before a table name (UPDATE OR REPLACE t, FROM ONLY t, TABLE IF NOT EXISTS t).
 _NAME_SKIP = frozenset(("ONLY", "OR", "REPLACE", "IGNORE", "ROLLBACK", "ABORT", "FAIL", "LOW_PRIORITY", "IF", "NOT", "EXISTS", "TABLE"))
 # Words that cannot be a table name (or an alias) where one may be.
@@ -505,6 +507,16 @@ def _summarize(tokens: list[tuple[str, str]]) -> tuple[str | None, str | None, s
                 operation = operation or done
                 previous = ""
                 continue
+            if word == "COPY":
+                operation = operation or word
+                parts.append(word)
+                i = _copy(tokens, i + 1, parts, collections)
+                previous = word
+                if i < n and tokens[i] == (_P, "("):  # COPY (query) TO ...: a subquery
+                    functions.append(False)
+                    previous = "("
+                    i += 1
+                continue
             if word in _OPERATIONS and word not in _NESTED:
                 operation = operation or word
                 parts.append(word)
@@ -557,9 +569,27 @@ def _ddl(tokens, i: int, verb: str, parts: list[str], collections: set[str]) -> 
         parts.append(operation)
         if obj == "TABLE":
             return operation, _names(tokens, j + 1, parts, collections, listing=False)
+        if obj in _ROUTINES:
+            # The routine's name (not a table); a CREATE's body is not read: its
+            # statements (BEGIN SELECT ...; END) run when it is called, not now.
+            j = _names(tokens, j + 1, parts, set(), listing=False)
+            return operation, n if verb == "CREATE" else j
         return operation, j + 1
     parts.append(verb)
     return verb, j
+
+
+def _copy(tokens, i: int, parts: list[str], collections: set[str]) -> int:
+    """After COPY: ``COPY t [(columns)] FROM STDIN / TO STDOUT ...`` names table ``t`` and
+    the rest of the statement none (``STDIN`` is no table); ``COPY (SELECT ...) TO ...``
+    is read on (its query's operations and tables). Returns where reading goes on."""
+    n = len(tokens)
+    if i < n and tokens[i] == (_P, "("):
+        return i
+    i = _names(tokens, i, parts, collections, listing=False)
+    while i < n and tokens[i] != (_P, ";"):
+        i += 1
+    return i
 
 
 def _names(tokens, i: int, parts: list[str], collections: set[str], listing: bool, functions_ok: bool = True) -> int:
@@ -720,29 +750,29 @@ def current() -> DbCall | None:
 
 
 # Modules whose exceptions carry a MySQL error number as their first argument.
-_MYSQL_MODULES = ("pymysql", "MySQLdb", "mysql", "aiomysql", "asyncmy")
+MYSQL_MODULES = frozenset(("pymysql", "MySQLdb", "mysql", "aiomysql", "asyncmy"))
 
 
 def status_code_of(exc: BaseException) -> str | None:
     """``db.response.status_code`` of a database error, None if it carries none.
 
-    The SQLSTATE (``sqlstate`` of psycopg 3 and asyncpg, ``pgcode`` of psycopg2), the
-    MySQL error number (``args[0]`` of PyMySQL's and mysqlclient's errors), SQLite's
+    A MySQL driver's error number (``args[0]`` of PyMySQL's, mysqlclient's ...: MySQL's
+    semantic conventions want the number, not the SQLSTATE newer drivers also carry), the
+    SQLSTATE (``sqlstate`` of psycopg 3 and asyncpg, ``pgcode`` of psycopg2), SQLite's
     error name (``sqlite_errorname``, Python 3.11+), the prefix of a Redis error reply
     (``WRONGTYPE``, ``NOSCRIPT``). Never raises.
     """
     try:
+        top = (type(exc).__module__ or "").partition(".")[0]
+        if top in MYSQL_MODULES:
+            args = exc.args
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                return str(args[0])
         for attribute in ("sqlstate", "pgcode", "sqlite_errorname"):
             value = getattr(exc, attribute, None)
             if isinstance(value, str) and value:
                 return value
-        module = type(exc).__module__ or ""
-        top = module.partition(".")[0]
-        if top in _MYSQL_MODULES:
-            args = exc.args
-            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
-                return str(args[0])
-        elif top in ("redis", "valkey"):
+        if top in ("redis", "valkey"):
             first = str(exc).partition(" ")[0]
             if first.isupper() and first.isalpha():
                 return first
@@ -754,14 +784,19 @@ def status_code_of(exc: BaseException) -> str | None:
 # -- sqlcommenter ---------------------------------------------------------------------
 
 
-def with_comment(sql: str, call: DbCall | None) -> str:
+def with_comment(sql: str, call: DbCall | None, *, percent_format: bool = False) -> str:
     """``sql`` with the span's context appended as a sqlcommenter comment, when asked.
 
     Only with ``AUTOTRACE_SQL_COMMENT=true`` and a ``call``: ``sql + " /*traceparent='00-...'*/"``
     (and ``tracestate`` when the span has one): keys sorted, values URL-encoded and
     quoted, as the sqlcommenter spec says; before a final ``;``. A statement that holds a
     comment already is left as it is (the spec: it may be a hint). Otherwise ``sql``
-    itself is returned (the same object). Never raises.
+    itself is returned (the same object). ``str`` and ``bytes`` statements (the same type
+    back); anything else is returned as it is. Never raises.
+
+    ``percent_format``: the driver will %-format the text (``pyformat`` drivers given
+    parameters: psycopg, PyMySQL, mysqlclient): a ``%`` of the comment (a URL-encoded
+    ``tracestate``) is written ``%%``, so the server gets the comment as made.
 
     Not for a statement that must stay byte-identical (a prepared statement reused, a
     driver's statement cache, ``executemany``): the comment makes each text unique.
@@ -780,6 +815,8 @@ def with_comment(sql: str, call: DbCall | None) -> str:
         comment = _comment(call)
         if comment is None:
             return sql
+        if percent_format:
+            comment = comment.replace("%", "%%")
         body = text.rstrip()
         if body.endswith(";"):
             commented = f"{body[:-1].rstrip()} {comment};"
@@ -811,6 +848,32 @@ def _comment(call: DbCall) -> str | None:
 # -- wrapping a call ------------------------------------------------------------------
 
 
+def run(db_call: DbCall, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``original(*args, **kwargs)`` inside ``db_call`` (started): its result
+    untouched; an exception recorded (:meth:`DbCall.fail`) and re-raised untouched. The
+    span is closed either way."""
+    try:
+        result = original(*args, **kwargs)
+    except BaseException as exc:
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    db_call.close()
+    return result
+
+
+async def run_async(db_call: DbCall, original: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """:func:`run` for a coroutine function: awaited inside ``db_call``."""
+    try:
+        result = await original(*args, **kwargs)
+    except BaseException as exc:
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    db_call.close()
+    return result
+
+
 def call(
     library: str,
     target: Target,
@@ -824,14 +887,7 @@ def call(
     db_call = start(library, target, statement, **start_kwargs)
     if db_call is None:
         return original(*args, **kwargs)
-    try:
-        result = original(*args, **kwargs)
-    except BaseException as exc:
-        db_call.fail(exc)
-        db_call.close()
-        raise
-    db_call.close()
-    return result
+    return run(db_call, original, *args, **kwargs)
 
 
 async def call_async(
@@ -847,11 +903,69 @@ async def call_async(
     db_call = start(library, target, statement, **start_kwargs)
     if db_call is None:
         return await original(*args, **kwargs)
+    return await run_async(db_call, original, *args, **kwargs)
+
+
+def batch_size(rows: object) -> int | None:
+    """``db.operation.batch.size`` of an ``executemany``'s parameter sets: how many there
+    are when the sequence says it (``len``); None for an iterator (never consumed to count it)."""
     try:
-        result = await original(*args, **kwargs)
-    except BaseException as exc:
-        db_call.fail(exc)
-        db_call.close()
-        raise
-    db_call.close()
-    return result
+        return len(rows)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def statement_of(query: object, connection: object) -> Statement | None:
+    """:func:`statement` of a query as the app gave it: a str or bytes, or a composed SQL
+    object with ``as_string(connection)`` (psycopg's and psycopg2's ``sql.SQL``,
+    ``sql.Composed``: the text the driver sends; it quotes with the connection but talks to
+    no server). None when ``as_string`` fails (the driver's execute says what is wrong)."""
+    if query.__class__ is str:
+        return statement(query)
+    as_string = getattr(query, "as_string", None)
+    if as_string is None:
+        return statement(query)
+    try:
+        return statement(as_string(connection))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def suppress() -> object:
+    """Suppress instrumentation in this context: no span starts (:func:`start` gives None)
+    until :func:`autotrace.api.detach` of the token returned (None when the API is not
+    loaded yet: no request has been traced, no span is current).
+
+    For work a library does in the background of the app's call (a pool's workers, its
+    reset queries), which would otherwise keep the context of the request that started it.
+    """
+    if not api.loaded:
+        return None
+    return api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
+
+
+def wrap_suppressed(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A wrapper (for :func:`autotrace.patching.wrap_function`): ``original`` run with
+    instrumentation suppressed (:func:`suppress`)."""
+
+    def suppressed(*args: Any, **kwargs: Any) -> Any:
+        token = suppress()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return suppressed
+
+
+def wrap_suppressed_async(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """:func:`wrap_suppressed` for a coroutine function."""
+
+    async def suppressed(*args: Any, **kwargs: Any) -> Any:
+        token = suppress()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return suppressed

@@ -90,7 +90,7 @@ def _traced_execute(original):
 
 def _traced_executemany(original):
     def executemany(self, sql, param_list):
-        call = _start(self, sql, batch_size=_batch_size(param_list))
+        call = _start(self, sql, batch_size=db.batch_size(param_list))
         if call is None:
             return original(self, sql, param_list)
         try:
@@ -224,20 +224,7 @@ def _port(value: object) -> int | None:
         return None
 
 
-def _batch_size(param_list) -> int | None:
-    try:
-        return len(param_list)
-    except TypeError:  # an iterator: Django and the driver consume it
-        return None
-
-
 def _commented(sql, params, call: db.DbCall):
     """The SQL with the sqlcommenter comment when it is on (``sql`` itself else). Never raises."""
-    commented = db.with_comment(sql, call)
-    if commented is sql or params is None or not isinstance(commented, str):
-        return commented
-    try:  # with parameters the driver interpolates "%s": the comment's "%" written "%%"
-        start = commented.rfind("/*")
-        return commented[:start] + commented[start:].replace("%", "%%")
-    except Exception:  # noqa: BLE001
-        return sql
+    # With parameters the driver interpolates "%s": the comment's "%" written "%%".
+    return db.with_comment(sql, call, percent_format=params is not None)

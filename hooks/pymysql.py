@@ -33,7 +33,7 @@ KEPT = "_autotrace_db_target"  # on the connection: (its db when made, the Targe
 
 
 def patch(module: ModuleType) -> None:
-    driver = dbapi.Driver(LIBRARY, target, dbapi.error_number)
+    driver = dbapi.Driver(LIBRARY, target)
     dbapi.patch_cursor(module.cursors.Cursor, driver)
     dbapi.patch_transactions(module.connections.Connection, driver)
     wrap_function(module.connections.Connection, "connect", _wrap_connect)
@@ -83,7 +83,7 @@ def _wrap_connect(original):
         try:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
-            call.fail(exc, dbapi.error_number(exc))
+            call.fail(exc)
             call.close()
             raise
         made = target(self)

@@ -271,17 +271,10 @@ def _commented(statement, parameters, context, dialect, call):
     """The statement with the sqlcommenter comment when it is on (``statement`` itself else)."""
     if dialect.driver in NO_COMMENT_DRIVERS:
         return statement
-    commented = db.with_comment(statement, call)
-    if commented is not statement and dialect.paramstyle in INTERPOLATING:
-        no_parameters = not parameters and context is not None and getattr(context, "no_parameters", False)
-        if not no_parameters:  # the driver interpolates the text: the comment's "%" written "%%"
-            commented = _percent_doubled_in_comment(commented)
-    return commented
-
-
-def _percent_doubled_in_comment(commented: str) -> str:
-    start = commented.rfind("/*")
-    return commented[:start] + commented[start:].replace("%", "%%")
+    # The driver interpolates the text (unless the statement has no parameters at all):
+    # the comment's "%" written "%%".
+    formatted = dialect.paramstyle in INTERPOLATING and not (not parameters and context is not None and getattr(context, "no_parameters", False))
+    return db.with_comment(statement, call, percent_format=formatted)
 
 
 def _status_code(exc: BaseException) -> str | None:

@@ -249,6 +249,8 @@ def test_status_code_of():
     assert db.status_code_of(_error_in("sqlite3", sqlite_errorname="SQLITE_ERROR")) == "SQLITE_ERROR"
     assert db.status_code_of(_error_in("pymysql.err", 1146, "Table doesn't exist")) == "1146"
     assert db.status_code_of(_error_in("MySQLdb._exceptions", 1064, "syntax")) == "1064"
+    assert db.status_code_of(_error_in("pymysql.err", 1146, "no table", sqlstate="42S02")) == "1146"  # the number first
+    assert db.status_code_of(_error_in("pymysql.err", "closed", sqlstate="HY000")) == "HY000"  # no number: the SQLSTATE
     assert db.status_code_of(_error_in("redis.exceptions", "WRONGTYPE Operation against a key")) == "WRONGTYPE"
     assert db.status_code_of(_error_in("redis.exceptions", "Error 111 connecting")) is None
     assert db.status_code_of(OSError(111, "refused")) is None  # an errno is not a database's code
@@ -290,13 +292,16 @@ def test_with_comment_adds_tracestate_url_encoded_keys_sorted(recorded, db_env):
         call = db.start("x", TARGET, db.statement("SELECT 1"))
         ids = call.span.get_span_context()
         commented = db.with_comment("SELECT 1", call)
+        formatted = db.with_comment("SELECT %s;", call, percent_format=True)
+        formatted_bytes = db.with_comment(b"SELECT %s", call, percent_format=True)
         call.close()
     finally:
         context.detach(token)
-    assert commented == (
-        f"SELECT 1 /*traceparent='00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}',"
-        "tracestate='vendor%3Da%20b%2Cother%3Dx'*/"
-    )
+    traceparent = f"traceparent='00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}'"
+    assert commented == f"SELECT 1 /*{traceparent},tracestate='vendor%3Da%20b%2Cother%3Dx'*/"
+    # For a driver that %-formats the text: the comment's "%" doubled, the statement's own kept.
+    assert formatted == f"SELECT %s /*{traceparent},tracestate='vendor%%3Da%%20b%%2Cother%%3Dx'*/;"
+    assert formatted_bytes == f"SELECT %s /*{traceparent},tracestate='vendor%%3Da%%20b%%2Cother%%3Dx'*/".encode()
 
 
 def test_db_settings_are_read_once_and_wrong_values_warn_once(db_env, warnings):

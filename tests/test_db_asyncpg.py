@@ -230,7 +230,7 @@ def test_copy_is_one_span_each(pg, spans):
     parent, table, out_table, out_query = run(main)
     assert out_table.count(b"\n") == 7 and out_query == b"gus\nhal\n"
     spans = db_spans(spans)
-    assert [s.name for s in spans] == [f"COPY {table}"] * 3 + ["COPY"]
+    assert [s.name for s in spans] == [f"COPY {table}"] * 3 + [f"COPY SELECT {table}"]
     for span in spans:
         assert_child_of(span, parent)
         assert span.attributes["db.operation.name"] == "COPY"

@@ -359,14 +359,15 @@ def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, monkey
     assert received == sql.replace("%s", "1") + f" /*traceparent='{traceparent}',tracestate='vendor%3Dk%3Av%2Fx'*/"
 
 
-def test_the_status_code_is_the_error_number_of_a_driver_error_only():
+def test_the_status_code_is_the_error_number_of_a_mysql_driver_error():
     import MySQLdb
     import pymysql
 
-    from autotrace import dbapi
-
-    assert dbapi.error_number(pymysql.err.ProgrammingError(1064, "syntax")) == "1064"
-    assert dbapi.error_number(MySQLdb.ProgrammingError(1146, "no table")) == "1146"
-    assert dbapi.error_number(pymysql.err.InterfaceError("closed")) is None
-    assert dbapi.error_number(OSError(111, "Connection refused")) is None
-    assert dbapi.error_number(ValueError(3)) is None
+    assert db.status_code_of(pymysql.err.ProgrammingError(1064, "syntax")) == "1064"
+    with_sqlstate = pymysql.err.ProgrammingError(1064, "syntax")
+    with_sqlstate.sqlstate = "42000"  # PyMySQL 1.2 sets it too: the number still wins
+    assert db.status_code_of(with_sqlstate) == "1064"
+    assert db.status_code_of(MySQLdb.ProgrammingError(1146, "no table")) == "1146"
+    assert db.status_code_of(pymysql.err.InterfaceError("closed")) is None
+    assert db.status_code_of(OSError(111, "Connection refused")) is None
+    assert db.status_code_of(ValueError(3)) is None

@@ -151,6 +151,7 @@ def test_copy_is_one_span_that_lasts_until_the_block_ends(traced, conn, table, p
         assert_child(span, parent, LIBRARY)
         assert span.attributes["db.query.text"] == f"COPY {table} (id, name) FROM STDIN"
         assert span.attributes["db.operation.name"] == "COPY"
+        assert span.name == f"COPY {table}" and span.attributes["db.collection.name"] == table
         cur.execute(f"SELECT count(*) FROM {table}")
         assert cur.fetchone() == (4,)
 

@@ -213,7 +213,7 @@ def test_copy_methods_are_one_span_each(traced, conn, table, parent):
     for span in (copy_from, copy_to, expert):
         assert_child(span, parent, LIBRARY)
         assert span.attributes["db.operation.name"] == "COPY"
-    assert copy_from.name == copy_to.name == f"COPY {table}"
+    assert copy_from.name == copy_to.name == expert.name == f"COPY {table}"
     assert copy_from.attributes["db.collection.name"] == table
     assert expert.attributes["db.query.text"] == f"COPY {table} TO STDOUT"
 
