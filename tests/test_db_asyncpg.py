@@ -16,28 +16,26 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from autotrace import config, patching
+from autotrace import patching
 from autotrace.hooks import asyncpg as hook
+import db_checks as checks
+from db_checks import db_env  # noqa: F401 (a fixture)
 
 # fetchmany: asyncpg 0.30+ (connections and prepared statements).
 HAS_FETCHMANY = hasattr(asyncpg.Connection, "fetchmany")
 
 
 @pytest.fixture
-def pg(postgres_server, spans, monkeypatch):
+def pg(postgres_server, spans, db_env):
     """The hook applied (the originals put back after), db settings at their defaults; yields the server."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
     mark = len(patching.history)
     hook.patch(asyncpg)
     yield postgres_server
     patching.undo(mark)
-    config.reset_db_settings()
 
 
 def db_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "autotrace.db.asyncpg"]
+    return checks.db_spans(exporter, "asyncpg")
 
 
 def run(coroutine_function, *args):
@@ -359,9 +357,8 @@ def test_no_spans_outside_a_request_by_default(pg, spans):
     assert db_spans(spans) == []
 
 
-def test_root_spans_when_asked(pg, spans, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_DB_ROOT_SPANS", "true")
-    config.reset_db_settings()
+def test_root_spans_when_asked(pg, spans, db_env):
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
 
     async def main():
         connection = await connect(pg)
@@ -374,9 +371,8 @@ def test_root_spans_when_asked(pg, spans, monkeypatch):
     assert select.name == "SELECT" and select.parent is None
 
 
-def test_sql_comment_only_on_a_simple_execute(pg, spans, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_only_on_a_simple_execute(pg, spans, db_env):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
 
     async def main():
         connection = await connect(pg)

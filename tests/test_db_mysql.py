@@ -14,7 +14,8 @@ import pytest
 from opentelemetry import context
 from opentelemetry.trace import SpanKind, StatusCode
 
-from autotrace import config, db, patching
+from autotrace import db, patching
+from db_checks import db_env, db_spans  # noqa: F401 (db_env: a fixture)
 
 # name -> (the module the hook waits for, the hook)
 DRIVERS = {"pymysql": ("pymysql", "autotrace.hooks.pymysql"), "mysqlclient": ("MySQLdb.connections", "autotrace.hooks.mysqlclient")}
@@ -62,11 +63,8 @@ class Driver:
 
 
 @pytest.fixture(params=sorted(DRIVERS))
-def driver(request, mariadb_server, spans, monkeypatch):
+def driver(request, mariadb_server, spans, db_env):
     """The driver with its hook applied (the originals put back after); db settings at their defaults."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
     mark = len(patching.history)
     made = Driver(request.param, mariadb_server)
     made.spans = spans
@@ -74,7 +72,6 @@ def driver(request, mariadb_server, spans, monkeypatch):
     yield made
     made.close_all()
     patching.undo(mark)
-    config.reset_db_settings()
 
 
 @pytest.fixture
@@ -98,10 +95,6 @@ def connected(driver, **extra):
     assert [s.name for s in db_spans(driver.spans)] == ["connect"]
     driver.spans.clear()
     return connection
-
-
-def db_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name.startswith("autotrace.db.")]
 
 
 def assert_child_of(span, parent) -> None:
@@ -293,9 +286,8 @@ def test_no_spans_outside_a_request_by_default(driver, table):
     assert db_spans(driver.spans) == []
 
 
-def test_root_spans_when_asked(driver, table, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_DB_ROOT_SPANS", "true")
-    config.reset_db_settings()
+def test_root_spans_when_asked(driver, table, db_env):
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
     connection = driver.connect()
     connection.cursor().execute(f"SELECT * FROM {table}")
     connection.close()
@@ -312,9 +304,8 @@ def test_statements_inside_connect_are_not_spans_of_their_own(driver, parent):
     assert [s.name for s in db_spans(driver.spans)] == ["connect"]
 
 
-def test_sql_comment_is_appended_when_asked(driver, table, parent, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_is_appended_when_asked(driver, table, parent, db_env):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     connection = driver.connect(autocommit=True)
     driver.spans.clear()  # its connect span
     cursor = connection.cursor()
@@ -337,12 +328,11 @@ def test_suppressed_instrumentation_makes_no_span(driver, table, parent, suppres
     assert db_spans(driver.spans) == []
 
 
-def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, monkeypatch):
+def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, db_env):
     """A URL-encoded tracestate has "%": the driver's own %-formatting must leave it as it is."""
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState, set_span_in_context
 
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     caller = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "k:v/x")]))
     token = context.attach(set_span_in_context(NonRecordingSpan(caller)))
     try:

@@ -20,23 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import config, patching
 from autotrace.hooks import redis as redis_hook
-
-
-@pytest.fixture
-def db_env(monkeypatch):
-    """Set database settings for a test: ``db_env(AUTOTRACE_DB_STATEMENT="raw")``; reset after."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
-
-    def set_env(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-        config.reset_db_settings()
-
-    yield set_env
-    monkeypatch.undo()
-    config.reset_db_settings()
+from db_checks import db_env  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
