@@ -773,12 +773,49 @@ def status_code_of(exc: BaseException) -> str | None:
             if isinstance(value, str) and value:
                 return value
         if top in ("redis", "valkey"):
-            first = str(exc).partition(" ")[0]
-            if first.isupper() and first.isalpha():
-                return first
+            return _redis_status_code(exc)
     except Exception:  # noqa: BLE001 - an exception whose attributes fail
         pass
     return None
+
+
+# Error classes redis-py makes of a reply whose prefix it strips from the message
+# (versions without ``status_code`` on the exception).
+_REDIS_PREFIX_OF_CLASS = {
+    "ExecAbortError": "EXECABORT",
+    "NoScriptError": "NOSCRIPT",
+    "ReadOnlyError": "READONLY",
+    "BusyLoadingError": "LOADING",
+    "OutOfMemoryError": "OOM",
+    "NoPermissionError": "NOPERM",
+    "MovedError": "MOVED",
+    "AskError": "ASK",
+    "TryAgainError": "TRYAGAIN",
+    "ClusterDownError": "CLUSTERDOWN",
+    "ClusterCrossSlotError": "CROSSSLOT",
+    "MasterDownError": "MASTERDOWN",
+}
+# A Redis error reply's prefix: an upper-case word (``WRONGTYPE``, ``ERR``, ``NOSCRIPT``).
+_REDIS_ERROR_PREFIX = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
+
+
+def _redis_status_code(exc: BaseException) -> str | None:
+    """A Redis error reply's prefix (``WRONGTYPE``, ``ERR``); None for an error with no
+    reply (a connection error, a timeout, ``WatchError``)."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    names = [cls.__name__ for cls in type(exc).__mro__]
+    if "ResponseError" not in names:
+        return None
+    prefix = _REDIS_PREFIX_OF_CLASS.get(names[0])
+    if prefix is not None:
+        return prefix
+    message = str(exc)
+    if "of pipeline caused error: " in message:  # redis-py's note on a pipeline's failed command
+        message = message.rpartition("of pipeline caused error: ")[2]
+    first = message.partition(" ")[0]
+    return first if _REDIS_ERROR_PREFIX.match(first) else "ERR"  # redis-py strips "ERR " from the rest
 
 
 # -- sqlcommenter ---------------------------------------------------------------------

@@ -47,7 +47,7 @@ from autotrace.patching import wrap_function
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Callable
+    from typing import Any
 
 LIBRARY = "asyncpg"
 SYSTEM = "postgresql"

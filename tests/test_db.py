@@ -235,8 +235,10 @@ def test_status_code_of():
     assert db.status_code_of(_error_in("MySQLdb._exceptions", 1064, "syntax")) == "1064"
     assert db.status_code_of(_error_in("pymysql.err", 1146, "no table", sqlstate="42S02")) == "1146"  # the number first
     assert db.status_code_of(_error_in("pymysql.err", "closed", sqlstate="HY000")) == "HY000"  # no number: the SQLSTATE
-    assert db.status_code_of(_error_in("redis.exceptions", "WRONGTYPE Operation against a key")) == "WRONGTYPE"
-    assert db.status_code_of(_error_in("redis.exceptions", "Error 111 connecting")) is None
+    reply_error = type("ResponseError", (Exception,), {"__module__": "redis.exceptions"})
+    assert db.status_code_of(reply_error("WRONGTYPE Operation against a key")) == "WRONGTYPE"
+    assert db.status_code_of(reply_error("unknown command 'X'")) == "ERR"  # redis-py strips "ERR "
+    assert db.status_code_of(_error_in("redis.exceptions", "Error 111 connecting")) is None  # no reply
     assert db.status_code_of(OSError(111, "refused")) is None  # an errno is not a database's code
     assert db.status_code_of(_error_in("psycopg2.errors", pgcode=None)) is None
     assert db.status_code_of(ValueError()) is None

@@ -12,10 +12,10 @@ import uuid
 
 import pytest
 from opentelemetry import context
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
 from autotrace import db, patching
-from db_checks import db_env, db_spans  # noqa: F401 (db_env: a fixture)
+from db_checks import assert_child, db_env, db_spans  # noqa: F401 (db_env: a fixture)
 
 # name -> (the module the hook waits for, the hook)
 DRIVERS = {"pymysql": ("pymysql", "autotrace.hooks.pymysql"), "mysqlclient": ("MySQLdb.connections", "autotrace.hooks.mysqlclient")}
@@ -97,12 +97,6 @@ def connected(driver, **extra):
     return connection
 
 
-def assert_child_of(span, parent) -> None:
-    assert span.kind == SpanKind.CLIENT
-    assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
-    assert span.context.trace_id == parent.get_span_context().trace_id
-
-
 def assert_target(span, driver) -> None:
     attributes = span.attributes
     assert attributes["db.system.name"] == "mariadb"  # the server's handshake says MariaDB
@@ -122,7 +116,7 @@ def test_execute_is_one_span_with_the_sanitized_text(driver, table, parent):
     assert context.get_current() is before
     assert cursor.fetchall() == (("bob",),)
     [span] = db_spans(driver.spans)
-    assert_child_of(span, parent)
+    assert_child(span, parent)
     assert_target(span, driver)
     text = span.attributes["db.query.text"]
     assert text == db.sanitize(sql, "mariadb") == f"SELECT name FROM {table} WHERE id = ? AND name <> ?"
@@ -156,7 +150,7 @@ def test_every_cursor_class_is_covered(driver, table, parent):
     spans = db_spans(driver.spans)
     assert [s.name for s in spans] == [f"SELECT {table}"] * 4
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
     connection.close()
 
 
@@ -176,7 +170,7 @@ def test_executemany_is_one_span_with_the_batch_size(driver, table, parent, stat
     assert cursor.executemany(sql, rows) == 3
     connection.commit()
     executemany, commit = db_spans(driver.spans)
-    assert_child_of(executemany, parent)
+    assert_child(executemany, parent)
     assert_target(executemany, driver)
     assert executemany.attributes["db.operation.batch.size"] == 3
     assert executemany.attributes["db.query.text"] == sql
@@ -209,7 +203,7 @@ def test_callproc_is_one_span(driver, parent):
         while cursor.nextset():
             pass
         [span] = db_spans(driver.spans)
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert span.name == span.attributes["db.query.summary"] == f"CALL {procedure}"
         assert span.attributes["db.stored_procedure.name"] == procedure
         assert span.attributes["db.query.text"] == f"CALL {procedure}"  # not the SET of its argument 41
@@ -233,10 +227,10 @@ def test_connect_commit_rollback_are_spans_inside_a_request(driver, table, paren
     cursor.execute(f"SELECT name FROM {table} ORDER BY id")
     assert [row[0] for row in cursor.fetchall()] == ["ann", "w", "cy"]  # rolled back, committed
     connect = db_spans(driver.spans)[0]
-    assert_child_of(connect, parent)
+    assert_child(connect, parent)
     assert_target(connect, driver)  # what the handshake said, set when it returned
     for span in db_spans(driver.spans):
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert span.status.status_code == StatusCode.UNSET
 
 
@@ -262,7 +256,7 @@ def test_bad_sql_gets_the_servers_error_unchanged_and_the_span_records_it(driver
     assert type(traced.value) is type(plain.value) and traced.value.args == plain.value.args
     assert traced.value.args[0] == 1064
     [span] = db_spans(driver.spans)
-    assert_child_of(span, parent)
+    assert_child(span, parent)
     assert span.status.status_code == StatusCode.ERROR
     exc_type = type(traced.value)
     assert span.attributes["error.type"] == f"{exc_type.__module__}.{exc_type.__qualname__}"
