@@ -911,6 +911,36 @@ async def run_async(db_call: DbCall, original: Callable[..., Awaitable[Any]], *a
     return result
 
 
+class Recording:
+    """``with db.recording(call):``: see :func:`recording`."""
+
+    __slots__ = ("call", "ok")
+
+    def __init__(self, call: DbCall | None, ok: tuple[type[BaseException], ...] = ()) -> None:
+        self.call = call
+        self.ok = ok
+
+    def __enter__(self) -> DbCall | None:
+        return self.call
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> bool:
+        call = self.call
+        if call is not None:
+            if exc is not None and not isinstance(exc, self.ok):
+                call.fail(exc)
+            call.close()
+        return False  # the exception goes on, untouched
+
+
+def recording(call: DbCall | None, ok: tuple[type[BaseException], ...] = ()) -> Recording:
+    """A context manager: the block runs inside ``call`` (started), its exception recorded
+    (:meth:`DbCall.fail`; not those of the ``ok`` types, e.g. ``StopAsyncIteration`` for a
+    fetch that found no rows) and re-raised untouched, the call closed when the block ends.
+    Nothing for None. For what :func:`run` cannot wrap: a driver's context manager (a COPY
+    that lasts a ``with`` block), a generator's first row."""
+    return Recording(call, ok)
+
+
 def call(
     library: str,
     target: Target,

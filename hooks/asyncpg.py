@@ -322,17 +322,8 @@ async def _first_fetch(original, cursor):
         call = None
     if call is None:
         return await original(cursor)
-    try:
-        row = await original(cursor)
-    except StopAsyncIteration:  # no rows: the query succeeded
-        call.close()
-        raise
-    except BaseException as exc:
-        call.fail(exc)
-        call.close()
-        raise
-    call.close()
-    return row
+    with db.recording(call, ok=(StopAsyncIteration,)):  # StopAsyncIteration: no rows, the query succeeded
+        return await original(cursor)
 
 
 def _wrap_connect(original):

@@ -196,18 +196,8 @@ def _wrap_copy(original):
     @contextmanager
     def copy(self, *args, **kwargs):
         call = _start(self, args[0] if args else kwargs.get("statement"))
-        if call is None:
-            with original(self, *args, **kwargs) as copying:
-                yield copying
-            return
-        try:
-            with original(self, *args, **kwargs) as copying:
-                yield copying
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
+        with db.recording(call), original(self, *args, **kwargs) as copying:
+            yield copying
 
     return copy
 
@@ -216,40 +206,26 @@ def _wrap_async_copy(original):
     @asynccontextmanager
     async def copy(self, *args, **kwargs):
         call = _start(self, args[0] if args else kwargs.get("statement"))
-        if call is None:
+        with db.recording(call):
             async with original(self, *args, **kwargs) as copying:
                 yield copying
-            return
-        try:
-            async with original(self, *args, **kwargs) as copying:
-                yield copying
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
 
     return copy
+
+
+_NO_ROW = object()
 
 
 def _wrap_stream(original):
     def stream(self, *args, **kwargs):
         rows = original(self, *args, **kwargs)  # a generator: nothing is sent before its first row is asked for
         call = _start(self, args[0] if args else kwargs.get("query"))
-        if call is None:
-            yield from rows
-            return
-        try:
-            first = next(rows)
-        except StopIteration:
-            call.close()
-            return
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        yield first
+        if call is not None:
+            with db.recording(call):
+                first = next(rows, _NO_ROW)
+            if first is _NO_ROW:
+                return
+            yield first
         yield from rows
 
     return stream
@@ -262,15 +238,10 @@ def _wrap_async_stream(original):
             call = _start(self, args[0] if args else kwargs.get("query"))
             if call is not None:
                 try:
-                    first = await rows.__anext__()
+                    with db.recording(call, ok=(StopAsyncIteration,)):
+                        first = await rows.__anext__()
                 except StopAsyncIteration:
-                    call.close()
                     return
-                except BaseException as exc:
-                    call.fail(exc)
-                    call.close()
-                    raise
-                call.close()
                 yield first
             async for row in rows:
                 yield row
