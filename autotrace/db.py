@@ -911,6 +911,71 @@ async def run_async(db_call: DbCall, original: Callable[..., Awaitable[Any]], *a
     return result
 
 
+def connect(
+    library: str,
+    target: Target,
+    original: Callable[..., Any],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    connected: Callable[[Any], Target | None] | None = None,
+    failed: Callable[[], Target | None] | None = None,
+) -> Any:
+    """Run a driver's connect, ``original(*args, **kwargs)``, in a span named ``connect``
+    (:func:`start`: only under a current span), ``target`` what is known before it. Once
+    connected, the span takes the attributes of ``connected(result)`` (the server's address
+    and database as the connection says them); when the connect fails, of ``failed()`` (what
+    the parameters name). The result or exception untouched."""
+    db_call = start(library, target, name="connect")
+    if db_call is None:
+        return original(*args, **kwargs)
+    try:
+        result = original(*args, **kwargs)
+    except BaseException as exc:
+        _set_target(db_call, failed)
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    _set_target(db_call, connected, result)
+    db_call.close()
+    return result
+
+
+async def connect_async(
+    library: str,
+    target: Target,
+    original: Callable[..., Awaitable[Any]],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    connected: Callable[[Any], Target | None] | None = None,
+    failed: Callable[[], Target | None] | None = None,
+) -> Any:
+    """:func:`connect` for a coroutine function."""
+    db_call = start(library, target, name="connect")
+    if db_call is None:
+        return await original(*args, **kwargs)
+    try:
+        result = await original(*args, **kwargs)
+    except BaseException as exc:
+        _set_target(db_call, failed)
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    _set_target(db_call, connected, result)
+    db_call.close()
+    return result
+
+
+def _set_target(db_call: DbCall, target_of: Callable[..., Target | None] | None, *args: Any) -> None:
+    if target_of is None:
+        return
+    try:
+        made = target_of(*args)
+        if made is not None:
+            db_call.set_attributes(made.attributes)
+    except Exception as exc:  # noqa: BLE001 - the span keeps what it has
+        db_call.report(exc)
+
+
 class Recording:
     """``with db.recording(call):``: see :func:`recording`."""
 

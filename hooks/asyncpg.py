@@ -336,21 +336,9 @@ def _wrap_connect(original):
                 host if isinstance(host, str) and host else None,
                 port if isinstance(port, int) and port else None,
             )
-            call = db.start(LIBRARY, provisional, name="connect")
         except Exception:  # noqa: BLE001
-            call = None
-        if call is None:
-            return await original(*args, **kwargs)
-        try:
-            connection = await original(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        made = target(connection)
-        if made is not None:
-            call.set_attributes(made.attributes)  # the address it connected to, its database
-        call.close()
-        return connection
+            provisional = db.Target(SYSTEM)
+        # Once connected: the address it connected to, its database.
+        return await db.connect_async(LIBRARY, provisional, original, args, kwargs, target)
 
     return connect

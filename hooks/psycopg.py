@@ -340,19 +340,9 @@ def _transaction_status(conn) -> int:
 
 def _wrap_connect(original):
     def connect(cls, *args, **kwargs):
-        call = db.start(LIBRARY, _system_target, name="connect")
-        if call is None:
-            return original(cls, *args, **kwargs)
-        try:
-            conn = original(cls, *args, **kwargs)
-        except BaseException as exc:
-            call.set_attributes(_params_target(args, kwargs).attributes)
-            call.fail(exc)
-            call.close()
-            raise
-        call.set_attributes(connection_target(conn).attributes)
-        call.close()
-        return conn
+        return db.connect(
+            LIBRARY, _system_target, original, (cls, *args), kwargs, connection_target, lambda: _params_target(args, kwargs)
+        )
 
     return connect
 
@@ -366,19 +356,9 @@ def _wrap_module_connect(connection: type):
 
 def _wrap_async_connect(original):
     async def connect(cls, *args, **kwargs):
-        call = db.start(LIBRARY, _system_target, name="connect")
-        if call is None:
-            return await original(cls, *args, **kwargs)
-        try:
-            conn = await original(cls, *args, **kwargs)
-        except BaseException as exc:
-            call.set_attributes(_params_target(args, kwargs).attributes)
-            call.fail(exc)
-            call.close()
-            raise
-        call.set_attributes(connection_target(conn).attributes)
-        call.close()
-        return conn
+        return await db.connect_async(
+            LIBRARY, _system_target, original, (cls, *args), kwargs, connection_target, lambda: _params_target(args, kwargs)
+        )
 
     return connect
 

@@ -122,21 +122,15 @@ def _wrap_connect(original):
             traced = traced_connection_class(connection_factory if connection_factory is not None else _connection_hook.__base__)
         if traced is None:
             return original(dsn, connection_factory, cursor_factory, **kwargs)
-        call = db.start(LIBRARY, _system_target, name="connect")
-        if call is None:
-            return original(dsn, traced, cursor_factory, **kwargs)
-        try:
-            conn = original(dsn, traced, cursor_factory, **kwargs)
-        except BaseException as exc:
-            call.set_attributes(_params_target(dsn, kwargs).attributes)
-            call.fail(exc)
-            call.close()
-            raise
-        target = getattr(conn, TARGET, None)
-        if target is not None:
-            call.set_attributes(target.attributes)
-        call.close()
-        return conn
+        return db.connect(
+            LIBRARY,
+            _system_target,
+            original,
+            (dsn, traced, cursor_factory),
+            kwargs,
+            lambda conn: getattr(conn, TARGET, None),
+            lambda: _params_target(dsn, kwargs),
+        )
 
     return connect
 
