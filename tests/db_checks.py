@@ -80,6 +80,24 @@ def apply_hook(hook_name: str, *targets: tuple[str, str]):
     return hook
 
 
+def hooked(spans, hook_name: str, *targets: tuple[str, str]):
+    """For a fixture (``yield from``): the hook applied as under the agent (:func:`apply_hook`),
+    the exporter yielded, the originals put back after."""
+    from autotrace import patching
+
+    mark = len(patching.history)
+    apply_hook(hook_name, *targets)
+    yield spans
+    patching.undo(mark)
+
+
+@pytest.fixture
+def dsn(postgres_server) -> str:
+    """The libpq connection string of the session's PostgreSQL."""
+    s = postgres_server
+    return f"host={s.host} port={s.port} dbname={s.database} user={s.user} password={s.password}"
+
+
 DB_VARIABLES = ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS")
 
 

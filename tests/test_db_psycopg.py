@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from db_checks import (  # noqa: F401  (db_env: a fixture)
+from db_checks import (  # noqa: F401  (db_env, dsn: fixtures)
     apply_hook,
     assert_child,
     assert_failed,
     assert_statement,
     db_env,
     db_spans,
+    dsn,
+    hooked,
     request_span,
     server_attributes,
     table_name,
@@ -26,18 +28,7 @@ LIBRARY = "psycopg"
 @pytest.fixture
 def traced(spans, db_env):
     """The psycopg hook applied as under the agent; the originals put back after."""
-    from autotrace import patching
-
-    mark = len(patching.history)
-    apply_hook("autotrace.hooks.psycopg", ("psycopg", "patch"), ("psycopg_pool", "patch_pool"))
-    yield spans
-    patching.undo(mark)
-
-
-@pytest.fixture
-def dsn(postgres_server) -> str:
-    s = postgres_server
-    return f"host={s.host} port={s.port} dbname={s.database} user={s.user} password={s.password}"
+    yield from hooked(spans, "autotrace.hooks.psycopg", ("psycopg", "patch"), ("psycopg_pool", "patch_pool"))
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
-from db_checks import (  # noqa: F401  (db_env: a fixture)
-    apply_hook,
+from db_checks import (  # noqa: F401  (db_env, dsn: fixtures)
     assert_child,
     assert_failed,
     assert_statement,
     db_env,
     db_spans,
+    dsn,
+    hooked,
     server_attributes,
     table_name,
 )
@@ -29,18 +30,7 @@ LIBRARY = "psycopg2"
 @pytest.fixture
 def traced(spans, db_env):
     """The psycopg2 hooks applied as under the agent; the originals put back after."""
-    from autotrace import patching
-
-    mark = len(patching.history)
-    apply_hook("autotrace.hooks.psycopg2", ("psycopg2", "patch"), ("psycopg2.extras", "patch_extras"))
-    yield spans
-    patching.undo(mark)
-
-
-@pytest.fixture
-def dsn(postgres_server) -> str:
-    s = postgres_server
-    return f"host={s.host} port={s.port} dbname={s.database} user={s.user} password={s.password}"
+    yield from hooked(spans, "autotrace.hooks.psycopg2", ("psycopg2", "patch"), ("psycopg2.extras", "patch_extras"))
 
 
 @pytest.fixture
