@@ -760,8 +760,19 @@ def status_code_of(exc: BaseException) -> str | None:
     semantic conventions want the number, not the SQLSTATE newer drivers also carry), the
     SQLSTATE (``sqlstate`` of psycopg 3 and asyncpg, ``pgcode`` of psycopg2), SQLite's
     error name (``sqlite_errorname``, Python 3.11+), the prefix of a Redis error reply
-    (``WRONGTYPE``, ``NOSCRIPT``). Never raises.
+    (``WRONGTYPE``, ``NOSCRIPT``); for an exception that carries none, that of the driver
+    error it wraps (SQLAlchemy's ``orig``, Django's ``__cause__``). Never raises.
     """
+    code = _own_status_code(exc)
+    if code is None:
+        # An ORM's exception wrapping the driver's: SQLAlchemy's ``orig``, Django's cause.
+        cause = getattr(exc, "orig", None) or exc.__cause__
+        if isinstance(cause, BaseException) and cause is not exc:
+            code = _own_status_code(cause)
+    return code
+
+
+def _own_status_code(exc: BaseException) -> str | None:
     try:
         top = (type(exc).__module__ or "").partition(".")[0]
         if top in MYSQL_MODULES:
@@ -1065,15 +1076,20 @@ def statement_of(query: object, connection: object) -> Statement | None:
 
 def suppress() -> object:
     """Suppress instrumentation in this context: no span starts (:func:`start` gives None)
-    until :func:`autotrace.api.detach` of the token returned (None when the API is not
-    loaded yet: no request has been traced, no span is current).
+    until :func:`autotrace.api.detach` of the token returned (None if that failed). Never raises.
 
-    For work a library does in the background of the app's call (a pool's workers, its
-    reset queries), which would otherwise keep the context of the request that started it.
+    For work a library does for itself around the app's call (a pool's workers, its reset
+    or ping queries, a connection's housekeeping), which would otherwise be spans of the
+    request that happened to start it.
     """
-    if not api.loaded:
+    try:
+        if not api.loaded:
+            api.load()
+            if not api.loaded:
+                return None
+        return api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
+    except Exception:  # noqa: BLE001 - it runs regardless
         return None
-    return api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
 
 
 def wrap_suppressed(original: Callable[..., Any]) -> Callable[..., Any]:

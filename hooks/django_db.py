@@ -39,7 +39,7 @@ or errno as ``db.response.status_code``, and re-raised untouched. With
 
 from __future__ import annotations
 
-from autotrace import _log, api, db
+from autotrace import _log, db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -68,7 +68,7 @@ def patch_connect(module: ModuleType) -> None:
     # error, or before reusing one with CONN_HEALTH_CHECKS): a "SELECT 1" or a ping.
     for name in ("close_if_unusable_or_obsolete", "close_if_health_check_failed"):
         if name in wrapper.__dict__:
-            wrap_function(wrapper, name, _quiet)
+            wrap_function(wrapper, name, db.wrap_suppressed)
 
 
 def _traced_execute(original):
@@ -77,13 +77,7 @@ def _traced_execute(original):
         if call is None:
             return original(self, sql, params)
         sent = _commented(sql, params, call)
-        try:
-            result = original(self, sent, params)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, sent, params)
 
     return execute
 
@@ -93,13 +87,7 @@ def _traced_executemany(original):
         call = _start(self, sql, batch_size=db.batch_size(param_list))
         if call is None:
             return original(self, sql, param_list)
-        try:
-            result = original(self, sql, param_list)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, sql, param_list)
 
     return executemany
 
@@ -109,13 +97,7 @@ def _traced_callproc(original):
         call = _start(self, None, procedure=procname)
         if call is None:
             return original(self, procname, *args, **kwargs)
-        try:
-            result = original(self, procname, *args, **kwargs)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, procname, *args, **kwargs)
 
     return callproc
 
@@ -133,7 +115,8 @@ def _traced_connect(original):
         try:
             result = original(self)
         except BaseException as exc:
-            _fail(call, exc)
+            call.fail(exc)
+            call.close()
             raise
         try:
             if self.vendor == "mysql":  # connected: the server has said whether it is MariaDB
@@ -146,19 +129,6 @@ def _traced_connect(original):
     return connect
 
 
-def _quiet(original):
-    """Connection housekeeping, not the app's query: instrumentation suppressed, no span."""
-
-    def housekeeping(self, *args, **kwargs):
-        token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True)) if api.loaded else None
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            api.detach(token)
-
-    return housekeeping
-
-
 def _start(cursor, sql, batch_size: int | None = None, procedure: object = None) -> db.DbCall | None:
     try:
         target = _target(cursor.db)
@@ -169,15 +139,6 @@ def _start(cursor, sql, batch_size: int | None = None, procedure: object = None)
     except Exception as exc:  # noqa: BLE001 - the query runs regardless
         _log.warn_once("django-db-start", "autotrace: a Django query could not be traced (%s: %s)", type(exc).__name__, exc)
         return None
-
-
-def _fail(call: db.DbCall, exc: BaseException) -> None:
-    code = db.status_code_of(exc)
-    cause = exc.__cause__  # Django's exception wraps the driver's
-    if code is None and isinstance(cause, BaseException):
-        code = db.status_code_of(cause)
-    call.fail(exc, code)
-    call.close()
 
 
 def _target(wrapper) -> db.Target:

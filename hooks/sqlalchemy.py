@@ -135,7 +135,7 @@ def _handle_error(exception_context) -> None:
         if call is not None:
             original = exception_context.original_exception
             raised = exception_context.sqlalchemy_exception or original
-            call.fail(raised, _status_code(original))
+            call.fail(raised, db.status_code_of(original))
             call.close()
     except Exception:  # noqa: BLE001 - the app gets its exception regardless
         pass
@@ -147,7 +147,7 @@ def _ending_on_dbapi_error(original):
         try:
             call = self.root_connection.__dict__.pop(CALL, None)
             if call is not None:
-                call.fail(e, _status_code(e))
+                call.fail(e)
                 call.close()
         except Exception:  # noqa: BLE001
             pass
@@ -167,19 +167,11 @@ def _quiet_ping(original):
 
 def _suppressed(function, *args):
     """``function(*args)`` with instrumentation suppressed: no span in it, the drivers' neither."""
-    token = None
-    try:
-        if not api.loaded:
-            api.load()
-        if api.loaded:
-            token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
-    except Exception:  # noqa: BLE001 - it runs regardless
-        pass
+    token = db.suppress()
     try:
         return function(*args)
     finally:
-        if token is not None:
-            api.detach(token)
+        api.detach(token)
 
 
 def _noting_the_engine(original):
@@ -215,7 +207,7 @@ def _traced_connect(original):
         try:
             result = original(self)
         except BaseException as exc:
-            call.fail(exc, _status_code(exc))
+            call.fail(exc)
             call.close()
             raise
         try:  # connected: a MySQL dialect knows now whether the server is MariaDB
@@ -275,15 +267,6 @@ def _commented(statement, parameters, context, dialect, call):
     # the comment's "%" written "%%".
     formatted = dialect.paramstyle in INTERPOLATING and not (not parameters and context is not None and getattr(context, "no_parameters", False))
     return db.with_comment(statement, call, percent_format=formatted)
-
-
-def _status_code(exc: BaseException) -> str | None:
-    code = db.status_code_of(exc)
-    if code is None:
-        cause = getattr(exc, "orig", None) or exc.__cause__
-        if isinstance(cause, BaseException):
-            code = db.status_code_of(cause)
-    return code
 
 
 # The engine events listened to, for patch() (and tests, which remove them).

@@ -242,6 +242,14 @@ def test_status_code_of():
     assert db.status_code_of(OSError(111, "refused")) is None  # an errno is not a database's code
     assert db.status_code_of(_error_in("psycopg2.errors", pgcode=None)) is None
     assert db.status_code_of(ValueError()) is None
+    # An ORM's exception: the code of the driver error it wraps.
+    driver_error = _error_in("pymysql.err", 1146, "no table", sqlstate="42S02")
+    wrapped = _error_in("sqlalchemy.exc", "(pymysql.err.ProgrammingError) ...")
+    wrapped.orig = driver_error
+    assert db.status_code_of(wrapped) == "1146"
+    django_error = _error_in("django.db.utils", "no table")
+    django_error.__cause__ = _error_in("psycopg.errors", sqlstate="42P01")
+    assert db.status_code_of(django_error) == "42P01"
 
 
 def test_with_comment_is_off_by_default_and_returns_the_same_object(recorded, parent):
