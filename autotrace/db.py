@@ -55,6 +55,11 @@ MAX_SUMMARY = 255  # db.query.summary: whole words, at most this long (as semcon
 MYSQL_SYSTEMS = frozenset(("mysql", "mariadb"))
 
 
+def _present(*pairs: tuple[str, object]) -> dict[str, object]:
+    """Span attributes from (key, value) pairs, the None values left out."""
+    return {key: value for key, value in pairs if value is not None}
+
+
 class Target:
     """A connection's facts, built once per connection by a hook and reused for every call.
 
@@ -79,18 +84,14 @@ class Target:
         self.server_address = server_address
         self.server_port = server_port
         self.peer_address = peer_address
-        attributes: dict[str, object] = {"db.system.name": system}
-        if namespace is not None:
-            attributes["db.namespace"] = namespace
-        if server_address is not None:
-            attributes["server.address"] = server_address
-        if server_port is not None:
-            attributes["server.port"] = server_port
-        if peer_address is not None:
-            attributes["network.peer.address"] = peer_address
-        if extra:
-            attributes.update((k, v) for k, v in extra.items() if v is not None)
-        self.attributes = attributes
+        self.attributes = _present(
+            ("db.system.name", system),
+            ("db.namespace", namespace),
+            ("server.address", server_address),
+            ("server.port", server_port),
+            ("network.peer.address", peer_address),
+            *(extra.items() if extra else ()),
+        )
 
     def __repr__(self) -> str:
         return f"Target({self.attributes!r})"
@@ -117,16 +118,12 @@ class Statement:
         self.operation = operation
         self.collection = collection
         self.summary = summary
-        attributes: dict[str, object] = {}
-        if text is not None:
-            attributes["db.query.text"] = text
-        if operation is not None:
-            attributes["db.operation.name"] = operation
-        if collection is not None:
-            attributes["db.collection.name"] = collection
-        if summary is not None:
-            attributes["db.query.summary"] = summary
-        self.attributes = attributes
+        self.attributes = _present(
+            ("db.query.text", text),
+            ("db.operation.name", operation),
+            ("db.collection.name", collection),
+            ("db.query.summary", summary),
+        )
 
     def __repr__(self) -> str:
         return f"Statement(text={self.text!r}, operation={self.operation!r}, collection={self.collection!r}, summary={self.summary!r})"
