@@ -104,27 +104,16 @@ def _traced_callproc(original):
 
 def _traced_connect(original):
     def connect(self):
-        call = None
+        target = None
         try:
             if not (self.settings_dict.get("OPTIONS") or {}).get("pool"):
-                call = db.start(LIBRARY, _target(self), name="connect")
+                target = _target(self)
         except Exception as exc:  # noqa: BLE001 - Django connects regardless
             _log.warn_once("django-db-connect", "autotrace: a Django connect could not be traced (%s: %s)", type(exc).__name__, exc)
-        if call is None:
+        if target is None:
             return original(self)
-        try:
-            result = original(self)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        try:
-            if self.vendor == "mysql":  # connected: the server has said whether it is MariaDB
-                call.set_attributes({"db.system.name": _target(self).system})
-        except Exception:  # noqa: BLE001 - the span keeps what it had
-            pass
-        call.close()
-        return result
+        # Once connected, a MySQL server has said whether it is MariaDB.
+        return db.connect(LIBRARY, target, original, (self,), {}, lambda _result: _target(self) if self.vendor == "mysql" else None)
 
     return connect
 

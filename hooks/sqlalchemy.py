@@ -187,35 +187,21 @@ def _noting_the_engine(original):
 
 def _traced_connect(original):
     def connect(self):  # a _ConnectionRecord opening its DBAPI connection
-        call = engine = None
-        serverless = False
+        target = engine = None
         try:
             dialect = getattr(self, POOL)._dialect
             note = dialect.__dict__.get(ENGINE)
             engine = note() if note is not None else None
             if engine is not None:
                 target = _target(engine)
-                serverless = target.system == "sqlite"
-                if not serverless:
-                    call = db.start(LIBRARY, target, name="connect")
         except Exception:  # noqa: BLE001 - the pool connects regardless
             pass
-        if serverless:  # SQLite: no server, no span (as sqlite3's hook has it), none in it
-            return _suppressed(original, self)
-        if call is None:
+        if target is None:
             return original(self)
-        try:
-            result = original(self)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        try:  # connected: a MySQL dialect knows now whether the server is MariaDB
-            call.set_attributes({"db.system.name": _target(engine).system})
-        except Exception:  # noqa: BLE001
-            pass
-        call.close()
-        return result
+        if target.system == "sqlite":  # no server, no span (as sqlite3's hook has it), none in it
+            return _suppressed(original, self)
+        # Once connected, a MySQL dialect knows whether the server is MariaDB.
+        return db.connect(LIBRARY, target, original, (self,), {}, lambda _result: _target(engine))
 
     return connect
 
