@@ -15,15 +15,12 @@ for both variants.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+import harness
 
 CLIENT = '''
 import sys, time
@@ -72,22 +69,6 @@ class _Hello(BaseHTTPRequestHandler):
         pass
 
 
-class _Sink(_Hello):
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-def _serve(handler: type) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -95,36 +76,23 @@ def main() -> None:
     parser.add_argument("--forms", default=",".join(FORMS))
     args = parser.parse_args()
 
-    autotrace = shutil.which("autotrace", path=str(Path(sys.executable).parent)) or "autotrace"
-    hello, sink = _serve(_Hello), _serve(_Sink)
+    hello, sink = harness.serve(_Hello), harness.serve(harness.Sink)
     url = f"http://127.0.0.1:{hello.server_address[1]}/hello"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    traced_env = dict(
-        env,
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_SERVICE_NAME="bench-client",
-    )
+    env = harness.plain_env()
+    variants = {"plain": ([], env), "autotrace": ([harness.autotrace(), "run"], harness.exporting_env(env, sink, "bench-client"))}
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
         print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7}")
         for form in args.forms.split(","):
-            plain, traced = [], []
-            for _ in range(args.rounds):
-                for command, environ, into in (
-                    ([sys.executable, str(script)], env, plain),
-                    ([autotrace, "run", sys.executable, str(script)], traced_env, traced),
-                ):
-                    out = subprocess.run(
-                        [*command, form, url, str(args.calls)], env=environ, capture_output=True, text=True, timeout=600
-                    )
-                    if out.returncode != 0:
-                        raise SystemExit(f"{form} failed:\n{out.stderr}")
-                    into.append(float(out.stdout.split()[-1]))
-            p, t = statistics.median(plain), statistics.median(traced)
+
+            def measure(name: str, variant: tuple) -> float:
+                prefix, environ = variant
+                return harness.run_client([*prefix, sys.executable, str(script), form, url, str(args.calls)], environ, form)[-1]
+
+            results = harness.alternate(args.rounds, variants, measure)
+            p, t = harness.median(results["plain"]), harness.median(results["autotrace"])
             print(f"{form:18} {p:9.1f} {t:10.1f} {t / p:6.2f}x", flush=True)
     hello.shutdown()
     sink.shutdown()
