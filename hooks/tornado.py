@@ -28,8 +28,13 @@ patched from that other's hook: it is only half executed then):
     span ends. A WebSocket handshake (status 101) leaves it open: the connection is
     the span.
   - ``RequestHandler.on_connection_close``: the client went away before the response
-    was finished; the span ends there (a handler that overrides it without calling the
-    base class's ends it at ``finish``).
+    was finished; the span ends there, with the status only if it was sent (a handler
+    that overrides it without calling the base class's ends it at ``finish``).
+  - ``FallbackHandler.prepare`` hands the request to another app (a ``WSGIContainer``),
+    which answers on the connection itself, later: ``HTTP1Connection.write_headers``
+    records that answer's status and ``HTTP1Connection.finish`` ends the span. The span
+    is current when the other app runs: a WSGI framework under it (Flask, Django)
+    names it by its own route and starts no span of its own.
 
 - ``tornado.websocket`` (:func:`patch_websocket`): ``WebSocketHandler.on_connection_close``
   ends the connection's span (status 101) when the connection closes.
@@ -86,6 +91,12 @@ def patch(module: ModuleType) -> None:
     wrap_function(handler, "_handle_request_exception", lambda original: _recording_exception(original, module))
     wrap_function(handler, "finish", _ending_span)
     wrap_function(handler, "on_connection_close", _ending_on_close)
+    # FallbackHandler hands the request to another app (a WSGIContainer), which answers on
+    # the connection itself, later: the span ends with that answer.
+    wrap_function(module.FallbackHandler, "prepare", _handing_over)
+    connection = importlib.import_module("tornado.http1connection").HTTP1Connection  # imported by tornado.web
+    wrap_function(connection, "write_headers", _recording_handed_over_status)
+    wrap_function(connection, "finish", _ending_handed_over)
 
 
 def _noting_route(original):
@@ -235,17 +246,21 @@ def _ending_on_close(original):
         finally:
             span = _span_of(self)
             if span is not None and not span.ended:
-                _end(self, span)
+                # The status only if it was sent (a WebSocket's 101, a streamed response's head).
+                _end(self, span, with_status=getattr(self, "_headers_written", False) is True)
 
     return on_connection_close
 
 
-def _end(handler, span: server_span.ServerSpan, upgrade_stays_open: bool = False) -> None:
+def _end(handler, span: server_span.ServerSpan, upgrade_stays_open: bool = False, with_status: bool = True) -> None:
     """Record the response's status (and named headers) and end the span; never raises."""
     try:
         status = handler.get_status()
         if upgrade_stays_open and status == 101:
             return  # a WebSocket: the span is the connection's, ended when it closes
+        if not with_status:
+            span.end()
+            return
         span.set_status_code(status)
         if http_settings().response_headers:
             headers = getattr(handler, "_headers", None)
@@ -254,6 +269,46 @@ def _end(handler, span: server_span.ServerSpan, upgrade_stays_open: bool = False
     except Exception:  # noqa: BLE001
         pass
     span.end()
+
+
+def _handing_over(original):
+    def prepare(self):
+        span = _span_of(self)
+        if span is not None and not span.ended:
+            try:
+                self.request.connection.__dict__[_SPAN] = span
+            except Exception:  # noqa: BLE001 - not an HTTP1Connection: ends at on_connection_close
+                pass
+        return original(self)
+
+    return prepare
+
+
+def _recording_handed_over_status(original):
+    def write_headers(self, start_line, headers, chunk=None):
+        span = self.__dict__.get(_SPAN)
+        if span is not None:
+            try:
+                span.set_status_code(int(start_line.code))
+                if http_settings().response_headers:
+                    span.capture_response_headers(headers.get_all())
+            except Exception:  # noqa: BLE001
+                pass
+        return original(self, start_line, headers, chunk)
+
+    return write_headers
+
+
+def _ending_handed_over(original):
+    def finish(self):
+        try:
+            return original(self)
+        finally:
+            span = self.__dict__.pop(_SPAN, None)
+            if span is not None:
+                span.end()
+
+    return finish
 
 
 # -- tornado.websocket -----------------------------------------------------------------------

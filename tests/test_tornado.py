@@ -360,6 +360,74 @@ def test_requests_on_one_connection_are_separate_traces(tornado_hooks):
     assert len({first.context.trace_id, second.context.trace_id, third.context.trace_id}) == 3
 
 
+class Waits(tornado_web.RequestHandler):
+    """Answers only when told (a long poll): the client gives up first."""
+
+    waiting: asyncio.Event
+
+    async def get(self):
+        await Waits.waiting.wait()
+
+
+def test_a_client_that_goes_away_ends_the_span_without_a_status(tornado_hooks):
+    Waits.waiting = asyncio.Event()
+    app = tornado_web.Application([(r"/wait", Waits)], log_function=lambda h: None)
+
+    async def exchange(base):
+        with pytest.raises(tornado.httpclient.HTTPClientError):
+            await tornado.httpclient.AsyncHTTPClient(force_instance=True).fetch(base + "/wait", request_timeout=0.2)
+        for _ in range(200):
+            if server_spans(tornado_hooks):
+                break
+            await asyncio.sleep(0.01)
+        Waits.waiting.set()  # the handler finishes now: nothing more is recorded
+        await asyncio.sleep(0.05)
+
+    serve(exchange, app)
+    [span] = server_spans(tornado_hooks)
+    assert span.name == "GET /wait" and "http.response.status_code" not in span.attributes
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_a_wsgi_app_behind_a_fallback_handler_is_one_span(tornado_hooks):
+    import flask.app
+    import tornado.wsgi
+
+    from autotrace.hooks import flask as flask_hook
+
+    flask_hook.patch(flask.app)
+    shop = flask.Flask("shop")
+
+    @shop.route("/orders/<int:order_id>")
+    def order(order_id):
+        return {"order": order_id}
+
+    @shop.route("/broken")
+    def broken():
+        return "no", 500
+
+    def plain(environ, start_response):
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"plain"]
+
+    app = tornado_web.Application(
+        [
+            (r"/plain", tornado_web.FallbackHandler, {"fallback": tornado.wsgi.WSGIContainer(plain)}),
+            (r".*", tornado_web.FallbackHandler, {"fallback": tornado.wsgi.WSGIContainer(shop)}),
+        ],
+        log_function=lambda h: None,
+    )
+    responses = serve(lambda base: asyncio.gather(get(base + "/orders/5"), get(base + "/broken"), get(base + "/plain")), app)
+    assert [(r.code, r.body) for r in responses] == [(200, b'{"order":5}\n'), (500, b"no"), (201, b"plain")]
+    spans = {s.attributes["url.path"]: s for s in server_spans(tornado_hooks)}
+    assert len(server_spans(tornado_hooks)) == 3
+    assert spans["/orders/5"].name == "GET /orders/<int:order_id>"
+    assert spans["/orders/5"].attributes["http.response.status_code"] == 200
+    assert spans["/broken"].status.status_code is StatusCode.ERROR
+    assert spans["/broken"].attributes["http.response.status_code"] == 500
+    assert spans["/plain"].name == "GET /plain" and spans["/plain"].attributes["http.response.status_code"] == 201
+
+
 def test_a_websocket_connection_is_one_span(tornado_hooks):
     async def exchange(base):
         connection = await tornado.websocket.websocket_connect(base.replace("http", "ws") + "/ws")
