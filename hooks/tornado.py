@@ -500,10 +500,8 @@ def _prepare(client, request, kwargs: dict, httpclient):
 
 
 def _headers_copy(headers, httpclient):
-    import importlib
-
-    httputil = importlib.import_module("tornado.httputil")
-    return httputil.HTTPHeaders(headers) if headers is not None else httputil.HTTPHeaders()
+    copy = httpclient.httputil.HTTPHeaders  # tornado.httpclient imports tornado.httputil
+    return copy(headers) if headers is not None else copy()
 
 
 def _fetched(call: client_span.ClientSpan, done, httpclient) -> None:

@@ -453,6 +453,75 @@ def test_a_websocket_connection_is_one_span(tornado_hooks):
     assert len(messages) == 2 and all(m.parent.span_id == span.context.span_id for m in messages)
 
 
+class Cookies(tornado_web.RequestHandler):
+    def get(self):
+        self.set_header("X-Served-By", "web-1")
+        self.set_cookie("sid", "1")
+        self.write("ok")
+
+
+def test_named_headers_are_captured_and_sanitized(tornado_hooks, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Request-Id,authorization")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "x-served-by,SET-COOKIE")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "Authorization,Set-Cookie")
+    app = tornado_web.Application([(r"/cookies", Cookies)], log_function=lambda h: None)
+    headers = {"X-Request-Id": "r-1", "Authorization": "Bearer s3cret"}
+    [answer] = serve(lambda base: plain_requests(base, [("/cookies", headers)]), app)
+    assert answer == (200, b"ok")
+    [span] = server_spans(tornado_hooks)
+    assert {k: tuple(v) for k, v in span.attributes.items() if ".header." in k} == {
+        "http.request.header.x-request-id": ("r-1",),
+        "http.request.header.authorization": ("[REDACTED]",),
+        "http.response.header.x-served-by": ("web-1",),
+        "http.response.header.set-cookie": ("[REDACTED]",),
+    }
+
+
+@pytest.mark.parametrize("mode", ["restart", "ignore"])
+def test_incoming_context_setting_is_followed(tornado_hooks, monkeypatch, mode):
+    monkeypatch.setenv("AUTOTRACE_INCOMING_CONTEXT", mode)
+    [answer] = serve(lambda base: plain_requests(base, [("/items/1", {"traceparent": TRACEPARENT, "baggage": "k=v"})]))
+    assert answer[0] == 200
+    [span] = server_spans(tornado_hooks)
+    assert span.parent is None and f"{span.context.trace_id:032x}" != TRACE_ID
+    linked = [f"{link.context.span_id:016x}" for link in span.links]
+    assert linked == ([SPAN_ID] if mode == "restart" else [])
+
+
+def test_a_cancelled_fetch_ends_its_span(tornado_hooks, peer):
+    async def cancel(client):
+        future = client.fetch(peer.url("/slow?seconds=0.5", "cancelled"), request_timeout=5)
+        await asyncio.sleep(0.05)
+        future.cancel()
+        await asyncio.sleep(0.01)
+        return future.cancelled()
+
+    assert fetch(cancel) is True
+    [span] = client_spans(tornado_hooks)
+    assert span.status.status_code is StatusCode.UNSET and "http.response.status_code" not in span.attributes
+
+
+def test_a_failing_propagator_sends_the_request_as_it_is(tornado_hooks, peer, monkeypatch):
+    from opentelemetry import propagate
+
+    class Broken:
+        fields = {"traceparent"}
+
+        def inject(self, carrier, context=None, setter=None):
+            raise RuntimeError("broken propagator")
+
+        def extract(self, carrier, context=None, getter=None):
+            raise RuntimeError("broken propagator")
+
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", Broken())
+    response = fetch(lambda client: client.fetch(peer.url("/ok", "broken"), request_timeout=5))
+    assert response.code == 200
+    [received] = peer.requests("broken")
+    assert received.header("traceparent") is None
+    [span] = client_spans(tornado_hooks)
+    assert span.attributes["http.response.status_code"] == 200
+
+
 def test_responses_are_those_of_an_untraced_app(spans):
     paths = ["/items/3", "/repos/a/b", "/fail", "/missing", "/stream", "/nowhere"]
 
