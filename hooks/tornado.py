@@ -37,7 +37,11 @@ patched from that other's hook: it is only half executed then):
     names it by its own route and starts no span of its own.
 
 - ``tornado.websocket`` (:func:`patch_websocket`): ``WebSocketHandler.on_connection_close``
-  ends the connection's span (status 101) when the connection closes.
+  ends the connection's span (status 101) when the connection closes. On the client
+  side, ``WebSocketClientConnection.__init__`` (``websocket_connect``): one CLIENT span
+  for the handshake, ended when the connection is open (101) or refused; the
+  propagation headers go into the headers ``websocket_connect`` copied for the
+  connection. The messages that follow are not under it.
 
 - ``tornado.httpclient`` (:func:`patch_client`): ``AsyncHTTPClient.fetch``, the entry of
   every backend (simple and curl) and of the blocking ``HTTPClient``. The propagation
@@ -316,6 +320,50 @@ def _ending_handed_over(original):
 
 def patch_websocket(module: ModuleType) -> None:
     wrap_function(module.WebSocketHandler, "on_connection_close", _ending_on_close)
+    wrap_function(module.WebSocketClientConnection, "__init__", lambda original: _traced_handshake(original, module))
+
+
+def _traced_handshake(original, websocket):
+    """``websocket_connect``'s connection: one CLIENT span for the handshake (not the messages)."""
+
+    def __init__(self, request, *args, **kwargs):
+        call = None
+        try:
+            call = client_span.start("tornado", "GET", request.url, attach=False)
+            if call is not None:
+                # The headers websocket_connect copied for this connection (Tornado adds its own to them).
+                call.inject(request.headers)
+        except Exception:  # noqa: BLE001 - the connection is made regardless
+            call = None
+        try:
+            original(self, request, *args, **kwargs)
+        except BaseException as exc:
+            if call is not None:
+                call.fail(exc)
+                call.end()
+            raise
+        if call is not None:
+            try:
+                self.connect_future.add_done_callback(lambda done: _handshaken(call, done, websocket))
+            except Exception:  # noqa: BLE001
+                call.end()
+
+    return __init__
+
+
+def _handshaken(call: client_span.ClientSpan, done, websocket) -> None:
+    try:
+        if not done.cancelled():
+            exc = done.exception()
+            if exc is None:
+                call.set_response(101)
+            elif getattr(exc, "response", None) is not None and isinstance(getattr(exc, "code", None), int):
+                call.set_response(exc.code)  # an HTTPClientError: the server answered, not with 101
+            else:
+                call.fail(exc)
+    except Exception as error:  # noqa: BLE001
+        call.report(error)
+    call.end()
 
 
 # -- route templates -------------------------------------------------------------------------

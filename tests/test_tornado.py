@@ -522,6 +522,33 @@ def test_a_failing_propagator_sends_the_request_as_it_is(tornado_hooks, peer, mo
     assert span.attributes["http.response.status_code"] == 200
 
 
+def test_a_websocket_handshake_is_one_client_span(tornado_hooks, parent):
+    async def exchange(base):
+        connection = await tornado.websocket.websocket_connect(base.replace("http", "ws") + "/ws")
+        await connection.write_message("hi")
+        echoed = await connection.read_message()
+        connection.close()
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await tornado.websocket.websocket_connect(base.replace("http", "ws") + "/nowhere")
+        for _ in range(200):
+            if len(server_spans(tornado_hooks)) == 2:
+                break
+            await asyncio.sleep(0.01)
+        return echoed, refused.value.code
+
+    assert serve(exchange) == ("hi", 404)
+    opened, missing = sorted(client_spans(tornado_hooks), key=lambda s: s.start_time)
+    assert opened.name == "GET" and opened.attributes["url.full"].endswith("/ws")
+    assert opened.attributes["url.full"].startswith("ws://")
+    assert opened.attributes["http.response.status_code"] == 101 and opened.status.status_code is StatusCode.UNSET
+    assert opened.end_time < min(s.end_time for s in server_spans(tornado_hooks))  # the handshake only
+    assert missing.attributes["http.response.status_code"] == 404 and missing.status.status_code is StatusCode.ERROR
+    servers = {s.attributes["url.path"]: s for s in server_spans(tornado_hooks)}
+    assert servers["/ws"].parent.span_id == opened.context.span_id
+    assert servers["/nowhere"].parent.span_id == missing.context.span_id
+    assert opened.parent.span_id == parent.get_span_context().span_id
+
+
 def test_responses_are_those_of_an_untraced_app(spans):
     paths = ["/items/3", "/repos/a/b", "/fail", "/missing", "/stream", "/nowhere"]
 
