@@ -65,6 +65,7 @@ HOOKS: tuple[Hook, ...] = (
     # Tornado serves its own apps: server and framework in one (route-named by the URL spec).
     Hook("tornado", "tornado.web", "autotrace.hooks.tornado", "tornado", (6,)),
     Hook("tornado_websocket", "tornado.websocket", "autotrace.hooks.tornado:patch_websocket", "tornado", (6,)),
+    Hook("tornado_wsgi", "tornado.wsgi", "autotrace.hooks.tornado:patch_wsgi", "tornado", (6,)),
     # ... frameworks name it by route (and start it under a server no hook knows).
     Hook("flask", "flask.app", "autotrace.hooks.flask", "flask", (2,)),
     Hook("django", "django.core.handlers.base", "autotrace.hooks.django", "django", (3, 2)),

@@ -1,7 +1,7 @@
 """Tornado: one SERVER span per request a ``RequestHandler`` serves, one CLIENT span per
 request ``AsyncHTTPClient`` sends.
 
-Four rows of the hook table, one per module (a module that imports another cannot be
+Six rows of the hook table, one per module (a module that imports another cannot be
 patched from that other's hook: it is only half executed then):
 
 - ``tornado.web`` (:func:`patch`), the server side, for apps on ``HTTPServer`` or
@@ -42,6 +42,10 @@ patched from that other's hook: it is only half executed then):
   for the handshake, ended when the connection is open (101) or refused; the
   propagation headers go into the headers ``websocket_connect`` copied for the
   connection. The messages that follow are not under it.
+
+- ``tornado.wsgi`` (:func:`patch_wsgi`): the app a ``WSGIContainer`` is given is wrapped
+  as WSGI servers' apps are (:func:`autotrace.wsgi.wrap`): on ``HTTPServer`` directly it
+  starts its request's span; behind a ``FallbackHandler`` it adds none.
 
 - ``tornado.httpclient`` (:func:`patch_client`): ``AsyncHTTPClient.fetch``, the entry of
   every backend (simple and curl) and of the blocking ``HTTPClient``. The propagation
@@ -364,6 +368,31 @@ def _handshaken(call: client_span.ClientSpan, done, websocket) -> None:
     except Exception as error:  # noqa: BLE001
         call.report(error)
     call.end()
+
+
+# -- tornado.wsgi -----------------------------------------------------------------------------
+
+
+def patch_wsgi(module: ModuleType) -> None:
+    wrap_function(module.WSGIContainer, "__init__", _traced_wsgi_app)
+
+
+def _traced_wsgi_app(original):
+    """A ``WSGIContainer``'s app is traced as a WSGI server's: served straight by
+    ``HTTPServer``, it starts the request's span; behind a ``FallbackHandler`` it finds
+    the Tornado request's span current and adds none."""
+
+    def __init__(self, wsgi_application, *args, **kwargs):
+        traced = wsgi_application
+        try:
+            from autotrace import wsgi
+
+            traced = wsgi.wrap(wsgi_application)
+        except Exception:  # noqa: BLE001 - the app is served untraced, never broken
+            traced = wsgi_application
+        return original(self, traced, *args, **kwargs)
+
+    return __init__
 
 
 # -- route templates -------------------------------------------------------------------------

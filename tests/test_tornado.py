@@ -27,6 +27,7 @@ import tornado.httpclient  # noqa: E402
 import tornado.httputil  # noqa: E402
 import tornado.simple_httpclient  # noqa: E402
 import tornado.websocket  # noqa: E402
+import tornado.wsgi  # noqa: E402
 
 from autotrace.hooks import tornado as hook  # noqa: E402
 
@@ -41,6 +42,7 @@ def tornado_hooks(spans):
     mark = len(patching.history)
     hook.patch(tornado_web)
     hook.patch_websocket(tornado.websocket)
+    hook.patch_wsgi(tornado.wsgi)
     hook.patch_client(tornado.httpclient)
     hook.patch_simple_client(tornado.simple_httpclient)
     importlib.import_module("autotrace.hooks.thread_pool").patch(importlib.import_module("concurrent.futures.thread"))
@@ -426,6 +428,31 @@ def test_a_wsgi_app_behind_a_fallback_handler_is_one_span(tornado_hooks):
     assert spans["/broken"].status.status_code is StatusCode.ERROR
     assert spans["/broken"].attributes["http.response.status_code"] == 500
     assert spans["/plain"].name == "GET /plain" and spans["/plain"].attributes["http.response.status_code"] == 201
+
+
+def test_a_wsgi_container_served_directly_starts_its_span(tornado_hooks):
+    import tornado.httpserver
+
+    def plain(environ, start_response):
+        with tracer.start_as_current_span("wsgi-app"):
+            pass
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"plain"]
+
+    async def main():
+        server = tornado.httpserver.HTTPServer(tornado.wsgi.WSGIContainer(plain))
+        server.listen(0, "127.0.0.1")
+        [sock] = server._sockets.values()
+        try:
+            return await plain_requests(f"http://127.0.0.1:{sock.getsockname()[1]}", [("/x?a=1", {"traceparent": TRACEPARENT})])
+        finally:
+            server.stop()
+
+    assert asyncio.run(main()) == [(201, b"plain")]
+    [span] = server_spans(tornado_hooks)
+    assert span.name == "GET" and span.attributes["http.response.status_code"] == 201
+    assert span.attributes["url.path"] == "/x" and f"{span.parent.span_id:016x}" == SPAN_ID
+    assert internal(tornado_hooks, "wsgi-app").parent.span_id == span.context.span_id
 
 
 def test_a_websocket_connection_is_one_span(tornado_hooks):
