@@ -28,7 +28,7 @@ from . import _log, api, spans
 from .config import http_settings
 from .redact import redact_query
 from .server_span import KNOWN_METHODS
-from .spans import SpanHandle, capture_headers, error_type, mark_error
+from .spans import SpanHandle, capture_headers, error_type, mark_error, set_known
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,9 +121,9 @@ class ClientSpan(SpanHandle):
         try:
             span = self.span
             if protocol_version:  # one call: the SDK takes its lock once
-                span.set_attributes({"http.response.status_code": status_code, "network.protocol.version": protocol_version})
+                set_known(span, {"http.response.status_code": status_code, "network.protocol.version": protocol_version})
             else:
-                span.set_attribute("http.response.status_code", status_code)
+                set_known(span, {"http.response.status_code": status_code})
             if status_code >= 400:
                 mark_error(span, str(status_code))
             wanted = http_settings().client_response_headers

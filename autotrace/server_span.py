@@ -34,7 +34,7 @@ from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
 from .redact import redact_query
-from .spans import SpanHandle, capture_headers, error_type, exception_description, mark_error
+from .spans import SpanHandle, capture_headers, error_type, exception_description, mark_error, set_known
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class ServerSpan(SpanHandle):
     def set_status_code(self, code: int) -> None:
         try:
             span = self.span
-            span.set_attribute("http.response.status_code", code)
+            set_known(span, {"http.response.status_code": code})
             # An exception recorded already (one a framework turned into this response)
             # names the error better than its status code: error.type keeps it.
             if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):
@@ -281,7 +281,7 @@ def set_route(route: str) -> None:
         span = current()
         if span is None or not route:
             return
-        span.set_attribute("http.route", route)
+        set_known(span, {"http.route": route})
         method = getattr(span, "attributes", {}).get("http.request.method", "HTTP")
         span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
     except Exception as exc:  # noqa: BLE001

@@ -1,0 +1,358 @@
+"""The light span: how the agent's hooks start their own spans, for a fraction of the SDK's cost.
+
+:func:`autotrace.spans.new` imports this module when the first span starts (never at
+start-up). :func:`start_span` does what the SDK tracer's ``start_span`` does, for the
+tracers of an SDK ``TracerProvider`` (the agent's, or the app's own when it is the
+SDK's), with less work:
+
+- the sampling decision comes first: a span the sampler drops is a ``NonRecordingSpan``
+  with a valid context (new span id, the flags and trace state the sampler gives), as the
+  SDK makes it, and the hook's attributes are never looked at (they may be given as a
+  function, called only for a recorded span);
+- a recorded span is a :class:`LightSpan`: the SDK's own ``Span`` class underneath (so
+  ``isinstance`` checks, ``ReadableSpan`` readers, exporters and the app's span
+  processors see an SDK span), with ``__slots__`` and the work of its ``__init__``
+  trimmed: the hook's attributes are kept in a plain dict when each value is a plain
+  ``str``, ``bool``, ``int`` or ``float`` and no limit applies (they are what the SDK's
+  validation would keep, unchanged), events and links are made at their first use, and
+  at its end the span itself is handed to the processors (ended, it no longer changes)
+  instead of a copy.
+
+What the *app* does with such a span (``trace.get_current_span().set_attribute(...)``,
+``add_event``, ``record_exception``, ``set_status``, ``update_name``, ``add_link``) is the
+SDK's code, with its validation and ``OTEL_SPAN_*`` limits: the first attribute the app
+sets moves the plain dict into the SDK's ``BoundedAttributes``. Spans the app starts
+itself are the SDK's, untouched.
+
+Whatever this module does not know how to reproduce exactly (a sampler it does not
+know, the SDK's internal span metrics, a tracer of another kind, an SDK whose layout
+differs) is left to the tracer's own ``start_span``.
+"""
+
+from __future__ import annotations
+
+from threading import Lock
+from time import time_ns
+from typing import Any, Callable, Mapping, Sequence
+
+from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Span, Tracer, sampling
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+
+from . import sdk
+from .propagation.sampler import UpstreamParentBased
+
+__all__ = ["LightSpan", "start_span", "set_known"]
+
+# Values kept as they are, without the SDK's per-value cleaning (it returns them unchanged
+# when no length limit applies). Exact types: a subclass (an IntEnum, a str enum) goes
+# through the SDK's cleaning, as it would without the agent.
+_PLAIN = frozenset((str, bool, int, float))
+_UNSET = Status(StatusCode.UNSET)
+_FLAGS = {flags: TraceFlags(flags) for flags in range(4)}
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+_get_current_span = trace_api.get_current_span
+
+
+class LightSpan(Span):
+    """An SDK span started by one of the agent's hooks (see the module docstring).
+
+    Its state is the SDK span's (the same private names, so the SDK's methods work on it),
+    in slots; ``_attributes`` is a plain dict until something other than the hook sets an
+    attribute, ``_events`` and ``_links`` an empty tuple until the first one.
+    """
+
+    __slots__ = (
+        "_name",
+        "_context",
+        "_kind",
+        "_instrumentation_info",
+        "_instrumentation_scope",
+        "_parent",
+        "_start_time",
+        "_end_time",
+        "_attributes",
+        "_events",
+        "_links",
+        "_resource",
+        "_status",
+        "_span_processor",
+        "_limits",
+        "_lock",
+        "_record_end_metrics",
+    )
+
+    # The SDK span's settings a hook's span never changes (read by the SDK's methods).
+    _sampler = None
+    _trace_config = None
+    _record_exception = True
+    _set_status_on_exception = True
+
+    def __init__(  # noqa: PLR0913 - the SDK span's state, set once
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        resource: Any,
+        attributes: dict,
+        kind: trace_api.SpanKind,
+        span_processor: Any,
+        limits: Any,
+        instrumentation_info: Any,
+        instrumentation_scope: Any,
+        links: Any,
+        record_end_metrics: Callable[[], None] | None,
+    ) -> None:
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._resource = resource
+        self._attributes = attributes
+        self._kind = kind
+        self._span_processor = span_processor
+        self._limits = limits
+        self._instrumentation_info = instrumentation_info
+        self._instrumentation_scope = instrumentation_scope
+        self._links = links
+        self._events = ()
+        self._status = _UNSET
+        self._start_time = None
+        self._end_time = None
+        self._lock = Lock()
+        self._record_end_metrics = record_end_metrics
+
+    # -- attributes -------------------------------------------------------------------
+
+    def _bounded(self) -> BoundedAttributes:
+        """The SDK's attribute mapping, made from the plain dict at the first need (lock held)."""
+        attributes = self._attributes
+        if type(attributes) is dict:
+            limits = self._limits
+            attributes = self._attributes = BoundedAttributes(
+                limits.max_span_attributes, attributes, immutable=False, max_value_len=limits.max_span_attribute_length
+            )
+        return attributes
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        with self._lock:
+            if self._end_time is None:
+                self._bounded()
+        Span.set_attributes(self, attributes)  # the SDK's checks and cleaning
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        with self._lock:
+            if self._end_time is None:
+                self._bounded()
+        Span.set_attribute(self, key, value)
+
+    def set_known(self, attributes: Mapping[str, Any]) -> None:
+        """Attributes the hook produced (its own keys, plain values): no per-value cleaning.
+
+        Each is set as the SDK's mapping sets it (a key set again moves to the end). A
+        value of another type, a full span, a length limit or an ended span: the SDK's way.
+        """
+        with self._lock:
+            current = self._attributes
+            if self._end_time is None and type(current) is dict and self._limits.max_span_attribute_length is None:
+                maxlen = self._limits.max_span_attributes
+                for key, value in attributes.items():
+                    if type(value) not in _PLAIN or (maxlen is not None and len(current) >= maxlen and key not in current):
+                        break
+                else:
+                    for key, value in attributes.items():
+                        if key in current:
+                            del current[key]
+                        current[key] = value
+                    return
+        self.set_attributes(attributes)
+
+    # -- events and links: made at the first one ----------------------------------------
+
+    def _add_event(self, event: Any) -> None:
+        if type(self._events) is tuple:
+            self._events = BoundedList(self._limits.max_events)
+        Span._add_event(self, event)  # noqa: SLF001 - the SDK's check (ended span) and append
+
+    def _add_link(self, link: Any) -> None:
+        if type(self._links) is tuple:
+            self._links = BoundedList.from_seq(self._limits.max_links, self._links)
+        Span._add_link(self, link)  # noqa: SLF001
+
+    # -- the end ------------------------------------------------------------------------
+
+    def end(self, end_time: int | None = None) -> None:
+        with self._lock:
+            done = self._start_time is None or self._end_time is not None
+            if not done:
+                self._end_time = end_time if end_time is not None else time_ns()
+                attributes = self._attributes
+                if type(attributes) is not dict:
+                    attributes._immutable = True  # noqa: SLF001 - as the SDK span does
+        if done:
+            Span.end(self, end_time)  # the SDK's error (not started) or warning (ended)
+            return
+        if self._record_end_metrics is not None:
+            self._record_end_metrics()
+        processor = self._span_processor
+        on_ending = getattr(processor, "_on_ending", None)
+        if on_ending is not None:
+            on_ending(self)
+        # Ended, the span no longer changes: it is its own ReadableSpan (the SDK copies).
+        processor.on_end(self)
+
+
+def set_known(span: Any, attributes: Mapping[str, Any]) -> None:
+    """Set attributes the hook produced: without per-value cleaning on a :class:`LightSpan`."""
+    if type(span) is LightSpan:
+        span.set_known(attributes)
+    else:
+        span.set_attributes(attributes)
+
+
+# -- starting a span --------------------------------------------------------------------
+
+_BLIND = (sampling.StaticSampler, sampling.TraceIdRatioBased)
+_PARENT_BASED = (sampling.ParentBased, sampling.ParentBasedTraceIdRatio, UpstreamParentBased)
+
+
+def _attribute_blind(sampler: object) -> bool:
+    """Whether ``sampler`` is one of the SDK's (or the agent's) that never read the attributes."""
+    kind = type(sampler)
+    if kind in _BLIND:
+        return True
+    if kind in _PARENT_BASED:
+        delegates = [getattr(sampler, name, None) for name in ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled", "_local_parent_not_sampled")]
+        return all(delegate is not None and type(delegate) in _BLIND for delegate in delegates)
+    return False
+
+
+class _Plan:
+    """What starting a span of one tracer needs, read once from the tracer."""
+
+    __slots__ = ("sampler", "blind", "ids", "random_ids", "enabled", "processor", "limits", "info", "scope", "metrics")
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.sampler = tracer.sampler
+        self.blind = _attribute_blind(self.sampler)
+        self.ids = tracer.id_generator
+        self.random_ids = self.ids.is_trace_id_random  # AttributeError: an SDK before 1.42
+        self.enabled = tracer._is_enabled  # noqa: SLF001 - the tracer configurator's switch
+        self.processor = tracer.span_processor
+        self.limits = tracer._span_limits  # noqa: SLF001 - the SDK tracer's state
+        self.info = tracer.instrumentation_info
+        self.scope = tracer._instrumentation_scope  # noqa: SLF001
+        # The SDK's own span metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), when on.
+        metrics = getattr(tracer, "_tracer_metrics", None)
+        self.metrics = None if metrics is None or type(metrics).__name__ == "NoOpTracerMetrics" else metrics
+
+
+# Plans by tracer (None: the SDK starts that tracer's spans). Tracers are few and live as
+# long as their provider; the entry keeps the tracer so its id is not reused.
+_plans: dict[int, tuple[object, _Plan | None]] = {}
+
+
+def _plan(tracer: object) -> _Plan | None:
+    found = _plans.get(id(tracer))
+    if found is not None and found[0] is tracer:
+        return found[1]
+    plan = None
+    if type(tracer) in (Tracer, sdk.AgentTracer):
+        try:
+            plan = _Plan(tracer)  # type: ignore[arg-type]
+        except AttributeError:  # an SDK of another layout
+            plan = None
+    if len(_plans) >= 256:
+        _plans.clear()
+    _plans[id(tracer)] = (tracer, plan)
+    return plan
+
+
+def start_span(
+    tracer: Any,
+    name: str,
+    kind: trace_api.SpanKind,
+    parent: Any,
+    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    links: Sequence[trace_api.Link] | None = None,
+) -> trace_api.Span:
+    """The tracer's span under the context ``parent``, as its ``start_span`` would make it.
+
+    ``attributes``: a mapping, or a function returning one (called only when the span is
+    recorded, or when the sampler reads attributes). Raises what the SDK raises.
+    """
+    plan = _plan(tracer)
+    if plan is None or plan.metrics is not None or sdk.app_provider() is not None or not plan.enabled():
+        if attributes is not None and type(attributes) is not dict and callable(attributes):
+            attributes = attributes()
+        return tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
+    links = links or ()
+    parent_context = _get_current_span(parent).get_span_context()
+    if parent_context is None or not parent_context.is_valid:
+        parent_context = None
+        trace_id = plan.ids.generate_trace_id()
+        random = plan.random_ids()
+    else:
+        trace_id = parent_context.trace_id
+        random = parent_context.trace_flags & _RANDOM
+    if plan.blind:
+        result = plan.sampler.should_sample(parent, trace_id, name, kind, None, links)
+    else:
+        if attributes is not None and type(attributes) is not dict and callable(attributes):
+            attributes = attributes()
+        result = plan.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+        attributes = result.attributes
+    decision = result.decision
+    flags = _SAMPLED if decision.is_sampled() else 0
+    if random:
+        flags |= _RANDOM
+    context = SpanContext(trace_id, plan.ids.generate_span_id(), False, _FLAGS[flags], result.trace_state)
+    if not decision.is_recording():
+        return NonRecordingSpan(context)
+    if attributes is not None and type(attributes) is not dict and callable(attributes):
+        attributes = attributes()
+    limits = plan.limits
+    maxlen = limits.max_span_attributes
+    if not attributes:
+        kept: Any = {}
+    elif (
+        plan.blind
+        and limits.max_span_attribute_length is None
+        and (maxlen is None or len(attributes) <= maxlen)
+        and all(type(value) in _PLAIN for value in attributes.values())
+    ):
+        kept = dict(attributes)
+    else:  # the SDK's cleaning and limits
+        kept = BoundedAttributes(maxlen, attributes, immutable=False, max_value_len=limits.max_span_attribute_length)
+    span = LightSpan(
+        name,
+        context,
+        parent_context,
+        tracer.resource,
+        kept,
+        kind,
+        plan.processor,
+        limits,
+        plan.info,
+        plan.scope,
+        span_links(links, limits) if links else (),
+        None,
+    )
+    span._start_time = time_ns()  # noqa: SLF001 - this module's own class
+    plan.processor.on_start(span, parent_context=parent)
+    return span
+
+
+def span_links(links: Sequence[trace_api.Link], limits: Any) -> BoundedList:
+    """The span's links as the SDK keeps them: valid ones, attributes bounded (as ``Span._new_links``)."""
+    valid = []
+    for link in links:
+        context = link.context if link else None
+        if context and (context.is_valid or link.attributes or context.trace_state):
+            link._attributes = BoundedAttributes(  # noqa: SLF001 - what the SDK span does to its links
+                limits.max_link_attributes, link.attributes, max_value_len=limits.max_attribute_length, immutable=True
+            )
+            valid.append(link)
+    return BoundedList.from_seq(limits.max_links, valid)
