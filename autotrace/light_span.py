@@ -55,6 +55,7 @@ _FLAGS = {flags: TraceFlags(flags) for flags in range(4)}
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _get_current_span = trace_api.get_current_span
+_new = object.__new__  # a LightSpan without the SDK span's __init__ (start_span sets its state)
 
 
 class LightSpan(Span):
@@ -62,7 +63,9 @@ class LightSpan(Span):
 
     Its state is the SDK span's (the same private names, so the SDK's methods work on it),
     in slots; ``_attributes`` is a plain dict until something other than the hook sets an
-    attribute, ``_events`` and ``_links`` an empty tuple until the first one.
+    attribute, ``_events`` and ``_links`` an empty tuple until the first one. Made by
+    :func:`start_span`, which sets the slots itself (the SDK's ``__init__``, which a call
+    of the class would run, makes an SDK span's usual state: that works too).
     """
 
     __slots__ = (
@@ -90,39 +93,6 @@ class LightSpan(Span):
     _trace_config = None
     _record_exception = True
     _set_status_on_exception = True
-
-    def __init__(  # noqa: PLR0913 - the SDK span's state, set once
-        self,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        resource: Any,
-        attributes: dict,
-        kind: trace_api.SpanKind,
-        span_processor: Any,
-        limits: Any,
-        instrumentation_info: Any,
-        instrumentation_scope: Any,
-        links: Any,
-        record_end_metrics: Callable[[], None] | None,
-    ) -> None:
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._resource = resource
-        self._attributes = attributes
-        self._kind = kind
-        self._span_processor = span_processor
-        self._limits = limits
-        self._instrumentation_info = instrumentation_info
-        self._instrumentation_scope = instrumentation_scope
-        self._links = links
-        self._events = ()
-        self._status = _UNSET
-        self._start_time = None
-        self._end_time = None
-        self._lock = Lock()
-        self._record_end_metrics = record_end_metrics
 
     # -- attributes -------------------------------------------------------------------
 
@@ -321,26 +291,29 @@ def start_span(
         plan.blind
         and limits.max_span_attribute_length is None
         and (maxlen is None or len(attributes) <= maxlen)
-        and all(type(value) in _PLAIN for value in attributes.values())
+        and _PLAIN.issuperset(map(type, attributes.values()))
     ):
         kept = dict(attributes)
     else:  # the SDK's cleaning and limits
         kept = BoundedAttributes(maxlen, attributes, immutable=False, max_value_len=limits.max_span_attribute_length)
-    span = LightSpan(
-        name,
-        context,
-        parent_context,
-        tracer.resource,
-        kept,
-        kind,
-        plan.processor,
-        limits,
-        plan.info,
-        plan.scope,
-        span_links(links, limits) if links else (),
-        None,
-    )
-    span._start_time = time_ns()  # noqa: SLF001 - this module's own class
+    span = _new(LightSpan)
+    span._name = name  # noqa: SLF001 - this module's own class: its state, set once
+    span._context = context  # noqa: SLF001
+    span._parent = parent_context  # noqa: SLF001
+    span._resource = tracer.resource  # noqa: SLF001
+    span._attributes = kept  # noqa: SLF001
+    span._kind = kind  # noqa: SLF001
+    span._span_processor = plan.processor  # noqa: SLF001
+    span._limits = limits  # noqa: SLF001
+    span._instrumentation_info = plan.info  # noqa: SLF001
+    span._instrumentation_scope = plan.scope  # noqa: SLF001
+    span._links = span_links(links, limits) if links else ()  # noqa: SLF001
+    span._events = ()  # noqa: SLF001
+    span._status = _UNSET  # noqa: SLF001
+    span._end_time = None  # noqa: SLF001
+    span._lock = Lock()  # noqa: SLF001
+    span._record_end_metrics = None  # noqa: SLF001
+    span._start_time = time_ns()  # noqa: SLF001
     plan.processor.on_start(span, parent_context=parent)
     return span
 

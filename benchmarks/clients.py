@@ -1,6 +1,6 @@
 """Cost of an outgoing request: plain Python vs under ``autotrace run``.
 
-    python benchmarks/clients.py [--calls 2000] [--rounds 5]
+    python benchmarks/clients.py [--calls 2000] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
 
 A client process makes ``--calls`` sequential GETs to a local server and prints the
 mean time per call; each form (``requests.get``, a ``requests.Session``, an
@@ -9,7 +9,9 @@ agent, alternating for ``--rounds`` rounds. Under the agent every call is a CLIE
 exported over OTLP/HTTP to a local sink that accepts and discards it (as a collector
 would), so export does its real work. Ratios are medians against plain in the same run.
 The server and the sink run in this process's threads: they load the machine the same
-for both variants.
+for both variants. ``--compare`` adds ``autotrace run`` from another install (a venv
+holding an earlier checkout: a before/after figure from the same run), with that venv's
+Python.
 """
 
 from __future__ import annotations
@@ -93,9 +95,22 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=VENV_BIN_DIR",
+        help="also time `autotrace run` of the install in that venv's bin directory",
+    )
     args = parser.parse_args()
 
     autotrace = shutil.which("autotrace", path=str(Path(sys.executable).parent)) or "autotrace"
+    traced_variants = {"autotrace": [autotrace, "run", sys.executable]}
+    for item in args.compare:
+        label, sep, other_bin = item.partition("=")
+        if not sep or not Path(other_bin, "autotrace").exists():
+            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+        traced_variants[label] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "python"))]
     hello, sink = _serve(_Hello), _serve(_Sink)
     url = f"http://127.0.0.1:{hello.server_address[1]}/hello"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
@@ -110,22 +125,23 @@ def main() -> None:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7}")
+        print(f"{'form':18} {'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced_variants))
         for form in args.forms.split(","):
-            plain, traced = [], []
+            times: dict[str, list[float]] = {"plain": [], **{name: [] for name in traced_variants}}
             for _ in range(args.rounds):
-                for command, environ, into in (
-                    ([sys.executable, str(script)], env, plain),
-                    ([autotrace, "run", sys.executable, str(script)], traced_env, traced),
-                ):
+                runs = [("plain", [sys.executable], env)] + [(name, prefix, traced_env) for name, prefix in traced_variants.items()]
+                for name, prefix, environ in runs:
                     out = subprocess.run(
-                        [*command, form, url, str(args.calls)], env=environ, capture_output=True, text=True, timeout=600
+                        [*prefix, str(script), form, url, str(args.calls)], env=environ, capture_output=True, text=True, timeout=600
                     )
                     if out.returncode != 0:
-                        raise SystemExit(f"{form} failed:\n{out.stderr}")
-                    into.append(float(out.stdout.split()[-1]))
-            p, t = statistics.median(plain), statistics.median(traced)
-            print(f"{form:18} {p:9.1f} {t:10.1f} {t / p:6.2f}x", flush=True)
+                        raise SystemExit(f"{form} ({name}) failed:\n{out.stderr}")
+                    times[name].append(float(out.stdout.split()[-1]))
+            p = statistics.median(times["plain"])
+            row = "".join(
+                f" {statistics.median(times[name]):14.1f} {statistics.median(times[name]) / p:6.2f}x" for name in traced_variants
+            )
+            print(f"{form:18} {p:9.1f}{row}", flush=True)
     hello.shutdown()
     sink.shutdown()
 

@@ -1,6 +1,6 @@
 """Cost of a database or cache call: plain Python vs under ``autotrace run``, inside a request span.
 
-    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1]
+    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1] [--compare LABEL=VENV_BIN_DIR ...]
 
 A client process makes ``--calls`` sequential calls over loopback and prints the mean
 time per call: a redis ``GET`` of a short value (redis-py), a ``SELECT 1`` and its
@@ -17,7 +17,9 @@ form whose library has no hook yet measures what the agent does without one.
 
 The servers are started for the run from the Debian packages, as the tests start them
 (tests/dbservers.py: loopback, a temporary directory, an unprivileged user when root);
-``--redis-url`` / ``--postgres-url`` use running ones instead.
+``--redis-url`` / ``--postgres-url`` use running ones instead. ``--compare`` adds
+``autotrace run`` of another install (a venv holding an earlier checkout), with that venv's
+Python: a before/after figure from the same run (its rows are named by the label).
 """
 
 from __future__ import annotations
@@ -110,10 +112,23 @@ def main() -> None:
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--redis-url", help="a running Redis (default: one started for the run)")
     parser.add_argument("--postgres-url", help="a running PostgreSQL (default: one started for the run)")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=VENV_BIN_DIR",
+        help="also time `autotrace run` of the install in that venv's bin directory",
+    )
     args = parser.parse_args()
     forms = args.forms.split(",")
 
     autotrace = shutil.which("autotrace", path=str(Path(sys.executable).parent)) or "autotrace"
+    traced_variants = {"": [autotrace, "run", sys.executable]}
+    for item in args.compare:
+        label, sep, other_bin = item.partition("=")
+        if not sep or not Path(other_bin, "autotrace").exists():
+            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+        traced_variants[f" ({label})"] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "python"))]
     sink = _serve(_Sink)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -138,14 +153,14 @@ def main() -> None:
         print(f"{'':18} {'wall clock':^39} | {'CPU of the process (all threads)':^39}")
         print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9} | {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
         for form in forms:
-            plain, traced, plain_cpu, traced_cpu = [], [], [], []
+            plain, plain_cpu = [], []
+            traced = {name: ([], []) for name in traced_variants}
             for _ in range(args.rounds):
-                for command, environ, into, into_cpu in (
-                    ([sys.executable, str(script)], env, plain, plain_cpu),
-                    ([autotrace, "run", sys.executable, str(script)], traced_env, traced, traced_cpu),
-                ):
+                runs = [([sys.executable], env, plain, plain_cpu)]
+                runs += [(prefix, traced_env, *traced[name]) for name, prefix in traced_variants.items()]
+                for command, environ, into, into_cpu in runs:
                     out = subprocess.run(
-                        [*command, form, urls.get(form, "-"), str(args.calls)],
+                        [*command, str(script), form, urls.get(form, "-"), str(args.calls)],
                         env=environ,
                         capture_output=True,
                         text=True,
@@ -156,11 +171,12 @@ def main() -> None:
                     wall, cpu = out.stdout.split()[-2:]
                     into.append(float(wall))
                     into_cpu.append(float(cpu))
-            columns = []
-            for before, after in ((plain, traced), (plain_cpu, traced_cpu)):
-                p, t = statistics.median(before), statistics.median(after)
-                columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
-            print(f"{form:18} {columns[0]} | {columns[1]}", flush=True)
+            for name, (wall_times, cpu_times) in traced.items():
+                columns = []
+                for before, after in ((plain, wall_times), (plain_cpu, cpu_times)):
+                    p, t = statistics.median(before), statistics.median(after)
+                    columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
+                print(f"{form + name:18} {columns[0]} | {columns[1]}", flush=True)
     sink.shutdown()
 
 
