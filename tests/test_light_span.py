@@ -370,3 +370,20 @@ def test_a_tracer_of_another_kind_starts_its_own_spans():
 def test_spans_the_app_starts_stay_the_sdks(spans):
     with trace.get_tracer("app").start_as_current_span("mine") as mine:
         assert type(mine).__module__ == "opentelemetry.sdk.trace"
+
+
+def test_a_dropped_server_span_computes_no_attributes(spans):
+    from autotrace import server_span
+
+    asked: list[str] = []
+
+    def headers(name: str) -> list[str]:
+        asked.append(name)
+        return ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"] if name == "traceparent" else []
+
+    server = server_span.start("GET", "http", "/x", "", headers, "127.0.0.1", 8000)
+    assert server is not None and not server.span.is_recording()
+    assert server.span.get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert "traceparent" in asked and "user-agent" not in asked  # the parent read, no attribute computed
+    server.close()
+    assert spans.get_finished_spans() == ()
