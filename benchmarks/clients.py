@@ -7,7 +7,9 @@ mean time per call; each form (``requests.get``, a ``requests.Session``, an
 ``httpx.Client``, a urllib3 pool, ``urllib.request.urlopen``) runs plain and under the
 agent, alternating for ``--rounds`` rounds. Under the agent every call is a CLIENT span,
 exported over OTLP/HTTP to a local sink that accepts and discards it (as a collector
-would), so export does its real work. Ratios are medians against plain in the same run.
+would), so export does its real work. Ratios are medians against plain in the same run,
+of the wall clock and of the client process's CPU time (all its threads: the export
+thread too); the CPU figure moves less when other work shares the machine.
 The server and the sink run in this process's threads: they load the machine the same
 for both variants. ``--compare`` adds ``autotrace run`` from another install (a venv
 holding an earlier checkout: a before/after figure from the same run), with that venv's
@@ -50,10 +52,11 @@ elif form == "urllib":
     call = lambda: urllib.request.urlopen(url).read()
 for _ in range(min(200, calls)):  # warm-up: connections, caches, the SDK's set-up
     call()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 for _ in range(calls):
     call()
-print((time.perf_counter() - start) / calls * 1e6)
+elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(elapsed / calls * 1e6, cpu / calls * 1e6)
 '''
 
 FORMS = ("requests.get", "requests.Session", "httpx.Client", "urllib3", "urllib")
@@ -125,9 +128,12 @@ def main() -> None:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'form':18} {'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced_variants))
+        header = f"{'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced_variants)
+        print(f"{'':18} {'wall clock':^{len(header)}} | {'CPU of the client process':^{len(header)}}")
+        print(f"{'form':18} {header} | {header}")
         for form in args.forms.split(","):
             times: dict[str, list[float]] = {"plain": [], **{name: [] for name in traced_variants}}
+            cpu: dict[str, list[float]] = {name: [] for name in times}
             for _ in range(args.rounds):
                 runs = [("plain", [sys.executable], env)] + [(name, prefix, traced_env) for name, prefix in traced_variants.items()]
                 for name, prefix, environ in runs:
@@ -136,12 +142,17 @@ def main() -> None:
                     )
                     if out.returncode != 0:
                         raise SystemExit(f"{form} ({name}) failed:\n{out.stderr}")
-                    times[name].append(float(out.stdout.split()[-1]))
-            p = statistics.median(times["plain"])
-            row = "".join(
-                f" {statistics.median(times[name]):14.1f} {statistics.median(times[name]) / p:6.2f}x" for name in traced_variants
-            )
-            print(f"{form:18} {p:9.1f}{row}", flush=True)
+                    wall, used = out.stdout.split()[-2:]
+                    times[name].append(float(wall))
+                    cpu[name].append(float(used))
+            columns = []
+            for figures in (times, cpu):
+                p = statistics.median(figures["plain"])
+                columns.append(
+                    f"{p:9.1f}"
+                    + "".join(f" {statistics.median(figures[name]):14.1f} {statistics.median(figures[name]) / p:6.2f}x" for name in traced_variants)
+                )
+            print(f"{form:18} {columns[0]} | {columns[1]}", flush=True)
     hello.shutdown()
     sink.shutdown()
 
