@@ -42,6 +42,7 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from . import sdk
+from .propagation.decision import upstream_decision
 from .propagation.sampler import UpstreamParentBased
 
 __all__ = ["LightSpan", "start_span", "set_known"]
@@ -199,14 +200,46 @@ def _attribute_blind(sampler: object) -> bool:
     return False
 
 
+_PARENT_DELEGATES = ("_local_parent_sampled", "_local_parent_not_sampled", "_remote_parent_sampled", "_remote_parent_not_sampled")
+
+
+def _outcome(decision: sampling.Decision) -> tuple[bool, bool]:
+    return decision.is_recording(), decision.is_sampled()
+
+
+def _parent_decisions(sampler: object) -> tuple[tuple[tuple[bool, bool], ...], tuple[bool, bool] | None] | None:
+    """A parent-based sampler whose parent delegates are fixed (``ParentBased(...)``, the
+    ``parentbased_*`` settings): its outcome (recording, sampled) by (parent remote,
+    parent sampled), and the root's when fixed too; None for any other sampler.
+
+    Its decision under a valid parent then needs no call: the delegate's fixed decision,
+    with the parent's trace state (what ``ParentBased`` and ``StaticSampler`` return).
+    """
+    if type(sampler) not in _PARENT_BASED:
+        return None
+    delegates = [getattr(sampler, name, None) for name in _PARENT_DELEGATES]
+    if not all(type(delegate) is sampling.StaticSampler for delegate in delegates):
+        return None
+    by_parent = tuple(_outcome(delegate._decision) for delegate in delegates)  # noqa: SLF001 - the SDK's fixed decision
+    root = getattr(sampler, "_root", None)
+    return by_parent, (_outcome(root._decision) if type(root) is sampling.StaticSampler else None)  # noqa: SLF001
+
+
 class _Plan:
     """What starting a span of one tracer needs, read once from the tracer."""
 
-    __slots__ = ("sampler", "blind", "ids", "random_ids", "enabled", "processor", "limits", "info", "scope", "metrics")
+    __slots__ = (
+        "sampler", "blind", "by_parent", "root", "upstream", "ids", "random_ids", "enabled", "processor", "limits", "info", "scope", "metrics",
+    )
 
     def __init__(self, tracer: Tracer) -> None:
         self.sampler = tracer.sampler
         self.blind = _attribute_blind(self.sampler)
+        fixed = _parent_decisions(self.sampler)
+        # (local sampled, local not sampled, remote sampled, remote not sampled), the root's
+        self.by_parent, self.root = fixed if fixed is not None else (None, None)
+        # The agent's sampler first honours a decision B3 carried without ids.
+        self.upstream = type(self.sampler) is UpstreamParentBased
         self.ids = tracer.id_generator
         self.random_ids = self.ids.is_trace_id_random  # AttributeError: an SDK before 1.42
         self.enabled = tracer._is_enabled  # noqa: SLF001 - the tracer configurator's switch
@@ -267,19 +300,32 @@ def start_span(
     else:
         trace_id = parent_context.trace_id
         random = parent_context.trace_flags & _RANDOM
-    if plan.blind:
-        result = plan.sampler.should_sample(parent, trace_id, name, kind, None, links)
+    by_parent = plan.by_parent
+    if by_parent is not None and (parent_context is not None or plan.root is not None) and not (plan.upstream and upstream_decision(parent)):
+        # A parent-based sampler with fixed delegates: its decision without the calls.
+        if parent_context is None:
+            recording, sampled = plan.root
+            trace_state = None
+        else:
+            flags = parent_context.trace_flags
+            recording, sampled = by_parent[(2 if parent_context.is_remote else 0) + (0 if flags & _SAMPLED else 1)]
+            trace_state = parent_context.trace_state
     else:
-        if attributes is not None and type(attributes) is not dict and callable(attributes):
-            attributes = attributes()
-        result = plan.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
-        attributes = result.attributes
-    decision = result.decision
-    flags = _SAMPLED if decision.is_sampled() else 0
+        if plan.blind:
+            result = plan.sampler.should_sample(parent, trace_id, name, kind, None, links)
+        else:
+            if attributes is not None and type(attributes) is not dict and callable(attributes):
+                attributes = attributes()
+            result = plan.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+            attributes = result.attributes
+        decision = result.decision
+        recording, sampled = decision.is_recording(), decision.is_sampled()
+        trace_state = result.trace_state
+    flags = _SAMPLED if sampled else 0
     if random:
         flags |= _RANDOM
-    context = SpanContext(trace_id, plan.ids.generate_span_id(), False, _FLAGS[flags], result.trace_state)
-    if not decision.is_recording():
+    context = SpanContext(trace_id, plan.ids.generate_span_id(), False, _FLAGS[flags], trace_state)
+    if not recording:
         return NonRecordingSpan(context)
     if attributes is not None and type(attributes) is not dict and callable(attributes):
         attributes = attributes()

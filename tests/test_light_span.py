@@ -30,6 +30,7 @@ from opentelemetry.trace.span import TraceState
 from autotrace import api, light_span, spans
 from autotrace.light_span import LightSpan
 from autotrace.otlp_encode import encode_spans
+from autotrace.propagation.decision import ACCEPT, DEFER, DENY, with_decision
 from autotrace.propagation.sampler import UpstreamParentBased
 
 
@@ -174,6 +175,49 @@ def test_the_ratio_sampler_decides_as_in_the_sdk(ratio, trace_ids):
             expected = tracer.start_span("op", context=parent).get_span_context()
             got = light_span.start_span(tracer, "op", KIND, parent, {"a": 1}).get_span_context()
             assert (got.trace_id, got.trace_flags, got.trace_state) == (expected.trace_id, expected.trace_flags, expected.trace_state)
+
+
+SAMPLERS = [
+    sampling.ALWAYS_ON,
+    sampling.ALWAYS_OFF,
+    sampling.ParentBased(sampling.ALWAYS_ON),
+    sampling.ParentBased(sampling.ALWAYS_OFF),
+    sampling.ParentBasedTraceIdRatio(0.5),
+    UpstreamParentBased(sampling.ALWAYS_ON),
+    UpstreamParentBased(sampling.ALWAYS_OFF),
+    UpstreamParentBased(sampling.TraceIdRatioBased(0.5)),
+    sampling.ParentBased(sampling.ALWAYS_ON, local_parent_sampled=sampling.ALWAYS_OFF, remote_parent_not_sampled=sampling.ALWAYS_ON),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sampler=st.sampled_from(SAMPLERS),
+    parent=st.one_of(
+        st.none(),
+        st.builds(
+            lambda trace_id, remote, flags, state: SpanContext(trace_id, 0x99, is_remote=remote, trace_flags=TraceFlags(flags), trace_state=state),
+            st.integers(min_value=1, max_value=2**128 - 1),
+            st.booleans(),
+            st.integers(min_value=0, max_value=3),
+            st.sampled_from([None, TraceState([("k", "v")])]),
+        ),
+    ),
+    upstream=st.sampled_from([None, ACCEPT, DENY, DEFER]),
+    root_trace_id=st.integers(min_value=1, max_value=2**128 - 1),
+)
+def test_every_sampling_setting_decides_as_in_the_sdk(sampler, parent, upstream, root_trace_id):
+    provider, _ = _provider(sampler=sampler, ids=_Constant(root_trace_id))
+    tracer = provider.get_tracer("t")
+    ctx = context.Context() if parent is None else trace.set_span_in_context(NonRecordingSpan(parent))
+    if upstream is not None:
+        ctx = with_decision(ctx, upstream, parent if upstream == DEFER else None)
+    expected = tracer.start_span("op", context=ctx, kind=KIND)
+    got = light_span.start_span(tracer, "op", KIND, ctx, {"a": 1})
+    assert got.is_recording() == expected.is_recording()
+    ours, theirs = got.get_span_context(), expected.get_span_context()
+    assert (ours.trace_id, ours.trace_flags, ours.trace_state, ours.is_remote) == (theirs.trace_id, theirs.trace_flags, theirs.trace_state, theirs.is_remote)
+    assert type(got) is (LightSpan if expected.is_recording() else NonRecordingSpan)
 
 
 class _Constant(RandomIdGenerator):
