@@ -50,8 +50,7 @@ def _start() -> None:
         logger.debug("not tracing: OTEL_SDK_DISABLED=true")
         return
 
-    source = _service_name_source(settings, entry) if _log.debug_enabled() else ""
-    service_name = _service_name(settings, entry)
+    service_name, source = _service_name(settings, entry)
     _align_propagators(settings)
 
     from . import propagation, provider, registry
@@ -73,6 +72,7 @@ def _start() -> None:
         )
     if not _log.debug_enabled():
         registry.arm(hooks, settings.disabled_hooks)
+        _prepare_soon(entry)
         return
     # Under --debug: one report instead of a line per setting and per hook armed. The lines
     # of hooks applied meanwhile (to modules already imported) follow it.
@@ -81,6 +81,16 @@ def _start() -> None:
     logger.debug("%s", startup_report(settings, entry, f"{service_name} (from {source})", hooks))
     for level, message, args in held:
         logger.log(level, message, *args)
+    _prepare_soon(entry)
+
+
+def _prepare_soon(entry) -> None:
+    """Set the SDK up off the first request's path (see :func:`autotrace.provider.prepare_soon`);
+    not in multiprocessing's helper processes, which record nothing."""
+    from . import entrypoint, provider
+
+    if entry.source != entrypoint.HELPER_SOURCE:
+        provider.prepare_soon()
 
 
 def _distribution_version(name: str) -> str:
@@ -92,16 +102,6 @@ def _distribution_version(name: str) -> str:
 
 def _without_the(text: str) -> str:
     return text[4:] if text.startswith("the ") else text
-
-
-def _service_name_source(settings, entry) -> str:
-    if settings.service_name:
-        return "OTEL_SERVICE_NAME"
-    if settings.resource_attributes.get("service.name"):
-        return "OTEL_RESOURCE_ATTRIBUTES"
-    if entry.weak and os.environ.get(PARENT_SERVICE_ENV):
-        return "the parent process"
-    return entry.source
 
 
 def startup_report(settings, entry, service_name: str, hooks) -> str:
@@ -148,23 +148,25 @@ def startup_report(settings, entry, service_name: str, hooks) -> str:
     return "\n".join([head] + [f"  {name.ljust(width)}{value}" for name, value in rows])
 
 
-def _service_name(settings, entry) -> str:
-    """OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES, else derived."""
-    name = settings.service_name or settings.resource_attributes.get("service.name")
-    if not name:
-        parent = os.environ.get(PARENT_SERVICE_ENV)
-        if entry.weak and parent:
-            name = parent
-        else:
-            name = entry.service_name
-            logger.info(
-                "service.name=%s (from the %s; set OTEL_SERVICE_NAME to choose another)",
-                name,
-                entry.source,
-            )
+def _service_name(settings, entry) -> tuple[str, str]:
+    """The service name and where it came from: OTEL_SERVICE_NAME, else service.name in
+    OTEL_RESOURCE_ATTRIBUTES, else the parent's (a child that cannot name itself), else
+    derived from the command (see :mod:`autotrace.entrypoint`)."""
+    parent = os.environ.get(PARENT_SERVICE_ENV)
+    if settings.service_name:
+        name, source = settings.service_name, "OTEL_SERVICE_NAME"
+    elif settings.resource_attributes.get("service.name"):
+        name, source = settings.resource_attributes["service.name"], "OTEL_RESOURCE_ATTRIBUTES"
+    elif entry.weak and parent:
+        name, source = parent, "the parent process"
+    else:
+        from .entrypoint import resolved_service_name
+
+        name, source = resolved_service_name(entry)
+        logger.info("service.name=%s (from the %s; set OTEL_SERVICE_NAME to choose another)", name, _without_the(source))
     # Children that cannot name themselves take this process's name.
     os.environ[PARENT_SERVICE_ENV] = name
-    return name
+    return name, source
 
 
 def _align_propagators(settings) -> None:

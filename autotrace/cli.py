@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
                 f"autotrace: {interpreter} cannot import {problem}, so {command[0]} would run "
                 "untraced.\n"
                 f"autotrace is installed for {sys.executable}. Install it into that "
-                f"environment too ({interpreter} -m pip install autotrace-agent) and use "
+                f"environment too ({launcher.install_hint(interpreter)}) and use "
                 "that environment's autotrace, or run the command with this one's Python.\n"
             )
             return 1

@@ -155,7 +155,10 @@ def statement(sql: object, system: str | None = None) -> Statement | None:
     """
     mysql = 1 if system in MYSQL_SYSTEMS else 0
     cache = _caches[mysql]
-    found = cache.get(sql)
+    try:
+        found = cache.get(sql)  # type: ignore[call-overload]
+    except Exception:  # noqa: BLE001 - unhashable (a bytearray, a list): not cached
+        found = None
     if found is not None:
         return found
     try:

@@ -147,3 +147,21 @@ def cannot_import(interpreter: str, environ: Mapping[str, str]) -> str:
     if result.returncode == 0:
         return ""
     return result.stdout.strip() or f"the agent (exit {result.returncode})"
+
+
+def install_hint(interpreter: str) -> str:
+    """How to install this autotrace into ``interpreter``'s environment, as a command.
+
+    The package is not published on PyPI: it installs from a clone (this one, when the
+    running copy is an editable install of it) or from a wheel built there.
+    """
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    clone = os.path.dirname(package_dir)
+    if os.path.isfile(os.path.join(clone, "pyproject.toml")):
+        return f"{interpreter} -m pip install {clone}"
+    from ._version import __version__
+
+    return (
+        f"{interpreter} -m pip install autotrace_agent-{__version__}-py3-none-any.whl, "
+        "a wheel built in a clone of autotrace with `python -m build` (see docs/deploy.md)"
+    )

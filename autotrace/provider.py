@@ -13,11 +13,21 @@ and then wraps two API functions:
   it does so before the agent's is set up (the agent then never sets one up) or after
   (see :func:`autotrace.sdk.hand_over`).
 
+The SDK is also set up ahead of that first use, off the request path (it costs about
+130 ms): :func:`prepare_soon` starts a background thread that waits until the app is done
+importing what it imports at start-up, then loads the API and sets the SDK up, so the
+first request finds everything ready. A request that comes earlier waits for that set-up
+(the lock below) or does it itself, as before; nothing is lost either way. A forked child
+(a gunicorn worker) starts its own thread if the SDK was not set up before the fork, and a
+process that forked such children (a prefork master) leaves the set-up to them.
+
 Module state here is light: the SDK is imported only inside :func:`_set_up`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from types import ModuleType
 
@@ -29,6 +39,19 @@ _lock = threading.RLock()
 _state = "waiting"  # waiting -> set up | failed | declined
 _setup_args: tuple = ()
 
+# Held by the background set-up while it runs; a fork waits for it (see _wrap_fork).
+_prepare_lock = threading.Lock()
+_prepare_thread: threading.Thread | None = None
+_fork_handlers = False
+# How the background set-up waits for the app's start-up to end: it looks at the thread
+# that started the process every POLL_S, and starts once that thread was seen outside
+# any import QUIET_POLLS times in a row (or after MAX_WAIT_S).
+POLL_S = 0.05
+QUIET_POLLS = 2
+MAX_WAIT_S = 30.0
+# At most this long a fork waits for a set-up in progress (then it goes on regardless).
+FORK_WAIT_S = 5.0
+
 
 def arm(settings, entry, service_name: str) -> None:
     """Remember what the SDK needs, and wait for the tracing API to be imported."""
@@ -37,6 +60,130 @@ def arm(settings, entry, service_name: str) -> None:
 
     _setup_args = (settings, entry, service_name)
     importer.register("opentelemetry.trace", _wrap_api)
+
+
+def prepare_soon() -> None:
+    """Set the SDK up on a background thread once the app's start-up imports are done."""
+    global _prepare_thread, _fork_handlers
+    if _state != "waiting" or not _setup_args:
+        return
+    if hasattr(os, "register_at_fork") and not _fork_handlers:
+        _fork_handlers = True
+        os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    _wrap_fork()
+    _prepare_thread = threading.Thread(
+        target=_prepare, args=(threading.get_ident(),), name="autotrace-setup", daemon=True
+    )
+    _prepare_thread.start()
+
+
+def _prepare(starter: int) -> None:
+    """The background set-up: wait while ``starter`` (the main thread) imports, then set up."""
+    import time
+
+    try:
+        quiet = 0
+        deadline = time.monotonic() + MAX_WAIT_S
+        while quiet < QUIET_POLLS and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            if _state != "waiting":
+                return
+            importing = _importing(starter)
+            if importing is None:  # the main thread has ended: the process is exiting
+                return
+            quiet = 0 if importing else quiet + 1
+        with _prepare_lock:
+            if _state != "waiting" or _forked_before_set_up:
+                # A prefork master (gunicorn) whose workers were forked before this: they
+                # set up on their own; here the first span, if any, sets it up.
+                return
+            from . import api
+
+            api.load()  # the API (this wraps it, see _wrap_api) and the agent's propagators
+            trace = sys.modules.get("opentelemetry.trace")
+            if trace is not None:
+                trace.get_tracer_provider()  # sets the SDK up, unless the app set its own
+    except Exception as exc:  # noqa: BLE001 - fail open: the first use sets it up instead
+        logger.debug("the SDK was not set up ahead of its first use: %s: %s", type(exc).__name__, exc)
+    finally:
+        _unwrap_fork()
+
+
+def _importing(ident: int) -> bool | None:
+    """Whether thread ``ident`` is importing a module now (None: it no longer runs)."""
+    frame = sys._current_frames().get(ident)  # noqa: SLF001 - the one way to see another thread's stack
+    if frame is None:
+        return None
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+_real_fork = None  # os.fork while the background set-up may run (see _wrap_fork)
+
+
+def _wrap_fork() -> None:
+    """Make ``os.fork`` wait for a background set-up in progress, until that set-up ends.
+
+    A child must not inherit a set-up half done: the module and provider locks it holds
+    would belong to a thread the child lacks, and the child would hang at its first span.
+    An at-fork handler cannot wait for it: handlers registered later (logging's, imported
+    by the set-up itself) run first and take locks the set-up needs. So the wait comes
+    before ``os.fork`` itself, holding the set-up's lock across the fork.
+    """
+    global _real_fork
+    fork = getattr(os, "fork", None)
+    if fork is None or _real_fork is not None:
+        return
+    _real_fork = fork
+
+    def wrapper():
+        held = _prepare_lock.acquire(timeout=FORK_WAIT_S)
+        lock = _prepare_lock
+        pid = fork()
+        if held and pid != 0:
+            lock.release()  # the child has a new lock (see _after_fork_in_child)
+        return pid
+
+    wrapper.__name__ = fork.__name__
+    wrapper.__qualname__ = getattr(fork, "__qualname__", fork.__name__)
+    wrapper.__doc__ = fork.__doc__
+    wrapper.__wrapped__ = fork  # type: ignore[attr-defined]
+    os.fork = wrapper
+
+
+def _unwrap_fork() -> None:
+    """Give ``os.fork`` back once the background set-up is over (if nothing replaced it since)."""
+    global _real_fork
+    fork = _real_fork
+    if fork is not None and getattr(os.fork, "__wrapped__", None) is fork:
+        os.fork = fork
+    _real_fork = None
+
+
+_forked_before_set_up = False  # this process forked a child while its SDK was not set up
+
+
+def _after_fork_in_parent() -> None:
+    global _forked_before_set_up
+    if _state == "waiting":
+        _forked_before_set_up = True
+
+
+def _after_fork_in_child() -> None:
+    global _prepare_lock, _prepare_thread, _forked_before_set_up
+    _prepare_lock = threading.Lock()
+    _prepare_thread = None
+    _forked_before_set_up = False
+    if _state == "waiting":
+        # The worker's own background set-up (the parent's thread is not in the child).
+        try:
+            _unwrap_fork()
+            prepare_soon()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("no background set-up in this child: %s", exc)
 
 
 def is_set_up() -> bool:

@@ -34,14 +34,16 @@ class Hook:
         name: str,
         module: str,
         hook: str,
-        distribution: str | None = None,
+        distribution: str | tuple[str, ...] | None = None,
         min_version: tuple[int, ...] = (),
         below_version: tuple[int, ...] | None = None,
     ) -> None:
         self.name = name  # what OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names
         self.module = module  # the module whose import fires the hook
         self.hook = hook  # "package.module[:function]"; the function defaults to ``patch``
-        self.distribution = distribution  # distribution whose version is gated
+        # distribution whose version is gated; a tuple: the first one installed (psycopg2's
+        # module comes from "psycopg2" or "psycopg2-binary")
+        self.distribution = distribution
         self.min_version = min_version  # inclusive
         self.below_version = below_version  # exclusive
 
@@ -82,10 +84,20 @@ HOOKS: tuple[Hook, ...] = (
     # Databases and caches: one CLIENT span per query the app runs; a driver under an
     # outer layer (an ORM, executemany) sees the call in progress and starts none.
     Hook("sqlite3", "sqlite3", "autotrace.hooks.sqlite3"),
+    Hook("psycopg2", "psycopg2", "autotrace.hooks.psycopg2", ("psycopg2", "psycopg2-binary"), (2, 8)),
+    Hook("psycopg2_extras", "psycopg2.extras", "autotrace.hooks.psycopg2:patch_extras", ("psycopg2", "psycopg2-binary"), (2, 8)),
+    Hook("psycopg", "psycopg", "autotrace.hooks.psycopg", "psycopg", (3, 1)),
+    Hook("psycopg_pool", "psycopg_pool", "autotrace.hooks.psycopg:patch_pool", "psycopg-pool", (3, 1)),
     Hook("redis", "redis.client", "autotrace.hooks.redis", "redis", (4, 2)),
     Hook("redis_asyncio", "redis.asyncio.client", "autotrace.hooks.redis:patch_asyncio", "redis", (4, 2)),
     Hook("redis_cluster", "redis.cluster", "autotrace.hooks.redis:patch_cluster", "redis", (4, 2)),
     Hook("redis_asyncio_cluster", "redis.asyncio.cluster", "autotrace.hooks.redis:patch_asyncio_cluster", "redis", (4, 3)),
+    Hook("pymysql", "pymysql", "autotrace.hooks.pymysql", "PyMySQL", (1, 0)),
+    Hook("mysqlclient", "MySQLdb.connections", "autotrace.hooks.mysqlclient", "mysqlclient", (2, 1)),
+    Hook("asyncpg", "asyncpg", "autotrace.hooks.asyncpg", "asyncpg", (0, 27)),
+    Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
+    Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
+    Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
@@ -162,7 +174,7 @@ def _guarded(hook: Hook):
             module_name, _, function_name = hook.hook.partition(":")
             patch = getattr(_import_hook_module(module_name), function_name or "patch")
             patch(module)
-            _set_status(hook, f"applied to {hook.module}" + (f" ({hook.distribution} {version})" if version else ""))
+            _set_status(hook, f"applied to {hook.module}" + (f" ({version})" if version else ""))
         except Exception as exc:  # noqa: BLE001 - the app's import must never fail
             _set_status(
                 hook,
@@ -212,27 +224,37 @@ def main_directory() -> str | None:
     return os.path.dirname(os.path.abspath(argv[0]))
 
 
+def distribution_names(hook: Hook) -> tuple[str, ...]:
+    """The distributions a hook's library may come from (none for the standard library)."""
+    found = hook.distribution
+    if found is None:
+        return ()
+    return (found,) if isinstance(found, str) else tuple(found)
+
+
 def _version_gate(hook: Hook, module: ModuleType) -> str | bool | None:
-    """The library's version when supported, None when not gated, False when skipped."""
-    if hook.distribution is None:
+    """``"distribution version"`` when supported, None when not gated, False when skipped."""
+    names = distribution_names(hook)
+    if not names:
         return None
-    version = _dist_info_version(hook.distribution, module)
-    if version is None:
+    found = next(((name, v) for name in names if (v := _dist_info_version(name, module)) is not None), None)
+    if found is None:
         from .distributions import version as installed_version
 
-        version = installed_version(hook.distribution)
-        if version is None:
-            _set_status(hook, f"skipped: distribution {hook.distribution} not found")
+        found = next(((name, v) for name in names if (v := installed_version(name)) is not None), None)
+        if found is None:
+            _set_status(hook, f"skipped: distribution {' or '.join(names)} not found")
             return False
+    name, version = found
     if version_position(hook, version):
         _set_status(
             hook,
-            f"skipped: {hook.distribution} {version} is not supported "
+            f"skipped: {name} {version} is not supported "
             f"(supported: {_range(hook)})",
             level=20,
         )
         return False
-    return version
+    return f"{name} {version}"
 
 
 def _dist_info_version(distribution: str, module: ModuleType) -> str | None:

@@ -172,7 +172,11 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Config
     _provider = provider
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=lambda: _flush_at_multiprocessing_exit(settings.shutdown_timeout_s))
-    logger.debug("TracerProvider set up (exporters: %s)", ",".join(settings.exporters) or "none")
+    logger.debug(
+        "TracerProvider set up (exporters: %s) on thread %s",
+        ",".join(settings.exporters) or "none",
+        threading.current_thread().name,
+    )
 
 
 _exit_flush_pid = 0  # the process whose multiprocessing exit finalizer flushes

@@ -33,7 +33,7 @@ error name, Python 3.11+) and re-raised untouched.
 from __future__ import annotations
 
 import os
-import weakref
+import threading
 
 from autotrace import db
 from autotrace.patching import wrap_function
@@ -97,37 +97,48 @@ def target(database: object, uri: bool = False) -> db.Target:
 
 
 class _Classes:
-    """The traced subclasses, made once per class the app asks for."""
+    """The traced subclasses, made once per class the app asks for.
+
+    Plain dicts (class -> its traced subclass; a traced class -> itself), looked up at
+    each ``connect`` and ``cursor()``; at most :data:`MAX_CLASSES` each, so an app
+    that makes a class per connection does not grow them without bound (past that, its
+    classes get a traced subclass each time, not cached).
+    """
+
+    MAX_CLASSES = 256
 
     def __init__(self, connection: type, cursor: type) -> None:
         self.connection = connection  # sqlite3.Connection
         self.cursor = cursor  # sqlite3.Cursor
-        self._connections: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
-        self._cursors: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
-        self._made: weakref.WeakSet[type] = weakref.WeakSet()
+        self._connections: dict[type, type] = {}
+        self._cursors: dict[type, type] = {}
+        self._lock = threading.RLock()  # one traced class per class; re-entered: a connection class makes a cursor class
 
     def connection_class(self, requested: object) -> type | None:
         """The traced subclass of ``requested`` (itself if it is one); None if it is no Connection class."""
+        found = self._connections.get(requested)  # type: ignore[call-overload]
+        if found is not None:
+            return found
         if not isinstance(requested, type) or not issubclass(requested, self.connection):
             return None  # sqlite3 says what is wrong with it
-        if requested in self._made:
-            return requested
-        found = self._connections.get(requested)
-        if found is None:
-            found = self._connections[requested] = _connection_class(requested, self)
-            self._made.add(found)
-        return found
+        return self._make(self._connections, requested, lambda: _connection_class(requested, self))
 
     def cursor_class(self, requested: object) -> type | None:
         """The traced subclass of ``requested`` (itself if it is one); None if it is no Cursor class."""
+        found = self._cursors.get(requested)  # type: ignore[call-overload]
+        if found is not None:
+            return found
         if not isinstance(requested, type) or not issubclass(requested, self.cursor):
             return None  # a factory function: its cursor is not traced
-        if requested in self._made:
-            return requested
-        found = self._cursors.get(requested)
-        if found is None:
-            found = self._cursors[requested] = _cursor_class(requested)
-            self._made.add(found)
+        return self._make(self._cursors, requested, lambda: _cursor_class(requested))
+
+    def _make(self, made: dict[type, type], requested: type, make: Callable[[], type]) -> type:
+        with self._lock:
+            found = made.get(requested)
+            if found is None:
+                found = make()
+                if len(made) < 2 * self.MAX_CLASSES:
+                    made[requested] = made[found] = found
         return found
 
 

@@ -285,7 +285,7 @@ BIG_HEADERS = ["--h11-max-incomplete-event-size", str(4 * BIG)]
 
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("asgi")
+    directory = tmp_path_factory.mktemp("asgi") / "shop"  # app:app, a generic name: the folder names the service
     write(directory, "app.py", APP)
     write(directory, "wsgi_app.py", WSGI_APP)
     return directory
@@ -383,7 +383,7 @@ def test_span_content(runs):
         else:
             assert span.status_code == 0, request.name  # unset: 4xx is the client's error
             assert "error.type" not in attributes
-    assert {s.resource["service.name"] for s in traced.spans} == {"app"}
+    assert {s.resource["service.name"] for s in traced.spans} == {"shop"}
 
 
 def test_span_sees_the_scope_as_the_app_does(runs):

@@ -157,13 +157,13 @@ def serve_requests(base: str, server: Watched, count: int = 6) -> list[str]:
     return paths
 
 
-def assert_request_spans(receiver, paths: list[str], server_pid: int) -> None:
+def assert_request_spans(receiver, paths: list[str], server_pid: int, service: str) -> None:
     wanted = {"GET " + p for p in paths}
     receiver.wait_for_spans(len(wanted), timeout=10, predicate=lambda s: s.name in wanted)
     spans = by_name(s for s in receiver.spans() if s.name in wanted)
     assert set(spans) == wanted
     for span in spans.values():
-        assert span.resource["service.name"] == "app"  # from the application argument app:app
+        assert span.resource["service.name"] == service  # app:app, a generic name: the folder
         assert span.resource["process.pid"] != server_pid  # recorded in a worker
 
 
@@ -181,7 +181,7 @@ def test_gunicorn_workers_export_their_spans(tmp_path, otlp_receiver, protocol, 
         server.send(signal.SIGTERM)  # the launcher exec'd: this is the master
         code = server.finish(timeout=30)
     assert code == 0, server.text("stderr")
-    assert_request_spans(otlp_receiver, paths, server.pid)
+    assert_request_spans(otlp_receiver, paths, server.pid, tmp_path.name)
 
 
 @pytest.mark.parametrize(
@@ -201,12 +201,12 @@ def test_uvicorn_spans_arrive_after_stop(tmp_path, otlp_receiver, protocol, work
         server.finish(timeout=30)
     assert "Traceback" not in server.text("stderr"), server.text("stderr")
     if workers > 1:
-        assert_request_spans(otlp_receiver, paths, server.pid)
+        assert_request_spans(otlp_receiver, paths, server.pid, tmp_path.name)
     else:
         wanted = {"GET " + p for p in paths}
         otlp_receiver.wait_for_spans(len(wanted), timeout=10, predicate=lambda s: s.name in wanted)
         spans = by_name(s for s in otlp_receiver.spans() if s.name in wanted)
-        assert {s.resource["service.name"] for s in spans.values()} == {"app"}
+        assert {s.resource["service.name"] for s in spans.values()} == {tmp_path.name}
 
 
 # -- 3. signals flush everything -----------------------------------------------------------

@@ -104,3 +104,104 @@ def test_wheel_install_activates_by_environment_only(wheel_env, tmp_path, otlp_r
     env.pop("AUTOTRACE_ENABLED")
     probe = run([str(wheel_env / "bin" / "python"), "-c", "import sys; print('autotrace' in sys.modules)"], tmp_path, env)
     assert probe.stdout.strip() == "False"
+
+
+# -- the OpenTelemetry Operator's injection (examples/deploy/operator/Dockerfile) ---------
+
+OPERATOR_DOCKERFILE = ROOT / "examples" / "deploy" / "operator" / "Dockerfile"
+# How the operator lays the image's /autoinstrumentation/ out in the app's container (its
+# internal/instrumentation/python.go): copied into this volume, and PYTHONPATH set to
+# PREFIX:SUFFIX, or PREFIX:<the container's PYTHONPATH>:SUFFIX.
+OPERATOR_VOLUME = "otel-auto-instrumentation-python"
+OPERATOR_PREFIX = "opentelemetry/instrumentation/auto_instrumentation"
+
+SERVICE = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("serving", flush=True)
+server.serve_forever(poll_interval=0.05)
+"""
+
+
+def operator_build_commands(wheel: Path, target: Path) -> str:
+    """The Dockerfile's build-stage RUN, for this machine: its pip, this wheel, this folder."""
+    text = OPERATOR_DOCKERFILE.read_text().replace("\\\n", " ")
+    (run_line,) = [line for line in text.splitlines() if line.startswith("RUN pip install")]
+    command = run_line[len("RUN ") :]
+    command = command.replace("/tmp/wheels/autotrace_agent-*.whl", str(wheel))
+    command = command.replace("/autoinstrumentation", str(target))
+    return command.replace("pip install", f"{sys.executable} -m pip install", 1)
+
+
+@pytest.fixture(scope="module")
+def operator_volume(wheel, tmp_path_factory) -> Path:
+    """The operator's volume as the init container leaves it: the image's recipe run into
+    a folder (``pip install --target``; dependencies from pip's configured sources)."""
+    built = tmp_path_factory.mktemp("image") / "autoinstrumentation"
+    subprocess.run(["sh", "-c", operator_build_commands(wheel, built)], check=True, capture_output=True, timeout=600)
+    volume = tmp_path_factory.mktemp("pod") / OPERATOR_VOLUME
+    shutil.copytree(built, volume)  # cp -r /autoinstrumentation/. /otel-auto-instrumentation-python
+    return volume
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> Path:
+    """The app image's Python: a virtualenv with nothing installed (no autotrace)."""
+    venv = tmp_path_factory.mktemp("app-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    return venv / "bin" / "python"
+
+
+@pytest.mark.parametrize("app_pythonpath", [False, True], ids=["no-pythonpath", "app-pythonpath"])
+def test_operator_injection_traces_a_service(operator_volume, bare_python, tmp_path, otlp_receiver, app_pythonpath):
+    from agent import Watched, wait_until_answers
+    from ports import free_port
+
+    assert (operator_volume / OPERATOR_PREFIX / "sitecustomize.py").is_file()
+    app = tmp_path / "orders"
+    write(app, "service.py", SERVICE)
+    prefix, suffix = str(operator_volume / OPERATOR_PREFIX), str(operator_volume)
+    own = app / "lib"
+    # The app's own sitecustomize, on its own PYTHONPATH entry: still run, once.
+    write(own, "sitecustomize.py", "print('app sitecustomize ran', flush=True)\n")
+    pythonpath = f"{prefix}:{own}:{suffix}" if app_pythonpath else f"{prefix}:{suffix}"
+    # What the operator sets besides PYTHONPATH (its defaults for Python).
+    env = clean_env(
+        PYTHONPATH=pythonpath,
+        OTEL_SERVICE_NAME="orders",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.http_endpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="otlp",
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_RESOURCE_ATTRIBUTES="k8s.pod.name=orders-7d9c,k8s.namespace.name=shop",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    port = free_port()
+    with Watched([str(bare_python), "service.py", str(port)], app, env) as service:
+        wait_until_answers(f"http://127.0.0.1:{port}/ready", timeout=30, process=service)
+        (span,) = otlp_receiver.wait_for_spans(1, timeout=20)
+        assert "Traceback" not in service.text("stderr"), service.text("stderr")
+        assert service.text().count("app sitecustomize ran") == (1 if app_pythonpath else 0)
+    assert span.kind == 2 and span.attributes["url.path"] == "/ready"
+    assert span.resource["service.name"] == "orders"
+    assert span.resource["k8s.pod.name"] == "orders-7d9c"
+    assert span.resource["telemetry.distro.name"] == "autotrace"
+
+    # Without the operator's PYTHONPATH the same Python has no agent at all.
+    probe = run([str(bare_python), "-c", "import autotrace"], app, clean_env())
+    assert probe.returncode != 0

@@ -62,8 +62,10 @@ def test_statement_is_cached_by_text_and_reads_str_and_bytes(db_env):
         "SELECT users",
     )
     assert db.statement(b"DELETE FROM t WHERE a = 'x\xff'").text == "DELETE FROM t WHERE a = ?"
+    assert db.statement(bytearray(b"SELECT 'x'")).text == "SELECT ?"  # not cached: unhashable
     assert db.statement(object()) is None
     assert db.statement(None) is None
+    assert db.statement(["SELECT 1"]) is None
 
 
 def test_statement_text_follows_the_setting(db_env):

@@ -1,7 +1,7 @@
 """sqlite3: one CLIENT span per execute/executemany/executescript, on connections and cursors.
 
 In process, the hook applied to the real ``sqlite3`` module (put back after each test).
-The same under ``autotrace run``, in a service's requests: integration/test_db_sqlite3.py.
+The same under ``autotrace run``, in a service's requests: integration/test_db_sqlite3_agent.py.
 """
 
 from __future__ import annotations
@@ -236,3 +236,13 @@ def test_the_viewers_store_is_never_traced(hooked, parent, tmp_path):
     conn.execute("SELECT 1")
     conn.close()
     assert len(db_spans(hooked)) == 1
+
+
+def test_a_wrong_factory_gets_sqlites_own_error(hooked):
+    with pytest.raises(TypeError) as hooked_error:
+        sqlite3.connect(":memory:", factory=int)
+    original = patching.unwrapped(sqlite3.connect)
+    assert original is not sqlite3.connect
+    with pytest.raises(TypeError) as plain_error:
+        original(":memory:", factory=int)
+    assert str(hooked_error.value) == str(plain_error.value)

@@ -76,6 +76,24 @@ def test_service_name_checks() -> None:
     assert doctor_settings.service_name_check(settings, [], flagged).message == "shop (from --service-name)"
 
 
+def test_service_name_check_warns_about_a_generic_name(tmp_path, monkeypatch) -> None:
+    settings, _ = doctor_settings.load_settings({})
+    app = tmp_path / "app"
+    app.mkdir()
+    monkeypatch.chdir(app)
+    # gunicorn main:app run from a folder called app: every name on the way is generic.
+    check = doctor_settings.service_name_check(settings, ["gunicorn", "main:app"])
+    assert check.status == WARN and check.message.startswith("app (derived from")
+    assert "generic" in check.message and "OTEL_SERVICE_NAME" in check.fix
+    check = doctor_settings.service_name_check(settings, ["python", "main.py"])
+    assert (check.status, check.message.split(" ")[0]) == (WARN, "main")
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    monkeypatch.chdir(shop)
+    check = doctor_settings.service_name_check(settings, ["gunicorn", "main:app"])
+    assert (check.status, check.message.split(" ")[0], check.fix) == (OK, "shop", "")
+
+
 def test_doctor_accepts_a_command_after_double_dash() -> None:
     args = parse("--json", "--", "python", "app.py")
     assert args.json and args.command[-2:] == ["python", "app.py"]
@@ -194,6 +212,15 @@ def test_library_checks() -> None:
     assert any(m.startswith("grpcio 1.60.0 installed, hook disabled") for m in text)
     assert any(m.startswith("standard library covered: http_server") for m in text)
     assert any(m.startswith("not installed:") and "requests" in m for m in text)
+
+
+def test_library_checks_name_the_distribution_installed_of_several() -> None:
+    # psycopg2's module comes from "psycopg2" or "psycopg2-binary": the one installed is checked.
+    checks = doctor_environment.library_checks(version_of={"psycopg2-binary": "2.9.9"}.get)
+    text = {c.message: c.status for c in checks}
+    assert text["psycopg2-binary 2.9.9 covered (psycopg2, psycopg2_extras)"] == OK
+    checks = doctor_environment.library_checks(version_of={"psycopg2-binary": "2.7.7"}.get)
+    assert any(c.message.startswith("psycopg2-binary 2.7.7 installed but not covered") for c in checks)
 
 
 def test_a_rejected_value_is_not_credited_to_its_variable() -> None:

@@ -39,3 +39,18 @@ def test_which_and_python_of(tmp_path):
     assert launcher.python_of(str(script), env) == os.path.join(os.path.dirname(sys.executable), "python3")
     assert launcher.same_environment(sys.executable)
     assert launcher.foreign_python([sys.executable, "-c", "pass"], env) is None
+
+
+def test_install_hint_names_the_clone_or_a_built_wheel(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    import autotrace
+    from autotrace import launcher
+
+    clone = Path(autotrace.__file__).resolve().parent.parent
+    assert launcher.install_hint("/other/python") == f"/other/python -m pip install {clone}"
+    # Installed from a wheel: no clone around the package.
+    monkeypatch.setattr(launcher, "__file__", str(tmp_path / "site-packages" / "autotrace" / "launcher.py"))
+    hint = launcher.install_hint("/other/python")
+    assert hint.startswith("/other/python -m pip install autotrace_agent-") and "python -m build" in hint
+    assert "pip install autotrace-agent" not in hint

@@ -127,6 +127,22 @@ def test_distribution_not_installed_is_skipped(target_and_hooks):
     assert registry.status()["lib"] == "skipped: distribution no-such-distribution-at not found"
 
 
+def test_a_library_from_one_of_several_distributions_is_gated_by_the_one_installed(target_and_hooks):
+    # psycopg2's module comes from "psycopg2" or "psycopg2-binary".
+    target, hooks = target_and_hooks
+    version = importlib_metadata.version("pytest")
+    registry.arm([Hook("lib", target, hooks, distribution=("no-such-distribution-at", "pytest"), min_version=(1,))])
+    assert importlib.import_module(target).patched_by == hooks
+    assert registry.status()["lib"] == f"applied to {target} (pytest {version})"
+
+
+def test_none_of_several_distributions_installed_is_skipped(target_and_hooks):
+    target, hooks = target_and_hooks
+    registry.arm([Hook("lib", target, hooks, distribution=("no-such-distribution-at", "nor-this-one-at"), min_version=(1,))])
+    assert not hasattr(importlib.import_module(target), "patched_by")
+    assert registry.status()["lib"] == "skipped: distribution no-such-distribution-at or nor-this-one-at not found"
+
+
 def test_failing_patch_leaves_the_module_unpatched_and_the_import_working(target_and_hooks, warnings):
     target, hooks = target_and_hooks
     registry.arm([Hook("lib", target, f"{hooks}:broken")])

@@ -17,7 +17,7 @@ REMOTE_TIMEOUT_S = 20.0  # the library and conflict checks in the command's inte
 
 
 def library_checks(disabled=frozenset(), version_of=distribution_version) -> list[Check]:
-    from ..registry import HOOKS, version_position
+    from ..registry import HOOKS, distribution_names, version_position
 
     checks = []
     stdlib = [h.name for h in HOOKS if h.distribution is None and h.name not in disabled]
@@ -25,8 +25,10 @@ def library_checks(disabled=frozenset(), version_of=distribution_version) -> lis
         checks.append(Check(OK, "libraries", "standard library covered: " + ", ".join(stdlib)))
     by_distribution: dict[str, list] = {}
     for hook in HOOKS:
-        if hook.distribution:
-            by_distribution.setdefault(hook.distribution, []).append(hook)
+        names = distribution_names(hook)
+        if names:  # the first installed, if several may provide the library
+            name = next((n for n in names if version_of(n) is not None), names[0]) if len(names) > 1 else names[0]
+            by_distribution.setdefault(name, []).append(hook)
     missing = []
     for distribution, hooks in by_distribution.items():
         version = version_of(distribution)

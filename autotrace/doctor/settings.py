@@ -91,15 +91,22 @@ def service_name_check(settings, command: list[str], args=None) -> Check:
     if attribute:
         return Check(OK, "service name", f"{attribute} (from service.name in OTEL_RESOURCE_ATTRIBUTES)")
     if command:
+        import os
+
         from .. import entrypoint
 
-        entry = entrypoint.parse(list(command))
-        status = WARN if entry.weak else OK
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = ""
+        entry = entrypoint.parse(list(command), cwd, os.environ)
+        name, source = entrypoint.resolved_service_name(entry)
+        generic = entry.weak or entrypoint.is_generic(name)
         return Check(
-            status,
+            WARN if generic else OK,
             "service name",
-            f"{entry.service_name} (derived from the {entry.source})",
-            "set OTEL_SERVICE_NAME (or --service-name) to choose the name" if entry.weak else "",
+            f"{name} (derived from the {source})" + (": a generic name, shared by unrelated services" if generic else ""),
+            "set OTEL_SERVICE_NAME (or --service-name) to choose the name" if generic else "",
         )
     return Check(
         WARN,

@@ -1,0 +1,81 @@
+"""What the PostgreSQL driver tests check, written once (tests/test_db_psycopg*.py)."""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+
+from opentelemetry.trace import SpanKind, StatusCode
+
+import pytest
+
+
+def db_spans(exporter) -> list:
+    """The database CLIENT spans that ended, in the order they ended."""
+    return [
+        s
+        for s in exporter.get_finished_spans()
+        if s.kind == SpanKind.CLIENT and s.instrumentation_scope.name.startswith("autotrace.db.")
+    ]
+
+
+def table_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def server_attributes(server) -> dict:
+    return {
+        "db.system.name": "postgresql",
+        "db.namespace": server.database,
+        "server.address": server.host,
+        "server.port": server.port,
+    }
+
+
+def assert_child(span, parent, library: str) -> None:
+    assert span.kind == SpanKind.CLIENT
+    assert span.instrumentation_scope.name == f"autotrace.db.{library}"
+    assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
+    assert span.context.trace_id == parent.get_span_context().trace_id
+
+
+def assert_statement(span, server, text: str, operation: str, collection: str | None, summary: str, peer: bool = False) -> None:
+    """The span of one statement: its name and exactly these attributes."""
+    expected = server_attributes(server)
+    if peer:
+        expected["network.peer.address"] = server.host
+    expected["db.query.text"] = text
+    expected["db.operation.name"] = operation
+    if collection is not None:
+        expected["db.collection.name"] = collection
+    expected["db.query.summary"] = summary
+    assert span.name == summary
+    assert dict(span.attributes) == expected
+    assert span.status.status_code == StatusCode.UNSET
+
+
+def assert_failed(span, error_type: str, code: str) -> None:
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == error_type
+    assert span.attributes["db.response.status_code"] == code
+    assert [event.name for event in span.events] == ["exception"]
+
+
+def apply_hook(hook_name: str, *targets: tuple[str, str]):
+    """Apply ``patch``-like functions of hook ``hook_name`` to modules: ((module, function), ...)."""
+    hook = importlib.import_module(hook_name)
+    for module_name, function in targets:
+        getattr(hook, function)(importlib.import_module(module_name))
+    return hook
+
+
+@pytest.fixture
+def db_settings(monkeypatch):
+    """The database settings at their defaults (and read again after the test)."""
+    from autotrace import config
+
+    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
+        monkeypatch.delenv(name, raising=False)
+    config.reset_db_settings()
+    yield monkeypatch
+    config.reset_db_settings()
