@@ -24,9 +24,11 @@ SDK's code, with its validation and ``OTEL_SPAN_*`` limits: the first attribute 
 sets moves the plain dict into the SDK's ``BoundedAttributes``. Spans the app starts
 itself are the SDK's, untouched.
 
-Whatever this module does not know how to reproduce exactly (a sampler it does not
-know, the SDK's internal span metrics, a tracer of another kind, an SDK whose layout
-differs) is left to the tracer's own ``start_span``.
+A sampler that may read attributes (one not of the SDK's or the agent's kinds) gets
+them, computed first, and its result's attributes go through the SDK's cleaning. What
+this module does not reproduce (the SDK's internal span metrics, a disabled tracer, a
+provider the app set after the agent's, a tracer of another kind, an SDK of another
+layout) is left to the tracer's own ``start_span``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from . import sdk
 from .propagation.decision import upstream_decision
 from .propagation.sampler import UpstreamParentBased
 
-__all__ = ["LightSpan", "start_span", "set_known"]
+__all__ = ["LightSpan", "start_span", "span_links"]
 
 # Values kept as they are, without the SDK's per-value cleaning (it returns them unchanged
 # when no length limit applies). Exact types: a subclass (an IntEnum, a str enum) goes
@@ -173,14 +175,6 @@ class LightSpan(Span):
             on_ending(self)
         # Ended, the span no longer changes: it is its own ReadableSpan (the SDK copies).
         processor.on_end(self)
-
-
-def set_known(span: Any, attributes: Mapping[str, Any]) -> None:
-    """Set attributes the hook produced: without per-value cleaning on a :class:`LightSpan`."""
-    if type(span) is LightSpan:
-        span.set_known(attributes)
-    else:
-        span.set_attributes(attributes)
 
 
 # -- starting a span --------------------------------------------------------------------
