@@ -19,7 +19,8 @@ _started = False
 _start_lock = threading.Lock()
 
 # Set for child processes: the parent's service name, used when the child's own command
-# line says nothing (multiprocessing spawn children, ``python -c``).
+# line says nothing (multiprocessing spawn children, ``python -c``). A process started
+# without it is the main process of its tree (see :func:`startup_line`).
 PARENT_SERVICE_ENV = "AUTOTRACE_PARENT_SERVICE_NAME"
 
 
@@ -41,16 +42,20 @@ def _start() -> None:
     settings = config.read()
     # The level first, so that OTEL_LOG_LEVEL=error also silences configuration warnings.
     _log.setup(settings.log_level)
+    main = PARENT_SERVICE_ENV not in os.environ  # the first traced process of its tree
+    _log.set_main_process(main)
     entry = entrypoint.current()
     if entry.program in settings.deny:
         logger.debug("not tracing %s: on the deny list (AUTOTRACE_DENY)", entry.program)
         return
-    config.log_warnings(settings.warnings)
+    config.log_warnings_in_tree(settings.warnings)
     if settings.sdk_disabled:
         logger.debug("not tracing: OTEL_SDK_DISABLED=true")
         return
 
-    service_name, source = _service_name(settings, entry)
+    service_name, source = _service_name(settings, entry, announce=not main)
+    if main:
+        logger.info("%s", startup_line(settings, service_name, source))
     _align_propagators(settings)
 
     from . import propagation, provider, registry
@@ -148,10 +153,36 @@ def startup_report(settings, entry, service_name: str, hooks) -> str:
     return "\n".join([head] + [f"  {name.ljust(width)}{value}" for name, value in rows])
 
 
-def _service_name(settings, entry) -> tuple[str, str]:
+def _derived_from(source: str) -> str:
+    return f" (from the {_without_the(source)}; set OTEL_SERVICE_NAME to choose another)"
+
+
+def startup_line(settings, service_name: str, source: str) -> str:
+    """The main process's INFO line at start-up: the service name, where spans go, the sampler."""
+    from .config import redact_url
+
+    named = settings.service_name or settings.resource_attributes.get("service.name")
+    line = f"service.name={service_name}" + ("" if named else _derived_from(source))
+    where = []
+    for name in settings.exporters:
+        if name == "otlp":
+            where.append(f"to {redact_url(settings.endpoint)} (OTLP {settings.protocol})")
+        else:
+            where.append(f"to stderr ({name})")
+    sampler = settings.sampler
+    if "ratio" in sampler:
+        sampler += f" (ratio {settings.sampler_arg:g})"
+    spans = "spans " + " and ".join(where) if where else "spans are not exported (OTEL_TRACES_EXPORTER=none)"
+    return f"{line}, {spans}, sampler {sampler}"
+
+
+def _service_name(settings, entry, announce: bool = True) -> tuple[str, str]:
     """The service name and where it came from: OTEL_SERVICE_NAME, else service.name in
     OTEL_RESOURCE_ATTRIBUTES, else the parent's (a child that cannot name itself), else
-    derived from the command (see :mod:`autotrace.entrypoint`)."""
+    derived from the command (see :mod:`autotrace.entrypoint`).
+
+    ``announce``: log a derived name that differs from the parent's (the main process says
+    it in its start-up line)."""
     parent = os.environ.get(PARENT_SERVICE_ENV)
     if settings.service_name:
         name, source = settings.service_name, "OTEL_SERVICE_NAME"
@@ -163,7 +194,8 @@ def _service_name(settings, entry) -> tuple[str, str]:
         from .entrypoint import resolved_service_name
 
         name, source = resolved_service_name(entry)
-        logger.info("service.name=%s (from the %s; set OTEL_SERVICE_NAME to choose another)", name, _without_the(source))
+        if announce and name != parent:  # a child named like its parent says nothing new
+            logger.info("service.name=%s%s", name, _derived_from(source))
     # Children that cannot name themselves take this process's name.
     os.environ[PARENT_SERVICE_ENV] = name
     return name, source

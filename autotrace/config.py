@@ -173,6 +173,44 @@ def log_warnings(warnings: Sequence[ConfigWarning]) -> None:
         _log.warn_once(warning.key, warning.text)
 
 
+# Set for child processes: the configuration warnings an ancestor printed (checksums of
+# their text), so that a worker started anew (not forked) does not print them again.
+REPORTED_WARNINGS_ENV = "AUTOTRACE_REPORTED_WARNINGS"
+
+
+def log_warnings_in_tree(warnings: Sequence[ConfigWarning]) -> None:
+    """Log each warning once in a tree of processes: a forked worker inherits what its
+    master printed; a child started anew (a spawned worker) skips the lines an ancestor
+    printed, told by :data:`REPORTED_WARNINGS_ENV`."""
+    if not warnings:
+        return
+    from zlib import crc32
+
+    reported = set(os.environ.get(REPORTED_WARNINGS_ENV, "").split(","))
+    sums = {id(warning): "%08x" % crc32(warning.text.encode("utf-8", "replace")) for warning in warnings}
+    log_warnings([warning for warning in warnings if sums[id(warning)] not in reported])
+    os.environ[REPORTED_WARNINGS_ENV] = ",".join(sorted((reported | set(sums.values())) - {""}))
+
+
+ENABLED_FALSE = ("", "0", "false", "no", "off")  # the values of AUTOTRACE_ENABLED that start nothing
+
+
+def warn_about_activation(environ: Mapping[str, str] | None = None) -> None:
+    """AUTOTRACE_ENABLED is neither true nor false (``enabled``, ``ture``): one warning
+    naming it (the agent does not start). Run by :mod:`autotrace._activate`."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("AUTOTRACE_ENABLED", "")
+    if value.strip().lower() in ENABLED_FALSE:
+        return
+    level = environ.get("OTEL_LOG_LEVEL") or "info"
+    _log.setup(level if _log.level_is_valid(level) else "info")
+    text = (
+        f"AUTOTRACE_ENABLED={value!r} is not valid (expected true or false); ignoring it: "
+        "the agent starts when it is 1, true, yes or on"
+    )
+    log_warnings_in_tree([ConfigWarning("AUTOTRACE_ENABLED", text, value)])
+
+
 class HttpSettings:
     """Settings of HTTP spans, server and client: the URLs not traced, the headers captured
     (lower-case names) and how they are sanitized, and what is done with incoming context."""

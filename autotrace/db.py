@@ -55,6 +55,11 @@ MAX_SUMMARY = 255  # db.query.summary: whole words, at most this long (as semcon
 MYSQL_SYSTEMS = frozenset(("mysql", "mariadb"))
 
 
+def _present(*pairs: tuple[str, object]) -> dict[str, object]:
+    """Span attributes from (key, value) pairs, the None values left out."""
+    return {key: value for key, value in pairs if value is not None}
+
+
 class Target:
     """A connection's facts, built once per connection by a hook and reused for every call.
 
@@ -79,18 +84,14 @@ class Target:
         self.server_address = server_address
         self.server_port = server_port
         self.peer_address = peer_address
-        attributes: dict[str, object] = {"db.system.name": system}
-        if namespace is not None:
-            attributes["db.namespace"] = namespace
-        if server_address is not None:
-            attributes["server.address"] = server_address
-        if server_port is not None:
-            attributes["server.port"] = server_port
-        if peer_address is not None:
-            attributes["network.peer.address"] = peer_address
-        if extra:
-            attributes.update((k, v) for k, v in extra.items() if v is not None)
-        self.attributes = attributes
+        self.attributes = _present(
+            ("db.system.name", system),
+            ("db.namespace", namespace),
+            ("server.address", server_address),
+            ("server.port", server_port),
+            ("network.peer.address", peer_address),
+            *(extra.items() if extra else ()),
+        )
 
     def __repr__(self) -> str:
         return f"Target({self.attributes!r})"
@@ -117,16 +118,12 @@ class Statement:
         self.operation = operation
         self.collection = collection
         self.summary = summary
-        attributes: dict[str, object] = {}
-        if text is not None:
-            attributes["db.query.text"] = text
-        if operation is not None:
-            attributes["db.operation.name"] = operation
-        if collection is not None:
-            attributes["db.collection.name"] = collection
-        if summary is not None:
-            attributes["db.query.summary"] = summary
-        self.attributes = attributes
+        self.attributes = _present(
+            ("db.query.text", text),
+            ("db.operation.name", operation),
+            ("db.collection.name", collection),
+            ("db.query.summary", summary),
+        )
 
     def __repr__(self) -> str:
         return f"Statement(text={self.text!r}, operation={self.operation!r}, collection={self.collection!r}, summary={self.summary!r})"
@@ -452,6 +449,8 @@ _DDL_MODIFIERS = frozenset(
 _DDL_OBJECTS = frozenset(
     ("TABLE", "INDEX", "VIEW", "SEQUENCE", "SCHEMA", "DATABASE", "FUNCTION", "PROCEDURE", "TRIGGER", "TYPE", "EXTENSION", "ROLE", "USER", "DOMAIN", "POLICY", "RULE", "EVENT")
 )
+# Objects whose name follows the operation in the summary (CREATE PROCEDURE p), not a table.
+_ROUTINES = frozenset(("FUNCTION", "PROCEDURE", "TRIGGER", "EVENT"))
 # Words skipped before a table name (UPDATE OR REPLACE t, FROM ONLY t, TABLE IF NOT EXISTS t).
 _NAME_SKIP = frozenset(("ONLY", "OR", "REPLACE", "IGNORE", "ROLLBACK", "ABORT", "FAIL", "LOW_PRIORITY", "IF", "NOT", "EXISTS", "TABLE"))
 # Words that cannot be a table name (or an alias) where one may be.
@@ -505,6 +504,16 @@ def _summarize(tokens: list[tuple[str, str]]) -> tuple[str | None, str | None, s
                 operation = operation or done
                 previous = ""
                 continue
+            if word == "COPY":
+                operation = operation or word
+                parts.append(word)
+                i = _copy(tokens, i + 1, parts, collections)
+                previous = word
+                if i < n and tokens[i] == (_P, "("):  # COPY (query) TO ...: a subquery
+                    functions.append(False)
+                    previous = "("
+                    i += 1
+                continue
             if word in _OPERATIONS and word not in _NESTED:
                 operation = operation or word
                 parts.append(word)
@@ -557,9 +566,27 @@ def _ddl(tokens, i: int, verb: str, parts: list[str], collections: set[str]) -> 
         parts.append(operation)
         if obj == "TABLE":
             return operation, _names(tokens, j + 1, parts, collections, listing=False)
+        if obj in _ROUTINES:
+            # The routine's name (not a table); a CREATE's body is not read: its
+            # statements (BEGIN SELECT ...; END) run when it is called, not now.
+            j = _names(tokens, j + 1, parts, set(), listing=False)
+            return operation, n if verb == "CREATE" else j
         return operation, j + 1
     parts.append(verb)
     return verb, j
+
+
+def _copy(tokens, i: int, parts: list[str], collections: set[str]) -> int:
+    """After COPY: ``COPY t [(columns)] FROM STDIN / TO STDOUT ...`` names table ``t`` and
+    the rest of the statement none (``STDIN`` is no table); ``COPY (SELECT ...) TO ...``
+    is read on (its query's operations and tables). Returns where reading goes on."""
+    n = len(tokens)
+    if i < n and tokens[i] == (_P, "("):
+        return i
+    i = _names(tokens, i, parts, collections, listing=False)
+    while i < n and tokens[i] != (_P, ";"):
+        i += 1
+    return i
 
 
 def _names(tokens, i: int, parts: list[str], collections: set[str], listing: bool, functions_ok: bool = True) -> int:
@@ -720,48 +747,101 @@ def current() -> DbCall | None:
 
 
 # Modules whose exceptions carry a MySQL error number as their first argument.
-_MYSQL_MODULES = ("pymysql", "MySQLdb", "mysql", "aiomysql", "asyncmy")
+MYSQL_MODULES = frozenset(("pymysql", "MySQLdb", "mysql", "aiomysql", "asyncmy"))
 
 
 def status_code_of(exc: BaseException) -> str | None:
     """``db.response.status_code`` of a database error, None if it carries none.
 
-    The SQLSTATE (``sqlstate`` of psycopg 3 and asyncpg, ``pgcode`` of psycopg2), the
-    MySQL error number (``args[0]`` of PyMySQL's and mysqlclient's errors), SQLite's
+    A MySQL driver's error number (``args[0]`` of PyMySQL's, mysqlclient's ...: MySQL's
+    semantic conventions want the number, not the SQLSTATE newer drivers also carry), the
+    SQLSTATE (``sqlstate`` of psycopg 3 and asyncpg, ``pgcode`` of psycopg2), SQLite's
     error name (``sqlite_errorname``, Python 3.11+), the prefix of a Redis error reply
-    (``WRONGTYPE``, ``NOSCRIPT``). Never raises.
+    (``WRONGTYPE``, ``NOSCRIPT``); for an exception that carries none, that of the driver
+    error it wraps (SQLAlchemy's ``orig``, Django's ``__cause__``). Never raises.
     """
+    code = _own_status_code(exc)
+    if code is None:
+        # An ORM's exception wrapping the driver's: SQLAlchemy's ``orig``, Django's cause.
+        cause = getattr(exc, "orig", None) or exc.__cause__
+        if isinstance(cause, BaseException) and cause is not exc:
+            code = _own_status_code(cause)
+    return code
+
+
+def _own_status_code(exc: BaseException) -> str | None:
     try:
+        top = (type(exc).__module__ or "").partition(".")[0]
+        if top in MYSQL_MODULES:
+            args = exc.args
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                return str(args[0])
         for attribute in ("sqlstate", "pgcode", "sqlite_errorname"):
             value = getattr(exc, attribute, None)
             if isinstance(value, str) and value:
                 return value
-        module = type(exc).__module__ or ""
-        top = module.partition(".")[0]
-        if top in _MYSQL_MODULES:
-            args = exc.args
-            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
-                return str(args[0])
-        elif top in ("redis", "valkey"):
-            first = str(exc).partition(" ")[0]
-            if first.isupper() and first.isalpha():
-                return first
+        if top in ("redis", "valkey"):
+            return _redis_status_code(exc)
     except Exception:  # noqa: BLE001 - an exception whose attributes fail
         pass
     return None
 
 
+# Error classes redis-py makes of a reply whose prefix it strips from the message
+# (versions without ``status_code`` on the exception).
+_REDIS_PREFIX_OF_CLASS = {
+    "ExecAbortError": "EXECABORT",
+    "NoScriptError": "NOSCRIPT",
+    "ReadOnlyError": "READONLY",
+    "BusyLoadingError": "LOADING",
+    "OutOfMemoryError": "OOM",
+    "NoPermissionError": "NOPERM",
+    "MovedError": "MOVED",
+    "AskError": "ASK",
+    "TryAgainError": "TRYAGAIN",
+    "ClusterDownError": "CLUSTERDOWN",
+    "ClusterCrossSlotError": "CROSSSLOT",
+    "MasterDownError": "MASTERDOWN",
+}
+# A Redis error reply's prefix: an upper-case word (``WRONGTYPE``, ``ERR``, ``NOSCRIPT``).
+_REDIS_ERROR_PREFIX = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
+
+
+def _redis_status_code(exc: BaseException) -> str | None:
+    """A Redis error reply's prefix (``WRONGTYPE``, ``ERR``); None for an error with no
+    reply (a connection error, a timeout, ``WatchError``)."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    names = [cls.__name__ for cls in type(exc).__mro__]
+    if "ResponseError" not in names:
+        return None
+    prefix = _REDIS_PREFIX_OF_CLASS.get(names[0])
+    if prefix is not None:
+        return prefix
+    message = str(exc)
+    if "of pipeline caused error: " in message:  # redis-py's note on a pipeline's failed command
+        message = message.rpartition("of pipeline caused error: ")[2]
+    first = message.partition(" ")[0]
+    return first if _REDIS_ERROR_PREFIX.match(first) else "ERR"  # redis-py strips "ERR " from the rest
+
+
 # -- sqlcommenter ---------------------------------------------------------------------
 
 
-def with_comment(sql: str, call: DbCall | None) -> str:
+def with_comment(sql: str, call: DbCall | None, *, percent_format: bool = False) -> str:
     """``sql`` with the span's context appended as a sqlcommenter comment, when asked.
 
     Only with ``AUTOTRACE_SQL_COMMENT=true`` and a ``call``: ``sql + " /*traceparent='00-...'*/"``
     (and ``tracestate`` when the span has one): keys sorted, values URL-encoded and
     quoted, as the sqlcommenter spec says; before a final ``;``. A statement that holds a
     comment already is left as it is (the spec: it may be a hint). Otherwise ``sql``
-    itself is returned (the same object). Never raises.
+    itself is returned (the same object). ``str`` and ``bytes`` statements (the same type
+    back); anything else is returned as it is. Never raises.
+
+    ``percent_format``: the driver will %-format the text (``pyformat`` drivers given
+    parameters: psycopg, PyMySQL, mysqlclient): a ``%`` of the comment (a URL-encoded
+    ``tracestate``) is written ``%%``, so the server gets the comment as made.
 
     Not for a statement that must stay byte-identical (a prepared statement reused, a
     driver's statement cache, ``executemany``): the comment makes each text unique.
@@ -780,6 +860,8 @@ def with_comment(sql: str, call: DbCall | None) -> str:
         comment = _comment(call)
         if comment is None:
             return sql
+        if percent_format:
+            comment = comment.replace("%", "%%")
         body = text.rstrip()
         if body.endswith(";"):
             commented = f"{body[:-1].rstrip()} {comment};"
@@ -811,6 +893,127 @@ def _comment(call: DbCall) -> str | None:
 # -- wrapping a call ------------------------------------------------------------------
 
 
+def run(db_call: DbCall, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``original(*args, **kwargs)`` inside ``db_call`` (started): its result
+    untouched; an exception recorded (:meth:`DbCall.fail`) and re-raised untouched. The
+    span is closed either way."""
+    try:
+        result = original(*args, **kwargs)
+    except BaseException as exc:
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    db_call.close()
+    return result
+
+
+async def run_async(db_call: DbCall, original: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """:func:`run` for a coroutine function: awaited inside ``db_call``."""
+    try:
+        result = await original(*args, **kwargs)
+    except BaseException as exc:
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    db_call.close()
+    return result
+
+
+def connect(
+    library: str,
+    target: Target,
+    original: Callable[..., Any],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    connected: Callable[[Any], Target | None] | None = None,
+    failed: Callable[[], Target | None] | None = None,
+) -> Any:
+    """Run a driver's connect, ``original(*args, **kwargs)``, in a span named ``connect``
+    (:func:`start`: only under a current span), ``target`` what is known before it. Once
+    connected, the span takes the attributes of ``connected(result)`` (the server's address
+    and database as the connection says them); when the connect fails, of ``failed()`` (what
+    the parameters name). The result or exception untouched."""
+    db_call = start(library, target, name="connect")
+    if db_call is None:
+        return original(*args, **kwargs)
+    try:
+        result = original(*args, **kwargs)
+    except BaseException as exc:
+        _set_target(db_call, failed)
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    _set_target(db_call, connected, result)
+    db_call.close()
+    return result
+
+
+async def connect_async(
+    library: str,
+    target: Target,
+    original: Callable[..., Awaitable[Any]],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    connected: Callable[[Any], Target | None] | None = None,
+    failed: Callable[[], Target | None] | None = None,
+) -> Any:
+    """:func:`connect` for a coroutine function."""
+    db_call = start(library, target, name="connect")
+    if db_call is None:
+        return await original(*args, **kwargs)
+    try:
+        result = await original(*args, **kwargs)
+    except BaseException as exc:
+        _set_target(db_call, failed)
+        db_call.fail(exc)
+        db_call.close()
+        raise
+    _set_target(db_call, connected, result)
+    db_call.close()
+    return result
+
+
+def _set_target(db_call: DbCall, target_of: Callable[..., Target | None] | None, *args: Any) -> None:
+    if target_of is None:
+        return
+    try:
+        made = target_of(*args)
+        if made is not None:
+            db_call.set_attributes(made.attributes)
+    except Exception as exc:  # noqa: BLE001 - the span keeps what it has
+        db_call.report(exc)
+
+
+class Recording:
+    """``with db.recording(call):``: see :func:`recording`."""
+
+    __slots__ = ("call", "ok")
+
+    def __init__(self, call: DbCall | None, ok: tuple[type[BaseException], ...] = ()) -> None:
+        self.call = call
+        self.ok = ok
+
+    def __enter__(self) -> DbCall | None:
+        return self.call
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> bool:
+        call = self.call
+        if call is not None:
+            if exc is not None and not isinstance(exc, self.ok):
+                call.fail(exc)
+            call.close()
+        return False  # the exception goes on, untouched
+
+
+def recording(call: DbCall | None, ok: tuple[type[BaseException], ...] = ()) -> Recording:
+    """A context manager: the block runs inside ``call`` (started), its exception recorded
+    (:meth:`DbCall.fail`; not those of the ``ok`` types, e.g. ``StopAsyncIteration`` for a
+    fetch that found no rows) and re-raised untouched, the call closed when the block ends.
+    Nothing for None. For what :func:`run` cannot wrap: a driver's context manager (a COPY
+    that lasts a ``with`` block), a generator's first row."""
+    return Recording(call, ok)
+
+
 def call(
     library: str,
     target: Target,
@@ -824,14 +1027,7 @@ def call(
     db_call = start(library, target, statement, **start_kwargs)
     if db_call is None:
         return original(*args, **kwargs)
-    try:
-        result = original(*args, **kwargs)
-    except BaseException as exc:
-        db_call.fail(exc)
-        db_call.close()
-        raise
-    db_call.close()
-    return result
+    return run(db_call, original, *args, **kwargs)
 
 
 async def call_async(
@@ -847,11 +1043,74 @@ async def call_async(
     db_call = start(library, target, statement, **start_kwargs)
     if db_call is None:
         return await original(*args, **kwargs)
+    return await run_async(db_call, original, *args, **kwargs)
+
+
+def batch_size(rows: object) -> int | None:
+    """``db.operation.batch.size`` of an ``executemany``'s parameter sets: how many there
+    are when the sequence says it (``len``); None for an iterator (never consumed to count it)."""
     try:
-        result = await original(*args, **kwargs)
-    except BaseException as exc:
-        db_call.fail(exc)
-        db_call.close()
-        raise
-    db_call.close()
-    return result
+        return len(rows)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def statement_of(query: object, connection: object) -> Statement | None:
+    """:func:`statement` of a query as the app gave it: a str or bytes, or a composed SQL
+    object with ``as_string(connection)`` (psycopg's and psycopg2's ``sql.SQL``,
+    ``sql.Composed``: the text the driver sends; it quotes with the connection but talks to
+    no server). None when ``as_string`` fails (the driver's execute says what is wrong)."""
+    if query.__class__ is str:
+        return statement(query)
+    as_string = getattr(query, "as_string", None)
+    if as_string is None:
+        return statement(query)
+    try:
+        return statement(as_string(connection))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def suppress() -> object:
+    """Suppress instrumentation in this context: no span starts (:func:`start` gives None)
+    until :func:`autotrace.api.detach` of the token returned (None if that failed). Never raises.
+
+    For work a library does for itself around the app's call (a pool's workers, its reset
+    or ping queries, a connection's housekeeping), which would otherwise be spans of the
+    request that happened to start it.
+    """
+    try:
+        if not api.loaded:
+            api.load()
+            if not api.loaded:
+                return None
+        return api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
+    except Exception:  # noqa: BLE001 - it runs regardless
+        return None
+
+
+def wrap_suppressed(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A wrapper (for :func:`autotrace.patching.wrap_function`): ``original`` run with
+    instrumentation suppressed (:func:`suppress`)."""
+
+    def suppressed(*args: Any, **kwargs: Any) -> Any:
+        token = suppress()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return suppressed
+
+
+def wrap_suppressed_async(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """:func:`wrap_suppressed` for a coroutine function."""
+
+    async def suppressed(*args: Any, **kwargs: Any) -> Any:
+        token = suppress()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            api.detach(token)
+
+    return suppressed

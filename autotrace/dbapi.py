@@ -16,8 +16,8 @@ read). The wrappers:
   each (they go to the server).
 
 Every wrapper returns what the driver returned and re-raises the driver's exception
-untouched, recorded on the span with the driver's status code (``status_code``; for the
-MySQL drivers the server's error number, see :func:`error_number`). A call made while a
+untouched, recorded on the span with its status code (:func:`autotrace.db.status_code_of`:
+for the MySQL drivers the server's error number). A call made while a
 database call is in progress (``executemany``'s own ``execute`` calls, statements a driver
 runs while it connects) goes straight to the driver: its statement is not even read.
 """
@@ -32,18 +32,16 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
     TargetOf = Callable[[Any], "db.Target | None"]
-    StatusOf = Callable[[BaseException], "str | None"]
 
 
 class Driver:
     """What the wrappers need to know of a driver."""
 
-    __slots__ = ("library", "target_of", "status_code")
+    __slots__ = ("library", "target_of")
 
-    def __init__(self, library: str, target_of: TargetOf, status_code: StatusOf | None = None) -> None:
+    def __init__(self, library: str, target_of: TargetOf) -> None:
         self.library = library  # the tracer is autotrace.db.<library>
         self.target_of = target_of  # connection -> Target (None: untraced)
-        self.status_code = status_code  # exception -> db.response.status_code (None: db.status_code_of)
 
 
 def patch_cursor(cursor_class: type, driver: Driver) -> None:
@@ -59,23 +57,6 @@ def patch_transactions(connection_class: type, driver: Driver) -> None:
     for name in ("begin", "commit", "rollback"):
         if name in connection_class.__dict__:
             wrap_function(connection_class, name, lambda original, sql=name.upper(): _end(original, driver, sql))
-
-
-# The modules of the MySQL drivers' exceptions (pymysql.err, MySQLdb._exceptions).
-MYSQL_ERROR_MODULES = frozenset(("pymysql", "MySQLdb"))
-
-
-def error_number(exc: BaseException) -> str | None:
-    """A MySQL driver error's number (``args[0]``), as MySQL's semantic conventions want it
-    (not the SQLSTATE newer drivers also carry); None for any other exception."""
-    try:
-        if (type(exc).__module__ or "").partition(".")[0] in MYSQL_ERROR_MODULES:
-            args = exc.args
-            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
-                return str(args[0])
-    except Exception:  # noqa: BLE001
-        pass
-    return None
 
 
 def cursor_target(cursor: Any, driver: Driver) -> db.Target | None:
@@ -97,44 +78,21 @@ def text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def run(call: db.DbCall, driver: Driver, original: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Run the driver's method inside ``call``: the result untouched, an exception recorded and re-raised."""
-    try:
-        result = original(*args, **kwargs)
-    except BaseException as exc:
-        call.fail(exc, driver.status_code(exc) if driver.status_code is not None else None)
-        call.close()
-        raise
-    call.close()
-    return result
-
-
 def _execute(original: Callable, driver: Driver) -> Callable:
     def execute(self, query, args=None):
         target = cursor_target(self, driver)
         call = None if target is None else db.start(driver.library, target, db.statement(query, target.system))
         if call is None:
             return original(self, query, args)
-        return run(call, driver, original, self, _commented(query, args, call), args)
+        return db.run(call, original, self, _commented(query, args, call), args)
 
     return execute
 
 
 def _commented(query: object, args: object, call: db.DbCall) -> object:
-    """The statement with the sqlcommenter comment when it is on (``str`` and ``bytes`` statements)."""
-    if not isinstance(query, (str, bytes)):
-        return query
-    commented = db.with_comment(query, call)
-    if commented is query or args is None:
-        return commented
-    # The driver formats the statement with ``%`` when it has parameters: a ``%`` of the
-    # comment (a URL-encoded tracestate) must reach the server as it is.
-    percent = "%" if isinstance(query, str) else b"%"
-    if commented.count(percent) == query.count(percent):
-        return commented  # no "%" in the comment
-    if commented[: len(query)] != query:
-        return query  # the comment went before a final ";": left out rather than parsed
-    return query + commented[len(query):].replace(percent, percent * 2)
+    """The statement with the sqlcommenter comment when it is on (``str`` and ``bytes``
+    statements); its ``%`` doubled when the driver %-formats the text (parameters given)."""
+    return db.with_comment(query, call, percent_format=args is not None)  # type: ignore[arg-type]
 
 
 def _executemany(original: Callable, driver: Driver) -> Callable:
@@ -142,20 +100,12 @@ def _executemany(original: Callable, driver: Driver) -> Callable:
         target = cursor_target(self, driver)
         call = None
         if target is not None and args:
-            call = db.start(driver.library, target, db.statement(query, target.system), batch_size=_size(args))
+            call = db.start(driver.library, target, db.statement(query, target.system), batch_size=db.batch_size(args))
         if call is None:
             return original(self, query, args, *more, **kwargs)
-        return run(call, driver, original, self, query, args, *more, **kwargs)
+        return db.run(call, original, self, query, args, *more, **kwargs)
 
     return executemany
-
-
-def _size(rows: object) -> int | None:
-    """How many rows a parameter sequence has; None for an iterator (never consumed here)."""
-    try:
-        return len(rows)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _callproc(original: Callable, driver: Driver) -> Callable:
@@ -173,7 +123,7 @@ def _callproc(original: Callable, driver: Driver) -> Callable:
             )
         if call is None:
             return original(self, procname, *args, **kwargs)
-        return run(call, driver, original, self, procname, *args, **kwargs)
+        return db.run(call, original, self, procname, *args, **kwargs)
 
     return callproc
 
@@ -187,6 +137,6 @@ def _end(original: Callable, driver: Driver, sql: str) -> Callable:
         call = None if target is None else db.start(driver.library, target, db.statement(sql, target.system))
         if call is None:
             return original(self, *args, **kwargs)
-        return run(call, driver, original, self, *args, **kwargs)
+        return db.run(call, original, self, *args, **kwargs)
 
     return end

@@ -67,7 +67,8 @@ def quiet_sdk_export_logs() -> None:
 
 def keep_http_client_results(exporter: object) -> None:
     """Keep the cause of a failed OTLP/HTTP export: the SDK's client returns it, the
-    exporter drops it (and a batch that times out during retries logs no cause)."""
+    exporter drops it (and a batch that times out during retries logs no cause); and the
+    collector's message when it answers with an error status."""
     client = getattr(exporter, "_client", None)
     export = getattr(client, "export", None)
     if export is None or getattr(export, "_autotrace", False):
@@ -85,19 +86,121 @@ def keep_http_client_results(exporter: object) -> None:
         client.export = keep
     except Exception:  # noqa: BLE001 - a client without attributes: the logs still tell
         pass
+    transport = getattr(client, "_transport", None)
+    request = getattr(transport, "request", None)
+    if request is None:
+        return
+
+    def request_keeping_the_answer(*args, **kwargs):
+        result = request(*args, **kwargs)
+        try:
+            status = getattr(result, "status_code", None)
+            causes = getattr(_capture, "causes", None)
+            if causes is not None and isinstance(status, int) and status >= 400:
+                message = collector_message(result)
+                if message:
+                    causes.append((message,))
+        except Exception:  # noqa: BLE001 - the status alone is reported
+            pass
+        return result
+
+    try:
+        transport.request = request_keeping_the_answer
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def collector_message(result: object) -> str:
+    """The message of a collector's error answer: a google.rpc.Status (protobuf or JSON), or text."""
+    from .doctor.endpoint import CollectorMessage
+
+    content = result.content()  # type: ignore[attr-defined]
+    kind = (result.headers().get("content-type") or "").lower()  # type: ignore[attr-defined]
+    text = ""
+    if "protobuf" in kind:
+        text = _status_message(content)
+    elif "json" in kind:
+        import json
+
+        body = json.loads(content.decode("utf-8", "replace"))
+        text = str(body.get("message", "")) if isinstance(body, dict) else ""
+    else:
+        text = content.decode("utf-8", "replace")
+    return CollectorMessage(text.strip()) if text.strip() else ""
+
+
+def _status_message(data: bytes) -> str:
+    """Field 2 (message) of a google.rpc.Status, read by hand (no protobuf class needed)."""
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while i < len(data):
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        return value
+
+    while i < len(data):
+        key = varint()
+        wire = key & 7
+        if wire == 0:
+            varint()
+        elif wire == 2:
+            length = varint()
+            if key >> 3 == 2:
+                return data[i : i + length].decode("utf-8", "replace")
+            i += length
+        else:
+            return ""
+    return ""
 
 
 def _is_refused(text: str) -> bool:
     text = text.lower()
-    return "connection refused" in text or "errno 111" in text or "failed to connect" in text
+    return "connection refused" in text or "errno 111" in text
 
 
-def classify_failure(evidence: Sequence[object]) -> tuple[str, str]:
+DOCTOR = "run 'autotrace doctor' for details"  # the end of every export failure line
+
+
+class Diagnosis(str):
+    """A hint that says all: what is wrong and the fix (shown without the kind)."""
+
+
+def describe(kind: str, hint: str) -> str:
+    """The cause of a failure as its first report shows it."""
+    return str(hint) if isinstance(hint, Diagnosis) else f"{kind}{hint}"
+
+
+def classify_failure(evidence: Sequence[object], settings: object = None, diagnose: bool = True) -> tuple[str, str]:
     """(kind, hint) of a failed export from what it left: an exception, or the SDK's log args.
 
-    The kind is what failures are counted by: connection refused, timeout, HTTP <status>,
-    gRPC <code>, or the exception's type; the hint is shown with the first report only.
+    The kind is what failures are counted by: connection refused, cannot resolve host,
+    timeout, HTTP <status>, gRPC <code>, connection failed, or the exception's type;
+    the hint is shown with the first report only. With the OTLP exporter's ``settings``,
+    both come from the doctor's classifier (:func:`autotrace.doctor.endpoint.diagnose_failure`,
+    which may ask the port what it speaks: ``diagnose=False`` gives the kind alone, at once).
     """
+    if settings is not None and evidence:
+        from .doctor import endpoint
+
+        probe = endpoint.failure_probe(evidence, settings.timeout_s)  # type: ignore[attr-defined]
+        kind = endpoint.failure_kind(probe, evidence)
+        if kind is not None:  # on the way to the collector
+            if not diagnose:
+                return kind, ""
+            kind, check = endpoint.diagnose_failure(settings, evidence)
+            return kind, Diagnosis(f"{check.message}; fix: {check.fix}")
+    return _classify_alone(evidence)
+
+
+def _classify_alone(evidence: Sequence[object]) -> tuple[str, str]:
+    """The classification without the endpoint's settings (an exporter that is not OTLP)."""
     status = code = exc_kind = None
     exc_hint = ""
     for item in evidence:
@@ -137,19 +240,9 @@ def classify_failure(evidence: Sequence[object]) -> tuple[str, str]:
 
 
 def _chain(exc: BaseException):
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen or len(seen) > 20:
-            continue
-        seen.add(id(current))
-        yield current
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-        todo.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            todo.append(reason)
+    from .doctor.endpoint import chain
+
+    return chain(exc)
 
 
 def _plural(n: int, word: str) -> str:
@@ -169,10 +262,13 @@ class ExportFailures:
         target: str,
         interval_s: float | None = None,
         clock: Callable[[], float] | None = None,
+        settings: object = None,
     ) -> None:
         import time
 
         self.target = target  # "to <endpoint>", or a "the <name> exporter"
+        self.settings = settings  # the OTLP exporter's configuration: failures are diagnosed
+        self.closing = False  # at exit: a failed export is not retried, and the line says so
         self.interval_s = EXPORT_SUMMARY_INTERVAL_S if interval_s is None else interval_s
         self._clock = clock or time.monotonic
         self._lock = threading.Lock()
@@ -184,15 +280,24 @@ class ExportFailures:
         self._kinds: dict[str, int] = {}
         self._last_recovery: float | None = None
 
-    def _first(self, kind: str, hint: str) -> None:
-        every = f"{self.interval_s:g} s"
-        if self.target.startswith("to "):
-            logger.warning(
-                "spans could not be exported %s: %s%s; further failures are summarised every %s",
-                self.target, kind, hint, every,
-            )
+    def classify(self, evidence: Sequence[object]) -> tuple[str, str]:
+        """(kind, hint) of a failure: the hint (which may ask the port) only for a new kind."""
+        if self.settings is None:
+            return classify_failure(evidence)
+        kind, _ = classify_failure(evidence, self.settings, diagnose=False)
+        if kind in self._reported:
+            return kind, ""
+        return classify_failure(evidence, self.settings)
+
+    def _first(self, kind: str, hint: str, spans: int) -> None:
+        if self.closing:
+            then = f"not retried at exit ({_plural(spans, 'span')} dropped)"
         else:
-            logger.warning("%s failed: %s%s; further failures are summarised every %s", self.target, kind, hint, every)
+            then = f"further failures are summarised every {self.interval_s:g} s"
+        if self.target.startswith("to "):
+            logger.warning("spans could not be exported %s: %s; %s; %s", self.target, describe(kind, hint), then, DOCTOR)
+        else:
+            logger.warning("%s failed: %s; %s; %s", self.target, describe(kind, hint), then, DOCTOR)
 
     def _counts(self) -> str:
         kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(self._kinds.items(), key=lambda kv: -kv[1]))
@@ -213,14 +318,14 @@ class ExportFailures:
                 self._since = now
             if kind not in self._reported:
                 self._reported.add(kind)
-                self._first(kind, hint)
+                self._first(kind, hint, spans)
                 return
             self._batches += 1
             self._spans += spans
             self._kinds[kind] = self._kinds.get(kind, 0) + 1
             elapsed = now - self._since
             if elapsed >= self.interval_s:
-                logger.warning("in the last %.0f s, %s", elapsed, self._counts())
+                logger.warning("in the last %.0f s, %s; %s", elapsed, self._counts(), DOCTOR)
                 self._reset(now)
 
     def succeeded(self) -> None:
@@ -243,7 +348,7 @@ class ExportFailures:
         """At shutdown: summarise what is still counted."""
         with self._lock:
             if self._batches and self._since is not None:
-                logger.warning("in the last %.0f s, %s", self._clock() - self._since, self._counts())
+                logger.warning("in the last %.0f s, %s; %s", self._clock() - self._since, self._counts(), DOCTOR)
                 self._reset(None)
 
 
@@ -324,12 +429,16 @@ def stop_capture() -> None:
     _capture.causes = None
 
 
-def failures_of(exporter: object, name: str, failures: ExportFailures | None = None) -> ExportFailures:
+def failures_of(
+    exporter: object, name: str, failures: ExportFailures | None = None, settings: object = None
+) -> ExportFailures:
     """The report of ``exporter``'s failures: ``failures``, or one that names the exporter's
-    endpoint; the cause of a failed OTLP/HTTP export is kept for it from now on."""
+    endpoint (and diagnoses its failures with ``settings``, the OTLP exporter's); the cause
+    of a failed OTLP/HTTP export is kept for it from now on."""
     target = f"the {name} exporter"
     try:
-        endpoint = getattr(exporter, "_endpoint", None)
+        # The endpoint as configured (with its scheme, which tells TLS), else the exporter's.
+        endpoint = getattr(settings, "endpoint", None) or getattr(exporter, "_endpoint", None)
         if isinstance(endpoint, str) and endpoint:
             from .config import redact_url
 
@@ -337,7 +446,7 @@ def failures_of(exporter: object, name: str, failures: ExportFailures | None = N
         keep_http_client_results(exporter)
     except Exception as exc:  # noqa: BLE001 - fail open: reported without the endpoint
         _log.warn_once("export-report", "cannot report export failures fully (%s: %s)", type(exc).__name__, exc)
-    return failures if failures is not None else ExportFailures(target)
+    return failures if failures is not None else ExportFailures(target, settings=settings)
 
 
 def report(failures: ExportFailures | None, succeeded: bool, causes: list, spans: int) -> None:
@@ -347,7 +456,7 @@ def report(failures: ExportFailures | None, succeeded: bool, causes: list, spans
             if succeeded:
                 failures.succeeded()
             else:
-                kind, hint = classify_failure([arg for args in causes for arg in args])
+                kind, hint = failures.classify([arg for args in causes for arg in args])
                 failures.failed(kind, hint, spans)
         queue_drops.summarise()
     except Exception as exc:  # noqa: BLE001 - on the export thread: one line, then go on

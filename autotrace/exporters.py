@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from typing import Callable, Sequence
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
@@ -94,7 +95,9 @@ class ExporterHandle(SpanExporter):
     autotrace hook checks, so the exporter's own calls are never traced or injected.
 
     Failed exports are reported by :mod:`autotrace.export_report`; ``failures`` replaces
-    the agent's report of them (the doctor keeps the cause instead of logging it).
+    the agent's report of them (the doctor keeps the cause instead of logging it);
+    ``settings``, the configuration of the OTLP exporter, lets the report name what is
+    wrong with the endpoint. At exit (:func:`closing`) a failed export is not retried.
     """
 
     def __init__(
@@ -102,8 +105,11 @@ class ExporterHandle(SpanExporter):
         name: str,
         factory: Callable[[], SpanExporter],
         failures: export_report.ExportFailures | None = None,
+        settings: Configuration | None = None,
     ) -> None:
         self.name = name
+        self.settings = settings if name == "otlp" else None
+        self._closing = False
         self._factory = factory
         self._lock = threading.Lock()
         self._failed = False
@@ -111,6 +117,7 @@ class ExporterHandle(SpanExporter):
         self._reporting = False  # the report is set up at the first export
         self.failures = failures
         self._get()
+        _handles.add(self)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
 
@@ -129,10 +136,11 @@ class ExporterHandle(SpanExporter):
                     except Exception as exc:  # noqa: BLE001 - fail open, one line
                         self._failed = True
                         logger.warning(
-                            "cannot create the %s exporter (%s: %s); spans are dropped",
+                            "cannot create the %s exporter (%s: %s); spans are dropped; %s",
                             self.name,
                             type(exc).__name__,
                             exc,
+                            export_report.DOCTOR,
                         )
                     finally:
                         detach(token)
@@ -144,19 +152,42 @@ class ExporterHandle(SpanExporter):
             return SpanExportResult.FAILURE
         if not self._reporting:
             self._reporting = True
-            self.failures = export_report.failures_of(exporter, self.name, self.failures)
+            self.failures = export_report.failures_of(exporter, self.name, self.failures, self.settings)
+            if self._closing:
+                self.failures.closing = True
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
         try:
-            result = exporter.export(spans)
-        except Exception as exc:  # noqa: BLE001 - reported once per cause, then summarised
-            causes.insert(0, (exc,))
-            result = SpanExportResult.FAILURE
+            causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
+            try:
+                result = exporter.export(spans)
+            except Exception as exc:  # noqa: BLE001 - reported once per cause, then summarised
+                causes.insert(0, (exc,))
+                result = SpanExportResult.FAILURE
+            finally:
+                export_report.stop_capture()
+            # Still suppressed: diagnosing a failure may ask the port, and that is not traced.
+            export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
         finally:
-            export_report.stop_capture()
             detach(token)
-        export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
         return result
+
+    def closing(self) -> None:
+        """At exit: export what is left once, without retrying a failed export.
+
+        The SDK's exporters retry a failed export with a growing back-off (1 s, 2 s, ...)
+        until their timeout, unless they are shutting down; the event that says so is set
+        now, before the last batches are exported, so that a collector that is not there
+        (refused, unknown host, another protocol) costs one attempt, not the flush bound.
+        A collector that accepts and does not answer still holds the exit up to the bound.
+        """
+        self._closing = True
+        if self.failures is not None:
+            self.failures.closing = True
+        exporter = self._exporter
+        client = getattr(exporter, "_client", None)  # OTLP/HTTP: the SDK's HTTP client
+        for event in (getattr(client, "_shutdown_event", None), getattr(exporter, "_shutdown_in_progress", None)):
+            if event is not None and hasattr(event, "set"):
+                event.set()
 
     def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
         exporter = self._exporter
@@ -167,3 +198,16 @@ class ExporterHandle(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         exporter = self._exporter
         return True if exporter is None else exporter.force_flush(timeout_millis)
+
+
+_handles: weakref.WeakSet[ExporterHandle] = weakref.WeakSet()
+
+
+def closing() -> None:
+    """At exit, before the last flush: no exporter retries a failed export any more
+    (see :meth:`ExporterHandle.closing`); never raises."""
+    for handle in list(_handles):
+        try:
+            handle.closing()
+        except Exception as exc:  # noqa: BLE001 - the flush bound still holds
+            logger.debug("cannot stop the %s exporter's retries: %s", handle.name, exc)

@@ -160,7 +160,7 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Config
     for name in settings.exporters:
         provider.add_span_processor(
             BatchSpanProcessor(
-                exporters.ExporterHandle(name, factories[name]),
+                exporters.ExporterHandle(name, factories[name], settings=settings),
                 max_queue_size=settings.bsp_max_queue_size,
                 schedule_delay_millis=settings.bsp_schedule_delay_ms,
                 max_export_batch_size=settings.bsp_max_export_batch_size,
@@ -258,7 +258,11 @@ def _bounded(work: Callable[[], None], timeout_s: float) -> bool:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        logger.warning("spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT); going on without them", timeout_s)
+        logger.warning(
+            "spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT): an export is still waiting for an answer; "
+            "going on without them; run 'autotrace doctor' for details",
+            timeout_s,
+        )
         return False
     return True
 
@@ -277,6 +281,7 @@ def flush(timeout_s: float, final: bool = True) -> bool:
             # before the spans it holds are exported): wait for that instead.
             handover.join()
         if final:
+            exporters.closing()  # a failed export is not retried at exit
             provider.shutdown()
         else:
             provider.force_flush(int(timeout_s * 1000))

@@ -9,25 +9,21 @@ agent, alternating for ``--rounds`` rounds. Under the agent every call is a CLIE
 exported over OTLP/HTTP to a local sink that accepts and discards it (as a collector
 would), so export does its real work. Ratios are medians against plain in the same run,
 of the wall clock and of the client process's CPU time (all its threads: the export
-thread too); the CPU figure moves less when other work shares the machine.
-The server and the sink run in this process's threads: they load the machine the same
-for both variants. ``--compare`` adds ``autotrace run`` from another install (a venv
-holding an earlier checkout: a before/after figure from the same run), with that venv's
-Python.
+thread too); the CPU figure moves less when other work shares the machine. The server
+and the sink run in this process's threads: they load the machine the same for both
+variants. ``--compare`` adds ``autotrace run`` of another install (a venv holding an
+earlier checkout), with that venv's Python: a before/after figure from the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+import harness
 
 CLIENT = '''
 import sys, time
@@ -77,81 +73,41 @@ class _Hello(BaseHTTPRequestHandler):
         pass
 
 
-class _Sink(_Hello):
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-def _serve(handler: type) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--forms", default=",".join(FORMS))
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="LABEL=VENV_BIN_DIR",
-        help="also time `autotrace run` of the install in that venv's bin directory",
-    )
+    harness.add_compare(parser)
     args = parser.parse_args()
 
-    autotrace = shutil.which("autotrace", path=str(Path(sys.executable).parent)) or "autotrace"
-    traced_variants = {"autotrace": [autotrace, "run", sys.executable]}
-    for item in args.compare:
-        label, sep, other_bin = item.partition("=")
-        if not sep or not Path(other_bin, "autotrace").exists():
-            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
-        traced_variants[label] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "python"))]
-    hello, sink = _serve(_Hello), _serve(_Sink)
+    hello, sink = harness.serve(_Hello), harness.serve(harness.Sink)
     url = f"http://127.0.0.1:{hello.server_address[1]}/hello"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    traced_env = dict(
-        env,
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_SERVICE_NAME="bench-client",
-    )
+    env = harness.plain_env()
+    traced_env = harness.exporting_env(env, sink, "bench-client")
+    variants = {"plain": ([sys.executable], env), "autotrace": ([harness.autotrace(), "run", sys.executable], traced_env)}
+    for label, other_bin in harness.compared(parser, args.compare).items():
+        variants[label] = ([str(other_bin / "autotrace"), "run", str(other_bin / "python")], traced_env)
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
-        header = f"{'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced_variants)
+        traced = [name for name in variants if name != "plain"]
+        header = f"{'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced)
         print(f"{'':18} {'wall clock':^{len(header)}} | {'CPU of the client process':^{len(header)}}")
         print(f"{'form':18} {header} | {header}")
         for form in args.forms.split(","):
-            times: dict[str, list[float]] = {"plain": [], **{name: [] for name in traced_variants}}
-            cpu: dict[str, list[float]] = {name: [] for name in times}
-            for _ in range(args.rounds):
-                runs = [("plain", [sys.executable], env)] + [(name, prefix, traced_env) for name, prefix in traced_variants.items()]
-                for name, prefix, environ in runs:
-                    out = subprocess.run(
-                        [*prefix, str(script), form, url, str(args.calls)], env=environ, capture_output=True, text=True, timeout=600
-                    )
-                    if out.returncode != 0:
-                        raise SystemExit(f"{form} ({name}) failed:\n{out.stderr}")
-                    wall, used = out.stdout.split()[-2:]
-                    times[name].append(float(wall))
-                    cpu[name].append(float(used))
+
+            def measure(name: str, variant: tuple) -> list[float]:
+                prefix, environ = variant
+                return harness.run_client([*prefix, str(script), form, url, str(args.calls)], environ, form)
+
+            results = harness.alternate(args.rounds, variants, measure)
             columns = []
-            for figures in (times, cpu):
-                p = statistics.median(figures["plain"])
-                columns.append(
-                    f"{p:9.1f}"
-                    + "".join(f" {statistics.median(figures[name]):14.1f} {statistics.median(figures[name]) / p:6.2f}x" for name in traced_variants)
-                )
+            for index in (0, 1):  # wall clock, CPU
+                p = harness.median(r[index] for r in results["plain"])
+                medians = [harness.median(r[index] for r in results[name]) for name in traced]
+                columns.append(f"{p:9.1f}" + "".join(f" {t:14.1f} {t / p:6.2f}x" for t in medians))
             print(f"{form:18} {columns[0]} | {columns[1]}", flush=True)
     hello.shutdown()
     sink.shutdown()

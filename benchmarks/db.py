@@ -1,60 +1,87 @@
 """Cost of a database or cache call: plain Python vs under ``autotrace run``, inside a request span.
 
-    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone] [--compare LABEL=VENV_BIN_DIR ...]
 
-A client process makes ``--calls`` sequential calls over loopback and prints the mean
-time per call: a redis ``GET`` of a short value (redis-py), a ``SELECT 1`` and its
-``fetchone`` through psycopg 3; and, as the floor no hook can go below, ``sdk.span``: no
-I/O, an SDK span with a redis span's six attributes started, made current and ended
-(what the OpenTelemetry SDK costs per span on this machine). Each form runs plain and under the agent, alternating for
-``--rounds`` rounds; ratios are medians against plain in the same run.
+One script for every database hook. A client process makes ``--calls`` sequential calls
+over loopback and prints the mean time per call (wall clock, and the CPU time of the
+process, all threads: on a loaded machine the wall clock swings with the scheduler, the
+CPU time much less), for each form:
 
-The calls run inside a SERVER span the script opens through the OpenTelemetry API, as a
+- ``redis.get``: a redis ``GET`` of a short value (redis-py);
+- ``psycopg2.select1``, ``psycopg.select1`` (psycopg 3), ``psycopg_pool.select1`` (psycopg 3
+  through a ``ConnectionPool``, ``with pool.connection()`` around each query),
+  ``sqlalchemy.select1`` (a SQLAlchemy connection over psycopg 3), ``pymysql.select1``,
+  ``mysqlclient.select1``: ``SELECT 1`` and its fetch; ``asyncpg.select1``: ``fetchval``;
+- ``sdk.span``, the floor no hook can go below: no I/O, an SDK span with a redis span's
+  six attributes started, made current and ended (what the OpenTelemetry SDK costs per
+  span on this machine).
+
+The calls run inside a SERVER span the client opens through the OpenTelemetry API, as a
 web framework's request would: under the agent the SDK records it and every call is a
 CLIENT span in it, exported over OTLP/HTTP to a local sink that accepts and discards it
-(as a collector would); plain Python runs the same code with the API's no-op tracer. A
-form whose library has no hook yet measures what the agent does without one.
+(as a collector would); plain Python runs the same code with the API's no-op tracer.
+``--no-export`` adds a third variant, the agent with ``OTEL_TRACES_EXPORTER=none`` (spans
+made, not exported). Variants alternate for ``--rounds`` rounds; ratios are medians
+against plain in the same run. ``--hook-alone`` adds the psycopg hook's own cost outside a
+request (no span current), measured in process against a no-op cursor.
 
 The servers are started for the run from the Debian packages, as the tests start them
 (tests/dbservers.py: loopback, a temporary directory, an unprivileged user when root);
-``--redis-url`` / ``--postgres-url`` use running ones instead. ``--compare`` adds
-``autotrace run`` of another install (a venv holding an earlier checkout), with that venv's
-Python: a before/after figure from the same run (its rows are named by the label).
+``--redis-url`` / ``--postgres-url`` / ``--mariadb-url`` use running ones instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness
 
 CLIENT = '''
-import sys, time
+import asyncio, sys, time
+from urllib.parse import unquote, urlsplit
 from opentelemetry import trace
 
 form, url, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+library = form.partition(".")[0]
+call = None
 if form == "redis.get":
     import redis
     client = redis.Redis.from_url(url)
     client.set("bench:key", "a short value")
     call = lambda: client.get("bench:key")
-elif form == "psycopg.select1":
-    import psycopg
-    connection = psycopg.connect(url, autocommit=True)
+elif library in ("psycopg2", "psycopg"):
+    module = __import__(library)
+    connection = module.connect(url)
+    connection.autocommit = True
     cursor = connection.cursor()
     def call():
         cursor.execute("SELECT 1")
         return cursor.fetchone()
+elif library == "psycopg_pool":
+    from psycopg_pool import ConnectionPool
+    pool = ConnectionPool(url, min_size=1, max_size=1, kwargs={"autocommit": True})
+    pool.wait()
+    def call():
+        with pool.connection() as connection:
+            return connection.execute("SELECT 1").fetchone()
+elif library == "sqlalchemy":
+    from sqlalchemy import create_engine, text
+    connection = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)).connect()
+    select = text("SELECT 1")
+    call = lambda: connection.execute(select).fetchone()
+elif library in ("pymysql", "mysqlclient"):
+    module = __import__("pymysql" if library == "pymysql" else "MySQLdb")
+    parts = urlsplit(url)
+    connection = module.connect(host=parts.hostname, port=parts.port, user=unquote(parts.username),
+                                password=unquote(parts.password), database=unquote(parts.path[1:]))
+    cursor = connection.cursor()
+    def call():
+        cursor.execute("SELECT 1")
+        return cursor.fetchall()
 elif form == "sdk.span":  # no I/O: the floor, an SDK span with a redis span's attributes
     from opentelemetry import context
     span_tracer = trace.get_tracer("autotrace.db.redis")
@@ -65,119 +92,150 @@ elif form == "sdk.span":  # no I/O: the floor, an SDK span with a redis span's a
         token = context.attach(trace.set_span_in_context(span))
         context.detach(token)
         span.end()
-else:
+elif library != "asyncpg":
     raise SystemExit(f"unknown form {form}")
 
-tracer = trace.get_tracer("bench")
-with tracer.start_as_current_span("GET /bench", kind=trace.SpanKind.SERVER):  # the request
+
+def timed(call):
     for _ in range(min(500, calls)):  # warm-up: connections, caches, the SDK's set-up
         call()
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         call()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+async def timed_asyncpg():
+    import asyncpg
+    connection = await asyncpg.connect(url)
+    for _ in range(min(500, calls)):
+        await connection.fetchval("SELECT 1")
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        await connection.fetchval("SELECT 1")
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    await connection.close()
+    return elapsed, cpu
+
+
+with trace.get_tracer("bench").start_as_current_span("GET /bench", kind=trace.SpanKind.SERVER):  # the request
+    elapsed, cpu = asyncio.run(timed_asyncpg()) if library == "asyncpg" else timed(call)  # the task keeps the request's context
 print(elapsed / calls * 1e6, cpu / calls * 1e6)
 '''
 
-FORMS = ("redis.get", "psycopg.select1", "sdk.span")
+# Form -> the server it needs (None: no I/O).
+FORMS = {
+    "redis.get": "redis",
+    "psycopg2.select1": "postgresql",
+    "psycopg.select1": "postgresql",
+    "psycopg_pool.select1": "postgresql",
+    "sqlalchemy.select1": "postgresql",
+    "pymysql.select1": "mariadb",
+    "mysqlclient.select1": "mariadb",
+    "asyncpg.select1": "postgresql",
+    "sdk.span": None,
+}
 
 
-class _Sink(BaseHTTPRequestHandler):
-    """Accepts OTLP/HTTP exports and discards them."""
+def hook_alone(calls: int = 20000) -> float:
+    """us the psycopg hook adds to ``execute`` outside a request (no span current): wrapper, Target, Statement, the decision."""
+    import time
 
-    protocol_version = "HTTP/1.1"
+    from autotrace import db
+    from autotrace.hooks import psycopg as hook
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
+    class Connection:
         pass
 
+    class Cursor:
+        __slots__ = ("_conn",)
 
-def _serve(handler: type) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+        def execute(self, query, params=None):
+            return self
+
+    conn = Connection()
+    conn.__dict__[hook.TARGET] = db.Target("postgresql", "db", "127.0.0.1", 5432, "127.0.0.1")
+    cursor = Cursor()
+    cursor._conn = conn
+    traced = hook._wrap_execute(Cursor.execute)
+    db.start("psycopg", db.Target("postgresql"))  # loads the API
+    best = []
+    for function in (Cursor.execute, traced):
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                function(cursor, "SELECT 1")
+            times.append((time.perf_counter() - start) / calls * 1e6)
+        best.append(min(times))
+    return best[1] - best[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated, of: " + ", ".join(FORMS))
+    parser.add_argument("--no-export", action="store_true", help="also under the agent with OTEL_TRACES_EXPORTER=none")
+    parser.add_argument("--hook-alone", action="store_true", help="also the psycopg hook's own cost outside a request")
     parser.add_argument("--redis-url", help="a running Redis (default: one started for the run)")
     parser.add_argument("--postgres-url", help="a running PostgreSQL (default: one started for the run)")
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="LABEL=VENV_BIN_DIR",
-        help="also time `autotrace run` of the install in that venv's bin directory",
-    )
+    parser.add_argument("--mariadb-url", help="a running MariaDB or MySQL (default: a MariaDB started for the run)")
+    harness.add_compare(parser)
     args = parser.parse_args()
     forms = args.forms.split(",")
+    unknown = [form for form in forms if form not in FORMS]
+    if unknown:
+        parser.error(f"unknown forms {unknown}: choose from {', '.join(FORMS)}")
 
-    autotrace = shutil.which("autotrace", path=str(Path(sys.executable).parent)) or "autotrace"
-    traced_variants = {"": [autotrace, "run", sys.executable]}
-    for item in args.compare:
-        label, sep, other_bin = item.partition("=")
-        if not sep or not Path(other_bin, "autotrace").exists():
-            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
-        traced_variants[f" ({label})"] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "python"))]
-    sink = _serve(_Sink)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    traced_env = dict(
-        env,
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_SERVICE_NAME="bench-db",
-    )
-    sys.path.insert(0, str(ROOT / "tests"))
+    sink = harness.serve(harness.Sink)
+    env = harness.plain_env()
+    traced_env = harness.exporting_env(env, sink, "bench-db")
+    autotrace = harness.autotrace()
+    python = sys.executable
+    variants = {"plain": ([python], env), "autotrace": ([autotrace, "run", python], traced_env)}
+    if args.no_export:
+        variants["no export"] = ([autotrace, "run", python], dict(traced_env, OTEL_TRACES_EXPORTER="none"))
+    others = harness.compared(parser, args.compare)
+    for label, other_bin in others.items():
+        variants[label] = ([str(other_bin / "autotrace"), "run", str(other_bin / "python")], traced_env)
+    sys.path.insert(0, str(harness.ROOT / "tests"))
     import dbservers
 
+    given = {"redis": args.redis_url, "postgresql": args.postgres_url, "mariadb": args.mariadb_url}
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as directory:
-        urls = {}
-        if "redis.get" in forms:
-            urls["redis.get"] = args.redis_url or stack.enter_context(dbservers.running("redis")).url()
-        if "psycopg.select1" in forms:
-            urls["psycopg.select1"] = args.postgres_url or stack.enter_context(dbservers.running("postgresql")).url()
+        urls: dict[str, str] = {}
+        for system in sorted({FORMS[form] for form in forms} - {None}):
+            urls[system] = given[system] or stack.enter_context(dbservers.running(system)).url()
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run in one request span, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'':18} {'wall clock':^39} | {'CPU of the process (all threads)':^39}")
-        print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9} | {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
+        print(f"{'':20} {'wall clock':^39} | {'CPU of the process (all threads)':^39}" + (" | no export" if args.no_export else ""))
+        print(f"{'form':20} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9} | {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
         for form in forms:
-            plain, plain_cpu = [], []
-            traced = {name: ([], []) for name in traced_variants}
-            for _ in range(args.rounds):
-                runs = [([sys.executable], env, plain, plain_cpu)]
-                runs += [(prefix, traced_env, *traced[name]) for name, prefix in traced_variants.items()]
-                for command, environ, into, into_cpu in runs:
-                    out = subprocess.run(
-                        [*command, str(script), form, urls.get(form, "-"), str(args.calls)],
-                        env=environ,
-                        capture_output=True,
-                        text=True,
-                        timeout=600,
-                    )
-                    if out.returncode != 0:
-                        raise SystemExit(f"{form} failed:\n{out.stderr}")
-                    wall, cpu = out.stdout.split()[-2:]
-                    into.append(float(wall))
-                    into_cpu.append(float(cpu))
-            for name, (wall_times, cpu_times) in traced.items():
+            url = urls.get(FORMS[form] or "", "-")
+
+            def measure(name: str, variant: tuple) -> list[float]:
+                prefix, environ = variant
+                return harness.run_client([*prefix, str(script), form, url, str(args.calls)], environ, form)
+
+            results = harness.alternate(args.rounds, variants, measure)
+            for name in ("autotrace", *others):
                 columns = []
-                for before, after in ((plain, wall_times), (plain_cpu, cpu_times)):
-                    p, t = statistics.median(before), statistics.median(after)
+                for index in (0, 1):  # wall clock, CPU
+                    p = harness.median(r[index] for r in results["plain"])
+                    t = harness.median(r[index] for r in results[name])
                     columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
-                print(f"{form + name:18} {columns[0]} | {columns[1]}", flush=True)
+                label = form if name == "autotrace" else f"{form} ({name})"
+                line = f"{label:20} {columns[0]} | {columns[1]}"
+                if args.no_export and name == "autotrace":
+                    p = harness.median(r[0] for r in results["plain"])
+                    u = harness.median(r[0] for r in results["no export"])
+                    line += f" | {u:9.1f} {u / p:6.2f}x"
+                print(line, flush=True)
     sink.shutdown()
+    if args.hook_alone:
+        print(f"the psycopg hook alone, outside a request: {hook_alone():.2f} µs per execute")
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ import argparse
 import os
 import signal
 import socket
-import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import harness
 
 HTTP_SERVER = '''
 import sys
@@ -61,24 +59,6 @@ def hello(name):
 '''
 
 
-class _Sink(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,16 +86,10 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="LABEL=VENV_BIN_DIR")
     args = parser.parse_args()
 
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_port}",
-        OTEL_LOG_LEVEL="warning",
-    )
+    sink = harness.serve(harness.Sink)
+    bin_dir = harness.BIN
+    env = harness.exporting_env(harness.plain_env(), sink)
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OTEL_LOG_LEVEL="warning")
     variants = {"plain": ([], {}), "autotrace run": ([str(bin_dir / "autotrace"), "run"], {})}
     for item in args.compare:
         label, sep, other = item.partition("=")
@@ -134,7 +108,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for server, command in servers.items():
                 for variant, (prefix, extra_env) in variants.items():
-                    port = _free_port()
+                    port = harness.free_port()
                     argv = command(port)
                     if not prefix:  # plain: this venv's programs, as autotrace run finds them on PATH
                         argv = [str(bin_dir / argv[0])] + argv[1:]
@@ -155,11 +129,11 @@ def main() -> None:
 
     print(f"first request {args.pause:g}s after the port accepts; median of {args.rounds} rounds, {os.cpu_count()} cores")
     for server in servers:
-        base = statistics.median(r[0] for r in results[(server, "plain")])
+        base = harness.median(r[0] for r in results[(server, "plain")])
         for variant in variants:
             rows = results[(server, variant)]
-            first = statistics.median(r[0] for r in rows)
-            second = statistics.median(r[1] for r in rows)
+            first = harness.median(r[0] for r in rows)
+            second = harness.median(r[1] for r in rows)
             added = f"   added {first - base:+7.1f} ms" if variant != "plain" else ""
             print(f"  {server:15s} {variant:24s} first {first:7.1f} ms   second {second:6.1f} ms{added}")
 

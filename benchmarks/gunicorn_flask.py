@@ -17,16 +17,14 @@ import os
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import harness
 
 APP = '''
 from flask import Flask
@@ -38,24 +36,6 @@ app = Flask(__name__)
 def hello(name):
     return f"hello {name}"
 '''
-
-
-class _Sink(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(url: str, timeout: float = 30) -> None:
@@ -108,12 +88,10 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
 
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTRACE_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_port}")
+    sink = harness.serve(harness.Sink)
+    bin_dir = harness.BIN
+    env = harness.exporting_env(harness.plain_env(), sink)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     gunicorn = str(bin_dir / "gunicorn")
     variants = {
         "plain": [gunicorn],
@@ -128,38 +106,39 @@ def main() -> None:
         path = shutil.which(tool, path=env["PATH"])
         if path:
             variants[name] = [path, gunicorn]
-    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "app.py").write_text(APP)
-        for _ in range(args.rounds):
-            for name, prefix in variants.items():
-                port = _free_port()
-                url = f"http://127.0.0.1:{port}/hello/world"
-                server = subprocess.Popen(
-                    [*prefix, "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "app:app"],
-                    cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-                try:
-                    _wait(url)
-                    _wrk(url, 2, args.connections)  # warm-up
-                    rps, p99 = _wrk(url, args.seconds, args.connections)
-                    results[name].append((rps, p99, _rss_kib(server.pid)))
-                finally:
-                    server.send_signal(signal.SIGTERM)
-                    server.wait(timeout=30)
+
+        def measure(name: str, prefix: list[str]) -> tuple[float, float, int]:
+            port = harness.free_port()
+            url = f"http://127.0.0.1:{port}/hello/world"
+            server = subprocess.Popen(
+                [*prefix, "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "app:app"],
+                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            try:
+                _wait(url)
+                _wrk(url, 2, args.connections)  # warm-up
+                rps, p99 = _wrk(url, args.seconds, args.connections)
+                return rps, p99, _rss_kib(server.pid)
+            finally:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+
+        results = harness.alternate(args.rounds, variants, measure)
     sink.shutdown()
 
-    base_rps = statistics.median(r[0] for r in results["plain"])
-    base_p99 = statistics.median(r[1] for r in results["plain"])
-    base_rss = statistics.median(r[2] for r in results["plain"])
+    base_rps = harness.median(r[0] for r in results["plain"])
+    base_p99 = harness.median(r[1] for r in results["plain"])
+    base_rss = harness.median(r[2] for r in results["plain"])
     print(
         f"gunicorn -w {args.workers} + Flask hello, wrk -c{args.connections} -d{args.seconds}s, "
         f"median of {args.rounds} rounds, {os.cpu_count()} cores"
     )
     for name, rows in results.items():
-        rps = statistics.median(r[0] for r in rows)
-        p99 = statistics.median(r[1] for r in rows)
-        rss = statistics.median(r[2] for r in rows)
+        rps = harness.median(r[0] for r in rows)
+        p99 = harness.median(r[1] for r in rows)
+        rss = harness.median(r[2] for r in rows)
         print(
             f"  {name:26s} {rps:8.0f} req/s {rps / base_rps:5.2f}x   p99 {p99:7.2f} ms {p99 / base_p99:5.2f}x"
             f"   worker RSS {rss / 1024:6.1f} MiB {rss / base_rss:5.2f}x"

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import weakref
 
-from autotrace import api, db
+from autotrace import db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Callable
+    from typing import Any
 
 LIBRARY = "asyncpg"
 SYSTEM = "postgresql"
@@ -89,7 +89,7 @@ def patch(module: ModuleType) -> None:
 
     holder = getattr(module.pool, "PoolConnectionHolder", None)
     if holder is not None:
-        wrap_function(holder, "release", _wrap_quiet)
+        wrap_function(holder, "release", db.wrap_suppressed_async)  # a pool's reset: no span
 
     wrap_function(module.connection, "connect", _wrap_connect)
     if module.__dict__.get("connect") is getattr(module.connection.connect, "__wrapped__", None):
@@ -139,25 +139,6 @@ def _argument(args: tuple, kwargs: dict, name: str, index: int = 0) -> Any:
     return args[index] if len(args) > index else kwargs.get(name)
 
 
-def _size(rows: object) -> int | None:
-    """How many argument tuples there are; None for an iterator (never consumed here)."""
-    try:
-        return len(rows)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001
-        return None
-
-
-async def _run(call: db.DbCall, original: Callable, *args: Any, **kwargs: Any) -> Any:
-    try:
-        result = await original(*args, **kwargs)
-    except BaseException as exc:
-        call.fail(exc)
-        call.close()
-        raise
-    call.close()
-    return result
-
-
 def _start(connection, statement_text: object, **start_kwargs: Any) -> db.DbCall | None:
     """The call's span; None inside a call in progress (asyncpg's own calls under it), or untraced."""
     if db.current() is not None:
@@ -177,7 +158,7 @@ def _wrap_execute(original):
         if len(args) == 1 and isinstance(query, str):
             # No arguments: a simple query, not in the statement cache; it may carry the comment.
             args = (db.with_comment(query, call),)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -187,7 +168,7 @@ def _wrap_query(original):
         call = _start(self, _argument(args, kwargs, "query"))
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return query_method
 
@@ -197,10 +178,10 @@ def _wrap_query_batch(original):
 
     async def batch_method(self, *args, **kwargs):
         query = args[0] if args else kwargs.get("command", kwargs.get("query"))
-        call = _start(self, query, batch_size=_size(_argument(args, kwargs, "args", 1)))
+        call = _start(self, query, batch_size=db.batch_size(_argument(args, kwargs, "args", 1)))
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return batch_method
 
@@ -221,7 +202,7 @@ def _wrap_prepare(original):
             )
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return prepare
 
@@ -240,17 +221,17 @@ def _wrap_prepared(original):
         call = _prepared_start(self)
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return prepared_method
 
 
 def _wrap_prepared_batch(original):
     async def prepared_batch_method(self, *args, **kwargs):
-        call = _prepared_start(self, batch_size=_size(_argument(args, kwargs, "args")))
+        call = _prepared_start(self, batch_size=db.batch_size(_argument(args, kwargs, "args")))
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return prepared_batch_method
 
@@ -265,7 +246,7 @@ def _wrap_explain(original):
         call = _start(connection, text)
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return explain
 
@@ -285,18 +266,12 @@ def _wrap_copy_table(original, direction: str):
         table = _table(args, kwargs)
         call = None
         if table is not None:
-            # The statement asyncpg builds, in short; named by the table (the text's
-            # summary would name STDIN).
-            call = _start(
-                self,
-                f"COPY {table} {direction}",
-                name=f"COPY {table}",
-                collection=table,
-                attributes={"db.query.summary": f"COPY {table}"},
-            )
+            # The statement asyncpg builds, in short (the core names it COPY <table>);
+            # the table as the app named it, whatever characters it holds.
+            call = _start(self, f"COPY {table} {direction}", collection=table)
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return copy_table
 
@@ -307,7 +282,7 @@ def _wrap_copy_from_query(original):
         call = _start(self, f"COPY ({query}) TO STDOUT") if isinstance(query, str) else None
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return copy_from_query
 
@@ -322,7 +297,7 @@ def _wrap_cursor_init(original):
             call = None
         if call is None:
             return await original(self, *args, **kwargs)
-        return await _run(call, original, self, *args, **kwargs)
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return _init
 
@@ -347,30 +322,8 @@ async def _first_fetch(original, cursor):
         call = None
     if call is None:
         return await original(cursor)
-    try:
-        row = await original(cursor)
-    except StopAsyncIteration:  # no rows: the query succeeded
-        call.close()
-        raise
-    except BaseException as exc:
-        call.fail(exc)
-        call.close()
-        raise
-    call.close()
-    return row
-
-
-def _wrap_quiet(original):
-    """A pool's work when a connection goes back to it: instrumentation suppressed, no span."""
-
-    async def release(self, *args, **kwargs):
-        token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True)) if api.loaded else None
-        try:
-            return await original(self, *args, **kwargs)
-        finally:
-            api.detach(token)
-
-    return release
+    with db.recording(call, ok=(StopAsyncIteration,)):  # StopAsyncIteration: no rows, the query succeeded
+        return await original(cursor)
 
 
 def _wrap_connect(original):
@@ -383,21 +336,9 @@ def _wrap_connect(original):
                 host if isinstance(host, str) and host else None,
                 port if isinstance(port, int) and port else None,
             )
-            call = db.start(LIBRARY, provisional, name="connect")
         except Exception:  # noqa: BLE001
-            call = None
-        if call is None:
-            return await original(*args, **kwargs)
-        try:
-            connection = await original(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        made = target(connection)
-        if made is not None:
-            call.set_attributes(made.attributes)  # the address it connected to, its database
-        call.close()
-        return connection
+            provisional = db.Target(SYSTEM)
+        # Once connected: the address it connected to, its database.
+        return await db.connect_async(LIBRARY, provisional, original, args, kwargs, target)
 
     return connect

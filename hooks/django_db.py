@@ -39,7 +39,7 @@ or errno as ``db.response.status_code``, and re-raised untouched. With
 
 from __future__ import annotations
 
-from autotrace import _log, api, db
+from autotrace import _log, db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -68,7 +68,7 @@ def patch_connect(module: ModuleType) -> None:
     # error, or before reusing one with CONN_HEALTH_CHECKS): a "SELECT 1" or a ping.
     for name in ("close_if_unusable_or_obsolete", "close_if_health_check_failed"):
         if name in wrapper.__dict__:
-            wrap_function(wrapper, name, _quiet)
+            wrap_function(wrapper, name, db.wrap_suppressed)
 
 
 def _traced_execute(original):
@@ -77,29 +77,17 @@ def _traced_execute(original):
         if call is None:
             return original(self, sql, params)
         sent = _commented(sql, params, call)
-        try:
-            result = original(self, sent, params)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, sent, params)
 
     return execute
 
 
 def _traced_executemany(original):
     def executemany(self, sql, param_list):
-        call = _start(self, sql, batch_size=_batch_size(param_list))
+        call = _start(self, sql, batch_size=db.batch_size(param_list))
         if call is None:
             return original(self, sql, param_list)
-        try:
-            result = original(self, sql, param_list)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, sql, param_list)
 
     return executemany
 
@@ -109,54 +97,25 @@ def _traced_callproc(original):
         call = _start(self, None, procedure=procname)
         if call is None:
             return original(self, procname, *args, **kwargs)
-        try:
-            result = original(self, procname, *args, **kwargs)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, procname, *args, **kwargs)
 
     return callproc
 
 
 def _traced_connect(original):
     def connect(self):
-        call = None
+        target = None
         try:
             if not (self.settings_dict.get("OPTIONS") or {}).get("pool"):
-                call = db.start(LIBRARY, _target(self), name="connect")
+                target = _target(self)
         except Exception as exc:  # noqa: BLE001 - Django connects regardless
             _log.warn_once("django-db-connect", "autotrace: a Django connect could not be traced (%s: %s)", type(exc).__name__, exc)
-        if call is None:
+        if target is None:
             return original(self)
-        try:
-            result = original(self)
-        except BaseException as exc:
-            _fail(call, exc)
-            raise
-        try:
-            if self.vendor == "mysql":  # connected: the server has said whether it is MariaDB
-                call.set_attributes({"db.system.name": _target(self).system})
-        except Exception:  # noqa: BLE001 - the span keeps what it had
-            pass
-        call.close()
-        return result
+        # Once connected, a MySQL server has said whether it is MariaDB.
+        return db.connect(LIBRARY, target, original, (self,), {}, lambda _result: _target(self) if self.vendor == "mysql" else None)
 
     return connect
-
-
-def _quiet(original):
-    """Connection housekeeping, not the app's query: instrumentation suppressed, no span."""
-
-    def housekeeping(self, *args, **kwargs):
-        token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True)) if api.loaded else None
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            api.detach(token)
-
-    return housekeeping
 
 
 def _start(cursor, sql, batch_size: int | None = None, procedure: object = None) -> db.DbCall | None:
@@ -169,15 +128,6 @@ def _start(cursor, sql, batch_size: int | None = None, procedure: object = None)
     except Exception as exc:  # noqa: BLE001 - the query runs regardless
         _log.warn_once("django-db-start", "autotrace: a Django query could not be traced (%s: %s)", type(exc).__name__, exc)
         return None
-
-
-def _fail(call: db.DbCall, exc: BaseException) -> None:
-    code = db.status_code_of(exc)
-    cause = exc.__cause__  # Django's exception wraps the driver's
-    if code is None and isinstance(cause, BaseException):
-        code = db.status_code_of(cause)
-    call.fail(exc, code)
-    call.close()
 
 
 def _target(wrapper) -> db.Target:
@@ -224,20 +174,7 @@ def _port(value: object) -> int | None:
         return None
 
 
-def _batch_size(param_list) -> int | None:
-    try:
-        return len(param_list)
-    except TypeError:  # an iterator: Django and the driver consume it
-        return None
-
-
 def _commented(sql, params, call: db.DbCall):
     """The SQL with the sqlcommenter comment when it is on (``sql`` itself else). Never raises."""
-    commented = db.with_comment(sql, call)
-    if commented is sql or params is None or not isinstance(commented, str):
-        return commented
-    try:  # with parameters the driver interpolates "%s": the comment's "%" written "%%"
-        start = commented.rfind("/*")
-        return commented[:start] + commented[start:].replace("%", "%%")
-    except Exception:  # noqa: BLE001
-        return sql
+    # With parameters the driver interpolates "%s": the comment's "%" written "%%".
+    return db.with_comment(sql, call, percent_format=params is not None)

@@ -32,7 +32,7 @@ KEPT = "_autotrace_db_target"  # on the connection
 
 def patch(module: ModuleType) -> None:
     connection_class = module.Connection
-    driver = dbapi.Driver(LIBRARY, target, dbapi.error_number)
+    driver = dbapi.Driver(LIBRARY, target)
     dbapi.patch_cursor(module.cursors.BaseCursor, driver)
     for name in ("commit", "rollback"):
         if name not in connection_class.__dict__:
@@ -93,7 +93,7 @@ def _wrap_init(original):
             original(self, *args, **kwargs)
         except BaseException as exc:
             if call is not None:
-                call.fail(exc, dbapi.error_number(exc))
+                call.fail(exc)
                 call.close()
             raise
         try:

@@ -42,7 +42,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 
-from autotrace import _log, api, db
+from autotrace import _log, db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -95,8 +95,8 @@ def patch_pool(module: ModuleType) -> None:
     """
     wrap_function(module.ConnectionPool, "getconn", _wrap_getconn)
     wrap_function(module.AsyncConnectionPool, "getconn", _wrap_async_getconn)
-    wrap_function(module.ConnectionPool, "open", _wrap_suppressed)
-    wrap_function(module.AsyncConnectionPool, "open", _wrap_async_suppressed)
+    wrap_function(module.ConnectionPool, "open", db.wrap_suppressed)
+    wrap_function(module.AsyncConnectionPool, "open", db.wrap_suppressed_async)
 
 
 def connection_target(conn) -> db.Target:
@@ -117,19 +117,6 @@ def connection_target(conn) -> db.Target:
     return target
 
 
-def _statement(query, conn) -> db.Statement | None:
-    """The Statement of a query as the app gave it: a str or bytes, or a ``sql`` object."""
-    if query.__class__ is str:
-        return db.statement(query)
-    as_string = getattr(query, "as_string", None)
-    if as_string is None:
-        return db.statement(query)
-    try:
-        return db.statement(as_string(conn))
-    except Exception:  # noqa: BLE001 - psycopg's execute says what is wrong with it
-        return None
-
-
 # True while a pool hands out a connection (psycopg_pool's getconn): its queries are no spans.
 _in_checkout: ContextVar[bool] = ContextVar("autotrace-psycopg-checkout", default=False)
 
@@ -141,30 +128,20 @@ def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
         conn = cursor._conn
     except AttributeError:
         return None
-    return db.start(LIBRARY, connection_target(conn), _statement(query, conn), **start_kwargs)
-
-
-def _batch_size(params) -> int | None:
-    """How many parameter sets ``executemany`` got, when it says so without being consumed."""
-    return len(params) if isinstance(params, (list, tuple)) else None
+    return db.start(LIBRARY, connection_target(conn), db.statement_of(query, conn), **start_kwargs)
 
 
 def _commented(args: tuple, kwargs: dict, call: db.DbCall) -> tuple:
     """``args`` with the query (``args[0]``, a str) carrying the sqlcommenter comment, when asked.
 
     Not for a statement to prepare (``prepare=True``: it must stay byte-identical). With
-    parameters psycopg reads ``%`` in the text as a placeholder: a comment that would add
-    one (a ``tracestate`` URL-encoded) is left out.
+    parameters psycopg reads ``%`` in the text as a placeholder: the comment's is doubled.
     """
     query = args[0]
     if query.__class__ is not str or kwargs.get("prepare"):
         return args
-    text = db.with_comment(query, call)
-    if text is query:
-        return args
-    if (len(args) > 1 and args[1] is not None or kwargs.get("params") is not None) and text.count("%") != query.count("%"):
-        return args
-    return (text, *args[1:])
+    formatted = len(args) > 1 and args[1] is not None or kwargs.get("params") is not None
+    return (db.with_comment(query, call, percent_format=formatted), *args[1:])
 
 
 def _wrap_execute(original):
@@ -174,14 +151,7 @@ def _wrap_execute(original):
             return original(self, *args, **kwargs)
         if args:
             args = _commented(args, kwargs, call)
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -193,14 +163,7 @@ def _wrap_async_execute(original):
             return await original(self, *args, **kwargs)
         if args:
             args = _commented(args, kwargs, call)
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -209,17 +172,10 @@ def _wrap_executemany(original):
     def executemany(self, *args, **kwargs):
         query = args[0] if args else kwargs.get("query")
         params = args[1] if len(args) > 1 else kwargs.get("params_seq")
-        call = _start(self, query, batch_size=_batch_size(params))
+        call = _start(self, query, batch_size=db.batch_size(params))
         if call is None:
             return original(self, *args, **kwargs)
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **kwargs)
 
     return executemany
 
@@ -228,17 +184,10 @@ def _wrap_async_executemany(original):
     async def executemany(self, *args, **kwargs):
         query = args[0] if args else kwargs.get("query")
         params = args[1] if len(args) > 1 else kwargs.get("params_seq")
-        call = _start(self, query, batch_size=_batch_size(params))
+        call = _start(self, query, batch_size=db.batch_size(params))
         if call is None:
             return await original(self, *args, **kwargs)
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return executemany
 
@@ -247,18 +196,8 @@ def _wrap_copy(original):
     @contextmanager
     def copy(self, *args, **kwargs):
         call = _start(self, args[0] if args else kwargs.get("statement"))
-        if call is None:
-            with original(self, *args, **kwargs) as copying:
-                yield copying
-            return
-        try:
-            with original(self, *args, **kwargs) as copying:
-                yield copying
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
+        with db.recording(call), original(self, *args, **kwargs) as copying:
+            yield copying
 
     return copy
 
@@ -267,40 +206,26 @@ def _wrap_async_copy(original):
     @asynccontextmanager
     async def copy(self, *args, **kwargs):
         call = _start(self, args[0] if args else kwargs.get("statement"))
-        if call is None:
+        with db.recording(call):
             async with original(self, *args, **kwargs) as copying:
                 yield copying
-            return
-        try:
-            async with original(self, *args, **kwargs) as copying:
-                yield copying
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
 
     return copy
+
+
+_NO_ROW = object()
 
 
 def _wrap_stream(original):
     def stream(self, *args, **kwargs):
         rows = original(self, *args, **kwargs)  # a generator: nothing is sent before its first row is asked for
         call = _start(self, args[0] if args else kwargs.get("query"))
-        if call is None:
-            yield from rows
-            return
-        try:
-            first = next(rows)
-        except StopIteration:
-            call.close()
-            return
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        yield first
+        if call is not None:
+            with db.recording(call):
+                first = next(rows, _NO_ROW)
+            if first is _NO_ROW:
+                return
+            yield first
         yield from rows
 
     return stream
@@ -313,15 +238,10 @@ def _wrap_async_stream(original):
             call = _start(self, args[0] if args else kwargs.get("query"))
             if call is not None:
                 try:
-                    first = await rows.__anext__()
+                    with db.recording(call, ok=(StopAsyncIteration,)):
+                        first = await rows.__anext__()
                 except StopAsyncIteration:
-                    call.close()
                     return
-                except BaseException as exc:
-                    call.fail(exc)
-                    call.close()
-                    raise
-                call.close()
                 yield first
             async for row in rows:
                 yield row
@@ -411,35 +331,6 @@ def _wrap_async_getconn(original):
     return getconn
 
 
-def _wrap_suppressed(original):
-    def suppressed(self, *args, **kwargs):
-        token = _suppress()
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            api.detach(token)
-
-    return suppressed
-
-
-def _wrap_async_suppressed(original):
-    async def suppressed(self, *args, **kwargs):
-        token = _suppress()
-        try:
-            return await original(self, *args, **kwargs)
-        finally:
-            api.detach(token)
-
-    return suppressed
-
-
-def _suppress() -> object:
-    """Instrumentation suppressed in this context (the token to detach), None if no API yet."""
-    if not api.loaded:
-        return None  # no request has been traced yet: no span is current
-    return api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
-
-
 def _transaction_status(conn) -> int:
     try:
         return conn.pgconn.transaction_status
@@ -449,19 +340,9 @@ def _transaction_status(conn) -> int:
 
 def _wrap_connect(original):
     def connect(cls, *args, **kwargs):
-        call = db.start(LIBRARY, _system_target, name="connect")
-        if call is None:
-            return original(cls, *args, **kwargs)
-        try:
-            conn = original(cls, *args, **kwargs)
-        except BaseException as exc:
-            call.set_attributes(_params_target(args, kwargs).attributes)
-            call.fail(exc)
-            call.close()
-            raise
-        call.set_attributes(connection_target(conn).attributes)
-        call.close()
-        return conn
+        return db.connect(
+            LIBRARY, _system_target, original, (cls, *args), kwargs, connection_target, lambda: _params_target(args, kwargs)
+        )
 
     return connect
 
@@ -475,19 +356,9 @@ def _wrap_module_connect(connection: type):
 
 def _wrap_async_connect(original):
     async def connect(cls, *args, **kwargs):
-        call = db.start(LIBRARY, _system_target, name="connect")
-        if call is None:
-            return await original(cls, *args, **kwargs)
-        try:
-            conn = await original(cls, *args, **kwargs)
-        except BaseException as exc:
-            call.set_attributes(_params_target(args, kwargs).attributes)
-            call.fail(exc)
-            call.close()
-            raise
-        call.set_attributes(connection_target(conn).attributes)
-        call.close()
-        return conn
+        return await db.connect_async(
+            LIBRARY, _system_target, original, (cls, *args), kwargs, connection_target, lambda: _params_target(args, kwargs)
+        )
 
     return connect
 

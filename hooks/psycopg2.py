@@ -122,21 +122,15 @@ def _wrap_connect(original):
             traced = traced_connection_class(connection_factory if connection_factory is not None else _connection_hook.__base__)
         if traced is None:
             return original(dsn, connection_factory, cursor_factory, **kwargs)
-        call = db.start(LIBRARY, _system_target, name="connect")
-        if call is None:
-            return original(dsn, traced, cursor_factory, **kwargs)
-        try:
-            conn = original(dsn, traced, cursor_factory, **kwargs)
-        except BaseException as exc:
-            call.set_attributes(_params_target(dsn, kwargs).attributes)
-            call.fail(exc)
-            call.close()
-            raise
-        target = getattr(conn, TARGET, None)
-        if target is not None:
-            call.set_attributes(target.attributes)
-        call.close()
-        return conn
+        return db.connect(
+            LIBRARY,
+            _system_target,
+            original,
+            (dsn, traced, cursor_factory),
+            kwargs,
+            lambda conn: getattr(conn, TARGET, None),
+            lambda: _params_target(dsn, kwargs),
+        )
 
     return connect
 
@@ -167,19 +161,6 @@ def _params_target(dsn, kwargs) -> db.Target:
         )
     except Exception:  # noqa: BLE001 - psycopg2 itself says what is wrong with them
         return _system_target
-
-
-def _statement(cursor, query) -> db.Statement | None:
-    """The Statement of a query as the app gave it: a str or bytes, or a ``sql.Composed``."""
-    if query.__class__ is str:
-        return db.statement(query)
-    as_string = getattr(query, "as_string", None)
-    if as_string is None:
-        return db.statement(query)
-    try:
-        return db.statement(as_string(cursor.connection))
-    except Exception:  # noqa: BLE001 - psycopg2's execute says what is wrong with it
-        return None
 
 
 def _make_connection_hook(connection: type, cursor: type, status_begin: int) -> type:
@@ -240,29 +221,15 @@ def _make_cursor_hook(cursor: type) -> type:
                 return super().execute(*args, **kwargs)
             if args:
                 args = _commented(args, kwargs.get("vars"), call)
-            try:
-                result = super().execute(*args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                call.close()
-                raise
-            call.close()
-            return result
+            return db.run(call, super().execute, *args, **kwargs)
 
         def executemany(self, *args, **kwargs):
             query = args[0] if args else kwargs.get("query")
             params = args[1] if len(args) > 1 else kwargs.get("vars_list")
-            call = _start(self, query, batch_size=_size(params))
+            call = _start(self, query, batch_size=db.batch_size(params))
             if call is None:
                 return super().executemany(*args, **kwargs)
-            try:
-                result = super().executemany(*args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                call.close()
-                raise
-            call.close()
-            return result
+            return db.run(call, super().executemany, *args, **kwargs)
 
         def callproc(self, *args, **kwargs):
             name = args[0] if args else kwargs.get("procname")
@@ -291,7 +258,7 @@ def _make_cursor_hook(cursor: type) -> type:
             target = getattr(self, TARGET, None)
             if target is None:
                 return super().copy_expert(*args, **kwargs)
-            statement = _statement(self, args[0] if args else kwargs.get("sql"))
+            statement = db.statement_of(args[0] if args else kwargs.get("sql"), self.connection)
             return db.call(LIBRARY, target, statement, super().copy_expert, args, kwargs)
 
     return CursorHook
@@ -301,24 +268,19 @@ def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
     target = getattr(cursor, TARGET, None)
     if target is None:
         return None
-    return db.start(LIBRARY, target, _statement(cursor, query), **start_kwargs)
+    return db.start(LIBRARY, target, db.statement_of(query, cursor.connection), **start_kwargs)
 
 
 def _commented(args: tuple, params: object, call: db.DbCall) -> tuple:
     """``args`` with the query (``args[0]``, a str) carrying the sqlcommenter comment, when asked.
 
-    With parameters psycopg reads ``%`` in the text as a placeholder: a comment that
-    would add one (a ``tracestate`` URL-encoded) is left out.
+    With parameters psycopg2 reads ``%`` in the text as a placeholder: the comment's is doubled.
     """
     query = args[0]
     if query.__class__ is not str:
         return args
-    text = db.with_comment(query, call)
-    if text is query:
-        return args
-    if (params is not None or len(args) > 1 and args[1] is not None) and text.count("%") != query.count("%"):
-        return args
-    return (text, *args[1:])
+    formatted = params is not None or len(args) > 1 and args[1] is not None
+    return (db.with_comment(query, call, percent_format=formatted), *args[1:])
 
 
 def _copy_table(cursor, original, args, kwargs):
@@ -330,13 +292,6 @@ def _copy_table(cursor, original, args, kwargs):
     return db.call(LIBRARY, target, None, original, args, kwargs, operation="COPY", collection=table)
 
 
-def _size(params) -> int | None:
-    """How many parameter sets a batch has, when it says so without being consumed."""
-    if isinstance(params, (list, tuple)):
-        return len(params)
-    return None
-
-
 def _wrap_batch(original):
     def batch(*args, **kwargs):
         cursor = args[0] if args else kwargs.get("cur")
@@ -345,6 +300,6 @@ def _wrap_batch(original):
             return original(*args, **kwargs)
         query = args[1] if len(args) > 1 else kwargs.get("sql")
         params = args[2] if len(args) > 2 else kwargs.get("argslist")
-        return db.call(LIBRARY, target, _statement(cursor, query), original, args, kwargs, batch_size=_size(params))
+        return db.call(LIBRARY, target, db.statement_of(query, cursor.connection), original, args, kwargs, batch_size=db.batch_size(params))
 
     return batch

@@ -33,7 +33,7 @@ KEPT = "_autotrace_db_target"  # on the connection: (its db when made, the Targe
 
 
 def patch(module: ModuleType) -> None:
-    driver = dbapi.Driver(LIBRARY, target, dbapi.error_number)
+    driver = dbapi.Driver(LIBRARY, target)
     dbapi.patch_cursor(module.cursors.Cursor, driver)
     dbapi.patch_transactions(module.connections.Connection, driver)
     wrap_function(module.connections.Connection, "connect", _wrap_connect)
@@ -77,19 +77,9 @@ def _wrap_connect(original):
             provisional = _make_target(self)  # the server's version is not known yet
         except Exception:  # noqa: BLE001
             provisional = None
-        call = None if provisional is None else db.start(LIBRARY, provisional, name="connect")
-        if call is None:
+        if provisional is None:
             return original(self, *args, **kwargs)
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc, dbapi.error_number(exc))
-            call.close()
-            raise
-        made = target(self)
-        if made is not None:
-            call.set_attributes(made.attributes)  # mariadb or mysql, the peer
-        call.close()
-        return result
+        # Once connected: mariadb or mysql, the peer.
+        return db.connect(LIBRARY, provisional, original, (self, *args), kwargs, lambda _result: target(self))
 
     return connect

@@ -31,7 +31,7 @@ argument by ``?`` (``SET user:42 ? ? ?``); ``raw`` keeps every argument; ``off``
 none. Arguments that are secrets or data rather than a key (``AUTH``, ``HELLO``,
 ``MIGRATE``, ``ACL``, ``CONFIG``; ``ECHO``, ``EVAL``'s script) are ``?`` in every mode. A
 Redis error reply sets ``db.response.status_code`` to its prefix (``WRONGTYPE``,
-``ERR``, ``NOSCRIPT``); the app's exception is re-raised untouched.
+``ERR``, ``NOSCRIPT``: :func:`autotrace.db.status_code_of`); the app's exception is re-raised untouched.
 
 Supported: redis-py 4.2 and later (the asyncio cluster from 4.3, where it appeared); the
 tests pass with 4.2.0, 4.6.0, 5.0.8, 6.4.0, 7.0.1 and 8.2.0.
@@ -63,9 +63,6 @@ TARGET_ATTRIBUTE = "_autotrace_db_target"
 HIDDEN_ARGUMENTS = frozenset(
     ("AUTH", "HELLO", "MIGRATE", "ACL", "CONFIG", "ECHO", "EVAL", "EVAL_RO", "SCRIPT", "FUNCTION")
 )
-
-# A Redis error reply's prefix: an upper-case word (``WRONGTYPE``, ``ERR``, ``NOSCRIPT``).
-_ERROR_PREFIX = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
 
 # Each argument of a raw text is cut to this many characters before it is joined (the
 # whole text is capped by autotrace.db at 2,048 characters anyway).
@@ -109,14 +106,7 @@ def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | Non
         call = _start_command(self, args, target_of)
         if call is None:
             return original(self, *args, **options)
-        try:
-            result = original(self, *args, **options)
-        except BaseException as exc:
-            call.fail(exc, status_code(exc))
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **options)
 
     return execute_command
 
@@ -126,14 +116,7 @@ def _wrap_command_async(original: Callable, target_of: Callable[[Any], db.Target
         call = _start_command(self, args, target_of)
         if call is None:
             return await original(self, *args, **options)
-        try:
-            result = await original(self, *args, **options)
-        except BaseException as exc:
-            call.fail(exc, status_code(exc))
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **options)
 
     return execute_command
 
@@ -143,14 +126,7 @@ def _wrap_pipeline(original: Callable, target_of: Callable[[Any], db.Target | No
         call = _start_pipeline(self, target_of)
         if call is None:
             return original(self, *args, **kwargs)
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc, status_code(exc))
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -160,14 +136,7 @@ def _wrap_pipeline_async(original: Callable, target_of: Callable[[Any], db.Targe
         call = _start_pipeline(self, target_of)
         if call is None:
             return await original(self, *args, **kwargs)
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc, status_code(exc))
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -361,44 +330,3 @@ def is_transaction(pipeline: Any) -> bool:
             return value
     strategy = getattr(pipeline, "_execution_strategy", None)
     return strategy is not None and type(strategy).__name__.startswith("Transaction")
-
-
-# -- errors -----------------------------------------------------------------------------
-
-# Error classes redis-py makes of a reply whose prefix it strips from the message
-# (versions without ``status_code`` on the exception).
-_PREFIX_OF_CLASS = {
-    "ExecAbortError": "EXECABORT",
-    "NoScriptError": "NOSCRIPT",
-    "ReadOnlyError": "READONLY",
-    "BusyLoadingError": "LOADING",
-    "OutOfMemoryError": "OOM",
-    "NoPermissionError": "NOPERM",
-    "MovedError": "MOVED",
-    "AskError": "ASK",
-    "TryAgainError": "TRYAGAIN",
-    "ClusterDownError": "CLUSTERDOWN",
-    "ClusterCrossSlotError": "CROSSSLOT",
-    "MasterDownError": "MASTERDOWN",
-}
-
-
-def status_code(exc: BaseException) -> str | None:
-    """``db.response.status_code`` of a Redis error reply: its prefix (``WRONGTYPE``, ``ERR``); else None."""
-    try:
-        code = getattr(exc, "status_code", None)
-        if isinstance(code, str) and code:
-            return code
-        names = [cls.__name__ for cls in type(exc).__mro__]
-        if "ResponseError" not in names:
-            return None  # a connection error, a timeout, WatchError: no reply
-        prefix = _PREFIX_OF_CLASS.get(names[0])
-        if prefix is not None:
-            return prefix
-        message = str(exc)
-        if "of pipeline caused error: " in message:  # redis-py's note on a pipeline's failed command
-            message = message.rpartition("of pipeline caused error: ")[2]
-        first = message.partition(" ")[0]
-        return first if _ERROR_PREFIX.match(first) else "ERR"  # redis-py strips "ERR " from the rest
-    except Exception:  # noqa: BLE001
-        return None

@@ -135,7 +135,7 @@ def _handle_error(exception_context) -> None:
         if call is not None:
             original = exception_context.original_exception
             raised = exception_context.sqlalchemy_exception or original
-            call.fail(raised, _status_code(original))
+            call.fail(raised, db.status_code_of(original))
             call.close()
     except Exception:  # noqa: BLE001 - the app gets its exception regardless
         pass
@@ -147,7 +147,7 @@ def _ending_on_dbapi_error(original):
         try:
             call = self.root_connection.__dict__.pop(CALL, None)
             if call is not None:
-                call.fail(e, _status_code(e))
+                call.fail(e)
                 call.close()
         except Exception:  # noqa: BLE001
             pass
@@ -167,19 +167,11 @@ def _quiet_ping(original):
 
 def _suppressed(function, *args):
     """``function(*args)`` with instrumentation suppressed: no span in it, the drivers' neither."""
-    token = None
-    try:
-        if not api.loaded:
-            api.load()
-        if api.loaded:
-            token = api.attach(api.context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
-    except Exception:  # noqa: BLE001 - it runs regardless
-        pass
+    token = db.suppress()
     try:
         return function(*args)
     finally:
-        if token is not None:
-            api.detach(token)
+        api.detach(token)
 
 
 def _noting_the_engine(original):
@@ -195,35 +187,21 @@ def _noting_the_engine(original):
 
 def _traced_connect(original):
     def connect(self):  # a _ConnectionRecord opening its DBAPI connection
-        call = engine = None
-        serverless = False
+        target = engine = None
         try:
             dialect = getattr(self, POOL)._dialect
             note = dialect.__dict__.get(ENGINE)
             engine = note() if note is not None else None
             if engine is not None:
                 target = _target(engine)
-                serverless = target.system == "sqlite"
-                if not serverless:
-                    call = db.start(LIBRARY, target, name="connect")
         except Exception:  # noqa: BLE001 - the pool connects regardless
             pass
-        if serverless:  # SQLite: no server, no span (as sqlite3's hook has it), none in it
-            return _suppressed(original, self)
-        if call is None:
+        if target is None:
             return original(self)
-        try:
-            result = original(self)
-        except BaseException as exc:
-            call.fail(exc, _status_code(exc))
-            call.close()
-            raise
-        try:  # connected: a MySQL dialect knows now whether the server is MariaDB
-            call.set_attributes({"db.system.name": _target(engine).system})
-        except Exception:  # noqa: BLE001
-            pass
-        call.close()
-        return result
+        if target.system == "sqlite":  # no server, no span (as sqlite3's hook has it), none in it
+            return _suppressed(original, self)
+        # Once connected, a MySQL dialect knows whether the server is MariaDB.
+        return db.connect(LIBRARY, target, original, (self,), {}, lambda _result: _target(engine))
 
     return connect
 
@@ -271,26 +249,10 @@ def _commented(statement, parameters, context, dialect, call):
     """The statement with the sqlcommenter comment when it is on (``statement`` itself else)."""
     if dialect.driver in NO_COMMENT_DRIVERS:
         return statement
-    commented = db.with_comment(statement, call)
-    if commented is not statement and dialect.paramstyle in INTERPOLATING:
-        no_parameters = not parameters and context is not None and getattr(context, "no_parameters", False)
-        if not no_parameters:  # the driver interpolates the text: the comment's "%" written "%%"
-            commented = _percent_doubled_in_comment(commented)
-    return commented
-
-
-def _percent_doubled_in_comment(commented: str) -> str:
-    start = commented.rfind("/*")
-    return commented[:start] + commented[start:].replace("%", "%%")
-
-
-def _status_code(exc: BaseException) -> str | None:
-    code = db.status_code_of(exc)
-    if code is None:
-        cause = getattr(exc, "orig", None) or exc.__cause__
-        if isinstance(cause, BaseException):
-            code = db.status_code_of(cause)
-    return code
+    # The driver interpolates the text (unless the statement has no parameters at all):
+    # the comment's "%" written "%%".
+    formatted = dialect.paramstyle in INTERPOLATING and not (not parameters and context is not None and getattr(context, "no_parameters", False))
+    return db.with_comment(statement, call, percent_format=formatted)
 
 
 # The engine events listened to, for patch() (and tests, which remove them).

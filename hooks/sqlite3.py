@@ -209,9 +209,7 @@ def _spanned(name: str, original: Callable[..., Any], target_of: Callable[[Any],
             sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
             batch = None
             if many:
-                parameters = args[1] if len(args) > 1 else kwargs.get("parameters", kwargs.get("seq_of_parameters"))
-                if isinstance(parameters, (list, tuple)):
-                    batch = len(parameters)  # an iterator is never consumed to count it
+                batch = db.batch_size(args[1] if len(args) > 1 else kwargs.get("parameters", kwargs.get("seq_of_parameters")))
             call = db.start(LIBRARY, target_of(self), db.statement(sql), batch_size=batch)
             if call is not None and commented and args:
                 args = (db.with_comment(sql, call), *args[1:])
@@ -219,14 +217,7 @@ def _spanned(name: str, original: Callable[..., Any], target_of: Callable[[Any],
             pass
         if call is None:
             return original(self, *args, **kwargs)
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = getattr(original, "__doc__", None)

@@ -18,22 +18,12 @@ driver's error unchanged.
 from __future__ import annotations
 
 import json
-import secrets
-import signal
-import urllib.error
-import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-from agent import AUTOTRACE, SERVE_ON_ARGV_PORT, Watched, clean_env, wait_until_answers, write
-from otlp_receiver import OTLPReceiver
-from ports import free_port
-
-SERVER, CLIENT = 2, 3  # proto SpanKind
-STATUS_UNSET, STATUS_ERROR = 0, 2
+from agent import SERVE_ON_ARGV_PORT, write
+from db_service import CLIENT, STATUS_ERROR, STATUS_UNSET, Request, Run, serve
 
 MYSQL_SERVICE = """
 import json
@@ -147,36 +137,7 @@ app = Starlette(
 """
 
 
-@dataclass
-class Request:
-    name: str
-    path: str
-    trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
-    span_id: str = field(default_factory=lambda: secrets.token_hex(8))
-
-    @property
-    def traceparent(self) -> str:
-        return f"00-{self.trace_id}-{self.span_id}-01"
-
-
-@dataclass
-class Run:
-    requests: list
-    replies: dict  # request name -> (status, body)
-    stderr: str
-    spans: list
-    table: str = ""
-
-    def trace(self, name: str) -> list:
-        request = next(r for r in self.requests if r.name == name)
-        return [s for s in self.spans if s.trace_id == request.trace_id]
-
-    def server_span(self, name: str):
-        request = next(r for r in self.requests if r.name == name)
-        [span] = [s for s in self.trace(name) if s.kind == SERVER]
-        assert span.parent_span_id == request.span_id  # the caller's context continued
-        return span
-
+class DbRun(Run):
     def db_spans(self, name: str) -> list:
         """The request's CLIENT spans in start order, each checked to be a child of its SERVER span."""
         server = self.server_span(name)
@@ -185,33 +146,6 @@ class Run:
             assert span.parent_span_id == server.span_id, (name, span)
             assert span.scope.startswith("autotrace.db."), span
         return found
-
-
-def get(port: int, path: str, traceparent: str | None = None) -> tuple[int, dict]:
-    headers = {"traceparent": traceparent} if traceparent else {}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def serve(command: list[str], directory: Path, requests: list[Request]) -> Run:
-    """Start the service under ``autotrace run``, make every request, stop it (it flushes), collect the spans."""
-    port = free_port()
-    command = [arg.replace("{port}", str(port)) for arg in command]
-    with OTLPReceiver() as receiver:
-        env = clean_env(**receiver.env("http"), OTEL_LOG_LEVEL="debug")
-        with Watched([AUTOTRACE, "run", *command], directory, env) as process:
-            wait_until_answers(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
-            replies = {r.name: get(port, r.path, r.traceparent) for r in requests}
-            # A SERVER span ends after the reply is sent: each waited for before the stop.
-            for r in requests:
-                receiver.wait_for_spans(predicate=lambda s, r=r: s.trace_id == r.trace_id and s.kind == SERVER)
-            process.send(signal.SIGTERM)
-            process.finish(timeout=30)
-        return Run(requests, replies, process.text("stderr"), receiver.spans())
 
 
 def assert_clean(run: Run, hook: str) -> None:
@@ -239,7 +173,7 @@ def mysql_run(request, mariadb_server, tmp_path_factory):
     server = {k: getattr(mariadb_server, k) for k in ("host", "port", "user", "password", "database")}
     write(directory, "service.py", MYSQL_SERVICE.format(module=module, server=server, table=table))
     requests = [Request("item", "/items/1"), Request("item-again", "/items/2"), Request("boom", "/boom")]
-    run = serve(["python", "service.py", "{port}"], directory, requests)
+    run = serve(["python", "service.py", "{port}"], directory, requests, DbRun)
     run.table = table
     run.hook = hook
     return run
@@ -292,7 +226,7 @@ def asyncpg_run(postgres_server, tmp_path_factory):
     table = "t_" + uuid.uuid4().hex[:12]
     write(directory, "pgapp.py", ASYNCPG_APP.format(url=postgres_server.url(), table=table))
     requests = [Request("item", "/items/1"), Request("item-again", "/items/2"), Request("boom", "/boom")]
-    run = serve(["uvicorn", "--host", "127.0.0.1", "--port", "{port}", "pgapp:app"], directory, requests)
+    run = serve(["uvicorn", "--host", "127.0.0.1", "--port", "{port}", "pgapp:app"], directory, requests, DbRun)
     run.table = table
     return run
 

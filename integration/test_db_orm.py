@@ -15,20 +15,12 @@ exit), and the tests only look at what was recorded.
 
 from __future__ import annotations
 
-import secrets
-import signal
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-from agent import AUTOTRACE, PYTHON, Watched, clean_env, run, wait_until_answers, write
-from otlp_receiver import OTLPReceiver
-from ports import free_port
-
-SERVER, CLIENT = 2, 3  # proto SpanKind
-STATUS_UNSET, STATUS_ERROR = 0, 2
+from agent import PYTHON, clean_env, run, write
+from db_service import CLIENT, STATUS_ERROR, STATUS_UNSET, Request, Run, serve
 SQLALCHEMY, DJANGO = "autotrace.db.sqlalchemy", "autotrace.db.django"
 # A driver's own spans allowed next to an ORM's: a transaction ended (the ORM opens connections in spans of its own).
 DRIVERS_OWN = ("COMMIT", "ROLLBACK")
@@ -186,33 +178,7 @@ class Item(models.Model):
 """
 
 
-@dataclass
-class Request:
-    name: str
-    path: str
-    trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
-    span_id: str = field(default_factory=lambda: secrets.token_hex(8))
-
-    @property
-    def traceparent(self) -> str:
-        return f"00-{self.trace_id}-{self.span_id}-01"
-
-
-@dataclass
-class Run:
-    requests: list
-    statuses: dict
-    process: Watched
-    spans: list
-
-    def trace(self, name: str) -> list:
-        request = next(r for r in self.requests if r.name == name)
-        return [s for s in self.spans if s.trace_id == request.trace_id]
-
-    def server_span(self, name: str):
-        [span] = [s for s in self.trace(name) if s.kind == SERVER]
-        return span
-
+class OrmRun(Run):
     def db_spans(self, name: str, scope: str) -> list:
         """The ORM's spans of a request, in start order; the drivers' own checked and left out."""
         found = []
@@ -227,36 +193,8 @@ class Run:
         return sorted(found, key=lambda s: s.start_time_unix_nano)
 
 
-def get(port: int, path: str, traceparent: str | None = None) -> int:
-    import urllib.error
-    import urllib.request
-
-    headers = {"traceparent": traceparent} if traceparent else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers), timeout=20) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def serve(command: list[str], directory: Path, requests: list[Request]) -> Run:
-    """Start the server under ``autotrace run``, make every request, stop it, collect the spans."""
-    port = free_port()
-    command = [arg.replace("{port}", str(port)) for arg in command]
-    with OTLPReceiver() as receiver:
-        env = clean_env(**receiver.env("http"), OTEL_LOG_LEVEL="debug")
-        env["HOME"] = str(directory)  # gunicorn's control socket
-        with Watched([AUTOTRACE, "run", *command], directory, env) as process:
-            wait_until_answers(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
-            statuses = {r.name: get(port, r.path, r.traceparent) for r in requests}
-            process.send(signal.SIGTERM)
-            process.finish(timeout=30)
-        return Run(requests, statuses, process, receiver.spans())
-
-
 def assert_clean(run: Run, hooks: tuple) -> None:
-    stderr = run.process.text("stderr")
+    stderr = run.stderr
     for hook in hooks:
         assert f"hook {hook} applied" in stderr, stderr
     assert "autotrace WARNING" not in stderr, stderr
@@ -286,7 +224,7 @@ def sqlalchemy_run(request, postgres_server, tmp_path_factory):
     table = "t_" + uuid.uuid4().hex[:12]
     write(directory, filename, source.format(table=table, url=postgres_server.url(scheme)))
     requests = [Request("item", "/items/1"), Request("item-again", "/items/2"), Request("boom", "/boom")]
-    run_ = serve(command, directory, requests)
+    run_ = serve(command, directory, requests, OrmRun)
     run_.table = table
     return run_
 
@@ -357,7 +295,7 @@ def django_run(request, tmp_path_factory):
     made = run([PYTHON, "-c", migrate], directory, clean_env())
     assert made.returncode == 0, made.stderr
     requests = [Request("item", "/items/1/"), Request("item-again", "/items/2/"), Request("boom", "/boom/")]
-    run_ = serve(["gunicorn", "-w", "1", "-b", "127.0.0.1:{port}", "djdb:wsgi"], directory, requests)
+    run_ = serve(["gunicorn", "-w", "1", "-b", "127.0.0.1:{port}", "djdb:wsgi"], directory, requests, OrmRun)
     run_.table, run_.system, run_.server, run_.quote, run_.code = table, system, server, quote, code
     return run_
 

@@ -226,7 +226,11 @@ def run(request, tmp_path_factory, redis_server) -> Run:
                 plain_replies = ask_at_once(plain_port, ["plain" + p for p in prefixes], [None, None])
                 for prefix, (trace_id, parent_id), traced_reply, plain_reply in zip(prefixes, ids, traced_replies, plain_replies):
                     requests.append(Request(prefix, trace_id, parent_id, traced_reply, plain_reply))
-            traced.stop()  # SIGTERM: the agent flushes before the process exits
+            # Each request's SERVER span and Redis spans, before the stop (a SERVER span ends
+            # after the reply is sent); too many are caught by the tests, which count them.
+            traces = {r.trace_id for r in requests}
+            receiver.wait_for_spans(len(traces) * (1 + REDIS_SPANS_PER_REQUEST), timeout=30, predicate=lambda s: s.trace_id in traces)
+            traced.stop()  # SIGTERM: the agent flushes what is left before the process exits
             stderr = traced.text("stderr")
         spans = receiver.spans()
     return Run(kind, redis_server.port, requests, spans, stderr)

@@ -22,11 +22,19 @@ print("done", flush=True)
 
 
 def run_to_done(tmp_path, source: str, env: dict) -> list[str]:
-    """Run ``source`` as app.py under ``autotrace run``; it must print ``done`` and exit 0. Its stderr lines."""
+    """Run ``source`` as app.py under ``autotrace run``; it must print ``done`` and exit 0. Its
+    stderr lines after the start-up line."""
     result = autotrace_run(write(tmp_path, "app.py", source), env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "done\n"
-    return [line for line in result.stderr.splitlines() if line.strip()]
+    return after_startup(result.stderr)
+
+
+def after_startup(stderr: str) -> list[str]:
+    """The lines of ``stderr`` after the agent's start-up line (which must come first)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("autotrace INFO: service.name="), lines
+    return lines[1:]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -88,14 +96,15 @@ def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
     lines = run_to_done(tmp_path, FAILING_APP, env)
     # No line per batch, no SDK line ("Transient error", "Failed to export"): two lines in all.
     assert len(lines) == 2, lines
-    shown = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/v1/traces"
+    shown = f"http://127.0.0.1:{port}" + ("" if protocol == "grpc" else "/v1/traces")
     assert lines[0] == (
-        f"autotrace WARNING: spans could not be exported to {shown}: connection refused "
-        "(is a collector listening there?); further failures are summarised every 60 s"
+        f"autotrace WARNING: spans could not be exported to {shown}: nothing listens on 127.0.0.1:{port}; "
+        "fix: start the collector, or point --endpoint at where it listens; "
+        "further failures are summarised every 60 s; run 'autotrace doctor' for details"
     )
     summary = re.fullmatch(
         r"autotrace WARNING: in the last \d+ s, (\d+) batch(?:es)? \((\d+) spans?\) (?:was|were) not exported: "
-        r"connection refused x(\d+)",
+        r"connection refused x(\d+); run 'autotrace doctor' for details",
         lines[1],
     )
     assert summary, lines[1]
@@ -152,7 +161,7 @@ def test_recovery_is_said_once_when_the_collector_comes_up(tmp_path):
                 server.server_close()
             if thread is not None:
                 thread.join(5)
-    lines = [line for line in app.text("stderr").splitlines() if line.strip()]
+    lines = after_startup(app.text("stderr"))
     assert len(lines) == 2, lines
     assert lines[0].startswith(f"autotrace WARNING: spans could not be exported to http://127.0.0.1:{port}/v1/traces: ")
     assert re.fullmatch(

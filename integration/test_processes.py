@@ -311,12 +311,14 @@ def down_env(protocol: str, **extra: str) -> dict[str, str]:
     )
 
 
-def assert_quiet_and_bounded(process: Watched, bound_s: str) -> None:
+def assert_quiet_and_not_waiting(process: Watched) -> None:
     stderr = process.text("stderr")
     assert "Traceback" not in stderr, stderr
     assert len(stderr_lines(stderr)) <= 8, f"too much on stderr:\n{stderr}"
-    # The bound is what ended the wait, not the exporter giving up.
-    assert f"not flushed within {bound_s}" in stderr, stderr
+    # Nothing listens: the export is given up at once, saying why; the bound is not waited for
+    # (integration/test_export_diagnoses.py: a collector that hangs still holds the exit up to it).
+    assert "nothing listens on 127.0.0.1:" in stderr and "not retried at exit" in stderr, stderr
+    assert "not flushed within" not in stderr, stderr
 
 
 @pytest.mark.parametrize(
@@ -333,7 +335,7 @@ def test_exit_is_bounded_when_collector_is_down(tmp_path, protocol, timeout_ms, 
     elapsed = process.exited_at - done
     assert code == 0, process.text("stderr")
     assert elapsed < limit_s, f"exit took {elapsed:.1f}s after the app was done"
-    assert_quiet_and_bounded(process, "1.5s" if timeout_ms else "5s")
+    assert_quiet_and_not_waiting(process)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -347,7 +349,7 @@ def test_sigterm_exit_is_bounded_when_collector_is_down(tmp_path, protocol):
     elapsed = process.exited_at - sent
     assert code == -signal.SIGTERM, process.text("stderr")
     assert elapsed < 8, f"exit took {elapsed:.1f}s after SIGTERM"
-    assert_quiet_and_bounded(process, "1.5s")
+    assert_quiet_and_not_waiting(process)
 
 
 # -- 5. the app's own TracerProvider ------------------------------------------------------

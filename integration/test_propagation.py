@@ -682,7 +682,7 @@ def test_no_warning_from_the_agent(services):
 # Their entry points are named b3, b3multi and jaeger; the agent's are autotrace_b3,
 # autotrace_b3multi and autotrace_jaeger, so in one environment every name has one
 # propagator and the API's choice never depends on the order it finds them in.
-# Documented in the README ("Beside the contrib propagator packages").
+# Documented in docs/traced.md ("Beside the contrib propagator packages").
 
 from test_wheel import wheel, wheel_env  # noqa: E402,F401 - fixtures: the wheel, installed in a new venv
 

@@ -458,23 +458,27 @@ def mariadb_server() -> Iterator[DbServer]:
 # --- Redis -----------------------------------------------------------------------------
 
 
-def _launch_redis(server: _Server) -> DbServer:
+def _redis_args(server: _Server, port: int, *extra: str) -> list[str]:
+    """redis-server on loopback ``port``, in the server's directory, persisting nothing, in the foreground."""
     binary = shutil.which("redis-server")
     if not binary:
         raise ServerStartError("Redis is not installed (redis-server): apt-get install redis-server")
-    port = free_port()
-    args = [
+    return [
         binary,
         "--port", str(port),
         "--bind", HOST,
         "--dir", str(server.directory),
-        "--unixsocket", str(server.directory / "redis.sock"),
-        "--unixsocketperm", "700",
+        *extra,
         "--save", "",
         "--appendonly", "no",
         "--daemonize", "no",
         "--logfile", "",
     ]
+
+
+def _launch_redis(server: _Server) -> DbServer:
+    port = free_port()
+    args = _redis_args(server, port, "--unixsocket", str(server.directory / "redis.sock"), "--unixsocketperm", "700")
 
     def ready() -> bool:
         with _connect(port) as sock:
@@ -499,22 +503,8 @@ def _command(port: int, *words: str) -> bytes:
 
 
 def _launch_redis_cluster(server: _Server) -> DbServer:
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise ServerStartError("Redis is not installed (redis-server): apt-get install redis-server")
     port = free_port()
-    args = [
-        binary,
-        "--port", str(port),
-        "--bind", HOST,
-        "--dir", str(server.directory),
-        "--cluster-enabled", "yes",
-        "--cluster-config-file", str(server.directory / "nodes.conf"),
-        "--save", "",
-        "--appendonly", "no",
-        "--daemonize", "no",
-        "--logfile", "",
-    ]
+    args = _redis_args(server, port, "--cluster-enabled", "yes", "--cluster-config-file", str(server.directory / "nodes.conf"))
 
     def ready() -> bool:
         return _command(port, "PING").startswith(b"+PONG")

@@ -13,23 +13,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import api, config, db
-
-
-@pytest.fixture
-def db_env(monkeypatch):
-    """Set database settings for a test: ``db_env(AUTOTRACE_DB_STATEMENT="raw")``; reset after."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
-
-    def set_env(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-        config.reset_db_settings()
-
-    yield set_env
-    monkeypatch.undo()
-    config.reset_db_settings()
+from db_checks import db_env  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -249,11 +233,23 @@ def test_status_code_of():
     assert db.status_code_of(_error_in("sqlite3", sqlite_errorname="SQLITE_ERROR")) == "SQLITE_ERROR"
     assert db.status_code_of(_error_in("pymysql.err", 1146, "Table doesn't exist")) == "1146"
     assert db.status_code_of(_error_in("MySQLdb._exceptions", 1064, "syntax")) == "1064"
-    assert db.status_code_of(_error_in("redis.exceptions", "WRONGTYPE Operation against a key")) == "WRONGTYPE"
-    assert db.status_code_of(_error_in("redis.exceptions", "Error 111 connecting")) is None
+    assert db.status_code_of(_error_in("pymysql.err", 1146, "no table", sqlstate="42S02")) == "1146"  # the number first
+    assert db.status_code_of(_error_in("pymysql.err", "closed", sqlstate="HY000")) == "HY000"  # no number: the SQLSTATE
+    reply_error = type("ResponseError", (Exception,), {"__module__": "redis.exceptions"})
+    assert db.status_code_of(reply_error("WRONGTYPE Operation against a key")) == "WRONGTYPE"
+    assert db.status_code_of(reply_error("unknown command 'X'")) == "ERR"  # redis-py strips "ERR "
+    assert db.status_code_of(_error_in("redis.exceptions", "Error 111 connecting")) is None  # no reply
     assert db.status_code_of(OSError(111, "refused")) is None  # an errno is not a database's code
     assert db.status_code_of(_error_in("psycopg2.errors", pgcode=None)) is None
     assert db.status_code_of(ValueError()) is None
+    # An ORM's exception: the code of the driver error it wraps.
+    driver_error = _error_in("pymysql.err", 1146, "no table", sqlstate="42S02")
+    wrapped = _error_in("sqlalchemy.exc", "(pymysql.err.ProgrammingError) ...")
+    wrapped.orig = driver_error
+    assert db.status_code_of(wrapped) == "1146"
+    django_error = _error_in("django.db.utils", "no table")
+    django_error.__cause__ = _error_in("psycopg.errors", sqlstate="42P01")
+    assert db.status_code_of(django_error) == "42P01"
 
 
 def test_with_comment_is_off_by_default_and_returns_the_same_object(recorded, parent):
@@ -290,13 +286,16 @@ def test_with_comment_adds_tracestate_url_encoded_keys_sorted(recorded, db_env):
         call = db.start("x", TARGET, db.statement("SELECT 1"))
         ids = call.span.get_span_context()
         commented = db.with_comment("SELECT 1", call)
+        formatted = db.with_comment("SELECT %s;", call, percent_format=True)
+        formatted_bytes = db.with_comment(b"SELECT %s", call, percent_format=True)
         call.close()
     finally:
         context.detach(token)
-    assert commented == (
-        f"SELECT 1 /*traceparent='00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}',"
-        "tracestate='vendor%3Da%20b%2Cother%3Dx'*/"
-    )
+    traceparent = f"traceparent='00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}'"
+    assert commented == f"SELECT 1 /*{traceparent},tracestate='vendor%3Da%20b%2Cother%3Dx'*/"
+    # For a driver that %-formats the text: the comment's "%" doubled, the statement's own kept.
+    assert formatted == f"SELECT %s /*{traceparent},tracestate='vendor%%3Da%%20b%%2Cother%%3Dx'*/;"
+    assert formatted_bytes == f"SELECT %s /*{traceparent},tracestate='vendor%%3Da%%20b%%2Cother%%3Dx'*/".encode()
 
 
 def test_db_settings_are_read_once_and_wrong_values_warn_once(db_env, warnings):

@@ -13,46 +13,32 @@ import uuid
 
 import asyncpg
 import pytest
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from autotrace import config, patching
+from autotrace import patching
 from autotrace.hooks import asyncpg as hook
+import db_checks as checks
+from db_checks import assert_child, db_env, request_span  # noqa: F401 (db_env: a fixture)
 
 # fetchmany: asyncpg 0.30+ (connections and prepared statements).
 HAS_FETCHMANY = hasattr(asyncpg.Connection, "fetchmany")
 
 
 @pytest.fixture
-def pg(postgres_server, spans, monkeypatch):
+def pg(postgres_server, spans, db_env):
     """The hook applied (the originals put back after), db settings at their defaults; yields the server."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
     mark = len(patching.history)
     hook.patch(asyncpg)
     yield postgres_server
     patching.undo(mark)
-    config.reset_db_settings()
 
 
 def db_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "autotrace.db.asyncpg"]
+    return checks.db_spans(exporter, "asyncpg")
 
 
 def run(coroutine_function, *args):
     return asyncio.run(asyncio.wait_for(coroutine_function(*args), 60))
-
-
-def request_span(name: str = "request"):
-    """The request's span, current in the task that enters it."""
-    return trace.get_tracer("test").start_as_current_span(name)
-
-
-def assert_child_of(span, parent) -> None:
-    assert span.kind == SpanKind.CLIENT
-    assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
-    assert span.context.trace_id == parent.get_span_context().trace_id
 
 
 def assert_target(span, server) -> None:
@@ -102,7 +88,7 @@ def test_each_query_method_is_one_span_in_the_request(pg, spans):
     names = [f"INSERT {table}", f"SELECT {table}", f"SELECT {table}", f"SELECT {table}", f"UPDATE {table}"]
     assert [s.name for s in spans] == names + [f"UPDATE {table}"] * HAS_FETCHMANY
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert_target(span, pg)
         assert span.status.status_code == StatusCode.UNSET
     assert spans[1].attributes["db.query.text"] == f"SELECT id FROM {table} WHERE id < $1 ORDER BY id"
@@ -142,7 +128,7 @@ def test_type_introspection_is_not_traced(pg, spans):
     spans = db_spans(spans)
     assert [s.name for s in spans] == ["SELECT", "SELECT"]
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
 
 
 def test_a_prepared_statement_is_a_span_when_prepared_and_one_per_use(pg, spans):
@@ -180,7 +166,7 @@ def test_a_prepared_statement_is_a_span_when_prepared_and_one_per_use(pg, spans)
         f"INSERT {table}",
     ]
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
     assert spans[0].attributes["db.operation.name"] == "PREPARE"
     assert spans[0].attributes["db.query.text"] == f"SELECT name FROM {table} WHERE id = $1"
     if HAS_FETCHMANY:
@@ -210,7 +196,7 @@ def test_a_cursor_is_one_span_its_fetches_none(pg, spans):
     spans = db_spans(spans)
     assert [s.name for s in spans] == ["BEGIN", f"SELECT {table}", f"SELECT {table}", f"SELECT {table}", "COMMIT"]
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert span.status.status_code == StatusCode.UNSET
 
 
@@ -230,9 +216,9 @@ def test_copy_is_one_span_each(pg, spans):
     parent, table, out_table, out_query = run(main)
     assert out_table.count(b"\n") == 7 and out_query == b"gus\nhal\n"
     spans = db_spans(spans)
-    assert [s.name for s in spans] == [f"COPY {table}"] * 3 + ["COPY"]
+    assert [s.name for s in spans] == [f"COPY {table}"] * 3 + [f"COPY SELECT {table}"]
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert span.attributes["db.operation.name"] == "COPY"
     assert spans[0].attributes["db.collection.name"] == table
     assert spans[3].attributes["db.query.text"] == f"COPY (SELECT name FROM {table} WHERE id > $1) TO STDOUT"
@@ -259,7 +245,7 @@ def test_a_pool_query_is_one_span_and_acquire_and_release_none(pg, spans):
     spans = db_spans(spans)
     assert [s.name for s in spans] == ["SELECT"] * 5 + ["BEGIN", "SELECT", "COMMIT"]
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert_target(span, pg)
 
 
@@ -283,7 +269,7 @@ def test_bad_sql_gets_the_servers_error_unchanged_and_the_span_records_it(pg, sp
     assert type(traced) is type(plain) is asyncpg.exceptions.PostgresSyntaxError
     assert traced.args == plain.args and traced.sqlstate == "42601"
     [span] = db_spans(spans)
-    assert_child_of(span, parent)
+    assert_child(span, parent)
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes["error.type"] == "asyncpg.exceptions.PostgresSyntaxError"
     assert span.attributes["db.response.status_code"] == "42601"
@@ -325,7 +311,7 @@ def test_connect_is_a_span_inside_a_request_only(pg, spans):
     parent = run(main)
     [span] = db_spans(spans)
     assert span.name == "connect"
-    assert_child_of(span, parent)
+    assert_child(span, parent)
     assert_target(span, pg)
 
 
@@ -359,9 +345,8 @@ def test_no_spans_outside_a_request_by_default(pg, spans):
     assert db_spans(spans) == []
 
 
-def test_root_spans_when_asked(pg, spans, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_DB_ROOT_SPANS", "true")
-    config.reset_db_settings()
+def test_root_spans_when_asked(pg, spans, db_env):
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
 
     async def main():
         connection = await connect(pg)
@@ -374,9 +359,8 @@ def test_root_spans_when_asked(pg, spans, monkeypatch):
     assert select.name == "SELECT" and select.parent is None
 
 
-def test_sql_comment_only_on_a_simple_execute(pg, spans, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_only_on_a_simple_execute(pg, spans, db_env):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
 
     async def main():
         connection = await connect(pg)

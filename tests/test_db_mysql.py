@@ -12,9 +12,10 @@ import uuid
 
 import pytest
 from opentelemetry import context
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from autotrace import config, db, patching
+from autotrace import db, patching
+from db_checks import assert_child, db_env, db_spans  # noqa: F401 (db_env: a fixture)
 
 # name -> (the module the hook waits for, the hook)
 DRIVERS = {"pymysql": ("pymysql", "autotrace.hooks.pymysql"), "mysqlclient": ("MySQLdb.connections", "autotrace.hooks.mysqlclient")}
@@ -62,11 +63,8 @@ class Driver:
 
 
 @pytest.fixture(params=sorted(DRIVERS))
-def driver(request, mariadb_server, spans, monkeypatch):
+def driver(request, mariadb_server, spans, db_env):
     """The driver with its hook applied (the originals put back after); db settings at their defaults."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
     mark = len(patching.history)
     made = Driver(request.param, mariadb_server)
     made.spans = spans
@@ -74,7 +72,6 @@ def driver(request, mariadb_server, spans, monkeypatch):
     yield made
     made.close_all()
     patching.undo(mark)
-    config.reset_db_settings()
 
 
 @pytest.fixture
@@ -100,16 +97,6 @@ def connected(driver, **extra):
     return connection
 
 
-def db_spans(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name.startswith("autotrace.db.")]
-
-
-def assert_child_of(span, parent) -> None:
-    assert span.kind == SpanKind.CLIENT
-    assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
-    assert span.context.trace_id == parent.get_span_context().trace_id
-
-
 def assert_target(span, driver) -> None:
     attributes = span.attributes
     assert attributes["db.system.name"] == "mariadb"  # the server's handshake says MariaDB
@@ -129,7 +116,7 @@ def test_execute_is_one_span_with_the_sanitized_text(driver, table, parent):
     assert context.get_current() is before
     assert cursor.fetchall() == (("bob",),)
     [span] = db_spans(driver.spans)
-    assert_child_of(span, parent)
+    assert_child(span, parent)
     assert_target(span, driver)
     text = span.attributes["db.query.text"]
     assert text == db.sanitize(sql, "mariadb") == f"SELECT name FROM {table} WHERE id = ? AND name <> ?"
@@ -163,7 +150,7 @@ def test_every_cursor_class_is_covered(driver, table, parent):
     spans = db_spans(driver.spans)
     assert [s.name for s in spans] == [f"SELECT {table}"] * 4
     for span in spans:
-        assert_child_of(span, parent)
+        assert_child(span, parent)
     connection.close()
 
 
@@ -183,7 +170,7 @@ def test_executemany_is_one_span_with_the_batch_size(driver, table, parent, stat
     assert cursor.executemany(sql, rows) == 3
     connection.commit()
     executemany, commit = db_spans(driver.spans)
-    assert_child_of(executemany, parent)
+    assert_child(executemany, parent)
     assert_target(executemany, driver)
     assert executemany.attributes["db.operation.batch.size"] == 3
     assert executemany.attributes["db.query.text"] == sql
@@ -216,7 +203,7 @@ def test_callproc_is_one_span(driver, parent):
         while cursor.nextset():
             pass
         [span] = db_spans(driver.spans)
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert span.name == span.attributes["db.query.summary"] == f"CALL {procedure}"
         assert span.attributes["db.stored_procedure.name"] == procedure
         assert span.attributes["db.query.text"] == f"CALL {procedure}"  # not the SET of its argument 41
@@ -240,10 +227,10 @@ def test_connect_commit_rollback_are_spans_inside_a_request(driver, table, paren
     cursor.execute(f"SELECT name FROM {table} ORDER BY id")
     assert [row[0] for row in cursor.fetchall()] == ["ann", "w", "cy"]  # rolled back, committed
     connect = db_spans(driver.spans)[0]
-    assert_child_of(connect, parent)
+    assert_child(connect, parent)
     assert_target(connect, driver)  # what the handshake said, set when it returned
     for span in db_spans(driver.spans):
-        assert_child_of(span, parent)
+        assert_child(span, parent)
         assert span.status.status_code == StatusCode.UNSET
 
 
@@ -269,7 +256,7 @@ def test_bad_sql_gets_the_servers_error_unchanged_and_the_span_records_it(driver
     assert type(traced.value) is type(plain.value) and traced.value.args == plain.value.args
     assert traced.value.args[0] == 1064
     [span] = db_spans(driver.spans)
-    assert_child_of(span, parent)
+    assert_child(span, parent)
     assert span.status.status_code == StatusCode.ERROR
     exc_type = type(traced.value)
     assert span.attributes["error.type"] == f"{exc_type.__module__}.{exc_type.__qualname__}"
@@ -293,9 +280,8 @@ def test_no_spans_outside_a_request_by_default(driver, table):
     assert db_spans(driver.spans) == []
 
 
-def test_root_spans_when_asked(driver, table, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_DB_ROOT_SPANS", "true")
-    config.reset_db_settings()
+def test_root_spans_when_asked(driver, table, db_env):
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
     connection = driver.connect()
     connection.cursor().execute(f"SELECT * FROM {table}")
     connection.close()
@@ -312,9 +298,8 @@ def test_statements_inside_connect_are_not_spans_of_their_own(driver, parent):
     assert [s.name for s in db_spans(driver.spans)] == ["connect"]
 
 
-def test_sql_comment_is_appended_when_asked(driver, table, parent, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_is_appended_when_asked(driver, table, parent, db_env):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     connection = driver.connect(autocommit=True)
     driver.spans.clear()  # its connect span
     cursor = connection.cursor()
@@ -337,12 +322,11 @@ def test_suppressed_instrumentation_makes_no_span(driver, table, parent, suppres
     assert db_spans(driver.spans) == []
 
 
-def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, monkeypatch):
+def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, db_env):
     """A URL-encoded tracestate has "%": the driver's own %-formatting must leave it as it is."""
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState, set_span_in_context
 
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     caller = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "k:v/x")]))
     token = context.attach(set_span_in_context(NonRecordingSpan(caller)))
     try:
@@ -359,14 +343,15 @@ def test_sql_comment_with_a_tracestate_reaches_the_server_as_made(driver, monkey
     assert received == sql.replace("%s", "1") + f" /*traceparent='{traceparent}',tracestate='vendor%3Dk%3Av%2Fx'*/"
 
 
-def test_the_status_code_is_the_error_number_of_a_driver_error_only():
+def test_the_status_code_is_the_error_number_of_a_mysql_driver_error():
     import MySQLdb
     import pymysql
 
-    from autotrace import dbapi
-
-    assert dbapi.error_number(pymysql.err.ProgrammingError(1064, "syntax")) == "1064"
-    assert dbapi.error_number(MySQLdb.ProgrammingError(1146, "no table")) == "1146"
-    assert dbapi.error_number(pymysql.err.InterfaceError("closed")) is None
-    assert dbapi.error_number(OSError(111, "Connection refused")) is None
-    assert dbapi.error_number(ValueError(3)) is None
+    assert db.status_code_of(pymysql.err.ProgrammingError(1064, "syntax")) == "1064"
+    with_sqlstate = pymysql.err.ProgrammingError(1064, "syntax")
+    with_sqlstate.sqlstate = "42000"  # PyMySQL 1.2 sets it too: the number still wins
+    assert db.status_code_of(with_sqlstate) == "1064"
+    assert db.status_code_of(MySQLdb.ProgrammingError(1146, "no table")) == "1146"
+    assert db.status_code_of(pymysql.err.InterfaceError("closed")) is None
+    assert db.status_code_of(OSError(111, "Connection refused")) is None
+    assert db.status_code_of(ValueError(3)) is None

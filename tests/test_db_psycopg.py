@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from psycopg_checks import (  # noqa: F401  (db_settings: a fixture)
+from db_checks import (  # noqa: F401  (db_env, dsn: fixtures)
     apply_hook,
     assert_child,
     assert_failed,
     assert_statement,
-    db_settings,
+    db_env,
     db_spans,
+    dsn,
+    hooked,
+    request_span,
     server_attributes,
     table_name,
 )
@@ -23,20 +26,9 @@ LIBRARY = "psycopg"
 
 
 @pytest.fixture
-def traced(spans, db_settings):
+def traced(spans, db_env):
     """The psycopg hook applied as under the agent; the originals put back after."""
-    from autotrace import patching
-
-    mark = len(patching.history)
-    apply_hook("autotrace.hooks.psycopg", ("psycopg", "patch"), ("psycopg_pool", "patch_pool"))
-    yield spans
-    patching.undo(mark)
-
-
-@pytest.fixture
-def dsn(postgres_server) -> str:
-    s = postgres_server
-    return f"host={s.host} port={s.port} dbname={s.database} user={s.user} password={s.password}"
+    yield from hooked(spans, "autotrace.hooks.psycopg", ("psycopg", "patch"), ("psycopg_pool", "patch_pool"))
 
 
 @pytest.fixture
@@ -57,12 +49,6 @@ def conn(table, traced, dsn):
     made = psycopg.connect(dsn)
     yield made
     made.close()
-
-
-def request_span(name: str = "request"):
-    from opentelemetry import trace
-
-    return trace.get_tracer("test").start_as_current_span(name)
 
 
 def test_connection_execute_is_one_span_with_sanitized_text(traced, conn, table, postgres_server, parent):
@@ -151,6 +137,7 @@ def test_copy_is_one_span_that_lasts_until_the_block_ends(traced, conn, table, p
         assert_child(span, parent, LIBRARY)
         assert span.attributes["db.query.text"] == f"COPY {table} (id, name) FROM STDIN"
         assert span.attributes["db.operation.name"] == "COPY"
+        assert span.name == f"COPY {table}" and span.attributes["db.collection.name"] == table
         cur.execute(f"SELECT count(*) FROM {table}")
         assert cur.fetchone() == (4,)
 
@@ -302,11 +289,8 @@ def test_an_async_pools_connections_are_traced(traced, dsn, table):
     assert (select.name, commit.name) == (f"SELECT {table}", "COMMIT")
 
 
-def test_sql_comment_carries_the_spans_context_when_asked(traced, db_settings, conn, parent):
-    from autotrace import config
-
-    db_settings.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_carries_the_spans_context_when_asked(traced, db_env, conn, parent):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     [(sent,)] = conn.execute("SELECT current_query() WHERE %s = 1", (1,)).fetchall()
     [(prepared,)] = conn.execute("SELECT current_query()", prepare=True).fetchall()
     first, second = db_spans(traced)

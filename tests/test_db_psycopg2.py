@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
-from psycopg_checks import (  # noqa: F401  (db_settings: a fixture)
-    apply_hook,
+from db_checks import (  # noqa: F401  (db_env, dsn: fixtures)
     assert_child,
     assert_failed,
     assert_statement,
-    db_settings,
+    db_env,
     db_spans,
+    dsn,
+    hooked,
     server_attributes,
     table_name,
 )
@@ -27,20 +28,9 @@ LIBRARY = "psycopg2"
 
 
 @pytest.fixture
-def traced(spans, db_settings):
+def traced(spans, db_env):
     """The psycopg2 hooks applied as under the agent; the originals put back after."""
-    from autotrace import patching
-
-    mark = len(patching.history)
-    apply_hook("autotrace.hooks.psycopg2", ("psycopg2", "patch"), ("psycopg2.extras", "patch_extras"))
-    yield spans
-    patching.undo(mark)
-
-
-@pytest.fixture
-def dsn(postgres_server) -> str:
-    s = postgres_server
-    return f"host={s.host} port={s.port} dbname={s.database} user={s.user} password={s.password}"
+    yield from hooked(spans, "autotrace.hooks.psycopg2", ("psycopg2", "patch"), ("psycopg2.extras", "patch_extras"))
 
 
 @pytest.fixture
@@ -86,11 +76,8 @@ def test_no_span_outside_a_trace_by_default(traced, dsn, table):
     assert db_spans(traced) == []
 
 
-def test_a_root_span_outside_a_trace_when_asked(traced, db_settings, conn, table):
-    from autotrace import config
-
-    db_settings.setenv("AUTOTRACE_DB_ROOT_SPANS", "true")
-    config.reset_db_settings()
+def test_a_root_span_outside_a_trace_when_asked(traced, db_env, conn, table):
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
     with conn.cursor() as cur:
         cur.execute(f"SELECT * FROM {table}")
     [span] = db_spans(traced)
@@ -213,7 +200,7 @@ def test_copy_methods_are_one_span_each(traced, conn, table, parent):
     for span in (copy_from, copy_to, expert):
         assert_child(span, parent, LIBRARY)
         assert span.attributes["db.operation.name"] == "COPY"
-    assert copy_from.name == copy_to.name == f"COPY {table}"
+    assert copy_from.name == copy_to.name == expert.name == f"COPY {table}"
     assert copy_from.attributes["db.collection.name"] == table
     assert expert.attributes["db.query.text"] == f"COPY {table} TO STDOUT"
 
@@ -293,22 +280,16 @@ def test_a_pools_connections_are_traced_and_a_checkout_is_not_a_span(traced, dsn
     assert (select.name, rollback.name) == (f"SELECT {table}", "ROLLBACK")
 
 
-def test_statement_off_records_no_text(traced, db_settings, conn, table, parent):
-    from autotrace import config
-
-    db_settings.setenv("AUTOTRACE_DB_STATEMENT", "off")
-    config.reset_db_settings()
+def test_statement_off_records_no_text(traced, db_env, conn, table, parent):
+    db_env(AUTOTRACE_DB_STATEMENT="off")
     with conn.cursor() as cur:
         cur.execute(f"SELECT * FROM {table} WHERE name = 'one'")
     [span] = db_spans(traced)
     assert "db.query.text" not in span.attributes and span.name == f"SELECT {table}"
 
 
-def test_sql_comment_carries_the_spans_context_when_asked(traced, db_settings, conn, parent):
-    from autotrace import config
-
-    db_settings.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_carries_the_spans_context_when_asked(traced, db_env, conn, parent):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     with conn.cursor() as cur:
         cur.execute("SELECT current_query(), %s", (1,))
         [(sent, _)] = cur.fetchall()

@@ -18,25 +18,9 @@ import redis.cluster
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from autotrace import config, patching
+from autotrace import db, patching
 from autotrace.hooks import redis as redis_hook
-
-
-@pytest.fixture
-def db_env(monkeypatch):
-    """Set database settings for a test: ``db_env(AUTOTRACE_DB_STATEMENT="raw")``; reset after."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
-
-    def set_env(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-        config.reset_db_settings()
-
-    yield set_env
-    monkeypatch.undo()
-    config.reset_db_settings()
+from db_checks import db_env  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -469,9 +453,9 @@ def test_command_text(args, raw, expected):
 def test_status_code_of_versions_that_strip_the_prefix():
     from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
-    assert redis_hook.status_code(ResponseError("WRONGTYPE Operation against a key")) == "WRONGTYPE"
-    assert redis_hook.status_code(ResponseError("unknown command 'X'")) == "ERR"
-    assert redis_hook.status_code(ExecAbortError("Transaction discarded")) == "EXECABORT"
-    assert redis_hook.status_code(ResponseError("Command # 1 (GET k) of pipeline caused error: WRONGTYPE x")) == "WRONGTYPE"
-    assert redis_hook.status_code(WatchError("watched key changed")) is None
-    assert redis_hook.status_code(ValueError("x")) is None
+    assert db.status_code_of(ResponseError("WRONGTYPE Operation against a key")) == "WRONGTYPE"
+    assert db.status_code_of(ResponseError("unknown command 'X'")) == "ERR"
+    assert db.status_code_of(ExecAbortError("Transaction discarded")) == "EXECABORT"
+    assert db.status_code_of(ResponseError("Command # 1 (GET k) of pipeline caused error: WRONGTYPE x")) == "WRONGTYPE"
+    assert db.status_code_of(WatchError("watched key changed")) is None
+    assert db.status_code_of(ValueError("x")) is None

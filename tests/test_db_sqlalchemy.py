@@ -22,7 +22,8 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 import db_hooks
-from autotrace import config, patching
+from autotrace import patching
+from db_checks import db_env  # noqa: F401 (a fixture)
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 from sqlalchemy import text  # noqa: E402
@@ -36,11 +37,8 @@ DRIVERS_OWN = ("COMMIT", "ROLLBACK")
 
 
 @pytest.fixture
-def hooked(spans, monkeypatch):
+def hooked(spans, db_env):
     """Every database hook applied; database settings from a clean environment."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
     mark = len(patching.history)
     applied = db_hooks.apply()
     assert "sqlalchemy" in applied
@@ -313,14 +311,13 @@ RUNNING = {
 }
 
 
-def test_sql_comment_reaches_the_server_when_asked(sync_db, hooked, monkeypatch):
+def test_sql_comment_reaches_the_server_when_asked(sync_db, hooked, db_env):
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
     engine, db = sync_db
     if db.system not in RUNNING:
         pytest.skip("SQLite cannot show the statement it runs")
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     # A remote parent with a tracestate: its encoded "=" puts a "%" in the comment, which a
     # pyformat driver interpolating the statement must get doubled.
     remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("vendor", "v1")]))

@@ -13,27 +13,24 @@ import pytest
 from opentelemetry import context
 from opentelemetry.trace import SpanKind, StatusCode
 
-from autotrace import config, db, patching
+from autotrace import db, patching
+import db_checks as checks
+from db_checks import db_env  # noqa: F401 (a fixture)
 
 SQLITE_ERRORNAME = hasattr(sqlite3.Error, "sqlite_errorname")  # Python 3.11+
 
 
 @pytest.fixture
-def hooked(spans, monkeypatch):
+def hooked(spans, db_env):
     """The sqlite3 hook applied, database settings at their defaults; yields the exporter."""
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
-        monkeypatch.delenv(name, raising=False)
-    config.reset_db_settings()
     mark = len(patching.history)
     importlib.import_module("autotrace.hooks.sqlite3").patch(sqlite3)
     yield spans
     patching.undo(mark)
-    monkeypatch.undo()
-    config.reset_db_settings()
 
 
-def db_spans(exporter):
-    return [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "autotrace.db.sqlite3"]
+def db_spans(exporter) -> list:
+    return checks.db_spans(exporter, "sqlite3")
 
 
 def test_each_query_is_one_span_under_the_current_one(hooked, parent, tmp_path):
@@ -176,9 +173,8 @@ def test_no_span_outside_a_request_by_default(hooked):
     assert db_spans(hooked) == []
 
 
-def test_root_spans_when_asked(hooked, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_DB_ROOT_SPANS", "true")
-    config.reset_db_settings()
+def test_root_spans_when_asked(hooked, db_env):
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")
     conn = sqlite3.connect(":memory:")
     conn.execute("SELECT 1")
     conn.close()
@@ -186,9 +182,8 @@ def test_root_spans_when_asked(hooked, monkeypatch):
     assert span.parent is None
 
 
-def test_sql_comment_on_execute_and_executescript_not_executemany(hooked, parent, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_SQL_COMMENT", "true")
-    config.reset_db_settings()
+def test_sql_comment_on_execute_and_executescript_not_executemany(hooked, parent, db_env):
+    db_env(AUTOTRACE_SQL_COMMENT="true")
     sent: list[str] = []
     conn = sqlite3.connect(":memory:")
     conn.set_trace_callback(sent.append)  # what SQLite was given

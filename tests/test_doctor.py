@@ -452,3 +452,74 @@ def test_every_setting_the_agent_reads_is_checked_when_set() -> None:
     unset = config_checks(parse(), {})
     assert "config batch" not in unset and "config deny" not in unset  # at their default: not shown
     assert "config compression" in unset
+
+
+# -- the running agent's failed exports, read by the same classifier ----------------------
+
+
+def _runtime(protocol: str, endpoint: str, evidence: list, speaks: str = "") -> Check:
+    """The check a failed export gives, without the network (``speaks``: what the port would say)."""
+    probe = doctor_endpoint.failure_probe(evidence, 10.0)
+    if speaks:
+        probe.speaks = speaks
+    return classify(protocol, Target(endpoint, tls=endpoint.startswith("https")), probe)
+
+
+def test_failure_evidence_of_the_running_agent_is_classified_as_the_doctor_does():
+    import socket
+
+    import grpc
+    import requests
+
+    refused = requests.exceptions.ConnectionError(ConnectionRefusedError(111, "Connection refused"))
+    assert _runtime("http/protobuf", "http://h:4318/v1/traces", [refused]).message == "nothing listens on h:4318"
+    grpc_refused = [grpc.StatusCode.UNAVAILABLE, "traces", "h:4317", 1.0,
+                    "failed to connect to all addresses; last error: UNKNOWN: ipv4:1.2.3.4:4317: "
+                    "Failed to connect to remote host: Connection refused"]
+    assert _runtime("grpc", "http://h:4317", grpc_refused).message == "nothing listens on h:4317"
+    unknown = socket.gaierror(-2, "Name or service not known")
+    assert _runtime("http/protobuf", "http://c.invalid:4318/v1/traces", [unknown]).message == (
+        "cannot resolve host 'c.invalid'"
+    )
+    grpc_unknown = [grpc.StatusCode.UNAVAILABLE, "errors resolving c.invalid:4317: Domain name not found"]
+    assert _runtime("grpc", "http://c.invalid:4317", grpc_unknown).message == "cannot resolve host 'c.invalid'"
+    no_answer = [grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"]
+    assert "accepted the connection but sent no answer" in _runtime("grpc", "http://h:4317", no_answer).message
+    busy = [None, 503, doctor_endpoint.CollectorMessage("memory limit reached")]
+    assert _runtime("http/protobuf", "http://h:4318/v1/traces", busy).message == (
+        "h:4318 failed the export: HTTP 503: memory limit reached"
+    )
+    refused_export = [grpc.StatusCode.INVALID_ARGUMENT, "traces", "h:4317", "bad span"]
+    assert _runtime("grpc", "http://h:4317", refused_export).message == (
+        "h:4317 refused the export: INVALID_ARGUMENT: bad span"
+    )
+    # What the port speaks comes from asking it (diagnose_failure) when the failure cannot tell.
+    framing = [grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: "
+               "ipv4:1.2.3.4:4318: Failed parsing HTTP/2 (Expected SETTINGS frame as the first frame)"]
+    assert doctor_endpoint.failure_kind(doctor_endpoint.failure_probe(framing, 1.0), framing) == (
+        "connection failed"
+    )
+    assert "answers HTTP/1.1" in _runtime("grpc", "http://h:4318", framing, speaks="http1").message
+    # Not a failure on the way to the collector: no kind (the agent names the exception).
+    boom = [RuntimeError("boom")]
+    assert doctor_endpoint.failure_kind(doctor_endpoint.failure_probe(boom, 1.0), boom) is None
+
+
+def test_the_collectors_message_is_read_from_a_status_body():
+    from autotrace import export_report
+
+    class Answer:
+        def __init__(self, body: bytes, kind: str) -> None:
+            self.body, self.kind = body, kind
+
+        def content(self) -> bytes:
+            return self.body
+
+        def headers(self) -> dict:
+            return {"content-type": self.kind}
+
+    status = bytes([0x08, 3, 0x12, 8]) + b"bad span"  # google.rpc.Status{code: 3, message: "bad span"}
+    assert export_report.collector_message(Answer(status, "application/x-protobuf")) == "bad span"
+    assert export_report.collector_message(Answer(b'{"code": 3, "message": "bad"}', "application/json")) == "bad"
+    assert export_report.collector_message(Answer(b"  overloaded\n", "text/plain")) == "overloaded"
+    assert export_report.collector_message(Answer(b"", "text/plain")) == ""

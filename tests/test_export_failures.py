@@ -60,7 +60,8 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
     lines = _agent_lines(capsys)
     assert lines == [
         "autotrace WARNING: spans could not be exported to http://<redacted>@collector.example:4318/v1/traces: "
-        "connection refused (is a collector listening there?); further failures are summarised every 60 s"
+        "connection refused (is a collector listening there?); further failures are summarised every 60 s; "
+        "run 'autotrace doctor' for details"
     ]
     for _ in range(5):  # within the interval: nothing
         clock.now += 10
@@ -69,7 +70,8 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
     clock.now += 10  # 60 s after the first: the summary, this batch included
     handle.export([object()] * 4)
     assert _agent_lines(capsys) == [
-        "autotrace WARNING: in the last 60 s, 6 batches (24 spans) were not exported: connection refused x6"
+        "autotrace WARNING: in the last 60 s, 6 batches (24 spans) were not exported: connection refused x6; "
+        "run 'autotrace doctor' for details"
     ]
     clock.now += 5
     handle.export([object()] * 2)
@@ -131,7 +133,8 @@ def test_summary_at_shutdown(handle, capsys):
     clock.now += 3
     handle.shutdown()
     assert _agent_lines(capsys) == [
-        "autotrace WARNING: in the last 3 s, 1 batch (1 span) was not exported: connection refused x1"
+        "autotrace WARNING: in the last 3 s, 1 batch (1 span) was not exported: connection refused x1; "
+        "run 'autotrace doctor' for details"
     ]
 
 
@@ -169,7 +172,8 @@ def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
     lines = [line for line in err.splitlines() if line.startswith("autotrace ")]
     assert lines[0] == (
         f"autotrace WARNING: spans could not be exported to {endpoint}: connection refused "
-        "(is a collector listening there?); further failures are summarised every 60 s"
+        "(is a collector listening there?); further failures are summarised every 60 s; "
+        "run 'autotrace doctor' for details"
     ), err
 
 
@@ -305,3 +309,68 @@ def test_queue_drop_counting_never_raises(monkeypatch):
     finally:
         sdk_logger.removeHandler(keep)
     assert [r.getMessage() for r in records] == ["Queue full, dropping span."]
+
+
+def test_an_exporter_that_cannot_be_made_is_reported_once_with_the_doctor(capsys):
+    def broken():
+        raise ImportError("No module named 'grpc'")
+
+    handle = exporters.ExporterHandle("otlp", broken)
+    assert handle.export([object()]) is SpanExportResult.FAILURE
+    assert _agent_lines(capsys) == [
+        "autotrace WARNING: cannot create the otlp exporter (ImportError: No module named 'grpc'); "
+        "spans are dropped; run 'autotrace doctor' for details"
+    ]
+
+
+def test_at_exit_a_failed_export_is_not_retried_and_the_line_says_so(capsys):
+    """closing() stops the SDK exporter's retries: a collector answering 503 (which the SDK
+    retries, with back-off, for the 30 s timeout) gets one request; the line says why."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from autotrace.config import Configuration
+
+    requests_seen = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            requests_seen.append(self.path)
+            body = b"try later"
+            self.send_response(503)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        endpoint = f"http://127.0.0.1:{port}/v1/traces"
+        settings = Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=30.0)
+        handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
+        span = TracerProvider().get_tracer("t").start_span("s")
+        span.end()
+        capsys.readouterr()
+        exporters.closing()
+        assert handle.export([span]) is SpanExportResult.FAILURE
+        handle.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert requests_seen == ["/v1/traces"]  # one attempt, no back-off
+    (line,) = _agent_lines(capsys)
+    assert line == (
+        f"autotrace WARNING: spans could not be exported to {endpoint}: 127.0.0.1:{port} failed the export: "
+        "HTTP 503: try later; fix: the collector is reachable but failing: check its logs and its health; "
+        "not retried at exit (1 span dropped); run 'autotrace doctor' for details"
+    )

@@ -104,3 +104,21 @@ def test_warn_once_per_key(capsys):
     _log.warn_once("A", "again %s", 2)
     _log.warn_once("B", "other")
     assert capsys.readouterr().err.splitlines() == ["autotrace WARNING: first 1", "autotrace WARNING: other"]
+
+
+def test_a_forked_process_names_its_pid(capsys):
+    """The main process's lines carry no pid; any other process's (a forked worker) do."""
+    import os
+
+    _log.setup("info")
+    try:
+        _log.set_main_process(True)
+        logger.warning("from the main process")
+        _log.set_main_process(False)  # a child: every line says which process it is
+        logger.warning("from a worker")
+    finally:
+        _log.set_main_process(True)
+    assert capsys.readouterr().err.splitlines() == [
+        "autotrace WARNING: from the main process",
+        f"autotrace[pid {os.getpid()}] WARNING: from a worker",
+    ]

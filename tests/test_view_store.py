@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from view_checks import body, new_span_id, new_trace_id, span
+from view_checks import body, kvs, new_span_id, new_trace_id, span
 
 from autotrace.view.otlp import decode_json
 from autotrace.view.store import Store, TraceQuery
@@ -134,42 +134,105 @@ def test_retention_deletes_the_attribute_rows_of_dropped_traces(tmp_path):
             spans.append(span(trace_id, "child", parent=spans[0]["spanId"], attributes={"user": f"u{n}", "pi": 3.5}))
             put(store, spans, resource={"host.name": f"h{n % 2}"})
             traces.append(trace_id)
-        kept = {row[0] for row in store._writer.execute("SELECT DISTINCT trace_id FROM span_attrs")}
-        assert kept == set(traces[2:])
+        kept = {row[0] for row in store._writer.execute("SELECT DISTINCT tn FROM span_attrs")}
+        stored = dict(store._writer.execute("SELECT tn, trace_id FROM traces"))
+        assert kept == stored.keys() and set(stored.values()) == set(traces[2:])
         assert store.search(TraceQuery(tags={"user": "u3"}))[0] == [traces[3]]
         assert store.search(TraceQuery(tags={"host.name": "h0"}))[0] == [traces[2]]
     finally:
         store.close()
 
 
-def test_a_store_of_the_previous_schema_loses_the_attribute_trace_index(tmp_path):
+# The layouts keyed by trace id (PRAGMA user_version 0): spans keyed by (trace, span) without
+# rowid and span_attrs indexed by trace as first merged; then spans a rowid table.
+_OLD_SPANS = (
+    "CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT NOT NULL,"
+    " service TEXT NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL, start_ns INTEGER NOT NULL,"
+    " end_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, status_code INTEGER NOT NULL,"
+    " status_message TEXT NOT NULL, trace_state TEXT NOT NULL, flags INTEGER NOT NULL, attributes TEXT NOT NULL,"
+    " events TEXT NOT NULL, links TEXT NOT NULL, resource_id INTEGER NOT NULL, scope_id INTEGER NOT NULL, {key}"
+)
+_OLD_REST = """
+CREATE INDEX spans_service ON spans (service, name, duration_ns);
+CREATE INDEX spans_start ON spans (start_ns);
+CREATE TABLE resources (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE);
+CREATE TABLE scopes (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE);
+CREATE TABLE traces (trace_id TEXT PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+    span_count INTEGER NOT NULL, error_count INTEGER NOT NULL, root_service TEXT NOT NULL,
+    root_name TEXT NOT NULL, received_ns INTEGER NOT NULL);
+CREATE INDEX traces_start ON traces (start_ns);
+CREATE INDEX traces_received ON traces (received_ns);
+CREATE TABLE span_attrs (key TEXT NOT NULL, value TEXT NOT NULL, trace_id TEXT NOT NULL,
+    PRIMARY KEY (key, value, trace_id)) WITHOUT ROWID;
+CREATE TABLE operations (service TEXT NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL,
+    PRIMARY KEY (service, name, kind)) WITHOUT ROWID;
+"""
+
+
+def old_store(path: str, spans_key: str, attrs_index: bool) -> tuple[str, str]:
+    """A store of a layout keyed by trace id holding two traces (user a, b); their ids."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute(_OLD_SPANS.format(key=spans_key))
+    db.executescript(_OLD_REST + ("CREATE INDEX span_attrs_trace ON span_attrs (trace_id);" if attrs_index else ""))
+    db.execute("""INSERT INTO resources VALUES (1, '{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]}')""")
+    db.execute("""INSERT INTO scopes VALUES (1, '{"name":"s","version":""}')""")
+    db.execute("INSERT INTO operations VALUES ('shop', 'GET /', 2)")
+    ids = []
+    for n, user in enumerate("ab"):
+        trace_id, start = new_trace_id(), time.time_ns() + n
+        attributes = f'[{{"key":"user","value":{{"stringValue":"{user}"}}}}]'
+        for span_id, parent in (("1" * 16, ""), ("2" * 16, "1" * 16)):
+            db.execute(
+                "INSERT INTO spans VALUES (?,?,?,'shop','GET /',2,?,?,1000,0,'','',1,?,'[]','[]',1,1)",
+                (trace_id, span_id, parent, start, start + 1000, attributes),
+            )
+        db.execute("INSERT INTO traces VALUES (?,?,?,2,0,'shop','GET /',?)", (trace_id, start, start + 1000, start))
+        db.executemany("INSERT INTO span_attrs VALUES (?,?,?)", [("user", user, trace_id), ("service.name", "shop", trace_id)])
+        ids.append(trace_id)
+    db.commit()
+    db.close()
+    return ids[0], ids[1]
+
+
+@pytest.mark.parametrize(
+    "spans_key, attrs_index",
+    [("PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID", True), ("UNIQUE (trace_id, span_id))", False)],
+    ids=["first", "rowid-spans"],
+)
+def test_a_store_of_an_earlier_layout_is_migrated_when_opened(tmp_path, spans_key, attrs_index):
     path = str(tmp_path / "view.db")
-    Store(path).close()
-    store = Store(path)
-    store._writer.execute("CREATE INDEX span_attrs_trace ON span_attrs (trace_id)")
-    store.close()
-    store = Store(path)
+    first, second = old_store(path, spans_key, attrs_index)
+    store = Store(path, max_spans=4)
     try:
-        names = {row[0] for row in store._writer.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert "span_attrs_trace" not in names
+        assert store._writer.execute("PRAGMA user_version").fetchone()[0] == 2
+        names = {row[0] for row in store._writer.execute("SELECT name FROM sqlite_master")}
+        assert "span_attrs_trace" not in names and not any(name.startswith("old_") for name in names)
+        assert store.span_count == 4
+        assert [(r.span_id, r.attributes) for r in store.spans([first])] == [
+            ("1" * 16, [{"key": "user", "value": {"stringValue": "a"}}]),
+            ("2" * 16, [{"key": "user", "value": {"stringValue": "a"}}]),
+        ]
+        assert store.search(TraceQuery(tags={"user": "b"}, service="shop"))[0] == [second]
+        summary, = store.summaries([first])
+        assert (summary.root_service, summary.span_count, summary.services) == ("shop", 2, ["shop"])
+        # Written to after: the oldest trace goes whole, its attribute rows with it.
+        third, spans = trace(spans=2, attributes={"user": "c"})
+        put(store, spans, service="shop")
+        assert store.span_count == 4 and store.spans([first]) == []
+        assert store.search(TraceQuery(tags={"user": "a"}))[1] == 0
+        assert store.search(TraceQuery(tags={"service.name": "shop"}))[0] == [third, second]
     finally:
         store.close()
 
 
-def test_a_store_whose_spans_are_keyed_without_rowid_still_works(tmp_path):
-    # The layout before spans became a rowid table: opened as it is.
+def test_a_store_with_only_an_old_spans_table_opens(tmp_path):
     import sqlite3
 
     path = str(tmp_path / "view.db")
     old = sqlite3.connect(path)
-    old.execute(
-        "CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT NOT NULL,"
-        " service TEXT NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL, start_ns INTEGER NOT NULL,"
-        " end_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, status_code INTEGER NOT NULL,"
-        " status_message TEXT NOT NULL, trace_state TEXT NOT NULL, flags INTEGER NOT NULL, attributes TEXT NOT NULL,"
-        " events TEXT NOT NULL, links TEXT NOT NULL, resource_id INTEGER NOT NULL, scope_id INTEGER NOT NULL,"
-        " PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID"
-    )
+    old.execute(_OLD_SPANS.format(key="PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID"))
     old.close()
     store = Store(path, max_spans=3)
     try:
@@ -223,3 +286,83 @@ def test_dependencies_and_durations(store):
     assert store.dependencies(now + 10, now + 20) == []
     assert [row[:2] for row in store.durations(now - 1, now + 10)] == [
         ("back", "GET back"), ("front", "GET /"), ("front", "GET back"), ("front", "inner")]
+
+
+def test_attributes_of_every_type_come_back_as_they_were_sent(store):
+    # Plain values are stored as one JSON object, others as the OTLP JSON list: both read
+    # back the same, and the scalar ones are found by a search.
+    trace_id, root = new_trace_id(), new_span_id()
+    plain = kvs({"s": "text", "i": -7, "b": False, "d": 2.5, "big": 2**62, "u": "ü \"q\""})
+    mixed = plain + [
+        {"key": "a", "value": {"arrayValue": {"values": [{"intValue": "1"}, {"stringValue": "x"}]}}},
+        {"key": "m", "value": {"kvlistValue": {"values": [{"key": "k", "value": {"boolValue": True}}]}}},
+        {"key": "raw", "value": {"bytesValue": "AAE="}},
+        {"key": "nan", "value": {"doubleValue": "NaN"}},
+        {"key": "none", "value": {}},
+    ]
+    repeated = kvs({"k": "first"}) + kvs({"k": "second"})
+    spans = [span(trace_id, "plain", span_id=root, attributes=None, start_ns=1_000)]
+    spans[0]["attributes"] = plain
+    for n, attributes in enumerate((mixed, repeated, [])):
+        spans.append(span(trace_id, f"child {n}", parent=root, start_ns=1_001 + n))
+        spans[-1]["attributes"] = attributes
+    sent = decode_json(body(spans))
+    store.write(sent)
+    assert [r.attributes for r in store.spans([trace_id])] == [r.attributes for r in sent]
+    assert [r.attributes for r in sent] == [plain, mixed, repeated, []]
+    for key, text in (("i", "-7"), ("b", "false"), ("d", "2.5"), ("big", str(2**62)), ("u", 'ü "q"'), ("k", "second")):
+        assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key
+
+
+def test_a_span_sent_twice_in_one_batch_is_kept_as_first_sent(store):
+    trace_id, root = new_trace_id(), new_span_id()
+    put(store, [span(trace_id, "zeta", span_id=root), span(trace_id, "alpha", span_id=root)])
+    assert [r.name for r in store.spans([trace_id])] == ["zeta"]
+    summary, = store.summaries([trace_id])
+    assert (summary.root_name, summary.span_count, store.span_count) == ("zeta", 1, 1)
+
+
+def test_protobuf_decoded_for_the_store_reads_back_as_otlp_json(store):
+    # The receivers decode protobuf straight to the stored form (a dict of plain values
+    # where it can hold them): what comes back is what the OTLP JSON decoding gives.
+    from autotrace.view.otlp import decode_protobuf
+    from view_checks import protobuf
+
+    trace_id, root = new_trace_id(), new_span_id()
+    spans = [span(trace_id, "plain", span_id=root, start_ns=1_000,
+                  attributes={"s": "text", "i": -7, "b": True, "d": 0.1, "big": -(2**63)})]
+    for n, attributes in enumerate((
+        kvs({"s": "x"}) + [{"key": "a", "value": {"arrayValue": {"values": [{"intValue": "1"}]}}}],
+        kvs({"k": "first"}) + kvs({"k": "second"}),
+        kvs({"nan": 1.0}) + [{"key": "inf", "value": {"doubleValue": "Infinity"}}],
+        [],
+    )):
+        spans.append(span(trace_id, f"child {n}", parent=root, start_ns=1_001 + n))
+        spans[-1]["attributes"] = attributes
+    from_json = decode_json(body(spans))
+    request = protobuf(spans)  # (makes the span dicts' ids base64)
+    stored = decode_protobuf(request, plain=True)
+    assert type(stored[0].attributes) is dict and all(type(r.attributes) is list for r in stored[1:4])
+    store.write(stored)
+    assert store.spans([trace_id]) == decode_protobuf(request) == from_json
+    for key, text in (("i", "-7"), ("b", "true"), ("d", "0.1"), ("big", str(-(2**63))), ("s", "x"), ("k", "second")):
+        assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key
+
+
+def test_two_stores_on_one_file_number_their_traces_apart(tmp_path):
+    # Two viewers on the same file (each its own writer): neither reuses the other's numbers.
+    path = str(tmp_path / "view.db")
+    first, second = Store(path), Store(path)
+    try:
+        ids = []
+        for store in (first, second, first, second):
+            trace_id, spans = trace(spans=2, attributes={"user": f"u{len(ids)}"})
+            put(store, spans)
+            ids.append(trace_id)
+        for store in (first, second):
+            assert sorted(store.search(TraceQuery())[0]) == sorted(ids)
+            assert all(len(store.spans([t])) == 2 for t in ids)
+            assert store.search(TraceQuery(tags={"user": "u2"}))[0] == [ids[2]]
+    finally:
+        first.close()
+        second.close()

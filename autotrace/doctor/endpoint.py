@@ -1,13 +1,19 @@
 """The collector's endpoint: resolve, connect, send an empty export, and name what is wrong.
 
 :func:`probe_endpoint` finds out what the port does (:class:`Probe`); :func:`classify`,
-pure, turns that into one check with its fix.
+pure, turns that into one check with its fix. The running agent uses the same classifier
+for a failed export (:func:`diagnose_failure`): what the failure left (an exception, the
+SDK's log arguments) is read into a :class:`Probe` (:func:`failure_probe`), and when that
+cannot tell what the port speaks, the port is asked as the doctor asks it (:func:`speaks`).
+Imported by the agent only when an export fails.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from typing import Iterator, Sequence
 
 from .. import viewer_probe
 from .check import FAIL, OK, Check, redact
@@ -131,6 +137,13 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
             f"http:// is configured but {where} expects TLS",
             "use https:// in the endpoint",
         )
+    if probe.speaks == "silent" and probe.error.startswith("no answer"):
+        return Check(
+            FAIL,
+            name,
+            f"{where} accepted the connection but sent no answer ({probe.error})",
+            "check that the collector is healthy and that this is its OTLP port, or raise OTEL_EXPORTER_OTLP_TIMEOUT",
+        )
     if "certificate" in probe.error.lower():
         return Check(FAIL, name, f"{where} speaks TLS but {probe.error}", CERTIFICATE_FIX)
     if probe.other_accepts and protocol == "grpc":
@@ -213,6 +226,28 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
             name,
             f"{where} speaks gRPC but has no OTLP TraceService",
             OTLP_FIX,
+        )
+    if protocol != "grpc" and probe.http_status is not None and probe.http_status >= 400:
+        said = f": {probe.error}" if probe.error else ""
+        if probe.http_status >= 500:
+            return Check(
+                FAIL,
+                name,
+                f"{where} failed the export: HTTP {probe.http_status}{said}",
+                "the collector is reachable but failing: check its logs and its health",
+            )
+        return Check(
+            FAIL,
+            name,
+            f"{where} refused the export: HTTP {probe.http_status}{said}",
+            "check that this is the collector's OTLP/HTTP receiver, and what its answer says",
+        )
+    if protocol == "grpc" and probe.grpc_code and probe.grpc_code not in ("OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return Check(
+            FAIL,
+            name,
+            f"{where} refused the export: {probe.error or probe.grpc_code}",
+            "check that this is the collector's OTLP/gRPC receiver, and what its answer says",
         )
     detail = probe.error or (f"HTTP {probe.http_status}" if probe.http_status else probe.grpc_code or "no answer")
     return Check(
@@ -434,3 +469,156 @@ def _other_protocol_accepts(protocol: str, target: Target, headers, timeout: flo
         return status is not None and 200 <= status < 300
     code, _ = _grpc_export(Target(f"https://{target.address}", tls=True), headers, timeout, cafile)
     return code == "OK"
+
+
+# -- a failed export of the running agent ---------------------------------------------
+
+_UNRESOLVED = (
+    "name or service not known",
+    "failed to resolve",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "errors resolving",
+    "domain name not found",
+    "no address associated",
+)
+_REFUSED = ("connection refused", "errno 111", "[winerror 10061]")
+_CONNECT_TIMEOUT = ("connecttimeout", "connect timeout", "connection timed out", "timed out connecting")
+_NO_ANSWER = ("readtimeout", "read timed out", "deadline exceeded", "deadline_exceeded", "timed out")
+_CERTIFICATE = ("certificate_verify_failed", "certificate verify failed")
+
+
+def _texts(evidence: Sequence[object]) -> list[str]:
+    """The text of each piece of evidence, exceptions with their causes (lower case)."""
+    texts = []
+    for item in evidence:
+        if isinstance(item, BaseException):
+            for exc in chain(item):
+                texts.append(f"{type(exc).__name__} {exc}".lower())
+        elif item is not None:
+            texts.append(str(getattr(item, "name", item) if type(item).__name__ == "StatusCode" else item).lower())
+    return texts
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes, contexts, exception arguments and reasons (urllib3's), each once."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen or len(seen) > 20:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        todo.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+
+
+def failure_probe(evidence: Sequence[object], timeout_s: float) -> Probe:
+    """What a failed export tells about the endpoint, as a :class:`Probe`. Pure: no network.
+
+    ``evidence``: what the export left: exceptions, and the SDK's log arguments (a gRPC
+    status code and its details, an HTTP status, the collector's message as
+    :class:`CollectorMessage`). ``probe.speaks`` stays "" when the failure cannot tell
+    what the port speaks (a reset or closed connection, a TLS or HTTP/2 framing error):
+    :func:`diagnose_failure` then asks the port.
+    """
+    probe = Probe()
+    texts = _texts(evidence)
+    text = " | ".join(texts)
+    message = next((str(item) for item in evidence if isinstance(item, CollectorMessage)), "")
+    for item in evidence:
+        if type(item).__name__ == "StatusCode" and hasattr(item, "name"):
+            probe.grpc_code = probe.grpc_code or item.name
+        elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            probe.http_status = probe.http_status or item
+    if any(marker in text for marker in _UNRESOLVED) or "gaierror" in text:
+        probe.resolved = False
+    elif any(marker in text for marker in _REFUSED) or "connectionrefusederror" in text:
+        probe.connect = "refused"
+    elif any(marker in text for marker in _CONNECT_TIMEOUT):
+        probe.connect, probe.connect_error = "timeout", f"no answer within {timeout_s:g}s"
+    elif probe.http_status is not None:
+        probe.error = _printable(message, 200)
+    elif any(marker in text for marker in _CERTIFICATE):
+        probe.speaks = "tls"
+        probe.error = "TLS certificate not trusted" + _after(text, "certificate verify failed:", "certificate_verify_failed:")
+    elif any(marker in text for marker in _NO_ANSWER) or probe.grpc_code == "DEADLINE_EXCEEDED":
+        probe.speaks, probe.error = "silent", f"no answer within {timeout_s:g}s"
+    elif probe.grpc_code and probe.grpc_code not in ("UNAVAILABLE", "UNKNOWN"):
+        # The SDK's gRPC log lines end with the status's details.
+        details = next((i for i in reversed(evidence) if isinstance(i, str) and i not in ("traces", "spans")), "")
+        probe.error = f"{probe.grpc_code}: {_printable(message or details, 200)}".rstrip(": ")
+    return probe
+
+
+def _after(text: str, *markers: str) -> str:
+    for marker in markers:
+        if marker in text:
+            rest = text.split(marker, 1)[1].split("(", 1)[0].split(":", 1)[0].strip(" ')\"")
+            return f": {rest}" if rest else ""
+    return ""
+
+
+def _printable(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    text = "".join(c for c in text if c.isprintable())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class CollectorMessage(str):
+    """The text of the collector's answer to a failed OTLP/HTTP export (evidence)."""
+
+
+# Words of a failure on the way to the collector (the connection, TLS, HTTP/2 framing).
+_TRANSPORT = (
+    "connection", "reset", "ssl", "tls", "badstatusline", "unavailable", "socket", "closed", "http/2",
+    "protocol", "remote", "eof", "aborted", "handshake",
+)
+
+
+def failure_kind(probe: Probe, evidence: Sequence[object] = ()) -> str | None:
+    """The short cause failed exports are counted by, from :func:`failure_probe`'s probe;
+    None when the failure did not happen on the way to the collector (an encoder's error)."""
+    if not probe.resolved:
+        return "cannot resolve host"
+    if probe.connect == "refused":
+        return "connection refused"
+    if probe.connect == "timeout" or probe.speaks == "silent":
+        return "timeout"
+    if probe.http_status:
+        return f"HTTP {probe.http_status}"
+    if probe.speaks == "tls" and probe.error:
+        return "TLS certificate not trusted"
+    if probe.grpc_code and probe.grpc_code != "UNAVAILABLE":
+        return f"gRPC {probe.grpc_code}"
+    text = " ".join(_texts(evidence))
+    if probe.grpc_code or any(word in text for word in _TRANSPORT):
+        return "connection failed"
+    return None
+
+
+def diagnose_failure(settings, evidence: Sequence[object], probe_timeout_s: float = 1.0) -> tuple[str, Check]:
+    """The short cause of a failed export and the check naming what is wrong (with its fix).
+
+    ``settings``: the agent's configuration (protocol, endpoint, TLS). When the failure
+    cannot tell what the port speaks, the port is asked (bounded by ``probe_timeout_s``
+    per exchange), as the doctor asks it.
+    """
+    target = Target(settings.endpoint, tls=uses_tls(settings))
+    probe = failure_probe(evidence, settings.timeout_s)
+    kind = failure_kind(probe, evidence) or "the exporter reported a failure"
+    if kind == "connection failed":
+        probe.speaks = speaks(target, probe_timeout_s)
+        if probe.speaks == "silent":
+            probe.error = "the connection was closed without an answer"
+        if target.tls and probe.speaks == "tls":
+            probe.other_accepts = _other_protocol_accepts(
+                settings.protocol, target, settings.headers, probe_timeout_s, settings.certificate
+            )
+    from ..config import source_of
+
+    return kind, classify(settings.protocol, target, probe, str(source_of("endpoint", os.environ)))

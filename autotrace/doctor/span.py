@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..export_report import ExportFailures, classify_failure
+from ..export_report import Diagnosis, ExportFailures, classify_failure, describe
 from .check import FAIL, OK, Check, redact
 from .endpoint import CERTIFICATE_FIX
 
@@ -70,7 +70,7 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
     provider.add_span_processor(Keep())
     with provider.get_tracer("autotrace.doctor").start_as_current_span("autotrace doctor test span"):
         pass
-    verdict = Verdict(f"to {redact(settings.endpoint)}")
+    verdict = Verdict(f"to {redact(settings.endpoint)}", settings=settings)  # diagnosed as the agent does
     result: list[object] = []
 
     def send() -> None:
@@ -100,9 +100,12 @@ def test_span_check(settings, service_name: str, timeout: float) -> Check:
         kind, hint = verdict.kind, verdict.hint
     else:
         kind, hint = "the exporter could not be created", ""
+    if isinstance(hint, Diagnosis):
+        found, _, fix = hint.partition("; fix: ")
+        return Check(FAIL, "test span", f"not accepted by {shown} after {took * 1000:.0f} ms: {found}", fix)
     return Check(
         FAIL,
         "test span",
-        f"not accepted by {shown} after {took * 1000:.0f} ms: {kind}{hint}",
+        f"not accepted by {shown} after {took * 1000:.0f} ms: {describe(kind, hint)}",
         failure_fix(kind, hint),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 IMPORT_BATCH = 5000  # spans a transaction when importing a file
+GC_THRESHOLD = 50_000  # allocations between collections of the youngest generation (default 700)
 DEFAULT_RETENTION_DAYS = 7.0
 DEFAULT_MAX_SPANS = 1_000_000
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -110,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"cannot open the store {path}: {exc}; choose another file with --db, or --memory")
         return 1
     servers: list = []
+    gc_before: tuple = ()
     try:
         if args.import_file:
             try:
@@ -140,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log(f"cannot listen on {args.host}:{port} ({name}): {exc.strerror or exc}; "
                         f"choose another address with --host or port with {option}")
                 return 2
+        # A batch decodes into tens of thousands of short-lived containers: with the default
+        # thresholds the cyclic collector ran some 50 times a batch, its older generations
+        # walking every object of the loaded modules (measured: 10-15% of the viewer's time).
+        # What is alive now is frozen out of it, and the youngest generation is collected
+        # every GC_THRESHOLD allocations; both are undone on the way out.
+        gc_before = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, *gc_before[1:])
         stop = threading.Event()
         previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
         for server in servers:
@@ -169,3 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - stop the others, close the store
                 log(f"error stopping a server: {exc}")
         store.close()
+        if gc_before:
+            gc.set_threshold(*gc_before)
+            gc.unfreeze()

@@ -72,7 +72,7 @@ class OTLPHandler(Handler):
                 body = gunzip(body)
             elif encoding != "identity":
                 return self._refuse(415, f"content encoding {encoding!r}: use gzip or none", json_body)
-            records = decode_json(body) if json_body else decode_protobuf(body)
+            records = decode_json(body) if json_body else decode_protobuf(body, plain=True)
         except TooLarge as exc:
             self.close_connection = True
             return self._refuse(413, str(exc), json_body)
@@ -153,7 +153,7 @@ class GrpcReceiver:
             # The request arrives as bytes (no deserializer): malformed protobuf is then
             # INVALID_ARGUMENT here, not gRPC's INTERNAL "Exception deserializing request".
             try:
-                records = decode_protobuf(body)
+                records = decode_protobuf(body, plain=True)
             except BadData as exc:
                 log(f"refused a gRPC batch from {context.peer()}: {exc}")
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

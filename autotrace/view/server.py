@@ -115,7 +115,7 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
+        if body and self.command != "HEAD":
             self.wfile.write(body)
 
     def answer_marker(self) -> None:

@@ -5,24 +5,27 @@ receiver answers, so an acknowledged batch survives ``kill -9``. Readers use con
 their own (WAL lets them read while a batch is written); ``:memory:`` has one connection, so
 there every access takes the lock.
 
-Tables, shaped for the searches of the UI and the Jaeger API:
+Tables, shaped for the searches of the UI and the Jaeger API, and so that a batch mostly
+appends: every table but ``traces`` refers to a trace by its number ``tn``, given in order
+of arrival, not by its random id (measured: keyed by trace id, a 512-span batch wrote 1 to
+4 MB of scattered index pages to the WAL, more as the store grew):
 
-* ``spans``: one row a span; attributes, events and links as OTLP JSON; the resource and
-  scope by id into ``resources`` and ``scopes`` (each distinct one stored once). A rowid
-  table with a unique (trace, span) index: a batch's rows are appended, and only the small
-  index entries land at the random places trace ids lead to (measured: keyed by trace id,
-  a batch of 512 spans wrote 3.8 MB to the WAL, now 2.5 MB). A store made before, whose
-  ``spans`` is keyed by (trace, span) without rowid, is used as it is: same columns, same
-  queries, without the gain.
-* ``traces``: one row a trace, recomputed from its spans when a batch touches it: start,
+* ``traces``: one row a trace, numbered (``tn``), with a unique index on its id: start,
   end, span and error counts, the root's service and name (the earliest span when the root
-  never arrived) and when the trace was last received, which retention orders by.
-* ``span_attrs``: (key, value, trace) for every scalar attribute of a span or its resource,
-  once a trace: the ``key=value`` search on any span of a trace is one index look-up.
-  It has no index by trace (measured: a second index cost 15% of the write time);
-  retention recomputes a dropped trace's rows from its spans and deletes them by key.
-  A store made before drops that index when opened.
+  never arrived) and when the trace was last received, which retention orders by. A new
+  trace's row is computed from its batch; a trace that had spans is recomputed from them.
+* ``spans``: one row a span (unique by trace number and span id); its attributes as one
+  JSON object of plain values when each is a string, integer, bool or finite double under
+  distinct keys (half the text of OTLP JSON), else as the OTLP JSON list; events and links
+  as OTLP JSON; the resource and scope by id into ``resources`` and ``scopes`` (each
+  distinct one stored once).
+* ``span_attrs``: (key, value, trace number) for every scalar attribute of a span or its
+  resource, once a trace: the ``key=value`` search on any span of a trace is one index
+  look-up. Retention recomputes a dropped trace's rows from its spans and deletes them by key.
 * ``operations``: (service, name, kind) seen, for the service and operation lists.
+
+A store of the earlier layouts (keyed by trace id; ``PRAGMA user_version`` 0) is migrated
+in one transaction when opened, then vacuumed.
 
 Retention drops the traces received longest ago, whole: by age (``retention_days``) and by
 span count (``max_spans``).
@@ -31,6 +34,7 @@ span count (``max_spans``).
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 import time
@@ -44,14 +48,29 @@ ERROR = 2  # OTLP STATUS_CODE_ERROR
 MAX_INDEXED_VALUE = 1024  # longer attribute values are stored but not indexed for search
 WRITER_CACHE_KIB = 64 * 1024  # the writer connection's page cache
 WAL_CHECKPOINT_PAGES = 10_000
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is the layout keyed by trace id
 _AGE_CHECK_EVERY_S = 60.0
 _CHUNK = 500  # ids per "IN (...)" statement
+_TN_SPAN = operator.itemgetter(0, 1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS scopes (id INTEGER PRIMARY KEY, body TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS traces (
+    tn INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL UNIQUE,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    span_count INTEGER NOT NULL,
+    error_count INTEGER NOT NULL,
+    root_service TEXT NOT NULL,
+    root_name TEXT NOT NULL,
+    received_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_start ON traces (start_ns);
+CREATE INDEX IF NOT EXISTS traces_received ON traces (received_ns);
 CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL,
+    tn INTEGER NOT NULL,
     span_id TEXT NOT NULL,
     parent_span_id TEXT NOT NULL,
     service TEXT NOT NULL,
@@ -69,47 +88,52 @@ CREATE TABLE IF NOT EXISTS spans (
     links TEXT NOT NULL,
     resource_id INTEGER NOT NULL,
     scope_id INTEGER NOT NULL,
-    UNIQUE (trace_id, span_id)
+    UNIQUE (tn, span_id)
 );
-CREATE INDEX IF NOT EXISTS spans_service ON spans (service, name, duration_ns);
+CREATE INDEX IF NOT EXISTS spans_service ON spans (service, name, tn, duration_ns);
 CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns);
-CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    span_count INTEGER NOT NULL,
-    error_count INTEGER NOT NULL,
-    root_service TEXT NOT NULL,
-    root_name TEXT NOT NULL,
-    received_ns INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS traces_start ON traces (start_ns);
-CREATE INDEX IF NOT EXISTS traces_received ON traces (received_ns);
 CREATE TABLE IF NOT EXISTS span_attrs (
-    key TEXT NOT NULL, value TEXT NOT NULL, trace_id TEXT NOT NULL,
-    PRIMARY KEY (key, value, trace_id)
+    key TEXT NOT NULL, value TEXT NOT NULL, tn INTEGER NOT NULL,
+    PRIMARY KEY (key, value, tn)
 ) WITHOUT ROWID;
-DROP INDEX IF EXISTS span_attrs_trace;
 CREATE TABLE IF NOT EXISTS operations (
     service TEXT NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL,
     PRIMARY KEY (service, name, kind)
 ) WITHOUT ROWID;
 """
 
+# A store keyed by trace id (user_version 0): its tables are renamed, the current schema
+# made, the rows copied over with their trace's number, and the old tables dropped.
+_OLD_INDEXES = ("spans_service", "spans_start", "traces_start", "traces_received", "span_attrs_trace")
+_MIGRATE = """
+INSERT INTO traces (trace_id, start_ns, end_ns, span_count, error_count, root_service, root_name, received_ns)
+    SELECT trace_id, start_ns, end_ns, span_count, error_count, root_service, root_name, received_ns
+    FROM old_traces ORDER BY received_ns, start_ns;
+INSERT OR IGNORE INTO spans
+    SELECT t.tn, s.span_id, s.parent_span_id, s.service, s.name, s.kind, s.start_ns, s.end_ns, s.duration_ns,
+        s.status_code, s.status_message, s.trace_state, s.flags, s.attributes, s.events, s.links,
+        s.resource_id, s.scope_id
+    FROM old_spans s JOIN traces t ON t.trace_id = s.trace_id ORDER BY t.tn;
+INSERT OR IGNORE INTO span_attrs
+    SELECT a.key, a.value, t.tn FROM old_span_attrs a JOIN traces t ON t.trace_id = a.trace_id
+    ORDER BY a.key, a.value, t.tn;
+"""
+
 _SPAN_COLUMNS = (
-    "s.trace_id, s.span_id, s.parent_span_id, s.service, s.name, s.kind, s.start_ns, s.end_ns, "
+    "t.trace_id, s.span_id, s.parent_span_id, s.service, s.name, s.kind, s.start_ns, s.end_ns, "
     "s.status_code, s.status_message, s.trace_state, s.flags, s.attributes, s.events, s.links, "
     "r.body, c.body"
 )
 
+# A trace that had spans before this batch: recomputed from all of them.
 _UPDATE_TRACE = """
-INSERT OR REPLACE INTO traces
-    (trace_id, start_ns, end_ns, span_count, error_count, root_service, root_name, received_ns)
-SELECT ?1, min(start_ns), max(end_ns), count(*), sum(status_code = 2),
-    (SELECT service FROM spans WHERE trace_id = ?1 ORDER BY parent_span_id != '', start_ns LIMIT 1),
-    (SELECT name FROM spans WHERE trace_id = ?1 ORDER BY parent_span_id != '', start_ns LIMIT 1),
-    ?2
-FROM spans WHERE trace_id = ?1
+UPDATE traces SET
+    (start_ns, end_ns, span_count, error_count) =
+        (SELECT min(start_ns), max(end_ns), count(*), sum(status_code = 2) FROM spans WHERE tn = ?1),
+    (root_service, root_name) = (
+        SELECT service, name FROM spans WHERE tn = ?1 ORDER BY parent_span_id != '', start_ns LIMIT 1),
+    received_ns = ?2
+WHERE tn = ?1
 """
 
 
@@ -156,18 +180,17 @@ class Store:
         # NORMAL in WAL mode: a commit survives the process being killed (it is in the WAL
         # file); only an OS crash or power loss can lose the last transactions.
         self._writer.execute("PRAGMA synchronous=NORMAL")
-        # Measured (benchmarks/view.py): the span and attribute indexes take random inserts,
-        # which with SQLite's 2 MB default cache re-read pages at every batch; and a
-        # checkpoint every 1,000 WAL pages ran at almost every commit. 64 MB of cache for
-        # the writer, and a checkpoint every 10,000 pages (about 40 MB of WAL), write faster.
+        # Measured (benchmarks/view.py): with SQLite's 2 MB default cache the writer re-read
+        # index pages at every batch, and a checkpoint every 1,000 WAL pages ran at almost
+        # every commit. 64 MB of cache, and a checkpoint every 10,000 pages (about 40 MB of WAL).
         self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-        self._writer.executescript(_SCHEMA)
+        self._open_schema(self._writer)
         self._readers: list[sqlite3.Connection] = []
         self._resource_ids: dict[str, int] = {}
         self._scope_ids: dict[str, int] = {}
-        self._span_total = self._writer.execute("SELECT total(span_count) FROM traces").fetchone()[0]
-        self._span_total = int(self._span_total)
+        self._span_total = int(self._writer.execute("SELECT total(span_count) FROM traces").fetchone()[0])
+        self._next_tn = self._writer.execute("SELECT coalesce(max(tn), 0) + 1 FROM traces").fetchone()[0]
         self._age_checked = 0.0
         self._closed = False
 
@@ -177,6 +200,46 @@ class Store:
         connection = unwrapped(sqlite3.connect)(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         connection.execute("PRAGMA busy_timeout=30000")
         return connection
+
+    @staticmethod
+    def _open_schema(db: sqlite3.Connection) -> None:
+        """Make the schema, migrating a store of the layout keyed by trace id."""
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        old = "spans" in tables and any(row[1] == "trace_id" for row in db.execute("PRAGMA table_info(spans)"))
+        if not old:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        from .server import log
+
+        log(f"migrating {db.execute('PRAGMA database_list').fetchone()[2]} to the current layout (once) ...")
+        started = time.monotonic()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for index in _OLD_INDEXES:
+                db.execute(f"DROP INDEX IF EXISTS {index}")
+            for table in ("spans", "traces", "span_attrs"):
+                if table in tables:
+                    db.execute(f"ALTER TABLE {table} RENAME TO old_{table}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if {"traces", "span_attrs"} <= tables:
+                for statement in _MIGRATE.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            for table in ("spans", "traces", "span_attrs"):
+                if table in tables:
+                    db.execute(f"DROP TABLE old_{table}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        # The old tables' pages are free now: give them back (measured, 1M spans: the
+        # migration 51 s and this 9 s; the file 1.7 GB before, 0.8 GB after).
+        db.execute("VACUUM")
+        log(f"migrated in {time.monotonic() - started:.0f} s")
 
     # -- writing ----------------------------------------------------------------------
 
@@ -190,7 +253,6 @@ class Store:
             if self._closed:
                 raise RuntimeError("the store is closed")
             db = self._writer
-            touched = sorted({r.trace_id for r in records})
             # The records of one request share their resource and scope objects: each is
             # encoded and looked up once a batch (ids of objects alive for the whole call).
             resource_ids: dict[int, int] = {}
@@ -206,50 +268,72 @@ class Store:
 
             db.execute("BEGIN IMMEDIATE")
             try:
-                before = self._counts(db, touched)
-                db.executemany(
-                    "INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            r.trace_id, r.span_id, r.parent_span_id, r.service, r.name, r.kind,
-                            r.start_ns, r.end_ns, max(0, r.end_ns - r.start_ns), r.status_code,
-                            r.status_message, r.trace_state, r.flags,
-                            _dumps(r.attributes), _dumps(r.events), _dumps(r.links),
-                            resource_ids.get(id(r.resource)) or resource_id(r.resource),
-                            scope_ids.get(id(r.scope)) or scope_id(r.scope),
-                        )
-                        for r in records
-                    ],
-                )
-                db.executemany(
-                    "INSERT OR IGNORE INTO span_attrs VALUES (?,?,?)",
-                    _index_rows(
-                        (r.trace_id, r.attributes, id(r.resource), r.resource.get("attributes", ())) for r in records
-                    ),
-                )
+                # Another process may write to the same file: numbers go on from the file's.
+                next_tn = max(self._next_tn, db.execute("SELECT coalesce(max(tn), 0) + 1 FROM traces").fetchone()[0])
+                numbers = self._numbers(db, {r.trace_id for r in records})
+                known = set(numbers.values())
+                # A trace not stored yet gets the next number, and its row is computed here
+                # from the batch (the first of the same span id counts, as the insert keeps it).
+                new: dict[str, list] = {}
+                first: dict[tuple[str, str], SpanRecord] = {}
+                for r in records:
+                    if r.trace_id not in numbers:
+                        numbers[r.trace_id] = next_tn
+                        next_tn += 1
+                        new[r.trace_id] = []
+                    if r.trace_id in new and (r.trace_id, r.span_id) not in first:
+                        first[r.trace_id, r.span_id] = r
+                        new[r.trace_id].append(r)
+                index: set[tuple[str, str, int]] = set()
+                resources_done: set[tuple[int, int]] = set()
+                rows = []
+                for r in records:
+                    tn = numbers[r.trace_id]
+                    key = (id(r.resource), tn)
+                    if key not in resources_done:  # the resource's attributes, once a trace
+                        resources_done.add(key)
+                        add_index_rows(r.resource.get("attributes", ()), tn, index)
+                    rows.append((
+                        tn, r.span_id, r.parent_span_id, r.service, r.name, r.kind,
+                        r.start_ns, r.end_ns, max(0, r.end_ns - r.start_ns), r.status_code,
+                        r.status_message, r.trace_state, r.flags,
+                        stored_attributes(r.attributes, tn, index), _dumps(r.events), _dumps(r.links),
+                        resource_ids.get(id(r.resource)) or resource_id(r.resource),
+                        scope_ids.get(id(r.scope)) or scope_id(r.scope),
+                    ))
+                rows.sort(key=_TN_SPAN)  # stable: of a span sent twice, the first is kept
+                cursor = db.executemany("INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                added = cursor.rowcount
+                db.executemany("INSERT OR IGNORE INTO span_attrs VALUES (?,?,?)", sorted(index))
                 db.executemany(
                     "INSERT OR IGNORE INTO operations VALUES (?,?,?)",
                     {(r.service, r.name, r.kind) for r in records},
                 )
-                db.executemany(_UPDATE_TRACE, [(trace_id, now) for trace_id in touched])
-                after = self._counts(db, touched)
+                db.executemany(
+                    "INSERT INTO traces VALUES (?,?,?,?,?,?,?,?,?)",
+                    [_trace_row(numbers[trace_id], trace_id, spans, now) for trace_id, spans in new.items()],
+                )
+                db.executemany(_UPDATE_TRACE, [(tn, now) for tn in sorted(known)])
+                # Retention in the same transaction: one commit a batch.
+                _, dropped = self._retain_in(db, now, self._span_total + added)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 self._resource_ids.clear()  # ids of the rolled-back rows are void
                 self._scope_ids.clear()
                 raise
-            self._span_total += sum(after.values()) - sum(before.values())
-            self._retain_locked(now)
+            self._next_tn = next_tn
+            self._span_total += added - dropped
         return len(records)
 
     @staticmethod
-    def _counts(db: sqlite3.Connection, trace_ids: list[str]) -> dict[str, int]:
-        counts = {}
-        for chunk in _chunks(trace_ids):
+    def _numbers(db: sqlite3.Connection, trace_ids: Iterable[str]) -> dict[str, int]:
+        """trace id -> number, of those stored."""
+        numbers: dict[str, int] = {}
+        for chunk in _chunks(sorted(trace_ids)):
             marks = ",".join("?" * len(chunk))
-            counts.update(db.execute(f"SELECT trace_id, span_count FROM traces WHERE trace_id IN ({marks})", chunk))
-        return counts
+            numbers.update(db.execute(f"SELECT trace_id, tn FROM traces WHERE trace_id IN ({marks})", chunk))
+        return numbers
 
     @staticmethod
     def _id_of(db: sqlite3.Connection, table: str, cache: dict[str, int], obj: dict) -> int:
@@ -264,57 +348,60 @@ class Store:
         """Apply retention now; returns how many traces were dropped."""
         with self._lock:
             self._age_checked = 0.0
-            return self._retain_locked(time.time_ns())
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                traces, spans = self._retain_in(db, time.time_ns(), self._span_total)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._span_total -= spans
+            return traces
 
-    def _retain_locked(self, now_ns: int) -> int:
-        doomed: list[str] = []
-        db = self._writer
+    def _retain_in(self, db: sqlite3.Connection, now_ns: int, span_total: int) -> tuple[int, int]:
+        """Drop what retention says, in the open transaction: (traces, spans) dropped."""
+        doomed: list[int] = []
         if self.retention_days is not None and time.monotonic() - self._age_checked >= min(
             _AGE_CHECK_EVERY_S, self.retention_days * 86400 / 10
         ):
             self._age_checked = time.monotonic()
             cutoff = now_ns - int(self.retention_days * 86400e9)
-            doomed += [row[0] for row in db.execute("SELECT trace_id FROM traces WHERE received_ns < ?", (cutoff,))]
-        if self.max_spans is not None and self._span_total > self.max_spans:
-            excess = self._span_total - self.max_spans
+            doomed += [row[0] for row in db.execute("SELECT tn FROM traces WHERE received_ns < ?", (cutoff,))]
+        if self.max_spans is not None and span_total > self.max_spans:
+            excess = span_total - self.max_spans
             seen = set(doomed)
-            for trace_id, count in db.execute("SELECT trace_id, span_count FROM traces ORDER BY received_ns, start_ns"):
+            for tn, count in db.execute("SELECT tn, span_count FROM traces ORDER BY received_ns, start_ns"):
                 if excess <= 0:
                     break
-                if trace_id not in seen:
-                    doomed.append(trace_id)
+                if tn not in seen:
+                    doomed.append(tn)
                     excess -= count
-        if doomed:
-            self._drop_locked(doomed)
-        return len(doomed)
+        return len(doomed), self._drop(db, doomed) if doomed else 0
 
-    def _drop_locked(self, trace_ids: list[str]) -> None:
-        db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            dropped = 0
-            resources: dict[int, list] = {}
-            for chunk in _chunks(trace_ids):
-                marks = ",".join("?" * len(chunk))
-                dropped += db.execute(f"SELECT total(span_count) FROM traces WHERE trace_id IN ({marks})", chunk).fetchone()[0]
-                spans = db.execute(
-                    f"SELECT trace_id, attributes, resource_id FROM spans WHERE trace_id IN ({marks})", chunk
-                ).fetchall()
-                for resource in {row[2] for row in spans} - resources.keys():
-                    body = db.execute("SELECT body FROM resources WHERE id = ?", (resource,)).fetchone()[0]
-                    resources[resource] = json.loads(body).get("attributes", [])
-                rows = _index_rows(
-                    (trace_id, json.loads(attributes), resource, resources[resource])
-                    for trace_id, attributes, resource in spans
-                )
-                db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND trace_id = ?", rows)
-                for table in ("spans", "traces"):
-                    db.execute(f"DELETE FROM {table} WHERE trace_id IN ({marks})", chunk)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._span_total -= int(dropped)
+    @staticmethod
+    def _drop(db: sqlite3.Connection, numbers: list[int]) -> int:
+        """Delete these traces, their spans and attribute rows; returns the spans dropped."""
+        dropped = 0
+        resources: dict[int, list] = {}
+        for chunk in _chunks(numbers):
+            marks = ",".join("?" * len(chunk))
+            dropped += db.execute(f"SELECT total(span_count) FROM traces WHERE tn IN ({marks})", chunk).fetchone()[0]
+            spans = db.execute(f"SELECT tn, attributes, resource_id FROM spans WHERE tn IN ({marks})", chunk).fetchall()
+            for resource in {row[2] for row in spans} - resources.keys():
+                body = db.execute("SELECT body FROM resources WHERE id = ?", (resource,)).fetchone()[0]
+                resources[resource] = json.loads(body).get("attributes", [])
+            rows: set[tuple[str, str, int]] = set()
+            resources_done: set[tuple[int, int]] = set()
+            for tn, attributes, resource in spans:
+                stored_index_rows(attributes, tn, rows)
+                if (resource, tn) not in resources_done:
+                    resources_done.add((resource, tn))
+                    add_index_rows(resources[resource], tn, rows)
+            db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND tn = ?", sorted(rows))
+            for table in ("spans", "traces"):
+                db.execute(f"DELETE FROM {table} WHERE tn IN ({marks})", chunk)
+        return int(dropped)
 
     def close(self) -> None:
         with self._lock:
@@ -390,16 +477,16 @@ class Store:
                 span_params.append(value)
         if span_conditions and (query.tags or query.trace_ids):
             # A narrower set (an attribute's traces, given ids) drives: each of its traces is
-            # checked through the spans' primary key ("+" keeps the planner off the service
-            # index, which would scan every span of the service for each trace).
+            # checked through its spans' (tn, span id) index ("+" keeps the planner off the
+            # service index, which would scan every span of the service for each trace).
             checks = " AND ".join(f"+s.{condition}" for condition in span_conditions)
-            where.append(f"EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {checks})")
+            where.append(f"EXISTS (SELECT 1 FROM spans s WHERE s.tn = t.tn AND {checks})")
             params.extend(span_params)
         elif span_conditions:
-            where.append(f"t.trace_id IN (SELECT trace_id FROM spans WHERE {' AND '.join(span_conditions)})")
+            where.append(f"t.tn IN (SELECT tn FROM spans WHERE {' AND '.join(span_conditions)})")
             params.extend(span_params)
         for key, value in query.tags.items():
-            where.append("t.trace_id IN (SELECT trace_id FROM span_attrs WHERE key = ? AND value = ?)")
+            where.append("t.tn IN (SELECT tn FROM span_attrs WHERE key = ? AND value = ?)")
             params.extend((key, value))
         condition = " AND ".join(where)
         total = self._read(f"SELECT count(*) FROM traces t WHERE {condition}", params)[0][0]
@@ -415,12 +502,13 @@ class Store:
         for chunk in _chunks([t.lower() for t in trace_ids]):
             marks = ",".join("?" * len(chunk))
             rows = self._read(
-                f"SELECT {_SPAN_COLUMNS} FROM spans s JOIN resources r ON r.id = s.resource_id "
-                f"JOIN scopes c ON c.id = s.scope_id WHERE s.trace_id IN ({marks}) ORDER BY s.trace_id, s.start_ns",
+                f"SELECT {_SPAN_COLUMNS} FROM traces t JOIN spans s ON s.tn = t.tn "
+                "JOIN resources r ON r.id = s.resource_id JOIN scopes c ON c.id = s.scope_id "
+                f"WHERE t.trace_id IN ({marks}) ORDER BY t.trace_id, s.start_ns",
                 chunk,
             )
             records.extend(
-                SpanRecord(*row[:12], json.loads(row[12]), json.loads(row[13]), json.loads(row[14]),
+                SpanRecord(*row[:12], load_attributes(row[12]), json.loads(row[13]), json.loads(row[14]),
                            json.loads(row[15]), json.loads(row[16]))
                 for row in rows
             )
@@ -438,7 +526,8 @@ class Store:
             ):
                 found[row[0]] = TraceSummary(*row, services=[])
             for trace_id, service in self._read(
-                f"SELECT DISTINCT trace_id, service FROM spans WHERE trace_id IN ({marks}) ORDER BY trace_id, service",
+                "SELECT DISTINCT t.trace_id, s.service FROM traces t JOIN spans s ON s.tn = t.tn "
+                f"WHERE t.trace_id IN ({marks}) ORDER BY t.trace_id, s.service",
                 chunk,
             ):
                 found[trace_id].services.append(service)
@@ -449,7 +538,7 @@ class Store:
         CONSUMER span it caused in another service, in the window."""
         return self._read(
             "SELECT c.service, s.service, count(*), sum(s.status_code = 2) FROM spans s "
-            "JOIN spans c ON c.trace_id = s.trace_id AND c.span_id = s.parent_span_id "
+            "JOIN spans c ON c.tn = s.tn AND c.span_id = s.parent_span_id "
             "WHERE s.kind IN (2, 5) AND c.kind IN (3, 4) AND c.service != s.service "
             "AND s.start_ns >= ? AND s.start_ns <= ? GROUP BY 1, 2 ORDER BY 1, 2",
             (start_ns, end_ns),
@@ -473,6 +562,82 @@ def _dumps(value: object) -> str:
     return _encode(value) if value else "[]"  # events and links are mostly empty lists
 
 
+# A span's attributes are stored as a JSON object of plain values ({"http.route": "/a",
+# "http.response.status_code": 200}) when each is a string, bool, int or finite double and no
+# key repeats: half the text of the OTLP JSON list, and quicker to encode. Others (arrays,
+# maps, bytes, NaN, a repeated key) are stored as the OTLP JSON list, as stores made before.
+_NOT_PLAIN = object()
+
+
+def stored_attributes(attributes: list | dict, tn: int, index: set) -> str:
+    """The stored text of a span's attributes (the OTLP JSON list, or a dict of plain
+    values from ``decode_protobuf(plain=True)``); adds their ``span_attrs`` rows to ``index``."""
+    if not attributes:
+        return "[]"
+    if type(attributes) is dict:
+        for key, item in attributes.items():
+            text = item if type(item) is str else plain_text(item)
+            if len(text) <= MAX_INDEXED_VALUE:
+                index.add((key, text, tn))
+        return _encode(attributes)
+    plain = {}
+    for kv in attributes:
+        key, value = kv["key"], kv["value"]
+        text = value.get("stringValue")
+        if text is None:
+            text = attribute_text(value)
+            plain[key] = _plain(value)
+        else:
+            plain[key] = text
+        if text is not None and len(text) <= MAX_INDEXED_VALUE:
+            index.add((key, text, tn))
+    if len(plain) == len(attributes) and _NOT_PLAIN not in plain.values():
+        return _encode(plain)
+    return _encode(attributes)  # a repeated key, or a value that is not plain
+
+
+def plain_text(item: object) -> str:
+    """The text a ``key=value`` search matches a plain stored value (not a string) against."""
+    if type(item) is bool:
+        return "true" if item else "false"
+    return repr(item) if type(item) is float else str(item)
+
+
+def _plain(value: dict) -> object:
+    """The plain JSON value of a one-field OTLP JSON value other than a string, or _NOT_PLAIN."""
+    if len(value) == 1:
+        if type(value.get("boolValue")) is bool:
+            return value["boolValue"]
+        if type(value.get("doubleValue")) is float:
+            return value["doubleValue"]  # finite: NaN and the infinities are strings in OTLP JSON
+        number = value.get("intValue")
+        if type(number) is str:
+            try:
+                if str(int(number)) == number:
+                    return int(number)
+            except ValueError:
+                pass
+    return _NOT_PLAIN
+
+
+def load_attributes(text: str) -> list:
+    """A span's stored attributes as OTLP JSON KeyValues (either stored form)."""
+    loaded = json.loads(text)
+    if type(loaded) is list:
+        return loaded
+    return [{"key": key, "value": _otlp_value(item)} for key, item in loaded.items()]
+
+
+def _otlp_value(item: object) -> dict:
+    if type(item) is str:
+        return {"stringValue": item}
+    if type(item) is bool:
+        return {"boolValue": item}
+    if type(item) is int:
+        return {"intValue": str(item)}
+    return {"doubleValue": item}
+
+
 def _chunks(items: list) -> Iterable[list]:
     for at in range(0, len(items), _CHUNK):
         yield items[at : at + _CHUNK]
@@ -491,20 +656,29 @@ def attribute_text(value: dict) -> str | None:
     return None
 
 
-def _index_rows(spans: Iterable[tuple[str, list, object, list]]) -> set[tuple[str, str, str]]:
-    """The ``span_attrs`` rows of spans given as (trace id, attributes, resource identity,
-    resource attributes): each scalar attribute of a span or its resource, once a trace."""
-    rows = set()
-    resources_done: set[tuple[object, str]] = set()
-    for trace_id, attributes, resource, resource_attributes in spans:
-        attribute_lists = [attributes]
-        key = (resource, trace_id)
-        if key not in resources_done:
-            resources_done.add(key)
-            attribute_lists.append(resource_attributes)
-        for attribute_list in attribute_lists:
-            for kv in attribute_list:
-                text = attribute_text(kv["value"])
-                if text is not None and len(text) <= MAX_INDEXED_VALUE:
-                    rows.add((kv["key"], text, trace_id))
-    return rows
+def stored_index_rows(text: str, tn: int, rows: set) -> None:
+    """Adds the ``span_attrs`` rows of a span's stored attributes (as :meth:`Store.write`
+    made them) to ``rows``."""
+    loaded = json.loads(text)
+    if type(loaded) is list:
+        return add_index_rows(loaded, tn, rows)
+    for key, item in loaded.items():
+        text = item if type(item) is str else plain_text(item)
+        if len(text) <= MAX_INDEXED_VALUE:
+            rows.add((key, text, tn))
+
+
+def add_index_rows(attributes: Iterable[dict], tn: int, rows: set) -> None:
+    for kv in attributes:
+        text = attribute_text(kv["value"])
+        if text is not None and len(text) <= MAX_INDEXED_VALUE:
+            rows.add((kv["key"], text, tn))
+
+
+def _trace_row(tn: int, trace_id: str, spans: list[SpanRecord], received_ns: int) -> tuple:
+    """The ``traces`` row of a trace new in this batch, from its (distinct) spans."""
+    root = min(spans, key=lambda r: (r.parent_span_id != "", r.start_ns))
+    return (
+        tn, trace_id, min(r.start_ns for r in spans), max(r.end_ns for r in spans), len(spans),
+        sum(r.status_code == ERROR for r in spans), root.service, root.name, received_ns,
+    )

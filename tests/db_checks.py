@@ -1,4 +1,5 @@
-"""What the PostgreSQL driver tests check, written once (tests/test_db_psycopg*.py)."""
+"""What the database hook tests check, written once (tests/test_db*.py): the settings
+fixture, the database spans, their parent, the server's attributes, a failed call."""
 
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ from opentelemetry.trace import SpanKind, StatusCode
 import pytest
 
 
-def db_spans(exporter) -> list:
-    """The database CLIENT spans that ended, in the order they ended."""
+def db_spans(exporter, library: str | None = None) -> list:
+    """The database CLIENT spans that ended, in the order they ended (only ``library``'s if given)."""
+    scope = "autotrace.db." + (library or "")
     return [
         s
         for s in exporter.get_finished_spans()
-        if s.kind == SpanKind.CLIENT and s.instrumentation_scope.name.startswith("autotrace.db.")
+        if s.kind == SpanKind.CLIENT and (s.instrumentation_scope.name == scope if library else s.instrumentation_scope.name.startswith(scope))
     ]
+
+
+def request_span(name: str = "request"):
+    """The request's span, current in the thread or task that enters it."""
+    from opentelemetry import trace
+
+    return trace.get_tracer("test").start_as_current_span(name)
 
 
 def table_name() -> str:
@@ -32,9 +41,11 @@ def server_attributes(server) -> dict:
     }
 
 
-def assert_child(span, parent, library: str) -> None:
+def assert_child(span, parent, library: str | None = None) -> None:
+    """A CLIENT span (of ``library``'s hook if given), child of span ``parent``."""
     assert span.kind == SpanKind.CLIENT
-    assert span.instrumentation_scope.name == f"autotrace.db.{library}"
+    if library is not None:
+        assert span.instrumentation_scope.name == f"autotrace.db.{library}"
     assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
     assert span.context.trace_id == parent.get_span_context().trace_id
 
@@ -69,13 +80,42 @@ def apply_hook(hook_name: str, *targets: tuple[str, str]):
     return hook
 
 
+def hooked(spans, hook_name: str, *targets: tuple[str, str]):
+    """For a fixture (``yield from``): the hook applied as under the agent (:func:`apply_hook`),
+    the exporter yielded, the originals put back after."""
+    from autotrace import patching
+
+    mark = len(patching.history)
+    apply_hook(hook_name, *targets)
+    yield spans
+    patching.undo(mark)
+
+
 @pytest.fixture
-def db_settings(monkeypatch):
-    """The database settings at their defaults (and read again after the test)."""
+def dsn(postgres_server) -> str:
+    """The libpq connection string of the session's PostgreSQL."""
+    s = postgres_server
+    return f"host={s.host} port={s.port} dbname={s.database} user={s.user} password={s.password}"
+
+
+DB_VARIABLES = ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS")
+
+
+@pytest.fixture
+def db_env(monkeypatch):
+    """The database settings at their defaults; ``db_env(AUTOTRACE_DB_STATEMENT="raw")``
+    sets some for the test. Read again after the test."""
     from autotrace import config
 
-    for name in ("AUTOTRACE_DB_STATEMENT", "AUTOTRACE_SQL_COMMENT", "AUTOTRACE_DB_ROOT_SPANS"):
+    for name in DB_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     config.reset_db_settings()
-    yield monkeypatch
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        config.reset_db_settings()
+
+    yield set_env
+    monkeypatch.undo()
     config.reset_db_settings()
