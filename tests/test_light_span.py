@@ -27,7 +27,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from autotrace import api, light_span, spans
+from autotrace import api, light_span
+from autotrace import spans as span_core
 from autotrace.light_span import LightSpan
 from autotrace.otlp_encode import encode_spans
 from autotrace.propagation.decision import ACCEPT, DEFER, DENY, with_decision
@@ -129,7 +130,7 @@ def test_a_light_span_encodes_like_the_sdk_span(start_attributes, known, app, sp
     links = [Link(SpanContext(7, 8, is_remote=False), {"link.attr": 1})] if with_link else None
     pair = _started_alike(tracer, parent, "op", start_attributes, links)
     for span in pair:
-        spans.set_known(span, known)  # the hook's own later values
+        span_core.set_known(span, known)  # the hook's own later values
         span.set_attributes(app)  # the app's
         if event is not None:
             span.add_event("evt", event, timestamp=1_000)
@@ -299,13 +300,11 @@ def test_a_sampler_that_reads_attributes_gets_them_and_its_attributes_are_kept()
 def hook_span(spans):
     """A span a hook started (spans.start, made current), with the session's SDK provider."""
     api.tracers.pop("autotrace.test.light", None)
-    call = spans_module.start("autotrace.test.light", "GET", "CLIENT", {"http.request.method": "GET", "server.port": 80})
+    call = span_core.start("autotrace.test.light", "GET", "CLIENT", {"http.request.method": "GET", "server.port": 80})
     assert call is not None and type(call.span) is LightSpan
     yield call
     call.close()
 
-
-spans_module = spans
 
 
 def test_the_app_sees_the_hook_span_as_the_current_sdk_span(hook_span, spans):
@@ -361,7 +360,7 @@ def test_an_ended_span_takes_nothing_more(hook_span, spans, caplog):
     hook_span.close()
     with caplog.at_level(logging.WARNING):
         span.set_attribute("late", 1)
-        spans_module.set_known(span, {"late.known": 1})
+        span_core.set_known(span, {"late.known": 1})
         span.add_event("late")
         span.end()
     (ended,) = spans.get_finished_spans()
