@@ -28,7 +28,7 @@ from . import _log, api, spans
 from .config import http_settings
 from .redact import redact_query
 from .server_span import KNOWN_METHODS
-from .spans import SpanHandle, capture_headers, error_type, mark_error
+from .spans import SpanHandle, capture_headers, error_type, mark_error, set_known
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,9 +121,9 @@ class ClientSpan(SpanHandle):
         try:
             span = self.span
             if protocol_version:  # one call: the SDK takes its lock once
-                span.set_attributes({"http.response.status_code": status_code, "network.protocol.version": protocol_version})
+                set_known(span, {"http.response.status_code": status_code, "network.protocol.version": protocol_version})
             else:
-                span.set_attribute("http.response.status_code", status_code)
+                set_known(span, {"http.response.status_code": status_code})
             if status_code >= 400:
                 mark_error(span, str(status_code))
             wanted = http_settings().client_response_headers
@@ -172,19 +172,23 @@ def start(
                 outer.resends += 1
                 resend_count = outer.resends
         known = method.upper() if method.upper() in KNOWN_METHODS else None
-        attributes: dict[str, object] = {"http.request.method": known or "_OTHER"}
-        if method != attributes["http.request.method"]:
-            attributes["http.request.method_original"] = method
-        full, address, port = url_attributes(url)
-        attributes["url.full"] = full
-        if address:
-            attributes["server.address"] = address
-        if port is not None:
-            attributes["server.port"] = port
-        if protocol_version:
-            attributes["network.protocol.version"] = protocol_version
-        if resend_count:
-            attributes["http.request.resend_count"] = resend_count
+
+        def attributes() -> dict[str, object]:  # called only if the span is recorded
+            found: dict[str, object] = {"http.request.method": known or "_OTHER"}
+            if method != found["http.request.method"]:
+                found["http.request.method_original"] = method
+            full, address, port = url_attributes(url)
+            found["url.full"] = full
+            if address:
+                found["server.address"] = address
+            if port is not None:
+                found["server.port"] = port
+            if protocol_version:
+                found["network.protocol.version"] = protocol_version
+            if resend_count:
+                found["http.request.resend_count"] = resend_count
+            return found
+
         span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
         call = ClientSpan(span, library, parent, previous)
         call.context = context.set_value(api.IN_CLIENT_CALL, call, ctx)

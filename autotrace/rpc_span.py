@@ -28,7 +28,7 @@ import re
 from . import _log, api, spans
 from .propagation.fields import bounded_values
 from .server_span import extract_incoming
-from .spans import SpanHandle, mark_error
+from .spans import SpanHandle, mark_error, set_known
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class RpcSpan(SpanHandle):
         try:
             attributes = _with_address({}, "client", _split_peer(peer))
             if attributes:
-                self.span.set_attributes(attributes)
+                set_known(self.span, attributes)
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
 
@@ -122,7 +122,7 @@ class RpcSpan(SpanHandle):
         attributes = ports.attributes
         if attributes:
             try:
-                self.span.set_attributes(attributes)
+                set_known(self.span, attributes)
             except Exception as exc:  # noqa: BLE001
                 self.report(exc)
 
@@ -134,7 +134,7 @@ class RpcSpan(SpanHandle):
                 return
             self._coded = True
             span = self.span
-            span.set_attribute("rpc.grpc.status_code", number)
+            set_known(span, {"rpc.grpc.status_code": number})
             if number != 0:
                 mark_error(span, name, details or None)
         except Exception as exc:  # noqa: BLE001

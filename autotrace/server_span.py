@@ -34,7 +34,7 @@ from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
 from .redact import redact_query
-from .spans import SpanHandle, capture_headers, error_type, exception_description, mark_error
+from .spans import SpanHandle, capture_headers, error_type, exception_description, mark_error, set_known
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class ServerSpan(SpanHandle):
     def set_status_code(self, code: int) -> None:
         try:
             span = self.span
-            span.set_attribute("http.response.status_code", code)
+            set_known(span, {"http.response.status_code": code})
             # An exception recorded already (one a framework turned into this response)
             # names the error better than its status code: error.type keeps it.
             if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):
@@ -235,30 +235,33 @@ def start(
             if any(pattern.search(url) for pattern in settings.excluded):
                 return None
         known = method.upper() if method.upper() in KNOWN_METHODS else None
-        attributes: dict[str, object] = {
-            "http.request.method": known or "_OTHER",
-            "url.scheme": scheme,
-            "url.path": path,
-        }
-        if method != attributes["http.request.method"]:  # unknown, or known in another case
-            attributes["http.request.method_original"] = method
-        if query:
-            attributes["url.query"] = redact_query(query)
-        if server_address:
-            attributes["server.address"] = server_address
-        if server_port is not None:
-            attributes["server.port"] = server_port
-        if client_address:
-            attributes["client.address"] = client_address
-        if protocol_version:
-            attributes["network.protocol.version"] = protocol_version
-        agent = headers("user-agent")
-        if agent:
-            attributes["user_agent.original"] = agent[0]
+
+        def attributes() -> dict[str, object]:  # called only if the span is recorded
+            found: dict[str, object] = {
+                "http.request.method": known or "_OTHER",
+                "url.scheme": scheme,
+                "url.path": path,
+            }
+            if method != found["http.request.method"]:  # unknown, or known in another case
+                found["http.request.method_original"] = method
+            if query:
+                found["url.query"] = redact_query(query)
+            if server_address:
+                found["server.address"] = server_address
+            if server_port is not None:
+                found["server.port"] = server_port
+            if client_address:
+                found["client.address"] = client_address
+            if protocol_version:
+                found["network.protocol.version"] = protocol_version
+            agent = headers("user-agent")
+            if agent:
+                found["user_agent.original"] = agent[0]
+            return found
 
         parent, links = extract_incoming(headers, _GETTER, current)
         span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.SERVER, parent, attributes, links or None)
-        if settings.request_headers:
+        if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
         ctx = context.set_value(api.IN_SERVER_SPAN, span, ctx)
@@ -281,7 +284,7 @@ def set_route(route: str) -> None:
         span = current()
         if span is None or not route:
             return
-        span.set_attribute("http.route", route)
+        set_known(span, {"http.route": route})
         method = getattr(span, "attributes", {}).get("http.request.method", "HTTP")
         span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
     except Exception as exc:  # noqa: BLE001

@@ -78,7 +78,7 @@ class SpanHandle:
     def set_attributes(self, attributes: Mapping[str, object]) -> None:
         """Add attributes to the span (what became known during the operation)."""
         try:
-            self.span.set_attributes(attributes)
+            set_known(self.span, attributes)
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
 
@@ -117,11 +117,40 @@ def new(tracer: str, name: str, kind: trace.SpanKind, parent: context.Context, a
     For a span kind's own start function, after its checks (API loaded, instrumentation
     not suppressed), which then hands the two out in its :class:`SpanHandle` subclass. It
     raises what the SDK raises: the caller reports it. ``tracer`` names the agent's
-    tracer (``autotrace.http.server`` ...).
+    tracer (``autotrace.http.server`` ...). ``attributes``: a dict of the hook's own
+    values, or a function returning one, called only if the span is recorded.
+
+    The span is a light one (:mod:`autotrace.light_span`, imported here at the first
+    span) when the tracer is an SDK tracer whose work it can reproduce, else the
+    tracer's own.
     """
     found = api.tracers.get(tracer)  # not api.tracer(): a call less on every request
-    span = (found or api.tracer(tracer)).start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
+    span = (_light or _load_light())(found or api.tracer(tracer), name, kind, parent, attributes, links)
     return span, api.trace.set_span_in_context(span, parent)
+
+
+_light = None  # light_span.start_span, imported at the first span (it imports the SDK)
+
+
+def _load_light():
+    global _light
+    from .light_span import start_span
+
+    _light = start_span
+    return start_span
+
+
+def set_known(span: trace.Span, attributes: Mapping[str, object]) -> None:
+    """Set attributes the hook produced itself (its own keys, values of plain types).
+
+    On a light span they are kept without the SDK's per-value cleaning; on any other
+    span this is ``set_attributes``. Raises what the SDK raises: the caller reports it.
+    """
+    known = getattr(span, "set_known", None)
+    if known is not None:
+        known(attributes)
+    else:
+        span.set_attributes(attributes)
 
 
 def start(
@@ -161,7 +190,7 @@ def start(
 
 def mark_error(span: trace.Span, error_type: str, description: str | None = None) -> None:
     """Status ERROR with ``description``, and ``error.type``; raises what the SDK raises."""
-    span.set_attribute("error.type", error_type)
+    set_known(span, {"error.type": error_type})
     span.set_status(api.Status(api.StatusCode.ERROR, description))
 
 

@@ -1,15 +1,18 @@
 """Cost of an outgoing request: plain Python vs under ``autotrace run``.
 
-    python benchmarks/clients.py [--calls 2000] [--rounds 5]
+    python benchmarks/clients.py [--calls 2000] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
 
 A client process makes ``--calls`` sequential GETs to a local server and prints the
 mean time per call; each form (``requests.get``, a ``requests.Session``, an
 ``httpx.Client``, a urllib3 pool, ``urllib.request.urlopen``) runs plain and under the
 agent, alternating for ``--rounds`` rounds. Under the agent every call is a CLIENT span,
 exported over OTLP/HTTP to a local sink that accepts and discards it (as a collector
-would), so export does its real work. Ratios are medians against plain in the same run.
-The server and the sink run in this process's threads: they load the machine the same
-for both variants.
+would), so export does its real work. Ratios are medians against plain in the same run,
+of the wall clock and of the client process's CPU time (all its threads: the export
+thread too); the CPU figure moves less when other work shares the machine. The server
+and the sink run in this process's threads: they load the machine the same for both
+variants. ``--compare`` adds ``autotrace run`` of another install (a venv holding an
+earlier checkout), with that venv's Python: a before/after figure from the same run.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ elif form == "urllib":
     call = lambda: urllib.request.urlopen(url).read()
 for _ in range(min(200, calls)):  # warm-up: connections, caches, the SDK's set-up
     call()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 for _ in range(calls):
     call()
-print((time.perf_counter() - start) / calls * 1e6)
+elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(elapsed / calls * 1e6, cpu / calls * 1e6)
 '''
 
 FORMS = ("requests.get", "requests.Session", "httpx.Client", "urllib3", "urllib")
@@ -74,26 +78,37 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--forms", default=",".join(FORMS))
+    harness.add_compare(parser)
     args = parser.parse_args()
 
     hello, sink = harness.serve(_Hello), harness.serve(harness.Sink)
     url = f"http://127.0.0.1:{hello.server_address[1]}/hello"
     env = harness.plain_env()
-    variants = {"plain": ([], env), "autotrace": ([harness.autotrace(), "run"], harness.exporting_env(env, sink, "bench-client"))}
+    traced_env = harness.exporting_env(env, sink, "bench-client")
+    variants = {"plain": ([sys.executable], env), "autotrace": ([harness.autotrace(), "run", sys.executable], traced_env)}
+    for label, other_bin in harness.compared(parser, args.compare).items():
+        variants[label] = ([str(other_bin / "autotrace"), "run", str(other_bin / "python")], traced_env)
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'form':18} {'plain':>9} {'autotrace':>10} {'ratio':>7}")
+        traced = [name for name in variants if name != "plain"]
+        header = f"{'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced)
+        print(f"{'':18} {'wall clock':^{len(header)}} | {'CPU of the client process':^{len(header)}}")
+        print(f"{'form':18} {header} | {header}")
         for form in args.forms.split(","):
 
-            def measure(name: str, variant: tuple) -> float:
+            def measure(name: str, variant: tuple) -> list[float]:
                 prefix, environ = variant
-                return harness.run_client([*prefix, sys.executable, str(script), form, url, str(args.calls)], environ, form)[-1]
+                return harness.run_client([*prefix, str(script), form, url, str(args.calls)], environ, form)
 
             results = harness.alternate(args.rounds, variants, measure)
-            p, t = harness.median(results["plain"]), harness.median(results["autotrace"])
-            print(f"{form:18} {p:9.1f} {t:10.1f} {t / p:6.2f}x", flush=True)
+            columns = []
+            for index in (0, 1):  # wall clock, CPU
+                p = harness.median(r[index] for r in results["plain"])
+                medians = [harness.median(r[index] for r in results[name]) for name in traced]
+                columns.append(f"{p:9.1f}" + "".join(f" {t:14.1f} {t / p:6.2f}x" for t in medians))
+            print(f"{form:18} {columns[0]} | {columns[1]}", flush=True)
     hello.shutdown()
     sink.shutdown()
 

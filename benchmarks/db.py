@@ -1,6 +1,6 @@
 """Cost of a database or cache call: plain Python vs under ``autotrace run``, inside a request span.
 
-    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone]
+    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone] [--compare LABEL=VENV_BIN_DIR ...]
 
 One script for every database hook. A client process makes ``--calls`` sequential calls
 over loopback and prints the mean time per call (wall clock, and the CPU time of the
@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--redis-url", help="a running Redis (default: one started for the run)")
     parser.add_argument("--postgres-url", help="a running PostgreSQL (default: one started for the run)")
     parser.add_argument("--mariadb-url", help="a running MariaDB or MySQL (default: a MariaDB started for the run)")
+    harness.add_compare(parser)
     args = parser.parse_args()
     forms = args.forms.split(",")
     unknown = [form for form in forms if form not in FORMS]
@@ -191,9 +192,13 @@ def main() -> None:
     env = harness.plain_env()
     traced_env = harness.exporting_env(env, sink, "bench-db")
     autotrace = harness.autotrace()
-    variants = {"plain": ([], env), "autotrace": ([autotrace, "run"], traced_env)}
+    python = sys.executable
+    variants = {"plain": ([python], env), "autotrace": ([autotrace, "run", python], traced_env)}
     if args.no_export:
-        variants["no export"] = ([autotrace, "run"], dict(traced_env, OTEL_TRACES_EXPORTER="none"))
+        variants["no export"] = ([autotrace, "run", python], dict(traced_env, OTEL_TRACES_EXPORTER="none"))
+    others = harness.compared(parser, args.compare)
+    for label, other_bin in others.items():
+        variants[label] = ([str(other_bin / "autotrace"), "run", str(other_bin / "python")], traced_env)
     sys.path.insert(0, str(harness.ROOT / "tests"))
     import dbservers
 
@@ -212,20 +217,22 @@ def main() -> None:
 
             def measure(name: str, variant: tuple) -> list[float]:
                 prefix, environ = variant
-                return harness.run_client([*prefix, sys.executable, str(script), form, url, str(args.calls)], environ, form)
+                return harness.run_client([*prefix, str(script), form, url, str(args.calls)], environ, form)
 
             results = harness.alternate(args.rounds, variants, measure)
-            columns = []
-            for index in (0, 1):  # wall clock, CPU
-                p = harness.median(r[index] for r in results["plain"])
-                t = harness.median(r[index] for r in results["autotrace"])
-                columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
-            line = f"{form:20} {columns[0]} | {columns[1]}"
-            if args.no_export:
-                p = harness.median(r[0] for r in results["plain"])
-                u = harness.median(r[0] for r in results["no export"])
-                line += f" | {u:9.1f} {u / p:6.2f}x"
-            print(line, flush=True)
+            for name in ("autotrace", *others):
+                columns = []
+                for index in (0, 1):  # wall clock, CPU
+                    p = harness.median(r[index] for r in results["plain"])
+                    t = harness.median(r[index] for r in results[name])
+                    columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
+                label = form if name == "autotrace" else f"{form} ({name})"
+                line = f"{label:20} {columns[0]} | {columns[1]}"
+                if args.no_export and name == "autotrace":
+                    p = harness.median(r[0] for r in results["plain"])
+                    u = harness.median(r[0] for r in results["no export"])
+                    line += f" | {u:9.1f} {u / p:6.2f}x"
+                print(line, flush=True)
     sink.shutdown()
     if args.hook_alone:
         print(f"the psycopg hook alone, outside a request: {hook_alone():.2f} µs per execute")

@@ -1,11 +1,13 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
-    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1]
+    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--compare LABEL=VENV_BIN_DIR ...]
 
 Needs `wrk` (Debian package wrk). Each variant gets a fresh gunicorn on a free loopback
 port, a warm-up, then a timed wrk run; variants alternate for --rounds rounds, and the
 medians are compared with plain gunicorn measured in the same run. Spans go to a local
-OTLP/HTTP sink that accepts and discards them, so export does real work.
+OTLP/HTTP sink that accepts and discards them, so export does real work. ``--compare``
+adds ``autotrace run`` of another install (a venv holding an earlier checkout), with that
+venv's gunicorn: a before/after figure from the same run.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=VENV_BIN_DIR",
+        help="also measure `autotrace run` of the install in that venv's bin directory",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -88,6 +97,11 @@ def main() -> None:
         "plain": [gunicorn],
         "autotrace run": [str(bin_dir / "autotrace"), "run", gunicorn],
     }
+    for item in args.compare:
+        label, sep, other_bin = item.partition("=")
+        if not sep or not Path(other_bin, "autotrace").exists():
+            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+        variants[f"autotrace run ({label})"] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "gunicorn"))]
     for name, tool in (("opentelemetry-instrument", "opentelemetry-instrument"), ("ddtrace-run", "ddtrace-run")):
         path = shutil.which(tool, path=env["PATH"])
         if path:

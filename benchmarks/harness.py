@@ -95,3 +95,25 @@ def alternate(rounds: int, variants: Mapping[str, V], measure: Callable[[str, V]
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
+
+
+def add_compare(parser) -> None:
+    """``--compare LABEL=VENV_BIN_DIR`` (repeatable): ``autotrace run`` of another install, in the same run."""
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=VENV_BIN_DIR",
+        help="also measure `autotrace run` of the install in that venv's bin directory (an earlier checkout: a before/after figure)",
+    )
+
+
+def compared(parser, items: Iterable[str]) -> dict[str, Path]:
+    """The ``--compare`` installs by label: each a venv's bin directory holding ``autotrace`` (and its ``python``)."""
+    found: dict[str, Path] = {}
+    for item in items:
+        label, sep, other_bin = item.partition("=")
+        if not sep or not Path(other_bin, "autotrace").exists():
+            parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+        found[label] = Path(other_bin)
+    return found
