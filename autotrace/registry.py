@@ -62,6 +62,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("waitress", "waitress.server", "autotrace.hooks.waitress", "waitress", (2,)),
     Hook("uvicorn", "uvicorn.config", "autotrace.hooks.uvicorn", "uvicorn", (0, 20)),
     Hook("hypercorn", "hypercorn.utils", "autotrace.hooks.hypercorn", "hypercorn", (0, 14)),
+    Hook("aiohttp_server", "aiohttp.web_protocol", "autotrace.hooks.aiohttp_server", "aiohttp", (3, 8)),
     # ... frameworks name it by route (and start it under a server no hook knows).
     Hook("flask", "flask.app", "autotrace.hooks.flask", "flask", (2,)),
     Hook("django", "django.core.handlers.base", "autotrace.hooks.django", "django", (3, 2)),
@@ -74,6 +75,7 @@ HOOKS: tuple[Hook, ...] = (
     # layers under it (urllib3 and http.client under requests) see the call and start none.
     Hook("requests", "requests.sessions", "autotrace.hooks.requests", "requests", (2, 25)),
     Hook("httpx", "httpx._client", "autotrace.hooks.httpx", "httpx", (0, 23)),
+    Hook("aiohttp_client", "aiohttp.client", "autotrace.hooks.aiohttp_client", "aiohttp", (3, 8)),
     Hook("urllib", "urllib.request", "autotrace.hooks.urllib_request"),
     Hook("urllib3", "urllib3.connectionpool", "autotrace.hooks.urllib3", "urllib3", (1, 26)),
     Hook("http_client", "http.client", "autotrace.hooks.http_client"),
