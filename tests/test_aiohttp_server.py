@@ -257,3 +257,62 @@ def test_context_left_as_it_was_and_nothing_without_the_hook(spans):
     assert serve(make_app({}), lambda port: request(port, "GET", "/items/1")[0]) == 200
     assert context.get_current() is before
     assert not server_spans(spans)
+
+
+def test_responses_are_the_same_with_the_hook(spans):
+    paths = ["/items/3", "/fail", "/missing", "/unavailable", "/nowhere", "/stream", "/api/users/bo"]
+
+    def calls(port):
+        return [request(port, "GET", path) for path in paths]
+
+    def comparable(results):
+        return [(status, body, sorted((k, v) for k, v in headers.items() if k != "Date")) for status, body, headers in results]
+
+    plain = comparable(serve(make_app({}), calls))
+    mark = len(patching.history)
+    aiohttp_server_hook.patch(aiohttp.web_protocol)
+    try:
+        traced = comparable(serve(make_app({}), calls))
+    finally:
+        patching.undo(mark)
+    assert traced == plain
+    assert len(server_spans(spans)) == len(paths)
+
+
+def test_excluded_urls_get_no_span(hooked, monkeypatch):
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/api/.*")
+    assert serve(make_app({}), lambda port: [request(port, "GET", p)[0] for p in ("/api/users/x", "/items/5")]) == [200, 200]
+    assert [s.name for s in server_spans(hooked)] == ["GET /items/{id}"]
+
+
+def test_named_response_headers_are_captured(hooked, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "Content-Type")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-App")
+    serve(make_app({}), lambda port: request(port, "GET", "/items/5", {"X-App": "1"}))
+    [server] = server_spans(hooked)
+    assert server.attributes["http.response.header.content-type"] == ("application/json; charset=utf-8",)
+    assert server.attributes["http.request.header.x-app"] == ("1",)
+
+
+def test_a_failing_span_start_leaves_the_request_served(hooked, monkeypatch):
+    from autotrace import server_span
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(server_span, "start", broken)
+    status, body, _ = serve(make_app({}), lambda port: request(port, "GET", "/items/8"))
+    assert (status, json.loads(body)) == (200, {"id": "8"})
+    assert not server_spans(hooked)
+
+
+def test_a_malformed_request_gets_no_span(hooked):
+    import socket
+
+    def calls(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /items/1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+            return sock.recv(100)
+
+    assert b" 400 " in serve(make_app({}), calls).partition(b"\r\n")[0]
+    assert not server_spans(hooked)

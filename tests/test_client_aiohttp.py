@@ -262,3 +262,64 @@ def test_ws_connect_is_one_span_for_the_handshake(hooks, parent):
     assert span.status.status_code == StatusCode.UNSET
     assert traceparent_ids(seen[0])[1] == span.context.span_id
     assert span.parent.span_id == parent.get_span_context().span_id
+
+
+@pytest.mark.skipif(not hasattr(aiohttp, "ClientHandlerType"), reason="client middlewares: aiohttp 3.12+")
+def test_each_round_of_a_client_middleware_is_a_span(hooks, peer, parent):
+    async def second_round(request, handler):
+        response = await handler(request)
+        if response.status == 401:
+            response.release()
+            request.headers["Authorization"] = "Bearer second"
+            request.url = request.url.with_path("/ok").with_query(request.url.query)
+            response = await handler(request)
+        return response
+
+    status, body, _ = run(lambda session: fetch(session, peer.url("/status/401", "rounds")), middlewares=(second_round,))
+    assert (status, body) == (200, b"ok\n")
+    first, second = peer.requests("rounds")
+    assert second.header("authorization") == "Bearer second"
+    assert len(second.headers["traceparent"]) == 1 and first.header("traceparent") != second.header("traceparent")
+    spans = {s.context.span_id: s for s in client_spans(hooks)}
+    assert len(spans) == 2
+    one, two = (spans[traceparent_ids(r.header("traceparent"))[1]] for r in (first, second))
+    assert one.attributes["http.response.status_code"] == 401 and "http.request.resend_count" not in one.attributes
+    assert two.attributes["http.response.status_code"] == 200 and two.attributes["http.request.resend_count"] == 1
+    assert one.parent.span_id == two.parent.span_id == parent.get_span_context().span_id
+    assert one.end_time <= two.start_time
+
+
+def test_under_an_httpx_call_aiohttp_is_its_transport(hooks, peer):
+    """An httpx transport over an aiohttp session (httpx-aiohttp): httpx's span is the call's."""
+    from autotrace import client_span
+
+    async def under_httpx(session):
+        outer = client_span.start("httpx", "GET", peer.url("/ok", "layer"))
+        try:
+            async with session.get(peer.url("/ok", "layer"), headers=outer.headers()) as response:
+                return await response.read()
+        finally:
+            outer.close()
+
+    assert run(under_httpx) == b"ok\n"
+    [span] = client_spans(hooks)
+    [received] = peer.requests("layer")
+    assert traceparent_ids(received.header("traceparent"))[1] == span.context.span_id  # httpx's, as sent
+
+
+def test_a_session_request_inside_another_is_a_call_of_its_own(hooks, peer):
+    async def nested(request, handler):  # a token-fetching middleware, say
+        if "case=outer" in str(request.url):
+            async with aiohttp.ClientSession() as other:
+                async with other.get(peer.url("/ok", "inner")) as response:
+                    await response.read()
+        return await handler(request)
+
+    if not hasattr(aiohttp, "ClientHandlerType"):
+        pytest.skip("client middlewares: aiohttp 3.12+")
+    run(lambda session: fetch(session, peer.url("/ok", "outer")), middlewares=(nested,))
+    spans = {s.attributes["url.full"].rpartition("=")[2]: s for s in client_spans(hooks)}
+    assert set(spans) == {"outer", "inner"}
+    assert "http.request.resend_count" not in spans["outer"].attributes
+    assert traceparent_ids(peer.requests("outer")[0].header("traceparent"))[1] == spans["outer"].context.span_id
+    assert traceparent_ids(peer.requests("inner")[0].header("traceparent"))[1] == spans["inner"].context.span_id
