@@ -16,7 +16,9 @@ answered 101.
 
 - Name and ``http.route``: the matched resource's canonical form (``/items/{id}``; a
   sub-application's prefix included), read once the handler returns or raises. No
-  route (a 404, a low-level ``web.Server`` handler): the name stays ``"GET"``.
+  route (a 404, a low-level ``web.Server`` handler): the name stays ``"GET"``. A
+  framework served through the resource that names the span itself (a Flask app
+  behind a catch-all route, through a WSGI adapter) keeps its name: it is the finer one.
 - Status: the response aiohttp sends. A raised ``web.HTTPException`` keeps its status
   (a 404 is no error; a raised 5xx is); an exception the handler raises otherwise is
   recorded, and aiohttp's 500 (504 for a timeout) makes the span an error.
@@ -119,8 +121,12 @@ def _start(request) -> server_span.ServerSpan | None:
 
 
 def _name(request) -> None:
-    """Name the span by the matched resource (web.Application requests only)."""
+    """Name the span by the matched resource (web.Application requests only), unless a
+    framework the resource served named it already (a WSGI app behind a catch-all route)."""
     try:
+        span = server_span.current()
+        if span is None or "http.route" in (getattr(span, "attributes", None) or {}):
+            return
         resource = request.match_info.route.resource  # a low-level server's request has none
         if resource is not None:
             server_span.set_route(resource.canonical)

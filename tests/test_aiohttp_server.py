@@ -316,3 +316,19 @@ def test_a_malformed_request_gets_no_span(hooked):
 
     assert b" 400 " in serve(make_app({}), calls).partition(b"\r\n")[0]
     assert not server_spans(hooked)
+
+
+def test_a_framework_inside_keeps_its_finer_route_name(hooked):
+    """As a WSGI framework served behind a catch-all route (through a WSGI adapter) names it."""
+    from autotrace import server_span
+
+    async def catch_all(request):
+        server_span.set_route("/inner/<int:item>")
+        return web.Response(text="inner")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path_info:.*}", catch_all)
+    assert serve(app, lambda port: request(port, "GET", "/inner/5")[:2]) == (200, b"inner")
+    [server] = server_spans(hooked)
+    assert server.name == "GET /inner/<int:item>"
+    assert server.attributes["http.route"] == "/inner/<int:item>"
