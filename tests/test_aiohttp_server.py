@@ -332,3 +332,36 @@ def test_a_framework_inside_keeps_its_finer_route_name(hooked):
     [server] = server_spans(hooked)
     assert server.name == "GET /inner/<int:item>"
     assert server.attributes["http.route"] == "/inner/<int:item>"
+
+
+def test_a_wsgi_app_served_inside_adds_no_span(hooked):
+    """A Flask app called from a handler in an executor thread (as aiohttp-wsgi does): one span, Flask's route."""
+    import flask
+    import flask.app
+    from werkzeug.test import EnvironBuilder
+
+    from autotrace.hooks import flask as flask_hook
+
+    flask_hook.patch(flask.app)
+    inner = flask.Flask("inner")
+
+    @inner.get("/items/<int:item>")
+    def item(item):
+        return f"item {item}"
+
+    async def wsgi(request):
+        environ = EnvironBuilder(path=request.path, method=request.method).get_environ()
+        status = []
+
+        def call():
+            return b"".join(inner(environ, lambda s, h, e=None: status.append(s)))
+
+        body = await asyncio.get_running_loop().run_in_executor(None, call)
+        return web.Response(body=body, status=int(status[0].split()[0]))
+
+    app = web.Application()
+    app.router.add_route("*", "/{path_info:.*}", wsgi)
+    assert serve(app, lambda port: request(port, "GET", "/items/9")[:2]) == (200, b"item 9")
+    [server] = server_spans(hooked)
+    assert server.name == "GET /items/<int:item>"
+    assert len(hooked.get_finished_spans()) == 1
