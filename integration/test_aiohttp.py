@@ -166,5 +166,7 @@ def test_front_calling_back_is_one_trace(tmp_path, back_server):
     assert set(work) == {"in-task", "in-executor", "in-to-thread"}
     assert all(s.parent_span_id == item.span_id for s in work.values())
     assert front_span.resource["process.pid"] == front.pid
+    assert front_span.resource["service.name"] == "front"
+    assert item.resource["service.name"] == boom.resource["service.name"] == "back"  # gunicorn's or aiohttp.web's MODULE:APP
     if back_server == "gunicorn":  # served by a worker, not the arbiter
         assert item.resource["process.pid"] != back.pid
