@@ -55,12 +55,16 @@ def _traced(original, module: ModuleType):
         if span is None:
             return await original(self, request, start_time, request_handler, *args, **kwargs)
 
+        failed = False  # the handler raised (recorded): what aiohttp raises after names it less well
+
         async def handler(request):
+            nonlocal failed
             try:
                 return await request_handler(request)
             except http_exception:
                 raise  # a response: its status says whether it is an error
             except BaseException as exc:
+                failed = True
                 span.record_exception(exc)
                 raise
             finally:
@@ -69,7 +73,9 @@ def _traced(original, module: ModuleType):
         try:
             result = await original(self, request, start_time, handler, *args, **kwargs)
         except BaseException as exc:
-            span.record_exception(exc)
+            # aiohttp's ConnectionError when the handler failed after its response began.
+            if not failed:
+                span.record_exception(exc)
             span.end()
             span.detach()
             raise

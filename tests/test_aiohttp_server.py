@@ -114,6 +114,12 @@ def make_app(seen: dict) -> web.Application:
         await response.write_eof()
         return response
 
+    async def broken_stream(request):
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first\n")
+        raise Boom("mid-stream")
+
     async def socket(request):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -128,6 +134,7 @@ def make_app(seen: dict) -> web.Application:
     app.router.add_get("/unavailable", unavailable)
     app.router.add_get("/stream", stream)
     app.router.add_get("/ws", socket)
+    app.router.add_get("/broken-stream", broken_stream)
     sub = web.Application()
     sub.router.add_get("/users/{name}", ok)
     app.add_subapp("/api", sub)
@@ -365,3 +372,19 @@ def test_a_wsgi_app_served_inside_adds_no_span(hooked):
     [server] = server_spans(hooked)
     assert server.name == "GET /items/<int:item>"
     assert len(hooked.get_finished_spans()) == 1
+
+
+def test_a_handler_failing_mid_stream_is_recorded_as_its_exception(hooked):
+    def calls(port):
+        try:
+            return request(port, "GET", "/broken-stream")[0]
+        except (http.client.HTTPException, OSError) as exc:  # the body was cut short
+            return type(exc).__name__
+
+    serve(make_app({}), calls)
+    [server] = server_spans(hooked)
+    assert server.name == "GET /broken-stream"
+    assert server.status.status_code == StatusCode.ERROR
+    assert server.attributes["error.type"] == "Boom"
+    [event] = server.events  # the handler's exception, not aiohttp's ConnectionError after it
+    assert event.attributes["exception.type"].endswith("Boom")
