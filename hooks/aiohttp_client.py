@@ -23,7 +23,9 @@ hops are siblings under the caller's span, the second and later numbered by
 ``http.request.resend_count``. An exception that ends the call is recorded on its last
 hop as the app gets it (aiohttp turns some into its own, a timeout into
 ``ServerTimeoutError``); one a hop met and aiohttp got past (a retry) is recorded on
-that hop. ``ws_connect`` is one span: its handshake, answered 101.
+that hop. ``ws_connect`` is one span: its handshake, answered 101; ``_ws_connect`` is
+patched too, so that the span ends once aiohttp has checked the answer, and a refused
+handshake (``WSServerHandshakeError``) is recorded on it.
 
 Spans are never made current: aiohttp does its work in the caller's task, and the span's
 context only goes into the headers. A request sent outside ``ClientSession._request``
@@ -47,7 +49,7 @@ LIBRARY = "aiohttp"
 class _Call:
     """One ``ClientSession._request`` in progress: its hops, the last one's open span."""
 
-    __slots__ = ("hops", "pending", "request", "error", "responded", "connecting")
+    __slots__ = ("hops", "pending", "request", "error", "responded", "connecting", "websocket")
 
     def __init__(self) -> None:
         self.hops = 0
@@ -56,6 +58,7 @@ class _Call:
         self.error: BaseException | None = None  # what the hop met, if it failed
         self.responded = False  # its response head is recorded
         self.connecting = False  # in BaseConnector.connect (a proxy's CONNECT is sent there)
+        self.websocket = False  # made by ws_connect, whose handshake request is still to come
 
     def next_hop(self, request) -> client_span.ClientSpan | None:
         """End the previous hop's span and start this one's (not made current)."""
@@ -97,6 +100,7 @@ def patch(module: ModuleType) -> None:
     import importlib
 
     wrap_function(module.ClientSession, "_request", _wrap_request)
+    wrap_function(module.ClientSession, "_ws_connect", _wrap_ws_connect)
     # Both imported by aiohttp.client itself: complete by now.
     connector = importlib.import_module("aiohttp.connector")
     reqrep = importlib.import_module("aiohttp.client_reqrep")
@@ -107,6 +111,10 @@ def patch(module: ModuleType) -> None:
 
 def _wrap_request(original):
     async def _request(self, *args, **kwargs):
+        outer = _current_call.get()
+        if outer is not None and outer.websocket:  # ws_connect's handshake: its call holds the hops
+            outer.websocket = False
+            return await original(self, *args, **kwargs)
         call = _Call()
         token = _current_call.set(call)
         try:
@@ -120,6 +128,27 @@ def _wrap_request(original):
         return response
 
     return _request
+
+
+def _wrap_ws_connect(original):
+    """The handshake's hops end when ws_connect returns: after it has checked the answer
+    (a refused handshake, ``WSServerHandshakeError``, is recorded on the last hop)."""
+
+    async def _ws_connect(self, *args, **kwargs):
+        call = _Call()
+        call.websocket = True
+        token = _current_call.set(call)
+        try:
+            websocket = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            _leave(token)
+            call.finish(exc)
+            raise
+        _leave(token)
+        call.finish()
+        return websocket
+
+    return _ws_connect
 
 
 def _wrap_connect(original):

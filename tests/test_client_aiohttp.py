@@ -324,3 +324,15 @@ def test_a_session_request_inside_another_is_a_call_of_its_own(hooks, peer):
     assert "http.request.resend_count" not in spans["outer"].attributes
     assert traceparent_ids(peer.requests("outer")[0].header("traceparent"))[1] == spans["outer"].context.span_id
     assert traceparent_ids(peer.requests("inner")[0].header("traceparent"))[1] == spans["inner"].context.span_id
+
+
+def test_a_refused_websocket_handshake_is_recorded(hooks, peer):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
+        run(lambda session: session.ws_connect(peer.url("/ok", "ws")))
+    [span] = client_spans(hooks)
+    assert span.attributes["http.response.status_code"] == 200
+    cls = type(raised.value)
+    assert span.attributes["error.type"] == f"{cls.__module__}.{cls.__qualname__}"
+    assert span.status.status_code == StatusCode.ERROR
+    [received] = peer.requests("ws")
+    assert traceparent_ids(received.header("traceparent"))[1] == span.context.span_id
