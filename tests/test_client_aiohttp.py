@@ -336,3 +336,20 @@ def test_a_refused_websocket_handshake_is_recorded(hooks, peer):
     assert span.status.status_code == StatusCode.ERROR
     [received] = peer.requests("ws")
     assert traceparent_ids(received.header("traceparent"))[1] == span.context.span_id
+
+
+def test_a_retry_after_a_dropped_connection_is_a_hop_of_its_own(hooks, peer):
+    """aiohttp sends an idempotent request once more when the server closes without answering."""
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        run(lambda session: fetch(session, peer.url("/close", "retry")))
+    received = peer.requests("retry")
+    hops = sorted(client_spans(hooks), key=lambda s: s.start_time)
+    assert len(hops) == len(received)
+    if len(hops) == 1:
+        pytest.skip("this aiohttp does not retry (3.8.6 does not; 3.14 does)")
+    assert len(hops) == 2
+    for hop, request in zip(hops, received):
+        assert_failed(hop, "aiohttp.client_exceptions.ServerDisconnectedError")
+        assert traceparent_ids(request.header("traceparent"))[1] == hop.context.span_id
+    assert [h.attributes.get("http.request.resend_count") for h in hops] == [None, 1]
+    assert hops[0].end_time <= hops[1].start_time
