@@ -6,9 +6,9 @@ A client hook calls :func:`start` with the request's method and URL; it gets a
 - instrumentation is suppressed (the agent's own exporter runs that way);
 - the call in progress in this context is one the hook's library is a lower layer of
   (:data:`LOWER_LAYERS`: urllib3 and http.client under requests, http.client under
-  urllib3 and urllib.request), so the call has its span already. A call of any other
-  library inside one (httpx from a requests response hook) is a call of its own: a
-  child of the one in progress.
+  urllib3 and urllib.request, aiohttp under an httpx transport), so the call has its
+  span already. A call of any other library inside one (httpx from a requests
+  response hook) is a call of its own: a child of the one in progress.
 
 The hook injects the propagation headers with :meth:`ClientSpan.inject` (the span's own
 id as the parent id), reports the response with :meth:`ClientSpan.set_response` or the
@@ -46,6 +46,7 @@ LOWER_LAYERS: dict[str, frozenset[str]] = {
     "requests": frozenset(("urllib3", "http.client")),
     "urllib3": frozenset(("http.client",)),
     "urllib": frozenset(("http.client",)),
+    "httpx": frozenset(("aiohttp",)),  # an httpx transport over an aiohttp session (httpx-aiohttp)
 }
 _NO_LAYERS: frozenset[str] = frozenset()
 

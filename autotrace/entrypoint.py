@@ -7,9 +7,9 @@ test; the rule is documented as a table in ``docs/service-names.md``:
 
 - Django (``manage.py``, ``django-admin``): the project package of
   ``DJANGO_SETTINGS_MODULE``, else the folder of ``manage.py``;
-- ``flask --app X`` / ``FLASK_APP=X``, ``celery -A X``, the app servers' ``X:app``: the
-  top package of ``X``, unless it is a generic name (:data:`GENERIC`): then the folder
-  that holds it;
+- ``flask --app X`` / ``FLASK_APP=X``, ``celery -A X``, the app servers' ``X:app`` (and
+  ``python -m aiohttp.web X:make_app``): the top package of ``X``, unless it is a
+  generic name (:data:`GENERIC`): then the folder that holds it;
 - ``fastapi run|dev path.py``: the file's stem, or its folder for a generic stem;
 - a console script: the distribution that owns it (looked up only when the name is
   needed, see :func:`console_script_owner`).
@@ -197,6 +197,8 @@ def _interpreter(argv: list[str]) -> str:
 
 def _from_module(module: str, rest: list[str], where: _Where) -> Entrypoint:
     top = module.split(".", 1)[0]
+    if module == "aiohttp.web":  # python -m aiohttp.web [-H host] [-P port] module:function
+        return _from_server("aiohttp", rest, where)
     named = _from_program(top, rest, where, "")
     if named is not None:
         return named

@@ -66,6 +66,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("tornado", "tornado.web", "autotrace.hooks.tornado", "tornado", (6,)),
     Hook("tornado_websocket", "tornado.websocket", "autotrace.hooks.tornado:patch_websocket", "tornado", (6,)),
     Hook("tornado_wsgi", "tornado.wsgi", "autotrace.hooks.tornado:patch_wsgi", "tornado", (6,)),
+    Hook("aiohttp_server", "aiohttp.web_protocol", "autotrace.hooks.aiohttp_server", "aiohttp", (3, 8)),
     # ... frameworks name it by route (and start it under a server no hook knows).
     Hook("flask", "flask.app", "autotrace.hooks.flask", "flask", (2,)),
     Hook("django", "django.core.handlers.base", "autotrace.hooks.django", "django", (3, 2)),
@@ -80,6 +81,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("httpx", "httpx._client", "autotrace.hooks.httpx", "httpx", (0, 23)),
     Hook("tornado_client", "tornado.httpclient", "autotrace.hooks.tornado:patch_client", "tornado", (6,)),
     Hook("tornado_simple_client", "tornado.simple_httpclient", "autotrace.hooks.tornado:patch_simple_client", "tornado", (6,)),
+    Hook("aiohttp_client", "aiohttp.client", "autotrace.hooks.aiohttp_client", "aiohttp", (3, 8)),
     Hook("urllib", "urllib.request", "autotrace.hooks.urllib_request"),
     Hook("urllib3", "urllib3.connectionpool", "autotrace.hooks.urllib3", "urllib3", (1, 26)),
     Hook("http_client", "http.client", "autotrace.hooks.http_client"),

@@ -1,6 +1,9 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
-    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp] [--compare LABEL=VENV_BIN_DIR ...]
+
+``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
+worker (``-k aiohttp.GunicornWebWorker``), with the same targets.
 
 Needs `wrk` (Debian package wrk). Each variant gets a fresh gunicorn on a free loopback
 port, a warm-up, then a timed wrk run; variants alternate for --rounds rounds, and the
@@ -36,6 +39,21 @@ app = Flask(__name__)
 def hello(name):
     return f"hello {name}"
 '''
+
+AIOHTTP_APP = '''
+from aiohttp import web
+
+
+async def hello(request):
+    return web.Response(text="hello " + request.match_info["name"])
+
+
+app = web.Application()
+app.router.add_get("/hello/{name}", hello)
+'''
+
+# --app: the app's source, and gunicorn's worker options for it
+APPS = {"flask": (APP, []), "aiohttp": (AIOHTTP_APP, ["-k", "aiohttp.GunicornWebWorker"])}
 
 
 def _wait(url: str, timeout: float = 30) -> None:
@@ -84,7 +102,9 @@ def main() -> None:
         metavar="LABEL=VENV_BIN_DIR",
         help="also measure `autotrace run` of the install in that venv's bin directory",
     )
+    parser.add_argument("--app", choices=sorted(APPS), default="flask")
     args = parser.parse_args()
+    source, worker = APPS[args.app]
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
 
@@ -107,13 +127,13 @@ def main() -> None:
         if path:
             variants[name] = [path, gunicorn]
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "app.py").write_text(APP)
+        Path(tmp, "app.py").write_text(source)
 
         def measure(name: str, prefix: list[str]) -> tuple[float, float, int]:
             port = harness.free_port()
             url = f"http://127.0.0.1:{port}/hello/world"
             server = subprocess.Popen(
-                [*prefix, "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "app:app"],
+                [*prefix, *worker, "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "app:app"],
                 cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             try:
@@ -132,7 +152,7 @@ def main() -> None:
     base_p99 = harness.median(r[1] for r in results["plain"])
     base_rss = harness.median(r[2] for r in results["plain"])
     print(
-        f"gunicorn -w {args.workers} + Flask hello, wrk -c{args.connections} -d{args.seconds}s, "
+        f"gunicorn -w {args.workers} + {'Flask' if args.app == 'flask' else 'aiohttp'} hello, wrk -c{args.connections} -d{args.seconds}s, "
         f"median of {args.rounds} rounds, {os.cpu_count()} cores"
     )
     for name, rows in results.items():

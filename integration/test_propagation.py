@@ -1,8 +1,9 @@
 """Incoming context under ``autotrace run``: what an unchanged service passes on downstream.
 
-A small service (stdlib http.server, no tracing code) answers ``GET /call?case=...`` by
-calling the recording peer (tests/http_peer.py) with ``requests`` and replying with the
-peer's answer. The test sends it requests with propagation headers (valid, malformed,
+A small service (no tracing code) answers ``GET /call?case=...`` by calling the
+recording peer (tests/http_peer.py) and replying with the peer's answer: stdlib
+http.server calling with ``requests``, and the same service in aiohttp (its server,
+its ``ClientSession``); every case runs through both. The test sends it requests with propagation headers (valid, malformed,
 in other formats) and checks the OUTGOING headers the peer received, and, where it
 matters, the spans at an OTLP receiver.
 
@@ -87,6 +88,53 @@ class Handler(BaseHTTPRequestHandler):
 
 """ + SERVE_ON_ARGV_PORT
 
+AIOHTTP_SERVICE = """
+import asyncio
+import sys
+
+import aiohttp
+from aiohttp import web
+
+PEER = sys.argv[2]
+
+
+async def propagator(request):
+    try:
+        from opentelemetry import propagate
+
+        textmap = propagate.get_global_textmap()
+        payload = type(textmap).__module__ + "." + type(textmap).__qualname__
+    except Exception as exc:
+        payload = "error: %r" % (exc,)
+    return web.Response(text=payload)
+
+
+async def call(request):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(PEER + "/echo?case=" + request.query["case"], timeout=aiohttp.ClientTimeout(total=5)) as r:
+            payload = await r.read()
+    return web.Response(body=payload, content_type="application/json")
+
+
+app = web.Application()
+app.router.add_get("/propagator", propagator)
+app.router.add_get("/call", call)
+
+
+async def main():
+    # As large a header as http.server takes (the oversized propagation headers must arrive).
+    runner = web.AppRunner(app, max_line_size=65536, max_field_size=65536)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
+    print("serving", flush=True)
+    await asyncio.Event().wait()  # until SIGTERM
+
+
+asyncio.run(main())
+"""
+
+SERVICES = {"http.server": SERVICE, "aiohttp": AIOHTTP_SERVICE}
+
 # variant -> its environment (besides the receiver's)
 VARIANTS = {
     "default": {},
@@ -164,10 +212,10 @@ class Services:
             conn.close()
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(SERVICES))
+def services(tmp_path_factory, request):
     directory = tmp_path_factory.mktemp("propagation")
-    write(directory, "service.py", SERVICE)
+    write(directory, "service.py", SERVICES[request.param])
     peer, peer_server, peer_thread = http_peer.start()
     try:
         with RawReceiver() as receiver:

@@ -161,6 +161,8 @@ def test_gunicorn_without_app_says_so():
         ([PY, "/venv/bin/waitress-serve", "--listen=*:8080", "shop.wsgi:application"], ("waitress-serve", "shop")),
         ([PY, "/venv/bin/waitress-serve", "--port", "8080", "--call", "shop:create_app"], ("waitress-serve", "shop")),
         (["python", "-m", "waitress", "--port=8080", "shop:app"], ("waitress", "shop")),
+        (["python", "-m", "aiohttp.web", "-H", "127.0.0.1", "-P", "8080", "orders.main:make_app"], ("aiohttp", "orders")),
+        (["python", "-m", "aiohttp.web", "main:init"], ("aiohttp", "shop")),
     ],
 )
 def test_other_servers(argv, expected):
