@@ -1,9 +1,11 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
-    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--compare LABEL=VENV_BIN_DIR ...]
 
 ``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
-worker (``-k aiohttp.GunicornWebWorker``), with the same targets.
+worker (``-k aiohttp.GunicornWebWorker``), with the same targets. ``--app tornado``: a
+``tornado.web.Application`` served by ``Application.listen`` in one process (``python
+app.py PORT``, no gunicorn; ``--workers`` does not apply), RSS that process's.
 
 Needs `wrk` (Debian package wrk). Each variant gets a fresh gunicorn on a free loopback
 port, a warm-up, then a timed wrk run; variants alternate for --rounds rounds, and the
@@ -26,6 +28,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import harness
 
@@ -52,8 +55,45 @@ app = web.Application()
 app.router.add_get("/hello/{name}", hello)
 '''
 
-# --app: the app's source, and gunicorn's worker options for it
-APPS = {"flask": (APP, []), "aiohttp": (AIOHTTP_APP, ["-k", "aiohttp.GunicornWebWorker"])}
+TORNADO_APP = '''
+import asyncio
+import sys
+
+import tornado.web
+
+
+class Hello(tornado.web.RequestHandler):
+    def get(self, name):
+        self.write("hello " + name)
+
+
+async def main():
+    tornado.web.Application([(r"/hello/([^/]+)", Hello)]).listen(int(sys.argv[1]), "127.0.0.1")
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())
+'''
+
+
+def _gunicorn(*worker: str) -> Callable[[Path, int, int], list[str]]:
+    def command(bin_dir: Path, port: int, workers: int) -> list[str]:
+        return [str(bin_dir / "gunicorn"), *worker, "-w", str(workers), "-b", f"127.0.0.1:{port}", "app:app"]
+
+    return command
+
+
+def _tornado(bin_dir: Path, port: int, workers: int) -> list[str]:
+    return [str(bin_dir / "python"), "app.py", str(port)]
+
+
+# --app: the app's source, the server's command (from a venv's bin directory, the port,
+# --workers), and its name in the report
+APPS = {
+    "flask": (APP, _gunicorn(), "gunicorn -w {workers} + Flask"),
+    "aiohttp": (AIOHTTP_APP, _gunicorn("-k", "aiohttp.GunicornWebWorker"), "gunicorn -w {workers} + aiohttp"),
+    "tornado": (TORNADO_APP, _tornado, "Tornado (Application.listen, one process)"),
+}
 
 
 def _wait(url: str, timeout: float = 30) -> None:
@@ -80,9 +120,10 @@ def _wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:
 
 
 def _rss_kib(pid: int) -> int:
-    """Resident memory of gunicorn's worker processes (children of the master)."""
+    """Resident memory of gunicorn's worker processes (children of the master), or of the
+    server process itself when it has no children (Tornado)."""
     total = 0
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() or [str(pid)]:
         for line in Path(f"/proc/{child}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
@@ -104,7 +145,7 @@ def main() -> None:
     )
     parser.add_argument("--app", choices=sorted(APPS), default="flask")
     args = parser.parse_args()
-    source, worker = APPS[args.app]
+    source, server_command, title = APPS[args.app]
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
 
@@ -112,28 +153,29 @@ def main() -> None:
     bin_dir = harness.BIN
     env = harness.exporting_env(harness.plain_env(), sink)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    gunicorn = str(bin_dir / "gunicorn")
-    variants = {
-        "plain": [gunicorn],
-        "autotrace run": [str(bin_dir / "autotrace"), "run", gunicorn],
+    # each variant: the launcher put before the server's command, and the venv the server comes from
+    variants: dict[str, tuple[list[str], Path]] = {
+        "plain": ([], bin_dir),
+        "autotrace run": ([str(bin_dir / "autotrace"), "run"], bin_dir),
     }
     for item in args.compare:
         label, sep, other_bin = item.partition("=")
         if not sep or not Path(other_bin, "autotrace").exists():
             parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
-        variants[f"autotrace run ({label})"] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "gunicorn"))]
+        variants[f"autotrace run ({label})"] = ([str(Path(other_bin, "autotrace")), "run"], Path(other_bin))
     for name, tool in (("opentelemetry-instrument", "opentelemetry-instrument"), ("ddtrace-run", "ddtrace-run")):
         path = shutil.which(tool, path=env["PATH"])
         if path:
-            variants[name] = [path, gunicorn]
+            variants[name] = ([path], bin_dir)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "app.py").write_text(source)
 
-        def measure(name: str, prefix: list[str]) -> tuple[float, float, int]:
+        def measure(name: str, variant: tuple[list[str], Path]) -> tuple[float, float, int]:
+            launcher, server_bin = variant
             port = harness.free_port()
             url = f"http://127.0.0.1:{port}/hello/world"
             server = subprocess.Popen(
-                [*prefix, *worker, "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "app:app"],
+                [*launcher, *server_command(server_bin, port, args.workers)],
                 cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             try:
@@ -152,7 +194,7 @@ def main() -> None:
     base_p99 = harness.median(r[1] for r in results["plain"])
     base_rss = harness.median(r[2] for r in results["plain"])
     print(
-        f"gunicorn -w {args.workers} + {'Flask' if args.app == 'flask' else 'aiohttp'} hello, wrk -c{args.connections} -d{args.seconds}s, "
+        f"{title.format(workers=args.workers)} hello, wrk -c{args.connections} -d{args.seconds}s, "
         f"median of {args.rounds} rounds, {os.cpu_count()} cores"
     )
     for name, rows in results.items():
