@@ -167,17 +167,32 @@ def assert_request_spans(receiver, paths: list[str], server_pid: int, service: s
         assert span.resource["process.pid"] != server_pid  # recorded in a worker
 
 
+# Gunicorn loses a SIGTERM that reaches a worker before the worker has set its own handlers
+# (the handler it inherited queues the signal for the master's loop, which the worker never
+# runs): that worker serves on, and the master waits its graceful timeout (30 s) for it,
+# agent or not. One worker may answer every request while the other is still booting (on a
+# loaded machine it does), so the master is stopped only once every worker says it is ready:
+# post_worker_init runs after the worker's signal handlers are set.
+GUNICORN_CONF = """
+def post_worker_init(worker):
+    print("worker %d ready" % worker.age, flush=True)
+"""
+
+
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_gunicorn_workers_export_their_spans(tmp_path, otlp_receiver, protocol, preload):
     """With --preload the SDK is set up in the master and the workers are forked from it."""
     write(tmp_path, "app.py", WSGI_APP)
+    write(tmp_path, "ready.conf.py", GUNICORN_CONF)
     port = free_port()
-    args = [AUTOTRACE, "run", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    args = [AUTOTRACE, "run", "gunicorn", "-c", "ready.conf.py", "-w", "2", "-b", f"127.0.0.1:{port}"]
     args += ["--preload"] if preload else []
     env = traced_env(otlp_receiver, protocol, HOME=str(tmp_path))  # gunicorn's control socket
     with Watched(args + ["app:app"], tmp_path, env) as server:
         paths = serve_requests(f"http://127.0.0.1:{port}", server)
+        for age in (1, 2):
+            server.wait_for_line(f"worker {age} ready", timeout=30)
         server.send(signal.SIGTERM)  # the launcher exec'd: this is the master
         code = server.finish(timeout=30)
     assert code == 0, server.text("stderr")
