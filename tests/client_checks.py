@@ -30,6 +30,30 @@ def assert_propagated(span, received, parent=None) -> None:
         assert span.context.trace_id == parent.get_span_context().trace_id
 
 
+def assert_redirect_hops(hops, received, parent, peer, app_traceparent: str) -> None:
+    """Four hops of ``/redirect/2`` (302, 302, 302, 200): sibling CLIENT spans under ``parent``,
+    each request carrying its own hop's ``traceparent`` (one: not the app's, not an earlier
+    hop's), numbered by ``http.request.resend_count``, none ending after the next starts."""
+    by_id = {span.context.span_id: span for span in hops}
+    seen = set()
+    for index, request in enumerate(received):
+        [value] = request.headers["traceparent"]
+        assert value not in seen and value != app_traceparent
+        seen.add(value)
+        trace_id, span_id = traceparent_ids(value)
+        span = by_id[span_id]
+        assert trace_id == parent.get_span_context().trace_id
+        assert span.parent.span_id == parent.get_span_context().span_id
+        assert span.attributes["url.full"] == peer.base + request.path + "?case=redir"
+        assert span.attributes.get("http.request.resend_count") == (index or None)
+        assert span.attributes["http.response.status_code"] == (302 if index < 3 else 200)
+        assert span.status.status_code == StatusCode.UNSET
+    ordered = sorted(hops, key=lambda s: s.start_time)
+    assert [s.attributes.get("http.request.resend_count", 0) for s in ordered] == [0, 1, 2, 3]
+    for first, second in zip(ordered, ordered[1:]):
+        assert first.end_time <= second.start_time
+
+
 def assert_failed(span, error_type: str) -> None:
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes["error.type"] == error_type

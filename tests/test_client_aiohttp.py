@@ -23,6 +23,7 @@ from client_checks import (
     CAPTURED_REQUEST_HEADERS,
     HAND_TRACEPARENT,
     assert_failed,
+    assert_redirect_hops,
     assert_get_200,
     assert_named_headers_captured,
     capture_named_headers,
@@ -122,24 +123,7 @@ def test_each_redirect_hop_is_a_sibling_span_with_its_own_traceparent(hooks, pee
     received = peer.requests("redir")
     assert [r.path for r in received] == ["/redirect/2", "/redirect/1", "/redirect/0", "/ok"]
     assert len(hops) == 4
-    by_id = {span.context.span_id: span for span in hops}
-    seen = set()
-    for index, request in enumerate(received):
-        [value] = request.headers["traceparent"]
-        assert value not in seen and value != HAND_TRACEPARENT
-        seen.add(value)
-        trace_id, span_id = traceparent_ids(value)
-        span = by_id[span_id]
-        assert trace_id == parent.get_span_context().trace_id
-        assert span.parent.span_id == parent.get_span_context().span_id
-        assert span.attributes["url.full"] == peer.base + request.path + "?case=redir"
-        assert span.attributes.get("http.request.resend_count") == (index or None)
-        assert span.attributes["http.response.status_code"] == (302 if index < 3 else 200)
-        assert span.status.status_code == StatusCode.UNSET
-    ordered = sorted(hops, key=lambda s: s.start_time)
-    assert [s.attributes.get("http.request.resend_count", 0) for s in ordered] == [0, 1, 2, 3]
-    for first, second in zip(ordered, ordered[1:]):
-        assert first.end_time <= second.start_time
+    assert_redirect_hops(hops, received, parent, peer, HAND_TRACEPARENT)
 
 
 def test_redirect_not_followed_is_one_span(hooks, peer):
