@@ -33,9 +33,9 @@ from agent import AUTOTRACE, PYTHON, Watched, clean_env, wait_until_answers, wri
 from otlp_receiver import OTLPReceiver
 from ports import free_port
 
-pytest.importorskip("aiohttp")
-pytest.importorskip("tornado")
-pytest.importorskip("flask")
+import aiohttp  # noqa: F401 - a test dependency: missing, the tests fail
+import tornado  # noqa: F401 - a test dependency: missing, the tests fail
+import flask  # noqa: F401 - a test dependency: missing, the tests fail
 
 SERVER, CLIENT = 2, 3  # proto SpanKind
 STATUS_UNSET, STATUS_ERROR = 0, 2

@@ -23,9 +23,9 @@ from agent import AUTOTRACE, PYTHON, SERVE_ON_ARGV_PORT, Watched, clean_env, wai
 from otlp_receiver import OTLPReceiver
 from ports import free_port
 
-psycopg = pytest.importorskip("psycopg")
-pytest.importorskip("psycopg2")
-pytest.importorskip("psycopg_pool")
+import psycopg
+import psycopg2  # noqa: F401 - a test dependency: missing, the tests fail
+import psycopg_pool  # noqa: F401 - a test dependency: missing, the tests fail
 
 SERVER, CLIENT = 2, 3  # proto SpanKind
 ERROR = 2  # proto status code

@@ -19,7 +19,7 @@ from db_checks import (  # noqa: F401  (db_env, dsn: fixtures)
     table_name,
 )
 
-psycopg = pytest.importorskip("psycopg")
+import psycopg
 from psycopg import sql  # noqa: E402
 
 LIBRARY = "psycopg"

@@ -17,7 +17,7 @@ from db_checks import (  # noqa: F401  (db_env, dsn: fixtures)
     table_name,
 )
 
-psycopg2 = pytest.importorskip("psycopg2")
+import psycopg2
 import psycopg2.errors  # noqa: E402
 import psycopg2.extensions  # noqa: E402
 import psycopg2.extras  # noqa: E402

@@ -25,7 +25,7 @@ import db_hooks
 from autotrace import patching
 from db_checks import db_env  # noqa: F401 (a fixture)
 
-sqlalchemy = pytest.importorskip("sqlalchemy")
+import sqlalchemy
 from sqlalchemy import text  # noqa: E402
 
 SA2 = int(sqlalchemy.__version__.split(".")[0]) >= 2

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from autotrace import patching
 from client_checks import assert_failed, closed_port, traceparent_ids
 
-tornado_web = pytest.importorskip("tornado.web")
+import tornado.web as tornado_web
 import tornado.httpclient  # noqa: E402
 import tornado.httputil  # noqa: E402
 import tornado.simple_httpclient  # noqa: E402
