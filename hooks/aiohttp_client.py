@@ -110,45 +110,40 @@ def patch(module: ModuleType) -> None:
 
 
 def _wrap_request(original):
-    async def _request(self, *args, **kwargs):
-        outer = _current_call.get()
-        if outer is not None and outer.websocket:  # ws_connect's handshake: its call holds the hops
-            outer.websocket = False
-            return await original(self, *args, **kwargs)
+    return _in_call(original, websocket=False)
+
+
+def _in_call(original, websocket: bool):
+    """``original`` (a coroutine function) run as one call of the app's: its hops' spans
+    end when it returns or raises. ``websocket``: ws_connect, whose handshake goes through
+    ``_request`` (that inner call is the same call, not one of its own)."""
+
+    async def call_wrapper(self, *args, **kwargs):
+        if not websocket:
+            outer = _current_call.get()
+            if outer is not None and outer.websocket:  # ws_connect's handshake: its call holds the hops
+                outer.websocket = False
+                return await original(self, *args, **kwargs)
         call = _Call()
+        call.websocket = websocket
         token = _current_call.set(call)
         try:
-            response = await original(self, *args, **kwargs)
+            result = await original(self, *args, **kwargs)
         except BaseException as exc:
             _leave(token)
             call.finish(exc)
             raise
         _leave(token)
         call.finish()
-        return response
+        return result
 
-    return _request
+    return call_wrapper
 
 
 def _wrap_ws_connect(original):
     """The handshake's hops end when ws_connect returns: after it has checked the answer
     (a refused handshake, ``WSServerHandshakeError``, is recorded on the last hop)."""
-
-    async def _ws_connect(self, *args, **kwargs):
-        call = _Call()
-        call.websocket = True
-        token = _current_call.set(call)
-        try:
-            websocket = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            _leave(token)
-            call.finish(exc)
-            raise
-        _leave(token)
-        call.finish()
-        return websocket
-
-    return _ws_connect
+    return _in_call(original, websocket=True)
 
 
 def _wrap_connect(original):
