@@ -119,6 +119,77 @@ def test_children_are_traced_once_each(tmp_path, otlp_receiver, protocol):
     assert stderr.count("TracerProvider set up") == 3, stderr
 
 
+FORKS = 16
+
+FORK_LOOP = f"""
+import os, sys, threading, time
+
+from opentelemetry import trace
+
+tracer = trace.get_tracer("fork-loop")
+stop = threading.Event()
+made = []
+
+
+def background():
+    while not stop.is_set():
+        with tracer.start_as_current_span("bg-%d" % len(made)):
+            with tracer.start_as_current_span("bg-child-%d" % len(made)):
+                pass
+        made.append(1)
+        time.sleep(0.002)  # paced: no span dropped by a full queue
+
+
+started = time.monotonic()
+thread = threading.Thread(target=background)
+thread.start()
+for k in range({FORKS}):
+    pid = os.fork()  # while the thread is in a span, or exporting
+    if pid == 0:
+        with tracer.start_as_current_span("forked-%d" % k):
+            pass
+        sys.exit(0)  # a normal exit: the agent flushes the child's spans
+    deadline = time.monotonic() + 30
+    while True:  # bounded: a child that hangs is killed and named
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("child %d hung" % k, flush=True)
+            break
+        time.sleep(0.005)
+    assert done == 0 or os.waitstatus_to_exitcode(status) == 0, (k, status)
+stop.set()
+thread.join(30)
+print("made %d" % len(made), flush=True)
+print("took %.1f s" % (time.monotonic() - started), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fork_loop_while_a_thread_makes_spans(tmp_path, otlp_receiver, protocol):
+    """os.fork() 16 times while another thread makes spans and exports them: no child hangs,
+    every span of the parent and of each child arrives, once."""
+    script = write(tmp_path, "app.py", FORK_LOOP)
+    env = clean_env(**otlp_receiver.env(protocol))  # a short batch delay: exports go on while it forks
+    with Watched([AUTOTRACE, "run", "python", script.name], tmp_path, env) as process:
+        code = process.finish(timeout=90)
+    assert code == 0, process.text("stderr")
+    assert "hung" not in process.text(), process.text()
+    assert "Traceback" not in process.text("stderr"), process.text("stderr")
+    made = int(process.text().split("made ")[1])
+    assert made > 0
+    wanted = {f"forked-{k}" for k in range(FORKS)} | {f"bg-{i}" for i in range(made)} | {f"bg-child-{i}" for i in range(made)}
+    otlp_receiver.wait_for_spans(len(wanted), timeout=20, predicate=lambda s: s.name in wanted)
+    spans = otlp_receiver.spans()
+    assert len({s.span_id for s in spans}) == len(spans), "a span arrived twice"
+    by_name(s for s in spans if s.name in wanted)  # and no name twice
+    pids = {s.resource["process.pid"] for s in spans if s.name.startswith("forked-")}
+    assert len(pids) == FORKS
+
+
 # -- 2. prefork servers ------------------------------------------------------------------
 
 WSGI_APP = """
