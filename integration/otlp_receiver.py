@@ -537,7 +537,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                       f"(mode now {receiver.fault.mode})", flush=True)
     finally:
         receiver.stop()
-    print(f"stopped: {len(receiver.spans())} spans in {len(receiver.export_requests())} exports received, "
+    spans = receiver.spans()
+    print(f"stopped: {len(spans)} spans ({len({s.span_id for s in spans})} distinct span ids, "
+          f"{len({s.trace_id for s in spans})} traces) in {len(receiver.export_requests())} exports received, "
           f"{len(receiver.faulted_requests())} exports answered by the fault", flush=True)
     return 0
 

@@ -2,7 +2,7 @@
 accepting and hanging, failing every export (HTTP 503, gRPC UNAVAILABLE), down then back,
 slow. The collector is the test receiver in a fault mode (integration/otlp_receiver.py).
 
-What holds in every case: the app's output and exit status are its own, nothing is printed
+(Absent: nothing listens on the port.) What holds in every case: the app's output and exit status are its own, nothing is printed
 per batch and no traceback, the exit is bounded; spans made once the collector is back
 all arrive, once each. The wording of the agent's lines is checked where it is settled
 (integration/test_export_diagnoses.py, test_export_reporting.py); here only what they
@@ -57,10 +57,6 @@ def exit_delay(app: Watched) -> float:
     return app.exited_at - app.wait_for_line("done", timeout=1)
 
 
-# -- absent: see test_export_diagnoses.py (nothing listens: one line, no wait) and
-#    test_processes.py (the exit bound, also at SIGTERM), test_export_reporting.py (summary).
-
-
 # -- accepting and hanging ------------------------------------------------------------------
 
 
@@ -80,16 +76,24 @@ def test_a_hanging_collector_holds_the_exit_only_to_the_bound(tmp_path, protocol
     assert exit_delay(app) < 6  # the 1 s bound, with room for a loaded machine (not the 30 s timeout)
 
 
-# -- failing every export: HTTP 503, gRPC UNAVAILABLE -------------------------------------
+# -- absent (nothing listens), or failing every export: HTTP 503, gRPC UNAVAILABLE ---------
 
 
-@pytest.mark.parametrize(("protocol", "named"), [("http", "HTTP 503"), ("grpc", "UNAVAILABLE")])
-def test_a_failing_collector_is_named_and_the_exit_not_held(tmp_path, protocol, named):
-    with OTLPReceiver(fault=Fault("error")) as receiver:
+@pytest.mark.parametrize(
+    ("fault", "protocol", "named"),
+    [("refuse", "http", "nothing listens on 127.0.0.1:"), ("refuse", "grpc", "nothing listens on 127.0.0.1:"),
+     ("error", "http", "HTTP 503"), ("error", "grpc", "UNAVAILABLE")],
+    ids=["absent-http", "absent-grpc", "503-http", "unavailable-grpc"],
+)
+def test_an_absent_or_failing_collector_is_named_and_the_exit_not_held(tmp_path, fault, protocol, named):
+    """The line names the cause; the 30 s bounds (flush, export timeout) are not waited for.
+    (test_export_diagnoses.py has each cause's exact line, test_processes.py the exit at SIGTERM.)"""
+    with OTLPReceiver(fault=Fault(fault)) as receiver:
         env = clean_env(**receiver.env(protocol), OTEL_SERVICE_NAME="failing",
                         OTEL_EXPORTER_OTLP_TIMEOUT="30000", AUTOTRACE_SHUTDOWN_TIMEOUT="30000")
         app = run_app(tmp_path, FEW_SPANS, env)
-        assert len(receiver.faulted_requests()) >= 2  # during the run and at exit
+        if fault == "error":
+            assert len(receiver.faulted_requests()) >= 2  # during the run and at exit
         assert receiver.spans() == []
     assert app.process.returncode == 0 and app.text() == "done\n"
     lines = agent_lines(app)

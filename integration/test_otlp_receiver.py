@@ -362,7 +362,7 @@ def test_the_command_line_collector(tmp_path) -> None:
             process.terminate()
             out, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
-    assert out.splitlines()[-1] == "stopped: 0 spans in 0 exports received, 2 exports answered by the fault", out
+    assert out.splitlines()[-1] == "stopped: 0 spans (0 distinct span ids, 0 traces) in 0 exports received, 2 exports answered by the fault", out
     bad = subprocess.run([sys.executable, str(script), "--mode", "error", "--http-status", "200"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "http_status must be an error status" in bad.stderr

@@ -127,12 +127,12 @@ def start_shop(env: dict[str, str]) -> tuple[list[Service], str]:
                SHOP_STOCK_URL=f"http://127.0.0.1:{ports['stock']}",
                SHOP_PRICES_ADDRESS=f"127.0.0.1:{ports['prices']}")
     services = [
-        Service("prices", ["python", "prices.py", str(ports["prices"])], env),
+        Service("prices", [sys.executable, "prices.py", str(ports["prices"])], env),
         Service("stock", [tool("gunicorn"), "-c", "gunicorn.conf.py", "-w", "2",
                           "-b", f"127.0.0.1:{ports['stock']}", "stock:app"], env),
         Service("orders", [tool("uvicorn"), "--host", "127.0.0.1", "--port", str(ports["orders"]),
                            "--log-level", "warning", "orders:app"], env),
-        Service("front", ["python", "front.py", str(ports["front"])], env),
+        Service("front", [sys.executable, "front.py", str(ports["front"])], env),
     ]
     try:
         prices, stock, orders, front = services
@@ -192,13 +192,15 @@ def main() -> int:
     if args.endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.endpoint
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: the shop is stopped too
     services, front = start_shop(env)
     started = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=max(1, args.concurrency))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
-            answers = list(pool.map(lambda ref: order(front, args.items, ref), range(args.requests)))
+        answers = list(pool.map(lambda ref: order(front, args.items, ref), range(args.requests)))
         elapsed = time.monotonic() - started
     finally:
+        pool.shutdown(cancel_futures=True)  # interrupted: the orders not yet sent are not sent
         stop_shop(services)
     for service in services:
         for line in service.agent_lines():
