@@ -219,4 +219,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the services were stopped on the way out
+        print("shop: interrupted; the services are stopped", file=sys.stderr)
+        sys.exit(130)
