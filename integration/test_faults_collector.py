@@ -1,10 +1,11 @@
-"""A collector that misbehaves, seen from an app under ``autotrace run`` (issue 18): absent,
-accepting and hanging, failing every export (HTTP 503, gRPC UNAVAILABLE), down then back,
-slow. The collector is the test receiver in a fault mode (integration/otlp_receiver.py).
+"""A collector that misbehaves, seen from an app under ``autotrace run`` (issue 18): absent
+(nothing listens on its port), accepting and hanging, failing every export (HTTP 503,
+gRPC UNAVAILABLE), down then back, slow. The collector is the test receiver in a fault
+mode (integration/otlp_receiver.py).
 
-(Absent: nothing listens on the port.) What holds in every case: the app's output and exit status are its own, nothing is printed
-per batch and no traceback, the exit is bounded; spans made once the collector is back
-all arrive, once each. The wording of the agent's lines is checked where it is settled
+What holds in every case: the app's output and exit status are its own, nothing is
+printed per batch and no traceback, the exit is bounded; spans made once the collector
+is back all arrive, once each. The wording of the agent's lines is checked where it is settled
 (integration/test_export_diagnoses.py, test_export_reporting.py); here only what they
 must name. Timing is only bounded, never measured (benchmarks/exit.py measures the exit).
 """
