@@ -524,9 +524,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    receiver.set_fault(fault)  # before the line: a client that reads it meets the fault
     print(f"OTLP/gRPC on {receiver.grpc_endpoint}, OTLP/HTTP on {receiver.http_endpoint}/v1/traces; "
           f"mode {fault.mode}", flush=True)
-    receiver.set_fault(fault)
     shown = (0, 0)
     try:
         while not stopping.wait(1.0):
