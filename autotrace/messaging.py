@@ -5,7 +5,9 @@ A producer hook calls :func:`send` around the call that sends a message; it gets
 span), writes the span's context into the message's headers with
 :meth:`MessagingSpan.inject`, and ends it with :meth:`~MessagingSpan.close` (after
 :meth:`~MessagingSpan.fail` if the send raised). Under a send in progress
-(:func:`current_send`) a lower layer (kombu under Celery) starts no span of its own.
+(:func:`current_send`) a lower layer (kombu under Celery) starts no span of its own, and
+the broker's commands under it (Redis ``LPUSH``, an RQ enqueue pipeline) get no database
+span: the send is marked as the database call in progress too.
 
 A consumer hook calls :func:`process` with the message's headers around the work the
 message asks for; it gets a :class:`MessagingSpan` of kind CONSUMER named
@@ -138,7 +140,9 @@ def send(
 
         span, ctx = spans.new(TRACER, "send " + str(target), api.SpanKind.PRODUCER, parent, found)
         call = MessagingSpan(span, ctx, system)
-        call.context = api.context.set_value(key, call, ctx)
+        # Marked as the send in progress, and as a database call: the broker's own commands
+        # under it (kombu's LPUSH to Redis, RQ's enqueue pipeline) are how it is sent.
+        call.context = api.context.set_value(api.IN_DB_CALL, call, api.context.set_value(key, call, ctx))
         if attach:
             call.attach()
         return call
