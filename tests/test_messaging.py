@@ -159,3 +159,15 @@ def test_suppressed_instrumentation_starts_no_messaging_span(spans, suppressed, 
 
 def test_export_now_without_the_agent_set_up_is_a_no_op():
     assert messaging.export_now() is True
+
+
+def test_the_brokers_commands_under_a_send_get_no_database_span(spans, parent, mode):
+    from autotrace import db
+
+    call = messaging.send("rq", "jobs")
+    assert db.start("redis", db.Target("redis"), operation="LPUSH") is None  # how the message is sent
+    call.close()
+    query = db.start("redis", db.Target("redis"), operation="GET")  # after the send: a call of its own
+    assert query is not None
+    query.close()
+    assert [s.name for s in spans.get_finished_spans()] == ["send jobs", "GET"]
