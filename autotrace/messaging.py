@@ -220,7 +220,11 @@ def incoming(headers: Mapping[str, object] | None, base: context.Context | None 
     root = trace.set_span_in_context(trace.INVALID_SPAN, base)
     if not headers:
         return root, []
-    extracted = propagate.extract(headers, context=root, getter=_GETTER)
+    propagator = propagate.get_global_textmap()
+    reads = _fields_read(propagator)
+    if reads is not None and not any(name in headers for name in reads):
+        return root, []  # a message from a producer without the agent: nothing to read
+    extracted = propagator.extract(headers, context=root, getter=_GETTER)
     links = _extracted_links(extracted)
     if config.messaging_parent() == "parent":
         return extracted, links
@@ -284,12 +288,33 @@ def _queue_time(headers: Mapping[str, object] | None) -> float | None:
     return round(waited, 3)
 
 
+# The global propagator last seen, and the fields it reads (None: unknown, always extract).
+_reads: tuple[object, frozenset[str] | None] = (None, None)
+
+
+def _fields_read(propagator: object) -> frozenset[str] | None:
+    global _reads
+    seen, reads = _reads
+    if seen is not propagator:
+        try:
+            reads = getattr(propagator, "reads", None)
+            reads = reads if isinstance(reads, frozenset) else None
+        except Exception:  # noqa: BLE001
+            reads = None
+        _reads = (propagator, reads)
+    return reads
+
+
 class _HeadersGetter:
     """Reads propagation fields from a message's headers (a mapping; values of any type).
 
     A value that is not text makes its field invalid (the propagators' bounds, see
     :func:`autotrace.propagation.fields.bounded_values`), so the span starts a new trace.
+    Names are looked up as the formats write them (lower case: every OpenTelemetry
+    instrumentation writes them so into a message), not scanned for in another case.
     """
+
+    names_in_any_case = True  # no scan of the headers' keys for another case
 
     def get(self, carrier: Mapping[str, object], key: str):
         try:

@@ -1,0 +1,167 @@
+"""Celery worker throughput: 2,000 no-op tasks through a solo worker, plain vs ``autotrace run``.
+
+    python benchmarks/tasks.py [--tasks 2000] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
+
+A Redis server (Debian's ``redis-server``) is started on a free loopback port in a
+temporary directory, and stopped at the end. Each round, for each variant in turn (plain,
+then ``autotrace run`` exporting over OTLP/HTTP to a local sink that accepts the spans):
+
+1. the queue is filled with ``--tasks`` no-op task messages by a producer run the same way
+   as the worker (under ``autotrace run`` its messages carry the trace context, as in a
+   traced deployment);
+2. a solo worker (``celery -A benchtasks worker -P solo``) is started and runs them; the
+   task module notes the time of the first task's start and of the last task's end, and
+   writes the throughput (tasks per second of the worker's work, its start-up left out);
+3. the worker is stopped (SIGTERM: a warm shutdown).
+
+Medians of the rounds and the ratio traced/plain are printed (target: >= 0.85).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import harness
+
+TASKS_MODULE = """
+import os
+import time
+
+from celery import Celery
+
+app = Celery("benchtasks", broker=os.environ["BROKER_URL"])
+app.conf.task_default_queue = os.environ["QUEUE"]
+app.conf.broker_connection_retry_on_startup = True
+app.conf.task_ignore_result = True
+app.conf.worker_hijack_root_logger = False
+TOTAL = int(os.environ["BENCH_TASKS"])
+_seen = [0, 0.0]
+
+
+@app.task
+def noop(n):
+    seen = _seen
+    if seen[0] == 0:
+        seen[1] = time.perf_counter()
+    seen[0] += 1
+    if seen[0] == TOTAL:
+        with open(os.environ["BENCH_OUT"], "w") as out:
+            out.write(str(TOTAL / (time.perf_counter() - seen[1])))
+"""
+
+FILL = """
+import os
+
+import benchtasks
+
+for n in range(int(os.environ["BENCH_TASKS"])):
+    benchtasks.noop.delay(n)
+"""
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = harness.free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import socket
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return server, port
+        except OSError:
+            time.sleep(0.05)
+    server.kill()
+    raise SystemExit("redis-server did not answer within 20 s")
+
+
+def one_round(directory: Path, prefix: list[str], env: dict[str, str], tasks: int, queue: str) -> float:
+    """Fill the queue, run a solo worker over it; the worker's tasks per second."""
+    out = directory / f"{queue}.out"
+    env = dict(env, QUEUE=queue, BENCH_TASKS=str(tasks), BENCH_OUT=str(out))
+    fill = subprocess.run([*prefix, sys.executable, "fill.py"], cwd=directory, env=env, capture_output=True, text=True, timeout=300)
+    if fill.returncode != 0:
+        raise SystemExit(f"filling the queue failed:\n{fill.stderr}")
+    celery = str(harness.BIN / "celery")
+    command = [*prefix, celery, "-A", "benchtasks", "worker", "-P", "solo", "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = subprocess.Popen(command, cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not out.exists() or not out.read_text():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not run the {tasks} tasks:\n{worker.stderr.read() if worker.poll() is not None else ''}")
+            time.sleep(0.05)
+        return float(out.read_text())
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    harness.add_compare(parser)
+    args = parser.parse_args()
+    others = harness.compared(parser, args.compare)
+
+    directory = Path(tempfile.mkdtemp(prefix="autotrace-bench-tasks-"))
+    (directory / "benchtasks.py").write_text(textwrap.dedent(TASKS_MODULE))
+    (directory / "fill.py").write_text(textwrap.dedent(FILL))
+    redis, port = start_redis(directory)
+    sink = harness.serve(harness.Sink)
+    try:
+        plain = dict(harness.plain_env(), BROKER_URL=f"redis://127.0.0.1:{port}/0")
+        plain["PATH"] = f"{harness.BIN}{os.pathsep}{plain.get('PATH', '')}"
+        traced = harness.exporting_env(plain, sink, "bench-tasks")
+        variants: dict[str, tuple[list[str], dict[str, str]]] = {
+            "plain": ([], plain),
+            "autotrace run": ([harness.autotrace(), "run"], traced),
+        }
+        for label, other_bin in others.items():
+            variants[f"autotrace run ({label})"] = ([str(other_bin / "autotrace"), "run"], traced)
+        counter = iter(range(1_000_000))
+
+        def measure(name: str, variant: tuple[list[str], dict[str, str]]) -> float:
+            prefix, env = variant
+            return one_round(directory, prefix, env, args.tasks, f"bench-{next(counter)}")
+
+        results = harness.alternate(args.rounds, variants, measure)
+    finally:
+        sink.shutdown()
+        redis.terminate()
+        redis.wait(20)
+        shutil.rmtree(directory, ignore_errors=True)
+    base = harness.median(results["plain"])
+    print(f"{args.tasks} no-op Celery tasks through a solo worker (Redis broker); median of {args.rounds} rounds, {os.cpu_count()} cores")
+    for name, values in results.items():
+        median = harness.median(values)
+        rounds = " ".join(f"{v:.0f}" for v in values)
+        print(f"  {name:28s} {median:7.0f} tasks/s  {median / base:5.2f}x   (rounds: {rounds})")
+
+
+if __name__ == "__main__":
+    main()
