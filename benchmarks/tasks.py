@@ -11,7 +11,10 @@ then ``autotrace run`` exporting over OTLP/HTTP to a local sink that accepts the
    traced deployment);
 2. a solo worker (``celery -A benchtasks worker -P solo``) is started and runs them; the
    task module notes the time of the first task's start and of the last task's end, and
-   writes the throughput (tasks per second of the worker's work, its start-up left out);
+   writes the throughput (tasks per second of the worker's work, its start-up left out)
+   and the worker's CPU time per task over the same stretch (every thread: the export's
+   too, but for the last batch, exported after). On a loaded machine the throughput
+   varies from round to round; the CPU time much less;
 3. the worker is stopped (SIGTERM: a warm shutdown).
 
 Medians of the rounds and the ratio traced/plain are printed (target: >= 0.85).
@@ -44,7 +47,7 @@ app.conf.broker_connection_retry_on_startup = True
 app.conf.task_ignore_result = True
 app.conf.worker_hijack_root_logger = False
 TOTAL = int(os.environ["BENCH_TASKS"])
-_seen = [0, 0.0]
+_seen = [0, 0.0, 0.0]
 
 
 @app.task
@@ -52,10 +55,12 @@ def noop(n):
     seen = _seen
     if seen[0] == 0:
         seen[1] = time.perf_counter()
+        seen[2] = time.process_time()
     seen[0] += 1
     if seen[0] == TOTAL:
+        wall, cpu = time.perf_counter() - seen[1], time.process_time() - seen[2]
         with open(os.environ["BENCH_OUT"], "w") as out:
-            out.write(str(TOTAL / (time.perf_counter() - seen[1])))
+            out.write(f"{TOTAL / wall} {cpu * 1e6 / TOTAL}")
 """
 
 FILL = """
@@ -93,8 +98,9 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("redis-server did not answer within 20 s")
 
 
-def one_round(directory: Path, prefix: list[str], env: dict[str, str], tasks: int, queue: str) -> float:
-    """Fill the queue, run a solo worker over it; the worker's tasks per second."""
+def one_round(directory: Path, prefix: list[str], env: dict[str, str], tasks: int, queue: str) -> tuple[float, float]:
+    """Fill the queue, run a solo worker over it; the worker's tasks per second, and its
+    CPU time per task (microseconds, every thread of the worker: the export's too)."""
     out = directory / f"{queue}.out"
     env = dict(env, QUEUE=queue, BENCH_TASKS=str(tasks), BENCH_OUT=str(out))
     fill = subprocess.run([*prefix, sys.executable, "fill.py"], cwd=directory, env=env, capture_output=True, text=True, timeout=300)
@@ -109,7 +115,8 @@ def one_round(directory: Path, prefix: list[str], env: dict[str, str], tasks: in
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the worker did not run the {tasks} tasks:\n{worker.stderr.read() if worker.poll() is not None else ''}")
             time.sleep(0.05)
-        return float(out.read_text())
+        rate, cpu = out.read_text().split()
+        return float(rate), float(cpu)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -145,7 +152,7 @@ def main() -> None:
             variants[f"autotrace run ({label})"] = ([str(other_bin / "autotrace"), "run"], traced)
         counter = iter(range(1_000_000))
 
-        def measure(name: str, variant: tuple[list[str], dict[str, str]]) -> float:
+        def measure(name: str, variant: tuple[list[str], dict[str, str]]) -> tuple[float, float]:
             prefix, env = variant
             return one_round(directory, prefix, env, args.tasks, f"bench-{next(counter)}")
 
@@ -155,12 +162,15 @@ def main() -> None:
         redis.terminate()
         redis.wait(20)
         shutil.rmtree(directory, ignore_errors=True)
-    base = harness.median(results["plain"])
+    base = harness.median(rate for rate, _ in results["plain"])
+    base_cpu = harness.median(cpu for _, cpu in results["plain"])
     print(f"{args.tasks} no-op Celery tasks through a solo worker (Redis broker); median of {args.rounds} rounds, {os.cpu_count()} cores")
+    print(f"  {'':28s} {'throughput':>18s}   {'worker CPU per task':>24s}")
     for name, values in results.items():
-        median = harness.median(values)
-        rounds = " ".join(f"{v:.0f}" for v in values)
-        print(f"  {name:28s} {median:7.0f} tasks/s  {median / base:5.2f}x   (rounds: {rounds})")
+        rate = harness.median(r for r, _ in values)
+        cpu = harness.median(c for _, c in values)
+        rounds = " ".join(f"{r:.0f}" for r, _ in values)
+        print(f"  {name:28s} {rate:7.0f} tasks/s {rate / base:5.2f}x   {cpu:7.0f} us {base_cpu / cpu:5.2f}x (plain/this)   (rounds, tasks/s: {rounds})")
 
 
 if __name__ == "__main__":

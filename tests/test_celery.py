@@ -222,3 +222,24 @@ def test_an_eager_call_is_a_function_call_no_messaging_span(app, hooked, parent)
     assert app.tasks["shop.add"].apply((1, 2)).get() == 3
     assert hooked.get_finished_spans() == ()
     assert trace.get_current_span() is parent
+
+
+def test_over_rabbitmq_the_run_is_a_child_of_its_send(hooked, rabbitmq_server, parent):
+    app = Celery("shop", broker=rabbitmq_server.url(), backend="rpc://")
+    app.conf.task_default_queue = "q-" + uuid.uuid4().hex[:12]
+    app.conf.broker_connection_retry_on_startup = True
+
+    @app.task(name="shop.mul", shared=False)
+    def mul(x, y):
+        return x * y
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        result = mul.delay(6, 7)
+        assert result.get(timeout=20) == 42
+        (process,) = _wait(hooked, 1, "process shop.mul")
+    (send,) = [s for s in hooked.get_finished_spans() if s.name == "send shop.mul"]
+    assert send.parent.span_id == parent.get_span_context().span_id
+    assert process.parent.span_id == send.context.span_id
+    assert process.attributes["messaging.destination.name"] == app.conf.task_default_queue
+    assert process.attributes["messaging.message.id"] == result.id
+    app.close()
