@@ -110,6 +110,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("celery", "celery.app.amqp", "autotrace.hooks.celery", "celery", (5,)),
     Hook("celery_worker", "celery.app.trace", "autotrace.hooks.celery:patch_worker", "celery", (5,)),
     Hook("billiard", "billiard.pool", "autotrace.hooks.celery:patch_pool", "billiard", (4,)),
+    Hook("kombu", "kombu.messaging", "autotrace.hooks.kombu", "kombu", (5,)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),

@@ -15,6 +15,7 @@ import uuid
 import celery.app.amqp
 import celery.app.trace
 import kombu
+import kombu.messaging
 import pytest
 from celery import Celery, chord, group, signals
 from celery.contrib.testing.worker import start_worker
@@ -23,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import config, messaging, patching
 from autotrace.hooks import celery as hook
+from autotrace.hooks import kombu as kombu_hook
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def hooked(spans):
     mark = len(patching.history)
     hook.patch(celery.app.amqp)
     hook.patch_worker(celery.app.trace)
+    kombu_hook.patch(kombu.messaging)  # as under the agent: Celery's publishes must not get a second span
     config.reset_messaging_settings()
     yield spans
     patching.undo(mark)
@@ -106,6 +109,7 @@ def test_delay_is_a_producer_span_and_the_run_its_consumer_child(app, worker, ho
     assert process.attributes[messaging.TASK_NAME] == "shop.add"
     assert process.attributes[messaging.RETRY_COUNT] == 0
     assert process.status.status_code == StatusCode.UNSET
+    assert sorted(s.name for s in hooked.get_finished_spans()) == ["process shop.add", "send shop.add"]
 
 
 def test_a_failed_task_records_its_exception(app, worker, hooked):
@@ -177,7 +181,9 @@ def _publish_raw(app, headers: dict) -> str:
     task_id = str(uuid.uuid4())
     queue = app.conf.task_default_queue
     with kombu.Connection(app.conf.broker_url) as connection:
-        connection.Producer().publish(
+        publish = patching.unwrapped(kombu.messaging.Producer.publish)  # kombu's own: no agent there
+        publish(
+            connection.Producer(),
             [[6, 7], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
             routing_key=queue,
             declare=[kombu.Queue(queue)],
@@ -242,4 +248,7 @@ def test_over_rabbitmq_the_run_is_a_child_of_its_send(hooked, rabbitmq_server, p
     assert process.parent.span_id == send.context.span_id
     assert process.attributes["messaging.destination.name"] == app.conf.task_default_queue
     assert process.attributes["messaging.message.id"] == result.id
+    # One span per logical operation: no kombu span for Celery's publish, none for the rpc
+    # backend's result message (Celery's plumbing).
+    assert sorted(s.name for s in hooked.get_finished_spans()) == ["process shop.mul", "send shop.mul"]
     app.close()
