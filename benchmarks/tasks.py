@@ -2,8 +2,8 @@
 
     python benchmarks/tasks.py [--tasks 2000] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
 
-A Redis server (Debian's ``redis-server``) is started on a free loopback port in a
-temporary directory, and stopped at the end. Each round, for each variant in turn (plain,
+A Redis server (Debian's ``redis-server``, started as the tests start it:
+tests/dbservers.py) serves as the broker, and is stopped at the end. Each round, for each variant in turn (plain,
 then ``autotrace run`` exporting over OTLP/HTTP to a local sink that accepts the spans):
 
 1. the queue is filled with ``--tasks`` no-op task messages by a producer run the same way
@@ -23,6 +23,7 @@ Medians of the rounds and the ratio traced/plain are printed (target: >= 0.85).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -73,31 +74,6 @@ for n in range(int(os.environ["BENCH_TASKS"])):
 """
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = harness.free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return server, port
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise SystemExit("redis-server did not answer within 20 s")
-
-
 def one_round(directory: Path, prefix: list[str], env: dict[str, str], tasks: int, queue: str) -> tuple[float, float]:
     """Fill the queue, run a solo worker over it; the worker's tasks per second, and its
     CPU time per task (microseconds, every thread of the worker: the export's too)."""
@@ -138,10 +114,14 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="autotrace-bench-tasks-"))
     (directory / "benchtasks.py").write_text(textwrap.dedent(TASKS_MODULE))
     (directory / "fill.py").write_text(textwrap.dedent(FILL))
-    redis, port = start_redis(directory)
+    sys.path.insert(0, str(harness.ROOT / "tests"))
+    import dbservers
+
+    stack = contextlib.ExitStack()
+    redis = stack.enter_context(dbservers.running("redis"))
     sink = harness.serve(harness.Sink)
     try:
-        plain = dict(harness.plain_env(), BROKER_URL=f"redis://127.0.0.1:{port}/0")
+        plain = dict(harness.plain_env(), BROKER_URL=redis.url())
         plain["PATH"] = f"{harness.BIN}{os.pathsep}{plain.get('PATH', '')}"
         traced = harness.exporting_env(plain, sink, "bench-tasks")
         variants: dict[str, tuple[list[str], dict[str, str]]] = {
@@ -159,8 +139,7 @@ def main() -> None:
         results = harness.alternate(args.rounds, variants, measure)
     finally:
         sink.shutdown()
-        redis.terminate()
-        redis.wait(20)
+        stack.close()
         shutil.rmtree(directory, ignore_errors=True)
     base = harness.median(rate for rate, _ in results["plain"])
     base_cpu = harness.median(cpu for _, cpu in results["plain"])
