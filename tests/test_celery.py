@@ -71,6 +71,18 @@ def app(hooked, redis_server):
     app.close()
 
 
+@pytest.fixture(autouse=True)
+def logging_kept():
+    """Celery's embedded worker sets the root logger up (its level: ERROR): put it back."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
 @pytest.fixture
 def worker(app):
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as running:
