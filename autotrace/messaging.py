@@ -344,12 +344,17 @@ _GETTER = _HeadersGetter()
 
 
 def _extracted_links(ctx: context.Context) -> list[trace.Link]:
+    """Span links the agent's composite propagator found (other traces in later formats)."""
+    global _links_of
     try:
-        from .propagation.composite import extracted_links
-
-        return list(extracted_links(ctx))
+        if _links_of is None:
+            from .propagation.composite import extracted_links as _links_of
+        return _links_of(ctx)
     except Exception:  # noqa: BLE001
         return []
+
+
+_links_of = None  # propagation.composite.extracted_links, imported at the first message
 
 
 def _text(exc: BaseException) -> str:
