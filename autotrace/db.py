@@ -740,7 +740,8 @@ def start(
 
 
 def current() -> DbCall | None:
-    """The database call in progress in this context, if a hook started one."""
+    """The database call in progress in this context, if a hook started one (or a message
+    send, :func:`autotrace.messaging.send`: the broker's commands under it are its lower layer)."""
     if not api.loaded:
         return None
     return api.context.get_value(api.IN_DB_CALL)
