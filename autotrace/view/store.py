@@ -130,16 +130,20 @@ _SPAN_COLUMNS = (
     "r.body, c.body"
 )
 
-# A trace that had spans before this batch: recomputed from all of them.
-_UPDATE_TRACE = """
+# Traces that had spans before this transaction: recomputed from all of them (one
+# statement for all, the numbers after the received time).
+_UPDATE_TRACES = """
 UPDATE traces SET
-    (start_ns, end_ns, span_count, error_count) =
-        (SELECT min(start_ns), max(end_ns), count(*), sum(status_code = 2) FROM spans WHERE tn = ?1),
+    (start_ns, end_ns, span_count, error_count) = (
+        SELECT min(s.start_ns), max(s.end_ns), count(*), sum(s.status_code = 2) FROM spans s WHERE s.tn = traces.tn),
     (root_service, root_name) = (
-        SELECT service, name FROM spans WHERE tn = ?1 ORDER BY parent_span_id != '', start_ns LIMIT 1),
-    received_ns = ?2
-WHERE tn = ?1
+        SELECT s.service, s.name FROM spans s WHERE s.tn = traces.tn ORDER BY s.parent_span_id != '', s.start_ns LIMIT 1),
+    received_ns = ?
+WHERE tn IN ({marks})
 """
+# The attribute rows of dropped traces, deleted a few statements at a time: SQLite looks each
+# up by the primary key ("MULTI-INDEX OR"; a row-value IN list would scan a (key, value) range).
+_DELETE_ATTRS_ROWS = 64
 
 
 @dataclass
@@ -348,7 +352,8 @@ class Store:
             self._insert("INSERT OR IGNORE INTO span_attrs", index)
             self._insert("INSERT OR IGNORE INTO operations", sorted(operations))
             self._insert("INSERT INTO traces", list(new_rows.values()))
-            db.executemany(_UPDATE_TRACE, [(tn, now) for tn in sorted(recompute)])
+            for chunk in _chunks(sorted(recompute)):
+                db.execute(_UPDATE_TRACES.format(marks=",".join("?" * len(chunk))), [now, *chunk])
             # Retention in the same transaction: one commit a group.
             _, dropped = self._retain_in(db, now, self._span_total + added)
             db.execute("COMMIT")
@@ -367,17 +372,13 @@ class Store:
         Measured: besides the Python call a row saved, the sqlite3 module lets go of the GIL
         around every statement, and a thread that lets go of it while another thread runs
         Python (a request being decoded) waits up to the switch interval to get it back."""
-        added, at = 0, 0
-        if not rows:
-            return 0
-        per = max(1, min(MULTI_ROW_MAX, self._variables // len(rows[0])))
-        while at < len(rows):
-            left = len(rows) - at
-            size = per if left >= per else 1 << (left.bit_length() - 1)  # few distinct statements
-            added += self._writer.execute(
-                _values_sql(head, len(rows[0]), size), list(itertools.chain.from_iterable(rows[at : at + size]))
-            ).rowcount
-            at += size
+        added = 0
+        if rows:
+            width = len(rows[0])
+            for part in _parts(rows, max(1, min(MULTI_ROW_MAX, self._variables // width))):
+                added += self._writer.execute(
+                    _values_sql(head, width, len(part)), list(itertools.chain.from_iterable(part))
+                ).rowcount
         return added
 
     @staticmethod
@@ -451,7 +452,8 @@ class Store:
                 if (resource, tn) not in resources_done:
                     resources_done.add((resource, tn))
                     add_index_rows(resources[resource], tn, rows)
-            db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND tn = ?", sorted(rows))
+            for part in _parts(sorted(rows), _DELETE_ATTRS_ROWS):
+                db.execute(_delete_attrs_sql(len(part)), list(itertools.chain.from_iterable(part)))
             for table in ("spans", "traces"):
                 db.execute(f"DELETE FROM {table} WHERE tn IN ({marks})", chunk)
         return int(dropped)
@@ -755,10 +757,26 @@ def _otlp_value(item: object) -> dict:
     return {"doubleValue": item}
 
 
+def _parts(rows: Sequence[tuple], per: int) -> Iterable[Sequence[tuple]]:
+    """``rows`` in parts of ``per``, the rest in parts of powers of two: statements of a few
+    distinct lengths, which the statement caches keep."""
+    at = 0
+    while at < len(rows):
+        left = len(rows) - at
+        size = per if left >= per else 1 << (left.bit_length() - 1)
+        yield rows[at : at + size]
+        at += size
+
+
 @functools.lru_cache(maxsize=None)
 def _values_sql(head: str, width: int, rows: int) -> str:
     row = "(" + ",".join("?" * width) + ")"
     return f"{head} VALUES {','.join([row] * rows)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _delete_attrs_sql(rows: int) -> str:
+    return "DELETE FROM span_attrs WHERE " + " OR ".join(["(key = ? AND value = ? AND tn = ?)"] * rows)
 
 
 def _variable_limit(db: sqlite3.Connection) -> int:
