@@ -381,6 +381,26 @@ def test_a_batch_that_fails_in_a_group_fails_alone(store):
     assert "ROLLBACK" in statements
 
 
+def test_a_search_answers_while_a_batch_is_being_committed(tmp_path):
+    # A file store's readers have connections of their own (WAL): a search does not wait
+    # for the writer, which holds its lock for a whole group's transaction.
+    import threading
+
+    store = Store(str(tmp_path / "view.db"))
+    try:
+        trace_id, spans = trace(spans=2)
+        put(store, spans)
+        found: list = []
+        with store._lock:  # as during a commit
+            searcher = threading.Thread(target=lambda: found.append(store.search(TraceQuery())))
+            searcher.start()
+            searcher.join(10)
+            assert not searcher.is_alive()
+        assert found == [([trace_id], 1)]
+    finally:
+        store.close()
+
+
 def test_a_span_sent_twice_in_one_batch_is_kept_as_first_sent(store):
     trace_id, root = new_trace_id(), new_span_id()
     put(store, [span(trace_id, "zeta", span_id=root), span(trace_id, "alpha", span_id=root)])

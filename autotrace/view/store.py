@@ -197,7 +197,8 @@ class Store:
         self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._open_schema(self._writer)
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[sqlite3.Connection] = []  # idle reader connections (file stores)
+        self._readers_lock = threading.Lock()
         self._resource_ids: dict[str, int] = {}
         self._scope_ids: dict[str, int] = {}
         self._variables = _variable_limit(self._writer)
@@ -459,7 +460,7 @@ class Store:
         return int(dropped)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
             if self._closed:
                 return
             self._closed = True
@@ -476,7 +477,8 @@ class Store:
         if self.memory:
             with self._lock:
                 return self._writer.execute(sql, tuple(params)).fetchall()
-        with self._lock:
+        # The pool has a lock of its own: a search does not wait for a commit in progress.
+        with self._readers_lock:
             if self._closed:
                 raise RuntimeError("the store is closed")
             connection = self._readers.pop() if self._readers else None
@@ -485,7 +487,7 @@ class Store:
         try:
             return connection.execute(sql, tuple(params)).fetchall()
         finally:
-            with self._lock:
+            with self._readers_lock:
                 if self._closed or len(self._readers) >= 8:
                     connection.close()
                 else:
