@@ -123,31 +123,6 @@ def test_retention_by_span_count_drops_the_oldest_traces_whole(tmp_path):
         store.close()
 
 
-def test_retention_drops_a_bunch_below_the_limit_then_adds_without_dropping(tmp_path):
-    from autotrace.view.store import retention_bunch
-
-    assert (retention_bunch(10), retention_bunch(64), retention_bunch(10**9)) == (0, 4, 8192)
-    store = Store(str(tmp_path / "view.db"), max_spans=64)
-    try:
-        traces = []
-        for _ in range(16):  # 64 spans: at the limit, nothing dropped
-            trace_id, spans = trace(spans=4)
-            put(store, spans)
-            traces.append(trace_id)
-        assert store.span_count == 64
-        trace_id, spans = trace(spans=4)
-        put(store, spans)
-        traces.append(trace_id)
-        # 68 spans: the oldest traces go, whole, down to 64 - 4.
-        assert store.span_count == 60 and store.spans(traces[:2]) == []
-        assert sorted(store.search(TraceQuery(limit=100))[0]) == sorted(traces[2:])
-        trace_id, spans = trace(spans=4)
-        put(store, spans)  # 64 again: no drop
-        assert store.span_count == 64 and len(store.spans(traces[2:3])) == 4
-    finally:
-        store.close()
-
-
 def test_retention_deletes_the_attribute_rows_of_dropped_traces(tmp_path):
     # span_attrs has no index by trace: retention recomputes a trace's rows from its spans.
     store = Store(str(tmp_path / "view.db"), max_spans=4)

@@ -28,11 +28,7 @@ A store of the earlier layouts (keyed by trace id; ``PRAGMA user_version`` 0) is
 in one transaction when opened, then vacuumed.
 
 Retention drops the traces received longest ago, whole: by age (``retention_days``) and by
-span count (``max_spans``; once over it, down to :func:`retention_bunch` below it, so that
-drops come a bunch of traces at a time).
-
-Writing is a group commit (:meth:`Store.write`): each request's batch is made ready outside
-the writer's lock, and every batch waiting when the lock is free goes in one transaction.
+span count (``max_spans``).
 """
 
 from __future__ import annotations
@@ -58,7 +54,6 @@ WAL_CHECKPOINT_PAGES = 10_000
 SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is the layout keyed by trace id
 MULTI_ROW_MAX = 256  # rows a statement of Store._insert
 GROUP_MAX_SPANS = 16_384  # spans committed in one transaction at most (several requests' batches)
-RETENTION_BUNCH_MAX = 8192  # spans below max_spans that a drop goes down to, at most
 _AGE_CHECK_EVERY_S = 60.0
 _CHUNK = 500  # ids per "IN (...)" statement
 _TN_SPAN = operator.itemgetter(0, 1)
@@ -429,10 +424,7 @@ class Store:
             cutoff = now_ns - int(self.retention_days * 86400e9)
             doomed += [row[0] for row in db.execute("SELECT tn FROM traces WHERE received_ns < ?", (cutoff,))]
         if self.max_spans is not None and span_total > self.max_spans:
-            # Down to a bunch below the limit: the next batches are added with no drop, and
-            # the drop that then comes deletes many traces at once, cheaper a span (measured:
-            # by drops of 2,048 spans, not one batch's 512, a third less a span).
-            excess = span_total - self.max_spans + retention_bunch(self.max_spans)
+            excess = span_total - self.max_spans
             seen = set(doomed)
             for tn, count in db.execute("SELECT tn, span_count FROM traces ORDER BY received_ns, start_ns"):
                 if excess <= 0:
@@ -780,12 +772,6 @@ def _otlp_value(item: object) -> dict:
     if type(item) is int:
         return {"intValue": str(item)}
     return {"doubleValue": item}
-
-
-def retention_bunch(max_spans: int) -> int:
-    """How far below ``max_spans`` retention drops once over it: a sixteenth, at most
-    RETENTION_BUNCH_MAX spans (0 for a store of under 16 spans: dropped one trace at a time)."""
-    return min(max_spans // 16, RETENTION_BUNCH_MAX)
 
 
 def _parts(rows: Sequence[tuple], per: int) -> Iterable[Sequence[tuple]]:
