@@ -29,6 +29,9 @@ in one transaction when opened, then vacuumed.
 
 Retention drops the traces received longest ago, whole: by age (``retention_days``) and by
 span count (``max_spans``).
+
+Writing is a group commit (:meth:`Store.write`): each request's batch is made ready outside
+the writer's lock, and every batch waiting when the lock is free goes in one transaction.
 """
 
 from __future__ import annotations
