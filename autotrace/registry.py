@@ -106,6 +106,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
     Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
     Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),
+    # Task queues: a job sent is a PRODUCER span, its run in a worker a CONSUMER span in the same trace.
+    Hook("rq", "rq.worker", "autotrace.hooks.rq", "rq", (1, 10)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
