@@ -67,6 +67,9 @@ _CONTEXT = "_autotrace_context"
 # The CONSUMER span of the job being performed, on the Job instance while perform_job runs.
 _CALL = "_autotrace_call"
 
+# In the field beside the context: a job's retries_left when it was sent with Retry(max=n).
+RETRIES = "autotrace-retries"
+
 # A field longer than this is not read (a new trace, as for an oversized header).
 MAX_FIELD = 8192
 
@@ -74,11 +77,12 @@ MAX_FIELD = 8192
 class _Send:
     """The send in progress in this context: its span and the context text it gives jobs."""
 
-    __slots__ = ("call", "text", "batch", "count")
+    __slots__ = ("call", "headers", "text", "batch", "count")
 
-    def __init__(self, call: messaging.MessagingSpan, text: str, batch: bool) -> None:
+    def __init__(self, call: messaging.MessagingSpan, headers: dict[str, object], batch: bool) -> None:
         self.call = call
-        self.text = text
+        self.headers = headers
+        self.text = _dumps(headers)
         self.batch = batch
         self.count = 0  # the jobs given the context (enqueue_many)
 
@@ -152,7 +156,7 @@ def _send(original: Callable, queue: Any, args: tuple, kwargs: dict, target: obj
         return original(queue, *args, **kwargs)
     headers: dict[str, object] = {}
     call.inject(headers)
-    send = _Send(call, _dumps(headers), batch)
+    send = _Send(call, headers, batch)
     if job is not None:
         _carry(send, job)
     token = _sending.set(send)
@@ -184,7 +188,11 @@ def _wrap_create_job(original: Callable) -> Callable:
 def _carry(send: _Send, job: Any) -> None:
     """Give ``job`` the send's context; a single job's send is named by its function and id."""
     try:
-        setattr(job, _CONTEXT, send.text)
+        retries = getattr(job, "retries_left", None)
+        if isinstance(retries, int) and retries > 0:  # Retry(max=n): counted down from n at each retry
+            setattr(job, _CONTEXT, _dumps(dict(send.headers, **{RETRIES: retries})))
+        else:
+            setattr(job, _CONTEXT, send.text)
         if send.batch:
             send.count += 1
             send.call.set_attributes({"messaging.batch.message_count": send.count})
@@ -286,13 +294,14 @@ def _process(job: Any, queue: Any) -> messaging.MessagingSpan | None:
         outer = current.get(_OUTER) if _OUTER is not None else None
         token = api.attach(outer) if outer is not None else None
         try:
+            headers = _headers(job.__dict__.get(_CONTEXT))
             return messaging.process(
                 SYSTEM,
                 _function_name(job) or "rq",
-                _headers(job.__dict__.get(_CONTEXT)),
+                headers,
                 destination=getattr(queue, "name", None),
                 message_id=job.id,
-                retry_count=getattr(job, "number_of_retries", None) or 0,
+                retry_count=_retry_count(job, headers),
                 attach=False,
             )
         finally:
@@ -313,6 +322,18 @@ def _headers(value: object) -> dict[str, object] | None:
     except Exception:  # noqa: BLE001 - garbled: a new trace
         return None
     return found if isinstance(found, dict) else None
+
+
+def _retry_count(job: Any, headers: dict[str, object] | None) -> int:
+    """The job's retries so far: those it asked for by returning ``Retry`` (rq 2+:
+    ``number_of_retries``) and those its exceptions caused (``retries_left`` counted
+    down from the value the send recorded)."""
+    count = getattr(job, "number_of_retries", None) or 0
+    sent = headers.get(RETRIES) if headers else None
+    left = getattr(job, "retries_left", None)
+    if isinstance(sent, int) and isinstance(left, int) and 0 <= left < sent:
+        count += sent - left
+    return count
 
 
 # -- helpers ----------------------------------------------------------------------------
