@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, SimpleWorker
 
 
 def noop() -> None:
@@ -47,3 +47,15 @@ def enqueue_child(port: int, queue: str) -> str:
 
 def pid() -> int:
     return os.getpid()
+
+
+class QuietSimpleWorker(SimpleWorker):
+    """A SimpleWorker without its pub/sub channel (rq's stop/kill commands, unused here).
+
+    With rq 3 and redis-py 8, a burst worker that ends right after it subscribed can wait
+    60 s for its pub/sub thread (which waits for the subscription's reply that long), with
+    or without the agent: the tests would be slow at random.
+    """
+
+    def subscribe(self) -> None:
+        pass

@@ -75,7 +75,7 @@ def work(queue: Queue, exporter) -> tuple:
     exporter.clear()
     token = context.attach(context.Context())
     try:
-        SimpleWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
+        rq_jobs.QuietSimpleWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
     finally:
         context.detach(token)
     return exporter.get_finished_spans()
