@@ -366,7 +366,22 @@ def _quiet_worker() -> object:
                 return None
         if _OUTER is None:
             _OUTER = api.context.create_key("autotrace-rq-worker-outer")
+        _prepare_sdk()
         current = api.context.get_current()
         return api.attach(api.context.set_value(_OUTER, current, _quieted(current)))
     except Exception:  # noqa: BLE001 - the worker runs as it is
         return None
+
+
+def _prepare_sdk() -> None:
+    """Set the SDK up in the worker now, before it forks its first work horse.
+
+    Otherwise each horse would set it up (import the SDK and the exporter) for its one
+    job: a third of a second per job. A horse keeps its parent's set-up and opens its
+    own exporter connection. Never raises (the first span sets it up instead).
+    """
+    try:
+        api.tracer(messaging.TRACER)  # the global provider: the agent's SDK, set up at this first use
+        from autotrace import light_span  # noqa: F401 - the span class every span of the horse is
+    except Exception:  # noqa: BLE001
+        pass
