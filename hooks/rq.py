@@ -47,6 +47,7 @@ Supported: rq 1.10 and later.
 from __future__ import annotations
 
 import json
+import os
 from contextvars import ContextVar
 
 from autotrace import api, messaging, spans
@@ -90,6 +91,7 @@ class _Send:
 _sending: ContextVar[_Send | None] = ContextVar("autotrace_rq_send", default=None)
 
 _OUTER: object = None  # the context key holding a worker's context from before its loop was quieted
+_worker_pid = 0  # the process running a worker's loop (its forked horses inherit the value)
 
 
 # -- patching ---------------------------------------------------------------------------
@@ -236,6 +238,8 @@ def _wrap_restore(original: Callable) -> Callable:
 
 def _wrap_work(original: Callable) -> Callable:
     def work(self, *args, **kwargs):
+        global _worker_pid
+        _worker_pid = os.getpid()
         token = _quiet_worker()
         try:
             return original(self, *args, **kwargs)
@@ -259,10 +263,16 @@ def _wrap_perform_job(original: Callable) -> Callable:
             api.detach(token)
             job.__dict__.pop(_CALL, None)
             call.end()
-            if getattr(self, "_is_horse", False):  # the horse ends with os._exit next
+            if _in_horse(self):  # it ends with os._exit next
                 messaging.export_now()
 
     return perform_job
+
+
+def _in_horse(worker: Any) -> bool:
+    """Whether this process is a work horse: rq's flag, in a process other than the one
+    that runs the worker's loop (rq 1.x's SimpleWorker sets the flag in that very process)."""
+    return bool(getattr(worker, "_is_horse", False)) and os.getpid() != _worker_pid
 
 
 def _wrap_perform(original: Callable, retry: type | None) -> Callable:

@@ -320,3 +320,26 @@ def test_a_queue_without_the_worker_loop_still_gets_spans(traced, queue, parent)
     assert worker.perform_job(job, queue, worker.execution) is True
     (process,) = kind_spans(traced.get_finished_spans(), SpanKind.CONSUMER)
     assert is_child(process, send)
+
+
+def test_the_export_before_a_horse_exits_is_not_made_in_the_workers_own_process(traced, queue, monkeypatch):
+    """rq 1.x's SimpleWorker sets the horse flag in the worker's process: no flush per job there."""
+    exports = []
+    monkeypatch.setattr(messaging, "export_now", lambda *a, **k: exports.append(1) or True)
+
+    class FlaggedWorker(rq_jobs.QuietSimpleWorker):
+        def execute_job(self, job, queue):
+            self._is_horse = True
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                self._is_horse = False
+
+    queue.enqueue(rq_jobs.noop)
+    token = context.attach(context.Context())
+    try:
+        FlaggedWorker([queue], connection=queue.connection).work(burst=True, logging_level="WARNING")
+    finally:
+        context.detach(token)
+    assert len(kind_spans(traced.get_finished_spans(), SpanKind.CONSUMER)) == 1
+    assert exports == []
