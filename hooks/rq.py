@@ -5,7 +5,8 @@ with it). It patches:
 
 - ``Queue.enqueue_call`` (``enqueue`` and the ``@job`` decorator's ``delay`` go through
   it), ``Queue.enqueue_at`` (``enqueue_in`` goes through it), ``Queue.enqueue_many``
-  and ``Queue.enqueue_job`` (a ``Job`` the app created itself): one PRODUCER span
+  and ``Queue.enqueue_job`` (a ``Job`` the app created itself; a job that carries a
+  context already keeps it, whoever enqueues it again): one PRODUCER span
   ``send {function}`` (``send {queue}`` for ``enqueue_many``, with
   ``messaging.batch.message_count``), a child of the current span. rq's own Redis
   commands inside it are not spans of their own: the send is the operation;
@@ -143,7 +144,9 @@ def _wrap_enqueue(original: Callable, batch: bool) -> Callable:
 
 def _wrap_enqueue_job(original: Callable) -> Callable:
     def enqueue_job(self, job, *args, **kwargs):
-        if _sending.get() is not None:  # under enqueue_call: its job carries the context already
+        # Under enqueue_call, or a job that was sent already (rq 1.x's scheduler and
+        # dependents go through here): it keeps the context of its own send.
+        if _sending.get() is not None or job.__dict__.get(_CONTEXT) is not None:
             return original(self, job, *args, **kwargs)
         return _send(original, self, (job,) + args, kwargs, _function_name(job), getattr(self, "name", None), False, job)
 

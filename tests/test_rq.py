@@ -343,3 +343,13 @@ def test_the_export_before_a_horse_exits_is_not_made_in_the_workers_own_process(
         context.detach(token)
     assert len(kind_spans(traced.get_finished_spans(), SpanKind.CONSUMER)) == 1
     assert exports == []
+
+
+def test_a_job_enqueued_again_keeps_the_context_of_its_send(traced, queue, parent):
+    """rq 1.x's scheduler and dependents call enqueue_job with jobs that were sent already."""
+    job = queue.enqueue(rq_jobs.noop)
+    (send,) = traced.get_finished_spans()
+    stored = stored_field(job)
+    queue.enqueue_job(Job.fetch(job.id, connection=queue.connection))
+    assert kind_spans(traced.get_finished_spans(), SpanKind.PRODUCER) == [send]
+    assert stored_field(job) == stored
