@@ -1,6 +1,6 @@
 """RQ worker throughput: no-op jobs through a SimpleWorker and the forking Worker, plain vs ``autotrace run``.
 
-    python benchmarks/rq_tasks.py [--jobs 2000] [--fork-jobs 200] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/rq_tasks.py [--jobs 2000] [--fork-jobs 200] [--rounds 5] [--no-export] [--compare LABEL=VENV_BIN_DIR ...]
 
 A Redis server (Debian's ``redis-server``, started as the tests start it:
 tests/dbservers.py) holds the queues, and is stopped at the end. Each round, for each
@@ -18,7 +18,9 @@ OTLP/HTTP to a local sink that accepts the spans):
 
 The workers are subclasses without rq's pub/sub thread: with rq 3 and redis-py 8 a burst
 worker can wait 60 s for it at its exit (agent or not), which would only add noise.
-Medians of the rounds and the ratio traced/plain are printed (target: >= 0.85).
+``--no-export`` adds ``autotrace run`` with ``OTEL_TRACES_EXPORTER=none``: the hooks' cost
+without the export's. Medians of the rounds and the ratio traced/plain are printed
+(target: >= 0.85).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per SimpleWorker round")
     parser.add_argument("--fork-jobs", type=int, default=200, help="jobs per forking Worker round (0: none)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-export", action="store_true", help="also autotrace run with OTEL_TRACES_EXPORTER=none")
     harness.add_compare(parser)
     args = parser.parse_args()
     others = harness.compared(parser, args.compare)
@@ -139,6 +142,8 @@ def main() -> None:
             "plain": ([], plain),
             "autotrace run": ([harness.autotrace(), "run"], traced),
         }
+        if args.no_export:
+            variants["autotrace run, no export"] = ([harness.autotrace(), "run"], dict(traced, OTEL_TRACES_EXPORTER="none"))
         for label, other_bin in others.items():
             variants[f"autotrace run ({label})"] = ([str(other_bin / "autotrace"), "run"], traced)
         counter = iter(range(1_000_000))

@@ -26,7 +26,9 @@ with it). It patches:
   producer without the agent is a root span; a field that is not a bounded JSON object
   of text values starts a new trace too. rq's bookkeeping around the job (status,
   result, registries, success and failure callbacks) stays untraced;
-- ``Job.perform``: the job's function runs with the CONSUMER span current and
+- ``Job._execute`` (the call of the job's function; ``Job.perform`` where there is
+  none, and rq 1.x's ``perform`` sends a Redis command of its own before it): the
+  function runs with the CONSUMER span current and
   instrumentation on, so what it does (HTTP, database, jobs it enqueues) is its
   children. What it raises is recorded on the span (status ERROR, the exception event)
   and re-raised untouched; a job that returns ``Retry`` (rq 2+) is retried, not an error.
@@ -113,7 +115,9 @@ def patch(module: ModuleType) -> None:
     job = job_module.Job
     wrap_function(job, "to_dict", _wrap_to_dict)
     wrap_function(job, "restore", _wrap_restore)
-    wrap_function(job, "perform", lambda original: _wrap_perform(original, getattr(job_module, "Retry", None)))
+    # The job's function: Job._execute (rq 1.x's perform sends a PERSIST of its own first).
+    call_site = "_execute" if "_execute" in job.__dict__ else "perform"
+    wrap_function(job, call_site, lambda original: _wrap_perform(original, getattr(job_module, "Retry", None)))
 
     worker = _defining(module, "perform_job")
     wrap_function(worker, "perform_job", _wrap_perform_job)

@@ -178,6 +178,7 @@ def test_a_retried_job_is_a_consumer_span_per_run_with_its_retry_count(traced, q
     assert first.attributes["messaging.message.id"] == second.attributes["messaging.message.id"] == job.id
 
 
+@pytest.mark.skipif(tuple(int(p) for p in rq.VERSION.split(".")[:2]) < (2, 0), reason="a job returning Retry is retried from rq 2 on")
 def test_a_job_that_returns_retry_is_not_an_error(traced, queue, parent, redis_server):
     key = "rq-test:" + uuid.uuid4().hex
     job = queue.enqueue(rq_jobs.ask_retry_once, redis_server.port, key)
@@ -315,9 +316,8 @@ def test_a_queue_without_the_worker_loop_still_gets_spans(traced, queue, parent)
     (send,) = traced.get_finished_spans()
     traced.clear()
     worker = SimpleWorker([queue], connection=queue.connection)
-    job = Job.fetch(job.id, connection=queue.connection)
-    worker.prepare_execution(job)
-    assert worker.perform_job(job, queue, worker.execution) is True
+    worker.execute_job(Job.fetch(job.id, connection=queue.connection), queue)
+    assert Job.fetch(job.id, connection=queue.connection).get_status() == "finished"
     (process,) = kind_spans(traced.get_finished_spans(), SpanKind.CONSUMER)
     assert is_child(process, send)
 
