@@ -28,10 +28,10 @@ with it). It patches:
   result, registries, success and failure callbacks) stays untraced;
 - ``Job._execute`` (the call of the job's function; ``Job.perform`` where there is
   none, and rq 1.x's ``perform`` sends a Redis command of its own before it): the
-  function runs with the CONSUMER span current and
-  instrumentation on, so what it does (HTTP, database, jobs it enqueues) is its
-  children. What it raises is recorded on the span (status ERROR, the exception event)
-  and re-raised untouched; a job that returns ``Retry`` (where rq retries it) is retried, not an error.
+  function runs with the CONSUMER span current and instrumentation on, so what it does
+  (HTTP, database, jobs it enqueues) is its children. What it raises is recorded on the
+  span (status ERROR, the exception event) and re-raised untouched; a job that returns
+  ``Retry`` (where rq retries such a job) is retried, not an error.
 
 Span content: ``messaging.system`` ``rq``, ``messaging.destination.name`` the queue,
 ``messaging.message.id`` the job id, ``messaging.operation.type`` ``send``/``process``,
