@@ -91,7 +91,9 @@ class _Send:
         self.count = 0  # the jobs given the context (enqueue_many)
 
 
-_sending: ContextVar[_Send | None] = ContextVar("autotrace_rq_send", default=None)
+# The send in progress (or _NO_CONTEXT: a send whose context could not be made).
+_sending: ContextVar[object] = ContextVar("autotrace_rq_send", default=None)
+_NO_CONTEXT = object()
 
 _OUTER: object = None  # the context key holding a worker's context from before its loop was quieted
 _worker_pid = 0  # the process running a worker's loop (its forked horses inherit the value)
@@ -150,7 +152,7 @@ def _wrap_enqueue_job(original: Callable) -> Callable:
     def enqueue_job(self, job, *args, **kwargs):
         # Under enqueue_call, or a job that was sent already (rq 1.x's scheduler and
         # dependents go through here): it keeps the context of its own send.
-        if _sending.get() is not None or job.__dict__.get(_CONTEXT) is not None:
+        if _sending.get() is not None or getattr(job, _CONTEXT, None) is not None:
             return original(self, job, *args, **kwargs)
         return _send(original, self, (job,) + args, kwargs, _function_name(job), getattr(self, "name", None), False, job)
 
@@ -163,11 +165,15 @@ def _send(original: Callable, queue: Any, args: tuple, kwargs: dict, target: obj
     call = messaging.send(SYSTEM, str(target or "rq"), destination=destination, attach=False)
     if call is None:
         return original(queue, *args, **kwargs)
-    headers: dict[str, object] = {}
-    call.inject(headers)
-    send = _Send(call, headers, batch)
-    if job is not None:
-        _carry(send, job)
+    send: object = _NO_CONTEXT
+    try:
+        headers: dict[str, object] = {}
+        call.inject(headers)
+        send = _Send(call, headers, batch)
+        if job is not None:
+            _carry(send, job)
+    except Exception as exc:  # noqa: BLE001 - the jobs go without the context; still one span
+        call.report(exc)
     token = _sending.set(send)
     # rq's Redis commands (the job's hash, the queue's list) are the send itself.
     quiet = api.attach(_quieted(call.context))
@@ -187,7 +193,7 @@ def _wrap_create_job(original: Callable) -> Callable:
     def create_job(self, *args, **kwargs):
         job = original(self, *args, **kwargs)
         send = _sending.get()
-        if send is not None:
+        if send is not None and send is not _NO_CONTEXT:
             _carry(send, job)
         return job
 

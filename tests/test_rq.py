@@ -360,3 +360,21 @@ def test_a_job_enqueued_again_keeps_the_context_of_its_send(traced, queue, paren
     queue.enqueue_job(Job.fetch(job.id, connection=queue.connection))
     assert kind_spans(traced.get_finished_spans(), SpanKind.PRODUCER) == [send]
     assert stored_field(job) == stored
+
+
+def test_a_failure_of_the_hook_never_reaches_the_app(traced, queue, parent, monkeypatch, warnings):
+    def broken(*args, **kwargs):
+        raise RuntimeError("hook bug")
+
+    monkeypatch.setattr(rq_hook, "_dumps", broken)
+    job = queue.enqueue(rq_jobs.noop)
+    (send,) = traced.get_finished_spans()  # one span, ended; rq's commands still none
+    assert send.kind == SpanKind.PRODUCER and send.end_time is not None
+    assert stored_field(job) is None  # the job goes as it is
+    assert any("hook bug" in line for line in warnings())
+
+    done = work(queue, traced)
+
+    assert Job.fetch(job.id, connection=queue.connection).get_status() == "finished"
+    (process,) = done
+    assert process.parent is None
