@@ -111,6 +111,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("celery_worker", "celery.app.trace", "autotrace.hooks.celery:patch_worker", "celery", (5,)),
     Hook("billiard", "billiard.pool", "autotrace.hooks.celery:patch_pool", "billiard", (4,)),
     Hook("kombu", "kombu.messaging", "autotrace.hooks.kombu", "kombu", (5,)),
+    # Task queues: a job sent is a PRODUCER span, its run in a worker a CONSUMER span in the same trace.
+    Hook("rq", "rq.worker", "autotrace.hooks.rq", "rq", (1, 10)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),
