@@ -21,7 +21,7 @@ web framework's request would: under the agent the SDK records it and every call
 CLIENT span in it, exported over OTLP/HTTP to a local sink that accepts and discards it
 (as a collector would); plain Python runs the same code with the API's no-op tracer.
 ``--no-export`` adds a third variant, the agent with ``OTEL_TRACES_EXPORTER=none`` (spans
-made, not exported). Variants alternate for ``--rounds`` rounds; ratios are medians
+made, not exported; for each ``--compare`` install too). Variants alternate for ``--rounds`` rounds; ratios are medians
 against plain in the same run. ``--hook-alone`` adds the psycopg hook's own cost outside a
 request (no span current), measured in process against a no-op cursor.
 
@@ -199,6 +199,8 @@ def main() -> None:
     others = harness.compared(parser, args.compare)
     for label, other_bin in others.items():
         variants[label] = ([str(other_bin / "autotrace"), "run", str(other_bin / "python")], traced_env)
+        if args.no_export:
+            variants[f"{label}, no export"] = (variants[label][0], dict(traced_env, OTEL_TRACES_EXPORTER="none"))
     sys.path.insert(0, str(harness.ROOT / "tests"))
     import dbservers
 
@@ -210,7 +212,7 @@ def main() -> None:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         print(f"{args.calls} sequential calls per run in one request span, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'':20} {'wall clock':^39} | {'CPU of the process (all threads)':^39}" + (" | no export" if args.no_export else ""))
+        print(f"{'':20} {'wall clock':^39} | {'CPU of the process (all threads)':^39}" + (" | no export: wall, ratio; CPU, ratio" if args.no_export else ""))
         print(f"{'form':20} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9} | {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
         for form in forms:
             url = urls.get(FORMS[form] or "", "-")
@@ -228,10 +230,12 @@ def main() -> None:
                     columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
                 label = form if name == "autotrace" else f"{form} ({name})"
                 line = f"{label:20} {columns[0]} | {columns[1]}"
-                if args.no_export and name == "autotrace":
-                    p = harness.median(r[0] for r in results["plain"])
-                    u = harness.median(r[0] for r in results["no export"])
-                    line += f" | {u:9.1f} {u / p:6.2f}x"
+                if args.no_export:
+                    unexported = results["no export" if name == "autotrace" else f"{name}, no export"]
+                    for index in (0, 1):  # wall clock, CPU
+                        p = harness.median(r[index] for r in results["plain"])
+                        u = harness.median(r[index] for r in unexported)
+                        line += f" | {u:9.1f} {u / p:6.2f}x"
                 print(line, flush=True)
     sink.shutdown()
     if args.hook_alone:
