@@ -126,11 +126,11 @@ def main() -> None:
 
 
 def _count_instructions(forms: list[str], variants: dict, script: Path, url: str) -> None:
-    print("instructions per call of the client process, user space (valgrind --tool=callgrind; 1200 minus 200 calls)")
+    print("instructions per call of the client process, user space, spans not exported (valgrind --tool=callgrind; 1200 minus 200 calls)")
     for form in forms:
         counts = {}
         for name, (prefix, environ) in variants.items():
-            counts[name] = harness.instructions(lambda calls: [*prefix, str(script), form, url, str(calls)], environ, form, 200, 1200)
+            counts[name] = harness.instructions(lambda calls: [*prefix, str(script), form, url, str(calls)], harness.unexported(environ), form, 200, 1200)
         plain = counts.pop("plain")
         line = "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items())
         print(f"{form:18} plain {plain:,.0f}{line}", flush=True)

@@ -218,12 +218,13 @@ def main() -> None:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
         if args.instructions:
-            print("instructions per call of the client process, user space (valgrind --tool=callgrind; 1500 minus 500 calls)")
+            print("instructions per call of the client process, user space, spans not exported (valgrind --tool=callgrind; 1500 minus 500 calls)")
             for form in forms:
                 url = urls.get(FORMS[form] or "", "-")
                 counts = {
-                    name: harness.instructions(lambda calls: [*prefix, str(script), form, url, str(calls)], environ, form, 500, 1500)
+                    name: harness.instructions(lambda calls: [*prefix, str(script), form, url, str(calls)], harness.unexported(environ), form, 500, 1500)
                     for name, (prefix, environ) in variants.items()
+                    if "no export" not in name
                 }
                 plain = counts.pop("plain")
                 line = "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items())

@@ -104,6 +104,13 @@ def instructions(command: Callable[[int], list[str]], env: Mapping[str, str], wh
     return (counts[1] - counts[0]) / (high - low)
 
 
+def unexported(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with spans made but not exported (``OTEL_TRACES_EXPORTER=none``), for
+    :func:`instructions`: under valgrind the threads take turns, so the export thread's
+    share (and the spans the full queue drops) would depend on valgrind's scheduling."""
+    return dict(env, OTEL_TRACES_EXPORTER="none")
+
+
 def alternate(rounds: int, variants: Mapping[str, V], measure: Callable[[str, V], R]) -> dict[str, list[R]]:
     """``measure(name, variant)`` for each variant in turn, ``rounds`` times: the results by variant."""
     results: dict[str, list[R]] = {name: [] for name in variants}
