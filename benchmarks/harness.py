@@ -90,13 +90,15 @@ def instructions(command: Callable[[int], list[str]], env: Mapping[str, str], wh
     them (every thread, and the process ``autotrace run`` execs): ``command(calls)`` run with
     ``low`` then ``high`` calls, the difference divided by ``high - low``, so start-up,
     imports and warm-up cancel out. Unlike a time, the count does not move with the load of
-    the machine (it leaves out the kernel's work, which the agent does not change).
+    the machine (it leaves out the kernel's work, which the agent does not change); string
+    hashing is seeded alike in every run (``PYTHONHASHSEED=0``: a random seed moved the
+    counts by about 1%).
     ``low`` must be at least the script's warm-up."""
     counts = []
     for calls in (low, high):
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null", *command(calls)],
-            env=dict(env), capture_output=True, text=True, timeout=3600,
+            env=dict(env, PYTHONHASHSEED="0"), capture_output=True, text=True, timeout=3600,
         )
         if out.returncode != 0:
             raise SystemExit(f"{what} failed under valgrind:\n{out.stderr[-3000:]}")
