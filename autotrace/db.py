@@ -699,14 +699,8 @@ def start(
     ``"BATCH <operation>"``, as semconv says. Never raises.
     """
     try:
-        if not api.loaded:
-            api.load()
-            if not api.loaded:
-                return None
-        parent = api.get_current()
-        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
-            return None
-        if not _in_trace(parent) and not config.db_settings().root_spans:
+        parent = _parent()
+        if parent is None:
             return None
         span_attributes = dict(target.attributes)
         summary = None
@@ -749,6 +743,30 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail the app's query
         spans.report(exc, DbCall.WHAT, "the query", "db-span")
         return None
+
+
+def will_start() -> bool:
+    """Whether :func:`start` would make a span here, now: a hook asks before it does work
+    only a span needs (a Redis command's text), so that calls never traced (a worker's
+    broker traffic, calls outside any trace) cost next to nothing. Never raises."""
+    try:
+        return _parent() is not None
+    except Exception:  # noqa: BLE001 - start() reports its own failures
+        return True
+
+
+def _parent() -> context.Context | None:
+    """The current context when a database call made now gets a span, else None."""
+    if not api.loaded:
+        api.load()
+        if not api.loaded:
+            return None
+    parent = api.get_current()
+    if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
+        return None
+    if not _in_trace(parent) and not config.db_settings().root_spans:
+        return None
+    return parent
 
 
 def _in_trace(parent: context.Context) -> bool:
