@@ -216,17 +216,12 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
         yield real
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        pytest.fail(f"the browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} missing): "
-                    "run `apt-get install -y chromium chromium-driver` as root (.ci/run does it in CI)", pytrace=False)
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("the browser tests need Selenium: pip install -e '.[test]'", pytrace=False)
+def start_browser() -> Any:
+    """Headless Debian Chromium driven through Selenium and Debian's chromedriver (the
+    benchmark benchmarks/view_browser.py starts it the same way)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -235,6 +230,20 @@ def browser() -> Iterator[Any]:
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(10)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        pytest.fail(f"the browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} missing): "
+                    "run `apt-get install -y chromium chromium-driver` as root (.ci/run does it in CI)", pytrace=False)
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.fail("the browser tests need Selenium: pip install -e '.[test]'", pytrace=False)
+    driver = start_browser()
     try:
         yield driver
     finally:
@@ -559,13 +568,19 @@ def test_payload_ids_are_refused_at_ingestion(viewer):
     assert len(viewer.get(f"/api/traces/{XSS}")["data"][0]["spans"]) == 3
 
 
-def test_a_2000_span_waterfall_renders_within_a_second(browser, viewer, tmp_path):
+def rendered_ms(browser: Any) -> float:
+    """Milliseconds from navigation to the drawn waterfall (the page's own performance mark)."""
+    return wait_until(lambda: browser.execute_script(
+        "const m = performance.getEntriesByName('autotrace:trace-rendered'); return m.length && m[0].startTime"),
+        "the trace-rendered mark")
+
+
+def test_a_2000_span_waterfall_is_drawn_whole(browser, viewer, tmp_path):
+    # How fast (the 1 s target) is measured by benchmarks/view_browser.py, not here.
     open_page(browser, viewer, f"/trace/{BIG}")
     assert len(wait_for(browser, ".span-row", BIG_SPANS)) == BIG_SPANS
-    rendered = wait_until(lambda: browser.execute_script(
-        "const m = performance.getEntriesByName('autotrace:trace-rendered'); return m.length && m[0].startTime"), "the mark")
+    rendered = rendered_ms(browser)
     screenshot(browser, tmp_path, "big-trace.png")
-    assert rendered < 1000, f"{rendered:.0f} ms from navigation to the drawn waterfall"
     print(f"2,000-span waterfall drawn {rendered:.0f} ms after navigation")
 
 
