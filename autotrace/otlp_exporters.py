@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from . import _log
 from .otlp_encode import encode_spans
+from .span_queue import EncodedBatch
 
 logger = _log.logger
 
@@ -108,6 +109,8 @@ def _install_http_dispatcher(module: Any) -> bool:
         sdk_encode = current
 
         def encode_spans_dispatch(spans: Sequence[Any]) -> Any:
+            if type(spans) is EncodedBatch:  # encoded as the spans ended (autotrace.span_queue)
+                return _Encoded(spans.data)
             if getattr(_local, "active", False):
                 data = _encode_or_none(spans, sdk_encode)
                 if data is not None:
@@ -183,6 +186,8 @@ def grpc_exporter_class() -> type:
 
     class GrpcSpanExporter(base):  # type: ignore[misc, valid-type]
         def _translate_data(self, data):  # type: ignore[override]
+            if type(data) is EncodedBatch:  # encoded as the spans ended (autotrace.span_queue)
+                return ExportTraceServiceRequest.FromString(data.data)
             sdk_encode = super()._translate_data
             encoded = _encode_or_none(data, sdk_encode)
             if encoded is not None:

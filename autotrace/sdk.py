@@ -23,6 +23,7 @@ from . import _log, export_report, exporters
 from ._version import __version__
 from .config import Configuration
 from .entrypoint import Entrypoint
+from .span_queue import EncodingBatchProcessor
 
 logger = _log.logger
 
@@ -158,15 +159,23 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Config
     provider.add_span_processor(_EndCounter())
     factories = exporters.factories(settings)
     for name in settings.exporters:
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporters.ExporterHandle(name, factories[name], settings=settings),
+        handle = exporters.ExporterHandle(name, factories[name], settings=settings)
+        if name == "otlp":  # spans encoded as they end, the queue holds bytes
+            processor: SpanProcessor = EncodingBatchProcessor(
+                handle,
+                max_queue_size=settings.bsp_max_queue_size,
+                schedule_delay_millis=settings.bsp_schedule_delay_ms,
+                max_export_batch_size=settings.bsp_max_export_batch_size,
+            )
+        else:  # the console exporters read span objects
+            processor = BatchSpanProcessor(
+                handle,
                 max_queue_size=settings.bsp_max_queue_size,
                 schedule_delay_millis=settings.bsp_schedule_delay_ms,
                 max_export_batch_size=settings.bsp_max_export_batch_size,
                 export_timeout_millis=settings.bsp_export_timeout_ms,
             )
-        )
+        provider.add_span_processor(processor)
     export_report.queue_drops.queue_size = settings.bsp_max_queue_size  # named when spans are dropped
     set_global(provider)
     _provider = provider
