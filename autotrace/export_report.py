@@ -111,11 +111,24 @@ def keep_http_client_results(exporter: object) -> None:
 
 
 def collector_message(result: object) -> str:
-    """The message of a collector's error answer: a google.rpc.Status (protobuf or JSON), or text."""
+    """The message of a collector's error answer (the SDK's HTTP result): see :func:`collector_text`."""
+    content = result.content()  # type: ignore[attr-defined]
+    return collector_text(content, result.headers().get("content-type") or "")  # type: ignore[attr-defined]
+
+
+def collector_text(content: bytes, content_type: str) -> str:
+    """The message of a collector's error answer: a google.rpc.Status (protobuf or JSON), or text;
+    never raises (an answer that cannot be read has no message)."""
+    try:
+        return _collector_text(content, content_type)
+    except Exception:  # noqa: BLE001 - the status alone is reported
+        return ""
+
+
+def _collector_text(content: bytes, content_type: str) -> str:
     from .doctor.endpoint import CollectorMessage
 
-    content = result.content()  # type: ignore[attr-defined]
-    kind = (result.headers().get("content-type") or "").lower()  # type: ignore[attr-defined]
+    kind = content_type.lower()
     text = ""
     if "protobuf" in kind:
         text = _status_message(content)
@@ -416,6 +429,14 @@ class QueueDrops:
 queue_drops = QueueDrops()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=queue_drops._forget)
+
+
+def add_cause(*evidence: object) -> None:
+    """Evidence of a failed export attempt (an exception; an HTTP status and the collector's
+    message), kept when called inside an export (see :func:`start_capture`)."""
+    causes = getattr(_capture, "causes", None)
+    if causes is not None:
+        causes.append(evidence)
 
 
 def start_capture() -> list:

@@ -1,13 +1,15 @@
 """The span exporters ``OTEL_TRACES_EXPORTER`` names, and the handle each one is used through.
 
-- ``otlp``: the SDK's OTLP exporter for the configured protocol, with autotrace's span
-  encoder (:mod:`autotrace.otlp_exporters`, :mod:`autotrace.otlp_encode`);
+- ``otlp``: for OTLP/HTTP autotrace's exporter (:mod:`autotrace.otlp_http`, bytes over
+  ``http.client``), for gRPC the SDK's exporter with autotrace's encoding
+  (:mod:`autotrace.otlp_exporters`); either way the spans were encoded as they ended
+  (:mod:`autotrace.span_queue`, :mod:`autotrace.otlp_encode`);
 - ``console``: each finished trace as an indented tree on stderr
   (:mod:`autotrace.console_view`);
 - ``console-json``: the SDK's raw JSON, one object per span, on stderr.
 
 Imported with the SDK (see :mod:`autotrace.sdk`), never at start-up; an exporter's
-transport (grpc, requests) is imported by its factory, for the protocol chosen only.
+transport (grpc; http.client for OTLP/HTTP) is imported by its factory, for the protocol chosen only.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
                 if settings.compression == "gzip"
                 else GrpcCompression.NoCompression,
             )
+        if not settings.credential_provider:
+            from .otlp_http import OtlpHttpExporter  # no protobuf, no requests
+
+            return OtlpHttpExporter(
+                endpoint=settings.endpoint,
+                headers=dict(settings.headers),
+                timeout_s=settings.timeout_s,
+                compression=settings.compression,
+                certificate=settings.certificate,
+                client_key=settings.client_key,
+                client_certificate=settings.client_certificate,
+            )
+        # A credential provider's requests.Session: the SDK's exporter, which loads it.
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 
         from .otlp_exporters import http_exporter_class, http_session
@@ -89,7 +104,7 @@ class ExporterHandle(SpanExporter):
 
     It is made at set-up, not at the first export, because the first export may come
     at interpreter exit, when importing the exporter's transport is no longer allowed.
-    A child of ``fork`` must not share the parent's connection (a requests session or a
+    A child of ``fork`` must not share the parent's connection (an HTTP connection or a
     gRPC channel), so it makes its own at its first export; the modules are already
     imported by then. Export runs with instrumentation suppressed, the key every
     autotrace hook checks, so the exporter's own calls are never traced or injected.
@@ -184,6 +199,9 @@ class ExporterHandle(SpanExporter):
         if self.failures is not None:
             self.failures.closing = True
         exporter = self._exporter
+        closing = getattr(exporter, "closing", None)  # autotrace's OTLP/HTTP exporter
+        if callable(closing):
+            closing()
         client = getattr(exporter, "_client", None)  # OTLP/HTTP: the SDK's HTTP client
         for event in (getattr(client, "_shutdown_event", None), getattr(exporter, "_shutdown_in_progress", None)):
             if event is not None and hasattr(event, "set"):

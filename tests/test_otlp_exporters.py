@@ -178,8 +178,25 @@ def test_the_agent_factory_makes_the_exporters_with_our_encoder(protocol):
     endpoint = "127.0.0.1:4317" if protocol == "grpc" else "http://127.0.0.1:4318/v1/traces"
     exporter = exporters.otlp_factory(Configuration(protocol=protocol, endpoint=endpoint, insecure=True))()
     try:
-        assert type(exporter).__name__ == ("GrpcSpanExporter" if protocol == "grpc" else "HttpSpanExporter")
-        assert type(exporter).__module__ == "autotrace.otlp_exporters"
+        if protocol == "grpc":
+            assert type(exporter).__name__ == "GrpcSpanExporter"
+            assert type(exporter).__module__ == "autotrace.otlp_exporters"
+        else:  # bytes over http.client (tests/test_otlp_http.py)
+            assert type(exporter).__name__ == "OtlpHttpExporter"
+            assert type(exporter).__module__ == "autotrace.otlp_http"
+    finally:
+        exporter.shutdown()
+
+
+def test_with_a_credential_provider_the_sdks_http_exporter_is_used():
+    """The provider's requests.Session is loaded by the SDK's exporter, with our encoder."""
+    from autotrace import exporters
+    from autotrace.config import Configuration
+
+    settings = Configuration(protocol="http/protobuf", endpoint="http://127.0.0.1:4318/v1/traces", credential_provider="x")
+    exporter = exporters.otlp_factory(settings)()
+    try:
+        assert type(exporter).__name__ == "HttpSpanExporter"
     finally:
         exporter.shutdown()
 
