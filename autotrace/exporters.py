@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import Callable, Sequence
 
@@ -171,6 +172,7 @@ class ExporterHandle(SpanExporter):
             if self._closing:
                 self.failures.closing = True
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        started = time.monotonic()
         try:
             causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
             try:
@@ -181,7 +183,9 @@ class ExporterHandle(SpanExporter):
             finally:
                 export_report.stop_capture()
             # Still suppressed: diagnosing a failure may ask the port, and that is not traced.
-            export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
+            export_report.report(
+                self.failures, result is SpanExportResult.SUCCESS, causes, len(spans), time.monotonic() - started
+            )
         finally:
             detach(token)
         return result
@@ -207,6 +211,18 @@ class ExporterHandle(SpanExporter):
             if event is not None and hasattr(event, "set"):
                 event.set()
 
+    def waiting_for(self) -> str:
+        """What an export under way waits for, in words ("" when none is known to wait)."""
+        exporter = self._exporter
+        activity = getattr(exporter, "activity", None)
+        if isinstance(activity, str):
+            return activity
+        if exporter is not None and self.settings is not None:
+            from .config import redact_url
+
+            return f"an export to {redact_url(self.settings.endpoint)} is still waiting for an answer"
+        return ""
+
     def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
         exporter = self._exporter
         export_report.close(self.failures)
@@ -229,3 +245,20 @@ def closing() -> None:
             handle.closing()
         except Exception as exc:  # noqa: BLE001 - the flush bound still holds
             logger.debug("cannot stop the %s exporter's retries: %s", handle.name, exc)
+
+
+def waiting_for() -> str:
+    """What the exports under way wait for, in words (see :meth:`ExporterHandle.waiting_for`)."""
+    for handle in list(_handles):
+        try:
+            found = handle.waiting_for()
+        except Exception:  # noqa: BLE001
+            found = ""
+        if found:
+            return found
+    return ""
+
+
+def lost_spans() -> int:
+    """Spans of failed exports since the start, all exporters."""
+    return sum(handle.failures.lost_spans for handle in list(_handles) if handle.failures is not None)
