@@ -246,10 +246,9 @@ def test_another_protocol_on_the_port_is_not_retried(causes):
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
-        exporter = OtlpHttpExporter(f"http://127.0.0.1:{listener.getsockname()[1]}/v1/traces", timeout_s=5)
-        started = time.monotonic()
+        exporter = OtlpHttpExporter(f"http://127.0.0.1:{listener.getsockname()[1]}/v1/traces", timeout_s=30)
         assert exporter.export(BATCH) is SpanExportResult.FAILURE
-        assert time.monotonic() - started < 1 and len(seen) == 1
+        assert len(seen) == 1  # one attempt: a retry would connect again
         ((error,),) = causes
         assert isinstance(error, otlp_http.NotHttp)
     finally:

@@ -169,7 +169,7 @@ def test_what_the_queue_retains_while_exports_fail_is_bytes_only(drops):
 
     def burst(n):
         for i in range(n):
-            light_span.start_span(tracer, "GET /items/{id}", SpanKind.SERVER, context.Context(), dict(attributes, i=i)).end()
+            light_span.start_span(tracer, "GET /retained/{id}", SpanKind.SERVER, context.Context(), dict(attributes, i=i)).end()
 
     tracemalloc.start()
     try:
@@ -189,7 +189,7 @@ def test_what_the_queue_retains_while_exports_fail_is_bytes_only(drops):
     # The queue (bytes and entries) and the encoder's bounded cache of frequent key-values.
     assert full < 2048 * (per_span + 150) + 512 * 1024, full
     assert grown < 128 * 1024, grown  # the same number of bytes held: no growth
-    alive = [o for o in gc.get_objects() if issubclass(type(o), ReadableSpan) and o.name == "GET /items/{id}"]
+    alive = [o for o in gc.get_objects() if issubclass(type(o), ReadableSpan) and o.name == "GET /retained/{id}"]
     assert alive == []  # no span object outlives its end
     assert exporter.sizes == [512] * 12
     processor.shutdown()
