@@ -65,12 +65,11 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
         # A credential provider's requests.Session: the SDK's exporter, which loads it.
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 
-        from .otlp_exporters import http_exporter_class, http_session
+        from .otlp_exporters import http_exporter_class
 
         HttpExporter = http_exporter_class()  # the SDK's, with autotrace's span encoder
         return HttpExporter(
             endpoint=settings.endpoint,
-            session=http_session(os.environ),  # keeps OTEL_EXPORTER_OTLP_CERTIFICATE's CA file
             headers=dict(settings.headers),
             timeout=settings.timeout_s,
             compression=HttpCompression.Gzip

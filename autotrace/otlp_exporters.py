@@ -1,6 +1,9 @@
 """The SDK's OTLP span exporters, with :mod:`autotrace.otlp_encode` as their encoder.
 
-Imported by the OTLP exporter factory only, after the exporter's transport module.
+Imported by the OTLP exporter factory only, after the exporter's transport module: for
+gRPC always, for OTLP/HTTP only with a credential provider (otherwise
+:mod:`autotrace.otlp_http` sends the bytes). A batch from the agent's queue
+(:class:`autotrace.span_queue.EncodedBatch`) is already encoded and sent as it is.
 
 * HTTP: the SDK's ``export`` encodes with ``encode_spans(spans).SerializePartialToString()``,
   ``encode_spans`` being a global of its module, with no hook in between. That global is
@@ -142,36 +145,6 @@ def http_exporter_class() -> type:
                 _local.active = previous
 
     return HttpSpanExporter
-
-
-def http_session(environ: Any) -> Any:
-    """A requests session for the OTLP/HTTP exporter that keeps the CA file it is given, or None.
-
-    The SDK's transport sets the session's ``verify`` to the file
-    ``OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`` names, and requests then lets
-    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replace it at every request
-    (psf/requests#3829): in an image that sets those for the app, the exporter would
-    distrust the very collector it was told to trust. This session keeps its own file;
-    everything else (proxies from the environment included) is requests' as usual.
-    None (the SDK makes its session) without a certificate, or when a credential
-    provider makes the session.
-    """
-    from .config import VARIABLES  # where the SDK's exporter reads them itself
-
-    if not any(environ.get(name) for name in VARIABLES["certificate"]):
-        return None
-    if any(environ.get(name) for name in VARIABLES["credential provider"]):
-        return None
-    import requests
-
-    class KeepsItsCA(requests.Session):
-        def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
-            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-            if verify is None and isinstance(self.verify, str):
-                merged["verify"] = self.verify  # the exporter's CA file, not the environment's
-            return merged
-
-    return KeepsItsCA()
 
 
 def grpc_exporter_class() -> type:

@@ -24,6 +24,7 @@ and exports it; the child, whose copy of the code ends it too, does not export i
 from __future__ import annotations
 
 import collections
+import contextvars
 import os
 import threading
 import weakref
@@ -107,7 +108,9 @@ class EncodingBatchProcessor(SpanProcessor):
         self._export_lock = threading.Lock()  # one export at a time (worker, force_flush)
         self._wake = threading.Event()
         self._worker = threading.Thread(target=self._work, name="autotrace-export", daemon=True)
-        self._worker.start()
+        # Started from an empty context: the thread hook then carries no request's context
+        # into it (it may start inside a request: at set-up, or in a child forked in a span).
+        contextvars.Context().run(self._worker.start)
 
     def _at_fork_reinit(self) -> None:
         self._queue.clear()

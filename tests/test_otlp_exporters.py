@@ -199,18 +199,3 @@ def test_with_a_credential_provider_the_sdks_http_exporter_is_used():
         assert type(exporter).__name__ == "HttpSpanExporter"
     finally:
         exporter.shutdown()
-
-
-def test_the_http_session_keeps_the_certificate_it_is_given(monkeypatch) -> None:
-    from autotrace.otlp_exporters import http_session
-
-    assert http_session({}) is None  # the SDK makes its own
-    assert http_session({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem", "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER": "x"}) is None
-    session = http_session({"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": "/ca.pem"})
-    session.verify = "/ca.pem"  # as the SDK's transport sets it
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/other.pem")
-    merged = session.merge_environment_settings("https://collector:4318/v1/traces", {}, None, None, None)
-    assert merged["verify"] == "/ca.pem"
-    assert session.merge_environment_settings("https://c/", {}, None, False, None)["verify"] is False  # asked per request
-    session.verify = True  # no file of its own: requests' usual rules
-    assert session.merge_environment_settings("https://c/", {}, None, None, None)["verify"] == "/etc/ssl/other.pem"
