@@ -23,8 +23,9 @@ if they differ, ours is switched off for the process (warned once).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import _log
 from .otlp_encode import encode_spans
@@ -158,6 +159,12 @@ def grpc_exporter_class() -> type:
         return base
 
     class GrpcSpanExporter(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            metrics = getattr(self, "_metrics", None)
+            if metrics is not None and callable(getattr(metrics, "export_operation", None)):
+                self._metrics = _ForgetsTheError(metrics)
+
         def _translate_data(self, data):  # type: ignore[override]
             if type(data) is EncodedBatch:  # encoded as the spans ended (autotrace.span_queue)
                 return ExportTraceServiceRequest.FromString(data.data)
@@ -176,3 +183,34 @@ def grpc_exporter_class() -> type:
             return sdk_encode(data)
 
     return GrpcSpanExporter
+
+
+class _ForgetsTheError:
+    """The SDK gRPC exporter's metrics, with its export result's error dropped after use.
+
+    The SDK's ``_export`` keeps a failed export's ``RpcError`` on the result its metrics
+    hand out (``result.error``), in a local of the frame that error's traceback holds: a
+    reference cycle, freed only by a full garbage collection, that keeps the request (every
+    span of the batch, parsed) and the batch alive. While a collector is down, one per
+    failed export: RSS grew by about 20 MB. The error is dropped once the metrics have
+    recorded it, which breaks the cycle.
+    """
+
+    def __init__(self, metrics: Any) -> None:
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metrics, name)
+
+    @contextlib.contextmanager
+    def export_operation(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        result = None
+        try:
+            with self._metrics.export_operation(*args, **kwargs) as result:
+                yield result
+        finally:
+            if result is not None and getattr(result, "error", None) is not None:
+                try:
+                    result.error = None
+                except Exception:  # noqa: BLE001 - a result of another layout: the cycle stays
+                    pass

@@ -421,3 +421,38 @@ def test_at_exit_a_failed_export_is_not_retried_and_the_line_says_so(capsys):
         "HTTP 503: try later; fix: the collector is reachable but failing: check its logs and its health; "
         "not retried at exit (1 span dropped); run 'autotrace doctor' for details"
     )
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_failed_export_leaves_no_reference_cycle_holding_the_batch(protocol, capfd):
+    """While the collector is down every export fails: a cycle through a failure's traceback
+    would keep each batch (and, for gRPC, its parsed request) until a full collection."""
+    import gc
+
+    from autotrace.config import Configuration
+    from autotrace.otlp_encode import encode_spans
+    from autotrace.span_queue import EncodedBatch
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("t")
+    spans = []
+    for i in range(20):
+        span = tracer.start_span(f"s{i}")
+        span.end()
+        spans.append(span)
+    data = encode_spans(spans)
+    settings = Configuration(protocol=protocol, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", insecure=True, timeout_s=1.5)
+    handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
+    assert handle.export(EncodedBatch(data, 20)) is SpanExportResult.FAILURE  # the first: set-up, diagnosis
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(2):
+            assert handle.export(EncodedBatch(data, 20)) is SpanExportResult.FAILURE
+        gc.collect()
+        kept = [type(o).__name__ for o in gc.garbage if isinstance(o, (BaseException, EncodedBatch)) or type(o).__name__ == "ExportTraceServiceRequest"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        handle.shutdown()
+    assert kept == []
