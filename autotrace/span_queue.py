@@ -28,7 +28,7 @@ import contextvars
 import os
 import threading
 import weakref
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Deque, Tuple
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor

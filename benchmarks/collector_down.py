@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import textwrap
-import threading
-import time
 from concurrent import futures
 from pathlib import Path
 

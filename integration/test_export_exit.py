@@ -54,7 +54,7 @@ def warnings_of(stderr: str) -> list[str]:
 
 
 @pytest.fixture
-def other_protocol_port(request):
+def other_protocol_port():
     """A receiver of the other protocol: gRPC's port for an HTTP exporter, HTTP's for gRPC."""
     with OTLPReceiver() as receiver:
         yield receiver

@@ -321,7 +321,7 @@ def test_an_untrusted_certificate_is_not_retried_and_classified(serve, pki, caus
 
 def test_an_http_proxy_from_the_environment_gets_the_absolute_url(serve):
     proxy = serve(OK)
-    target = f"http://collector.example:4318/v1/traces"
+    target = "http://collector.example:4318/v1/traces"
     exporter = OtlpHttpExporter(target, timeout_s=5, environ={"HTTP_PROXY": f"http://127.0.0.1:{proxy.port}"})
     assert exporter.export(BATCH) is SpanExportResult.SUCCESS
     assert proxy.requests[0][1] == target
