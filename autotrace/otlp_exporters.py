@@ -165,6 +165,31 @@ def grpc_exporter_class() -> type:
             if metrics is not None and callable(getattr(metrics, "export_operation", None)):
                 self._metrics = _ForgetsTheError(metrics)
 
+        if callable(getattr(base, "_initialize_channel_and_stub", None)):
+
+            def _initialize_channel_and_stub(self) -> None:
+                """The SDK's channel, made with grpc's own functions, not the agent's hook's.
+
+                The export is not traced (instrumentation is suppressed), but a channel made
+                through the hook carries its interceptor, and grpc's interceptor machinery
+                keeps each failed call's exception, traceback and request in a reference
+                cycle (while the collector is down: megabytes a minute until a full
+                garbage collection). Anything else that wraps grpc's functions still applies.
+                """
+                import grpc
+
+                from .patching import unwrapped
+
+                try:
+                    options = dict(compression=self._compression, options=self._channel_options)
+                    if self._insecure:
+                        self._channel = unwrapped(grpc.insecure_channel)(self._endpoint, **options)
+                    else:
+                        self._channel = unwrapped(grpc.secure_channel)(self._endpoint, self._credentials, **options)
+                    self._client = self._stub(self._channel)
+                except AttributeError:  # an SDK of another layout: its own way
+                    super()._initialize_channel_and_stub()
+
         def _translate_data(self, data):  # type: ignore[override]
             if type(data) is EncodedBatch:  # encoded as the spans ended (autotrace.span_queue)
                 return ExportTraceServiceRequest.FromString(data.data)

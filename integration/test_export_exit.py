@@ -109,7 +109,8 @@ tracer = trace.get_tracer("app")
 for i in range(20):
     tracer.start_span(f"s{i}").end()
     time.sleep(0.05)
-time.sleep(6)  # the export thread retries meanwhile
+open("spans-made", "w").close()  # the first export (after 0.1 s) has failed by now
+time.sleep(8)  # the export thread retries meanwhile
 print("done", flush=True)
 """
 
@@ -149,7 +150,15 @@ class Restartable:
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_an_outage_recovered_by_retries_gets_one_line_and_loses_nothing(tmp_path, protocol):
     collector = Restartable(protocol)
-    timer = threading.Timer(1.5, collector.start)  # the collector comes up while the export retries
+    marker = tmp_path / "spans-made"
+
+    def start_when_the_spans_are_made() -> None:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        collector.start()  # the collector comes up while the export retries
+
+    timer = threading.Thread(target=start_when_the_spans_are_made, daemon=True)
     timer.start()
     try:
         result, _ = run_app(
@@ -158,8 +167,7 @@ def test_an_outage_recovered_by_retries_gets_one_line_and_loses_nothing(tmp_path
         )
         spans = collector.receiver.wait_for_spans(20, timeout=10)
     finally:
-        timer.cancel()
-        timer.join(5)
+        timer.join(35)
         collector.stop()
     assert sorted(s.name for s in spans) == sorted(f"s{i}" for i in range(20))  # each once
     assert warnings_of(result.stderr) == [], result.stderr

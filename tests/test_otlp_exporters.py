@@ -199,3 +199,26 @@ def test_with_a_credential_provider_the_sdks_http_exporter_is_used():
         assert type(exporter).__name__ == "HttpSpanExporter"
     finally:
         exporter.shutdown()
+
+
+def test_the_grpc_exporters_channel_bypasses_the_agents_grpc_hook():
+    """The export is never traced; a channel made through the hook would still carry its
+    interceptor, and grpc's interceptor machinery keeps each failed call's exception and
+    request in a reference cycle (RSS grew while a collector was down)."""
+    import grpc
+
+    from autotrace import patching
+    from autotrace.hooks import grpc as hook
+
+    mark = len(patching.history)
+    hook.patch(grpc)
+    try:
+        assert type(grpc.insecure_channel("127.0.0.1:1")).__module__ == "grpc._interceptor"  # the hook is on
+        cls = otlp_exporters.grpc_exporter_class()
+        exporter = cls(endpoint="127.0.0.1:1", insecure=True, timeout=1)
+        assert type(exporter._channel).__module__ == "grpc._channel"
+        exporter._initialize_channel_and_stub()  # as the SDK does after an UNAVAILABLE export
+        assert type(exporter._channel).__module__ == "grpc._channel"
+        exporter.shutdown()
+    finally:
+        patching.undo(mark)
