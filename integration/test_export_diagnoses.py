@@ -160,7 +160,8 @@ def test_a_hanging_collector_keeps_the_flush_bound(silent: Silent, tmp_path: Pat
         tmp_path, protocol, f"http://127.0.0.1:{silent.port}",
         OTEL_EXPORTER_OTLP_TIMEOUT="30000", AUTOTRACE_SHUTDOWN_TIMEOUT="2000",
     )
-    delay = time.monotonic() - started - plain
+    elapsed = time.monotonic() - started
+    delay = elapsed - plain
     if protocol == "http":
         waits = f"the collector at 127.0.0.1:{silent.port} accepted the connection and has not answered"
     else:
@@ -169,7 +170,9 @@ def test_a_hanging_collector_keeps_the_flush_bound(silent: Silent, tmp_path: Pat
         f"autotrace WARNING: spans not flushed within 2s (AUTOTRACE_SHUTDOWN_TIMEOUT): {waits}; 1 span not "
         "delivered; going on without them; run 'autotrace doctor' for details"
     ) in result.stderr.splitlines(), result.stderr
-    assert 1.8 <= delay < 4.0, (delay, plain)  # the bound, not the 30 s export timeout
+    # The bound was waited for, and it is the whole delay (not the 30 s export timeout);
+    # the plain run's time varies with the machine's load: the lower check is absolute.
+    assert elapsed >= 2.0 and delay < 5.0, (elapsed, plain)
 
 
 # -- collectors that answer with an error, and say why ---------------------------------
