@@ -13,7 +13,12 @@ request (span modules call it, then read these module globals):
   keys that turn instrumentation off in a context (the agent's exporter sets the first);
   :func:`suppressed` and :func:`http_suppressed` read them;
 - :func:`tracer`: the agent's tracer of a given name (one per span kind, kept in :data:`tracers`);
-- :func:`attach` and :func:`detach`: ``context.attach``/``detach`` that never raise.
+- :func:`attach` and :func:`detach`: ``context.attach``/``detach`` that never raise;
+- :data:`get_current`, :data:`set_current` and :data:`SPAN_KEY`, for the hot paths: the
+  current context, making a context current (its token for :func:`detach`), and the key
+  the API keeps the current span under (:func:`with_span` builds a span's context in one
+  copy). With the API's default runtime context these are its context variable's own
+  ``get``/``set``: no layer of calls on every span.
 
 Before the first :func:`load` every name above is None (the keys: their names), and
 :data:`loaded` is False. A hot path reads them as module attributes
@@ -54,6 +59,11 @@ SUPPRESS_HTTP_INSTRUMENTATION: object = "suppress_http_instrumentation"
 
 loaded = False
 
+# Set by load() (see the module docstring).
+get_current = set_current = None
+SPAN_KEY: object = None  # None: not known (another API layout), set_span_in_context is used
+_variable = None  # the context variable behind the API's default runtime context, if that one
+
 # Re-entrant: importing the API may start a thread or make a log record, whose hooks
 # ask for the API again on the same thread; they then go on without it (see load).
 _lock = threading.RLock()
@@ -91,8 +101,45 @@ def _import_api() -> None:
     IN_DB_CALL = _context.create_key("autotrace-db-call")
     SUPPRESS_INSTRUMENTATION = _context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001
     SUPPRESS_HTTP_INSTRUMENTATION = _context._SUPPRESS_HTTP_INSTRUMENTATION_KEY  # noqa: SLF001
+    _find_fast_paths(_context, _trace)
     _install_propagators()
     loaded = True
+
+
+def _find_fast_paths(_context, _trace) -> None:
+    """Set :data:`get_current`, :data:`set_current`, :data:`SPAN_KEY` (see the module docstring)."""
+    global get_current, set_current, SPAN_KEY, _variable
+    get_current, set_current = _context.get_current, _context.attach
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT  # noqa: PLC2701
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+        if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
+            _variable = _RUNTIME_CONTEXT._current_context  # noqa: SLF001 - what attach and get_current use
+            get_current, set_current = _variable.get, _variable.set
+    except Exception:  # noqa: BLE001 - another layout: the API's functions
+        pass
+    try:
+        # The key the API sets the span under, found through its public function.
+        keys = list(_trace.set_span_in_context(_trace.INVALID_SPAN, _context.Context()))
+        SPAN_KEY = keys[0] if len(keys) == 1 else None
+    except Exception:  # noqa: BLE001
+        SPAN_KEY = None
+
+
+def with_span(span: trace.Span, parent: context.Context, key: object = None, value: object = None) -> context.Context:
+    """``parent`` with ``span`` current (and ``key`` set to ``value``, when given): one copy.
+
+    What ``set_span_in_context`` and ``set_value`` make, without a copy each. The API must be loaded.
+    """
+    if SPAN_KEY is None:
+        ctx = trace.set_span_in_context(span, parent)
+        return ctx if key is None else context.set_value(key, value, ctx)
+    values = dict(parent)
+    values[SPAN_KEY] = span
+    if key is not None:
+        values[key] = value
+    return context.Context(values)
 
 
 def _install_propagators() -> None:
@@ -131,7 +178,10 @@ def detach(token: object) -> None:
     """Undo an :func:`attach` (nothing for None). Never raises: a token of another context is dropped."""
     if token is not None:
         try:
-            context.detach(token)
+            if _variable is not None:
+                _variable.reset(token)
+            else:
+                context.detach(token)
         except Exception:  # noqa: BLE001
             pass
 

@@ -71,11 +71,25 @@ class ClientSpan(SpanHandle):
         self.injected: dict[str, str] = {}  # the propagation headers sent with the request
         self.state: object = None  # the hook's own bookkeeping of the call, if it needs any
 
+    # Once the span has ended and its context is no longer current, the call drops it: the
+    # context holds the call (api.IN_CLIENT_CALL), and without that cycle the call and its
+    # span are freed at once, not by the garbage collector's passes.
+
+    def end(self) -> None:
+        SpanHandle.end(self)
+        if self._token is None:  # not attached (or left already)
+            self.context = None
+
+    def detach(self) -> None:
+        SpanHandle.detach(self)
+        if self._ended:
+            self.context = None
+
     # -- the request ------------------------------------------------------------------
 
     def headers(self) -> dict[str, str]:
         """The propagation headers for this span (``traceparent``, ``tracestate``, ``baggage`` ...)."""
-        if not self.injected:
+        if not self.injected and self.context is not None:  # None: ended, nothing to send
             try:
                 api.propagate.inject(self.injected, context=self.context)
             except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
@@ -157,8 +171,7 @@ def start(
     try:
         if not api.loaded:
             api.load()
-        context = api.context
-        parent = context.get_current()
+        parent = api.get_current()
         if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.SUPPRESS_HTTP_INSTRUMENTATION):  # api.http_suppressed, inline
             return None
         outer = parent.get(api.IN_CLIENT_CALL)
@@ -172,7 +185,8 @@ def start(
                 previous, parent = outer, outer.parent
                 outer.resends += 1
                 resend_count = outer.resends
-        known = method.upper() if method.upper() in KNOWN_METHODS else None
+        upper = method.upper()
+        known = upper if upper in KNOWN_METHODS else None
 
         def attributes() -> dict[str, object]:  # called only if the span is recorded
             found: dict[str, object] = {"http.request.method": known or "_OTHER"}
@@ -190,9 +204,10 @@ def start(
                 found["http.request.resend_count"] = resend_count
             return found
 
-        span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
+        span = spans.new_span(TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
         call = ClientSpan(span, library, parent, previous)
-        call.context = context.set_value(api.IN_CLIENT_CALL, call, ctx)
+        # One context: the span current, the call marked as in progress.
+        call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
         if attach:
             call.attach()
         return call
@@ -224,7 +239,7 @@ def current_call() -> ClientSpan | None:
     """The call in progress in this context, if a client hook started one."""
     if not api.loaded:
         return None
-    return api.context.get_value(api.IN_CLIENT_CALL)
+    return api.get_current().get(api.IN_CLIENT_CALL)
 
 
 def _find(headers: dict, name: str) -> tuple[str, str | None]:

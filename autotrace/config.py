@@ -112,6 +112,7 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "db statement": ("AUTOTRACE_DB_STATEMENT",),
     "sql comment": ("AUTOTRACE_SQL_COMMENT",),
     "db root spans": ("AUTOTRACE_DB_ROOT_SPANS",),
+    "messaging parent": ("AUTOTRACE_MESSAGING_PARENT",),
 }
 
 # Variables whose empty value is a value (an empty deny list traces everything); any
@@ -257,6 +258,7 @@ class HttpSettings:
 
 
 DB_STATEMENT_MODES = ("sanitized", "raw", "off")
+MESSAGING_PARENT_MODES = ("parent", "link")
 
 
 class DbSettings:
@@ -314,6 +316,7 @@ class Configuration:
     log_correlation: bool = False
     log_format: str | None = None
     db: DbSettings = DbSettings()
+    messaging_parent: str = "parent"
     sources: Mapping[str, Source] = {}  # setting (a key of VARIABLES) -> where it came from
     warnings: Sequence[ConfigWarning] = ()
 
@@ -363,6 +366,7 @@ class Configuration:
             "db statement": self.db.statement,
             "sql comment": str(self.db.sql_comment),
             "db root spans": str(self.db.root_spans),
+            "messaging parent": self.messaging_parent,
         }
         return [(name, values[name]) for name in VARIABLES]
 
@@ -560,6 +564,7 @@ def read(environ: Mapping[str, str] | None = None) -> Configuration:
         log_correlation=_log_correlation(env),
         log_format=env.raw("OTEL_PYTHON_LOG_FORMAT"),
         db=_db(env),
+        messaging_parent=_messaging_parent(env),
     )
     sources = {setting: source_of(setting, environ) for setting in VARIABLES}
     if protocol == "grpc" and sources["protocol"].kind == "default":
@@ -763,6 +768,10 @@ def _db(env: _Reader) -> DbSettings:
     )
 
 
+def _messaging_parent(env: _Reader) -> str:
+    return env.choice(VARIABLES["messaging parent"], MESSAGING_PARENT_MODES, "parent")
+
+
 # -- read after start-up -----------------------------------------------------------------
 # Each reads the current environment with the functions read() uses, and logs what is
 # wrong once per process (the start-up's load() may have logged it already).
@@ -828,6 +837,25 @@ def reset_db_settings() -> None:
     _db_settings = None
     for callback in _db_reset_callbacks:
         callback()
+
+
+_messaging_parent_mode: str | None = None
+
+
+def messaging_parent() -> str:
+    """``AUTOTRACE_MESSAGING_PARENT``: ``parent`` (a consumer span continues the producer's
+    trace, the default) or ``link`` (a new trace linked to it); read once per process."""
+    global _messaging_parent_mode
+    mode = _messaging_parent_mode
+    if mode is None:
+        mode = _messaging_parent_mode = _read_now(_messaging_parent)
+    return mode
+
+
+def reset_messaging_settings() -> None:
+    """Read ``AUTOTRACE_MESSAGING_PARENT`` again at its next use (for tests)."""
+    global _messaging_parent_mode
+    _messaging_parent_mode = None
 
 
 def propagator_names() -> tuple[str, ...]:

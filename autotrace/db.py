@@ -647,8 +647,19 @@ class DbCall(SpanHandle):
     WHAT = "a database span"
 
     def __init__(self, span: trace.Span, ctx: context.Context, library: str) -> None:
-        super().__init__(span, ctx)
+        self.span = span  # SpanHandle.__init__, inline: one call less a query
+        self.context = ctx
+        self._token = None
+        self._ended = False
         self.library = library
+
+    def close(self) -> None:
+        """End the span and leave its context, then drop the context: it holds this call
+        (:data:`autotrace.api.IN_DB_CALL`), and without that cycle the call and its span are
+        freed at once, not by the garbage collector (whose passes a query would then pay for)."""
+        self.end()
+        self.detach()
+        self.context = None
 
     def fail(self, exc: BaseException, status_code: str | None = None) -> None:  # type: ignore[override]
         """Record an exception that ended the call: status ERROR, ``error.type``, the
@@ -688,14 +699,8 @@ def start(
     ``"BATCH <operation>"``, as semconv says. Never raises.
     """
     try:
-        if not api.loaded:
-            api.load()
-            if not api.loaded:
-                return None
-        parent = api.context.get_current()
-        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
-            return None
-        if not api.trace.get_current_span(parent).get_span_context().is_valid and not config.db_settings().root_spans:
+        parent = _parent()
+        if parent is None:
             return None
         span_attributes = dict(target.attributes)
         summary = None
@@ -729,21 +734,61 @@ def start(
         tracer = _tracer_names.get(library)
         if tracer is None:
             tracer = _tracer_names[library] = TRACER_PREFIX + library
-        span, ctx = spans.new(tracer, name, api.SpanKind.CLIENT, parent, span_attributes)
-        call = DbCall(span, ctx, library)
-        call.context = api.context.set_value(api.IN_DB_CALL, call, ctx)
-        call.attach()
+        span = spans.new_span(tracer, name, api.SpanKind.CLIENT, parent, span_attributes)
+        call = DbCall(span, parent, library)
+        # One context: the span current, the call marked as in progress; then one attach.
+        ctx = call.context = api.with_span(span, parent, api.IN_DB_CALL, call)
+        call._token = api.set_current(ctx)  # noqa: SLF001 - SpanHandle.attach, inline
         return call
     except Exception as exc:  # noqa: BLE001 - never fail the app's query
         spans.report(exc, DbCall.WHAT, "the query", "db-span")
         return None
 
 
+def will_start() -> bool:
+    """Whether :func:`start` would make a span here, now: a hook asks before it does work
+    only a span needs (a Redis command's text), so that calls never traced (a worker's
+    broker traffic, calls outside any trace) cost next to nothing. Never raises."""
+    try:
+        return _parent() is not None
+    except Exception:  # noqa: BLE001 - start() reports its own failures
+        return True
+
+
+def _parent() -> context.Context | None:
+    """The current context when a database call made now gets a span, else None."""
+    if not api.loaded:
+        api.load()
+        if not api.loaded:
+            return None
+    parent = api.get_current()
+    if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
+        return None
+    if not _in_trace(parent) and not config.db_settings().root_spans:
+        return None
+    return parent
+
+
+def _in_trace(parent: context.Context) -> bool:
+    """Whether ``parent`` has a valid current span (``get_current_span(parent)``'s context is valid)."""
+    key = api.SPAN_KEY
+    if key is None:
+        return api.trace.get_current_span(parent).get_span_context().is_valid
+    span = parent.get(key)
+    if span is None:
+        return False
+    try:
+        return span.get_span_context().is_valid
+    except AttributeError:  # not a span: get_current_span would give the invalid one
+        return False
+
+
 def current() -> DbCall | None:
-    """The database call in progress in this context, if a hook started one."""
+    """The database call in progress in this context, if a hook started one (or a message
+    send, :func:`autotrace.messaging.send`: the broker's commands under it are its lower layer)."""
     if not api.loaded:
         return None
-    return api.context.get_value(api.IN_DB_CALL)
+    return api.get_current().get(api.IN_DB_CALL)
 
 
 # Modules whose exceptions carry a MySQL error number as their first argument.

@@ -106,6 +106,13 @@ HOOKS: tuple[Hook, ...] = (
     Hook("sqlalchemy", "sqlalchemy.engine", "autotrace.hooks.sqlalchemy", "sqlalchemy", (1, 4)),
     Hook("django_db", "django.db.backends.utils", "autotrace.hooks.django_db", "django", (3, 2)),
     Hook("django_db_connect", "django.db.backends.base.base", "autotrace.hooks.django_db:patch_connect", "django", (3, 2)),
+    # Task queues: the PRODUCER span of each message sent, the CONSUMER span of each task run.
+    Hook("celery", "celery.app.amqp", "autotrace.hooks.celery", "celery", (5,)),
+    Hook("celery_worker", "celery.app.trace", "autotrace.hooks.celery:patch_worker", "celery", (5,)),
+    Hook("billiard", "billiard.pool", "autotrace.hooks.celery:patch_pool", "billiard", (4,)),
+    Hook("kombu", "kombu.messaging", "autotrace.hooks.kombu", "kombu", (5,)),
+    # Task queues: a job sent is a PRODUCER span, its run in a worker a CONSUMER span in the same trace.
+    Hook("rq", "rq.worker", "autotrace.hooks.rq", "rq", (1, 10)),
     # The context, carried to where work runs (no spans of their own) ...
     Hook("threading", "threading", "autotrace.hooks.threading"),
     Hook("thread_pool", "concurrent.futures.thread", "autotrace.hooks.thread_pool"),

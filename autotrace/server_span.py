@@ -56,11 +56,14 @@ class HeaderLookup:
     names; the names are only listed when such a format asks.
     """
 
-    __slots__ = ("_lookup", "_names")
+    __slots__ = ("_lookup", "_names", "contains")
 
-    def __init__(self, lookup: Lookup, names: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, lookup: Lookup, names: Callable[[], Iterable[str]], contains: Callable[[str], bool] | None = None) -> None:
         self._lookup = lookup
         self._names = names
+        # Whether a header is in the request, in any case (the server's own test, when it
+        # has one: most requests carry no propagation field, and this finds it in one call).
+        self.contains = contains
 
     def __call__(self, name: str) -> Sequence[str]:
         return self._lookup(name)
@@ -135,10 +138,16 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     reads = _fields_read(api.propagate.get_global_textmap())
     if reads is None or not getattr(getter, "names_in_any_case", False):
         return False
-    for name in reads:
-        if getter.get(carrier, name) is not None:
-            return False
-    return not _extracted_links(base)
+    contains = getattr(carrier, "contains", None)
+    if contains is not None:
+        for name in reads:
+            if contains(name):
+                return False  # extraction reads it (and judges its values)
+    else:
+        for name in reads:
+            if getter.get(carrier, name) is not None:
+                return False
+    return not base or not _extracted_links(base)  # an empty context holds no links
 
 
 def extract_incoming(carrier, getter, base: context.Context | None = None) -> tuple[context.Context, list[trace.Link]]:
@@ -157,7 +166,7 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
     """
     context, propagate, trace = api.context, api.propagate, api.trace
     if base is None:
-        base = context.get_current()
+        base = api.get_current()
     mode = http_settings().incoming_context
     if mode == "continue":
         if _nothing_to_extract(carrier, getter, base):
@@ -183,8 +192,24 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
 class ServerSpan(SpanHandle):
     """One request's SERVER span (its context: the span current, marked as served)."""
 
-    __slots__ = ()
+    __slots__ = ("method",)
     WHAT = "a server span"
+
+    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None, method: str = "HTTP") -> None:
+        super().__init__(span, ctx, token)
+        self.method = method  # the span name's method: the request's when known, else "HTTP"
+
+    def set_route(self, route: str, keep: bool = False) -> None:
+        """Name the span by its route template (:func:`set_route` for the span at hand);
+        with ``keep``, not when a framework the route served named it already."""
+        try:
+            span = self.span
+            if not route or (keep and "http.route" in (getattr(span, "attributes", None) or {})):
+                return
+            set_known(span, {"http.route": route})
+            span.update_name(f"{self.method} {route}")
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
 
     def set_status_code(self, code: int) -> None:
         try:
@@ -225,8 +250,7 @@ def start(
     try:
         if not api.loaded:
             api.load()
-        context = api.context
-        current = context.get_current()
+        current = api.get_current()
         if current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION):
             return None
         settings = http_settings()
@@ -234,7 +258,8 @@ def start(
             url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
             if any(pattern.search(url) for pattern in settings.excluded):
                 return None
-        known = method.upper() if method.upper() in KNOWN_METHODS else None
+        upper = method.upper()
+        known = upper if upper in KNOWN_METHODS else None
 
         def attributes() -> dict[str, object]:  # called only if the span is recorded
             found: dict[str, object] = {
@@ -260,12 +285,13 @@ def start(
             return found
 
         parent, links = extract_incoming(headers, _GETTER, current)
-        span, ctx = spans.new(TRACER, known or "HTTP", api.SpanKind.SERVER, parent, attributes, links or None)
+        name = known or "HTTP"
+        span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
-        ctx = context.set_value(api.IN_SERVER_SPAN, span, ctx)
-        return ServerSpan(span, ctx, context.attach(ctx))
+        ctx = api.with_span(span, parent, api.IN_SERVER_SPAN, span)
+        return ServerSpan(span, ctx, api.set_current(ctx), name)
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
@@ -275,7 +301,7 @@ def current() -> trace.Span | None:
     """The SERVER span of the request being handled, if the agent started one."""
     if not api.loaded:
         return None
-    return api.context.get_value(api.IN_SERVER_SPAN)
+    return api.get_current().get(api.IN_SERVER_SPAN)
 
 
 def set_route(route: str) -> None:

@@ -62,7 +62,7 @@ class SpanHandle:
     def attach(self) -> None:
         """Make the span's context current in this thread or task."""
         try:
-            self._token = api.context.attach(self.context)
+            self._token = api.set_current(self.context)
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
 
@@ -70,10 +70,7 @@ class SpanHandle:
         """Make it no longer current (in the thread or task that attached it)."""
         token, self._token = self._token, None
         if token is not None:
-            try:
-                api.context.detach(token)
-            except Exception:  # noqa: BLE001 - detached from another context: nothing to undo
-                pass
+            api.detach(token)  # detached from another context: nothing to undo
 
     def set_attributes(self, attributes: Mapping[str, object]) -> None:
         """Add attributes to the span (what became known during the operation)."""
@@ -124,9 +121,15 @@ def new(tracer: str, name: str, kind: trace.SpanKind, parent: context.Context, a
     span) when the tracer is an SDK tracer whose work it can reproduce, else the
     tracer's own.
     """
+    span = new_span(tracer, name, kind, parent, attributes, links)
+    return span, api.with_span(span, parent)
+
+
+def new_span(tracer: str, name: str, kind: trace.SpanKind, parent: context.Context, attributes=None, links=None) -> trace.Span:
+    """:func:`new`'s span alone, for a kind that builds its context itself (with
+    :func:`autotrace.api.with_span`: the span and the kind's own mark in one copy)."""
     found = api.tracers.get(tracer)  # not api.tracer(): a call less on every request
-    span = (_light or _load_light())(found or api.tracer(tracer), name, kind, parent, attributes, links)
-    return span, api.trace.set_span_in_context(span, parent)
+    return (_light or _load_light())(found or api.tracer(tracer), name, kind, parent, attributes, links)
 
 
 _light = None  # light_span.start_span, imported at the first span (it imports the SDK)
@@ -174,8 +177,8 @@ def start(
         if not api.loaded:
             api.load()
         if parent is None:
-            parent = api.context.get_current()
-        if api.suppressed(parent):
+            parent = api.get_current()
+        if parent.get(api.SUPPRESS_INSTRUMENTATION):  # api.suppressed, inline
             return None
         if isinstance(kind, str):
             kind = api.SpanKind[kind]

@@ -1,6 +1,6 @@
 """Cost of an outgoing request: plain Python vs under ``autotrace run``.
 
-    python benchmarks/clients.py [--calls 2000] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/clients.py [--calls 2000] [--rounds 5] [--forms ...] [--instructions] [--compare LABEL=VENV_BIN_DIR ...]
 
 A client process makes ``--calls`` sequential GETs to a local server and prints the
 mean time per call; each form (``requests.get``, a ``requests.Session``, an
@@ -13,6 +13,9 @@ thread too); the CPU figure moves less when other work shares the machine. The s
 and the sink run in this process's threads: they load the machine the same for both
 variants. ``--compare`` adds ``autotrace run`` of another install (a venv holding an
 earlier checkout), with that venv's Python: a before/after figure from the same run.
+``--instructions``: instead of timing, the client process's instructions per call as
+valgrind's callgrind counts them (Debian package valgrind), which the machine's load does
+not move.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="count the client process's instructions per call with valgrind (callgrind) instead of timing: 200 and 1200 calls, once each",
+    )
     harness.add_compare(parser)
     args = parser.parse_args()
 
@@ -91,6 +98,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
+        if args.instructions:
+            _count_instructions(args.forms.split(","), variants, script, url)
+            hello.shutdown()
+            sink.shutdown()
+            return
         print(f"{args.calls} sequential calls per run, {args.rounds} rounds; mean µs per call (median of rounds)")
         traced = [name for name in variants if name != "plain"]
         header = f"{'plain':>9}" + "".join(f" {name:>14} {'ratio':>7}" for name in traced)
@@ -111,6 +123,17 @@ def main() -> None:
             print(f"{form:18} {columns[0]} | {columns[1]}", flush=True)
     hello.shutdown()
     sink.shutdown()
+
+
+def _count_instructions(forms: list[str], variants: dict, script: Path, url: str) -> None:
+    print("instructions per call of the client process, user space, spans not exported (valgrind --tool=callgrind; 1200 minus 200 calls)")
+    for form in forms:
+        counts = {}
+        for name, (prefix, environ) in variants.items():
+            counts[name] = harness.instructions(lambda calls: [*prefix, str(script), form, url, str(calls)], harness.unexported(environ), form, 200, 1200)
+        plain = counts.pop("plain")
+        line = "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items())
+        print(f"{form:18} plain {plain:,.0f}{line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cost of a database or cache call: plain Python vs under ``autotrace run``, inside a request span.
 
-    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone] [--instructions] [--compare LABEL=VENV_BIN_DIR ...]
 
 One script for every database hook. A client process makes ``--calls`` sequential calls
 over loopback and prints the mean time per call (wall clock, and the CPU time of the
@@ -21,9 +21,11 @@ web framework's request would: under the agent the SDK records it and every call
 CLIENT span in it, exported over OTLP/HTTP to a local sink that accepts and discards it
 (as a collector would); plain Python runs the same code with the API's no-op tracer.
 ``--no-export`` adds a third variant, the agent with ``OTEL_TRACES_EXPORTER=none`` (spans
-made, not exported). Variants alternate for ``--rounds`` rounds; ratios are medians
+made, not exported; for each ``--compare`` install too). Variants alternate for ``--rounds`` rounds; ratios are medians
 against plain in the same run. ``--hook-alone`` adds the psycopg hook's own cost outside a
-request (no span current), measured in process against a no-op cursor.
+request (no span current), measured in process against a no-op cursor. ``--instructions``:
+instead of timing, the client process's instructions per call as valgrind's callgrind
+counts them (Debian package valgrind): load-proof, where the times above swing.
 
 The servers are started for the run from the Debian packages, as the tests start them
 (tests/dbservers.py: loopback, a temporary directory, an unprivileged user when root);
@@ -181,6 +183,10 @@ def main() -> None:
     parser.add_argument("--redis-url", help="a running Redis (default: one started for the run)")
     parser.add_argument("--postgres-url", help="a running PostgreSQL (default: one started for the run)")
     parser.add_argument("--mariadb-url", help="a running MariaDB or MySQL (default: a MariaDB started for the run)")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="count the client process's instructions per call with valgrind (callgrind) instead of timing: 500 and 1500 calls, once each",
+    )
     harness.add_compare(parser)
     args = parser.parse_args()
     forms = args.forms.split(",")
@@ -199,6 +205,8 @@ def main() -> None:
     others = harness.compared(parser, args.compare)
     for label, other_bin in others.items():
         variants[label] = ([str(other_bin / "autotrace"), "run", str(other_bin / "python")], traced_env)
+        if args.no_export:
+            variants[f"{label}, no export"] = (variants[label][0], dict(traced_env, OTEL_TRACES_EXPORTER="none"))
     sys.path.insert(0, str(harness.ROOT / "tests"))
     import dbservers
 
@@ -209,8 +217,22 @@ def main() -> None:
             urls[system] = given[system] or stack.enter_context(dbservers.running(system)).url()
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
+        if args.instructions:
+            print("instructions per call of the client process, user space, spans not exported (valgrind --tool=callgrind; 1500 minus 500 calls)")
+            for form in forms:
+                url = urls.get(FORMS[form] or "", "-")
+                counts = {
+                    name: harness.instructions(lambda calls: [*prefix, str(script), form, url, str(calls)], harness.unexported(environ), form, 500, 1500)
+                    for name, (prefix, environ) in variants.items()
+                    if "no export" not in name
+                }
+                plain = counts.pop("plain")
+                line = "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items())
+                print(f"{form:20} plain {plain:,.0f}{line}", flush=True)
+            sink.shutdown()
+            return
         print(f"{args.calls} sequential calls per run in one request span, {args.rounds} rounds; mean µs per call (median of rounds)")
-        print(f"{'':20} {'wall clock':^39} | {'CPU of the process (all threads)':^39}" + (" | no export" if args.no_export else ""))
+        print(f"{'':20} {'wall clock':^39} | {'CPU of the process (all threads)':^39}" + (" | no export: wall, ratio; CPU, ratio" if args.no_export else ""))
         print(f"{'form':20} {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9} | {'plain':>9} {'autotrace':>10} {'ratio':>7} {'added':>9}")
         for form in forms:
             url = urls.get(FORMS[form] or "", "-")
@@ -228,10 +250,12 @@ def main() -> None:
                     columns.append(f"{p:9.1f} {t:10.1f} {t / p:6.2f}x {t - p:7.1f}µs")
                 label = form if name == "autotrace" else f"{form} ({name})"
                 line = f"{label:20} {columns[0]} | {columns[1]}"
-                if args.no_export and name == "autotrace":
-                    p = harness.median(r[0] for r in results["plain"])
-                    u = harness.median(r[0] for r in results["no export"])
-                    line += f" | {u:9.1f} {u / p:6.2f}x"
+                if args.no_export:
+                    unexported = results["no export" if name == "autotrace" else f"{name}, no export"]
+                    for index in (0, 1):  # wall clock, CPU
+                        p = harness.median(r[index] for r in results["plain"])
+                        u = harness.median(r[index] for r in unexported)
+                        line += f" | {u:9.1f} {u / p:6.2f}x"
                 print(line, flush=True)
     sink.shutdown()
     if args.hook_alone:

@@ -1,6 +1,6 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
-    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--no-export] [--compare LABEL=VENV_BIN_DIR ...]
 
 ``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
 worker (``-k aiohttp.GunicornWebWorker``), with the same targets. ``--app tornado``: a
@@ -12,7 +12,14 @@ port, a warm-up, then a timed wrk run; variants alternate for --rounds rounds, a
 medians are compared with plain gunicorn measured in the same run. Spans go to a local
 OTLP/HTTP sink that accepts and discards them, so export does real work. ``--compare``
 adds ``autotrace run`` of another install (a venv holding an earlier checkout), with that
-venv's gunicorn: a before/after figure from the same run.
+venv's gunicorn: a before/after figure from the same run. ``--no-export`` adds each
+``autotrace run`` variant again with ``OTEL_TRACES_EXPORTER=none`` (spans made, not
+exported): the hooks' cost apart from the export's.
+
+Besides throughput, p99 and RSS, each line gives the server's CPU time per request (the
+worker processes' user + system time from /proc over the timed run, divided by the
+requests wrk completed): on a machine shared with other work it moves much less than the
+throughput, and its difference to plain is what the agent adds to each request.
 """
 
 from __future__ import annotations
@@ -107,8 +114,8 @@ def _wait(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def _wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:
-    """Requests per second and p99 latency in ms."""
+def _wrk(url: str, seconds: int, connections: int) -> tuple[float, float, int]:
+    """Requests per second, p99 latency in ms, and the number of requests completed."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
@@ -116,14 +123,28 @@ def _wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return rps, p99
+    return rps, p99, int(re.search(r"(\d+) requests in", out).group(1))
+
+
+def _server_pids(pid: int) -> list[str]:
+    """gunicorn's worker processes (children of the master), or the server process itself (Tornado)."""
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split() or [str(pid)]
+
+
+def _cpu_seconds(pids: list[str]) -> float:
+    """User + system CPU time of these processes (all their threads: the export thread too)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
     """Resident memory of gunicorn's worker processes (children of the master), or of the
     server process itself when it has no children (Tornado)."""
     total = 0
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() or [str(pid)]:
+    for child in _server_pids(pid):
         for line in Path(f"/proc/{child}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
@@ -144,6 +165,9 @@ def main() -> None:
         help="also measure `autotrace run` of the install in that venv's bin directory",
     )
     parser.add_argument("--app", choices=sorted(APPS), default="flask")
+    parser.add_argument(
+        "--no-export", action="store_true", help="also `autotrace run` with OTEL_TRACES_EXPORTER=none (spans made, not exported)"
+    )
     args = parser.parse_args()
     source, server_command, title = APPS[args.app]
     if shutil.which("wrk") is None:
@@ -153,36 +177,46 @@ def main() -> None:
     bin_dir = harness.BIN
     env = harness.exporting_env(harness.plain_env(), sink)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    # each variant: the launcher put before the server's command, and the venv the server comes from
-    variants: dict[str, tuple[list[str], Path]] = {
-        "plain": ([], bin_dir),
-        "autotrace run": ([str(bin_dir / "autotrace"), "run"], bin_dir),
+    # each variant: the launcher put before the server's command, the venv the server comes
+    # from, and the variables it adds to the environment
+    variants: dict[str, tuple[list[str], Path, dict[str, str]]] = {
+        "plain": ([], bin_dir, {}),
+        "autotrace run": ([str(bin_dir / "autotrace"), "run"], bin_dir, {}),
     }
+    if args.no_export:
+        variants["autotrace run, no export"] = ([str(bin_dir / "autotrace"), "run"], bin_dir, {"OTEL_TRACES_EXPORTER": "none"})
     for item in args.compare:
         label, sep, other_bin = item.partition("=")
         if not sep or not Path(other_bin, "autotrace").exists():
             parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
-        variants[f"autotrace run ({label})"] = ([str(Path(other_bin, "autotrace")), "run"], Path(other_bin))
+        variants[f"autotrace run ({label})"] = ([str(Path(other_bin, "autotrace")), "run"], Path(other_bin), {})
+        if args.no_export:
+            variants[f"autotrace run ({label}), no export"] = (
+                [str(Path(other_bin, "autotrace")), "run"], Path(other_bin), {"OTEL_TRACES_EXPORTER": "none"}
+            )
     for name, tool in (("opentelemetry-instrument", "opentelemetry-instrument"), ("ddtrace-run", "ddtrace-run")):
         path = shutil.which(tool, path=env["PATH"])
         if path:
-            variants[name] = ([path], bin_dir)
+            variants[name] = ([path], bin_dir, {})
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "app.py").write_text(source)
 
-        def measure(name: str, variant: tuple[list[str], Path]) -> tuple[float, float, int]:
-            launcher, server_bin = variant
+        def measure(name: str, variant: tuple[list[str], Path, dict[str, str]]) -> tuple[float, float, int, float]:
+            launcher, server_bin, extra_env = variant
             port = harness.free_port()
             url = f"http://127.0.0.1:{port}/hello/world"
             server = subprocess.Popen(
                 [*launcher, *server_command(server_bin, port, args.workers)],
-                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=tmp, env={**env, **extra_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             try:
                 _wait(url)
                 _wrk(url, 2, args.connections)  # warm-up
-                rps, p99 = _wrk(url, args.seconds, args.connections)
-                return rps, p99, _rss_kib(server.pid)
+                pids = _server_pids(server.pid)
+                cpu = _cpu_seconds(pids)
+                rps, p99, requests = _wrk(url, args.seconds, args.connections)
+                cpu = _cpu_seconds(pids) - cpu
+                return rps, p99, _rss_kib(server.pid), cpu / max(requests, 1) * 1e6
             finally:
                 server.send_signal(signal.SIGTERM)
                 server.wait(timeout=30)
@@ -193,6 +227,7 @@ def main() -> None:
     base_rps = harness.median(r[0] for r in results["plain"])
     base_p99 = harness.median(r[1] for r in results["plain"])
     base_rss = harness.median(r[2] for r in results["plain"])
+    base_cpu = harness.median(r[3] for r in results["plain"])
     print(
         f"{title.format(workers=args.workers)} hello, wrk -c{args.connections} -d{args.seconds}s, "
         f"median of {args.rounds} rounds, {os.cpu_count()} cores"
@@ -201,9 +236,10 @@ def main() -> None:
         rps = harness.median(r[0] for r in rows)
         p99 = harness.median(r[1] for r in rows)
         rss = harness.median(r[2] for r in rows)
+        cpu = harness.median(r[3] for r in rows)
         print(
-            f"  {name:26s} {rps:8.0f} req/s {rps / base_rps:5.2f}x   p99 {p99:7.2f} ms {p99 / base_p99:5.2f}x"
-            f"   worker RSS {rss / 1024:6.1f} MiB {rss / base_rss:5.2f}x"
+            f"  {name:36s} {rps:8.0f} req/s {rps / base_rps:5.2f}x   p99 {p99:7.2f} ms {p99 / base_p99:5.2f}x"
+            f"   worker RSS {rss / 1024:6.1f} MiB {rss / base_rss:5.2f}x   server CPU {cpu:6.1f} us/request ({cpu - base_cpu:+.1f})"
         )
 
 

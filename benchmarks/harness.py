@@ -9,6 +9,7 @@ of the rounds and their ratio.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -82,6 +83,34 @@ def run_client(command: list[str], env: Mapping[str, str], what: str, timeout: f
     if out.returncode != 0:
         raise SystemExit(f"{what} failed:\n{out.stderr}")
     return [float(word) for word in out.stdout.strip().splitlines()[-1].split()]
+
+
+def instructions(command: Callable[[int], list[str]], env: Mapping[str, str], what: str, low: int, high: int) -> float:
+    """User-space instructions per call of a client script, as valgrind's callgrind counts
+    them (every thread, and the process ``autotrace run`` execs): ``command(calls)`` run with
+    ``low`` then ``high`` calls, the difference divided by ``high - low``, so start-up,
+    imports and warm-up cancel out. Unlike a time, the count does not move with the load of
+    the machine (it leaves out the kernel's work, which the agent does not change); string
+    hashing is seeded alike in every run (``PYTHONHASHSEED=0``: a random seed moved the
+    counts by about 1%).
+    ``low`` must be at least the script's warm-up."""
+    counts = []
+    for calls in (low, high):
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null", *command(calls)],
+            env=dict(env, PYTHONHASHSEED="0"), capture_output=True, text=True, timeout=3600,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"{what} failed under valgrind:\n{out.stderr[-3000:]}")
+        counts.append(sum(int(found) for found in re.findall(r"Collected : (\d+)", out.stderr)))
+    return (counts[1] - counts[0]) / (high - low)
+
+
+def unexported(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with spans made but not exported (``OTEL_TRACES_EXPORTER=none``), for
+    :func:`instructions`: under valgrind the threads take turns, so the export thread's
+    share (and the spans the full queue drops) would depend on valgrind's scheduling."""
+    return dict(env, OTEL_TRACES_EXPORTER="none")
 
 
 def alternate(rounds: int, variants: Mapping[str, V], measure: Callable[[str, V], R]) -> dict[str, list[R]]:

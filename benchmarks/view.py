@@ -1,11 +1,14 @@
 """Benchmark: `autotrace view`, ingest and queries against a real viewer process.
 
 1. Ingest: spans/s sustained over OTLP/HTTP into `autotrace view --db TMP` from the
-   agent's own exporter (the SDK's OTLP/HTTP exporter with autotrace's encoder,
-   `autotrace/otlp_exporters.py`), batches of 512 spans prepared before the clock starts,
-   while another thread asks the UI's search (`/api/autotrace/summaries`) every 200 ms;
-   that search's latency during ingest is reported too, and the viewer's CPU time a batch
-   (from /proc: on a machine shared with other work, steadier than the rate).
+   agent's own exporter (the one `autotrace run` makes: `autotrace.exporters.otlp_factory`,
+   the SDK's OTLP/HTTP exporter with autotrace's encoder), in `--senders` processes (one
+   exporter each, as one service each on the machine), each sending its batches of 512
+   spans (prepared before the clock starts) one after another as a BatchSpanProcessor
+   does, while a thread asks the UI's search (`/api/autotrace/summaries`) every 200 ms.
+   Reported too: that search's latency during ingest, the viewer's CPU time a batch and
+   how busy it was (from /proc: on a machine shared with other work, steadier than the
+   rate), and the senders' CPU and time a batch (what a sender waits for is the viewer).
 2. Stored: N spans (realistic traces of four services with HTTP attributes, plus one
    trace of 2,000 spans) written straight through the store's write path, then a viewer
    started on that file: the first page of a search (service + attribute + min duration)
@@ -22,6 +25,7 @@ Targets (issue 14): ingest >= 20,000 spans/s; with 1M spans: search first page <
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -128,30 +132,48 @@ def sdk_batches(count: int, size: int = 512) -> list:
     return [spans[at : at + size] for at in range(0, len(spans), size)]
 
 
-def bench_ingest(workdir: Path, batches: int, senders: int, max_spans: int) -> None:
-    from autotrace.otlp_exporters import http_exporter_class
+def sender(endpoint: str, batches: int) -> None:
+    """One sending process (``--sender``): ``batches`` batches of 512 SDK spans prepared, one
+    exported to warm up, then, at a line on stdin, the rest exported one after another by
+    the exporter ``autotrace run`` makes for this endpoint (as its BatchSpanProcessor does);
+    prints one JSON line: spans sent, failed batches, seconds, CPU seconds of this process."""
+    from autotrace.config import Configuration
+    from autotrace.exporters import otlp_factory
 
-    print(f"preparing {batches} batches of 512 SDK spans ...", flush=True)
-    prepared = sdk_batches(batches)
+    prepared = sdk_batches(batches + 1)
+    # The prepared spans are the benchmark's, not what an agent keeps alive: out of the
+    # cyclic collector's walks (which otherwise time the benchmark's heap, not the exporter).
+    gc.collect()
+    gc.freeze()
+    exporter = otlp_factory(Configuration(protocol="http/protobuf", endpoint=endpoint, timeout_s=30))()
+    exporter.export(prepared[0])  # warm up (the encoder's one-time check)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0, cpu0, failed = time.perf_counter(), time.process_time(), 0
+    for batch in prepared[1:]:
+        if exporter.export(batch).name != "SUCCESS":
+            failed += 1
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(json.dumps({"spans": sum(len(b) for b in prepared[1:]), "failed": failed, "elapsed": elapsed, "cpu": cpu}),
+          flush=True)
+
+
+def bench_ingest(workdir: Path, batches: int, senders: int, max_spans: int) -> None:
+    share = [batches // senders + (n < batches % senders) for n in range(senders)]
+    print(f"ingest: {senders} sending process(es), {batches} batches of 512 SDK spans in all, prepared ...", flush=True)
     viewer = Viewer(workdir / "ingest.db", max_spans=max_spans)
+    processes = []
     try:
-        exporter_class = http_exporter_class()
-        exporter_class(endpoint=f"http://127.0.0.1:{viewer.http}/v1/traces").export(prepared[0])  # warm up
-        queue = list(prepared[1:])
-        lock = threading.Lock()
-        failures = []
+        endpoint = f"http://127.0.0.1:{viewer.http}/v1/traces"
+        for count in share:
+            processes.append(subprocess.Popen(
+                [sys.executable, __file__, "--sender", endpoint, "--ingest-batches", str(count)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for process in processes:
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError("a sender failed to start")
         searches: list[float] = []
         done = threading.Event()
-
-        def send() -> None:
-            exporter = exporter_class(endpoint=f"http://127.0.0.1:{viewer.http}/v1/traces")
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    batch = queue.pop()
-                if exporter.export(batch).name != "SUCCESS":
-                    failures.append(1)
 
         def search() -> None:
             params = dict(SEARCH, service="ingest-bench", minDuration="0us")
@@ -159,25 +181,34 @@ def bench_ingest(workdir: Path, batches: int, senders: int, max_spans: int) -> N
                 searches.append(viewer.get("/api/autotrace/summaries", params)[0])
 
         searcher = threading.Thread(target=search)
-        threads = [threading.Thread(target=send) for _ in range(senders)]
         searcher.start()
         t0, cpu0 = time.perf_counter(), viewer.cpu_s()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        for process in processes:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = [json.loads(process.stdout.readline()) for process in processes]
         elapsed, cpu = time.perf_counter() - t0, viewer.cpu_s() - cpu0
         done.set()
         searcher.join()
-        spans = sum(len(b) for b in prepared[1:])
-        print(f"ingest: {spans} spans in {elapsed:.2f} s, {senders} exporter thread(s), {len(failures)} failed batches"
+        spans = sum(r["spans"] for r in results)
+        sent = spans / 512
+        failed = sum(r["failed"] for r in results)
+        print(f"ingest: {spans} spans in {elapsed:.2f} s from {senders} process(es), {failed} failed batches"
               + (f", retention at {max_spans:,} spans" if max_spans < spans else ""))
         report("ingest over OTLP/HTTP (agent's exporter, 512/batch)", spans / elapsed, "spans/s", TARGETS["ingest"], True)
-        report("viewer CPU a batch of 512 (searches included)", cpu * 1e3 / (len(prepared) - 1), "ms")
+        report("viewer CPU a batch of 512 (searches included)", cpu * 1e3 / sent, "ms")
+        report("viewer CPU busy (of one core; the rest it waited)", 100 * cpu / elapsed, "%")
+        report("sender CPU a batch (encoding, HTTP; not its pauses)", sum(r["cpu"] for r in results) * 1e3 / sent, "ms")
+        report("sender time a batch (one sender, export to answer)",
+               statistics.mean(r["elapsed"] * 512e3 / r["spans"] for r in results), "ms")
         if searches:
             report(f"search during ingest, median of {len(searches)}", statistics.median(searches), "ms")
             report("search during ingest, max", max(searches), "ms")
     finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
         viewer.stop()
 
 
@@ -294,14 +325,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=1_000_000, help="spans stored for the query figures")
     parser.add_argument("--ingest-batches", type=int, default=60, help="batches of 512 spans sent in the ingest test")
-    parser.add_argument("--senders", type=int, default=1, help="exporter threads in the ingest test (the agent has 1)")
+    parser.add_argument("--senders", type=int, default=1,
+                        help="sending processes in the ingest test, each one exporter (the agent has one a process)")
     parser.add_argument("--ingest-max-spans", type=int, default=10_000_000,
                         help="the viewer's --max-spans in the ingest test (below the spans sent: a full store, "
                              "retention dropping the oldest traces as batches arrive)")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-stored", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (printed)")
+    parser.add_argument("--sender", metavar="ENDPOINT", help=argparse.SUPPRESS)  # a sending process's own run
     args = parser.parse_args()
+    if args.sender:
+        return sender(args.sender, args.ingest_batches)
     workdir = Path(tempfile.mkdtemp(prefix="autotrace-view-bench-"))
     try:
         if not args.skip_ingest:

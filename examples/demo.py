@@ -3,7 +3,7 @@
     autotrace view &           # the viewer: OTLP on :4318, UI on http://127.0.0.1:16686
     python examples/demo.py    # prints the URL of the demo's trace
 
-``frontend`` -> ``checkout`` -> ``inventory`` (``examples/shop/``), each a process of its own
+``frontend`` -> ``checkout`` -> ``inventory`` (``examples/demo/``), each a process of its own
 under ``autotrace run`` on a free port. The demo buys an item the inventory has no
 record of (an error in every service), then a book (three services, four calls), stops
 the services (SIGTERM: each finishes the requests in progress and exits, and the agent
@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-SHOP = Path(__file__).resolve().parent / "shop"
+SHOP = Path(__file__).resolve().parent / "demo"
 
 
 def get_json(url: str, timeout: float = 5) -> dict:

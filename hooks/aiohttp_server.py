@@ -68,7 +68,7 @@ def _traced(original, module: ModuleType):
                 span.record_exception(exc)
                 raise
             finally:
-                _name(request)
+                _name(request, span)
 
         try:
             result = await original(self, request, start_time, handler, *args, **kwargs)
@@ -92,49 +92,71 @@ def _traced(original, module: ModuleType):
     return _handle_request
 
 
+# Host header -> (server.address, server.port), and HTTP version -> network.protocol.version,
+# for the values seen last: a service is called under few names. Bounded: cleared when full.
+_hosts: dict[str, tuple[str | None, int | None]] = {}
+_versions: dict[object, str] = {}
+_CACHED = 64
+
+
+def _host(host: str) -> tuple[str | None, int | None]:
+    found = _hosts.get(host)
+    if found is None:
+        name, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+        found = (name or None, int(port) if port.isdigit() else None)
+        if len(_hosts) >= _CACHED:
+            _hosts.clear()
+        _hosts[host] = found
+    return found
+
+
+def _version(version) -> str | None:
+    if version is None:
+        return None
+    found = _versions.get(version)
+    if found is None:
+        found = f"{version.major}.{version.minor}"
+        if len(_versions) >= _CACHED:
+            _versions.clear()
+        _versions[version] = found
+    return found
+
+
 def _start(request) -> server_span.ServerSpan | None:
     try:
         headers = request.headers
         path, _, query = request.raw_path.partition("?")
-        address, port = None, None
         host = headers.get("Host")
-        if host:
-            name, _, host_port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
-            address = name or None
-            port = int(host_port) if host_port.isdigit() else None
+        address, port = _host(host) if host else (None, None)
         if address is None:
             transport = request.transport
             sockname = transport.get_extra_info("sockname") if transport is not None else None
             if isinstance(sockname, tuple) and len(sockname) >= 2:
                 address, port = sockname[0], sockname[1]
         scheme = request.scheme
-        if headers.get("Upgrade", "").lower() == "websocket":
+        if "Upgrade" in headers and headers["Upgrade"].lower() == "websocket":
             scheme = "wss" if scheme == "https" else "ws"
-        version = request.version
         return server_span.start(
-            method=request.method,
-            scheme=scheme,
-            path=path,
-            query=query,
-            headers=server_span.HeaderLookup(lambda name: headers.getall(name, ()), headers.keys),
-            server_address=address,
-            server_port=port,
-            client_address=request.remote,
-            protocol_version=f"{version.major}.{version.minor}" if version is not None else None,
+            request.method,
+            scheme,
+            path,
+            query,
+            server_span.HeaderLookup(lambda name: headers.getall(name, ()), headers.keys, headers.__contains__),
+            address,
+            port,
+            request.remote,
+            _version(request.version),
         )
     except Exception:  # noqa: BLE001 - never fail a request
         return None
 
 
-def _name(request) -> None:
+def _name(request, span: server_span.ServerSpan) -> None:
     """Name the span by the matched resource (web.Application requests only), unless a
     framework the resource served named it already (a WSGI app behind a catch-all route)."""
     try:
-        span = server_span.current()
-        if span is None or "http.route" in (getattr(span, "attributes", None) or {}):
-            return
         resource = request.match_info.route.resource  # a low-level server's request has none
         if resource is not None:
-            server_span.set_route(resource.canonical)
+            span.set_route(resource.canonical, keep=True)
     except Exception:  # noqa: BLE001 - the request is served regardless
         pass

@@ -144,8 +144,10 @@ def _wrap_pipeline_async(original: Callable, target_of: Callable[[Any], db.Targe
 def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Target | None]) -> db.DbCall | None:
     """The span of one command (``args`` as ``execute_command`` got them), or None. Never raises."""
     try:
+        if not args or not db.will_start():
+            return None
         target = target_of(client)
-        if target is None or not args:
+        if target is None:
             return None
         operation, hidden = command_name(args[0])
         mode = config.db_settings().statement
@@ -158,6 +160,8 @@ def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Targe
 def _start_pipeline(pipeline: Any, target_of: Callable[[Any], db.Target | None]) -> db.DbCall | None:
     """The span of a pipeline's ``execute``, or None (nothing queued: nothing is sent). Never raises."""
     try:
+        if not db.will_start():
+            return None
         target = target_of(pipeline)
         if target is None:
             return None

@@ -172,7 +172,7 @@ class TracedAdapter:
             sent = request
         # The adapter runs with this hop's span current (the app's code in a custom
         # adapter, a request it sends being a child of the hop, not a hop).
-        token = api.attach(call.context) if call is not None else None
+        token = api.attach(call.context) if call is not None and call.context is not None else None
         state.in_adapter = True
         try:
             response = self.adapter.send(sent, *args, **kwargs)

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from dbservers import mariadb_server, postgres_server, redis_cluster_server, redis_server  # noqa: F401  (session fixtures)
+from dbservers import mariadb_server, postgres_server, rabbitmq_server, redis_cluster_server, redis_server  # noqa: F401  (session fixtures)
 from otlp_receiver import OTLPReceiver
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -19,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otlp_receiver import OTLPReceiver, ReceivedSpan
+from otlp_receiver import Fault, OTLPReceiver, ReceivedSpan
 from ports import free_port
 
 SERVICE = "receiver-selftest"
@@ -224,3 +226,143 @@ def test_stop_releases_threads_and_ports() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
+
+
+# -- fault modes ---------------------------------------------------------------------------
+
+
+def _grpc_export(receiver: OTLPReceiver, timeout: float = 5) -> grpc.StatusCode:
+    """One empty export over gRPC straight through a stub (no exporter, no retry): its status."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    with grpc.insecure_channel(receiver.grpc_endpoint.removeprefix("http://")) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        try:
+            stub.Export(trace_service_pb2.ExportTraceServiceRequest(), timeout=timeout)
+        except grpc.RpcError as err:
+            return err.code()
+    return grpc.StatusCode.OK
+
+
+def _http_export(receiver: OTLPReceiver, timeout: float = 5) -> int | str:
+    """One empty export over HTTP: its status, or the kind of failure."""
+    empty = trace_service_pb2.ExportTraceServiceRequest().SerializeToString()
+    req = urllib.request.Request(receiver.http_endpoint + "/v1/traces", data=empty, method="POST",
+                                 headers={"Content-Type": "application/x-protobuf"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        from google.rpc import status_pb2
+
+        assert err.headers["Content-Type"] == "application/x-protobuf"
+        status = status_pb2.Status.FromString(err.read())
+        assert status.code in (8, 14) and "on purpose" in status.message  # the gRPC code named, the message
+        return int(err.code)
+    except urllib.error.URLError as err:
+        return "refused" if isinstance(err.reason, ConnectionRefusedError) else repr(err.reason)
+    except (TimeoutError, socket.timeout):
+        return "timeout"
+    except (ConnectionError, http.client.RemoteDisconnected):
+        return "closed"
+
+
+def test_error_mode_answers_the_status_and_records_nothing() -> None:
+    with OTLPReceiver(fault=Fault("error", http_status=429, grpc_code="RESOURCE_EXHAUSTED")) as receiver:
+        assert _http_export(receiver) == 429
+        assert _grpc_export(receiver) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert receiver.faulted_requests() == [("http", "429"), ("grpc", "RESOURCE_EXHAUSTED")]
+        assert receiver.export_requests() == []
+        receiver.set_fault(Fault("error"))  # the defaults: 503, UNAVAILABLE
+        assert _http_export(receiver) == 503 and _grpc_export(receiver) == grpc.StatusCode.UNAVAILABLE
+        receiver.up()
+        assert _http_export(receiver) == 200 and _grpc_export(receiver) == grpc.StatusCode.OK
+        assert receiver.export_requests() == ["http", "grpc"]
+
+
+def test_refuse_keeps_the_ports_and_up_listens_on_them_again() -> None:
+    with OTLPReceiver(fault=Fault("refuse")) as receiver:
+        ports = receiver.port("grpc"), receiver.port("http")
+        assert all(_refused(port) for port in ports)
+        assert _http_export(receiver) == "refused"
+        assert _grpc_export(receiver, timeout=2) == grpc.StatusCode.UNAVAILABLE
+        receiver.up()
+        assert (receiver.port("grpc"), receiver.port("http")) == ports
+        assert _http_export(receiver) == 200 and _grpc_export(receiver) == grpc.StatusCode.OK
+        receiver.down()
+        assert _http_export(receiver) == "refused"
+    assert all(_refused(port) for port in ports)
+
+
+def test_down_then_up_comes_back_by_itself() -> None:
+    with OTLPReceiver(fault=Fault("down-then-up", seconds=0.5)) as receiver:
+        assert _http_export(receiver) == "refused"
+        deadline = time.monotonic() + 10
+        while _refused(receiver.port("http")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _http_export(receiver) == 200 and receiver.fault.mode == "ok"
+
+
+def test_hang_holds_the_export_until_released() -> None:
+    with OTLPReceiver(fault=Fault("hang")) as receiver:
+        assert _http_export(receiver, timeout=0.5) == "timeout"
+        assert _grpc_export(receiver, timeout=0.5) == grpc.StatusCode.DEADLINE_EXCEEDED
+        waiting = ThreadPoolExecutor(max_workers=2)
+        held = [waiting.submit(_http_export, receiver, 10), waiting.submit(_grpc_export, receiver, 10)]
+        receiver.wait_for_faulted(4, timeout=5)
+        started = time.monotonic()
+        receiver.up()  # released: no answer, the connection closed; a gRPC export fails
+        assert held[0].result(5) == "closed" and held[1].result(5) == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 3
+        waiting.shutdown()
+        assert receiver.export_requests() == [] and receiver.spans() == []
+        assert _http_export(receiver) == 200
+    started = time.monotonic()
+    with OTLPReceiver(fault=Fault("hang")) as receiver:  # stop() releases a hanging export
+        pending = threading.Thread(target=_grpc_export, args=(receiver, 30), daemon=True)
+        pending.start()
+        receiver.wait_for_faulted(1, timeout=5)
+    pending.join(5)
+    assert not pending.is_alive() and time.monotonic() - started < 6
+
+
+def test_slow_answers_late_then_records() -> None:
+    with OTLPReceiver(fault=Fault("slow", seconds=0.4)) as receiver:
+        started = time.monotonic()
+        assert _http_export(receiver) == 200 and _grpc_export(receiver) == grpc.StatusCode.OK
+        assert time.monotonic() - started >= 0.8
+        assert receiver.export_requests() == ["http", "grpc"] and receiver.faulted_requests() == []
+
+
+@pytest.mark.parametrize("bad", [dict(mode="flaky"), dict(mode="slow", seconds=-1), dict(http_status=200),
+                                 dict(grpc_code="OK"), dict(grpc_code="NOPE")])
+def test_a_wrong_fault_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        Fault(**bad)
+
+
+def test_the_command_line_collector(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    grpc_port, http_port = free_port(), free_port()
+    script = Path(__file__).resolve().parent / "otlp_receiver.py"
+    command = [sys.executable, str(script), "--mode", "error", "--http-status", "503",
+               "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            first = process.stdout.readline()
+            assert first.startswith(f"OTLP/gRPC on http://127.0.0.1:{grpc_port}, OTLP/HTTP on "
+                                    f"http://127.0.0.1:{http_port}/v1/traces; mode error"), first
+            receiver = OTLPReceiver()  # not started: only its endpoints, for the helpers above
+            receiver.grpc_endpoint, receiver.http_endpoint = (f"http://127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
+            assert _http_export(receiver) == 503 and _grpc_export(receiver) == grpc.StatusCode.UNAVAILABLE
+        finally:
+            process.terminate()
+            out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert out.splitlines()[-1] == "stopped: 0 spans (0 distinct span ids, 0 traces) in 0 exports received, 2 exports answered by the fault", out
+    bad = subprocess.run([sys.executable, str(script), "--mode", "error", "--http-status", "200"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "http_status must be an error status" in bad.stderr

@@ -21,6 +21,8 @@ from ports import free_port
 
 PROTOCOLS = ["grpc", "http"]
 HOLD = "60000"  # OTEL_BSP_SCHEDULE_DELAY: nothing is exported before the process ends
+REQUESTS = 200  # served before a prefork server is stopped: its SERVER spans all arrive, once
+SERVER = 2  # proto SpanKind
 
 
 def traced_env(receiver, protocol: str, **extra: str) -> dict[str, str]:
@@ -117,6 +119,96 @@ def test_children_are_traced_once_each(tmp_path, otlp_receiver, protocol):
     assert stderr.count("TracerProvider set up") == 3, stderr
 
 
+FORKS = 16
+
+FORK_LOOP = f"""
+import os, sys, threading, time
+
+from opentelemetry import trace
+
+tracer = trace.get_tracer("fork-loop")
+stop = threading.Event()
+made = []
+
+
+def background():
+    while not stop.is_set():
+        with tracer.start_as_current_span("bg-%d" % len(made)):
+            with tracer.start_as_current_span("bg-child-%d" % len(made)):
+                pass
+        made.append(1)
+        time.sleep(0.002)  # paced: no span dropped by a full queue
+
+
+thread = threading.Thread(target=background)
+thread.start()
+for k in range({FORKS}):
+    pid = os.fork()  # while the thread is in a span, or exporting
+    if pid == 0:
+        with tracer.start_as_current_span("forked-%d" % k):
+            pass
+        sys.exit(0)  # a normal exit: the agent flushes the child's spans
+    deadline = time.monotonic() + 30
+    while True:  # bounded: a child that hangs is killed and named
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("child %d hung" % k, flush=True)
+            break
+        time.sleep(0.005)
+    assert done == 0 or os.waitstatus_to_exitcode(status) == 0, (k, status)
+stop.set()
+thread.join(30)
+print("made %d" % len(made), flush=True)
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fork_loop_while_a_thread_makes_spans(tmp_path, otlp_receiver, protocol):
+    """os.fork() 16 times while another thread makes spans and exports them: no child hangs
+    past the flush bound, every span of the parent arrives, once, and so does every child's
+    over OTLP/HTTP.
+
+    Over gRPC, today, a fork while the export thread is inside a gRPC call (grpc logs "Other
+    threads are currently calling into gRPC, skipping fork() handlers") leaves the child's
+    export waiting: the child exits at the flush bound (AUTOTRACE_SHUTDOWN_TIMEOUT) with its
+    "spans not flushed" line, and its span is lost (a third of the runs of 16 forks on a
+    loaded machine). Asserted as it is: each lost child span is one child's line, never a
+    silent loss; the fork item of issue 18 is to make them all arrive, as over HTTP."""
+    script = write(tmp_path, "app.py", FORK_LOOP)
+    # A short batch delay: exports go on while it forks; a short flush bound for a stuck child.
+    env = clean_env(**otlp_receiver.env(protocol), AUTOTRACE_SHUTDOWN_TIMEOUT="2000")
+    with Watched([AUTOTRACE, "run", "python", script.name], tmp_path, env) as process:
+        code = process.finish(timeout=90)
+    stderr = process.text("stderr")
+    assert code == 0, stderr
+    assert "hung" not in process.text(), process.text()
+    assert "Traceback" not in stderr, stderr
+    made = int(process.text().split("made ")[1])
+    assert made > 0
+    forked = {f"forked-{k}" for k in range(FORKS)}
+    wanted = forked | {f"bg-{i}" for i in range(made)} | {f"bg-child-{i}" for i in range(made)}
+    # Each stuck child says so in one line of its own (pid-tagged); none may be silent.
+    stuck = [line for line in stderr.splitlines() if "] WARNING: " in line and "not flushed" in line]
+    if protocol == "http":
+        assert not stuck, stderr
+    try:
+        otlp_receiver.wait_for_spans(len(wanted) - len(stuck), timeout=20, predicate=lambda s: s.name in wanted)
+    except AssertionError:
+        missing = sorted(wanted - {s.name for s in otlp_receiver.spans()})
+        raise AssertionError(f"{len(missing)} spans never arrived: {missing[:20]}\nstderr:\n{stderr}") from None
+    spans = otlp_receiver.spans()
+    assert len({s.span_id for s in spans}) == len(spans), "a span arrived twice"
+    arrived = by_name(s for s in spans if s.name in wanted)  # and no name twice
+    assert set(wanted) - set(arrived) <= forked, "a span of the parent was lost"
+    assert len(set(wanted) - set(arrived)) == len(stuck), stderr
+    pids = {s.resource["process.pid"] for s in spans if s.name.startswith("forked-")}
+    assert len(pids) == FORKS - len(stuck)
+
+
 # -- 2. prefork servers ------------------------------------------------------------------
 
 WSGI_APP = """
@@ -147,24 +239,40 @@ async def app(scope, receive, send):
 """
 
 
-def serve_requests(base: str, server: Watched, count: int = 6) -> list[str]:
+def serve_requests(base: str, server: Watched, count: int = REQUESTS) -> list[str]:
+    """``count`` requests, four at a time (both workers busy); their paths."""
+    from concurrent.futures import ThreadPoolExecutor
+
     wait_until_answers(base + "/ready", timeout=30, process=server)
     paths = [f"/request-{i}" for i in range(count)]
-    for path in paths:
+
+    def get(path: str) -> None:
         with urllib.request.urlopen(base + path, timeout=10) as response:
             assert response.status == 200
             assert response.read() == b"ok"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(get, paths))
     return paths
 
 
 def assert_request_spans(receiver, paths: list[str], server_pid: int, service: str) -> None:
+    """Every request's SERVER span and the app's span in it arrived, once each (no span id
+    twice), from a worker, the app's span the SERVER span's child."""
     wanted = {"GET " + p for p in paths}
-    receiver.wait_for_spans(len(wanted), timeout=10, predicate=lambda s: s.name in wanted)
+    receiver.wait_for_spans(len(wanted), timeout=15, predicate=lambda s: s.name in wanted)
+    receiver.wait_for_spans(len(paths), timeout=5, predicate=lambda s: s.kind == SERVER)
     spans = by_name(s for s in receiver.spans() if s.name in wanted)
     assert set(spans) == wanted
     for span in spans.values():
         assert span.resource["service.name"] == service  # app:app, a generic name: the folder
         assert span.resource["process.pid"] != server_pid  # recorded in a worker
+    all_spans = receiver.spans()
+    assert len({s.span_id for s in all_spans}) == len(all_spans), "a span arrived twice"
+    served = sorted(s.attributes["url.path"] for s in all_spans if s.kind == SERVER and s.attributes["url.path"] != "/ready")
+    assert served == sorted(paths), "a request's SERVER span is missing or doubled"
+    for server_span in (s for s in all_spans if s.kind == SERVER and s.attributes["url.path"] in paths):
+        assert spans["GET " + server_span.attributes["url.path"]].parent_span_id == server_span.span_id
 
 
 # Gunicorn loses a SIGTERM that reaches a worker before the worker has set its own handlers
@@ -179,20 +287,23 @@ def post_worker_init(worker):
 """
 
 
-@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+@pytest.mark.parametrize(("preload", "workers"), [(False, 2), (True, 4)], ids=["no-preload-w2", "preload-w4"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_gunicorn_workers_export_their_spans(tmp_path, otlp_receiver, protocol, preload):
-    """With --preload the SDK is set up in the master and the workers are forked from it."""
+def test_gunicorn_workers_export_their_spans(tmp_path, otlp_receiver, protocol, preload, workers):
+    """SIGTERM to the master right after the requests: every span arrives, once (the workers
+    flush at exit). With --preload the SDK is set up in the master and the workers are forked
+    from it."""
     write(tmp_path, "app.py", WSGI_APP)
     write(tmp_path, "ready.conf.py", GUNICORN_CONF)
     port = free_port()
-    args = [AUTOTRACE, "run", "gunicorn", "-c", "ready.conf.py", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    args = [AUTOTRACE, "run", "gunicorn", "-c", "ready.conf.py", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
     args += ["--preload"] if preload else []
     env = traced_env(otlp_receiver, protocol, HOME=str(tmp_path))  # gunicorn's control socket
     with Watched(args + ["app:app"], tmp_path, env) as server:
         paths = serve_requests(f"http://127.0.0.1:{port}", server)
-        for age in (1, 2):
+        for age in range(1, workers + 1):
             server.wait_for_line(f"worker {age} ready", timeout=30)
+        assert otlp_receiver.spans() == [], "exported before the stop: the test proves nothing"
         server.send(signal.SIGTERM)  # the launcher exec'd: this is the master
         code = server.finish(timeout=30)
     assert code == 0, server.text("stderr")
@@ -201,27 +312,24 @@ def test_gunicorn_workers_export_their_spans(tmp_path, otlp_receiver, protocol, 
 
 @pytest.mark.parametrize(
     ("protocol", "workers", "signum"),
-    [("http", 1, signal.SIGINT), ("grpc", 2, signal.SIGTERM)],
-    ids=["single-sigint", "workers-sigterm"],
+    [("http", 1, signal.SIGINT), ("grpc", 1, signal.SIGTERM), ("http", 2, signal.SIGTERM), ("grpc", 2, signal.SIGTERM)],
+    ids=["http-single-sigint", "grpc-single-sigterm", "http-workers-sigterm", "grpc-workers-sigterm"],
 )
 def test_uvicorn_spans_arrive_after_stop(tmp_path, otlp_receiver, protocol, workers, signum):
-    """--workers 2 runs multiprocessing spawn workers, which take the parent's service name."""
+    """The signal right after the requests: every span arrives, once. --workers 2 runs
+    multiprocessing spawn workers, which take the parent's service name."""
     write(tmp_path, "app.py", ASGI_APP)
     port = free_port()
     args = [AUTOTRACE, "run", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]
     args += ["--workers", str(workers)] if workers > 1 else []
     with Watched(args + ["app:app"], tmp_path, traced_env(otlp_receiver, protocol)) as server:
         paths = serve_requests(f"http://127.0.0.1:{port}", server)
+        assert otlp_receiver.spans() == [], "exported before the stop: the test proves nothing"
         server.send(signum)
         server.finish(timeout=30)
     assert "Traceback" not in server.text("stderr"), server.text("stderr")
-    if workers > 1:
-        assert_request_spans(otlp_receiver, paths, server.pid, tmp_path.name)
-    else:
-        wanted = {"GET " + p for p in paths}
-        otlp_receiver.wait_for_spans(len(wanted), timeout=10, predicate=lambda s: s.name in wanted)
-        spans = by_name(s for s in otlp_receiver.spans() if s.name in wanted)
-        assert {s.resource["service.name"] for s in spans.values()} == {tmp_path.name}
+    # A single uvicorn serves in the process the signal went to; workers are processes of their own.
+    assert_request_spans(otlp_receiver, paths, server.pid if workers > 1 else -1, tmp_path.name)
 
 
 # -- 3. signals flush everything -----------------------------------------------------------

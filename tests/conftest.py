@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from autotrace import _log, importer, registry
-from dbservers import mariadb_server, postgres_server, redis_cluster_server, redis_server  # noqa: F401  (session fixtures)
+from dbservers import mariadb_server, postgres_server, rabbitmq_server, redis_cluster_server, redis_server  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture(autouse=True)

@@ -57,14 +57,14 @@ STOP_TIMEOUT = 10.0  # seconds for a server to stop when asked, before SIGKILL
 SETUP_TIMEOUT = 60.0  # seconds for a set-up command (initdb, mariadb-install-db, psql)
 UNPRIVILEGED_USER = "nobody"
 
-_DEFAULT_SCHEMES = {"postgresql": "postgresql", "mariadb": "mysql", "redis": "redis"}
+_DEFAULT_SCHEMES = {"postgresql": "postgresql", "mariadb": "mysql", "redis": "redis", "rabbitmq": "amqp"}
 
 
 @dataclass(frozen=True)
 class DbServer:
     """Where a test server listens and how to log in to it."""
 
-    system: str  # "postgresql" | "mariadb" | "redis"
+    system: str  # "postgresql" | "mariadb" | "redis" | "rabbitmq"
     host: str
     port: int
     user: str | None
@@ -202,8 +202,9 @@ class _Server:
             )
         return done.stdout
 
-    def start(self, args: list[str], death_signal: str, ready: Callable[[], bool]) -> None:
-        """Start the server (output to its log) and wait until ``ready()`` or fail with the log's tail."""
+    def start(self, args: list[str], death_signal: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
+        """Start the server (output to its log) and wait until ``ready()`` (at most ``timeout``
+        seconds) or fail with the log's tail."""
         with open(self.log, "ab") as log:
             try:
                 self.process = subprocess.Popen(
@@ -218,7 +219,7 @@ class _Server:
             except OSError as exc:
                 raise ServerStartError(f"{self.system} test server: cannot start {args[0]}: {exc}") from None
         _running.add(self)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             code = self.process.poll()
             if code is not None:
@@ -233,7 +234,7 @@ class _Server:
                 pass
             if time.monotonic() > deadline:
                 raise ServerStartError(
-                    f"{self.system} test server did not answer within {START_TIMEOUT:.0f} s "
+                    f"{self.system} test server did not answer within {timeout:.0f} s "
                     f"({' '.join(args)}); log {self.log}:\n{_tail(self.log)}"
                 )
             time.sleep(0.05)
@@ -285,12 +286,13 @@ def _connect(port: int) -> socket.socket:
 @contextlib.contextmanager
 def running(system: str) -> Iterator[DbServer]:
     """A server started for the ``with`` block, outside pytest (benchmarks):
-    ``"postgresql"``, ``"mariadb"``, ``"redis"`` or ``"redis-cluster"``."""
+    ``"postgresql"``, ``"mariadb"``, ``"redis"``, ``"redis-cluster"`` or ``"rabbitmq"``."""
     launchers = {
         "postgresql": (_launch_postgres, signal.SIGINT),
         "mariadb": (_launch_mariadb, signal.SIGTERM),
         "redis": (_launch_redis, signal.SIGTERM),
         "redis-cluster": (_launch_redis_cluster, signal.SIGTERM),
+        "rabbitmq": (_launch_rabbitmq, signal.SIGTERM),
     }
     launch, stop_signal = launchers[system]
     yield from _serve(system, launch, stop_signal)
@@ -527,4 +529,59 @@ def redis_cluster_server() -> Iterator[DbServer]:
     yield from _serve("redis-cluster", _launch_redis_cluster, signal.SIGTERM)
 
 
-__all__ = ["DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "redis_cluster_server", "redis_server", "running"]
+# --- RabbitMQ --------------------------------------------------------------------------
+
+RABBITMQ_START_TIMEOUT = 90.0  # the Erlang VM and the broker take 10 to 20 s on a quiet machine
+
+
+def _launch_rabbitmq(server: _Server) -> DbServer:
+    """A RabbitMQ node of its own: its AMQP, distribution and epmd ports free loopback ones,
+    its data, logs and Erlang cookie in the server's directory, no plugins.
+
+    Its own ``epmd`` (the Erlang port mapper) runs in the server's process group on a port
+    of its own, so it is stopped with the node (the broker's would daemonize and stay).
+    """
+    binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # not /usr/sbin's wrapper, which wants root
+    epmd = shutil.which("epmd") or next(iter(glob.glob("/usr/lib/erlang/erts-*/bin/epmd")), None)
+    if not os.path.exists(binary) or epmd is None:
+        raise ServerStartError("RabbitMQ is not installed (rabbitmq-server, erlang): apt-get install rabbitmq-server")
+    port, dist_port, epmd_port = free_port(), free_port(), free_port()
+    directory = server.directory
+    server.write("rabbitmq.conf", f"listeners.tcp.default = {HOST}:{port}\nloopback_users = none\n")
+    server.write("enabled_plugins", "[].\n")
+    server.env.update(
+        {
+            "RABBITMQ_NODENAME": f"autotrace-{port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "ERL_EPMD_PORT": str(epmd_port),
+            "ERL_EPMD_ADDRESS": HOST,
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
+        }
+    )
+    shell = f'"{epmd}" -port {epmd_port} -address {HOST} & exec "{binary}"'
+
+    def ready() -> bool:
+        with _connect(port) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")  # AMQP 0-9-1: the broker answers Connection.Start
+            return sock.recv(8)[:1] == b"\x01"
+
+    server.start(["/bin/sh", "-c", shell], "TERM", ready, timeout=RABBITMQ_START_TIMEOUT)
+    return DbServer("rabbitmq", HOST, port, "guest", "guest", "/")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[DbServer]:
+    """A RabbitMQ broker for the session (user guest, virtual host ``/``); tests use their own queues."""
+    yield from _serve("rabbitmq", _launch_rabbitmq, signal.SIGTERM)
+
+
+__all__ = [
+    "DbServer", "ServerStartError", "mariadb_server", "postgres_server", "postgres_bindir", "rabbitmq_server",
+    "redis_cluster_server", "redis_server", "running",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -201,3 +203,33 @@ def test_a_broken_propagator_sends_the_request_without_headers(spans, monkeypatc
     assert headers == {}
     assert len(spans.get_finished_spans()) == 1
     assert any("broken propagator" in line for line in warnings())
+
+
+def test_an_ended_and_left_call_is_freed_at_once_not_by_the_garbage_collector(spans):
+    # Its context holds the call (current_call()): the call drops the context once it has
+    # ended and is no longer current, so neither waits for a collection.
+    def calls():
+        with trace.get_tracer("test").start_as_current_span("parent"):
+            call = client_span.start("urllib3", "GET", "http://h/1")
+            call.inject({})
+            call.close()
+            pending = client_span.start("http.client", "GET", "http://h/2", attach=False)
+            pending.inject({})
+            pending.end()
+            ended_first = client_span.start("httpx", "GET", "http://h/3")
+            ended_first.end()
+            ended_first.detach()
+
+    gc.collect()
+    gc.disable()
+    try:
+        calls()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [found for found in gc.garbage if isinstance(found, client_span.ClientSpan)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
+    assert len([s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT]) == 3

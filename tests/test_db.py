@@ -7,6 +7,7 @@ tests/test_db_sanitize.py; the sqlite3 hook in tests/test_db_sqlite3.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from opentelemetry import context, trace
@@ -323,3 +324,30 @@ def test_db_settings_are_listed_for_the_doctor_and_debug():
     assert (described["db statement"], described["sql comment"], described["db root spans"]) == ("off", "True", "False")
     s = config.read({"AUTOTRACE_DB_ROOT_SPANS": "sure"})
     assert [w.variable for w in s.warnings] == ["AUTOTRACE_DB_ROOT_SPANS"] and s.db.root_spans is False
+
+
+def _left_for_the_collector(kind: type, work) -> list:
+    """Objects of ``kind`` that ``work()`` left in reference cycles (freed only by the garbage collector)."""
+    gc.collect()
+    gc.disable()
+    try:
+        work()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return [found for found in gc.garbage if isinstance(found, kind)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_closed_call_is_freed_at_once_not_by_the_garbage_collector(recorded, parent):
+    # Its context holds the call (db.current()): the call drops the context when it closes,
+    # so neither waits for a collection (whose passes every query would pay for).
+    # (A query that raises is left to the collector all the same: its traceback holds the frames.)
+    def queries():
+        for _ in range(3):
+            db.call("psycopg2", TARGET, db.statement("SELECT 1"), lambda: 1, (), {})
+
+    assert _left_for_the_collector(db.DbCall, queries) == []
+    assert len(recorded.get_finished_spans()) == 3

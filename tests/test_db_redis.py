@@ -259,16 +259,21 @@ def test_watch_commands_are_spans_then_the_transaction_is_one(traced, client, pa
     assert multi.attributes["db.query.text"] == f"SET {name} ?"
 
 
-def test_no_span_outside_a_trace_unless_root_spans_are_asked_for(traced, client, db_env):
+def test_no_span_outside_a_trace_unless_root_spans_are_asked_for(traced, client, db_env, monkeypatch):
+    texts = []
+    real_text = redis_hook.command_text
+    monkeypatch.setattr(redis_hook, "command_text", lambda *args: texts.append(args) or real_text(*args))
     name = key()
     client.set(name, "v")
     with client.pipeline() as pipe:
         pipe.get(name).execute()
     assert redis_spans(traced) == []
+    assert texts == []  # a command never traced costs no text (a worker's broker traffic)
     db_env(AUTOTRACE_DB_ROOT_SPANS="true")
     client.get(name)
     [span] = redis_spans(traced)
     assert span.parent is None and span.name == "GET"
+    assert len(texts) == 1
     client.delete(name)
 
 

@@ -46,6 +46,7 @@ def test_json_accepts_enum_names_numbers_as_strings_and_upper_case_hex():
         {"spanId": "12345678"},
         {"parentSpanId": "zz" * 8},
         {"startTimeUnixNano": "soon"},
+        {"endTimeUnixNano": str(2**63)},
         {"kind": "SPAN_KIND_WHATEVER"},
         {"attributes": [{"key": "k", "value": {"intValue": "x"}}]},
         {"attributes": [{"key": "k", "value": {"stringValue": 1}}]},
@@ -73,6 +74,20 @@ def test_malformed_protobuf_and_wrong_id_lengths_are_refused():
     request.resource_spans.add().scope_spans.add().spans.add(trace_id=b"\x01" * 8, span_id=b"\x02" * 8)
     with pytest.raises(BadData, match="traceId must be 16 bytes"):
         decode_protobuf(request.SerializeToString())
+
+
+@pytest.mark.parametrize("start_ns, duration_ns", [(2**63, 5), (2**63 - 10, 20)])
+def test_times_sqlite_cannot_hold_are_refused_at_decode(start_ns, duration_ns):
+    # Past 2**63 ns an insert would fail (a 503, retried by the sender for ever): bad data instead.
+    with pytest.raises(BadData, match=r"2\*\*63"):
+        decode_protobuf(protobuf([span(new_trace_id(), start_ns=start_ns, duration_ns=duration_ns)]))
+    with pytest.raises(BadData, match=r"2\*\*63"):
+        decode_json(body([span(new_trace_id(), start_ns=start_ns, duration_ns=duration_ns)]))
+
+
+def test_the_last_time_sqlite_holds_is_accepted():
+    (record,) = decode_protobuf(protobuf([span(new_trace_id(), start_ns=2**63 - 10, duration_ns=9)]))
+    assert record.end_ns == 2**63 - 1
 
 
 def test_deeply_nested_values_are_refused():

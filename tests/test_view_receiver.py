@@ -71,8 +71,9 @@ def test_protobuf_json_and_gzip_are_stored_before_the_answer(viewer):
         (b"not gzip", "application/json", {"Content-Encoding": "gzip"}, 400),
         (gzip.compress(b"\0" * (MAX_BODY + 1)), "application/x-protobuf", {"Content-Encoding": "gzip"}, 413),
         (body([span("ab" * 8)]), "application/json", {}, 400),
+        (protobuf([span("ab" * 16, start_ns=2**63)]), "application/x-protobuf", {}, 400),
     ],
-    ids=["protobuf", "json", "content-type", "encoding", "not-gzip", "gzip-bomb", "id-length"],
+    ids=["protobuf", "json", "content-type", "encoding", "not-gzip", "gzip-bomb", "id-length", "time-past-2**63"],
 )
 def test_bad_requests_are_refused_and_good_ones_go_on(viewer, data, content_type, headers, status, capsys):
     store, otlp, _ = viewer

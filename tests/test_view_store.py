@@ -314,6 +314,93 @@ def test_attributes_of_every_type_come_back_as_they_were_sent(store):
         assert store.search(TraceQuery(tags={key: text}))[0] == [trace_id], key
 
 
+def _write_at_once(store: Store, batches: list) -> tuple[list, list]:
+    """Write the batches from one thread each while the writer's lock is held, so that all
+    are queued, then let go: (what each call raised or None, the SQL the writer ran)."""
+    import threading
+
+    statements: list[str] = []
+    outcomes: list = [None] * len(batches)
+    seen: list = [None] * len(batches)
+
+    def write(n: int) -> None:
+        try:
+            store.write(decode_json(batches[n]))
+            seen[n] = len(store.spans([decode_json(batches[n])[0].trace_id]))  # committed when it returned
+        except Exception as exc:  # noqa: BLE001 - checked by the caller
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(len(batches))]
+    with store._lock:
+        store._writer.set_trace_callback(statements.append)
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(store._queue) < len(batches) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(store._queue) == len(batches)
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    store._writer.set_trace_callback(None)
+    return outcomes, seen, statements
+
+
+def test_batches_waiting_together_are_committed_in_one_transaction(store):
+    traces = [trace(spans=n + 2, attributes={"user": f"u{n}"}) for n in range(3)]
+    outcomes, seen, statements = _write_at_once(store, [body(spans) for _, spans in traces])
+    assert outcomes == [None] * 3 and seen == [2, 3, 4]
+    assert statements.count("COMMIT") == 1
+    assert store.span_count == 9
+    for n, (trace_id, _) in enumerate(traces):
+        assert store.search(TraceQuery(tags={"user": f"u{n}"}))[0] == [trace_id]
+        summary, = store.summaries([trace_id])
+        assert summary.span_count == n + 2
+
+
+def test_a_trace_in_two_batches_of_one_group_is_one_trace(store):
+    trace_id, spans = trace(spans=4)
+    outcomes, seen, _ = _write_at_once(store, [body(spans[:2], service="a"), body(spans[1:], service="b")])
+    assert outcomes == [None, None]
+    summary, = store.summaries([trace_id])
+    assert (summary.span_count, summary.root_service, summary.services) == (4, "a", ["a", "b"])
+    assert store.span_count == 4 and len(store.search(TraceQuery())[0]) == 1
+
+
+def test_a_batch_that_fails_in_a_group_fails_alone(store):
+    # SQLite takes no integer past 2^63 - 1: that batch is refused (the receiver answers 503)
+    # and the others waiting with it are committed.
+    good, spans = trace(spans=2)
+    bad, bad_spans = trace(spans=2, start_ns=2**63)
+    later, later_spans = trace(spans=3)
+    outcomes, seen, statements = _write_at_once(store, [body(spans), body(bad_spans), body(later_spans)])
+    assert outcomes[0] is None and outcomes[2] is None and isinstance(outcomes[1], OverflowError)
+    assert (seen[0], seen[2]) == (2, 3)
+    assert store.spans([bad]) == [] and store.span_count == 5
+    assert sorted(store.search(TraceQuery())[0]) == sorted([good, later])
+    assert "ROLLBACK" in statements
+
+
+def test_a_search_answers_while_a_batch_is_being_committed(tmp_path):
+    # A file store's readers have connections of their own (WAL): a search does not wait
+    # for the writer, which holds its lock for a whole group's transaction.
+    import threading
+
+    store = Store(str(tmp_path / "view.db"))
+    try:
+        trace_id, spans = trace(spans=2)
+        put(store, spans)
+        found: list = []
+        with store._lock:  # as during a commit
+            searcher = threading.Thread(target=lambda: found.append(store.search(TraceQuery())))
+            searcher.start()
+            searcher.join(10)
+            assert not searcher.is_alive()
+        assert found == [([trace_id], 1)]
+    finally:
+        store.close()
+
+
 def test_a_span_sent_twice_in_one_batch_is_kept_as_first_sent(store):
     trace_id, root = new_trace_id(), new_span_id()
     put(store, [span(trace_id, "zeta", span_id=root), span(trace_id, "alpha", span_id=root)])

@@ -32,6 +32,13 @@ _KINDS = {
 _STATUS_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 
 
+# A span's start and end are stored as SQLite integers (signed 64-bit): a time at or past
+# 2**63 ns (the year 2262) is refused at decode, as bad data (a 4xx the sender does not
+# retry), not at the insert (a 503 it would retry for ever).
+TIME_LIMIT_NS = 2**63
+_TIME_MESSAGE = "span start and end times must be under 2**63 ns since the epoch"
+
+
 class BadData(ValueError):
     """A request that is not valid OTLP trace data (the whole request is refused)."""
 
@@ -99,6 +106,8 @@ def records_of_request(request: Any, plain: bool = False) -> list[SpanRecord]:
                 if trace_id is None:
                     trace_id = trace_ids[raw] = _pb_id(raw, 16, "traceId")
                 status = span.status
+                if span.start_time_unix_nano >= TIME_LIMIT_NS or span.end_time_unix_nano >= TIME_LIMIT_NS:
+                    raise BadData(_TIME_MESSAGE)
                 records.append(
                     SpanRecord(
                         trace_id,
@@ -266,8 +275,8 @@ def records_of_document(document: Any) -> list[SpanRecord]:
                         service,
                         _str(span, "name"),
                         _enum(span.get("kind", 0), _KINDS, "kind"),
-                        _uint(span.get("startTimeUnixNano", 0), "startTimeUnixNano"),
-                        _uint(span.get("endTimeUnixNano", 0), "endTimeUnixNano"),
+                        _time(span.get("startTimeUnixNano", 0), "startTimeUnixNano"),
+                        _time(span.get("endTimeUnixNano", 0), "endTimeUnixNano"),
                         _enum(status.get("code", 0), _STATUS_CODES, "status.code"),
                         _str(status, "message"),
                         _str(span, "traceState"),
@@ -392,6 +401,13 @@ def _uint(value: Any, what: str) -> int:
     number = _int(value, what)
     if number < 0:
         raise BadData(f"{what} must not be negative")
+    return number
+
+
+def _time(value: Any, what: str) -> int:
+    number = _uint(value, what)
+    if number >= TIME_LIMIT_NS:
+        raise BadData(_TIME_MESSAGE)
     return number
 
 

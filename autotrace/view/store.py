@@ -29,10 +29,16 @@ in one transaction when opened, then vacuumed.
 
 Retention drops the traces received longest ago, whole: by age (``retention_days``) and by
 span count (``max_spans``).
+
+Writing is a group commit (:meth:`Store.write`): each request's batch is made ready outside
+the writer's lock, and every batch waiting when the lock is free goes in one transaction.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import itertools
 import json
 import operator
 import sqlite3
@@ -49,6 +55,8 @@ MAX_INDEXED_VALUE = 1024  # longer attribute values are stored but not indexed f
 WRITER_CACHE_KIB = 64 * 1024  # the writer connection's page cache
 WAL_CHECKPOINT_PAGES = 10_000
 SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is the layout keyed by trace id
+MULTI_ROW_MAX = 256  # rows a statement of Store._insert
+GROUP_MAX_SPANS = 16_384  # spans committed in one transaction at most (several requests' batches)
 _AGE_CHECK_EVERY_S = 60.0
 _CHUNK = 500  # ids per "IN (...)" statement
 _TN_SPAN = operator.itemgetter(0, 1)
@@ -125,16 +133,20 @@ _SPAN_COLUMNS = (
     "r.body, c.body"
 )
 
-# A trace that had spans before this batch: recomputed from all of them.
-_UPDATE_TRACE = """
+# Traces that had spans before this transaction: recomputed from all of them (one
+# statement for all, the numbers after the received time).
+_UPDATE_TRACES = """
 UPDATE traces SET
-    (start_ns, end_ns, span_count, error_count) =
-        (SELECT min(start_ns), max(end_ns), count(*), sum(status_code = 2) FROM spans WHERE tn = ?1),
+    (start_ns, end_ns, span_count, error_count) = (
+        SELECT min(s.start_ns), max(s.end_ns), count(*), sum(s.status_code = 2) FROM spans s WHERE s.tn = traces.tn),
     (root_service, root_name) = (
-        SELECT service, name FROM spans WHERE tn = ?1 ORDER BY parent_span_id != '', start_ns LIMIT 1),
-    received_ns = ?2
-WHERE tn = ?1
+        SELECT s.service, s.name FROM spans s WHERE s.tn = traces.tn ORDER BY s.parent_span_id != '', s.start_ns LIMIT 1),
+    received_ns = ?
+WHERE tn IN ({marks})
 """
+# The attribute rows of dropped traces, deleted a few statements at a time: SQLite looks each
+# up by the primary key ("MULTI-INDEX OR"; a row-value IN list would scan a (key, value) range).
+_DELETE_ATTRS_ROWS = 64
 
 
 @dataclass
@@ -174,7 +186,9 @@ class Store:
         self.memory = path == ":memory:"
         self.retention_days = retention_days
         self.max_spans = max_spans
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection's (and, in memory, every access's)
+        self._queue: collections.deque[_Batch] = collections.deque()  # batches waiting for a commit
+        self._queue_lock = threading.Lock()
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives the process being killed (it is in the WAL
@@ -186,9 +200,11 @@ class Store:
         self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._open_schema(self._writer)
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[sqlite3.Connection] = []  # idle reader connections (file stores)
+        self._readers_lock = threading.Lock()
         self._resource_ids: dict[str, int] = {}
         self._scope_ids: dict[str, int] = {}
+        self._variables = _variable_limit(self._writer)
         self._span_total = int(self._writer.execute("SELECT total(span_count) FROM traces").fetchone()[0])
         self._next_tn = self._writer.execute("SELECT coalesce(max(tn), 0) + 1 FROM traces").fetchone()[0]
         self._age_checked = 0.0
@@ -244,87 +260,130 @@ class Store:
     # -- writing ----------------------------------------------------------------------
 
     def write(self, records: Sequence[SpanRecord]) -> int:
-        """Store a batch in one transaction; returns when it is committed. Spans already
-        stored (same trace and span id) are kept as they were."""
+        """Store a batch; returns when it is committed. Spans already stored (same trace and
+        span id) are kept as they were.
+
+        Group commit: the batch is made ready outside the writer's lock (the Python work, which
+        can run while another batch is in SQLite, which releases the GIL), then queued; the
+        thread that next holds the lock commits every queued batch (up to
+        :data:`GROUP_MAX_SPANS`) in one transaction, and each call returns once its own batch
+        is committed. A failed group is retried batch by batch, so one bad batch fails alone.
+        """
         if not records:
             return 0
-        now = time.time_ns()
+        batch = _prepare(records)
+        with self._queue_lock:
+            self._queue.append(batch)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the store is closed")
-            db = self._writer
-            # The records of one request share their resource and scope objects: each is
-            # encoded and looked up once a batch (ids of objects alive for the whole call).
-            resource_ids: dict[int, int] = {}
-            scope_ids: dict[int, int] = {}
-
-            def resource_id(obj: dict) -> int:
-                found = resource_ids[id(obj)] = self._id_of(db, "resources", self._resource_ids, obj)
-                return found
-
-            def scope_id(obj: dict) -> int:
-                found = scope_ids[id(obj)] = self._id_of(db, "scopes", self._scope_ids, obj)
-                return found
-
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may write to the same file: numbers go on from the file's.
-                next_tn = max(self._next_tn, db.execute("SELECT coalesce(max(tn), 0) + 1 FROM traces").fetchone()[0])
-                numbers = self._numbers(db, {r.trace_id for r in records})
-                known = set(numbers.values())
-                # A trace not stored yet gets the next number, and its row is computed here
-                # from the batch (the first of the same span id counts, as the insert keeps it).
-                new: dict[str, list] = {}
-                first: dict[tuple[str, str], SpanRecord] = {}
-                for r in records:
-                    if r.trace_id not in numbers:
-                        numbers[r.trace_id] = next_tn
-                        next_tn += 1
-                        new[r.trace_id] = []
-                    if r.trace_id in new and (r.trace_id, r.span_id) not in first:
-                        first[r.trace_id, r.span_id] = r
-                        new[r.trace_id].append(r)
-                index: set[tuple[str, str, int]] = set()
-                resources_done: set[tuple[int, int]] = set()
-                rows = []
-                for r in records:
-                    tn = numbers[r.trace_id]
-                    key = (id(r.resource), tn)
-                    if key not in resources_done:  # the resource's attributes, once a trace
-                        resources_done.add(key)
-                        add_index_rows(r.resource.get("attributes", ()), tn, index)
-                    rows.append((
-                        tn, r.span_id, r.parent_span_id, r.service, r.name, r.kind,
-                        r.start_ns, r.end_ns, max(0, r.end_ns - r.start_ns), r.status_code,
-                        r.status_message, r.trace_state, r.flags,
-                        stored_attributes(r.attributes, tn, index), _dumps(r.events), _dumps(r.links),
-                        resource_ids.get(id(r.resource)) or resource_id(r.resource),
-                        scope_ids.get(id(r.scope)) or scope_id(r.scope),
-                    ))
-                rows.sort(key=_TN_SPAN)  # stable: of a span sent twice, the first is kept
-                cursor = db.executemany("INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                added = cursor.rowcount
-                db.executemany("INSERT OR IGNORE INTO span_attrs VALUES (?,?,?)", sorted(index))
-                db.executemany(
-                    "INSERT OR IGNORE INTO operations VALUES (?,?,?)",
-                    {(r.service, r.name, r.kind) for r in records},
-                )
-                db.executemany(
-                    "INSERT INTO traces VALUES (?,?,?,?,?,?,?,?,?)",
-                    [_trace_row(numbers[trace_id], trace_id, spans, now) for trace_id, spans in new.items()],
-                )
-                db.executemany(_UPDATE_TRACE, [(tn, now) for tn in sorted(known)])
-                # Retention in the same transaction: one commit a batch.
-                _, dropped = self._retain_in(db, now, self._span_total + added)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                self._resource_ids.clear()  # ids of the rolled-back rows are void
-                self._scope_ids.clear()
-                raise
-            self._next_tn = next_tn
-            self._span_total += added - dropped
+            while batch.outcome is None:
+                if self._closed:
+                    raise RuntimeError("the store is closed")
+                self._commit_group(self._take_group())
+        if batch.outcome is not True:
+            raise batch.outcome
         return len(records)
+
+    def _take_group(self) -> list[_Batch]:
+        """The oldest queued batches, up to GROUP_MAX_SPANS spans (at least one)."""
+        group: list[_Batch] = []
+        spans = 0
+        with self._queue_lock:
+            while self._queue and (not group or spans + self._queue[0].size <= GROUP_MAX_SPANS):
+                batch = self._queue.popleft()
+                spans += batch.size
+                group.append(batch)
+        return group
+
+    def _commit_group(self, group: list[_Batch]) -> None:
+        """Commit the batches in one transaction; if that fails, each in its own. Every batch
+        of the group has its outcome when this returns or raises."""
+        try:
+            try:
+                self._commit(group)
+            except Exception as exc:  # noqa: BLE001 - handed to the batch's caller
+                if len(group) == 1:
+                    group[0].outcome = exc
+                    return
+                for batch in group:
+                    try:
+                        self._commit([batch])
+                    except Exception as alone:  # noqa: BLE001
+                        batch.outcome = alone
+                    else:
+                        batch.outcome = True
+            else:
+                for batch in group:
+                    batch.outcome = True
+        finally:
+            for batch in group:
+                if batch.outcome is None:
+                    batch.outcome = RuntimeError("the store's writer was interrupted")
+
+    def _commit(self, group: list[_Batch]) -> None:
+        """Write the batches in one transaction (under the lock) and commit it."""
+        now = time.time_ns()
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may write to the same file: numbers go on from the file's.
+            next_tn = max(self._next_tn, db.execute("SELECT coalesce(max(tn), 0) + 1 FROM traces").fetchone()[0])
+            numbers = self._numbers(db, {trace_id for batch in group for trace_id in batch.traces})
+            # A trace stored before is recomputed from its spans after the insert; so is one
+            # new here that more than one batch of the group holds.
+            recompute = set(numbers.values())
+            new_rows = {}
+            for batch in group:
+                for trace_id, summary in batch.traces.items():
+                    tn = numbers.get(trace_id)
+                    if tn is None:
+                        tn = numbers[trace_id] = next_tn
+                        next_tn += 1
+                        new_rows[trace_id] = (tn, trace_id, *summary, now)
+                    elif trace_id in new_rows:
+                        recompute.add(tn)
+            rows, index, operations = [], [], set()
+            for batch in group:
+                resource_ids = {body: self._id_of(db, "resources", self._resource_ids, body) for body in batch.resources}
+                scope_ids = {body: self._id_of(db, "scopes", self._scope_ids, body) for body in batch.scopes}
+                rows += [
+                    (numbers[r[0]], *r[1:16], resource_ids[r[16]], scope_ids[r[17]]) for r in batch.rows
+                ]
+                index += [(key, value, numbers[trace_id]) for key, value, trace_id in batch.index]
+                operations |= batch.operations
+            rows.sort(key=_TN_SPAN)  # stable: of a span sent twice, the first is kept
+            index.sort()
+            added = self._insert("INSERT OR IGNORE INTO spans", rows)
+            self._insert("INSERT OR IGNORE INTO span_attrs", index)
+            self._insert("INSERT OR IGNORE INTO operations", sorted(operations))
+            self._insert("INSERT INTO traces", list(new_rows.values()))
+            for chunk in _chunks(sorted(recompute)):
+                db.execute(_UPDATE_TRACES.format(marks=",".join("?" * len(chunk))), [now, *chunk])
+            # Retention in the same transaction: one commit a group.
+            _, dropped = self._retain_in(db, now, self._span_total + added)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._resource_ids.clear()  # ids of the rolled-back rows are void
+            self._scope_ids.clear()
+            raise
+        self._next_tn = next_tn
+        self._span_total += added - dropped
+
+    def _insert(self, head: str, rows: Sequence[tuple]) -> int:
+        """``head VALUES (...), (...), ...``: the rows in a few statements of many rows, not
+        one statement a row; returns the rows inserted.
+
+        Measured: besides the Python call a row saved, the sqlite3 module lets go of the GIL
+        around every statement, and a thread that lets go of it while another thread runs
+        Python (a request being decoded) waits up to the switch interval to get it back."""
+        added = 0
+        if rows:
+            width = len(rows[0])
+            for part in _parts(rows, max(1, min(MULTI_ROW_MAX, self._variables // width))):
+                added += self._writer.execute(
+                    _values_sql(head, width, len(part)), list(itertools.chain.from_iterable(part))
+                ).rowcount
+        return added
 
     @staticmethod
     def _numbers(db: sqlite3.Connection, trace_ids: Iterable[str]) -> dict[str, int]:
@@ -336,8 +395,7 @@ class Store:
         return numbers
 
     @staticmethod
-    def _id_of(db: sqlite3.Connection, table: str, cache: dict[str, int], obj: dict) -> int:
-        body = _dumps_sorted(obj)
+    def _id_of(db: sqlite3.Connection, table: str, cache: dict[str, int], body: str) -> int:
         found = cache.get(body)
         if found is None:
             db.execute(f"INSERT OR IGNORE INTO {table} (body) VALUES (?)", (body,))
@@ -398,13 +456,14 @@ class Store:
                 if (resource, tn) not in resources_done:
                     resources_done.add((resource, tn))
                     add_index_rows(resources[resource], tn, rows)
-            db.executemany("DELETE FROM span_attrs WHERE key = ? AND value = ? AND tn = ?", sorted(rows))
+            for part in _parts(sorted(rows), _DELETE_ATTRS_ROWS):
+                db.execute(_delete_attrs_sql(len(part)), list(itertools.chain.from_iterable(part)))
             for table in ("spans", "traces"):
                 db.execute(f"DELETE FROM {table} WHERE tn IN ({marks})", chunk)
         return int(dropped)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
             if self._closed:
                 return
             self._closed = True
@@ -421,7 +480,8 @@ class Store:
         if self.memory:
             with self._lock:
                 return self._writer.execute(sql, tuple(params)).fetchall()
-        with self._lock:
+        # The pool has a lock of its own: a search does not wait for a commit in progress.
+        with self._readers_lock:
             if self._closed:
                 raise RuntimeError("the store is closed")
             connection = self._readers.pop() if self._readers else None
@@ -430,7 +490,7 @@ class Store:
         try:
             return connection.execute(sql, tuple(params)).fetchall()
         finally:
-            with self._lock:
+            with self._readers_lock:
                 if self._closed or len(self._readers) >= 8:
                     connection.close()
                 else:
@@ -554,12 +614,90 @@ class Store:
         )
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one a call
+def _compact_encoder():
+    """``json.dumps(value, separators=(",", ":"))`` for the stored JSON: the C encoder made
+    once (``JSONEncoder.encode`` makes one a call, measured a third of its time) where the
+    json module has it."""
+    from json import encoder
+
+    if encoder.c_make_encoder is None:
+        return json.JSONEncoder(separators=(",", ":")).encode
+    made = encoder.c_make_encoder(
+        None, json.JSONEncoder().default, encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )  # markers (no cycle check: decoded data), default, strings, indent, separators, sort_keys, skipkeys, allow_nan
+    join = "".join
+    return lambda value: join(made(value, 0))
+
+
+_encode = _compact_encoder()
 _dumps_sorted = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 
 def _dumps(value: object) -> str:
     return _encode(value) if value else "[]"  # events and links are mostly empty lists
+
+
+class _Batch:
+    """A request's spans made ready for the store outside its lock: rows keyed by trace id
+    (the number is given in the transaction), each new trace's summary, the attribute
+    index rows, and ``outcome`` (None until committed, then True or the exception)."""
+
+    __slots__ = ("size", "rows", "traces", "index", "operations", "resources", "scopes", "outcome")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: list[tuple] = []
+        self.traces: dict[str, tuple] = {}
+        self.index: list[tuple[str, str, str]] = []
+        self.operations: set[tuple[str, str, int]] = set()
+        self.resources: dict[str, None] = {}  # bodies, in order
+        self.scopes: dict[str, None] = {}
+        self.outcome: object = None
+
+
+def _prepare(records: Sequence[SpanRecord]) -> _Batch:
+    """The store's rows of a batch, computed without the database."""
+    batch = _Batch(len(records))
+    # The records of one request share their resource and scope objects: each is encoded
+    # once a batch (ids of objects alive for the whole call).
+    resources: dict[int, tuple[str, set]] = {}
+    scopes: dict[int, str] = {}
+    distinct: dict[str, dict[str, SpanRecord]] = {}  # trace id -> span id -> its first record
+    index: set[tuple[str, str, str]] = set()  # (key, value, trace id)
+    resources_done: set[tuple[str, int]] = set()
+    rows = batch.rows
+    for r in records:
+        trace_id = r.trace_id
+        spans = distinct.get(trace_id)
+        if spans is None:
+            spans = distinct[trace_id] = {}
+        if r.span_id not in spans:
+            spans[r.span_id] = r
+        resource = resources.get(id(r.resource))
+        if resource is None:
+            pairs: set = set()
+            add_index_rows(r.resource.get("attributes", ()), None, pairs)
+            resource = resources[id(r.resource)] = (_dumps_sorted(r.resource), pairs)
+            batch.resources[resource[0]] = None
+        if (trace_id, id(r.resource)) not in resources_done:  # the resource's attributes, once a trace
+            resources_done.add((trace_id, id(r.resource)))
+            index.update([(key, value, trace_id) for key, value, _ in resource[1]])
+        scope = scopes.get(id(r.scope))
+        if scope is None:
+            scope = scopes[id(r.scope)] = _dumps_sorted(r.scope)
+            batch.scopes[scope] = None
+        rows.append((
+            trace_id, r.span_id, r.parent_span_id, r.service, r.name, r.kind,
+            r.start_ns, r.end_ns, max(0, r.end_ns - r.start_ns), r.status_code,
+            r.status_message, r.trace_state, r.flags,
+            stored_attributes(r.attributes, trace_id, index), _dumps(r.events), _dumps(r.links),
+            resource[0], scope,
+        ))
+        batch.operations.add((r.service, r.name, r.kind))
+    for trace_id, spans in distinct.items():
+        batch.traces[trace_id] = _trace_summary(list(spans.values()))
+    batch.index = sorted(index)
+    return batch
 
 
 # A span's attributes are stored as a JSON object of plain values ({"http.route": "/a",
@@ -569,16 +707,17 @@ def _dumps(value: object) -> str:
 _NOT_PLAIN = object()
 
 
-def stored_attributes(attributes: list | dict, tn: int, index: set) -> str:
+def stored_attributes(attributes: list | dict, owner: object, index: set) -> str:
     """The stored text of a span's attributes (the OTLP JSON list, or a dict of plain
-    values from ``decode_protobuf(plain=True)``); adds their ``span_attrs`` rows to ``index``."""
+    values from ``decode_protobuf(plain=True)``); adds their ``span_attrs`` rows to ``index``
+    as (key, value, ``owner``): the trace's number, or its id until it has one."""
     if not attributes:
         return "[]"
     if type(attributes) is dict:
         for key, item in attributes.items():
             text = item if type(item) is str else plain_text(item)
             if len(text) <= MAX_INDEXED_VALUE:
-                index.add((key, text, tn))
+                index.add((key, text, owner))
         return _encode(attributes)
     plain = {}
     for kv in attributes:
@@ -590,7 +729,7 @@ def stored_attributes(attributes: list | dict, tn: int, index: set) -> str:
         else:
             plain[key] = text
         if text is not None and len(text) <= MAX_INDEXED_VALUE:
-            index.add((key, text, tn))
+            index.add((key, text, owner))
     if len(plain) == len(attributes) and _NOT_PLAIN not in plain.values():
         return _encode(plain)
     return _encode(attributes)  # a repeated key, or a value that is not plain
@@ -638,6 +777,36 @@ def _otlp_value(item: object) -> dict:
     return {"doubleValue": item}
 
 
+def _parts(rows: Sequence[tuple], per: int) -> Iterable[Sequence[tuple]]:
+    """``rows`` in parts of ``per``, the rest in parts of powers of two: statements of a few
+    distinct lengths, which the statement caches keep."""
+    at = 0
+    while at < len(rows):
+        left = len(rows) - at
+        size = per if left >= per else 1 << (left.bit_length() - 1)
+        yield rows[at : at + size]
+        at += size
+
+
+@functools.lru_cache(maxsize=None)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([row] * rows)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _delete_attrs_sql(rows: int) -> str:
+    return "DELETE FROM span_attrs WHERE " + " OR ".join(["(key = ? AND value = ? AND tn = ?)"] * rows)
+
+
+def _variable_limit(db: sqlite3.Connection) -> int:
+    """How many ``?`` a statement may hold (999 before SQLite 3.32 and where Python cannot tell)."""
+    try:
+        return db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # Python 3.11+
+    except AttributeError:
+        return 999
+
+
 def _chunks(items: list) -> Iterable[list]:
     for at in range(0, len(items), _CHUNK):
         yield items[at : at + _CHUNK]
@@ -656,29 +825,30 @@ def attribute_text(value: dict) -> str | None:
     return None
 
 
-def stored_index_rows(text: str, tn: int, rows: set) -> None:
+def stored_index_rows(text: str, owner: object, rows: set) -> None:
     """Adds the ``span_attrs`` rows of a span's stored attributes (as :meth:`Store.write`
     made them) to ``rows``."""
     loaded = json.loads(text)
     if type(loaded) is list:
-        return add_index_rows(loaded, tn, rows)
+        return add_index_rows(loaded, owner, rows)
     for key, item in loaded.items():
         text = item if type(item) is str else plain_text(item)
         if len(text) <= MAX_INDEXED_VALUE:
-            rows.add((key, text, tn))
+            rows.add((key, text, owner))
 
 
-def add_index_rows(attributes: Iterable[dict], tn: int, rows: set) -> None:
+def add_index_rows(attributes: Iterable[dict], owner: object, rows: set) -> None:
     for kv in attributes:
         text = attribute_text(kv["value"])
         if text is not None and len(text) <= MAX_INDEXED_VALUE:
-            rows.add((kv["key"], text, tn))
+            rows.add((kv["key"], text, owner))
 
 
-def _trace_row(tn: int, trace_id: str, spans: list[SpanRecord], received_ns: int) -> tuple:
-    """The ``traces`` row of a trace new in this batch, from its (distinct) spans."""
+def _trace_summary(spans: list[SpanRecord]) -> tuple:
+    """The ``traces`` columns from start to root name of a trace new in a batch, from its
+    (distinct) spans."""
     root = min(spans, key=lambda r: (r.parent_span_id != "", r.start_ns))
     return (
-        tn, trace_id, min(r.start_ns for r in spans), max(r.end_ns for r in spans), len(spans),
-        sum(r.status_code == ERROR for r in spans), root.service, root.name, received_ns,
+        min(r.start_ns for r in spans), max(r.end_ns for r in spans), len(spans),
+        sum(r.status_code == ERROR for r in spans), root.service, root.name,
     )

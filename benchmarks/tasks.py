@@ -1,0 +1,232 @@
+"""Celery worker throughput: 2,000 no-op tasks through a solo worker, plain vs ``autotrace run``.
+
+    python benchmarks/tasks.py [--tasks 2000] [--rounds 5] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/tasks.py --hook-alone
+
+A Redis server (Debian's ``redis-server``, started as the tests start it:
+tests/dbservers.py) serves as the broker, and is stopped at the end. Each round, for each variant in turn (plain,
+then ``autotrace run`` exporting over OTLP/HTTP to a local sink that accepts the spans):
+
+1. the queue is filled with ``--tasks`` no-op task messages by a producer run the same way
+   as the worker (under ``autotrace run`` its messages carry the trace context, as in a
+   traced deployment);
+2. a solo worker (``celery -A benchtasks worker -P solo``) is started and runs them; the
+   task module notes the time at the end of the first tenth of the tasks (the warm-up: the
+   worker's first tasks, and under the agent the SDK's set-up at the first span, paid once
+   per process, are not timed) and at the last task's end, and writes the throughput
+   (tasks per second of the worker's steady work)
+   and the worker's CPU time per task over the same stretch (every thread: the export's
+   too, but for the last batch, exported after). On a loaded machine the throughput
+   varies from round to round; the CPU time much less;
+3. the worker is stopped (SIGTERM: a warm shutdown).
+
+Medians of the rounds and the ratio traced/plain are printed (target: >= 0.85).
+
+``--hook-alone`` measures, in this process and without a broker, what the consumer hook
+adds to each task run: Celery's own task tracer run 20,000 times without and with the
+hook (the span exported over OTLP/HTTP to a local sink), best of 7 alternating rounds, wall
+clock and the process's CPU. It moves much less than the worker's throughput on a loaded
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import harness
+
+TASKS_MODULE = """
+import os
+import time
+
+from celery import Celery
+
+app = Celery("benchtasks", broker=os.environ["BROKER_URL"])
+app.conf.task_default_queue = os.environ["QUEUE"]
+app.conf.broker_connection_retry_on_startup = True
+app.conf.task_ignore_result = True
+app.conf.worker_hijack_root_logger = False
+TOTAL = int(os.environ["BENCH_TASKS"])
+WARM_UP = TOTAL // 10  # not timed: the worker's first tasks (and the agent's SDK set-up at the first span)
+_seen = [0, 0.0, 0.0]
+
+
+@app.task
+def noop(n):
+    seen = _seen
+    seen[0] += 1
+    if seen[0] == WARM_UP:
+        seen[1] = time.perf_counter()
+        seen[2] = time.process_time()
+    elif seen[0] == TOTAL:
+        wall, cpu = time.perf_counter() - seen[1], time.process_time() - seen[2]
+        with open(os.environ["BENCH_OUT"], "w") as out:
+            out.write(f"{(TOTAL - WARM_UP) / wall} {cpu * 1e6 / (TOTAL - WARM_UP)}")
+"""
+
+FILL = """
+import os
+
+import benchtasks
+
+for n in range(int(os.environ["BENCH_TASKS"])):
+    benchtasks.noop.delay(n)
+"""
+
+
+def one_round(directory: Path, prefix: list[str], env: dict[str, str], tasks: int, queue: str) -> tuple[float, float]:
+    """Fill the queue, run a solo worker over it; the worker's tasks per second, and its
+    CPU time per task (microseconds, every thread of the worker: the export's too)."""
+    out = directory / f"{queue}.out"
+    env = dict(env, QUEUE=queue, BENCH_TASKS=str(tasks), BENCH_OUT=str(out))
+    fill = subprocess.run([*prefix, sys.executable, "fill.py"], cwd=directory, env=env, capture_output=True, text=True, timeout=300)
+    if fill.returncode != 0:
+        raise SystemExit(f"filling the queue failed:\n{fill.stderr}")
+    celery = str(harness.BIN / "celery")
+    command = [*prefix, celery, "-A", "benchtasks", "worker", "-P", "solo", "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = subprocess.Popen(command, cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not out.exists() or not out.read_text():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not run the {tasks} tasks:\n{worker.stderr.read() if worker.poll() is not None else ''}")
+            time.sleep(0.05)
+        rate, cpu = out.read_text().split()
+        return float(rate), float(cpu)
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
+
+
+def hook_alone(calls: int = 20000, rounds: int = 7) -> tuple[float, float, float, float]:
+    """The consumer hook's own cost per task run, in this process: Celery's task tracer
+    (``build_tracer``, what every pool runs) for a no-op task given a request that carries
+    a ``traceparent``, without and with the hook's signals, each span ended into the
+    agent's OTLP/HTTP exporter (batch processor, a local sink). Rounds alternate; the best
+    of each. Returns (plain us, hooked us) wall clock and (plain, hooked) process CPU us
+    (every thread: the batch export's too)."""
+    from celery import Celery, signals
+    from celery.app import trace as celery_trace
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from autotrace import config, exporters
+    from autotrace.hooks import celery as hook
+
+    sink = harness.serve(harness.Sink)
+    settings = config.read({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"})
+    provider = TracerProvider()
+    handle = exporters.ExporterHandle("otlp", exporters.factories(settings)["otlp"], settings=settings)
+    # A queue for a whole round: runs here outpace the export (no broker in between), and a
+    # dropped span costs a log record, not an export.
+    provider.add_span_processor(BatchSpanProcessor(handle, max_queue_size=calls + 1))
+    trace.set_tracer_provider(provider)
+    app = Celery("bench", broker="memory://")
+    app.conf.task_ignore_result = True
+
+    @app.task(name="bench.noop", shared=False)
+    def noop(n):
+        return None
+
+    run = celery_trace.build_tracer("bench.noop", noop, app=app, hostname="bench@host")
+    request = {
+        "id": "5d4d5d1c-4b0c-4d0e-9d38-000000000000", "task": "bench.noop", "retries": 0, "root_id": None, "parent_id": None,
+        "delivery_info": {"exchange": "", "routing_key": "celery", "priority": 0, "redelivered": False},
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "autotrace-sent-at": "%.3f" % (time.time() * 1000),
+    }
+
+    def measure() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for n in range(calls):
+            run(request["id"], (n,), {}, request)
+        provider.force_flush()
+        return (time.perf_counter() - wall) / calls * 1e6, (time.process_time() - cpu) / calls * 1e6
+
+    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for _ in range(rounds):
+        for hooked in (False, True):
+            if hooked:
+                hook.patch_worker(celery_trace)
+            results[hooked].append(measure())
+            if hooked:
+                signals.task_prerun.disconnect(dispatch_uid=hook._DISPATCH_UID)
+                signals.task_postrun.disconnect(dispatch_uid=hook._DISPATCH_UID)
+    sink.shutdown()
+    plain, traced = results[False], results[True]
+    return min(w for w, _ in plain), min(w for w, _ in traced), min(c for _, c in plain), min(c for _, c in traced)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--hook-alone", action="store_true", help="only the consumer hook's cost per task run, in this process (no broker)")
+    harness.add_compare(parser)
+    args = parser.parse_args()
+    others = harness.compared(parser, args.compare)
+    if args.hook_alone:
+        plain_wall, traced_wall, plain_cpu, traced_cpu = hook_alone()
+        print("Celery's task tracer, a no-op task, per run (best of 7 rounds of 20,000); the hook's spans exported over OTLP/HTTP")
+        print(f"  wall: {plain_wall:6.1f} -> {traced_wall:6.1f} us (+{traced_wall - plain_wall:.1f})   "
+              f"CPU: {plain_cpu:6.1f} -> {traced_cpu:6.1f} us (+{traced_cpu - plain_cpu:.1f})")
+        return
+
+    directory = Path(tempfile.mkdtemp(prefix="autotrace-bench-tasks-"))
+    (directory / "benchtasks.py").write_text(textwrap.dedent(TASKS_MODULE))
+    (directory / "fill.py").write_text(textwrap.dedent(FILL))
+    sys.path.insert(0, str(harness.ROOT / "tests"))
+    import dbservers
+
+    stack = contextlib.ExitStack()
+    redis = stack.enter_context(dbservers.running("redis"))
+    sink = harness.serve(harness.Sink)
+    try:
+        plain = dict(harness.plain_env(), BROKER_URL=redis.url())
+        plain["PATH"] = f"{harness.BIN}{os.pathsep}{plain.get('PATH', '')}"
+        traced = harness.exporting_env(plain, sink, "bench-tasks")
+        variants: dict[str, tuple[list[str], dict[str, str]]] = {
+            "plain": ([], plain),
+            "autotrace run": ([harness.autotrace(), "run"], traced),
+        }
+        for label, other_bin in others.items():
+            variants[f"autotrace run ({label})"] = ([str(other_bin / "autotrace"), "run"], traced)
+        counter = iter(range(1_000_000))
+
+        def measure(name: str, variant: tuple[list[str], dict[str, str]]) -> tuple[float, float]:
+            prefix, env = variant
+            return one_round(directory, prefix, env, args.tasks, f"bench-{next(counter)}")
+
+        results = harness.alternate(args.rounds, variants, measure)
+    finally:
+        sink.shutdown()
+        stack.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    base = harness.median(rate for rate, _ in results["plain"])
+    base_cpu = harness.median(cpu for _, cpu in results["plain"])
+    print(f"{args.tasks} no-op Celery tasks through a solo worker (Redis broker); median of {args.rounds} rounds, {os.cpu_count()} cores")
+    print(f"  {'':28s} {'throughput':>18s}   {'worker CPU per task':>24s}")
+    for name, values in results.items():
+        rate = harness.median(r for r, _ in values)
+        cpu = harness.median(c for _, c in values)
+        rounds = " ".join(f"{r:.0f}" for r, _ in values)
+        print(f"  {name:28s} {rate:7.0f} tasks/s {rate / base:5.2f}x   {cpu:7.0f} us {base_cpu / cpu:5.2f}x (plain/this)   (rounds, tasks/s: {rounds})")
+
+
+if __name__ == "__main__":
+    main()

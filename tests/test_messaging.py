@@ -1,0 +1,173 @@
+"""The shared messaging core: PRODUCER and CONSUMER spans, the context in message headers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from opentelemetry import baggage, context, trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from autotrace import config, messaging
+
+
+@pytest.fixture
+def mode(monkeypatch):
+    """Set AUTOTRACE_MESSAGING_PARENT for the test (read again at its next use)."""
+
+    def set_mode(value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv("AUTOTRACE_MESSAGING_PARENT", raising=False)
+        else:
+            monkeypatch.setenv("AUTOTRACE_MESSAGING_PARENT", value)
+        config.reset_messaging_settings()
+
+    set_mode(None)
+    yield set_mode
+    config.reset_messaging_settings()
+
+
+def _sent(headers: dict) -> trace.Span:
+    call = messaging.send("celery", "shop.bill", destination="celery", message_id="t-1")
+    assert call is not None
+    call.inject(headers)
+    call.close()
+    return call.span
+
+
+def test_send_is_a_producer_child_of_the_current_span_and_injects_its_context(spans, parent, mode):
+    headers: dict = {}
+    span = _sent(headers)
+    (done,) = spans.get_finished_spans()
+    assert done.name == "send shop.bill" and done.kind == SpanKind.PRODUCER
+    assert done.parent.span_id == parent.get_span_context().span_id
+    assert dict(done.attributes) == {
+        "messaging.system": "celery",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": "celery",
+        "messaging.message.id": "t-1",
+    }
+    ids = span.get_span_context()
+    assert headers["traceparent"] == f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}"
+    assert abs(float(headers[messaging.SENT_AT]) - time.time() * 1000) < 5000
+    assert trace.get_current_span() is parent  # close() left the send's context
+
+
+def test_a_send_inside_a_send_is_a_lower_layer_and_gets_no_span(spans, mode):
+    outer = messaging.send("celery", "a")
+    assert messaging.current_send() is outer
+    assert messaging.send("redis", "celery") is None
+    outer.close()
+    assert messaging.current_send() is None
+    assert [s.name for s in spans.get_finished_spans()] == ["send a"]
+
+
+def test_process_continues_the_producers_trace_by_default(spans, parent, mode):
+    headers: dict = {}
+    sent = _sent(headers)
+    call = messaging.process("celery", "shop.bill", headers, destination="celery", message_id="t-1", retry_count=0)
+    assert trace.get_current_span() is call.span
+    call.close()
+    done = spans.get_finished_spans()[-1]
+    assert done.name == "process shop.bill" and done.kind == SpanKind.CONSUMER
+    assert done.parent.span_id == sent.get_span_context().span_id and done.parent.is_remote
+    assert done.attributes[messaging.TASK_NAME] == "shop.bill"
+    assert done.attributes[messaging.RETRY_COUNT] == 0
+    assert done.attributes["messaging.operation.type"] == "process"
+    assert 0 <= done.attributes[messaging.QUEUE_TIME] < 5000
+    assert not done.links
+
+
+def test_link_mode_starts_a_new_trace_linked_to_the_producer(spans, parent, mode, warnings):
+    headers: dict = {}
+    sent = _sent(headers)
+    mode("LINK")
+    call = messaging.process("celery", "shop.bill", headers)
+    call.close()
+    done = spans.get_finished_spans()[-1]
+    assert done.parent is None
+    assert done.context.trace_id != sent.get_span_context().trace_id
+    assert [link.context.span_id for link in done.links] == [sent.get_span_context().span_id]
+    assert warnings() == []
+
+
+def test_a_bad_messaging_parent_value_warns_once_and_uses_parent(spans, mode, warnings):
+    mode("sideways")
+    assert config.messaging_parent() == "parent"
+    assert config.messaging_parent() == "parent"
+    lines = warnings()
+    assert len(lines) == 1 and "AUTOTRACE_MESSAGING_PARENT='sideways'" in lines[0]
+    s = config.read({"AUTOTRACE_MESSAGING_PARENT": "sideways"})
+    assert [w.variable for w in s.warnings] == ["AUTOTRACE_MESSAGING_PARENT"] and s.messaging_parent == "parent"
+    assert dict(s.describe())["messaging parent"] == "parent"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        None,
+        {},
+        {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01" + "x" * 9000},  # oversized
+        {"traceparent": "garbage"},
+        {"traceparent": 42},
+        {"traceparent": ["00-" + "a" * 32 + "-" + "b" * 16 + "-01"] * 2},  # given twice
+    ],
+)
+def test_no_or_bad_headers_give_a_root_span_even_under_a_current_span(spans, parent, mode, headers):
+    call = messaging.process("rq", "job", headers)
+    assert call is not None
+    call.close()
+    done = spans.get_finished_spans()[-1]
+    assert done.parent is None and done.context.trace_id != parent.get_span_context().trace_id
+    assert messaging.QUEUE_TIME not in done.attributes
+
+
+def test_baggage_of_the_message_is_kept_in_the_task_context(spans, mode):
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        headers: dict = {}
+        _sent(headers)
+    finally:
+        context.detach(token)
+    assert headers["baggage"] == "tenant=acme"
+    call = messaging.process("celery", "t", headers)
+    assert baggage.get_baggage("tenant") == "acme"
+    call.close()
+    assert baggage.get_baggage("tenant") is None
+
+
+def test_fail_records_the_exception_and_retried_is_no_error(spans, mode):
+    call = messaging.process("celery", "t", {})
+    call.fail(ValueError("bad input"))
+    call.close()
+    retried = messaging.process("celery", "t", {}, retry_count=1)
+    retried.retried(RuntimeError("again later"))
+    retried.close()
+    failed, retry = spans.get_finished_spans()
+    assert failed.status.status_code == StatusCode.ERROR and failed.attributes["error.type"] == "ValueError"
+    assert [e.name for e in failed.events] == ["exception"]
+    assert retry.status.status_code == StatusCode.UNSET and "error.type" not in retry.attributes
+    assert retry.attributes[messaging.RETRY_COUNT] == 1
+    assert [e.name for e in retry.events] == ["retry"]
+
+
+def test_suppressed_instrumentation_starts_no_messaging_span(spans, suppressed, mode):
+    assert messaging.send("celery", "t") is None
+    assert messaging.process("celery", "t", {}) is None
+
+
+def test_export_now_without_the_agent_set_up_is_a_no_op():
+    assert messaging.export_now() is True
+
+
+def test_the_brokers_commands_under_a_send_get_no_database_span(spans, parent, mode):
+    from autotrace import db
+
+    call = messaging.send("rq", "jobs")
+    assert db.start("redis", db.Target("redis"), operation="LPUSH") is None  # how the message is sent
+    call.close()
+    query = db.start("redis", db.Target("redis"), operation="GET")  # after the send: a call of its own
+    assert query is not None
+    query.close()
+    assert [s.name for s in spans.get_finished_spans()] == ["send jobs", "GET"]
