@@ -76,6 +76,8 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "insecure": ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"),
     # The CA file and the credential provider are used by the SDK's exporter itself.
     "certificate": ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+    "client key": ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+    "client certificate": ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
     "credential provider": (
         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
@@ -295,6 +297,8 @@ class Configuration:
     compression: str = "none"
     insecure: bool = True
     certificate: str | None = None
+    client_key: str | None = None
+    client_certificate: str | None = None
     credential_provider: str | None = None
     sampler: str = "parentbased_always_on"
     sampler_arg: float = 1.0
@@ -336,6 +340,8 @@ class Configuration:
             "compression": self.compression,
             "insecure": str(self.insecure),
             "certificate": self.certificate or "",
+            "client key": self.client_key or "",
+            "client certificate": self.client_certificate or "",
             "credential provider": self.credential_provider or "",
             "sampler": f"{self.sampler} (arg {self.sampler_arg:g})",
             "sampler arg": f"{self.sampler_arg:g}" if self.sampler.endswith("traceidratio") else "",
@@ -532,6 +538,8 @@ def read(environ: Mapping[str, str] | None = None) -> Configuration:
         compression=compression,
         insecure=insecure,
         certificate=env.first(*VARIABLES["certificate"])[1],
+        client_key=env.first(*VARIABLES["client key"])[1],
+        client_certificate=env.first(*VARIABLES["client certificate"])[1],
         credential_provider=env.first(*VARIABLES["credential provider"])[1],
         sampler=sampler,
         sampler_arg=sampler_arg,

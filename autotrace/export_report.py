@@ -111,11 +111,24 @@ def keep_http_client_results(exporter: object) -> None:
 
 
 def collector_message(result: object) -> str:
-    """The message of a collector's error answer: a google.rpc.Status (protobuf or JSON), or text."""
+    """The message of a collector's error answer (the SDK's HTTP result): see :func:`collector_text`."""
+    content = result.content()  # type: ignore[attr-defined]
+    return collector_text(content, result.headers().get("content-type") or "")  # type: ignore[attr-defined]
+
+
+def collector_text(content: bytes, content_type: str) -> str:
+    """The message of a collector's error answer: a google.rpc.Status (protobuf or JSON), or text;
+    never raises (an answer that cannot be read has no message)."""
+    try:
+        return _collector_text(content, content_type)
+    except Exception:  # noqa: BLE001 - the status alone is reported
+        return ""
+
+
+def _collector_text(content: bytes, content_type: str) -> str:
     from .doctor.endpoint import CollectorMessage
 
-    content = result.content()  # type: ignore[attr-defined]
-    kind = (result.headers().get("content-type") or "").lower()  # type: ignore[attr-defined]
+    kind = content_type.lower()
     text = ""
     if "protobuf" in kind:
         text = _status_message(content)
@@ -252,9 +265,12 @@ def _plural(n: int, word: str) -> str:
 class ExportFailures:
     """Reports failed exports of one exporter without a line per batch.
 
-    The first failure of each kind is reported at once with its cause; later ones are
-    counted and summarised at most once per ``interval_s``; the first success after
-    failures logs one line (at most one per interval too).
+    The first failure of each kind is reported at once with its cause; every failed batch
+    (that first one included) is counted, and the counts are summarised at most once per
+    ``interval_s`` when batches failed that no line named yet; the first success after
+    failures logs one line (at most one per interval too), with the counts not yet said.
+    An export that succeeded only after retries (the collector was away for a while, and
+    no batch was lost) gets one line too (:meth:`retried`).
     """
 
     def __init__(
@@ -275,10 +291,14 @@ class ExportFailures:
         self._reported: set[str] = set()
         self.failing = False
         self._since: float | None = None  # start of the window being counted
-        self._batches = 0
+        self._summarised = False  # a summary was logged: counts are "since the last summary"
+        self._batches = 0  # failed batches in the window (all of them)
         self._spans = 0
+        self._unsaid = 0  # of those, batches no line has named yet
         self._kinds: dict[str, int] = {}
         self._last_recovery: float | None = None
+        self.lost_batches = 0  # since the start, for the exit line
+        self.lost_spans = 0
 
     def classify(self, evidence: Sequence[object]) -> tuple[str, str]:
         """(kind, hint) of a failure: the hint (which may ask the port) only for a new kind."""
@@ -288,6 +308,10 @@ class ExportFailures:
         if kind in self._reported:
             return kind, ""
         return classify_failure(evidence, self.settings)
+
+    def kind_of(self, evidence: Sequence[object]) -> str:
+        """The kind of a failure, at once (never asks the port)."""
+        return classify_failure(evidence, self.settings, diagnose=False)[0]
 
     def _first(self, kind: str, hint: str, spans: int) -> None:
         if self.closing:
@@ -307,8 +331,13 @@ class ExportFailures:
 
     def _reset(self, now: float | None) -> None:
         self._since = now
-        self._batches = self._spans = 0
+        self._batches = self._spans = self._unsaid = 0
         self._kinds = {}
+
+    def _summarise(self, elapsed: float, now: float | None) -> None:
+        logger.warning("in the last %.0f s, %s; %s", elapsed, self._counts(), DOCTOR)
+        self._summarised = True
+        self._reset(now)
 
     def failed(self, kind: str, hint: str, spans: int) -> None:
         now = self._clock()
@@ -316,17 +345,19 @@ class ExportFailures:
             self.failing = True
             if self._since is None:
                 self._since = now
+            self._batches += 1
+            self._spans += spans
+            self._kinds[kind] = self._kinds.get(kind, 0) + 1
+            self.lost_batches += 1
+            self.lost_spans += spans
             if kind not in self._reported:
                 self._reported.add(kind)
                 self._first(kind, hint, spans)
                 return
-            self._batches += 1
-            self._spans += spans
-            self._kinds[kind] = self._kinds.get(kind, 0) + 1
+            self._unsaid += 1
             elapsed = now - self._since
             if elapsed >= self.interval_s:
-                logger.warning("in the last %.0f s, %s; %s", elapsed, self._counts(), DOCTOR)
-                self._reset(now)
+                self._summarise(elapsed, now)
 
     def succeeded(self) -> None:
         if not self.failing:
@@ -339,17 +370,35 @@ class ExportFailures:
             if self._last_recovery is not None and now - self._last_recovery < self.interval_s:
                 return  # flapping: the counts go into the next summary
             self._last_recovery = now
-            pending = f" ({self._counts()} since the last report)" if self._batches else ""
+            pending = ""
+            if self._batches:
+                since = "since the last summary" if self._summarised else "in all"
+                pending = f" ({self._counts()} {since})"
             what = f"spans are exported {self.target} again" if self.target.startswith("to ") else f"{self.target} works again"
             logger.info("%s%s", what, pending)
             self._reset(None)
 
+    def retried(self, kind: str, seconds: float) -> None:
+        """An export succeeded after failed attempts of ``kind`` for ``seconds``: nothing lost."""
+        if self.failing:
+            self.succeeded()  # batches were lost meanwhile: that line says it
+            return
+        where = f"the collector at {self.target[3:]}" if self.target.startswith("to ") else self.target
+        if kind in UNREACHABLE:
+            what = f"{where} was unreachable for {seconds:.0f} s ({kind})"
+        else:
+            what = f"{where} answered {kind} for {seconds:.0f} s"
+        logger.info("%s; all spans delivered after retry", what)
+
     def close(self) -> None:
-        """At shutdown: summarise what is still counted."""
+        """At shutdown: summarise what no line has said yet."""
         with self._lock:
-            if self._batches and self._since is not None:
-                logger.warning("in the last %.0f s, %s; %s", self._clock() - self._since, self._counts(), DOCTOR)
-                self._reset(None)
+            if self._unsaid and self._since is not None:
+                self._summarise(self._clock() - self._since, None)
+
+
+# Kinds of failure that mean the collector could not be reached (the others: it answered).
+UNREACHABLE = frozenset(("connection refused", "cannot resolve host", "timeout", "connection failed"))
 
 
 class QueueDrops:
@@ -418,6 +467,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=queue_drops._forget)
 
 
+def add_cause(*evidence: object) -> None:
+    """Evidence of a failed export attempt (an exception; an HTTP status and the collector's
+    message), kept when called inside an export (see :func:`start_capture`)."""
+    causes = getattr(_capture, "causes", None)
+    if causes is not None:
+        causes.append(evidence)
+
+
 def start_capture() -> list:
     """Keep what the SDK logs on this thread from now on (the causes of a failed export),
     instead of its lines; returns the list that receives them."""
@@ -449,11 +506,15 @@ def failures_of(
     return failures if failures is not None else ExportFailures(target, settings=settings)
 
 
-def report(failures: ExportFailures | None, succeeded: bool, causes: list, spans: int) -> None:
-    """Say how an export went (see ExportFailures, QueueDrops); never raises."""
+def report(failures: ExportFailures | None, succeeded: bool, causes: list, spans: int, seconds: float = 0.0) -> None:
+    """Say how an export went (see ExportFailures, QueueDrops); never raises. ``causes``:
+    the evidence its failed attempts left (a successful export with some was retried);
+    ``seconds``: how long it took."""
     try:
         if failures is not None:
-            if succeeded:
+            if succeeded and causes:
+                failures.retried(failures.kind_of([arg for args in causes for arg in args]), seconds)
+            elif succeeded:
                 failures.succeeded()
             else:
                 kind, hint = failures.classify([arg for args in causes for arg in args])

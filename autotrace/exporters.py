@@ -1,13 +1,15 @@
 """The span exporters ``OTEL_TRACES_EXPORTER`` names, and the handle each one is used through.
 
-- ``otlp``: the SDK's OTLP exporter for the configured protocol, with autotrace's span
-  encoder (:mod:`autotrace.otlp_exporters`, :mod:`autotrace.otlp_encode`);
+- ``otlp``: for OTLP/HTTP autotrace's exporter (:mod:`autotrace.otlp_http`, bytes over
+  ``http.client``), for gRPC the SDK's exporter with autotrace's encoding
+  (:mod:`autotrace.otlp_exporters`); either way the spans were encoded as they ended
+  (:mod:`autotrace.span_queue`, :mod:`autotrace.otlp_encode`);
 - ``console``: each finished trace as an indented tree on stderr
   (:mod:`autotrace.console_view`);
 - ``console-json``: the SDK's raw JSON, one object per span, on stderr.
 
 Imported with the SDK (see :mod:`autotrace.sdk`), never at start-up; an exporter's
-transport (grpc, requests) is imported by its factory, for the protocol chosen only.
+transport (grpc; http.client for OTLP/HTTP) is imported by its factory, for the protocol chosen only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import Callable, Sequence
 
@@ -47,14 +50,26 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
                 if settings.compression == "gzip"
                 else GrpcCompression.NoCompression,
             )
+        if not settings.credential_provider:
+            from .otlp_http import OtlpHttpExporter  # no protobuf, no requests
+
+            return OtlpHttpExporter(
+                endpoint=settings.endpoint,
+                headers=dict(settings.headers),
+                timeout_s=settings.timeout_s,
+                compression=settings.compression,
+                certificate=settings.certificate,
+                client_key=settings.client_key,
+                client_certificate=settings.client_certificate,
+            )
+        # A credential provider's requests.Session: the SDK's exporter, which loads it.
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 
-        from .otlp_exporters import http_exporter_class, http_session
+        from .otlp_exporters import http_exporter_class
 
         HttpExporter = http_exporter_class()  # the SDK's, with autotrace's span encoder
         return HttpExporter(
             endpoint=settings.endpoint,
-            session=http_session(os.environ),  # keeps OTEL_EXPORTER_OTLP_CERTIFICATE's CA file
             headers=dict(settings.headers),
             timeout=settings.timeout_s,
             compression=HttpCompression.Gzip
@@ -89,7 +104,7 @@ class ExporterHandle(SpanExporter):
 
     It is made at set-up, not at the first export, because the first export may come
     at interpreter exit, when importing the exporter's transport is no longer allowed.
-    A child of ``fork`` must not share the parent's connection (a requests session or a
+    A child of ``fork`` must not share the parent's connection (an HTTP connection or a
     gRPC channel), so it makes its own at its first export; the modules are already
     imported by then. Export runs with instrumentation suppressed, the key every
     autotrace hook checks, so the exporter's own calls are never traced or injected.
@@ -156,6 +171,7 @@ class ExporterHandle(SpanExporter):
             if self._closing:
                 self.failures.closing = True
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        started = time.monotonic()
         try:
             causes = export_report.start_capture()  # what the SDK logs meanwhile: the cause, not a line
             try:
@@ -166,7 +182,13 @@ class ExporterHandle(SpanExporter):
             finally:
                 export_report.stop_capture()
             # Still suppressed: diagnosing a failure may ask the port, and that is not traced.
-            export_report.report(self.failures, result is SpanExportResult.SUCCESS, causes, len(spans))
+            export_report.report(
+                self.failures, result is SpanExportResult.SUCCESS, causes, len(spans), time.monotonic() - started
+            )
+            # An exception's traceback holds its frames, and through them this one, which holds
+            # the list: a cycle only the full garbage collection would free, and with it the
+            # batch (while the collector is down, one per export: tens of MB).
+            causes.clear()
         finally:
             detach(token)
         return result
@@ -184,10 +206,25 @@ class ExporterHandle(SpanExporter):
         if self.failures is not None:
             self.failures.closing = True
         exporter = self._exporter
+        closing = getattr(exporter, "closing", None)  # autotrace's OTLP/HTTP exporter
+        if callable(closing):
+            closing()
         client = getattr(exporter, "_client", None)  # OTLP/HTTP: the SDK's HTTP client
         for event in (getattr(client, "_shutdown_event", None), getattr(exporter, "_shutdown_in_progress", None)):
             if event is not None and hasattr(event, "set"):
                 event.set()
+
+    def waiting_for(self) -> str:
+        """What an export under way waits for, in words ("" when none is known to wait)."""
+        exporter = self._exporter
+        activity = getattr(exporter, "activity", None)
+        if isinstance(activity, str):
+            return activity
+        if exporter is not None and self.settings is not None:
+            from .config import redact_url
+
+            return f"an export to {redact_url(self.settings.endpoint)} is still waiting for an answer"
+        return ""
 
     def shutdown(self, timeout_millis: float = 30000, **kwargs: object) -> None:
         exporter = self._exporter
@@ -211,3 +248,20 @@ def closing() -> None:
             handle.closing()
         except Exception as exc:  # noqa: BLE001 - the flush bound still holds
             logger.debug("cannot stop the %s exporter's retries: %s", handle.name, exc)
+
+
+def waiting_for() -> str:
+    """What the exports under way wait for, in words (see :meth:`ExporterHandle.waiting_for`)."""
+    for handle in list(_handles):
+        try:
+            found = handle.waiting_for()
+        except Exception:  # noqa: BLE001
+            found = ""
+        if found:
+            return found
+    return ""
+
+
+def lost_spans() -> int:
+    """Spans of failed exports since the start, all exporters."""
+    return sum(handle.failures.lost_spans for handle in list(_handles) if handle.failures is not None)

@@ -14,13 +14,13 @@ cannot encode (an unsupported type, an int outside int64) is skipped, as the SDK
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from struct import Struct
 from time import sleep
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["encode_spans"]
+__all__ = ["encode_span", "encode_request", "encode_spans"]
 
 _pack_fixed64 = Struct("<Q").pack
 _pack_fixed32 = Struct("<I").pack
@@ -363,30 +363,35 @@ def _span(span: Any) -> bytes:
 # request thread would wait up to that long behind a batch (hundreds of spans, some
 # milliseconds of work): the p99 latency of a busy server. A pause long enough for the
 # waiting thread to take the GIL bounds that wait to one slice; ``sleep(0)`` would not,
-# as the thread that releases the GIL usually takes it back first.
+# as the thread that releases the GIL usually takes it back first. (The agent's own
+# export encodes each span when it ends, see :mod:`autotrace.span_queue`: its batches
+# are joined, not encoded, and need no pause.)
 PAUSE_EVERY = 16
 PAUSE_S = 0.0001
 
 
-def encode_spans(spans: Sequence[Any], pause: bool = False) -> bytes:
-    """The serialized ``ExportTraceServiceRequest`` of ``spans``, as the SDK encoder makes it.
+def encode_span(span: Any) -> bytes:
+    """One span's ``ScopeSpans.spans`` field (tag, length, ``Span`` message), as the SDK encodes it.
 
-    Spans are grouped by resource, then by instrumentation scope, in order of first
-    appearance, with the SDK's notion of equal resources and scopes (``==``). With
-    ``pause`` (the export thread), it pauses briefly every ``PAUSE_EVERY`` spans.
+    :func:`encode_request` joins such fields, with the span's resource and scope, into
+    the request :func:`encode_spans` makes of the same spans.
     """
-    countdown = PAUSE_EVERY if pause else -1
+    return _span(span)
+
+
+def encode_request(entries: Iterable[tuple[Any, Any, bytes]]) -> bytes:
+    """The serialized ``ExportTraceServiceRequest`` of encoded spans.
+
+    ``entries``: (resource, instrumentation scope, :func:`encode_span`'s bytes) of each span,
+    in order. Spans are grouped by resource, then by instrumentation scope, in order of
+    first appearance, with the SDK's notion of equal resources and scopes (``==``).
+    """
     # resource object id -> its group; distinct but equal objects share a group
     by_id: dict[int, dict[Any, list[bytes]]] = {}
     groups: dict[Any, dict[Any, list[bytes]]] = {}
     scope_lists: dict[tuple[int, int], list[bytes]] = {}
-    for span in spans:
-        countdown -= 1
-        if countdown == 0:
-            sleep(PAUSE_S)
-            countdown = PAUSE_EVERY
-        resource = span.resource
-        scope = span.instrumentation_scope or None
+    for resource, scope, encoded in entries:
+        scope = scope or None
         key = (id(resource), id(scope))
         spans_out = scope_lists.get(key)
         if spans_out is None:
@@ -400,14 +405,33 @@ def encode_spans(spans: Sequence[Any], pause: bool = False) -> bytes:
             if spans_out is None:
                 spans_out = group[scope] = []
             scope_lists[key] = spans_out
-        spans_out.append(_span(span))
+        spans_out.append(encoded)
     out = []
     for resource, scopes in groups.items():
         head, tail = _resource_parts(resource)
         body = [head]
-        for scope, encoded in scopes.items():
+        for scope, encoded_spans in scopes.items():
             scope_head, scope_tail = _scope_parts(scope)
-            body.append(_ld(T_RS_SCOPE_SPANS, scope_head + b"".join(encoded) + scope_tail))
+            body.append(_ld(T_RS_SCOPE_SPANS, scope_head + b"".join(encoded_spans) + scope_tail))
         body.append(tail)
         out.append(_ld(T_REQUEST_RESOURCE_SPANS, b"".join(body)))
     return b"".join(out)
+
+
+def _entries(spans: Sequence[Any], pause: bool) -> Iterator[tuple[Any, Any, bytes]]:
+    countdown = PAUSE_EVERY if pause else -1
+    for span in spans:
+        countdown -= 1
+        if countdown == 0:
+            sleep(PAUSE_S)
+            countdown = PAUSE_EVERY
+        yield span.resource, span.instrumentation_scope, _span(span)
+
+
+def encode_spans(spans: Sequence[Any], pause: bool = False) -> bytes:
+    """The serialized ``ExportTraceServiceRequest`` of ``spans``, as the SDK encoder makes it.
+
+    With ``pause`` (an export thread encoding a batch), it pauses briefly every
+    ``PAUSE_EVERY`` spans.
+    """
+    return encode_request(_entries(spans, pause))

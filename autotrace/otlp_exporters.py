@@ -1,6 +1,9 @@
 """The SDK's OTLP span exporters, with :mod:`autotrace.otlp_encode` as their encoder.
 
-Imported by the OTLP exporter factory only, after the exporter's transport module.
+Imported by the OTLP exporter factory only, after the exporter's transport module: for
+gRPC always, for OTLP/HTTP only with a credential provider (otherwise
+:mod:`autotrace.otlp_http` sends the bytes). A batch from the agent's queue
+(:class:`autotrace.span_queue.EncodedBatch`) is already encoded and sent as it is.
 
 * HTTP: the SDK's ``export`` encodes with ``encode_spans(spans).SerializePartialToString()``,
   ``encode_spans`` being a global of its module, with no hook in between. That global is
@@ -20,11 +23,13 @@ if they differ, ours is switched off for the process (warned once).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import _log
 from .otlp_encode import encode_spans
+from .span_queue import EncodedBatch
 
 logger = _log.logger
 
@@ -108,6 +113,8 @@ def _install_http_dispatcher(module: Any) -> bool:
         sdk_encode = current
 
         def encode_spans_dispatch(spans: Sequence[Any]) -> Any:
+            if type(spans) is EncodedBatch:  # encoded as the spans ended (autotrace.span_queue)
+                return _Encoded(spans.data)
             if getattr(_local, "active", False):
                 data = _encode_or_none(spans, sdk_encode)
                 if data is not None:
@@ -141,36 +148,6 @@ def http_exporter_class() -> type:
     return HttpSpanExporter
 
 
-def http_session(environ: Any) -> Any:
-    """A requests session for the OTLP/HTTP exporter that keeps the CA file it is given, or None.
-
-    The SDK's transport sets the session's ``verify`` to the file
-    ``OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`` names, and requests then lets
-    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replace it at every request
-    (psf/requests#3829): in an image that sets those for the app, the exporter would
-    distrust the very collector it was told to trust. This session keeps its own file;
-    everything else (proxies from the environment included) is requests' as usual.
-    None (the SDK makes its session) without a certificate, or when a credential
-    provider makes the session.
-    """
-    from .config import VARIABLES  # where the SDK's exporter reads them itself
-
-    if not any(environ.get(name) for name in VARIABLES["certificate"]):
-        return None
-    if any(environ.get(name) for name in VARIABLES["credential provider"]):
-        return None
-    import requests
-
-    class KeepsItsCA(requests.Session):
-        def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
-            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-            if verify is None and isinstance(self.verify, str):
-                merged["verify"] = self.verify  # the exporter's CA file, not the environment's
-            return merged
-
-    return KeepsItsCA()
-
-
 def grpc_exporter_class() -> type:
     """The SDK's OTLP/gRPC span exporter, encoding with ours (or the SDK's class unchanged)."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as base
@@ -182,7 +159,40 @@ def grpc_exporter_class() -> type:
         return base
 
     class GrpcSpanExporter(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            metrics = getattr(self, "_metrics", None)
+            if metrics is not None and callable(getattr(metrics, "export_operation", None)):
+                self._metrics = _ForgetsTheError(metrics)
+
+        if callable(getattr(base, "_initialize_channel_and_stub", None)):
+
+            def _initialize_channel_and_stub(self) -> None:
+                """The SDK's channel, made with grpc's own functions, not the agent's hook's.
+
+                The export is not traced (instrumentation is suppressed), but a channel made
+                through the hook carries its interceptor, and grpc's interceptor machinery
+                keeps each failed call's exception, traceback and request in a reference
+                cycle (while the collector is down: megabytes a minute until a full
+                garbage collection). Anything else that wraps grpc's functions still applies.
+                """
+                import grpc
+
+                from .patching import unwrapped
+
+                try:
+                    options = dict(compression=self._compression, options=self._channel_options)
+                    if self._insecure:
+                        self._channel = unwrapped(grpc.insecure_channel)(self._endpoint, **options)
+                    else:
+                        self._channel = unwrapped(grpc.secure_channel)(self._endpoint, self._credentials, **options)
+                    self._client = self._stub(self._channel)
+                except AttributeError:  # an SDK of another layout: its own way
+                    super()._initialize_channel_and_stub()
+
         def _translate_data(self, data):  # type: ignore[override]
+            if type(data) is EncodedBatch:  # encoded as the spans ended (autotrace.span_queue)
+                return ExportTraceServiceRequest.FromString(data.data)
             sdk_encode = super()._translate_data
             encoded = _encode_or_none(data, sdk_encode)
             if encoded is not None:
@@ -198,3 +208,34 @@ def grpc_exporter_class() -> type:
             return sdk_encode(data)
 
     return GrpcSpanExporter
+
+
+class _ForgetsTheError:
+    """The SDK gRPC exporter's metrics, with its export result's error dropped after use.
+
+    The SDK's ``_export`` keeps a failed export's ``RpcError`` on the result its metrics
+    hand out (``result.error``), in a local of the frame that error's traceback holds: a
+    reference cycle, freed only by a full garbage collection, that keeps the request (every
+    span of the batch, parsed) and the batch alive. While a collector is down, one per
+    failed export: RSS grew by about 20 MB. The error is dropped once the metrics have
+    recorded it, which breaks the cycle.
+    """
+
+    def __init__(self, metrics: Any) -> None:
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metrics, name)
+
+    @contextlib.contextmanager
+    def export_operation(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        result = None
+        try:
+            with self._metrics.export_operation(*args, **kwargs) as result:
+                yield result
+        finally:
+            if result is not None and getattr(result, "error", None) is not None:
+                try:
+                    result.error = None
+                except Exception:  # noqa: BLE001 - a result of another layout: the cycle stays
+                    pass

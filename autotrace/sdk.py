@@ -23,6 +23,7 @@ from . import _log, export_report, exporters
 from ._version import __version__
 from .config import Configuration
 from .entrypoint import Entrypoint
+from .span_queue import EncodingBatchProcessor
 
 logger = _log.logger
 
@@ -123,6 +124,7 @@ class AgentTracerProvider(TracerProvider):
 
 
 _provider: AgentTracerProvider | None = None
+_queues: list[EncodingBatchProcessor] = []  # the OTLP exporters' queues (what an exit would lose)
 _app_provider: trace.TracerProvider | None = None
 _handover: threading.Thread | None = None  # shuts our provider down after a hand-over
 
@@ -158,15 +160,25 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Config
     provider.add_span_processor(_EndCounter())
     factories = exporters.factories(settings)
     for name in settings.exporters:
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporters.ExporterHandle(name, factories[name], settings=settings),
+        handle = exporters.ExporterHandle(name, factories[name], settings=settings)
+        if name == "otlp":  # spans encoded as they end, the queue holds bytes
+            processor: SpanProcessor = EncodingBatchProcessor(
+                handle,
+                max_queue_size=settings.bsp_max_queue_size,
+                schedule_delay_millis=settings.bsp_schedule_delay_ms,
+                max_export_batch_size=settings.bsp_max_export_batch_size,
+            )
+        else:  # the console exporters read span objects
+            processor = BatchSpanProcessor(
+                handle,
                 max_queue_size=settings.bsp_max_queue_size,
                 schedule_delay_millis=settings.bsp_schedule_delay_ms,
                 max_export_batch_size=settings.bsp_max_export_batch_size,
                 export_timeout_millis=settings.bsp_export_timeout_ms,
             )
-        )
+        provider.add_span_processor(processor)
+        if isinstance(processor, EncodingBatchProcessor):
+            _queues.append(processor)
     export_report.queue_drops.queue_size = settings.bsp_max_queue_size  # named when spans are dropped
     set_global(provider)
     _provider = provider
@@ -242,10 +254,11 @@ def hand_over(trace_module, app_provider: trace.TracerProvider) -> bool:
     return True
 
 
-def _bounded(work: Callable[[], None], timeout_s: float) -> bool:
+def _bounded(work: Callable[[], None], timeout_s: float, stuck: Callable[[], str] | None = None) -> bool:
     """Run ``work`` on a helper thread, waiting at most ``timeout_s`` for it.
 
-    An exporter stuck on a dead collector cannot hold the process past the bound.
+    An exporter stuck on a dead collector cannot hold the process past the bound. The
+    line then says what it waits for and what is lost (``stuck()``).
     """
 
     def run() -> None:
@@ -258,10 +271,17 @@ def _bounded(work: Callable[[], None], timeout_s: float) -> bool:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
+        why = "an export is still waiting for an answer"
+        if stuck is not None:
+            try:
+                why = stuck() or why
+            except Exception as exc:  # noqa: BLE001 - the line without the details
+                logger.debug("cannot tell what the flush waits for: %s", exc)
         logger.warning(
-            "spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT): an export is still waiting for an answer; "
-            "going on without them; run 'autotrace doctor' for details",
+            "spans not flushed within %gs (AUTOTRACE_SHUTDOWN_TIMEOUT): %s; going on without them; %s",
             timeout_s,
+            why,
+            export_report.DOCTOR,
         )
         return False
     return True
@@ -288,7 +308,14 @@ def flush(timeout_s: float, final: bool = True) -> bool:
         if app is not None and hasattr(app, "force_flush"):
             app.force_flush(int(timeout_s * 1000))
 
-    return _bounded(work, timeout_s)
+    return _bounded(work, timeout_s, _stuck)
+
+
+def _stuck() -> str:
+    """What a flush past its bound waits for, and the spans it leaves undelivered."""
+    why = exporters.waiting_for() or "an export is still waiting for an answer"
+    left = sum(queue.undelivered() for queue in _queues)
+    return f"{why}; {left} span{'' if left == 1 else 's'} not delivered"
 
 
 def flush_app_provider(timeout_s: float) -> bool:

@@ -651,15 +651,21 @@ def _suppressed():
     return False
 
 
-def patch_requests(module):
-    original = module.Session.send
+def patch_http_client(module):
+    # Every HTTP/1.1 request goes through putrequest: the exporter's (http.client) and the
+    # app's (requests, over urllib3).
+    original = module.HTTPConnection.putrequest
 
-    def send(self, request, **kwargs):
+    def putrequest(self, method, url, *args, **kwargs):
+        result = original(self, method, url, *args, **kwargs)
         if not _suppressed():
-            propagate.inject(request.headers)
-        return original(self, request, **kwargs)
+            carrier = {}
+            propagate.inject(carrier)
+            for name, value in carrier.items():
+                self.putheader(name, value)
+        return result
 
-    module.Session.send = send
+    module.HTTPConnection.putrequest = putrequest
 
 
 def patch_grpc(grpc):
@@ -749,7 +755,7 @@ print("suppressed calls:", injecthook.suppressed_calls)
 def test_export_requests_carry_no_trace_context(tmp_path, otlp_receiver, protocol):
     script = write(tmp_path, "app.py", EXPORT_APP)
     write(tmp_path, "injecthook.py", INJECT_HOOK)
-    hook = "requests=injecthook:patch_requests" if protocol == "http" else "grpc=injecthook:patch_grpc"
+    hook = "http.client=injecthook:patch_http_client" if protocol == "http" else "grpc=injecthook:patch_grpc"
     env = traced_env(otlp_receiver, protocol, AUTOTRACE_EXTRA_HOOKS=hook)
     result = autotrace_run(script, env, protocol)
 

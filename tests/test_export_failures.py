@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -67,10 +68,10 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
         clock.now += 10
         assert handle.export([object()] * 4) is SpanExportResult.FAILURE
     assert _agent_lines(capsys) == []
-    clock.now += 10  # 60 s after the first: the summary, this batch included
+    clock.now += 10  # 60 s after the first: the summary, every failed batch counted (the first too)
     handle.export([object()] * 4)
     assert _agent_lines(capsys) == [
-        "autotrace WARNING: in the last 60 s, 6 batches (24 spans) were not exported: connection refused x6; "
+        "autotrace WARNING: in the last 60 s, 7 batches (27 spans) were not exported: connection refused x7; "
         "run 'autotrace doctor' for details"
     ]
     clock.now += 5
@@ -80,7 +81,7 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
     assert handle.export([object()]) is SpanExportResult.SUCCESS
     assert _agent_lines(capsys) == [
         "autotrace INFO: spans are exported to http://<redacted>@collector.example:4318/v1/traces again "
-        "(1 batch (2 spans) was not exported: connection refused x1 since the last report)"
+        "(1 batch (2 spans) was not exported: connection refused x1 since the last summary)"
     ]
     handle.export([object()])
     assert _agent_lines(capsys) == []
@@ -104,8 +105,8 @@ def test_each_cause_reported_once_and_failure_results_counted(handle, capsys):
     exporter.outcome = SpanExportResult.FAILURE
     handle.export([object()])
     (summary,) = _agent_lines(capsys)
-    assert summary.startswith("autotrace WARNING: in the last 61 s, 2 batches (2 spans) were not exported: ")
-    assert "timeout x1" in summary and "the exporter reported a failure x1" in summary
+    assert summary.startswith("autotrace WARNING: in the last 61 s, 5 batches (5 spans) were not exported: ")
+    assert "timeout x2" in summary and "the exporter reported a failure x2" in summary and "RuntimeError x1" in summary
 
 
 def test_cause_from_the_sdk_log_is_kept_and_the_line_hidden(handle, capsys):
@@ -124,6 +125,52 @@ def test_cause_from_the_sdk_log_is_kept_and_the_line_hidden(handle, capsys):
     assert ": HTTP 503; further failures" in err
 
 
+def test_no_summary_at_shutdown_when_each_failed_batch_was_named(handle, capsys):
+    handle, exporter, clock = handle
+    exporter.outcome = ConnectionRefusedError(111, "Connection refused")
+    handle.export([object()])
+    exporter.outcome = TimeoutError("timed out")
+    handle.export([object()])
+    assert len(_agent_lines(capsys)) == 2
+    handle.shutdown()
+    assert _agent_lines(capsys) == []
+    assert handle.failures.lost_spans == 2
+
+
+def test_an_export_recovered_by_retries_gets_one_line(handle, capsys):
+    handle, exporter, clock = handle
+    sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter")
+
+    def retried_then_delivered():
+        # What the SDK's gRPC exporter logs for each retry (hidden, its cause kept).
+        for _ in range(2):
+            sdk_logger.warning("Transient error %s encountered while exporting %s to %s, retrying in %.2fs.",
+                               "StatusCode.UNAVAILABLE", "traces", "127.0.0.1:4317", 1.0)
+        export_report.add_cause(ConnectionRefusedError(111, "Connection refused"))
+        return SpanExportResult.SUCCESS
+
+    exporter.outcome = retried_then_delivered
+    assert handle.export([object()] * 3) is SpanExportResult.SUCCESS
+    (line,) = _agent_lines(capsys)
+    assert re.fullmatch(
+        r"autotrace INFO: the collector at http://<redacted>@collector\.example:4318/v1/traces was unreachable "
+        r"for \d+ s \(connection refused\); all spans delivered after retry",
+        line,
+    ), line
+    exporter.outcome = SpanExportResult.SUCCESS
+    handle.export([object()])
+    assert _agent_lines(capsys) == []
+
+    def answered_503_then_delivered():
+        export_report.add_cause(503, "busy")
+        return SpanExportResult.SUCCESS
+
+    exporter.outcome = answered_503_then_delivered
+    handle.export([object()])
+    (line,) = _agent_lines(capsys)
+    assert " answered HTTP 503 for 0 s; all spans delivered after retry" in line
+
+
 def test_summary_at_shutdown(handle, capsys):
     handle, exporter, clock = handle
     exporter.outcome = ConnectionRefusedError(111, "Connection refused")
@@ -133,7 +180,7 @@ def test_summary_at_shutdown(handle, capsys):
     clock.now += 3
     handle.shutdown()
     assert _agent_lines(capsys) == [
-        "autotrace WARNING: in the last 3 s, 1 batch (1 span) was not exported: connection refused x1; "
+        "autotrace WARNING: in the last 3 s, 2 batches (2 spans) were not exported: connection refused x2; "
         "run 'autotrace doctor' for details"
     ]
 
@@ -374,3 +421,38 @@ def test_at_exit_a_failed_export_is_not_retried_and_the_line_says_so(capsys):
         "HTTP 503: try later; fix: the collector is reachable but failing: check its logs and its health; "
         "not retried at exit (1 span dropped); run 'autotrace doctor' for details"
     )
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_failed_export_leaves_no_reference_cycle_holding_the_batch(protocol, capfd):
+    """While the collector is down every export fails: a cycle through a failure's traceback
+    would keep each batch (and, for gRPC, its parsed request) until a full collection."""
+    import gc
+
+    from autotrace.config import Configuration
+    from autotrace.otlp_encode import encode_spans
+    from autotrace.span_queue import EncodedBatch
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("t")
+    spans = []
+    for i in range(20):
+        span = tracer.start_span(f"s{i}")
+        span.end()
+        spans.append(span)
+    data = encode_spans(spans)
+    settings = Configuration(protocol=protocol, endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", insecure=True, timeout_s=1.5)
+    handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
+    assert handle.export(EncodedBatch(data, 20)) is SpanExportResult.FAILURE  # the first: set-up, diagnosis
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(2):
+            assert handle.export(EncodedBatch(data, 20)) is SpanExportResult.FAILURE
+        gc.collect()
+        kept = [type(o).__name__ for o in gc.garbage if isinstance(o, (BaseException, EncodedBatch)) or type(o).__name__ == "ExportTraceServiceRequest"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        handle.shutdown()
+    assert kept == []

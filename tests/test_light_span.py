@@ -30,7 +30,7 @@ from opentelemetry.trace.span import TraceState
 from autotrace import api, light_span
 from autotrace import spans as span_core
 from autotrace.light_span import LightSpan
-from autotrace.otlp_encode import encode_spans
+from autotrace.otlp_encode import encode_request, encode_span, encode_spans
 from autotrace.propagation.decision import ACCEPT, DEFER, DENY, with_decision
 from autotrace.propagation.sampler import UpstreamParentBased
 
@@ -143,6 +143,11 @@ def test_a_light_span_encodes_like_the_sdk_span(start_attributes, known, app, sp
     light._start_time = sdk_span.start_time  # the only difference: when each started
     assert type(light) is LightSpan
     assert encode_spans([light]) == encode_spans([sdk_span])
+    # Byte for byte the SDK encoder's request, and so what the batch queue sends (it joins
+    # each span's encoding made at its end).
+    assert encode_spans([light]) == sdk_encode_spans([light]).SerializeToString()
+    queued = encode_request([(s.resource, s.instrumentation_scope, encode_span(s)) for s in (light, sdk_span)])
+    assert queued == sdk_encode_spans([light, sdk_span]).SerializeToString()
     assert sdk_encode_spans([light]).SerializeToString() == sdk_encode_spans([sdk_span]).SerializeToString()
     assert _json(light) == _json(sdk_span)  # the console exporter's output
     assert dict(light.attributes) == dict(sdk_span.attributes)

@@ -178,22 +178,47 @@ def test_the_agent_factory_makes_the_exporters_with_our_encoder(protocol):
     endpoint = "127.0.0.1:4317" if protocol == "grpc" else "http://127.0.0.1:4318/v1/traces"
     exporter = exporters.otlp_factory(Configuration(protocol=protocol, endpoint=endpoint, insecure=True))()
     try:
-        assert type(exporter).__name__ == ("GrpcSpanExporter" if protocol == "grpc" else "HttpSpanExporter")
-        assert type(exporter).__module__ == "autotrace.otlp_exporters"
+        if protocol == "grpc":
+            assert type(exporter).__name__ == "GrpcSpanExporter"
+            assert type(exporter).__module__ == "autotrace.otlp_exporters"
+        else:  # bytes over http.client (tests/test_otlp_http.py)
+            assert type(exporter).__name__ == "OtlpHttpExporter"
+            assert type(exporter).__module__ == "autotrace.otlp_http"
     finally:
         exporter.shutdown()
 
 
-def test_the_http_session_keeps_the_certificate_it_is_given(monkeypatch) -> None:
-    from autotrace.otlp_exporters import http_session
+def test_with_a_credential_provider_the_sdks_http_exporter_is_used():
+    """The provider's requests.Session is loaded by the SDK's exporter, with our encoder."""
+    from autotrace import exporters
+    from autotrace.config import Configuration
 
-    assert http_session({}) is None  # the SDK makes its own
-    assert http_session({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem", "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER": "x"}) is None
-    session = http_session({"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": "/ca.pem"})
-    session.verify = "/ca.pem"  # as the SDK's transport sets it
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/other.pem")
-    merged = session.merge_environment_settings("https://collector:4318/v1/traces", {}, None, None, None)
-    assert merged["verify"] == "/ca.pem"
-    assert session.merge_environment_settings("https://c/", {}, None, False, None)["verify"] is False  # asked per request
-    session.verify = True  # no file of its own: requests' usual rules
-    assert session.merge_environment_settings("https://c/", {}, None, None, None)["verify"] == "/etc/ssl/other.pem"
+    settings = Configuration(protocol="http/protobuf", endpoint="http://127.0.0.1:4318/v1/traces", credential_provider="x")
+    exporter = exporters.otlp_factory(settings)()
+    try:
+        assert type(exporter).__name__ == "HttpSpanExporter"
+    finally:
+        exporter.shutdown()
+
+
+def test_the_grpc_exporters_channel_bypasses_the_agents_grpc_hook():
+    """The export is never traced; a channel made through the hook would still carry its
+    interceptor, and grpc's interceptor machinery keeps each failed call's exception and
+    request in a reference cycle (RSS grew while a collector was down)."""
+    import grpc
+
+    from autotrace import patching
+    from autotrace.hooks import grpc as hook
+
+    mark = len(patching.history)
+    hook.patch(grpc)
+    try:
+        assert type(grpc.insecure_channel("127.0.0.1:1")).__module__ == "grpc._interceptor"  # the hook is on
+        cls = otlp_exporters.grpc_exporter_class()
+        exporter = cls(endpoint="127.0.0.1:1", insecure=True, timeout=1)
+        assert type(exporter._channel).__module__ == "grpc._channel"
+        exporter._initialize_channel_and_stub()  # as the SDK does after an UNAVAILABLE export
+        assert type(exporter._channel).__module__ == "grpc._channel"
+        exporter.shutdown()
+    finally:
+        patching.undo(mark)
