@@ -324,9 +324,10 @@ def _write_at_once(store: Store, batches: list) -> tuple[list, list]:
     seen: list = [None] * len(batches)
 
     def write(n: int) -> None:
+        records = batches[n] if isinstance(batches[n], list) else decode_json(batches[n])
         try:
-            store.write(decode_json(batches[n]))
-            seen[n] = len(store.spans([decode_json(batches[n])[0].trace_id]))  # committed when it returned
+            store.write(records)
+            seen[n] = len(store.spans([records[0].trace_id]))  # committed when it returned
         except Exception as exc:  # noqa: BLE001 - checked by the caller
             outcomes[n] = exc
 
@@ -368,12 +369,14 @@ def test_a_trace_in_two_batches_of_one_group_is_one_trace(store):
 
 
 def test_a_batch_that_fails_in_a_group_fails_alone(store):
-    # SQLite takes no integer past 2^63 - 1: that batch is refused (the receiver answers 503)
-    # and the others waiting with it are committed.
+    # SQLite takes no integer past 2^63 - 1 (the decoders refuse such times: records made
+    # here stand for any batch SQLite refuses): that batch fails alone, the receiver
+    # answers 503, and the others waiting with it are committed.
     good, spans = trace(spans=2)
-    bad, bad_spans = trace(spans=2, start_ns=2**63)
+    bad, bad_spans = trace(spans=2)
+    bad_records = [r._replace(start_ns=2**63, end_ns=2**63 + 1) for r in decode_json(body(bad_spans))]
     later, later_spans = trace(spans=3)
-    outcomes, seen, statements = _write_at_once(store, [body(spans), body(bad_spans), body(later_spans)])
+    outcomes, seen, statements = _write_at_once(store, [body(spans), bad_records, body(later_spans)])
     assert outcomes[0] is None and outcomes[2] is None and isinstance(outcomes[1], OverflowError)
     assert (seen[0], seen[2]) == (2, 3)
     assert store.spans([bad]) == [] and store.span_count == 5
