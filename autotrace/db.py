@@ -938,18 +938,8 @@ def _comment(call: DbCall) -> str | None:
 # -- wrapping a call ------------------------------------------------------------------
 
 
-def run(db_call: DbCall, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``original(*args, **kwargs)`` inside ``db_call`` (started): its result
-    untouched; an exception recorded (:meth:`DbCall.fail`) and re-raised untouched. The
-    span is closed either way."""
-    try:
-        result = original(*args, **kwargs)
-    except BaseException as exc:
-        db_call.fail(exc)
-        db_call.close()
-        raise
-    db_call.close()
-    return result
+# run(call, original, *args, **kwargs): ``original`` run inside a started call (see spans.run).
+run = spans.run
 
 
 async def run_async(db_call: DbCall, original: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:

@@ -43,6 +43,7 @@ import sys
 import time
 
 from . import api, config, spans
+from .server_span import extracted_links, fields_read
 from .spans import SpanHandle, error_type
 
 TYPE_CHECKING = False
@@ -151,6 +152,10 @@ def send(
         return None
 
 
+# run(call, original, *args, **kwargs): ``original`` run inside a started send or process (see spans.run).
+run = spans.run
+
+
 def current_send() -> MessagingSpan | None:
     """The send in progress in this context, if a producer hook started one."""
     if not api.loaded or _IN_SEND is None:
@@ -221,11 +226,11 @@ def incoming(headers: Mapping[str, object] | None, base: context.Context | None 
     if not headers:
         return root, []
     propagator = propagate.get_global_textmap()
-    reads = _fields_read(propagator)
+    reads = fields_read(propagator)
     if reads is not None and not any(name in headers for name in reads):
         return root, []  # a message from a producer without the agent: nothing to read
     extracted = propagator.extract(headers, context=root, getter=_GETTER)
-    links = _extracted_links(extracted)
+    links = extracted_links(extracted)
     if config.messaging_parent() == "parent":
         return extracted, links
     remote = trace.get_current_span(extracted).get_span_context()
@@ -288,23 +293,6 @@ def _queue_time(headers: Mapping[str, object] | None) -> float | None:
     return round(waited, 3)
 
 
-# The global propagator last seen, and the fields it reads (None: unknown, always extract).
-_reads: tuple[object, frozenset[str] | None] = (None, None)
-
-
-def _fields_read(propagator: object) -> frozenset[str] | None:
-    global _reads
-    seen, reads = _reads
-    if seen is not propagator:
-        try:
-            reads = getattr(propagator, "reads", None)
-            reads = reads if isinstance(reads, frozenset) else None
-        except Exception:  # noqa: BLE001
-            reads = None
-        _reads = (propagator, reads)
-    return reads
-
-
 class _HeadersGetter:
     """Reads propagation fields from a message's headers (a mapping; values of any type).
 
@@ -343,18 +331,6 @@ class _HeadersGetter:
 _GETTER = _HeadersGetter()
 
 
-def _extracted_links(ctx: context.Context) -> list[trace.Link]:
-    """Span links the agent's composite propagator found (other traces in later formats)."""
-    global _links_of
-    try:
-        if _links_of is None:
-            from .propagation.composite import extracted_links as _links_of
-        return _links_of(ctx)
-    except Exception:  # noqa: BLE001
-        return []
-
-
-_links_of = None  # propagation.composite.extracted_links, imported at the first message
 
 
 def _text(exc: BaseException) -> str:

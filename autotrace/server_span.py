@@ -99,8 +99,9 @@ class _LookupGetter:
 _GETTER = _LookupGetter()
 
 
-def _extracted_links(ctx: context.Context) -> list[trace.Link]:
-    """Span links the agent's composite propagator found (none without it)."""
+def extracted_links(ctx: context.Context) -> list[trace.Link]:
+    """Span links the agent's composite propagator found in ``ctx`` (none without it):
+    other traces in the formats after the first (a request's headers, a message's)."""
     global _links_of
     try:
         if _links_of is None:
@@ -110,14 +111,16 @@ def _extracted_links(ctx: context.Context) -> list[trace.Link]:
         return []
 
 
-_links_of = None  # propagation.composite.extracted_links, imported at the first request
+_links_of = None  # propagation.composite.extracted_links, imported at the first request or message
 
 
 # The global propagator last seen, and the fields it may read (None: unknown, always extract).
 _reads: tuple[object, frozenset[str] | None] = (None, None)
 
 
-def _fields_read(propagator: object) -> frozenset[str] | None:
+def fields_read(propagator: object) -> frozenset[str] | None:
+    """The header names ``propagator`` may read (its ``reads``), or None when it does not
+    say: then every request or message is extracted. Remembered for the last propagator."""
     global _reads
     seen, reads = _reads
     if seen is not propagator:
@@ -135,7 +138,7 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     reads is in the request (most requests at a service's edge), and ``base`` holds no links
     of an earlier extraction (which extraction would clear). Only with a getter that finds
     names in any case (the servers' own), as a propagator's lookup would."""
-    reads = _fields_read(api.propagate.get_global_textmap())
+    reads = fields_read(api.propagate.get_global_textmap())
     if reads is None or not getattr(getter, "names_in_any_case", False):
         return False
     contains = getattr(carrier, "contains", None)
@@ -147,7 +150,7 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
         for name in reads:
             if getter.get(carrier, name) is not None:
                 return False
-    return not base or not _extracted_links(base)  # an empty context holds no links
+    return not base or not extracted_links(base)  # an empty context holds no links
 
 
 def extract_incoming(carrier, getter, base: context.Context | None = None) -> tuple[context.Context, list[trace.Link]]:
@@ -172,7 +175,7 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
         if _nothing_to_extract(carrier, getter, base):
             return base, []
         parent = propagate.extract(carrier, context=base, getter=getter)
-        return parent, _extracted_links(parent)
+        return parent, extracted_links(parent)
     root = trace.set_span_in_context(trace.INVALID_SPAN, base)
     if mode == "ignore":
         return root, []
@@ -181,7 +184,7 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
     remote = trace.get_current_span(extracted).get_span_context()
     links = [trace.Link(remote)] if remote.is_valid else []
     linked = {(remote.trace_id, remote.span_id)}
-    for link in _extracted_links(extracted):
+    for link in extracted_links(extracted):
         key = (link.context.trace_id, link.context.span_id)
         if key not in linked:
             linked.add(key)

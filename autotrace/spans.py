@@ -32,7 +32,7 @@ from . import _log, api, config
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+    from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
     from opentelemetry import context, trace
 
@@ -251,3 +251,17 @@ def report(exc: BaseException, what: str = "a span", unaffected: str = "the appl
         exc,
         unaffected,
     )
+
+
+def run(handle: SpanHandle, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``original(*args, **kwargs)`` inside ``handle`` (a started call: a database
+    call, a message's send or process): its result untouched; an exception recorded
+    (``handle.fail``) and re-raised untouched. The span is closed either way."""
+    try:
+        result = original(*args, **kwargs)
+    except BaseException as exc:
+        handle.fail(exc)
+        handle.close()
+        raise
+    handle.close()
+    return result

@@ -85,14 +85,7 @@ def _traced_sender(sender: Callable, amqp: Any) -> Callable:
         if call is None:
             return sender(producer, name, message, *args, **kwargs)
         _inject(call, message, kwargs)
-        try:
-            result = sender(producer, name, message, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return messaging.run(call, sender, producer, name, message, *args, **kwargs)
 
     send_task_message.__wrapped__ = sender  # type: ignore[attr-defined]
     return send_task_message

@@ -54,14 +54,7 @@ def _wrap_publish(original: Callable) -> Callable:
             call = _start_send(self, kwargs)
         if call is None:
             return original(self, body, *args, **kwargs)
-        try:
-            result = original(self, body, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return messaging.run(call, original, self, body, *args, **kwargs)
 
     return publish
 
@@ -97,14 +90,7 @@ def _wrap_receive(original: Callable) -> Callable:
             call = _start_process(self, message)
         if call is None:
             return original(self, body, message)
-        try:
-            result = original(self, body, message)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return messaging.run(call, original, self, body, message)
 
     return receive
 
