@@ -129,12 +129,7 @@ def send(
             return None
 
         def found() -> dict[str, object]:  # called only if the span is recorded
-            values: dict[str, object] = {
-                "messaging.system": system,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "send",
-            }
-            _common(values, destination, message_id)
+            values = _attributes(system, "send", destination, message_id)
             if attributes:
                 values.update(attributes)
             return values
@@ -187,12 +182,7 @@ def process(
         queue_time = _queue_time(headers)
 
         def found() -> dict[str, object]:  # called only if the span is recorded
-            values: dict[str, object] = {
-                "messaging.system": system,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-            }
-            _common(values, destination, message_id)
+            values = _attributes(system, "process", destination, message_id)
             values[TASK_NAME] = str(target)
             if retry_count is not None:
                 values[RETRY_COUNT] = int(retry_count)
@@ -270,11 +260,18 @@ def _key() -> object:
     return key
 
 
-def _common(values: dict[str, object], destination: str | None, message_id: object) -> None:
+def _attributes(system: str, operation: str, destination: str | None, message_id: object) -> dict[str, object]:
+    """The messaging attributes every send or process span has (semantic conventions)."""
+    values: dict[str, object] = {
+        "messaging.system": system,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+    }
     if destination:
         values["messaging.destination.name"] = str(destination)
     if message_id is not None:
         values["messaging.message.id"] = str(message_id)
+    return values
 
 
 def _queue_time(headers: Mapping[str, object] | None) -> float | None:
