@@ -43,8 +43,6 @@ made from the arguments as they are.
 
 from __future__ import annotations
 
-import re
-
 from autotrace import config, db
 from autotrace.patching import wrap_function
 

@@ -234,3 +234,21 @@ def suppressed():
     token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
     yield
     context.detach(token)
+
+
+@pytest.fixture
+def messaging_parent(monkeypatch):
+    """AUTOTRACE_MESSAGING_PARENT for the test, unset at first: ``messaging_parent("link")``
+    (read again at its next use)."""
+    from autotrace import config
+
+    def set_mode(value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv("AUTOTRACE_MESSAGING_PARENT", raising=False)
+        else:
+            monkeypatch.setenv("AUTOTRACE_MESSAGING_PARENT", value)
+        config.reset_messaging_settings()
+
+    set_mode(None)
+    yield set_mode
+    config.reset_messaging_settings()

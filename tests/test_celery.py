@@ -178,9 +178,8 @@ def test_send_task_by_name_and_beat(app, worker, hooked):
     assert {r.parent.span_id for r in runs} == {s.context.span_id for s in sends}
 
 
-def test_link_mode_starts_each_run_as_a_new_trace_linked_to_its_send(app, worker, hooked, parent, monkeypatch):
-    monkeypatch.setenv("AUTOTRACE_MESSAGING_PARENT", "link")
-    config.reset_messaging_settings()
+def test_link_mode_starts_each_run_as_a_new_trace_linked_to_its_send(app, worker, hooked, parent, messaging_parent):
+    messaging_parent("link")
     app.tasks["shop.add"].delay(1, 2).get(timeout=20)
     (process,) = _wait(hooked, 1, "process shop.add")
     (send,) = [s for s in hooked.get_finished_spans() if s.name == "send shop.add"]

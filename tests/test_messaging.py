@@ -11,22 +11,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from autotrace import config, messaging
 
 
-@pytest.fixture
-def mode(monkeypatch):
-    """Set AUTOTRACE_MESSAGING_PARENT for the test (read again at its next use)."""
-
-    def set_mode(value: str | None) -> None:
-        if value is None:
-            monkeypatch.delenv("AUTOTRACE_MESSAGING_PARENT", raising=False)
-        else:
-            monkeypatch.setenv("AUTOTRACE_MESSAGING_PARENT", value)
-        config.reset_messaging_settings()
-
-    set_mode(None)
-    yield set_mode
-    config.reset_messaging_settings()
-
-
 def _sent(headers: dict) -> trace.Span:
     call = messaging.send("celery", "shop.bill", destination="celery", message_id="t-1")
     assert call is not None
@@ -35,7 +19,7 @@ def _sent(headers: dict) -> trace.Span:
     return call.span
 
 
-def test_send_is_a_producer_child_of_the_current_span_and_injects_its_context(spans, parent, mode):
+def test_send_is_a_producer_child_of_the_current_span_and_injects_its_context(spans, parent, messaging_parent):
     headers: dict = {}
     span = _sent(headers)
     (done,) = spans.get_finished_spans()
@@ -54,7 +38,7 @@ def test_send_is_a_producer_child_of_the_current_span_and_injects_its_context(sp
     assert trace.get_current_span() is parent  # close() left the send's context
 
 
-def test_a_send_inside_a_send_is_a_lower_layer_and_gets_no_span(spans, mode):
+def test_a_send_inside_a_send_is_a_lower_layer_and_gets_no_span(spans, messaging_parent):
     outer = messaging.send("celery", "a")
     assert messaging.current_send() is outer
     assert messaging.send("redis", "celery") is None
@@ -63,7 +47,7 @@ def test_a_send_inside_a_send_is_a_lower_layer_and_gets_no_span(spans, mode):
     assert [s.name for s in spans.get_finished_spans()] == ["send a"]
 
 
-def test_process_continues_the_producers_trace_by_default(spans, parent, mode):
+def test_process_continues_the_producers_trace_by_default(spans, parent, messaging_parent):
     headers: dict = {}
     sent = _sent(headers)
     call = messaging.process("celery", "shop.bill", headers, destination="celery", message_id="t-1", retry_count=0)
@@ -79,10 +63,10 @@ def test_process_continues_the_producers_trace_by_default(spans, parent, mode):
     assert not done.links
 
 
-def test_link_mode_starts_a_new_trace_linked_to_the_producer(spans, parent, mode, warnings):
+def test_link_mode_starts_a_new_trace_linked_to_the_producer(spans, parent, messaging_parent, warnings):
     headers: dict = {}
     sent = _sent(headers)
-    mode("LINK")
+    messaging_parent("LINK")
     call = messaging.process("celery", "shop.bill", headers)
     call.close()
     done = spans.get_finished_spans()[-1]
@@ -92,8 +76,8 @@ def test_link_mode_starts_a_new_trace_linked_to_the_producer(spans, parent, mode
     assert warnings() == []
 
 
-def test_a_bad_messaging_parent_value_warns_once_and_uses_parent(spans, mode, warnings):
-    mode("sideways")
+def test_a_bad_messaging_parent_value_warns_once_and_uses_parent(spans, messaging_parent, warnings):
+    messaging_parent("sideways")
     assert config.messaging_parent() == "parent"
     assert config.messaging_parent() == "parent"
     lines = warnings()
@@ -114,7 +98,7 @@ def test_a_bad_messaging_parent_value_warns_once_and_uses_parent(spans, mode, wa
         {"traceparent": ["00-" + "a" * 32 + "-" + "b" * 16 + "-01"] * 2},  # given twice
     ],
 )
-def test_no_or_bad_headers_give_a_root_span_even_under_a_current_span(spans, parent, mode, headers):
+def test_no_or_bad_headers_give_a_root_span_even_under_a_current_span(spans, parent, messaging_parent, headers):
     call = messaging.process("rq", "job", headers)
     assert call is not None
     call.close()
@@ -123,7 +107,7 @@ def test_no_or_bad_headers_give_a_root_span_even_under_a_current_span(spans, par
     assert messaging.QUEUE_TIME not in done.attributes
 
 
-def test_baggage_of_the_message_is_kept_in_the_task_context(spans, mode):
+def test_baggage_of_the_message_is_kept_in_the_task_context(spans, messaging_parent):
     token = context.attach(baggage.set_baggage("tenant", "acme"))
     try:
         headers: dict = {}
@@ -137,7 +121,7 @@ def test_baggage_of_the_message_is_kept_in_the_task_context(spans, mode):
     assert baggage.get_baggage("tenant") is None
 
 
-def test_fail_records_the_exception_and_retried_is_no_error(spans, mode):
+def test_fail_records_the_exception_and_retried_is_no_error(spans, messaging_parent):
     call = messaging.process("celery", "t", {})
     call.fail(ValueError("bad input"))
     call.close()
@@ -152,7 +136,7 @@ def test_fail_records_the_exception_and_retried_is_no_error(spans, mode):
     assert [e.name for e in retry.events] == ["retry"]
 
 
-def test_suppressed_instrumentation_starts_no_messaging_span(spans, suppressed, mode):
+def test_suppressed_instrumentation_starts_no_messaging_span(spans, suppressed, messaging_parent):
     assert messaging.send("celery", "t") is None
     assert messaging.process("celery", "t", {}) is None
 
@@ -161,7 +145,7 @@ def test_export_now_without_the_agent_set_up_is_a_no_op():
     assert messaging.export_now() is True
 
 
-def test_the_brokers_commands_under_a_send_get_no_database_span(spans, parent, mode):
+def test_the_brokers_commands_under_a_send_get_no_database_span(spans, parent, messaging_parent):
     from autotrace import db
 
     call = messaging.send("rq", "jobs")

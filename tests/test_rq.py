@@ -23,29 +23,13 @@ from rq import Queue, Retry, SimpleWorker
 from rq.job import Job
 
 import rq_jobs
-from autotrace import config, messaging, patching
+from autotrace import messaging, patching
 from autotrace.hooks import redis as redis_hook, rq as rq_hook
 from db_checks import db_env  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
-def mode(monkeypatch):
-    """AUTOTRACE_MESSAGING_PARENT for the test: ``mode("link")``."""
-
-    def set_mode(value: str | None) -> None:
-        if value is None:
-            monkeypatch.delenv("AUTOTRACE_MESSAGING_PARENT", raising=False)
-        else:
-            monkeypatch.setenv("AUTOTRACE_MESSAGING_PARENT", value)
-        config.reset_messaging_settings()
-
-    set_mode(None)
-    yield set_mode
-    config.reset_messaging_settings()
-
-
-@pytest.fixture
-def traced(spans, db_env, mode):
+def traced(spans, db_env, messaging_parent):
     """The rq and redis hooks applied (as under the agent), the originals put back after."""
     mark = len(patching.history)
     redis_hook.patch(redis.client)
@@ -198,8 +182,8 @@ def test_a_job_that_returns_retry_is_not_an_error(traced, queue, parent, redis_s
     assert [first.attributes[messaging.RETRY_COUNT], second.attributes[messaging.RETRY_COUNT]] == [0, 1]
 
 
-def test_link_mode_starts_a_new_trace_linked_to_the_send(traced, queue, parent, mode):
-    mode("link")
+def test_link_mode_starts_a_new_trace_linked_to_the_send(traced, queue, parent, messaging_parent):
+    messaging_parent("link")
     queue.enqueue(rq_jobs.noop)
     (send,) = traced.get_finished_spans()
 
