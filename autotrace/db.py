@@ -689,6 +689,7 @@ def start(
     query_text: str | None = None,
     batch_size: int | None = None,
     attributes: Mapping[str, object] | None = None,
+    parent: context.Context | None = None,
 ) -> DbCall | None:
     """Start the CLIENT span of a database call, made current; None when not to trace (see the module).
 
@@ -696,10 +697,12 @@ def start(
     ``autotrace.db.<library>``). ``name``, ``operation``, ``collection`` and
     ``query_text`` override what ``statement`` says. ``batch_size`` (``executemany``, a
     pipeline) is recorded when it is 2 or more, and then the statement's operation is
-    ``"BATCH <operation>"``, as semconv says. Never raises.
+    ``"BATCH <operation>"``, as semconv says. ``parent``: what :func:`call_parent` gave
+    the hook just before (not asked again). Never raises.
     """
     try:
-        parent = _parent()
+        if parent is None:
+            parent = call_parent()
         if parent is None:
             return None
         span_attributes = dict(target.attributes)
@@ -745,28 +748,26 @@ def start(
         return None
 
 
-def will_start() -> bool:
-    """Whether :func:`start` would make a span here, now: a hook asks before it does work
-    only a span needs (a Redis command's text), so that calls never traced (a worker's
-    broker traffic, calls outside any trace) cost next to nothing. Never raises."""
+def call_parent() -> context.Context | None:
+    """The context a database call made here and now is started in (its span's parent),
+    or None when it gets no span (suppressed, under another call, outside a trace without
+    ``AUTOTRACE_DB_ROOT_SPANS``). A hook asks first when it has work only a span needs (a
+    Redis command's text), so that calls never traced (a worker's broker traffic) cost
+    next to nothing, and hands the answer to :func:`start`. Never raises (None on error)."""
     try:
-        return _parent() is not None
-    except Exception:  # noqa: BLE001 - start() reports its own failures
-        return True
-
-
-def _parent() -> context.Context | None:
-    """The current context when a database call made now gets a span, else None."""
-    if not api.loaded:
-        api.load()
         if not api.loaded:
+            api.load()
+            if not api.loaded:
+                return None
+        parent = api.get_current()
+        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
             return None
-    parent = api.get_current()
-    if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
+        if not _in_trace(parent) and not config.db_settings().root_spans:
+            return None
+        return parent
+    except Exception as exc:  # noqa: BLE001 - the call goes untraced
+        spans.report(exc, DbCall.WHAT, "the query", "db-span")
         return None
-    if not _in_trace(parent) and not config.db_settings().root_spans:
-        return None
-    return parent
 
 
 def _in_trace(parent: context.Context) -> bool:

@@ -142,7 +142,8 @@ def _wrap_pipeline_async(original: Callable, target_of: Callable[[Any], db.Targe
 def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Target | None]) -> db.DbCall | None:
     """The span of one command (``args`` as ``execute_command`` got them), or None. Never raises."""
     try:
-        if not args or not db.will_start():
+        parent = db.call_parent() if args else None
+        if parent is None:
             return None
         target = target_of(client)
         if target is None:
@@ -150,7 +151,7 @@ def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Targe
         operation, hidden = command_name(args[0])
         mode = config.db_settings().statement
         text = None if mode == "off" else command_text(operation, args, hidden, mode == "raw")
-        return db.start(LIBRARY, target, name=operation, operation=operation, query_text=text)
+        return db.start(LIBRARY, target, name=operation, operation=operation, query_text=text, parent=parent)
     except Exception:  # noqa: BLE001 - an odd command: sent untraced (db.start reports its own failures)
         return None
 
@@ -158,7 +159,8 @@ def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Targe
 def _start_pipeline(pipeline: Any, target_of: Callable[[Any], db.Target | None]) -> db.DbCall | None:
     """The span of a pipeline's ``execute``, or None (nothing queued: nothing is sent). Never raises."""
     try:
-        if not db.will_start():
+        parent = db.call_parent()
+        if parent is None:
             return None
         target = target_of(pipeline)
         if target is None:
@@ -187,7 +189,7 @@ def _start_pipeline(pipeline: Any, target_of: Callable[[Any], db.Target | None])
                 if length > _ARGUMENT_CHARS:
                     break  # the rest would be cut off anyway
             text = "\n".join(lines)
-        return db.start(LIBRARY, target, name=operation, operation=operation, query_text=text, batch_size=size)
+        return db.start(LIBRARY, target, name=operation, operation=operation, query_text=text, batch_size=size, parent=parent)
     except Exception:  # noqa: BLE001 - a pipeline of a version we do not know: sent untraced
         return None
 
