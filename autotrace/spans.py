@@ -253,10 +253,11 @@ def report(exc: BaseException, what: str = "a span", unaffected: str = "the appl
     )
 
 
-def run(handle: SpanHandle, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``original(*args, **kwargs)`` inside ``handle`` (a started call: a database
-    call, a message's send or process): its result untouched; an exception recorded
-    (``handle.fail``) and re-raised untouched. The span is closed either way."""
+def run(handle: Any, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``original(*args, **kwargs)`` inside ``handle``, a started call whose ``fail``
+    takes the exception alone (a database call, a message's send or process): its result
+    untouched; an exception recorded (``handle.fail(exc)``) and re-raised untouched. The
+    span is closed either way."""
     try:
         result = original(*args, **kwargs)
     except BaseException as exc:
