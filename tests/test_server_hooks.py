@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import importlib
 import threading
 import time
 import wsgiref.handlers
@@ -211,7 +212,7 @@ class QuietWSGIHandler(wsgiref.simple_server.WSGIRequestHandler):
 
 @pytest.mark.parametrize("werkzeug_hooked", [True, False], ids=["werkzeug-hook", "http-server-hook-only"])
 def test_werkzeug_one_span_either_way(spans, patched_http_server, serve, werkzeug_hooked):
-    serving = pytest.importorskip("werkzeug.serving")
+    serving = importlib.import_module("werkzeug.serving")
     if werkzeug_hooked:
         werkzeug_hook.patch(serving)
     try:
@@ -239,7 +240,7 @@ def test_werkzeug_one_span_either_way(spans, patched_http_server, serve, werkzeu
 
 
 def test_waitress_app_traced_inside_its_proxy_headers_layer(spans):
-    server_module = pytest.importorskip("waitress.server")
+    server_module = importlib.import_module("waitress.server")
     waitress_hook.patch(server_module)
     try:
 
@@ -271,7 +272,7 @@ def test_waitress_app_traced_inside_its_proxy_headers_layer(spans):
 
 
 def test_gunicorn_wraps_wsgi_workers_only():
-    base = pytest.importorskip("gunicorn.workers.base")
+    base = importlib.import_module("gunicorn.workers.base")
     from gunicorn.workers.sync import SyncWorker
     from gunicorn.workers.gthread import ThreadWorker
 
@@ -279,7 +280,7 @@ def test_gunicorn_wraps_wsgi_workers_only():
     assert gunicorn_hook.serves_wsgi(ThreadWorker)
     assert gunicorn_hook.serves_wsgi(type("MySync", (SyncWorker,), {}))
     assert not gunicorn_hook.serves_wsgi(base.Worker)
-    uvicorn_workers = pytest.importorskip("uvicorn.workers")
+    uvicorn_workers = importlib.import_module("uvicorn.workers")
     assert not gunicorn_hook.serves_wsgi(uvicorn_workers.UvicornWorker)
 
     def app(environ, start_response):
