@@ -137,6 +137,11 @@ class ExporterHandle(SpanExporter):
             os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
+        """In a forked child: a new exporter at the first export. The parent's is kept,
+        never used, closed nor freed here: its connection is the parent's (for gRPC, its
+        channel's state belongs to the parent's gRPC)."""
+        if self._exporter is not None:
+            _inherited.append(self._exporter)
         self._exporter = None
         self._lock = threading.Lock()
 
@@ -238,6 +243,7 @@ class ExporterHandle(SpanExporter):
 
 
 _handles: weakref.WeakSet[ExporterHandle] = weakref.WeakSet()
+_inherited: list[SpanExporter] = []  # in a forked child: the exporters of its parent (see _forget)
 
 
 def closing() -> None:

@@ -217,9 +217,64 @@ def test_the_grpc_exporters_channel_bypasses_the_agents_grpc_hook():
         assert type(grpc.insecure_channel("127.0.0.1:1")).__module__ == "grpc._interceptor"  # the hook is on
         cls = otlp_exporters.grpc_exporter_class()
         exporter = cls(endpoint="127.0.0.1:1", insecure=True, timeout=1)
-        assert type(exporter._channel).__module__ == "grpc._channel"
+        assert type(exporter._channel.channel).__module__ == "grpc._channel"
         exporter._initialize_channel_and_stub()  # as the SDK does after an UNAVAILABLE export
-        assert type(exporter._channel).__module__ == "grpc._channel"
+        assert type(exporter._channel.channel).__module__ == "grpc._channel"
         exporter.shutdown()
     finally:
         patching.undo(mark)
+
+
+def _grpc_collector(port: int, received: list):
+    """A gRPC TraceService on ``port`` that records each request; started."""
+    grpc = importlib.import_module("grpc")
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), server)
+    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+    server.start()
+    return server
+
+
+def test_grpc_the_first_export_after_an_outage_connects_at_once():
+    """Issue 18: a channel whose call failed UNAVAILABLE sits in grpc's reconnect back-off
+    (1 s at first), in which a call fails at once without connecting; the SDK's first retry
+    comes 1 s (+-20 %) later, past a short export timeout: the first batch after the
+    collector came back was lost. The channel is replaced before the next call: it arrives."""
+    import time
+
+    from ports import free_port
+
+    port = free_port()
+    exporter = otlp_exporters.grpc_exporter_class()(endpoint=f"127.0.0.1:{port}", insecure=True, timeout=1.5)
+    spans = _spans()
+    try:
+        # Nothing listens: refused, retried once (on a new channel, refused too), given up.
+        started = time.monotonic()
+        assert exporter.export(spans) is SpanExportResult.FAILURE
+        assert time.monotonic() - started < 1.5 + 0.5
+        exporter._timeout = 0.6  # the SDK's deadline: from now on no time for its retry
+        received: list = []
+        server = _grpc_collector(port, received)
+        try:
+            for _ in range(3):  # back: each export arrives, the first one included
+                assert exporter.export(spans) is SpanExportResult.SUCCESS
+            assert received == [sdk_encode_spans(spans)] * 3
+        finally:
+            server.stop(None)
+    finally:
+        exporter.shutdown()
+
+
+def test_grpc_channels_have_subchannels_of_their_own():
+    """A new channel connects at once, whatever the channel it replaces (or the app's
+    channels to the same address) went through."""
+    options = otlp_exporters._channel_options((("grpc.primary_user_agent", "x"),))
+    assert options == (("grpc.primary_user_agent", "x"), ("grpc.use_local_subchannel_pool", 1))
+    assert otlp_exporters._channel_options(options) == options
