@@ -238,7 +238,7 @@ def _channel_options(options: Any) -> tuple:
 
 # How long a fork waits at most for the export thread's gRPC call to end by itself, and
 # then, that call cancelled, for it to leave gRPC (see _ForkGate).
-FORK_WAIT_S = 0.25
+FORK_WAIT_S = 0.5
 FORK_CANCEL_WAIT_S = 1.0
 # The export thread waits this long at most for a fork's end (it is told at once).
 FORK_STUCK_S = 10.0
