@@ -317,7 +317,7 @@ class ExportFailures:
         if self.closing:
             then = f"not retried at exit ({_plural(spans, 'span')} dropped)"
         else:
-            then = f"further failures are summarised every {self.interval_s:g} s"
+            then = f"{_plural(spans, 'span')} not exported; further failures are summarised every {self.interval_s:g} s"
         if self.target.startswith("to "):
             logger.warning("spans could not be exported %s: %s; %s; %s", self.target, describe(kind, hint), then, DOCTOR)
         else:

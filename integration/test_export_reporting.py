@@ -99,7 +99,7 @@ def test_a_closed_port_is_reported_once_then_summarised(tmp_path, protocol):
     shown = f"http://127.0.0.1:{port}" + ("" if protocol == "grpc" else "/v1/traces")
     assert lines[0] == (
         f"autotrace WARNING: spans could not be exported to {shown}: nothing listens on 127.0.0.1:{port}; "
-        "fix: start the collector, or point --endpoint at where it listens; "
+        "fix: start the collector, or point --endpoint at where it listens; 1 span not exported; "
         "further failures are summarised every 60 s; run 'autotrace doctor' for details"
     )
     summary = re.fullmatch(

@@ -81,14 +81,18 @@ def test_a_hanging_collector_holds_the_exit_only_to_the_bound(tmp_path, protocol
 
 
 @pytest.mark.parametrize(
-    ("fault", "protocol", "named"),
-    [("refuse", "http", "nothing listens on 127.0.0.1:"), ("refuse", "grpc", "nothing listens on 127.0.0.1:"),
-     ("error", "http", "HTTP 503"), ("error", "grpc", "UNAVAILABLE")],
+    ("fault", "protocol", "named", "counted"),
+    [("refuse", "http", "nothing listens on 127.0.0.1:", "connection refused x"),
+     ("refuse", "grpc", "nothing listens on 127.0.0.1:", "connection refused x"),
+     ("error", "http", "failed the export: HTTP 503", "HTTP 503 x"),
+     ("error", "grpc", "is up but answered UNAVAILABLE (the collector is failing on purpose (test receiver)): "
+      "it is not taking spans now (overloaded, or shutting down)", "gRPC UNAVAILABLE x")],
     ids=["absent-http", "absent-grpc", "503-http", "unavailable-grpc"],
 )
-def test_an_absent_or_failing_collector_is_named_and_the_exit_not_held(tmp_path, fault, protocol, named):
-    """The line names the cause; the 30 s bounds (flush, export timeout) are not waited for.
-    (test_export_diagnoses.py has each cause's exact line, test_processes.py the exit at SIGTERM.)"""
+def test_an_absent_or_failing_collector_is_named_and_the_exit_not_held(tmp_path, fault, protocol, named, counted):
+    """The line names the cause: nothing listening is not a collector that answers an error
+    (for gRPC both are UNAVAILABLE); the 30 s bounds (flush, export timeout) are not waited
+    for. (test_export_diagnoses.py has each cause's exact line, test_processes.py the exit at SIGTERM.)"""
     with OTLPReceiver(fault=Fault(fault)) as receiver:
         env = clean_env(**receiver.env(protocol), OTEL_SERVICE_NAME="failing",
                         OTEL_EXPORTER_OTLP_TIMEOUT="30000", AUTOTRACE_SHUTDOWN_TIMEOUT="30000")
@@ -99,10 +103,37 @@ def test_an_absent_or_failing_collector_is_named_and_the_exit_not_held(tmp_path,
     assert app.process.returncode == 0 and app.text() == "done\n"
     lines = agent_lines(app)
     assert 1 <= len(lines) <= 3, lines  # reported once, then summarised: never a line per batch
-    assert any(named in line for line in lines), lines
+    assert named in lines[0], lines
     assert all(line.startswith("autotrace WARNING: ") for line in lines), lines
+    assert all(counted in line for line in lines[1:] if "were not exported" in line or "was not exported" in line), lines
+    other = "nothing listens" if fault == "error" else "answered"
+    assert not any(other in line or "did not accept" in line for line in lines), lines
     # Not retried at exit: neither the 30 s flush bound nor the export timeout is waited for.
     assert exit_delay(app) < 8
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_collector_that_answered_unavailable_for_a_while_gets_one_line(tmp_path, protocol):
+    """The collector answers every export with UNAVAILABLE (gRPC) or 503 (HTTP) for about a
+    second, then takes them: the retries deliver everything, and one line says the collector
+    answered with an error for a while (not that it was unreachable)."""
+    with OTLPReceiver(fault=Fault("error")) as receiver:
+        env = clean_env(**receiver.env(protocol), OTEL_SERVICE_NAME="busy")  # default timeout: 10 s
+        write(tmp_path, "app.py", FEW_SPANS.replace("print(", "import os\nwhile not os.path.exists('end'): time.sleep(0.02)\nprint("))
+        with Watched([AUTOTRACE, "run", "python", "app.py"], tmp_path, env) as app:
+            receiver.wait_for_faulted(1, timeout=20)
+            time.sleep(1.0)
+            receiver.up()
+            receiver.wait_for_spans(5, timeout=30, predicate=lambda s: s.name.startswith("s"))
+            (tmp_path / "end").write_text("")
+            assert app.finish(timeout=30) == 0, app.text("stderr")
+        spans = receiver.spans()
+    assert sorted(s.name for s in spans) == [f"s{i}" for i in range(5)]  # each once
+    lines = agent_lines(app)
+    answered = "gRPC UNAVAILABLE" if protocol == "grpc" else "HTTP 503"
+    assert lines and all(re.fullmatch(
+        rf"autotrace INFO: the collector at http://127\.0\.0\.1:\d+(/v1/traces)? answered {answered} for \d+ s; "
+        r"all spans delivered after retry", line) for line in lines), lines
 
 
 # -- down, then back ----------------------------------------------------------------------
@@ -131,13 +162,18 @@ print(f"done {{i}}", flush=True)
 """
 
 
+@pytest.mark.parametrize("timeout_ms", [None, "1000"], ids=["default-timeout", "timeout-1s"])
 @pytest.mark.parametrize("fault", ["refuse", "error"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_spans_made_after_the_collector_came_back_all_arrive(tmp_path, protocol, fault):
+def test_spans_made_after_the_collector_came_back_all_arrive(tmp_path, protocol, fault, timeout_ms):
     """Nothing listens (or every export fails) while the app makes a span every 50 ms; the
-    collector comes back on the same port; each span made from then on arrives, once."""
+    collector comes back on the same port; each span made from then on arrives, once; with
+    the default export timeout and with a short one (1 s: the first exports after the
+    collector returns must not spend it waiting out the channel's reconnect back-off)."""
     with OTLPReceiver(fault=Fault(fault)) as receiver:
-        env = clean_env(**receiver.env(protocol), OTEL_SERVICE_NAME="flaky")  # default timeouts and batches
+        env = clean_env(**receiver.env(protocol), OTEL_SERVICE_NAME="flaky")  # default batches
+        if timeout_ms is not None:
+            env["OTEL_EXPORTER_OTLP_TIMEOUT"] = timeout_ms
         write(tmp_path, "app.py", TICKING)
         with Watched([AUTOTRACE, "run", "python", "app.py"], tmp_path, env) as app:
             app.wait_for_line("ticking", timeout=20)

@@ -61,8 +61,8 @@ def test_first_failure_once_then_summary_then_recovery(handle, capsys):
     lines = _agent_lines(capsys)
     assert lines == [
         "autotrace WARNING: spans could not be exported to http://<redacted>@collector.example:4318/v1/traces: "
-        "connection refused (is a collector listening there?); further failures are summarised every 60 s; "
-        "run 'autotrace doctor' for details"
+        "connection refused (is a collector listening there?); 3 spans not exported; "
+        "further failures are summarised every 60 s; run 'autotrace doctor' for details"
     ]
     for _ in range(5):  # within the interval: nothing
         clock.now += 10
@@ -122,7 +122,7 @@ def test_cause_from_the_sdk_log_is_kept_and_the_line_hidden(handle, capsys):
     handle.export([object()])
     err = capsys.readouterr().err
     assert "Failed to export" not in err
-    assert ": HTTP 503; further failures" in err
+    assert ": HTTP 503; 1 span not exported; further failures" in err
 
 
 def test_no_summary_at_shutdown_when_each_failed_batch_was_named(handle, capsys):
@@ -219,7 +219,7 @@ def test_real_otlp_http_exporter_against_a_closed_port(capfd, caplog):
     lines = [line for line in err.splitlines() if line.startswith("autotrace ")]
     assert lines[0] == (
         f"autotrace WARNING: spans could not be exported to {endpoint}: connection refused "
-        "(is a collector listening there?); further failures are summarised every 60 s; "
+        "(is a collector listening there?); 1 span not exported; further failures are summarised every 60 s; "
         "run 'autotrace doctor' for details"
     ), err
 
@@ -456,3 +456,83 @@ def test_a_failed_export_leaves_no_reference_cycle_holding_the_batch(protocol, c
         gc.garbage.clear()
         handle.shutdown()
     assert kept == []
+
+
+# -- gRPC UNAVAILABLE: answered by the collector, or made by grpc (no connection) ----------
+
+# The SDK's log arguments for a failed gRPC export: (what, endpoint, code, details).
+_REFUSED_DETAILS = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:4317: "
+                    "Failed to connect to remote host: Connection refused")
+
+
+def _grpc_failure(details: str) -> list:
+    import grpc
+
+    return ["traces", "127.0.0.1:4317", grpc.StatusCode.UNAVAILABLE, details]
+
+
+@pytest.mark.parametrize(
+    ("details", "answered"),
+    [
+        ("data refused due to high memory usage", True),  # the collector's memory limiter
+        ("the collector is failing on purpose (test receiver)", True),
+        ("UNAVAILABLE: server is shutting down", True),
+        (_REFUSED_DETAILS, False),
+        ("Socket closed", False),
+        ("Connection reset by peer", False),
+        ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:4318: Failed parsing HTTP/2", False),
+        ("errors resolving c.invalid:4317: Domain name not found", False),
+        ("Broken pipe", False),
+        ("GOAWAY received", False),
+        ("keepalive watchdog timeout", False),
+        ("", False),
+    ],
+)
+def test_an_unavailable_status_is_told_from_a_connection_failure(details, answered):
+    from autotrace.doctor import endpoint
+
+    assert endpoint.answered_unavailable(details) is answered
+    evidence = _grpc_failure(details)
+    kind = endpoint.failure_kind(endpoint.failure_probe(evidence, 10.0), evidence)
+    if answered:
+        assert kind == "gRPC UNAVAILABLE"
+    else:
+        assert kind in ("connection refused", "connection failed", "cannot resolve host"), kind
+
+
+def test_an_unavailable_answer_is_described_as_the_collectors_not_as_nothing_listening():
+    """Issue 18: a collector that is up and answers UNAVAILABLE (overloaded, shutting down)
+    was described as an endpoint that does not accept OTLP ("check endpoint")."""
+    from autotrace.config import Configuration
+
+    settings = Configuration(protocol="grpc", endpoint="http://127.0.0.1:4317", insecure=True)
+    kind, hint = export_report.classify_failure(_grpc_failure("data refused due to high memory usage"), settings)
+    assert kind == "gRPC UNAVAILABLE"
+    assert export_report.describe(kind, hint) == (
+        "127.0.0.1:4317 is up but answered UNAVAILABLE (data refused due to high memory usage): it is not "
+        "taking spans now (overloaded, or shutting down); fix: the collector is reachable but failing: "
+        "check its logs, its health and its memory limits"
+    )
+    refused, _ = export_report.classify_failure(_grpc_failure(_REFUSED_DETAILS), settings, diagnose=False)
+    assert refused == "connection refused"
+    assert kind not in export_report.UNREACHABLE  # a recovery says "answered ... for N s"
+
+
+def test_a_recovery_from_unavailable_answers_says_the_collector_answered(capsys):
+    from autotrace.config import Configuration
+
+    settings = Configuration(protocol="grpc", endpoint="http://127.0.0.1:4317", insecure=True)
+
+    class Retried(SpanExporter):
+        def export(self, spans):
+            export_report.add_cause(*_grpc_failure("data refused due to high memory usage"))
+            return SpanExportResult.SUCCESS
+
+    handle = exporters.ExporterHandle("otlp", Retried, settings=settings)
+    assert handle.export([object()] * 2) is SpanExportResult.SUCCESS
+    (line,) = _agent_lines(capsys)
+    assert re.fullmatch(
+        r"autotrace INFO: the collector at http://127\.0\.0\.1:4317 answered gRPC UNAVAILABLE for \d+ s; "
+        r"all spans delivered after retry",
+        line,
+    ), line

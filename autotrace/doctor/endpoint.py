@@ -71,6 +71,7 @@ class Probe:
         self.speaks = ""  # what the raw probe heard: http1, h2, tls, silent, other
         self.other_accepts = False  # behind TLS: the protocol not configured accepted an export
         self.viewer = None  # OTLP/HTTP accepted: the autotrace view answering there (viewer_probe.Viewer)
+        self.answered = False  # gRPC: the UNAVAILABLE came from the collector (see answered_unavailable)
         self.__dict__.update(values)
 
 
@@ -241,6 +242,15 @@ def classify(protocol: str, target: Target, probe: Probe, endpoint_source: str =
             name,
             f"{where} refused the export: HTTP {probe.http_status}{said}",
             "check that this is the collector's OTLP/HTTP receiver, and what its answer says",
+        )
+    if protocol == "grpc" and probe.grpc_code == "UNAVAILABLE" and probe.answered:
+        said = probe.error.split(":", 1)[1].strip() if probe.error.startswith("UNAVAILABLE:") else probe.error
+        said = f" ({said})" if said else ""
+        return Check(
+            FAIL,
+            name,
+            f"{where} is up but answered UNAVAILABLE{said}: it is not taking spans now (overloaded, or shutting down)",
+            "the collector is reachable but failing: check its logs, its health and its memory limits",
         )
     if protocol == "grpc" and probe.grpc_code and probe.grpc_code not in ("OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
         return Check(
@@ -449,6 +459,7 @@ def probe_endpoint(settings, timeout: float, headers=None) -> tuple[Target, Prob
     if settings.protocol == "grpc":
         probe.grpc_code, probe.error = _grpc_export(target, headers, timeout, cafile)
         probe.accepted = probe.grpc_code == "OK"
+        probe.answered = probe.grpc_code == "UNAVAILABLE" and answered_unavailable(probe.error)
     else:
         probe.http_status, probe.error = _http_export(target, headers, timeout, cafile)
         probe.accepted = probe.http_status is not None and 200 <= probe.http_status < 300
@@ -486,6 +497,23 @@ _REFUSED = ("connection refused", "errno 111", "[winerror 10061]")
 _CONNECT_TIMEOUT = ("connecttimeout", "connect timeout", "connection timed out", "timed out connecting")
 _NO_ANSWER = ("readtimeout", "read timed out", "deadline exceeded", "deadline_exceeded", "timed out")
 _CERTIFICATE = ("certificate_verify_failed", "certificate verify failed")
+# Words of the details of an UNAVAILABLE status grpc makes itself, when no collector answered:
+# the connection could not be made (refused, TLS, HTTP/2 framing, name resolution) or was lost.
+_GRPC_TRANSPORT = (
+    "failed to connect", "connect failed", "connection", "socket", "reset", "broken pipe", "goaway",
+    "handshake", "ssl", "tls", "http2", "http/2", "keepalive", "endpoint", "transport", "closed", "eof",
+    "resolv", "dns", "address", "channel", "stream removed", "fd shutdown", "cancelling all calls",
+)
+
+
+def answered_unavailable(details: str) -> bool:
+    """Whether an UNAVAILABLE status with ``details`` came from the collector (it is up and
+    answers, but is overloaded or shutting down), not from grpc itself (no connection)."""
+    text = details.lower()
+    if text.startswith("unavailable:"):
+        text = text[len("unavailable:") :]
+    text = text.strip()
+    return bool(text) and not any(word in text for word in _GRPC_TRANSPORT)
 
 
 def _texts(evidence: Sequence[object]) -> list[str]:
@@ -546,13 +574,19 @@ def failure_probe(evidence: Sequence[object], timeout_s: float) -> Probe:
     elif any(marker in text for marker in _CERTIFICATE):
         probe.speaks = "tls"
         probe.error = "TLS certificate not trusted" + _after(text, "certificate verify failed:", "certificate_verify_failed:")
+    elif probe.grpc_code == "UNAVAILABLE" and answered_unavailable(_grpc_details(evidence)):
+        probe.answered = True  # the collector answered: it is there, but not taking spans now
+        probe.error = f"UNAVAILABLE: {_printable(_grpc_details(evidence), 200)}"
     elif any(marker in text for marker in _NO_ANSWER) or probe.grpc_code == "DEADLINE_EXCEEDED":
         probe.speaks, probe.error = "silent", f"no answer within {timeout_s:g}s"
     elif probe.grpc_code and probe.grpc_code not in ("UNAVAILABLE", "UNKNOWN"):
-        # The SDK's gRPC log lines end with the status's details.
-        details = next((i for i in reversed(evidence) if isinstance(i, str) and i not in ("traces", "spans")), "")
-        probe.error = f"{probe.grpc_code}: {_printable(message or details, 200)}".rstrip(": ")
+        probe.error = f"{probe.grpc_code}: {_printable(message or _grpc_details(evidence), 200)}".rstrip(": ")
     return probe
+
+
+def _grpc_details(evidence: Sequence[object]) -> str:
+    """The details of the last gRPC status in ``evidence``: the SDK's gRPC log lines end with them."""
+    return next((i for i in reversed(evidence) if isinstance(i, str) and i not in ("traces", "spans")), "")
 
 
 def _after(text: str, *markers: str) -> str:
@@ -593,6 +627,8 @@ def failure_kind(probe: Probe, evidence: Sequence[object] = ()) -> str | None:
         return f"HTTP {probe.http_status}"
     if probe.speaks == "tls" and probe.error:
         return "TLS certificate not trusted"
+    if probe.answered:
+        return "gRPC UNAVAILABLE"  # from the collector: distinct from "connection refused"
     if probe.grpc_code and probe.grpc_code != "UNAVAILABLE":
         return f"gRPC {probe.grpc_code}"
     text = " ".join(_texts(evidence))
