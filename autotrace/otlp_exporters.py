@@ -403,6 +403,8 @@ class _Channel:
             self.channel.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "channel":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.channel, name)
 
 
@@ -440,6 +442,8 @@ class _Stub:
             raise
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_stub":
+            raise AttributeError(name)
         return getattr(self._stub, name)
 
 
