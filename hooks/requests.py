@@ -97,6 +97,14 @@ class Exchange:
         if exc is not None:
             current.fail(exc)
         current.end()
+        # The exchange is over: its spans forget it. Each referred to it (``state``) and it
+        # to them (``current``, and through it each ``previous``): a cycle per call, freed
+        # only by the garbage collector. A context carried past the call still finds the
+        # call (ended: not a redirect hop), no longer its exchange.
+        call = current
+        while call is not None:
+            call.state = None
+            call = call.previous
 
 
 def _first(call: client_span.ClientSpan) -> client_span.ClientSpan:
