@@ -24,7 +24,7 @@ CLIENT, ``url.full`` without user information and with secret query values (and
 
 from __future__ import annotations
 
-from . import _log, api, spans
+from . import _log, api, config, spans
 from .config import http_settings
 from .redact import redact_query
 from .server_span import KNOWN_METHODS
@@ -32,7 +32,7 @@ from .spans import SpanHandle, capture_headers, error_type, mark_error, set_know
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, MutableMapping
+    from typing import Callable, Iterable, MutableMapping
 
     from opentelemetry import context, trace
 
@@ -53,18 +53,41 @@ _NO_LAYERS: frozenset[str] = frozenset()
 
 def is_lower_layer(library: str, outer: ClientSpan | None) -> bool:
     """Whether ``library`` sends the request of ``outer``, the call in progress (so starts no span)."""
-    return outer is not None and library in LOWER_LAYERS.get(outer.library, _NO_LAYERS)
+    return outer is not None and library in outer.lower
+
+
+def enclosing(library: str) -> ClientSpan | None:
+    """The call in progress in this context if ``library`` is a lower layer of it, else None.
+
+    The check a hook makes first, on every request: a look-up in the current context,
+    nothing read, parsed or started (:func:`start` would return None for it).
+    """
+    if not api.loaded:
+        return None
+    outer = api.get_current().get(api.IN_CLIENT_CALL)
+    return outer if outer is not None and library in outer.lower else None
+
+
+def _settings() -> config.HttpSettings:
+    """The HTTP settings: the value read once (a module attribute), without a call once read."""
+    return config._http_settings or http_settings()  # noqa: SLF001 - the hot path's read
 
 
 class ClientSpan(SpanHandle):
     """One outgoing request's CLIENT span; its methods never raise."""
 
-    __slots__ = ("library", "parent", "previous", "resends", "injected", "state")
+    __slots__ = ("library", "lower", "parent", "previous", "resends", "injected", "state")
     WHAT = "a client span"
 
     def __init__(self, span: trace.Span, library: str, parent: context.Context, previous: ClientSpan | None = None) -> None:
-        super().__init__(span, parent)  # the context is set by start(): the span current, marked as this call
+        # SpanHandle's state, set here (a call less); the context is set by start(): the
+        # span current, marked as this call.
+        self.span = span
+        self.context = parent
+        self._token = None
+        self._ended = False
         self.library = library
+        self.lower = LOWER_LAYERS.get(library, _NO_LAYERS)  # the libraries that send this call's request
         self.parent = parent  # the caller's context: where a redirect's next hop starts
         self.previous = previous  # the ended hop this one follows (a redirect), if any
         self.resends = 0  # hops sent after this one from its context (redirects)
@@ -85,16 +108,36 @@ class ClientSpan(SpanHandle):
         if self._ended:
             self.context = None
 
+    def close(self) -> None:
+        """End the span and leave its context (``end`` then ``detach``, in one call)."""
+        if not self._ended:
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        token, self._token = self._token, None
+        if token is not None:
+            api.detach(token)
+        self.context = None
+
     # -- the request ------------------------------------------------------------------
 
     def headers(self) -> dict[str, str]:
         """The propagation headers for this span (``traceparent``, ``tracestate``, ``baggage`` ...)."""
-        if not self.injected and self.context is not None:  # None: ended, nothing to send
+        injected = self.injected
+        if not injected and self.context is not None:  # None: ended, nothing to send
             try:
-                api.propagate.inject(self.injected, context=self.context)
+                # The agent's formats (the default W3C ones) write the span's own context
+                # straight into the dict; any other propagator through the API's inject.
+                writer = getattr(api.propagate.get_global_textmap(), "dict_writer", None)
+                if writer is not None:
+                    writer(self.span.get_span_context(), self.context, injected)
+                else:
+                    api.propagate.inject(injected, context=self.context)
             except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
                 self.report(exc)
-        return self.injected
+        return injected
 
     def inject(self, headers: MutableMapping[str, str]) -> dict[str, str | None]:
         """Set the propagation headers on a mapping the hook may change.
@@ -116,7 +159,7 @@ class ClientSpan(SpanHandle):
                     del headers[key]
                     previous[name] = None
                 headers[name] = value
-            if http_settings().client_request_headers:
+            if _settings().client_request_headers:
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -131,8 +174,17 @@ class ClientSpan(SpanHandle):
 
     # -- the response -----------------------------------------------------------------
 
-    def set_response(self, status_code: int, protocol_version: str | None = None, headers: Iterable[tuple[str, str]] | None = None) -> None:
-        """Record the response head: 4xx and 5xx make the span an error."""
+    def set_response(
+        self,
+        status_code: int,
+        protocol_version: str | None = None,
+        headers: Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]]] | None = None,
+    ) -> None:
+        """Record the response head: 4xx and 5xx make the span an error.
+
+        ``headers``: the response's (name, value) pairs, or a function returning them
+        (called only when some are captured).
+        """
         try:
             span = self.span
             if protocol_version:  # one call: the SDK takes its lock once
@@ -141,9 +193,9 @@ class ClientSpan(SpanHandle):
                 set_known(span, {"http.response.status_code": status_code})
             if status_code >= 400:
                 mark_error(span, str(status_code))
-            wanted = http_settings().client_response_headers
+            wanted = _settings().client_response_headers
             if wanted and headers is not None:
-                capture_headers(span, "http.response.header.", wanted, headers)
+                capture_headers(span, "http.response.header.", wanted, headers() if callable(headers) else headers)
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
 
@@ -179,7 +231,7 @@ def start(
         if previous is not None:
             parent = previous.parent
         elif outer is not None:
-            if library in LOWER_LAYERS.get(outer.library, _NO_LAYERS):
+            if library in outer.lower:
                 return None  # a lower layer of a call that has its span
             if outer.ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
                 previous, parent = outer, outer.parent
@@ -209,16 +261,24 @@ def start(
         # One context: the span current, the call marked as in progress.
         call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
         if attach:
-            call.attach()
+            try:
+                call._token = api.set_current(call.context)  # SpanHandle.attach, inline
+            except Exception as exc:  # noqa: BLE001
+                call.report(exc)
         return call
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
 
 
+def capture_request_headers_wanted() -> bool:
+    """Whether request headers are captured (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST)."""
+    return bool(_settings().client_request_headers)
+
+
 def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:
     """Record the request headers named by OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST."""
-    wanted = http_settings().client_request_headers
+    wanted = _settings().client_request_headers
     if wanted:
         capture_headers(call.span, "http.request.header.", wanted, headers)
 
@@ -294,10 +354,14 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
     return full, parts.hostname, port
 
 
+# network.protocol.version of the versions http.client and urllib3 report as numbers.
+PROTOCOL_VERSIONS: dict[int, str] = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
+
+
 def protocol_version(version: object) -> str | None:
     """``network.protocol.version`` from what a library reports (11, 20, "HTTP/1.1", "HTTP/2")."""
     if isinstance(version, int):
-        return {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}.get(version)
+        return PROTOCOL_VERSIONS.get(version)
     if isinstance(version, str) and version:
         return version.rpartition("/")[2] or None
     return None
