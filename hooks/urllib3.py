@@ -201,7 +201,7 @@ def _record_response(call: client_span.ClientSpan, response) -> None:
         version = getattr(response, "version", None)
         call.set_response(
             response.status,
-            client_span.PROTOCOL_VERSIONS.get(version) if type(version) is int else client_span.protocol_version(version),
+            client_span.PROTOCOL_VERSIONS.get(version) or client_span.protocol_version(version),
             lambda: _response_headers(response),  # listed only when some are to be captured
         )
     except Exception:  # noqa: BLE001 - a response of another shape

@@ -239,8 +239,9 @@ class TraceContextPropagator(Propagator):
         if not valid:
             return
         values[TRACEPARENT] = f"00-{trace_id:032x}-{span_id:016x}-{int(flags) & 0xFF:02x}"
-        if trace_state:
+        if trace_state is not _NO_STATE and trace_state:  # the API's empty default: no call of __len__
             values[TRACESTATE] = ",".join(f"{key}={value}" for key, value in trace_state.items())
 
 
 _SPAN_CONTEXT = trace.SpanContext
+_NO_STATE = trace.DEFAULT_TRACE_STATE
