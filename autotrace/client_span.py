@@ -365,8 +365,12 @@ PROTOCOL_VERSIONS.update({"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "
 
 def protocol_version(version: object) -> str | None:
     """``network.protocol.version`` from what a library reports (11, 20, "HTTP/1.1", "HTTP/2")."""
+    try:
+        return PROTOCOL_VERSIONS[version]  # the usual ones: one look-up
+    except (KeyError, TypeError):
+        pass
     if isinstance(version, int):
-        return PROTOCOL_VERSIONS.get(int(version))
+        return None
     if isinstance(version, str) and version:
         return version.rpartition("/")[2] or None
     return None

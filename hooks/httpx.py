@@ -161,8 +161,7 @@ def _start(state: _Send | None, request) -> tuple[client_span.ClientSpan | None,
 def _returned(state: _Send | None, call: client_span.ClientSpan, request, previous: dict, response) -> None:
     """The hop's response head arrived: record it; its span ends with the call (see above)."""
     try:
-        version = response.http_version
-        version = client_span.PROTOCOL_VERSIONS.get(version) or client_span.protocol_version(version)
+        version = client_span.protocol_version(response.http_version)
         call.set_response(response.status_code, version, response.headers.multi_items)  # listed only if captured
     except Exception:  # noqa: BLE001 - a response object of a custom transport
         pass

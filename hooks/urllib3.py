@@ -198,10 +198,9 @@ def _url(pool, url) -> str:
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
-        version = getattr(response, "version", None)
         call.set_response(
             response.status,
-            client_span.PROTOCOL_VERSIONS.get(version) or client_span.protocol_version(version),
+            client_span.protocol_version(getattr(response, "version", None)),
             lambda: _response_headers(response),  # listed only when some are to be captured
         )
     except Exception:  # noqa: BLE001 - a response of another shape

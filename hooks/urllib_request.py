@@ -151,10 +151,9 @@ class _RequestHeaders:
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
-        version = getattr(response, "version", None)
         call.set_response(
             response.status,
-            client_span.PROTOCOL_VERSIONS.get(version) or client_span.protocol_version(version),
+            client_span.protocol_version(getattr(response, "version", None)),
             response.getheaders,  # called only when some are to be captured
         )
     except Exception:  # noqa: BLE001 - an http_class of the app's own
