@@ -151,7 +151,12 @@ class ClientSpan(SpanHandle):
         try:
             exact = type(headers) is dict  # a plain dict is case-sensitive; the rest are not
             for name, value in self.headers().items():
-                key, existing = _find(headers, name) if exact else (name, headers.get(name))
+                if not exact:
+                    key, existing = name, headers.get(name)
+                elif name in headers or not headers:  # _find's usual answers, without the call
+                    key, existing = name, headers.get(name)
+                else:
+                    key, existing = _find(headers, name)
                 previous[key] = existing
                 if existing is not None and existing != value:
                     self._replacing(name, existing)
@@ -159,7 +164,7 @@ class ClientSpan(SpanHandle):
                     del headers[key]
                     previous[name] = None
                 headers[name] = value
-            if _settings().client_request_headers:
+            if (config._http_settings or http_settings()).client_request_headers:  # noqa: SLF001 - _settings(), inline
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -193,7 +198,7 @@ class ClientSpan(SpanHandle):
                 set_known(span, {"http.response.status_code": status_code})
             if status_code >= 400:
                 mark_error(span, str(status_code))
-            wanted = _settings().client_response_headers
+            wanted = (config._http_settings or http_settings()).client_response_headers  # noqa: SLF001 - _settings(), inline
             if wanted and headers is not None:
                 capture_headers(span, "http.response.header.", wanted, headers() if callable(headers) else headers)
         except Exception as exc:  # noqa: BLE001
