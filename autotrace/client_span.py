@@ -24,7 +24,7 @@ CLIENT, ``url.full`` without user information and with secret query values (and
 
 from __future__ import annotations
 
-from . import _log, api, config, spans
+from . import _log, api, spans
 from .config import http_settings
 from .redact import redact_query
 from .server_span import KNOWN_METHODS
@@ -66,11 +66,6 @@ def enclosing(library: str) -> ClientSpan | None:
         return None
     outer = api.get_current().get(api.IN_CLIENT_CALL)
     return outer if outer is not None and library in outer.lower else None
-
-
-def _settings() -> config.HttpSettings:
-    """The HTTP settings: the value read once (a module attribute), without a call once read."""
-    return config._http_settings or http_settings()  # noqa: SLF001 - the hot path's read
 
 
 class ClientSpan(SpanHandle):
@@ -164,7 +159,7 @@ class ClientSpan(SpanHandle):
                     del headers[key]
                     previous[name] = None
                 headers[name] = value
-            if (config._http_settings or http_settings()).client_request_headers:  # noqa: SLF001 - _settings(), inline
+            if http_settings().client_request_headers:
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -198,7 +193,7 @@ class ClientSpan(SpanHandle):
                 set_known(span, {"http.response.status_code": status_code})
             if status_code >= 400:
                 mark_error(span, str(status_code))
-            wanted = (config._http_settings or http_settings()).client_response_headers  # noqa: SLF001 - _settings(), inline
+            wanted = http_settings().client_response_headers
             if wanted and headers is not None:
                 capture_headers(span, "http.response.header.", wanted, headers() if callable(headers) else headers)
         except Exception as exc:  # noqa: BLE001
@@ -278,12 +273,12 @@ def start(
 
 def capture_request_headers_wanted() -> bool:
     """Whether request headers are captured (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST)."""
-    return bool(_settings().client_request_headers)
+    return bool(http_settings().client_request_headers)
 
 
 def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:
     """Record the request headers named by OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST."""
-    wanted = _settings().client_request_headers
+    wanted = http_settings().client_request_headers
     if wanted:
         capture_headers(call.span, "http.request.header.", wanted, headers)
 
