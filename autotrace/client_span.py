@@ -32,7 +32,7 @@ from .spans import SpanHandle, capture_headers, error_type, mark_error, set_know
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, MutableMapping
+    from typing import Callable, Iterable, MutableMapping
 
     from opentelemetry import context, trace
 
@@ -53,18 +53,36 @@ _NO_LAYERS: frozenset[str] = frozenset()
 
 def is_lower_layer(library: str, outer: ClientSpan | None) -> bool:
     """Whether ``library`` sends the request of ``outer``, the call in progress (so starts no span)."""
-    return outer is not None and library in LOWER_LAYERS.get(outer.library, _NO_LAYERS)
+    return outer is not None and library in outer.lower
+
+
+def enclosing(library: str) -> ClientSpan | None:
+    """The call in progress in this context if ``library`` is a lower layer of it, else None.
+
+    The check a hook makes first, on every request: a look-up in the current context,
+    nothing read, parsed or started (:func:`start` would return None for it).
+    """
+    if not api.loaded:
+        return None
+    outer = api.get_current().get(api.IN_CLIENT_CALL)
+    return outer if outer is not None and library in outer.lower else None
 
 
 class ClientSpan(SpanHandle):
     """One outgoing request's CLIENT span; its methods never raise."""
 
-    __slots__ = ("library", "parent", "previous", "resends", "injected", "state")
+    __slots__ = ("library", "lower", "parent", "previous", "resends", "injected", "state")
     WHAT = "a client span"
 
     def __init__(self, span: trace.Span, library: str, parent: context.Context, previous: ClientSpan | None = None) -> None:
-        super().__init__(span, parent)  # the context is set by start(): the span current, marked as this call
+        # SpanHandle's state, set here (a call less); the context is set by start(): the
+        # span current, marked as this call.
+        self.span = span
+        self.context = parent
+        self._token = None
+        self._ended = False
         self.library = library
+        self.lower = LOWER_LAYERS.get(library, _NO_LAYERS)  # the libraries that send this call's request
         self.parent = parent  # the caller's context: where a redirect's next hop starts
         self.previous = previous  # the ended hop this one follows (a redirect), if any
         self.resends = 0  # hops sent after this one from its context (redirects)
@@ -85,16 +103,36 @@ class ClientSpan(SpanHandle):
         if self._ended:
             self.context = None
 
+    def close(self) -> None:
+        """End the span and leave its context (``end`` then ``detach``, in one call)."""
+        if not self._ended:
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        token, self._token = self._token, None
+        if token is not None:
+            api.detach(token)
+        self.context = None
+
     # -- the request ------------------------------------------------------------------
 
     def headers(self) -> dict[str, str]:
         """The propagation headers for this span (``traceparent``, ``tracestate``, ``baggage`` ...)."""
-        if not self.injected and self.context is not None:  # None: ended, nothing to send
+        injected = self.injected
+        if not injected and self.context is not None:  # None: ended, nothing to send
             try:
-                api.propagate.inject(self.injected, context=self.context)
+                # The agent's formats (the default W3C ones) write the span's own context
+                # straight into the dict; any other propagator through the API's inject.
+                writer = getattr(api.propagate.get_global_textmap(), "dict_writer", None)
+                if writer is not None:
+                    writer(self.span.get_span_context(), self.context, injected)
+                else:
+                    api.propagate.inject(injected, context=self.context)
             except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
                 self.report(exc)
-        return self.injected
+        return injected
 
     def inject(self, headers: MutableMapping[str, str]) -> dict[str, str | None]:
         """Set the propagation headers on a mapping the hook may change.
@@ -108,7 +146,12 @@ class ClientSpan(SpanHandle):
         try:
             exact = type(headers) is dict  # a plain dict is case-sensitive; the rest are not
             for name, value in self.headers().items():
-                key, existing = _find(headers, name) if exact else (name, headers.get(name))
+                if not exact:
+                    key, existing = name, headers.get(name)
+                elif name in headers or not headers:  # _find's usual answers, without the call
+                    key, existing = name, headers.get(name)
+                else:
+                    key, existing = _find(headers, name)
                 previous[key] = existing
                 if existing is not None and existing != value:
                     self._replacing(name, existing)
@@ -131,8 +174,17 @@ class ClientSpan(SpanHandle):
 
     # -- the response -----------------------------------------------------------------
 
-    def set_response(self, status_code: int, protocol_version: str | None = None, headers: Iterable[tuple[str, str]] | None = None) -> None:
-        """Record the response head: 4xx and 5xx make the span an error."""
+    def set_response(
+        self,
+        status_code: int,
+        protocol_version: str | None = None,
+        headers: Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]]] | None = None,
+    ) -> None:
+        """Record the response head: 4xx and 5xx make the span an error.
+
+        ``headers``: the response's (name, value) pairs, or a function returning them
+        (called only when some are captured).
+        """
         try:
             span = self.span
             if protocol_version:  # one call: the SDK takes its lock once
@@ -143,7 +195,7 @@ class ClientSpan(SpanHandle):
                 mark_error(span, str(status_code))
             wanted = http_settings().client_response_headers
             if wanted and headers is not None:
-                capture_headers(span, "http.response.header.", wanted, headers)
+                capture_headers(span, "http.response.header.", wanted, headers() if callable(headers) else headers)
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
 
@@ -179,7 +231,7 @@ def start(
         if previous is not None:
             parent = previous.parent
         elif outer is not None:
-            if library in LOWER_LAYERS.get(outer.library, _NO_LAYERS):
+            if library in outer.lower:
                 return None  # a lower layer of a call that has its span
             if outer.ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
                 previous, parent = outer, outer.parent
@@ -209,11 +261,19 @@ def start(
         # One context: the span current, the call marked as in progress.
         call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
         if attach:
-            call.attach()
+            try:
+                call._token = api.set_current(call.context)  # SpanHandle.attach, inline
+            except Exception as exc:  # noqa: BLE001
+                call.report(exc)
         return call
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
+
+
+def capture_request_headers_wanted() -> bool:
+    """Whether request headers are captured (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST)."""
+    return bool(http_settings().client_request_headers)
 
 
 def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:
@@ -228,7 +288,10 @@ def restore(headers: MutableMapping[str, str], previous: dict[str, str | None]) 
     try:
         for name, value in previous.items():
             if value is None:
-                headers.pop(name, None)
+                try:
+                    del headers[name]  # not pop(): a look-up less in a mapping of Python code (httpx's)
+                except KeyError:
+                    pass
             else:
                 headers[name] = value
     except Exception as exc:  # noqa: BLE001
@@ -294,10 +357,20 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
     return full, parts.hostname, port
 
 
+# network.protocol.version of the versions libraries report: http.client and urllib3 as
+# numbers, httpx as text (the rest through protocol_version()).
+PROTOCOL_VERSIONS: dict[object, str] = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
+PROTOCOL_VERSIONS.update({"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/3": "3"})
+
+
 def protocol_version(version: object) -> str | None:
     """``network.protocol.version`` from what a library reports (11, 20, "HTTP/1.1", "HTTP/2")."""
+    try:
+        return PROTOCOL_VERSIONS[version]  # the usual ones: one look-up
+    except (KeyError, TypeError):
+        pass
     if isinstance(version, int):
-        return {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}.get(version)
+        return None
     if isinstance(version, str) and version:
         return version.rpartition("/")[2] or None
     return None

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 # Servers whose service is named by the application argument ("module:attr").
 _APP_SERVERS = frozenset({"gunicorn", "uvicorn", "hypercorn", "waitress-serve", "waitress", "daphne", "granian"})
+APP_SERVERS = _APP_SERVERS  # the programs that serve an app named on their command line
 # Options of those servers that take no value, so the argument after them may be the app.
 _FLAGS = frozenset(
     {

@@ -151,7 +151,10 @@ class ExporterHandle(SpanExporter):
                 if self._exporter is None and not self._failed:
                     token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
                     try:
-                        self._exporter = self._factory()
+                        exporter = self._factory()
+                        if self._closing:  # made at exit (a forked child's first export): no retries either
+                            _stop_retries(exporter)
+                        self._exporter = exporter
                         export_report.quiet_sdk_export_logs()
                     except Exception as exc:  # noqa: BLE001 - fail open, one line
                         self._failed = True
@@ -211,13 +214,8 @@ class ExporterHandle(SpanExporter):
         if self.failures is not None:
             self.failures.closing = True
         exporter = self._exporter
-        closing = getattr(exporter, "closing", None)  # autotrace's OTLP/HTTP exporter
-        if callable(closing):
-            closing()
-        client = getattr(exporter, "_client", None)  # OTLP/HTTP: the SDK's HTTP client
-        for event in (getattr(client, "_shutdown_event", None), getattr(exporter, "_shutdown_in_progress", None)):
-            if event is not None and hasattr(event, "set"):
-                event.set()
+        if exporter is not None:  # None: not made yet (a forked child), _get stops its retries
+            _stop_retries(exporter)
 
     def waiting_for(self) -> str:
         """What an export under way waits for, in words ("" when none is known to wait)."""
@@ -240,6 +238,17 @@ class ExporterHandle(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         exporter = self._exporter
         return True if exporter is None else exporter.force_flush(timeout_millis)
+
+
+def _stop_retries(exporter: SpanExporter) -> None:
+    """Tell an exporter that the process is exiting: a failed export is not retried."""
+    closing = getattr(exporter, "closing", None)  # autotrace's OTLP/HTTP exporter
+    if callable(closing):
+        closing()
+    client = getattr(exporter, "_client", None)  # OTLP/HTTP: the SDK's HTTP client
+    for event in (getattr(client, "_shutdown_event", None), getattr(exporter, "_shutdown_in_progress", None)):
+        if event is not None and hasattr(event, "set"):
+            event.set()
 
 
 _handles: weakref.WeakSet[ExporterHandle] = weakref.WeakSet()

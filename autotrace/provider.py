@@ -19,7 +19,9 @@ importing what it imports at start-up, then loads the API and sets the SDK up, s
 first request finds everything ready. A request that comes earlier waits for that set-up
 (the lock below) or does it itself, as before; nothing is lost either way. A forked child
 (a gunicorn worker) starts its own thread if the SDK was not set up before the fork, and a
-process that forked such children (a prefork master) leaves the set-up to them.
+process that forked such children (a prefork master) leaves the set-up to them. An app
+server (gunicorn, uvicorn ...) does not wait: the bootstrap sets the SDK up at its start,
+before it binds its port (:func:`set_up_now`), and gunicorn's workers inherit it.
 
 Module state here is light: the SDK is imported only inside :func:`_set_up`.
 """
@@ -60,6 +62,25 @@ def arm(settings, entry, service_name: str) -> None:
 
     _setup_args = (settings, entry, service_name)
     importer.register("opentelemetry.trace", _wrap_api)
+
+
+def set_up_now() -> None:
+    """Set the SDK up at once, on this thread (an app server's start-up); never raises.
+
+    What the background set-up does once the app's start-up is over (:func:`prepare_soon`),
+    done now: the API and the agent's propagators, then the provider, unless the app's is set.
+    """
+    if _state != "waiting" or not _setup_args:
+        return
+    try:
+        from . import api
+
+        api.load()
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is not None:
+            trace.get_tracer_provider()  # sets the SDK up (see _wrap_api)
+    except Exception as exc:  # noqa: BLE001 - fail open: the first use sets it up instead
+        logger.debug("the SDK was not set up at start-up: %s: %s", type(exc).__name__, exc)
 
 
 def prepare_soon() -> None:

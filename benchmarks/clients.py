@@ -15,7 +15,8 @@ variants. ``--compare`` adds ``autotrace run`` of another install (a venv holdin
 earlier checkout), with that venv's Python: a before/after figure from the same run.
 ``--instructions``: instead of timing, the client process's instructions per call as
 valgrind's callgrind counts them (Debian package valgrind), which the machine's load does
-not move.
+not move. ``--count-calls``: the function calls per call (Python's and C's, as ``cProfile``
+counts them in the client's loop), spans not exported: what the hooks add, in seconds.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import harness
 
 CLIENT = '''
-import sys, time
+import os, sys, time
 form, url, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if form == "requests.get":
     import requests
@@ -51,6 +52,15 @@ elif form == "urllib":
     call = lambda: urllib.request.urlopen(url).read()
 for _ in range(min(200, calls)):  # warm-up: connections, caches, the SDK's set-up
     call()
+if os.environ.get("BENCH_COUNT_CALLS"):  # --count-calls
+    import cProfile, pstats
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        call()
+    profile.disable()
+    print(pstats.Stats(profile).total_calls / calls, 0)
+    sys.exit()
 start, cpu = time.perf_counter(), time.process_time()
 for _ in range(calls):
     call()
@@ -85,6 +95,10 @@ def main() -> None:
         "--instructions", action="store_true",
         help="count the client process's instructions per call with valgrind (callgrind) instead of timing: 200 and 1200 calls, once each",
     )
+    parser.add_argument(
+        "--count-calls", action="store_true",
+        help="count the function calls per call (cProfile, spans not exported) instead of timing: --calls calls once each",
+    )
     harness.add_compare(parser)
     args = parser.parse_args()
 
@@ -98,8 +112,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
-        if args.instructions:
-            _count_instructions(args.forms.split(","), variants, script, url)
+        if args.instructions or args.count_calls:
+            if args.instructions:
+                _count_instructions(args.forms.split(","), variants, script, url)
+            else:
+                _count_calls(args.forms.split(","), variants, script, url, args.calls)
             hello.shutdown()
             sink.shutdown()
             return
@@ -134,6 +151,18 @@ def _count_instructions(forms: list[str], variants: dict, script: Path, url: str
         plain = counts.pop("plain")
         line = "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items())
         print(f"{form:18} plain {plain:,.0f}{line}", flush=True)
+
+
+def _count_calls(forms: list[str], variants: dict, script: Path, url: str, calls: int) -> None:
+    print(f"function calls per call of the client's loop (cProfile, Python and C functions; spans not exported; {calls} calls)")
+    for form in forms:
+        counts = {}
+        for name, (prefix, environ) in variants.items():
+            environ = dict(harness.unexported(environ), BENCH_COUNT_CALLS="1")
+            counts[name] = harness.run_client([*prefix, str(script), form, url, str(calls)], environ, form)[0]
+        plain = counts.pop("plain")
+        line = "".join(f"   {name} {count:,.1f} (+{count - plain:,.1f})" for name, count in counts.items())
+        print(f"{form:18} plain {plain:,.1f}{line}", flush=True)
 
 
 if __name__ == "__main__":

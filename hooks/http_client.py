@@ -33,7 +33,6 @@ from __future__ import annotations
 import weakref
 
 from autotrace import _log, client_span
-from autotrace.config import http_settings
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -84,7 +83,7 @@ def _end(call: client_span.ClientSpan) -> None:
 
 def _wrap_putrequest(original):
     def putrequest(self, method, url, *args, **kwargs):
-        if client_span.is_lower_layer(LIBRARY, client_span.current_call()):
+        if client_span.enclosing(LIBRARY) is not None:
             # A lower layer of requests', urllib3's or urllib.request's call: a context
             # lookup and nothing else (client_span.start would say None as well).
             return original(self, method, url, *args, **kwargs)
@@ -115,7 +114,10 @@ def _wrap_putrequest(original):
 
 def _wrap_endheaders(original):
     def endheaders(self, *args, **kwargs):
-        call = _take(self)
+        try:
+            call = self.__dict__.pop(_CALL, None)  # _take, inline: nothing there under a library's call
+        except AttributeError:
+            call = None
         if call is None:
             return original(self, *args, **kwargs)
         _inject(self, call)
@@ -138,7 +140,10 @@ def _wrap_getresponse(original):
     def getresponse(self, *args, **kwargs):
         # Taken off the connection first: getresponse closes a connection the server
         # closes, and the close wrapper must not end the span before the response.
-        call = _take(self)
+        try:
+            call = self.__dict__.pop(_CALL, None)  # _take, inline
+        except AttributeError:
+            call = None
         if call is None:
             return original(self, *args, **kwargs)
         try:
@@ -206,7 +211,7 @@ def _inject(conn, call: client_span.ClientSpan) -> None:
                 buffer[:] = kept
         for name, value in headers.items():
             conn.putheader(name, value)
-        if http_settings().client_request_headers:
+        if client_span.capture_request_headers_wanted():
             client_span.capture_request_headers(call, _buffered_headers(buffer))
     except Exception:  # noqa: BLE001 - a wrong state (endheaders raises its own error) or an odd subclass
         pass
@@ -220,11 +225,10 @@ def _buffered_headers(buffer):
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
-        call.set_response(response.status, client_span.protocol_version(getattr(response, "version", None)), _response_headers(response))
+        call.set_response(
+            response.status,
+            client_span.protocol_version(getattr(response, "version", None)),
+            response.getheaders,  # called only when some are to be captured
+        )
     except Exception:  # noqa: BLE001 - a response_class of the app's own
         pass
-
-
-def _response_headers(response):
-    # A generator: the headers are listed only when some are to be captured.
-    yield from response.getheaders()

@@ -162,7 +162,7 @@ def _returned(state: _Send | None, call: client_span.ClientSpan, request, previo
     """The hop's response head arrived: record it; its span ends with the call (see above)."""
     try:
         version = client_span.protocol_version(response.http_version)
-        call.set_response(response.status_code, version, _pairs(response.headers))
+        call.set_response(response.status_code, version, response.headers.multi_items)  # listed only if captured
     except Exception:  # noqa: BLE001 - a response object of a custom transport
         pass
     client_span.restore(request.headers, previous)
@@ -173,11 +173,6 @@ def _returned(state: _Send | None, call: client_span.ClientSpan, request, previo
         if state.pending is not None:  # not expected: never leave a span open
             state.pending.end()
         state.pending = call
-
-
-def _pairs(headers):
-    """The response headers, decoded only if some are captured."""
-    yield from headers.multi_items()
 
 
 def _leave(token) -> None:

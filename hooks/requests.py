@@ -97,6 +97,14 @@ class Exchange:
         if exc is not None:
             current.fail(exc)
         current.end()
+        # The exchange is over: its spans forget it. Each referred to it (``state``) and it
+        # to them (``current``, and through it each ``previous``): a cycle per call, freed
+        # only by the garbage collector. A context carried past the call still finds the
+        # call (ended: not a redirect hop), no longer its exchange.
+        call = current
+        while call is not None:
+            call.state = None
+            call = call.previous
 
 
 def _first(call: client_span.ClientSpan) -> client_span.ClientSpan:
@@ -107,7 +115,9 @@ def _first(call: client_span.ClientSpan) -> client_span.ClientSpan:
 
 def exchange() -> Exchange | None:
     """The exchange of the requests call in progress in this context (urllib3's hook asks)."""
-    call = client_span.current_call()
+    if not api.loaded:
+        return None
+    call = api.get_current().get(api.IN_CLIENT_CALL)  # client_span.current_call(), inline
     if call is not None and call.library == LIBRARY:
         state = call.state
         return state if isinstance(state, Exchange) else None
@@ -129,10 +139,10 @@ def _wrap_send(original, prepared_request: type):
             response = original(self, request, **kwargs)
         except BaseException as exc:
             state.finish(exc)
-            call.detach()
+            call.close()  # ended by finish: its context left
             raise
         state.finish()
-        call.detach()
+        call.close()
         return response
 
     return send
@@ -172,7 +182,12 @@ class TracedAdapter:
             sent = request
         # The adapter runs with this hop's span current (the app's code in a custom
         # adapter, a request it sends being a child of the hop, not a hop).
-        token = api.attach(call.context) if call is not None and call.context is not None else None
+        token = None
+        if call is not None and call.context is not None:
+            try:
+                token = api.set_current(call.context)
+            except Exception:  # noqa: BLE001 - the adapter runs in the caller's context
+                token = None
         state.in_adapter = True
         try:
             response = self.adapter.send(sent, *args, **kwargs)
@@ -199,8 +214,10 @@ def _copy(request):
 
 def _wrap_dispatch_hook(original):
     def dispatch_hook(key, hooks, hook_data, **kwargs):
+        if not hooks or not hooks.get(key):  # requests dispatches every response: mostly to no hook
+            return original(key, hooks, hook_data, **kwargs)
         call = client_span.current_call()
-        if call is None or call.library != LIBRARY or not hooks or not hooks.get(key):
+        if call is None or call.library != LIBRARY:
             return original(key, hooks, hook_data, **kwargs)
         try:  # the span current, no call in progress: the hooks' requests are calls of their own
             state = call.state

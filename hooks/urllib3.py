@@ -95,12 +95,17 @@ def _wrap_make_request(original):
     passes_retries = _takes(original, "retries")
 
     def _make_request(self, conn, method, url, *args, **kwargs):
-        outer = client_span.current_call()
-        if client_span.is_lower_layer(LIBRARY, outer):
+        outer = client_span.enclosing(LIBRARY)
+        if outer is not None:
             return _under_requests(original, outer.state, self, conn, method, url, args, kwargs)
         call = None
         try:
-            resends = _resend_count(args, kwargs)
+            if passes_retries:  # _resend_count, inline
+                retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
+                history = getattr(retries, "history", None)
+                resends = len(history) if history else 0
+            else:
+                resends = _resends.get() if _resends is not None else 0
             call = client_span.start(LIBRARY, method, _url(self, url), resend_count=resends)
             if call is not None:
                 if headers_at is not None and len(args) > headers_at:
@@ -193,15 +198,17 @@ def _url(pool, url) -> str:
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
-        call.set_response(response.status, client_span.protocol_version(getattr(response, "version", None)), _response_headers(response))
+        call.set_response(
+            response.status,
+            client_span.protocol_version(getattr(response, "version", None)),
+            lambda: _response_headers(response),  # listed only when some are to be captured
+        )
     except Exception:  # noqa: BLE001 - a response of another shape
         pass
 
 
 def _response_headers(response):
-    # A generator: the headers are listed only when some are to be captured.
     headers = getattr(response, "headers", None)
     if headers is not None and hasattr(headers, "items"):
-        yield from headers.items()  # urllib3's HTTPResponse (2.x), http.client's (1.26)
-    else:
-        yield from response.getheaders()
+        return headers.items()  # urllib3's HTTPResponse (2.x), http.client's (1.26)
+    return response.getheaders()

@@ -109,6 +109,11 @@ class _RequestHeaders:
         request = self.request
         lower = name.lower()
         for mapping in (request.unredirected_hdrs, request.headers):
+            for other in mapping:  # almost always none: the list is made only when one is found
+                if other != key and isinstance(other, str) and other.lower() == lower:
+                    break
+            else:
+                continue
             others = [k for k in mapping if k != key and isinstance(k, str) and k.lower() == lower]
             if others:
                 if not any(saved is mapping for saved, _ in self.snapshots):
@@ -146,11 +151,10 @@ class _RequestHeaders:
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
-        call.set_response(response.status, client_span.protocol_version(getattr(response, "version", None)), _response_headers(response))
+        call.set_response(
+            response.status,
+            client_span.protocol_version(getattr(response, "version", None)),
+            response.getheaders,  # called only when some are to be captured
+        )
     except Exception:  # noqa: BLE001 - an http_class of the app's own
         pass
-
-
-def _response_headers(response):
-    # A generator: the headers are listed only when some are to be captured.
-    yield from response.getheaders()

@@ -211,14 +211,23 @@ def when_ready(server):
 
 
 @pytest.mark.parametrize(
-    "conf, preload",
-    [(AFTER_MASTER_SET_UP, True), (AFTER_MASTER_SET_UP, False), ("", True), ("", False)],
-    ids=["master-set-up-then-preload-fork", "master-set-up-then-fork", "preload-fork-at-once", "fork-at-once"],
+    "conf, preload, protocol",
+    [
+        (AFTER_MASTER_SET_UP, True, "http"),
+        (AFTER_MASTER_SET_UP, False, "http"),
+        ("", True, "http"),
+        ("", False, "http"),
+        ("", True, "grpc"),
+        ("", False, "grpc"),
+    ],
+    ids=["master-set-up-then-preload-fork", "master-set-up-then-fork", "preload-fork", "fork", "grpc-preload-fork-at-once", "grpc-fork-at-once"],
 )
-def test_gunicorn_workers_and_the_background_set_up(tmp_path, otlp_receiver, conf, preload):
-    """Workers forked after the master's set-up inherit it (one set-up in all); workers
-    forked at once, before it, set up on their own background thread (or, if a request
-    is quicker, on its thread), and the master, which records nothing, not at all. Either
+def test_gunicorn_workers_and_the_set_up(tmp_path, otlp_receiver, conf, preload, protocol):
+    """The master sets up at its start, before it binds its port, and the workers it forks
+    inherit that set-up (one set-up in all, on the master's main thread). With OTLP/gRPC
+    (no channel may be made before a fork) workers forked at once, before the master's
+    background set-up, set up on their own background thread (or, if a request is
+    quicker, on its thread), and the master, which records nothing, not at all. Either
     way each span arrives once, from its worker."""
     folder = tmp_path / "shop"
     write(folder, "app.py", WSGI)
@@ -226,12 +235,13 @@ def test_gunicorn_workers_and_the_background_set_up(tmp_path, otlp_receiver, con
     port = free_port()
     args = [AUTOTRACE, "run", "gunicorn", "-c", "conf.py", "-w", "2", "-b", f"127.0.0.1:{port}"]
     args += ["--preload"] if preload else []
-    env = env_for(otlp_receiver, HOME=str(tmp_path))
+    env = clean_env(**otlp_receiver.env(protocol), OTEL_LOG_LEVEL="debug", HOME=str(tmp_path))
+    master_sets_up = protocol == "http"
     with Watched(args + ["app:app"], folder, env) as server:
         wait_until_answers(f"http://127.0.0.1:{port}/ready", timeout=30, process=server)
         # Every process that sets up has done so (bounded): one master, or two workers.
         deadline = time.monotonic() + 30
-        while len(set_up_threads(server)) < (1 if conf else 2) and time.monotonic() < deadline:
+        while len(set_up_threads(server)) < (1 if master_sets_up else 2) and time.monotonic() < deadline:
             time.sleep(0.05)
         paths = [f"/request-{i}" for i in range(8)]
         for path in paths:
@@ -247,8 +257,10 @@ def test_gunicorn_workers_and_the_background_set_up(tmp_path, otlp_receiver, con
         assert span.resource["service.name"] == "shop"
         assert span.attributes["http.response.status_code"] == 200
     threads = set_up_threads(server)
-    if conf:
-        assert threads == ["autotrace-setup"]  # the master's, inherited by both workers
+    if master_sets_up:
+        assert threads == ["MainThread"]  # the master's, at its start, inherited by both workers
+        stderr = server.text("stderr")
+        assert stderr.index("TracerProvider set up") < stderr.index("Listening at")  # before the port accepts
     else:
         # Each worker's; the master's too only if it was quicker than its forks (it
         # leaves the set-up to workers forked before it).

@@ -7,13 +7,15 @@ The same calls under ``autotrace run`` are in integration/test_clients.py.
 
 from __future__ import annotations
 
+import gc
 
 import pytest
 import requests
 from opentelemetry import context
 from opentelemetry.trace import StatusCode
 
-from autotrace import patching
+from autotrace import client_span, patching
+from hooks import requests as requests_hook
 from client_checks import (
     CAPTURED_REQUEST_HEADERS,
     assert_failed,
@@ -410,3 +412,24 @@ def test_named_headers_are_captured(client_hooks, peer, monkeypatch):
     [span] = client_spans(client_hooks)
     [got] = peer.requests("capture")
     assert_named_headers_captured(span, got)
+
+
+def test_a_call_and_its_hops_are_freed_at_once_not_by_the_garbage_collector(client_hooks, peer, parent):
+    # The exchange and its spans referred to each other: a cycle per call, left to the
+    # collector. Once the outer send returns, nothing of the call is left in a cycle.
+    with requests.Session() as session:
+        session.get(peer.url("/ok", "warm"), timeout=5)  # the connection, outside the count
+        gc.collect()
+        gc.disable()
+        try:
+            session.get(peer.url("/ok", "nocycle"), timeout=5).close()
+            session.get(peer.url("/redirect/1", "nocycle-hops"), timeout=5).close()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = [type(found).__name__ for found in gc.garbage if isinstance(found, (client_span.ClientSpan, requests_hook.Exchange))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert left == []
+    assert len(client_spans(client_hooks)) == 5  # warm, nocycle, the redirect's three hops (1, 0, ok)

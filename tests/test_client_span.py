@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -233,3 +235,79 @@ def test_an_ended_and_left_call_is_freed_at_once_not_by_the_garbage_collector(sp
         gc.enable()
     assert left == []
     assert len([s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT]) == 3
+
+
+_KEYS = st.from_regex(r"[a-z][a-z0-9_\-*/@]{0,12}", fullmatch=True)
+_VALUES = st.from_regex(r"[!-+\--<>-~]{1,12}", fullmatch=True)  # tracestate value characters (no , or =)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sampled=st.booleans(),
+    states=st.dictionaries(_KEYS, _VALUES, max_size=4),
+    entries=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), max_size=4),
+    properties=st.booleans(),
+    names=st.sampled_from(["tracecontext,baggage", "tracecontext", "baggage", "baggage,tracecontext", "none"]),
+)
+def test_a_client_span_sends_the_headers_inject_makes(spans, sampled, states, entries, properties, names):
+    # The dict writer (the default formats' fast path) against the API's inject of the
+    # same context, through the same propagators: the same headers, in the same order.
+    from opentelemetry import baggage, propagate
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from autotrace.propagation import build
+    from autotrace.propagation.tracecontext import W3CTraceState
+
+    propagator = build(names.split(","))
+    assert propagator.dict_writer is not None
+    remote = SpanContext(0x1F, 0x2E, True, TraceFlags(1 if sampled else 0), W3CTraceState(states))
+    ctx = trace.set_span_in_context(NonRecordingSpan(remote))
+    for name, value in entries.items():
+        ctx = baggage.set_baggage(name, value, ctx)
+    if properties and entries:  # a property kept from an extracted header
+        ctx = propagator.extract({"baggage": "k=v;p=1"}, ctx)
+    saved = propagate.get_global_textmap()
+    propagate.set_global_textmap(propagator)
+    token = context.attach(ctx)
+    try:
+        call = client_span.start("lib", "GET", "http://h/")
+        sent = dict(call.headers())
+        expected: dict = {}
+        propagate.inject(expected, context=call.context)
+        call.close()
+    finally:
+        context.detach(token)
+        propagate.set_global_textmap(saved)
+    assert list(sent.items()) == list(expected.items())
+    if "tracecontext" in names:
+        assert sent["traceparent"].split("-")[1] == f"{0x1F:032x}"
+
+
+def test_a_propagator_of_another_kind_is_asked_through_inject(spans):
+    from opentelemetry import propagate
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    class Custom(TextMapPropagator):
+        def extract(self, carrier, context=None, getter=None):
+            return context
+
+        def inject(self, carrier, context=None, setter=None):
+            carrier["x-custom"] = format(trace.get_current_span(context).get_span_context().span_id, "016x")
+
+        @property
+        def fields(self):
+            return {"x-custom"}
+
+    from autotrace.propagation.composite import CompositePropagator
+
+    composite = CompositePropagator([Custom()])
+    assert composite.dict_writer is None
+    saved = propagate.get_global_textmap()
+    for textmap in (composite, Custom()):
+        propagate.set_global_textmap(textmap)
+        try:
+            call = client_span.start("lib", "GET", "http://h/")
+            assert call.headers() == {"x-custom": format(call.span.get_span_context().span_id, "016x")}
+            call.close()
+        finally:
+            propagate.set_global_textmap(saved)

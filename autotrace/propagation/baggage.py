@@ -166,25 +166,51 @@ class BaggagePropagator(Propagator):
 
     def write(self, context: Context | None, setter: textmap.Setter, carrier: object) -> None:
         entries = otel_baggage.get_all(context)
-        if not entries:
-            return
-        kept = get_value(_PROPERTIES_KEY, context) or {}
-        members: list[str] = []
-        size = 0
-        for name, value in entries.items():
-            if len(members) >= MAX_BAGGAGE_MEMBERS:
-                break
-            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-                continue
-            text = str(value)
-            member = f"{name}={_encode(text)}"
-            props = kept.get(name)
-            if props is not None and props[0] == text and props[1]:
-                member += ";" + ";".join(props[1])
-            extra = len(member) + (1 if members else 0)  # ASCII only: chars == bytes
-            if size + extra > MAX_BAGGAGE_BYTES:
-                continue
-            members.append(member)
-            size += extra
-        if members:
-            setter.set(carrier, BAGGAGE, ",".join(members))
+        if entries:
+            header = _header(entries, get_value(_PROPERTIES_KEY, context) or {})
+            if header:
+                setter.set(carrier, BAGGAGE, header)
+
+    def write_values(self, span_context: object, context: Context | None, values: dict) -> None:
+        """What :meth:`write` sets, into the dict ``values`` (``span_context`` is not read)."""
+        if context is not None and _BAGGAGE_KEY is not None and not context.get(_BAGGAGE_KEY):
+            return  # most requests carry no baggage: one look-up
+        entries = otel_baggage.get_all(context)
+        if entries:
+            header = _header(entries, get_value(_PROPERTIES_KEY, context) or {})
+            if header:
+                values[BAGGAGE] = header
+
+
+def _header(entries, kept: dict) -> str:
+    """The ``baggage`` header of ``entries`` (name -> value), with the properties ``kept``."""
+    members: list[str] = []
+    size = 0
+    for name, value in entries.items():
+        if len(members) >= MAX_BAGGAGE_MEMBERS:
+            break
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            continue
+        text = str(value)
+        member = f"{name}={_encode(text)}"
+        props = kept.get(name)
+        if props is not None and props[0] == text and props[1]:
+            member += ";" + ";".join(props[1])
+        extra = len(member) + (1 if members else 0)  # ASCII only: chars == bytes
+        if size + extra > MAX_BAGGAGE_BYTES:
+            continue
+        members.append(member)
+        size += extra
+    return ",".join(members)
+
+
+def _baggage_key() -> object:
+    """The key the API keeps baggage under in a context, found through its public function."""
+    try:
+        keys = list(otel_baggage.set_baggage("k", "v", Context()))
+        return keys[0] if len(keys) == 1 else None
+    except Exception:  # noqa: BLE001 - another layout: get_all is used
+        return None
+
+
+_BAGGAGE_KEY = _baggage_key()

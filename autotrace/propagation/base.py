@@ -13,6 +13,10 @@ A format subclasses :class:`Propagator` and gives:
 * ``write(context, setter, carrier)``: the format's fields for ``context``. (The
   composite calls its formats' ``write`` directly: injecting is on every outgoing
   request's path.)
+* optionally ``write_values(span_context, context, values)``: the same fields set in a
+  plain dict, for the span context given (the span current in ``context``): what a
+  client span sends with its request, without the getter, setter and context look-ups
+  (see :attr:`.composite.CompositePropagator.dict_writer`). None: the format has none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Propagator(textmap.TextMapPropagator):
 
     reads: frozenset[str] | None = None  # None: not a fixed set, a server always extracts
     writes: frozenset[str] = frozenset()
+    write_values = None  # or a method (span_context, context, values: dict): see the module docstring
 
     def extract(
         self,

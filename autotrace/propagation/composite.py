@@ -49,6 +49,11 @@ class CompositePropagator(Propagator):
         # How each injects: the agent's formats straight through their write() (a call
         # less on every outgoing request), others through the API's inject().
         self._writers = tuple((p, p.write if isinstance(p, Propagator) else None) for p in self._propagators)
+        value_writers = tuple(getattr(p, "write_values", None) if isinstance(p, Propagator) else None for p in self._propagators)
+        self._value_writers = value_writers if None not in value_writers else None
+        # write_values when every format has a dict writer (W3C trace context and baggage:
+        # the default), else None: a client span's headers are then made with inject().
+        self.dict_writer = self.write_values if self._value_writers is not None else None
 
     @property
     def propagators(self) -> tuple[textmap.TextMapPropagator, ...]:
@@ -130,6 +135,24 @@ class CompositePropagator(Propagator):
                     "propagation-inject:" + _name(propagator),
                     "propagator %s failed to inject (%s: %s); it is skipped",
                     _name(propagator),
+                    type(exc).__name__,
+                    exc,
+                )
+
+    def write_values(self, span_context: trace.SpanContext, context: Context | None, values: dict) -> None:
+        """The headers ``inject`` would write for ``context``, whose current span has
+        ``span_context``, set in the dict ``values``: each format's fields in the same order,
+        without the API's getter, setter and context look-ups (see :attr:`dict_writer`). A
+        format that raises is skipped, as in :meth:`write`."""
+        for write in self._value_writers or ():
+            try:
+                write(span_context, context, values)
+            except Exception as exc:  # noqa: BLE001 - one broken format must not stop the others
+                owner = getattr(write, "__self__", write)
+                _log.warn_once(
+                    "propagation-inject:" + _name(owner),
+                    "propagator %s failed to inject (%s: %s); it is skipped",
+                    _name(owner),
                     type(exc).__name__,
                     exc,
                 )

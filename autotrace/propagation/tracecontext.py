@@ -226,3 +226,22 @@ class TraceContextPropagator(Propagator):
         trace_state = span_context.trace_state
         if trace_state:
             setter.set(carrier, TRACESTATE, ",".join(f"{key}={value}" for key, value in trace_state.items()))
+
+    def write_values(self, span_context: trace.SpanContext, context: Context | None, values: dict) -> None:
+        """What :meth:`write` sets, for ``span_context``, into the dict ``values``."""
+        if type(span_context) is _SPAN_CONTEXT:
+            # The API's SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags,
+            # trace_state, is_valid): read at once, not through six properties.
+            trace_id, span_id, _, flags, trace_state, valid = span_context
+        else:
+            trace_id, span_id, flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
+            trace_state, valid = span_context.trace_state, span_context.is_valid
+        if not valid:
+            return
+        values[TRACEPARENT] = f"00-{trace_id:032x}-{span_id:016x}-{int(flags) & 0xFF:02x}"
+        if trace_state is not _NO_STATE and trace_state:  # the API's empty default: no call of __len__
+            values[TRACESTATE] = ",".join(f"{key}={value}" for key, value in trace_state.items())
+
+
+_SPAN_CONTEXT = trace.SpanContext
+_NO_STATE = trace.DEFAULT_TRACE_STATE
