@@ -10,6 +10,12 @@ wraps each call the app makes::
         found = db.statement(sql)
         return db.call("sqlite3", target_of(self), found, original, (self, sql, parameters), {})
 
+A hook on a hot path (a cursor's ``execute``) asks :func:`call_parent` first, so a call
+that gets no span costs a context look-up and nothing more (its statement is not read),
+then starts the span of a statement alone with :func:`start_statement`: its name and
+attributes are made once per statement and connection (:meth:`Target.span_of`), and the
+settings are read once per process (:func:`settings`), not per query.
+
 :func:`start` returns None, and the call runs untraced, when:
 
 - instrumentation is suppressed (the agent's own exporter runs so);
