@@ -10,6 +10,12 @@ wraps each call the app makes::
         found = db.statement(sql)
         return db.call("sqlite3", target_of(self), found, original, (self, sql, parameters), {})
 
+A hook on a hot path (a cursor's ``execute``) asks :func:`call_parent` first, so a call
+that gets no span costs a context look-up and nothing more (its statement is not read),
+then starts the span of a statement alone with :func:`start_statement`: its name and
+attributes are made once per statement and connection (:meth:`Target.span_of`), and the
+settings are read once per process (:func:`settings`), not per query.
+
 :func:`start` returns None, and the call runs untraced, when:
 
 - instrumentation is suppressed (the agent's own exporter runs so);
@@ -68,7 +74,7 @@ class Target:
     left out: every span of the connection starts from a copy of it.
     """
 
-    __slots__ = ("system", "namespace", "server_address", "server_port", "peer_address", "attributes")
+    __slots__ = ("system", "namespace", "server_address", "server_port", "peer_address", "attributes", "_spans")
 
     def __init__(
         self,
@@ -92,9 +98,27 @@ class Target:
             ("network.peer.address", peer_address),
             *(extra.items() if extra else ()),
         )
+        self._spans: dict[Statement, tuple[str, dict[str, object]]] = {}
+
+    def span_of(self, statement: Statement) -> tuple[str, dict[str, object]]:
+        """The name and attributes of a span of ``statement`` on this target, made at its
+        first use and kept (at most :data:`SPANS_KEPT` statements; then they are made
+        again): the target's attributes, then the statement's. The dict is the tracer's
+        input, never changed after it is made (the SDK and the light span copy it)."""
+        found = self._spans.get(statement)
+        if found is None:
+            found = _span_of(self, statement, None, None, None, None, None, None)
+            spans_kept = self._spans
+            if len(spans_kept) >= SPANS_KEPT:
+                spans_kept.clear()
+            spans_kept[statement] = found
+        return found
 
     def __repr__(self) -> str:
         return f"Target({self.attributes!r})"
+
+
+SPANS_KEPT = 64  # the statements a Target keeps its spans' name and attributes for
 
 
 class Statement:
@@ -183,8 +207,10 @@ def statement(sql: object, system: str | None = None) -> Statement | None:
 
 
 def clear_cache() -> None:
-    """Forget every cached :class:`Statement` (a setting changed; tests)."""
+    """Forget every cached :class:`Statement` and the settings they were made with (a setting changed; tests)."""
+    global _settings
     with _cache_lock:
+        _settings = None
         for index, cache in enumerate(_caches):
             cache.clear()
             _cache_chars[index] = 0
@@ -192,9 +218,22 @@ def clear_cache() -> None:
 
 config.on_db_settings_reset(clear_cache)
 
+# The database settings, read once (at the first query) and kept here, so that a query
+# reads a module global, not a function's result; dropped with the cache on a reset.
+_settings: config.DbSettings | None = None
+
+
+def settings() -> config.DbSettings:
+    """The database settings (:func:`autotrace.config.db_settings`), read once."""
+    global _settings
+    found = _settings
+    if found is None:
+        found = _settings = config.db_settings()
+    return found
+
 
 def _make_statement(text: str, mysql: bool) -> Statement:
-    mode = config.db_settings().statement
+    mode = (_settings or settings()).statement
     sanitized, operation, collection, summary = analyse(text, mysql)
     if mode == "sanitized":
         query_text: str | None = cap(sanitized)
@@ -641,9 +680,14 @@ def _join_capped(parts: list[str]) -> str:
 
 
 class DbCall(SpanHandle):
-    """One database or cache call's CLIENT span; its methods never raise."""
+    """One database or cache call's CLIENT span; its methods never raise.
 
-    __slots__ = ("library",)
+    ``comment``: whether the hook is to append the sqlcommenter comment to the statement
+    it sends (``AUTOTRACE_SQL_COMMENT=true``, read once: see :func:`with_comment`), so a
+    hook pays nothing for it when it is off.
+    """
+
+    __slots__ = ("library", "comment")
     WHAT = "a database span"
 
     def __init__(self, span: trace.Span, ctx: context.Context, library: str) -> None:
@@ -652,13 +696,25 @@ class DbCall(SpanHandle):
         self._token = None
         self._ended = False
         self.library = library
+        self.comment = False
 
     def close(self) -> None:
         """End the span and leave its context, then drop the context: it holds this call
         (:data:`autotrace.api.IN_DB_CALL`), and without that cycle the call and its span are
-        freed at once, not by the garbage collector (whose passes a query would then pay for)."""
-        self.end()
-        self.detach()
+        freed at once, not by the garbage collector (whose passes a query would then pay for).
+
+        :meth:`SpanHandle.end` and :meth:`SpanHandle.detach`, inline: every query ends here.
+        """
+        if not self._ended:
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        token = self._token
+        if token is not None:
+            self._token = None
+            api.detach(token)
         self.context = None
 
     def fail(self, exc: BaseException, status_code: str | None = None) -> None:  # type: ignore[override]
@@ -676,6 +732,7 @@ class DbCall(SpanHandle):
 
 
 _tracer_names: dict[str, str] = {}
+_new_call = object.__new__  # a DbCall without __init__'s frame: start() sets its slots
 
 
 def start(
@@ -699,53 +756,103 @@ def start(
     pipeline) is recorded when it is 2 or more, and then the statement's operation is
     ``"BATCH <operation>"``, as semconv says. ``parent``: what :func:`call_parent` gave
     the hook just before (not asked again). Never raises.
+
+    A statement alone (the usual query) takes the span's name and attributes its target
+    keeps for it (:meth:`Target.span_of`): made once per statement and connection.
     """
     try:
         if parent is None:
             parent = call_parent()
-        if parent is None:
-            return None
-        span_attributes = dict(target.attributes)
-        summary = None
-        if statement is not None:
-            span_attributes.update(statement.attributes)
-            summary = statement.summary
-            if operation is None:
-                operation = statement.operation
-                if operation is not None and batch_size is not None and batch_size >= 2:
-                    operation = "BATCH " + operation
-                    span_attributes["db.operation.name"] = operation
-            if collection is None:
-                collection = statement.collection
-        if operation is not None:
-            span_attributes["db.operation.name"] = operation
-        if collection is not None:
-            span_attributes["db.collection.name"] = collection
-        if query_text is not None:
-            span_attributes["db.query.text"] = cap(query_text)
-        if batch_size is not None and batch_size >= 2:
-            span_attributes["db.operation.batch.size"] = batch_size
-        if attributes:
-            span_attributes.update(attributes)
-        if name is None:
-            if summary is not None:
-                name = summary
-            elif operation is not None:
-                name = f"{operation} {collection}" if collection is not None else operation
-            else:
-                name = target.system
-        tracer = _tracer_names.get(library)
-        if tracer is None:
-            tracer = _tracer_names[library] = TRACER_PREFIX + library
-        span = spans.new_span(tracer, name, api.SpanKind.CLIENT, parent, span_attributes)
-        call = DbCall(span, parent, library)
-        # One context: the span current, the call marked as in progress; then one attach.
-        ctx = call.context = api.with_span(span, parent, api.IN_DB_CALL, call)
-        call._token = api.set_current(ctx)  # noqa: SLF001 - SpanHandle.attach, inline
-        return call
+            if parent is None:
+                return None
+        if (
+            statement is not None
+            and name is None
+            and operation is None
+            and collection is None
+            and query_text is None
+            and attributes is None
+            and (batch_size is None or batch_size < 2)
+        ):
+            name, span_attributes = target.span_of(statement)
+        else:
+            name, span_attributes = _span_of(target, statement, name, operation, collection, query_text, batch_size, attributes)
+        return _started(library, name, span_attributes, parent)
     except Exception as exc:  # noqa: BLE001 - never fail the app's query
         spans.report(exc, DbCall.WHAT, "the query", "db-span")
         return None
+
+
+def start_statement(library: str, target: Target, statement: Statement, parent: context.Context) -> DbCall | None:
+    """:func:`start` of a statement alone (the usual query: no batch, nothing overridden)
+    under ``parent``, what :func:`call_parent` just gave (not None). Never raises."""
+    try:
+        name, span_attributes = target.span_of(statement)
+        return _started(library, name, span_attributes, parent)
+    except Exception as exc:  # noqa: BLE001 - never fail the app's query
+        spans.report(exc, DbCall.WHAT, "the query", "db-span")
+        return None
+
+
+def _started(library: str, name: str, span_attributes: dict[str, object], parent: context.Context) -> DbCall:
+    """The call's span started under ``parent`` and made current. Raises what the SDK raises."""
+    tracer = _tracer_names.get(library)
+    if tracer is None:
+        tracer = _tracer_names[library] = TRACER_PREFIX + library
+    span = spans.new_span(tracer, name, api.SpanKind.CLIENT, parent, span_attributes)
+    # DbCall.__init__, inline.
+    call = _new_call(DbCall)
+    call.span = span
+    call._ended = False  # noqa: SLF001 - this module's class
+    call.library = library
+    call.comment = (_settings or settings()).sql_comment
+    # One context: the span current, the call marked as in progress; then one attach.
+    ctx = call.context = api.with_span(span, parent, api.IN_DB_CALL, call)
+    call._token = api.set_current(ctx)  # noqa: SLF001 - SpanHandle.attach, inline
+    return call
+
+
+def _span_of(
+    target: Target,
+    statement: Statement | None,
+    name: str | None,
+    operation: str | None,
+    collection: str | None,
+    query_text: str | None,
+    batch_size: int | None,
+    attributes: Mapping[str, object] | None,
+) -> tuple[str, dict[str, object]]:
+    """The span's name and attributes (see :func:`start`)."""
+    span_attributes = dict(target.attributes)
+    summary = None
+    if statement is not None:
+        span_attributes.update(statement.attributes)
+        summary = statement.summary
+        if operation is None:
+            operation = statement.operation
+            if operation is not None and batch_size is not None and batch_size >= 2:
+                operation = "BATCH " + operation
+                span_attributes["db.operation.name"] = operation
+        if collection is None:
+            collection = statement.collection
+    if operation is not None:
+        span_attributes["db.operation.name"] = operation
+    if collection is not None:
+        span_attributes["db.collection.name"] = collection
+    if query_text is not None:
+        span_attributes["db.query.text"] = query_text if len(query_text) <= MAX_QUERY_TEXT else cap(query_text)
+    if batch_size is not None and batch_size >= 2:
+        span_attributes["db.operation.batch.size"] = batch_size
+    if attributes:
+        span_attributes.update(attributes)
+    if name is None:
+        if summary is not None:
+            name = summary
+        elif operation is not None:
+            name = f"{operation} {collection}" if collection is not None else operation
+        else:
+            name = target.system
+    return name, span_attributes
 
 
 def call_parent() -> context.Context | None:
@@ -762,26 +869,22 @@ def call_parent() -> context.Context | None:
         parent = api.get_current()
         if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
             return None
-        if not _in_trace(parent) and not config.db_settings().root_spans:
+        # Whether a trace is current: get_current_span(parent)'s context is valid.
+        key = api.SPAN_KEY
+        if key is None:
+            valid = api.trace.get_current_span(parent).get_span_context().is_valid
+        else:
+            span = parent.get(key)
+            try:
+                valid = span is not None and span.get_span_context().is_valid
+            except AttributeError:  # not a span: get_current_span would give the invalid one
+                valid = False
+        if not valid and not (_settings or settings()).root_spans:
             return None
         return parent
     except Exception as exc:  # noqa: BLE001 - the call goes untraced
         spans.report(exc, DbCall.WHAT, "the query", "db-span")
         return None
-
-
-def _in_trace(parent: context.Context) -> bool:
-    """Whether ``parent`` has a valid current span (``get_current_span(parent)``'s context is valid)."""
-    key = api.SPAN_KEY
-    if key is None:
-        return api.trace.get_current_span(parent).get_span_context().is_valid
-    span = parent.get(key)
-    if span is None:
-        return False
-    try:
-        return span.get_span_context().is_valid
-    except AttributeError:  # not a span: get_current_span would give the invalid one
-        return False
 
 
 def current() -> DbCall | None:
@@ -892,7 +995,7 @@ def with_comment(sql: str, call: DbCall | None, *, percent_format: bool = False)
     Not for a statement that must stay byte-identical (a prepared statement reused, a
     driver's statement cache, ``executemany``): the comment makes each text unique.
     """
-    if call is None or not config.db_settings().sql_comment:
+    if call is None or not (_settings or settings()).sql_comment:
         return sql
     try:
         if isinstance(sql, bytes):

@@ -79,12 +79,38 @@ def text(value: object) -> str | None:
 
 
 def _execute(original: Callable, driver: Driver) -> Callable:
+    library = driver.library
+    target_of = driver.target_of
+
     def execute(self, query, args=None):
-        target = cursor_target(self, driver)
-        call = None if target is None else db.start(driver.library, target, db.statement(query, target.system))
+        # Asked first: a statement under another call (executemany's, SQLAlchemy's) is not even read.
+        parent = db.call_parent()
+        call = None
+        if parent is not None:
+            try:
+                connection = self.connection
+                target = None if connection is None else target_of(connection)
+            except Exception:  # noqa: BLE001 - untraced, the driver does what it does
+                target = None
+            if target is not None:
+                statement = db.statement(query, target.system)
+                if statement is not None:
+                    call = db.start_statement(library, target, statement, parent)
+                else:
+                    call = db.start(library, target, parent=parent)
         if call is None:
             return original(self, query, args)
-        return db.run(call, original, self, _commented(query, args, call), args)
+        if call.comment:
+            query = _commented(query, args, call)
+        # db.run, inline (every query passes here): the result or exception untouched.
+        try:
+            result = original(self, query, args)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return execute
 

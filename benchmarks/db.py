@@ -1,6 +1,6 @@
 """Cost of a database or cache call: plain Python vs under ``autotrace run``, inside a request span.
 
-    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone] [--instructions] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/db.py [--calls 5000] [--rounds 7] [--forms redis.get,psycopg.select1,...] [--no-export] [--hook-alone] [--instructions] [--opcodes] [--compare LABEL=VENV_BIN_DIR ...]
 
 One script for every database hook. A client process makes ``--calls`` sequential calls
 over loopback and prints the mean time per call (wall clock, and the CPU time of the
@@ -26,6 +26,9 @@ against plain in the same run. ``--hook-alone`` adds the psycopg hook's own cost
 request (no span current), measured in process against a no-op cursor. ``--instructions``:
 instead of timing, the client process's instructions per call as valgrind's callgrind
 counts them (Debian package valgrind): load-proof, where the times above swing.
+``--opcodes``: the Python bytecodes each call runs (``sys.settrace`` in the client
+process, 300 calls after the warm-up): exact and quick where valgrind takes minutes a
+run, but blind to C code (the drivers' own, the context variables, allocation).
 
 The servers are started for the run from the Debian packages, as the tests start them
 (tests/dbservers.py: loopback, a temporary directory, an unprivileged user when root);
@@ -48,6 +51,7 @@ from urllib.parse import unquote, urlsplit
 from opentelemetry import trace
 
 form, url, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+OPCODES = len(sys.argv) > 4 and sys.argv[4] == "opcodes"
 library = form.partition(".")[0]
 call = None
 if form == "redis.get":
@@ -98,9 +102,29 @@ elif library != "asyncpg":
     raise SystemExit(f"unknown form {form}")
 
 
+counting = [0]
+
+
+def count_opcodes(frame, event, arg):  # sys.settrace: every bytecode the calls run, in any frame
+    frame.f_trace_opcodes = True
+    if event == "opcode":
+        counting[0] += 1
+    return count_opcodes
+
+
+def opcodes(call):  # (--opcodes) the Python bytecodes per call instead of times: deterministic
+    sys.settrace(count_opcodes)
+    for _ in range(calls):
+        call()
+    sys.settrace(None)
+    return counting[0], 0.0
+
+
 def timed(call):
     for _ in range(min(500, calls)):  # warm-up: connections, caches, the SDK's set-up
         call()
+    if OPCODES:
+        return opcodes(call)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         call()
@@ -112,6 +136,13 @@ async def timed_asyncpg():
     connection = await asyncpg.connect(url)
     for _ in range(min(500, calls)):
         await connection.fetchval("SELECT 1")
+    if OPCODES:
+        sys.settrace(count_opcodes)
+        for _ in range(calls):
+            await connection.fetchval("SELECT 1")
+        sys.settrace(None)
+        await connection.close()
+        return counting[0], 0.0
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         await connection.fetchval("SELECT 1")
@@ -187,6 +218,10 @@ def main() -> None:
         "--instructions", action="store_true",
         help="count the client process's instructions per call with valgrind (callgrind) instead of timing: 500 and 1500 calls, once each",
     )
+    parser.add_argument(
+        "--opcodes", action="store_true",
+        help="count the Python bytecodes each call runs (sys.settrace, in the client process) instead of timing: exact and quick, the C code left out",
+    )
     harness.add_compare(parser)
     args = parser.parse_args()
     forms = args.forms.split(",")
@@ -217,6 +252,20 @@ def main() -> None:
             urls[system] = given[system] or stack.enter_context(dbservers.running(system)).url()
         script = Path(directory, "client.py")
         script.write_text(CLIENT)
+        if args.opcodes:
+            print("Python bytecodes per call (sys.settrace; spans not exported): deterministic, quick; C code not counted")
+            for form in forms:
+                url = urls.get(FORMS[form] or "", "-")
+                counts = {
+                    name: harness.run_client([*prefix, str(script), form, url, "300", "opcodes"], harness.unexported(environ), form)[0] / 1e6  # the count per call, as the script prints it
+                    for name, (prefix, environ) in variants.items()
+                    if "no export" not in name
+                }
+                plain = counts.pop("plain")
+                line = "".join(f"   {name} {count:,.0f} (+{count - plain:,.0f})" for name, count in counts.items())
+                print(f"{form:20} plain {plain:,.0f}{line}", flush=True)
+            sink.shutdown()
+            return
         if args.instructions:
             print("instructions per call of the client process, user space, spans not exported (valgrind --tool=callgrind; 1500 minus 500 calls)")
             for form in forms:

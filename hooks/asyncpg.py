@@ -140,13 +140,18 @@ def _argument(args: tuple, kwargs: dict, name: str, index: int = 0) -> Any:
 
 
 def _start(connection, statement_text: object, **start_kwargs: Any) -> db.DbCall | None:
-    """The call's span; None inside a call in progress (asyncpg's own calls under it), or untraced."""
-    if db.current() is not None:
+    """The call's span; None inside a call in progress (asyncpg's own calls under it), or
+    untraced (asked first: the statement of a call that gets no span is not even read)."""
+    parent = db.call_parent()
+    if parent is None:
         return None
     found = target(connection)
     if found is None:
         return None
-    return db.start(LIBRARY, found, db.statement(statement_text), **start_kwargs)
+    statement = db.statement(statement_text)
+    if statement is not None and not start_kwargs:
+        return db.start_statement(LIBRARY, found, statement, parent)
+    return db.start(LIBRARY, found, statement, parent=parent, **start_kwargs)
 
 
 def _wrap_execute(original):
@@ -155,20 +160,35 @@ def _wrap_execute(original):
         call = _start(self, query)
         if call is None:
             return await original(self, *args, **kwargs)
-        if len(args) == 1 and isinstance(query, str):
+        if call.comment and len(args) == 1 and isinstance(query, str):
             # No arguments: a simple query, not in the statement cache; it may carry the comment.
             args = (db.with_comment(query, call),)
-        return await db.run_async(call, original, self, *args, **kwargs)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return execute
 
 
 def _wrap_query(original):
     async def query_method(self, *args, **kwargs):
-        call = _start(self, _argument(args, kwargs, "query"))
+        call = _start(self, args[0] if args else kwargs.get("query"))
         if call is None:
             return await original(self, *args, **kwargs)
-        return await db.run_async(call, original, self, *args, **kwargs)
+        # db.run_async, inline (every query passes here): the result or exception untouched.
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return query_method
 

@@ -100,7 +100,8 @@ def patch_pool(module: ModuleType) -> None:
 
 
 def connection_target(conn) -> db.Target:
-    """The connection's Target, read from ``conn.info`` at its first statement and kept on it."""
+    """The connection's Target, read from ``conn.info`` at its first statement and kept on
+    it (``conn.__dict__[TARGET]``, which a query reads first)."""
     try:
         return conn.__dict__[TARGET]
     except KeyError:
@@ -121,14 +122,26 @@ def connection_target(conn) -> db.Target:
 _in_checkout: ContextVar[bool] = ContextVar("autotrace-psycopg-checkout", default=False)
 
 
-def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
+def _start(cursor, query, batch_size: int | None = None) -> db.DbCall | None:
+    """The span of a statement ``cursor`` sends; None when it gets none (asked first: a
+    statement under another call, SQLAlchemy's or a pool's, is not even read)."""
     if _in_checkout.get():
+        return None
+    parent = db.call_parent()
+    if parent is None:
         return None
     try:
         conn = cursor._conn
-    except AttributeError:
-        return None
-    return db.start(LIBRARY, connection_target(conn), db.statement_of(query, conn), **start_kwargs)
+        target = conn.__dict__[TARGET]
+    except (AttributeError, KeyError):  # the connection's first statement (or an odd cursor)
+        conn = getattr(cursor, "_conn", None)
+        if conn is None:
+            return None
+        target = connection_target(conn)
+    statement = db.statement(query) if query.__class__ is str else db.statement_of(query, conn)
+    if statement is not None and batch_size is None:
+        return db.start_statement(LIBRARY, target, statement, parent)
+    return db.start(LIBRARY, target, statement, batch_size=batch_size, parent=parent)
 
 
 def _commented(args: tuple, kwargs: dict, call: db.DbCall) -> tuple:
@@ -149,9 +162,17 @@ def _wrap_execute(original):
         call = _start(self, args[0] if args else kwargs.get("query"))
         if call is None:
             return original(self, *args, **kwargs)
-        if args:
+        if args and call.comment:
             args = _commented(args, kwargs, call)
-        return db.run(call, original, self, *args, **kwargs)
+        # db.run, inline (every query passes here): the result or exception untouched.
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return execute
 
@@ -161,9 +182,16 @@ def _wrap_async_execute(original):
         call = _start(self, args[0] if args else kwargs.get("query"))
         if call is None:
             return await original(self, *args, **kwargs)
-        if args:
+        if args and call.comment:
             args = _commented(args, kwargs, call)
-        return await db.run_async(call, original, self, *args, **kwargs)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return execute
 

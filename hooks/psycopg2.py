@@ -218,10 +218,18 @@ def _make_cursor_hook(cursor: type) -> type:
         def execute(self, *args, **kwargs):
             call = _start(self, args[0] if args else kwargs.get("query"))
             if call is None:
-                return super().execute(*args, **kwargs)
-            if args:
+                return cursor.execute(self, *args, **kwargs)
+            if args and call.comment:
                 args = _commented(args, kwargs.get("vars"), call)
-            return db.run(call, super().execute, *args, **kwargs)
+            # db.run, inline (every query passes here): the result or exception untouched.
+            try:
+                result = cursor.execute(self, *args, **kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                call.close()
+                raise
+            call.close()
+            return result
 
         def executemany(self, *args, **kwargs):
             query = args[0] if args else kwargs.get("query")
@@ -264,11 +272,19 @@ def _make_cursor_hook(cursor: type) -> type:
     return CursorHook
 
 
-def _start(cursor, query, **start_kwargs) -> db.DbCall | None:
+def _start(cursor, query, batch_size: int | None = None) -> db.DbCall | None:
+    """The span of a statement ``cursor`` sends; None when it gets none (asked first: a
+    statement under another call, SQLAlchemy's, is not even read)."""
     target = getattr(cursor, TARGET, None)
     if target is None:
         return None
-    return db.start(LIBRARY, target, db.statement_of(query, cursor.connection), **start_kwargs)
+    parent = db.call_parent()
+    if parent is None:
+        return None
+    statement = db.statement(query) if query.__class__ is str else db.statement_of(query, cursor.connection)
+    if statement is not None and batch_size is None:
+        return db.start_statement(LIBRARY, target, statement, parent)
+    return db.start(LIBRARY, target, statement, batch_size=batch_size, parent=parent)
 
 
 def _commented(args: tuple, params: object, call: db.DbCall) -> tuple:

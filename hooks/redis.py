@@ -43,7 +43,7 @@ made from the arguments as they are.
 
 from __future__ import annotations
 
-from autotrace import config, db
+from autotrace import db
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -104,7 +104,15 @@ def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | Non
         call = _start_command(self, args, target_of)
         if call is None:
             return original(self, *args, **options)
-        return db.run(call, original, self, *args, **options)
+        # db.run, inline (every command passes here): the result or exception untouched.
+        try:
+            result = original(self, *args, **options)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return execute_command
 
@@ -114,7 +122,14 @@ def _wrap_command_async(original: Callable, target_of: Callable[[Any], db.Target
         call = _start_command(self, args, target_of)
         if call is None:
             return await original(self, *args, **options)
-        return await db.run_async(call, original, self, *args, **options)
+        try:
+            result = await original(self, *args, **options)
+        except BaseException as exc:
+            call.fail(exc)
+            call.close()
+            raise
+        call.close()
+        return result
 
     return execute_command
 
@@ -149,7 +164,7 @@ def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Targe
         if target is None:
             return None
         operation, hidden = command_name(args[0])
-        mode = config.db_settings().statement
+        mode = db.settings().statement
         text = None if mode == "off" else command_text(operation, args, hidden, mode == "raw")
         return db.start(LIBRARY, target, name=operation, operation=operation, query_text=text, parent=parent)
     except Exception:  # noqa: BLE001 - an odd command: sent untraced (db.start reports its own failures)
@@ -173,7 +188,7 @@ def _start_pipeline(pipeline: Any, target_of: Callable[[Any], db.Target | None])
         if size == 0 and not getattr(pipeline, "watching", False):
             return None
         operation = "MULTI" if is_transaction(pipeline) else "PIPELINE"
-        mode = config.db_settings().statement
+        mode = db.settings().statement
         text = None
         if mode != "off" and commands:
             raw = mode == "raw"

@@ -106,13 +106,20 @@ def _before_cursor_execute(conn, cursor, statement, parameters, context, execute
         if stale is not None:  # a statement whose end SQLAlchemy did not tell (see the docstring)
             stale.close()
         engine = conn.engine
-        target = _target(engine)
-        batch = _batch_size(parameters, context) if executemany else None
-        call = db.start(LIBRARY, target, db.statement(statement, target.system), batch_size=batch)
+        target = engine.__dict__.get(TARGET) or _target(engine)  # (1.4: wraps the dialect's ping at once)
+        parent = db.call_parent()  # asked before the statement is read
+        if parent is None:
+            return statement, parameters
+        found = db.statement(statement, target.system)
+        if executemany or found is None:
+            batch = _batch_size(parameters, context) if executemany else None
+            call = db.start(LIBRARY, target, found, batch_size=batch, parent=parent)
+        else:
+            call = db.start_statement(LIBRARY, target, found, parent)
         if call is None:
             return statement, parameters
         state[CALL] = call
-        if not executemany:
+        if not executemany and call.comment:
             statement = _commented(statement, parameters, context, engine.dialect, call)
     except Exception as exc:  # noqa: BLE001 - the statement runs regardless
         _log.warn_once("sqlalchemy-start", "autotrace: a SQLAlchemy statement could not be traced (%s: %s)", type(exc).__name__, exc)

@@ -351,3 +351,43 @@ def test_a_closed_call_is_freed_at_once_not_by_the_garbage_collector(recorded, p
 
     assert _left_for_the_collector(db.DbCall, queries) == []
     assert len(recorded.get_finished_spans()) == 3
+
+
+def test_a_targets_span_of_a_statement_is_made_once_bounded_and_never_another_statements(recorded, db_env):
+    target = db.Target("postgresql", "shop")
+    first = db.statement("SELECT * FROM users WHERE id = 1")
+    name, attributes = target.span_of(first)
+    assert (name, attributes) == ("SELECT users", {**target.attributes, **first.attributes})
+    assert target.span_of(first) is target.span_of(first)  # kept
+    made = []
+    for i in range(db.SPANS_KEPT * 3):
+        statement = db.statement(f"UPDATE t{i} SET a = {i}")
+        made.append(statement)
+        found = target.span_of(statement)
+        assert found == (f"UPDATE t{i}", {**target.attributes, **statement.attributes})
+        assert len(target._spans) <= db.SPANS_KEPT  # noqa: SLF001 - bounded
+    for i, statement in enumerate(made):  # after evictions: each statement's own, made again
+        assert target.span_of(statement)[1]["db.query.text"] == f"UPDATE t{i} SET a = ?"
+    db_env(AUTOTRACE_DB_STATEMENT="raw")  # a new setting: new statements, their own spans
+    assert target.span_of(db.statement("SELECT * FROM users WHERE id = 1"))[1]["db.query.text"] == "SELECT * FROM users WHERE id = 1"
+
+
+def test_start_statement_is_start_for_a_statement_alone(recorded, parent):
+    statement = db.statement("DELETE FROM carts WHERE id = 7")
+    call = db.start_statement("psycopg", TARGET, statement, db.call_parent())
+    assert db.current() is call and call.comment is False
+    call.close()
+    other = db.start("psycopg", TARGET, statement)
+    other.close()
+    first, second = recorded.get_finished_spans()
+    assert (first.name, dict(first.attributes)) == (second.name, dict(second.attributes)) == ("DELETE carts", {**TARGET.attributes, **statement.attributes})
+
+
+def test_a_call_says_whether_the_sql_comment_is_wanted_as_the_setting_says(recorded, parent, db_env):
+    call = db.start("x", TARGET, db.statement("SELECT 1"))
+    assert call.comment is False
+    call.close()
+    db_env(AUTOTRACE_SQL_COMMENT="true")  # read again after a reset
+    call = db.start("x", TARGET, db.statement("SELECT 1"))
+    assert call.comment is True
+    call.close()
