@@ -17,8 +17,8 @@ layer (no span of its own, no Redis span for the broker's commands).
 
 Consumer. Celery's signals ``task_prerun`` and ``task_postrun`` are sent around each task
 run by the task tracer, in the thread (or greenlet) that runs it, whatever the pool:
-prefork, threads, solo (gevent and eventlet too, but the agent's export does not work
-under their monkey-patching yet: docs/traced.md). ``task_prerun`` starts ``process {task name}``
+prefork, threads, solo, gevent and eventlet (the agent's export thread stays a real thread
+under their monkey-patching: :mod:`autotrace.green`). ``task_prerun`` starts ``process {task name}``
 from the request's headers (Celery keeps a message's headers as attributes of
 ``task.request``) and makes it current: what the task does (HTTP calls, queries, tasks it
 sends, and a chain's next task, sent before ``task_postrun``) is its child. ``task_postrun``
