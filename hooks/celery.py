@@ -31,7 +31,9 @@ Prefork children. A pool child ends with ``os._exit``: ``atexit`` does not run t
 billiard's ``Worker._do_exit`` is where every child ends (after ``max_tasks_per_child``
 tasks, when the pool closes at a warm shutdown, and on the SIGTERM of a cold shutdown,
 which billiard turns into ``SystemExit``): it is wrapped to export what the child recorded
-first (:func:`autotrace.messaging.export_now`, bounded by ``AUTOTRACE_SHUTDOWN_TIMEOUT``).
+first (:func:`autotrace.messaging.export_now`, bounded by ``AUTOTRACE_SHUTDOWN_TIMEOUT``),
+and again after its ``on_exit`` (Celery's ``worker_process_shutdown`` handlers, whose
+spans would be lost otherwise).
 A child killed with SIGKILL (a hard time limit) loses what it had not exported yet.
 
 Supported: Celery 5 (message protocol 2, and 1 for the producer).
@@ -196,7 +198,27 @@ def patch_pool(module: ModuleType) -> None:
 
 def _wrap_do_exit(original: Callable) -> Callable:
     def _do_exit(self, *args, **kwargs):
-        messaging.export_now()
+        messaging.export_now()  # the tasks' spans, whatever the handlers below do
+        on_exit = getattr(self, "on_exit", None)
+        if on_exit is not None:
+            try:
+                self.on_exit = _exported_after(on_exit)
+            except Exception:  # noqa: BLE001 - the handlers' spans are left to chance
+                pass
         return original(self, *args, **kwargs)
 
     return _do_exit
+
+
+def _exported_after(on_exit: Callable) -> Callable:
+    """``on_exit`` (Celery's ``worker_process_shutdown`` signal), then an export of the spans
+    its handlers made: the child's last chance before ``os._exit``."""
+
+    def exported_after(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return on_exit(*args, **kwargs)
+        finally:
+            messaging.export_now()
+
+    exported_after.__wrapped__ = on_exit  # type: ignore[attr-defined]
+    return exported_after

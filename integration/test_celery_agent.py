@@ -51,6 +51,15 @@ app.conf.broker_connection_retry_on_startup = True
 app.conf.worker_hijack_root_logger = False
 DONE = os.environ.get("DONE_DIR")
 
+if os.environ.get("SHUTDOWN_SPAN"):
+    from celery.signals import worker_process_shutdown
+    from opentelemetry import trace
+
+    @worker_process_shutdown.connect
+    def closing(pid=None, exitcode=None, **ignored):
+        with trace.get_tracer("tasks").start_as_current_span("worker process shutdown"):
+            pass
+
 
 @app.task
 def add(x, y):
@@ -211,6 +220,28 @@ def test_max_tasks_per_child_one_every_tasks_span_arrives_as_a_root(project, otl
     assert all(s.parent_span_id == "" and s.status_code != STATUS_ERROR for s in consumers)
     assert len({s.trace_id for s in consumers}) == count
     assert len({s.resource["process.pid"] for s in consumers}) == count  # a child per task
+
+
+def test_spans_made_by_worker_process_shutdown_handlers_arrive(project, otlp_receiver: OTLPReceiver):
+    """A child ends (recycled after its task, or at the pool's close) after Celery's
+    ``worker_process_shutdown`` handlers ran in it: what they record is exported too."""
+    directory, extra = project
+    env = clean_env(**otlp_receiver.env("http"), **extra, HOME=str(directory), SHUTDOWN_SPAN="1")
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "30000"  # only the flushes at the children's exit send them in time
+    worker = _worker(directory, env, "-P", "prefork", "-c", "1", "--max-tasks-per-child", "1")
+    try:
+        sent = run([PYTHON, "send.py", "3", "0"], directory, clean_env(**extra), timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        otlp_receiver.wait_for_spans(3, timeout=60, predicate=lambda s: s.kind == CONSUMER)
+    finally:
+        _stop(worker)
+    time.sleep(0.5)
+    spans = otlp_receiver.spans()
+    task_pids = {s.resource["process.pid"] for s in spans if s.kind == CONSUMER}
+    shutdown_pids = [s.resource["process.pid"] for s in spans if s.name == "worker process shutdown"]
+    assert len(task_pids) == 3 and len(shutdown_pids) == len(set(shutdown_pids))
+    # Each recycled child's, and the last child's at the pool's close (it ran no task, or the last one).
+    assert task_pids <= set(shutdown_pids) and len(shutdown_pids) in (3, 4), (task_pids, shutdown_pids)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT], ids=["warm-shutdown", "cold-shutdown"])
