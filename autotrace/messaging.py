@@ -253,6 +253,26 @@ def export_now(final: bool = False) -> bool:
         return False
 
 
+def set_up_now() -> None:
+    """Set the SDK up in this process now, if the agent armed it and it is still waiting.
+
+    For a pool's main process about to fork its children (Celery's prefork pool): they
+    inherit it set up, each with an empty queue and its own export thread, instead of each
+    setting it up again at its first task. Never raises.
+    """
+    try:
+        provider = sys.modules.get("autotrace.provider")
+        if provider is None or provider.state() != "waiting" or provider.settings() is None:
+            return
+        if not api.loaded:
+            api.load()
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is not None:
+            trace.get_tracer_provider()  # the agent's wrapper sets the SDK up (see autotrace.provider)
+    except Exception as exc:  # noqa: BLE001 - each child sets it up instead
+        _report(exc)
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 

@@ -35,6 +35,9 @@ first (:func:`autotrace.messaging.export_now`, bounded by ``AUTOTRACE_SHUTDOWN_T
 and again after its ``on_exit`` (Celery's ``worker_process_shutdown`` handlers, whose
 spans would be lost otherwise).
 A child killed with SIGKILL (a hard time limit) loses what it had not exported yet.
+The pool's main process sets the SDK up before it forks its first child (Celery's
+``worker_before_create_process``, 5.3 and later): children inherit it instead of each
+setting it up at its first task.
 
 Supported: Celery 5 (message protocol 2, and 1 for the producer).
 """
@@ -151,6 +154,14 @@ def patch_worker(module: ModuleType) -> None:
 
     signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid=_DISPATCH_UID)
     signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid=_DISPATCH_UID)
+    before_fork = getattr(signals, "worker_before_create_process", None)  # Celery 5.3 and later
+    if before_fork is not None:
+        before_fork.connect(_before_create_process, weak=False, dispatch_uid=_DISPATCH_UID)
+
+
+def _before_create_process(**_ignored: Any) -> None:
+    """The prefork pool's main process, about to fork a child: the SDK set up here once."""
+    messaging.set_up_now()
 
 
 def _on_prerun(sender=None, task_id=None, task=None, **_ignored: Any) -> None:
