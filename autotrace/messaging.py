@@ -212,7 +212,11 @@ def incoming(headers: Mapping[str, object] | None, base: context.Context | None 
     context, trace, propagate = api.context, api.trace, api.propagate
     if base is None:
         base = context.get_current()
-    root = trace.set_span_in_context(trace.INVALID_SPAN, base)
+    key = api.SPAN_KEY
+    if key is not None and key not in base:
+        root = base  # no span current (a worker between tasks): a root already
+    else:
+        root = trace.set_span_in_context(trace.INVALID_SPAN, base)
     if not headers:
         return root, []
     propagator = propagate.get_global_textmap()
@@ -249,6 +253,26 @@ def export_now(final: bool = False) -> bool:
         return False
 
 
+def set_up_now() -> None:
+    """Set the SDK up in this process now, if the agent armed it and it is still waiting.
+
+    For a pool's main process about to fork its children (Celery's prefork pool): they
+    inherit it set up, each with an empty queue and its own export thread, instead of each
+    setting it up again at its first task. Never raises.
+    """
+    try:
+        provider = sys.modules.get("autotrace.provider")
+        if provider is None or provider.state() != "waiting" or provider.settings() is None:
+            return
+        if not api.loaded:
+            api.load()
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is not None:
+            trace.get_tracer_provider()  # the agent's wrapper sets the SDK up (see autotrace.provider)
+    except Exception as exc:  # noqa: BLE001 - each child sets it up instead
+        _report(exc)
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 
@@ -280,8 +304,9 @@ def _queue_time(headers: Mapping[str, object] | None) -> float | None:
         return None
     try:
         sent = headers.get(SENT_AT)
-        if not isinstance(sent, (str, int, float)) or isinstance(sent, bool) or (isinstance(sent, str) and len(sent) > 32):
-            return None
+        if type(sent) is not str or len(sent) > 32:  # the usual: the producer's text, short
+            if not isinstance(sent, (str, int, float)) or isinstance(sent, bool) or (isinstance(sent, str) and len(sent) > 32):
+                return None
         waited = time.time() * 1000.0 - float(sent)
     except Exception:  # noqa: BLE001 - not a number
         return None

@@ -33,7 +33,7 @@ import sys
 import threading
 from types import ModuleType
 
-from . import _log
+from . import _log, green
 
 logger = _log.logger
 
@@ -92,7 +92,7 @@ def prepare_soon() -> None:
         _fork_handlers = True
         os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
     _wrap_fork()
-    _prepare_thread = threading.Thread(
+    _prepare_thread = green.SetUpThread(
         target=_prepare, args=(threading.get_ident(),), name="autotrace-setup", daemon=True
     )
     _prepare_thread.start()
@@ -117,6 +117,10 @@ def _prepare(starter: int) -> None:
             if _state != "waiting" or _forked_before_set_up:
                 # A prefork master (gunicorn) whose workers were forked before this: they
                 # set up on their own; here the first span, if any, sets it up.
+                return
+            if green.patched():
+                # gevent or eventlet patched the process meanwhile: imports from this real
+                # thread would wait on green import locks. The first span sets it up.
                 return
             from . import api
 
@@ -198,8 +202,9 @@ def _after_fork_in_child() -> None:
     _prepare_lock = threading.Lock()
     _prepare_thread = None
     _forked_before_set_up = False
-    if _state == "waiting":
+    if _state == "waiting" and not green.patched():
         # The worker's own background set-up (the parent's thread is not in the child).
+        # Not in a child gevent or eventlet patched: the first span sets it up there.
         try:
             _unwrap_fork()
             prepare_soon()

@@ -24,16 +24,14 @@ and exports it; the child, whose copy of the code ends it too, does not export i
 from __future__ import annotations
 
 import collections
-import contextvars
 import os
-import threading
 import weakref
 from typing import Any, Deque, Tuple
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from . import _log, export_report
+from . import _log, export_report, green
 from .otlp_encode import encode_request, encode_span
 
 logger = _log.logger
@@ -104,13 +102,13 @@ class EncodingBatchProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=after_in_child)
 
     def _init_threading(self) -> None:
-        self._lock = threading.Lock()  # the queue and its byte count
-        self._export_lock = threading.Lock()  # one export at a time (worker, force_flush)
-        self._wake = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="autotrace-export", daemon=True)
-        # Started from an empty context: the thread hook then carries no request's context
-        # into it (it may start inside a request: at set-up, or in a child forked in a span).
-        contextvars.Context().run(self._worker.start)
+        # Real locks and a real OS thread, even in a process gevent or eventlet patched,
+        # before or after this (autotrace.green). A new thread starts in an empty context:
+        # no request's context is carried into it.
+        self._lock = green.allocate_lock()  # the queue and its byte count
+        self._export_lock = green.allocate_lock()  # one export at a time (worker, force_flush)
+        self._wake = green.Flag()
+        self._worker = green.RealThread(self._work, "autotrace-export")
 
     def _at_fork_reinit(self) -> None:
         self._queue.clear()

@@ -17,8 +17,8 @@ layer (no span of its own, no Redis span for the broker's commands).
 
 Consumer. Celery's signals ``task_prerun`` and ``task_postrun`` are sent around each task
 run by the task tracer, in the thread (or greenlet) that runs it, whatever the pool:
-prefork, threads, solo (gevent and eventlet too, but the agent's export does not work
-under their monkey-patching yet: docs/traced.md). ``task_prerun`` starts ``process {task name}``
+prefork, threads, solo, gevent and eventlet (the agent's export thread stays a real thread
+under their monkey-patching: :mod:`autotrace.green`). ``task_prerun`` starts ``process {task name}``
 from the request's headers (Celery keeps a message's headers as attributes of
 ``task.request``) and makes it current: what the task does (HTTP calls, queries, tasks it
 sends, and a chain's next task, sent before ``task_postrun``) is its child. ``task_postrun``
@@ -31,8 +31,13 @@ Prefork children. A pool child ends with ``os._exit``: ``atexit`` does not run t
 billiard's ``Worker._do_exit`` is where every child ends (after ``max_tasks_per_child``
 tasks, when the pool closes at a warm shutdown, and on the SIGTERM of a cold shutdown,
 which billiard turns into ``SystemExit``): it is wrapped to export what the child recorded
-first (:func:`autotrace.messaging.export_now`, bounded by ``AUTOTRACE_SHUTDOWN_TIMEOUT``).
+first (:func:`autotrace.messaging.export_now`, bounded by ``AUTOTRACE_SHUTDOWN_TIMEOUT``),
+and again after its ``on_exit`` (Celery's ``worker_process_shutdown`` handlers, whose
+spans would be lost otherwise).
 A child killed with SIGKILL (a hard time limit) loses what it had not exported yet.
+The pool's main process sets the SDK up before it forks its first child (Celery's
+``worker_before_create_process``, 5.3 and later): children inherit it instead of each
+setting it up at its first task.
 
 Supported: Celery 5 (message protocol 2, and 1 for the producer).
 """
@@ -149,6 +154,14 @@ def patch_worker(module: ModuleType) -> None:
 
     signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid=_DISPATCH_UID)
     signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid=_DISPATCH_UID)
+    before_fork = getattr(signals, "worker_before_create_process", None)  # Celery 5.3 and later
+    if before_fork is not None:
+        before_fork.connect(_before_create_process, weak=False, dispatch_uid=_DISPATCH_UID)
+
+
+def _before_create_process(**_ignored: Any) -> None:
+    """The prefork pool's main process, about to fork a child: the SDK set up here once."""
+    messaging.set_up_now()
 
 
 def _on_prerun(sender=None, task_id=None, task=None, **_ignored: Any) -> None:
@@ -196,7 +209,27 @@ def patch_pool(module: ModuleType) -> None:
 
 def _wrap_do_exit(original: Callable) -> Callable:
     def _do_exit(self, *args, **kwargs):
-        messaging.export_now()
+        messaging.export_now()  # the tasks' spans, whatever the handlers below do
+        on_exit = getattr(self, "on_exit", None)
+        if on_exit is not None:
+            try:
+                self.on_exit = _exported_after(on_exit)
+            except Exception:  # noqa: BLE001 - the handlers' spans are left to chance
+                pass
         return original(self, *args, **kwargs)
 
     return _do_exit
+
+
+def _exported_after(on_exit: Callable) -> Callable:
+    """``on_exit`` (Celery's ``worker_process_shutdown`` signal), then an export of the spans
+    its handlers made: the child's last chance before ``os._exit``."""
+
+    def exported_after(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return on_exit(*args, **kwargs)
+        finally:
+            messaging.export_now()
+
+    exported_after.__wrapped__ = on_exit  # type: ignore[attr-defined]
+    return exported_after

@@ -33,12 +33,14 @@ from agent import AUTOTRACE, PYTHON, Watched, clean_env, run, wait_until_answers
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 from ports import free_port
 
-SERVER, PRODUCER, CONSUMER = 2, 4, 5  # proto SpanKind
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # proto SpanKind
 STATUS_ERROR = 2
 
 TASKS = """
 import os
 import time
+import urllib.error
+import urllib.request
 
 from celery import Celery
 
@@ -49,10 +51,28 @@ app.conf.broker_connection_retry_on_startup = True
 app.conf.worker_hijack_root_logger = False
 DONE = os.environ.get("DONE_DIR")
 
+if os.environ.get("SHUTDOWN_SPAN"):
+    from celery.signals import worker_process_shutdown
+    from opentelemetry import trace
+
+    @worker_process_shutdown.connect
+    def closing(pid=None, exitcode=None, **ignored):
+        with trace.get_tracer("tasks").start_as_current_span("worker process shutdown"):
+            pass
+
 
 @app.task
 def add(x, y):
     return x + y
+
+
+@app.task
+def fetch(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 @app.task
@@ -91,6 +111,17 @@ for n in range(int(sys.argv[1])):
 print("sent", flush=True)
 """
 
+# Sends an add and a fetch of the URL given (under the agent: their producer spans).
+SEND_FETCH = """
+import sys
+
+import tasks
+
+tasks.add.delay(2, 3)
+tasks.fetch.delay(sys.argv[1])
+print("sent", flush=True)
+"""
+
 
 @pytest.fixture
 def project(tmp_path, redis_server):
@@ -98,6 +129,7 @@ def project(tmp_path, redis_server):
     write(tmp_path, "tasks.py", TASKS)
     write(tmp_path, "web.py", WEB)
     write(tmp_path, "send.py", SEND)
+    write(tmp_path, "send_fetch.py", SEND_FETCH)
     done = tmp_path / "done"
     done.mkdir()
     os.chmod(tmp_path, 0o755)
@@ -190,6 +222,28 @@ def test_max_tasks_per_child_one_every_tasks_span_arrives_as_a_root(project, otl
     assert len({s.resource["process.pid"] for s in consumers}) == count  # a child per task
 
 
+def test_spans_made_by_worker_process_shutdown_handlers_arrive(project, otlp_receiver: OTLPReceiver):
+    """A child ends (recycled after its task, or at the pool's close) after Celery's
+    ``worker_process_shutdown`` handlers ran in it: what they record is exported too."""
+    directory, extra = project
+    env = clean_env(**otlp_receiver.env("http"), **extra, HOME=str(directory), SHUTDOWN_SPAN="1")
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "30000"  # only the flushes at the children's exit send them in time
+    worker = _worker(directory, env, "-P", "prefork", "-c", "1", "--max-tasks-per-child", "1")
+    try:
+        sent = run([PYTHON, "send.py", "3", "0"], directory, clean_env(**extra), timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        otlp_receiver.wait_for_spans(3, timeout=60, predicate=lambda s: s.kind == CONSUMER)
+    finally:
+        _stop(worker)
+    time.sleep(0.5)
+    spans = otlp_receiver.spans()
+    task_pids = {s.resource["process.pid"] for s in spans if s.kind == CONSUMER}
+    shutdown_pids = [s.resource["process.pid"] for s in spans if s.name == "worker process shutdown"]
+    assert len(task_pids) == 3 and len(shutdown_pids) == len(set(shutdown_pids))
+    # Each recycled child's, and the last child's at the pool's close (it ran no task, or the last one).
+    assert task_pids <= set(shutdown_pids) and len(shutdown_pids) in (3, 4), (task_pids, shutdown_pids)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT], ids=["warm-shutdown", "cold-shutdown"])
 def test_a_signal_during_a_batch_every_finished_tasks_span_arrives(project, otlp_receiver: OTLPReceiver, signum):
     """SIGTERM: a warm shutdown (the running tasks finish, the pool closes); SIGQUIT: a cold
@@ -238,3 +292,35 @@ def test_threads_and_solo_pools_with_autotrace_enabled(project, otlp_receiver: O
         producer = ids[consumer.parent_span_id]
         assert producer.kind == PRODUCER and producer.trace_id == consumer.trace_id
         assert producer.resource["service.name"] == "send" and consumer.resource["service.name"] == "tasks"
+
+
+@pytest.mark.parametrize("pool", ["gevent", "eventlet"])
+def test_gevent_and_eventlet_pools_export_while_running(project, otlp_receiver: OTLPReceiver, pool):
+    """The pool monkey-patches the worker as it starts: the agent's export thread and its
+    waits must still work (spans arrive while the worker runs, not only at its exit), each
+    task's span is its producer's child and an HTTP call in a task is the task span's child."""
+    directory, extra = project
+    env = clean_env(**otlp_receiver.env("http"), **extra, HOME=str(directory))
+    worker = _worker(directory, env, "-P", pool, "-c", "4")
+    try:
+        url = otlp_receiver.http_endpoint + "/v1/traces"  # a GET: 405, a CLIENT span all the same
+        sent = run([AUTOTRACE, "run", "python", "send_fetch.py", url], directory, clean_env(**otlp_receiver.env("http"), **extra), timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        consumers = otlp_receiver.wait_for_spans(2, timeout=30, predicate=lambda s: s.kind == CONSUMER)
+        (client,) = otlp_receiver.wait_for_spans(1, timeout=30, predicate=lambda s: s.kind == CLIENT)
+        worker_pid = worker.pid
+    finally:
+        _stop(worker)
+    spans = otlp_receiver.spans()
+    ids = _by_id(spans)
+    assert sorted(s.name for s in consumers) == ["process tasks.add", "process tasks.fetch"]
+    for consumer in consumers:
+        producer = ids[consumer.parent_span_id]
+        assert producer.kind == PRODUCER and producer.name == consumer.name.replace("process", "send")
+        assert producer.trace_id == consumer.trace_id and producer.resource["service.name"] == "send_fetch"
+        assert consumer.resource["process.pid"] == worker_pid
+        assert consumer.attributes["messaging.message.id"] == producer.attributes["messaging.message.id"]
+    (fetch,) = [s for s in consumers if s.name == "process tasks.fetch"]
+    assert client.parent_span_id == fetch.span_id and client.trace_id == fetch.trace_id
+    assert client.attributes["http.response.status_code"] == 405
+    assert "Traceback" not in worker.text("stderr"), worker.text("stderr")

@@ -38,6 +38,7 @@ def hooked(spans):
     patching.undo(mark)
     signals.task_prerun.disconnect(dispatch_uid=hook._DISPATCH_UID)
     signals.task_postrun.disconnect(dispatch_uid=hook._DISPATCH_UID)
+    signals.worker_before_create_process.disconnect(dispatch_uid=hook._DISPATCH_UID)
     config.reset_messaging_settings()
 
 
@@ -233,6 +234,13 @@ def test_a_failed_send_is_recorded_and_raised_unchanged(hooked, parent):
     assert send.name == "send down.noop" and send.status.status_code == StatusCode.ERROR
     assert send.attributes["error.type"] == messaging.error_type(raised.value)
     app.close()
+
+
+def test_the_prefork_pools_main_process_sets_the_sdk_up_before_it_forks(hooked, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(messaging, "set_up_now", lambda: calls.append(1))
+    signals.worker_before_create_process.send(sender=None)
+    assert calls == [1]
 
 
 def test_an_eager_call_is_a_function_call_no_messaging_span(app, hooked, parent):

@@ -145,6 +145,25 @@ def test_export_now_without_the_agent_set_up_is_a_no_op():
     assert messaging.export_now() is True
 
 
+def test_set_up_now_sets_the_sdk_up_only_where_the_agent_waits_for_it(monkeypatch):
+    """A prefork pool's main process before its first fork: the SDK set up once, there."""
+    from autotrace import api, provider
+
+    api.load()
+    calls: list[str] = []
+    trace_module = type("Trace", (), {"get_tracer_provider": staticmethod(lambda: calls.append("set up"))})
+    monkeypatch.setitem(__import__("sys").modules, "opentelemetry.trace", trace_module)
+    for state, settings in (("set up", object()), ("declined", object()), ("waiting", None)):
+        monkeypatch.setattr(provider, "state", lambda state=state: state)
+        monkeypatch.setattr(provider, "settings", lambda settings=settings: settings)
+        messaging.set_up_now()
+    assert calls == []  # set up already, the app's provider, or the agent not armed here
+    monkeypatch.setattr(provider, "state", lambda: "waiting")
+    monkeypatch.setattr(provider, "settings", lambda: object())
+    messaging.set_up_now()
+    assert calls == ["set up"]
+
+
 def test_the_brokers_commands_under_a_send_get_no_database_span(spans, parent, messaging_parent):
     from autotrace import db
 
