@@ -20,7 +20,9 @@ from time import sleep
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["encode_span", "encode_request", "encode_spans"]
+from opentelemetry.trace import Status, StatusCode
+
+__all__ = ["encode_span", "encode_light", "encode_request", "encode_spans"]
 
 _pack_fixed64 = Struct("<Q").pack
 _pack_fixed32 = Struct("<I").pack
@@ -174,10 +176,11 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 # Encoded KeyValue fields (with their tag) of frequent scalar attributes, keyed by
-# (key, type, value): True, 1 and 1.0 are equal keys otherwise.
+# (key, type, value): True and 1 are equal keys otherwise. Not floats: -0.0 == 0.0 (two
+# encodings), and NaN is never equal to itself.
 _KV_CACHE: dict[tuple[str, type, Any], bytes] = {}
 _KV_CACHE_MAX = 4096
-_CACHEABLE = frozenset((str, bool, int, float))
+_CACHEABLE = frozenset((str, bool, int))
 
 
 def _items(attributes: Any) -> Any:
@@ -219,6 +222,31 @@ def _attributes(tag: bytes, attributes: Any) -> bytes:
         except Exception:  # noqa: BLE001 - the SDK skips what it cannot encode
             continue
     return b"".join(out)
+
+
+# Encoded attribute fields of whole plain attribute dicts (a light span's: str, bool, int and
+# float values), keyed by their items and their values' types: a hook's spans repeat the
+# same few sets (a connection's, a statement's, a route's). Not with a float value (see
+# _CACHEABLE), nor beyond _BLOCK_MAX bytes.
+_BLOCKS: dict[tuple[tuple[Any, ...], tuple[type, ...]], bytes] = {}
+_BLOCKS_MAX = 1024
+_BLOCK_MAX = 1024
+
+
+def _plain_attributes(attributes: dict[str, Any]) -> bytes:
+    """:func:`_attributes` of a span's plain dict (values of plain types), cached whole."""
+    types = tuple(map(type, attributes.values()))
+    if float in types:
+        return _attributes(T_SPAN_ATTRIBUTES, attributes)
+    key = (tuple(attributes.items()), types)
+    block = _BLOCKS.get(key)
+    if block is None:
+        block = _attributes(T_SPAN_ATTRIBUTES, attributes)
+        if len(block) <= _BLOCK_MAX:
+            if len(_BLOCKS) >= _BLOCKS_MAX:
+                _BLOCKS.clear()
+            _BLOCKS[key] = block
+    return block
 
 
 # Resources and scopes are immutable; their encodings are kept by identity. The entry
@@ -307,6 +335,13 @@ def _span(span: Any) -> bytes:
     dropped = span.dropped_attributes
     if dropped:
         out.append(T_SPAN_DROPPED_ATTRIBUTES + _varint(dropped))
+    out.append(_span_tail(span, parent))
+    return _ld(T_SS_SPANS, b"".join(out))
+
+
+def _span_tail(span: Any, parent: Any) -> bytes:
+    """A span's fields from its events on: events, links, their dropped counts, status, flags."""
+    out = []
     events = span.events
     if events:
         for event in events:
@@ -345,15 +380,72 @@ def _span(span: Any) -> bytes:
         out.append(T_SPAN_DROPPED_LINKS + _varint(dropped))
     status = span.status
     if status is not None:
-        message = status.description
-        code = status.status_code.value
-        body = b""
-        if message:
-            body = _ld(T_STATUS_MESSAGE, message.encode("utf-8"))
-        if code:
-            body += T_STATUS_CODE + _varint(code)
-        out.append(_ld(T_SPAN_STATUS, body))
+        out.append(_status(status))
     out.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    return b"".join(out)
+
+
+def _status(status: Any) -> bytes:
+    """The ``status`` field of a span."""
+    message = status.description
+    code = status.status_code.value
+    body = b""
+    if message:
+        body = _ld(T_STATUS_MESSAGE, message.encode("utf-8"))
+    if code:
+        body += T_STATUS_CODE + _varint(code)
+    return _ld(T_SPAN_STATUS, body)
+
+
+_STATUS_UNSET = _ld(T_SPAN_STATUS, b"")
+# The status of every span until one is set: a light span's, and its encoding's shortcut.
+UNSET_STATUS = Status(StatusCode.UNSET)
+
+
+def encode_light(span: Any) -> bytes:
+    """:func:`encode_span` of a light span (:class:`autotrace.light_span.LightSpan`), read
+    from its state directly: the same bytes, without the ``ReadableSpan`` properties'
+    calls and copies. The span's attributes are a plain dict (cached whole) until the app
+    sets one; its events and links an empty tuple until the first."""
+    ctx = span._context  # noqa: SLF001 - a SpanContext: (trace_id, span_id, is_remote, flags, state, valid)
+    out = [b"\x0a\x10", ctx[0].to_bytes(16, "big"), b"\x12\x08", ctx[1].to_bytes(8, "big")]
+    trace_state = ctx[4]
+    if trace_state:
+        state = _trace_state(trace_state)
+        if state:
+            out.append(_ld(T_SPAN_TRACE_STATE, state.encode("utf-8")))
+    parent = span._parent  # noqa: SLF001
+    if parent:
+        out.append(b"\x22\x08")
+        out.append(parent[1].to_bytes(8, "big"))
+    name = span._name  # noqa: SLF001
+    if name:
+        out.append(_ld(T_SPAN_NAME, name.encode("utf-8")))
+    out.append(_KIND[span._kind])  # noqa: SLF001
+    start = span._start_time  # noqa: SLF001
+    if start:
+        out.append(T_SPAN_START + _pack_fixed64(start))
+    end = span._end_time  # noqa: SLF001
+    if end:
+        out.append(T_SPAN_END + _pack_fixed64(end))
+    attributes = span._attributes  # noqa: SLF001
+    if type(attributes) is dict:
+        if attributes:
+            out.append(_plain_attributes(attributes))
+    else:  # the SDK's BoundedAttributes, once the app set one
+        if attributes:
+            out.append(_attributes(T_SPAN_ATTRIBUTES, attributes))
+        dropped = attributes.dropped
+        if dropped:
+            out.append(T_SPAN_DROPPED_ATTRIBUTES + _varint(dropped))
+    events = span._events  # noqa: SLF001
+    links = span._links  # noqa: SLF001
+    status = span._status  # noqa: SLF001
+    if events or links or type(events) is not tuple or type(links) is not tuple:
+        # Events or links (or their bounded lists): the general way, from the property on.
+        return _ld(T_SS_SPANS, b"".join(out) + _span_tail(span, parent))
+    out.append(_STATUS_UNSET if status is UNSET_STATUS else _status(status))
+    out.append(_FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL)
     return _ld(T_SS_SPANS, b"".join(out))
 
 
