@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import Span, SynchronousMultiSpanProcessor, Tracer, sampling
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
@@ -64,6 +65,8 @@ _get_current_span = trace_api.get_current_span
 _new = object.__new__  # a LightSpan without the SDK span's __init__ (start_span sets its state)
 _new_context = tuple.__new__  # a SpanContext whose values are known valid (what its __new__ ends with)
 _random_bits = RandomIdGenerator().generate_span_id.__globals__["random"].getrandbits  # the SDK's ids' source
+# Span classes whose get_span_context() returns their _context (the SDK's, the light one).
+_SDK_SPANS = frozenset({Span, getattr(sdk_trace, "_Span", Span)})
 _SPAN_ID_MAX = (1 << 64) - 1
 _TRACE_ID_MAX = (1 << 128) - 1
 
@@ -200,6 +203,8 @@ class LightSpan(Span):
         processor.on_end(self)
 
 
+_SDK_SPANS = _SDK_SPANS | {LightSpan}
+
 # -- starting a span --------------------------------------------------------------------
 
 _BLIND = (sampling.StaticSampler, sampling.TraceIdRatioBased)
@@ -329,7 +334,7 @@ def start_span(
     links = links or ()
     key = api.SPAN_KEY
     found = parent.get(key) if key is not None else None
-    if type(found) is LightSpan or type(found) is Span:
+    if type(found) in _SDK_SPANS:
         parent_context = found._context  # noqa: SLF001 - what get_span_context returns
     else:
         parent_context = _get_current_span(parent).get_span_context()

@@ -139,6 +139,7 @@ def _kind_map() -> dict[Any, bytes]:
 
 
 _KIND = _kind_map()
+_KIND_BY_VALUE = {kind.value: encoded for kind, encoded in _KIND.items()}
 
 
 def _any_value(value: Any) -> bytes:
@@ -408,45 +409,55 @@ def encode_light(span: Any) -> bytes:
     calls and copies. The span's attributes are a plain dict (cached whole) until the app
     sets one; its events and links an empty tuple until the first."""
     ctx = span._context  # noqa: SLF001 - a SpanContext: (trace_id, span_id, is_remote, flags, state, valid)
-    out = [b"\x0a\x10", ctx[0].to_bytes(16, "big"), b"\x12\x08", ctx[1].to_bytes(8, "big")]
-    trace_state = ctx[4]
-    if trace_state:
-        state = _trace_state(trace_state)
-        if state:
-            out.append(_ld(T_SPAN_TRACE_STATE, state.encode("utf-8")))
     parent = span._parent  # noqa: SLF001
-    if parent:
-        out.append(b"\x22\x08")
-        out.append(parent[1].to_bytes(8, "big"))
     name = span._name  # noqa: SLF001
-    if name:
-        out.append(_ld(T_SPAN_NAME, name.encode("utf-8")))
-    out.append(_KIND[span._kind])  # noqa: SLF001
     start = span._start_time  # noqa: SLF001
-    if start:
-        out.append(T_SPAN_START + _pack_fixed64(start))
     end = span._end_time  # noqa: SLF001
-    if end:
-        out.append(T_SPAN_END + _pack_fixed64(end))
     attributes = span._attributes  # noqa: SLF001
+    trace_state = ctx[4]
     if type(attributes) is dict:
-        if attributes:
-            out.append(_plain_attributes(attributes))
+        encoded_attributes = _plain_attributes(attributes) if attributes else b""
     else:  # the SDK's BoundedAttributes, once the app set one
-        if attributes:
-            out.append(_attributes(T_SPAN_ATTRIBUTES, attributes))
-        dropped = attributes.dropped
-        if dropped:
-            out.append(T_SPAN_DROPPED_ATTRIBUTES + _varint(dropped))
+        encoded_attributes = _attributes(T_SPAN_ATTRIBUTES, attributes) if attributes else b""
+        if attributes.dropped:
+            encoded_attributes += T_SPAN_DROPPED_ATTRIBUTES + _varint(attributes.dropped)
+    if name:
+        name_bytes = name.encode("utf-8")
+        n = len(name_bytes)
+        name_field = T_SPAN_NAME + (_SMALL[n] if n < 0x80 else _varint(n)) + name_bytes
+    else:
+        name_field = b""
+    head = b"".join(
+        (
+            b"\x0a\x10",  # trace_id, 16 bytes
+            ctx[0].to_bytes(16, "big"),
+            b"\x12\x08",  # span_id, 8 bytes
+            ctx[1].to_bytes(8, "big"),
+            _ld(T_SPAN_TRACE_STATE, _trace_state(trace_state).encode("utf-8")) if trace_state and _trace_state(trace_state) else b"",
+            b"\x22\x08" + parent[1].to_bytes(8, "big") if parent else b"",  # parent_span_id, 8 bytes
+            name_field,
+            _KIND_BY_VALUE[span._kind._value_],  # noqa: SLF001 - not a dict look-up: an Enum's hash is a Python call
+            T_SPAN_START + _pack_fixed64(start) if start else b"",
+            T_SPAN_END + _pack_fixed64(end) if end else b"",
+            encoded_attributes,
+        )
+    )
     events = span._events  # noqa: SLF001
     links = span._links  # noqa: SLF001
-    status = span._status  # noqa: SLF001
     if events or links or type(events) is not tuple or type(links) is not tuple:
         # Events or links (or their bounded lists): the general way, from the property on.
-        return _ld(T_SS_SPANS, b"".join(out) + _span_tail(span, parent))
-    out.append(_STATUS_UNSET if status is UNSET_STATUS else _status(status))
-    out.append(_FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL)
-    return _ld(T_SS_SPANS, b"".join(out))
+        body = head + _span_tail(span, parent)
+    else:
+        status = span._status  # noqa: SLF001
+        body = b"".join(
+            (
+                head,
+                _STATUS_UNSET if status is UNSET_STATUS else _status(status),
+                _FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL,
+            )
+        )
+    n = len(body)
+    return T_SS_SPANS + (_SMALL[n] if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7)) if n < 0x4000 else _varint(n)) + body
 
 
 # How the export thread lets request threads run while it encodes a batch: a pause of
