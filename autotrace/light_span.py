@@ -39,12 +39,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Span, Tracer, sampling
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import Span, SynchronousMultiSpanProcessor, Tracer, sampling
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from . import sdk
-from .propagation.decision import upstream_decision
+from . import api, sdk, span_queue
+from .otlp_encode import UNSET_STATUS
+from .propagation.decision import DECISION_KEY, upstream_decision
 from .propagation.sampler import UpstreamParentBased
 
 __all__ = ["LightSpan", "start_span", "span_links"]
@@ -53,12 +57,18 @@ __all__ = ["LightSpan", "start_span", "span_links"]
 # when no length limit applies). Exact types: a subclass (an IntEnum, a str enum) goes
 # through the SDK's cleaning, as it would without the agent.
 _PLAIN = frozenset((str, bool, int, float))
-_UNSET = Status(StatusCode.UNSET)
+_UNSET = UNSET_STATUS  # shared: the encoder knows it
 _FLAGS = {flags: TraceFlags(flags) for flags in range(4)}
 _SAMPLED = TraceFlags.SAMPLED
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _get_current_span = trace_api.get_current_span
 _new = object.__new__  # a LightSpan without the SDK span's __init__ (start_span sets its state)
+_new_context = tuple.__new__  # a SpanContext whose values are known valid (what its __new__ ends with)
+_random_bits = RandomIdGenerator().generate_span_id.__globals__["random"].getrandbits  # the SDK's ids' source
+# Span classes whose get_span_context() returns their _context (the SDK's, the light one).
+_SDK_SPANS = frozenset({Span, getattr(sdk_trace, "_Span", Span)})
+_SPAN_ID_MAX = (1 << 64) - 1
+_TRACE_ID_MAX = (1 << 128) - 1
 
 
 class LightSpan(Span):
@@ -89,6 +99,8 @@ class LightSpan(Span):
         "_limits",
         "_lock",
         "_record_end_metrics",
+        "_pid",
+        "_plan",
     )
 
     # The SDK span's settings a hook's span never changes (read by the SDK's methods).
@@ -96,6 +108,13 @@ class LightSpan(Span):
     _trace_config = None
     _record_exception = True
     _set_status_on_exception = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The SDK span's own ``__init__`` (not the way :func:`start_span` makes one): the
+        span's processors then get the SDK's calls, ``on_start`` included."""
+        self._pid = None
+        self._plan = None
+        Span.__init__(self, *args, **kwargs)
 
     # -- attributes -------------------------------------------------------------------
 
@@ -167,6 +186,13 @@ class LightSpan(Span):
         if done:
             Span.end(self, end_time)  # the SDK's error (not started) or warning (ended)
             return
+        plan = self._plan
+        if plan is not None and plan.light_ends is not None and self._span_processor._span_processors is plan.known:  # noqa: SLF001
+            # Only processors with a light end (the agent's): theirs, in their order.
+            if self._pid == span_queue.pid:  # else a span of the parent's, before a fork
+                for light_end in plan.light_ends:
+                    light_end(self)
+            return
         if self._record_end_metrics is not None:
             self._record_end_metrics()
         processor = self._span_processor
@@ -176,6 +202,8 @@ class LightSpan(Span):
         # Ended, the span no longer changes: it is its own ReadableSpan (the SDK copies).
         processor.on_end(self)
 
+
+_SDK_SPANS = _SDK_SPANS | {LightSpan}
 
 # -- starting a span --------------------------------------------------------------------
 
@@ -223,7 +251,8 @@ class _Plan:
     """What starting a span of one tracer needs, read once from the tracer."""
 
     __slots__ = (
-        "sampler", "blind", "by_parent", "root", "upstream", "ids", "random_ids", "enabled", "processor", "limits", "info", "scope", "metrics",
+        "sampler", "blind", "by_parent", "root", "upstream", "ids", "random_ids", "span_bits", "enabled", "processor", "limits", "info",
+        "scope", "metrics", "known", "light_ends",
     )
 
     def __init__(self, tracer: Tracer) -> None:
@@ -244,6 +273,20 @@ class _Plan:
         # The SDK's own span metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), when on.
         metrics = getattr(tracer, "_tracer_metrics", None)
         self.metrics = None if metrics is None or type(metrics).__name__ == "NoOpTracerMetrics" else metrics
+        # The SDK's random ids: drawn here directly (what generate_span_id does).
+        self.span_bits = _random_bits if type(self.ids) is RandomIdGenerator else None
+        # When every span processor of the tracer has a light end (the agent's own:
+        # :meth:`autotrace.span_queue.EncodingBatchProcessor.light_end`, the end counter),
+        # a light span skips on_start and the multi-processor's calls: its end calls those
+        # (``known`` is the processors' tuple then, which the SDK replaces when one is added).
+        processors = getattr(self.processor, "_span_processors", None)
+        ends = None
+        if type(self.processor) is SynchronousMultiSpanProcessor and type(processors) is tuple:
+            ends = tuple(getattr(processor, "light_end", None) for processor in processors)
+            if not all(callable(end) for end in ends):
+                ends = None
+        self.known = processors if ends is not None else None
+        self.light_ends = ends
 
 
 # Plans by tracer (None: the SDK starts that tracer's spans). Tracers are few and live as
@@ -254,7 +297,10 @@ _plans: dict[int, tuple[object, _Plan | None]] = {}
 def _plan(tracer: object) -> _Plan | None:
     found = _plans.get(id(tracer))
     if found is not None and found[0] is tracer:
-        return found[1]
+        plan = found[1]
+        if plan is None or plan.known is None or plan.processor._span_processors is plan.known:  # noqa: SLF001
+            return plan
+        # A span processor was added since: plan again.
     plan = None
     if type(tracer) in (Tracer, sdk.AgentTracer):
         try:
@@ -281,29 +327,47 @@ def start_span(
     recorded, or when the sampler reads attributes). Raises what the SDK raises.
     """
     plan = _plan(tracer)
-    if plan is None or plan.metrics is not None or sdk.app_provider() is not None or not plan.enabled():
+    if plan is None or plan.metrics is not None or sdk._app_provider is not None or not plan.enabled():  # noqa: SLF001
         if attributes is not None and type(attributes) is not dict and callable(attributes):
             attributes = attributes()
         return tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
     links = links or ()
-    parent_context = _get_current_span(parent).get_span_context()
-    if parent_context is None or not parent_context.is_valid:
-        parent_context = None
+    key = api.SPAN_KEY
+    found = parent.get(key) if key is not None else None
+    if type(found) in _SDK_SPANS:
+        parent_context = found._context  # noqa: SLF001 - what get_span_context returns
+    else:
+        parent_context = _get_current_span(parent).get_span_context()
+    if type(parent_context) is SpanContext:
+        # Its fields unpacked (a tuple: trace_id, span_id, is_remote, flags, state, valid),
+        # where the properties are a call each.
+        trace_id, _, parent_remote, parent_flags, parent_state, valid = parent_context
+        if not valid:
+            parent_context = None
+    elif parent_context is not None:
+        if parent_context.is_valid:
+            trace_id, parent_remote = parent_context.trace_id, parent_context.is_remote
+            parent_flags, parent_state = parent_context.trace_flags, parent_context.trace_state
+        else:
+            parent_context = None
+    if parent_context is None:
         trace_id = plan.ids.generate_trace_id()
         random = plan.random_ids()
     else:
-        trace_id = parent_context.trace_id
-        random = parent_context.trace_flags & _RANDOM
+        random = parent_flags & _RANDOM
     by_parent = plan.by_parent
-    if by_parent is not None and (parent_context is not None or plan.root is not None) and not (plan.upstream and upstream_decision(parent)):
+    if (
+        by_parent is not None
+        and (parent_context is not None or plan.root is not None)
+        and not (plan.upstream and parent.get(DECISION_KEY) and upstream_decision(parent))
+    ):
         # A parent-based sampler with fixed delegates: its decision without the calls.
         if parent_context is None:
             recording, sampled = plan.root
             trace_state = None
         else:
-            flags = parent_context.trace_flags
-            recording, sampled = by_parent[(2 if parent_context.is_remote else 0) + (0 if flags & _SAMPLED else 1)]
-            trace_state = parent_context.trace_state
+            recording, sampled = by_parent[(2 if parent_remote else 0) + (0 if parent_flags & _SAMPLED else 1)]
+            trace_state = parent_state
     else:
         if plan.blind:
             result = plan.sampler.should_sample(parent, trace_id, name, kind, None, links)
@@ -318,7 +382,25 @@ def start_span(
     flags = _SAMPLED if sampled else 0
     if random:
         flags |= _RANDOM
-    context = SpanContext(trace_id, plan.ids.generate_span_id(), False, _FLAGS[flags], trace_state)
+    bits = plan.span_bits
+    if bits is not None:
+        span_id = bits(64)
+        while not span_id:
+            span_id = bits(64)
+    else:
+        span_id = plan.ids.generate_span_id()
+    # SpanContext(trace_id, span_id, False, flags, trace_state), without its __new__'s call.
+    context = _new_context(
+        SpanContext,
+        (
+            trace_id,
+            span_id,
+            False,
+            _FLAGS[flags],
+            DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+            0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
+        ),
+    )
     if not recording:
         return NonRecordingSpan(context)
     if attributes is not None and type(attributes) is not dict and callable(attributes):
@@ -353,8 +435,11 @@ def start_span(
     span._end_time = None  # noqa: SLF001
     span._lock = Lock()  # noqa: SLF001
     span._record_end_metrics = None  # noqa: SLF001
+    span._pid = span_queue.pid  # noqa: SLF001
+    span._plan = plan  # noqa: SLF001
     span._start_time = time_ns()  # noqa: SLF001
-    plan.processor.on_start(span, parent_context=parent)
+    if plan.light_ends is None:
+        plan.processor.on_start(span, parent_context=parent)
     return span
 
 

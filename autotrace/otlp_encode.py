@@ -20,7 +20,9 @@ from time import sleep
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["encode_span", "encode_request", "encode_spans"]
+from opentelemetry.trace import Status, StatusCode
+
+__all__ = ["encode_span", "encode_light", "encode_request", "encode_spans"]
 
 _pack_fixed64 = Struct("<Q").pack
 _pack_fixed32 = Struct("<I").pack
@@ -137,6 +139,7 @@ def _kind_map() -> dict[Any, bytes]:
 
 
 _KIND = _kind_map()
+_KIND_BY_VALUE = {kind.value: encoded for kind, encoded in _KIND.items()}
 
 
 def _any_value(value: Any) -> bytes:
@@ -174,10 +177,11 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 # Encoded KeyValue fields (with their tag) of frequent scalar attributes, keyed by
-# (key, type, value): True, 1 and 1.0 are equal keys otherwise.
+# (key, type, value): True and 1 are equal keys otherwise. Not floats: -0.0 == 0.0 (two
+# encodings), and NaN is never equal to itself.
 _KV_CACHE: dict[tuple[str, type, Any], bytes] = {}
 _KV_CACHE_MAX = 4096
-_CACHEABLE = frozenset((str, bool, int, float))
+_CACHEABLE = frozenset((str, bool, int))
 
 
 def _items(attributes: Any) -> Any:
@@ -219,6 +223,31 @@ def _attributes(tag: bytes, attributes: Any) -> bytes:
         except Exception:  # noqa: BLE001 - the SDK skips what it cannot encode
             continue
     return b"".join(out)
+
+
+# Encoded attribute fields of whole plain attribute dicts (a light span's: str, bool, int and
+# float values), keyed by their items and their values' types: a hook's spans repeat the
+# same few sets (a connection's, a statement's, a route's). Not with a float value (see
+# _CACHEABLE), nor beyond _BLOCK_MAX bytes.
+_BLOCKS: dict[tuple[tuple[Any, ...], tuple[type, ...]], bytes] = {}
+_BLOCKS_MAX = 1024
+_BLOCK_MAX = 1024
+
+
+def _plain_attributes(attributes: dict[str, Any]) -> bytes:
+    """:func:`_attributes` of a span's plain dict (values of plain types), cached whole."""
+    types = tuple(map(type, attributes.values()))
+    if float in types:
+        return _attributes(T_SPAN_ATTRIBUTES, attributes)
+    key = (tuple(attributes.items()), types)
+    block = _BLOCKS.get(key)
+    if block is None:
+        block = _attributes(T_SPAN_ATTRIBUTES, attributes)
+        if len(block) <= _BLOCK_MAX:
+            if len(_BLOCKS) >= _BLOCKS_MAX:
+                _BLOCKS.clear()
+            _BLOCKS[key] = block
+    return block
 
 
 # Resources and scopes are immutable; their encodings are kept by identity. The entry
@@ -307,6 +336,13 @@ def _span(span: Any) -> bytes:
     dropped = span.dropped_attributes
     if dropped:
         out.append(T_SPAN_DROPPED_ATTRIBUTES + _varint(dropped))
+    out.append(_span_tail(span, parent))
+    return _ld(T_SS_SPANS, b"".join(out))
+
+
+def _span_tail(span: Any, parent: Any) -> bytes:
+    """A span's fields from its events on: events, links, their dropped counts, status, flags."""
+    out = []
     events = span.events
     if events:
         for event in events:
@@ -345,16 +381,83 @@ def _span(span: Any) -> bytes:
         out.append(T_SPAN_DROPPED_LINKS + _varint(dropped))
     status = span.status
     if status is not None:
-        message = status.description
-        code = status.status_code.value
-        body = b""
-        if message:
-            body = _ld(T_STATUS_MESSAGE, message.encode("utf-8"))
-        if code:
-            body += T_STATUS_CODE + _varint(code)
-        out.append(_ld(T_SPAN_STATUS, body))
+        out.append(_status(status))
     out.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
-    return _ld(T_SS_SPANS, b"".join(out))
+    return b"".join(out)
+
+
+def _status(status: Any) -> bytes:
+    """The ``status`` field of a span."""
+    message = status.description
+    code = status.status_code.value
+    body = b""
+    if message:
+        body = _ld(T_STATUS_MESSAGE, message.encode("utf-8"))
+    if code:
+        body += T_STATUS_CODE + _varint(code)
+    return _ld(T_SPAN_STATUS, body)
+
+
+_STATUS_UNSET = _ld(T_SPAN_STATUS, b"")
+# The status of every span until one is set: a light span's, and its encoding's shortcut.
+UNSET_STATUS = Status(StatusCode.UNSET)
+
+
+def encode_light(span: Any) -> bytes:
+    """:func:`encode_span` of a light span (:class:`autotrace.light_span.LightSpan`), read
+    from its state directly: the same bytes, without the ``ReadableSpan`` properties'
+    calls and copies. The span's attributes are a plain dict (cached whole) until the app
+    sets one; its events and links an empty tuple until the first."""
+    ctx = span._context  # noqa: SLF001 - a SpanContext: (trace_id, span_id, is_remote, flags, state, valid)
+    parent = span._parent  # noqa: SLF001
+    name = span._name  # noqa: SLF001
+    start = span._start_time  # noqa: SLF001
+    end = span._end_time  # noqa: SLF001
+    attributes = span._attributes  # noqa: SLF001
+    trace_state = ctx[4]
+    if type(attributes) is dict:
+        encoded_attributes = _plain_attributes(attributes) if attributes else b""
+    else:  # the SDK's BoundedAttributes, once the app set one
+        encoded_attributes = _attributes(T_SPAN_ATTRIBUTES, attributes) if attributes else b""
+        if attributes.dropped:
+            encoded_attributes += T_SPAN_DROPPED_ATTRIBUTES + _varint(attributes.dropped)
+    if name:
+        name_bytes = name.encode("utf-8")
+        n = len(name_bytes)
+        name_field = T_SPAN_NAME + (_SMALL[n] if n < 0x80 else _varint(n)) + name_bytes
+    else:
+        name_field = b""
+    head = b"".join(
+        (
+            b"\x0a\x10",  # trace_id, 16 bytes
+            ctx[0].to_bytes(16, "big"),
+            b"\x12\x08",  # span_id, 8 bytes
+            ctx[1].to_bytes(8, "big"),
+            _ld(T_SPAN_TRACE_STATE, _trace_state(trace_state).encode("utf-8")) if trace_state and _trace_state(trace_state) else b"",
+            b"\x22\x08" + parent[1].to_bytes(8, "big") if parent else b"",  # parent_span_id, 8 bytes
+            name_field,
+            _KIND_BY_VALUE[span._kind._value_],  # noqa: SLF001 - not a dict look-up: an Enum's hash is a Python call
+            T_SPAN_START + _pack_fixed64(start) if start else b"",
+            T_SPAN_END + _pack_fixed64(end) if end else b"",
+            encoded_attributes,
+        )
+    )
+    events = span._events  # noqa: SLF001
+    links = span._links  # noqa: SLF001
+    if events or links or type(events) is not tuple or type(links) is not tuple:
+        # Events or links (or their bounded lists): the general way, from the property on.
+        body = head + _span_tail(span, parent)
+    else:
+        status = span._status  # noqa: SLF001
+        body = b"".join(
+            (
+                head,
+                _STATUS_UNSET if status is UNSET_STATUS else _status(status),
+                _FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL,
+            )
+        )
+    n = len(body)
+    return T_SS_SPANS + (_SMALL[n] if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7)) if n < 0x4000 else _varint(n)) + body
 
 
 # How the export thread lets request threads run while it encodes a batch: a pause of

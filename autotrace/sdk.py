@@ -129,25 +129,34 @@ _app_provider: trace.TracerProvider | None = None
 _handover: threading.Thread | None = None  # shuts our provider down after a hand-over
 
 
-# Spans ended in this process, and that number when flush_if_recorded last flushed.
-_ended = 0
+# The number of spans ended when flush_if_recorded last flushed.
 _flushed_at = 0
 
 
 class _EndCounter(SpanProcessor):
     """Counts ended spans, so a flush can be skipped when nothing was recorded."""
 
+    def __init__(self) -> None:
+        self.ended = 0
+
     def on_end(self, span: ReadableSpan) -> None:
-        global _ended
-        _ended += 1
+        self.ended += 1
+
+    def light_end(self, span: ReadableSpan) -> None:
+        """``on_end`` of a light span (:mod:`autotrace.light_span`: no ``on_start`` needed)."""
+        self.ended += 1
+
+
+_counter = _EndCounter()  # the agent's provider's (one per process)
 
 
 def flush_if_recorded(timeout_s: float) -> None:
     """Flush (not finally) if a span ended since the last such flush: cheap when none did."""
     global _flushed_at
-    if _ended == _flushed_at:
+    ended = _counter.ended
+    if ended == _flushed_at:
         return
-    _flushed_at = _ended
+    _flushed_at = ended
     flush(timeout_s, final=False)
 
 
@@ -157,7 +166,7 @@ def install(set_global: Callable[[trace.TracerProvider], None], settings: Config
     provider = AgentTracerProvider(
         sampler=build_sampler(settings), resource=resource, shutdown_on_exit=False
     )
-    provider.add_span_processor(_EndCounter())
+    provider.add_span_processor(_counter)
     factories = exporters.factories(settings)
     for name in settings.exporters:
         handle = exporters.ExporterHandle(name, factories[name], settings=settings)

@@ -19,6 +19,12 @@ is full; ``force_flush`` and ``shutdown`` export everything queued.
 Fork: a child starts with an empty queue and its own export thread, as with the SDK. A
 span started in the parent and still open at the fork belongs to the parent, which ends
 and exports it; the child, whose copy of the code ends it too, does not export it again.
+A light span (:mod:`autotrace.light_span`) knows the process that started it
+(:data:`pid`); the processor keeps the ids of other spans open, for the same check.
+
+Light spans take a shorter way: :meth:`EncodingBatchProcessor.light_end` is the whole of
+the processor's work at their end (no ``on_start``: their process is on the span), and
+:func:`autotrace.otlp_encode.encode_light` reads the span's state directly.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach,
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from . import _log, export_report, green
-from .otlp_encode import encode_request, encode_span
+from .otlp_encode import encode_light, encode_request, encode_span
 
 logger = _log.logger
 
@@ -47,6 +53,28 @@ MAX_BATCH_BYTES = 3 * 1024 * 1024
 MAX_OPEN_SPANS = 100_000
 
 Entry = Tuple[Any, Any, bytes]  # (resource, instrumentation scope, encoded span)
+
+# This process's id, set again in a forked child before anything else runs there: a light
+# span started under another one was the parent's (see the module docstring).
+pid = os.getpid()
+
+
+def _new_pid() -> None:
+    global pid
+    pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pid)
+
+
+def _encode_failed(exc: Exception) -> None:
+    _log.warn_once(
+        f"span_queue:{type(exc).__name__}",
+        "a span could not be encoded (%s: %s); such spans are dropped",
+        type(exc).__name__,
+        exc,
+    )
 
 
 class EncodedBatch:
@@ -122,7 +150,7 @@ class EncodingBatchProcessor(SpanProcessor):
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         context = span.context
-        if context.trace_flags.sampled:
+        if context.trace_flags.sampled and getattr(span, "_pid", None) is None:
             opened = self._open
             if len(opened) >= MAX_OPEN_SPANS:
                 opened.clear()  # never ended: forget them (a fork then exports them twice)
@@ -132,29 +160,43 @@ class EncodingBatchProcessor(SpanProcessor):
         context = span.context
         if not context.trace_flags.sampled:
             return
-        span_id = context.span_id
-        if self._inherited and span_id in self._inherited:
-            self._inherited.discard(span_id)  # the parent's span: the parent exports it
-            return
-        self._open.discard(span_id)
+        started_in = getattr(span, "_pid", None)  # a light span's process
+        if started_in is not None:
+            if started_in != pid:
+                return  # the parent's span: the parent exports it
+        else:
+            span_id = context.span_id
+            if self._inherited and span_id in self._inherited:
+                self._inherited.discard(span_id)  # the parent's span: the parent exports it
+                return
+            self._open.discard(span_id)
         if self._shutdown:
             return
         try:
             data = encode_span(span)
         except Exception as exc:  # noqa: BLE001 - fail open: this span is lost, said once
-            _log.warn_once(
-                f"span_queue:{type(exc).__name__}",
-                "a span could not be encoded (%s: %s); such spans are dropped",
-                type(exc).__name__,
-                exc,
-            )
+            _encode_failed(exc)
             return
+        self._put(span.resource, span.instrumentation_scope, data)
+
+    def light_end(self, span: Any) -> None:
+        """``on_end`` of a light span started in this process (the caller checked both)."""
+        if not span._context[3] & 1 or self._shutdown:  # noqa: SLF001 - the trace flags: not sampled
+            return
+        try:
+            data = encode_light(span)
+        except Exception as exc:  # noqa: BLE001 - fail open: this span is lost, said once
+            _encode_failed(exc)
+            return
+        self._put(span._resource, span._instrumentation_scope, data)  # noqa: SLF001
+
+    def _put(self, resource: Any, scope: Any, data: bytes) -> None:
         size = len(data)
         wake = False
         with self._lock:
             full = len(self._queue) >= self._max_queue_size or self._bytes + size > self._max_queue_bytes
             if not full:
-                self._queue.append((span.resource, span.instrumentation_scope, data))
+                self._queue.append((resource, scope, data))
                 self._bytes += size
                 wake = len(self._queue) >= self._max_batch_size or self._bytes >= self._max_batch_bytes
         if full:

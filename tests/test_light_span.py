@@ -30,7 +30,7 @@ from opentelemetry.trace.span import TraceState
 from autotrace import api, light_span
 from autotrace import spans as span_core
 from autotrace.light_span import LightSpan
-from autotrace.otlp_encode import encode_request, encode_span, encode_spans
+from autotrace.otlp_encode import encode_light, encode_request, encode_span, encode_spans
 from autotrace.propagation.decision import ACCEPT, DEFER, DENY, with_decision
 from autotrace.propagation.sampler import UpstreamParentBased
 
@@ -146,6 +146,9 @@ def test_a_light_span_encodes_like_the_sdk_span(start_attributes, known, app, sp
     # Byte for byte the SDK encoder's request, and so what the batch queue sends (it joins
     # each span's encoding made at its end).
     assert encode_spans([light]) == sdk_encode_spans([light]).SerializeToString()
+    # The light span's own encoding (read from its state, its attributes cached whole),
+    # twice: the second from the cache.
+    assert encode_light(light) == encode_span(light) == encode_light(light)
     queued = encode_request([(s.resource, s.instrumentation_scope, encode_span(s)) for s in (light, sdk_span)])
     assert queued == sdk_encode_spans([light, sdk_span]).SerializeToString()
     assert sdk_encode_spans([light]).SerializeToString() == sdk_encode_spans([sdk_span]).SerializeToString()

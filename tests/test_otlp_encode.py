@@ -294,3 +294,26 @@ def test_the_export_threads_encoding_pauses_every_few_spans(monkeypatch):
     assert pauses == []
     assert otlp_encode.encode_spans(spans, pause=True) == plain
     assert pauses == [otlp_encode.PAUSE_S] * 3
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [({"a": True}, {"a": 1}), ({"a": 0}, {"a": False}), ({"f": 0.0}, {"f": -0.0}), ({"f": float("nan")}, {"f": float("nan")})],
+    ids=["true-then-1", "0-then-false", "zero-then-minus-zero", "nan-twice"],
+)
+def test_the_caches_never_give_one_value_the_encoding_of_an_equal_one(first, second):
+    """True == 1 and 0.0 == -0.0 as dict keys: a light span's cached attribute block and the
+    per-pair cache must still encode each as itself (as the SDK does)."""
+    from opentelemetry import context
+
+    from autotrace import light_span
+
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("autotrace.test")
+    for attributes in (first, second, first, second):
+        light_span.start_span(tracer, "op", SpanKind.CLIENT, context.Context(), attributes).end()
+    spans = exporter.get_finished_spans()
+    for span in spans:
+        assert otlp_encode.encode_light(span) == otlp_encode.encode_span(span)
+        expected = sdk_encode_spans([span]).SerializeToString()
+        assert otlp_encode.encode_request([(span.resource, span.instrumentation_scope, otlp_encode.encode_light(span))]) == expected

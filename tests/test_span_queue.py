@@ -224,22 +224,33 @@ def test_unsampled_spans_are_not_queued():
     processor.shutdown()
 
 
-def test_a_span_open_at_a_fork_is_exported_by_the_parent_only():
-    """The child's side of a fork (its at-fork handler, run here by hand)."""
+@pytest.mark.parametrize("app_processor", [False, True], ids=["agent-processors", "with-an-app-processor"])
+def test_a_span_open_at_a_fork_is_exported_by_the_parent_only(monkeypatch, app_processor):
+    """The child's side of a fork (its at-fork handlers, run here by hand), for an SDK span
+    and a light span, with the agent's processors alone (the light spans' short way) and
+    with a processor of the app's too (the SDK's calls)."""
+    from autotrace import span_queue
+
     provider, processor, exporter = _setup()
+    if app_processor:
+        recorder = Recorder()
+        provider.add_span_processor(recorder)
     tracer = provider.get_tracer("t")
     open_at_fork = tracer.start_span("open at fork")
     hook_open = light_span.start_span(tracer, "hook open at fork", SpanKind.SERVER, context.Context(), {})
     tracer.start_span("queued before the fork").end()
     worker = processor._worker
     processor._at_fork_reinit()  # what the child runs after os.fork()
+    monkeypatch.setattr(span_queue, "pid", span_queue.pid + 1)  # and the child's process id
     assert processor._worker is not worker and processor.undelivered() == 0  # the parent's queue is the parent's
     open_at_fork.end()
     hook_open.end()
     tracer.start_span("the child's own").end()
+    light_span.start_span(tracer, "the child's hook span", SpanKind.CLIENT, context.Context(), {}).end()
     processor.force_flush()
     (batch,) = exporter.batches
-    assert len(batch) == 1 and b"the child's own" in batch.data
+    assert len(batch) == 2 and b"the child's own" in batch.data and b"the child's hook span" in batch.data
+    assert b"open at fork" not in batch.data
     processor.shutdown()
 
 

@@ -29,6 +29,8 @@ DEFER = "defer"
 
 _DECISION_KEY = create_key("autotrace-upstream-sampling-decision")
 _DEBUG_KEY = create_key("autotrace-upstream-debug")
+# The context key of a recorded decision: a context without it has none (a fast check).
+DECISION_KEY = _DECISION_KEY
 
 
 def with_decision(context: Context, decision: str, deferred: trace.SpanContext | None = None) -> Context:
