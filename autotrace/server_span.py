@@ -174,7 +174,7 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     return not base or not extracted_links(base)  # an empty context holds no links
 
 
-def extract_incoming(carrier, getter, base: context.Context | None = None) -> tuple[context.Context, list[trace.Link]]:
+def extract_incoming(carrier, getter, base: context.Context | None = None, mode: str | None = None) -> tuple[context.Context, list[trace.Link]]:
     """The parent context of an incoming request's SERVER span, and its span links.
 
     ``carrier`` and ``getter`` are the server's propagation fields (HTTP headers, gRPC
@@ -191,7 +191,8 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
     context, propagate, trace = api.context, api.propagate, api.trace
     if base is None:
         base = api.get_current()
-    mode = http_settings().incoming_context
+    if mode is None:
+        mode = http_settings().incoming_context
     if mode == "continue":
         if _nothing_to_extract(carrier, getter, base):
             return base, []
@@ -216,12 +217,15 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
 class ServerSpan(SpanHandle):
     """One request's SERVER span (its context: the span current, marked as served)."""
 
-    __slots__ = ("method",)
+    __slots__ = ("method", "response_headers")
     WHAT = "a server span"
 
-    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None, method: str = "HTTP") -> None:
+    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None, method: str = "HTTP", response_headers: bool = True) -> None:
         super().__init__(span, ctx, token)
         self.method = method  # the span name's method: the request's when known, else "HTTP"
+        # Whether response headers are to be captured (the settings name some): a server
+        # hook need not list a response's headers for nothing.
+        self.response_headers = response_headers
 
     def set_route(self, route: str, keep: bool = False) -> None:
         """Name the span by its route template (:func:`set_route` for the span at hand);
@@ -346,14 +350,14 @@ def start(
         if client_address:
             attributes["client.address"] = client_address
 
-        parent, links = extract_incoming(headers, _GETTER, current)
+        parent, links = extract_incoming(headers, _GETTER, current, settings.incoming_context)
         name = known or "HTTP"
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
         ctx = api.with_span(span, parent, api.IN_SERVER_SPAN, span)
-        return ServerSpan(span, ctx, api.set_current(ctx) if attach else None, name)
+        return ServerSpan(span, ctx, api.set_current(ctx) if attach else None, name, bool(settings.response_headers))
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None

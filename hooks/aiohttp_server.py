@@ -35,7 +35,6 @@ from __future__ import annotations
 import sys
 
 from autotrace import server_span
-from autotrace.config import http_settings
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -73,7 +72,7 @@ def _traced(original):
         try:
             response = result[0]
             span.set_response(int(response.status), _route(request), keep=True)
-            if http_settings().response_headers:
+            if span.response_headers:
                 span.capture_response_headers(response.headers.items())
         except Exception:  # noqa: BLE001 - not aiohttp's (response, reset): nothing to record
             pass

@@ -263,7 +263,7 @@ def _end(handler, span: server_span.ServerSpan, upgrade_stays_open: bool = False
             span.end()
             return
         span.set_status_code(status)
-        if http_settings().response_headers:
+        if span.response_headers:
             headers = getattr(handler, "_headers", None)
             if headers is not None:
                 span.capture_response_headers(headers.get_all())
