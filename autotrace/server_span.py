@@ -30,6 +30,8 @@ links only).
 
 from __future__ import annotations
 
+from functools import partial
+
 from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
@@ -308,6 +310,33 @@ def _fixed_attributes(key: tuple) -> dict[str, object]:
     return found
 
 
+def _attributes(
+    method: str,
+    known: str | None,
+    scheme: str,
+    server_address: str | None,
+    server_port: int | None,
+    protocol_version: str | None,
+    user_agent: str | None,
+    headers: Lookup,
+    path: str,
+    query: str,
+    client_address: str | None,
+) -> dict[str, object]:
+    """The SERVER span's attributes (see :func:`start`): the ones that repeat from the cache."""
+    if user_agent is _LOOKUP:
+        agent = headers("user-agent")
+        user_agent = agent[0] if agent else None
+    key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
+    attributes = dict(_fixed.get(key) or _fixed_attributes(key))
+    attributes["url.path"] = path
+    if query:
+        attributes["url.query"] = redact_query(query)
+    if client_address:
+        attributes["client.address"] = client_address
+    return attributes
+
+
 def start(
     method: str,
     scheme: str,
@@ -343,17 +372,8 @@ def start(
         if known is None:
             upper = method.upper()
             known = upper if upper in KNOWN_METHODS else None
-        if user_agent is _LOOKUP:
-            agent = headers("user-agent")
-            user_agent = agent[0] if agent else None
-        key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
-        attributes = dict(_fixed.get(key) or _fixed_attributes(key))
-        attributes["url.path"] = path
-        if query:
-            attributes["url.query"] = redact_query(query)
-        if client_address:
-            attributes["client.address"] = client_address
-
+        # Computed only if the span is recorded (a partial: no closure made per request).
+        attributes = partial(_attributes, method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
         parent, links = extract_incoming(headers, _GETTER, current, settings.incoming_context)
         name = known or "HTTP"
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
