@@ -30,6 +30,8 @@ links only).
 
 from __future__ import annotations
 
+from functools import partial
+
 from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
@@ -69,7 +71,28 @@ class HeaderLookup:
         return self._lookup(name)
 
     def names(self) -> list[str]:
-        return [name.lower() for name in self._names()]
+        return [name.lower() for name in self.listed()]
+
+    def listed(self) -> Iterable[str]:
+        """The request's header names, as the server gives them."""
+        return self._names()
+
+
+class MultiDictLookup(HeaderLookup):
+    """The headers of a case-insensitive multidict (aiohttp's ``CIMultiDictProxy``: ``getall``,
+    ``keys``, ``in``) as a :class:`HeaderLookup`, made without a closure for each request."""
+
+    __slots__ = ()
+
+    def __init__(self, headers) -> None:
+        self._lookup = headers
+        self.contains = headers.__contains__
+
+    def __call__(self, name: str) -> Sequence[str]:
+        return self._lookup.getall(name, ())
+
+    def listed(self) -> Iterable[str]:
+        return self._lookup.keys()
 
 
 class _LookupGetter:
@@ -93,7 +116,7 @@ class _LookupGetter:
 
         if not isinstance(carrier, HeaderLookup):
             return []
-        return [name.lower() for name in itertools.islice(carrier._names(), MAX_KEYS)]  # noqa: SLF001
+        return [name.lower() for name in itertools.islice(carrier.listed(), MAX_KEYS)]
 
 
 _GETTER = _LookupGetter()
@@ -153,7 +176,7 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     return not base or not extracted_links(base)  # an empty context holds no links
 
 
-def extract_incoming(carrier, getter, base: context.Context | None = None) -> tuple[context.Context, list[trace.Link]]:
+def extract_incoming(carrier, getter, base: context.Context | None = None, mode: str | None = None) -> tuple[context.Context, list[trace.Link]]:
     """The parent context of an incoming request's SERVER span, and its span links.
 
     ``carrier`` and ``getter`` are the server's propagation fields (HTTP headers, gRPC
@@ -170,7 +193,8 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
     context, propagate, trace = api.context, api.propagate, api.trace
     if base is None:
         base = api.get_current()
-    mode = http_settings().incoming_context
+    if mode is None:
+        mode = http_settings().incoming_context
     if mode == "continue":
         if _nothing_to_extract(carrier, getter, base):
             return base, []
@@ -195,12 +219,19 @@ def extract_incoming(carrier, getter, base: context.Context | None = None) -> tu
 class ServerSpan(SpanHandle):
     """One request's SERVER span (its context: the span current, marked as served)."""
 
-    __slots__ = ("method",)
+    __slots__ = ("method", "response_headers")
     WHAT = "a server span"
 
-    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None, method: str = "HTTP") -> None:
-        super().__init__(span, ctx, token)
+    def __init__(self, span: trace.Span, ctx: context.Context, token: object = None, method: str = "HTTP", response_headers: bool = True) -> None:
+        # SpanHandle.__init__'s work, inline (a call less on every request).
+        self.span = span
+        self.context = ctx
+        self._token = token
+        self._ended = False
         self.method = method  # the span name's method: the request's when known, else "HTTP"
+        # Whether response headers are to be captured (the settings name some): a server
+        # hook need not list a response's headers for nothing.
+        self.response_headers = response_headers
 
     def set_route(self, route: str, keep: bool = False) -> None:
         """Name the span by its route template (:func:`set_route` for the span at hand);
@@ -225,6 +256,23 @@ class ServerSpan(SpanHandle):
         except Exception as exc:  # noqa: BLE001
             _report(exc)
 
+    def set_response(self, code: int, route: str | None = None, keep: bool = False) -> None:
+        """The response's status code and the route template (as :meth:`set_route`, with
+        ``keep``), set on the span at once (one round of its lock for both)."""
+        try:
+            span = self.span
+            known = getattr(span, "attributes", None) if (route and keep) or code >= 500 else None
+            if route and not (keep and known and "http.route" in known):
+                set_known(span, {"http.route": route, "http.response.status_code": code})
+                span.update_name(f"{self.method} {route}")
+            else:
+                set_known(span, {"http.response.status_code": code})
+            # As set_status_code: an exception recorded already names the error better.
+            if code >= 500 and "error.type" not in (known or {}):
+                mark_error(span, str(code))
+        except Exception as exc:  # noqa: BLE001
+            _report(exc)
+
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = http_settings().response_headers
         if wanted:
@@ -232,6 +280,61 @@ class ServerSpan(SpanHandle):
 
     def record_exception(self, exc: BaseException) -> None:
         record_exception(exc, self.span)
+
+
+_LOOKUP = "lookup"  # start()'s user_agent when the server does not give it: looked up in the headers
+
+# The request's attributes that repeat from one request to the next (method, scheme, server
+# address and port, protocol version, user agent), built once per distinct combination.
+# Bounded: cleared when full.
+_fixed: dict[tuple, dict[str, object]] = {}
+_FIXED_SIZE = 256
+
+
+def _fixed_attributes(key: tuple) -> dict[str, object]:
+    method, known, scheme, server_address, server_port, protocol_version, user_agent = key
+    found: dict[str, object] = {"http.request.method": known or "_OTHER", "url.scheme": scheme}
+    if method != found["http.request.method"]:  # unknown, or known in another case
+        found["http.request.method_original"] = method
+    if server_address:
+        found["server.address"] = server_address
+    if server_port is not None:
+        found["server.port"] = server_port
+    if protocol_version:
+        found["network.protocol.version"] = protocol_version
+    if user_agent:
+        found["user_agent.original"] = user_agent
+    if len(_fixed) >= _FIXED_SIZE:
+        _fixed.clear()
+    _fixed[key] = found
+    return found
+
+
+def _attributes(
+    method: str,
+    known: str | None,
+    scheme: str,
+    server_address: str | None,
+    server_port: int | None,
+    protocol_version: str | None,
+    user_agent: str | None,
+    headers: Lookup,
+    path: str,
+    query: str,
+    client_address: str | None,
+) -> dict[str, object]:
+    """The SERVER span's attributes (see :func:`start`): the ones that repeat from the cache."""
+    if user_agent is _LOOKUP:
+        agent = headers("user-agent")
+        user_agent = agent[0] if agent else None
+    key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
+    attributes = dict(_fixed.get(key) or _fixed_attributes(key))
+    attributes["url.path"] = path
+    if query:
+        attributes["url.query"] = redact_query(query)
+    if client_address:
+        attributes["client.address"] = client_address
+    return attributes
 
 
 def start(
@@ -244,11 +347,15 @@ def start(
     server_port: int | None = None,
     client_address: str | None = None,
     protocol_version: str | None = None,
+    user_agent: str | None = _LOOKUP,
+    attach: bool = True,
 ) -> ServerSpan | None:
-    """Start the request's SERVER span and make its context current, or return None.
+    """Start the request's SERVER span (its context made current, unless not ``attach``), or return None.
 
     ``path`` and ``query`` are the request target's parts, undecoded. ``headers`` looks
-    up a (lower-case) request header's values. Never raises.
+    up a (lower-case) request header's values. ``user_agent``: the ``User-Agent``
+    header's (first) value when the server has it at hand (None: none), else looked up
+    in ``headers``. Never raises.
     """
     try:
         if not api.loaded:
@@ -261,43 +368,41 @@ def start(
             url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
             if any(pattern.search(url) for pattern in settings.excluded):
                 return None
-        upper = method.upper()
-        known = upper if upper in KNOWN_METHODS else None
-
-        def attributes() -> dict[str, object]:  # called only if the span is recorded
-            found: dict[str, object] = {
-                "http.request.method": known or "_OTHER",
-                "url.scheme": scheme,
-                "url.path": path,
-            }
-            if method != found["http.request.method"]:  # unknown, or known in another case
-                found["http.request.method_original"] = method
-            if query:
-                found["url.query"] = redact_query(query)
-            if server_address:
-                found["server.address"] = server_address
-            if server_port is not None:
-                found["server.port"] = server_port
-            if client_address:
-                found["client.address"] = client_address
-            if protocol_version:
-                found["network.protocol.version"] = protocol_version
-            agent = headers("user-agent")
-            if agent:
-                found["user_agent.original"] = agent[0]
-            return found
-
-        parent, links = extract_incoming(headers, _GETTER, current)
+        known = method if method in KNOWN_METHODS else None
+        if known is None:
+            upper = method.upper()
+            known = upper if upper in KNOWN_METHODS else None
+        # Computed only if the span is recorded (a partial: no closure made per request).
+        attributes = partial(_attributes, method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
+        parent, links = extract_incoming(headers, _GETTER, current, settings.incoming_context)
         name = known or "HTTP"
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
         ctx = api.with_span(span, parent, api.IN_SERVER_SPAN, span)
-        return ServerSpan(span, ctx, api.set_current(ctx), name)
+        return ServerSpan(span, ctx, api.set_current(ctx) if attach else None, name, bool(settings.response_headers))
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
+
+
+# A Host header -> (server.address, server.port), for the values seen last: a service is
+# called under few names. Bounded: cleared when full.
+_hosts: dict[str, tuple[str | None, int | None]] = {}
+_HOSTS_SIZE = 64
+
+
+def host_address(host: str) -> tuple[str | None, int | None]:
+    """A ``Host`` header's address and port (``"[::1]:8080"`` -> ``("[::1]", 8080)``; no port: None)."""
+    found = _hosts.get(host)
+    if found is None:
+        name, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+        found = (name or None, int(port) if port.isdigit() else None)
+        if len(_hosts) >= _HOSTS_SIZE:
+            _hosts.clear()
+        _hosts[host] = found
+    return found
 
 
 def current() -> trace.Span | None:

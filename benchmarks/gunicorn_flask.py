@@ -1,6 +1,7 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
     python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--no-export] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py --app aiohttp|tornado --instructions [--compare LABEL=VENV_BIN_DIR ...]
 
 ``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
 worker (``-k aiohttp.GunicornWebWorker``), with the same targets. ``--app tornado``: a
@@ -20,6 +21,14 @@ Besides throughput, p99 and RSS, each line gives the server's CPU time per reque
 worker processes' user + system time from /proc over the timed run, divided by the
 requests wrk completed): on a machine shared with other work it moves much less than the
 throughput, and its difference to plain is what the agent adds to each request.
+
+``--instructions`` (``--app aiohttp`` or ``tornado``): instead of timing, the
+instructions per request as valgrind's callgrind counts them (Debian package valgrind),
+which the machine's load does not move: the app and a raw keep-alive HTTP/1.1 client on
+one event loop in one process (``INSTRUCTIONS_DRIVER``), 2,000 requests after 300 of
+warm-up, counted only inside the ``functools.reduce`` call that runs them (start-up,
+imports and warm-up left out); spans made, not exported. The client's share is the same
+in every variant, so the difference to plain is the agent's, server side.
 """
 
 from __future__ import annotations
@@ -81,6 +90,82 @@ async def main():
 
 asyncio.run(main())
 '''
+
+
+# --instructions: the app and its client on one loop; argv: app (aiohttp | tornado), requests.
+INSTRUCTIONS_DRIVER = '''
+import asyncio, functools, re, socket, sys
+
+app_kind, calls = sys.argv[1], int(sys.argv[2])
+
+
+async def serve_aiohttp(port):
+    from aiohttp import web
+
+    async def hello(request):
+        return web.Response(text="hello " + request.match_info["name"])
+
+    app = web.Application()
+    app.router.add_get("/hello/{name}", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+
+async def serve_tornado(port):
+    import tornado.web
+
+    class Hello(tornado.web.RequestHandler):
+        def get(self, name):
+            self.write("hello " + name)
+
+    tornado.web.Application([(r"/hello/([^/]+)", Hello)]).listen(port, "127.0.0.1")
+
+
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+loop = asyncio.new_event_loop()
+loop.run_until_complete((serve_aiohttp if app_kind == "aiohttp" else serve_tornado)(port))
+reader, writer = loop.run_until_complete(asyncio.open_connection("127.0.0.1", port))
+request = b"GET /hello/world HTTP/1.1\\r\\nHost: 127.0.0.1:%d\\r\\n\\r\\n" % port
+length = re.compile(rb"(?i)content-length: *(\\d+)")
+
+
+async def run(n):
+    for _ in range(n):
+        writer.write(request)
+        head = await reader.readuntil(b"\\r\\n\\r\\n")
+        await reader.readexactly(int(length.search(head).group(1)))
+
+
+loop.run_until_complete(run(300))
+functools.reduce(lambda _, n: loop.run_until_complete(run(n)), [calls], None)  # what callgrind counts
+'''
+
+
+def _instructions(app: str, variants: dict[str, list[str]], env: dict[str, str], requests: int = 2000) -> None:
+    """Instructions per request of each variant (``[launcher..., python]``), counted in parallel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        driver = Path(tmp, "driver.py")
+        driver.write_text(INSTRUCTIONS_DRIVER)
+        running = {
+            name: subprocess.Popen(
+                ["valgrind", "--tool=callgrind", "--trace-children=yes", "--collect-atstart=no", "--toggle-collect=functools_reduce",
+                 "--callgrind-out-file=/dev/null", *command, str(driver), app, str(requests)],
+                env=dict(harness.unexported(env), PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            for name, command in variants.items()
+        }
+        counts = {}
+        for name, process in running.items():
+            _, err = process.communicate(timeout=3600)
+            if process.returncode != 0:
+                raise SystemExit(f"{name} failed under valgrind:\n{err[-3000:]}")
+            counts[name] = sum(int(found) for found in re.findall(r"Collected : (\d+)", err)) / requests
+    plain = counts.pop("plain")
+    print(f"{app} hello, instructions per request (app + client in one process, user space, spans not exported; valgrind --tool=callgrind)")
+    print(f"  plain {plain:,.0f}" + "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items()))
 
 
 def _gunicorn(*worker: str) -> Callable[[Path, int, int], list[str]]:
@@ -168,8 +253,24 @@ def main() -> None:
     parser.add_argument(
         "--no-export", action="store_true", help="also `autotrace run` with OTEL_TRACES_EXPORTER=none (spans made, not exported)"
     )
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="--app aiohttp or tornado: count instructions per request in process with valgrind (callgrind) instead of timing",
+    )
     args = parser.parse_args()
     source, server_command, title = APPS[args.app]
+    if args.instructions:
+        if args.app == "flask":
+            parser.error("--instructions: --app aiohttp or --app tornado")
+        env = harness.plain_env()
+        counted = {"plain": [str(harness.BIN / "python")], "autotrace run": [str(harness.BIN / "autotrace"), "run", str(harness.BIN / "python")]}
+        for item in args.compare:
+            label, sep, other_bin = item.partition("=")
+            if not sep or not Path(other_bin, "autotrace").exists():
+                parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+            counted[f"autotrace run ({label})"] = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "python"))]
+        _instructions(args.app, counted, env)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
 

@@ -15,19 +15,24 @@ whole and a WebSocket handler (which returns when the connection closes) is one 
 answered 101.
 
 - Name and ``http.route``: the matched resource's canonical form (``/items/{id}``; a
-  sub-application's prefix included), read once the handler returns or raises. No
+  sub-application's prefix included), read once per route object, set with the status. No
   route (a 404, a low-level ``web.Server`` handler): the name stays ``"GET"``. A
   framework served through the resource that names the span itself (a Flask app
   behind a catch-all route, through a WSGI adapter) keeps its name: it is the finer one.
 - Status: the response aiohttp sends. A raised ``web.HTTPException`` keeps its status
   (a 404 is no error; a raised 5xx is); an exception the handler raises otherwise is
-  recorded, and aiohttp's 500 (504 for a timeout) makes the span an error.
+  recorded, and aiohttp's 500 (504 for a timeout) makes the span an error. aiohttp
+  turns such an exception into its error response with ``RequestHandler.handle_error``,
+  in the request's task: the exception is recorded there (the 504's is the
+  ``TimeoutError`` aiohttp is handling), so the request's own path adds no coroutine.
 - A request aiohttp could not parse (its own 400 from an error handler) gets no span.
 
 The request handler is passed through untouched when the span could not start.
 """
 
 from __future__ import annotations
+
+import sys
 
 from autotrace import server_span
 from autotrace.patching import wrap_function
@@ -40,49 +45,35 @@ if TYPE_CHECKING:
 def patch(module: ModuleType) -> None:
     handler = module.RequestHandler
     if "_handle_request" in vars(handler):
-        wrap_function(handler, "_handle_request", lambda original: _traced(original, module))
+        wrap_function(handler, "_handle_request", _traced)
+        wrap_function(handler, "handle_error", _recording_error)
 
 
-def _traced(original, module: ModuleType):
-    http_exception = getattr(module, "HTTPException", None)
-    if not isinstance(http_exception, type):
-        http_exception = ()
-
+def _traced(original):
     async def _handle_request(self, request, start_time, request_handler, *args, **kwargs):
         span = None
         if request_handler is getattr(self, "_request_handler", None):  # not aiohttp's error handler
             span = _start(request)
         if span is None:
             return await original(self, request, start_time, request_handler, *args, **kwargs)
-
-        failed = False  # the handler raised (recorded): what aiohttp raises after names it less well
-
-        async def handler(request):
-            nonlocal failed
-            try:
-                return await request_handler(request)
-            except http_exception:
-                raise  # a response: its status says whether it is an error
-            except BaseException as exc:
-                failed = True
-                span.record_exception(exc)
-                raise
-            finally:
-                _name(request, span)
-
         try:
-            result = await original(self, request, start_time, handler, *args, **kwargs)
+            result = await original(self, request, start_time, request_handler, *args, **kwargs)
         except BaseException as exc:
-            # aiohttp's ConnectionError when the handler failed after its response began.
-            if not failed:
+            # aiohttp's ConnectionError when the handler failed after its response began:
+            # the handler's exception, recorded by handle_error, names the error better.
+            if not _failed(span):
                 span.record_exception(exc)
+            route = _route(request)
+            if route:
+                span.set_route(route, keep=True)
             span.end()
             span.detach()
             raise
         try:
             response = result[0]
-            span.set_status_code(int(response.status))
-            span.capture_response_headers(response.headers.items())
+            span.set_response(int(response.status), _route(request), keep=True)
+            if span.response_headers:
+                span.capture_response_headers(response.headers.items())
         except Exception:  # noqa: BLE001 - not aiohttp's (response, reset): nothing to record
             pass
         span.end()
@@ -92,31 +83,45 @@ def _traced(original, module: ModuleType):
     return _handle_request
 
 
-# Host header -> (server.address, server.port), and HTTP version -> network.protocol.version,
-# for the values seen last: a service is called under few names. Bounded: cleared when full.
-_hosts: dict[str, tuple[str | None, int | None]] = {}
+def _recording_error(original):
+    """``handle_error``: aiohttp answers an exception from the handler (500; 504 for a
+    timeout, the exception not passed: the one being handled). Recorded on the request's
+    span, current in its task; a raised ``web.HTTPException`` never comes here."""
+
+    def handle_error(self, request, status=500, exc=None, *args, **kwargs):
+        try:
+            span = server_span.current()
+            if span is not None:
+                failure = exc if exc is not None else sys.exc_info()[1]
+                if failure is not None:
+                    server_span.record_exception(failure, span)
+        except Exception:  # noqa: BLE001 - the error response is made regardless
+            pass
+        return original(self, request, status, exc, *args, **kwargs)
+
+    return handle_error
+
+
+def _failed(span: server_span.ServerSpan) -> bool:
+    """Whether the span records an error already (the handler's exception)."""
+    try:
+        return "error.type" in (getattr(span.span, "attributes", None) or {})
+    except Exception:  # noqa: BLE001
+        return False
+
+
 _versions: dict[object, str] = {}
-_CACHED = 64
-
-
-def _host(host: str) -> tuple[str | None, int | None]:
-    found = _hosts.get(host)
-    if found is None:
-        name, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
-        found = (name or None, int(port) if port.isdigit() else None)
-        if len(_hosts) >= _CACHED:
-            _hosts.clear()
-        _hosts[host] = found
-    return found
+_VERSIONS_SIZE = 16
 
 
 def _version(version) -> str | None:
+    """An aiohttp ``HttpVersion`` as ``network.protocol.version``, made once per value."""
     if version is None:
         return None
     found = _versions.get(version)
     if found is None:
         found = f"{version.major}.{version.minor}"
-        if len(_versions) >= _CACHED:
+        if len(_versions) >= _VERSIONS_SIZE:
             _versions.clear()
         _versions[version] = found
     return found
@@ -127,7 +132,7 @@ def _start(request) -> server_span.ServerSpan | None:
         headers = request.headers
         path, _, query = request.raw_path.partition("?")
         host = headers.get("Host")
-        address, port = _host(host) if host else (None, None)
+        address, port = server_span.host_address(host) if host else (None, None)
         if address is None:
             transport = request.transport
             sockname = transport.get_extra_info("sockname") if transport is not None else None
@@ -141,22 +146,36 @@ def _start(request) -> server_span.ServerSpan | None:
             scheme,
             path,
             query,
-            server_span.HeaderLookup(lambda name: headers.getall(name, ()), headers.keys, headers.__contains__),
+            server_span.MultiDictLookup(headers),
             address,
             port,
             request.remote,
             _version(request.version),
+            headers.get("User-Agent"),
         )
     except Exception:  # noqa: BLE001 - never fail a request
         return None
 
 
-def _name(request, span: server_span.ServerSpan) -> None:
-    """Name the span by the matched resource (web.Application requests only), unless a
-    framework the resource served named it already (a WSGI app behind a catch-all route)."""
+# A route object -> its resource's canonical form ("" when none: a low-level server's
+# request). Routes are few and live as long as their app. Bounded: cleared when full.
+_routes: dict[object, str] = {}
+_ROUTES_SIZE = 1024
+
+
+def _route(request) -> str:
+    """The matched resource's canonical form (web.Application requests), or ""."""
     try:
-        resource = request.match_info.route.resource  # a low-level server's request has none
-        if resource is not None:
-            span.set_route(resource.canonical, keep=True)
+        route = request.match_info.route  # a low-level server's request has no match_info
+        found = _routes.get(route)
+        if found is None:
+            resource = route.resource
+            if resource is None:
+                return ""  # no route matched (a 404's route, made for that request alone)
+            found = resource.canonical
+            if len(_routes) >= _ROUTES_SIZE:
+                _routes.clear()
+            _routes[route] = found
+        return found
     except Exception:  # noqa: BLE001 - the request is served regardless
-        pass
+        return ""

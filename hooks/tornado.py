@@ -133,15 +133,12 @@ def _forgetting_unused_route(original):
 
 
 def _starting_span(original):
+    """``headers_received``: the span starts (not current: ``execute`` and
+    ``data_received``, which hand the request on, make it current)."""
+
     def headers_received(self, start_line, headers):
-        span = _request_span(self.request)
-        if span is None:
-            return original(self, start_line, headers)
-        span.attach()
-        try:
-            return original(self, start_line, headers)
-        finally:
-            span.detach()
+        _request_span(self.request)
+        return original(self, start_line, headers)
 
     return headers_received
 
@@ -185,8 +182,7 @@ def _request_span(request) -> server_span.ServerSpan | None:
         if span is not None:
             route = state.get(_ROUTE)
             if route:
-                server_span.set_route(route)  # the span is current: start() attached it
-            span.detach()
+                span.set_route(route)
         return span
     except Exception:  # noqa: BLE001 - never fail a request
         return None
@@ -194,24 +190,21 @@ def _request_span(request) -> server_span.ServerSpan | None:
 
 def _start(request) -> server_span.ServerSpan | None:
     headers = request.headers
-    address = port = None
     host = headers.get("Host")
-    if host:
-        name, _, host_port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
-        address = name or None
-        if host_port.isdigit():
-            port = int(host_port)
+    address, port = server_span.host_address(host) if host else (None, None)
     version = request.version or ""
     return server_span.start(
         method=request.method,
         scheme=request.protocol,
         path=request.path,
         query=request.query,
-        headers=server_span.HeaderLookup(headers.get_list, headers.keys),
+        # get_list as the membership test too: an empty list for a field not in the request.
+        headers=server_span.HeaderLookup(headers.get_list, headers.keys, headers.get_list),
         server_address=address,
         server_port=port,
         client_address=request.remote_ip or None,
         protocol_version=version[5:] if version.upper().startswith("HTTP/") else None,
+        attach=False,  # made current where the request is handed on
     )
 
 
@@ -270,7 +263,7 @@ def _end(handler, span: server_span.ServerSpan, upgrade_stays_open: bool = False
             span.end()
             return
         span.set_status_code(status)
-        if http_settings().response_headers:
+        if span.response_headers:
             headers = getattr(handler, "_headers", None)
             if headers is not None:
                 span.capture_response_headers(headers.get_all())

@@ -211,6 +211,23 @@ def test_errors_and_http_exceptions(hooked):
     assert nowhere.status.status_code == StatusCode.UNSET
 
 
+def test_a_handler_timing_out_is_recorded_with_aiohttps_504(hooked):
+    """aiohttp answers a TimeoutError with 504 and without passing it on: it is recorded all the same."""
+
+    async def slow(request):
+        raise asyncio.TimeoutError()
+
+    app = web.Application()
+    app.router.add_get("/slow/{n}", slow)
+    assert serve(app, lambda port: request(port, "GET", "/slow/1")[0]) == 504
+    [server] = server_spans(hooked)
+    assert server.name == "GET /slow/{n}"
+    assert server.status.status_code == StatusCode.ERROR
+    assert server.attributes["error.type"] == "TimeoutError"
+    assert server.attributes["http.response.status_code"] == 504
+    assert [e.attributes["exception.type"] for e in server.events] == ["TimeoutError"]
+
+
 def test_sub_application_route_has_its_prefix(hooked):
     status, body, _ = serve(make_app({}), lambda port: request(port, "GET", "/api/users/ann"))
     assert (status, body) == (200, b"ok")
