@@ -327,7 +327,7 @@ def start_span(
     recorded, or when the sampler reads attributes). Raises what the SDK raises.
     """
     plan = _plan(tracer)
-    if plan is None or plan.metrics is not None or sdk._app_provider is not None or not plan.enabled():  # noqa: SLF001
+    if plan is None or plan.metrics is not None or sdk.app_provider() is not None or not plan.enabled():
         if attributes is not None and type(attributes) is not dict and callable(attributes):
             attributes = attributes()
         return tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
