@@ -107,6 +107,49 @@ class Flag:
         return self._set
 
 
+def _original_socket_class() -> Any:
+    """``socket.socket`` as it was before any patching."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        try:
+            return monkey.get_original("socket", "socket")
+        except Exception:  # noqa: BLE001 - try eventlet
+            pass
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is not None:
+        try:
+            return patcher.original("socket").socket
+        except Exception:  # noqa: BLE001
+            pass
+    import socket
+
+    return socket.socket
+
+
+def create_connection(address: Tuple[str, int], timeout: Any = None, source_address: Any = None) -> Any:
+    """``socket.create_connection`` with a real socket and the C resolver, whatever patched
+    the process: what the export thread (a real OS thread) connects with in a patched
+    process, where the patched function would start a hub of the library's in that thread."""
+    import _socket
+
+    host, port = address
+    error: OSError | None = None
+    socket_class = _original_socket_class()
+    for family, kind, proto, _name, sockaddr in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = socket_class(family, kind, proto)
+        try:
+            if timeout is not None:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error if error is not None else OSError(f"getaddrinfo returned nothing for {host}:{port}")
+
+
 class RealThread:
     """A daemon OS thread started with the original ``_thread.start_new_thread``.
 

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import _log, export_report
+from . import _log, export_report, green
 from ._version import __version__
 
 logger = _log.logger
@@ -179,6 +179,8 @@ class OtlpHttpExporter(SpanExporter):
             )
         else:
             connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        if green.patched():  # a real socket for the export thread (a real OS thread)
+            connection._create_connection = green.create_connection  # noqa: SLF001 - http.client's own hook for it
         if self._proxy is not None and self._tls:
             proxy = urlsplit(self._proxy)
             tunnel_headers = {}

@@ -60,3 +60,27 @@ def test_patched_by_gevent_or_eventlet_and_the_originals_are_real():
         )
         done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.strip() == "ok", (library, done.stderr)
+
+
+def test_in_a_patched_process_a_real_thread_connects_with_a_real_socket():
+    """What the OTLP/HTTP exporter connects with in a patched process: a socket of the
+    original class, connected from a real OS thread, with no hub started there."""
+    for library, patch in (("gevent", "from gevent import monkey; monkey.patch_all()"), ("eventlet", "import eventlet; eventlet.monkey_patch()")):
+        code = (
+            f"{patch}\n"
+            "import socket\n"
+            "from autotrace import green\n"
+            "server = green._original_socket_class()()\n"
+            "server.bind(('127.0.0.1', 0)); server.listen(1)\n"
+            "found = []\n"
+            "def connect():\n"
+            "    sock = green.create_connection(server.getsockname(), timeout=5)\n"
+            "    found.append(type(sock)); sock.sendall(b'hi'); sock.close()\n"
+            "thread = green.RealThread(connect, 'export')\n"
+            "peer, _ = server.accept()\n"
+            "assert thread.join(10) and peer.recv(2) == b'hi', found\n"
+            "assert found[0] is not socket.socket and found[0] is green._original_socket_class(), found\n"
+            "print('ok')\n"
+        )
+        done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", (library, done.stdout, done.stderr)
