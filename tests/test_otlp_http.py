@@ -228,6 +228,25 @@ def test_a_collector_that_does_not_answer_times_out_once(serve, causes):
     exporter.shutdown()
 
 
+def _read_request(conn: socket.socket) -> bytes:
+    """An HTTP/1.1 request read whole (headers, then Content-Length bytes), bounded by a timeout."""
+    conn.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_another_protocol_on_the_port_is_not_retried(causes):
     """A port that answers with bytes that are not HTTP/1.x (an HTTP/2-only gRPC port)."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -239,7 +258,7 @@ def test_another_protocol_on_the_port_is_not_retried(causes):
                 conn, _ = listener.accept()
             except OSError:
                 return
-            seen.append(conn.recv(65536))
+            seen.append(_read_request(conn))  # all of it: closing with bytes unread would reset the connection
             conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00" * 8)
             conn.close()
 
