@@ -33,6 +33,7 @@ layout) is left to the tracer's own ``start_span``.
 
 from __future__ import annotations
 
+import random
 from threading import Lock
 from time import time_ns
 from typing import Any, Callable, Mapping, Sequence
@@ -64,7 +65,7 @@ _RANDOM = TraceFlags.RANDOM_TRACE_ID
 _get_current_span = trace_api.get_current_span
 _new = object.__new__  # a LightSpan without the SDK span's __init__ (start_span sets its state)
 _new_context = tuple.__new__  # a SpanContext whose values are known valid (what its __new__ ends with)
-_random_bits = RandomIdGenerator().generate_span_id.__globals__["random"].getrandbits  # the SDK's ids' source
+_random_bits = random.getrandbits  # what the SDK's RandomIdGenerator draws its ids from
 # Span classes whose get_span_context() returns their _context (the SDK's, the light one).
 _SDK_SPANS = frozenset({Span, getattr(sdk_trace, "_Span", Span)})
 _SPAN_ID_MAX = (1 << 64) - 1

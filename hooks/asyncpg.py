@@ -163,14 +163,7 @@ def _wrap_execute(original):
         if call.comment and len(args) == 1 and isinstance(query, str):
             # No arguments: a simple query, not in the statement cache; it may carry the comment.
             args = (db.with_comment(query, call),)
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -180,15 +173,7 @@ def _wrap_query(original):
         call = _start(self, args[0] if args else kwargs.get("query"))
         if call is None:
             return await original(self, *args, **kwargs)
-        # db.run_async, inline (every query passes here): the result or exception untouched.
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return query_method
 

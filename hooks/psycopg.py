@@ -164,15 +164,7 @@ def _wrap_execute(original):
             return original(self, *args, **kwargs)
         if args and call.comment:
             args = _commented(args, kwargs, call)
-        # db.run, inline (every query passes here): the result or exception untouched.
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **kwargs)
 
     return execute
 
@@ -184,14 +176,7 @@ def _wrap_async_execute(original):
             return await original(self, *args, **kwargs)
         if args and call.comment:
             args = _commented(args, kwargs, call)
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return execute
 

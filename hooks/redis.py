@@ -104,15 +104,7 @@ def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | Non
         call = _start_command(self, args, target_of)
         if call is None:
             return original(self, *args, **options)
-        # db.run, inline (every command passes here): the result or exception untouched.
-        try:
-            result = original(self, *args, **options)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return db.run(call, original, self, *args, **options)
 
     return execute_command
 
@@ -122,14 +114,7 @@ def _wrap_command_async(original: Callable, target_of: Callable[[Any], db.Target
         call = _start_command(self, args, target_of)
         if call is None:
             return await original(self, *args, **options)
-        try:
-            result = await original(self, *args, **options)
-        except BaseException as exc:
-            call.fail(exc)
-            call.close()
-            raise
-        call.close()
-        return result
+        return await db.run_async(call, original, self, *args, **options)
 
     return execute_command
 
