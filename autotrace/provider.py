@@ -53,6 +53,10 @@ QUIET_POLLS = 2
 MAX_WAIT_S = 30.0
 # At most this long a fork waits for a set-up in progress (then it goes on regardless).
 FORK_WAIT_S = 5.0
+# The modules whose import announces that gevent or eventlet is about to patch the process
+# (see _before_patching), and whether one was imported.
+PATCHERS = ("gevent.monkey", "eventlet.patcher")
+_patching_announced = False
 
 
 def arm(settings, entry, service_name: str) -> None:
@@ -88,9 +92,16 @@ def prepare_soon() -> None:
     global _prepare_thread, _fork_handlers
     if _state != "waiting" or not _setup_args:
         return
-    if hasattr(os, "register_at_fork") and not _fork_handlers:
+    if not _fork_handlers:
         _fork_handlers = True
-        os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+        from . import importer
+
+        for name in PATCHERS:
+            importer.register(name, _before_patching)
+    if _patching_announced:
+        return  # the first span sets it up, after the patching (see _before_patching)
     _wrap_fork()
     _prepare_thread = green.SetUpThread(
         target=_prepare, args=(threading.get_ident(),), name="autotrace-setup", daemon=True
@@ -114,7 +125,7 @@ def _prepare(starter: int) -> None:
                 return
             quiet = 0 if importing else quiet + 1
         with _prepare_lock:
-            if _state != "waiting" or _forked_before_set_up:
+            if _state != "waiting" or _forked_before_set_up or _patching_announced:
                 # A prefork master (gunicorn) whose workers were forked before this: they
                 # set up on their own; here the first span, if any, sets it up.
                 return
@@ -132,6 +143,23 @@ def _prepare(starter: int) -> None:
         logger.debug("the SDK was not set up ahead of its first use: %s: %s", type(exc).__name__, exc)
     finally:
         _unwrap_fork()
+
+
+def _before_patching(module: ModuleType) -> None:
+    """The app imported ``gevent.monkey`` or ``eventlet.patcher``: it is about to patch.
+
+    The patching replaces ``_thread.get_ident``, which the import system's module locks
+    use: an import the background set-up has in progress while the app patches then fails
+    to release its lock ("cannot release un-acquired lock") and the SDK is not set up. So
+    no background set-up starts after this, and one in progress is waited for (at most
+    FORK_WAIT_S) before the app goes on to patch. The first span then sets the SDK up, on
+    the app's own (patched) thread.
+    """
+    global _patching_announced
+    _patching_announced = True
+    lock = _prepare_lock
+    if lock.acquire(timeout=FORK_WAIT_S):
+        lock.release()
 
 
 def _importing(ident: int) -> bool | None:

@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, Tracer, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from . import _log, export_report, exporters
+from . import _log, export_report, exporters, green
 from ._version import __version__
 from .config import Configuration
 from .entrypoint import Entrypoint
@@ -276,10 +276,11 @@ def _bounded(work: Callable[[], None], timeout_s: float, stuck: Callable[[], str
         except Exception as exc:  # noqa: BLE001
             logger.warning("flushing spans failed (%s: %s)", type(exc).__name__, exc)
 
-    worker = threading.Thread(target=run, name="autotrace-flush", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
+    # A real OS thread waited for with a real lock (autotrace.green): in a process gevent or
+    # eventlet patched, a threading.Thread would be a greenlet and its join a wait on the
+    # hub, which an export blocked on a real socket never lets run: the bound would not hold.
+    worker = green.RealThread(run, "autotrace-flush")
+    if not worker.join(timeout_s):
         why = "an export is still waiting for an answer"
         if stuck is not None:
             try:

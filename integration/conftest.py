@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 
 from dbservers import mariadb_server, postgres_server, rabbitmq_server, redis_cluster_server, redis_server  # noqa: F401  (session fixtures)
-from otlp_receiver import OTLPReceiver
+from otlp_receiver import OTLPReceiver, Silent
 
 
 @pytest.fixture
@@ -15,6 +15,16 @@ def otlp_receiver() -> Iterator[OTLPReceiver]:
     """A fresh OTLP/gRPC + OTLP/HTTP receiver on loopback, stopped after the test."""
     with OTLPReceiver() as receiver:
         yield receiver
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    """A collector's port that accepts connections and never answers, closed after the test."""
+    listener = Silent()
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 @pytest.fixture(scope="session")

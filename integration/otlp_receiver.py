@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import signal
+import socket
 import sys
 import threading
 import time
@@ -504,6 +505,31 @@ def _arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=4317, help="0: any free port (default 4317)")
     parser.add_argument("--http-port", type=int, default=4318, help="0: any free port (default 4318)")
     return parser.parse_args(argv)
+
+
+class Silent:
+    """A port that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+        self.thread.join(5)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

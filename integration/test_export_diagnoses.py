@@ -9,7 +9,6 @@ is not retried, and its line names what is wrong, its fix, and ends with the doc
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from agent import AUTOTRACE, clean_env, write
-from otlp_receiver import OTLPReceiver
+from otlp_receiver import OTLPReceiver, Silent
 from ports import free_port
 
 ONE_SPAN = """
@@ -102,40 +101,6 @@ def test_nothing_listening(tmp_path: Path, protocol: str) -> None:
     port = free_port()
     line = the_warning(run_one_span(tmp_path, protocol, f"http://127.0.0.1:{port}"))
     assert f": nothing listens on 127.0.0.1:{port}; fix: start the collector" in line
-
-
-class Silent:
-    """A port that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def silent():
-    listener = Silent()
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

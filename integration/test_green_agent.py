@@ -66,3 +66,98 @@ def test_a_patched_script_exports_while_it_runs_and_at_exit(tmp_path, otlp_recei
     time.sleep(0.2)
     assert sorted(s.name for s in otlp_receiver.spans()) == ["first", "last"]
     assert "Traceback" not in script.text("stderr") and "WARNING" not in script.text("stderr"), script.text("stderr")
+
+
+HANGING_EXIT = """
+import sys
+
+if sys.argv[1] == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+else:
+    import eventlet
+
+    eventlet.monkey_patch()
+from opentelemetry import trace
+
+trace.get_tracer("script").start_span("one").end()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("library", ["gevent", "eventlet"])
+def test_a_patched_scripts_exit_keeps_the_flush_bound(tmp_path, silent, library):
+    """A collector that accepts and never answers holds a patched script's exit only up to
+    AUTOTRACE_SHUTDOWN_TIMEOUT: the flush at exit runs on a real thread, waited for with a
+    real lock, so the bound holds whatever the hub is doing."""
+    write(tmp_path, "hanging_exit.py", HANGING_EXIT)
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{silent.port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_TIMEOUT="30000",
+        AUTOTRACE_SHUTDOWN_TIMEOUT="2000",
+        PYTHONWARNINGS="ignore",
+    )
+    started = time.monotonic()
+    with Watched([AUTOTRACE, "run", "python", "hanging_exit.py", library], tmp_path, env) as script:
+        script.wait_for_line("done", timeout=30)
+        assert script.finish(timeout=25) == 0, script.text("stderr")
+    elapsed = time.monotonic() - started
+    stderr = script.text("stderr")
+    assert "spans not flushed within 2s (AUTOTRACE_SHUTDOWN_TIMEOUT)" in stderr, stderr
+    assert "1 span not delivered" in stderr, stderr
+    assert elapsed < 15, (elapsed, stderr)  # the bound, not the 30 s export timeout
+    assert "Traceback" not in stderr, stderr
+
+
+# The background set-up is held inside its import of the SDK (the hook below) when the
+# script patches: gevent and eventlet replace _thread.get_ident, which the import system's
+# module locks use, so that import would fail to release its lock and the SDK would not be
+# set up. The import of the patching module waits for the set-up in progress instead.
+HELD_SET_UP_HOOK = """
+import threading
+import time
+
+in_set_up = threading.Event()
+
+
+def patch(module):
+    in_set_up.set()
+    time.sleep(1.0)
+"""
+
+PATCH_DURING_SET_UP = """
+import sys
+
+import held_set_up
+from opentelemetry import trace
+
+assert held_set_up.in_set_up.wait(20), "the background set-up did not start"
+if sys.argv[1] == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+else:
+    import eventlet
+
+    eventlet.monkey_patch()
+with trace.get_tracer("script").start_as_current_span("after-patching"):
+    pass
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("library", ["gevent", "eventlet"])
+def test_patching_while_the_background_set_up_imports(tmp_path, otlp_receiver: OTLPReceiver, library):
+    write(tmp_path, "held_set_up.py", HELD_SET_UP_HOOK)
+    write(tmp_path, "patching.py", PATCH_DURING_SET_UP)
+    env = clean_env(
+        **otlp_receiver.env("http"), PYTHONWARNINGS="ignore", AUTOTRACE_EXTRA_HOOKS="opentelemetry.sdk.trace=held_set_up"
+    )
+    with Watched([AUTOTRACE, "run", "python", "patching.py", library], tmp_path, env) as script:
+        assert script.finish(timeout=40) == 0, script.text("stderr")
+    stderr = script.text("stderr")
+    assert "WARNING" not in stderr and "Traceback" not in stderr, stderr
+    (span,) = otlp_receiver.wait_for_spans(1, timeout=10)
+    assert span.name == "after-patching"
