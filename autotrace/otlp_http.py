@@ -141,10 +141,10 @@ class OtlpHttpExporter(SpanExporter):
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._context: ssl.SSLContext | None = None
+        self._context_patched = False  # whether gevent/eventlet had patched ssl when it was made
+        self._tls_files = (certificate, client_certificate, client_key)
         if self._tls:
-            self._context = ssl.create_default_context(cafile=certificate)
-            if client_certificate:
-                self._context.load_cert_chain(client_certificate, client_key)
+            self._context = self._new_context()  # made here: a bad certificate file is told at once
         environ = os.environ if environ is None else environ
         self._proxy = _proxy_for(parts.scheme, self._host, environ)
         self._connection: http.client.HTTPConnection | None = None
@@ -159,6 +159,22 @@ class OtlpHttpExporter(SpanExporter):
         """In a forked child: the parent's connection is the parent's."""
         self._connection = None
         self._lock = threading.Lock()
+
+    def _new_context(self) -> ssl.SSLContext:
+        certificate, client_certificate, client_key = self._tls_files
+        self._context_patched = green.patched()
+        context = ssl.create_default_context(cafile=certificate)
+        if client_certificate:
+            context.load_cert_chain(client_certificate, client_key)
+        return context
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context to connect with. A context made before gevent or eventlet patched
+        ``ssl`` is made again: the original classes, whose code names ``SSLSocket`` as a
+        module global (now the patched class), fail to wrap a socket once ``ssl`` is patched."""
+        if self._context is not None and self._context_patched != green.patched():
+            self._context = self._new_context()
+        return self._context
 
     @property
     def address(self) -> str:
@@ -175,7 +191,7 @@ class OtlpHttpExporter(SpanExporter):
             host, port = proxy.hostname or "", proxy.port or (443 if proxy.scheme == "https" else 80)
         if self._tls:
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=self._context
+                host, port, timeout=timeout, context=self._tls_context()
             )
         else:
             connection = http.client.HTTPConnection(host, port, timeout=timeout)

@@ -161,3 +161,28 @@ def test_patching_while_the_background_set_up_imports(tmp_path, otlp_receiver: O
     assert "WARNING" not in stderr and "Traceback" not in stderr, stderr
     (span,) = otlp_receiver.wait_for_spans(1, timeout=10)
     assert span.name == "after-patching"
+
+
+@pytest.mark.parametrize("when", ["at-start", "after-set-up"])
+@pytest.mark.parametrize("library", ["gevent", "eventlet"])
+def test_a_patched_script_exports_over_tls(tmp_path, tls_receiver, certificate, library, when):
+    """OTLP/HTTP over TLS from a patched script: the export thread's TLS works too."""
+    receiver, _grpc_port, http_port = tls_receiver
+    _key, cert = certificate
+    write(tmp_path, "green_app.py", SCRIPT)
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"https://127.0.0.1:{http_port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_CERTIFICATE=str(cert),
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        PYTHONWARNINGS="ignore",
+    )
+    with Watched([AUTOTRACE, "run", "python", "green_app.py", library, when], tmp_path, env) as script:
+        script.wait_for_line("first", timeout=30)
+        (first,) = receiver.wait_for_spans(1, timeout=10)  # exported while the script runs
+        assert first.name == "first" and script.process.poll() is None
+        (tmp_path / "stop").write_text("")
+        assert script.finish(timeout=30) == 0, script.text("stderr")
+    time.sleep(0.2)
+    assert sorted(s.name for s in receiver.spans()) == ["first", "last"]
+    assert "Traceback" not in script.text("stderr") and "WARNING" not in script.text("stderr"), script.text("stderr")
