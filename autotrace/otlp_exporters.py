@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-from . import _log
+from . import _log, green
 from .otlp_encode import encode_spans
 from .span_queue import EncodedBatch
 
@@ -417,16 +417,21 @@ class _Stub:
     although the collector was back, and the SDK's first retry comes after 1 s (+-20 %),
     so with an export timeout of 1-2 s that batch was lost. Such a channel is replaced
     (closed, and a new one made, which connects at once) before the next call.
+
+    So is a channel made before gevent or eventlet patched the process: its calls would
+    mix the real locks it was made with and the green ones each call makes, and the export
+    thread then waited for an answer that had come (every span after the patching lost).
     """
 
     def __init__(self, exporter: Any, stub: Any) -> None:
         self._exporter = exporter
         self._stub = stub
         self._stale = False
+        self._patched = green.patched()
 
     def Export(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:  # noqa: N802 - grpc's name
         exporter = self._exporter
-        if self._stale and exporter._client is self:
+        if (self._stale or self._patched != green.patched()) and exporter._client is self:
             exporter._channel.close()
             exporter._initialize_channel_and_stub()
         client = exporter._client
