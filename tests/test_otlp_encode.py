@@ -568,3 +568,11 @@ print("python way ok")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "python way ok" in out.stdout
+
+
+def test_the_doctor_says_which_encoder_is_in_use(monkeypatch):
+    from autotrace.doctor.environment import encoder_check
+
+    assert encoder_check().message == "span encoder: compiled (autotrace._speedups)"
+    monkeypatch.setattr(otlp_encode, "COMPILED", False)
+    assert "pure Python" in encoder_check().message
