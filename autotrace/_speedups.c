@@ -389,19 +389,26 @@ read_trace_state(PyObject *state, PyObject **members, Py_ssize_t *text_len)
     return OK;
 }
 
-/* Appends the trace state field ("key=value" joined by ","), room reserved. */
-static void
+/* Appends the trace state field ("key=value" joined by ","), text_len as read_trace_state
+   found it (no Python code runs between the two: the members are the same). */
+static int
 put_trace_state(Buf *buf, PyObject *members, Py_ssize_t text_len)
 {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     int first = 1;
+    if (buf_reserve(buf, 1 + varint_size((uint64_t)text_len)) < 0) {
+        return FAILED;
+    }
     put_byte(buf, T_SPAN_TRACE_STATE);
     put_varint(buf, (uint64_t)text_len);
     while (PyDict_Next(members, &pos, &key, &value)) {
+        const char *key_data, *value_data;
         Py_ssize_t key_len, value_len;
-        const char *key_data = PyUnicode_AsUTF8AndSize(key, &key_len);     /* cached: */
-        const char *value_data = PyUnicode_AsUTF8AndSize(value, &value_len); /* read before */
+        if (read_utf8(key, &key_data, &key_len) != OK || read_utf8(value, &value_data, &value_len) != OK
+            || buf_reserve(buf, key_len + value_len + 2) < 0) {
+            return FAILED; /* not after read_trace_state read them: no memory */
+        }
         if (!first) {
             put_byte(buf, ',');
         }
@@ -410,6 +417,7 @@ put_trace_state(Buf *buf, PyObject *members, Py_ssize_t text_len)
         put_byte(buf, '=');
         put_bytes(buf, value_data, value_len);
     }
+    return OK;
 }
 
 /* Appends the span's attribute fields (repeated KeyValue) for a plain dict. */
@@ -675,8 +683,9 @@ encode_common(PyObject *span)
             goto done;
         }
     }
-    /* The head: ids (28), trace state, parent (10), name, kind (at most 4), times (18). */
-    if (buf_reserve(&buf, 80 + name_len + trace_state_len) < 0) {
+    /* The head: ids (28), parent (10), name, kind (at most 4), times (18); the trace state
+       reserves its own room. */
+    if (buf_reserve(&buf, 80 + name_len) < 0) {
         rc = FAILED;
         goto done;
     }
@@ -688,7 +697,11 @@ encode_common(PyObject *span)
     put_byte(&buf, 8);
     put_be64(&buf, span_id);
     if (state.trace_state_members != NULL && trace_state_len) {
-        put_trace_state(&buf, state.trace_state_members, trace_state_len);
+        if ((rc = put_trace_state(&buf, state.trace_state_members, trace_state_len)) != OK
+            || (rc = buf_reserve(&buf, 80 + name_len)) != OK) { /* room again for the rest */
+            rc = FAILED;
+            goto done;
+        }
     }
     if (state.parent != Py_None) {
         put_byte(&buf, T_SPAN_PARENT_SPAN_ID);

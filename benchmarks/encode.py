@@ -33,8 +33,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from autotrace.otlp_encode import encode_spans
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
@@ -207,6 +205,8 @@ def main() -> None:
         light_main(args, parser)
         return
     spans = make_spans(args.batch_size)
+    from autotrace.otlp_encode import encode_spans  # not at the top: --light-child hides the extension first
+
     sdk = bench("SDK encode_spans().SerializePartialToString", lambda s: sdk_encode_spans(s).SerializePartialToString(), spans, args.batches)
     ours = bench("autotrace encode_spans (bytes)", encode_spans, spans, args.batches)
     grpc = bench("autotrace + FromString (gRPC path)", lambda s: ExportTraceServiceRequest.FromString(encode_spans(s)), spans, args.batches)
