@@ -37,6 +37,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifndef Py_T_OBJECT_EX /* its name from 3.12 on; structmember.h's before */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
+
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *
 Py_NewRef(PyObject *obj)
@@ -231,7 +236,13 @@ static Py_ssize_t n_codes;
 static PyObject *state_types[MAX_STATE_TYPES];  /* trace state classes ... */
 static PyObject *state_fields[MAX_STATE_TYPES]; /* ... and the name of their members' dict */
 static Py_ssize_t n_state_types;
-static PyObject *sixty_four; /* the int 64, to shift a trace id */
+
+/* The light span class (register_light_class) and where its instances keep the fields the
+   encoder reads: the offsets of its __slots__, read from its member descriptors. A span of
+   exactly that class is read there directly; any other object through getattr. */
+#define N_SPAN_FIELDS 12
+static PyTypeObject *light_type;
+static Py_ssize_t light_offsets[N_SPAN_FIELDS];
 
 /* Interned attribute names. */
 static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_end_time, *s_attributes,
@@ -262,38 +273,39 @@ read_u64(PyObject *obj, uint64_t *out)
     return OK;
 }
 
-/* An exact int in [0, 2**128) as two uint64 (high, low). */
+/* An exact int in [0, 2**128) as two uint64 (high, low). Without an exception on the way
+   (an exception object costs more than the rest of the encoding): CPython's own conversion
+   to bytes, public from 3.13, its older private name before. */
 static int
 read_u128(PyObject *obj, uint64_t *high, uint64_t *low)
 {
     if (!PyLong_CheckExact(obj)) {
         return NOT_HANDLED;
     }
-    uint64_t value = PyLong_AsUnsignedLongLong(obj);
-    if (!(value == (uint64_t)-1 && PyErr_Occurred())) {
-        *high = 0;
-        *low = value;
-        return OK;
-    }
-    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-        return FAILED;
-    }
-    PyErr_Clear();
-    PyObject *shifted = PyNumber_Rshift(obj, sixty_four);
-    if (shifted == NULL) {
-        return FAILED;
-    }
-    value = PyLong_AsUnsignedLongLong(shifted); /* fails when obj < 0 or obj >= 2**128 */
-    Py_DECREF(shifted);
-    if (value == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
+    unsigned char bytes[16]; /* big-endian */
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(
+        obj, bytes, 16, Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        PyErr_Clear(); /* negative: Python's to_bytes raises */
         return NOT_HANDLED;
     }
-    *high = value;
-    *low = PyLong_AsUnsignedLongLongMask(obj);
-    if (*low == (uint64_t)-1 && PyErr_Occurred()) {
-        return FAILED;
+    if (needed > 16) {
+        return NOT_HANDLED; /* too big for 16 bytes: likewise */
     }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)obj, bytes, 16, 0, 0) < 0) {
+        PyErr_Clear(); /* negative, or too big for 16 bytes: Python's to_bytes raises */
+        return NOT_HANDLED;
+    }
+#endif
+    uint64_t h = 0, l = 0;
+    for (int i = 0; i < 8; i++) {
+        h = (h << 8) | bytes[i];
+        l = (l << 8) | bytes[8 + i];
+    }
+    *high = h;
+    *low = l;
     return OK;
 }
 
@@ -588,7 +600,40 @@ state_clear(SpanState *state)
     Py_CLEAR(state->trace_state_members);
 }
 
-/* Reads the span's slots; a missing one (AttributeError) is not handled here. */
+/* The span's fields the encoder reads, in this order (light_offsets too); the last two
+   (resource, scope) are read by light_end alone. */
+static PyObject **span_field_names[N_SPAN_FIELDS] = {
+    &s_context, &s_parent, &s_name, &s_kind, &s_start_time, &s_end_time,
+    &s_attributes, &s_events, &s_links, &s_status, &s_resource, &s_scope,
+};
+
+/* Field i of span (a new reference), or NULL: NOT_HANDLED in *rc when it is missing,
+   FAILED when reading it failed. */
+static PyObject *
+span_field(PyObject *span, int i, int *rc)
+{
+    if (Py_TYPE(span) == light_type) {
+        PyObject *value = *(PyObject **)((char *)span + light_offsets[i]);
+        if (value == NULL) {
+            *rc = NOT_HANDLED; /* an unset slot */
+            return NULL;
+        }
+        return Py_NewRef(value);
+    }
+    PyObject *value = PyObject_GetAttr(span, *span_field_names[i]);
+    if (value == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            *rc = NOT_HANDLED;
+        }
+        else {
+            *rc = FAILED;
+        }
+    }
+    return value;
+}
+
+/* Reads the span's fields; a missing one is not handled here. */
 static int
 state_read(PyObject *span, SpanState *state)
 {
@@ -596,18 +641,11 @@ state_read(PyObject *span, SpanState *state)
         &state->context, &state->parent, &state->name, &state->kind, &state->start,
         &state->end, &state->attributes, &state->events, &state->links, &state->status,
     };
-    PyObject *names[] = {
-        s_context, s_parent, s_name, s_kind, s_start_time,
-        s_end_time, s_attributes, s_events, s_links, s_status,
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        *fields[i] = PyObject_GetAttr(span, names[i]);
+    for (int i = 0; i < (int)(sizeof(fields) / sizeof(fields[0])); i++) {
+        int rc = OK;
+        *fields[i] = span_field(span, i, &rc);
         if (*fields[i] == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                PyErr_Clear();
-                return NOT_HANDLED;
-            }
-            return FAILED;
+            return rc;
         }
     }
     return OK;
@@ -845,8 +883,12 @@ put_entry(PyObject *processor, PyObject *span, PyObject *data)
     int outcome = -1;
     PyObject *entry = NULL, *resource = NULL, *scope = NULL, *lock = NULL, *queue = NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(data);
-    resource = PyObject_GetAttr(span, s_resource);
-    scope = resource == NULL ? NULL : PyObject_GetAttr(span, s_scope);
+    int rc = OK;
+    resource = span_field(span, 10, &rc);
+    scope = resource == NULL ? NULL : span_field(span, 11, &rc);
+    if (scope == NULL && rc == NOT_HANDLED) {
+        PyErr_SetString(PyExc_AttributeError, "the span has no resource or instrumentation scope");
+    }
     lock = scope == NULL ? NULL : PyObject_GetAttr(processor, s_lock);
     queue = lock == NULL ? NULL : PyObject_GetAttr(processor, s_queue);
     if (queue == NULL) {
@@ -962,7 +1004,8 @@ sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *processor = args[0], *span = args[1];
-    PyObject *context = PyObject_GetAttr(span, s_context);
+    int rc = OK;
+    PyObject *context = span_field(span, 0, &rc);
     long flags = -1;
     if (context != NULL && Py_TYPE(context) == (PyTypeObject *)span_context_type
         && PyTuple_GET_SIZE(context) >= 6 && PyLong_Check(PyTuple_GET_ITEM(context, 3))) {
@@ -1003,6 +1046,44 @@ sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return result;
     }
     return call_rest(processor, span, outcome, NULL);
+}
+
+PyDoc_STRVAR(register_light_class_doc,
+"register_light_class(cls) -> bool\n\n"
+"The light span class, whose instances' slots the encoder then reads directly (their\n"
+"offsets from the class's member descriptors). False, and nothing registered, when a\n"
+"field is not an object slot of that class.");
+
+static PyObject *
+sp_register_light_class(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "register_light_class(cls): a class");
+        return NULL;
+    }
+    Py_ssize_t offsets[N_SPAN_FIELDS];
+    for (int i = 0; i < N_SPAN_FIELDS; i++) {
+        /* The class's own attribute: the member descriptor of the slot, if it is one. */
+        PyObject *descr = PyObject_GetAttr(cls, *span_field_names[i]);
+        if (descr == NULL) {
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
+                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
+        if (ok) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            Py_RETURN_FALSE;
+        }
+    }
+    memcpy(light_offsets, offsets, sizeof(offsets));
+    Py_INCREF(cls);
+    Py_XSETREF(light_type, (PyTypeObject *)cls);
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(configure_doc,
@@ -1107,6 +1188,7 @@ sp_configure(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"configure", sp_configure, METH_VARARGS, configure_doc},
     {"encode_light", sp_encode_light, METH_O, encode_light_doc},
+    {"register_light_class", sp_register_light_class, METH_O, register_light_class_doc},
     {"encode_light_common", sp_encode_light_common, METH_O, encode_light_common_doc},
     {"light_end", (PyCFunction)(void (*)(void))sp_light_end, METH_FASTCALL, light_end_doc},
     {NULL, NULL, 0, NULL},
@@ -1146,9 +1228,6 @@ PyInit__speedups(void)
         || intern(&s_max_batch_bytes, "_max_batch_bytes") < 0 || intern(&s_acquire, "acquire") < 0
         || intern(&s_release, "release") < 0 || intern(&s_append, "append") < 0
         || intern(&s_rest, "_light_end_rest") < 0) {
-        return NULL;
-    }
-    if (sixty_four == NULL && (sixty_four = PyLong_FromLong(64)) == NULL) {
         return NULL;
     }
     return PyModule_Create(&module_def);

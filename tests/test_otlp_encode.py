@@ -576,3 +576,23 @@ def test_the_doctor_says_which_encoder_is_in_use(monkeypatch):
     assert encoder_check().message == "span encoder: compiled (autotrace._speedups)"
     monkeypatch.setattr(otlp_encode, "COMPILED", False)
     assert "pure Python" in encoder_check().message
+
+
+def test_a_span_of_another_class_is_read_through_its_attributes():
+    """The light span class's slots are read directly; another class's spans (here a
+    subclass) through getattr: the same bytes."""
+    from autotrace import light_span
+
+    speedups = _compiled()
+    span = _ended_light({"a": 1, "s": "é"})
+    direct = speedups.encode_light_common(span)
+
+    class Sub(light_span.LightSpan):
+        __slots__ = ()
+
+    span.__class__ = Sub
+    assert speedups.encode_light_common(span) == direct == otlp_encode._encode_light_py(span)
+    for other in (Sub, int):  # slots not its own, no slots: refused, nothing registered
+        assert speedups.register_light_class(other) is False
+    assert speedups.encode_light_common(span) == direct
+    assert speedups.register_light_class(light_span.LightSpan) is True
