@@ -20,6 +20,7 @@ callgrind instead (1,500 minus 500 spans, instructions per span).
 from __future__ import annotations
 
 import argparse
+import gc
 import subprocess
 import sys
 import time
@@ -127,6 +128,11 @@ def light_child(mode: str, calls: int) -> None:
                 processor._bytes = 0
 
     run(LIGHT_WARM_UP)
+    # What is alive now (modules, the SDK) is frozen: the garbage collector's full passes
+    # would otherwise walk it a varying number of times within the counted spans (one pass
+    # more or less moved the count per span by 20,000 instructions), whatever the encoder.
+    gc.collect()
+    gc.freeze()
     start = time.perf_counter()
     run(calls)
     elapsed = time.perf_counter() - start
