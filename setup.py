@@ -1,4 +1,5 @@
-"""Ships ``autotrace-agent.pth`` at the top of site-packages (activation by environment).
+"""Ships ``autotrace-agent.pth`` at the top of site-packages (activation by environment),
+and builds the optional C extension ``autotrace._speedups`` (see the end of this file).
 
 Everything else is in pyproject.toml. build_py copies the file into wheels, and the
 editable wheel gets it beside the editable finder (whose ``__editable__`` .pth sorts, and
@@ -18,7 +19,7 @@ flit-core and pdm-backend have no per-package directory mapping at all.
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 PTH = "autotrace-agent.pth"
@@ -67,4 +68,9 @@ try:
 except (ImportError, AttributeError):  # an old setuptools: editable installs lack the .pth
     pass
 
-setup(cmdclass=commands)
+# The light span's encoder in C (autotrace/_speedups.c). Optional: without a compiler (or
+# Python's headers) the build goes on without it and the agent uses the pure-Python code,
+# the reference (autotrace.otlp_encode). ``autotrace doctor`` says which one is in use.
+SPEEDUPS = Extension("autotrace._speedups", sources=["autotrace/_speedups.c"], optional=True)
+
+setup(cmdclass=commands, ext_modules=[SPEEDUPS])

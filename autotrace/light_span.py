@@ -49,6 +49,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from . import api, sdk, span_queue
 from .otlp_encode import UNSET_STATUS
+from .otlp_encode import speedups as _speedups
 from .propagation.decision import DECISION_KEY, upstream_decision
 from .propagation.sampler import UpstreamParentBased
 
@@ -205,6 +206,9 @@ class LightSpan(Span):
 
 
 _SDK_SPANS = _SDK_SPANS | {LightSpan}
+if _speedups is not None:
+    # The compiled encoder (autotrace/_speedups.c) reads a light span's slots directly.
+    _speedups.register_light_class(LightSpan)
 
 # -- starting a span --------------------------------------------------------------------
 

@@ -10,11 +10,17 @@ It emits what the SDK encoder (``opentelemetry-exporter-otlp-proto-common``) emi
 field for field: the tests compare the parsed result with the SDK's message. Where the
 SDK leaves something out (a link's ``trace_state``), so does this. An attribute the SDK
 cannot encode (an unsupported type, an int outside int64) is skipped, as the SDK does.
+
+A light span's encoding at its end (:func:`encode_light`) is compiled when the optional
+extension ``autotrace._speedups`` (autotrace/_speedups.c) was built in this install: C for
+the common case, this module's Python for the rest (and wherever the extension is not
+built). The Python code is the reference; the tests compare both, byte for byte.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from importlib import import_module
 from struct import Struct
 from time import sleep
 from types import MappingProxyType
@@ -22,7 +28,7 @@ from typing import Any
 
 from opentelemetry.trace import Status, StatusCode
 
-__all__ = ["encode_span", "encode_light", "encode_request", "encode_spans"]
+__all__ = ["encode_span", "encode_light", "encode_request", "encode_spans", "COMPILED"]
 
 _pack_fixed64 = Struct("<Q").pack
 _pack_fixed32 = Struct("<I").pack
@@ -173,7 +179,8 @@ def _any_value(value: Any) -> bytes:
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    return _ld(T_KV_KEY, key.encode("utf-8")) + _ld(T_KV_VALUE, _any_value(value))
+    # An empty key is left out, as protobuf leaves out a string field at its default.
+    return (_ld(T_KV_KEY, key.encode("utf-8")) if key else b"") + _ld(T_KV_VALUE, _any_value(value))
 
 
 # Encoded KeyValue fields (with their tag) of frequent scalar attributes, keyed by
@@ -403,7 +410,7 @@ _STATUS_UNSET = _ld(T_SPAN_STATUS, b"")
 UNSET_STATUS = Status(StatusCode.UNSET)
 
 
-def encode_light(span: Any) -> bytes:
+def _encode_light_py(span: Any) -> bytes:
     """:func:`encode_span` of a light span (:class:`autotrace.light_span.LightSpan`), read
     from its state directly: the same bytes, without the ``ReadableSpan`` properties'
     calls and copies. The span's attributes are a plain dict (cached whole) until the app
@@ -458,6 +465,47 @@ def encode_light(span: Any) -> bytes:
         )
     n = len(body)
     return T_SS_SPANS + (_SMALL[n] if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7)) if n < 0x4000 else _varint(n)) + body
+
+
+def _load_speedups() -> Any:
+    """The compiled encoder (autotrace/_speedups.c), configured; None when not built here
+    (or hidden: ``sys.modules["autotrace._speedups"] = None``), or when it refuses this SDK."""
+    try:
+        _speedups = import_module("autotrace._speedups")
+    except ImportError:
+        return None
+    from opentelemetry.trace import SpanContext, SpanKind
+    from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
+
+    from .propagation.tracecontext import W3CTraceState
+
+    try:
+        _speedups.configure(
+            SpanContext,
+            DEFAULT_TRACE_STATE,
+            UNSET_STATUS,
+            Status,
+            tuple((kind, _KIND[kind]) for kind in SpanKind),
+            tuple((code, code.value) for code in StatusCode),
+            _encode_light_py,
+            # Trace states whose members (a plain dict, in the order items() gives) C reads.
+            ((TraceState, "_dict"), (W3CTraceState, "_members")),
+        )
+    except Exception:  # noqa: BLE001 - an SDK of another layout: the Python way
+        return None
+    return _speedups
+
+
+speedups = _load_speedups()
+# Whether the light span's encoding (and the queue's light end) is the compiled one.
+COMPILED = speedups is not None
+
+if speedups is not None:
+    # The C encoder for the common case (a plain attribute dict, no events, links or
+    # trace state); it calls _encode_light_py for anything else. The same bytes either way.
+    encode_light = speedups.encode_light
+else:
+    encode_light = _encode_light_py
 
 
 # How the export thread lets request threads run while it encodes a batch: a pause of

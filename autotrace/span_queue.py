@@ -24,13 +24,17 @@ A light span (:mod:`autotrace.light_span`) knows the process that started it
 
 Light spans take a shorter way: :meth:`EncodingBatchProcessor.light_end` is the whole of
 the processor's work at their end (no ``on_start``: their process is on the span), and
-:func:`autotrace.otlp_encode.encode_light` reads the span's state directly.
+:func:`autotrace.otlp_encode.encode_light` reads the span's state directly. Where the
+optional extension ``autotrace._speedups`` is built, the processor's ``light_end`` is its
+compiled one (sampled check, encoding, queue append under the lock, in one C call), which
+hands what it does not do itself to :meth:`EncodingBatchProcessor._light_end_rest`.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import types
 import weakref
 from typing import Any, Deque, Tuple
 
@@ -38,7 +42,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach,
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from . import _log, export_report, green
-from .otlp_encode import encode_light, encode_request, encode_span
+from .otlp_encode import encode_light, encode_request, encode_span, speedups
 
 logger = _log.logger
 
@@ -119,6 +123,10 @@ class EncodingBatchProcessor(SpanProcessor):
         self._open: set[int] = set()  # ids of sampled spans started in this process, not ended
         self._inherited: set[int] = set()  # in a forked child: those open in the parent at the fork
         self._init_threading()
+        if speedups is not None:
+            # The compiled light end, bound to this processor (it shadows the method below,
+            # which stays the reference and the way for what the C code does not handle).
+            self.light_end = types.MethodType(speedups.light_end, self)
         if hasattr(os, "register_at_fork"):
             reinit = weakref.WeakMethod(self._at_fork_reinit)
 
@@ -189,6 +197,21 @@ class EncodingBatchProcessor(SpanProcessor):
             _encode_failed(exc)
             return
         self._put(span._resource, span._instrumentation_scope, data)  # noqa: SLF001
+
+    def _light_end_rest(self, span: Any, outcome: int, exc: BaseException | None) -> None:
+        """What the compiled light end (``autotrace._speedups.light_end``) leaves to Python:
+        -1 a span it does not encode (the Python light end, whole), -2 a failure (``exc``:
+        the span is lost, said once), 2 a full queue (the drop counted), 3 a ready batch."""
+        if outcome == -1:
+            EncodingBatchProcessor.light_end(self, span)
+        elif outcome == -2:
+            if not isinstance(exc, Exception):
+                raise exc  # type: ignore[misc] - KeyboardInterrupt and the like: not the encoder's
+            _encode_failed(exc)
+        elif outcome == 2:
+            export_report.queue_drops.dropped()
+        elif outcome == 3 and not self._wake.is_set():
+            self._wake.set()
 
     def _put(self, resource: Any, scope: Any, data: bytes) -> None:
         size = len(data)

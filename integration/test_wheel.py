@@ -14,7 +14,7 @@ import pytest
 from agent import clean_env, run, write
 
 ROOT = Path(__file__).resolve().parent.parent
-COPY_IGNORED = (".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", "venv", ".pytest_cache", ".hypothesis")
+COPY_IGNORED = (".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", "venv", ".pytest_cache", ".hypothesis", "*.so")
 HELLO = 'from opentelemetry import trace; trace.get_tracer("t").start_span("x").end()\n'
 
 
@@ -76,6 +76,19 @@ def test_wheel_holds_the_package_hooks_bootstrap_and_pth(wheel):
     for folder, target in shipped_as.items():
         for source in (root / folder).rglob("*.py"):
             assert f"{target}/{source.relative_to(root / folder).as_posix()}" in names, source
+
+
+def test_wheel_holds_the_compiled_encoder_and_the_install_uses_it(wheel, wheel_env):
+    """The optional extension (autotrace/_speedups.c) is built into the wheel (a compiler is
+    here, as in CI), its C source is not shipped there, and the installed agent uses it."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert any(name.startswith("autotrace/_speedups.") and name.endswith((".so", ".pyd")) for name in names), names
+    assert "autotrace/_speedups.c" not in names
+    check = "from autotrace import otlp_encode; print(otlp_encode.COMPILED, otlp_encode.speedups.__file__)"
+    result = subprocess.run([str(wheel_env / "bin" / "python"), "-c", check], cwd=wheel_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    compiled, where = result.stdout.split()
+    assert compiled == "True" and where.startswith(str(wheel_env))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

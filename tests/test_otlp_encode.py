@@ -317,3 +317,282 @@ def test_the_caches_never_give_one_value_the_encoding_of_an_equal_one(first, sec
         assert otlp_encode.encode_light(span) == otlp_encode.encode_span(span)
         expected = sdk_encode_spans([span]).SerializeToString()
         assert otlp_encode.encode_request([(span.resource, span.instrumentation_scope, otlp_encode.encode_light(span))]) == expected
+
+
+# -- the compiled encoder (autotrace/_speedups.c) against the Python one and the SDK's ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LONG = st.builds(
+    lambda char, n: char * n,
+    st.sampled_from(["a", "é", "日", "🎉"]),
+    st.sampled_from([0, 1, 42, 63, 64, 127, 128, 129, 5_000, 8_192, 16_383, 16_384, 20_000]),
+)
+_C_VALUES = st.one_of(
+    st.text(max_size=40),
+    _LONG,
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([0, -1, 1, 127, 128, -(2**63), 2**63 - 1, 2**63, -(2**63) - 1, 2**100, -(2**100)]),  # outside int64: skipped
+    st.floats(),  # nan and inf included
+    st.sampled_from([0.0, -0.0, float("nan"), float("inf"), float("-inf"), 5e-324]),
+)
+_C_ATTRIBUTES = st.dictionaries(st.one_of(st.text(max_size=16), _LONG), _C_VALUES, max_size=40)
+_PARENTS = st.sampled_from(["none", "local", "remote", "remote with trace state", "remote with w3c trace state"])
+
+
+def _light(tracer, name, kind, parent_kind, attributes):
+    from opentelemetry import context
+
+    from autotrace import light_span
+
+    if parent_kind == "none":
+        parent = context.Context()
+    elif parent_kind == "local":
+        parent = set_span_in_context(light_span.start_span(tracer, "parent", SpanKind.SERVER, context.Context(), {}))
+    else:
+        from autotrace.propagation.tracecontext import W3CTraceState
+
+        state = {
+            "remote": TraceState(),
+            "remote with trace state": REMOTE.trace_state,
+            "remote with w3c trace state": W3CTraceState({"foo@bar": "1", "k": "v é", "0a": ""}),
+        }[parent_kind]
+        remote = SpanContext(REMOTE.trace_id, REMOTE.span_id, is_remote=True, trace_flags=TraceFlags(1), trace_state=state)
+        parent = set_span_in_context(NonRecordingSpan(remote))
+    return light_span.start_span(tracer, name, kind, parent, attributes)
+
+
+def _compiled():
+    from autotrace import _speedups
+
+    return _speedups
+
+
+def test_the_compiled_encoder_is_built_in_this_install():
+    """Fails where the extension was not built (no compiler in CI would otherwise go unseen)."""
+    speedups = _compiled()
+    assert otlp_encode.COMPILED and otlp_encode.speedups is speedups
+    assert otlp_encode.encode_light is speedups.encode_light
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    name=st.one_of(st.text(max_size=30), _LONG),
+    kind=st.sampled_from(list(SpanKind)),
+    parent_kind=_PARENTS,
+    attributes=_C_ATTRIBUTES,
+    status=st.sampled_from([None, (StatusCode.OK, None), (StatusCode.ERROR, None), (StatusCode.ERROR, "why ✓"), (StatusCode.ERROR, "")]),
+    end_time=st.one_of(st.none(), st.integers(min_value=0, max_value=2**64 - 1)),
+)
+def test_the_compiled_encoding_is_the_pythons_and_the_sdks(name, kind, parent_kind, attributes, status, end_time):
+    speedups = _compiled()
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("autotrace.test", "1.0")
+    span = _light(tracer, name, kind, parent_kind, attributes)
+    if status is not None:
+        span.set_status(Status(*status))
+    span.end(end_time=end_time)
+    compiled = speedups.encode_light_common(span)
+    python = otlp_encode._encode_light_py(span)
+    assert compiled is not None  # the common case: the C code's
+    assert compiled == python
+    assert otlp_encode.encode_light(span) == python == otlp_encode.encode_span(span)
+    expected = sdk_encode_spans([span]).SerializeToString()
+    assert otlp_encode.encode_request([(span.resource, span.instrumentation_scope, python)]) == expected
+
+
+def _ended_light(attributes=None, name="op"):
+    from opentelemetry import context
+
+    from autotrace import light_span
+
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("autotrace.test")
+    span = light_span.start_span(tracer, name, SpanKind.CLIENT, context.Context(), attributes or {"a": 1})
+    span.end()
+    return span
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["app attribute", "event", "link", "trace state of another class", "surrogate name", "surrogate value", "surrogate key", "str subclass name", "list value"],
+)
+def test_what_the_compiled_encoder_does_not_handle_goes_the_python_way(change):
+    """C returns None (not handled) and encode_light gives the Python bytes (or its error)."""
+    from opentelemetry import context
+
+    from autotrace import light_span
+
+    speedups = _compiled()
+    provider, exporter = _provider()
+    tracer = provider.get_tracer("autotrace.test")
+    attributes = {"a": 1}
+    name = "op"
+    links = None
+    parent = context.Context()
+    if change == "surrogate value":
+        attributes = {"a": "x\ud800"}
+    elif change == "surrogate key":
+        attributes = {"\udfff": 1}
+    elif change == "surrogate name":
+        name = "op\ud800"
+    elif change == "str subclass name":
+
+        class Name(str):
+            pass
+
+        name = Name("op")
+    elif change == "list value":
+        attributes = {"a": [1, 2]}
+    elif change == "link":
+        links = [Link(SpanContext(7, 8, is_remote=False), {"l": 1})]
+    elif change == "trace state of another class":
+
+        class State(TraceState):
+            pass
+
+        remote = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(1), trace_state=State([("k", "v")]))
+        parent = set_span_in_context(NonRecordingSpan(remote))
+    span = light_span.start_span(tracer, name, SpanKind.CLIENT, parent, attributes, links)
+    if change == "app attribute":
+        span.set_attribute("app", "set")
+    elif change == "event":
+        span.add_event("e")
+    span.end()
+    assert speedups.encode_light_common(span) is None
+    try:
+        python = otlp_encode._encode_light_py(span)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            otlp_encode.encode_light(span)
+        return
+    assert otlp_encode.encode_light(span) == python == otlp_encode.encode_span(span)
+    assert otlp_encode.encode_request([(span.resource, span.instrumentation_scope, python)]) == sdk_encode_spans([span]).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "slot, value",
+    [
+        ("_context", None),
+        ("_context", (1, 2, False, TraceFlags(1), None, True)),  # a plain tuple, not a SpanContext
+        ("_context", SpanContext(2**128, 1, is_remote=False)),  # a trace id too big for 16 bytes
+        ("_context", SpanContext(-1, 1, is_remote=False)),
+        ("_context", SpanContext(1, 2**64, is_remote=False)),
+        ("_parent", "not a context"),
+        ("_parent", SpanContext(1, 2, is_remote=1)),  # is_remote not a bool
+        ("_start_time", -5),
+        ("_start_time", 2**64),
+        ("_start_time", 1.5),
+        ("_end_time", "later"),
+        ("_kind", 2),
+        ("_name", 42),
+        ("_status", "not a status"),
+        ("_status", Status(StatusCode.ERROR, None)._replace if hasattr(Status, "_replace") else object()),
+        ("_attributes", {1: "int key"}),
+        ("_attributes", {"bytes": b"\x00"}),
+        ("_events", [object()]),
+        ("_links", None),
+    ],
+)
+def test_odd_span_state_is_not_handled_in_c_and_never_crashes(slot, value):
+    """Every field checked for its type and range: None (the Python way), never a crash."""
+    speedups = _compiled()
+    span = _ended_light()
+    setattr(span, slot, value)
+    assert speedups.encode_light_common(span) is None
+    try:
+        python = otlp_encode._encode_light_py(span)
+    except Exception as exc:  # noqa: BLE001 - what the Python way raises, encode_light raises
+        with pytest.raises(type(exc)):
+            otlp_encode.encode_light(span)
+    else:
+        assert otlp_encode.encode_light(span) == python
+
+
+def test_objects_that_are_not_light_spans_are_not_handled():
+    speedups = _compiled()
+    for obj in (None, 1, "span", object(), [], {}):
+        assert speedups.encode_light_common(obj) is None
+    from autotrace import light_span
+
+    span = _ended_light()
+    del span._status  # an unset slot: AttributeError inside, not handled
+    assert speedups.encode_light_common(span) is None
+    assert isinstance(span, light_span.LightSpan)
+
+
+def test_the_python_way_when_the_extension_is_hidden(monkeypatch):
+    """Without the extension (not built, or hidden as here) the loader gives None and a
+    fresh interpreter encodes, queues and exports light spans the Python way, alike."""
+    import subprocess
+    import sys
+
+    monkeypatch.setitem(sys.modules, "autotrace._speedups", None)
+    assert otlp_encode._load_speedups() is None
+    script = """
+import sys
+sys.modules["autotrace._speedups"] = None
+from opentelemetry import context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+from autotrace import light_span, otlp_encode, span_queue
+
+assert not otlp_encode.COMPILED and otlp_encode.encode_light is otlp_encode._encode_light_py
+
+class Keep:
+    batches = []
+    def export(self, batch):
+        self.batches.append(batch)
+    def shutdown(self):
+        pass
+
+exporter = Keep()
+processor = span_queue.EncodingBatchProcessor(exporter, schedule_delay_millis=60_000)
+assert "light_end" not in vars(processor)  # the Python method
+provider = TracerProvider(shutdown_on_exit=False)
+provider.add_span_processor(processor)
+tracer = provider.get_tracer("t")
+spans = []
+for i in range(5):
+    span = light_span.start_span(tracer, "op", SpanKind.CLIENT, context.Context(), {"i": i, "f": -0.0, "s": "é" * 200})
+    span.end()
+    spans.append(span)
+processor.force_flush()
+(batch,) = exporter.batches
+assert batch.data == sdk_encode_spans(spans).SerializeToString()
+print("python way ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "python way ok" in out.stdout
+
+
+def test_the_doctor_says_which_encoder_is_in_use(monkeypatch):
+    from autotrace.doctor.environment import encoder_check
+
+    assert encoder_check().message == "span encoder: compiled (autotrace._speedups)"
+    monkeypatch.setattr(otlp_encode, "COMPILED", False)
+    assert "pure Python" in encoder_check().message
+
+
+def test_a_span_of_another_class_is_read_through_its_attributes():
+    """The light span class's slots are read directly; another class's spans (here a
+    subclass) through getattr: the same bytes."""
+    from autotrace import light_span
+
+    speedups = _compiled()
+    span = _ended_light({"a": 1, "s": "é"})
+    direct = speedups.encode_light_common(span)
+
+    class Sub(light_span.LightSpan):
+        __slots__ = ()
+
+    span.__class__ = Sub
+    assert speedups.encode_light_common(span) == direct == otlp_encode._encode_light_py(span)
+    for other in (Sub, int):  # slots not its own, no slots: refused, nothing registered
+        assert speedups.register_light_class(other) is False
+    assert speedups.encode_light_common(span) == direct
+    assert speedups.register_light_class(light_span.LightSpan) is True

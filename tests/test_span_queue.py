@@ -270,3 +270,108 @@ def test_a_span_that_cannot_be_encoded_is_dropped_with_one_line(monkeypatch, cap
     assert processor.undelivered() == 0
     assert capsys.readouterr().err.count("could not be encoded (ValueError: nope)") == 1
     processor.shutdown()
+
+
+# -- the compiled light end (autotrace/_speedups.c: light_end), against the Python one ----------
+
+
+def _light_spans(tracer, n, pad=1, **extra):
+    spans = []
+    for i in range(n):
+        span = light_span.start_span(tracer, "hook", SpanKind.CLIENT, context.Context(), {"i": i, "pad": "x" * pad, **extra})
+        span.end()
+        spans.append(span)
+    return spans
+
+
+def test_the_compiled_light_end_is_used_and_queues_the_same_bytes_as_the_python_one(monkeypatch):
+    from autotrace import otlp_encode, span_queue
+    from autotrace import _speedups
+
+    provider, processor, exporter = _setup()
+    assert processor.light_end.__func__ is _speedups.light_end  # this install's: compiled
+    tracer = provider.get_tracer("t")
+    compiled = _light_spans(tracer, 5)
+    processor.force_flush()
+    # The same spans through the Python light end and encoder (the extension hidden).
+    monkeypatch.setattr(span_queue, "speedups", None)
+    monkeypatch.setattr(span_queue, "encode_light", otlp_encode._encode_light_py)
+    provider2, python_processor, python_exporter = _setup()
+    assert "light_end" not in vars(python_processor)
+    for span in compiled:
+        python_processor.light_end(span)
+    python_processor.force_flush()
+    assert exporter.batches[0].data == python_exporter.batches[0].data == sdk_encode_spans(compiled).SerializeToString()
+    processor.shutdown()
+    python_processor.shutdown()
+
+
+def test_the_compiled_light_end_keeps_the_queues_bounds_and_reports_drops(drops):
+    provider, processor, exporter = _setup(max_queue_size=10, max_export_batch_size=10)
+    asleep(processor)
+    tracer = provider.get_tracer("t")
+    _light_spans(tracer, 25)
+    assert processor.undelivered() == 10 and drops.count == 15
+    processor.force_flush()
+    assert processor.undelivered() == 0 and processor.queued_bytes() == 0
+    processor.shutdown()
+
+    provider, processor, exporter = _setup(max_queue_size=1000, max_queue_bytes=5_000)
+    asleep(processor)
+    drops.count = 0
+    _light_spans(provider.get_tracer("t"), 50, pad=400)
+    assert 0 < processor.queued_bytes() <= 5_000 and drops.count == 50 - processor.undelivered() > 0
+    processor.shutdown()
+
+
+def test_a_full_batch_of_light_spans_wakes_the_export_thread():
+    provider, processor, exporter = _setup(max_export_batch_size=5)
+    _light_spans(provider.get_tracer("t"), 5)
+    for _ in range(100):  # bounded wait for the export thread
+        if exporter.batches:
+            break
+        threading.Event().wait(0.05)
+    assert [len(b) for b in exporter.batches] == [5]
+    processor.shutdown()
+
+
+def test_the_compiled_light_end_leaves_unsampled_shut_down_and_uncommon_spans_alone_or_to_python():
+    from opentelemetry.sdk.trace import sampling
+
+    exporter = Collect()
+    processor = EncodingBatchProcessor(exporter, schedule_delay_millis=60_000)
+    provider = TracerProvider(sampler=sampling.StaticSampler(sampling.Decision.RECORD_ONLY), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    _light_spans(provider.get_tracer("t"), 3)  # recorded, not sampled
+    assert processor.undelivered() == 0
+    processor.shutdown()
+
+    provider, processor, exporter = _setup()
+    tracer = provider.get_tracer("t")
+    span = light_span.start_span(tracer, "with an event", SpanKind.CLIENT, context.Context(), {"a": 1})
+    span.add_event("e", {"k": [1, 2]})  # not the C encoder's: the Python light end queues it
+    span.end()
+    assert processor.undelivered() == 1
+    processor.force_flush()
+    assert exporter.batches[0].data == sdk_encode_spans([span]).SerializeToString()
+    processor.shutdown()
+    _light_spans(tracer, 2)  # after the shutdown: not queued
+    assert processor.undelivered() == 0
+
+
+def test_a_failure_in_the_compiled_light_end_is_one_line_never_the_apps(monkeypatch, capsys):
+    from autotrace import _log
+
+    monkeypatch.setattr(_log, "_warned", set())
+    provider, processor, exporter = _setup()
+
+    class BrokenLock:
+        def acquire(self):
+            raise RuntimeError("no lock today")
+
+    real_lock, processor._lock = processor._lock, BrokenLock()
+    _light_spans(provider.get_tracer("t"), 3)  # never raises into the app
+    processor._lock = real_lock
+    assert processor.undelivered() == 0
+    assert capsys.readouterr().err.count("(RuntimeError: no lock today)") == 1
+    processor.shutdown()

@@ -164,9 +164,20 @@ def conflict_checks(paths: list[str], distributions, own_dir: str | None = None)
     return checks
 
 
+def encoder_check() -> Check:
+    """Whether the span encoder is the compiled one (``autotrace._speedups``) or pure Python."""
+    try:
+        from ..otlp_encode import COMPILED
+    except Exception as exc:  # noqa: BLE001 - the SDK missing or broken: said, not raised
+        return Check(OK, "encoder", f"span encoder not checked ({type(exc).__name__}: {exc})")
+    if COMPILED:
+        return Check(OK, "encoder", "span encoder: compiled (autotrace._speedups)")
+    return Check(OK, "encoder", "span encoder: pure Python (the optional compiled one, autotrace._speedups, is not built in this install)")
+
+
 def local_environment_checks(paths: list[str], disabled, own_dir: str | None = None) -> list[Check]:
-    """The library and conflict checks for the Python running this function."""
-    return library_checks(frozenset(disabled)) + conflict_checks(paths, distribution_names(), own_dir)
+    """The library, conflict and encoder checks for the Python running this function."""
+    return library_checks(frozenset(disabled)) + conflict_checks(paths, distribution_names(), own_dir) + [encoder_check()]
 
 
 def remote_main() -> None:

@@ -1,0 +1,1234 @@
+/*
+ * autotrace._speedups: the light span's OTLP encoding in C (optional).
+ *
+ * What it does: encode_light(span) returns the bytes of the ``ScopeSpans.spans`` field
+ * (tag, length, ``Span`` message) of a light span (autotrace/light_span.py), exactly the
+ * bytes the pure-Python reference, autotrace.otlp_encode._encode_light_py, returns (which
+ * are the SDK encoder's). It handles the common case only:
+ *
+ *   - the span context and the parent's (or no parent) are exact SpanContext tuples; the
+ *     trace state is the default one, or of a configured class whose members are a plain
+ *     dict of str (the API's TraceState, the agent's W3CTraceState);
+ *   - the name is a str, the kind one of the SpanKind members, the times plain ints;
+ *   - the attributes are a plain dict of str keys and str/bool/int/float values;
+ *   - no events, no links (both still the empty tuple a light span starts with);
+ *   - the status is the shared UNSET status, or an exact Status.
+ *
+ * Anything else (the SDK's BoundedAttributes, events, a string that is not
+ * valid UTF-8, an odd type anywhere) is not handled here: encode_light then calls the
+ * Python fallback given to configure(), which knows every case. The core function returns
+ * None for "not handled" (encode_light_common exposes it, for the tests), and NULL with a
+ * Python error set only for a real failure (no memory): the caller's fail-open path
+ * (span_queue.light_end) handles that as it handles the Python encoder's exceptions.
+ *
+ * light_end(processor, span) is EncodingBatchProcessor.light_end + _put in one call: the
+ * sampled check, the encoding, and the queue append under the processor's lock with its
+ * span and byte bounds. Anything unusual returns to the Python method.
+ *
+ * The protobuf wire format is written directly: varints, fixed64/fixed32 little-endian,
+ * length-delimited fields. Field numbers are those of opentelemetry/proto (the Python
+ * module's constants; tests/test_otlp_encode.py checks them against the generated code).
+ * No Python code runs while the encoder walks the span's state, except for a set status
+ * (its two public properties) and the fallback.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef Py_T_OBJECT_EX /* its name from 3.12 on; structmember.h's before */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *obj)
+{
+    Py_INCREF(obj);
+    return obj;
+}
+#endif
+
+#if PY_VERSION_HEX < 0x030B0000
+/* Public from 3.11 on; the same function under its older, underscored name before. */
+#define PyFloat_Pack8 _PyFloat_Pack8
+#endif
+
+/* -- wire format ---------------------------------------------------------------------- */
+
+#define WT_VARINT 0
+#define WT_I64 1
+#define WT_LEN 2
+#define WT_I32 5
+#define TAG(field, wire_type) (((field) << 3) | (wire_type))
+
+/* ScopeSpans.spans */
+#define T_SS_SPANS TAG(2, WT_LEN)
+/* Span */
+#define T_SPAN_TRACE_ID TAG(1, WT_LEN)
+#define T_SPAN_SPAN_ID TAG(2, WT_LEN)
+#define T_SPAN_TRACE_STATE TAG(3, WT_LEN)
+#define T_SPAN_PARENT_SPAN_ID TAG(4, WT_LEN)
+#define T_SPAN_NAME TAG(5, WT_LEN)
+#define T_SPAN_START TAG(7, WT_I64)
+#define T_SPAN_END TAG(8, WT_I64)
+#define T_SPAN_ATTRIBUTES TAG(9, WT_LEN)
+#define T_SPAN_STATUS TAG(15, WT_LEN)
+#define T_SPAN_FLAGS TAG(16, WT_I32) /* two bytes as a varint: 0x85 0x01 */
+/* Status */
+#define T_STATUS_MESSAGE TAG(2, WT_LEN)
+#define T_STATUS_CODE TAG(3, WT_VARINT)
+/* KeyValue */
+#define T_KV_KEY TAG(1, WT_LEN)
+#define T_KV_VALUE TAG(2, WT_LEN)
+/* AnyValue */
+#define T_ANY_STRING TAG(1, WT_LEN)
+#define T_ANY_BOOL TAG(2, WT_VARINT)
+#define T_ANY_INT TAG(3, WT_VARINT)
+#define T_ANY_DOUBLE TAG(4, WT_I64)
+
+/* Span.flags: SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, plus ..._IS_REMOTE_MASK for a remote parent. */
+#define FLAG_HAS_IS_REMOTE 0x100u
+#define FLAG_IS_REMOTE 0x200u
+
+/* The number of bytes of n as a varint. */
+static inline Py_ssize_t
+varint_size(uint64_t n)
+{
+    Py_ssize_t size = 1;
+    while (n >= 0x80) {
+        n >>= 7;
+        size++;
+    }
+    return size;
+}
+
+/* A growing output buffer: on the stack for a usual span, on the heap past that. */
+#define BUF_STACK 1024
+
+typedef struct {
+    unsigned char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    unsigned char stack[BUF_STACK];
+} Buf;
+
+static void
+buf_init(Buf *buf)
+{
+    buf->data = buf->stack;
+    buf->len = 0;
+    buf->cap = BUF_STACK;
+}
+
+static void
+buf_free(Buf *buf)
+{
+    if (buf->data != buf->stack) {
+        PyMem_Free(buf->data);
+    }
+    buf->data = buf->stack;
+}
+
+/* Room for `more` bytes after what is written; 0, or -1 with MemoryError set. */
+static int
+buf_reserve(Buf *buf, Py_ssize_t more)
+{
+    if (more > PY_SSIZE_T_MAX - buf->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t need = buf->len + more;
+    if (need <= buf->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = buf->cap;
+    while (cap < need) {
+        cap = cap > PY_SSIZE_T_MAX / 2 ? need : cap * 2;
+    }
+    unsigned char *data;
+    if (buf->data == buf->stack) {
+        data = PyMem_Malloc((size_t)cap);
+        if (data != NULL) {
+            memcpy(data, buf->stack, (size_t)buf->len);
+        }
+    }
+    else {
+        data = PyMem_Realloc(buf->data, (size_t)cap);
+    }
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buf->data = data;
+    buf->cap = cap;
+    return 0;
+}
+
+/* The writers below assume the room was reserved. */
+static inline void
+put_byte(Buf *buf, unsigned char byte)
+{
+    buf->data[buf->len++] = byte;
+}
+
+static inline void
+put_varint(Buf *buf, uint64_t n)
+{
+    while (n >= 0x80) {
+        buf->data[buf->len++] = (unsigned char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    buf->data[buf->len++] = (unsigned char)n;
+}
+
+static inline void
+put_bytes(Buf *buf, const void *bytes, Py_ssize_t n)
+{
+    memcpy(buf->data + buf->len, bytes, (size_t)n);
+    buf->len += n;
+}
+
+static inline void
+put_fixed64(Buf *buf, uint64_t n) /* little-endian */
+{
+    for (int i = 0; i < 8; i++) {
+        buf->data[buf->len++] = (unsigned char)(n >> (8 * i));
+    }
+}
+
+static inline void
+put_fixed32(Buf *buf, uint32_t n) /* little-endian */
+{
+    for (int i = 0; i < 4; i++) {
+        buf->data[buf->len++] = (unsigned char)(n >> (8 * i));
+    }
+}
+
+static inline void
+put_be64(Buf *buf, uint64_t n) /* big-endian: ids, as int.to_bytes(..., "big") */
+{
+    for (int i = 7; i >= 0; i--) {
+        buf->data[buf->len++] = (unsigned char)(n >> (8 * i));
+    }
+}
+
+/* -- configuration (set once by autotrace.otlp_encode) ------------------------------ */
+
+#define MAX_KINDS 8
+#define MAX_CODES 4
+#define MAX_STATE_TYPES 4
+
+static PyObject *span_context_type;   /* opentelemetry.trace.SpanContext */
+static PyObject *default_trace_state; /* opentelemetry.trace.span.DEFAULT_TRACE_STATE */
+static PyObject *unset_status;        /* otlp_encode.UNSET_STATUS, shared by light spans */
+static PyObject *status_type;         /* opentelemetry.trace.Status */
+static PyObject *fallback;            /* otlp_encode._encode_light_py */
+static PyObject *kind_members[MAX_KINDS];
+static unsigned char kind_field[MAX_KINDS][4]; /* the encoded Span.kind field */
+static Py_ssize_t kind_field_len[MAX_KINDS];
+static Py_ssize_t n_kinds;
+static PyObject *code_members[MAX_CODES];
+static uint64_t code_values[MAX_CODES];
+static Py_ssize_t n_codes;
+static PyObject *state_types[MAX_STATE_TYPES];  /* trace state classes ... */
+static PyObject *state_fields[MAX_STATE_TYPES]; /* ... and the name of their members' dict */
+static Py_ssize_t n_state_types;
+
+/* The light span class (register_light_class) and where its instances keep the fields the
+   encoder reads: the offsets of its __slots__, read from its member descriptors. A span of
+   exactly that class is read there directly; any other object through getattr. */
+#define N_SPAN_FIELDS 12
+static PyTypeObject *light_type;
+static Py_ssize_t light_offsets[N_SPAN_FIELDS];
+
+/* Interned attribute names. */
+static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_end_time, *s_attributes,
+    *s_events, *s_links, *s_status, *s_description, *s_status_code, *s_resource, *s_scope,
+    *s_shutdown, *s_lock, *s_queue, *s_bytes, *s_max_queue_size, *s_max_queue_bytes,
+    *s_max_batch_size, *s_max_batch_bytes, *s_acquire, *s_release, *s_append, *s_rest;
+
+/* -- reading the span's state --------------------------------------------------------- */
+
+/* Outcomes of the readers: handled, not handled (the Python way then), an error set. */
+#define OK 0
+#define NOT_HANDLED 1
+#define FAILED -1
+
+/* An exact int in [0, 2**64) as a uint64. */
+static int
+read_u64(PyObject *obj, uint64_t *out)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return NOT_HANDLED;
+    }
+    uint64_t value = PyLong_AsUnsignedLongLong(obj);
+    if (value == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* negative or too big: Python's to_bytes / struct raises */
+        return NOT_HANDLED;
+    }
+    *out = value;
+    return OK;
+}
+
+/* An exact int in [0, 2**128) as two uint64 (high, low). Without an exception on the way
+   (an exception object costs more than the rest of the encoding): CPython's own conversion
+   to bytes, public from 3.13, its older private name before. */
+static int
+read_u128(PyObject *obj, uint64_t *high, uint64_t *low)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return NOT_HANDLED;
+    }
+    unsigned char bytes[16]; /* big-endian */
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t needed = PyLong_AsNativeBytes(
+        obj, bytes, 16, Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (needed < 0) {
+        PyErr_Clear(); /* negative: Python's to_bytes raises */
+        return NOT_HANDLED;
+    }
+    if (needed > 16) {
+        return NOT_HANDLED; /* too big for 16 bytes: likewise */
+    }
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)obj, bytes, 16, 0, 0) < 0) {
+        PyErr_Clear(); /* negative, or too big for 16 bytes: Python's to_bytes raises */
+        return NOT_HANDLED;
+    }
+#endif
+    uint64_t h = 0, l = 0;
+    for (int i = 0; i < 8; i++) {
+        h = (h << 8) | bytes[i];
+        l = (l << 8) | bytes[8 + i];
+    }
+    *high = h;
+    *low = l;
+    return OK;
+}
+
+/* The UTF-8 of an exact str (borrowed from the str object). */
+static int
+read_utf8(PyObject *obj, const char **data, Py_ssize_t *size)
+{
+    if (!PyUnicode_CheckExact(obj)) {
+        return NOT_HANDLED;
+    }
+    *data = PyUnicode_AsUTF8AndSize(obj, size);
+    if (*data == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear(); /* a lone surrogate: the Python way says what becomes of it */
+            return NOT_HANDLED;
+        }
+        return FAILED;
+    }
+    return OK;
+}
+
+/* A time (ns since the epoch): None or 0 is no field, else an int in [0, 2**64). */
+static int
+read_time(PyObject *obj, uint64_t *out)
+{
+    if (obj == Py_None) {
+        *out = 0;
+        return OK;
+    }
+    return read_u64(obj, out);
+}
+
+/* The span's own SpanContext: its ids. */
+static int
+read_context(PyObject *ctx, uint64_t *trace_high, uint64_t *trace_low, uint64_t *span_id)
+{
+    if (Py_TYPE(ctx) != (PyTypeObject *)span_context_type || PyTuple_GET_SIZE(ctx) < 6) {
+        return NOT_HANDLED;
+    }
+    int rc = read_u128(PyTuple_GET_ITEM(ctx, 0), trace_high, trace_low);
+    if (rc != OK) {
+        return rc;
+    }
+    return read_u64(PyTuple_GET_ITEM(ctx, 1), span_id);
+}
+
+/* The members of a trace state (a new reference to a plain dict, or NULL for the default,
+   empty one) and the length of its "key=value,..." text. */
+static int
+read_trace_state(PyObject *state, PyObject **members, Py_ssize_t *text_len)
+{
+    *members = NULL;
+    *text_len = 0;
+    if (state == default_trace_state) {
+        return OK;
+    }
+    Py_ssize_t i;
+    for (i = 0; i < n_state_types; i++) {
+        if ((PyObject *)Py_TYPE(state) == state_types[i]) {
+            break;
+        }
+    }
+    if (i == n_state_types) {
+        return NOT_HANDLED;
+    }
+    PyObject *found = PyObject_GetAttr(state, state_fields[i]);
+    if (found == NULL) {
+        PyErr_Clear();
+        return NOT_HANDLED;
+    }
+    if (!PyDict_CheckExact(found)) {
+        Py_DECREF(found);
+        return NOT_HANDLED;
+    }
+    Py_ssize_t pos = 0, n = 0, total = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(found, &pos, &key, &value)) {
+        const char *data;
+        Py_ssize_t key_len, value_len;
+        int rc = read_utf8(key, &data, &key_len);
+        if (rc == OK) {
+            rc = read_utf8(value, &data, &value_len);
+        }
+        if (rc != OK) {
+            Py_DECREF(found);
+            return rc;
+        }
+        total += (n ? 1 : 0) + key_len + 1 + value_len; /* [","] key "=" value */
+        n++;
+    }
+    *members = found;
+    *text_len = total;
+    return OK;
+}
+
+/* Appends the trace state field ("key=value" joined by ","), text_len as read_trace_state
+   found it (no Python code runs between the two: the members are the same). */
+static int
+put_trace_state(Buf *buf, PyObject *members, Py_ssize_t text_len)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    int first = 1;
+    if (buf_reserve(buf, 1 + varint_size((uint64_t)text_len)) < 0) {
+        return FAILED;
+    }
+    put_byte(buf, T_SPAN_TRACE_STATE);
+    put_varint(buf, (uint64_t)text_len);
+    while (PyDict_Next(members, &pos, &key, &value)) {
+        const char *key_data, *value_data;
+        Py_ssize_t key_len, value_len;
+        if (read_utf8(key, &key_data, &key_len) != OK || read_utf8(value, &value_data, &value_len) != OK
+            || buf_reserve(buf, key_len + value_len + 2) < 0) {
+            return FAILED; /* not after read_trace_state read them: no memory */
+        }
+        if (!first) {
+            put_byte(buf, ',');
+        }
+        first = 0;
+        put_bytes(buf, key_data, key_len);
+        put_byte(buf, '=');
+        put_bytes(buf, value_data, value_len);
+    }
+    return OK;
+}
+
+/* Appends the span's attribute fields (repeated KeyValue) for a plain dict. */
+static int
+put_attributes(Buf *buf, PyObject *attributes)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        const char *key_data, *str_data = NULL;
+        Py_ssize_t key_len, str_len = 0, any_len;
+        uint64_t int_value = 0;
+        int rc = read_utf8(key, &key_data, &key_len);
+        if (rc != OK) {
+            return rc;
+        }
+        PyTypeObject *type = Py_TYPE(value);
+        if (type == &PyUnicode_Type) {
+            rc = read_utf8(value, &str_data, &str_len);
+            if (rc != OK) {
+                return rc;
+            }
+            any_len = 1 + varint_size((uint64_t)str_len) + str_len;
+        }
+        else if (type == &PyBool_Type) {
+            any_len = 2;
+        }
+        else if (type == &PyLong_Type) {
+            int overflow;
+            long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow) {
+                continue; /* outside int64: skipped, as the SDK (and the Python way) skip it */
+            }
+            if (n == -1 && PyErr_Occurred()) {
+                return FAILED;
+            }
+            int_value = (uint64_t)n; /* two's complement, as protobuf's int64 */
+            any_len = 1 + varint_size(int_value);
+        }
+        else if (type == &PyFloat_Type) {
+            any_len = 9;
+        }
+        else {
+            return NOT_HANDLED;
+        }
+        /* An empty key is left out, as protobuf leaves out a field at its default. */
+        Py_ssize_t key_field = key_len ? 1 + varint_size((uint64_t)key_len) + key_len : 0;
+        Py_ssize_t kv_len = key_field + 1 + varint_size((uint64_t)any_len) + any_len;
+        if (buf_reserve(buf, 1 + varint_size((uint64_t)kv_len) + kv_len) < 0) {
+            return FAILED;
+        }
+        put_byte(buf, T_SPAN_ATTRIBUTES);
+        put_varint(buf, (uint64_t)kv_len);
+        if (key_len) {
+            put_byte(buf, T_KV_KEY);
+            put_varint(buf, (uint64_t)key_len);
+            put_bytes(buf, key_data, key_len);
+        }
+        put_byte(buf, T_KV_VALUE);
+        put_varint(buf, (uint64_t)any_len);
+        if (type == &PyUnicode_Type) {
+            put_byte(buf, T_ANY_STRING);
+            put_varint(buf, (uint64_t)str_len);
+            put_bytes(buf, str_data, str_len);
+        }
+        else if (type == &PyBool_Type) {
+            put_byte(buf, T_ANY_BOOL);
+            put_byte(buf, value == Py_True ? 1 : 0);
+        }
+        else if (type == &PyLong_Type) {
+            put_byte(buf, T_ANY_INT);
+            put_varint(buf, int_value);
+        }
+        else {
+            put_byte(buf, T_ANY_DOUBLE);
+            /* As struct.pack("<d"): the same function, little-endian. */
+            if (PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (char *)buf->data + buf->len, 1) < 0) {
+                return FAILED;
+            }
+            buf->len += 8;
+        }
+    }
+    return OK;
+}
+
+/* Appends the status field of a set (not the shared UNSET) status. */
+static int
+put_status(Buf *buf, PyObject *status)
+{
+    if (Py_TYPE(status) != (PyTypeObject *)status_type) {
+        return NOT_HANDLED;
+    }
+    int rc = NOT_HANDLED;
+    const char *message = NULL;
+    Py_ssize_t message_len = 0;
+    uint64_t code = 0;
+    PyObject *description = PyObject_GetAttr(status, s_description);
+    PyObject *status_code = description == NULL ? NULL : PyObject_GetAttr(status, s_status_code);
+    if (status_code == NULL) {
+        PyErr_Clear(); /* the Python way meets it again, and its caller says so */
+        goto done;
+    }
+    if (description != Py_None) {
+        rc = read_utf8(description, &message, &message_len);
+        if (rc != OK) {
+            goto done;
+        }
+        rc = NOT_HANDLED;
+    }
+    Py_ssize_t i;
+    for (i = 0; i < n_codes; i++) {
+        if (code_members[i] == status_code) {
+            code = code_values[i];
+            break;
+        }
+    }
+    if (i == n_codes) {
+        goto done;
+    }
+    Py_ssize_t body_len = 0;
+    if (message_len) {
+        body_len += 1 + varint_size((uint64_t)message_len) + message_len;
+    }
+    if (code) {
+        body_len += 1 + varint_size(code);
+    }
+    if (buf_reserve(buf, 1 + varint_size((uint64_t)body_len) + body_len) < 0) {
+        rc = FAILED;
+        goto done;
+    }
+    put_byte(buf, T_SPAN_STATUS);
+    put_varint(buf, (uint64_t)body_len);
+    if (message_len) {
+        put_byte(buf, T_STATUS_MESSAGE);
+        put_varint(buf, (uint64_t)message_len);
+        put_bytes(buf, message, message_len);
+    }
+    if (code) {
+        put_byte(buf, T_STATUS_CODE);
+        put_varint(buf, code);
+    }
+    rc = OK;
+done:
+    Py_XDECREF(description);
+    Py_XDECREF(status_code);
+    return rc;
+}
+
+/* The fields of a light span the encoder reads (new references). */
+typedef struct {
+    PyObject *context, *parent, *name, *kind, *start, *end, *attributes, *events, *links, *status;
+    PyObject *trace_state_members; /* a plain dict, or NULL: no trace state */
+} SpanState;
+
+static void
+state_clear(SpanState *state)
+{
+    Py_CLEAR(state->context);
+    Py_CLEAR(state->parent);
+    Py_CLEAR(state->name);
+    Py_CLEAR(state->kind);
+    Py_CLEAR(state->start);
+    Py_CLEAR(state->end);
+    Py_CLEAR(state->attributes);
+    Py_CLEAR(state->events);
+    Py_CLEAR(state->links);
+    Py_CLEAR(state->status);
+    Py_CLEAR(state->trace_state_members);
+}
+
+/* The span's fields the encoder reads, in this order (light_offsets too); the last two
+   (resource, scope) are read by light_end alone. */
+static PyObject **span_field_names[N_SPAN_FIELDS] = {
+    &s_context, &s_parent, &s_name, &s_kind, &s_start_time, &s_end_time,
+    &s_attributes, &s_events, &s_links, &s_status, &s_resource, &s_scope,
+};
+
+/* Field i of span (a new reference), or NULL: NOT_HANDLED in *rc when it is missing,
+   FAILED when reading it failed. */
+static PyObject *
+span_field(PyObject *span, int i, int *rc)
+{
+    if (Py_TYPE(span) == light_type) {
+        PyObject *value = *(PyObject **)((char *)span + light_offsets[i]);
+        if (value == NULL) {
+            *rc = NOT_HANDLED; /* an unset slot */
+            return NULL;
+        }
+        return Py_NewRef(value);
+    }
+    PyObject *value = PyObject_GetAttr(span, *span_field_names[i]);
+    if (value == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            *rc = NOT_HANDLED;
+        }
+        else {
+            *rc = FAILED;
+        }
+    }
+    return value;
+}
+
+/* Reads the span's fields; a missing one is not handled here. */
+static int
+state_read(PyObject *span, SpanState *state)
+{
+    PyObject **fields[] = {
+        &state->context, &state->parent, &state->name, &state->kind, &state->start,
+        &state->end, &state->attributes, &state->events, &state->links, &state->status,
+    };
+    for (int i = 0; i < (int)(sizeof(fields) / sizeof(fields[0])); i++) {
+        int rc = OK;
+        *fields[i] = span_field(span, i, &rc);
+        if (*fields[i] == NULL) {
+            return rc;
+        }
+    }
+    return OK;
+}
+
+/* The encoding of a light span's common case: bytes, None (not handled), or NULL (error). */
+static PyObject *
+encode_common(PyObject *span)
+{
+    SpanState state = {0};
+    Buf buf;
+    buf_init(&buf);
+    PyObject *result = NULL;
+    uint64_t trace_high, trace_low, span_id, parent_id = 0, start, end;
+    int remote = 0, rc;
+
+    if (span_context_type == NULL) {
+        rc = NOT_HANDLED; /* not configured */
+        goto done;
+    }
+    rc = state_read(span, &state);
+    if (rc != OK) {
+        goto done;
+    }
+    rc = NOT_HANDLED;
+    /* Events and links: the empty tuple a light span starts with, else the Python way. */
+    if (!PyTuple_CheckExact(state.events) || PyTuple_GET_SIZE(state.events) != 0
+        || !PyTuple_CheckExact(state.links) || PyTuple_GET_SIZE(state.links) != 0) {
+        goto done;
+    }
+    if (!PyDict_CheckExact(state.attributes)) {
+        goto done; /* the SDK's BoundedAttributes, once the app set one */
+    }
+    Py_ssize_t kind;
+    for (kind = 0; kind < n_kinds; kind++) {
+        if (kind_members[kind] == state.kind) {
+            break;
+        }
+    }
+    if (kind == n_kinds) {
+        goto done;
+    }
+    if ((rc = read_context(state.context, &trace_high, &trace_low, &span_id)) != OK) {
+        goto done;
+    }
+    Py_ssize_t trace_state_len;
+    rc = read_trace_state(PyTuple_GET_ITEM(state.context, 4), &state.trace_state_members, &trace_state_len);
+    if (rc != OK) {
+        goto done;
+    }
+    if (state.parent != Py_None) {
+        /* Only its span id and whether it is remote are encoded. */
+        if (Py_TYPE(state.parent) != (PyTypeObject *)span_context_type || PyTuple_GET_SIZE(state.parent) < 6) {
+            goto done;
+        }
+        if ((rc = read_u64(PyTuple_GET_ITEM(state.parent, 1), &parent_id)) != OK) {
+            goto done;
+        }
+        rc = NOT_HANDLED;
+        PyObject *is_remote = PyTuple_GET_ITEM(state.parent, 2);
+        if (is_remote != Py_True && is_remote != Py_False) {
+            goto done;
+        }
+        remote = is_remote == Py_True;
+    }
+    if ((rc = read_time(state.start, &start)) != OK || (rc = read_time(state.end, &end)) != OK) {
+        goto done;
+    }
+    const char *name = NULL;
+    Py_ssize_t name_len = 0;
+    if (state.name != Py_None) {
+        if ((rc = read_utf8(state.name, &name, &name_len)) != OK) {
+            goto done;
+        }
+    }
+    /* The head: ids (28), parent (10), name, kind (at most 4), times (18); the trace state
+       reserves its own room. */
+    if (buf_reserve(&buf, 80 + name_len) < 0) {
+        rc = FAILED;
+        goto done;
+    }
+    put_byte(&buf, T_SPAN_TRACE_ID);
+    put_byte(&buf, 16);
+    put_be64(&buf, trace_high);
+    put_be64(&buf, trace_low);
+    put_byte(&buf, T_SPAN_SPAN_ID);
+    put_byte(&buf, 8);
+    put_be64(&buf, span_id);
+    if (state.trace_state_members != NULL && trace_state_len) {
+        if ((rc = put_trace_state(&buf, state.trace_state_members, trace_state_len)) != OK
+            || (rc = buf_reserve(&buf, 80 + name_len)) != OK) { /* room again for the rest */
+            rc = FAILED;
+            goto done;
+        }
+    }
+    if (state.parent != Py_None) {
+        put_byte(&buf, T_SPAN_PARENT_SPAN_ID);
+        put_byte(&buf, 8);
+        put_be64(&buf, parent_id);
+    }
+    if (name_len) {
+        put_byte(&buf, T_SPAN_NAME);
+        put_varint(&buf, (uint64_t)name_len);
+        put_bytes(&buf, name, name_len);
+    }
+    put_bytes(&buf, kind_field[kind], kind_field_len[kind]);
+    if (start) {
+        put_byte(&buf, T_SPAN_START);
+        put_fixed64(&buf, start);
+    }
+    if (end) {
+        put_byte(&buf, T_SPAN_END);
+        put_fixed64(&buf, end);
+    }
+    if ((rc = put_attributes(&buf, state.attributes)) != OK) {
+        goto done;
+    }
+    if (state.status == unset_status) {
+        if (buf_reserve(&buf, 2) < 0) {
+            rc = FAILED;
+            goto done;
+        }
+        put_byte(&buf, T_SPAN_STATUS);
+        put_byte(&buf, 0);
+    }
+    else if ((rc = put_status(&buf, state.status)) != OK) {
+        goto done;
+    }
+    if (buf_reserve(&buf, 6) < 0) {
+        rc = FAILED;
+        goto done;
+    }
+    put_varint(&buf, T_SPAN_FLAGS);
+    put_fixed32(&buf, remote ? FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE : FLAG_HAS_IS_REMOTE);
+
+    /* The ScopeSpans.spans field around the Span message. */
+    Py_ssize_t head = 1 + varint_size((uint64_t)buf.len);
+    result = PyBytes_FromStringAndSize(NULL, head + buf.len);
+    if (result == NULL) {
+        rc = FAILED;
+        goto done;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    *out++ = T_SS_SPANS;
+    for (uint64_t n = (uint64_t)buf.len; ; n >>= 7) {
+        if (n < 0x80) {
+            *out++ = (unsigned char)n;
+            break;
+        }
+        *out++ = (unsigned char)((n & 0x7F) | 0x80);
+    }
+    memcpy(out, buf.data, (size_t)buf.len);
+    rc = OK;
+done:
+    buf_free(&buf);
+    state_clear(&state);
+    if (result != NULL) {
+        return result; /* made last, when everything went well */
+    }
+    if (rc == FAILED || PyErr_Occurred()) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_SystemError, "autotrace._speedups: encoding failed");
+        }
+        return NULL;
+    }
+    Py_RETURN_NONE; /* not handled: whatever the step that stopped said */
+}
+
+/* encode_common, else the Python way. */
+static PyObject *
+encode_or_fallback(PyObject *span)
+{
+    PyObject *data = encode_common(span);
+    if (data != Py_None) {
+        return data; /* bytes, or NULL with an error set */
+    }
+    Py_DECREF(data);
+    if (fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups is not configured");
+        return NULL;
+    }
+    return PyObject_CallOneArg(fallback, span);
+}
+
+/* -- module functions ------------------------------------------------------------------ */
+
+PyDoc_STRVAR(encode_light_doc,
+"encode_light(span) -> bytes\n\n"
+"The light span's ScopeSpans.spans field: in C for the common case, else from the\n"
+"Python fallback given to configure().");
+
+static PyObject *
+sp_encode_light(PyObject *module, PyObject *span)
+{
+    return encode_or_fallback(span);
+}
+
+PyDoc_STRVAR(encode_light_common_doc,
+"encode_light_common(span) -> bytes | None\n\n"
+"The C encoding alone: None when the span is not the common case (for the tests).");
+
+static PyObject *
+sp_encode_light_common(PyObject *module, PyObject *span)
+{
+    return encode_common(span);
+}
+
+/* An int attribute of the processor as a Py_ssize_t; -1 with an error set on failure. */
+static Py_ssize_t
+int_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
+    if (n == -1 && !PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
+    }
+    Py_DECREF(value);
+    return n;
+}
+
+/* What light_end leaves to the processor's Python method _light_end_rest(span, outcome, exc). */
+#define REST_NOT_HANDLED -1 /* the Python light_end does it all */
+#define REST_FAILED -2      /* exc: the encoding (or the queue) failed; the span is lost */
+#define REST_FULL 2         /* the queue was full: the drop is counted */
+#define REST_WAKE 3         /* queued, and a batch is ready: the export thread is woken */
+
+/* The queue append of EncodingBatchProcessor._put under the processor's lock: 1 (queued),
+   REST_FULL, REST_WAKE, or -1 with an error set. */
+static int
+put_entry(PyObject *processor, PyObject *span, PyObject *data)
+{
+    int outcome = -1;
+    PyObject *entry = NULL, *resource = NULL, *scope = NULL, *lock = NULL, *queue = NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    int rc = OK;
+    resource = span_field(span, 10, &rc);
+    scope = resource == NULL ? NULL : span_field(span, 11, &rc);
+    if (scope == NULL && rc == NOT_HANDLED) {
+        PyErr_SetString(PyExc_AttributeError, "the span has no resource or instrumentation scope");
+    }
+    lock = scope == NULL ? NULL : PyObject_GetAttr(processor, s_lock);
+    queue = lock == NULL ? NULL : PyObject_GetAttr(processor, s_queue);
+    if (queue == NULL) {
+        goto done;
+    }
+    entry = PyTuple_Pack(3, resource, scope, data);
+    if (entry == NULL) {
+        goto done;
+    }
+    /* The bounds, read before the lock (set once, in __init__). */
+    Py_ssize_t max_queue_size = int_attr(processor, s_max_queue_size);
+    Py_ssize_t max_queue_bytes = max_queue_size < 0 ? -1 : int_attr(processor, s_max_queue_bytes);
+    Py_ssize_t max_batch_size = max_queue_bytes < 0 ? -1 : int_attr(processor, s_max_batch_size);
+    Py_ssize_t max_batch_bytes = max_batch_size < 0 ? -1 : int_attr(processor, s_max_batch_bytes);
+    if (max_batch_bytes < 0) {
+        goto done;
+    }
+    PyObject *acquired = PyObject_CallMethodNoArgs(lock, s_acquire); /* may wait, the GIL released */
+    if (acquired == NULL) {
+        goto done;
+    }
+    Py_DECREF(acquired);
+    /* Under the lock. The export thread's _take changes the queue and the byte count
+       under it too; nothing here runs Python code (the deque's methods are C). */
+    Py_ssize_t queued = PyObject_Size(queue);
+    Py_ssize_t queued_bytes = queued < 0 ? -1 : int_attr(processor, s_bytes);
+    if (queued_bytes < 0) {
+        outcome = -1;
+    }
+    else if (queued >= max_queue_size || queued_bytes > max_queue_bytes - size) {
+        outcome = REST_FULL;
+    }
+    else {
+        PyObject *appended = PyObject_CallMethodOneArg(queue, s_append, entry);
+        PyObject *total = appended == NULL ? NULL : PyLong_FromSsize_t(queued_bytes + size);
+        if (total == NULL || PyObject_SetAttr(processor, s_bytes, total) < 0) {
+            outcome = -1;
+        }
+        else if (queued + 1 >= max_batch_size || queued_bytes + size >= max_batch_bytes) {
+            outcome = REST_WAKE;
+        }
+        else {
+            outcome = 1;
+        }
+        Py_XDECREF(appended);
+        Py_XDECREF(total);
+    }
+    /* Released whatever happened; an error set above is kept across the call. */
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
+    if (released == NULL) {
+        if (exc_type != NULL) {
+            PyErr_Clear(); /* the first error is the one reported */
+        }
+        else {
+            outcome = -1;
+        }
+    }
+    Py_XDECREF(released);
+    if (exc_type != NULL) {
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+done:
+    Py_XDECREF(entry);
+    Py_XDECREF(resource);
+    Py_XDECREF(scope);
+    Py_XDECREF(lock);
+    Py_XDECREF(queue);
+    return outcome;
+}
+
+/* processor._light_end_rest(span, outcome, exc). */
+static PyObject *
+call_rest(PyObject *processor, PyObject *span, long outcome, PyObject *exc)
+{
+    PyObject *code = PyLong_FromLong(outcome);
+    if (code == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_CallMethodObjArgs(processor, s_rest, span, code, exc == NULL ? Py_None : exc, NULL);
+    Py_DECREF(code);
+    return result;
+}
+
+/* The current exception, normalized (a new reference), the error indicator cleared. */
+static PyObject *
+take_exception(void)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyErr_NormalizeException(&exc_type, &exc_value, &exc_tb);
+    Py_XDECREF(exc_type);
+    Py_XDECREF(exc_tb);
+    if (exc_value == NULL) {
+        exc_value = Py_NewRef(Py_None);
+    }
+    return exc_value;
+}
+
+PyDoc_STRVAR(light_end_doc,
+"light_end(processor, span) -> None\n\n"
+"EncodingBatchProcessor.light_end and _put in one call: the sampled check, the encoding,\n"
+"the queue append under the processor's lock with its span and byte bounds. What it\n"
+"does not do itself (a span it does not encode, a full queue, a ready batch, an error)\n"
+"it hands to processor._light_end_rest(span, outcome, exc).");
+
+static PyObject *
+sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "light_end(processor, span)");
+        return NULL;
+    }
+    PyObject *processor = args[0], *span = args[1];
+    int rc = OK;
+    PyObject *context = span_field(span, 0, &rc);
+    long flags = -1;
+    if (context != NULL && Py_TYPE(context) == (PyTypeObject *)span_context_type
+        && PyTuple_GET_SIZE(context) >= 6 && PyLong_Check(PyTuple_GET_ITEM(context, 3))) {
+        flags = PyLong_AsLong(PyTuple_GET_ITEM(context, 3)); /* TraceFlags, an int subclass */
+    }
+    Py_XDECREF(context);
+    if (flags == -1) {
+        PyErr_Clear();
+        return call_rest(processor, span, REST_NOT_HANDLED, NULL);
+    }
+    if (!(flags & 1)) {
+        Py_RETURN_NONE; /* not sampled */
+    }
+    PyObject *shutdown = PyObject_GetAttr(processor, s_shutdown);
+    int is_shutdown = shutdown == NULL ? -1 : PyObject_IsTrue(shutdown);
+    Py_XDECREF(shutdown);
+    if (is_shutdown) {
+        if (is_shutdown < 0) {
+            PyErr_Clear();
+            return call_rest(processor, span, REST_NOT_HANDLED, NULL);
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *data = encode_common(span);
+    if (data == Py_None) {
+        Py_DECREF(data);
+        return call_rest(processor, span, REST_NOT_HANDLED, NULL);
+    }
+    int outcome = data == NULL ? -1 : put_entry(processor, span, data);
+    Py_XDECREF(data);
+    if (outcome == 1) {
+        Py_RETURN_NONE;
+    }
+    if (outcome < 0) {
+        PyObject *exc = take_exception();
+        PyObject *result = call_rest(processor, span, REST_FAILED, exc);
+        Py_DECREF(exc);
+        return result;
+    }
+    return call_rest(processor, span, outcome, NULL);
+}
+
+PyDoc_STRVAR(register_light_class_doc,
+"register_light_class(cls) -> bool\n\n"
+"The light span class, whose instances' slots the encoder then reads directly (their\n"
+"offsets from the class's member descriptors). False, and nothing registered, when a\n"
+"field is not an object slot of that class.");
+
+static PyObject *
+sp_register_light_class(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "register_light_class(cls): a class");
+        return NULL;
+    }
+    Py_ssize_t offsets[N_SPAN_FIELDS];
+    for (int i = 0; i < N_SPAN_FIELDS; i++) {
+        /* The class's own attribute: the member descriptor of the slot, if it is one. */
+        PyObject *descr = PyObject_GetAttr(cls, *span_field_names[i]);
+        if (descr == NULL) {
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
+                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
+        if (ok) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            Py_RETURN_FALSE;
+        }
+    }
+    memcpy(light_offsets, offsets, sizeof(offsets));
+    Py_INCREF(cls);
+    Py_XSETREF(light_type, (PyTypeObject *)cls);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(configure_doc,
+"configure(span_context_type, default_trace_state, unset_status, status_type, kinds, codes, fallback,\n"
+"          trace_states)\n\n"
+"kinds: ((SpanKind member, encoded Span.kind field), ...); codes: ((StatusCode member, value), ...);\n"
+"trace_states: ((trace state class, name of its members' plain dict), ...);\n"
+"fallback: the Python encoder, called for what the C code does not handle.");
+
+static PyObject *
+sp_configure(PyObject *module, PyObject *args)
+{
+    PyObject *ctx_type, *trace_state, *unset, *st_type, *kinds, *codes, *fall, *states;
+    if (!PyArg_ParseTuple(args, "O!OOO!O!O!OO!:configure", &PyType_Type, &ctx_type, &trace_state, &unset,
+                          &PyType_Type, &st_type, &PyTuple_Type, &kinds, &PyTuple_Type, &codes, &fall,
+                          &PyTuple_Type, &states)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)ctx_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "span_context_type must be a tuple subclass");
+        return NULL;
+    }
+    if (!PyCallable_Check(fall)) {
+        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(kinds) > MAX_KINDS || PyTuple_GET_SIZE(codes) > MAX_CODES
+        || PyTuple_GET_SIZE(states) > MAX_STATE_TYPES) {
+        PyErr_SetString(PyExc_ValueError, "too many kinds or status codes");
+        return NULL;
+    }
+    /* Checked whole before anything is kept. */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(kinds, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))
+            || PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1)) > 4) {
+            PyErr_SetString(PyExc_TypeError, "kinds: ((member, bytes of at most 4), ...)");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(states); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(states, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyType_Check(PyTuple_GET_ITEM(pair, 0))
+            || !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "trace_states: ((class, str), ...)");
+            return NULL;
+        }
+    }
+    uint64_t values[MAX_CODES];
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(codes); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(codes, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyLong_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "codes: ((member, int), ...)");
+            return NULL;
+        }
+        values[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(pair, 1));
+        if (values[i] == (uint64_t)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    /* Kept for the life of the process (replaced by a later call). */
+    Py_INCREF(ctx_type);
+    Py_XSETREF(span_context_type, ctx_type);
+    Py_INCREF(trace_state);
+    Py_XSETREF(default_trace_state, trace_state);
+    Py_INCREF(unset);
+    Py_XSETREF(unset_status, unset);
+    Py_INCREF(st_type);
+    Py_XSETREF(status_type, st_type);
+    Py_INCREF(fall);
+    Py_XSETREF(fallback, fall);
+    for (Py_ssize_t i = 0; i < n_kinds; i++) {
+        Py_CLEAR(kind_members[i]);
+    }
+    n_kinds = PyTuple_GET_SIZE(kinds);
+    for (Py_ssize_t i = 0; i < n_kinds; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(kinds, i);
+        kind_members[i] = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        kind_field_len[i] = PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1));
+        memcpy(kind_field[i], PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 1)), (size_t)kind_field_len[i]);
+    }
+    for (Py_ssize_t i = 0; i < n_codes; i++) {
+        Py_CLEAR(code_members[i]);
+    }
+    n_codes = PyTuple_GET_SIZE(codes);
+    for (Py_ssize_t i = 0; i < n_codes; i++) {
+        code_members[i] = Py_NewRef(PyTuple_GET_ITEM(PyTuple_GET_ITEM(codes, i), 0));
+        code_values[i] = values[i];
+    }
+    for (Py_ssize_t i = 0; i < n_state_types; i++) {
+        Py_CLEAR(state_types[i]);
+        Py_CLEAR(state_fields[i]);
+    }
+    n_state_types = PyTuple_GET_SIZE(states);
+    for (Py_ssize_t i = 0; i < n_state_types; i++) {
+        state_types[i] = Py_NewRef(PyTuple_GET_ITEM(PyTuple_GET_ITEM(states, i), 0));
+        state_fields[i] = Py_NewRef(PyTuple_GET_ITEM(PyTuple_GET_ITEM(states, i), 1));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", sp_configure, METH_VARARGS, configure_doc},
+    {"encode_light", sp_encode_light, METH_O, encode_light_doc},
+    {"register_light_class", sp_register_light_class, METH_O, register_light_class_doc},
+    {"encode_light_common", sp_encode_light_common, METH_O, encode_light_common_doc},
+    {"light_end", (PyCFunction)(void (*)(void))sp_light_end, METH_FASTCALL, light_end_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "autotrace._speedups",
+    "The light span's OTLP encoding and queueing in C (optional; autotrace.otlp_encode is the reference).",
+    -1, /* global state: configured once per process */
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+static int
+intern(PyObject **slot, const char *name)
+{
+    *slot = PyUnicode_InternFromString(name);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (intern(&s_context, "_context") < 0 || intern(&s_parent, "_parent") < 0 || intern(&s_name, "_name") < 0
+        || intern(&s_kind, "_kind") < 0 || intern(&s_start_time, "_start_time") < 0
+        || intern(&s_end_time, "_end_time") < 0 || intern(&s_attributes, "_attributes") < 0
+        || intern(&s_events, "_events") < 0 || intern(&s_links, "_links") < 0 || intern(&s_status, "_status") < 0
+        || intern(&s_description, "description") < 0 || intern(&s_status_code, "status_code") < 0
+        || intern(&s_resource, "_resource") < 0 || intern(&s_scope, "_instrumentation_scope") < 0
+        || intern(&s_shutdown, "_shutdown") < 0 || intern(&s_lock, "_lock") < 0 || intern(&s_queue, "_queue") < 0
+        || intern(&s_bytes, "_bytes") < 0 || intern(&s_max_queue_size, "_max_queue_size") < 0
+        || intern(&s_max_queue_bytes, "_max_queue_bytes") < 0 || intern(&s_max_batch_size, "_max_batch_size") < 0
+        || intern(&s_max_batch_bytes, "_max_batch_bytes") < 0 || intern(&s_acquire, "acquire") < 0
+        || intern(&s_release, "release") < 0 || intern(&s_append, "append") < 0
+        || intern(&s_rest, "_light_end_rest") < 0) {
+        return NULL;
+    }
+    return PyModule_Create(&module_def);
+}
