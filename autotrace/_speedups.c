@@ -815,7 +815,8 @@ sp_encode_light_common(PyObject *module, PyObject *span)
     return encode_common(span);
 }
 
-/* An int attribute of the processor as a Py_ssize_t; -1 with an error set on failure. */
+/* A non-negative int attribute of the processor as a Py_ssize_t; -1 with an error set
+   otherwise (a negative one too: the caller's -1 always has an exception). */
 static Py_ssize_t
 int_attr(PyObject *obj, PyObject *name)
 {
@@ -824,10 +825,13 @@ int_attr(PyObject *obj, PyObject *name)
         return -1;
     }
     Py_ssize_t n = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
-    if (n == -1 && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
-    }
     Py_DECREF(value);
+    if (n < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
+        }
+        return -1;
+    }
     return n;
 }
 
@@ -997,6 +1001,9 @@ sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if (outcome < 0) {
+        if (!PyErr_Occurred()) { /* never None as the exception _light_end_rest re-raises */
+            PyErr_SetString(PyExc_SystemError, "autotrace._speedups: the queue append failed");
+        }
         PyObject *exc = take_exception();
         PyObject *result = call_rest(processor, span, REST_FAILED, exc);
         Py_DECREF(exc);

@@ -375,3 +375,20 @@ def test_a_failure_in_the_compiled_light_end_is_one_line_never_the_apps(monkeypa
     assert processor.undelivered() == 0
     assert capsys.readouterr().err.count("(RuntimeError: no lock today)") == 1
     processor.shutdown()
+
+
+@pytest.mark.parametrize("bound", ["_max_queue_size", "_max_queue_bytes", "_max_batch_size", "_max_batch_bytes", "_bytes"])
+def test_a_negative_queue_bound_never_raises_into_the_app(bound, monkeypatch, capsys):
+    """A bound the C code cannot use is a failure it reports (one line), never an error
+    without an exception, which _light_end_rest re-raised as a TypeError into the app."""
+    from autotrace import _log
+
+    monkeypatch.setattr(_log, "_warned", set())
+    provider, processor, exporter = _setup()
+    asleep(processor)
+    setattr(processor, bound, -5)
+    _light_spans(provider.get_tracer("t"), 3)  # never raises into the app
+    setattr(processor, bound, 0 if bound == "_bytes" else 1000)
+    assert processor.undelivered() == 0
+    assert capsys.readouterr().err.count("could not be encoded") == 1
+    processor.shutdown()
