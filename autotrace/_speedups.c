@@ -815,8 +815,8 @@ sp_encode_light_common(PyObject *module, PyObject *span)
     return encode_common(span);
 }
 
-/* A non-negative int attribute of the processor as a Py_ssize_t; -1 with an error set
-   otherwise (a negative one too: the caller's -1 always has an exception). */
+/* A non-negative int attribute of the processor as a Py_ssize_t, one past PY_SSIZE_T_MAX
+   as PY_SSIZE_T_MAX (a bound no queue reaches); -1 with an error set otherwise. */
 static Py_ssize_t
 int_attr(PyObject *obj, PyObject *name)
 {
@@ -824,15 +824,19 @@ int_attr(PyObject *obj, PyObject *name)
     if (value == NULL) {
         return -1;
     }
-    Py_ssize_t n = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
+    int overflow = 0;
+    long long n = PyLong_Check(value) ? PyLong_AsLongLongAndOverflow(value, &overflow) : -1;
     Py_DECREF(value);
-    if (n < 0) {
+    if (overflow > 0 || n > PY_SSIZE_T_MAX) {
+        return PY_SSIZE_T_MAX;
+    }
+    if (n < 0 || overflow < 0) {
         if (!PyErr_Occurred()) {
             PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
         }
         return -1;
     }
-    return n;
+    return (Py_ssize_t)n;
 }
 
 /* What light_end leaves to the processor's Python method _light_end_rest(span, outcome, exc). */
