@@ -517,6 +517,10 @@ put_status(Buf *buf, PyObject *status)
     PyObject *description = PyObject_GetAttr(status, s_description);
     PyObject *status_code = description == NULL ? NULL : PyObject_GetAttr(status, s_status_code);
     if (status_code == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            rc = FAILED; /* KeyboardInterrupt (a signal's, in the properties' Python code): the app's */
+            goto done;
+        }
         PyErr_Clear(); /* the Python way meets it again, and its caller says so */
         goto done;
     }

@@ -629,3 +629,30 @@ def test_the_compiled_encoder_on_hostile_span_state_is_the_python_way_or_none(ch
         return
     assert compiled is None or compiled == python
     assert otlp_encode.encode_light(span) == python
+
+
+def test_a_keyboard_interrupt_in_the_status_properties_is_not_swallowed(monkeypatch):
+    """The status's properties are Python code, where a signal's handler runs: its
+    KeyboardInterrupt reaches the app, as from the Python way (an Exception there is the
+    Python way's to meet again: C does not handle the span)."""
+    from opentelemetry import context
+
+    from autotrace import light_span
+
+    speedups = _compiled()
+    provider, exporter = _provider()
+    span = light_span.start_span(provider.get_tracer("t"), "op", SpanKind.CLIENT, context.Context(), {"a": 1})
+    span.set_status(Status(StatusCode.ERROR, "why"))
+    span.end()
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    def failing(self):
+        raise ValueError("odd status")
+
+    monkeypatch.setattr(Status, "description", property(interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        speedups.encode_light_common(span)
+    monkeypatch.setattr(Status, "description", property(failing))
+    assert speedups.encode_light_common(span) is None
