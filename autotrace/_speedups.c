@@ -529,6 +529,10 @@ put_status(Buf *buf, PyObject *status)
     PyObject *description = PyObject_GetAttr(status, s_description);
     PyObject *status_code = description == NULL ? NULL : PyObject_GetAttr(status, s_status_code);
     if (status_code == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            rc = FAILED; /* KeyboardInterrupt (a signal's, in the properties' Python code): the app's */
+            goto done;
+        }
         PyErr_Clear(); /* the Python way meets it again, and its caller says so */
         goto done;
     }
@@ -853,7 +857,8 @@ sp_encode_light_common(PyObject *module, PyObject *span)
     return encode_common(span);
 }
 
-/* An int attribute of the processor as a Py_ssize_t; -1 with an error set on failure. */
+/* A non-negative int attribute of the processor as a Py_ssize_t, one past PY_SSIZE_T_MAX
+   as PY_SSIZE_T_MAX (a bound no queue reaches); -1 with an error set otherwise. */
 static Py_ssize_t
 int_attr(PyObject *obj, PyObject *name)
 {
@@ -861,12 +866,19 @@ int_attr(PyObject *obj, PyObject *name)
     if (value == NULL) {
         return -1;
     }
-    Py_ssize_t n = PyLong_Check(value) ? PyLong_AsSsize_t(value) : -1;
-    if (n == -1 && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
-    }
+    int overflow = 0;
+    long long n = PyLong_Check(value) ? PyLong_AsLongLongAndOverflow(value, &overflow) : -1;
     Py_DECREF(value);
-    return n;
+    if (overflow > 0 || n > PY_SSIZE_T_MAX) {
+        return PY_SSIZE_T_MAX;
+    }
+    if (n < 0 || overflow < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
+        }
+        return -1;
+    }
+    return (Py_ssize_t)n;
 }
 
 /* What light_end leaves to the processor's Python method _light_end_rest(span, outcome, exc). */
@@ -1040,6 +1052,9 @@ sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if (outcome < 0) {
+        if (!PyErr_Occurred()) { /* never None as the exception _light_end_rest re-raises */
+            PyErr_SetString(PyExc_SystemError, "autotrace._speedups: the queue append failed");
+        }
         PyObject *exc = take_exception();
         PyObject *result = call_rest(processor, span, REST_FAILED, exc);
         Py_DECREF(exc);

@@ -375,3 +375,36 @@ def test_a_failure_in_the_compiled_light_end_is_one_line_never_the_apps(monkeypa
     assert processor.undelivered() == 0
     assert capsys.readouterr().err.count("(RuntimeError: no lock today)") == 1
     processor.shutdown()
+
+
+def test_a_queue_bound_past_the_c_size_type_queues_light_spans_as_python_does(drops, monkeypatch, capsys):
+    """OTEL_BSP_MAX_QUEUE_SIZE (or a byte bound) beyond 2**63: no bound reached, every span
+    queued; the compiled light end once lost them all (an OverflowError per span)."""
+    from autotrace import _log
+
+    monkeypatch.setattr(_log, "_warned", set())
+    provider, processor, exporter = _setup(max_queue_size=2**64, max_queue_bytes=10**30, max_export_batch_size=2**70)
+    asleep(processor)
+    _light_spans(provider.get_tracer("t"), 5)
+    assert processor.undelivered() == 5 and drops.count == 0
+    assert "could not be encoded" not in capsys.readouterr().err
+    processor.force_flush()
+    assert [len(batch) for batch in exporter.batches] == [5]
+    processor.shutdown()
+
+
+@pytest.mark.parametrize("bound", ["_max_queue_size", "_max_queue_bytes", "_max_batch_size", "_max_batch_bytes", "_bytes"])
+def test_a_negative_queue_bound_never_raises_into_the_app(bound, monkeypatch, capsys):
+    """A bound the C code cannot use is a failure it reports (one line), never an error
+    without an exception, which _light_end_rest re-raised as a TypeError into the app."""
+    from autotrace import _log
+
+    monkeypatch.setattr(_log, "_warned", set())
+    provider, processor, exporter = _setup()
+    asleep(processor)
+    setattr(processor, bound, -5)
+    _light_spans(provider.get_tracer("t"), 3)  # never raises into the app
+    setattr(processor, bound, 0 if bound == "_bytes" else 1000)
+    assert processor.undelivered() == 0
+    assert capsys.readouterr().err.count("could not be encoded") == 1
+    processor.shutdown()
