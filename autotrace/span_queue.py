@@ -216,10 +216,14 @@ class EncodingBatchProcessor(SpanProcessor):
     def _put(self, resource: Any, scope: Any, data: bytes) -> None:
         size = len(data)
         wake = False
+        # Made before the lock is taken: the allocation may start a garbage collection,
+        # whose finalizers may end a span on this thread and so come back here (the lock
+        # is not re-entrant). Nothing under the lock allocates a tracked object.
+        entry = (resource, scope, data)
         with self._lock:
             full = len(self._queue) >= self._max_queue_size or self._bytes + size > self._max_queue_bytes
             if not full:
-                self._queue.append((resource, scope, data))
+                self._queue.append(entry)
                 self._bytes += size
                 wake = len(self._queue) >= self._max_batch_size or self._bytes >= self._max_batch_bytes
         if full:
