@@ -21,7 +21,9 @@ headers), and the message logger logs the app's messages unchanged:
   current where the WSGI app runs; started in that thread, it is the one span of the
   request, current for the app and any framework hook.
 
-``Config.load`` runs once per serving process: in the process itself, in each
+After it, the SDK is set up if it is not yet (:func:`autotrace.provider.set_up_now`):
+``Config.load`` comes before uvicorn binds its port, so the first request does not wait
+for the set-up. ``Config.load`` runs once per serving process: in the process itself, in each
 ``--workers`` child (spawned: it imports ``uvicorn.config`` again and is patched there),
 and under gunicorn's ``UvicornWorker``. ``uvicorn.run(app)`` from a script goes through
 it too.
@@ -80,9 +82,22 @@ def _traced_load(load, module: ModuleType):
                 type(exc).__name__,
                 exc,
             )
+        _set_up_before_serving()
         return result
 
     return load_traced
+
+
+def _set_up_before_serving() -> None:
+    """The SDK set up before uvicorn binds its port (``uvicorn.run`` from a script: the
+    ``uvicorn`` command set it up at its start already), so that the first request does
+    not wait for it."""
+    try:
+        from autotrace import provider
+
+        provider.set_up_now()
+    except Exception:  # noqa: BLE001 - the first request sets it up instead
+        pass
 
 
 def _trace_loaded_app(config, module: ModuleType) -> None:
