@@ -282,3 +282,37 @@ def test_gunicorn_workers_and_the_set_up(tmp_path, otlp_receiver, conf, preload,
     assert set_up_threads(server) == ["MainThread"]  # the master's, at its start, inherited by both workers
     stderr = server.text("stderr")
     assert stderr.index("TracerProvider set up") < stderr.index("Listening at")  # before the port accepts
+
+
+UVICORN_SCRIPT = """
+import sys
+
+import uvicorn
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello " + scope["path"].encode()})
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info")
+"""
+
+
+def test_uvicorn_run_from_a_script_sets_up_before_its_port_accepts(tmp_path, otlp_receiver):
+    """``uvicorn.run`` in a script (not the ``uvicorn`` command, which sets up at its start):
+    the SDK is set up once uvicorn has loaded the app, before it binds its port."""
+    write(tmp_path, "shop.py", UVICORN_SCRIPT)
+    port = free_port()
+    with Watched([AUTOTRACE, "run", "python", "shop.py", str(port)], tmp_path, env_for(otlp_receiver)) as server:
+        server.wait_for_line("Uvicorn running on", name="stderr")
+        stderr = server.text("stderr")
+        assert set_up_threads(server) == ["MainThread"], stderr
+        assert stderr.index("TracerProvider set up") < stderr.index("Uvicorn running on")
+        assert get(f"http://127.0.0.1:{port}/first") == b"hello /first"
+        (span,) = otlp_receiver.wait_for_spans(1, timeout=10, predicate=lambda s: s.name == "GET /first" or s.name == "GET")
+        assert span.kind == 2  # SERVER
+        assert span.attributes["url.path"] == "/first"
+        assert span.resource["process.pid"] == server.pid
