@@ -21,7 +21,8 @@ first request finds everything ready. A request that comes earlier waits for tha
 (a gunicorn worker) starts its own thread if the SDK was not set up before the fork, and a
 process that forked such children (a prefork master) leaves the set-up to them. An app
 server (gunicorn, uvicorn ...) does not wait: the bootstrap sets the SDK up at its start,
-before it binds its port (:func:`set_up_now`), and gunicorn's workers inherit it.
+before it binds its port (:func:`set_up_now`), and gunicorn's workers inherit it; a
+script's server does the same when it binds (the ``http_server`` and ``uvicorn`` hooks).
 
 Module state here is light: the SDK is imported only inside :func:`_set_up`.
 """
@@ -65,7 +66,8 @@ def arm(settings, entry, service_name: str) -> None:
 
 
 def set_up_now() -> None:
-    """Set the SDK up at once, on this thread (an app server's start-up); never raises.
+    """Set the SDK up at once, on this thread (a server's start-up, before its port
+    accepts; a set-up in progress on the background thread is waited for); never raises.
 
     What the background set-up does once the app's start-up is over (:func:`prepare_soon`),
     done now: the API and the agent's propagators, then the provider, unless the app's is set.
