@@ -293,6 +293,11 @@ def _set_up(trace: ModuleType) -> None:
         except Exception as exc:  # noqa: BLE001 - fail open: the API stays a no-op
             _state = "failed"
             logger.warning("not tracing: setting up the SDK failed: %s: %s", type(exc).__name__, exc)
+            return
+    try:
+        from . import light_span  # noqa: F401 - the hooks' span: imported here, not at the first span
+    except Exception as exc:  # noqa: BLE001 - the first span imports it (and says why it cannot)
+        logger.debug("the light span was not imported at set-up: %s: %s", type(exc).__name__, exc)
 
 
 def flush(timeout_s: float, final: bool = True) -> bool:

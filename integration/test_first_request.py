@@ -237,28 +237,34 @@ def when_ready(server):
 
 
 @pytest.mark.parametrize(
-    "conf, preload, protocol",
+    "conf, preload, protocol, worker",
     [
-        (AFTER_MASTER_SET_UP, True, "http"),
-        (AFTER_MASTER_SET_UP, False, "http"),
-        ("", True, "http"),
-        ("", False, "http"),
-        ("", True, "grpc"),
-        ("", False, "grpc"),
+        (AFTER_MASTER_SET_UP, True, "http", "sync"),
+        (AFTER_MASTER_SET_UP, False, "http", "sync"),
+        ("", True, "http", "sync"),
+        ("", False, "http", "sync"),
+        ("", True, "grpc", "sync"),
+        ("", False, "grpc", "sync"),
+        ("", False, "grpc", "gevent"),
     ],
-    ids=["master-set-up-then-preload-fork", "master-set-up-then-fork", "preload-fork", "fork", "grpc-preload-fork", "grpc-fork"],
+    ids=[
+        "master-set-up-then-preload-fork", "master-set-up-then-fork", "preload-fork", "fork", "grpc-preload-fork",
+        "grpc-fork", "grpc-gevent-fork",
+    ],
 )
-def test_gunicorn_workers_and_the_set_up(tmp_path, otlp_receiver, conf, preload, protocol):
+def test_gunicorn_workers_and_the_set_up(tmp_path, otlp_receiver, conf, preload, protocol, worker):
     """The master sets up at its start, before it binds its port, and the workers it forks
     inherit that set-up (one set-up in all, on the master's main thread). With OTLP/gRPC
     too: the set-up imports grpc but makes no channel (none may be made before a fork);
-    each worker makes its own at its first export. Each span arrives once, from its worker."""
+    each worker makes its own at its first export (in a gevent worker, patched after the
+    fork, from the real export thread). Each span arrives once, from its worker."""
     folder = tmp_path / "shop"
     write(folder, "app.py", WSGI)
     write(folder, "conf.py", conf)
     port = free_port()
     args = [AUTOTRACE, "run", "gunicorn", "-c", "conf.py", "-w", "2", "-b", f"127.0.0.1:{port}"]
     args += ["--preload"] if preload else []
+    args += ["-k", worker]
     env = clean_env(**otlp_receiver.env(protocol), OTEL_LOG_LEVEL="debug", HOME=str(tmp_path))
     with Watched(args + ["app:app"], folder, env) as server:
         wait_until_answers(f"http://127.0.0.1:{port}/ready", timeout=30, process=server)
