@@ -71,9 +71,13 @@ def set_up_now() -> None:
 
     What the background set-up does once the app's start-up is over (:func:`prepare_soon`),
     done now: the API and the agent's propagators, then the provider, unless the app's is set.
+    It holds the background set-up's lock, so a fork from another thread meanwhile waits
+    for it while ``os.fork`` is wrapped (see :func:`_wrap_fork`), as it would for that set-up.
     """
     if _state != "waiting" or not _setup_args:
         return
+    lock = _prepare_lock
+    held = threading.current_thread() is not _prepare_thread and lock.acquire(timeout=FORK_WAIT_S)
     try:
         from . import api
 
@@ -83,6 +87,9 @@ def set_up_now() -> None:
             trace.get_tracer_provider()  # sets the SDK up (see _wrap_api)
     except Exception as exc:  # noqa: BLE001 - fail open: the first use sets it up instead
         logger.debug("the SDK was not set up at start-up: %s: %s", type(exc).__name__, exc)
+    finally:
+        if held:
+            lock.release()
 
 
 def prepare_soon() -> None:

@@ -185,6 +185,51 @@ def test_a_fork_during_the_background_set_up_waits_for_it(tmp_path, otlp_receive
     assert set_up_threads(parent) == ["autotrace-setup"]  # the child inherited it
 
 
+# A server binds on another thread, which sets the SDK up (the slow hook holds it); the
+# main thread forks meanwhile: the fork waits for that set-up, as for the background one.
+# All of it runs inside an import (shop.py imports it), so the background set-up, which
+# waits for start-up imports to end, never starts and holds nothing the fork waits for.
+FORK_DURING_BIND_SET_UP = """
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import slow_hook
+from opentelemetry import trace
+
+# HTTPServer.server_bind asks the resolver (getfqdn) once the set-up is done, just as the
+# fork goes ahead: a child forked while glibc's resolver holds its lock in the parent would
+# hang in its own first connect, whatever the agent does. The binder leaves it alone.
+socket.getfqdn = lambda name="": name
+
+
+def bind():
+    ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler).server_close()
+
+
+threading.Thread(target=bind, name="binder").start()
+""" + FORK_DURING_SET_UP.split("from opentelemetry import trace", 1)[1]
+
+
+def test_a_fork_during_a_bind_set_up_waits_for_it(tmp_path, otlp_receiver):
+    write(tmp_path, "slow_hook.py", SLOW_HOOK)
+    write(tmp_path, "forker.py", FORK_DURING_BIND_SET_UP)
+    write(tmp_path, "shop.py", "import forker\n")
+    env = env_for(otlp_receiver, AUTOTRACE_EXTRA_HOOKS="opentelemetry.sdk.trace=slow_hook")
+    with Watched([AUTOTRACE, "run", "python", "shop.py"], tmp_path, env) as parent:
+        assert parent.finish(timeout=60) == 0, parent.text("stderr")
+    assert "set-up started on binder" in parent.text(), parent.text()
+    assert "child exit 0" in parent.text(), parent.text() + parent.text("stderr")
+    spans = {s.name: s for s in otlp_receiver.wait_for_spans(2, timeout=10)}
+    assert sorted(spans) == ["fork-child", "parent"]
+    assert spans["parent"].resource["process.pid"] == parent.pid
+    assert spans["fork-child"].resource["process.pid"] not in (parent.pid, None)
+    assert set_up_threads(parent) == ["binder"]  # the child inherited it
+
+
 # The main thread stays inside an import until the first request was answered: start-up
 # is not over, so the background set-up has not started, and the request sets it up.
 HOLD = SERVER + """
