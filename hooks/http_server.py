@@ -28,6 +28,7 @@ hook sets it on werkzeug's ``WSGIRequestHandler``, whose app it traces) is left 
 
 from __future__ import annotations
 
+from autotrace import provider
 from autotrace.config import http_settings
 from autotrace.patching import wrap_function
 
@@ -57,12 +58,7 @@ def patch(module: ModuleType) -> None:
 
 def _wrap_server_bind(original):
     def server_bind(self):
-        try:
-            from autotrace import provider
-
-            provider.set_up_now()
-        except Exception:  # noqa: BLE001 - the first request sets it up instead
-            pass
+        provider.set_up_now()  # never raises
         return original(self)
 
     return server_bind

@@ -21,7 +21,8 @@ headers), and the message logger logs the app's messages unchanged:
   current where the WSGI app runs; started in that thread, it is the one span of the
   request, current for the app and any framework hook.
 
-After it, the SDK is set up if it is not yet (:func:`autotrace.provider.set_up_now`):
+After it, the SDK is set up if it is not yet (:func:`autotrace.provider.set_up_now`;
+``uvicorn.run`` from a script: the ``uvicorn`` command set it up at its start already):
 ``Config.load`` comes before uvicorn binds its port, so the first request does not wait
 for the set-up. ``Config.load`` runs once per serving process: in the process itself, in each
 ``--workers`` child (spawned: it imports ``uvicorn.config`` again and is patched there),
@@ -37,7 +38,7 @@ the worker still dies of the same signal.
 
 from __future__ import annotations
 
-from autotrace import _log, importer
+from autotrace import _log, importer, provider
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -82,22 +83,10 @@ def _traced_load(load, module: ModuleType):
                 type(exc).__name__,
                 exc,
             )
-        _set_up_before_serving()
+        provider.set_up_now()  # never raises; before uvicorn binds its port
         return result
 
     return load_traced
-
-
-def _set_up_before_serving() -> None:
-    """The SDK set up before uvicorn binds its port (``uvicorn.run`` from a script: the
-    ``uvicorn`` command set it up at its start already), so that the first request does
-    not wait for it."""
-    try:
-        from autotrace import provider
-
-        provider.set_up_now()
-    except Exception:  # noqa: BLE001 - the first request sets it up instead
-        pass
 
 
 def _trace_loaded_app(config, module: ModuleType) -> None:
