@@ -77,7 +77,7 @@ def _start() -> None:
         )
     if not _log.debug_enabled():
         registry.arm(hooks, settings.disabled_hooks)
-        _prepare_soon(entry, settings)
+        _prepare_soon(entry)
         return
     # Under --debug: one report instead of a line per setting and per hook armed. The lines
     # of hooks applied meanwhile (to modules already imported) follow it.
@@ -86,24 +86,26 @@ def _start() -> None:
     logger.debug("%s", startup_report(settings, entry, f"{service_name} (from {source})", hooks))
     for level, message, args in held:
         logger.log(level, message, *args)
-    _prepare_soon(entry, settings)
+    _prepare_soon(entry)
 
 
-def _prepare_soon(entry, settings) -> None:
+def _prepare_soon(entry) -> None:
     """Set the SDK up off the first request's path; not in multiprocessing's helper
     processes, which record nothing.
 
     An app server (gunicorn, uvicorn ...) sets it up now, before it imports the app and
     binds its port: a request may come the instant the port accepts, and gunicorn's
-    workers, forked after this, inherit the set-up. Not with OTLP/gRPC: grpcio's channel
-    must not be made before a fork. Any other program sets it up on a background thread
-    once its start-up imports are done (:func:`autotrace.provider.prepare_soon`).
+    workers, forked after this, inherit the set-up (with OTLP/gRPC too: the set-up makes
+    no channel, see :class:`autotrace.exporters.ExporterHandle`). Any other program sets
+    it up on a background thread once its start-up imports are done
+    (:func:`autotrace.provider.prepare_soon`), or, if it binds a server's port before that
+    (``http.server``), then (:func:`autotrace.provider.set_up_now`).
     """
     from . import entrypoint, provider
 
     if entry.source == entrypoint.HELPER_SOURCE:
         return
-    if entry.program in entrypoint.APP_SERVERS and not ("otlp" in settings.exporters and settings.protocol == "grpc"):
+    if entry.program in entrypoint.APP_SERVERS:
         provider.set_up_now()
     provider.prepare_soon()  # nothing to do once set up
 

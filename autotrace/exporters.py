@@ -9,7 +9,8 @@
 - ``console-json``: the SDK's raw JSON, one object per span, on stderr.
 
 Imported with the SDK (see :mod:`autotrace.sdk`), never at start-up; an exporter's
-transport (grpc; http.client for OTLP/HTTP) is imported by its factory, for the protocol chosen only.
+transport (grpc; http.client for OTLP/HTTP) is imported by its factory, for the protocol chosen only
+(for OTLP/gRPC at set-up, by :func:`grpc_imports`; its channel is made at the first export).
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
     return make
 
 
+def grpc_imports() -> None:
+    """Import what the OTLP/gRPC exporter is made of (grpcio, the SDK's exporter, the agent's
+    encoding), without making one: a set-up that may be followed by a fork (gunicorn's
+    master) makes no channel, and the export thread that makes it later imports nothing
+    of weight."""
+    import grpc  # noqa: F401
+    from opentelemetry.exporter.otlp.proto.grpc import trace_exporter  # noqa: F401
+
+    from . import otlp_exporters  # noqa: F401
+
+
 def console_factory() -> SpanExporter:
     """``console``: each finished trace as an indented tree on stderr."""
     from .console_view import ConsoleTreeExporter
@@ -106,7 +118,10 @@ class ExporterHandle(SpanExporter):
     at interpreter exit, when importing the exporter's transport is no longer allowed.
     A child of ``fork`` must not share the parent's connection (an HTTP connection or a
     gRPC channel), so it makes its own at its first export; the modules are already
-    imported by then. Export runs with instrumentation suppressed, the key every
+    imported by then. The OTLP/gRPC exporter is always made at the first export, its
+    modules imported at set-up (:func:`grpc_imports`): a process that sets up and then
+    forks (gunicorn's master) makes no channel, and the first request does not wait for
+    one. Export runs with instrumentation suppressed, the key every
     autotrace hook checks, so the exporter's own calls are never traced or injected.
 
     Failed exports are reported by :mod:`autotrace.export_report`; ``failures`` replaces
@@ -131,7 +146,10 @@ class ExporterHandle(SpanExporter):
         self._exporter: SpanExporter | None = None
         self._reporting = False  # the report is set up at the first export
         self.failures = failures
-        self._get()
+        if self.settings is not None and self.settings.protocol == "grpc":
+            self._prepare(grpc_imports)
+        else:
+            self._get()
         _handles.add(self)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
@@ -145,6 +163,23 @@ class ExporterHandle(SpanExporter):
         self._exporter = None
         self._lock = threading.Lock()
 
+    def _prepare(self, imports: Callable[[], None]) -> None:
+        """At set-up: import the exporter's modules (the exporter is made at the first export)."""
+        try:
+            imports()
+        except Exception as exc:  # noqa: BLE001 - fail open, one line
+            self._cannot_create(exc)
+
+    def _cannot_create(self, exc: Exception) -> None:
+        self._failed = True
+        logger.warning(
+            "cannot create the %s exporter (%s: %s); spans are dropped; %s",
+            self.name,
+            type(exc).__name__,
+            exc,
+            export_report.DOCTOR,
+        )
+
     def _get(self) -> SpanExporter | None:
         if self._exporter is None and not self._failed:
             with self._lock:
@@ -152,19 +187,12 @@ class ExporterHandle(SpanExporter):
                     token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
                     try:
                         exporter = self._factory()
-                        if self._closing:  # made at exit (a forked child's first export): no retries either
+                        if self._closing:  # made at exit (a first export then): no retries either
                             _stop_retries(exporter)
                         self._exporter = exporter
                         export_report.quiet_sdk_export_logs()
                     except Exception as exc:  # noqa: BLE001 - fail open, one line
-                        self._failed = True
-                        logger.warning(
-                            "cannot create the %s exporter (%s: %s); spans are dropped; %s",
-                            self.name,
-                            type(exc).__name__,
-                            exc,
-                            export_report.DOCTOR,
-                        )
+                        self._cannot_create(exc)
                     finally:
                         detach(token)
         return self._exporter

@@ -21,7 +21,8 @@ first request finds everything ready. A request that comes earlier waits for tha
 (a gunicorn worker) starts its own thread if the SDK was not set up before the fork, and a
 process that forked such children (a prefork master) leaves the set-up to them. An app
 server (gunicorn, uvicorn ...) does not wait: the bootstrap sets the SDK up at its start,
-before it binds its port (:func:`set_up_now`), and gunicorn's workers inherit it.
+before it binds its port (:func:`set_up_now`), and gunicorn's workers inherit it; a
+script's server does the same when it binds (the ``http_server`` and ``uvicorn`` hooks).
 
 Module state here is light: the SDK is imported only inside :func:`_set_up`.
 """
@@ -69,13 +70,18 @@ def arm(settings, entry, service_name: str) -> None:
 
 
 def set_up_now() -> None:
-    """Set the SDK up at once, on this thread (an app server's start-up); never raises.
+    """Set the SDK up at once, on this thread (a server's start-up, before its port
+    accepts; a set-up in progress on the background thread is waited for); never raises.
 
     What the background set-up does once the app's start-up is over (:func:`prepare_soon`),
     done now: the API and the agent's propagators, then the provider, unless the app's is set.
+    It holds the background set-up's lock, so a fork from another thread meanwhile waits
+    for it while ``os.fork`` is wrapped (see :func:`_wrap_fork`), as it would for that set-up.
     """
     if _state != "waiting" or not _setup_args:
         return
+    lock = _prepare_lock
+    held = threading.current_thread() is not _prepare_thread and lock.acquire(timeout=FORK_WAIT_S)
     try:
         from . import api
 
@@ -85,6 +91,9 @@ def set_up_now() -> None:
             trace.get_tracer_provider()  # sets the SDK up (see _wrap_api)
     except Exception as exc:  # noqa: BLE001 - fail open: the first use sets it up instead
         logger.debug("the SDK was not set up at start-up: %s: %s", type(exc).__name__, exc)
+    finally:
+        if held:
+            lock.release()
 
 
 def prepare_soon() -> None:
@@ -319,6 +328,11 @@ def _set_up(trace: ModuleType) -> None:
         except Exception as exc:  # noqa: BLE001 - fail open: the API stays a no-op
             _state = "failed"
             logger.warning("not tracing: setting up the SDK failed: %s: %s", type(exc).__name__, exc)
+            return
+    try:
+        from . import light_span  # noqa: F401 - the hooks' span: imported here, not at the first span
+    except Exception as exc:  # noqa: BLE001 - the first span imports it (and says why it cannot)
+        logger.debug("the light span was not imported at set-up: %s: %s", type(exc).__name__, exc)
 
 
 def flush(timeout_s: float, final: bool = True) -> bool:

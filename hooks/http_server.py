@@ -14,6 +14,11 @@ method, under ``HTTPServer`` or ``ThreadingHTTPServer``) is traced:
 - ``send_response_only`` (``send_response`` and ``send_error`` call it): the status
   code passed; ``send_header``: response headers, only when some are to be captured.
 
+``HTTPServer.server_bind`` (``TCPServer.__init__`` calls it, before the port accepts)
+sets the SDK up first, if it is not yet (:func:`autotrace.provider.set_up_now`): a request
+may come the instant the port accepts, and it should not wait for the set-up. Servers
+built on ``HTTPServer`` (wsgiref's, werkzeug's) do the same.
+
 A handler that overrides ``handle()`` or ``handle_one_request`` without calling the
 base class's (wsgiref's ``WSGIRequestHandler``, Django's runserver) calls
 ``parse_request`` outside the wrapped ``handle_one_request``: no span here; the
@@ -23,6 +28,7 @@ hook sets it on werkzeug's ``WSGIRequestHandler``, whose app it traces) is left 
 
 from __future__ import annotations
 
+from autotrace import provider
 from autotrace.config import http_settings
 from autotrace.patching import wrap_function
 
@@ -42,11 +48,20 @@ _server_span = None  # autotrace.server_span, imported at the first request
 
 
 def patch(module: ModuleType) -> None:
+    wrap_function(module.HTTPServer, "server_bind", _wrap_server_bind)
     handler = module.BaseHTTPRequestHandler
     wrap_function(handler, "handle_one_request", _wrap_handle_one_request)
     wrap_function(handler, "parse_request", _wrap_parse_request)
     wrap_function(handler, "send_response_only", _wrap_send_response_only)
     wrap_function(handler, "send_header", _wrap_send_header)
+
+
+def _wrap_server_bind(original):
+    def server_bind(self):
+        provider.set_up_now()  # never raises
+        return original(self)
+
+    return server_bind
 
 
 def _wrap_handle_one_request(original):

@@ -21,7 +21,10 @@ headers), and the message logger logs the app's messages unchanged:
   current where the WSGI app runs; started in that thread, it is the one span of the
   request, current for the app and any framework hook.
 
-``Config.load`` runs once per serving process: in the process itself, in each
+After it, the SDK is set up if it is not yet (:func:`autotrace.provider.set_up_now`;
+``uvicorn.run`` from a script: the ``uvicorn`` command set it up at its start already):
+``Config.load`` comes before uvicorn binds its port, so the first request does not wait
+for the set-up. ``Config.load`` runs once per serving process: in the process itself, in each
 ``--workers`` child (spawned: it imports ``uvicorn.config`` again and is patched there),
 and under gunicorn's ``UvicornWorker``. ``uvicorn.run(app)`` from a script goes through
 it too.
@@ -35,7 +38,7 @@ the worker still dies of the same signal.
 
 from __future__ import annotations
 
-from autotrace import _log, importer
+from autotrace import _log, importer, provider
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -80,6 +83,7 @@ def _traced_load(load, module: ModuleType):
                 type(exc).__name__,
                 exc,
             )
+        provider.set_up_now()  # never raises; before uvicorn binds its port
         return result
 
     return load_traced

@@ -104,6 +104,57 @@ def test_factory_that_raises_gives_failure_and_one_warning(warnings):
     assert len(lines) == 1 and "otlp exporter" in lines[0] and "no transport" in lines[0]
 
 
+def test_the_grpc_exporter_is_made_at_the_first_export_its_modules_at_set_up(monkeypatch):
+    """Over OTLP/gRPC the set-up imports the exporter's modules but makes no channel (a
+    process that forks after its set-up, gunicorn's master, must have none); the first
+    export makes it, with instrumentation suppressed, once."""
+    imported: list[int] = []
+    monkeypatch.setattr(exporters, "grpc_imports", lambda: imported.append(1))
+    made: list[FakeExporter] = []
+
+    def factory() -> FakeExporter:
+        made.append(FakeExporter())
+        return made[-1]
+
+    settings = Configuration(protocol="grpc")
+    handle = exporters.ExporterHandle("otlp", factory, settings=settings)
+    assert imported == [1] and made == []  # modules at set-up, no exporter yet
+    assert handle.force_flush() is True
+    handle.closing()  # at exit before any export: the exporter made then gets no retries
+    assert made == []
+    assert handle.export([]) is SpanExportResult.SUCCESS
+    assert handle.export([]) is SpanExportResult.SUCCESS
+    assert len(made) == 1
+    assert made[0].suppressed_at_creation is True
+    assert made[0].suppressed_at_export == [True, True]
+    http = exporters.ExporterHandle("otlp", factory, settings=Configuration(protocol="http/protobuf"))
+    assert len(made) == 2 and imported == [1]  # OTLP/HTTP: made at set-up, as before
+    http.shutdown()
+    handle.shutdown()
+
+
+def test_grpc_imports_import_the_exporter_without_making_a_channel():
+    import sys
+
+    exporters.grpc_imports()
+    assert "grpc" in sys.modules
+    assert "opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in sys.modules
+    assert "autotrace.otlp_exporters" in sys.modules
+
+
+def test_grpc_modules_that_cannot_be_imported_give_one_warning_at_set_up(monkeypatch, warnings):
+    def missing() -> None:
+        raise ImportError("No module named 'grpc'")
+
+    monkeypatch.setattr(exporters, "grpc_imports", missing)
+    made: list[int] = []
+    handle = exporters.ExporterHandle("otlp", lambda: made.append(1), settings=Configuration(protocol="grpc"))
+    lines = warnings()
+    assert len(lines) == 1 and "cannot create the otlp exporter (ImportError: No module named 'grpc')" in lines[0]
+    assert handle.export([]) is SpanExportResult.FAILURE
+    assert made == [] and warnings() == []  # not tried again, no second line
+
+
 def test_exporter_that_raises_gives_failure_and_one_line_per_kind(warnings):
     class Broken(FakeExporter):
         def export(self, spans):
