@@ -408,4 +408,3 @@ def test_a_negative_queue_bound_never_raises_into_the_app(bound, monkeypatch, ca
     assert processor.undelivered() == 0
     assert capsys.readouterr().err.count("could not be encoded") == 1
     processor.shutdown()
-
