@@ -180,10 +180,13 @@ def process(
             return None
         parent, links = incoming(headers, current)
         queue_time = _queue_time(headers)
+        name, common, task_name = _consumer(system, target, destination)
 
         def found() -> dict[str, object]:  # called only if the span is recorded
-            values = _attributes(system, "process", destination, message_id)
-            values[TASK_NAME] = str(target)
+            values = dict(common)
+            if message_id is not None:
+                values["messaging.message.id"] = str(message_id)
+            values[TASK_NAME] = task_name
             if retry_count is not None:
                 values[RETRY_COUNT] = int(retry_count)
             if queue_time is not None:
@@ -192,7 +195,7 @@ def process(
                 values.update(attributes)
             return values
 
-        span, ctx = spans.new(TRACER, "process " + str(target), api.SpanKind.CONSUMER, parent, found, links or None)
+        span, ctx = spans.new(TRACER, name, api.SpanKind.CONSUMER, parent, found, links or None)
         call = MessagingSpan(span, ctx, system)
         if attach:
             call.attach()
@@ -347,6 +350,27 @@ def _attributes(system: str, operation: str, destination: str | None, message_id
     if message_id is not None:
         values["messaging.message.id"] = str(message_id)
     return values
+
+
+# What every CONSUMER span of a task and queue shares, made once: (system, target, destination) ->
+# (span name, the attributes before the message's own, the task name). Bounded: a worker
+# runs a few tasks from a few queues; more than this many pairs start the record afresh.
+_consumers: dict[tuple[str, str, object], tuple[str, dict[str, object], str]] = {}
+_MAX_CONSUMERS = 256
+
+
+def _consumer(system: str, target: object, destination: object) -> tuple[str, dict[str, object], str]:
+    if type(target) is not str:
+        target = str(target)
+    if destination and type(destination) is not str:
+        destination = str(destination)  # as the attribute has it (and a key of the record)
+    key = (system, target, destination)
+    found = _consumers.get(key)
+    if found is None:
+        if len(_consumers) >= _MAX_CONSUMERS:
+            _consumers.clear()
+        found = _consumers[key] = ("process " + target, _attributes(system, "process", destination, None), target)  # type: ignore[arg-type]
+    return found
 
 
 def _queue_time(headers: Mapping[str, object] | None) -> float | None:

@@ -239,3 +239,18 @@ def test_the_direct_read_of_w3c_headers_extracts_what_the_propagators_extract(he
         )
 
     assert extracted(direct=True) == extracted(direct=False)
+
+
+def test_consumer_spans_of_many_tasks_and_queues_keep_their_own_names_and_attributes(spans, messaging_parent):
+    """What a task and queue share is made once, in a bounded record; each span still gets its own."""
+    for n in range(messaging._MAX_CONSUMERS + 10):
+        call = messaging.process("kombu" if n % 2 else "celery", f"task-{n}", {}, destination=["odd", n] if n == 3 else f"q-{n % 7}", message_id=n)
+        call.close()
+    done = spans.get_finished_spans()
+    assert len(messaging._consumers) <= messaging._MAX_CONSUMERS
+    for n, span in enumerate(done):
+        assert span.name == f"task-{n}".join(("process ", ""))
+        assert span.attributes["messaging.system"] == ("kombu" if n % 2 else "celery")
+        assert span.attributes["messaging.destination.name"] == ("['odd', 3]" if n == 3 else f"q-{n % 7}")
+        assert span.attributes["messaging.message.id"] == str(n)
+        assert span.attributes[messaging.TASK_NAME] == f"task-{n}"
