@@ -67,8 +67,9 @@ _get_current_span = trace_api.get_current_span
 _new = object.__new__  # a LightSpan without the SDK span's __init__ (start_span sets its state)
 _new_context = tuple.__new__  # a SpanContext whose values are known valid (what its __new__ ends with)
 _random_bits = random.getrandbits  # what the SDK's RandomIdGenerator draws its ids from
-# Span classes whose get_span_context() returns their _context (the SDK's, the light one).
-_SDK_SPANS = frozenset({Span, getattr(sdk_trace, "_Span", Span)})
+# Span classes whose get_span_context() returns their _context (the SDK's, the light one, and
+# the API's NonRecordingSpan: the remote parent an incoming request or message gives).
+_SDK_SPANS = frozenset({Span, getattr(sdk_trace, "_Span", Span), NonRecordingSpan})
 _SPAN_ID_MAX = (1 << 64) - 1
 _TRACE_ID_MAX = (1 << 128) - 1
 

@@ -180,10 +180,13 @@ def process(
             return None
         parent, links = incoming(headers, current)
         queue_time = _queue_time(headers)
+        name, common, task_name = _consumer(system, target, destination)
 
         def found() -> dict[str, object]:  # called only if the span is recorded
-            values = _attributes(system, "process", destination, message_id)
-            values[TASK_NAME] = str(target)
+            values = dict(common)
+            if message_id is not None:
+                values["messaging.message.id"] = str(message_id)
+            values[TASK_NAME] = task_name
             if retry_count is not None:
                 values[RETRY_COUNT] = int(retry_count)
             if queue_time is not None:
@@ -192,7 +195,7 @@ def process(
                 values.update(attributes)
             return values
 
-        span, ctx = spans.new(TRACER, "process " + str(target), api.SpanKind.CONSUMER, parent, found, links or None)
+        span, ctx = spans.new(TRACER, name, api.SpanKind.CONSUMER, parent, found, links or None)
         call = MessagingSpan(span, ctx, system)
         if attach:
             call.attach()
@@ -220,17 +223,68 @@ def incoming(headers: Mapping[str, object] | None, base: context.Context | None 
     if not headers:
         return root, []
     propagator = propagate.get_global_textmap()
-    reads = fields_read(propagator)
-    if reads is not None and not any(name in headers for name in reads):
-        return root, []  # a message from a producer without the agent: nothing to read
-    extracted = propagator.extract(headers, context=root, getter=_GETTER)
-    links = extracted_links(extracted)
+    extracted = _read_w3c(headers, root) if type(headers) is dict and _w3c_only(propagator) else None
+    if extracted is not None:
+        if extracted is root:
+            return root, []  # nothing valid to continue or link to
+        links: list[trace.Link] = []
+    else:
+        reads = fields_read(propagator)
+        if reads is not None and not any(name in headers for name in reads):
+            return root, []  # a message from a producer without the agent: nothing to read
+        extracted = propagator.extract(headers, context=root, getter=_GETTER)
+        links = extracted_links(extracted)
     if config.messaging_parent() == "parent":
         return extracted, links
     remote = trace.get_current_span(extracted).get_span_context()
     if remote.is_valid:
         links = [trace.Link(remote)] + [link for link in links if link.context != remote]
     return trace.set_span_in_context(trace.INVALID_SPAN, extracted), links
+
+
+# The global propagator last seen, and whether it is the agent's default (W3C trace context, then baggage).
+_w3c_seen: tuple[object, bool] = (None, False)
+_w3c = None  # the tracecontext module, imported with the first such propagator
+
+
+def _w3c_only(propagator: object) -> bool:
+    """Whether ``propagator`` is the agent's composite of W3C trace context then W3C
+    baggage (the default ``OTEL_PROPAGATORS``), which :func:`_read_w3c` reads directly."""
+    global _w3c_seen, _w3c
+    seen, direct = _w3c_seen
+    if seen is not propagator:
+        from .propagation import baggage, composite, tracecontext
+
+        kinds = tuple(map(type, propagator.propagators)) if type(propagator) is composite.CompositePropagator else ()
+        direct = kinds == (tracecontext.TraceContextPropagator, baggage.BaggagePropagator)
+        _w3c, _w3c_seen = tracecontext, (propagator, direct)
+    return direct
+
+
+def _read_w3c(headers: dict, root: context.Context) -> context.Context | None:
+    """What the default propagators extract from a message's ``headers`` over ``root``
+    (``root`` itself when nothing valid is there), read straight from the dict: the
+    usual message carries a ``traceparent`` (text) and nothing else of theirs. None for
+    the other cases (baggage, a value that is not text, links already in ``root``), which
+    the propagators read themselves. The same parsers and limits as theirs
+    (:mod:`autotrace.propagation.tracecontext`), without the getter, the composite's loop
+    and the contexts in between."""
+    parent = headers.get("traceparent")
+    state = headers.get("tracestate")
+    if headers.get("baggage") is not None or (root and extracted_links(root)):
+        return None
+    if parent is None:
+        return root  # a tracestate alone is not read
+    if type(parent) is not str or (state is not None and type(state) is not str):
+        return None
+    tracecontext = _w3c
+    ids = tracecontext.parse_traceparent(parent)  # a repeated or oversized value: None
+    if ids is None:
+        return root
+    trace_state = tracecontext.parse_tracestate((state,)) if state is not None else None  # invalid or oversized: None
+    trace = api.trace
+    span_context = trace.SpanContext(ids[0], ids[1], True, trace.TraceFlags(ids[2]), trace_state)
+    return api.with_span(trace.NonRecordingSpan(span_context), root)
 
 
 def export_now(final: bool = False) -> bool:
@@ -296,6 +350,27 @@ def _attributes(system: str, operation: str, destination: str | None, message_id
     if message_id is not None:
         values["messaging.message.id"] = str(message_id)
     return values
+
+
+# What every CONSUMER span of a task and queue shares, made once: (system, target, destination) ->
+# (span name, the attributes before the message's own, the task name). Bounded: a worker
+# runs a few tasks from a few queues; more than this many pairs start the record afresh.
+_consumers: dict[tuple[str, str, object], tuple[str, dict[str, object], str]] = {}
+_MAX_CONSUMERS = 256
+
+
+def _consumer(system: str, target: object, destination: object) -> tuple[str, dict[str, object], str]:
+    if type(target) is not str:
+        target = str(target)
+    if destination and type(destination) is not str:
+        destination = str(destination)  # as the attribute has it (and a key of the record)
+    key = (system, target, destination)
+    found = _consumers.get(key)
+    if found is None:
+        if len(_consumers) >= _MAX_CONSUMERS:
+            _consumers.clear()
+        found = _consumers[key] = ("process " + target, _attributes(system, "process", destination, None), target)  # type: ignore[arg-type]
+    return found
 
 
 def _queue_time(headers: Mapping[str, object] | None) -> float | None:

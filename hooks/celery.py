@@ -15,17 +15,20 @@ around the publish (``messaging.destination.name``: the queue, else the routing 
 ``autotrace.messaging.queue_time_ms`` includes it. kombu's publish under it is its lower
 layer (no span of its own, no Redis span for the broker's commands).
 
-Consumer. Celery's signals ``task_prerun`` and ``task_postrun`` are sent around each task
-run by the task tracer, in the thread (or greenlet) that runs it, whatever the pool:
-prefork, threads, solo, gevent and eventlet (the agent's export thread stays a real thread
-under their monkey-patching: :mod:`autotrace.green`). ``task_prerun`` starts ``process {task name}``
-from the request's headers (Celery keeps a message's headers as attributes of
-``task.request``) and makes it current: what the task does (HTTP calls, queries, tasks it
-sends, and a chain's next task, sent before ``task_postrun``) is its child. ``task_postrun``
-ends it: a ``FAILURE`` records the task's exception; ``RETRY`` (the task raised ``Retry``)
-is not an error, the retry's own run is a new span with ``autotrace.messaging.retry_count``.
-A task called eagerly (``apply()``, ``task_always_eager``) is a function call, not a
-message: no span.
+Consumer. ``celery.app.trace.build_tracer`` makes the function that runs a task (each pool
+calls it, in the thread or greenlet that runs the task: prefork, threads, solo, gevent
+and eventlet; the agent's export thread stays a real thread under their monkey-patching:
+:mod:`autotrace.green`). Each function it makes for a worker is wrapped, with what is the
+same for every run of that task: ``process {task name}`` starts from the request
+(the message's headers, with Celery's own fields: the dict the tracer is given) and is
+current while the task runs: what the task does (HTTP calls, queries, tasks it sends,
+and a chain's next task) is its child. The tracer's result ends it: a ``FAILURE`` records
+the task's exception; ``RETRY`` (the task raised ``Retry``) is not an error, the retry's
+own run is a new span with ``autotrace.messaging.retry_count``. (Celery's ``task_prerun``
+and ``task_postrun`` signals would do the same at about 50,000 instructions a task more:
+their ``send`` gathers the receivers again, under a lock, at every call.) A task called
+eagerly (``apply()``, ``task_always_eager``: a tracer made with ``eager=True``) is a
+function call, not a message: no span.
 
 Prefork children. A pool child ends with ``os._exit``: ``atexit`` does not run there.
 billiard's ``Worker._do_exit`` is where every child ends (after ``max_tasks_per_child``
@@ -54,8 +57,6 @@ if TYPE_CHECKING:
 
 SYSTEM = "celery"
 
-# The attribute of a task's request (celery.app.task.Context) that holds its CONSUMER span.
-_SPAN_ATTRIBUTE = "_autotrace_span"
 _DISPATCH_UID = "autotrace.hooks.celery"
 
 
@@ -149,11 +150,10 @@ def _task_id(message: Any) -> object:
 
 
 def patch_worker(module: ModuleType) -> None:
-    """``celery.app.trace``: a span around each task run, by the task signals."""
+    """``celery.app.trace``: a span around each task run, by the tracers ``build_tracer`` makes."""
     from celery import signals
 
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid=_DISPATCH_UID)
-    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid=_DISPATCH_UID)
+    wrap_function(module, "build_tracer", _wrap_build_tracer)
     before_fork = getattr(signals, "worker_before_create_process", None)  # Celery 5.3 and later
     if before_fork is not None:
         before_fork.connect(_before_create_process, weak=False, dispatch_uid=_DISPATCH_UID)
@@ -164,38 +164,72 @@ def _before_create_process(**_ignored: Any) -> None:
     messaging.set_up_now()
 
 
-def _on_prerun(sender=None, task_id=None, task=None, **_ignored: Any) -> None:
+def _wrap_build_tracer(original: Callable) -> Callable:
+    def build_tracer(name, task, *args, **kwargs):
+        trace_task = original(name, task, *args, **kwargs)
+        if kwargs.get("eager") or (len(args) > 4 and args[4]):  # apply(): a function call
+            return trace_task
+        try:
+            return _traced_runs(trace_task, str(name))
+        except Exception:  # noqa: BLE001 - the task runs untraced
+            return trace_task
+
+    return build_tracer
+
+
+def _traced_runs(trace_task: Callable, name: str) -> Callable:
+    """``trace_task`` (Celery's run of task ``name``) inside its CONSUMER span; its result
+    untouched, what it raises re-raised untouched."""
+
+    def traced_task(uuid, args, kwargs, request=None):
+        call = _start(name, uuid, request)
+        if call is None:
+            return trace_task(uuid, args, kwargs, request)
+        try:
+            result = trace_task(uuid, args, kwargs, request)
+        except BaseException:  # Celery's tracer keeps the task's own exceptions: its own failure
+            call.close()
+            raise
+        _end(call, result)
+        return result
+
+    traced_task.__wrapped__ = trace_task  # type: ignore[attr-defined]
+    return traced_task
+
+
+def _start(name: str, task_id: object, request: Any) -> messaging.MessagingSpan | None:
+    """The CONSUMER span of one run, from its request (the message's headers and Celery's fields)."""
     try:
-        request = task.request
-        if getattr(request, "is_eager", False):
-            return
-        headers = vars(request)  # the message's headers, with Celery's own fields
-        delivery = getattr(request, "delivery_info", None) or {}
-        call = messaging.process(
+        if request is None:  # a run without a message: a root span
+            return messaging.process(SYSTEM, name, None, message_id=task_id, retry_count=0)
+        if request.get("is_eager"):
+            return None
+        delivery = request.get("delivery_info")
+        return messaging.process(
             SYSTEM,
-            task.name,
-            headers,
+            name,
+            request,
             destination=delivery.get("routing_key") if isinstance(delivery, dict) else None,
             message_id=task_id,
-            retry_count=getattr(request, "retries", None) or 0,
+            retry_count=request.get("retries") or 0,
         )
-        if call is not None:
-            setattr(request, _SPAN_ATTRIBUTE, call)
     except Exception:  # noqa: BLE001 - the task runs untraced
-        pass
+        return None
 
 
-def _on_postrun(sender=None, task_id=None, task=None, retval=None, state=None, **_ignored: Any) -> None:
+def _end(call: messaging.MessagingSpan, result: Any) -> None:
+    """End the span by the tracer's result, ``(retval, info, runtime, retstr)``: ``info`` is
+    None for a success, else the run's state and exception (``TraceInfo``)."""
     try:
-        call = vars(task.request).pop(_SPAN_ATTRIBUTE, None)
-    except Exception:  # noqa: BLE001
-        return
-    if call is None:
-        return
-    if state == "RETRY":
-        call.retried(retval if isinstance(retval, BaseException) else None)
-    elif state == "FAILURE" and isinstance(retval, BaseException):
-        call.fail(retval)
+        info = result[1]
+        if info is not None:
+            state, exc = info.state, info.retval
+            if state == "RETRY":
+                call.retried(exc if isinstance(exc, BaseException) else None)
+            elif state == "FAILURE" and isinstance(exc, BaseException):
+                call.fail(exc)
+    except Exception:  # noqa: BLE001 - a result of another shape: the span ends as it is
+        pass
     call.close()
 
 

@@ -14,6 +14,7 @@ import uuid
 
 import celery.app.amqp
 import celery.app.trace
+import celery.worker.consumer.consumer
 import kombu
 import kombu.messaging
 import pytest
@@ -32,12 +33,13 @@ def hooked(spans):
     mark = len(patching.history)
     hook.patch(celery.app.amqp)
     hook.patch_worker(celery.app.trace)
+    # Under the agent celery.app.trace is patched as it is imported, before the worker's
+    # consumer takes the name; here it was imported first: its name is patched too.
+    patching.wrap_function(celery.worker.consumer.consumer, "build_tracer", hook._wrap_build_tracer)
     kombu_hook.patch(kombu.messaging)  # as under the agent: Celery's publishes must not get a second span
     config.reset_messaging_settings()
     yield spans
     patching.undo(mark)
-    signals.task_prerun.disconnect(dispatch_uid=hook._DISPATCH_UID)
-    signals.task_postrun.disconnect(dispatch_uid=hook._DISPATCH_UID)
     signals.worker_before_create_process.disconnect(dispatch_uid=hook._DISPATCH_UID)
     config.reset_messaging_settings()
 

@@ -174,3 +174,83 @@ def test_the_brokers_commands_under_a_send_get_no_database_span(spans, parent, m
     assert query is not None
     query.close()
     assert [s.name for s in spans.get_finished_spans()] == ["send jobs", "GET"]
+
+
+_TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": _TP},
+        {"traceparent": _TP, "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
+        {"traceparent": _TP, "tracestate": "foo@=1,1a=2,k=first,k=second"},  # the current grammar; a repeated key
+        {"traceparent": _TP, "tracestate": "Bad Key=1"},  # invalid: dropped, the traceparent kept
+        {"traceparent": _TP, "tracestate": ",".join(f"k{n}=v" for n in range(33))},  # 33 members: dropped
+        {"traceparent": _TP, "tracestate": "k=" + "v" * 20000},  # oversized: dropped
+        {"traceparent": _TP, "tracestate": ""},
+        {"traceparent": " \t" + _TP + " "},  # optional whitespace
+        {"traceparent": "01" + _TP[2:] + "-what-comes-later"},  # a later version
+        {"traceparent": "01" + _TP[2:] + "x"},
+        {"traceparent": _TP.upper()},
+        {"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01"},
+        {"traceparent": "ff" + _TP[2:]},
+        {"traceparent": _TP + "," + _TP},
+        {"traceparent": _TP + "x" * 600},
+        {"traceparent": ""},
+        {"traceparent": _TP[:-1] + "3"},  # flags kept as given
+        {"traceparent": _TP[:-2] + "ff"},
+        {"tracestate": "congo=t61rcWkgMzE"},  # no traceparent: nothing read
+        {"Traceparent": _TP},  # names as the formats write them
+        {"traceparent": None, "id": "t-1"},
+        {"traceparent": _TP.encode()},  # the propagators' own way from here on
+        {"traceparent": [_TP]},
+        {"traceparent": _TP, "tracestate": ["congo=1", "rojo=2"]},
+        {"traceparent": _TP, "tracestate": 7},
+        {"traceparent": _TP, "baggage": "tenant=acme"},
+    ],
+)
+@pytest.mark.parametrize("mode", ["parent", "link"])
+@pytest.mark.parametrize("under_a_span", [False, True])
+def test_the_direct_read_of_w3c_headers_extracts_what_the_propagators_extract(headers, mode, under_a_span, messaging_parent, monkeypatch):
+    """A message's headers read straight from the dict (the default propagators) give the
+    parent, links and baggage the propagators give."""
+    from opentelemetry import propagate
+
+    from autotrace import api
+
+    api.load()
+    assert messaging._w3c_only(propagate.get_global_textmap())  # the direct way is the one under test
+    messaging_parent(mode)
+
+    def extracted(direct: bool):
+        monkeypatch.setattr(messaging, "_w3c_only", messaging._w3c_only if direct else (lambda propagator: False))
+        base = context.get_current()
+        if under_a_span:
+            base = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(1, 2, False, trace.TraceFlags(1))), base)
+        parent, links = messaging.incoming(dict(headers), base)
+        remote = trace.get_current_span(parent).get_span_context()
+        state = list(remote.trace_state.items()) if remote.trace_state is not None else None
+        return (
+            (remote.trace_id, remote.span_id, remote.is_remote, int(remote.trace_flags), state, remote.is_valid),
+            [(link.context.trace_id, link.context.span_id) for link in links],
+            dict(baggage.get_all(parent)),
+        )
+
+    assert extracted(direct=True) == extracted(direct=False)
+
+
+def test_consumer_spans_of_many_tasks_and_queues_keep_their_own_names_and_attributes(spans, messaging_parent):
+    """What a task and queue share is made once, in a bounded record; each span still gets its own."""
+    for n in range(messaging._MAX_CONSUMERS + 10):
+        call = messaging.process("kombu" if n % 2 else "celery", f"task-{n}", {}, destination=["odd", n] if n == 3 else f"q-{n % 7}", message_id=n)
+        call.close()
+    done = spans.get_finished_spans()
+    assert len(messaging._consumers) <= messaging._MAX_CONSUMERS
+    for n, span in enumerate(done):
+        assert span.name == f"task-{n}".join(("process ", ""))
+        assert span.attributes["messaging.system"] == ("kombu" if n % 2 else "celery")
+        assert span.attributes["messaging.destination.name"] == ("['odd', 3]" if n == 3 else f"q-{n % 7}")
+        assert span.attributes["messaging.message.id"] == str(n)
+        assert span.attributes[messaging.TASK_NAME] == f"task-{n}"
