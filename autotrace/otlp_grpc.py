@@ -264,6 +264,7 @@ class OtlpGrpcExporter(SpanExporter):
                 self._headers.append((name, str(value)))
         self._sock: Any = None
         self._h2: h2.connection.H2Connection | None = None
+        self._heard = False
         self._lock = threading.Lock()  # one export at a time
         # Set by closing() (at exit): a failed attempt is not retried, a back-off ends at once.
         self._shutdown_in_progress = threading.Event()
@@ -308,6 +309,7 @@ class OtlpGrpcExporter(SpanExporter):
             sock.close()
             raise
         self._sock, self._h2 = sock, connection
+        self._heard = False  # nothing received on this connection yet
 
     def _close(self) -> None:
         sock, self._sock, self._h2 = self._sock, None, None
@@ -382,6 +384,10 @@ class OtlpGrpcExporter(SpanExporter):
         data = sock.recv(READ_SIZE)
         if not data:
             raise ConnectionLost(f"the collector at {self.address} closed the connection without an answer")
+        if not self._heard:
+            self._heard = True
+            if data.startswith(b"HTTP/"):  # h2 would wait for the rest of a "frame" that is not one
+                raise NotHttp2(f"{self.address} answers {data[:8].decode('ascii', 'replace')}: the port does not speak HTTP/2")
         for event in connection.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
                 state["headers"] = dict(event.headers)
