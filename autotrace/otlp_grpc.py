@@ -333,10 +333,12 @@ class OtlpGrpcExporter(SpanExporter):
             except socket.timeout as exc:
                 self._close()
                 raise ReadTimeout(f"read timed out: no answer from {self.address} within {self._timeout_s:g}s") from exc
-            except (ConnectionLost, ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+            except (ConnectionLost, ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
                 self._close()
                 if reused and attempt == 0:
                     continue  # the collector closed the kept connection: once more, anew
+                if isinstance(exc, BrokenPipeError):  # words the failure classifier knows
+                    raise ConnectionLost(f"the connection to {self.address} was closed while sending: {exc}") from exc
                 raise
             except h2.exceptions.H2Error as exc:
                 self._close()
@@ -351,7 +353,25 @@ class OtlpGrpcExporter(SpanExporter):
     def _flush(self) -> None:
         data = self._h2.data_to_send()  # type: ignore[union-attr]
         if data:
-            self._sock.sendall(data)
+            try:
+                self._sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self._said_http1()  # a server of another protocol may have answered and closed
+                raise
+
+    def _said_http1(self) -> None:
+        """After a failed send on a connection that has not been heard from: raise
+        :class:`NotHttp2` if the port answered in HTTP/1 (the answer is read, briefly)."""
+        if self._heard:
+            return
+        try:
+            self._sock.settimeout(0.2)
+            data = self._sock.recv(READ_SIZE)
+        except OSError:
+            return
+        if data.startswith(b"HTTP/"):
+            self._heard = True
+            raise NotHttp2(f"{self.address} answers {data[:8].decode('ascii', 'replace')}: the port does not speak HTTP/2")
 
     def _exchange(self, message: bytes, deadline: float) -> Answer:
         connection, sock = self._h2, self._sock
