@@ -52,11 +52,12 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])  # grpc: autotrace.otlp_grpc (h2; the script has no grpc)
 @pytest.mark.parametrize("when", ["at-start", "after-set-up"])
 @pytest.mark.parametrize("library", ["gevent", "eventlet"])
-def test_a_patched_script_exports_while_it_runs_and_at_exit(tmp_path, otlp_receiver: OTLPReceiver, library, when):
+def test_a_patched_script_exports_while_it_runs_and_at_exit(tmp_path, otlp_receiver: OTLPReceiver, library, when, protocol):
     write(tmp_path, "green_app.py", SCRIPT)
-    env = clean_env(**otlp_receiver.env("http"), PYTHONWARNINGS="ignore")
+    env = clean_env(**otlp_receiver.env(protocol), PYTHONWARNINGS="ignore")
     with Watched([AUTOTRACE, "run", "python", "green_app.py", library, when], tmp_path, env) as script:
         script.wait_for_line("first", timeout=30)
         (first,) = otlp_receiver.wait_for_spans(1, timeout=10)  # exported while the script runs
