@@ -1,7 +1,9 @@
 """The span exporters ``OTEL_TRACES_EXPORTER`` names, and the handle each one is used through.
 
 - ``otlp``: for OTLP/HTTP autotrace's exporter (:mod:`autotrace.otlp_http`, bytes over
-  ``http.client``), for gRPC the SDK's exporter with autotrace's encoding
+  ``http.client``); for gRPC autotrace's exporter over ``h2`` (:mod:`autotrace.otlp_grpc`)
+  unless the app imported ``grpc`` before the exporter was made (in a forked child: at
+  its first export), else the SDK's exporter with autotrace's encoding
   (:mod:`autotrace.otlp_exporters`); either way the spans were encoded as they ended
   (:mod:`autotrace.span_queue`, :mod:`autotrace.otlp_encode`);
 - ``console``: each finished trace as an indented tree on stderr
@@ -36,6 +38,23 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
     """The factory of the OTLP exporter ``settings`` describe (protocol, endpoint, headers, ...)."""
 
     def make() -> SpanExporter:
+        if settings.protocol == "grpc" and "grpc" not in sys.modules:
+            # The app has not imported grpc: HTTP/2 with h2 (a few MB), not grpcio (about 21 MB).
+            try:
+                from .otlp_grpc import OtlpGrpcExporter
+            except ImportError as exc:  # h2 missing: grpcio's exporter
+                logger.debug("OTLP/gRPC over h2 unavailable (%s); using grpcio's exporter", exc)
+            else:
+                return OtlpGrpcExporter(
+                    endpoint=settings.endpoint,
+                    insecure=settings.insecure,
+                    headers=dict(settings.headers),
+                    timeout_s=settings.timeout_s,
+                    compression=settings.compression,
+                    certificate=settings.certificate,
+                    client_key=settings.client_key,
+                    client_certificate=settings.client_certificate,
+                )
         if settings.protocol == "grpc":
             from grpc import Compression as GrpcCompression
 

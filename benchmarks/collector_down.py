@@ -69,6 +69,7 @@ IMPORTS = {
     "opentelemetry.sdk.trace": "import opentelemetry.sdk.trace",
     "new OTLP/HTTP path (autotrace.otlp_http, span_queue)": "import opentelemetry.sdk.trace, autotrace.otlp_http, autotrace.span_queue",
     "old OTLP/HTTP path (SDK exporter, protobuf, requests)": "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http.trace_exporter, requests",
+    "new OTLP/gRPC path (autotrace.otlp_grpc, h2, span_queue)": "import opentelemetry.sdk.trace, autotrace.otlp_grpc, autotrace.span_queue",
     "OTLP/gRPC path (SDK exporter, grpcio)": "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, autotrace.otlp_exporters",
 }
 

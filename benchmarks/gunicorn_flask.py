@@ -1,6 +1,6 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
-    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--no-export] [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--no-export] [--protocol http|grpc] [--compare LABEL=VENV_BIN_DIR ...]
     python benchmarks/gunicorn_flask.py --app aiohttp|tornado --instructions [--compare LABEL=VENV_BIN_DIR ...]
 
 ``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
@@ -15,7 +15,9 @@ OTLP/HTTP sink that accepts and discards them, so export does real work. ``--com
 adds ``autotrace run`` of another install (a venv holding an earlier checkout), with that
 venv's gunicorn: a before/after figure from the same run. ``--no-export`` adds each
 ``autotrace run`` variant again with ``OTEL_TRACES_EXPORTER=none`` (spans made, not
-exported): the hooks' cost apart from the export's.
+exported): the hooks' cost apart from the export's. ``--protocol grpc``: spans go to a
+local OTLP/gRPC sink (a grpcio server in this process, see ``collector_down.grpc_sink``)
+instead.
 
 Besides throughput, p99 and RSS, each line gives the server's CPU time per request (the
 worker processes' user + system time from /proc over the timed run, divided by the
@@ -253,6 +255,7 @@ def main() -> None:
     parser.add_argument(
         "--no-export", action="store_true", help="also `autotrace run` with OTEL_TRACES_EXPORTER=none (spans made, not exported)"
     )
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http", help="how spans are exported to the sink")
     parser.add_argument(
         "--instructions", action="store_true",
         help="--app aiohttp or tornado: count instructions per request in process with valgrind (callgrind) instead of timing",
@@ -277,6 +280,13 @@ def main() -> None:
     sink = harness.serve(harness.Sink)
     bin_dir = harness.BIN
     env = harness.exporting_env(harness.plain_env(), sink)
+    grpc_server = None
+    if args.protocol == "grpc":
+        from collector_down import grpc_sink
+
+        grpc_port = harness.free_port()
+        grpc_server = grpc_sink(grpc_port)
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{grpc_port}", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     # each variant: the launcher put before the server's command, the venv the server comes
     # from, and the variables it adds to the environment
@@ -324,6 +334,8 @@ def main() -> None:
 
         results = harness.alternate(args.rounds, variants, measure)
     sink.shutdown()
+    if grpc_server is not None:
+        grpc_server.stop(None)
 
     base_rps = harness.median(r[0] for r in results["plain"])
     base_p99 = harness.median(r[1] for r in results["plain"])
@@ -331,7 +343,7 @@ def main() -> None:
     base_cpu = harness.median(r[3] for r in results["plain"])
     print(
         f"{title.format(workers=args.workers)} hello, wrk -c{args.connections} -d{args.seconds}s, "
-        f"median of {args.rounds} rounds, {os.cpu_count()} cores"
+        f"median of {args.rounds} rounds, {os.cpu_count()} cores, export over {args.protocol}"
     )
     for name, rows in results.items():
         rps = harness.median(r[0] for r in rows)

@@ -761,6 +761,11 @@ EXPORT_APP = """
 import os
 import sys
 
+if sys.argv[1] == "grpc":
+    # An app that uses grpc: the agent keeps grpcio's exporter, whose calls the hook sees
+    # (without grpc, autotrace.otlp_grpc sends over h2 and grpc is never called).
+    import grpc  # noqa: F401
+
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
