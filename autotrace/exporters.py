@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan
@@ -34,11 +34,26 @@ from .config import Configuration
 logger = _log.logger
 
 
+# The variables grpcio reads for a proxy: the h2 exporter has no proxy support, so with one
+# of them set the export goes through grpcio's exporter, which honours them (and no_proxy).
+GRPC_PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy")
+
+
+def _grpc_proxy_set(environ: Mapping[str, str]) -> bool:
+    return any(environ.get(name) or environ.get(name.upper()) for name in GRPC_PROXY_VARIABLES)
+
+
+def _h2_wanted() -> bool:
+    """Whether OTLP/gRPC goes over h2 (:mod:`autotrace.otlp_grpc`) rather than grpcio: the app
+    has not imported grpc (then it costs nothing) and no proxy is set (h2's path has none)."""
+    return "grpc" not in sys.modules and not _grpc_proxy_set(os.environ)
+
+
 def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
     """The factory of the OTLP exporter ``settings`` describe (protocol, endpoint, headers, ...)."""
 
     def make() -> SpanExporter:
-        if settings.protocol == "grpc" and "grpc" not in sys.modules:
+        if settings.protocol == "grpc" and _h2_wanted():
             # The app has not imported grpc: HTTP/2 with h2 (a few MB), not grpcio (about 21 MB).
             try:
                 from .otlp_grpc import OtlpGrpcExporter
@@ -101,10 +116,18 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
 
 
 def grpc_imports() -> None:
-    """Import what the OTLP/gRPC exporter is made of (grpcio, the SDK's exporter, the agent's
-    encoding), without making one: a set-up that may be followed by a fork (gunicorn's
-    master) makes no channel, and the export thread that makes it later imports nothing
-    of weight."""
+    """Import what the OTLP/gRPC exporter is made of, without making one: a set-up that may
+    be followed by a fork (gunicorn's master) makes no channel, and the export thread that
+    makes it later imports nothing of weight. That is h2 and :mod:`autotrace.otlp_grpc` when
+    the exporter will be that one (see :func:`otlp_factory`), else grpcio, the SDK's
+    exporter and the agent's encoding."""
+    if _h2_wanted():
+        try:
+            from . import otlp_grpc  # noqa: F401
+        except ImportError as exc:  # h2 missing: grpcio's exporter, as otlp_factory decides too
+            logger.debug("OTLP/gRPC over h2 unavailable (%s); using grpcio's exporter", exc)
+        else:
+            return
     import grpc  # noqa: F401
     from opentelemetry.exporter.otlp.proto.grpc import trace_exporter  # noqa: F401
 

@@ -333,11 +333,12 @@ from autotrace.config import Configuration
 from autotrace.span_queue import EncodingBatchProcessor
 settings = Configuration(protocol="grpc", endpoint="http://127.0.0.1:{server.port}", insecure=True)
 handle = exporters.ExporterHandle("otlp", exporters.otlp_factory(settings), settings=settings)
-assert isinstance(handle._exporter, otlp_grpc.OtlpGrpcExporter), handle._exporter
 provider = TracerProvider()
 processor = EncodingBatchProcessor(handle)
 provider.add_span_processor(processor)
 provider.get_tracer("t").start_span("s").end()
+processor.force_flush()
+assert isinstance(handle._exporter, otlp_grpc.OtlpGrpcExporter), handle._exporter  # made at the first export
 processor.shutdown()
 heavy = sorted(m for m in sys.modules if m.startswith(("grpc", "google.protobuf", "opentelemetry.proto", "opentelemetry.exporter")))
 print(heavy)
@@ -360,3 +361,21 @@ def test_an_app_that_imported_grpc_keeps_grpcios_exporter():
         assert type(exporter).__name__ == "GrpcSpanExporter"
     finally:
         exporter.shutdown()
+
+
+@pytest.mark.parametrize("variable", ["grpc_proxy", "HTTPS_PROXY", "http_proxy"])
+def test_a_proxy_for_grpc_keeps_grpcios_exporter(variable):
+    """The h2 exporter has no proxy support: with a variable grpcio reads for one, grpcio's exporter."""
+    code = """
+from autotrace import exporters
+from autotrace.config import Configuration
+settings = Configuration(protocol="grpc", endpoint="http://127.0.0.1:4317", insecure=True)
+exporter = exporters.otlp_factory(settings)()
+print(type(exporter).__name__)
+exporter.shutdown()
+"""
+    env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
+    env[variable] = "http://127.0.0.1:3128"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "GrpcSpanExporter"
