@@ -94,12 +94,19 @@ class ClientSpan(SpanHandle):
     # span are freed at once, not by the garbage collector's passes.
 
     def end(self) -> None:
-        SpanHandle.end(self)
+        if not self._ended:  # SpanHandle.end, inline
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
         if self._token is None:  # not attached (or left already)
             self.context = None
 
     def detach(self) -> None:
-        SpanHandle.detach(self)
+        token, self._token = self._token, None  # SpanHandle.detach, inline
+        if token is not None:
+            api.detach(token)
         if self._ended:
             self.context = None
 
@@ -187,20 +194,34 @@ class ClientSpan(SpanHandle):
     def set_response(
         self,
         status_code: int,
-        protocol_version: str | None = None,
+        protocol_version: object = None,
         headers: Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]]] | None = None,
     ) -> None:
         """Record the response head: 4xx and 5xx make the span an error.
 
+        ``protocol_version``: ``network.protocol.version`` ("1.1"), or the version as the
+        library reports it (11, "HTTP/1.1": see :func:`protocol_version`).
         ``headers``: the response's (name, value) pairs, or a function returning them
         (called only when some are captured).
         """
         try:
             span = self.span
-            if protocol_version:  # one call: the SDK takes its lock once
-                set_known(span, {"http.response.status_code": status_code, "network.protocol.version": protocol_version})
+            if protocol_version is not None:
+                try:
+                    version = PROTOCOL_VERSIONS.get(protocol_version)  # the usual ones: one look-up
+                except TypeError:
+                    version = None
+                if version is None:
+                    version = _protocol_version(protocol_version)
             else:
-                set_known(span, {"http.response.status_code": status_code})
+                version = None
+            # One call: the SDK takes its lock once (set_known, inline).
+            found = {"http.response.status_code": status_code, "network.protocol.version": version} if version else {"http.response.status_code": status_code}
+            known = getattr(span, "set_known", None)
+            if known is not None:
+                known(found)
+            else:
+                span.set_attributes(found)
             if status_code >= 400:
                 mark_error(span, str(status_code))
             wanted = http_settings().client_response_headers
@@ -407,6 +428,7 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
 # numbers, httpx as text (the rest through protocol_version()).
 PROTOCOL_VERSIONS: dict[object, str] = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
 PROTOCOL_VERSIONS.update({"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/3": "3"})
+PROTOCOL_VERSIONS.update({version: version for version in ("0.9", "1.0", "1.1", "2", "3")})  # given as recorded
 
 
 def protocol_version(version: object) -> str | None:
@@ -415,6 +437,10 @@ def protocol_version(version: object) -> str | None:
         return PROTOCOL_VERSIONS[version]  # the usual ones: one look-up
     except (KeyError, TypeError):
         pass
+    return _protocol_version(version)
+
+
+def _protocol_version(version: object) -> str | None:
     if isinstance(version, int):
         return None
     if isinstance(version, str) and version:

@@ -231,7 +231,7 @@ def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
         call.set_response(
             response.status,
-            client_span.protocol_version(getattr(response, "version", None)),
+            getattr(response, "version", None),
             response.getheaders,  # called only when some are to be captured
         )
     except Exception:  # noqa: BLE001 - a response_class of the app's own

@@ -212,7 +212,7 @@ def _record_response(call: client_span.ClientSpan, response) -> None:
         headers = getattr(response, "headers", None)
         call.set_response(
             response.status,
-            client_span.protocol_version(getattr(response, "version", None)),
+            getattr(response, "version", None),
             # listed only when some are to be captured: urllib3's HTTPResponse (2.x), http.client's (1.26)
             headers.items if headers is not None and hasattr(headers, "items") else response.getheaders,
         )
