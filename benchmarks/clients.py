@@ -16,7 +16,8 @@ earlier checkout), with that venv's Python: a before/after figure from the same 
 ``--instructions``: instead of timing, the client process's instructions per call as
 valgrind's callgrind counts them (Debian package valgrind), which the machine's load does
 not move. ``--count-calls``: the function calls per call (Python's and C's, as ``cProfile``
-counts them in the client's loop), spans not exported: what the hooks add, in seconds.
+counts them in the client's loop), spans not exported: what the hooks add, in seconds;
+with ``--breakdown N``, also the N functions whose calls per call differ most from plain's.
 """
 
 from __future__ import annotations
