@@ -94,12 +94,19 @@ class ClientSpan(SpanHandle):
     # span are freed at once, not by the garbage collector's passes.
 
     def end(self) -> None:
-        SpanHandle.end(self)
+        if not self._ended:  # SpanHandle.end, inline
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
         if self._token is None:  # not attached (or left already)
             self.context = None
 
     def detach(self) -> None:
-        SpanHandle.detach(self)
+        token, self._token = self._token, None  # SpanHandle.detach, inline
+        if token is not None:
+            api.detach(token)
         if self._ended:
             self.context = None
 
@@ -165,6 +172,16 @@ class ClientSpan(SpanHandle):
             self.report(exc)
         return previous
 
+    def new_headers(self) -> dict[str, str]:
+        """A new dict of the propagation headers alone: :meth:`inject` into an empty dict, in one step."""
+        headers = dict(self.headers())
+        try:
+            if http_settings().client_request_headers:
+                capture_request_headers(self, headers.items())
+        except Exception as exc:  # noqa: BLE001
+            self.report(exc)
+        return headers
+
     def _replacing(self, name: str, existing: str) -> None:
         previous = self.previous
         if previous is not None and previous.injected.get(name) == existing:
@@ -177,20 +194,34 @@ class ClientSpan(SpanHandle):
     def set_response(
         self,
         status_code: int,
-        protocol_version: str | None = None,
+        protocol_version: object = None,
         headers: Iterable[tuple[str, str]] | Callable[[], Iterable[tuple[str, str]]] | None = None,
     ) -> None:
         """Record the response head: 4xx and 5xx make the span an error.
 
+        ``protocol_version``: ``network.protocol.version`` ("1.1"), or the version as the
+        library reports it (11, "HTTP/1.1": see :func:`protocol_version`).
         ``headers``: the response's (name, value) pairs, or a function returning them
         (called only when some are captured).
         """
         try:
             span = self.span
-            if protocol_version:  # one call: the SDK takes its lock once
-                set_known(span, {"http.response.status_code": status_code, "network.protocol.version": protocol_version})
+            if protocol_version is not None:
+                try:
+                    version = PROTOCOL_VERSIONS.get(protocol_version)  # the usual ones: one look-up
+                except TypeError:
+                    version = None
+                if version is None:
+                    version = _protocol_version(protocol_version)
             else:
-                set_known(span, {"http.response.status_code": status_code})
+                version = None
+            # One call: the SDK takes its lock once (set_known, inline).
+            found = {"http.response.status_code": status_code, "network.protocol.version": version} if version else {"http.response.status_code": status_code}
+            known = getattr(span, "set_known", None)
+            if known is not None:
+                known(found)
+            else:
+                span.set_attributes(found)
             if status_code >= 400:
                 mark_error(span, str(status_code))
             wanted = http_settings().client_response_headers
@@ -237,29 +268,36 @@ def start(
                 previous, parent = outer, outer.parent
                 outer.resends += 1
                 resend_count = outer.resends
-        upper = method.upper()
-        known = upper if upper in KNOWN_METHODS else None
-
-        def attributes() -> dict[str, object]:  # called only if the span is recorded
-            found: dict[str, object] = {"http.request.method": known or "_OTHER"}
-            if method != found["http.request.method"]:
-                found["http.request.method_original"] = method
-            full, address, port = url_attributes(url)
-            found["url.full"] = full
-            if address:
-                found["server.address"] = address
-            if port is not None:
-                found["server.port"] = port
-            if protocol_version:
-                found["network.protocol.version"] = protocol_version
-            if resend_count:
-                found["http.request.resend_count"] = resend_count
-            return found
-
-        span = spans.new_span(TRACER, known or "HTTP", api.SpanKind.CLIENT, parent, attributes)
-        call = ClientSpan(span, library, parent, previous)
-        # One context: the span current, the call marked as in progress.
-        call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
+        key = (method, url, protocol_version, resend_count)
+        found = _ATTRIBUTES.get(key)
+        if found is None:
+            found = _attributes(method, url, protocol_version, resend_count)
+            if len(_ATTRIBUTES) >= _ATTRIBUTES_SIZE:
+                _ATTRIBUTES.clear()  # bounded: start again rather than keep old entries in order
+            _ATTRIBUTES[key] = found
+        name, attributes = found
+        span = spans.new_span(TRACER, name, api.SpanKind.CLIENT, parent, attributes)
+        # ClientSpan.__init__, inline (a call less).
+        call = _new(ClientSpan)
+        call.span = span
+        call._token = None
+        call._ended = False
+        call.library = library
+        call.lower = LOWER_LAYERS.get(library, _NO_LAYERS)
+        call.parent = parent
+        call.previous = previous
+        call.resends = 0
+        call.injected = {}
+        call.state = None
+        # One context: the span current, the call marked as in progress (api.with_span, inline).
+        key = api.SPAN_KEY
+        if key is not None:
+            values = dict(parent)
+            values[key] = span
+            values[api.IN_CLIENT_CALL] = call
+            call.context = api.context.Context(values)
+        else:
+            call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
         if attach:
             try:
                 call._token = api.set_current(call.context)  # SpanHandle.attach, inline
@@ -269,6 +307,35 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
+
+
+_new = object.__new__
+
+# (span name, attributes) by (method, url, protocol version, resend count): an app calls the
+# same few URLs again and again. The attributes dict is shared, never changed: a span keeps
+# a copy of it (the light span, the SDK's own).
+_ATTRIBUTES: dict[tuple, tuple[str, dict[str, object]]] = {}
+_ATTRIBUTES_SIZE = 256
+
+
+def _attributes(method: str, url: str, protocol_version: str | None, resend_count: int) -> tuple[str, dict[str, object]]:
+    """The span name and attributes of a request (see :func:`start`)."""
+    upper = method.upper()
+    known = upper if upper in KNOWN_METHODS else None
+    found: dict[str, object] = {"http.request.method": known or "_OTHER"}
+    if method != found["http.request.method"]:
+        found["http.request.method_original"] = method
+    full, address, port = url_attributes(url)
+    found["url.full"] = full
+    if address:
+        found["server.address"] = address
+    if port is not None:
+        found["server.port"] = port
+    if protocol_version:
+        found["network.protocol.version"] = protocol_version
+    if resend_count:
+        found["http.request.resend_count"] = resend_count
+    return known or "HTTP", found
 
 
 def capture_request_headers_wanted() -> bool:
@@ -361,6 +428,7 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
 # numbers, httpx as text (the rest through protocol_version()).
 PROTOCOL_VERSIONS: dict[object, str] = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
 PROTOCOL_VERSIONS.update({"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/3": "3"})
+PROTOCOL_VERSIONS.update({version: version for version in ("0.9", "1.0", "1.1", "2", "3")})  # given as recorded
 
 
 def protocol_version(version: object) -> str | None:
@@ -369,6 +437,10 @@ def protocol_version(version: object) -> str | None:
         return PROTOCOL_VERSIONS[version]  # the usual ones: one look-up
     except (KeyError, TypeError):
         pass
+    return _protocol_version(version)
+
+
+def _protocol_version(version: object) -> str | None:
     if isinstance(version, int):
         return None
     if isinstance(version, str) and version:

@@ -16,12 +16,14 @@ earlier checkout), with that venv's Python: a before/after figure from the same 
 ``--instructions``: instead of timing, the client process's instructions per call as
 valgrind's callgrind counts them (Debian package valgrind), which the machine's load does
 not move. ``--count-calls``: the function calls per call (Python's and C's, as ``cProfile``
-counts them in the client's loop), spans not exported: what the hooks add, in seconds.
+counts them in the client's loop), spans not exported: what the hooks add, in seconds;
+with ``--breakdown N``, also the N functions whose calls per call differ most from plain's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from http.server import BaseHTTPRequestHandler
@@ -59,7 +61,16 @@ if os.environ.get("BENCH_COUNT_CALLS"):  # --count-calls
     for _ in range(calls):
         call()
     profile.disable()
-    print(pstats.Stats(profile).total_calls / calls, 0)
+    stats = pstats.Stats(profile)
+    if os.environ.get("BENCH_BREAKDOWN"):  # --breakdown: the calls of each function, per call
+        import json, re
+        counts = {}
+        for (file, line, name), (_, total, *_rest) in stats.stats.items():
+            key = f"{name} ({file.rpartition('/')[2]}:{line})" if line else re.sub(r" at 0x[0-9a-f]+", "", name)
+            counts[key] = counts.get(key, 0) + total / calls
+        with open(os.environ["BENCH_BREAKDOWN"], "w") as out:
+            json.dump(counts, out)
+    print(stats.total_calls / calls, 0)
     sys.exit()
 start, cpu = time.perf_counter(), time.process_time()
 for _ in range(calls):
@@ -99,6 +110,10 @@ def main() -> None:
         "--count-calls", action="store_true",
         help="count the function calls per call (cProfile, spans not exported) instead of timing: --calls calls once each",
     )
+    parser.add_argument(
+        "--breakdown", type=int, default=0, metavar="N",
+        help="with --count-calls: also list the N functions whose calls per call differ most from plain's",
+    )
     harness.add_compare(parser)
     args = parser.parse_args()
 
@@ -116,7 +131,7 @@ def main() -> None:
             if args.instructions:
                 _count_instructions(args.forms.split(","), variants, script, url)
             else:
-                _count_calls(args.forms.split(","), variants, script, url, args.calls)
+                _count_calls(args.forms.split(","), variants, script, url, args.calls, args.breakdown)
             hello.shutdown()
             sink.shutdown()
             return
@@ -153,16 +168,28 @@ def _count_instructions(forms: list[str], variants: dict, script: Path, url: str
         print(f"{form:18} plain {plain:,.0f}{line}", flush=True)
 
 
-def _count_calls(forms: list[str], variants: dict, script: Path, url: str, calls: int) -> None:
+def _count_calls(forms: list[str], variants: dict, script: Path, url: str, calls: int, breakdown: int = 0) -> None:
     print(f"function calls per call of the client's loop (cProfile, Python and C functions; spans not exported; {calls} calls)")
     for form in forms:
-        counts = {}
+        counts, functions = {}, {}
         for name, (prefix, environ) in variants.items():
             environ = dict(harness.unexported(environ), BENCH_COUNT_CALLS="1")
-            counts[name] = harness.run_client([*prefix, str(script), form, url, str(calls)], environ, form)[0]
+            with tempfile.NamedTemporaryFile(suffix=".json") as found:
+                if breakdown:
+                    environ["BENCH_BREAKDOWN"] = found.name
+                counts[name] = harness.run_client([*prefix, str(script), form, url, str(calls)], environ, form)[0]
+                if breakdown:
+                    functions[name] = json.loads(Path(found.name).read_text())
         plain = counts.pop("plain")
         line = "".join(f"   {name} {count:,.1f} (+{count - plain:,.1f})" for name, count in counts.items())
         print(f"{form:18} plain {plain:,.1f}{line}", flush=True)
+        for name in counts if breakdown else ():
+            base, traced = functions["plain"], functions[name]
+            differences = {key: traced.get(key, 0) - base.get(key, 0) for key in base.keys() | traced.keys()}
+            print(f"  {name}: the {breakdown} functions with most calls added (calls per call)")
+            for key, added in sorted(differences.items(), key=lambda item: -abs(item[1]))[:breakdown]:
+                if abs(added) >= 0.05:
+                    print(f"    {added:+8.2f}  {key}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import weakref
 
-from autotrace import _log, client_span
+from autotrace import _log, api, client_span
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -83,7 +83,8 @@ def _end(call: client_span.ClientSpan) -> None:
 
 def _wrap_putrequest(original):
     def putrequest(self, method, url, *args, **kwargs):
-        if client_span.enclosing(LIBRARY) is not None:
+        outer = api.get_current().get(api.IN_CLIENT_CALL) if api.loaded else None  # client_span.enclosing, inline
+        if outer is not None and LIBRARY in outer.lower:
             # A lower layer of requests', urllib3's or urllib.request's call: a context
             # lookup and nothing else (client_span.start would say None as well).
             return original(self, method, url, *args, **kwargs)
@@ -161,7 +162,10 @@ def _wrap_getresponse(original):
 
 def _wrap_close(original):
     def close(self, *args, **kwargs):
-        call = _take(self)
+        try:
+            call = self.__dict__.pop(_CALL, None)  # _take, inline
+        except AttributeError:
+            call = None
         if call is not None:
             _end(call)  # abandoned before its response: ended as it stands
         return original(self, *args, **kwargs)
@@ -227,7 +231,7 @@ def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
         call.set_response(
             response.status,
-            client_span.protocol_version(getattr(response, "version", None)),
+            getattr(response, "version", None),
             response.getheaders,  # called only when some are to be captured
         )
     except Exception:  # noqa: BLE001 - a response_class of the app's own

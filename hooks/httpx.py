@@ -81,8 +81,14 @@ def _wrap_send(original):
             _leave(token)
             state.finish(exc)
             raise
-        _leave(token)
-        state.finish()
+        try:  # _leave, inline
+            _current_send.reset(token)
+        except (ValueError, RuntimeError):  # reset from another context: nothing to undo
+            pass
+        pending = state.pending  # state.finish(), inline
+        if pending is not None:
+            state.pending = None
+            pending.end()
         return response
 
     return send
@@ -147,7 +153,15 @@ def _start(state: _Send | None, request) -> tuple[client_span.ClientSpan | None,
     """Start a hop's span (made current) and put its headers into the request."""
     call = None
     try:
-        resend_count = state.next_hop() if state is not None else 0
+        if state is not None:  # state.next_hop(), inline
+            pending = state.pending
+            if pending is not None:
+                state.pending = None
+                pending.end()  # the previous hop's (httpx has read its body)
+            resend_count = state.hops
+            state.hops = resend_count + 1
+        else:
+            resend_count = 0
         call = client_span.start("httpx", request.method, str(request.url), resend_count=resend_count)
         if call is None:
             return None, None
@@ -161,7 +175,7 @@ def _start(state: _Send | None, request) -> tuple[client_span.ClientSpan | None,
 def _returned(state: _Send | None, call: client_span.ClientSpan, request, previous: dict, response) -> None:
     """The hop's response head arrived: record it; its span ends with the call (see above)."""
     try:
-        version = client_span.protocol_version(response.http_version)
+        version = response.http_version
         call.set_response(response.status_code, version, response.headers.multi_items)  # listed only if captured
     except Exception:  # noqa: BLE001 - a response object of a custom transport
         pass

@@ -128,8 +128,8 @@ def _wrap_send(original, prepared_request: type):
     def send(self, request, **kwargs):
         if not isinstance(request, prepared_request):
             return original(self, request, **kwargs)  # requests itself says what is wrong
-        outer = exchange()
-        if outer is not None and outer.takes_hops():
+        outer = api.get_current().get(api.IN_CLIENT_CALL) if api.loaded else None  # exchange(), inline
+        if outer is not None and outer.library == LIBRARY and type(outer.state) is Exchange and outer.state.takes_hops():
             return original(self, request, **kwargs)  # a redirect hop: its adapter starts its span
         call = client_span.start(LIBRARY, request.method, request.url)
         if call is None:
@@ -151,8 +151,11 @@ def _wrap_send(original, prepared_request: type):
 def _wrap_get_adapter(original):
     def get_adapter(self, *args, **kwargs):
         adapter = original(self, *args, **kwargs)
-        state = exchange()
-        return adapter if state is None else TracedAdapter(adapter, state)
+        call = api.get_current().get(api.IN_CLIENT_CALL) if api.loaded else None  # exchange(), inline
+        if call is None or call.library != LIBRARY:
+            return adapter
+        state = call.state
+        return TracedAdapter(adapter, state) if isinstance(state, Exchange) else adapter
 
     return get_adapter
 
@@ -237,7 +240,7 @@ def _wrap_dispatch_hook(original):
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
         raw = getattr(response, "raw", None)
-        version = client_span.protocol_version(getattr(raw, "version", None))
-        call.set_response(response.status_code, version, response.headers.items())
+        version = getattr(raw, "version", None)
+        call.set_response(response.status_code, version, response.headers.items)  # listed only if captured
     except Exception:  # noqa: BLE001 - a response object of a custom adapter
         pass

@@ -24,7 +24,7 @@ to requests' hook, which ends the span of the attempt before and starts the next
 
 from __future__ import annotations
 
-from autotrace import client_span
+from autotrace import api, client_span
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -95,8 +95,8 @@ def _wrap_make_request(original):
     passes_retries = _takes(original, "retries")
 
     def _make_request(self, conn, method, url, *args, **kwargs):
-        outer = client_span.enclosing(LIBRARY)
-        if outer is not None:
+        outer = api.get_current().get(api.IN_CLIENT_CALL) if api.loaded else None  # client_span.enclosing, inline
+        if outer is not None and LIBRARY in outer.lower:  # under requests' call
             return _under_requests(original, outer.state, self, conn, method, url, args, kwargs)
         call = None
         try:
@@ -127,20 +127,18 @@ def _wrap_make_request(original):
         call.close()
         return response
 
-    def _resend_count(args, kwargs) -> int:
-        if not passes_retries:
-            return _resends.get() if _resends is not None else 0
-        retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
-        history = getattr(retries, "history", None)
-        return len(history) if history else 0
-
     def _under_requests(original, state, pool, conn, method, url, args, kwargs):
         # requests' call has the span; an attempt urllib3 retries is a span of its own,
         # with its own traceparent (see hooks/requests.py), so the call is told here.
         if state is None or not hasattr(state, "resend"):
             return original(pool, conn, method, url, *args, **kwargs)
         try:
-            if _resend_count(args, kwargs):
+            if passes_retries:  # _resend_count, inline
+                retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
+                resent = bool(getattr(retries, "history", None))
+            else:
+                resent = bool(_resends.get()) if _resends is not None else False
+            if resent:
                 call = state.resend(method, _url(pool, url))
                 if headers_at is not None and len(args) > headers_at:
                     args = list(args)
@@ -163,18 +161,17 @@ def _wrap_make_request(original):
 
 def _with_propagation(call: client_span.ClientSpan, headers):
     """A copy of the request's headers (same type) with the propagation headers in it."""
-    if headers is None:
-        copy = {}
-    else:
-        copy = None
-        try:
-            copy = headers.copy()  # dict, HTTPHeaderDict, a case-insensitive dict ...
-            if copy is headers or not hasattr(copy, "__setitem__"):
-                copy = None
-        except Exception:  # noqa: BLE001
+    if not headers:  # None or empty (a PoolManager's own {}): the propagation headers alone
+        return call.new_headers()
+    copy = None
+    try:
+        copy = headers.copy()  # dict, HTTPHeaderDict, a case-insensitive dict ...
+        if copy is headers or not hasattr(copy, "__setitem__"):
             copy = None
-        if copy is None:
-            copy = dict(headers.items())
+    except Exception:  # noqa: BLE001
+        copy = None
+    if copy is None:
+        copy = dict(headers.items())
     call.inject(copy)
     return copy
 
@@ -186,29 +183,38 @@ def _url(pool, url) -> str:
     url = url or "/"
     if url[:4].lower() == "http" and "://" in url[:8]:
         return url  # absolute: a request sent to a proxy
-    scheme = pool.scheme or "http"
-    host = pool.host or ""
+    key = (pool.scheme, pool.host, pool.port)
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        prefix = _prefix(*key)
+        if len(_PREFIXES) >= 256:
+            _PREFIXES.clear()  # bounded: start again
+        _PREFIXES[key] = prefix
+    return prefix + url
+
+
+# "scheme://host[:port]" by (scheme, host, port) of a pool: the same few pools, request after request.
+_PREFIXES: dict[tuple, str] = {}
+
+
+def _prefix(scheme: str | None, host: str | None, port: int | None) -> str:
+    scheme = scheme or "http"
+    host = host or ""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    port = pool.port
     if port is None or port == client_span.DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}{url}"
-    return f"{scheme}://{host}:{port}{url}"
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
+        headers = getattr(response, "headers", None)
         call.set_response(
             response.status,
-            client_span.protocol_version(getattr(response, "version", None)),
-            lambda: _response_headers(response),  # listed only when some are to be captured
+            getattr(response, "version", None),
+            # listed only when some are to be captured: urllib3's HTTPResponse (2.x), http.client's (1.26)
+            headers.items if headers is not None and hasattr(headers, "items") else response.getheaders,
         )
     except Exception:  # noqa: BLE001 - a response of another shape
         pass
-
-
-def _response_headers(response):
-    headers = getattr(response, "headers", None)
-    if headers is not None and hasattr(headers, "items"):
-        return headers.items()  # urllib3's HTTPResponse (2.x), http.client's (1.26)
-    return response.getheaders()

@@ -49,12 +49,10 @@ def _wrap_do_open(original):
                 resend_count=sum(redirects.values()) if redirects else 0,
             )
             if call is not None:
-                headers = _RequestHeaders(req)
-                call.inject(headers)
+                headers = _inject(call, req)
         except Exception:  # noqa: BLE001 - not a urllib Request: urllib itself says so
-            if headers is not None:
-                headers.restore()
-                headers = None
+            _restore(req, headers)
+            headers = None
         if call is None:
             return original(self, http_class, req, **http_conn_args)
         try:
@@ -62,16 +60,63 @@ def _wrap_do_open(original):
         except BaseException as exc:
             call.fail(exc)
             call.close()
-            if headers is not None:
-                headers.restore()
+            _restore(req, headers)
             raise
-        if headers is not None:
-            headers.restore()
+        _restore(req, headers)
         _record_response(call, response)
         call.close()
         return response
 
     return do_open
+
+
+def _inject(call: client_span.ClientSpan, req) -> list[str] | _RequestHeaders | None:
+    """Put the propagation headers in the request's ``unredirected_hdrs``; what :func:`_restore` undoes.
+
+    Usually the request has none of them, in any case (the names checked in one pass over
+    each dictionary, no call per key) and no header is captured: each is added under
+    urllib's capitalized key, and the keys added are returned. Else through
+    :class:`_RequestHeaders`, which replaces and puts back what the app set.
+    """
+    values = call.headers()
+    capture = client_span.capture_request_headers_wanted()
+    if not values and not capture:
+        return None
+    unredirected = req.unredirected_hdrs
+    names = values.keys()
+    try:
+        fresh = names.isdisjoint(map(str.lower, unredirected)) and names.isdisjoint(map(str.lower, req.headers))
+    except TypeError:  # a key that is not text
+        fresh = False
+    if fresh and not capture:
+        added = []
+        for name, value in values.items():
+            key = name.capitalize()
+            unredirected[key] = value
+            added.append(key)
+        return added
+    headers = _RequestHeaders(req)
+    try:
+        call.inject(headers)
+    except BaseException:
+        headers.restore()
+        raise
+    return headers
+
+
+def _restore(req, headers: list[str] | _RequestHeaders | None) -> None:
+    """Put the request back as it was before :func:`_inject`."""
+    if headers is None:
+        return
+    if type(headers) is list:
+        try:
+            unredirected = req.unredirected_hdrs
+            for key in headers:
+                unredirected.pop(key, None)
+        except Exception:  # noqa: BLE001
+            pass
+    else:
+        headers.restore()
 
 
 class _RequestHeaders:
@@ -153,7 +198,7 @@ def _record_response(call: client_span.ClientSpan, response) -> None:
     try:
         call.set_response(
             response.status,
-            client_span.protocol_version(getattr(response, "version", None)),
+            getattr(response, "version", None),
             response.getheaders,  # called only when some are to be captured
         )
     except Exception:  # noqa: BLE001 - an http_class of the app's own

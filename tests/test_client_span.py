@@ -311,3 +311,34 @@ def test_a_propagator_of_another_kind_is_asked_through_inject(spans):
             call.close()
         finally:
             propagate.set_global_textmap(saved)
+
+
+def test_spans_of_one_url_share_no_attributes(spans):
+    # A request's attributes are kept per (method, URL ...): each span has its own copy.
+    first = client_span.start("lib", "GET", "http://h:81/same")
+    first.span.set_attribute("app.key", "first")
+    first.set_response(500, 11)
+    first.close()
+    second = client_span.start("lib", "GET", "http://h:81/same")
+    second.set_response(200)
+    second.close()
+    one, two = spans.get_finished_spans()
+    assert one.attributes["app.key"] == "first" and one.attributes["http.response.status_code"] == 500
+    assert dict(two.attributes) == {
+        "http.request.method": "GET",
+        "url.full": "http://h:81/same",
+        "server.address": "h",
+        "server.port": 81,
+        "http.response.status_code": 200,
+    }
+    assert one.attributes["network.protocol.version"] == "1.1" and two.status.status_code == StatusCode.UNSET
+
+
+def test_set_response_takes_the_version_as_the_library_reports_it(spans):
+    for given, recorded in ((11, "1.1"), (20, "2"), ("HTTP/1.0", "1.0"), ("HTTP/2", "2"), ("1.1", "1.1"), ("3", "3"), (0, None), ([11], None)):
+        call = client_span.start("lib", "GET", "http://h/v")
+        call.set_response(204, given)
+        call.close()
+        span = spans.get_finished_spans()[-1]
+        assert span.attributes["http.response.status_code"] == 204
+        assert span.attributes.get("network.protocol.version") == recorded, given

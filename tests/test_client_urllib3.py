@@ -349,3 +349,12 @@ def test_named_headers_are_captured(client_hooks, peer, pool, monkeypatch):
     assert span.attributes["http.request.header.x-app"] == ("1",)
     assert span.attributes["http.request.header.traceparent"] == tuple(got.headers["traceparent"])
     assert span.attributes["http.response.header.x-peer"] == ("yes",)
+
+
+def test_a_request_without_headers_gets_the_propagation_headers_alone_and_they_are_captured(client_hooks, peer, pool, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "traceparent")
+    pool.urlopen("GET", "/ok?case=bare", headers={})
+    [span] = client_spans(client_hooks)
+    [got] = peer.requests("bare")
+    assert_propagated(span, got)
+    assert span.attributes["http.request.header.traceparent"] == tuple(got.headers["traceparent"])
