@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import api, spans
+from . import api, config, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
 from .redact import redact_query
@@ -76,6 +76,34 @@ class HeaderLookup:
     def listed(self) -> Iterable[str]:
         """The request's header names, as the server gives them."""
         return self._names()
+
+    def absent(self, names: Iterable[str]) -> bool | None:
+        """Whether none of these (lower-case) header names is in the request; None when the
+        lookup cannot tell without reading the values (no ``contains``)."""
+        contains = self.contains
+        if contains is None:
+            return None
+        for name in names:
+            if contains(name):
+                return False
+        return True
+
+
+class DictLookup(HeaderLookup):
+    """Headers gathered in one pass into a dict (lower-case name -> its values, in order), as
+    a :class:`HeaderLookup`: for servers whose headers are a list to scan (ASGI's)."""
+
+    __slots__ = ()
+
+    def __init__(self, values: dict[str, list[str]]) -> None:
+        self._lookup = values
+        self.contains = values.__contains__
+
+    def __call__(self, name: str) -> Sequence[str]:
+        return self._lookup.get(name, ())
+
+    def listed(self) -> Iterable[str]:
+        return self._lookup.keys()
 
 
 class MultiDictLookup(HeaderLookup):
@@ -164,12 +192,11 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     reads = fields_read(api.propagate.get_global_textmap())
     if reads is None or not getattr(getter, "names_in_any_case", False):
         return False
-    contains = getattr(carrier, "contains", None)
-    if contains is not None:
-        for name in reads:
-            if contains(name):
-                return False  # extraction reads it (and judges its values)
-    else:
+    absent = getattr(carrier, "absent", None)
+    found = absent(reads) if absent is not None else None  # the server's own test (HeaderLookup.absent)
+    if found is False:
+        return False  # extraction reads a field (and judges its values)
+    if found is None:
         for name in reads:
             if getter.get(carrier, name) is not None:
                 return False
@@ -273,6 +300,43 @@ class ServerSpan(SpanHandle):
         except Exception as exc:  # noqa: BLE001
             _report(exc)
 
+    def finish(self, code: int, route: str | None = None, keep: bool = False, headers: Iterable[tuple[str, str]] | None = None) -> None:
+        """A hook's whole end of a request in one call: the response's status code and route
+        (as :meth:`set_response`), its ``headers`` captured (when given: pass them only when
+        :attr:`response_headers` is set), the span ended and its context left (when attached)."""
+        span = self.span
+        if not self._ended:
+            self._ended = True
+            try:
+                known = getattr(span, "attributes", None) if (route and keep) or code >= 500 else None
+                if route and not (keep and known and "http.route" in known):
+                    values: dict[str, object] = {"http.route": route, "http.response.status_code": code}
+                else:
+                    values = {"http.response.status_code": code}
+                    route = None
+                set_values = getattr(span, "set_known", None)  # spans.set_known, inline
+                if set_values is not None:
+                    set_values(values)
+                else:
+                    span.set_attributes(values)
+                if route:
+                    span.update_name(f"{self.method} {route}")
+                # As set_status_code: an exception recorded already names the error better.
+                if code >= 500 and "error.type" not in (known or {}):
+                    mark_error(span, str(code))
+                if headers is not None:
+                    self.capture_response_headers(headers)
+            except Exception as exc:  # noqa: BLE001
+                _report(exc)
+            try:
+                span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        token = self._token
+        if token is not None:
+            self._token = None
+            api.detach(token)
+
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = http_settings().response_headers
         if wanted:
@@ -353,29 +417,36 @@ def start(
     """Start the request's SERVER span (its context made current, unless not ``attach``), or return None.
 
     ``path`` and ``query`` are the request target's parts, undecoded. ``headers`` looks
-    up a (lower-case) request header's values. ``user_agent``: the ``User-Agent``
-    header's (first) value when the server has it at hand (None: none), else looked up
-    in ``headers``. Never raises.
+    up a (lower-case) request header's values (a :class:`HeaderLookup` whose ``contains``
+    is set finds out in a call a field each that a request carries no propagation field).
+    ``user_agent``: the ``User-Agent`` header's (first) value when the server has it at
+    hand (None: none), else looked up in ``headers``. Never raises.
     """
     try:
         if not api.loaded:
             api.load()
         current = api.get_current()
-        if current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION):
+        # An empty context (most requests' at a server) holds neither mark.
+        if current and (current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION)):
             return None
-        settings = http_settings()
+        settings = config._http_settings or http_settings()  # noqa: SLF001 - read once per process: the global at hand
         if settings.excluded:
             url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
             if any(pattern.search(url) for pattern in settings.excluded):
                 return None
-        known = method if method in KNOWN_METHODS else None
-        if known is None:
+        if method in KNOWN_METHODS:
+            known = name = method
+        else:
             upper = method.upper()
             known = upper if upper in KNOWN_METHODS else None
+            name = known or "HTTP"
         # Computed only if the span is recorded (a partial: no closure made per request).
         attributes = partial(_attributes, method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
-        parent, links = extract_incoming(headers, _GETTER, current, settings.incoming_context)
-        name = known or "HTTP"
+        mode = settings.incoming_context
+        if mode == "continue" and not current and _absent(headers):
+            parent, links = current, None  # nothing to extract, no earlier links to drop: as it is
+        else:
+            parent, links = extract_incoming(headers, _GETTER, current, mode)
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
@@ -385,6 +456,20 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
+
+
+def _absent(headers: object) -> bool:
+    """Whether the request holds none of the fields the global propagator reads, as the
+    server's lookup tells (:meth:`HeaderLookup.absent`); False when the lookup cannot
+    tell or the propagator does not say what it reads: extraction decides."""
+    absent = getattr(headers, "absent", None)
+    if absent is None:
+        return False
+    propagator = api.propagate.get_global_textmap()
+    seen, reads = _reads
+    if seen is not propagator:
+        reads = fields_read(propagator)
+    return reads is not None and absent(reads) is True
 
 
 # A Host header -> (server.address, server.port), for the values seen last: a service is

@@ -71,13 +71,13 @@ def _traced(original):
             raise
         try:
             response = result[0]
-            span.set_response(int(response.status), _route(request), keep=True)
-            if span.response_headers:
-                span.capture_response_headers(response.headers.items())
+            code = int(response.status)
         except Exception:  # noqa: BLE001 - not aiohttp's (response, reset): nothing to record
-            pass
-        span.end()
-        span.detach()
+            span.end()
+            span.detach()
+            return result
+        # Status, route, named headers, the end and the detach: one call.
+        span.finish(code, _route(request), True, response.headers.items() if span.response_headers else None)
         return result
 
     return _handle_request
