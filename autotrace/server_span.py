@@ -443,9 +443,20 @@ def start(
         # Computed only if the span is recorded (a partial: no closure made per request).
         attributes = partial(_attributes, method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
         mode = settings.incoming_context
-        if mode == "continue" and not current and _absent(headers):
-            parent, links = current, None  # nothing to extract, no earlier links to drop: as it is
-        else:
+        parent = links = None
+        if mode == "continue" and not current:
+            # None of the fields the propagator reads in the request (the server's own test,
+            # HeaderLookup.absent), and no links of an earlier extraction in an empty
+            # context: extraction would leave it as it is.
+            absent = getattr(headers, "absent", None)
+            if absent is not None:
+                propagator = api.propagate.get_global_textmap()
+                seen, reads = _reads
+                if seen is not propagator:
+                    reads = fields_read(propagator)
+                if reads is not None and absent(reads) is True:
+                    parent = current
+        if parent is None:
             parent, links = extract_incoming(headers, _GETTER, current, mode)
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers and span.is_recording():
@@ -456,20 +467,6 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
-
-
-def _absent(headers: object) -> bool:
-    """Whether the request holds none of the fields the global propagator reads, as the
-    server's lookup tells (:meth:`HeaderLookup.absent`); False when the lookup cannot
-    tell or the propagator does not say what it reads: extraction decides."""
-    absent = getattr(headers, "absent", None)
-    if absent is None:
-        return False
-    propagator = api.propagate.get_global_textmap()
-    seen, reads = _reads
-    if seen is not propagator:
-        reads = fields_read(propagator)
-    return reads is not None and absent(reads) is True
 
 
 # A Host header -> (server.address, server.port), for the values seen last: a service is
@@ -497,10 +494,12 @@ def current() -> trace.Span | None:
     return api.get_current().get(api.IN_SERVER_SPAN)
 
 
-def set_route(route: str) -> None:
-    """Name the current SERVER span by its route template (called by framework hooks)."""
+def set_route(route: str, span: trace.Span | None = None) -> None:
+    """Name the current SERVER span (``span``, when the hook has it from :func:`current`)
+    by its route template (called by framework hooks)."""
     try:
-        span = current()
+        if span is None:
+            span = current()
         if span is None or not route:
             return
         set_known(span, {"http.route": route})
