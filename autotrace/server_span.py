@@ -275,7 +275,11 @@ class ServerSpan(SpanHandle):
     def set_status_code(self, code: int) -> None:
         try:
             span = self.span
-            set_known(span, {"http.response.status_code": code})
+            set_values = getattr(span, "set_known", None)  # spans.set_known, inline
+            if set_values is not None:
+                set_values({"http.response.status_code": code})
+            else:
+                span.set_attributes({"http.response.status_code": code})
             # An exception recorded already (one a framework turned into this response)
             # names the error better than its status code: error.type keeps it.
             if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):

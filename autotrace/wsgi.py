@@ -120,7 +120,7 @@ class _ClosingIterable:
         return self
 
     def __next__(self):
-        token = api.attach(self._context)
+        token = api.set_current(self._context)  # the API is loaded: a span was started
         try:
             if self._iterator is None:
                 self._iterator = iter(self._result)
@@ -143,7 +143,7 @@ class _ClosingIterable:
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
-                token = api.attach(self._context)
+                token = api.set_current(self._context)
                 try:
                     close()
                 finally:
