@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import api, config, spans
+from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
 from .redact import redact_query
@@ -433,7 +433,7 @@ def start(
         # An empty context (most requests' at a server) holds neither mark.
         if current and (current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION)):
             return None
-        settings = config._http_settings or http_settings()  # noqa: SLF001 - read once per process: the global at hand
+        settings = http_settings()
         if settings.excluded:
             url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
             if any(pattern.search(url) for pattern in settings.excluded):
