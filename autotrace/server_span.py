@@ -421,8 +421,8 @@ def start(
     """Start the request's SERVER span (its context made current, unless not ``attach``), or return None.
 
     ``path`` and ``query`` are the request target's parts, undecoded. ``headers`` looks
-    up a (lower-case) request header's values (a :class:`HeaderLookup` whose ``contains``
-    is set finds out in a call a field each that a request carries no propagation field).
+    up a (lower-case) request header's values (a :class:`HeaderLookup` tells with its
+    ``absent`` that the request carries no propagation field, without reading values).
     ``user_agent``: the ``User-Agent`` header's (first) value when the server has it at
     hand (None: none), else looked up in ``headers``. Never raises.
     """
