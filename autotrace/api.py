@@ -169,7 +169,7 @@ def http_suppressed(ctx: context.Context) -> bool:
 def attach(ctx: context.Context) -> object:
     """Make ``ctx`` current; the token for :func:`detach`, None if that failed. Never raises."""
     try:
-        return context.attach(ctx)
+        return set_current(ctx)  # context.attach, or its context variable's own set (see _find_fast_paths)
     except Exception:  # noqa: BLE001 - the work goes on in the context it had
         return None
 

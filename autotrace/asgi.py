@@ -92,7 +92,8 @@ async def call(app: Callable, scope: dict, receive: Callable, send: Callable) ->
                 responded = True
                 trailers = bool(message.get("trailers", False))
                 span.set_status_code(int(message.get("status", 0)))
-                span.capture_response_headers(_decoded(message.get("headers") or ()))
+                if span.response_headers:
+                    span.capture_response_headers(_decoded(message.get("headers") or ()))
             elif event == "http.response.body":
                 complete = not message.get("more_body", False) and not trailers
             elif event == "http.response.trailers":
@@ -135,42 +136,62 @@ def _decoded(headers) -> list[tuple[str, str]]:
 
 def _start(scope: dict) -> server_span.ServerSpan | None:
     try:
-        headers = scope.get("headers") or ()
-
-        def lookup(name: str) -> list[str]:
-            wanted = name.encode("latin-1")
-            return [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == wanted]
-
+        values: dict[str, list[str]] = {}  # the request's headers, gathered in one pass
+        for raw_name, raw_value in scope.get("headers") or ():
+            name = _names.get(raw_name) if type(raw_name) is bytes else None
+            if name is None:
+                name = _name(raw_name)
+            value = bytes(raw_value).decode("latin-1")
+            found = values.get(name)
+            if found is None:
+                values[name] = [value]
+            else:
+                found.append(value)
         server = scope.get("server") or (None, None)
         client = scope.get("client") or (None, None)
         address, port = server[0], server[1] if len(server) > 1 else None
-        host = lookup("host")
+        host = values.get("host")
         if host:
-            name, _, host_port = host[0].rpartition(":") if host[0].rfind(":") > host[0].rfind("]") else (host[0], "", "")
+            name, host_port = server_span.host_address(host[0])
             address = name or address
-            if host_port.isdigit():
-                port = int(host_port)
+            if host_port is not None:
+                port = host_port
         raw_path = scope.get("raw_path")
         path = scope.get("root_path", "") + scope.get("path", "/") if raw_path is None else _text(raw_path).partition("?")[0]
         default_scheme = "ws" if scope.get("type") == "websocket" else "http"
+        agent = values.get("user-agent")
         return server_span.start(
-            method=scope.get("method", "GET"),
-            scheme=scope.get("scheme", default_scheme),
-            path=path,
-            query=_text(scope.get("query_string", b"")),
-            headers=server_span.HeaderLookup(lookup, lambda: [bytes(k).decode("latin-1") for k, _ in headers]),
-            server_address=address,
-            server_port=port if isinstance(port, int) else None,
-            client_address=client[0] if client else None,
-            protocol_version=scope.get("http_version"),
+            scope.get("method", "GET"),
+            scope.get("scheme", default_scheme),
+            path,
+            _text(scope.get("query_string", b"")),
+            server_span.DictLookup(values),
+            address,
+            port if isinstance(port, int) else None,
+            client[0] if client else None,
+            scope.get("http_version"),
+            agent[0] if agent else None,
         )
     except Exception:  # noqa: BLE001 - never fail a request
         return None
 
 
+# Header names as they come (bytes) -> as text, lower case: few distinct names. Bounded.
+_names: dict[object, str] = {}
+
+
+def _name(raw: object) -> str:
+    name = bytes(raw).decode("latin-1").lower()
+    if len(_names) < 256 and type(raw) is bytes:
+        _names[raw] = name
+    return name
+
+
 def _text(value) -> str:
     if isinstance(value, str):
         return value
+    if type(value) is bytes and value.isascii():
+        return value.decode("ascii")
     try:
         return bytes(value).decode("utf-8")
     except UnicodeDecodeError:

@@ -77,6 +77,34 @@ class HeaderLookup:
         """The request's header names, as the server gives them."""
         return self._names()
 
+    def absent(self, names: Iterable[str]) -> bool | None:
+        """Whether none of these (lower-case) header names is in the request; None when the
+        lookup cannot tell without reading the values (no ``contains``)."""
+        contains = self.contains
+        if contains is None:
+            return None
+        for name in names:
+            if contains(name):
+                return False
+        return True
+
+
+class DictLookup(HeaderLookup):
+    """Headers gathered in one pass into a dict (lower-case name -> its values, in order), as
+    a :class:`HeaderLookup`: for servers whose headers are a list to scan (ASGI's)."""
+
+    __slots__ = ()
+
+    def __init__(self, values: dict[str, list[str]]) -> None:
+        self._lookup = values
+        self.contains = values.__contains__
+
+    def __call__(self, name: str) -> Sequence[str]:
+        return self._lookup.get(name, ())
+
+    def listed(self) -> Iterable[str]:
+        return self._lookup.keys()
+
 
 class MultiDictLookup(HeaderLookup):
     """The headers of a case-insensitive multidict (aiohttp's ``CIMultiDictProxy``: ``getall``,
@@ -164,12 +192,11 @@ def _nothing_to_extract(carrier, getter, base: context.Context) -> bool:
     reads = fields_read(api.propagate.get_global_textmap())
     if reads is None or not getattr(getter, "names_in_any_case", False):
         return False
-    contains = getattr(carrier, "contains", None)
-    if contains is not None:
-        for name in reads:
-            if contains(name):
-                return False  # extraction reads it (and judges its values)
-    else:
+    absent = getattr(carrier, "absent", None)
+    found = absent(reads) if absent is not None else None  # the server's own test (HeaderLookup.absent)
+    if found is False:
+        return False  # extraction reads a field (and judges its values)
+    if found is None:
         for name in reads:
             if getter.get(carrier, name) is not None:
                 return False
@@ -248,7 +275,11 @@ class ServerSpan(SpanHandle):
     def set_status_code(self, code: int) -> None:
         try:
             span = self.span
-            set_known(span, {"http.response.status_code": code})
+            set_values = getattr(span, "set_known", None)  # spans.set_known, inline
+            if set_values is not None:
+                set_values({"http.response.status_code": code})
+            else:
+                span.set_attributes({"http.response.status_code": code})
             # An exception recorded already (one a framework turned into this response)
             # names the error better than its status code: error.type keeps it.
             if code >= 500 and "error.type" not in (getattr(span, "attributes", None) or {}):
@@ -272,6 +303,43 @@ class ServerSpan(SpanHandle):
                 mark_error(span, str(code))
         except Exception as exc:  # noqa: BLE001
             _report(exc)
+
+    def finish(self, code: int, route: str | None = None, keep: bool = False, headers: Iterable[tuple[str, str]] | None = None) -> None:
+        """A hook's whole end of a request in one call: the response's status code and route
+        (as :meth:`set_response`), its ``headers`` captured (when given: pass them only when
+        :attr:`response_headers` is set), the span ended and its context left (when attached)."""
+        span = self.span
+        if not self._ended:
+            self._ended = True
+            try:
+                known = getattr(span, "attributes", None) if (route and keep) or code >= 500 else None
+                if route and not (keep and known and "http.route" in known):
+                    values: dict[str, object] = {"http.route": route, "http.response.status_code": code}
+                else:
+                    values = {"http.response.status_code": code}
+                    route = None
+                set_values = getattr(span, "set_known", None)  # spans.set_known, inline
+                if set_values is not None:
+                    set_values(values)
+                else:
+                    span.set_attributes(values)
+                if route:
+                    span.update_name(f"{self.method} {route}")
+                # As set_status_code: an exception recorded already names the error better.
+                if code >= 500 and "error.type" not in (known or {}):
+                    mark_error(span, str(code))
+                if headers is not None:
+                    self.capture_response_headers(headers)
+            except Exception as exc:  # noqa: BLE001
+                _report(exc)
+            try:
+                span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        token = self._token
+        if token is not None:
+            self._token = None
+            api.detach(token)
 
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = http_settings().response_headers
@@ -353,29 +421,47 @@ def start(
     """Start the request's SERVER span (its context made current, unless not ``attach``), or return None.
 
     ``path`` and ``query`` are the request target's parts, undecoded. ``headers`` looks
-    up a (lower-case) request header's values. ``user_agent``: the ``User-Agent``
-    header's (first) value when the server has it at hand (None: none), else looked up
-    in ``headers``. Never raises.
+    up a (lower-case) request header's values (a :class:`HeaderLookup` tells with its
+    ``absent`` that the request carries no propagation field, without reading values).
+    ``user_agent``: the ``User-Agent`` header's (first) value when the server has it at
+    hand (None: none), else looked up in ``headers``. Never raises.
     """
     try:
         if not api.loaded:
             api.load()
         current = api.get_current()
-        if current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION):
+        # An empty context (most requests' at a server) holds neither mark.
+        if current and (current.get(api.IN_SERVER_SPAN) or current.get(api.SUPPRESS_INSTRUMENTATION)):
             return None
         settings = http_settings()
         if settings.excluded:
             url = f"{scheme}://{server_address or ''}{'' if server_port is None else ':' + str(server_port)}{path}{'?' + query if query else ''}"
             if any(pattern.search(url) for pattern in settings.excluded):
                 return None
-        known = method if method in KNOWN_METHODS else None
-        if known is None:
+        if method in KNOWN_METHODS:
+            known = name = method
+        else:
             upper = method.upper()
             known = upper if upper in KNOWN_METHODS else None
+            name = known or "HTTP"
         # Computed only if the span is recorded (a partial: no closure made per request).
         attributes = partial(_attributes, method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
-        parent, links = extract_incoming(headers, _GETTER, current, settings.incoming_context)
-        name = known or "HTTP"
+        mode = settings.incoming_context
+        parent = links = None
+        if mode == "continue" and not current:
+            # None of the fields the propagator reads in the request (the server's own test,
+            # HeaderLookup.absent), and no links of an earlier extraction in an empty
+            # context: extraction would leave it as it is.
+            absent = getattr(headers, "absent", None)
+            if absent is not None:
+                propagator = api.propagate.get_global_textmap()
+                seen, reads = _reads
+                if seen is not propagator:
+                    reads = fields_read(propagator)
+                if reads is not None and absent(reads) is True:
+                    parent = current
+        if parent is None:
+            parent, links = extract_incoming(headers, _GETTER, current, mode)
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
@@ -412,10 +498,12 @@ def current() -> trace.Span | None:
     return api.get_current().get(api.IN_SERVER_SPAN)
 
 
-def set_route(route: str) -> None:
-    """Name the current SERVER span by its route template (called by framework hooks)."""
+def set_route(route: str, span: trace.Span | None = None) -> None:
+    """Name the current SERVER span (``span``, when the hook has it from :func:`current`)
+    by its route template (called by framework hooks)."""
     try:
-        span = current()
+        if span is None:
+            span = current()
         if span is None or not route:
             return
         set_known(span, {"http.route": route})

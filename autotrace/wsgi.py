@@ -73,7 +73,8 @@ def call(app: Callable, environ: dict, start_response: Callable):
     def traced_start_response(status, headers, exc_info=None):
         try:
             span.set_status_code(int(str(status)[:3]))
-            span.capture_response_headers(headers)
+            if span.response_headers:
+                span.capture_response_headers(headers)
         except Exception:  # noqa: BLE001 - a malformed status is the server's business
             pass
         return start_response(status, headers, exc_info) if exc_info is not None else start_response(status, headers)
@@ -112,13 +113,14 @@ class _ClosingIterable:
         self._result = result
         self._iterator = None
         self._span = span
+        self._context = span.context
         self._yielded = False
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        token = api.attach(self._span.context)
+        token = api.set_current(self._context)  # the API is loaded: a span was started
         try:
             if self._iterator is None:
                 self._iterator = iter(self._result)
@@ -141,7 +143,7 @@ class _ClosingIterable:
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
-                token = api.attach(self._span.context)
+                token = api.set_current(self._context)
                 try:
                     close()
                 finally:
@@ -162,46 +164,75 @@ class _SizedClosingIterable(_ClosingIterable):
 
 def _start(environ: dict) -> server_span.ServerSpan | None:
     try:
-        query = environ.get("QUERY_STRING", "")
-        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        get = environ.get
+        query = get("QUERY_STRING", "")
+        raw = get("RAW_URI") or get("REQUEST_URI")
         if isinstance(raw, str) and raw.startswith("/"):
             # The target as sent (gunicorn, waitress, werkzeug): the path undecoded, as
             # http.server and ASGI servers (raw_path) give it.
             path = raw.partition("?")[0].partition("#")[0]
         else:
-            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "") or "/"
-        port = environ.get("SERVER_PORT")
-        host = environ.get("HTTP_HOST")
-        address = None
-        if host:
-            address, _, host_port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
-            if host_port.isdigit():
-                port = host_port
+            path = get("SCRIPT_NAME", "") + get("PATH_INFO", "") or "/"
+        host = get("HTTP_HOST")
+        address, port = server_span.host_address(host) if host else (None, None)
+        if port is None:
+            port = get("SERVER_PORT")
+            port = int(port) if port and str(port).isdigit() else None
+        protocol = get("SERVER_PROTOCOL")
         return server_span.start(
-            method=environ.get("REQUEST_METHOD", "GET"),
-            scheme=environ.get("wsgi.url_scheme", "http"),
-            path=_latin1_to_text(path),
-            query=_latin1_to_text(query),
-            headers=server_span.HeaderLookup(
-                lambda name: _environ_values(environ, name),
-                lambda: [key[5:].replace("_", "-") for key in environ if key.startswith("HTTP_")],
-            ),
-            server_address=address or environ.get("SERVER_NAME"),
-            server_port=int(port) if port and str(port).isdigit() else None,
-            client_address=environ.get("REMOTE_ADDR"),
-            protocol_version=_protocol_version(environ.get("SERVER_PROTOCOL")),
+            get("REQUEST_METHOD", "GET"),
+            get("wsgi.url_scheme", "http"),
+            path if path.isascii() else _latin1_to_text(path),
+            query if query.isascii() else _latin1_to_text(query),
+            EnvironLookup(environ),
+            address or get("SERVER_NAME"),
+            port,
+            get("REMOTE_ADDR"),
+            _versions.get(protocol) or _protocol_version(protocol),
+            get("HTTP_USER_AGENT"),
         )
     except Exception:  # noqa: BLE001 - never fail a request
         return None
 
 
+class EnvironLookup(server_span.HeaderLookup):
+    """A WSGI environ's request headers (``HTTP_*``, ``CONTENT_TYPE``, ``CONTENT_LENGTH``) as a
+    :class:`~autotrace.server_span.HeaderLookup`, made without a closure for each request."""
+
+    __slots__ = ()
+
+    def __init__(self, environ: dict) -> None:
+        self._lookup = environ
+        self.contains = None
+
+    def __call__(self, name: str) -> list[str]:
+        return _environ_values(self._lookup, name)
+
+    def listed(self) -> list[str]:
+        return [key[5:].replace("_", "-") for key in self._lookup if key.startswith("HTTP_")]
+
+    def absent(self, names: frozenset[str]) -> bool:
+        """Whether none of these header names is in the environ: one set operation."""
+        keys = _environ_keys.get(names)
+        if keys is None:
+            keys = _environ_keys[names] = frozenset(_environ_key(name) for name in names)
+        return self._lookup.keys().isdisjoint(keys)
+
+
+# The environ keys of the sets of header names asked about (the propagators' fields: few sets).
+_environ_keys: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _environ_key(name: str) -> str:
+    """A (lower-case) header name's environ key (``content-type`` -> ``CONTENT_TYPE``,
+    ``user-agent`` -> ``HTTP_USER_AGENT``)."""
+    if name in ("content-type", "content-length"):
+        return name.upper().replace("-", "_")
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
 def _environ_values(environ: dict, name: str) -> list[str]:
-    if name == "content-type":
-        value = environ.get("CONTENT_TYPE")
-    elif name == "content-length":
-        value = environ.get("CONTENT_LENGTH")
-    else:
-        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    value = environ.get(_environ_key(name))
     return [value] if value else []
 
 
@@ -214,6 +245,11 @@ def _latin1_to_text(value: str) -> str:
 
 
 def _protocol_version(protocol: str | None) -> str | None:
-    if protocol and protocol.upper().startswith("HTTP/"):
-        return protocol[5:]
-    return None
+    """``SERVER_PROTOCOL`` as ``network.protocol.version`` (``HTTP/1.1`` -> ``1.1``), kept per value."""
+    version = protocol[5:] if protocol and protocol.upper().startswith("HTTP/") else None
+    if version is not None and len(_versions) < 16:
+        _versions[protocol] = version
+    return version
+
+
+_versions: dict[str, str] = {}  # SERVER_PROTOCOL -> its version (few values: bounded)

@@ -1,7 +1,7 @@
 """Throughput and latency of a Flask hello app under gunicorn: plain vs under the agent.
 
     python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--no-export] [--protocol http|grpc] [--compare LABEL=VENV_BIN_DIR ...]
-    python benchmarks/gunicorn_flask.py --app aiohttp|tornado --instructions [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py [--app flask|aiohttp|tornado] --instructions [--compare LABEL=VENV_BIN_DIR ...]
 
 ``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
 worker (``-k aiohttp.GunicornWebWorker``), with the same targets. ``--app tornado``: a
@@ -24,10 +24,12 @@ worker processes' user + system time from /proc over the timed run, divided by t
 requests wrk completed): on a machine shared with other work it moves much less than the
 throughput, and its difference to plain is what the agent adds to each request.
 
-``--instructions`` (``--app aiohttp`` or ``tornado``): instead of timing, the
+``--instructions``: instead of timing, the
 instructions per request as valgrind's callgrind counts them (Debian package valgrind),
-which the machine's load does not move: the app and a raw keep-alive HTTP/1.1 client on
-one event loop in one process (``INSTRUCTIONS_DRIVER``), 2,000 requests after 300 of
+which the machine's load does not move: for aiohttp and Tornado, the app and a raw
+keep-alive HTTP/1.1 client on one event loop in one process (``INSTRUCTIONS_DRIVER``);
+for Flask, the app called as a WSGI app in process as gunicorn's sync worker calls it,
+no server and no socket (``FLASK_INSTRUCTIONS_DRIVER``); 2,000 requests after 300 of
 warm-up, counted only inside the ``functools.reduce`` call that runs them (start-up,
 imports and warm-up left out); spans made, not exported. The client's share is the same
 in every variant, so the difference to plain is the agent's, server side.
@@ -146,11 +148,54 @@ functools.reduce(lambda _, n: loop.run_until_complete(run(n)), [calls], None)  #
 '''
 
 
+# --instructions --app flask: the Flask hello called as a WSGI app in process, as gunicorn's
+# sync worker calls it (an environ per request, start_response, the body iterated, closed);
+# under `autotrace run` Flask's own entry point starts the span (autotrace.wsgi.call, the
+# path gunicorn's wrapped app takes). argv: app (flask), requests.
+FLASK_INSTRUCTIONS_DRIVER = """
+import functools, io, sys
+
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.get("/hello/<name>")
+def hello(name):
+    return f"hello {name}"
+
+
+ENVIRON = {
+    "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/hello/world", "QUERY_STRING": "", "RAW_URI": "/hello/world",
+    "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1:8000",
+    "HTTP_USER_AGENT": "wrk", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000", "wsgi.url_scheme": "http",
+    "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+}
+
+
+def start_response(status, headers, exc_info=None):
+    return None
+
+
+def run(n):
+    for _ in range(n):
+        environ = dict(ENVIRON, **{"wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr})
+        body = app(environ, start_response)
+        for _chunk in body:
+            pass
+        body.close()
+
+
+run(300)
+functools.reduce(lambda _, n: run(n), [int(sys.argv[2])], None)  # what callgrind counts
+"""
+
+
 def _instructions(app: str, variants: dict[str, list[str]], env: dict[str, str], requests: int = 2000) -> None:
     """Instructions per request of each variant (``[launcher..., python]``), counted in parallel."""
     with tempfile.TemporaryDirectory() as tmp:
         driver = Path(tmp, "driver.py")
-        driver.write_text(INSTRUCTIONS_DRIVER)
+        driver.write_text(FLASK_INSTRUCTIONS_DRIVER if app == "flask" else INSTRUCTIONS_DRIVER)
         running = {
             name: subprocess.Popen(
                 ["valgrind", "--tool=callgrind", "--trace-children=yes", "--collect-atstart=no", "--toggle-collect=functools_reduce",
@@ -166,7 +211,8 @@ def _instructions(app: str, variants: dict[str, list[str]], env: dict[str, str],
                 raise SystemExit(f"{name} failed under valgrind:\n{err[-3000:]}")
             counts[name] = sum(int(found) for found in re.findall(r"Collected : (\d+)", err)) / requests
     plain = counts.pop("plain")
-    print(f"{app} hello, instructions per request (app + client in one process, user space, spans not exported; valgrind --tool=callgrind)")
+    how = "the WSGI app called in process" if app == "flask" else "app + client in one process"
+    print(f"{app} hello, instructions per request ({how}, user space, spans not exported; valgrind --tool=callgrind)")
     print(f"  plain {plain:,.0f}" + "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in counts.items()))
 
 
@@ -258,13 +304,11 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http", help="how spans are exported to the sink")
     parser.add_argument(
         "--instructions", action="store_true",
-        help="--app aiohttp or tornado: count instructions per request in process with valgrind (callgrind) instead of timing",
+        help="count instructions per request in process with valgrind (callgrind) instead of timing",
     )
     args = parser.parse_args()
     source, server_command, title = APPS[args.app]
     if args.instructions:
-        if args.app == "flask":
-            parser.error("--instructions: --app aiohttp or --app tornado")
         env = harness.plain_env()
         counted = {"plain": [str(harness.BIN / "python")], "autotrace run": [str(harness.BIN / "autotrace"), "run", str(harness.BIN / "python")]}
         for item in args.compare:

@@ -57,7 +57,10 @@ def _traced(original):
         if span is None:
             return await original(self, request, start_time, request_handler, *args, **kwargs)
         try:
-            result = await original(self, request, start_time, request_handler, *args, **kwargs)
+            if args or kwargs:
+                result = await original(self, request, start_time, request_handler, *args, **kwargs)
+            else:  # aiohttp's own call (3.8 and later): without packing the arguments again
+                result = await original(self, request, start_time, request_handler)
         except BaseException as exc:
             # aiohttp's ConnectionError when the handler failed after its response began:
             # the handler's exception, recorded by handle_error, names the error better.
@@ -71,13 +74,14 @@ def _traced(original):
             raise
         try:
             response = result[0]
-            span.set_response(int(response.status), _route(request), keep=True)
-            if span.response_headers:
-                span.capture_response_headers(response.headers.items())
+            code = int(response.status)
+            headers = response.headers.items() if span.response_headers else None
         except Exception:  # noqa: BLE001 - not aiohttp's (response, reset): nothing to record
-            pass
-        span.end()
-        span.detach()
+            span.end()
+            span.detach()
+            return result
+        # Status, route, named headers, the end and the detach: one call.
+        span.finish(code, _route(request), True, headers)
         return result
 
     return _handle_request
@@ -139,6 +143,7 @@ def _start(request) -> server_span.ServerSpan | None:
             if isinstance(sockname, tuple) and len(sockname) >= 2:
                 address, port = sockname[0], sockname[1]
         scheme = request.scheme
+        version = request.version
         if "Upgrade" in headers and headers["Upgrade"].lower() == "websocket":
             scheme = "wss" if scheme == "https" else "ws"
         return server_span.start(
@@ -150,7 +155,7 @@ def _start(request) -> server_span.ServerSpan | None:
             address,
             port,
             request.remote,
-            _version(request.version),
+            _versions.get(version) or _version(version),
             headers.get("User-Agent"),
         )
     except Exception:  # noqa: BLE001 - never fail a request

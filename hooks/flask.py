@@ -40,11 +40,12 @@ def patch(module: ModuleType) -> None:
 
 def _named_by_rule(original, request):
     def full_dispatch_request(self):
-        if server_span.current() is not None:
+        span = server_span.current()
+        if span is not None:
             try:
                 rule = request.url_rule
                 if rule is not None:
-                    server_span.set_route(rule.rule)
+                    server_span.set_route(rule.rule, span)
             except Exception:  # noqa: BLE001 - the request is served regardless
                 pass
         return original(self)

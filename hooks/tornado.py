@@ -262,14 +262,12 @@ def _end(handler, span: server_span.ServerSpan, upgrade_stays_open: bool = False
         if not with_status:
             span.end()
             return
-        span.set_status_code(status)
-        if span.response_headers:
-            headers = getattr(handler, "_headers", None)
-            if headers is not None:
-                span.capture_response_headers(headers.get_all())
+        headers = getattr(handler, "_headers", None) if span.response_headers else None
+        # The status, the named headers and the end in one call.
+        span.finish(status, None, False, headers.get_all() if headers is not None else None)
     except Exception:  # noqa: BLE001
         pass
-    span.end()
+    span.end()  # ended already, unless the status could not be read
 
 
 def _handing_over(original):

@@ -548,3 +548,169 @@ def test_no_fields_keeps_the_current_span_and_baggage_as_extraction_would(spans)
     base = baggage.set_baggage("tenant", "a", context.Context())
     parent, links = extract({"user-agent": "curl"}, base)
     assert baggage.get_baggage("tenant", parent) == "a" and links == []
+
+
+# -- the servers' own lookups: whether the fields are absent, the same span either way ----
+
+HEADER_SETS = [
+    [],
+    [("User-Agent", "curl/8.0"), ("Accept", "*/*")],
+    [("traceparent", TRACEPARENT)],
+    [("TraceParent", TRACEPARENT)],
+    [("traceparent", TRACEPARENT), ("TRACESTATE", "a=1,b=2")],
+    [("tracestate", "a=1")],  # no traceparent: a new trace, the tracestate not read
+    [("Baggage", "tenant=a")],
+    [("traceparent", "garbage")],
+    [("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)],  # given twice: a new trace
+]
+
+
+def server_lookups(pairs):
+    """The same request headers through each kind of server lookup (name -> lookup)."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from autotrace import wsgi
+
+    table: dict[str, list[str]] = {}
+    for name, value in pairs:
+        table.setdefault(name.lower(), []).append(value)
+    environ = {"HTTP_" + name.upper().replace("-", "_"): ",".join(values) for name, values in table.items()}
+    return {
+        "a plain function (always extracted)": lambda name: table.get(name, []),
+        "HeaderLookup with contains": server_span.HeaderLookup(lambda name: table.get(name, []), table.keys, table.__contains__),
+        "HeaderLookup without contains": server_span.HeaderLookup(lambda name: table.get(name, []), table.keys),
+        "DictLookup (ASGI)": server_span.DictLookup(table),
+        "MultiDictLookup (aiohttp)": server_span.MultiDictLookup(CIMultiDictProxy(CIMultiDict(pairs))),
+        "EnvironLookup (WSGI)": wsgi.EnvironLookup(environ),
+    }
+
+
+def seen_by_the_request(spans, headers, base=None):
+    """What a request with ``headers`` gets: its span's parent, trace, links, and the baggage current in it."""
+    token = context.attach(base) if base is not None else None
+    try:
+        span = server_span.start("GET", "http", "/", "", headers)
+        assert span is not None
+        tenant = baggage.get_baggage("tenant")
+        finish(span)
+    finally:
+        if token is not None:
+            context.detach(token)
+    recorded = spans.get_finished_spans()[-1]
+    parent = recorded.parent
+    return (
+        (parent.trace_id, parent.span_id, parent.is_remote, dict(parent.trace_state)) if parent else None,
+        recorded.context.trace_id if parent else "new trace",
+        [(link.context.trace_id, link.context.span_id) for link in recorded.links],
+        tenant,
+    )
+
+
+@pytest.mark.parametrize("pairs", HEADER_SETS, ids=[repr(pairs)[:60] for pairs in HEADER_SETS])
+def test_every_server_lookup_gives_the_span_a_plain_lookup_gives(spans, pairs):
+    seen = {kind: seen_by_the_request(spans, headers) for kind, headers in server_lookups(pairs).items()}
+    reference = seen.pop("a plain function (always extracted)")
+    assert all(found == reference for found in seen.values()), (reference, seen)
+    if any(name.lower() == "traceparent" for name, _ in pairs) and len(pairs) == 1 and pairs[0][1] == TRACEPARENT:
+        assert reference[0][:3] == (int(TRACE_ID, 16), int(SPAN_ID, 16), True)
+
+
+@pytest.mark.parametrize("pairs", HEADER_SETS, ids=[repr(pairs)[:60] for pairs in HEADER_SETS])
+def test_every_server_lookup_gives_the_same_span_under_a_current_context(spans, pairs):
+    base = baggage.set_baggage("tenant", "current", context.Context())
+    seen = {kind: seen_by_the_request(spans, headers, base) for kind, headers in server_lookups(pairs).items()}
+    reference = seen.pop("a plain function (always extracted)")
+    assert all(found == reference for found in seen.values()), (reference, seen)
+
+
+@pytest.mark.parametrize("kind", ["HeaderLookup with contains", "DictLookup (ASGI)", "MultiDictLookup (aiohttp)", "EnvironLookup (WSGI)"])
+def test_a_server_lookup_without_the_fields_is_not_extracted_one_with_them_is(spans, global_propagator, kind):
+    from autotrace.propagation.composite import CompositePropagator
+
+    spy = Spy()
+    global_propagator(CompositePropagator([spy]))
+    finish(server_span.start("GET", "http", "/", "", server_lookups([("User-Agent", "curl"), ("X-Other", "1")])[kind]))
+    assert spy.extracted == 0
+    finish(server_span.start("GET", "http", "/", "", server_lookups([("X-SPY", "1")])[kind]))
+    assert spy.extracted == 1
+    assert len(spans.get_finished_spans()) == 2
+
+
+def test_absent_tells_only_with_a_membership_test():
+    table = {"traceparent": [TRACEPARENT]}
+    assert server_span.HeaderLookup(table.get, table.keys).absent({"traceparent"}) is None
+    assert server_span.HeaderLookup(table.get, table.keys, table.__contains__).absent({"traceparent"}) is False
+    assert server_span.DictLookup(table).absent({"tracestate", "baggage"}) is True
+    assert server_span.DictLookup(table).absent(frozenset()) is True
+
+
+# -- ServerSpan.finish: a hook's whole end of the request ----------------------------------
+
+
+def test_finish_sets_status_and_route_ends_and_leaves_the_context(spans):
+    before = context.get_current()
+    span = start("GET", "/items/42")
+    span.finish(200, "/items/{id}")
+    assert context.get_current() == before and span.ended
+    recorded = only(spans)
+    assert recorded.name == "GET /items/{id}"
+    assert recorded.attributes["http.route"] == "/items/{id}"
+    assert recorded.attributes["http.response.status_code"] == 200
+    assert recorded.status.status_code is StatusCode.UNSET
+    span.finish(500, "/other")  # ended: nothing more
+    span.end()
+    span.detach()
+    assert len(spans.get_finished_spans()) == 1 and only(spans).attributes["http.response.status_code"] == 200
+
+
+def test_finish_without_route_keeps_the_method_name(spans):
+    start("POST").finish(204)
+    recorded = only(spans)
+    assert recorded.name == "POST" and "http.route" not in recorded.attributes
+
+
+def test_finish_keeps_a_route_a_framework_set_when_asked(spans):
+    span = start("GET", "/app/items/1")
+    server_span.set_route("/items/<int:id>")  # a framework under the server named it
+    span.finish(200, "/app/{tail:.*}", keep=True)
+    recorded = only(spans)
+    assert recorded.name == "GET /items/<int:id>" and recorded.attributes["http.route"] == "/items/<int:id>"
+
+
+def test_finish_5xx_is_an_error_named_by_a_recorded_exception_first(spans):
+    start().finish(503, "/items/{id}")
+    span = start()
+    span.record_exception(ValueError("boom"))
+    span.finish(500)
+    first, second = spans.get_finished_spans()
+    assert first.status.status_code is StatusCode.ERROR and first.attributes["error.type"] == "503"
+    assert second.status.status_code is StatusCode.ERROR and second.attributes["error.type"] == "ValueError"
+
+
+def test_finish_captures_the_response_headers_given(spans, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-type")
+    config.reset_http_settings()
+    span = start()
+    assert span.response_headers
+    span.finish(200, None, False, [("Content-Type", "text/plain"), ("X-Other", "1")])
+    assert tuple(only(spans).attributes["http.response.header.content-type"]) == ("text/plain",)
+
+
+def test_finish_ends_and_detaches_even_when_recording_fails(spans, warnings):
+    class Broken:
+        attributes = {}
+        ended = False
+
+        def set_attributes(self, attributes):
+            raise RuntimeError("cannot record")
+
+        def end(self):
+            self.ended = True
+
+    before = context.get_current()
+    broken = Broken()
+    ctx = context.set_value("x", 1)
+    span = server_span.ServerSpan(broken, ctx, context.attach(ctx), "GET")
+    span.finish(200, "/r")  # never raises
+    assert broken.ended and span.ended and context.get_current() == before
+    assert any("cannot record" in line for line in warnings())

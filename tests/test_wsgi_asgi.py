@@ -831,3 +831,40 @@ def test_asgi_concurrent_requests_keep_their_own_spans(spans):
     asyncio.run(main())
     names = sorted(s.name for s in spans.get_finished_spans())
     assert names == [f"GET /p{i}/{{x}}" for i in range(5)]
+
+
+def test_asgi_headers_in_any_case_and_form_read_in_one_pass(spans):
+    """Header names as servers may give them (upper case, a bytearray, repeated): the
+    parent, the tracestate, the host, the user agent read as a case-insensitive lookup would."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    headers = [
+        (b"TraceParent", TRACEPARENT.encode()),
+        (bytearray(b"tracestate"), b"a=1"),
+        (b"TRACESTATE", b"b=2"),
+        (b"User-Agent", b"ua/1"),
+        (b"user-agent", b"ua/2"),
+    ]
+    run(app, http_scope(headers=headers, scheme="https"), Channel(spans))
+    recorded = only(spans)
+    assert f"{recorded.parent.span_id:016x}" == SPAN_ID
+    assert dict(recorded.parent.trace_state) == {"a": "1", "b": "2"}
+    assert recorded.attributes["user_agent.original"] == "ua/1"
+    assert (recorded.attributes["server.address"], recorded.attributes["server.port"]) == ("api.example", 8443)
+
+
+def test_wsgi_propagation_fields_found_in_the_environ_without_reading_others(spans):
+    from autotrace.wsgi import EnvironLookup
+
+    lookup = EnvironLookup(environ(HTTP_TRACEPARENT=TRACEPARENT, CONTENT_TYPE="text/plain", HTTP_X_A_B="1"))
+    assert lookup.absent(frozenset({"traceparent"})) is False
+    assert lookup.absent(frozenset({"tracestate", "baggage"})) is True
+    assert lookup.absent(frozenset({"content-type"})) is False
+    assert lookup("content-type") == ["text/plain"] and lookup("x-a-b") == ["1"] and lookup("baggage") == []
+    assert sorted(lookup.names()) == ["host", "traceparent", "x-a-b"]
+    wsgi.wrap(list_app())(environ(HTTP_TRACEPARENT=TRACEPARENT, HTTP_USER_AGENT="ua/3"), StartResponse())
+    recorded = only(spans)
+    assert f"{recorded.parent.span_id:016x}" == SPAN_ID and recorded.attributes["user_agent.original"] == "ua/3"
