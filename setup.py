@@ -71,6 +71,9 @@ except (ImportError, AttributeError):  # an old setuptools: editable installs la
 # The light span's encoder in C (autotrace/_speedups.c). Optional: without a compiler (or
 # Python's headers) the build goes on without it and the agent uses the pure-Python code,
 # the reference (autotrace.otlp_encode). ``autotrace doctor`` says which one is in use.
+# AUTOTRACE_PURE_WHEEL=1 leaves it out: a py3-none-any wheel, for an image or machine whose
+# Python version or platform differs from the one building it (docs/deploy.md).
 SPEEDUPS = Extension("autotrace._speedups", sources=["autotrace/_speedups.c"], optional=True)
+PURE = os.environ.get("AUTOTRACE_PURE_WHEEL", "").strip().lower() in ("1", "true", "yes")
 
-setup(cmdclass=commands, ext_modules=[SPEEDUPS])
+setup(cmdclass=commands, ext_modules=[] if PURE else [SPEEDUPS])

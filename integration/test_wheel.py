@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,7 @@ COPY_IGNORED = (".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", "
 HELLO = 'from opentelemetry import trace; trace.get_tracer("t").start_span("x").end()\n'
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def build_wheel(tmp_path_factory, **env: str) -> Path:
     out = tmp_path_factory.mktemp("dist")
     # Built from a copy: setuptools writes build/ inside the source tree, where another
     # run's build (or an old one's leftover modules) would mix into this wheel.
@@ -30,9 +30,25 @@ def wheel(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
         timeout=300,
+        env={**os.environ, **env},
     )
     (wheel,) = out.glob("autotrace_agent-*.whl")
     return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory)
+
+
+def test_a_pure_wheel_installs_on_any_python(tmp_path_factory):
+    """AUTOTRACE_PURE_WHEEL=1: a py3-none-any wheel without the compiled encoder, for an image
+    of another Python version or platform (docs/deploy.md)."""
+    pure = build_wheel(tmp_path_factory, AUTOTRACE_PURE_WHEEL="1")
+    assert pure.name.endswith("-py3-none-any.whl"), pure.name
+    names = zipfile.ZipFile(pure).namelist()
+    assert "autotrace/span_queue.py" in names
+    assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))], names
 
 
 @pytest.fixture(scope="module")
