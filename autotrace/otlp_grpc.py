@@ -51,7 +51,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import _log, export_report, green
 from ._version import __version__
-from .otlp_http import MAX_ATTEMPTS, ConnectTimeout, ReadTimeout, backoff_s
+from .otlp_http import MAX_ATTEMPTS, ConnectTimeout, ReadTimeout, TlsContext, backoff_s
 
 logger = _log.logger
 
@@ -238,12 +238,7 @@ class OtlpGrpcExporter(SpanExporter):
         self._port = parts.port or 4317
         self._timeout_s = timeout_s
         self._gzip = compression == "gzip"
-        self._context: ssl.SSLContext | None = None
-        if self._tls:
-            self._context = ssl.create_default_context(cafile=certificate)
-            if client_certificate:
-                self._context.load_cert_chain(client_certificate, client_key)
-            self._context.set_alpn_protocols(["h2"])
+        self._tls_context = TlsContext(certificate, client_certificate, client_key, alpn=["h2"]) if self._tls else None
         authority = f"[{self._host}]" if ":" in self._host else self._host
         self._headers: list[tuple[str, str]] = [
             (":method", "POST"),
@@ -295,9 +290,9 @@ class OtlpGrpcExporter(SpanExporter):
             raise ConnectTimeout(f"connect timeout: no connection to {self.address} within {timeout:g}s") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._context is not None:
+            if self._tls_context is not None:
                 try:
-                    sock = self._context.wrap_socket(sock, server_hostname=self._host)
+                    sock = self._tls_context.get().wrap_socket(sock, server_hostname=self._host)
                 except socket.timeout as exc:
                     raise ConnectTimeout(f"connect timeout: no TLS handshake with {self.address} within {timeout:g}s") from exc
                 if sock.selected_alpn_protocol() not in (None, "h2"):

@@ -112,6 +112,39 @@ def _proxy_for(scheme: str, host: str, environ: Mapping[str, str]) -> str | None
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
+class TlsContext:
+    """An exporter's client TLS context (the CA file, the client certificate and key, the
+    ALPN protocols), made again when gevent or eventlet patched ``ssl`` since it was made:
+    the original classes, whose code names ``SSLSocket`` as a module global (by then the
+    patched class), fail to wrap a socket once ``ssl`` is patched."""
+
+    def __init__(
+        self,
+        certificate: str | None,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
+        alpn: list[str] | None = None,
+    ) -> None:
+        self._settings = (certificate, client_certificate, client_key, alpn)
+        self._context = self._new()
+
+    def _new(self) -> ssl.SSLContext:
+        certificate, client_certificate, client_key, alpn = self._settings
+        self._patched = green.patched()
+        context = ssl.create_default_context(cafile=certificate)
+        if client_certificate:
+            context.load_cert_chain(client_certificate, client_key)
+        if alpn:
+            context.set_alpn_protocols(alpn)
+        return context
+
+    def get(self) -> ssl.SSLContext:
+        """The context to connect with now."""
+        if self._patched != green.patched():
+            self._context = self._new()
+        return self._context
+
+
 class OtlpHttpExporter(SpanExporter):
     """Posts encoded span batches to an OTLP/HTTP collector (see the module docstring)."""
 
@@ -140,11 +173,8 @@ class OtlpHttpExporter(SpanExporter):
         self._headers.update(headers or {})
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._context: ssl.SSLContext | None = None
-        self._context_patched = False  # whether gevent/eventlet had patched ssl when it was made
-        self._tls_files = (certificate, client_certificate, client_key)
-        if self._tls:
-            self._context = self._new_context()  # made here: a bad certificate file is told at once
+        # Made here: a bad certificate file is told at once.
+        self._tls_context = TlsContext(certificate, client_certificate, client_key) if self._tls else None
         environ = os.environ if environ is None else environ
         self._proxy = _proxy_for(parts.scheme, self._host, environ)
         self._connection: http.client.HTTPConnection | None = None
@@ -159,22 +189,6 @@ class OtlpHttpExporter(SpanExporter):
         """In a forked child: the parent's connection is the parent's."""
         self._connection = None
         self._lock = threading.Lock()
-
-    def _new_context(self) -> ssl.SSLContext:
-        certificate, client_certificate, client_key = self._tls_files
-        self._context_patched = green.patched()
-        context = ssl.create_default_context(cafile=certificate)
-        if client_certificate:
-            context.load_cert_chain(client_certificate, client_key)
-        return context
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        """The TLS context to connect with. A context made before gevent or eventlet patched
-        ``ssl`` is made again: the original classes, whose code names ``SSLSocket`` as a
-        module global (now the patched class), fail to wrap a socket once ``ssl`` is patched."""
-        if self._context is not None and self._context_patched != green.patched():
-            self._context = self._new_context()
-        return self._context
 
     @property
     def address(self) -> str:
@@ -191,7 +205,7 @@ class OtlpHttpExporter(SpanExporter):
             host, port = proxy.hostname or "", proxy.port or (443 if proxy.scheme == "https" else 80)
         if self._tls:
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=self._tls_context()
+                host, port, timeout=timeout, context=self._tls_context.get() if self._tls_context else None
             )
         else:
             connection = http.client.HTTPConnection(host, port, timeout=timeout)

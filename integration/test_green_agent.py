@@ -164,16 +164,17 @@ def test_patching_while_the_background_set_up_imports(tmp_path, otlp_receiver: O
     assert span.name == "after-patching"
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])  # grpc: over h2 (the script has no grpc)
 @pytest.mark.parametrize("when", ["at-start", "after-set-up"])
 @pytest.mark.parametrize("library", ["gevent", "eventlet"])
-def test_a_patched_script_exports_over_tls(tmp_path, tls_receiver, certificate, library, when):
-    """OTLP/HTTP over TLS from a patched script: the export thread's TLS works too."""
-    receiver, _grpc_port, http_port = tls_receiver
+def test_a_patched_script_exports_over_tls(tmp_path, tls_receiver, certificate, library, when, protocol):
+    """OTLP over TLS from a patched script: the export thread's TLS works too."""
+    receiver, grpc_port, http_port = tls_receiver
     _key, cert = certificate
     write(tmp_path, "green_app.py", SCRIPT)
     env = clean_env(
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"https://127.0.0.1:{http_port}",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"https://127.0.0.1:{grpc_port if protocol == 'grpc' else http_port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc" if protocol == "grpc" else "http/protobuf",
         OTEL_EXPORTER_OTLP_CERTIFICATE=str(cert),
         OTEL_BSP_SCHEDULE_DELAY="100",
         PYTHONWARNINGS="ignore",
