@@ -47,11 +47,11 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from . import _log, export_report, green
 from ._version import __version__
-from .otlp_http import MAX_ATTEMPTS, ConnectTimeout, ReadTimeout, TlsContext, backoff_s
+from .otlp_http import MAX_ATTEMPTS, ConnectTimeout, ReadTimeout, RetryingExporter, TlsContext
 
 logger = _log.logger
 
@@ -211,7 +211,7 @@ def _answer_of(headers: Mapping[str, str]) -> Answer | None:
 _inherited: list[Any] = []  # in a forked child: its parent's sockets, never closed here
 
 
-class OtlpGrpcExporter(SpanExporter):
+class OtlpGrpcExporter(RetryingExporter):
     """Sends encoded span batches to an OTLP/gRPC collector (see the module docstring)."""
 
     def __init__(
@@ -261,9 +261,7 @@ class OtlpGrpcExporter(SpanExporter):
         self._h2: h2.connection.H2Connection | None = None
         self._heard = False
         self._lock = threading.Lock()  # one export at a time
-        # Set by closing() (at exit): a failed attempt is not retried, a back-off ends at once.
-        self._shutdown_in_progress = threading.Event()
-        self.activity = ""  # what the export under way waits for, in words (for the exit line)
+        self._init_retries()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
 
@@ -483,26 +481,6 @@ class OtlpGrpcExporter(SpanExporter):
                     retryable = answer.code in RETRYABLE or (
                         answer.code is StatusCode.RESOURCE_EXHAUSTED and retry_after is not None
                     )
-                if not retryable or attempt + 1 == MAX_ATTEMPTS or self._shutdown_in_progress.is_set():
+                if not self._waited_to_retry(attempt, retryable, retry_after, deadline):
                     return SpanExportResult.FAILURE
-                wait = backoff_s(attempt, retry_after)
-                if wait > deadline - time.monotonic():
-                    return SpanExportResult.FAILURE
-                self.activity = f"waiting {wait:.1f} s to retry an export to {self.address}"
-                try:
-                    if self._shutdown_in_progress.wait(wait):
-                        return SpanExportResult.FAILURE
-                finally:
-                    self.activity = ""
         return SpanExportResult.FAILURE
-
-    def closing(self) -> None:
-        """At exit: a failed attempt is not retried, a back-off under way ends."""
-        self._shutdown_in_progress.set()
-
-    def shutdown(self) -> None:
-        self._shutdown_in_progress.set()
-        self._close()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True

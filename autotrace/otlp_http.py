@@ -145,7 +145,49 @@ class TlsContext:
         return self._context
 
 
-class OtlpHttpExporter(SpanExporter):
+class RetryingExporter(SpanExporter):
+    """What the agent's OTLP exporters (this module's, :mod:`autotrace.otlp_grpc`'s) share:
+    the wait between attempts, and the exit, where nothing is retried. A subclass sets
+    ``address`` and ``_close()``, and calls :meth:`_init_retries` in its ``__init__``."""
+
+    address: str
+
+    def _init_retries(self) -> None:
+        # Set by closing() (at exit): a failed attempt is not retried, a back-off ends at once.
+        self._shutdown_in_progress = threading.Event()
+        self.activity = ""  # what the export under way waits for, in words (for the exit line)
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _waited_to_retry(self, attempt: int, retryable: bool, retry_after: float | None, deadline: float) -> bool:
+        """After failed attempt ``attempt`` (0 first): True once the back-off is waited and
+        another attempt may go, False to give up (not retryable, the last attempt, the
+        deadline, the exit)."""
+        if not retryable or attempt + 1 == MAX_ATTEMPTS or self._shutdown_in_progress.is_set():
+            return False
+        wait = backoff_s(attempt, retry_after)
+        if wait > deadline - time.monotonic():
+            return False
+        self.activity = f"waiting {wait:.1f} s to retry an export to {self.address}"
+        try:
+            return not self._shutdown_in_progress.wait(wait)
+        finally:
+            self.activity = ""
+
+    def closing(self) -> None:
+        """At exit: a failed attempt is not retried, a back-off under way ends."""
+        self._shutdown_in_progress.set()
+
+    def shutdown(self) -> None:
+        self._shutdown_in_progress.set()
+        self._close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class OtlpHttpExporter(RetryingExporter):
     """Posts encoded span batches to an OTLP/HTTP collector (see the module docstring)."""
 
     def __init__(
@@ -179,9 +221,7 @@ class OtlpHttpExporter(SpanExporter):
         self._proxy = _proxy_for(parts.scheme, self._host, environ)
         self._connection: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()  # one export at a time
-        # Set by closing() (at exit): a failed attempt is not retried, a back-off ends at once.
-        self._shutdown_in_progress = threading.Event()
-        self.activity = ""  # what the export under way waits for, in words (for the exit line)
+        self._init_retries()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
 
@@ -321,26 +361,6 @@ class OtlpHttpExporter(SpanExporter):
                     retryable = status in RETRYABLE_STATUS
                     if retryable:
                         retry_after = parse_retry_after(headers.get("retry-after"))
-                if not retryable or attempt + 1 == MAX_ATTEMPTS or self._shutdown_in_progress.is_set():
+                if not self._waited_to_retry(attempt, retryable, retry_after, deadline):
                     return SpanExportResult.FAILURE
-                wait = backoff_s(attempt, retry_after)
-                if wait > deadline - time.monotonic():
-                    return SpanExportResult.FAILURE
-                self.activity = f"waiting {wait:.1f} s to retry an export to {self.address}"
-                try:
-                    if self._shutdown_in_progress.wait(wait):
-                        return SpanExportResult.FAILURE
-                finally:
-                    self.activity = ""
         return SpanExportResult.FAILURE
-
-    def closing(self) -> None:
-        """At exit: a failed attempt is not retried, a back-off under way ends."""
-        self._shutdown_in_progress.set()
-
-    def shutdown(self) -> None:
-        self._shutdown_in_progress.set()
-        self._close()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True

@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from autotrace import export_report, otlp_grpc
+from autotrace import export_report, otlp_grpc, otlp_http
 from autotrace.otlp_grpc import OtlpGrpcExporter, StatusCode
 from autotrace.span_queue import EncodedBatch
 
@@ -89,8 +89,8 @@ def causes():
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    real = otlp_grpc.backoff_s
-    monkeypatch.setattr(otlp_grpc, "backoff_s", lambda attempt, retry_after=None: real(attempt, retry_after) / 20)
+    real = otlp_http.backoff_s  # the exporters' shared retry wait (otlp_http.RetryingExporter)
+    monkeypatch.setattr(otlp_http, "backoff_s", lambda attempt, retry_after=None: real(attempt, retry_after) / 20)
 
 
 def _exporter(port: int, **kwargs) -> OtlpGrpcExporter:
