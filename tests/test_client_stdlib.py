@@ -533,6 +533,9 @@ def test_request_headers_are_captured_without_propagation_headers(client_hooks, 
     from opentelemetry import propagate
     from opentelemetry.propagators.composite import CompositePropagator
 
+    from autotrace import api
+
+    api.load()  # installs the agent's propagators: the test's must come after (run alone, it came first)
     monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([]))
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "X-App")
     get_with_x_app(peer, "none")
