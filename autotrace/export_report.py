@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import _log
 
@@ -142,8 +142,10 @@ def _collector_text(content: bytes, content_type: str) -> str:
     return CollectorMessage(text.strip()) if text.strip() else ""
 
 
-def _status_message(data: bytes) -> str:
-    """Field 2 (message) of a google.rpc.Status, read by hand (no protobuf class needed)."""
+def message_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a serialized protobuf message, read by hand (no protobuf
+    class needed): varint and length-delimited fields only; ValueError at anything else or
+    at a truncated field, once the fields before it were given."""
     i = 0
 
     def varint() -> int:
@@ -155,21 +157,30 @@ def _status_message(data: bytes) -> str:
             value |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
-                break
-        return value
+                return value
+        raise ValueError("truncated varint")
 
     while i < len(data):
         key = varint()
         wire = key & 7
         if wire == 0:
-            varint()
+            yield key >> 3, varint()
         elif wire == 2:
             length = varint()
-            if key >> 3 == 2:
-                return data[i : i + length].decode("utf-8", "replace")
+            yield key >> 3, data[i : i + length]
             i += length
         else:
-            return ""
+            raise ValueError("unexpected wire type")
+
+
+def _status_message(data: bytes) -> str:
+    """Field 2 (message) of a google.rpc.Status."""
+    try:
+        for number, value in message_fields(data):
+            if number == 2 and isinstance(value, bytes):
+                return value.decode("utf-8", "replace")
+    except ValueError:
+        pass
     return ""
 
 

@@ -33,7 +33,6 @@ collector's message) for :mod:`autotrace.export_report`, which names the cause.
 from __future__ import annotations
 
 import enum
-import gzip
 import os
 import socket
 import ssl
@@ -139,37 +138,6 @@ def grpc_timeout(seconds: float) -> str:
     return "99999999H"
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while i < len(data):
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, i
-    raise ValueError("truncated varint")
-
-
-def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """(field number, value) of a protobuf message: varints and length-delimited only."""
-    fields: list[tuple[int, int | bytes]] = []
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        wire = key & 7
-        if wire == 0:
-            value, i = _varint(data, i)
-            fields.append((key >> 3, value))
-        elif wire == 2:
-            length, i = _varint(data, i)
-            fields.append((key >> 3, data[i : i + length]))
-            i += length
-        else:
-            raise ValueError("unexpected wire type")
-    return fields
-
-
 def retry_delay(status_details: str | None) -> float | None:
     """The delay of the google.rpc.RetryInfo in ``grpc-status-details-bin``, or None."""
     if not status_details:
@@ -178,15 +146,15 @@ def retry_delay(status_details: str | None) -> float | None:
         import base64
 
         data = base64.b64decode(status_details + "=" * (-len(status_details) % 4))
-        for number, detail in _fields(data):  # google.rpc.Status: 3 = details (Any)
+        for number, detail in export_report.message_fields(data):  # google.rpc.Status: 3 = details (Any)
             if number != 3 or not isinstance(detail, bytes):
                 continue
-            parts = dict(_fields(detail))  # Any: 1 = type_url, 2 = value
+            parts = dict(export_report.message_fields(detail))  # Any: 1 = type_url, 2 = value
             type_url = parts.get(1, b"")
             if not isinstance(type_url, bytes) or not type_url.endswith(b"google.rpc.RetryInfo"):
                 continue
-            retry_info = dict(_fields(parts.get(2, b"")))  # type: ignore[arg-type]
-            duration = dict(_fields(retry_info.get(1, b"")))  # type: ignore[arg-type]
+            retry_info = dict(export_report.message_fields(parts.get(2, b"")))  # type: ignore[arg-type]
+            duration = dict(export_report.message_fields(retry_info.get(1, b"")))  # type: ignore[arg-type]
             seconds, nanos = duration.get(1, 0), duration.get(2, 0)
             if isinstance(seconds, int) and isinstance(nanos, int):
                 return max(seconds + nanos / 1e9, 0.0)
@@ -450,14 +418,7 @@ class OtlpGrpcExporter(RetryingExporter):
 
     def export(self, batch: Any) -> SpanExportResult:
         """Send one batch (an :class:`~autotrace.span_queue.EncodedBatch`); the SDK's result."""
-        data = getattr(batch, "data", None)
-        if data is None:  # a list of spans (not the agent's queue): encode them here
-            from .otlp_encode import encode_spans
-
-            data = encode_spans(batch)
-        if self._gzip:
-            data = gzip.compress(data, compresslevel=6)
-        message = grpc_frame(data, self._gzip)
+        message = grpc_frame(self._payload(batch), self._gzip)
         with self._lock:
             deadline = time.monotonic() + self._timeout_s
             for attempt in range(MAX_ATTEMPTS):

@@ -160,6 +160,18 @@ class RetryingExporter(SpanExporter):
     def _close(self) -> None:
         raise NotImplementedError
 
+    def _payload(self, batch: Any) -> bytes:
+        """The request body of a batch (an :class:`~autotrace.span_queue.EncodedBatch`, or
+        a list of spans, encoded here), gzipped when the exporter compresses."""
+        data = getattr(batch, "data", None)
+        if data is None:  # a list of spans (not the agent's queue): encode them here
+            from .otlp_encode import encode_spans
+
+            data = encode_spans(batch)
+        if self._gzip:
+            data = gzip.compress(data, compresslevel=6)
+        return data
+
     def _waited_to_retry(self, attempt: int, retryable: bool, retry_after: float | None, deadline: float) -> bool:
         """After failed attempt ``attempt`` (0 first): True once the back-off is waited and
         another attempt may go, False to give up (not retryable, the last attempt, the
@@ -332,13 +344,7 @@ class OtlpHttpExporter(RetryingExporter):
 
     def export(self, batch: Any) -> SpanExportResult:
         """Send one batch (an :class:`~autotrace.span_queue.EncodedBatch`); the SDK's result."""
-        data = getattr(batch, "data", None)
-        if data is None:  # a list of spans (not the agent's queue): encode them here
-            from .otlp_encode import encode_spans
-
-            data = encode_spans(batch)
-        if self._gzip:
-            data = gzip.compress(data, compresslevel=6)
+        data = self._payload(batch)
         with self._lock:
             deadline = time.monotonic() + self._timeout_s
             for attempt in range(MAX_ATTEMPTS):
