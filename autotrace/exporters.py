@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan
@@ -49,6 +49,19 @@ def _h2_wanted() -> bool:
     return "grpc" not in sys.modules and not _grpc_proxy_set(os.environ)
 
 
+def _own_exporter_settings(settings: Configuration) -> dict[str, Any]:
+    """What the agent's own OTLP exporters (HTTP, and gRPC over h2) are made with."""
+    return {
+        "endpoint": settings.endpoint,
+        "headers": dict(settings.headers),
+        "timeout_s": settings.timeout_s,
+        "compression": settings.compression,
+        "certificate": settings.certificate,
+        "client_key": settings.client_key,
+        "client_certificate": settings.client_certificate,
+    }
+
+
 def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
     """The factory of the OTLP exporter ``settings`` describe (protocol, endpoint, headers, ...)."""
 
@@ -60,16 +73,7 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
             except ImportError as exc:  # h2 missing: grpcio's exporter
                 logger.debug("OTLP/gRPC over h2 unavailable (%s); using grpcio's exporter", exc)
             else:
-                return OtlpGrpcExporter(
-                    endpoint=settings.endpoint,
-                    insecure=settings.insecure,
-                    headers=dict(settings.headers),
-                    timeout_s=settings.timeout_s,
-                    compression=settings.compression,
-                    certificate=settings.certificate,
-                    client_key=settings.client_key,
-                    client_certificate=settings.client_certificate,
-                )
+                return OtlpGrpcExporter(insecure=settings.insecure, **_own_exporter_settings(settings))
         if settings.protocol == "grpc":
             from grpc import Compression as GrpcCompression
 
@@ -88,15 +92,7 @@ def otlp_factory(settings: Configuration) -> Callable[[], SpanExporter]:
         if not settings.credential_provider:
             from .otlp_http import OtlpHttpExporter  # no protobuf, no requests
 
-            return OtlpHttpExporter(
-                endpoint=settings.endpoint,
-                headers=dict(settings.headers),
-                timeout_s=settings.timeout_s,
-                compression=settings.compression,
-                certificate=settings.certificate,
-                client_key=settings.client_key,
-                client_certificate=settings.client_certificate,
-            )
+            return OtlpHttpExporter(**_own_exporter_settings(settings))
         # A credential provider's requests.Session: the SDK's exporter, which loads it.
         from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 
