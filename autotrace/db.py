@@ -10,11 +10,15 @@ wraps each call the app makes::
         found = db.statement(sql)
         return db.call("sqlite3", target_of(self), found, original, (self, sql, parameters), {})
 
-A hook on a hot path (a cursor's ``execute``) asks :func:`call_parent` first, so a call
-that gets no span costs a context look-up and nothing more (its statement is not read),
-then starts the span of a statement alone with :func:`start_statement`: its name and
-attributes are made once per statement and connection (:meth:`Target.span_of`), and the
-settings are read once per process (:func:`settings`), not per query.
+A hook on a hot path (a cursor's ``execute``, a Redis command) starts the usual call, a
+statement alone, in one call: :func:`start_cached` (``db.start_cached(library, target,
+sql, db.query_span)``). Whether a call made in a context gets a span is decided once per
+context and kept (the last context asked about: a request's queries all ask in the
+request's context), so a call that gets none costs a context look-up and nothing more (its
+statement is not read); the span's name and attributes are made once per text (or key)
+and connection, and kept by its :class:`Target` (:meth:`Target.keep`, bounded); the
+settings are read once per process (:func:`settings`), not per query. Other calls (a
+batch, overridden attributes) ask :func:`call_parent` first, then :func:`start`.
 
 :func:`start` returns None, and the call runs untraced, when:
 
@@ -992,16 +996,22 @@ def query_span(target: Target, sql: object) -> tuple[str, dict[str, object]]:
     """The name and attributes of the span of a statement ``sql`` alone (a str or bytes,
     see :func:`statement`) on ``target``: ``make`` for :func:`start_cached`. Kept under
     the text when it is a str or bytes of at most :data:`KEPT_TEXT_CHARS` characters.
+    Longer texts are kept under their :class:`Statement` while it is cached; others (an
+    unhashable bytearray, a text longer than the statement cache holds) not at all.
     Raises what :func:`_span_of` raises."""
     found = statement(sql, target.system)
     if found is None:
         return target.system, target.attributes  # as start() makes it without a statement
     kind = sql.__class__
-    if (kind is str or kind is bytes) and len(sql) <= KEPT_TEXT_CHARS:  # type: ignore[arg-type]
-        made = _span_of(target, found, None, None, None, None, None, None)
-        target.keep(sql, made)
-        return made
-    return target.span_of(found)
+    if kind is str or kind is bytes:
+        size = len(sql)  # type: ignore[arg-type]
+        if size <= KEPT_TEXT_CHARS:
+            made = _span_of(target, found, None, None, None, None, None, None)
+            target.keep(sql, made)
+            return made
+        if size <= _CACHED_CHARS:  # its Statement is cached: the same object for the same text
+            return target.span_of(found)
+    return _span_of(target, found, None, None, None, None, None, None)  # not kept
 
 
 def _tracer_name(library: str) -> str:

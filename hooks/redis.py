@@ -37,8 +37,12 @@ Supported: redis-py 4.2 and later (the asyncio cluster from 4.3, where it appear
 tests pass with 4.2.0, 4.6.0, 5.0.8, 6.4.0, 7.0.1 and 8.2.0.
 
 Per call the hook does little: the connection pool's :class:`autotrace.db.Target` is
-built once and kept on the pool, the command name's upper case is cached, the text is
-made from the arguments as they are.
+built once and kept on the pool; the span's name and attributes are kept by the target,
+per command name (the name, ``db.operation.name``) and, for a command whose text its
+arguments alone make (one or two of str or bytes, not a hidden one: ``GET user:42``),
+per arguments, so a repeated read starts its span from a dict look-up
+(:func:`autotrace.db.start_cached`); other commands make their text from the arguments as
+they are.
 """
 
 from __future__ import annotations
