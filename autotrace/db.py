@@ -899,9 +899,13 @@ def _decide(parent: context.Context) -> tuple[object, bool, bool]:
     as the last decision (:data:`_decided`). Raises what the API raises."""
     global _decided, _CLIENT
     _CLIENT = api.SpanKind.CLIENT
+    if parent.get(api.IN_DB_CALL) is not None:
+        # The lower layer of a call in progress (a driver under SQLAlchemy): not kept, so
+        # the context the outer layer asked about just before stays the one kept.
+        return (parent, False, False)
     traced = True
     found = _settings or settings()
-    if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
+    if parent.get(api.SUPPRESS_INSTRUMENTATION):
         traced = False
     elif not found.root_spans:
         # Whether a trace is current: get_current_span(parent)'s context is valid.
