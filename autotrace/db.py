@@ -10,11 +10,15 @@ wraps each call the app makes::
         found = db.statement(sql)
         return db.call("sqlite3", target_of(self), found, original, (self, sql, parameters), {})
 
-A hook on a hot path (a cursor's ``execute``) asks :func:`call_parent` first, so a call
-that gets no span costs a context look-up and nothing more (its statement is not read),
-then starts the span of a statement alone with :func:`start_statement`: its name and
-attributes are made once per statement and connection (:meth:`Target.span_of`), and the
-settings are read once per process (:func:`settings`), not per query.
+A hook on a hot path (a cursor's ``execute``, a Redis command) starts the usual call, a
+statement alone, in one call: :func:`start_cached` (``db.start_cached(library, target,
+sql, db.query_span)``). Whether a call made in a context gets a span is decided once per
+context and kept (the last context asked about: a request's queries all ask in the
+request's context), so a call that gets none costs a context look-up and nothing more (its
+statement is not read); the span's name and attributes are made once per text (or key)
+and connection, and kept by its :class:`Target` (:meth:`Target.keep`, bounded); the
+settings are read once per process (:func:`settings`), not per query. Other calls (a
+batch, overridden attributes) ask :func:`call_parent` first, then :func:`start`.
 
 :func:`start` returns None, and the call runs untraced, when:
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 
 from . import api, config, spans
 from .spans import SpanHandle
@@ -72,9 +77,13 @@ class Target:
     :attr:`attributes` is the prebuilt dict of ``db.system.name``, ``db.namespace``,
     ``server.address``, ``server.port``, ``network.peer.address`` (and ``extra``), Nones
     left out: every span of the connection starts from a copy of it.
+
+    A target also keeps the name and attributes of the spans its calls had (:meth:`keep`,
+    :meth:`span_of`, :func:`start_cached`): at most :data:`SPANS_KEPT` of them, forgotten
+    with every settings reset (:func:`clear_cache`).
     """
 
-    __slots__ = ("system", "namespace", "server_address", "server_port", "peer_address", "attributes", "_spans")
+    __slots__ = ("system", "namespace", "server_address", "server_port", "peer_address", "attributes", "_spans", "__weakref__")
 
     def __init__(
         self,
@@ -98,25 +107,44 @@ class Target:
             ("network.peer.address", peer_address),
             *(extra.items() if extra else ()),
         )
-        self._spans: dict[Statement, tuple[str, dict[str, object]]] = {}
+        # Span name and attributes by key: a Statement, a SQL text (start_cached), a
+        # hook's own key (a Redis command's arguments).
+        self._spans: dict[object, tuple[str, dict[str, object]]] = {}
+        _targets.add(self)
+
+    def keep(self, key: object, found: tuple[str, dict[str, object]]) -> None:
+        """Keep ``found``, a span's name and attributes, under ``key`` (hashable; equal
+        keys must give equal spans). At most :data:`SPANS_KEPT`: then they are all dropped."""
+        spans_kept = self._spans
+        if len(spans_kept) >= SPANS_KEPT:
+            spans_kept.clear()
+        spans_kept[key] = found
+
+    def kept(self, key: object) -> tuple[str, dict[str, object]] | None:
+        """What :meth:`keep` kept under ``key``, if it still is (None for an unhashable key)."""
+        try:
+            return self._spans.get(key)
+        except TypeError:
+            return None
 
     def span_of(self, statement: Statement) -> tuple[str, dict[str, object]]:
         """The name and attributes of a span of ``statement`` on this target, made at its
-        first use and kept (at most :data:`SPANS_KEPT` statements; then they are made
-        again): the target's attributes, then the statement's. The dict is the tracer's
-        input, never changed after it is made (the SDK and the light span copy it)."""
+        first use and kept (:meth:`keep`): the target's attributes, then the statement's.
+        The dict is the tracer's input, never changed after it is made (the SDK and the
+        light span copy it)."""
         found = self._spans.get(statement)
         if found is None:
             found = _span_of(self, statement, None, None, None, None, None, None)
-            spans_kept = self._spans
-            if len(spans_kept) >= SPANS_KEPT:
-                spans_kept.clear()
-            spans_kept[statement] = found
+            self.keep(statement, found)
         return found
 
     def __repr__(self) -> str:
         return f"Target({self.attributes!r})"
 
+
+# Every Target, so that a settings reset drops what they keep (weak: a target lives as
+# long as its connection).
+_targets: weakref.WeakSet[Target] = weakref.WeakSet()
 
 SPANS_KEPT = 64  # the statements a Target keeps its spans' name and attributes for
 
@@ -208,12 +236,15 @@ def statement(sql: object, system: str | None = None) -> Statement | None:
 
 def clear_cache() -> None:
     """Forget every cached :class:`Statement` and the settings they were made with (a setting changed; tests)."""
-    global _settings
+    global _settings, _decided
     with _cache_lock:
         _settings = None
+        _decided = _UNDECIDED
         for index, cache in enumerate(_caches):
             cache.clear()
             _cache_chars[index] = 0
+        for target in list(_targets):
+            target._spans.clear()  # noqa: SLF001 - this module's class
 
 
 config.on_db_settings_reset(clear_cache)
@@ -699,11 +730,13 @@ class DbCall(SpanHandle):
         self.comment = False
 
     def close(self) -> None:
-        """End the span and leave its context, then drop the context: it holds this call
-        (:data:`autotrace.api.IN_DB_CALL`), and without that cycle the call and its span are
-        freed at once, not by the garbage collector (whose passes a query would then pay for).
+        """End the span and leave its context.
 
         :meth:`SpanHandle.end` and :meth:`SpanHandle.detach`, inline: every query ends here.
+        A started call does not keep its context (``context`` is None): the context holds
+        the call (:data:`autotrace.api.IN_DB_CALL`), and without that cycle the call and its
+        span are freed at once, not by the garbage collector (whose passes a query would
+        then pay for).
         """
         if not self._ended:
             self._ended = True
@@ -715,7 +748,6 @@ class DbCall(SpanHandle):
         if token is not None:
             self._token = None
             api.detach(token)
-        self.context = None
 
     def fail(self, exc: BaseException, status_code: str | None = None) -> None:  # type: ignore[override]
         """Record an exception that ended the call: status ERROR, ``error.type``, the
@@ -796,9 +828,7 @@ def start_statement(library: str, target: Target, statement: Statement, parent: 
 
 def _started(library: str, name: str, span_attributes: dict[str, object], parent: context.Context) -> DbCall:
     """The call's span started under ``parent`` and made current. Raises what the SDK raises."""
-    tracer = _tracer_names.get(library)
-    if tracer is None:
-        tracer = _tracer_names[library] = TRACER_PREFIX + library
+    tracer = _tracer_names.get(library) or _tracer_name(library)
     span = spans.new_span(tracer, name, api.SpanKind.CLIENT, parent, span_attributes)
     # DbCall.__init__, inline.
     call = _new_call(DbCall)
@@ -806,9 +836,9 @@ def _started(library: str, name: str, span_attributes: dict[str, object], parent
     call._ended = False  # noqa: SLF001 - this module's class
     call.library = library
     call.comment = (_settings or settings()).sql_comment
+    call.context = None  # not kept: it holds the call (a cycle)
     # One context: the span current, the call marked as in progress; then one attach.
-    ctx = call.context = api.with_span(span, parent, api.IN_DB_CALL, call)
-    call._token = api.set_current(ctx)  # noqa: SLF001 - SpanHandle.attach, inline
+    call._token = api.set_current(api.with_span(span, parent, api.IN_DB_CALL, call))  # noqa: SLF001
     return call
 
 
@@ -855,6 +885,46 @@ def _span_of(
     return name, span_attributes
 
 
+# The last context a call was asked about, whether a call made in it gets a span, and
+# whether its statement gets the sqlcommenter comment: (context, bool, bool). A context never changes once made (a span or a mark makes a
+# new one), so the answer holds as long as the settings (AUTOTRACE_DB_ROOT_SPANS) do:
+# the queries of a request, all made in the request's context, ask once. The one context
+# kept is the last asked about (it lives on until another is asked about, or a reset).
+_UNDECIDED: tuple[object, bool, bool] = (object(), False, False)
+_decided = _UNDECIDED
+
+
+def _decide(parent: context.Context) -> tuple[object, bool, bool]:
+    """Whether a database call made in ``parent`` gets a span (see :func:`start`), kept
+    as the last decision (:data:`_decided`). Raises what the API raises."""
+    global _decided, _CLIENT
+    _CLIENT = api.SpanKind.CLIENT
+    if parent.get(api.IN_DB_CALL) is not None:
+        # The lower layer of a call in progress (a driver under SQLAlchemy): not kept, so
+        # the context the outer layer asked about just before stays the one kept.
+        return (parent, False, False)
+    traced = True
+    found = _settings or settings()
+    if parent.get(api.SUPPRESS_INSTRUMENTATION):
+        traced = False
+    elif not found.root_spans:
+        # Whether a trace is current: get_current_span(parent)'s context is valid.
+        key = api.SPAN_KEY
+        if key is None:
+            traced = api.trace.get_current_span(parent).get_span_context().is_valid
+        else:
+            span = parent.get(key)
+            try:
+                traced = span is not None and span.get_span_context().is_valid
+            except AttributeError:  # not a span: get_current_span would give the invalid one
+                traced = False
+    decided = _decided = (parent, bool(traced), found.sql_comment)
+    return decided
+
+
+_CLIENT = None  # api.SpanKind.CLIENT, once the API is loaded (set by _decide)
+
+
 def call_parent() -> context.Context | None:
     """The context a database call made here and now is started in (its span's parent),
     or None when it gets no span (suppressed, under another call, outside a trace without
@@ -867,24 +937,90 @@ def call_parent() -> context.Context | None:
             if not api.loaded:
                 return None
         parent = api.get_current()
-        if parent.get(api.SUPPRESS_INSTRUMENTATION) or parent.get(api.IN_DB_CALL) is not None:
-            return None
-        # Whether a trace is current: get_current_span(parent)'s context is valid.
-        key = api.SPAN_KEY
-        if key is None:
-            valid = api.trace.get_current_span(parent).get_span_context().is_valid
-        else:
-            span = parent.get(key)
-            try:
-                valid = span is not None and span.get_span_context().is_valid
-            except AttributeError:  # not a span: get_current_span would give the invalid one
-                valid = False
-        if not valid and not (_settings or settings()).root_spans:
-            return None
-        return parent
+        decided = _decided
+        if decided[0] is not parent:
+            decided = _decide(parent)
+        return parent if decided[1] else None
     except Exception as exc:  # noqa: BLE001 - the call goes untraced
         spans.report(exc, DbCall.WHAT, "the query", "db-span")
         return None
+
+
+def start_cached(
+    library: str, target: Target, key: object, make: Callable[[Target, Any], tuple[str, dict[str, object]]]
+) -> DbCall | None:
+    """Start the CLIENT span of a call whose name and attributes ``target`` keeps under
+    ``key``; None when not to trace (see the module). Never raises.
+
+    ``make(target, key)`` gives them when ``target`` does not have them (the first call,
+    an unhashable key) and keeps them with :meth:`Target.keep` if it may (equal keys
+    must give the same span). :func:`query_span` is the one for a SQL text alone (no
+    batch, nothing overridden): ``start_cached(library, target, sql, db.query_span)``.
+
+    The usual query's one call: whether to trace (:func:`call_parent`'s decision, kept
+    for the context), the span's name and attributes, the span started and made current.
+    """
+    try:
+        if not api.loaded and call_parent() is None:  # loads the API
+            return None
+        parent = api.get_current()
+        decided = _decided
+        if decided[0] is not parent:
+            decided = _decide(parent)
+        if not decided[1]:
+            return None
+        try:
+            found = target._spans.get(key)  # noqa: SLF001 - this module's class
+        except TypeError:  # unhashable
+            found = None
+        name, span_attributes = found or make(target, key)
+        tracer = _tracer_names.get(library) or _tracer_name(library)
+        span = spans.new_span(tracer, name, _CLIENT, parent, span_attributes)
+        # DbCall.__init__, inline.
+        call = _new_call(DbCall)
+        call.span = span
+        call._ended = False  # noqa: SLF001 - this module's class
+        call.library = library
+        call.comment = decided[2]
+        call.context = None  # not kept: it holds the call (a cycle)
+        # One context: the span current, the call marked as in progress; then one attach.
+        call._token = api.set_current(api.with_span(span, parent, api.IN_DB_CALL, call))  # noqa: SLF001
+        return call
+    except Exception as exc:  # noqa: BLE001 - never fail the app's query
+        spans.report(exc, DbCall.WHAT, "the query", "db-span")
+        return None
+
+
+# SQL texts a Target keeps the span of under the text itself (start_cached); a longer one
+# is kept under its Statement (Target.span_of), whose cache holds texts of any length.
+KEPT_TEXT_CHARS = 4096
+
+
+def query_span(target: Target, sql: object) -> tuple[str, dict[str, object]]:
+    """The name and attributes of the span of a statement ``sql`` alone (a str or bytes,
+    see :func:`statement`) on ``target``: ``make`` for :func:`start_cached`. Kept under
+    the text when it is a str or bytes of at most :data:`KEPT_TEXT_CHARS` characters.
+    Longer texts are kept under their :class:`Statement` while it is cached; others (an
+    unhashable bytearray, a text longer than the statement cache holds) not at all.
+    Raises what :func:`_span_of` raises."""
+    found = statement(sql, target.system)
+    if found is None:
+        return target.system, target.attributes  # as start() makes it without a statement
+    kind = sql.__class__
+    if kind is str or kind is bytes:
+        size = len(sql)  # type: ignore[arg-type]
+        if size <= KEPT_TEXT_CHARS:
+            made = _span_of(target, found, None, None, None, None, None, None)
+            target.keep(sql, made)
+            return made
+        if size <= _CACHED_CHARS:  # its Statement is cached: the same object for the same text
+            return target.span_of(found)
+    return _span_of(target, found, None, None, None, None, None, None)  # not kept
+
+
+def _tracer_name(library: str) -> str:
+    name = _tracer_names[library] = TRACER_PREFIX + library
+    return name
 
 
 def current() -> DbCall | None:

@@ -93,24 +93,20 @@ def _execute(original: Callable, driver: Driver) -> Callable:
             except Exception:  # noqa: BLE001 - untraced, the driver does what it does
                 target = None
             if target is not None:
-                statement = db.statement(query, target.system)
-                if statement is not None:
-                    call = db.start_statement(library, target, statement, parent)
-                else:
-                    call = db.start(library, target, parent=parent)
+                # Its span's name and attributes kept by the connection's Target.
+                call = db.start_cached(library, target, query, db.query_span)
         if call is None:
             return original(self, query, args)
         if call.comment:
             query = _commented(query, args, call)
         # db.run, inline (every query passes here): the result or exception untouched.
         try:
-            result = original(self, query, args)
+            return original(self, query, args)
         except BaseException as exc:
             call.fail(exc)
-            call.close()
             raise
-        call.close()
-        return result
+        finally:
+            call.close()
 
     return execute
 

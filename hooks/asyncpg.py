@@ -148,10 +148,9 @@ def _start(connection, statement_text: object, **start_kwargs: Any) -> db.DbCall
     found = target(connection)
     if found is None:
         return None
-    statement = db.statement(statement_text)
-    if statement is not None and not start_kwargs:
-        return db.start_statement(LIBRARY, found, statement, parent)
-    return db.start(LIBRARY, found, statement, parent=parent, **start_kwargs)
+    if not start_kwargs:  # its span's name and attributes kept by the connection's Target
+        return db.start_cached(LIBRARY, found, statement_text, db.query_span)
+    return db.start(LIBRARY, found, db.statement(statement_text), parent=parent, **start_kwargs)
 
 
 def _wrap_execute(original):

@@ -127,18 +127,22 @@ def _start(cursor, query, batch_size: int | None = None) -> db.DbCall | None:
     statement under another call, SQLAlchemy's or a pool's, is not even read)."""
     if _in_checkout.get():
         return None
+    try:
+        target = cursor._conn.__dict__[TARGET]
+    except (AttributeError, KeyError):  # the connection's first statement (or an odd cursor)
+        target = None
+    if batch_size is None and target is not None and query.__class__ is str:
+        # The usual query: its span's name and attributes kept by the connection's Target.
+        return db.start_cached(LIBRARY, target, query, db.query_span)
     parent = db.call_parent()
     if parent is None:
         return None
-    try:
-        conn = cursor._conn
-        target = conn.__dict__[TARGET]
-    except (AttributeError, KeyError):  # the connection's first statement (or an odd cursor)
-        conn = getattr(cursor, "_conn", None)
-        if conn is None:
-            return None
+    conn = getattr(cursor, "_conn", None)
+    if conn is None:
+        return None
+    if target is None:
         target = connection_target(conn)
-    statement = db.statement(query) if query.__class__ is str else db.statement_of(query, conn)
+    statement = db.statement_of(query, conn)
     if statement is not None and batch_size is None:
         return db.start_statement(LIBRARY, target, statement, parent)
     return db.start(LIBRARY, target, statement, batch_size=batch_size, parent=parent)
@@ -159,24 +163,47 @@ def _commented(args: tuple, kwargs: dict, call: db.DbCall) -> tuple:
 
 def _wrap_execute(original):
     def execute(self, *args, **kwargs):
-        call = _start(self, args[0] if args else kwargs.get("query"))
+        query = args[0] if args else kwargs.get("query")
+        try:  # _start's usual query, inline: its span's name and attributes kept by the connection's Target
+            target = None if _in_checkout.get() or query.__class__ is not str else self._conn.__dict__[TARGET]
+        except (AttributeError, KeyError):  # the connection's first statement (or an odd cursor)
+            target = None
+        call = _start(self, query) if target is None else db.start_cached(LIBRARY, target, query, db.query_span)
         if call is None:
             return original(self, *args, **kwargs)
         if args and call.comment:
             args = _commented(args, kwargs, call)
-        return db.run(call, original, self, *args, **kwargs)
+        # db.run, inline (every query passes here): the result or exception untouched.
+        try:
+            return original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.close()
 
     return execute
 
 
 def _wrap_async_execute(original):
     async def execute(self, *args, **kwargs):
-        call = _start(self, args[0] if args else kwargs.get("query"))
+        query = args[0] if args else kwargs.get("query")
+        try:  # _start's usual query, inline: its span's name and attributes kept by the connection's Target
+            target = None if _in_checkout.get() or query.__class__ is not str else self._conn.__dict__[TARGET]
+        except (AttributeError, KeyError):  # the connection's first statement (or an odd cursor)
+            target = None
+        call = _start(self, query) if target is None else db.start_cached(LIBRARY, target, query, db.query_span)
         if call is None:
             return await original(self, *args, **kwargs)
         if args and call.comment:
             args = _commented(args, kwargs, call)
-        return await db.run_async(call, original, self, *args, **kwargs)
+        try:
+            return await original(self, *args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.close()
 
     return execute
 

@@ -216,20 +216,24 @@ def _make_cursor_hook(cursor: type) -> type:
         """Under the app's cursor class: a span for each call that sends a statement."""
 
         def execute(self, *args, **kwargs):
-            call = _start(self, args[0] if args else kwargs.get("query"))
+            query = args[0] if args else kwargs.get("query")
+            target = getattr(self, TARGET, None)
+            if target is not None and query.__class__ is str:  # _start's usual query, inline
+                call = db.start_cached(LIBRARY, target, query, db.query_span)
+            else:
+                call = _start(self, query)
             if call is None:
                 return cursor.execute(self, *args, **kwargs)
             if args and call.comment:
                 args = _commented(args, kwargs.get("vars"), call)
             # db.run, inline (every query passes here): the result or exception untouched.
             try:
-                result = cursor.execute(self, *args, **kwargs)
+                return cursor.execute(self, *args, **kwargs)
             except BaseException as exc:
                 call.fail(exc)
-                call.close()
                 raise
-            call.close()
-            return result
+            finally:
+                call.close()
 
         def executemany(self, *args, **kwargs):
             query = args[0] if args else kwargs.get("query")
@@ -278,6 +282,9 @@ def _start(cursor, query, batch_size: int | None = None) -> db.DbCall | None:
     target = getattr(cursor, TARGET, None)
     if target is None:
         return None
+    if batch_size is None and query.__class__ is str:
+        # The usual query: its span's name and attributes kept by the connection's Target.
+        return db.start_cached(LIBRARY, target, query, db.query_span)
     parent = db.call_parent()
     if parent is None:
         return None

@@ -37,8 +37,12 @@ Supported: redis-py 4.2 and later (the asyncio cluster from 4.3, where it appear
 tests pass with 4.2.0, 4.6.0, 5.0.8, 6.4.0, 7.0.1 and 8.2.0.
 
 Per call the hook does little: the connection pool's :class:`autotrace.db.Target` is
-built once and kept on the pool, the command name's upper case is cached, the text is
-made from the arguments as they are.
+built once and kept on the pool; the span's name and attributes are kept by the target,
+per command name (the name, ``db.operation.name``) and, for a command whose text its
+arguments alone make (one or two of str or bytes, not a hidden one: ``GET user:42``),
+per arguments, so a repeated read starts its span from a dict look-up
+(:func:`autotrace.db.start_cached`); other commands make their text from the arguments as
+they are.
 """
 
 from __future__ import annotations
@@ -101,20 +105,41 @@ def patch_asyncio_cluster(module: ModuleType) -> None:
 
 def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | None]):
     def execute_command(self, *args, **options):
-        call = _start_command(self, args, target_of)
+        try:  # the target (every command passes here)
+            target = target_of(self) if args else None
+        except Exception:  # noqa: BLE001 - an odd client: sent untraced
+            target = None
+        call = None if target is None else db.start_cached(LIBRARY, target, args, command_span)
         if call is None:
             return original(self, *args, **options)
-        return db.run(call, original, self, *args, **options)
+        # db.run, inline (every command passes here): the result or exception untouched.
+        try:
+            return original(self, *args, **options)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.close()
 
     return execute_command
 
 
 def _wrap_command_async(original: Callable, target_of: Callable[[Any], db.Target | None]):
     async def execute_command(self, *args, **options):
-        call = _start_command(self, args, target_of)
+        try:
+            target = target_of(self) if args else None
+        except Exception:  # noqa: BLE001
+            target = None
+        call = None if target is None else db.start_cached(LIBRARY, target, args, command_span)
         if call is None:
             return await original(self, *args, **options)
-        return await db.run_async(call, original, self, *args, **options)
+        try:
+            return await original(self, *args, **options)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            call.close()
 
     return execute_command
 
@@ -139,21 +164,32 @@ def _wrap_pipeline_async(original: Callable, target_of: Callable[[Any], db.Targe
     return execute
 
 
-def _start_command(client: Any, args: tuple, target_of: Callable[[Any], db.Target | None]) -> db.DbCall | None:
-    """The span of one command (``args`` as ``execute_command`` got them), or None. Never raises."""
-    try:
-        parent = db.call_parent() if args else None
-        if parent is None:
-            return None
-        target = target_of(client)
-        if target is None:
-            return None
-        operation, hidden = command_name(args[0])
-        mode = db.settings().statement
-        text = None if mode == "off" else command_text(operation, args, hidden, mode == "raw")
-        return db.start(LIBRARY, target, name=operation, operation=operation, query_text=text, parent=parent)
-    except Exception:  # noqa: BLE001 - an odd command: sent untraced (db.start reports its own failures)
-        return None
+def command_span(target: db.Target, args: tuple) -> tuple[str, dict[str, object]]:
+    """The name and attributes of the span of the command ``args`` on ``target`` (for
+    :func:`autotrace.db.start_cached`).
+
+    What each command name gives (the name, ``db.operation.name`` and the target's
+    attributes) is kept by the target under the name; the whole under ``args`` when the
+    text depends on nothing else: a command of one or two arguments (``GET user:42``), each
+    a str or bytes (``1 == True``, whose texts differ), whose arguments are shown.
+    """
+    operation, hidden = command_name(args[0])
+    fixed = target.kept(operation)
+    if fixed is None:
+        attributes = dict(target.attributes)
+        attributes["db.operation.name"] = operation
+        fixed = (operation, attributes)
+        target.keep(operation, fixed)  # a str: no command's arguments (a tuple) are equal to it
+    mode = db.settings().statement
+    if mode == "off":
+        return fixed
+    text = command_text(operation, args, hidden, mode == "raw")
+    attributes = dict(fixed[1])
+    attributes["db.query.text"] = db.cap(text)
+    found = (operation, attributes)
+    if len(args) <= 2 and not hidden and all(arg.__class__ is str or arg.__class__ is bytes for arg in args):
+        target.keep(args, found)
+    return found
 
 
 def _start_pipeline(pipeline: Any, target_of: Callable[[Any], db.Target | None]) -> db.DbCall | None:

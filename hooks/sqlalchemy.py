@@ -110,12 +110,11 @@ def _before_cursor_execute(conn, cursor, statement, parameters, context, execute
         parent = db.call_parent()  # asked before the statement is read
         if parent is None:
             return statement, parameters
-        found = db.statement(statement, target.system)
-        if executemany or found is None:
-            batch = _batch_size(parameters, context) if executemany else None
-            call = db.start(LIBRARY, target, found, batch_size=batch, parent=parent)
-        else:
-            call = db.start_statement(LIBRARY, target, found, parent)
+        if executemany:
+            batch = _batch_size(parameters, context)
+            call = db.start(LIBRARY, target, db.statement(statement, target.system), batch_size=batch, parent=parent)
+        else:  # its span's name and attributes kept by the engine's Target
+            call = db.start_cached(LIBRARY, target, statement, db.query_span)
         if call is None:
             return statement, parameters
         state[CALL] = call

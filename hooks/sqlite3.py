@@ -209,14 +209,11 @@ def _spanned(name: str, original: Callable[..., Any], target_of: Callable[[Any],
             parent = db.call_parent()  # asked first: a statement that gets no span is not read
             if parent is not None:
                 sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
-                statement = db.statement(sql)
-                if many or statement is None:
-                    batch = None
-                    if many:
-                        batch = db.batch_size(args[1] if len(args) > 1 else kwargs.get("parameters", kwargs.get("seq_of_parameters")))
-                    call = db.start(LIBRARY, target_of(self), statement, batch_size=batch, parent=parent)
-                else:
-                    call = db.start_statement(LIBRARY, target_of(self), statement, parent)
+                if many:
+                    batch = db.batch_size(args[1] if len(args) > 1 else kwargs.get("parameters", kwargs.get("seq_of_parameters")))
+                    call = db.start(LIBRARY, target_of(self), db.statement(sql), batch_size=batch, parent=parent)
+                else:  # its span's name and attributes kept by the connection's Target
+                    call = db.start_cached(LIBRARY, target_of(self), sql, db.query_span)
                 if call is not None and commented and args and call.comment:
                     args = (db.with_comment(sql, call), *args[1:])
         except Exception:  # noqa: BLE001 - run the query as the app asked
@@ -225,13 +222,12 @@ def _spanned(name: str, original: Callable[..., Any], target_of: Callable[[Any],
             return original(self, *args, **kwargs)
         # db.run, inline (every query passes here): the result or exception untouched.
         try:
-            result = original(self, *args, **kwargs)
+            return original(self, *args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
-            call.close()
             raise
-        call.close()
-        return result
+        finally:
+            call.close()
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = getattr(original, "__doc__", None)

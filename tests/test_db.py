@@ -391,3 +391,98 @@ def test_a_call_says_whether_the_sql_comment_is_wanted_as_the_setting_says(recor
     call = db.start("x", TARGET, db.statement("SELECT 1"))
     assert call.comment is True
     call.close()
+
+
+# -- start_cached: the usual query's one call ------------------------------------------------
+
+
+def test_start_cached_keeps_a_statements_span_under_its_text_never_another_ones(recorded, parent):
+    target = db.Target("postgresql", "shop")
+    for sql in ("SELECT * FROM users WHERE id = 1", "SELECT * FROM users WHERE id = 1", b"DELETE FROM carts WHERE id = 2", "UPDATE t SET a = 3"):
+        db.start_cached("psycopg", target, sql, db.query_span).close()
+    assert target.kept("SELECT * FROM users WHERE id = 1") == ("SELECT users", {**target.attributes, **db.statement("SELECT * FROM users WHERE id = ?").attributes})
+    assert target.kept(b"DELETE FROM carts WHERE id = 2")[1]["db.query.text"] == "DELETE FROM carts WHERE id = ?"
+    texts = [(s.name, s.attributes["db.query.text"]) for s in recorded.get_finished_spans()]
+    assert texts == [
+        ("SELECT users", "SELECT * FROM users WHERE id = ?"),
+        ("SELECT users", "SELECT * FROM users WHERE id = ?"),
+        ("DELETE carts", "DELETE FROM carts WHERE id = ?"),
+        ("UPDATE t", "UPDATE t SET a = ?"),
+    ]
+    assert all(s.parent.span_id == parent.get_span_context().span_id and s.kind is SpanKind.CLIENT for s in recorded.get_finished_spans())
+
+
+def test_start_cached_is_bounded_and_keeps_no_long_text(recorded, parent):
+    target = db.Target("postgresql")
+    for i in range(db.SPANS_KEPT * 3):
+        db.start_cached("psycopg", target, f"UPDATE t{i} SET a = {i}", db.query_span).close()
+        assert len(target._spans) <= db.SPANS_KEPT  # noqa: SLF001 - bounded
+    long = "SELECT " + "a, " * db.KEPT_TEXT_CHARS + "b FROM t"
+    db.start_cached("psycopg", target, long, db.query_span).close()
+    assert target.kept(long) is None  # kept under its Statement (the statement cache bounds texts)
+    spans = recorded.get_finished_spans()
+    assert [s.attributes["db.query.text"] for s in spans[:-1]] == [f"UPDATE t{i} SET a = ?" for i in range(db.SPANS_KEPT * 3)]
+    assert spans[-1].name == "SELECT t" and spans[-1].attributes["db.query.text"].endswith(db.TRUNCATED)
+
+
+def test_start_cached_reads_what_is_not_a_hashable_text(recorded, parent):
+    target = db.Target("sqlite")
+    db.start_cached("sqlite3", target, bytearray(b"SELECT 'x'"), db.query_span).close()
+    db.start_cached("sqlite3", target, object(), db.query_span).close()
+    first, second = recorded.get_finished_spans()
+    assert (first.name, first.attributes["db.query.text"]) == ("SELECT", "SELECT ?")
+    assert (second.name, dict(second.attributes)) == ("sqlite", target.attributes)
+    assert len(target._spans) == 0  # noqa: SLF001 - neither kept
+
+
+def test_start_cached_follows_a_settings_reset(recorded, parent, db_env):
+    target = db.Target("postgresql")
+    sql = "SELECT * FROM users WHERE name = 'bob'"
+    db.start_cached("psycopg", target, sql, db.query_span).close()
+    db_env(AUTOTRACE_DB_STATEMENT="raw", AUTOTRACE_SQL_COMMENT="true")  # the reset drops what targets keep
+    call = db.start_cached("psycopg", target, sql, db.query_span)
+    assert call.comment is True
+    call.close()
+    first, second = recorded.get_finished_spans()
+    assert first.attributes["db.query.text"] == "SELECT * FROM users WHERE name = ?"
+    assert second.attributes["db.query.text"] == sql
+
+
+def test_start_cached_decides_per_context(recorded, db_env):
+    target = db.Target("postgresql")
+    sql = "SELECT 1"
+    assert db.start_cached("psycopg", target, sql, db.query_span) is None  # no trace current
+    with trace.get_tracer("test").start_as_current_span("request"):
+        call = db.start_cached("psycopg", target, sql, db.query_span)
+        assert call is not None and db.current() is call
+        assert db.start_cached("psycopg", target, sql, db.query_span) is None  # under a call in progress
+        call.close()
+        token = context.attach(context.set_value(api.SUPPRESS_INSTRUMENTATION, True))
+        assert db.start_cached("psycopg", target, sql, db.query_span) is None
+        context.detach(token)
+        db.start_cached("psycopg", target, sql, db.query_span).close()
+    assert db.start_cached("psycopg", target, sql, db.query_span) is None
+    db_env(AUTOTRACE_DB_ROOT_SPANS="true")  # the reset drops the decision kept
+    db.start_cached("psycopg", target, sql, db.query_span).close()
+    spans = [s for s in recorded.get_finished_spans() if s.name == "SELECT"]
+    assert len(spans) == 3 and spans[2].parent is None
+
+
+def test_a_cached_call_is_freed_at_once_not_by_the_garbage_collector(recorded, parent):
+    target = db.Target("postgresql")
+
+    def queries():
+        for _ in range(3):
+            db.start_cached("psycopg", target, "SELECT 1", db.query_span).close()
+
+    assert _left_for_the_collector(db.DbCall, queries) == []
+    assert len(recorded.get_finished_spans()) == 3
+
+
+def test_a_failing_make_leaves_the_call_untraced(recorded, parent):
+    def broken(target, key):
+        raise RuntimeError("hook bug")
+
+    assert db.start_cached("psycopg", db.Target("postgresql"), "SELECT 1", broken) is None
+    assert recorded.get_finished_spans() == ()
+    assert context.get_current().get(api.IN_DB_CALL) is None

@@ -464,3 +464,47 @@ def test_status_code_of_versions_that_strip_the_prefix():
     assert db.status_code_of(ResponseError("Command # 1 (GET k) of pipeline caused error: WRONGTYPE x")) == "WRONGTYPE"
     assert db.status_code_of(WatchError("watched key changed")) is None
     assert db.status_code_of(ValueError("x")) is None
+
+
+# -- the span of a command, kept by the target ----------------------------------------------
+
+
+def test_a_commands_span_is_kept_under_its_arguments_only_when_they_make_its_text(traced, client, parent):
+    first, second = key("user"), key("user")
+    client.set(first, "v1")
+    client.set(first, "v2")
+    client.get(first)
+    client.get(second)
+    client.get(first)
+    texts = [s.attributes["db.query.text"] for s in redis_spans(traced)]
+    assert texts == [f"SET {first} ?", f"SET {first} ?", f"GET {first}", f"GET {second}", f"GET {first}"]
+    target = client.connection_pool.__dict__[redis_hook.TARGET_ATTRIBUTE]
+    assert target.kept(("GET", first))[1]["db.query.text"] == f"GET {first}"
+    assert target.kept(("GET", second))[1]["db.query.text"] == f"GET {second}"
+    assert target.kept(("SET", first, "v1")) is None  # its values are in the arguments: never kept
+    assert target.kept("GET") == ("GET", {**target.attributes, "db.operation.name": "GET"})  # the command's own
+
+
+def test_no_secret_or_non_text_argument_is_kept(traced, parent):
+    target = db.Target("redis", "0")
+    for args in (("AUTH", "pw"), ("GET", 1), ("GET", True), ("GET", 1.0), ("GET", "k")):
+        call = db.start_cached("redis", target, args, redis_hook.command_span)
+        call.close()
+    texts = [s.attributes["db.query.text"] for s in redis_spans(traced)]
+    assert texts == ["AUTH ?", "GET 1", "GET True", "GET 1.0", "GET k"]  # 1 == True == 1.0: each its own
+    assert [key for key in target._spans if isinstance(key, tuple)] == [("GET", "k")]  # noqa: SLF001
+
+
+def test_kept_commands_are_bounded_and_follow_the_settings(traced, parent, db_env):
+    target = db.Target("redis", "0")
+    for i in range(db.SPANS_KEPT * 3):
+        db.start_cached("redis", target, ("GET", f"k{i}"), redis_hook.command_span).close()
+        assert len(target._spans) <= db.SPANS_KEPT  # noqa: SLF001
+    assert [s.attributes["db.query.text"] for s in redis_spans(traced)] == [f"GET k{i}" for i in range(db.SPANS_KEPT * 3)]
+    db_env(AUTOTRACE_DB_STATEMENT="off")
+    db.start_cached("redis", target, ("GET", "k1"), redis_hook.command_span).close()
+    db_env(AUTOTRACE_DB_STATEMENT="raw")
+    db.start_cached("redis", target, ("SET", "k1", "v"), redis_hook.command_span).close()
+    off, raw = redis_spans(traced)[-2:]
+    assert "db.query.text" not in off.attributes and off.name == "GET"
+    assert raw.attributes["db.query.text"] == "SET k1 v"
