@@ -227,7 +227,7 @@ SERVER_PROCESS_CLIENT = """
 import re, socket, sys, time
 
 port, calls = int(sys.argv[1]), int(sys.argv[2])
-deadline = time.monotonic() + 900
+deadline = time.monotonic() + 1500
 while True:
     try:
         sock = socket.create_connection(("127.0.0.1", port))
@@ -254,31 +254,36 @@ sock.close()
 
 
 def _server_instructions(variants: dict[str, tuple[list[str], dict[str, str]]], low: int = 500, high: int = 2500) -> None:
-    """Instructions per request of the aiohttp server's process (``--server-process``), every
+    """Instructions per request of the aiohttp server's process (``--server-process``), a
     variant's low and high runs at once."""
     with tempfile.TemporaryDirectory() as tmp:
         app, client = Path(tmp, "app.py"), Path(tmp, "client.py")
         app.write_text(SERVER_PROCESS_APP)
         client.write_text(SERVER_PROCESS_CLIENT)
-        running = []
-        for name, (command, env) in variants.items():
-            for calls in (low, high):
-                port = harness.free_port()
-                server = subprocess.Popen(
-                    ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null", *command, str(app), str(port)],
-                    env=dict(env, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                )
-                driver = subprocess.Popen([str(harness.BIN / "python"), str(client), str(port), str(calls)], env=harness.plain_env())
-                running.append((name, calls, server, driver))
         counts: dict[str, dict[int, int]] = {name: {} for name in variants}
-        for name, calls, server, driver in running:
+        for name, (command, env) in variants.items():  # one variant at a time: its two runs at once
+            running = []
             try:
-                if driver.wait(timeout=1800) != 0:
-                    raise SystemExit(f"{name}: the client failed")
+                for calls in (low, high):
+                    port = harness.free_port()
+                    server = subprocess.Popen(
+                        ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null", *command, str(app), str(port)],
+                        env=dict(env, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    )
+                    driver = subprocess.Popen([str(harness.BIN / "python"), str(client), str(port), str(calls)], env=harness.plain_env())
+                    running.append((calls, server, driver))
+                for calls, server, driver in running:
+                    if driver.wait(timeout=1800) != 0:
+                        raise SystemExit(f"{name}: the client failed")
+                    server.send_signal(signal.SIGINT)  # run_app's clean exit (the agent's flush included)
+                    _, err = server.communicate(timeout=600)
+                    counts[name][calls] = sum(int(found) for found in re.findall(r"Collected : (\d+)", err))
             finally:
-                server.send_signal(signal.SIGINT)  # run_app's clean exit (the agent's flush included)
-                _, err = server.communicate(timeout=600)
-            counts[name][calls] = sum(int(found) for found in re.findall(r"Collected : (\d+)", err))
+                for _, server, driver in running:
+                    for process in (driver, server):
+                        if process.poll() is None:
+                            process.kill()
+                            process.wait()
     per_request = {name: (found[high] - found[low]) / (high - low) for name, found in counts.items()}
     plain = per_request.pop("plain")
     print(f"aiohttp hello, instructions per request of the server's process (web.run_app, every thread, user space; "
