@@ -79,7 +79,11 @@ class HeaderLookup:
 
     def absent(self, names: Iterable[str]) -> bool | None:
         """Whether none of these (lower-case) header names is in the request; None when the
-        lookup cannot tell without reading the values (no ``contains``)."""
+        lookup cannot tell without reading the values (no ``contains``).
+
+        With ``contains`` set, :func:`start` asks it directly (this loop, inline): a lookup
+        that answers otherwise (``wsgi.EnvironLookup``: one set operation) sets ``contains``
+        to None and overrides this."""
         contains = self.contains
         if contains is None:
             return None
@@ -458,8 +462,18 @@ def start(
                 seen, reads = _reads
                 if seen is not propagator:
                     reads = fields_read(propagator)
-                if reads is not None and absent(reads) is True:
-                    parent = current
+                if reads is not None:
+                    contains = headers.contains
+                    if contains is None:
+                        if absent(reads) is True:
+                            parent = current
+                    else:
+                        # HeaderLookup.absent, inline (a call less on every request).
+                        for field in reads:
+                            if contains(field):
+                                break
+                        else:
+                            parent = current
         if parent is None:
             parent, links = extract_incoming(headers, _GETTER, current, mode)
         span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
@@ -474,20 +488,21 @@ def start(
 
 
 # A Host header -> (server.address, server.port), for the values seen last: a service is
-# called under few names. Bounded: cleared when full.
-_hosts: dict[str, tuple[str | None, int | None]] = {}
+# called under few names. Bounded: cleared when full (never replaced: a hook may read it
+# directly, ``hosts.get(host) or host_address(host)``, a call less on its hot path).
+hosts: dict[str, tuple[str | None, int | None]] = {}
 _HOSTS_SIZE = 64
 
 
 def host_address(host: str) -> tuple[str | None, int | None]:
     """A ``Host`` header's address and port (``"[::1]:8080"`` -> ``("[::1]", 8080)``; no port: None)."""
-    found = _hosts.get(host)
+    found = hosts.get(host)
     if found is None:
         name, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
         found = (name or None, int(port) if port.isdigit() else None)
-        if len(_hosts) >= _HOSTS_SIZE:
-            _hosts.clear()
-        _hosts[host] = found
+        if len(hosts) >= _HOSTS_SIZE:
+            hosts.clear()
+        hosts[host] = found
     return found
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/gunicorn_flask.py [--seconds 10] [--connections 4] [--workers 1] [--app flask|aiohttp|tornado] [--no-export] [--protocol http|grpc] [--compare LABEL=VENV_BIN_DIR ...]
     python benchmarks/gunicorn_flask.py [--app flask|aiohttp|tornado] --instructions [--compare LABEL=VENV_BIN_DIR ...]
+    python benchmarks/gunicorn_flask.py --app aiohttp --instructions --server-process [--compare LABEL=VENV_BIN_DIR ...]
 
 ``--app aiohttp``: the same hello as an ``aiohttp.web`` app under gunicorn's aiohttp
 worker (``-k aiohttp.GunicornWebWorker``), with the same targets. ``--app tornado``: a
@@ -33,6 +34,18 @@ no server and no socket (``FLASK_INSTRUCTIONS_DRIVER``); 2,000 requests after 30
 warm-up, counted only inside the ``functools.reduce`` call that runs them (start-up,
 imports and warm-up left out); spans made, not exported. The client's share is the same
 in every variant, so the difference to plain is the agent's, server side.
+
+``--instructions --server-process`` (aiohttp): the server alone, as deployed: the hello
+app served by ``web.run_app`` in a process of its own under callgrind (every thread:
+the export thread's work is counted), a keep-alive client in another process (not
+counted); each variant run for 500 and for 2,500 requests, the difference divided by
+2,000 (start-up, imports and the exit's flush cancel out). Variants: plain, ``autotrace
+run`` exporting to the local sink, and the same with ``OTEL_TRACES_EXPORTER=none``: their
+difference is what the export costs the server's process a request (the span's encoding
+at its end and the export thread's batching and POST). Under valgrind the server is about
+50 times slower, so batches leave on the schedule (every 5 s) rather than full: a batch's
+fixed cost is spread over fewer spans than at full speed, and the export's share reads
+high, not low.
 """
 
 from __future__ import annotations
@@ -191,6 +204,93 @@ functools.reduce(lambda _, n: run(n), [int(sys.argv[2])], None)  # what callgrin
 """
 
 
+# --instructions --server-process: the aiohttp hello served alone; argv: port.
+SERVER_PROCESS_APP = """
+import sys
+
+from aiohttp import web
+
+
+async def hello(request):
+    return web.Response(text="hello " + request.match_info["name"])
+
+
+app = web.Application()
+app.router.add_get("/hello/{name}", hello)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+# Its client (not counted): argv: port, requests. Waits for the port (a server under
+# valgrind takes a minute or more to start), sends the requests one after the other on
+# one kept-alive connection, reading each response whole.
+SERVER_PROCESS_CLIENT = """
+import re, socket, sys, time
+
+port, calls = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.monotonic() + 1500
+while True:
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+request = b"GET /hello/world HTTP/1.1\\r\\nHost: 127.0.0.1:%d\\r\\nUser-Agent: bench\\r\\n\\r\\n" % port
+length = re.compile(rb"(?i)content-length: *(\\d+)")
+buffer = b""
+for _ in range(calls):
+    sock.sendall(request)
+    while True:
+        end = buffer.find(b"\\r\\n\\r\\n")
+        if end >= 0:
+            size = end + 4 + int(length.search(buffer[:end]).group(1))
+            if len(buffer) >= size:
+                buffer = buffer[size:]
+                break
+        buffer += sock.recv(65536)
+sock.close()
+"""
+
+
+def _server_instructions(variants: dict[str, tuple[list[str], dict[str, str]]], low: int = 500, high: int = 2500) -> None:
+    """Instructions per request of the aiohttp server's process (``--server-process``), a
+    variant's low and high runs at once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app, client = Path(tmp, "app.py"), Path(tmp, "client.py")
+        app.write_text(SERVER_PROCESS_APP)
+        client.write_text(SERVER_PROCESS_CLIENT)
+        counts: dict[str, dict[int, int]] = {name: {} for name in variants}
+        for name, (command, env) in variants.items():  # one variant at a time: its two runs at once
+            running = []
+            try:
+                for calls in (low, high):
+                    port = harness.free_port()
+                    server = subprocess.Popen(
+                        ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=/dev/null", *command, str(app), str(port)],
+                        env=dict(env, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    )
+                    driver = subprocess.Popen([str(harness.BIN / "python"), str(client), str(port), str(calls)], env=harness.plain_env())
+                    running.append((calls, server, driver))
+                for calls, server, driver in running:
+                    if driver.wait(timeout=1800) != 0:
+                        raise SystemExit(f"{name}: the client failed")
+                    server.send_signal(signal.SIGINT)  # run_app's clean exit (the agent's flush included)
+                    _, err = server.communicate(timeout=600)
+                    counts[name][calls] = sum(int(found) for found in re.findall(r"Collected : (\d+)", err))
+            finally:
+                for _, server, driver in running:
+                    for process in (driver, server):
+                        if process.poll() is None:
+                            process.kill()
+                            process.wait()
+    per_request = {name: (found[high] - found[low]) / (high - low) for name, found in counts.items()}
+    plain = per_request.pop("plain")
+    print(f"aiohttp hello, instructions per request of the server's process (web.run_app, every thread, user space; "
+          f"{high} - {low} requests; valgrind --tool=callgrind)")
+    print(f"  plain {plain:,.0f}" + "".join(f"   {name} {count:,.0f} {count / plain:.2f}x (+{count - plain:,.0f})" for name, count in per_request.items()))
+
+
 def _instructions(app: str, variants: dict[str, list[str]], env: dict[str, str], requests: int = 2000) -> None:
     """Instructions per request of each variant (``[launcher..., python]``), counted in parallel."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -306,8 +406,34 @@ def main() -> None:
         "--instructions", action="store_true",
         help="count instructions per request in process with valgrind (callgrind) instead of timing",
     )
+    parser.add_argument(
+        "--server-process", action="store_true",
+        help="with --instructions (aiohttp): count the server's process alone, export on and off",
+    )
     args = parser.parse_args()
     source, server_command, title = APPS[args.app]
+    if args.server_process:
+        if not args.instructions or args.app != "aiohttp":
+            parser.error("--server-process goes with --instructions --app aiohttp")
+        sink = harness.serve(harness.Sink)
+        exporting = harness.exporting_env(harness.plain_env(), sink)
+        unexported = harness.unexported(harness.plain_env())
+        launch = [str(harness.BIN / "autotrace"), "run", str(harness.BIN / "python")]
+        processes: dict[str, tuple[list[str], dict[str, str]]] = {
+            "plain": ([str(harness.BIN / "python")], exporting),
+            "autotrace run": (launch, exporting),
+            "autotrace run, no export": (launch, unexported),
+        }
+        for item in args.compare:
+            label, sep, other_bin = item.partition("=")
+            if not sep or not Path(other_bin, "autotrace").exists():
+                parser.error(f"--compare {item!r}: expected LABEL=DIR, DIR a venv's bin directory with autotrace")
+            other = [str(Path(other_bin, "autotrace")), "run", str(Path(other_bin, "python"))]
+            processes[f"autotrace run ({label})"] = (other, exporting)
+            processes[f"autotrace run ({label}), no export"] = (other, unexported)
+        _server_instructions(processes)
+        sink.shutdown()
+        return
     if args.instructions:
         env = harness.plain_env()
         counted = {"plain": [str(harness.BIN / "python")], "autotrace run": [str(harness.BIN / "autotrace"), "run", str(harness.BIN / "python")]}

@@ -37,6 +37,8 @@ import sys
 from autotrace import server_span
 from autotrace.patching import wrap_function
 
+hosts = server_span.hosts  # a Host header -> (address, port), read here without a call
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
@@ -53,7 +55,38 @@ def _traced(original):
     async def _handle_request(self, request, start_time, request_handler, *args, **kwargs):
         span = None
         if request_handler is getattr(self, "_request_handler", None):  # not aiohttp's error handler
-            span = _start(request)
+            # The span's start, inline (a call less on every request).
+            try:
+                headers = request.headers
+                path, _, query = request.raw_path.partition("?")
+                host = headers.get("Host")
+                if host:
+                    address, port = hosts.get(host) or server_span.host_address(host)
+                else:
+                    address = port = None
+                if address is None:
+                    transport = request.transport
+                    sockname = transport.get_extra_info("sockname") if transport is not None else None
+                    if isinstance(sockname, tuple) and len(sockname) >= 2:
+                        address, port = sockname[0], sockname[1]
+                scheme = request.scheme
+                if "Upgrade" in headers and headers["Upgrade"].lower() == "websocket":
+                    scheme = "wss" if scheme == "https" else "ws"
+                version = request.version
+                span = server_span.start(
+                    request.method,
+                    scheme,
+                    path,
+                    query,
+                    server_span.MultiDictLookup(headers),
+                    address,
+                    port,
+                    request.remote,
+                    _versions.get(version) or _version(version),
+                    headers.get("User-Agent"),
+                )
+            except Exception:  # noqa: BLE001 - never fail a request
+                span = None
         if span is None:
             return await original(self, request, start_time, request_handler, *args, **kwargs)
         try:
@@ -80,8 +113,13 @@ def _traced(original):
             span.end()
             span.detach()
             return result
+        try:  # the route's cached name (_route's first step, inline: a call less on every request)
+            match = getattr(request, "match_info", None)  # a low-level server's request has none
+            route = _routes.get(match.route) if match is not None else ""
+        except Exception:  # noqa: BLE001
+            route = None
         # Status, route, named headers, the end and the detach: one call.
-        span.finish(code, _route(request), True, headers)
+        span.finish(code, _route(request) if route is None else route, True, headers)
         return result
 
     return _handle_request
@@ -129,37 +167,6 @@ def _version(version) -> str | None:
             _versions.clear()
         _versions[version] = found
     return found
-
-
-def _start(request) -> server_span.ServerSpan | None:
-    try:
-        headers = request.headers
-        path, _, query = request.raw_path.partition("?")
-        host = headers.get("Host")
-        address, port = server_span.host_address(host) if host else (None, None)
-        if address is None:
-            transport = request.transport
-            sockname = transport.get_extra_info("sockname") if transport is not None else None
-            if isinstance(sockname, tuple) and len(sockname) >= 2:
-                address, port = sockname[0], sockname[1]
-        scheme = request.scheme
-        version = request.version
-        if "Upgrade" in headers and headers["Upgrade"].lower() == "websocket":
-            scheme = "wss" if scheme == "https" else "ws"
-        return server_span.start(
-            request.method,
-            scheme,
-            path,
-            query,
-            server_span.MultiDictLookup(headers),
-            address,
-            port,
-            request.remote,
-            _versions.get(version) or _version(version),
-            headers.get("User-Agent"),
-        )
-    except Exception:  # noqa: BLE001 - never fail a request
-        return None
 
 
 # A route object -> its resource's canonical form ("" when none: a low-level server's
