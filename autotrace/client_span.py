@@ -206,17 +206,13 @@ class ClientSpan(SpanHandle):
         """
         try:
             span = self.span
-            if protocol_version is not None:
-                try:
-                    version = PROTOCOL_VERSIONS.get(protocol_version)  # the usual ones: one look-up
-                except TypeError:
-                    version = None
-                if version is None:
-                    version = _protocol_version(protocol_version)
-            else:
-                version = None
+            try:
+                found = _RESPONSES.get((status_code, protocol_version))  # the usual ones: one look-up
+            except TypeError:  # a version that is not hashable
+                found = None
+            if found is None:
+                found = _response_attributes(status_code, protocol_version)
             # One call: the SDK takes its lock once (set_known, inline).
-            found = {"http.response.status_code": status_code, "network.protocol.version": version} if version else {"http.response.status_code": status_code}
             known = getattr(span, "set_known", None)
             if known is not None:
                 known(found)
@@ -422,6 +418,29 @@ def _url_attributes(url: str) -> tuple[str, str | None, int | None]:
     except ValueError:  # a port that is not a number: the URL is recorded as it is
         port = None
     return full, parts.hostname, port
+
+
+# The response attributes by (status code, version as the library reports it): a client
+# gets the same few answers. Each dict is shared and never changed (set_known and the
+# SDK's set_attributes copy its values); bounded, cleared when full.
+_RESPONSES: dict[tuple[object, object], dict[str, object]] = {}
+_RESPONSES_SIZE = 64
+
+
+def _response_attributes(status_code: int, reported: object) -> dict[str, object]:
+    """``http.response.status_code`` and ``network.protocol.version`` of a response (see ``set_response``)."""
+    version = protocol_version(reported) if reported is not None else None
+    found: dict[str, object] = {"http.response.status_code": status_code}
+    if version:
+        found["network.protocol.version"] = version
+    if type(status_code) is int:  # a key of another type (bool, a library's int subclass) is not kept
+        try:
+            if len(_RESPONSES) >= _RESPONSES_SIZE:
+                _RESPONSES.clear()  # bounded: start again rather than keep old entries in order
+            _RESPONSES[(status_code, reported)] = found
+        except TypeError:  # a version that is not hashable
+            pass
+    return found
 
 
 # network.protocol.version of the versions libraries report: http.client and urllib3 as

@@ -342,3 +342,36 @@ def test_set_response_takes_the_version_as_the_library_reports_it(spans):
         span = spans.get_finished_spans()[-1]
         assert span.attributes["http.response.status_code"] == 204
         assert span.attributes.get("network.protocol.version") == recorded, given
+
+
+def test_responses_are_kept_bounded_and_never_give_another_responses_values(spans, monkeypatch):
+    # set_response keeps the attributes per (status, version as reported): each response
+    # gets its own status and version, a span changed by the app changes no other, and the
+    # cache never grows past its bound.
+    monkeypatch.setattr(client_span, "_RESPONSES_SIZE", 4)
+    client_span._RESPONSES.clear()
+    answers = [(200, 11), (200, 10), (404, 11), (200, "HTTP/2"), (500, 20), (200, 11), (201, None), (200, 11)]
+    for status, version in answers:
+        call = client_span.start("lib", "GET", "http://h/r")
+        call.set_response(status, version)
+        call.span.set_attribute("http.response.status_code", 999)  # the app's change: this span's alone
+        call.close()
+        assert len(client_span._RESPONSES) <= 4
+    for span, (status, version) in zip(spans.get_finished_spans(), answers):
+        assert span.attributes["http.response.status_code"] == 999
+        assert span.attributes.get("network.protocol.version") == client_span.protocol_version(version)
+        assert (span.status.status_code == StatusCode.ERROR) is (status >= 400)
+    for (status, _), found in client_span._RESPONSES.items():
+        assert found["http.response.status_code"] == status
+    call = client_span.start("lib", "GET", "http://h/r")
+    call.set_response(200, 11)
+    call.close()
+    assert spans.get_finished_spans()[-1].attributes["http.response.status_code"] == 200
+
+
+@given(st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1), st.integers(0, 255))
+def test_traceparent_is_what_the_format_makes(trace_id, span_id, flags):
+    from autotrace.propagation.tracecontext import traceparent
+
+    assert traceparent(trace_id, span_id, flags) == f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    assert traceparent(2**128 + trace_id, span_id, flags) == f"00-{2**128 + trace_id:032x}-{span_id:016x}-{flags:02x}"
