@@ -1213,7 +1213,8 @@ static PyTypeObject *start_type; /* LightSpan, once register_light_start accepte
 
 /* What register_light_start was given (owned references). */
 static PyObject *start_plans;     /* dict: tracer -> plan tuple (see PLAN_* below), light_span's */
-static PyObject *start_span_key;  /* the API's current-span context key */
+static PyObject *start_api_dict;  /* autotrace.api's globals: its SPAN_KEY (None until the API is loaded) */
+static PyObject *start_with_span_py; /* autotrace.api's Python with_span (the reference) */
 static PyObject *start_decision_key; /* the agent's upstream sampling decision key */
 static PyObject *start_span_types; /* tuple of the span classes whose _context is their SpanContext */
 static PyObject *start_flags;     /* tuple: TraceFlags(0..3) */
@@ -1225,7 +1226,15 @@ static PyObject *start_context_type; /* opentelemetry.context.Context */
 static PyObject *start_end_py;    /* LightSpan's Python end (the reference) */
 static PyObject *empty_tuple, *int_64, *int_128, *trace_id_max, *span_id_max, *long_zero;
 static PyObject *s_tracer_config, *s_is_enabled, *s_span_processors, *s_resource_pub, *s_pid,
-    *s_app_provider, *s_after_end, *s_immutable, *s_fast;
+    *s_app_provider, *s_after_end, *s_immutable, *s_fast, *s_span_key_name;
+
+/* The API's current-span key (borrowed), or NULL: not known (None), or an error set. */
+static PyObject *
+span_key(void)
+{
+    PyObject *key = PyDict_GetItemWithError(start_api_dict, s_span_key_name);
+    return key == Py_None ? NULL : key;
+}
 
 /* The plan tuple light_span registers per tracer (its _Plan, read once). */
 enum {
@@ -1397,7 +1406,11 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
         }
     }
     /* The parent's SpanContext (a borrowed reference into the parent span), or none. */
-    PyObject *parent_span = PyDict_GetItemWithError(parent, start_span_key);
+    PyObject *key = span_key();
+    if (key == NULL) {
+        return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
+    }
+    PyObject *parent_span = PyDict_GetItemWithError(parent, key);
     PyObject *parent_context = NULL;
     PyObject *held = NULL; /* a reference to the parent context when read by getattr */
     if (parent_span == NULL) {
@@ -1615,13 +1628,20 @@ sp_with_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: with_span is not configured");
         return NULL;
     }
+    PyObject *span_current = span_key();
+    if (span_current == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return PyObject_Vectorcall(start_with_span_py, args, (size_t)nargs, NULL); /* the API's functions */
+    }
     PyObject *key = nargs > 2 ? args[2] : Py_None;
     PyObject *value = nargs > 3 ? args[3] : Py_None;
     PyObject *ctx = PyDict_Type.tp_new((PyTypeObject *)start_context_type, empty_tuple, NULL);
     if (ctx == NULL) {
         return NULL;
     }
-    if (PyDict_Merge(ctx, args[1], 1) < 0 || PyDict_SetItem(ctx, start_span_key, args[0]) < 0
+    if (PyDict_Merge(ctx, args[1], 1) < 0 || PyDict_SetItem(ctx, span_current, args[0]) < 0
         || (key != Py_None && PyDict_SetItem(ctx, key, value) < 0)) {
         Py_DECREF(ctx);
         return NULL;
@@ -1756,8 +1776,8 @@ static PyMethodDef light_end_def = {
     "end(end_time=None): the span's end (autotrace/_speedups.c for the common case, else the Python end)."};
 
 PyDoc_STRVAR(register_light_start_doc,
-"register_light_start(cls, slot_names, plans, span_key, decision_key, span_types, flags,\n"
-"                     getrandbits, lock, queue_globals, sdk_globals, context_type, end_py)\n"
+"register_light_start(cls, slot_names, plans, api_globals, with_span_py, decision_key, span_types,\n"
+"                     flags, getrandbits, lock, queue_globals, sdk_globals, context_type, end_py)\n"
 "-> end method or None\n\n"
 "Makes start_light and with_span work; returns LightSpan's compiled end (a method\n"
 "descriptor, to set as cls.end), or None when a slot is not an object slot of cls.");
@@ -1765,10 +1785,10 @@ PyDoc_STRVAR(register_light_start_doc,
 static PyObject *
 sp_register_light_start(PyObject *module, PyObject *args)
 {
-    PyObject *cls, *names, *plans, *span_key, *decision_key, *span_types, *flags, *bits, *lock, *queue_dict,
+    PyObject *cls, *names, *plans, *api_dict, *with_span_py, *decision_key, *span_types, *flags, *bits, *lock, *queue_dict,
         *sdk_dict, *context_type, *end_py;
-    if (!PyArg_ParseTuple(args, "O!O!O!OOO!O!OOO!O!O!O:register_light_start", &PyType_Type, &cls, &PyTuple_Type,
-                          &names, &PyDict_Type, &plans, &span_key, &decision_key, &PyTuple_Type, &span_types,
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO!O!OOO!O!O!O:register_light_start", &PyType_Type, &cls, &PyTuple_Type,
+                          &names, &PyDict_Type, &plans, &PyDict_Type, &api_dict, &with_span_py, &decision_key, &PyTuple_Type, &span_types,
                           &PyTuple_Type, &flags, &bits, &lock, &PyDict_Type, &queue_dict, &PyDict_Type, &sdk_dict,
                           &PyType_Type, &context_type, &end_py)) {
         return NULL;
@@ -1825,7 +1845,8 @@ sp_register_light_start(PyObject *module, PyObject *args)
     }
     memcpy(slot_offsets, offsets, sizeof(offsets));
     Py_XSETREF(start_plans, Py_NewRef(plans));
-    Py_XSETREF(start_span_key, Py_NewRef(span_key));
+    Py_XSETREF(start_api_dict, Py_NewRef(api_dict));
+    Py_XSETREF(start_with_span_py, Py_NewRef(with_span_py));
     Py_XSETREF(start_decision_key, Py_NewRef(decision_key));
     Py_XSETREF(start_span_types, Py_NewRef(span_types));
     Py_XSETREF(start_flags, Py_NewRef(flags));
@@ -1888,7 +1909,7 @@ PyInit__speedups(void)
         || intern(&s_is_enabled, "is_enabled") < 0 || intern(&s_span_processors, "_span_processors") < 0
         || intern(&s_resource_pub, "resource") < 0 || intern(&s_pid, "pid") < 0
         || intern(&s_app_provider, "_app_provider") < 0 || intern(&s_after_end, "_after_end") < 0
-        || intern(&s_immutable, "_immutable") < 0 || intern(&s_fast, "fast") < 0) {
+        || intern(&s_immutable, "_immutable") < 0 || intern(&s_fast, "fast") < 0 || intern(&s_span_key_name, "SPAN_KEY") < 0) {
         return NULL;
     }
     return PyModule_Create(&module_def);

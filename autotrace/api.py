@@ -142,6 +142,12 @@ def with_span(span: trace.Span, parent: context.Context, key: object = None, val
     return context.Context(values)
 
 
+# The reference: where autotrace._speedups is built, autotrace.light_span makes
+# with_span its compiled twin (the same Context, built in C), which calls this one while
+# SPAN_KEY is not known.
+with_span_py = with_span
+
+
 def _install_propagators() -> None:
     """Make the agent's propagators (exact W3C, B3, Jaeger; OTEL_PROPAGATORS) the global ones."""
     try:

@@ -344,17 +344,17 @@ def _fast_entry(tracer: Tracer, plan: _Plan) -> tuple | None:
 # Compiled plans by tracer, read by autotrace._speedups.start_light (kept as _plans is).
 _fast_plans: dict[object, tuple] = {}
 _start_light = None
-if _speedups is not None and api.SPAN_KEY is not None:
+if _speedups is not None:
     from opentelemetry.context import Context
 
     _compiled_end = _speedups.register_light_start(
-        LightSpan, _START_SLOTS, _fast_plans, api.SPAN_KEY, DECISION_KEY, tuple(_SDK_SPANS),
+        LightSpan, _START_SLOTS, _fast_plans, vars(api), api.with_span_py, DECISION_KEY, tuple(_SDK_SPANS),
         tuple(_FLAGS[flags] for flags in range(4)), _random_bits, Lock, vars(span_queue), vars(sdk), Context, _end_py,
     )  # fmt: skip
     if _compiled_end is not None:
         LightSpan.end = _compiled_end  # type: ignore[method-assign]
         _start_light = _speedups.start_light
-        api.with_span = _speedups.with_span  # the same context, built in C
+        api.with_span = _speedups.with_span  # the same context, built in C (api.with_span_py's)
 
 
 # Plans by tracer (None: the SDK starts that tracer's spans). Tracers are few and live as
