@@ -1226,7 +1226,7 @@ static PyObject *start_context_type; /* opentelemetry.context.Context */
 static PyObject *start_end_py;    /* LightSpan's Python end (the reference) */
 static PyObject *empty_tuple, *int_64, *int_128, *trace_id_max, *span_id_max, *long_zero;
 static PyObject *s_tracer_config, *s_is_enabled, *s_span_processors, *s_resource_pub, *s_pid,
-    *s_app_provider, *s_after_end, *s_immutable, *s_fast, *s_span_key_name;
+    *s_app_provider, *s_after_end, *s_immutable, *s_fast, *s_span_key_name, *s_variable;
 
 /* The API's current-span key (borrowed), or NULL: not known (None), or an error set. */
 static PyObject *
@@ -1509,8 +1509,21 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
         goto done;
     }
     /* SpanContext(trace_id, span_id, False, flags, trace_state): the tuple its __new__ makes. */
-    PyObject *items = PyTuple_Pack(6, trace_id, span_id, Py_False, PyTuple_GET_ITEM(start_flags, flags), trace_state,
-                                   valid ? Py_True : Py_False);
+    PyObject *values[6] = {trace_id, span_id, Py_False, PyTuple_GET_ITEM(start_flags, flags), trace_state,
+                           valid ? Py_True : Py_False};
+#if PY_VERSION_HEX < 0x030E0000
+    /* What tuple.__new__(SpanContext, values) does (tuple_subtype_new), without the two
+       argument tuples; from 3.14 on a tuple also caches its hash: tuple.__new__ then. */
+    context = ((PyTypeObject *)span_context_type)->tp_alloc((PyTypeObject *)span_context_type, 6);
+    if (context == NULL) {
+        result = NULL;
+        goto done;
+    }
+    for (int i = 0; i < 6; i++) {
+        PyTuple_SET_ITEM(context, i, Py_NewRef(values[i]));
+    }
+#else
+    PyObject *items = PyTuple_FromArray(values, 6);
     PyObject *args = items == NULL ? NULL : PyTuple_Pack(1, items);
     Py_XDECREF(items);
     if (args == NULL) {
@@ -1523,6 +1536,7 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
         result = NULL;
         goto done;
     }
+#endif
     kept = attributes == Py_None ? PyDict_New() : PyDict_Copy(attributes);
     if (kept == NULL) {
         result = NULL;
@@ -1612,6 +1626,22 @@ sp_start_light(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return span;
 }
 
+/* A new Context: parent's values, span under span_key, value under key unless key is None. */
+static PyObject *
+new_context(PyObject *span_key_obj, PyObject *span, PyObject *parent, PyObject *key, PyObject *value)
+{
+    PyObject *ctx = PyDict_Type.tp_new((PyTypeObject *)start_context_type, empty_tuple, NULL);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    if (PyDict_Merge(ctx, parent, 1) < 0 || PyDict_SetItem(ctx, span_key_obj, span) < 0
+        || (key != Py_None && PyDict_SetItem(ctx, key, value) < 0)) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 PyDoc_STRVAR(with_span_doc,
 "with_span(span, parent, key=None, value=None) -> Context\n\n"
 "autotrace.api.with_span: parent's values with span current (and key set to value when\n"
@@ -1635,18 +1665,123 @@ sp_with_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         return PyObject_Vectorcall(start_with_span_py, args, (size_t)nargs, NULL); /* the API's functions */
     }
-    PyObject *key = nargs > 2 ? args[2] : Py_None;
-    PyObject *value = nargs > 3 ? args[3] : Py_None;
-    PyObject *ctx = PyDict_Type.tp_new((PyTypeObject *)start_context_type, empty_tuple, NULL);
-    if (ctx == NULL) {
+    return new_context(span_current, args[0], args[1], nargs > 2 ? args[2] : Py_None, nargs > 3 ? args[3] : Py_None);
+}
+
+/* SpanHandle (register_handle): its class and the offsets of its slots span, context,
+   _token, _ended. */
+static PyTypeObject *handle_type;
+static Py_ssize_t handle_offsets[4];
+
+PyDoc_STRVAR(start_attached_doc,
+"start_attached(tracer, name, kind, parent, attributes) -> SpanHandle | None\n\n"
+"spans.start's common case (a SpanHandle, attached): start_light's span, with_span's\n"
+"context made current through the API's context variable, in one call; None when\n"
+"start_light would give None or the API's runtime context is not the context variable.");
+
+static PyObject *
+sp_start_attached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "start_attached(tracer, name, kind, parent, attributes)");
         return NULL;
     }
-    if (PyDict_Merge(ctx, args[1], 1) < 0 || PyDict_SetItem(ctx, span_current, args[0]) < 0
-        || (key != Py_None && PyDict_SetItem(ctx, key, value) < 0)) {
-        Py_DECREF(ctx);
+    if (handle_type == NULL || start_type == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *variable = PyDict_GetItemWithError(start_api_dict, s_variable);
+    PyObject *key = variable == NULL ? NULL : span_key();
+    if (key == NULL || !PyContextVar_CheckExact(variable)) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(variable);
+    Py_INCREF(key);
+    PyObject *handle = NULL, *ctx = NULL, *token = NULL;
+    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4]);
+    if (span == START_NOT_HANDLED) {
+        handle = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (span == NULL) {
+        goto done;
+    }
+    ctx = new_context(key, span, args[3], Py_None, Py_None);
+    handle = ctx == NULL ? NULL : PyBaseObject_Type.tp_new(handle_type, empty_tuple, NULL);
+    token = handle == NULL ? NULL : PyContextVar_Set(variable, ctx); /* last: nothing to undo after it */
+    if (token == NULL) {
+        Py_CLEAR(handle);
+        goto done;
+    }
+    PyObject *values[4] = {span, ctx, token, Py_False};
+    for (int i = 0; i < 4; i++) {
+        PyObject **slot = (PyObject **)((char *)handle + handle_offsets[i]);
+        Py_XSETREF(*slot, Py_NewRef(values[i]));
+    }
+done:
+    Py_XDECREF(span == START_NOT_HANDLED ? NULL : span);
+    Py_XDECREF(ctx);
+    Py_XDECREF(token);
+    Py_DECREF(variable);
+    Py_DECREF(key);
+    return handle;
+}
+
+PyDoc_STRVAR(register_handle_doc,
+"register_handle(cls, slot_names) -> bool\n\n"
+"spans.SpanHandle and the names of its slots span, context, _token, _ended: start_attached\n"
+"makes its instances. False when a name is not an object slot of cls.");
+
+static PyObject *
+sp_register_handle(PyObject *module, PyObject *args)
+{
+    PyObject *cls, *names;
+    if (!PyArg_ParseTuple(args, "O!O!:register_handle", &PyType_Type, &cls, &PyTuple_Type, &names)) {
         return NULL;
     }
-    return ctx;
+    if (PyTuple_GET_SIZE(names) != 4) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t offsets[4];
+    for (int i = 0; i < 4; i++) {
+        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
+        if (descr == NULL) {
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
+                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
+        if (ok) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            Py_RETURN_FALSE;
+        }
+    }
+    if (empty_tuple == NULL) {
+        Py_RETURN_FALSE; /* register_light_start first */
+    }
+    memcpy(handle_offsets, offsets, sizeof(offsets));
+    Py_XSETREF(handle_type, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_TRUE;
+}
+
+/* The lock class the factory makes and its acquire and release (method descriptors),
+   called directly for a lock of exactly that class (no method lookup). */
+static PyTypeObject *lock_type;
+static PyObject *lock_acquire, *lock_release;
+
+static PyObject *
+lock_call(PyObject *lock, PyObject *method, PyObject *name)
+{
+    if (Py_TYPE(lock) == lock_type && method != NULL) {
+        return PyObject_Vectorcall(method, &lock, 1, NULL);
+    }
+    return PyObject_CallMethodNoArgs(lock, name);
 }
 
 /* LightSpan.end(self, end_time=None) in C for the common case; else its Python end. */
@@ -1661,7 +1796,7 @@ light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         goto python;
     }
     lock = Py_NewRef(slot_get(self, L_LOCK));
-    PyObject *acquired = PyObject_CallMethodNoArgs(lock, s_acquire);
+    PyObject *acquired = lock_call(lock, lock_acquire, s_acquire);
     if (acquired == NULL) {
         Py_DECREF(lock);
         return NULL;
@@ -1682,7 +1817,7 @@ light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
+    PyObject *released = lock_call(lock, lock_release, s_release);
     Py_DECREF(lock);
     if (released == NULL) {
         if (exc_type != NULL) {
@@ -1843,6 +1978,26 @@ sp_register_light_start(PyObject *module, PyObject *args)
     if (method == NULL) {
         return NULL;
     }
+    /* The factory's lock class and its methods, when they are method descriptors of it. */
+    PyObject *sample = PyObject_CallNoArgs(lock);
+    PyObject *acquire = sample == NULL ? NULL : PyObject_GetAttr((PyObject *)Py_TYPE(sample), s_acquire);
+    PyObject *release = acquire == NULL ? NULL : PyObject_GetAttr((PyObject *)Py_TYPE(sample), s_release);
+    if (release == NULL) {
+        Py_XDECREF(sample);
+        Py_XDECREF(acquire);
+        Py_DECREF(method);
+        return NULL;
+    }
+    if (Py_IS_TYPE(acquire, &PyMethodDescr_Type) && Py_IS_TYPE(release, &PyMethodDescr_Type)) {
+        Py_XSETREF(lock_type, (PyTypeObject *)Py_NewRef(Py_TYPE(sample)));
+        Py_XSETREF(lock_acquire, acquire);
+        Py_XSETREF(lock_release, release);
+    }
+    else {
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+    }
+    Py_DECREF(sample);
     memcpy(slot_offsets, offsets, sizeof(offsets));
     Py_XSETREF(start_plans, Py_NewRef(plans));
     Py_XSETREF(start_api_dict, Py_NewRef(api_dict));
@@ -1869,6 +2024,8 @@ static PyMethodDef methods[] = {
     {"register_light_start", sp_register_light_start, METH_VARARGS, register_light_start_doc},
     {"start_light", (PyCFunction)(void (*)(void))sp_start_light, METH_FASTCALL, start_light_doc},
     {"with_span", (PyCFunction)(void (*)(void))sp_with_span, METH_FASTCALL, with_span_doc},
+    {"start_attached", (PyCFunction)(void (*)(void))sp_start_attached, METH_FASTCALL, start_attached_doc},
+    {"register_handle", sp_register_handle, METH_VARARGS, register_handle_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1909,7 +2066,8 @@ PyInit__speedups(void)
         || intern(&s_is_enabled, "is_enabled") < 0 || intern(&s_span_processors, "_span_processors") < 0
         || intern(&s_resource_pub, "resource") < 0 || intern(&s_pid, "pid") < 0
         || intern(&s_app_provider, "_app_provider") < 0 || intern(&s_after_end, "_after_end") < 0
-        || intern(&s_immutable, "_immutable") < 0 || intern(&s_fast, "fast") < 0 || intern(&s_span_key_name, "SPAN_KEY") < 0) {
+        || intern(&s_immutable, "_immutable") < 0 || intern(&s_fast, "fast") < 0 || intern(&s_span_key_name, "SPAN_KEY") < 0
+        || intern(&s_variable, "_variable") < 0) {
         return NULL;
     }
     return PyModule_Create(&module_def);

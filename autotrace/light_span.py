@@ -317,7 +317,7 @@ def _fast_entry(tracer: Tracer, plan: _Plan) -> tuple | None:
     with fixed decisions that reads no attributes, the SDK's random ids, light-end
     processors only, no attribute length limit, no SDK span metrics, the SDK's switch."""
     if (
-        _start_light is None
+        compiled_start is None
         or plan.light_ends is None
         or not plan.blind
         or plan.by_parent is None
@@ -343,7 +343,7 @@ def _fast_entry(tracer: Tracer, plan: _Plan) -> tuple | None:
 
 # Compiled plans by tracer, read by autotrace._speedups.start_light (kept as _plans is).
 _fast_plans: dict[object, tuple] = {}
-_start_light = None
+compiled_start = None  # autotrace._speedups.start_light when built and registered: start_span's common case
 if _speedups is not None:
     from opentelemetry.context import Context
 
@@ -353,7 +353,7 @@ if _speedups is not None:
     )  # fmt: skip
     if _compiled_end is not None:
         LightSpan.end = _compiled_end  # type: ignore[method-assign]
-        _start_light = _speedups.start_light
+        compiled_start = _speedups.start_light
         api.with_span = _speedups.with_span  # the same context, built in C (api.with_span_py's)
 
 
@@ -399,9 +399,9 @@ def start_span(
     ``attributes``: a mapping, or a function returning one (called only when the span is
     recorded, or when the sampler reads attributes). Raises what the SDK raises.
     """
-    if _start_light is not None and not links:
+    if compiled_start is not None and not links:
         # The common case in C (autotrace._speedups.start_light), this function's result.
-        span = _start_light(tracer, name, kind, parent, attributes)
+        span = compiled_start(tracer, name, kind, parent, attributes)
         if span is not None:
             return span
     plan = _plan(tracer)

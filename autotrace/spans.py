@@ -100,12 +100,12 @@ class SpanHandle:
         token = self._token
         if token is not None:
             self._token = None
-            variable = api._variable  # noqa: SLF001 - api.detach, inline
-            if variable is None:
+            reset = api.reset_current  # api.detach, inline
+            if reset is None:
                 api.detach(token)
             else:
                 try:
-                    variable.reset(token)
+                    reset(token)
                 except Exception:  # noqa: BLE001 - a token of another context: nothing to undo
                     pass
 
@@ -163,16 +163,23 @@ def new_span(tracer: str, name: str, kind: trace.SpanKind, parent: context.Conte
 
 
 _light = None  # light_span.start_span, imported at the first span (it imports the SDK)
-# autotrace._speedups.start_light when built (light_span._start_light): start_span's common
+# autotrace._speedups.start_light when built (light_span.compiled_start): start_span's common
 # case, None for anything else (start_span then does it).
 _compiled = None
+# autotrace._speedups.start_attached when built: start's common case (a SpanHandle, attached).
+_attached = None
 
 
 def _load_light():
-    global _light, _compiled
+    global _light, _compiled, _attached
     from . import light_span
 
-    _compiled = light_span._start_light  # noqa: SLF001
+    _compiled = light_span.compiled_start
+    if _compiled is not None:
+        from .otlp_encode import speedups
+
+        if speedups.register_handle(SpanHandle, SpanHandle.__slots__):
+            _attached = speedups.start_attached
     _light = light_span.start_span
     return _light
 
@@ -224,6 +231,10 @@ def start(
             kind = found
         found = api.tracers.get(tracer)
         span = None
+        if found is not None and _attached is not None and not links and attach and handle is SpanHandle:
+            started = _attached(found, name, kind, parent, attributes)  # all of the below, in C
+            if started is not None:
+                return started
         if found is not None and _compiled is not None and not links:
             span = _compiled(found, name, kind, parent, attributes)  # new_span's, without its call
         if span is None:

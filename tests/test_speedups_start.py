@@ -103,7 +103,7 @@ def test_the_compiled_start_makes_the_python_starts_span(attributes, parent_kind
     random.seed(seed)
     compiled = speedups.start_light(tracer, "op", SpanKind.CLIENT, parent, attributes)
     random.seed(seed)
-    monkeypatch.setattr(light_span, "_start_light", None)
+    monkeypatch.setattr(light_span, "compiled_start", None)
     reference = light_span.start_span(tracer, "op", SpanKind.CLIENT, parent, attributes)
     monkeypatch.undo()
     if compiled is None:
@@ -139,7 +139,7 @@ def test_the_compiled_start_makes_the_python_starts_span(attributes, parent_kind
 def test_the_compiled_start_is_used_where_the_extension_is_built():
     """Fails where the extension was not built or refused (CI would otherwise fall back unseen)."""
     speedups = _compiled()
-    assert light_span._start_light is speedups.start_light
+    assert light_span.compiled_start is speedups.start_light
     assert type(vars(LightSpan)["end"]).__name__ == "method_descriptor"
     assert api.with_span is speedups.with_span
     tracer, recorder = _tracer()
@@ -256,7 +256,7 @@ api.load()
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from autotrace import light_span
-assert light_span._start_light is None and spans._load_light() is light_span.start_span and spans._compiled is None
+assert light_span.compiled_start is None and spans._load_light() is light_span.start_span and spans._compiled is None
 assert api.with_span is api.with_span_py and light_span.LightSpan.end is light_span._end_py
 provider = TracerProvider(shutdown_on_exit=False)
 api.tracers["t"] = provider.get_tracer("t")
