@@ -50,6 +50,13 @@ Py_NewRef(PyObject *obj)
     Py_INCREF(obj);
     return obj;
 }
+
+static inline PyObject *
+Py_XNewRef(PyObject *obj)
+{
+    Py_XINCREF(obj);
+    return obj;
+}
 #endif
 
 #if PY_VERSION_HEX < 0x030B0000
@@ -1345,6 +1352,9 @@ plain_values(PyObject *attributes)
 
 #define START_NOT_HANDLED ((PyObject *)1) /* internal: the Python way starts this span */
 
+static PyObject *start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
+                               PyObject *attributes);
+
 /* light_span.start_span's common case (see start_light's doc): a new LightSpan, NULL with
    an error set, or START_NOT_HANDLED. */
 static PyObject *
@@ -1353,13 +1363,23 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
     if (start_type == NULL || !PyDict_Check(parent)) {
         return START_NOT_HANDLED;
     }
-    PyObject *plan = PyDict_GetItemWithError(start_plans, tracer); /* borrowed */
+    PyObject *plan = PyDict_GetItemWithError(start_plans, tracer);
     if (plan == NULL) {
         return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
     }
     if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != N_PLAN) {
         return START_NOT_HANDLED;
     }
+    /* Held: Python code run on the way (a collection's finalizers) may replace the entry. */
+    Py_INCREF(plan);
+    PyObject *result = start_planned(plan, tracer, name, kind, parent, attributes);
+    Py_DECREF(plan);
+    return result;
+}
+
+static PyObject *
+start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+{
     /* The checks start_span makes on every span: no app provider, tracer enabled, the
        processors those planned. */
     PyObject *app = PyDict_GetItemWithError(start_sdk_dict, s_app_provider);
@@ -1421,7 +1441,7 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
     else {
         PyTypeObject *type = Py_TYPE(parent_span);
         if (type == start_type) {
-            parent_context = slot_get(parent_span, L_CONTEXT);
+            held = parent_context = Py_XNewRef(slot_get(parent_span, L_CONTEXT));
         }
         else {
             Py_ssize_t i, n = PyTuple_GET_SIZE(start_span_types);
@@ -1547,18 +1567,19 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
         result = NULL;
         goto done;
     }
-    PyObject *pid = PyDict_GetItemWithError(start_queue_dict, s_pid);
-    if (pid == NULL) {
-        Py_DECREF(resource);
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_RuntimeError, "autotrace.span_queue has no pid");
-        }
-        result = NULL;
-        goto done;
-    }
     PyObject *lock = PyObject_CallNoArgs(start_lock);
     if (lock == NULL) {
         Py_DECREF(resource);
+        result = NULL;
+        goto done;
+    }
+    PyObject *pid = Py_XNewRef(PyDict_GetItemWithError(start_queue_dict, s_pid));
+    if (pid == NULL) {
+        Py_DECREF(resource);
+        Py_DECREF(lock);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "autotrace.span_queue has no pid");
+        }
         result = NULL;
         goto done;
     }
@@ -1566,6 +1587,7 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
     if (span == NULL) {
         Py_DECREF(resource);
         Py_DECREF(lock);
+        Py_DECREF(pid);
         result = NULL;
         goto done;
     }
@@ -1585,7 +1607,7 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
     slot_set(span, L_END, Py_NewRef(Py_None));
     slot_set(span, L_LOCK, lock);
     slot_set(span, L_METRICS, Py_NewRef(Py_None));
-    slot_set(span, L_PID, Py_NewRef(pid));
+    slot_set(span, L_PID, pid);
     slot_set(span, L_PLAN, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_PLAN)));
     PyObject *start = now_ns();
     if (start == NULL) {
