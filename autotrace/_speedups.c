@@ -36,6 +36,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef Py_T_OBJECT_EX /* its name from 3.12 on; structmember.h's before */
 #include <structmember.h>
@@ -47,6 +48,13 @@ static inline PyObject *
 Py_NewRef(PyObject *obj)
 {
     Py_INCREF(obj);
+    return obj;
+}
+
+static inline PyObject *
+Py_XNewRef(PyObject *obj)
+{
+    Py_XINCREF(obj);
     return obj;
 }
 #endif
@@ -1200,12 +1208,846 @@ sp_configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* -- the light span's start, context and end (autotrace/light_span.py is the reference) -- */
+
+/* LightSpan's slots, in this order (register_light_start checks each is an object slot). */
+enum {
+    L_NAME, L_CONTEXT, L_KIND, L_INFO, L_SCOPE, L_PARENT, L_START, L_END, L_ATTRIBUTES, L_EVENTS,
+    L_LINKS, L_RESOURCE, L_STATUS, L_PROCESSOR, L_LIMITS, L_LOCK, L_METRICS, L_PID, L_PLAN, N_LIGHT_SLOTS
+};
+static Py_ssize_t slot_offsets[N_LIGHT_SLOTS];
+static PyTypeObject *start_type; /* LightSpan, once register_light_start accepted it */
+
+/* What register_light_start was given (owned references). */
+static PyObject *start_plans;     /* dict: tracer -> plan tuple (see PLAN_* below), light_span's */
+static PyObject *start_api_dict;  /* autotrace.api's globals: its SPAN_KEY (None until the API is loaded) */
+static PyObject *start_with_span_py; /* autotrace.api's Python with_span (the reference) */
+static PyObject *start_decision_key; /* the agent's upstream sampling decision key */
+static PyObject *start_span_types; /* tuple of the span classes whose _context is their SpanContext */
+static PyObject *start_flags;     /* tuple: TraceFlags(0..3) */
+static PyObject *start_bits;      /* random.getrandbits */
+static PyObject *start_lock;      /* threading.Lock (the factory light_span uses) */
+static PyObject *start_queue_dict; /* autotrace.span_queue's globals (its "pid") */
+static PyObject *start_sdk_dict;  /* autotrace.sdk's globals (its "_app_provider") */
+static PyObject *start_context_type; /* opentelemetry.context.Context */
+static PyObject *start_end_py;    /* LightSpan's Python end (the reference) */
+static PyObject *empty_tuple, *int_64, *int_128, *trace_id_max, *span_id_max, *long_zero;
+static PyObject *s_tracer_config, *s_is_enabled, *s_span_processors, *s_resource_pub, *s_pid,
+    *s_app_provider, *s_after_end, *s_immutable, *s_fast, *s_span_key_name, *s_variable;
+
+/* The API's current-span key (borrowed), or NULL: not known (None), or an error set. */
+static PyObject *
+span_key(void)
+{
+    PyObject *key = PyDict_GetItemWithError(start_api_dict, s_span_key_name);
+    return key == Py_None ? NULL : key;
+}
+
+/* The plan tuple light_span registers per tracer (its _Plan, read once). */
+enum {
+    PLAN_PLAN,       /* the _Plan object (the span's _plan) */
+    PLAN_PROCESSOR,  /* the tracer's SynchronousMultiSpanProcessor */
+    PLAN_KNOWN,      /* its processors' tuple when planned (else planned again: Python) */
+    PLAN_LIGHT_ENDS, /* their light ends, in order */
+    PLAN_LIMITS,
+    PLAN_INFO,
+    PLAN_SCOPE,
+    PLAN_OUTCOMES,   /* int: (recording, sampled) by parent, 2 bits each: local sampled, local
+                        not sampled, remote sampled, remote not sampled; the root's at bits 8-9,
+                        bit 10 set when the root's is fixed */
+    PLAN_UPSTREAM,   /* bool: the agent's sampler (an upstream B3 decision: Python) */
+    PLAN_ROOT_RANDOM, /* bool: the id generator's is_trace_id_random() */
+    PLAN_MAX_ATTRIBUTES, /* int, -1 for no limit */
+    N_PLAN
+};
+
+/* A new reference to slot i of a light span (NULL when unset). */
+static inline PyObject *
+slot_get(PyObject *span, int i)
+{
+    return *(PyObject **)((char *)span + slot_offsets[i]);
+}
+
+/* Sets slot i of a light span, taking the reference `value` (the old value dropped). */
+static inline void
+slot_set(PyObject *span, int i, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)span + slot_offsets[i]);
+    PyObject *old = *slot;
+    *slot = value;
+    Py_XDECREF(old);
+}
+
+/* time.time_ns(): CLOCK_REALTIME, as CPython reads it on POSIX. */
+static PyObject *
+now_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + (long long)ts.tv_nsec);
+}
+
+/* random.getrandbits(bits) until it is not 0 (the SDK's id generator's loop). */
+static PyObject *
+random_id(PyObject *bits)
+{
+    for (;;) {
+        PyObject *id = PyObject_CallOneArg(start_bits, bits);
+        if (id == NULL) {
+            return NULL;
+        }
+        int nonzero = PyObject_IsTrue(id);
+        if (nonzero != 0) {
+            if (nonzero < 0) {
+                Py_CLEAR(id);
+            }
+            return id;
+        }
+        Py_DECREF(id);
+    }
+}
+
+/* 0 < value <= max (2**bits - 1) for an exact int: 1, 0, or -1 with an error set. */
+static int
+in_id_range(PyObject *value, PyObject *max, size_t bits)
+{
+    if (!PyLong_CheckExact(value)) {
+        return 0;
+    }
+#if PY_VERSION_HEX < 0x030E0000
+    int sign = _PyLong_Sign(value);
+    if (sign <= 0) {
+        return 0;
+    }
+    size_t n = _PyLong_NumBits(value);
+    if (n == (size_t)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return n <= bits;
+#endif
+    int above = PyObject_RichCompareBool(value, long_zero, Py_GT);
+    if (above <= 0) {
+        return above;
+    }
+    return PyObject_RichCompareBool(value, max, Py_LE);
+}
+
+/* Whether every value of a plain dict is an exact str, bool, int or float. */
+static int
+plain_values(PyObject *attributes)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        PyTypeObject *type = Py_TYPE(value);
+        if (type != &PyUnicode_Type && type != &PyBool_Type && type != &PyLong_Type && type != &PyFloat_Type) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define START_NOT_HANDLED ((PyObject *)1) /* internal: the Python way starts this span */
+
+static PyObject *start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
+                               PyObject *attributes);
+
+/* light_span.start_span's common case (see start_light's doc): a new LightSpan, NULL with
+   an error set, or START_NOT_HANDLED. */
+static PyObject *
+start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+{
+    if (start_type == NULL || !PyDict_Check(parent)) {
+        return START_NOT_HANDLED;
+    }
+    PyObject *plan = PyDict_GetItemWithError(start_plans, tracer);
+    if (plan == NULL) {
+        return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
+    }
+    if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != N_PLAN) {
+        return START_NOT_HANDLED;
+    }
+    /* Held: Python code run on the way (a collection's finalizers) may replace the entry. */
+    Py_INCREF(plan);
+    PyObject *result = start_planned(plan, tracer, name, kind, parent, attributes);
+    Py_DECREF(plan);
+    return result;
+}
+
+static PyObject *
+start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+{
+    /* The checks start_span makes on every span: no app provider, tracer enabled, the
+       processors those planned. */
+    PyObject *app = PyDict_GetItemWithError(start_sdk_dict, s_app_provider);
+    if (app != Py_None) {
+        return app == NULL && PyErr_Occurred() ? NULL : START_NOT_HANDLED;
+    }
+    PyObject *config = PyObject_GetAttr(tracer, s_tracer_config);
+    PyObject *enabled = config == NULL ? NULL : PyObject_GetAttr(config, s_is_enabled);
+    Py_XDECREF(config);
+    if (enabled == NULL) {
+        PyErr_Clear(); /* the Python way meets it */
+        return START_NOT_HANDLED;
+    }
+    Py_DECREF(enabled); /* compared by identity only */
+    if (enabled != Py_True) {
+        return START_NOT_HANDLED;
+    }
+    PyObject *processors = PyObject_GetAttr(PyTuple_GET_ITEM(plan, PLAN_PROCESSOR), s_span_processors);
+    if (processors == NULL) {
+        PyErr_Clear();
+        return START_NOT_HANDLED;
+    }
+    Py_DECREF(processors);
+    if (processors != PyTuple_GET_ITEM(plan, PLAN_KNOWN)) {
+        return START_NOT_HANDLED; /* a processor was added: planned again in Python */
+    }
+    if (PyTuple_GET_ITEM(plan, PLAN_UPSTREAM) == Py_True) {
+        PyObject *decision = PyDict_GetItemWithError(parent, start_decision_key);
+        if (decision != NULL || PyErr_Occurred()) {
+            return decision == NULL ? NULL : START_NOT_HANDLED;
+        }
+    }
+    /* Attributes: none, or a plain dict within the count limit. */
+    Py_ssize_t max_attributes = PyLong_AsSsize_t(PyTuple_GET_ITEM(plan, PLAN_MAX_ATTRIBUTES));
+    if (max_attributes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (attributes != Py_None) {
+        if (!PyDict_CheckExact(attributes)) {
+            return START_NOT_HANDLED; /* a function, another mapping */
+        }
+        if ((max_attributes >= 0 && PyDict_GET_SIZE(attributes) > max_attributes) || !plain_values(attributes)) {
+            return START_NOT_HANDLED;
+        }
+    }
+    /* The parent's SpanContext (a borrowed reference into the parent span), or none. */
+    PyObject *key = span_key();
+    if (key == NULL) {
+        return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
+    }
+    PyObject *parent_span = PyDict_GetItemWithError(parent, key);
+    PyObject *parent_context = NULL;
+    PyObject *held = NULL; /* a reference to the parent context when read by getattr */
+    if (parent_span == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    else {
+        PyTypeObject *type = Py_TYPE(parent_span);
+        if (type == start_type) {
+            held = parent_context = Py_XNewRef(slot_get(parent_span, L_CONTEXT));
+        }
+        else {
+            Py_ssize_t i, n = PyTuple_GET_SIZE(start_span_types);
+            for (i = 0; i < n; i++) {
+                if ((PyObject *)type == PyTuple_GET_ITEM(start_span_types, i)) {
+                    break;
+                }
+            }
+            if (i == n) {
+                return START_NOT_HANDLED; /* another kind of span: its get_span_context() */
+            }
+            held = parent_context = PyObject_GetAttr(parent_span, s_context);
+            if (held == NULL) {
+                PyErr_Clear();
+                return START_NOT_HANDLED;
+            }
+        }
+        if (parent_context == NULL || Py_TYPE(parent_context) != (PyTypeObject *)span_context_type
+            || PyTuple_GET_SIZE(parent_context) != 6) {
+            Py_XDECREF(held);
+            return START_NOT_HANDLED;
+        }
+        if (PyTuple_GET_ITEM(parent_context, 5) != Py_True) {
+            if (PyTuple_GET_ITEM(parent_context, 5) != Py_False) {
+                Py_XDECREF(held);
+                return START_NOT_HANDLED;
+            }
+            parent_context = NULL; /* invalid: a root span, as the SDK makes it */
+        }
+    }
+    long outcomes = PyLong_AsLong(PyTuple_GET_ITEM(plan, PLAN_OUTCOMES));
+    if (outcomes == -1 && PyErr_Occurred()) {
+        Py_XDECREF(held);
+        return NULL;
+    }
+    PyObject *result = START_NOT_HANDLED;
+    PyObject *trace_id = NULL, *span_id = NULL, *context = NULL, *span = NULL, *kept = NULL;
+    PyObject *trace_state;
+    long flags, outcome;
+    if (parent_context != NULL) {
+        PyObject *parent_flags = PyTuple_GET_ITEM(parent_context, 3);
+        PyObject *remote = PyTuple_GET_ITEM(parent_context, 2);
+        if (!PyLong_Check(parent_flags) || (remote != Py_True && remote != Py_False)) {
+            goto done;
+        }
+        long value = PyLong_AsLong(parent_flags);
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto done;
+        }
+        int index = (remote == Py_True ? 2 : 0) + ((value & 1) ? 0 : 1);
+        outcome = (outcomes >> (2 * index)) & 3;
+        flags = value & 2; /* the random trace id flag, the parent's */
+        trace_id = Py_NewRef(PyTuple_GET_ITEM(parent_context, 0));
+        trace_state = PyTuple_GET_ITEM(parent_context, 4);
+    }
+    else {
+        if (!(outcomes & (1 << 10))) {
+            goto done; /* the root's decision is the sampler's call */
+        }
+        outcome = (outcomes >> 8) & 3;
+        flags = PyTuple_GET_ITEM(plan, PLAN_ROOT_RANDOM) == Py_True ? 2 : 0;
+        trace_state = default_trace_state;
+    }
+    if (!(outcome & 1)) {
+        goto done; /* not recorded: the NonRecordingSpan is Python's */
+    }
+    if (outcome & 2) {
+        flags |= 1;
+    }
+    if (trace_id == NULL && (trace_id = random_id(int_128)) == NULL) {
+        result = NULL;
+        goto done;
+    }
+    if ((span_id = random_id(int_64)) == NULL) {
+        result = NULL;
+        goto done;
+    }
+    int valid = in_id_range(trace_id, trace_id_max, 128);
+    if (valid > 0) {
+        valid = in_id_range(span_id, span_id_max, 64);
+    }
+    if (valid < 0) {
+        result = NULL;
+        goto done;
+    }
+    /* SpanContext(trace_id, span_id, False, flags, trace_state): the tuple its __new__ makes. */
+    PyObject *values[6] = {trace_id, span_id, Py_False, PyTuple_GET_ITEM(start_flags, flags), trace_state,
+                           valid ? Py_True : Py_False};
+#if PY_VERSION_HEX < 0x030E0000
+    /* What tuple.__new__(SpanContext, values) does (tuple_subtype_new), without the two
+       argument tuples; from 3.14 on a tuple also caches its hash: tuple.__new__ then. */
+    context = ((PyTypeObject *)span_context_type)->tp_alloc((PyTypeObject *)span_context_type, 6);
+    if (context == NULL) {
+        result = NULL;
+        goto done;
+    }
+    for (int i = 0; i < 6; i++) {
+        PyTuple_SET_ITEM(context, i, Py_NewRef(values[i]));
+    }
+#else
+    PyObject *items = PyTuple_FromArray(values, 6);
+    PyObject *args = items == NULL ? NULL : PyTuple_Pack(1, items);
+    Py_XDECREF(items);
+    if (args == NULL) {
+        result = NULL;
+        goto done;
+    }
+    context = PyTuple_Type.tp_new((PyTypeObject *)span_context_type, args, NULL);
+    Py_DECREF(args);
+    if (context == NULL) {
+        result = NULL;
+        goto done;
+    }
+#endif
+    kept = attributes == Py_None ? PyDict_New() : PyDict_Copy(attributes);
+    if (kept == NULL) {
+        result = NULL;
+        goto done;
+    }
+    PyObject *resource = PyObject_GetAttr(tracer, s_resource_pub);
+    if (resource == NULL) {
+        result = NULL;
+        goto done;
+    }
+    PyObject *lock = PyObject_CallNoArgs(start_lock);
+    if (lock == NULL) {
+        Py_DECREF(resource);
+        result = NULL;
+        goto done;
+    }
+    PyObject *pid = Py_XNewRef(PyDict_GetItemWithError(start_queue_dict, s_pid));
+    if (pid == NULL) {
+        Py_DECREF(resource);
+        Py_DECREF(lock);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "autotrace.span_queue has no pid");
+        }
+        result = NULL;
+        goto done;
+    }
+    span = PyBaseObject_Type.tp_new(start_type, empty_tuple, NULL); /* object.__new__(LightSpan) */
+    if (span == NULL) {
+        Py_DECREF(resource);
+        Py_DECREF(lock);
+        Py_DECREF(pid);
+        result = NULL;
+        goto done;
+    }
+    slot_set(span, L_NAME, Py_NewRef(name));
+    slot_set(span, L_CONTEXT, Py_NewRef(context));
+    slot_set(span, L_PARENT, Py_NewRef(parent_context == NULL ? Py_None : parent_context));
+    slot_set(span, L_RESOURCE, resource);
+    slot_set(span, L_ATTRIBUTES, Py_NewRef(kept));
+    slot_set(span, L_KIND, Py_NewRef(kind));
+    slot_set(span, L_PROCESSOR, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_PROCESSOR)));
+    slot_set(span, L_LIMITS, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_LIMITS)));
+    slot_set(span, L_INFO, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_INFO)));
+    slot_set(span, L_SCOPE, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_SCOPE)));
+    slot_set(span, L_LINKS, Py_NewRef(empty_tuple));
+    slot_set(span, L_EVENTS, Py_NewRef(empty_tuple));
+    slot_set(span, L_STATUS, Py_NewRef(unset_status));
+    slot_set(span, L_END, Py_NewRef(Py_None));
+    slot_set(span, L_LOCK, lock);
+    slot_set(span, L_METRICS, Py_NewRef(Py_None));
+    slot_set(span, L_PID, pid);
+    slot_set(span, L_PLAN, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_PLAN)));
+    PyObject *start = now_ns();
+    if (start == NULL) {
+        Py_CLEAR(span);
+        result = NULL;
+        goto done;
+    }
+    slot_set(span, L_START, start);
+    result = span;
+done:
+    Py_XDECREF(held);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(span_id);
+    Py_XDECREF(context);
+    Py_XDECREF(kept);
+    return result;
+}
+
+PyDoc_STRVAR(start_light_doc,
+"start_light(tracer, name, kind, parent, attributes) -> LightSpan | None\n\n"
+"light_span.start_span's common case in C: a tracer light_span registered (a parent-based\n"
+"sampler with fixed decisions, light-end processors only, the SDK's random ids), the\n"
+"parent's span an SDK or light span (or none), attributes None or a plain dict of\n"
+"str/bool/int/float within the count limit, the span recorded. None for anything else:\n"
+"the Python way then starts it.");
+
+static PyObject *
+sp_start_light(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "start_light(tracer, name, kind, parent, attributes)");
+        return NULL;
+    }
+    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4]);
+    if (span == START_NOT_HANDLED) {
+        Py_RETURN_NONE;
+    }
+    return span;
+}
+
+/* A new Context: parent's values, span under span_key, value under key unless key is None. */
+static PyObject *
+new_context(PyObject *span_key_obj, PyObject *span, PyObject *parent, PyObject *key, PyObject *value)
+{
+    PyObject *ctx = PyDict_Type.tp_new((PyTypeObject *)start_context_type, empty_tuple, NULL);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    if (PyDict_Merge(ctx, parent, 1) < 0 || PyDict_SetItem(ctx, span_key_obj, span) < 0
+        || (key != Py_None && PyDict_SetItem(ctx, key, value) < 0)) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+PyDoc_STRVAR(with_span_doc,
+"with_span(span, parent, key=None, value=None) -> Context\n\n"
+"autotrace.api.with_span: parent's values with span current (and key set to value when\n"
+"key is not None), in one new Context.");
+
+static PyObject *
+sp_with_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "with_span(span, parent, key=None, value=None)");
+        return NULL;
+    }
+    if (start_context_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: with_span is not configured");
+        return NULL;
+    }
+    PyObject *span_current = span_key();
+    if (span_current == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return PyObject_Vectorcall(start_with_span_py, args, (size_t)nargs, NULL); /* the API's functions */
+    }
+    return new_context(span_current, args[0], args[1], nargs > 2 ? args[2] : Py_None, nargs > 3 ? args[3] : Py_None);
+}
+
+/* SpanHandle (register_handle): its class and the offsets of its slots span, context,
+   _token, _ended. */
+static PyTypeObject *handle_type;
+static Py_ssize_t handle_offsets[4];
+
+PyDoc_STRVAR(start_attached_doc,
+"start_attached(tracer, name, kind, parent, attributes) -> SpanHandle | None\n\n"
+"spans.start's common case (a SpanHandle, attached): start_light's span, with_span's\n"
+"context made current through the API's context variable, in one call; None when\n"
+"start_light would give None or the API's runtime context is not the context variable.");
+
+static PyObject *
+sp_start_attached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "start_attached(tracer, name, kind, parent, attributes)");
+        return NULL;
+    }
+    if (handle_type == NULL || start_type == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *variable = PyDict_GetItemWithError(start_api_dict, s_variable);
+    PyObject *key = variable == NULL ? NULL : span_key();
+    if (key == NULL || !PyContextVar_CheckExact(variable)) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(variable);
+    Py_INCREF(key);
+    PyObject *handle = NULL, *ctx = NULL, *token = NULL;
+    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4]);
+    if (span == START_NOT_HANDLED) {
+        handle = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (span == NULL) {
+        goto done;
+    }
+    ctx = new_context(key, span, args[3], Py_None, Py_None);
+    handle = ctx == NULL ? NULL : PyBaseObject_Type.tp_new(handle_type, empty_tuple, NULL);
+    token = handle == NULL ? NULL : PyContextVar_Set(variable, ctx); /* last: nothing to undo after it */
+    if (token == NULL) {
+        Py_CLEAR(handle);
+        goto done;
+    }
+    PyObject *values[4] = {span, ctx, token, Py_False};
+    for (int i = 0; i < 4; i++) {
+        PyObject **slot = (PyObject **)((char *)handle + handle_offsets[i]);
+        Py_XSETREF(*slot, Py_NewRef(values[i]));
+    }
+done:
+    Py_XDECREF(span == START_NOT_HANDLED ? NULL : span);
+    Py_XDECREF(ctx);
+    Py_XDECREF(token);
+    Py_DECREF(variable);
+    Py_DECREF(key);
+    return handle;
+}
+
+PyDoc_STRVAR(register_handle_doc,
+"register_handle(cls, slot_names) -> bool\n\n"
+"spans.SpanHandle and the names of its slots span, context, _token, _ended: start_attached\n"
+"makes its instances. False when a name is not an object slot of cls.");
+
+static PyObject *
+sp_register_handle(PyObject *module, PyObject *args)
+{
+    PyObject *cls, *names;
+    if (!PyArg_ParseTuple(args, "O!O!:register_handle", &PyType_Type, &cls, &PyTuple_Type, &names)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(names) != 4) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t offsets[4];
+    for (int i = 0; i < 4; i++) {
+        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
+        if (descr == NULL) {
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
+                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
+        if (ok) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            Py_RETURN_FALSE;
+        }
+    }
+    if (empty_tuple == NULL) {
+        Py_RETURN_FALSE; /* register_light_start first */
+    }
+    memcpy(handle_offsets, offsets, sizeof(offsets));
+    Py_XSETREF(handle_type, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_TRUE;
+}
+
+/* The lock class the factory makes and its acquire and release (method descriptors),
+   called directly for a lock of exactly that class (no method lookup). */
+static PyTypeObject *lock_type;
+static PyObject *lock_acquire, *lock_release;
+
+static PyObject *
+lock_call(PyObject *lock, PyObject *method, PyObject *name)
+{
+    if (Py_TYPE(lock) == lock_type && method != NULL) {
+        return PyObject_Vectorcall(method, &lock, 1, NULL);
+    }
+    return PyObject_CallMethodNoArgs(lock, name);
+}
+
+/* LightSpan.end(self, end_time=None) in C for the common case; else its Python end. */
+static PyObject *
+light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *lock = NULL, *end = NULL, *result = NULL;
+    if (Py_TYPE(self) != start_type || nargs > 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)
+        || slot_get(self, L_START) == NULL || slot_get(self, L_START) == Py_None || slot_get(self, L_END) != Py_None
+        || slot_get(self, L_LOCK) == NULL || slot_get(self, L_ATTRIBUTES) == NULL
+        || !PyDict_CheckExact(slot_get(self, L_ATTRIBUTES))) {
+        goto python;
+    }
+    lock = Py_NewRef(slot_get(self, L_LOCK));
+    PyObject *acquired = lock_call(lock, lock_acquire, s_acquire);
+    if (acquired == NULL) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    Py_DECREF(acquired);
+    /* Under the lock: another thread may have ended it, or the app set an attribute. */
+    int ended = slot_get(self, L_END) != Py_None;
+    if (!ended) {
+        end = now_ns();
+        if (end != NULL) {
+            slot_set(self, L_END, end);
+            PyObject *attributes = slot_get(self, L_ATTRIBUTES);
+            if (attributes != NULL && !PyDict_CheckExact(attributes)
+                && PyObject_SetAttr(attributes, s_immutable, Py_True) < 0) {
+                end = NULL; /* as the Python end would raise */
+            }
+        }
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *released = lock_call(lock, lock_release, s_release);
+    Py_DECREF(lock);
+    if (released == NULL) {
+        if (exc_type != NULL) {
+            PyErr_Clear();
+            PyErr_Restore(exc_type, exc_value, exc_tb);
+        }
+        return NULL;
+    }
+    Py_DECREF(released);
+    if (exc_type != NULL) {
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        return NULL;
+    }
+    if (ended) {
+        goto python; /* the SDK's warning */
+    }
+    if (end == NULL) {
+        return NULL;
+    }
+    /* Only the plan's light ends (the agent's processors), when nothing was added since. */
+    PyObject *plan = slot_get(self, L_PLAN), *processor = slot_get(self, L_PROCESSOR);
+    PyObject *entry = plan == NULL || plan == Py_None ? NULL : PyObject_GetAttr(plan, s_fast);
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != N_PLAN || processor == NULL) {
+        if (entry == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(entry);
+        return PyObject_CallMethodNoArgs(self, s_after_end);
+    }
+    PyObject *processors = PyObject_GetAttr(processor, s_span_processors);
+    if (processors == NULL) {
+        PyErr_Clear();
+    }
+    else {
+        Py_DECREF(processors);
+    }
+    if (processors == NULL || processors != PyTuple_GET_ITEM(entry, PLAN_KNOWN)
+        || PyTuple_GET_ITEM(entry, PLAN_PROCESSOR) != processor) {
+        Py_DECREF(entry);
+        return PyObject_CallMethodNoArgs(self, s_after_end);
+    }
+    PyObject *pid = PyDict_GetItemWithError(start_queue_dict, s_pid);
+    int same = pid == NULL ? -1 : PyObject_RichCompareBool(slot_get(self, L_PID), pid, Py_EQ);
+    if (same <= 0) {
+        Py_DECREF(entry);
+        if (same < 0 && !PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "autotrace.span_queue has no pid");
+        }
+        return same < 0 ? NULL : Py_NewRef(Py_None); /* else a span of the parent's, before a fork */
+    }
+    PyObject *ends = PyTuple_GET_ITEM(entry, PLAN_LIGHT_ENDS);
+    if (!PyTuple_CheckExact(ends)) {
+        Py_DECREF(entry);
+        return PyObject_CallMethodNoArgs(self, s_after_end);
+    }
+    Py_INCREF(ends);
+    Py_DECREF(entry);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ends); i++) {
+        PyObject *done = PyObject_CallOneArg(PyTuple_GET_ITEM(ends, i), self);
+        if (done == NULL) {
+            Py_DECREF(ends);
+            return NULL;
+        }
+        Py_DECREF(done);
+    }
+    Py_DECREF(ends);
+    Py_RETURN_NONE;
+python:
+    if (start_end_py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: LightSpan's end is not registered");
+        return NULL;
+    }
+    {
+        Py_ssize_t n = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+        PyObject *stack[8];
+        if (n + 1 > 8) {
+            PyErr_SetString(PyExc_TypeError, "end() takes at most one argument");
+            return NULL;
+        }
+        stack[0] = self;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            stack[i + 1] = args[i];
+        }
+        result = PyObject_Vectorcall(start_end_py, stack, (size_t)(nargs + 1), kwnames);
+    }
+    return result;
+}
+
+static PyMethodDef light_end_def = {
+    "end", (PyCFunction)(void (*)(void))light_span_end, METH_FASTCALL | METH_KEYWORDS,
+    "end(end_time=None): the span's end (autotrace/_speedups.c for the common case, else the Python end)."};
+
+PyDoc_STRVAR(register_light_start_doc,
+"register_light_start(cls, slot_names, plans, api_globals, with_span_py, decision_key, span_types,\n"
+"                     flags, getrandbits, lock, queue_globals, sdk_globals, context_type, end_py)\n"
+"-> end method or None\n\n"
+"Makes start_light and with_span work; returns LightSpan's compiled end (a method\n"
+"descriptor, to set as cls.end), or None when a slot is not an object slot of cls.");
+
+static PyObject *
+sp_register_light_start(PyObject *module, PyObject *args)
+{
+    PyObject *cls, *names, *plans, *api_dict, *with_span_py, *decision_key, *span_types, *flags, *bits, *lock, *queue_dict,
+        *sdk_dict, *context_type, *end_py;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO!O!OOO!O!O!O:register_light_start", &PyType_Type, &cls, &PyTuple_Type,
+                          &names, &PyDict_Type, &plans, &PyDict_Type, &api_dict, &with_span_py, &decision_key, &PyTuple_Type, &span_types,
+                          &PyTuple_Type, &flags, &bits, &lock, &PyDict_Type, &queue_dict, &PyDict_Type, &sdk_dict,
+                          &PyType_Type, &context_type, &end_py)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(names) != N_LIGHT_SLOTS || PyTuple_GET_SIZE(flags) != 4
+        || !PyType_IsSubtype((PyTypeObject *)context_type, &PyDict_Type) || span_context_type == NULL
+        || unset_status == NULL || default_trace_state == NULL) {
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t i = 0; i < 4; i++) {
+        if (!PyLong_Check(PyTuple_GET_ITEM(flags, i))) {
+            Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t offsets[N_LIGHT_SLOTS];
+    for (int i = 0; i < N_LIGHT_SLOTS; i++) {
+        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
+        if (descr == NULL) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
+                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
+        if (ok) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            Py_RETURN_NONE;
+        }
+    }
+    if (empty_tuple == NULL) {
+        empty_tuple = PyTuple_New(0);
+        int_64 = PyLong_FromLong(64);
+        int_128 = PyLong_FromLong(128);
+        long_zero = PyLong_FromLong(0);
+        span_id_max = PyLong_FromUnsignedLongLong(UINT64_MAX);
+        PyObject *shift = PyLong_FromLong(128), *one = PyLong_FromLong(1);
+        PyObject *big = shift == NULL || one == NULL ? NULL : PyNumber_Lshift(one, shift);
+        trace_id_max = big == NULL ? NULL : PyNumber_Subtract(big, one);
+        Py_XDECREF(shift);
+        Py_XDECREF(one);
+        Py_XDECREF(big);
+        if (empty_tuple == NULL || int_64 == NULL || int_128 == NULL || long_zero == NULL || span_id_max == NULL
+            || trace_id_max == NULL) {
+            Py_CLEAR(empty_tuple);
+            return NULL;
+        }
+    }
+    PyObject *method = PyDescr_NewMethod((PyTypeObject *)cls, &light_end_def);
+    if (method == NULL) {
+        return NULL;
+    }
+    /* The factory's lock class and its methods, when they are method descriptors of it. */
+    PyObject *sample = PyObject_CallNoArgs(lock);
+    PyObject *acquire = sample == NULL ? NULL : PyObject_GetAttr((PyObject *)Py_TYPE(sample), s_acquire);
+    PyObject *release = acquire == NULL ? NULL : PyObject_GetAttr((PyObject *)Py_TYPE(sample), s_release);
+    if (release == NULL) {
+        Py_XDECREF(sample);
+        Py_XDECREF(acquire);
+        Py_DECREF(method);
+        return NULL;
+    }
+    if (Py_IS_TYPE(acquire, &PyMethodDescr_Type) && Py_IS_TYPE(release, &PyMethodDescr_Type)) {
+        Py_XSETREF(lock_type, (PyTypeObject *)Py_NewRef(Py_TYPE(sample)));
+        Py_XSETREF(lock_acquire, acquire);
+        Py_XSETREF(lock_release, release);
+    }
+    else {
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+    }
+    Py_DECREF(sample);
+    memcpy(slot_offsets, offsets, sizeof(offsets));
+    Py_XSETREF(start_plans, Py_NewRef(plans));
+    Py_XSETREF(start_api_dict, Py_NewRef(api_dict));
+    Py_XSETREF(start_with_span_py, Py_NewRef(with_span_py));
+    Py_XSETREF(start_decision_key, Py_NewRef(decision_key));
+    Py_XSETREF(start_span_types, Py_NewRef(span_types));
+    Py_XSETREF(start_flags, Py_NewRef(flags));
+    Py_XSETREF(start_bits, Py_NewRef(bits));
+    Py_XSETREF(start_lock, Py_NewRef(lock));
+    Py_XSETREF(start_queue_dict, Py_NewRef(queue_dict));
+    Py_XSETREF(start_sdk_dict, Py_NewRef(sdk_dict));
+    Py_XSETREF(start_context_type, Py_NewRef(context_type));
+    Py_XSETREF(start_end_py, Py_NewRef(end_py));
+    Py_XSETREF(start_type, (PyTypeObject *)Py_NewRef(cls));
+    return method;
+}
+
 static PyMethodDef methods[] = {
     {"configure", sp_configure, METH_VARARGS, configure_doc},
     {"encode_light", sp_encode_light, METH_O, encode_light_doc},
     {"register_light_class", sp_register_light_class, METH_O, register_light_class_doc},
     {"encode_light_common", sp_encode_light_common, METH_O, encode_light_common_doc},
     {"light_end", (PyCFunction)(void (*)(void))sp_light_end, METH_FASTCALL, light_end_doc},
+    {"register_light_start", sp_register_light_start, METH_VARARGS, register_light_start_doc},
+    {"start_light", (PyCFunction)(void (*)(void))sp_start_light, METH_FASTCALL, start_light_doc},
+    {"with_span", (PyCFunction)(void (*)(void))sp_with_span, METH_FASTCALL, with_span_doc},
+    {"start_attached", (PyCFunction)(void (*)(void))sp_start_attached, METH_FASTCALL, start_attached_doc},
+    {"register_handle", sp_register_handle, METH_VARARGS, register_handle_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1242,7 +2084,12 @@ PyInit__speedups(void)
         || intern(&s_max_queue_bytes, "_max_queue_bytes") < 0 || intern(&s_max_batch_size, "_max_batch_size") < 0
         || intern(&s_max_batch_bytes, "_max_batch_bytes") < 0 || intern(&s_acquire, "acquire") < 0
         || intern(&s_release, "release") < 0 || intern(&s_append, "append") < 0
-        || intern(&s_rest, "_light_end_rest") < 0) {
+        || intern(&s_rest, "_light_end_rest") < 0 || intern(&s_tracer_config, "_tracer_config") < 0
+        || intern(&s_is_enabled, "is_enabled") < 0 || intern(&s_span_processors, "_span_processors") < 0
+        || intern(&s_resource_pub, "resource") < 0 || intern(&s_pid, "pid") < 0
+        || intern(&s_app_provider, "_app_provider") < 0 || intern(&s_after_end, "_after_end") < 0
+        || intern(&s_immutable, "_immutable") < 0 || intern(&s_fast, "fast") < 0 || intern(&s_span_key_name, "SPAN_KEY") < 0
+        || intern(&s_variable, "_variable") < 0) {
         return NULL;
     }
     return PyModule_Create(&module_def);

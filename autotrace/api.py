@@ -63,6 +63,7 @@ loaded = False
 get_current = set_current = None
 SPAN_KEY: object = None  # None: not known (another API layout), set_span_in_context is used
 _variable = None  # the context variable behind the API's default runtime context, if that one
+reset_current = None  # its reset (detach's work, for a hot path), None when that is not the runtime context
 
 # Re-entrant: importing the API may start a thread or make a log record, whose hooks
 # ask for the API again on the same thread; they then go on without it (see load).
@@ -108,7 +109,7 @@ def _import_api() -> None:
 
 def _find_fast_paths(_context, _trace) -> None:
     """Set :data:`get_current`, :data:`set_current`, :data:`SPAN_KEY` (see the module docstring)."""
-    global get_current, set_current, SPAN_KEY, _variable
+    global get_current, set_current, SPAN_KEY, _variable, reset_current
     get_current, set_current = _context.get_current, _context.attach
     try:
         from opentelemetry.context import _RUNTIME_CONTEXT  # noqa: PLC2701
@@ -116,7 +117,7 @@ def _find_fast_paths(_context, _trace) -> None:
 
         if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
             _variable = _RUNTIME_CONTEXT._current_context  # noqa: SLF001 - what attach and get_current use
-            get_current, set_current = _variable.get, _variable.set
+            get_current, set_current, reset_current = _variable.get, _variable.set, _variable.reset
     except Exception:  # noqa: BLE001 - another layout: the API's functions
         pass
     try:
@@ -140,6 +141,12 @@ def with_span(span: trace.Span, parent: context.Context, key: object = None, val
     if key is not None:
         values[key] = value
     return context.Context(values)
+
+
+# The reference: where autotrace._speedups is built, autotrace.light_span makes
+# with_span its compiled twin (the same Context, built in C), which calls this one while
+# SPAN_KEY is not known.
+with_span_py = with_span
 
 
 def _install_propagators() -> None:

@@ -179,6 +179,8 @@ class LightSpan(Span):
     # -- the end ------------------------------------------------------------------------
 
     def end(self, end_time: int | None = None) -> None:
+        # The reference; where autotrace._speedups is built, LightSpan.end is its compiled
+        # end (set below), which does this for the common case and calls this otherwise.
         with self._lock:
             done = self._start_time is None or self._end_time is not None
             if not done:
@@ -189,6 +191,10 @@ class LightSpan(Span):
         if done:
             Span.end(self, end_time)  # the SDK's error (not started) or warning (ended)
             return
+        self._after_end()
+
+    def _after_end(self) -> None:
+        """The processors' part of the end (the end time set)."""
         plan = self._plan
         if plan is not None and plan.light_ends is not None and self._span_processor._span_processors is plan.known:  # noqa: SLF001
             # Only processors with a light end (the agent's): theirs, in their order.
@@ -207,6 +213,7 @@ class LightSpan(Span):
 
 
 _SDK_SPANS = _SDK_SPANS | {LightSpan}
+_end_py = LightSpan.end
 if _speedups is not None:
     # The compiled encoder (autotrace/_speedups.c) reads a light span's slots directly.
     _speedups.register_light_class(LightSpan)
@@ -258,7 +265,7 @@ class _Plan:
 
     __slots__ = (
         "sampler", "blind", "by_parent", "root", "upstream", "ids", "random_ids", "span_bits", "enabled", "processor", "limits", "info",
-        "scope", "metrics", "known", "light_ends",
+        "scope", "metrics", "known", "light_ends", "fast",
     )
 
     def __init__(self, tracer: Tracer) -> None:
@@ -293,6 +300,61 @@ class _Plan:
                 ends = None
         self.known = processors if ends is not None else None
         self.light_ends = ends
+        self.fast = _fast_entry(tracer, self)
+
+
+# The slots the compiled start sets (autotrace/_speedups.c: the order of its L_* names).
+_START_SLOTS = (
+    "_name", "_context", "_kind", "_instrumentation_info", "_instrumentation_scope", "_parent", "_start_time",
+    "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_span_processor", "_limits", "_lock",
+    "_record_end_metrics", "_pid", "_plan",
+)
+
+
+def _fast_entry(tracer: Tracer, plan: _Plan) -> tuple | None:
+    """The plan as the compiled start reads it (see ``PLAN_*`` in autotrace/_speedups.c), or
+    None when its spans are not the compiled start's common case: a parent-based sampler
+    with fixed decisions that reads no attributes, the SDK's random ids, light-end
+    processors only, no attribute length limit, no SDK span metrics, the SDK's switch."""
+    if (
+        compiled_start is None
+        or plan.light_ends is None
+        or not plan.blind
+        or plan.by_parent is None
+        or plan.span_bits is not _random_bits
+        or plan.metrics is not None
+        or plan.limits.max_span_attribute_length is not None
+        or getattr(type(tracer), "_is_enabled", None) is not Tracer._is_enabled
+        or not hasattr(tracer, "_tracer_config")
+    ):
+        return None
+    outcomes = 0
+    for index, (recording, sampled) in enumerate(plan.by_parent):
+        outcomes |= (int(recording) | int(sampled) << 1) << (2 * index)
+    if plan.root is not None:
+        recording, sampled = plan.root
+        outcomes |= (int(recording) | int(sampled) << 1) << 8 | 1 << 10
+    maxlen = plan.limits.max_span_attributes
+    return (
+        plan, plan.processor, plan.known, plan.light_ends, plan.limits, plan.info, plan.scope, outcomes,
+        plan.upstream, bool(plan.random_ids()), -1 if maxlen is None else maxlen,
+    )  # fmt: skip
+
+
+# Compiled plans by tracer, read by autotrace._speedups.start_light (kept as _plans is).
+_fast_plans: dict[object, tuple] = {}
+compiled_start = None  # autotrace._speedups.start_light when built and registered: start_span's common case
+if _speedups is not None:
+    from opentelemetry.context import Context
+
+    _compiled_end = _speedups.register_light_start(
+        LightSpan, _START_SLOTS, _fast_plans, vars(api), api.with_span_py, DECISION_KEY, tuple(_SDK_SPANS),
+        tuple(_FLAGS[flags] for flags in range(4)), _random_bits, Lock, vars(span_queue), vars(sdk), Context, _end_py,
+    )  # fmt: skip
+    if _compiled_end is not None:
+        LightSpan.end = _compiled_end  # type: ignore[method-assign]
+        compiled_start = _speedups.start_light
+        api.with_span = _speedups.with_span  # the same context, built in C (api.with_span_py's)
 
 
 # Plans by tracer (None: the SDK starts that tracer's spans). Tracers are few and live as
@@ -315,7 +377,12 @@ def _plan(tracer: object) -> _Plan | None:
             plan = None
     if len(_plans) >= 256:
         _plans.clear()
+        _fast_plans.clear()
     _plans[id(tracer)] = (tracer, plan)
+    if plan is not None and plan.fast is not None:
+        _fast_plans[tracer] = plan.fast
+    else:
+        _fast_plans.pop(tracer, None)
     return plan
 
 
@@ -332,6 +399,11 @@ def start_span(
     ``attributes``: a mapping, or a function returning one (called only when the span is
     recorded, or when the sampler reads attributes). Raises what the SDK raises.
     """
+    if compiled_start is not None and not links:
+        # The common case in C (autotrace._speedups.start_light), this function's result.
+        span = compiled_start(tracer, name, kind, parent, attributes)
+        if span is not None:
+            return span
     plan = _plan(tracer)
     if plan is None or plan.metrics is not None or sdk.app_provider() is not None or not plan.enabled():
         if attributes is not None and type(attributes) is not dict and callable(attributes):

@@ -90,8 +90,34 @@ class SpanHandle:
 
     def close(self) -> None:
         """End the span and leave its context (the usual end of a wrapper)."""
+        # end() and detach(), inline (a subclass that changes either gets _close_calls).
+        if not self._ended:
+            self._ended = True
+            try:
+                self.span.end()
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        token = self._token
+        if token is not None:
+            self._token = None
+            reset = api.reset_current  # api.detach, inline
+            if reset is None:
+                api.detach(token)
+            else:
+                try:
+                    reset(token)
+                except Exception:  # noqa: BLE001 - a token of another context: nothing to undo
+                    pass
+
+    def _close_calls(self) -> None:
+        """:meth:`close` through the subclass's own ``end`` and ``detach``."""
         self.end()
         self.detach()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.close is SpanHandle.close and (cls.end is not SpanHandle.end or cls.detach is not SpanHandle.detach):
+            cls.close = SpanHandle._close_calls  # type: ignore[method-assign]
 
     def fail(self, exc: BaseException, error_type: str) -> None:
         """Record an exception that ended the operation: status ERROR, ``error.type``, an event."""
@@ -129,18 +155,33 @@ def new_span(tracer: str, name: str, kind: trace.SpanKind, parent: context.Conte
     """:func:`new`'s span alone, for a kind that builds its context itself (with
     :func:`autotrace.api.with_span`: the span and the kind's own mark in one copy)."""
     found = api.tracers.get(tracer)  # not api.tracer(): a call less on every request
+    if found is not None and _compiled is not None and not links:
+        span = _compiled(found, name, kind, parent, attributes)  # start_span's common case, in C
+        if span is not None:
+            return span
     return (_light or _load_light())(found or api.tracer(tracer), name, kind, parent, attributes, links)
 
 
 _light = None  # light_span.start_span, imported at the first span (it imports the SDK)
+# autotrace._speedups.start_light when built (light_span.compiled_start): start_span's common
+# case, None for anything else (start_span then does it).
+_compiled = None
+# autotrace._speedups.start_attached when built: start's common case (a SpanHandle, attached).
+_attached = None
 
 
 def _load_light():
-    global _light
-    from .light_span import start_span
+    global _light, _compiled, _attached
+    from . import light_span
 
-    _light = start_span
-    return start_span
+    _compiled = light_span.compiled_start
+    if _compiled is not None:
+        from .otlp_encode import speedups
+
+        if speedups.register_handle(SpanHandle, SpanHandle.__slots__):
+            _attached = speedups.start_attached
+    _light = light_span.start_span
+    return _light
 
 
 def set_known(span: trace.Span, attributes: Mapping[str, object]) -> None:
@@ -154,6 +195,9 @@ def set_known(span: trace.Span, attributes: Mapping[str, object]) -> None:
         known(attributes)
     else:
         span.set_attributes(attributes)
+
+
+_kinds: dict[str, Any] = {}  # SpanKind members by name (start's kind given as a str)
 
 
 def start(
@@ -181,8 +225,29 @@ def start(
         if parent.get(api.SUPPRESS_INSTRUMENTATION):  # api.suppressed, inline
             return None
         if isinstance(kind, str):
-            kind = api.SpanKind[kind]
-        started = handle(*new(tracer, name, kind, parent, attributes, links or None))
+            found = _kinds.get(kind)
+            if found is None:
+                found = _kinds[kind] = api.SpanKind[kind]  # KeyError for another name: reported
+            kind = found
+        found = api.tracers.get(tracer)
+        span = None
+        if found is not None and _attached is not None and not links and attach and handle is SpanHandle:
+            started = _attached(found, name, kind, parent, attributes)  # all of the below, in C
+            if started is not None:
+                return started
+        if found is not None and _compiled is not None and not links:
+            span = _compiled(found, name, kind, parent, attributes)  # new_span's, without its call
+        if span is None:
+            span = new_span(tracer, name, kind, parent, attributes, links or None)
+        ctx = api.with_span(span, parent)
+        if handle is SpanHandle and attach:
+            started = SpanHandle(span, ctx)
+            try:
+                started._token = api.set_current(ctx)  # attach(), inline
+            except Exception as exc:  # noqa: BLE001
+                started.report(exc)
+            return started
+        started = handle(span, ctx)
         if attach:
             started.attach()
         return started
