@@ -251,6 +251,13 @@ class EncodingBatchProcessor(SpanProcessor):
         size = 0
         with self._lock:
             queue = self._queue
+            if len(queue) <= self._max_batch_size and self._bytes <= self._max_batch_bytes:
+                # All of it fits in one batch (the usual case): taken whole, not span by span.
+                batch = list(queue)
+                queue.clear()
+                self._in_flight = len(batch)
+                self._bytes = 0
+                return batch
             while queue and len(batch) < self._max_batch_size:
                 entry = queue[0]
                 if batch and size + len(entry[2]) > self._max_batch_bytes:

@@ -123,6 +123,23 @@ def test_batches_are_bounded_in_spans_and_bytes():
     processor.shutdown()
 
 
+def test_a_queue_that_fits_one_batch_is_taken_whole_and_its_bytes_counted_down():
+    provider, processor, exporter = _setup(max_queue_size=100, max_export_batch_size=8, max_batch_bytes=2_000)
+    tracer = provider.get_tracer("t")
+    for _ in range(5):
+        tracer.start_span("s").end()
+    assert processor.queued_bytes() > 0
+    processor.force_flush()
+    assert [len(batch) for batch in exporter.batches] == [5]
+    assert processor.queued_bytes() == 0 and processor.undelivered() == 0
+    for _ in range(12):  # more than a batch: taken span by span, the bytes still counted right
+        tracer.start_span("s").end()
+    processor.force_flush()
+    assert [len(batch) for batch in exporter.batches] == [5, 8, 4]
+    assert processor.queued_bytes() == 0 and processor.undelivered() == 0
+    processor.shutdown()
+
+
 def test_a_full_batch_wakes_the_export_thread():
     provider, processor, exporter = _setup(max_export_batch_size=5)
     tracer = provider.get_tracer("t")
