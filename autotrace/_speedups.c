@@ -1077,6 +1077,26 @@ PyDoc_STRVAR(register_light_class_doc,
 "offsets from the class's member descriptors). False, and nothing registered, when a\n"
 "field is not an object slot of that class.");
 
+/* The offset of `cls`'s object slot `name` (the class's own attribute: the member
+ * descriptor of the slot) in *offset: 1; 0, no error set, when `name` is not one. */
+static int
+slot_offset(PyObject *cls, PyObject *name, Py_ssize_t *offset)
+{
+    PyObject *descr = PyObject_GetAttr(cls, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+             && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
+             && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
+    if (ok) {
+        *offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    Py_DECREF(descr);
+    return ok;
+}
+
 static PyObject *
 sp_register_light_class(PyObject *module, PyObject *cls)
 {
@@ -1086,20 +1106,7 @@ sp_register_light_class(PyObject *module, PyObject *cls)
     }
     Py_ssize_t offsets[N_SPAN_FIELDS];
     for (int i = 0; i < N_SPAN_FIELDS; i++) {
-        /* The class's own attribute: the member descriptor of the slot, if it is one. */
-        PyObject *descr = PyObject_GetAttr(cls, *span_field_names[i]);
-        if (descr == NULL) {
-            PyErr_Clear();
-            Py_RETURN_FALSE;
-        }
-        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
-                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
-                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
-        if (ok) {
-            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        }
-        Py_DECREF(descr);
-        if (!ok) {
+        if (!slot_offset(cls, *span_field_names[i], &offsets[i])) {
             Py_RETURN_FALSE;
         }
     }
@@ -1768,19 +1775,7 @@ sp_register_handle(PyObject *module, PyObject *args)
     }
     Py_ssize_t offsets[4];
     for (int i = 0; i < 4; i++) {
-        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
-        if (descr == NULL) {
-            PyErr_Clear();
-            Py_RETURN_FALSE;
-        }
-        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
-                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
-                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
-        if (ok) {
-            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        }
-        Py_DECREF(descr);
-        if (!ok) {
+        if (!slot_offset(cls, PyTuple_GET_ITEM(names, i), &offsets[i])) {
             Py_RETURN_FALSE;
         }
     }
@@ -1962,19 +1957,7 @@ sp_register_light_start(PyObject *module, PyObject *args)
     }
     Py_ssize_t offsets[N_LIGHT_SLOTS];
     for (int i = 0; i < N_LIGHT_SLOTS; i++) {
-        PyObject *descr = PyObject_GetAttr(cls, PyTuple_GET_ITEM(names, i));
-        if (descr == NULL) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
-                 && ((PyMemberDescrObject *)descr)->d_common.d_type == (PyTypeObject *)cls
-                 && ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX;
-        if (ok) {
-            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        }
-        Py_DECREF(descr);
-        if (!ok) {
+        if (!slot_offset(cls, PyTuple_GET_ITEM(names, i), &offsets[i])) {
             Py_RETURN_NONE;
         }
     }

@@ -716,6 +716,11 @@ class DbCall(SpanHandle):
     ``comment``: whether the hook is to append the sqlcommenter comment to the statement
     it sends (``AUTOTRACE_SQL_COMMENT=true``, read once: see :func:`with_comment`), so a
     hook pays nothing for it when it is off.
+
+    A started call does not keep its context (``context`` is None): the context holds the
+    call (:data:`autotrace.api.IN_DB_CALL`), and without that cycle the call and its span
+    are freed at once when it closes (:meth:`SpanHandle.close`), not by the garbage
+    collector (whose passes a query would then pay for).
     """
 
     __slots__ = ("library", "comment")
@@ -728,26 +733,6 @@ class DbCall(SpanHandle):
         self._ended = False
         self.library = library
         self.comment = False
-
-    def close(self) -> None:
-        """End the span and leave its context.
-
-        :meth:`SpanHandle.end` and :meth:`SpanHandle.detach`, inline: every query ends here.
-        A started call does not keep its context (``context`` is None): the context holds
-        the call (:data:`autotrace.api.IN_DB_CALL`), and without that cycle the call and its
-        span are freed at once, not by the garbage collector (whose passes a query would
-        then pay for).
-        """
-        if not self._ended:
-            self._ended = True
-            try:
-                self.span.end()
-            except Exception as exc:  # noqa: BLE001
-                self.report(exc)
-        token = self._token
-        if token is not None:
-            self._token = None
-            api.detach(token)
 
     def fail(self, exc: BaseException, status_code: str | None = None) -> None:  # type: ignore[override]
         """Record an exception that ended the call: status ERROR, ``error.type``, the
