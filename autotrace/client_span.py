@@ -112,15 +112,7 @@ class ClientSpan(SpanHandle):
 
     def close(self) -> None:
         """End the span and leave its context (``end`` then ``detach``, in one call)."""
-        if not self._ended:
-            self._ended = True
-            try:
-                self.span.end()
-            except Exception as exc:  # noqa: BLE001
-                self.report(exc)
-        token, self._token = self._token, None
-        if token is not None:
-            api.detach(token)
+        SpanHandle.close(self)
         self.context = None
 
     # -- the request ------------------------------------------------------------------
