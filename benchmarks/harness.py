@@ -93,7 +93,12 @@ def instructions(command: Callable[[int], list[str]], env: Mapping[str, str], wh
     the machine (it leaves out the kernel's work, which the agent does not change); string
     hashing is seeded alike in every run (``PYTHONHASHSEED=0``: a random seed moved the
     counts by about 1%).
-    ``low`` must be at least the script's warm-up."""
+    ``low`` must be at least the script's warm-up.
+
+    The command first runs once outside valgrind with ``low`` calls: a run that finds a
+    module's bytecode cache stale compiles and writes it, and if that were the ``low`` run
+    its count would include the compilation (a negative figure after any edit)."""
+    subprocess.run(command(low), env=dict(env, PYTHONHASHSEED="0"), capture_output=True, timeout=3600, check=False)
     counts = []
     for calls in (low, high):
         out = subprocess.run(
