@@ -1233,6 +1233,7 @@ static PyObject *start_decision_key; /* the agent's upstream sampling decision k
 static PyObject *start_span_types; /* tuple of the span classes whose _context is their SpanContext */
 static PyObject *start_flags;     /* tuple: TraceFlags(0..3) */
 static PyObject *start_bits;      /* random.getrandbits */
+static int bits_are_getrandbits;  /* start_bits is a Random's getrandbits (its ids < 2**bits) */
 static PyObject *start_lock;      /* threading.Lock (the factory light_span uses) */
 static PyObject *start_queue_dict; /* autotrace.span_queue's globals (its "pid") */
 static PyObject *start_sdk_dict;  /* autotrace.sdk's globals (its "_app_provider") */
@@ -1242,11 +1243,42 @@ static PyObject *empty_tuple, *int_64, *int_128, *trace_id_max, *span_id_max, *l
 static PyObject *s_tracer_config, *s_is_enabled, *s_span_processors, *s_resource_pub, *s_pid,
     *s_app_provider, *s_after_end, *s_immutable, *s_fast, *s_span_key_name, *s_variable;
 
+/* Module globals the start and close read on every span, each through a cache: before
+   3.12, a dict's version tag changes with every change of the dict, so while the module's
+   dict has the version it had, the value read then is still the one it holds (borrowed). */
+typedef struct {
+    PyObject *dict;
+    PyObject *value;
+    uint64_t version;
+} GlobalCache;
+enum { G_SPAN_KEY, G_APP, G_PID, G_VARIABLE, G_LOADED, G_RESET, G_SUPPRESS, G_TRACERS, G_DETACH, N_GLOBALS };
+static GlobalCache global_cache[N_GLOBALS];
+
+/* dict[name] (borrowed), or NULL: missing, or an error set. */
+static inline PyObject *
+module_global(int i, PyObject *dict, PyObject *name)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    GlobalCache *cache = &global_cache[i];
+    uint64_t version = ((PyDictObject *)dict)->ma_version_tag;
+    if (cache->version == version && cache->dict == dict && version != 0) {
+        return cache->value;
+    }
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    cache->dict = dict;
+    cache->value = value;
+    cache->version = value == NULL ? 0 : version;
+    return value;
+#else
+    return PyDict_GetItemWithError(dict, name);
+#endif
+}
+
 /* The API's current-span key (borrowed), or NULL: not known (None), or an error set. */
 static PyObject *
 span_key(void)
 {
-    PyObject *key = PyDict_GetItemWithError(start_api_dict, s_span_key_name);
+    PyObject *key = module_global(G_SPAN_KEY, start_api_dict, s_span_key_name);
     return key == Py_None ? NULL : key;
 }
 
@@ -1265,6 +1297,7 @@ enum {
     PLAN_UPSTREAM,   /* bool: the agent's sampler (an upstream B3 decision: Python) */
     PLAN_ROOT_RANDOM, /* bool: the id generator's is_trace_id_random() */
     PLAN_MAX_ATTRIBUTES, /* int, -1 for no limit */
+    PLAN_RESOURCE,   /* the tracer's resource */
     N_PLAN
 };
 
@@ -1360,12 +1393,12 @@ plain_values(PyObject *attributes)
 #define START_NOT_HANDLED ((PyObject *)1) /* internal: the Python way starts this span */
 
 static PyObject *start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
-                               PyObject *attributes);
+                               PyObject *attributes, PyObject *key);
 
 /* light_span.start_span's common case (see start_light's doc): a new LightSpan, NULL with
    an error set, or START_NOT_HANDLED. */
 static PyObject *
-start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes, PyObject *key)
 {
     if (start_type == NULL || !PyDict_Check(parent)) {
         return START_NOT_HANDLED;
@@ -1379,17 +1412,18 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
     }
     /* Held: Python code run on the way (a collection's finalizers) may replace the entry. */
     Py_INCREF(plan);
-    PyObject *result = start_planned(plan, tracer, name, kind, parent, attributes);
+    PyObject *result = start_planned(plan, tracer, name, kind, parent, attributes, key);
     Py_DECREF(plan);
     return result;
 }
 
 static PyObject *
-start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes,
+              PyObject *key)
 {
     /* The checks start_span makes on every span: no app provider, tracer enabled, the
        processors those planned. */
-    PyObject *app = PyDict_GetItemWithError(start_sdk_dict, s_app_provider);
+    PyObject *app = module_global(G_APP, start_sdk_dict, s_app_provider);
     if (app != Py_None) {
         return app == NULL && PyErr_Occurred() ? NULL : START_NOT_HANDLED;
     }
@@ -1433,8 +1467,7 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         }
     }
     /* The parent's SpanContext (a borrowed reference into the parent span), or none. */
-    PyObject *key = span_key();
-    if (key == NULL) {
+    if (key == NULL && (key = span_key()) == NULL) { /* key: the caller's, else looked up */
         return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
     }
     PyObject *parent_span = PyDict_GetItemWithError(parent, key);
@@ -1527,8 +1560,10 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         result = NULL;
         goto done;
     }
-    int valid = in_id_range(trace_id, trace_id_max, 128);
-    if (valid > 0) {
+    /* A parent's trace id is valid (its context says so), a span id drawn as getrandbits(64)
+       is, until 0: what SpanContext's check gives for them. */
+    int valid = parent_context != NULL ? 1 : in_id_range(trace_id, trace_id_max, 128);
+    if (valid > 0 && !(PyLong_CheckExact(span_id) && bits_are_getrandbits)) {
         valid = in_id_range(span_id, span_id_max, 64);
     }
     if (valid < 0) {
@@ -1569,12 +1604,8 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         result = NULL;
         goto done;
     }
-    PyObject *resource = PyObject_GetAttr(tracer, s_resource_pub);
-    if (resource == NULL) {
-        result = NULL;
-        goto done;
-    }
-    PyObject *pid = Py_XNewRef(PyDict_GetItemWithError(start_queue_dict, s_pid));
+    PyObject *resource = Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_RESOURCE));
+    PyObject *pid = Py_XNewRef(module_global(G_PID, start_queue_dict, s_pid));
     if (pid == NULL) {
         Py_DECREF(resource);
         if (!PyErr_Occurred()) {
@@ -1583,7 +1614,7 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         result = NULL;
         goto done;
     }
-    span = PyBaseObject_Type.tp_new(start_type, empty_tuple, NULL); /* object.__new__(LightSpan) */
+    span = start_type->tp_alloc(start_type, 0); /* object.__new__(LightSpan): LightSpan is not abstract */
     if (span == NULL) {
         Py_DECREF(resource);
         Py_DECREF(pid);
@@ -1640,7 +1671,7 @@ sp_start_light(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "start_light(tracer, name, kind, parent, attributes)");
         return NULL;
     }
-    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4]);
+    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4], NULL);
     if (span == START_NOT_HANDLED) {
         Py_RETURN_NONE;
     }
@@ -1702,12 +1733,15 @@ PyDoc_STRVAR(start_attached_doc,
 
 /* start_attached's work: a new SpanHandle, NULL with an error set, or START_NOT_HANDLED. */
 static PyObject *
-attached_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+attached_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes,
+                PyObject *variable)
 {
     if (handle_type == NULL || start_type == NULL) {
         return START_NOT_HANDLED;
     }
-    PyObject *variable = PyDict_GetItemWithError(start_api_dict, s_variable);
+    if (variable == NULL) { /* else the caller's, read from autotrace.api just before */
+        variable = module_global(G_VARIABLE, start_api_dict, s_variable);
+    }
     PyObject *key = variable == NULL ? NULL : span_key();
     if (key == NULL || !PyContextVar_CheckExact(variable)) {
         return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
@@ -1715,7 +1749,7 @@ attached_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *pare
     Py_INCREF(variable);
     Py_INCREF(key);
     PyObject *handle = NULL, *ctx = NULL, *token = NULL;
-    PyObject *span = start_common(tracer, name, kind, parent, attributes);
+    PyObject *span = start_common(tracer, name, kind, parent, attributes, key);
     if (span == START_NOT_HANDLED) {
         handle = START_NOT_HANDLED;
         goto done;
@@ -1751,7 +1785,7 @@ sp_start_attached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "start_attached(tracer, name, kind, parent, attributes)");
         return NULL;
     }
-    PyObject *handle = attached_common(args[0], args[1], args[2], args[3], args[4]);
+    PyObject *handle = attached_common(args[0], args[1], args[2], args[3], args[4], NULL);
     return handle == START_NOT_HANDLED ? Py_NewRef(Py_None) : handle;
 }
 
@@ -1814,16 +1848,18 @@ static PyObject *
 sp_start_handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs < 3 || nargs > 5 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || handle_type == NULL
-        || start_type == NULL || PyDict_GetItemWithError(start_api_dict, s_loaded) != Py_True) {
+        || start_type == NULL || module_global(G_LOADED, start_api_dict, s_loaded) != Py_True) {
         goto python;
     }
     PyObject *parent = nargs > 4 ? args[4] : Py_None;
     PyObject *current = NULL; /* a reference to the current context when parent is None */
+    PyObject *variable = module_global(G_VARIABLE, start_api_dict, s_variable);
+    if (variable == NULL || !PyContextVar_CheckExact(variable)) {
+        goto python; /* the API's functions: the reference */
+    }
     if (parent == Py_None) {
-        PyObject *variable = PyDict_GetItemWithError(start_api_dict, s_variable);
-        PyObject *reset = PyDict_GetItemWithError(start_api_dict, s_reset_current);
-        if (variable == NULL || reset == NULL || reset == Py_None || !PyContextVar_CheckExact(variable)
-            || PyContextVar_Get(variable, NULL, &current) < 0 || current == NULL) {
+        PyObject *reset = module_global(G_RESET, start_api_dict, s_reset_current);
+        if (reset == NULL || reset == Py_None || PyContextVar_Get(variable, NULL, &current) < 0 || current == NULL) {
             goto python;
         }
         parent = current;
@@ -1832,7 +1868,7 @@ sp_start_handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (!PyDict_Check(parent)) {
         goto done;
     }
-    PyObject *suppress = PyDict_GetItemWithError(start_api_dict, s_suppress);
+    PyObject *suppress = module_global(G_SUPPRESS, start_api_dict, s_suppress);
     PyObject *value = suppress == NULL ? NULL : PyDict_GetItemWithError(parent, suppress);
     if (value != NULL) {
         Py_INCREF(value);
@@ -1853,14 +1889,16 @@ sp_start_handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObj
             goto done;
         }
     }
-    PyObject *tracers = PyDict_GetItemWithError(start_api_dict, s_tracers);
+    PyObject *tracers = module_global(G_TRACERS, start_api_dict, s_tracers);
     PyObject *tracer = tracers == NULL || !PyDict_Check(tracers) ? NULL : PyDict_GetItemWithError(tracers, args[0]);
     if (tracer == NULL) {
         goto done;
     }
     Py_INCREF(tracer);
     Py_INCREF(kind);
-    result = attached_common(tracer, args[1], kind, parent, nargs > 3 ? args[3] : Py_None);
+    Py_INCREF(variable);
+    result = attached_common(tracer, args[1], kind, parent, nargs > 3 ? args[3] : Py_None, variable);
+    Py_DECREF(variable);
     Py_DECREF(tracer);
     Py_DECREF(kind);
 done:
@@ -1890,7 +1928,7 @@ sp_new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         || (nargs > 5 && args[5] != Py_None)) {
         return call_reference(handle_new_span_py, args, nargs, kwnames);
     }
-    PyObject *tracers = PyDict_GetItemWithError(start_api_dict, s_tracers);
+    PyObject *tracers = module_global(G_TRACERS, start_api_dict, s_tracers);
     PyObject *tracer = tracers == NULL || !PyDict_Check(tracers) ? NULL : PyDict_GetItemWithError(tracers, args[0]);
     if (tracer == NULL) {
         if (PyErr_Occurred()) {
@@ -1899,7 +1937,7 @@ sp_new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return call_reference(handle_new_span_py, args, nargs, kwnames);
     }
     Py_INCREF(tracer);
-    PyObject *span = start_common(tracer, args[1], args[2], args[3], nargs > 4 ? args[4] : Py_None);
+    PyObject *span = start_common(tracer, args[1], args[2], args[3], nargs > 4 ? args[4] : Py_None, NULL);
     Py_DECREF(tracer);
     if (span == START_NOT_HANDLED) {
         return call_reference(handle_new_span_py, args, nargs, kwnames);
@@ -1979,7 +2017,7 @@ handle_close(PyObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     *handle_slot(self, H_TOKEN) = Py_NewRef(Py_None); /* the reference to the token is now ours */
-    PyObject *reset = PyDict_GetItemWithError(start_api_dict, s_reset_current);
+    PyObject *reset = module_global(G_RESET, start_api_dict, s_reset_current);
     PyObject *done = NULL;
     if (reset == NULL) {
         if (!PyErr_Occurred()) {
@@ -1987,7 +2025,7 @@ handle_close(PyObject *self, PyObject *unused)
         }
     }
     else if (reset == Py_None) {
-        PyObject *detach = PyDict_GetItemWithError(start_api_dict, s_detach); /* api.detach: never raises */
+        PyObject *detach = module_global(G_DETACH, start_api_dict, s_detach); /* api.detach: never raises */
         if (detach != NULL) {
             done = PyObject_CallOneArg(detach, token);
         }
@@ -1996,7 +2034,7 @@ handle_close(PyObject *self, PyObject *unused)
         }
     }
     else {
-        PyObject *variable = PyDict_GetItemWithError(start_api_dict, s_variable);
+        PyObject *variable = module_global(G_VARIABLE, start_api_dict, s_variable);
         if (variable != NULL && PyContextVar_CheckExact(variable) && PyContextToken_CheckExact(token)
             && PyCFunction_Check(reset) && PyCFunction_GET_SELF(reset) == variable) {
             done = PyContextVar_Reset(variable, token) < 0 ? NULL : Py_NewRef(Py_None); /* what reset(token) does */
@@ -2343,7 +2381,7 @@ light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         Py_DECREF(entry);
         return PyObject_CallMethodNoArgs(self, s_after_end);
     }
-    PyObject *pid = PyDict_GetItemWithError(start_queue_dict, s_pid);
+    PyObject *pid = module_global(G_PID, start_queue_dict, s_pid);
     int same = pid == NULL ? -1 : PyObject_RichCompareBool(slot_get(self, L_PID), pid, Py_EQ);
     if (same <= 0) {
         Py_DECREF(entry);
@@ -2482,6 +2520,8 @@ sp_register_light_start(PyObject *module, PyObject *args)
     Py_XSETREF(start_span_types, Py_NewRef(span_types));
     Py_XSETREF(start_flags, Py_NewRef(flags));
     Py_XSETREF(start_bits, Py_NewRef(bits));
+    /* The built-in Random.getrandbits (not a subclass's Python method): its ints are < 2**bits. */
+    bits_are_getrandbits = PyCFunction_Check(bits) && strcmp(((PyCFunctionObject *)bits)->m_ml->ml_name, "getrandbits") == 0;
     Py_XSETREF(start_lock, Py_NewRef(lock));
     Py_XSETREF(start_queue_dict, Py_NewRef(queue_dict));
     Py_XSETREF(start_sdk_dict, Py_NewRef(sdk_dict));

@@ -299,7 +299,7 @@ class _Plan:
 
     __slots__ = (
         "sampler", "blind", "by_parent", "root", "upstream", "ids", "random_ids", "span_bits", "enabled", "processor", "limits", "info",
-        "scope", "metrics", "known", "light_ends", "fast",
+        "scope", "metrics", "known", "light_ends", "fast", "resource",
     )
 
     def __init__(self, tracer: Tracer) -> None:
@@ -317,6 +317,7 @@ class _Plan:
         self.limits = tracer._span_limits  # noqa: SLF001 - the SDK tracer's state
         self.info = tracer.instrumentation_info
         self.scope = tracer._instrumentation_scope  # noqa: SLF001
+        self.resource = tracer.resource  # set once by the provider
         # The SDK's own span metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), when on.
         metrics = getattr(tracer, "_tracer_metrics", None)
         self.metrics = None if metrics is None or type(metrics).__name__ == "NoOpTracerMetrics" else metrics
@@ -371,7 +372,7 @@ def _fast_entry(tracer: Tracer, plan: _Plan) -> tuple | None:
     maxlen = plan.limits.max_span_attributes
     return (
         plan, plan.processor, plan.known, plan.light_ends, plan.limits, plan.info, plan.scope, outcomes,
-        plan.upstream, bool(plan.random_ids()), -1 if maxlen is None else maxlen,
+        plan.upstream, bool(plan.random_ids()), -1 if maxlen is None else maxlen, plan.resource,
     )  # fmt: skip
 
 
@@ -536,7 +537,7 @@ def start_span(
     span._name = name  # noqa: SLF001 - this module's own class: its state, set once
     span._context = context  # noqa: SLF001
     span._parent = parent_context  # noqa: SLF001
-    span._resource = tracer.resource  # noqa: SLF001
+    span._resource = plan.resource  # noqa: SLF001
     span._attributes = kept  # noqa: SLF001
     span._kind = kind  # noqa: SLF001
     span._span_processor = plan.processor  # noqa: SLF001
