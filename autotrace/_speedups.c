@@ -1233,6 +1233,7 @@ static PyObject *start_decision_key; /* the agent's upstream sampling decision k
 static PyObject *start_span_types; /* tuple of the span classes whose _context is their SpanContext */
 static PyObject *start_flags;     /* tuple: TraceFlags(0..3) */
 static PyObject *start_bits;      /* random.getrandbits */
+static int bits_are_getrandbits;  /* start_bits is a Random's getrandbits (its ids < 2**bits) */
 static PyObject *start_lock;      /* threading.Lock (the factory light_span uses) */
 static PyObject *start_queue_dict; /* autotrace.span_queue's globals (its "pid") */
 static PyObject *start_sdk_dict;  /* autotrace.sdk's globals (its "_app_provider") */
@@ -1242,11 +1243,42 @@ static PyObject *empty_tuple, *int_64, *int_128, *trace_id_max, *span_id_max, *l
 static PyObject *s_tracer_config, *s_is_enabled, *s_span_processors, *s_resource_pub, *s_pid,
     *s_app_provider, *s_after_end, *s_immutable, *s_fast, *s_span_key_name, *s_variable;
 
+/* Module globals the start and close read on every span, each through a cache: before
+   3.12, a dict's version tag changes with every change of the dict, so while the module's
+   dict has the version it had, the value read then is still the one it holds (borrowed). */
+typedef struct {
+    PyObject *dict;
+    PyObject *value;
+    uint64_t version;
+} GlobalCache;
+enum { G_SPAN_KEY, G_APP, G_PID, G_VARIABLE, G_LOADED, G_RESET, G_SUPPRESS, G_TRACERS, G_DETACH, N_GLOBALS };
+static GlobalCache global_cache[N_GLOBALS];
+
+/* dict[name] (borrowed), or NULL: missing, or an error set. */
+static inline PyObject *
+module_global(int i, PyObject *dict, PyObject *name)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    GlobalCache *cache = &global_cache[i];
+    uint64_t version = ((PyDictObject *)dict)->ma_version_tag;
+    if (cache->version == version && cache->dict == dict && version != 0) {
+        return cache->value;
+    }
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    cache->dict = dict;
+    cache->value = value;
+    cache->version = value == NULL ? 0 : version;
+    return value;
+#else
+    return PyDict_GetItemWithError(dict, name);
+#endif
+}
+
 /* The API's current-span key (borrowed), or NULL: not known (None), or an error set. */
 static PyObject *
 span_key(void)
 {
-    PyObject *key = PyDict_GetItemWithError(start_api_dict, s_span_key_name);
+    PyObject *key = module_global(G_SPAN_KEY, start_api_dict, s_span_key_name);
     return key == Py_None ? NULL : key;
 }
 
@@ -1265,6 +1297,7 @@ enum {
     PLAN_UPSTREAM,   /* bool: the agent's sampler (an upstream B3 decision: Python) */
     PLAN_ROOT_RANDOM, /* bool: the id generator's is_trace_id_random() */
     PLAN_MAX_ATTRIBUTES, /* int, -1 for no limit */
+    PLAN_RESOURCE,   /* the tracer's resource */
     N_PLAN
 };
 
@@ -1360,12 +1393,12 @@ plain_values(PyObject *attributes)
 #define START_NOT_HANDLED ((PyObject *)1) /* internal: the Python way starts this span */
 
 static PyObject *start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
-                               PyObject *attributes);
+                               PyObject *attributes, PyObject *key);
 
 /* light_span.start_span's common case (see start_light's doc): a new LightSpan, NULL with
    an error set, or START_NOT_HANDLED. */
 static PyObject *
-start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes, PyObject *key)
 {
     if (start_type == NULL || !PyDict_Check(parent)) {
         return START_NOT_HANDLED;
@@ -1379,17 +1412,18 @@ start_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent,
     }
     /* Held: Python code run on the way (a collection's finalizers) may replace the entry. */
     Py_INCREF(plan);
-    PyObject *result = start_planned(plan, tracer, name, kind, parent, attributes);
+    PyObject *result = start_planned(plan, tracer, name, kind, parent, attributes, key);
     Py_DECREF(plan);
     return result;
 }
 
 static PyObject *
-start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes)
+start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes,
+              PyObject *key)
 {
     /* The checks start_span makes on every span: no app provider, tracer enabled, the
        processors those planned. */
-    PyObject *app = PyDict_GetItemWithError(start_sdk_dict, s_app_provider);
+    PyObject *app = module_global(G_APP, start_sdk_dict, s_app_provider);
     if (app != Py_None) {
         return app == NULL && PyErr_Occurred() ? NULL : START_NOT_HANDLED;
     }
@@ -1433,8 +1467,7 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         }
     }
     /* The parent's SpanContext (a borrowed reference into the parent span), or none. */
-    PyObject *key = span_key();
-    if (key == NULL) {
+    if (key == NULL && (key = span_key()) == NULL) { /* key: the caller's, else looked up */
         return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
     }
     PyObject *parent_span = PyDict_GetItemWithError(parent, key);
@@ -1527,8 +1560,10 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         result = NULL;
         goto done;
     }
-    int valid = in_id_range(trace_id, trace_id_max, 128);
-    if (valid > 0) {
+    /* A parent's trace id is valid (its context says so), a span id drawn as getrandbits(64)
+       is, until 0: what SpanContext's check gives for them. */
+    int valid = parent_context != NULL ? 1 : in_id_range(trace_id, trace_id_max, 128);
+    if (valid > 0 && !(PyLong_CheckExact(span_id) && bits_are_getrandbits)) {
         valid = in_id_range(span_id, span_id_max, 64);
     }
     if (valid < 0) {
@@ -1569,31 +1604,19 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
         result = NULL;
         goto done;
     }
-    PyObject *resource = PyObject_GetAttr(tracer, s_resource_pub);
-    if (resource == NULL) {
-        result = NULL;
-        goto done;
-    }
-    PyObject *lock = PyObject_CallNoArgs(start_lock);
-    if (lock == NULL) {
-        Py_DECREF(resource);
-        result = NULL;
-        goto done;
-    }
-    PyObject *pid = Py_XNewRef(PyDict_GetItemWithError(start_queue_dict, s_pid));
+    PyObject *resource = Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_RESOURCE));
+    PyObject *pid = Py_XNewRef(module_global(G_PID, start_queue_dict, s_pid));
     if (pid == NULL) {
         Py_DECREF(resource);
-        Py_DECREF(lock);
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "autotrace.span_queue has no pid");
         }
         result = NULL;
         goto done;
     }
-    span = PyBaseObject_Type.tp_new(start_type, empty_tuple, NULL); /* object.__new__(LightSpan) */
+    span = start_type->tp_alloc(start_type, 0); /* object.__new__(LightSpan): LightSpan is not abstract */
     if (span == NULL) {
         Py_DECREF(resource);
-        Py_DECREF(lock);
         Py_DECREF(pid);
         result = NULL;
         goto done;
@@ -1612,7 +1635,7 @@ start_planned(PyObject *plan, PyObject *tracer, PyObject *name, PyObject *kind, 
     slot_set(span, L_EVENTS, Py_NewRef(empty_tuple));
     slot_set(span, L_STATUS, Py_NewRef(unset_status));
     slot_set(span, L_END, Py_NewRef(Py_None));
-    slot_set(span, L_LOCK, lock);
+    slot_set(span, L_LOCK, Py_NewRef(Py_None)); /* made at its first use (light_lock_get) */
     slot_set(span, L_METRICS, Py_NewRef(Py_None));
     slot_set(span, L_PID, pid);
     slot_set(span, L_PLAN, Py_NewRef(PyTuple_GET_ITEM(plan, PLAN_PLAN)));
@@ -1648,7 +1671,7 @@ sp_start_light(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "start_light(tracer, name, kind, parent, attributes)");
         return NULL;
     }
-    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4]);
+    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4], NULL);
     if (span == START_NOT_HANDLED) {
         Py_RETURN_NONE;
     }
@@ -1708,37 +1731,34 @@ PyDoc_STRVAR(start_attached_doc,
 "context made current through the API's context variable, in one call; None when\n"
 "start_light would give None or the API's runtime context is not the context variable.");
 
+/* start_attached's work: a new SpanHandle, NULL with an error set, or START_NOT_HANDLED. */
 static PyObject *
-sp_start_attached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+attached_common(PyObject *tracer, PyObject *name, PyObject *kind, PyObject *parent, PyObject *attributes,
+                PyObject *variable)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "start_attached(tracer, name, kind, parent, attributes)");
-        return NULL;
-    }
     if (handle_type == NULL || start_type == NULL) {
-        Py_RETURN_NONE;
+        return START_NOT_HANDLED;
     }
-    PyObject *variable = PyDict_GetItemWithError(start_api_dict, s_variable);
+    if (variable == NULL) { /* else the caller's, read from autotrace.api just before */
+        variable = module_global(G_VARIABLE, start_api_dict, s_variable);
+    }
     PyObject *key = variable == NULL ? NULL : span_key();
     if (key == NULL || !PyContextVar_CheckExact(variable)) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
+        return PyErr_Occurred() ? NULL : START_NOT_HANDLED;
     }
     Py_INCREF(variable);
     Py_INCREF(key);
     PyObject *handle = NULL, *ctx = NULL, *token = NULL;
-    PyObject *span = start_common(args[0], args[1], args[2], args[3], args[4]);
+    PyObject *span = start_common(tracer, name, kind, parent, attributes, key);
     if (span == START_NOT_HANDLED) {
-        handle = Py_NewRef(Py_None);
+        handle = START_NOT_HANDLED;
         goto done;
     }
     if (span == NULL) {
         goto done;
     }
-    ctx = new_context(key, span, args[3], Py_None, Py_None);
-    handle = ctx == NULL ? NULL : PyBaseObject_Type.tp_new(handle_type, empty_tuple, NULL);
+    ctx = new_context(key, span, parent, Py_None, Py_None);
+    handle = ctx == NULL ? NULL : handle_type->tp_alloc(handle_type, 0);
     token = handle == NULL ? NULL : PyContextVar_Set(variable, ctx); /* last: nothing to undo after it */
     if (token == NULL) {
         Py_CLEAR(handle);
@@ -1758,16 +1778,445 @@ done:
     return handle;
 }
 
+static PyObject *
+sp_start_attached(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "start_attached(tracer, name, kind, parent, attributes)");
+        return NULL;
+    }
+    PyObject *handle = attached_common(args[0], args[1], args[2], args[3], args[4], NULL);
+    return handle == START_NOT_HANDLED ? Py_NewRef(Py_None) : handle;
+}
+
+/* -- spans.start, spans.new_span, SpanHandle.close and set_attributes, LightSpan's _lock and
+   set_known in C (autotrace/spans.py and light_span.py are the reference) -- */
+
+static PyObject *handle_start_py;    /* spans.start (the reference) */
+static PyObject *handle_new_span_py; /* spans.new_span (the reference) */
+static PyObject *handle_close_py;    /* SpanHandle.close (the reference) */
+static PyObject *handle_set_py;      /* SpanHandle.set_attributes (the reference) */
+static PyObject *handle_kinds;       /* spans._kinds: SpanKind members by name */
+static PyObject *known_py;           /* LightSpan.set_known (the reference) */
+static PyTypeObject *plan_type;      /* light_span._Plan ... */
+static Py_ssize_t plan_fast_offset;  /* ... and the offset of its slot "fast" */
+static PyObject *s_loaded, *s_suppress, *s_tracers, *s_reset_current, *s_detach, *s_report, *s_end;
+
+enum { H_SPAN, H_CONTEXT, H_TOKEN, H_ENDED };
+
+static PyObject *light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+
+static inline PyObject **
+handle_slot(PyObject *handle, int i)
+{
+    return (PyObject **)((char *)handle + handle_offsets[i]);
+}
+
+/* The plan tuple of a light span (borrowed), or NULL (no error): its _plan's "fast". */
+static PyObject *
+span_plan_entry(PyObject *span)
+{
+    PyObject *plan = slot_get(span, L_PLAN);
+    if (plan == NULL || plan_type == NULL || Py_TYPE(plan) != plan_type) {
+        return NULL;
+    }
+    PyObject *entry = *(PyObject **)((char *)plan + plan_fast_offset);
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != N_PLAN) {
+        return NULL;
+    }
+    return entry;
+}
+
+/* A fast call's arguments passed on to the reference function `py`. */
+static PyObject *
+call_reference(PyObject *py, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: spans is not registered");
+        return NULL;
+    }
+    return PyObject_Vectorcall(py, args, (size_t)nargs, kwnames);
+}
+
+PyDoc_STRVAR(start_handle_doc,
+"start_handle(tracer, name, kind, attributes=None, parent=None, links=None, attach=True, handle=SpanHandle)\n\n"
+"spans.start in C for its common case (positional arguments up to parent, a tracer of\n"
+"api.tracers, the kind by name or member, the API's context variable, start_attached's\n"
+"span); anything else, and an error, is spans.start's (the reference, which reports).");
+
+static PyObject *
+sp_start_handle(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 3 || nargs > 5 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || handle_type == NULL
+        || start_type == NULL || module_global(G_LOADED, start_api_dict, s_loaded) != Py_True) {
+        goto python;
+    }
+    PyObject *parent = nargs > 4 ? args[4] : Py_None;
+    PyObject *current = NULL; /* a reference to the current context when parent is None */
+    PyObject *variable = module_global(G_VARIABLE, start_api_dict, s_variable);
+    if (variable == NULL || !PyContextVar_CheckExact(variable)) {
+        goto python; /* the API's functions: the reference */
+    }
+    if (parent == Py_None) {
+        PyObject *reset = module_global(G_RESET, start_api_dict, s_reset_current);
+        if (reset == NULL || reset == Py_None || PyContextVar_Get(variable, NULL, &current) < 0 || current == NULL) {
+            goto python;
+        }
+        parent = current;
+    }
+    PyObject *result = START_NOT_HANDLED;
+    if (!PyDict_Check(parent)) {
+        goto done;
+    }
+    PyObject *suppress = module_global(G_SUPPRESS, start_api_dict, s_suppress);
+    PyObject *value = suppress == NULL ? NULL : PyDict_GetItemWithError(parent, suppress);
+    if (value != NULL) {
+        Py_INCREF(value);
+        int on = PyObject_IsTrue(value);
+        Py_DECREF(value);
+        if (on != 0) {
+            result = on < 0 ? START_NOT_HANDLED : Py_NewRef(Py_None); /* suppressed: None */
+            goto done;
+        }
+    }
+    else if (PyErr_Occurred()) {
+        goto done;
+    }
+    PyObject *kind = args[2];
+    if (PyUnicode_Check(kind)) {
+        kind = handle_kinds == NULL ? NULL : PyDict_GetItemWithError(handle_kinds, kind);
+        if (kind == NULL) {
+            goto done;
+        }
+    }
+    PyObject *tracers = module_global(G_TRACERS, start_api_dict, s_tracers);
+    PyObject *tracer = tracers == NULL || !PyDict_Check(tracers) ? NULL : PyDict_GetItemWithError(tracers, args[0]);
+    if (tracer == NULL) {
+        goto done;
+    }
+    Py_INCREF(tracer);
+    Py_INCREF(kind);
+    Py_INCREF(variable);
+    result = attached_common(tracer, args[1], kind, parent, nargs > 3 ? args[3] : Py_None, variable);
+    Py_DECREF(variable);
+    Py_DECREF(tracer);
+    Py_DECREF(kind);
+done:
+    Py_XDECREF(current);
+    if (result == NULL) {
+        PyErr_Clear(); /* the reference meets it again, and reports it */
+    }
+    else if (result != START_NOT_HANDLED) {
+        return result;
+    }
+python:
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return call_reference(handle_start_py, args, nargs, kwnames);
+}
+
+PyDoc_STRVAR(new_span_doc,
+"new_span(tracer, name, kind, parent, attributes=None, links=None) -> Span\n\n"
+"spans.new_span in C for its common case (a tracer of api.tracers, no links, start_light's\n"
+"span); anything else is spans.new_span's (the reference).");
+
+static PyObject *
+sp_new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 4 || nargs > 6 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || start_type == NULL
+        || (nargs > 5 && args[5] != Py_None)) {
+        return call_reference(handle_new_span_py, args, nargs, kwnames);
+    }
+    PyObject *tracers = module_global(G_TRACERS, start_api_dict, s_tracers);
+    PyObject *tracer = tracers == NULL || !PyDict_Check(tracers) ? NULL : PyDict_GetItemWithError(tracers, args[0]);
+    if (tracer == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return call_reference(handle_new_span_py, args, nargs, kwnames);
+    }
+    Py_INCREF(tracer);
+    PyObject *span = start_common(tracer, args[1], args[2], args[3], nargs > 4 ? args[4] : Py_None, NULL);
+    Py_DECREF(tracer);
+    if (span == START_NOT_HANDLED) {
+        return call_reference(handle_new_span_py, args, nargs, kwnames);
+    }
+    return span;
+}
+
+/* Calls handle.report(exc) for the exception set, when it is an Exception (else it stays
+   set): 0 when reported (none set now), -1 otherwise. */
+static int
+report_exception(PyObject *handle)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *exc_type, *exc, *tb;
+    PyErr_Fetch(&exc_type, &exc, &tb);
+    PyErr_NormalizeException(&exc_type, &exc, &tb);
+    if (tb != NULL && exc != NULL) {
+        PyException_SetTraceback(exc, tb);
+    }
+    PyObject *done = exc == NULL ? NULL : PyObject_CallMethodOneArg(handle, s_report, exc);
+    Py_XDECREF(exc_type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return 0;
+}
+
+/* SpanHandle.close(self) in C: its end (the light span's compiled end called directly) and
+   its context left, as the Python close does. */
+static PyObject *
+handle_close(PyObject *self, PyObject *unused)
+{
+    if (handle_type == NULL || handle_close_py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: spans is not registered");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(self, handle_type) || *handle_slot(self, H_ENDED) == NULL || *handle_slot(self, H_TOKEN) == NULL) {
+        return PyObject_CallOneArg(handle_close_py, self);
+    }
+    PyObject *ended = *handle_slot(self, H_ENDED);
+    if (ended != Py_True) {
+        int is_ended = ended == Py_False ? 0 : PyObject_IsTrue(ended);
+        if (is_ended < 0) {
+            return NULL;
+        }
+        if (!is_ended) {
+            Py_XSETREF(*handle_slot(self, H_ENDED), Py_NewRef(Py_True));
+            PyObject *span = *handle_slot(self, H_SPAN);
+            PyObject *done;
+            if (span == NULL) {
+                PyErr_SetString(PyExc_AttributeError, "span");
+                done = NULL;
+            }
+            else {
+                Py_INCREF(span);
+                done = Py_TYPE(span) == start_type ? light_span_end(span, NULL, 0, NULL)
+                                                   : PyObject_CallMethodNoArgs(span, s_end);
+                Py_DECREF(span);
+            }
+            if (done == NULL) {
+                if (report_exception(self) < 0) {
+                    return NULL;
+                }
+            }
+            else {
+                Py_DECREF(done);
+            }
+        }
+    }
+    PyObject *token = *handle_slot(self, H_TOKEN);
+    if (token == NULL || token == Py_None) {
+        Py_RETURN_NONE;
+    }
+    *handle_slot(self, H_TOKEN) = Py_NewRef(Py_None); /* the reference to the token is now ours */
+    PyObject *reset = module_global(G_RESET, start_api_dict, s_reset_current);
+    PyObject *done = NULL;
+    if (reset == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "autotrace.api has no reset_current");
+        }
+    }
+    else if (reset == Py_None) {
+        PyObject *detach = module_global(G_DETACH, start_api_dict, s_detach); /* api.detach: never raises */
+        if (detach != NULL) {
+            done = PyObject_CallOneArg(detach, token);
+        }
+        else if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "autotrace.api has no detach");
+        }
+    }
+    else {
+        PyObject *variable = module_global(G_VARIABLE, start_api_dict, s_variable);
+        if (variable != NULL && PyContextVar_CheckExact(variable) && PyContextToken_CheckExact(token)
+            && PyCFunction_Check(reset) && PyCFunction_GET_SELF(reset) == variable) {
+            done = PyContextVar_Reset(variable, token) < 0 ? NULL : Py_NewRef(Py_None); /* what reset(token) does */
+        }
+        else {
+            Py_INCREF(reset);
+            done = PyObject_CallOneArg(reset, token);
+            Py_DECREF(reset);
+        }
+        if (done == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear(); /* a token of another context: nothing to undo */
+            done = Py_NewRef(Py_None);
+        }
+    }
+    Py_DECREF(token);
+    if (done == NULL) {
+        return NULL;
+    }
+    Py_DECREF(done);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef handle_close_def = {
+    "close", (PyCFunction)handle_close, METH_NOARGS,
+    "close(): end the span and leave its context (autotrace/_speedups.c; spans.SpanHandle.close is the reference)."};
+
+/* LightSpan.set_known(self, attributes)'s common case, no Python code run while it sets
+   them (so no other thread sees it half done): 1 set, 0 not handled (the reference's work),
+   -1 with an error set. */
+static int
+known_common(PyObject *self, PyObject *attributes)
+{
+    if (Py_TYPE(self) != start_type || !PyDict_CheckExact(attributes)) {
+        return 0;
+    }
+    PyObject *lock = slot_get(self, L_LOCK), *current = slot_get(self, L_ATTRIBUTES);
+    if ((lock != NULL && lock != Py_None) || slot_get(self, L_END) != Py_None || current == NULL
+        || !PyDict_CheckExact(current)) {
+        return 0; /* a lock made (the app used the span), ended, or the SDK's attributes */
+    }
+    PyObject *entry = span_plan_entry(self);
+    if (entry == NULL || PyTuple_GET_ITEM(entry, PLAN_LIMITS) != slot_get(self, L_LIMITS)) {
+        return 0;
+    }
+    Py_ssize_t max_attributes = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, PLAN_MAX_ATTRIBUTES));
+    if (max_attributes == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    Py_ssize_t pos = 0, added = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        PyTypeObject *type = Py_TYPE(value);
+        if (!PyUnicode_CheckExact(key)
+            || (type != &PyUnicode_Type && type != &PyBool_Type && type != &PyLong_Type && type != &PyFloat_Type)) {
+            return 0;
+        }
+        int found = PyDict_Contains(current, key);
+        if (found < 0) {
+            return -1;
+        }
+        added += !found;
+    }
+    if (max_attributes >= 0 && PyDict_GET_SIZE(current) + added > max_attributes) {
+        return 0; /* the SDK's mapping drops what is over its limit */
+    }
+    pos = 0;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        /* As the SDK's mapping sets it: a key set again moves to the end. */
+        int found = added == PyDict_GET_SIZE(attributes) ? 0 : PyDict_Contains(current, key);
+        if (found < 0 || (found && PyDict_DelItem(current, key) < 0)) {
+            return -1;
+        }
+        if (PyDict_SetItem(current, key, value) < 0) {
+            return -1;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+light_set_known(PyObject *self, PyObject *attributes)
+{
+    int done = known_common(self, attributes);
+    if (done < 0) {
+        return NULL;
+    }
+    if (done > 0) {
+        Py_RETURN_NONE;
+    }
+    if (known_py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: set_known is not registered");
+        return NULL;
+    }
+    return PyObject_CallFunctionObjArgs(known_py, self, attributes, NULL);
+}
+
+static PyMethodDef light_set_known_def = {
+    "set_known", (PyCFunction)light_set_known, METH_O,
+    "set_known(attributes): the hook's own attributes (autotrace/_speedups.c; light_span.LightSpan.set_known is the reference)."};
+
+/* SpanHandle.set_attributes(self, attributes) in C: set_known on a light span, never raising
+   (an exception reported); anything else is the reference's. */
+static PyObject *
+handle_set_attributes(PyObject *self, PyObject *attributes)
+{
+    PyObject *span = handle_type != NULL && PyObject_TypeCheck(self, handle_type) ? *handle_slot(self, H_SPAN) : NULL;
+    if (span != NULL && Py_TYPE(span) == start_type) {
+        Py_INCREF(span);
+        int done = known_common(span, attributes);
+        Py_DECREF(span);
+        if (done > 0) {
+            Py_RETURN_NONE;
+        }
+        if (done < 0) {
+            return report_exception(self) < 0 ? NULL : Py_NewRef(Py_None);
+        }
+    }
+    if (handle_set_py == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "autotrace._speedups: spans is not registered");
+        return NULL;
+    }
+    return PyObject_CallFunctionObjArgs(handle_set_py, self, attributes, NULL);
+}
+
+static PyMethodDef handle_set_def = {
+    "set_attributes", (PyCFunction)handle_set_attributes, METH_O,
+    "set_attributes(attributes): add attributes to the span (autotrace/_speedups.c; spans.SpanHandle.set_attributes is the reference)."};
+
+/* LightSpan._lock: the span's lock, made at its first use (the SDK's methods take it; a
+   hook's span that the app never touches never has one). */
+static PyObject *
+light_lock_get(PyObject *self, void *closure)
+{
+    if (start_type == NULL || !PyObject_TypeCheck(self, start_type)) {
+        PyErr_SetString(PyExc_TypeError, "_lock: not a light span");
+        return NULL;
+    }
+    PyObject *lock = slot_get(self, L_LOCK);
+    if (lock != NULL && lock != Py_None) {
+        return Py_NewRef(lock);
+    }
+    PyObject *made = PyObject_CallNoArgs(start_lock); /* may run other threads' code ... */
+    if (made == NULL) {
+        return NULL;
+    }
+    lock = slot_get(self, L_LOCK); /* ... so look again: the first lock made is the span's */
+    if (lock != NULL && lock != Py_None) {
+        Py_DECREF(made);
+        return Py_NewRef(lock);
+    }
+    slot_set(self, L_LOCK, Py_NewRef(made));
+    return made;
+}
+
+static int
+light_lock_set(PyObject *self, PyObject *value, void *closure)
+{
+    if (start_type == NULL || !PyObject_TypeCheck(self, start_type) || value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_lock: a light span's lock, not deleted");
+        return -1;
+    }
+    slot_set(self, L_LOCK, Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef light_lock_def = {"_lock", light_lock_get, light_lock_set,
+                                     "The span's lock, made at its first use.", NULL};
+
 PyDoc_STRVAR(register_handle_doc,
-"register_handle(cls, slot_names) -> bool\n\n"
+"register_handle(cls, slot_names[, start_py, new_span_py, close_py, set_attributes_py, kinds])\n"
+"-> bool | (close, set_attributes)\n\n"
 "spans.SpanHandle and the names of its slots span, context, _token, _ended: start_attached\n"
-"makes its instances. False when a name is not an object slot of cls.");
+"makes its instances. False when a name is not an object slot of cls. With the references\n"
+"(spans.start, spans.new_span, SpanHandle.close and set_attributes, spans._kinds), also\n"
+"start_handle and new_span: the compiled close and set_attributes (method descriptors).");
 
 static PyObject *
 sp_register_handle(PyObject *module, PyObject *args)
 {
-    PyObject *cls, *names;
-    if (!PyArg_ParseTuple(args, "O!O!:register_handle", &PyType_Type, &cls, &PyTuple_Type, &names)) {
+    PyObject *cls, *names, *start_py = NULL, *new_span_py = NULL, *close_py = NULL, *set_py = NULL, *kinds = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!|OOOOO!:register_handle", &PyType_Type, &cls, &PyTuple_Type, &names, &start_py,
+                          &new_span_py, &close_py, &set_py, &PyDict_Type, &kinds)) {
         return NULL;
     }
     if (PyTuple_GET_SIZE(names) != 4) {
@@ -1782,9 +2231,27 @@ sp_register_handle(PyObject *module, PyObject *args)
     if (empty_tuple == NULL) {
         Py_RETURN_FALSE; /* register_light_start first */
     }
+    if (kinds == NULL) {
+        memcpy(handle_offsets, offsets, sizeof(offsets));
+        Py_XSETREF(handle_type, (PyTypeObject *)Py_NewRef(cls));
+        Py_RETURN_TRUE;
+    }
+    PyObject *close = PyDescr_NewMethod((PyTypeObject *)cls, &handle_close_def);
+    PyObject *set = close == NULL ? NULL : PyDescr_NewMethod((PyTypeObject *)cls, &handle_set_def);
+    PyObject *result = set == NULL ? NULL : PyTuple_Pack(2, close, set);
+    Py_XDECREF(close);
+    Py_XDECREF(set);
+    if (result == NULL) {
+        return NULL;
+    }
     memcpy(handle_offsets, offsets, sizeof(offsets));
+    Py_XSETREF(handle_start_py, Py_NewRef(start_py));
+    Py_XSETREF(handle_new_span_py, Py_NewRef(new_span_py));
+    Py_XSETREF(handle_close_py, Py_NewRef(close_py));
+    Py_XSETREF(handle_set_py, Py_NewRef(set_py));
+    Py_XSETREF(handle_kinds, Py_NewRef(kinds));
     Py_XSETREF(handle_type, (PyTypeObject *)Py_NewRef(cls));
-    Py_RETURN_TRUE;
+    return result;
 }
 
 /* The lock class the factory makes and its acquire and release (method descriptors),
@@ -1801,62 +2268,100 @@ lock_call(PyObject *lock, PyObject *method, PyObject *name)
     return PyObject_CallMethodNoArgs(lock, name);
 }
 
+/* Sets the end time `end` (a reference taken) on a light span under its lock, made by now:
+   1 ended here, 0 ended already (by another thread), -1 with an error set. */
+static int
+light_end_locked(PyObject *self, PyObject *lock, PyObject *end)
+{
+    PyObject *acquired = lock_call(lock, lock_acquire, s_acquire);
+    if (acquired == NULL) {
+        Py_DECREF(end);
+        return -1;
+    }
+    Py_DECREF(acquired);
+    /* Under the lock: another thread may have ended it, or the app set an attribute. */
+    int done = 1;
+    if (slot_get(self, L_END) != Py_None) {
+        Py_DECREF(end);
+        done = 0;
+    }
+    else {
+        slot_set(self, L_END, end);
+        PyObject *attributes = slot_get(self, L_ATTRIBUTES);
+        if (attributes != NULL && !PyDict_CheckExact(attributes) && PyObject_SetAttr(attributes, s_immutable, Py_True) < 0) {
+            done = -1; /* as the Python end would raise */
+        }
+    }
+    PyObject *exc_type = NULL, *exc_value = NULL, *exc_tb = NULL;
+    if (done < 0) {
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    }
+    PyObject *released = lock_call(lock, lock_release, s_release);
+    if (released == NULL) {
+        Py_XDECREF(exc_type);
+        Py_XDECREF(exc_value);
+        Py_XDECREF(exc_tb);
+        return -1;
+    }
+    Py_DECREF(released);
+    if (done < 0) {
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    return done;
+}
+
 /* LightSpan.end(self, end_time=None) in C for the common case; else its Python end. */
 static PyObject *
 light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *lock = NULL, *end = NULL, *result = NULL;
+    PyObject *result = NULL;
     if (Py_TYPE(self) != start_type || nargs > 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)
         || slot_get(self, L_START) == NULL || slot_get(self, L_START) == Py_None || slot_get(self, L_END) != Py_None
-        || slot_get(self, L_LOCK) == NULL || slot_get(self, L_ATTRIBUTES) == NULL
-        || !PyDict_CheckExact(slot_get(self, L_ATTRIBUTES))) {
+        || slot_get(self, L_ATTRIBUTES) == NULL || !PyDict_CheckExact(slot_get(self, L_ATTRIBUTES))) {
         goto python;
     }
-    lock = Py_NewRef(slot_get(self, L_LOCK));
-    PyObject *acquired = lock_call(lock, lock_acquire, s_acquire);
-    if (acquired == NULL) {
-        Py_DECREF(lock);
-        return NULL;
-    }
-    Py_DECREF(acquired);
-    /* Under the lock: another thread may have ended it, or the app set an attribute. */
-    int ended = slot_get(self, L_END) != Py_None;
-    if (!ended) {
-        end = now_ns();
-        if (end != NULL) {
-            slot_set(self, L_END, end);
-            PyObject *attributes = slot_get(self, L_ATTRIBUTES);
-            if (attributes != NULL && !PyDict_CheckExact(attributes)
-                && PyObject_SetAttr(attributes, s_immutable, Py_True) < 0) {
-                end = NULL; /* as the Python end would raise */
-            }
-        }
-    }
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyObject *released = lock_call(lock, lock_release, s_release);
-    Py_DECREF(lock);
-    if (released == NULL) {
-        if (exc_type != NULL) {
-            PyErr_Clear();
-            PyErr_Restore(exc_type, exc_value, exc_tb);
-        }
-        return NULL;
-    }
-    Py_DECREF(released);
-    if (exc_type != NULL) {
-        PyErr_Restore(exc_type, exc_value, exc_tb);
-        return NULL;
-    }
-    if (ended) {
-        goto python; /* the SDK's warning */
-    }
+    PyObject *end = now_ns(); /* first: an allocation may run other threads' code */
     if (end == NULL) {
         return NULL;
     }
+    PyObject *lock = slot_get(self, L_LOCK);
+    int ended;
+    if (lock == NULL || lock == Py_None) {
+        /* No lock was ever made (the lazy _lock): no thread is inside the span's lock, and
+           any that takes it later makes it first. Under the GIL, with no Python code run
+           between them, this check and set are one step. */
+        ended = slot_get(self, L_END) == Py_None;
+        if (ended) {
+            slot_set(self, L_END, end);
+            PyObject *attributes = slot_get(self, L_ATTRIBUTES);
+            if (attributes != NULL && !PyDict_CheckExact(attributes) && PyObject_SetAttr(attributes, s_immutable, Py_True) < 0) {
+                return NULL;
+            }
+        }
+        else {
+            Py_DECREF(end);
+        }
+    }
+    else {
+        Py_INCREF(lock);
+        ended = light_end_locked(self, lock, end);
+        Py_DECREF(lock);
+        if (ended < 0) {
+            return NULL;
+        }
+    }
+    if (!ended) {
+        goto python; /* ended already: the SDK's warning */
+    }
     /* Only the plan's light ends (the agent's processors), when nothing was added since. */
     PyObject *plan = slot_get(self, L_PLAN), *processor = slot_get(self, L_PROCESSOR);
-    PyObject *entry = plan == NULL || plan == Py_None ? NULL : PyObject_GetAttr(plan, s_fast);
+    PyObject *entry = span_plan_entry(self); /* the plan's "fast", read through its slot */
+    if (entry != NULL) {
+        Py_INCREF(entry);
+    }
+    else if (plan != NULL && plan != Py_None) {
+        entry = PyObject_GetAttr(plan, s_fast);
+    }
     if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != N_PLAN || processor == NULL) {
         if (entry == NULL) {
             PyErr_Clear();
@@ -1876,7 +2381,7 @@ light_span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         Py_DECREF(entry);
         return PyObject_CallMethodNoArgs(self, s_after_end);
     }
-    PyObject *pid = PyDict_GetItemWithError(start_queue_dict, s_pid);
+    PyObject *pid = module_global(G_PID, start_queue_dict, s_pid);
     int same = pid == NULL ? -1 : PyObject_RichCompareBool(slot_get(self, L_PID), pid, Py_EQ);
     if (same <= 0) {
         Py_DECREF(entry);
@@ -1938,12 +2443,16 @@ static PyObject *
 sp_register_light_start(PyObject *module, PyObject *args)
 {
     PyObject *cls, *names, *plans, *api_dict, *with_span_py, *decision_key, *span_types, *flags, *bits, *lock, *queue_dict,
-        *sdk_dict, *context_type, *end_py;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO!O!OOO!O!O!O:register_light_start", &PyType_Type, &cls, &PyTuple_Type,
+        *sdk_dict, *context_type, *end_py, *plan_cls = NULL, *set_known_py = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO!O!OOO!O!O!O|O!O:register_light_start", &PyType_Type, &cls, &PyTuple_Type,
                           &names, &PyDict_Type, &plans, &PyDict_Type, &api_dict, &with_span_py, &decision_key, &PyTuple_Type, &span_types,
                           &PyTuple_Type, &flags, &bits, &lock, &PyDict_Type, &queue_dict, &PyDict_Type, &sdk_dict,
-                          &PyType_Type, &context_type, &end_py)) {
+                          &PyType_Type, &context_type, &end_py, &PyType_Type, &plan_cls, &set_known_py)) {
         return NULL;
+    }
+    Py_ssize_t fast_offset = 0;
+    if (plan_cls != NULL && (set_known_py == NULL || !slot_offset(plan_cls, s_fast, &fast_offset))) {
+        Py_RETURN_NONE;
     }
     if (PyTuple_GET_SIZE(names) != N_LIGHT_SLOTS || PyTuple_GET_SIZE(flags) != 4
         || !PyType_IsSubtype((PyTypeObject *)context_type, &PyDict_Type) || span_context_type == NULL
@@ -2011,13 +2520,30 @@ sp_register_light_start(PyObject *module, PyObject *args)
     Py_XSETREF(start_span_types, Py_NewRef(span_types));
     Py_XSETREF(start_flags, Py_NewRef(flags));
     Py_XSETREF(start_bits, Py_NewRef(bits));
+    /* The built-in Random.getrandbits (not a subclass's Python method): its ints are < 2**bits. */
+    bits_are_getrandbits = PyCFunction_Check(bits) && strcmp(((PyCFunctionObject *)bits)->m_ml->ml_name, "getrandbits") == 0;
     Py_XSETREF(start_lock, Py_NewRef(lock));
     Py_XSETREF(start_queue_dict, Py_NewRef(queue_dict));
     Py_XSETREF(start_sdk_dict, Py_NewRef(sdk_dict));
     Py_XSETREF(start_context_type, Py_NewRef(context_type));
     Py_XSETREF(start_end_py, Py_NewRef(end_py));
     Py_XSETREF(start_type, (PyTypeObject *)Py_NewRef(cls));
-    return method;
+    if (plan_cls == NULL) {
+        return method;
+    }
+    /* With the plan class: (end, the lazy _lock's descriptor, set_known). */
+    PyObject *lock_descr = PyDescr_NewGetSet((PyTypeObject *)cls, &light_lock_def);
+    PyObject *known = lock_descr == NULL ? NULL : PyDescr_NewMethod((PyTypeObject *)cls, &light_set_known_def);
+    PyObject *result = known == NULL ? NULL : PyTuple_Pack(3, method, lock_descr, known);
+    Py_DECREF(method);
+    Py_XDECREF(lock_descr);
+    Py_XDECREF(known);
+    if (result != NULL) {
+        plan_fast_offset = fast_offset;
+        Py_XSETREF(plan_type, (PyTypeObject *)Py_NewRef(plan_cls));
+        Py_XSETREF(known_py, Py_NewRef(set_known_py));
+    }
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -2031,6 +2557,8 @@ static PyMethodDef methods[] = {
     {"with_span", (PyCFunction)(void (*)(void))sp_with_span, METH_FASTCALL, with_span_doc},
     {"start_attached", (PyCFunction)(void (*)(void))sp_start_attached, METH_FASTCALL, start_attached_doc},
     {"register_handle", sp_register_handle, METH_VARARGS, register_handle_doc},
+    {"start_handle", (PyCFunction)(void (*)(void))sp_start_handle, METH_FASTCALL | METH_KEYWORDS, start_handle_doc},
+    {"new_span", (PyCFunction)(void (*)(void))sp_new_span, METH_FASTCALL | METH_KEYWORDS, new_span_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2072,7 +2600,10 @@ PyInit__speedups(void)
         || intern(&s_resource_pub, "resource") < 0 || intern(&s_pid, "pid") < 0
         || intern(&s_app_provider, "_app_provider") < 0 || intern(&s_after_end, "_after_end") < 0
         || intern(&s_immutable, "_immutable") < 0 || intern(&s_fast, "fast") < 0 || intern(&s_span_key_name, "SPAN_KEY") < 0
-        || intern(&s_variable, "_variable") < 0) {
+        || intern(&s_variable, "_variable") < 0 || intern(&s_loaded, "loaded") < 0
+        || intern(&s_suppress, "SUPPRESS_INSTRUMENTATION") < 0 || intern(&s_tracers, "tracers") < 0
+        || intern(&s_reset_current, "reset_current") < 0 || intern(&s_detach, "detach") < 0
+        || intern(&s_report, "report") < 0 || intern(&s_end, "end") < 0) {
         return NULL;
     }
     return PyModule_Create(&module_def);

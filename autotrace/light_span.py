@@ -100,7 +100,7 @@ class LightSpan(Span):
         "_status",
         "_span_processor",
         "_limits",
-        "_lock",
+        "_span_lock",  # the lock (the _lock property): None until its first use
         "_record_end_metrics",
         "_pid",
         "_plan",
@@ -117,7 +117,28 @@ class LightSpan(Span):
         span's processors then get the SDK's calls, ``on_start`` included."""
         self._pid = None
         self._plan = None
+        self._span_lock = None
         Span.__init__(self, *args, **kwargs)
+
+    # -- the lock: made at its first use --------------------------------------------------
+
+    # A hook's span that the app never touches is started, given the hook's attributes and
+    # ended without one (autotrace._speedups does that under the GIL, where no other thread
+    # runs between a check and a set); the SDK's methods take it, and the first to ask
+    # makes it. Where autotrace._speedups is built, this property is its compiled twin.
+    @property
+    def _lock(self) -> Any:
+        lock = self._span_lock
+        if lock is None:
+            with _making_locks:  # one lock per span, whichever thread asks first
+                lock = self._span_lock
+                if lock is None:
+                    lock = self._span_lock = Lock()
+        return lock
+
+    @_lock.setter
+    def _lock(self, lock: Any) -> None:
+        self._span_lock = lock
 
     # -- attributes -------------------------------------------------------------------
 
@@ -151,17 +172,17 @@ class LightSpan(Span):
         """
         with self._lock:
             current = self._attributes
-            if self._end_time is None and type(current) is dict and self._limits.max_span_attribute_length is None:
-                maxlen = self._limits.max_span_attributes
+            if (
+                self._end_time is None
+                and type(current) is dict
+                and self._limits.max_span_attribute_length is None
+                and _fits(current, attributes, self._limits.max_span_attributes)
+            ):
                 for key, value in attributes.items():
-                    if type(value) not in _PLAIN or (maxlen is not None and len(current) >= maxlen and key not in current):
-                        break
-                else:
-                    for key, value in attributes.items():
-                        if key in current:
-                            del current[key]
-                        current[key] = value
-                    return
+                    if key in current:
+                        del current[key]
+                    current[key] = value
+                return
         self.set_attributes(attributes)
 
     # -- events and links: made at the first one ----------------------------------------
@@ -214,9 +235,22 @@ class LightSpan(Span):
 
 _SDK_SPANS = _SDK_SPANS | {LightSpan}
 _end_py = LightSpan.end
+_set_known_py = LightSpan.set_known
+_making_locks = Lock()  # held while a span's lock is made (the Python _lock)
 if _speedups is not None:
     # The compiled encoder (autotrace/_speedups.c) reads a light span's slots directly.
     _speedups.register_light_class(LightSpan)
+
+def _fits(current: dict, attributes: Mapping[str, Any], maxlen: int | None) -> bool:
+    """Whether ``attributes`` (str keys, plain values) can be set into ``current`` as they
+    are: within the count limit once set (the SDK's mapping drops what is over it)."""
+    added = 0
+    for key, value in attributes.items():
+        if type(value) not in _PLAIN or type(key) is not str:
+            return False
+        added += key not in current
+    return maxlen is None or len(current) + added <= maxlen
+
 
 # -- starting a span --------------------------------------------------------------------
 
@@ -265,7 +299,7 @@ class _Plan:
 
     __slots__ = (
         "sampler", "blind", "by_parent", "root", "upstream", "ids", "random_ids", "span_bits", "enabled", "processor", "limits", "info",
-        "scope", "metrics", "known", "light_ends", "fast",
+        "scope", "metrics", "known", "light_ends", "fast", "resource",
     )
 
     def __init__(self, tracer: Tracer) -> None:
@@ -283,6 +317,7 @@ class _Plan:
         self.limits = tracer._span_limits  # noqa: SLF001 - the SDK tracer's state
         self.info = tracer.instrumentation_info
         self.scope = tracer._instrumentation_scope  # noqa: SLF001
+        self.resource = tracer.resource  # set once by the provider
         # The SDK's own span metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED), when on.
         metrics = getattr(tracer, "_tracer_metrics", None)
         self.metrics = None if metrics is None or type(metrics).__name__ == "NoOpTracerMetrics" else metrics
@@ -306,7 +341,7 @@ class _Plan:
 # The slots the compiled start sets (autotrace/_speedups.c: the order of its L_* names).
 _START_SLOTS = (
     "_name", "_context", "_kind", "_instrumentation_info", "_instrumentation_scope", "_parent", "_start_time",
-    "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_span_processor", "_limits", "_lock",
+    "_end_time", "_attributes", "_events", "_links", "_resource", "_status", "_span_processor", "_limits", "_span_lock",
     "_record_end_metrics", "_pid", "_plan",
 )
 
@@ -337,7 +372,7 @@ def _fast_entry(tracer: Tracer, plan: _Plan) -> tuple | None:
     maxlen = plan.limits.max_span_attributes
     return (
         plan, plan.processor, plan.known, plan.light_ends, plan.limits, plan.info, plan.scope, outcomes,
-        plan.upstream, bool(plan.random_ids()), -1 if maxlen is None else maxlen,
+        plan.upstream, bool(plan.random_ids()), -1 if maxlen is None else maxlen, plan.resource,
     )  # fmt: skip
 
 
@@ -347,12 +382,14 @@ compiled_start = None  # autotrace._speedups.start_light when built and register
 if _speedups is not None:
     from opentelemetry.context import Context
 
-    _compiled_end = _speedups.register_light_start(
+    _compiled = _speedups.register_light_start(
         LightSpan, _START_SLOTS, _fast_plans, vars(api), api.with_span_py, DECISION_KEY, tuple(_SDK_SPANS),
         tuple(_FLAGS[flags] for flags in range(4)), _random_bits, Lock, vars(span_queue), vars(sdk), Context, _end_py,
+        _Plan, _set_known_py,
     )  # fmt: skip
-    if _compiled_end is not None:
-        LightSpan.end = _compiled_end  # type: ignore[method-assign]
+    if _compiled is not None:
+        # LightSpan's end, lazy _lock and set_known, compiled.
+        LightSpan.end, LightSpan._lock, LightSpan.set_known = _compiled  # type: ignore[method-assign]
         compiled_start = _speedups.start_light
         api.with_span = _speedups.with_span  # the same context, built in C (api.with_span_py's)
 
@@ -500,7 +537,7 @@ def start_span(
     span._name = name  # noqa: SLF001 - this module's own class: its state, set once
     span._context = context  # noqa: SLF001
     span._parent = parent_context  # noqa: SLF001
-    span._resource = tracer.resource  # noqa: SLF001
+    span._resource = plan.resource  # noqa: SLF001
     span._attributes = kept  # noqa: SLF001
     span._kind = kind  # noqa: SLF001
     span._span_processor = plan.processor  # noqa: SLF001
@@ -511,7 +548,7 @@ def start_span(
     span._events = ()  # noqa: SLF001
     span._status = _UNSET  # noqa: SLF001
     span._end_time = None  # noqa: SLF001
-    span._lock = Lock()  # noqa: SLF001
+    span._span_lock = None  # noqa: SLF001 - made at its first use (the _lock property)
     span._record_end_metrics = None  # noqa: SLF001
     span._pid = span_queue.pid  # noqa: SLF001
     span._plan = plan  # noqa: SLF001

@@ -171,15 +171,22 @@ _attached = None
 
 
 def _load_light():
-    global _light, _compiled, _attached
+    global _light, _compiled, _attached, start, new_span
     from . import light_span
 
     _compiled = light_span.compiled_start
     if _compiled is not None:
         from .otlp_encode import speedups
 
-        if speedups.register_handle(SpanHandle, SpanHandle.__slots__):
+        methods = speedups.register_handle(
+            SpanHandle, SpanHandle.__slots__, start_py, new_span_py, _close_py, _set_attributes_py, _kinds
+        )
+        if methods:
             _attached = speedups.start_attached
+            # Their common case in C (autotrace/_speedups.c), the Python ones (start_py,
+            # new_span_py, and SpanHandle's below) for anything else.
+            SpanHandle.close, SpanHandle.set_attributes = methods  # type: ignore[method-assign]
+            start, new_span = speedups.start_handle, speedups.new_span
     _light = light_span.start_span
     return _light
 
@@ -254,6 +261,15 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail the app's call
         report(exc, handle.WHAT)
         return None
+
+
+# The references: where autotrace._speedups is built, _load_light makes start, new_span,
+# SpanHandle.close and SpanHandle.set_attributes their compiled twins, which call these
+# for anything but their common case.
+start_py = start
+new_span_py = new_span
+_close_py = SpanHandle.close
+_set_attributes_py = SpanHandle.set_attributes
 
 
 def mark_error(span: trace.Span, error_type: str, description: str | None = None) -> None:

@@ -11,7 +11,10 @@ light end and the encoding are counted, the I/O not). The forms:
 - ``empty``: the loop alone (a Python call);
 - ``context``: ``api.with_span`` + ``api.set_current`` + ``api.detach``;
 - ``new_span``: ``spans.new_span(...)`` + ``span.end()``;
-- ``start``: ``spans.start(...)`` + ``handle.close()`` (what hooks do).
+- ``start``: ``spans.start(...)`` + ``handle.close()`` (what hooks do);
+- ``known``: ``start`` with ``handle.set_attributes(...)`` of two response attributes
+  between (what clients and servers add through ``set_known``): ``known`` - ``start`` is
+  their cost.
 
 ``--leak N``: no count; N spans started and closed, and the growth of traced memory
 (tracemalloc) and of the RSS from the first tenth to the end, per install: a reference leak
@@ -42,6 +45,7 @@ root = trace.get_tracer("bench").start_span("root")
 ctx = api.with_span(root, api.get_current())
 api.set_current(ctx)
 kind = api.SpanKind.CLIENT
+response = {"http.response.status_code": 200, "network.protocol.version": "1.1"}
 
 def empty():
     pass
@@ -67,6 +71,10 @@ if form == "leak":
 for _ in range(calls):
     if form == "start":
         spans.start("autotrace.db", "SELECT", "CLIENT", attrs).close()
+    elif form == "known":
+        handle = spans.start("autotrace.db", "SELECT", "CLIENT", attrs)
+        handle.set_attributes(response)
+        handle.close()
     elif form == "new_span":
         spans.new_span("autotrace.db", "SELECT", kind, ctx, attrs).end()
     elif form == "context":
@@ -76,7 +84,7 @@ for _ in range(calls):
 print(0)
 """
 
-FORMS = ("empty", "context", "new_span", "start")
+FORMS = ("empty", "context", "new_span", "start", "known")
 
 
 def main() -> None:

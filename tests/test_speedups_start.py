@@ -115,8 +115,8 @@ def test_the_compiled_start_makes_the_python_starts_span(attributes, parent_kind
     assert type(compiled) is LightSpan and type(reference) is LightSpan
     for name in _SLOTS:
         mine, theirs = getattr(compiled, name), getattr(reference, name)
-        if name == "_lock":
-            assert type(mine) is type(theirs) and mine is not theirs and not mine.locked()
+        if name == "_span_lock":
+            assert mine is None and theirs is None  # made at its first use
         elif name == "_attributes":
             assert type(mine) is dict and list(mine.items()) == list(theirs.items())
             assert attributes is None or mine is not attributes
@@ -141,10 +141,15 @@ def test_the_compiled_start_is_used_where_the_extension_is_built():
     speedups = _compiled()
     assert light_span.compiled_start is speedups.start_light
     assert type(vars(LightSpan)["end"]).__name__ == "method_descriptor"
+    assert type(vars(LightSpan)["set_known"]).__name__ == "method_descriptor"
+    assert type(vars(LightSpan)["_lock"]).__name__ == "getset_descriptor"
     assert api.with_span is speedups.with_span
     tracer, recorder = _tracer()
     span_core._load_light()
     assert span_core._compiled is speedups.start_light
+    assert span_core.start is speedups.start_handle and span_core.new_span is speedups.new_span
+    assert type(vars(span_core.SpanHandle)["close"]).__name__ == "method_descriptor"
+    assert type(vars(span_core.SpanHandle)["set_attributes"]).__name__ == "method_descriptor"
     api.tracers["autotrace.test.compiled"] = tracer
     try:
         light_span.start_span(tracer, "warm", SpanKind.CLIENT, context.Context(), {})  # planned
@@ -258,12 +263,20 @@ from opentelemetry.sdk.trace import TracerProvider
 from autotrace import light_span
 assert light_span.compiled_start is None and spans._load_light() is light_span.start_span and spans._compiled is None
 assert api.with_span is api.with_span_py and light_span.LightSpan.end is light_span._end_py
+assert spans.start is spans.start_py and spans.new_span is spans.new_span_py
+assert spans.SpanHandle.close is spans._close_py and light_span.LightSpan.set_known is light_span._set_known_py
 provider = TracerProvider(shutdown_on_exit=False)
 api.tracers["t"] = provider.get_tracer("t")
 handle = spans.start("t", "op", "CLIENT", {"a": 1})
 assert type(handle.span) is light_span.LightSpan and trace.get_current_span() is handle.span
+assert handle.span._span_lock is None
+handle.set_attributes({"b": 2, "a": 3})
+lock = handle.span._lock  # made at its first use, then the same
+assert lock is handle.span._lock and not lock.locked()
+handle.span.set_attribute("c", "x")
 handle.close()
 assert handle.span._end_time is not None and trace.get_current_span() is not handle.span
+assert dict(handle.span.attributes) == {"a": 3, "b": 2, "c": "x"}
 print("python way ok")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -284,3 +297,188 @@ def test_a_subclass_that_changes_end_keeps_its_close():
     span = light_span.start_span(tracer, "op", SpanKind.CLIENT, context.Context(), {})
     Mine(span, context.Context()).close()
     assert calls == ["end"] and span._end_time is not None
+
+
+# -- the lazy lock, set_known, SpanHandle's close and set_attributes, spans.start and new_span in C --
+
+keys = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    first=st.dictionaries(keys, plain, max_size=4),
+    known=st.dictionaries(st.one_of(keys, st.integers(min_value=0, max_value=2)), st.one_of(plain, st.lists(st.integers(), max_size=2)), max_size=4),
+    max_attributes=st.one_of(st.none(), st.integers(min_value=0, max_value=6)),
+    touched=st.booleans(),
+    ended=st.booleans(),
+)
+def test_the_compiled_set_known_sets_what_the_python_one_sets(first, known, max_attributes, touched, ended):
+    speedups = _compiled()
+    tracer, _ = _tracer(limits=SpanLimits(max_span_attributes=max_attributes) if max_attributes is not None else None)
+    light_span._plan(tracer)
+    if max_attributes is not None and len(first) > max_attributes:
+        first = dict(list(first.items())[:max_attributes])
+    mine = speedups.start_light(tracer, "op", SpanKind.CLIENT, context.Context(), first)
+    theirs = speedups.start_light(tracer, "op", SpanKind.CLIENT, context.Context(), first)
+    assert type(mine) is LightSpan and type(theirs) is LightSpan
+    if touched:  # the app used the span: a lock made, C leaves it to Python
+        assert mine._lock is not None and theirs._lock is not None
+    if ended:
+        mine.end()
+        theirs.end()
+    outcomes = []
+    for span, set_known in ((mine, LightSpan.set_known), (theirs, light_span._set_known_py)):
+        try:
+            set_known(span, dict(known))
+            outcomes.append(None)
+        except Exception as exc:  # noqa: BLE001 - the SDK's, alike for both
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
+    assert type(mine._attributes) is type(theirs._attributes)
+    assert list(mine._attributes.items()) == list(theirs._attributes.items())
+    fits = max_attributes is None or len(first) + len(set(known) - set(first)) <= max_attributes
+    plain_known = all(type(key) is str and type(value) in (str, bool, int, float) for key, value in known.items())
+    if not touched and not ended and fits and plain_known:
+        assert mine._span_lock is None  # set in C, no lock made
+    assert first is not mine._attributes
+
+
+def test_a_hooks_span_has_no_lock_until_the_app_uses_it():
+    tracer, recorder = _tracer()
+    light_span._plan(tracer)
+    span = _compiled().start_light(tracer, "op", SpanKind.CLIENT, context.Context(), {"a": 1})
+    assert span._span_lock is None
+    span.set_known({"b": 2})
+    assert span._span_lock is None
+    lock = span._lock
+    assert lock is span._lock and span._span_lock is lock and not lock.locked()
+    span.set_attribute("c", 3)  # the SDK's, under the lock
+    span.end()  # the compiled end, under the lock now
+    assert not lock.locked() and recorder.light == [span] and dict(span.attributes) == {"a": 1, "b": 2, "c": 3}
+
+
+def test_a_span_ended_by_many_threads_at_once_ends_once():
+    import threading
+
+    tracer, recorder = _tracer()
+    light_span._plan(tracer)
+    for with_lock in (False, True):
+        spans = [_compiled().start_light(tracer, "op", SpanKind.CLIENT, context.Context(), {}) for _ in range(50)]
+        if with_lock:
+            for span in spans:
+                span._lock  # noqa: B018 - made
+        barrier = threading.Barrier(4)
+
+        def end_all(barrier=barrier, spans=spans):
+            barrier.wait()
+            for span in spans:
+                span.end()
+
+        threads = [threading.Thread(target=end_all) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert [span for span in recorder.light if span in spans] == spans  # each once, none twice
+        recorder.light.clear()
+
+
+class CloseEndFailed(Exception):
+    pass
+
+
+class SetKnownFailed(Exception):
+    pass
+
+
+class Failing(NonRecordingSpan):
+    def end(self, end_time=None) -> None:
+        raise CloseEndFailed("end failed")
+
+
+def test_the_compiled_close_ends_leaves_and_never_raises(warnings):
+    assert type(vars(span_core.SpanHandle)["close"]).__name__ == "method_descriptor"
+    before = api.get_current()
+    span = Failing(SpanContext(1, 2, False))
+    handle = span_core.SpanHandle(span, api.with_span(span, before))
+    handle.attach()
+    assert api.get_current() is handle.context
+    warnings()
+    handle.close()  # the span's end raised: one warning, the context left all the same
+    assert handle.ended and api.get_current() is before and handle._token is None
+    assert [line for line in warnings() if "CloseEndFailed: end failed" in line]
+    handle.close()  # again: nothing
+    # A token of another context: dropped, as api.detach drops it.
+    other = span_core.SpanHandle(NonRecordingSpan(SpanContext(1, 3, False)), before)
+    import contextvars
+
+    other._token = contextvars.copy_context().run(api.set_current, before)
+    other.close()
+    assert other.ended and other._token is None and api.get_current() is before
+
+
+def test_the_compiled_set_attributes_reports_instead_of_raising(warnings):
+    tracer, _ = _tracer()
+    light_span._plan(tracer)
+    span = _compiled().start_light(tracer, "op", SpanKind.CLIENT, context.Context(), {})
+    handle = span_core.SpanHandle(span, context.Context())
+    handle.set_attributes({"a": 1, "b": [1, 2]})  # not plain: the SDK's way
+    assert dict(span.attributes) == {"a": 1, "b": (1, 2)}
+
+    class Broken(NonRecordingSpan):
+        def set_known(self, attributes) -> None:
+            raise SetKnownFailed("broken")
+
+    warnings()
+    span_core.SpanHandle(Broken(SpanContext(1, 2, False)), context.Context()).set_attributes({"a": 1})
+    assert [line for line in warnings() if "SetKnownFailed: broken" in line]
+
+
+def test_the_compiled_spans_start_leaves_the_rest_to_the_python_one():
+    speedups = _compiled()
+    tracer, recorder = _tracer()
+    span_core._load_light()
+    assert span_core.start is speedups.start_handle
+    api.tracers["autotrace.test.start"] = tracer
+    try:
+        light_span._plan(tracer)
+        handle = span_core.start("autotrace.test.start", "op", "CLIENT", {"a": 1})
+        assert type(handle) is span_core.SpanHandle and type(handle.span) is LightSpan
+        assert api.get_current() is handle.context and handle.span.parent is None
+        handle.close()
+        # A parent given, the kind as a member: C too.
+        parent = api.with_span(tracer.start_span("p"), context.Context())
+        child = span_core.start("autotrace.test.start", "op", SpanKind.CLIENT, {"a": 1}, parent)
+        assert child.span.parent is parent[api.SPAN_KEY].get_span_context()
+        child.close()
+        # Suppressed: None; an unknown kind: None (the reference's warning); keywords,
+        # another handle class: the reference's way, the same result.
+        suppressed = context.set_value(api.SUPPRESS_INSTRUMENTATION, True, context.Context())
+        assert span_core.start("autotrace.test.start", "op", "CLIENT", None, suppressed) is None
+        assert span_core.start("autotrace.test.start", "op", "NOPE") is None
+
+        class Mine(span_core.SpanHandle):
+            __slots__ = ()
+
+        mine = span_core.start("autotrace.test.start", "op", "CLIENT", attributes={"a": 1}, handle=Mine)
+        assert type(mine) is Mine and type(mine.span) is LightSpan
+        mine.close()
+        unattached = span_core.start("autotrace.test.start", "op", "CLIENT", {"a": 1}, attach=False)
+        assert unattached._token is None and api.get_current() is not unattached.context
+        unattached.close()
+        # A tracer not in api.tracers: the reference makes it.
+        other = span_core.start("autotrace.test.other", "op", "CLIENT")
+        assert other is not None
+        other.close()
+        assert len(recorder.light) == 4
+        # new_span: C for the common case, the reference for links.
+        span = span_core.new_span("autotrace.test.start", "op", SpanKind.CLIENT, context.Context(), {"a": 1})
+        assert type(span) is LightSpan and span._span_lock is None
+        span.end()
+        link = trace.Link(SpanContext(5, 6, False))
+        linked = span_core.new_span("autotrace.test.start", "op", SpanKind.CLIENT, context.Context(), {}, [link])
+        assert [found.context for found in linked.links] == [link.context]
+        linked.end()
+    finally:
+        del api.tracers["autotrace.test.start"]
+        api.tracers.pop("autotrace.test.other", None)
