@@ -1207,6 +1207,46 @@ static PyTypeObject QueueStateType = {
     .tp_getset = queue_getset,
 };
 
+PyDoc_STRVAR(join_spans_doc,
+"join_spans(entries, resource, scope) -> bytes | None\n\n"
+"The encoded spans of a batch (a list of (resource, scope, bytes)) joined, when every entry\n"
+"has exactly these resource and scope objects (the usual batch: one group); else None.");
+
+static PyObject *
+sp_join_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "join_spans(entries: list, resource, scope)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *resource = args[1], *scope = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(entries), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3 || PyTuple_GET_ITEM(entry, 0) != resource
+            || PyTuple_GET_ITEM(entry, 1) != scope || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 2))) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(PyTuple_GET_ITEM(entry, 2));
+        if (size > PY_SSIZE_T_MAX - total) {
+            Py_RETURN_NONE;
+        }
+        total += size;
+    }
+    /* No Python code runs below: the list cannot change under the copy. */
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+    if (joined == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(joined);
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(entries); i++) {
+        PyObject *data = PyTuple_GET_ITEM(PyList_GET_ITEM(entries, i), 2);
+        memcpy(out, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+        out += PyBytes_GET_SIZE(data);
+    }
+    return joined;
+}
+
 /* The ends of light spans counted for sdk._EndCounter (what flush_if_recorded reads). */
 static unsigned long long ends_counted;
 
@@ -2182,6 +2222,7 @@ static PyMethodDef methods[] = {
     {"register_light_class", sp_register_light_class, METH_O, register_light_class_doc},
     {"encode_light_common", sp_encode_light_common, METH_O, encode_light_common_doc},
     {"count_end", sp_count_end, METH_O, count_end_doc},
+    {"join_spans", (PyCFunction)(void (*)(void))sp_join_spans, METH_FASTCALL, join_spans_doc},
     {"ended", sp_ended, METH_NOARGS, ended_doc},
     {"register_light_start", sp_register_light_start, METH_VARARGS, register_light_start_doc},
     {"start_light", (PyCFunction)(void (*)(void))sp_start_light, METH_FASTCALL, start_light_doc},
