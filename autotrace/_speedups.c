@@ -21,9 +21,10 @@
  * Python error set only for a real failure (no memory): the caller's fail-open path
  * (span_queue.light_end) handles that as it handles the Python encoder's exceptions.
  *
- * light_end(processor, span) is EncodingBatchProcessor.light_end + _put in one call: the
- * sampled check, the encoding, and the queue append under the processor's lock with its
- * span and byte bounds. Anything unusual returns to the Python method.
+ * QueueState(...).light_end(span) is EncodingBatchProcessor.light_end + _put in one call:
+ * the sampled check, the encoding, and the queue append under the processor's lock with
+ * its span and byte bounds, read from the state object (no attribute look-up per span).
+ * Anything unusual returns to the Python method.
  *
  * The protobuf wire format is written directly: varints, fixed64/fixed32 little-endian,
  * length-delimited fields. Field numbers are those of opentelemetry/proto (the Python
@@ -41,6 +42,8 @@
 #ifndef Py_T_OBJECT_EX /* its name from 3.12 on; structmember.h's before */
 #include <structmember.h>
 #define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_T_BOOL T_BOOL
 #endif
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -865,101 +868,110 @@ sp_encode_light_common(PyObject *module, PyObject *span)
     return encode_common(span);
 }
 
-/* A non-negative int attribute of the processor as a Py_ssize_t, one past PY_SSIZE_T_MAX
-   as PY_SSIZE_T_MAX (a bound no queue reaches); -1 with an error set otherwise. */
-static Py_ssize_t
-int_attr(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) {
-        return -1;
-    }
-    int overflow = 0;
-    long long n = PyLong_Check(value) ? PyLong_AsLongLongAndOverflow(value, &overflow) : -1;
-    Py_DECREF(value);
-    if (overflow > 0 || n > PY_SSIZE_T_MAX) {
-        return PY_SSIZE_T_MAX;
-    }
-    if (n < 0 || overflow < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "%R is not a non-negative int", name);
-        }
-        return -1;
-    }
-    return (Py_ssize_t)n;
-}
-
 /* What light_end leaves to the processor's Python method _light_end_rest(span, outcome, exc). */
 #define REST_NOT_HANDLED -1 /* the Python light_end does it all */
 #define REST_FAILED -2      /* exc: the encoding (or the queue) failed; the span is lost */
 #define REST_FULL 2         /* the queue was full: the drop is counted */
 #define REST_WAKE 3         /* queued, and a batch is ready: the export thread is woken */
 
+/* -- the processor's queue state (span_queue.EncodingBatchProcessor._state) ---------------- */
+
+/* What the light end needs of the processor, read once (no attribute look-up per span):
+   its deque and the deque's append, its lock (replaced after a fork), its bounds (fixed
+   at construction), the byte count and the shutdown flag (shared with the Python code
+   through the processor's properties), and whether a ready batch was signalled since the
+   export thread last took one (so a slow export thread costs one Python call per batch,
+   not one per span). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *rest;   /* the processor's _light_end_rest (a bound method) */
+    PyObject *queue;  /* its deque of (resource, scope, bytes) */
+    PyObject *append; /* queue.append */
+    PyObject *lock;   /* its lock */
+    Py_ssize_t bytes;
+    Py_ssize_t max_queue_size, max_queue_bytes, max_batch_size, max_batch_bytes;
+    char shutdown;
+    char woken;
+} QueueState;
+
+/* The lock class last seen and its acquire and release (method descriptors), called
+   directly for a lock of that class; any other lock through its methods. */
+static PyTypeObject *q_lock_type;
+static PyObject *q_acquire, *q_release;
+
+static PyObject *
+q_lock_call(PyObject *lock, int acquire)
+{
+    if (Py_TYPE(lock) != q_lock_type) {
+        PyObject *cls = (PyObject *)Py_TYPE(lock);
+        PyObject *a = PyObject_GetAttr(cls, s_acquire);
+        PyObject *r = a == NULL ? NULL : PyObject_GetAttr(cls, s_release);
+        if (r == NULL) {
+            PyErr_Clear(); /* the call below raises the lock's own error */
+        }
+        else if (Py_IS_TYPE(a, &PyMethodDescr_Type) && Py_IS_TYPE(r, &PyMethodDescr_Type)) {
+            Py_XSETREF(q_lock_type, (PyTypeObject *)Py_NewRef(cls));
+            Py_XSETREF(q_acquire, Py_NewRef(a));
+            Py_XSETREF(q_release, Py_NewRef(r));
+        }
+        Py_XDECREF(a);
+        Py_XDECREF(r);
+        if (Py_TYPE(lock) != q_lock_type) {
+            return PyObject_CallMethodNoArgs(lock, acquire ? s_acquire : s_release);
+        }
+    }
+    return PyObject_Vectorcall(acquire ? q_acquire : q_release, &lock, 1, NULL);
+}
+
 /* The queue append of EncodingBatchProcessor._put under the processor's lock: 1 (queued),
    REST_FULL, REST_WAKE, or -1 with an error set. */
 static int
-put_entry(PyObject *processor, PyObject *span, PyObject *data)
+queue_put(QueueState *q, PyObject *resource, PyObject *scope, PyObject *data)
 {
-    int outcome = -1;
-    PyObject *entry = NULL, *resource = NULL, *scope = NULL, *lock = NULL, *queue = NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(data);
-    int rc = OK;
-    resource = span_field(span, 10, &rc);
-    scope = resource == NULL ? NULL : span_field(span, 11, &rc);
-    if (scope == NULL && rc == NOT_HANDLED) {
-        PyErr_SetString(PyExc_AttributeError, "the span has no resource or instrumentation scope");
-    }
-    lock = scope == NULL ? NULL : PyObject_GetAttr(processor, s_lock);
-    queue = lock == NULL ? NULL : PyObject_GetAttr(processor, s_queue);
-    if (queue == NULL) {
-        goto done;
-    }
-    entry = PyTuple_Pack(3, resource, scope, data);
+    /* Made before the lock is taken: the allocation may start a garbage collection, whose
+       finalizers may end a span on this thread and so come back here (the lock is not
+       re-entrant). Nothing under the lock runs Python code (the deque's append is C). */
+    PyObject *entry = PyTuple_Pack(3, resource, scope, data);
     if (entry == NULL) {
-        goto done;
+        return -1;
     }
-    /* The bounds, read before the lock (set once, in __init__). */
-    Py_ssize_t max_queue_size = int_attr(processor, s_max_queue_size);
-    Py_ssize_t max_queue_bytes = max_queue_size < 0 ? -1 : int_attr(processor, s_max_queue_bytes);
-    Py_ssize_t max_batch_size = max_queue_bytes < 0 ? -1 : int_attr(processor, s_max_batch_size);
-    Py_ssize_t max_batch_bytes = max_batch_size < 0 ? -1 : int_attr(processor, s_max_batch_bytes);
-    if (max_batch_bytes < 0) {
-        goto done;
-    }
-    PyObject *acquired = PyObject_CallMethodNoArgs(lock, s_acquire); /* may wait, the GIL released */
+    PyObject *lock = Py_NewRef(q->lock);
+    PyObject *acquired = q_lock_call(lock, 1); /* may wait, the GIL released */
     if (acquired == NULL) {
-        goto done;
+        Py_DECREF(lock);
+        Py_DECREF(entry);
+        return -1;
     }
     Py_DECREF(acquired);
-    /* Under the lock. The export thread's _take changes the queue and the byte count
-       under it too; nothing here runs Python code (the deque's methods are C). */
-    Py_ssize_t queued = PyObject_Size(queue);
-    Py_ssize_t queued_bytes = queued < 0 ? -1 : int_attr(processor, s_bytes);
-    if (queued_bytes < 0) {
+    int outcome;
+    Py_ssize_t queued = PyObject_Size(q->queue);
+    if (queued < 0) {
         outcome = -1;
     }
-    else if (queued >= max_queue_size || queued_bytes > max_queue_bytes - size) {
+    else if (queued >= q->max_queue_size || q->bytes > q->max_queue_bytes - size) {
         outcome = REST_FULL;
     }
     else {
-        PyObject *appended = PyObject_CallMethodOneArg(queue, s_append, entry);
-        PyObject *total = appended == NULL ? NULL : PyLong_FromSsize_t(queued_bytes + size);
-        if (total == NULL || PyObject_SetAttr(processor, s_bytes, total) < 0) {
+        PyObject *appended = PyObject_CallOneArg(q->append, entry);
+        if (appended == NULL) {
             outcome = -1;
         }
-        else if (queued + 1 >= max_batch_size || queued_bytes + size >= max_batch_bytes) {
-            outcome = REST_WAKE;
-        }
         else {
+            Py_DECREF(appended);
+            q->bytes += size;
             outcome = 1;
+            if ((queued + 1 >= q->max_batch_size || q->bytes >= q->max_batch_bytes) && !q->woken) {
+                q->woken = 1;
+                outcome = REST_WAKE;
+            }
         }
-        Py_XDECREF(appended);
-        Py_XDECREF(total);
     }
     /* Released whatever happened; an error set above is kept across the call. */
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
+    PyObject *released = q_lock_call(lock, 0);
+    Py_DECREF(lock);
     if (released == NULL) {
         if (exc_type != NULL) {
             PyErr_Clear(); /* the first error is the one reported */
@@ -972,24 +984,19 @@ put_entry(PyObject *processor, PyObject *span, PyObject *data)
     if (exc_type != NULL) {
         PyErr_Restore(exc_type, exc_value, exc_tb);
     }
-done:
-    Py_XDECREF(entry);
-    Py_XDECREF(resource);
-    Py_XDECREF(scope);
-    Py_XDECREF(lock);
-    Py_XDECREF(queue);
+    Py_DECREF(entry); /* after the lock: a dropped entry is freed here */
     return outcome;
 }
 
 /* processor._light_end_rest(span, outcome, exc). */
 static PyObject *
-call_rest(PyObject *processor, PyObject *span, long outcome, PyObject *exc)
+call_rest(QueueState *q, PyObject *span, long outcome, PyObject *exc)
 {
     PyObject *code = PyLong_FromLong(outcome);
     if (code == NULL) {
         return NULL;
     }
-    PyObject *result = PyObject_CallMethodObjArgs(processor, s_rest, span, code, exc == NULL ? Py_None : exc, NULL);
+    PyObject *result = PyObject_CallFunctionObjArgs(q->rest, span, code, exc == NULL ? Py_None : exc, NULL);
     Py_DECREF(code);
     return result;
 }
@@ -1009,21 +1016,16 @@ take_exception(void)
     return exc_value;
 }
 
-PyDoc_STRVAR(light_end_doc,
-"light_end(processor, span) -> None\n\n"
+PyDoc_STRVAR(queue_light_end_doc,
+"light_end(span) -> None\n\n"
 "EncodingBatchProcessor.light_end and _put in one call: the sampled check, the encoding,\n"
 "the queue append under the processor's lock with its span and byte bounds. What it\n"
 "does not do itself (a span it does not encode, a full queue, a ready batch, an error)\n"
-"it hands to processor._light_end_rest(span, outcome, exc).");
+"it hands to the processor's _light_end_rest(span, outcome, exc).");
 
 static PyObject *
-sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+queue_light_end(QueueState *q, PyObject *span)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "light_end(processor, span)");
-        return NULL;
-    }
-    PyObject *processor = args[0], *span = args[1];
     int rc = OK;
     PyObject *context = span_field(span, 0, &rc);
     long flags = -1;
@@ -1034,28 +1036,29 @@ sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XDECREF(context);
     if (flags == -1) {
         PyErr_Clear();
-        return call_rest(processor, span, REST_NOT_HANDLED, NULL);
+        return call_rest(q, span, REST_NOT_HANDLED, NULL);
     }
-    if (!(flags & 1)) {
-        Py_RETURN_NONE; /* not sampled */
-    }
-    PyObject *shutdown = PyObject_GetAttr(processor, s_shutdown);
-    int is_shutdown = shutdown == NULL ? -1 : PyObject_IsTrue(shutdown);
-    Py_XDECREF(shutdown);
-    if (is_shutdown) {
-        if (is_shutdown < 0) {
-            PyErr_Clear();
-            return call_rest(processor, span, REST_NOT_HANDLED, NULL);
-        }
-        Py_RETURN_NONE;
+    if (!(flags & 1) || q->shutdown) {
+        Py_RETURN_NONE; /* not sampled, or shut down */
     }
     PyObject *data = encode_common(span);
     if (data == Py_None) {
         Py_DECREF(data);
-        return call_rest(processor, span, REST_NOT_HANDLED, NULL);
+        return call_rest(q, span, REST_NOT_HANDLED, NULL);
     }
-    int outcome = data == NULL ? -1 : put_entry(processor, span, data);
-    Py_XDECREF(data);
+    int outcome = -1;
+    if (data != NULL) {
+        rc = OK;
+        PyObject *resource = span_field(span, 10, &rc);
+        PyObject *scope = resource == NULL ? NULL : span_field(span, 11, &rc);
+        if (scope == NULL && rc == NOT_HANDLED) {
+            PyErr_SetString(PyExc_AttributeError, "the span has no resource or instrumentation scope");
+        }
+        outcome = scope == NULL ? -1 : queue_put(q, resource, scope, data);
+        Py_XDECREF(resource);
+        Py_XDECREF(scope);
+        Py_DECREF(data);
+    }
     if (outcome == 1) {
         Py_RETURN_NONE;
     }
@@ -1064,11 +1067,204 @@ sp_light_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_SystemError, "autotrace._speedups: the queue append failed");
         }
         PyObject *exc = take_exception();
-        PyObject *result = call_rest(processor, span, REST_FAILED, exc);
+        PyObject *result = call_rest(q, span, REST_FAILED, exc);
         Py_DECREF(exc);
         return result;
     }
-    return call_rest(processor, span, outcome, NULL);
+    return call_rest(q, span, outcome, NULL);
+}
+
+/* A bound: a non-negative int, one past PY_SSIZE_T_MAX as PY_SSIZE_T_MAX (no queue reaches it). */
+static int
+queue_bound(PyObject *value, Py_ssize_t *out)
+{
+    int overflow = 0;
+    long long n = PyLong_Check(value) ? PyLong_AsLongLongAndOverflow(value, &overflow) : -1;
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow > 0 || n > PY_SSIZE_T_MAX) {
+        *out = PY_SSIZE_T_MAX;
+        return 0;
+    }
+    if (n < 0 || overflow < 0) {
+        PyErr_Format(PyExc_ValueError, "a queue bound must be a non-negative int, not %R", value);
+        return -1;
+    }
+    *out = (Py_ssize_t)n;
+    return 0;
+}
+
+static PyObject *
+queue_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *rest, *queue, *lock, *bounds[4];
+    if (!PyArg_ParseTuple(args, "OOOOOOO:QueueState", &rest, &queue, &lock, &bounds[0], &bounds[1], &bounds[2],
+                          &bounds[3])) {
+        return NULL;
+    }
+    Py_ssize_t values[4];
+    for (int i = 0; i < 4; i++) {
+        if (queue_bound(bounds[i], &values[i]) < 0) {
+            return NULL;
+        }
+    }
+    PyObject *append = PyObject_GetAttr(queue, s_append);
+    if (append == NULL) {
+        return NULL;
+    }
+    QueueState *q = (QueueState *)type->tp_alloc(type, 0);
+    if (q == NULL) {
+        Py_DECREF(append);
+        return NULL;
+    }
+    q->rest = Py_NewRef(rest);
+    q->queue = Py_NewRef(queue);
+    q->append = append;
+    q->lock = Py_NewRef(lock);
+    q->max_queue_size = values[0];
+    q->max_queue_bytes = values[1];
+    q->max_batch_size = values[2];
+    q->max_batch_bytes = values[3];
+    return (PyObject *)q;
+}
+
+static int
+queue_traverse(QueueState *q, visitproc visit, void *arg)
+{
+    Py_VISIT(q->rest);
+    Py_VISIT(q->queue);
+    Py_VISIT(q->append);
+    Py_VISIT(q->lock);
+    return 0;
+}
+
+static int
+queue_clear(QueueState *q)
+{
+    Py_CLEAR(q->rest);
+    Py_CLEAR(q->queue);
+    Py_CLEAR(q->append);
+    Py_CLEAR(q->lock);
+    return 0;
+}
+
+static void
+queue_dealloc(QueueState *q)
+{
+    PyObject_GC_UnTrack(q);
+    queue_clear(q);
+    Py_TYPE(q)->tp_free((PyObject *)q);
+}
+
+static PyObject *
+queue_get_lock(QueueState *q, void *closure)
+{
+    return Py_NewRef(q->lock == NULL ? Py_None : q->lock);
+}
+
+static int
+queue_set_lock(QueueState *q, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the lock cannot be deleted");
+        return -1;
+    }
+    Py_XSETREF(q->lock, Py_NewRef(value));
+    return 0;
+}
+
+static PyMethodDef queue_methods[] = {
+    {"light_end", (PyCFunction)queue_light_end, METH_O, queue_light_end_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef queue_members[] = {
+    {"bytes", Py_T_PYSSIZET, offsetof(QueueState, bytes), 0, "the encoded size of what the queue holds"},
+    {"shutdown", Py_T_BOOL, offsetof(QueueState, shutdown), 0, "the processor is shut down"},
+    {"woken", Py_T_BOOL, offsetof(QueueState, woken), 0, "a ready batch was signalled since the last take"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"lock", (getter)queue_get_lock, (setter)queue_set_lock, "the processor's lock", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject QueueStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "autotrace._speedups.QueueState",
+    .tp_basicsize = sizeof(QueueState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "QueueState(rest, queue, lock, max_queue_size, max_queue_bytes, max_batch_size, max_batch_bytes):\n"
+              "an EncodingBatchProcessor's queue as its compiled light end reads it.",
+    .tp_new = queue_new,
+    .tp_traverse = (traverseproc)queue_traverse,
+    .tp_clear = (inquiry)queue_clear,
+    .tp_dealloc = (destructor)queue_dealloc,
+    .tp_methods = queue_methods,
+    .tp_members = queue_members,
+    .tp_getset = queue_getset,
+};
+
+PyDoc_STRVAR(join_spans_doc,
+"join_spans(entries, resource, scope) -> bytes | None\n\n"
+"The encoded spans of a batch (a list of (resource, scope, bytes)) joined, when every entry\n"
+"has exactly these resource and scope objects (the usual batch: one group); else None.");
+
+static PyObject *
+sp_join_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "join_spans(entries: list, resource, scope)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *resource = args[1], *scope = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(entries), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3 || PyTuple_GET_ITEM(entry, 0) != resource
+            || PyTuple_GET_ITEM(entry, 1) != scope || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 2))) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t size = PyBytes_GET_SIZE(PyTuple_GET_ITEM(entry, 2));
+        if (size > PY_SSIZE_T_MAX - total) {
+            Py_RETURN_NONE;
+        }
+        total += size;
+    }
+    /* No Python code runs below: the list cannot change under the copy. */
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+    if (joined == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(joined);
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(entries); i++) {
+        PyObject *data = PyTuple_GET_ITEM(PyList_GET_ITEM(entries, i), 2);
+        memcpy(out, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+        out += PyBytes_GET_SIZE(data);
+    }
+    return joined;
+}
+
+/* The ends of light spans counted for sdk._EndCounter (what flush_if_recorded reads). */
+static unsigned long long ends_counted;
+
+PyDoc_STRVAR(count_end_doc, "count_end(span) -> None: one more span ended (see ended()).");
+
+static PyObject *
+sp_count_end(PyObject *module, PyObject *span)
+{
+    ends_counted++;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(ended_doc, "ended() -> int: how many times count_end was called in this process.");
+
+static PyObject *
+sp_ended(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(ends_counted);
 }
 
 PyDoc_STRVAR(register_light_class_doc,
@@ -2551,7 +2747,9 @@ static PyMethodDef methods[] = {
     {"encode_light", sp_encode_light, METH_O, encode_light_doc},
     {"register_light_class", sp_register_light_class, METH_O, register_light_class_doc},
     {"encode_light_common", sp_encode_light_common, METH_O, encode_light_common_doc},
-    {"light_end", (PyCFunction)(void (*)(void))sp_light_end, METH_FASTCALL, light_end_doc},
+    {"count_end", sp_count_end, METH_O, count_end_doc},
+    {"join_spans", (PyCFunction)(void (*)(void))sp_join_spans, METH_FASTCALL, join_spans_doc},
+    {"ended", sp_ended, METH_NOARGS, ended_doc},
     {"register_light_start", sp_register_light_start, METH_VARARGS, register_light_start_doc},
     {"start_light", (PyCFunction)(void (*)(void))sp_start_light, METH_FASTCALL, start_light_doc},
     {"with_span", (PyCFunction)(void (*)(void))sp_with_span, METH_FASTCALL, with_span_doc},
@@ -2606,5 +2804,11 @@ PyInit__speedups(void)
         || intern(&s_report, "report") < 0 || intern(&s_end, "end") < 0) {
         return NULL;
     }
-    return PyModule_Create(&module_def);
+    PyObject *module = PyType_Ready(&QueueStateType) < 0 ? NULL : PyModule_Create(&module_def);
+    Py_INCREF(&QueueStateType);
+    if (module != NULL && PyModule_AddObject(module, "QueueState", (PyObject *)&QueueStateType) < 0) {
+        Py_DECREF(&QueueStateType);
+        Py_CLEAR(module);
+    }
+    return module;
 }

@@ -23,6 +23,7 @@ from . import _log, export_report, exporters, green
 from ._version import __version__
 from .config import Configuration
 from .entrypoint import Entrypoint
+from .otlp_encode import speedups
 from .span_queue import EncodingBatchProcessor
 
 logger = _log.logger
@@ -134,17 +135,30 @@ _flushed_at = 0
 
 
 class _EndCounter(SpanProcessor):
-    """Counts ended spans, so a flush can be skipped when nothing was recorded."""
+    """Counts ended spans, so a flush can be skipped when nothing was recorded.
+
+    Where ``autotrace._speedups`` is built, a light span's end is counted by a C function
+    (``count_end``: no Python frame per span), which keeps the process's count.
+    """
 
     def __init__(self) -> None:
-        self.ended = 0
+        self._ended = 0
+        if speedups is not None:
+            self._counted_at = speedups.ended()  # the C count is the process's: from here on
+            self.light_end = speedups.count_end
+
+    @property
+    def ended(self) -> int:
+        if speedups is None:
+            return self._ended
+        return self._ended + speedups.ended() - self._counted_at
 
     def on_end(self, span: ReadableSpan) -> None:
-        self.ended += 1
+        self._ended += 1
 
     def light_end(self, span: ReadableSpan) -> None:
         """``on_end`` of a light span (:mod:`autotrace.light_span`: no ``on_start`` needed)."""
-        self.ended += 1
+        self._ended += 1
 
 
 _counter = _EndCounter()  # the agent's provider's (one per process)

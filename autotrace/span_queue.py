@@ -27,14 +27,16 @@ the processor's work at their end (no ``on_start``: their process is on the span
 :func:`autotrace.otlp_encode.encode_light` reads the span's state directly. Where the
 optional extension ``autotrace._speedups`` is built, the processor's ``light_end`` is its
 compiled one (sampled check, encoding, queue append under the lock, in one C call), which
-hands what it does not do itself to :meth:`EncodingBatchProcessor._light_end_rest`.
+hands what it does not do itself to :meth:`EncodingBatchProcessor._light_end_rest`. It
+reads the processor's queue, lock, bounds, byte count and shutdown flag from one state
+object (``_state``: ``autotrace._speedups.QueueState``, else :class:`_QueueState`), which
+the processor's ``_bytes``, ``_shutdown`` and ``_lock`` read and write too.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import types
 import weakref
 from typing import Any, Deque, Tuple
 
@@ -81,6 +83,19 @@ def _encode_failed(exc: Exception) -> None:
     )
 
 
+class _QueueState:
+    """The state the compiled light end reads (``autotrace._speedups.QueueState``'s fields),
+    where the extension is not built."""
+
+    __slots__ = ("lock", "bytes", "shutdown", "woken")
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.bytes = 0  # the encoded size of what the queue holds
+        self.shutdown = False
+        self.woken = False  # a ready batch signalled since the export thread's last take
+
+
 class EncodedBatch:
     """An encoded ``ExportTraceServiceRequest`` and the number of spans in it.
 
@@ -110,6 +125,9 @@ class EncodingBatchProcessor(SpanProcessor):
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        for bound in (max_queue_size, max_queue_bytes, max_batch_bytes):
+            if bound < 0:
+                raise ValueError(f"a queue bound must be a non-negative int, not {bound!r}")
         self._exporter = exporter
         self._max_queue_size = max_queue_size
         self._schedule_delay = schedule_delay_millis / 1000.0
@@ -117,16 +135,21 @@ class EncodingBatchProcessor(SpanProcessor):
         self._max_queue_bytes = max_queue_bytes
         self._max_batch_bytes = max_batch_bytes
         self._queue: Deque[Entry] = collections.deque()
-        self._bytes = 0  # the encoded size of what the queue holds
+        if speedups is not None:
+            # Read by the compiled light end: the bounds once, here (they never change).
+            self._state: Any = speedups.QueueState(
+                self._light_end_rest, self._queue, None,
+                max_queue_size, max_queue_bytes, self._max_batch_size, max_batch_bytes,
+            )  # fmt: skip
+            # It shadows the method below, which stays the reference and the way for what
+            # the C code does not handle.
+            self.light_end = self._state.light_end
+        else:
+            self._state = _QueueState(None)
         self._in_flight = 0  # spans of the batch being exported
-        self._shutdown = False
         self._open: set[int] = set()  # ids of sampled spans started in this process, not ended
         self._inherited: set[int] = set()  # in a forked child: those open in the parent at the fork
         self._init_threading()
-        if speedups is not None:
-            # The compiled light end, bound to this processor (it shadows the method below,
-            # which stays the reference and the way for what the C code does not handle).
-            self.light_end = types.MethodType(speedups.light_end, self)
         if hasattr(os, "register_at_fork"):
             reinit = weakref.WeakMethod(self._at_fork_reinit)
 
@@ -136,6 +159,31 @@ class EncodingBatchProcessor(SpanProcessor):
                     method()
 
             os.register_at_fork(after_in_child=after_in_child)
+
+    # The queue's byte count, the shutdown flag and the lock live in the state object.
+    @property
+    def _bytes(self) -> int:
+        return self._state.bytes
+
+    @_bytes.setter
+    def _bytes(self, value: int) -> None:
+        self._state.bytes = value
+
+    @property
+    def _shutdown(self) -> bool:
+        return self._state.shutdown
+
+    @_shutdown.setter
+    def _shutdown(self, value: bool) -> None:
+        self._state.shutdown = value
+
+    @property
+    def _lock(self) -> Any:
+        return self._state.lock
+
+    @_lock.setter
+    def _lock(self, value: Any) -> None:
+        self._state.lock = value
 
     def _init_threading(self) -> None:
         # Real locks and a real OS thread, even in a process gevent or eventlet patched,
@@ -149,6 +197,7 @@ class EncodingBatchProcessor(SpanProcessor):
     def _at_fork_reinit(self) -> None:
         self._queue.clear()
         self._bytes = 0
+        self._state.woken = False
         self._in_flight = 0
         self._inherited = self._open
         self._open = set()
@@ -250,6 +299,7 @@ class EncodingBatchProcessor(SpanProcessor):
         batch: list[Entry] = []
         size = 0
         with self._lock:
+            self._state.woken = False  # the next ready batch wakes the thread again
             queue = self._queue
             if len(queue) <= self._max_batch_size and self._bytes <= self._max_batch_bytes:
                 # All of it fits in one batch (the usual case): taken whole, not span by span.

@@ -6,7 +6,9 @@ with a current SDK span as the parent (a request's), for a database call's 6 att
 Counted by valgrind's callgrind (``harness.instructions``), with spans not exported
 (``OTEL_TRACES_EXPORTER=none``) and exported over OTLP/HTTP to a port where the export
 thread never sends (``--exporter otlp``: a schedule delay no run reaches, so the queue's
-light end and the encoding are counted, the I/O not). The forms:
+light end and the encoding are counted, the I/O not; past the queue's 2,048 spans they are
+dropped), and to a local sink that accepts every export (``--exporter sink``: the export
+thread's share counted too, every span delivered: a batch's request, its post). The forms:
 
 - ``empty``: the loop alone (a Python call);
 - ``context``: ``api.with_span`` + ``api.set_current`` + ``api.detach``;
@@ -91,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instructions", action="store_true", help="count instructions per span (valgrind)")
     parser.add_argument("--forms", default=",".join(FORMS), help=f"comma-separated, of {', '.join(FORMS)}")
-    parser.add_argument("--exporter", choices=("none", "otlp", "both"), default="both")
+    parser.add_argument("--exporter", choices=("none", "otlp", "sink", "both", "all"), default="both", help="both: none and otlp; all: and sink")
     parser.add_argument("--low", type=int, default=1000)
     parser.add_argument("--high", type=int, default=6000)
     parser.add_argument("--leak", type=int, default=0, metavar="N", help="N spans: memory growth per span instead")
@@ -102,6 +104,7 @@ def main() -> None:
     installs = {"this": harness.BIN, **harness.compared(parser, args.compare)}
     script = Path(os.environ.get("TMPDIR", "/tmp"), f"autotrace-span-bench-{os.getpid()}.py")
     script.write_text(SCRIPT)
+    sink = None
     try:
         env = harness.plain_env()
         if args.leak:
@@ -110,9 +113,11 @@ def main() -> None:
                 traced, rss = harness.run_client(command, harness.unexported(env), f"{label} leak")
                 print(f"{label:>8}  {args.leak} spans: traced memory {traced:+.2f} B/span, RSS {rss:+.2f} B/span", flush=True)
             return
-        exporters = ("none", "otlp") if args.exporter == "both" else (args.exporter,)
+        exporters = {"both": ("none", "otlp"), "all": ("none", "otlp", "sink")}.get(args.exporter, (args.exporter,))
+        if "sink" in exporters:
+            sink = harness.serve(harness.Sink)
         for exporter in exporters:
-            run_env = harness.unexported(env) if exporter == "none" else dict(
+            run_env = harness.unexported(env) if exporter == "none" else harness.exporting_env(env, sink) if sink and exporter == "sink" else dict(
                 env, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                 OTEL_BSP_SCHEDULE_DELAY="100000000",
             )  # fmt: skip
@@ -132,6 +137,8 @@ def main() -> None:
                 print(f"exporter {exporter:>4}  {form:>9}: {line} instructions/span  {ratios}", flush=True)
     finally:
         script.unlink(missing_ok=True)
+        if sink is not None:
+            sink.shutdown()
 
 
 if __name__ == "__main__":

@@ -596,3 +596,29 @@ def test_a_span_of_another_class_is_read_through_its_attributes():
         assert speedups.register_light_class(other) is False
     assert speedups.encode_light_common(span) == direct
     assert speedups.register_light_class(light_span.LightSpan) is True
+
+
+def test_a_batch_of_one_resource_and_scope_is_joined_in_c_with_the_sdks_bytes(monkeypatch):
+    """encode_request's common batch (a list whose entries share one resource and one scope
+    object) is joined by the compiled join_spans; other batches, and the install without
+    the extension, group in Python: the same bytes as the SDK's encoder either way."""
+    provider, exporter = _provider(Resource({"service.name": "svc", "n": 1}, schema_url="https://example.com/s"))
+    tracer = provider.get_tracer("x", "0.1", attributes={"scope.attr": "x"})
+    for i in range(20):
+        with tracer.start_as_current_span(f"s{i}", attributes={"i": i}):
+            pass
+    other = provider.get_tracer("y").start_span("other")
+    other.end()
+    spans = list(exporter.get_finished_spans())
+    one_group = [(span.resource, span.instrumentation_scope, otlp_encode.encode_span(span)) for span in spans[:20]]
+    mixed = [(span.resource, span.instrumentation_scope, otlp_encode.encode_span(span)) for span in spans]
+    if otlp_encode.COMPILED:
+        assert otlp_encode.speedups.join_spans(one_group, spans[0].resource, spans[0].instrumentation_scope) == b"".join(
+            entry[2] for entry in one_group
+        )
+        assert otlp_encode.speedups.join_spans(mixed, spans[0].resource, spans[0].instrumentation_scope) is None
+    compiled = [otlp_encode.encode_request(one_group), otlp_encode.encode_request(mixed)]
+    monkeypatch.setattr(otlp_encode, "speedups", None)
+    python = [otlp_encode.encode_request(one_group), otlp_encode.encode_request(mixed)]
+    assert compiled == python
+    assert compiled == [sdk_encode_spans(spans[:20]).SerializeToString(), sdk_encode_spans(spans).SerializeToString()]

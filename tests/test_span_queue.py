@@ -306,7 +306,8 @@ def test_the_compiled_light_end_is_used_and_queues_the_same_bytes_as_the_python_
     from autotrace import _speedups
 
     provider, processor, exporter = _setup()
-    assert processor.light_end.__func__ is _speedups.light_end  # this install's: compiled
+    assert type(processor._state) is _speedups.QueueState  # this install's: compiled
+    assert processor.light_end.__self__ is processor._state
     tracer = provider.get_tracer("t")
     compiled = _light_spans(tracer, 5)
     processor.force_flush()
@@ -410,18 +411,29 @@ def test_a_queue_bound_past_the_c_size_type_queues_light_spans_as_python_does(dr
     processor.shutdown()
 
 
-@pytest.mark.parametrize("bound", ["_max_queue_size", "_max_queue_bytes", "_max_batch_size", "_max_batch_bytes", "_bytes"])
-def test_a_negative_queue_bound_never_raises_into_the_app(bound, monkeypatch, capsys):
-    """A bound the C code cannot use is a failure it reports (one line), never an error
-    without an exception, which _light_end_rest re-raised as a TypeError into the app."""
-    from autotrace import _log
+@pytest.mark.parametrize("bound", ["max_queue_size", "max_queue_bytes", "max_batch_bytes"])
+def test_a_negative_queue_bound_is_refused_when_the_processor_is_made(bound):
+    """The compiled light end reads its bounds once, when the processor is made: a bound it
+    cannot use is a clear error then, never an error per span in the app's thread."""
+    with pytest.raises(ValueError, match="non-negative"):
+        EncodingBatchProcessor(Collect(), **{bound: -5})
 
-    monkeypatch.setattr(_log, "_warned", set())
-    provider, processor, exporter = _setup()
+
+def test_a_slow_export_thread_is_woken_once_per_ready_batch_not_per_span():
+    """Past a ready batch, each light span's end called back into Python to wake the
+    thread; now once per batch the thread has not taken yet."""
+    from autotrace import otlp_encode
+
+    provider, processor, exporter = _setup(max_export_batch_size=5)
     asleep(processor)
-    setattr(processor, bound, -5)
-    _light_spans(provider.get_tracer("t"), 3)  # never raises into the app
-    setattr(processor, bound, 0 if bound == "_bytes" else 1000)
-    assert processor.undelivered() == 0
-    assert capsys.readouterr().err.count("could not be encoded") == 1
+    wakes = []
+    processor._wake.set = lambda: wakes.append(1)  # never set: is_set() stays False
+    _light_spans(provider.get_tracer("t"), 12)
+    assert processor.undelivered() == 12
+    assert len(wakes) == (1 if otlp_encode.COMPILED else 8)
+    assert len(processor._take()) == 5
+    _light_spans(provider.get_tracer("t"), 1)  # still a ready batch: the thread is woken again
+    assert len(wakes) == (2 if otlp_encode.COMPILED else 9)
+    processor.force_flush()
+    assert [len(batch) for batch in exporter.batches] == [5, 3]  # what _take above left
     processor.shutdown()
