@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 LIBRARY = "redis"
+NOT_HANDLED = db.NOT_HANDLED
 SYSTEM = "redis"
 
 # The attribute a connection pool keeps its Target in.
@@ -109,7 +110,14 @@ def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | Non
             target = target_of(self) if args else None
         except Exception:  # noqa: BLE001 - an odd client: sent untraced
             target = None
-        call = None if target is None else db.start_cached(LIBRARY, target, args, command_span)
+        if target is None:
+            return original(self, *args, **options)
+        compiled = db.compiled_call  # the usual command, start to close in one C call
+        if compiled is not None:
+            result = compiled(LIBRARY, target, args, original, self, args, options)
+            if result is not NOT_HANDLED:
+                return result
+        call = db.start_cached(LIBRARY, target, args, command_span)
         if call is None:
             return original(self, *args, **options)
         # db.run, inline (every command passes here): the result or exception untouched.
