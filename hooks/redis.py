@@ -105,9 +105,19 @@ def patch_asyncio_cluster(module: ModuleType) -> None:
 
 
 def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | None]):
+    pooled = target_of is _pool_target
+
     def execute_command(self, *args, **options):
         try:  # the target (every command passes here)
-            target = target_of(self) if args else None
+            if pooled:  # _pool_target's kept Target, inline (a frame less a command)
+                target = self.connection_pool.__dict__[TARGET_ATTRIBUTE] if args else None
+            else:
+                target = target_of(self) if args else None
+        except (KeyError, AttributeError):  # the pool's first command (or an odd pool)
+            try:
+                target = target_of(self)
+            except Exception:  # noqa: BLE001 - an odd client: sent untraced
+                target = None
         except Exception:  # noqa: BLE001 - an odd client: sent untraced
             target = None
         if target is None:
