@@ -2148,56 +2148,48 @@ sp_db_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (db_call_type == NULL || Py_TYPE(target) != db_target_type) {
         return Py_NewRef(db_not_handled);
     }
-    PyObject *variable = db_item(db_api_dict, s_variable);
-    PyObject *decided = db_item(db_globals, s_db_decided);
+    /* Strong references from here on: a key's __eq__ may run Python code. */
+    PyObject *variable = Py_XNewRef(db_item(db_api_dict, s_variable));
+    PyObject *decided = Py_XNewRef(db_item(db_globals, s_db_decided));
+    PyObject *parent = NULL, *found = NULL, *tracer = NULL, *kind = NULL, *mark = NULL, *span = NULL, *call = NULL;
+    PyObject *result = NULL;
     if (variable == NULL || !PyContextVar_CheckExact(variable) || decided == NULL || !PyTuple_CheckExact(decided)
-        || PyTuple_GET_SIZE(decided) != 3) {
-        return Py_NewRef(db_not_handled);
-    }
-    PyObject *parent;
-    if (PyContextVar_Get(variable, NULL, &parent) < 0) {
+        || PyTuple_GET_SIZE(decided) != 3 || PyContextVar_Get(variable, NULL, &parent) < 0 || parent == NULL
+        || PyTuple_GET_ITEM(decided, 0) != parent) {
         PyErr_Clear();
-        return Py_NewRef(db_not_handled);
-    }
-    if (parent == NULL || PyTuple_GET_ITEM(decided, 0) != parent) {
-        Py_XDECREF(parent);
-        return Py_NewRef(db_not_handled); /* another context: the Python way decides */
+        result = Py_NewRef(db_not_handled); /* another context: the Python way decides */
+        goto done;
     }
     if (PyTuple_GET_ITEM(decided, 1) == Py_False) {
-        Py_DECREF(parent);
-        return db_run(func, self, call_args, kwargs); /* no span in this context */
+        result = db_run(func, self, call_args, kwargs); /* no span in this context */
+        goto done;
     }
     /* The span's name and attributes, kept by the target; the tracer; the compiled start. */
     PyObject *spans = *(PyObject **)((char *)target + db_spans_offset);
-    PyObject *found = spans == NULL || !PyDict_CheckExact(spans) ? NULL : PyDict_GetItemWithError(spans, key);
+    found = spans == NULL || !PyDict_CheckExact(spans) ? NULL : Py_XNewRef(PyDict_GetItemWithError(spans, key));
     PyObject *tracer_name = db_item(db_item(db_globals, s_db_tracer_names), library);
-    PyObject *tracer = tracer_name == NULL ? NULL : db_item(db_item(db_api_dict, s_db_tracers), tracer_name);
-    PyObject *kind = db_item(db_globals, s_db_client);
+    tracer = tracer_name == NULL ? NULL : Py_XNewRef(db_item(db_item(db_api_dict, s_db_tracers), tracer_name));
+    kind = Py_XNewRef(db_item(db_globals, s_db_client));
+    mark = Py_XNewRef(db_item(db_api_dict, s_db_in_call));
     PyObject *compiled = db_item(db_spans_dict, s_db_compiled);
-    PyObject *mark = db_item(db_api_dict, s_db_in_call);
     if (found == NULL || !PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2 || tracer == NULL || kind == NULL
         || kind == Py_None || compiled == NULL || compiled == Py_None || mark == NULL
         || PyTuple_GET_ITEM(decided, 1) != Py_True || PyTuple_GET_ITEM(decided, 2) != Py_False || start_type == NULL
         || empty_tuple == NULL) {
         PyErr_Clear(); /* an unhashable key */
-        Py_DECREF(parent);
-        return Py_NewRef(db_not_handled);
+        result = Py_NewRef(db_not_handled);
+        goto done;
     }
-    Py_INCREF(found);
-    Py_INCREF(variable);
     PyObject *start_args[5] = {tracer, PyTuple_GET_ITEM(found, 0), kind, parent, PyTuple_GET_ITEM(found, 1)};
-    PyObject *span = sp_start_light(module, start_args, 5);
-    Py_DECREF(found);
+    span = sp_start_light(module, start_args, 5);
     if (span == NULL || span == Py_None) {
         PyErr_Clear();
-        Py_XDECREF(span);
-        Py_DECREF(parent);
-        Py_DECREF(variable);
-        return Py_NewRef(db_not_handled); /* nothing started: the Python way starts it */
+        result = Py_NewRef(db_not_handled); /* nothing started: the Python way starts it */
+        goto done;
     }
     /* The DbCall (start_cached's, slot by slot), its context current. From here on the
        span is started: a failure of ours leaves the call untraced, as start_cached does. */
-    PyObject *call = PyBaseObject_Type.tp_new(db_call_type, empty_tuple, NULL);
+    call = PyBaseObject_Type.tp_new(db_call_type, empty_tuple, NULL);
     PyObject *ctx = NULL, *token = NULL;
     if (call != NULL) {
         db_slot_set(call, DB_SPAN, span);
@@ -2210,17 +2202,14 @@ sp_db_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         token = ctx == NULL ? NULL : PyContextVar_Set(variable, ctx);
         db_slot_set(call, DB_TOKEN, token == NULL ? Py_None : token);
     }
-    Py_DECREF(span);
-    Py_DECREF(parent);
     Py_XDECREF(ctx);
     if (token == NULL) {
         PyErr_Clear();
-        Py_XDECREF(call);
-        Py_DECREF(variable);
-        return db_run(func, self, call_args, kwargs);
+        result = db_run(func, self, call_args, kwargs);
+        goto done;
     }
     Py_DECREF(token);
-    PyObject *result = db_run(func, self, call_args, kwargs);
+    result = db_run(func, self, call_args, kwargs);
     if (result == NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -2237,8 +2226,16 @@ sp_db_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     else {
         db_close(call, variable);
     }
-    Py_DECREF(call);
-    Py_DECREF(variable);
+done:
+    Py_XDECREF(call);
+    Py_XDECREF(span);
+    Py_XDECREF(mark);
+    Py_XDECREF(kind);
+    Py_XDECREF(tracer);
+    Py_XDECREF(found);
+    Py_XDECREF(parent);
+    Py_XDECREF(decided);
+    Py_XDECREF(variable);
     return result;
 }
 
