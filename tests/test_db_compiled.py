@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from autotrace import api, db
 from autotrace.light_span import LightSpan
-from db_checks import db_env  # noqa: F401 (a fixture)
+from db_checks import db_env, dsn  # noqa: F401 (fixtures)
 from test_db_redis import client, key, traced  # noqa: F401 (fixtures)
 
 
@@ -205,3 +205,81 @@ def test_the_usual_command_passes_through_the_compiled_call(traced, client, pare
     monkeypatch.setattr(db, "compiled_call", spy)
     client.get(key())
     assert calls == ["redis"] and len([s for s in traced.get_finished_spans() if s.name == "GET"]) == 2
+
+
+def test_no_reference_is_leaked_or_lost(recorder, client, parent):
+    """What db_call reads and passes keeps its reference count, the call returning or raising."""
+    import sys
+
+    target, args = _target_and_key(client, key())
+    found = target.kept(args)
+    tracer = api.tracers[db.TRACER_PREFIX + "redis"]
+    result = object()
+    raised = ValueError("again")
+
+    def returning(self, *call_args, **options):
+        return result
+
+    def raising(self, *call_args, **options):
+        raise raised
+
+    recorder.light.clear()
+    watched = (found, found[1], tracer, target, args, returning, raising, result, context.get_current(), db._decided)
+    counts = [sys.getrefcount(item) for item in watched]
+    for _ in range(100):
+        assert db.compiled_call("redis", target, args, returning, None, args, {"k": 1}) is result
+        with pytest.raises(ValueError):
+            db.compiled_call("redis", target, args, raising, None, args, None)
+    raised.__traceback__ = None
+    recorder.light.clear()
+    assert [sys.getrefcount(item) for item in watched] == counts
+
+
+@pytest.mark.parametrize("library", ["psycopg", "psycopg2"])
+def test_psycopg_queries_through_the_compiled_call_match_the_python_way(library, spans, db_env, dsn, parent, monkeypatch):
+    """A cursor's usual ``execute`` (text, parameters, keywords; a failing one) in C, then
+    the same in Python: the same spans, the same results and exceptions."""
+    from db_checks import hooked
+
+    hook = hooked(spans, f"autotrace.hooks.{library}", (library, "patch"))
+    next(hook)
+    try:
+        provider = TracerProvider(resource=Resource({"service.name": "svc"}), shutdown_on_exit=False)
+        recorder = LightRecorder()
+        provider.add_span_processor(recorder)
+        monkeypatch.setitem(api.tracers, db.TRACER_PREFIX + library, provider.get_tracer(db.TRACER_PREFIX + library))
+        module = __import__(library)
+        connection = module.connect(dsn)
+        connection.autocommit = True
+        cursor = connection.cursor()
+        recorder.light.clear()  # the connect's span
+        started = _counting_start_cached(monkeypatch)
+
+        def queries() -> list[object]:
+            out = []
+            for _ in range(2):  # the first one kept by the Python way, the second one in C
+                cursor.execute("SELECT 1")
+                out.append(cursor.fetchone())
+                cursor.execute("SELECT %s::int + 1", (41,))
+                out.append(cursor.fetchone())
+                cursor.execute(query="SELECT 2")
+                out.append(cursor.fetchone())
+                with pytest.raises(module.errors.UndefinedTable) as caught:
+                    cursor.execute("SELECT * FROM no_such_table")
+                out.append(type(caught.value))
+            return out
+
+        before = context.get_current()
+        compiled_results = queries()
+        compiled, python_calls = list(recorder.light), len(started)
+        assert python_calls == 4  # each text's first query; the other four in C
+        recorder.light.clear()
+        monkeypatch.setattr(db, "compiled_call", None)
+        assert queries() == compiled_results
+        assert len(started) == python_calls + 8
+        assert context.get_current() is before
+        assert len(compiled) == 8 and _seen(compiled) == _seen(recorder.light)
+        assert compiled[-1].attributes["db.response.status_code"] == "42P01"
+        connection.close()
+    finally:
+        next(hook, None)
