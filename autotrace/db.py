@@ -18,7 +18,9 @@ request's context), so a call that gets none costs a context look-up and nothing
 statement is not read); the span's name and attributes are made once per text (or key)
 and connection, and kept by its :class:`Target` (:meth:`Target.keep`, bounded); the
 settings are read once per process (:func:`settings`), not per query. Other calls (a
-batch, overridden attributes) ask :func:`call_parent` first, then :func:`start`.
+batch, overridden attributes) ask :func:`call_parent` first, then :func:`start`. A sync
+wrapper calls :data:`compiled_call` first where the extension is built: the same usual
+call, the driver's method and the close in one C call (:data:`NOT_HANDLED` otherwise).
 
 :func:`start` returns None, and the call runs untraced, when:
 

@@ -42,7 +42,8 @@ per command name (the name, ``db.operation.name``) and, for a command whose text
 arguments alone make (one or two of str or bytes, not a hidden one: ``GET user:42``),
 per arguments, so a repeated read starts its span from a dict look-up
 (:func:`autotrace.db.start_cached`); other commands make their text from the arguments as
-they are.
+they are. A sync command whose span is kept so goes from start to close in one C call
+(:data:`autotrace.db.compiled_call`, where the extension is built).
 """
 
 from __future__ import annotations
