@@ -2742,6 +2742,281 @@ sp_register_light_start(PyObject *module, PyObject *args)
     return result;
 }
 
+static int intern(PyObject **slot, const char *name);
+
+/* -- database calls (autotrace/db.py's compiled_call; branch dbfast2) --------------------
+ *
+ * db_call(library, target, key, func, self, args, kwargs): a database hook's usual call in
+ * one C call. It does what autotrace.db.start_cached does when everything is known (the
+ * context's decision kept in db._decided, the span's name and attributes kept by the
+ * target under key, the tracer made, the compiled start registered), runs
+ * func(self, *args, **kwargs) in the span, and closes the call as DbCall.close does
+ * (SpanHandle.close: the span's end, the context reset); an exception of func is recorded
+ * with DbCall.fail and goes on untouched. A call made where db._decided says "no span"
+ * runs func alone. Anything else returns db.NOT_HANDLED before func is called, and the
+ * hook takes the Python way (the reference), which fills what was missing. */
+
+static PyObject *db_globals;       /* autotrace.db's globals: _decided, _CLIENT, _tracer_names */
+static PyObject *db_api_dict;      /* autotrace.api's globals: _variable, tracers, IN_DB_CALL */
+static PyObject *db_spans_dict;    /* autotrace.spans's globals: _compiled (None: no compiled start) */
+static PyObject *db_not_handled;   /* db.NOT_HANDLED */
+static PyTypeObject *db_call_type; /* db.DbCall */
+static PyTypeObject *db_target_type; /* db.Target */
+static Py_ssize_t db_call_offsets[6]; /* DbCall's span, context, _token, _ended, library, comment */
+static Py_ssize_t db_spans_offset;   /* Target's _spans */
+static PyObject *s_db_decided, *s_db_client, *s_db_tracer_names, *s_db_tracers, *s_db_in_call, *s_db_compiled,
+    *s_db_fail, *s_db_report, *s_db_end;
+enum { DB_SPAN, DB_CONTEXT, DB_TOKEN, DB_ENDED, DB_LIBRARY, DB_COMMENT };
+
+#define DB_SLOT(obj, i) (*(PyObject **)((char *)(obj) + db_call_offsets[i]))
+
+static void
+db_slot_set(PyObject *call, int i, PyObject *value)
+{
+    Py_XSETREF(DB_SLOT(call, i), Py_XNewRef(value));
+}
+
+/* A borrowed item of dict d, NULL (no error set) when missing or on an error (cleared). */
+static PyObject *
+db_item(PyObject *d, PyObject *key)
+{
+    PyObject *found = d == NULL || !PyDict_Check(d) ? NULL : PyDict_GetItemWithError(d, key);
+    if (found == NULL) {
+        PyErr_Clear();
+    }
+    return found;
+}
+
+/* call.<method>(exc), its own failure cleared: DbCall.fail and report never raise. */
+static void
+db_call_method(PyObject *call, PyObject *method, PyObject *exc)
+{
+    PyObject *done = PyObject_CallMethodOneArg(call, method, exc);
+    if (done == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(done);
+}
+
+/* DbCall.close (SpanHandle.close): end the span once, reset the context variable. */
+static void
+db_close(PyObject *call, PyObject *variable)
+{
+    if (DB_SLOT(call, DB_ENDED) == Py_False) {
+        db_slot_set(call, DB_ENDED, Py_True);
+        PyObject *span = DB_SLOT(call, DB_SPAN);
+        PyObject *done = span == NULL ? NULL : PyObject_CallMethodNoArgs(span, s_db_end);
+        if (done == NULL && span != NULL) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            db_call_method(call, s_db_report, value == NULL ? Py_None : value);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
+        Py_XDECREF(done);
+    }
+    PyObject *token = DB_SLOT(call, DB_TOKEN);
+    if (token != NULL && token != Py_None) {
+        Py_INCREF(token);
+        db_slot_set(call, DB_TOKEN, Py_None);
+        if (PyContextVar_Reset(variable, token) < 0) {
+            PyErr_Clear(); /* a token of another context: nothing to undo */
+        }
+        Py_DECREF(token);
+    }
+}
+
+/* func(self, *args, **kwargs). */
+static PyObject *
+db_run(PyObject *func, PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    PyObject *small[8], **stack = small;
+    if (n + 1 > 8) {
+        stack = PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        stack[i + 1] = PyTuple_GET_ITEM(args, i);
+    }
+    PyObject *result = PyObject_VectorcallDict(func, stack, (size_t)(n + 1),
+                                               kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0 ? kwargs : NULL);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(db_call_doc,
+"db_call(library, target, key, func, self, args, kwargs) -> func's result | NOT_HANDLED\n\n"
+"autotrace.db.compiled_call: start_cached's cached case, func(self, *args, **kwargs) in the\n"
+"span, and the call's close, in one call (see autotrace/db.py); NOT_HANDLED, before func is\n"
+"called, for anything else.");
+
+static PyObject *
+sp_db_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyTuple_CheckExact(args[5]) || (args[6] != Py_None && !PyDict_CheckExact(args[6]))) {
+        PyErr_SetString(PyExc_TypeError, "db_call(library, target, key, func, self, args, kwargs)");
+        return NULL;
+    }
+    PyObject *library = args[0], *target = args[1], *key = args[2], *func = args[3], *self = args[4];
+    PyObject *call_args = args[5], *kwargs = args[6] == Py_None ? NULL : args[6];
+    if (db_call_type == NULL || Py_TYPE(target) != db_target_type) {
+        return Py_NewRef(db_not_handled);
+    }
+    /* Strong references from here on: a key's __eq__ may run Python code. */
+    PyObject *variable = Py_XNewRef(db_item(db_api_dict, s_variable));
+    PyObject *decided = Py_XNewRef(db_item(db_globals, s_db_decided));
+    PyObject *parent = NULL, *found = NULL, *tracer = NULL, *kind = NULL, *mark = NULL, *span = NULL, *call = NULL;
+    PyObject *result = NULL;
+    if (variable == NULL || !PyContextVar_CheckExact(variable) || decided == NULL || !PyTuple_CheckExact(decided)
+        || PyTuple_GET_SIZE(decided) != 3 || PyContextVar_Get(variable, NULL, &parent) < 0 || parent == NULL
+        || PyTuple_GET_ITEM(decided, 0) != parent) {
+        PyErr_Clear();
+        result = Py_NewRef(db_not_handled); /* another context: the Python way decides */
+        goto done;
+    }
+    if (PyTuple_GET_ITEM(decided, 1) == Py_False) {
+        result = db_run(func, self, call_args, kwargs); /* no span in this context */
+        goto done;
+    }
+    /* The span's name and attributes, kept by the target; the tracer; the compiled start. */
+    PyObject *spans = *(PyObject **)((char *)target + db_spans_offset);
+    found = spans == NULL || !PyDict_CheckExact(spans) ? NULL : Py_XNewRef(PyDict_GetItemWithError(spans, key));
+    PyObject *tracer_name = db_item(db_item(db_globals, s_db_tracer_names), library);
+    tracer = tracer_name == NULL ? NULL : Py_XNewRef(db_item(db_item(db_api_dict, s_db_tracers), tracer_name));
+    kind = Py_XNewRef(db_item(db_globals, s_db_client));
+    mark = Py_XNewRef(db_item(db_api_dict, s_db_in_call));
+    PyObject *compiled = db_item(db_spans_dict, s_db_compiled);
+    if (found == NULL || !PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2 || tracer == NULL || kind == NULL
+        || kind == Py_None || compiled == NULL || compiled == Py_None || mark == NULL
+        || PyTuple_GET_ITEM(decided, 1) != Py_True || PyTuple_GET_ITEM(decided, 2) != Py_False || start_type == NULL
+        || empty_tuple == NULL) {
+        PyErr_Clear(); /* an unhashable key */
+        result = Py_NewRef(db_not_handled);
+        goto done;
+    }
+    PyObject *start_args[5] = {tracer, PyTuple_GET_ITEM(found, 0), kind, parent, PyTuple_GET_ITEM(found, 1)};
+    span = sp_start_light(module, start_args, 5);
+    if (span == NULL || span == Py_None) {
+        PyErr_Clear();
+        result = Py_NewRef(db_not_handled); /* nothing started: the Python way starts it */
+        goto done;
+    }
+    /* The DbCall (start_cached's, slot by slot), its context current. From here on the
+       span is started: a failure of ours leaves the call untraced, as start_cached does. */
+    call = PyBaseObject_Type.tp_new(db_call_type, empty_tuple, NULL);
+    PyObject *ctx = NULL, *token = NULL;
+    if (call != NULL) {
+        db_slot_set(call, DB_SPAN, span);
+        db_slot_set(call, DB_ENDED, Py_False);
+        db_slot_set(call, DB_LIBRARY, library);
+        db_slot_set(call, DB_COMMENT, Py_False);
+        db_slot_set(call, DB_CONTEXT, Py_None); /* not kept: it holds the call (a cycle) */
+        PyObject *with_args[4] = {span, parent, mark, call};
+        ctx = sp_with_span(module, with_args, 4);
+        token = ctx == NULL ? NULL : PyContextVar_Set(variable, ctx);
+        db_slot_set(call, DB_TOKEN, token == NULL ? Py_None : token);
+    }
+    Py_XDECREF(ctx);
+    if (token == NULL) {
+        PyErr_Clear();
+        result = db_run(func, self, call_args, kwargs);
+        goto done;
+    }
+    Py_DECREF(token);
+    result = db_run(func, self, call_args, kwargs);
+    if (result == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value != NULL) {
+            if (tb != NULL) {
+                PyException_SetTraceback(value, tb);
+            }
+            db_call_method(call, s_db_fail, value);
+        }
+        db_close(call, variable);
+        PyErr_Restore(type, value, tb); /* the app's exception, untouched */
+    }
+    else {
+        db_close(call, variable);
+    }
+done:
+    Py_XDECREF(call);
+    Py_XDECREF(span);
+    Py_XDECREF(mark);
+    Py_XDECREF(kind);
+    Py_XDECREF(tracer);
+    Py_XDECREF(found);
+    Py_XDECREF(parent);
+    Py_XDECREF(decided);
+    Py_XDECREF(variable);
+    return result;
+}
+
+PyDoc_STRVAR(register_db_call_doc,
+"register_db_call(db_globals, api_globals, spans_globals, call_cls, handle_cls, target_cls, not_handled) -> bool\n\n"
+"Makes db_call work: autotrace.db's DbCall (its slots span, context, _token, _ended on\n"
+"handle_cls, SpanHandle; library, comment on call_cls) and Target (its slot _spans). False\n"
+"when a slot is not an object slot.");
+
+static PyObject *
+sp_register_db_call(PyObject *module, PyObject *args)
+{
+    PyObject *db_dict, *api_dict, *spans_dict, *call_cls, *handle_cls, *target_cls, *not_handled;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O:register_db_call", &PyDict_Type, &db_dict, &PyDict_Type, &api_dict,
+                          &PyDict_Type, &spans_dict, &PyType_Type, &call_cls, &PyType_Type, &handle_cls, &PyType_Type,
+                          &target_cls, &not_handled)) {
+        return NULL;
+    }
+    if (s_db_decided == NULL
+        && (intern(&s_db_decided, "_decided") < 0 || intern(&s_db_client, "_CLIENT") < 0
+            || intern(&s_db_tracer_names, "_tracer_names") < 0 || intern(&s_db_tracers, "tracers") < 0
+            || intern(&s_db_in_call, "IN_DB_CALL") < 0 || intern(&s_db_compiled, "_compiled") < 0
+            || intern(&s_db_fail, "fail") < 0 || intern(&s_db_report, "report") < 0 || intern(&s_db_end, "end") < 0)) {
+        return NULL;
+    }
+    static const char *handle_names[4] = {"span", "context", "_token", "_ended"};
+    static const char *call_names[2] = {"library", "comment"};
+    Py_ssize_t offsets[6], spans_offset;
+    for (int i = 0; i < 6; i++) {
+        PyObject *name = PyUnicode_FromString(i < 4 ? handle_names[i] : call_names[i - 4]);
+        if (name == NULL) {
+            return NULL;
+        }
+        int ok = slot_offset(i < 4 ? handle_cls : call_cls, name, &offsets[i]);
+        Py_DECREF(name);
+        if (!ok) {
+            Py_RETURN_FALSE;
+        }
+    }
+    PyObject *name = PyUnicode_FromString("_spans");
+    int ok = name != NULL && slot_offset(target_cls, name, &spans_offset);
+    Py_XDECREF(name);
+    if (!ok || !PyType_IsSubtype((PyTypeObject *)call_cls, (PyTypeObject *)handle_cls)) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    memcpy(db_call_offsets, offsets, sizeof(offsets));
+    db_spans_offset = spans_offset;
+    Py_XSETREF(db_globals, Py_NewRef(db_dict));
+    Py_XSETREF(db_api_dict, Py_NewRef(api_dict));
+    Py_XSETREF(db_spans_dict, Py_NewRef(spans_dict));
+    Py_XSETREF(db_not_handled, Py_NewRef(not_handled));
+    Py_XSETREF(db_target_type, (PyTypeObject *)Py_NewRef(target_cls));
+    Py_XSETREF(db_call_type, (PyTypeObject *)Py_NewRef(call_cls));
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", sp_configure, METH_VARARGS, configure_doc},
     {"encode_light", sp_encode_light, METH_O, encode_light_doc},
@@ -2757,6 +3032,8 @@ static PyMethodDef methods[] = {
     {"register_handle", sp_register_handle, METH_VARARGS, register_handle_doc},
     {"start_handle", (PyCFunction)(void (*)(void))sp_start_handle, METH_FASTCALL | METH_KEYWORDS, start_handle_doc},
     {"new_span", (PyCFunction)(void (*)(void))sp_new_span, METH_FASTCALL | METH_KEYWORDS, new_span_doc},
+    {"db_call", (PyCFunction)(void (*)(void))sp_db_call, METH_FASTCALL, db_call_doc},
+    {"register_db_call", sp_register_db_call, METH_VARARGS, register_db_call_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,7 +18,9 @@ request's context), so a call that gets none costs a context look-up and nothing
 statement is not read); the span's name and attributes are made once per text (or key)
 and connection, and kept by its :class:`Target` (:meth:`Target.keep`, bounded); the
 settings are read once per process (:func:`settings`), not per query. Other calls (a
-batch, overridden attributes) ask :func:`call_parent` first, then :func:`start`.
+batch, overridden attributes) ask :func:`call_parent` first, then :func:`start`. A sync
+wrapper calls :data:`compiled_call` first where the extension is built: the same usual
+call, the driver's method and the close in one C call (:data:`NOT_HANDLED` otherwise).
 
 :func:`start` returns None, and the call runs untraced, when:
 
@@ -1005,7 +1007,37 @@ def query_span(target: Target, sql: object) -> tuple[str, dict[str, object]]:
 
 def _tracer_name(library: str) -> str:
     name = _tracer_names[library] = TRACER_PREFIX + library
+    if not _compiled_tried:
+        _load_compiled()
     return name
+
+
+# The compiled usual call (autotrace._speedups.db_call, where it is built): what a sync
+# hook's wrapper calls first, ``compiled_call(library, target, key, original, self, args,
+# kwargs)``. It does :func:`start_cached`'s work when everything is known already (this
+# context's decision, the span's name and attributes kept by ``target`` under ``key``, the
+# tracer, the compiled span start; no sqlcommenter comment), runs ``original(self, *args,
+# **kwargs)`` in the span and closes the call (:meth:`DbCall.fail` for an exception, which
+# goes on untouched), or runs ``original`` alone when the decision is "no span". Anything
+# else returns :data:`NOT_HANDLED` before ``original`` is called: the hook then takes the
+# Python way (start_cached, then the call; the reference, which fills what was missing).
+# None until the first span of a database library, and where the extension is not built.
+compiled_call: Callable[..., Any] | None = None
+NOT_HANDLED: object = object()
+_compiled_tried = False
+
+
+def _load_compiled() -> None:
+    global compiled_call, _compiled_tried
+    _compiled_tried = True
+    try:
+        from .otlp_encode import speedups
+
+        register = getattr(speedups, "register_db_call", None)
+        if register is not None and register(globals(), vars(api), vars(spans), DbCall, SpanHandle, Target, NOT_HANDLED):
+            compiled_call = speedups.db_call
+    except Exception as exc:  # noqa: BLE001 - the Python way serves
+        spans.report(exc, DbCall.WHAT, "the query", "db-compiled")
 
 
 def current() -> DbCall | None:

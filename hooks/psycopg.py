@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 LIBRARY = "psycopg"
+NOT_HANDLED = db.NOT_HANDLED
 SYSTEM = "postgresql"
 # Where a connection keeps its Target (its own instance attribute).
 TARGET = "_autotrace_target"
@@ -168,7 +169,15 @@ def _wrap_execute(original):
             target = None if _in_checkout.get() or query.__class__ is not str else self._conn.__dict__[TARGET]
         except (AttributeError, KeyError):  # the connection's first statement (or an odd cursor)
             target = None
-        call = _start(self, query) if target is None else db.start_cached(LIBRARY, target, query, db.query_span)
+        if target is None:
+            call = _start(self, query)
+        else:
+            compiled = db.compiled_call  # the usual query, start to close in one C call
+            if compiled is not None:
+                result = compiled(LIBRARY, target, query, original, self, args, kwargs)
+                if result is not NOT_HANDLED:
+                    return result
+            call = db.start_cached(LIBRARY, target, query, db.query_span)
         if call is None:
             return original(self, *args, **kwargs)
         if args and call.comment:

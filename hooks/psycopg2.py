@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 LIBRARY = "psycopg2"
+NOT_HANDLED = db.NOT_HANDLED
 SYSTEM = "postgresql"
 # Where a traced connection and its cursors keep their Target (their own instance attribute).
 TARGET = "_autotrace_target"
@@ -219,6 +220,11 @@ def _make_cursor_hook(cursor: type) -> type:
             query = args[0] if args else kwargs.get("query")
             target = getattr(self, TARGET, None)
             if target is not None and query.__class__ is str:  # _start's usual query, inline
+                compiled = db.compiled_call  # start to close in one C call
+                if compiled is not None:
+                    result = compiled(LIBRARY, target, query, cursor.execute, self, args, kwargs)
+                    if result is not NOT_HANDLED:
+                        return result
                 call = db.start_cached(LIBRARY, target, query, db.query_span)
             else:
                 call = _start(self, query)

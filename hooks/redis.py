@@ -42,7 +42,8 @@ per command name (the name, ``db.operation.name``) and, for a command whose text
 arguments alone make (one or two of str or bytes, not a hidden one: ``GET user:42``),
 per arguments, so a repeated read starts its span from a dict look-up
 (:func:`autotrace.db.start_cached`); other commands make their text from the arguments as
-they are.
+they are. A sync command whose span is kept so goes from start to close in one C call
+(:data:`autotrace.db.compiled_call`, where the extension is built).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 LIBRARY = "redis"
+NOT_HANDLED = db.NOT_HANDLED
 SYSTEM = "redis"
 
 # The attribute a connection pool keeps its Target in.
@@ -104,12 +106,29 @@ def patch_asyncio_cluster(module: ModuleType) -> None:
 
 
 def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | None]):
+    pooled = target_of is _pool_target
+
     def execute_command(self, *args, **options):
         try:  # the target (every command passes here)
-            target = target_of(self) if args else None
+            if pooled:  # _pool_target's kept Target, inline (a frame less a command)
+                target = self.connection_pool.__dict__[TARGET_ATTRIBUTE] if args else None
+            else:
+                target = target_of(self) if args else None
+        except (KeyError, AttributeError):  # the pool's first command (or an odd pool)
+            try:
+                target = target_of(self)
+            except Exception:  # noqa: BLE001 - an odd client: sent untraced
+                target = None
         except Exception:  # noqa: BLE001 - an odd client: sent untraced
             target = None
-        call = None if target is None else db.start_cached(LIBRARY, target, args, command_span)
+        if target is None:
+            return original(self, *args, **options)
+        compiled = db.compiled_call  # the usual command, start to close in one C call
+        if compiled is not None:
+            result = compiled(LIBRARY, target, args, original, self, args, options)
+            if result is not NOT_HANDLED:
+                return result
+        call = db.start_cached(LIBRARY, target, args, command_span)
         if call is None:
             return original(self, *args, **options)
         # db.run, inline (every command passes here): the result or exception untouched.
