@@ -46,13 +46,15 @@ _CALL = "_autotrace_client_call"
 
 _https_class: type | None = None
 wrapped_endheaders = None  # HTTPConnection.endheaders, the wrapper (set by patch)
+wrapped_putrequest = None  # HTTPConnection.putrequest, the wrapper (set by patch)
 
 
 def patch(module: ModuleType) -> None:
-    global _https_class, wrapped_endheaders
+    global _https_class, wrapped_endheaders, wrapped_putrequest
     _https_class = getattr(module, "HTTPSConnection", None)  # absent without ssl
     cls = module.HTTPConnection
-    wrap_function(cls, "putrequest", _wrap_putrequest)
+    if wrap_function(cls, "putrequest", _wrap_putrequest):
+        wrapped_putrequest = cls.__dict__["putrequest"]
     if wrap_function(cls, "endheaders", _wrap_endheaders):
         wrapped_endheaders = cls.__dict__["endheaders"]
     wrap_function(cls, "getresponse", _wrap_getresponse)
@@ -73,6 +75,16 @@ def sends_head_lines(conn) -> bool:
     """Whether the next request on ``conn`` would add :func:`stash_head_lines`' lines at
     endheaders (its class's endheaders is the wrapper, not one of its own)."""
     return wrapped_endheaders is not None and getattr(type(conn), "endheaders", None) is wrapped_endheaders
+
+
+def class_takes_head_lines(cls: type) -> bool:
+    """Whether a request on a new ``cls`` connection under a call holding head lines in its
+    ``state`` (urllib.request's) gets them: putrequest keeps them, endheaders adds them."""
+    return (
+        wrapped_endheaders is not None
+        and getattr(cls, "endheaders", None) is wrapped_endheaders
+        and getattr(cls, "putrequest", None) is wrapped_putrequest
+    )
 
 
 def head_lines(headers: dict[str, str]) -> bytes | None:
@@ -137,8 +149,17 @@ def _wrap_putrequest(original):
         outer = api.get_current().get(api.IN_CLIENT_CALL) if api.loaded else None  # client_span.enclosing, inline
         if outer is not None and LIBRARY in outer.lower:
             # A lower layer of requests', urllib3's or urllib.request's call: a context
-            # lookup and nothing else (client_span.start would say None as well).
-            return original(self, method, url, *args, **kwargs)
+            # lookup and nothing else (client_span.start would say None as well), but for
+            # the head lines a call may hold (urllib.request's: see stash_head_lines).
+            lines = outer.state
+            if type(lines) is not bytes:
+                return original(self, method, url, *args, **kwargs)
+            result = original(self, method, url, *args, **kwargs)
+            try:
+                self.__dict__[_CALL] = lines
+            except AttributeError:  # no instance dictionary: nothing to keep them in
+                pass
+            return result
         call = None
         try:
             call = client_span.start(LIBRARY, method, _url(self, url), attach=False)
