@@ -260,7 +260,7 @@ def start(
         elif outer is not None:
             if library in outer.lower:
                 return None  # a lower layer of a call that has its span
-            if outer.ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
+            if outer._ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
                 previous, parent = outer, outer.parent
                 outer.resends += 1
                 resend_count = outer.resends

@@ -266,6 +266,11 @@ def _prefix(scheme: str | None, host: str | None, port: int | None) -> str:
 
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
+    try:  # urllib3 2's HTTPResponse: its headers listed only when some are to be captured
+        call.set_response(response.status, response.version, response.headers.items)
+        return
+    except AttributeError:
+        pass
     try:
         headers = getattr(response, "headers", None)
         call.set_response(
