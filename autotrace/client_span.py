@@ -273,7 +273,7 @@ def start(
             _ATTRIBUTES[key] = found
         name, attributes = found
         tracer = api.tracers.get(TRACER)
-        compiled = spans._compiled  # noqa: SLF001 - spans.new_span's common case, without its call
+        compiled = getattr(spans, "_compiled", None)  # spans.new_span's common case, without its call
         span = None
         if tracer is not None and compiled is not None:
             span = compiled(tracer, name, api.SpanKind.CLIENT, parent, attributes)
@@ -320,6 +320,7 @@ def _context_slot(kind: type) -> bool:
     if len(_CONTEXT_SLOT) < 16:
         _CONTEXT_SLOT[kind] = found
     return found
+
 
 # (span name, attributes) by (method, url, protocol version, resend count): an app calls the
 # same few URLs again and again. The attributes dict is shared, never changed: a span keeps
