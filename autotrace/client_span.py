@@ -24,7 +24,10 @@ CLIENT, ``url.full`` without user information and with secret query values (and
 
 from __future__ import annotations
 
+import sys
+
 from . import _log, api, spans
+from . import config as _config
 from .config import http_settings
 from .redact import redact_query
 from .server_span import KNOWN_METHODS
@@ -126,7 +129,12 @@ class ClientSpan(SpanHandle):
                 # straight into the dict; any other propagator through the API's inject.
                 writer = getattr(api.propagate.get_global_textmap(), "dict_writer", None)
                 if writer is not None:
-                    writer(self.span.get_span_context(), self.context, injected)
+                    span = self.span
+                    # An SDK span's get_span_context() returns its _context: read it (two calls less).
+                    direct = _CONTEXT_SLOT.get(type(span))
+                    if direct is None:
+                        direct = _context_slot(type(span))
+                    writer(span._context if direct else span.get_span_context(), self.context, injected)  # noqa: SLF001
                 else:
                     api.propagate.inject(injected, context=self.context)
             except Exception as exc:  # noqa: BLE001 - a broken propagator: send the request as it is
@@ -158,7 +166,7 @@ class ClientSpan(SpanHandle):
                     del headers[key]
                     previous[name] = None
                 headers[name] = value
-            if http_settings().client_request_headers:
+            if (_config._http_settings or http_settings()).client_request_headers:  # noqa: SLF001 - read once
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -168,7 +176,7 @@ class ClientSpan(SpanHandle):
         """A new dict of the propagation headers alone: :meth:`inject` into an empty dict, in one step."""
         headers = dict(self.headers())
         try:
-            if http_settings().client_request_headers:
+            if (_config._http_settings or http_settings()).client_request_headers:  # noqa: SLF001 - read once
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -212,7 +220,7 @@ class ClientSpan(SpanHandle):
                 span.set_attributes(found)
             if status_code >= 400:
                 mark_error(span, str(status_code))
-            wanted = http_settings().client_response_headers
+            wanted = (_config._http_settings or http_settings()).client_response_headers  # noqa: SLF001
             if wanted and headers is not None:
                 capture_headers(span, "http.response.header.", wanted, headers() if callable(headers) else headers)
         except Exception as exc:  # noqa: BLE001
@@ -252,7 +260,7 @@ def start(
         elif outer is not None:
             if library in outer.lower:
                 return None  # a lower layer of a call that has its span
-            if outer.ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
+            if outer._ended and outer.library == library:  # the next hop of a redirect: a sibling of the first
                 previous, parent = outer, outer.parent
                 outer.resends += 1
                 resend_count = outer.resends
@@ -264,7 +272,13 @@ def start(
                 _ATTRIBUTES.clear()  # bounded: start again rather than keep old entries in order
             _ATTRIBUTES[key] = found
         name, attributes = found
-        span = spans.new_span(TRACER, name, api.SpanKind.CLIENT, parent, attributes)
+        tracer = api.tracers.get(TRACER)
+        compiled = getattr(spans, "_compiled", None)  # spans.new_span's common case, without its call
+        span = None
+        if tracer is not None and compiled is not None:
+            span = compiled(tracer, name, api.SpanKind.CLIENT, parent, attributes)
+        if span is None:
+            span = spans.new_span(TRACER, name, api.SpanKind.CLIENT, parent, attributes)
         # ClientSpan.__init__, inline (a call less).
         call = _new(ClientSpan)
         call.span = span
@@ -277,15 +291,9 @@ def start(
         call.resends = 0
         call.injected = {}
         call.state = None
-        # One context: the span current, the call marked as in progress (api.with_span, inline).
-        key = api.SPAN_KEY
-        if key is not None:
-            values = dict(parent)
-            values[key] = span
-            values[api.IN_CLIENT_CALL] = call
-            call.context = api.context.Context(values)
-        else:
-            call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
+        # One context: the span current, the call marked as in progress (built in C once
+        # autotrace._speedups is loaded).
+        call.context = api.with_span(span, parent, api.IN_CLIENT_CALL, call)
         if attach:
             try:
                 call._token = api.set_current(call.context)  # SpanHandle.attach, inline
@@ -298,6 +306,21 @@ def start(
 
 
 _new = object.__new__
+
+# Whether a span class's get_span_context() returns its _context (the SDK's Span's method),
+# by class: ClientSpan.headers then reads the slot. Bounded (a few span classes).
+_CONTEXT_SLOT: dict[type, bool] = {}
+
+
+def _context_slot(kind: type) -> bool:
+    """Whether ``kind`` (a span's class) returns its ``_context`` from get_span_context()."""
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    reference = getattr(getattr(sdk, "Span", None), "get_span_context", None)
+    found = reference is not None and getattr(kind, "get_span_context", None) is reference
+    if len(_CONTEXT_SLOT) < 16:
+        _CONTEXT_SLOT[kind] = found
+    return found
+
 
 # (span name, attributes) by (method, url, protocol version, resend count): an app calls the
 # same few URLs again and again. The attributes dict is shared, never changed: a span keeps
@@ -328,7 +351,7 @@ def _attributes(method: str, url: str, protocol_version: str | None, resend_coun
 
 def capture_request_headers_wanted() -> bool:
     """Whether request headers are captured (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST)."""
-    return bool(http_settings().client_request_headers)
+    return bool((_config._http_settings or http_settings()).client_request_headers)  # noqa: SLF001 - read once
 
 
 def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:

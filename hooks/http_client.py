@@ -45,23 +45,86 @@ LIBRARY = "http.client"
 _CALL = "_autotrace_client_call"
 
 _https_class: type | None = None
+wrapped_endheaders = None  # HTTPConnection.endheaders, the wrapper (set by patch)
+wrapped_putrequest = None  # HTTPConnection.putrequest, the wrapper (set by patch)
 
 
 def patch(module: ModuleType) -> None:
-    global _https_class
+    global _https_class, wrapped_endheaders, wrapped_putrequest
     _https_class = getattr(module, "HTTPSConnection", None)  # absent without ssl
     cls = module.HTTPConnection
-    wrap_function(cls, "putrequest", _wrap_putrequest)
-    wrap_function(cls, "endheaders", _wrap_endheaders)
+    if wrap_function(cls, "putrequest", _wrap_putrequest):
+        wrapped_putrequest = cls.__dict__["putrequest"]
+    if wrap_function(cls, "endheaders", _wrap_endheaders):
+        wrapped_endheaders = cls.__dict__["endheaders"]
     wrap_function(cls, "getresponse", _wrap_getresponse)
     wrap_function(cls, "close", _wrap_close)
 
 
+# -- the head lines of a library's call above ---------------------------------------------
+# A library that sends its requests through http.client (urllib3, and requests through it)
+# can have its call's propagation headers written into the request's head by endheaders
+# here, as lines of text, rather than put in a copy of its headers that then goes through
+# its own and http.client's putheader (their name and value checks, once per header):
+# the values are the agent's own (hex ids, a trace state and baggage as their formats
+# write them). They are kept on the connection under the pending call's key (the one
+# look-up endheaders makes anyway) from just before the library's request until its
+# endheaders, and taken off by the library's hook when its request returns or raises.
+
+def sends_head_lines(conn) -> bool:
+    """Whether the next request on ``conn`` would add :func:`stash_head_lines`' lines at
+    endheaders (its class's endheaders is the wrapper, not one of its own)."""
+    return wrapped_endheaders is not None and getattr(type(conn), "endheaders", None) is wrapped_endheaders
+
+
+def class_takes_head_lines(cls: type) -> bool:
+    """Whether a request on a new ``cls`` connection under a call holding head lines in its
+    ``state`` (urllib.request's) gets them: putrequest keeps them, endheaders adds them."""
+    return (
+        wrapped_endheaders is not None
+        and getattr(cls, "endheaders", None) is wrapped_endheaders
+        and getattr(cls, "putrequest", None) is wrapped_putrequest
+    )
+
+
+def head_lines(headers: dict[str, str]) -> bytes | None:
+    """The header lines of ``headers`` as endheaders adds them, or None when a value could not
+    go as it is (a line break or another character that is not printable, one outside
+    Latin-1: putheader's checks then)."""
+    try:
+        if len(headers) == 1:  # traceparent alone, the usual case
+            for name, value in headers.items():
+                return (name + ": " + value).encode("latin-1") if value.isprintable() else None
+        lines = []
+        for name, value in headers.items():
+            if not value.isprintable():
+                return None
+            lines.append(name + ": " + value)
+        return "\r\n".join(lines).encode("latin-1") if lines else None
+    except (AttributeError, TypeError, UnicodeEncodeError):  # not text, not Latin-1
+        return None
+
+
+# The key head lines are kept under in a connection's __dict__ (the pending call's).
+HEAD_LINES_KEY = _CALL
+
+
+def stash_head_lines(conn, lines: bytes) -> None:
+    """Have ``lines`` added to the head of the next request on ``conn`` (see :func:`sends_head_lines`)."""
+    conn.__dict__[_CALL] = lines
+
+
+def drop_head_lines(conn) -> None:
+    """Take off lines a request did not send (it failed before endheaders)."""
+    conn.__dict__.pop(_CALL, None)
+
+
 def _take(conn) -> client_span.ClientSpan | None:
     try:
-        return conn.__dict__.pop(_CALL, None)
+        call = conn.__dict__.pop(_CALL, None)
     except AttributeError:
         return None
+    return None if type(call) is bytes else call  # head lines left by a failed request: dropped
 
 
 def _store(conn, call: client_span.ClientSpan) -> None:
@@ -86,8 +149,17 @@ def _wrap_putrequest(original):
         outer = api.get_current().get(api.IN_CLIENT_CALL) if api.loaded else None  # client_span.enclosing, inline
         if outer is not None and LIBRARY in outer.lower:
             # A lower layer of requests', urllib3's or urllib.request's call: a context
-            # lookup and nothing else (client_span.start would say None as well).
-            return original(self, method, url, *args, **kwargs)
+            # lookup and nothing else (client_span.start would say None as well), but for
+            # the head lines a call may hold (urllib.request's: see stash_head_lines).
+            lines = outer.state
+            if type(lines) is not bytes:
+                return original(self, method, url, *args, **kwargs)
+            result = original(self, method, url, *args, **kwargs)
+            try:
+                self.__dict__[_CALL] = lines
+            except AttributeError:  # no instance dictionary: nothing to keep them in
+                pass
+            return result
         call = None
         try:
             call = client_span.start(LIBRARY, method, _url(self, url), attach=False)
@@ -121,6 +193,12 @@ def _wrap_endheaders(original):
             call = None
         if call is None:
             return original(self, *args, **kwargs)
+        if type(call) is bytes:  # the head lines of a library's call above (see stash_head_lines)
+            try:
+                self._buffer.append(call)
+            except Exception:  # noqa: BLE001 - no head in progress: endheaders says so
+                pass
+            return original(self, *args, **kwargs)
         _inject(self, call)
         try:
             result = original(self, *args, **kwargs)
@@ -145,7 +223,7 @@ def _wrap_getresponse(original):
             call = self.__dict__.pop(_CALL, None)  # _take, inline
         except AttributeError:
             call = None
-        if call is None:
+        if call is None or type(call) is bytes:
             return original(self, *args, **kwargs)
         try:
             response = original(self, *args, **kwargs)
@@ -166,7 +244,7 @@ def _wrap_close(original):
             call = self.__dict__.pop(_CALL, None)  # _take, inline
         except AttributeError:
             call = None
-        if call is not None:
+        if call is not None and type(call) is not bytes:
             _end(call)  # abandoned before its response: ended as it stands
         return original(self, *args, **kwargs)
 

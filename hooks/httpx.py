@@ -6,7 +6,10 @@ through them (the first request, each redirect, each round of an authentication 
 whatever transport or mount it then picks, so custom transports get the headers too.
 The propagation headers go into the ``Request`` for the time of the hop and are taken
 out when it returns or raises: the caller's object is left as it was, and the next
-hop, which httpx builds from it, does not carry the old ones.
+hop, which httpx builds from it, does not carry the old ones. Usually (none of them in
+the request already, in any case, and no request header captured) the ``Request`` is
+given a copy of its ``Headers`` holding them for that time, its own object put back
+after; else they are set in its own and the values they replaced put back.
 
 ``Client.send`` and ``AsyncClient.send`` are patched too, to end the spans where the
 call returns to the app: a hop that succeeds stays open (its context left) until the
@@ -24,6 +27,7 @@ later numbered by ``http.request.resend_count`` (1, 2 ...).
 from __future__ import annotations
 
 from contextvars import ContextVar
+from operator import itemgetter
 
 from autotrace import client_span
 from autotrace.patching import wrap_function
@@ -122,7 +126,7 @@ def _wrap_send_single_request(original):
         except BaseException as exc:
             call.fail(exc)
             call.close()
-            client_span.restore(request.headers, previous)
+            _restore(request, previous)
             raise
         _returned(state, call, request, previous, response)
         return response
@@ -141,7 +145,7 @@ def _wrap_async_send_single_request(original):
         except BaseException as exc:
             call.fail(exc)
             call.close()
-            client_span.restore(request.headers, previous)
+            _restore(request, previous)
             raise
         _returned(state, call, request, previous, response)
         return response
@@ -165,21 +169,32 @@ def _start(state: _Send | None, request) -> tuple[client_span.ClientSpan | None,
         call = client_span.start("httpx", request.method, str(request.url), resend_count=resend_count)
         if call is None:
             return None, None
-        return call, call.inject(request.headers)
+        headers = request.headers
+        values = call.headers()
+        if values and not client_span.capture_request_headers_wanted() and _absent(headers, values):
+            # The usual case: the hop is sent with a copy of its headers holding them (the
+            # Request's own put back after); httpx's Headers finds, sets and deletes a name
+            # by a pass over every header, so no get or delete on the app's object.
+            sent = headers.copy()
+            for name, value in values.items():
+                sent[name] = value
+            request.headers = sent
+            return call, headers
+        return call, call.inject(headers)
     except Exception:  # noqa: BLE001 - not an httpx Request: httpx itself says so
         if call is not None:
             call.close()
         return None, None
 
 
-def _returned(state: _Send | None, call: client_span.ClientSpan, request, previous: dict, response) -> None:
+def _returned(state: _Send | None, call: client_span.ClientSpan, request, previous, response) -> None:
     """The hop's response head arrived: record it; its span ends with the call (see above)."""
     try:
         version = response.http_version
         call.set_response(response.status_code, version, response.headers.multi_items)  # listed only if captured
     except Exception:  # noqa: BLE001 - a response object of a custom transport
         pass
-    client_span.restore(request.headers, previous)
+    _restore(request, previous)
     if state is None:
         call.close()
     else:
@@ -187,6 +202,34 @@ def _returned(state: _Send | None, call: client_span.ClientSpan, request, previo
         if state.pending is not None:  # not expected: never leave a span open
             state.pending.end()
         state.pending = call
+
+
+def _absent(headers, values: dict[str, str]) -> bool:
+    """Whether none of the propagation headers ``values`` names is in ``headers`` (any case)."""
+    try:
+        names = _ENCODED.get(tuple(values))
+        if names is None:
+            names = frozenset(name.lower().encode("ascii") for name in values)
+            if len(_ENCODED) < 16:
+                _ENCODED[tuple(values)] = names
+        return names.isdisjoint(map(bytes.lower, map(_first, headers.raw)))  # no Python call per header
+    except Exception:  # noqa: BLE001 - headers of another kind: inject's way
+        return False
+
+
+_ENCODED: dict[tuple[str, ...], frozenset[bytes]] = {}  # the propagation headers' names, as bytes
+_first = itemgetter(0)
+
+
+def _restore(request, previous) -> None:
+    """Put the request's headers back: its own object (a copy was sent), or what inject replaced."""
+    if type(previous) is dict:
+        client_span.restore(request.headers, previous)
+    elif previous is not None:
+        try:
+            request.headers = previous
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _leave(token) -> None:

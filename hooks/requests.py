@@ -31,7 +31,10 @@ not a redirect hop of the one in flight.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from autotrace import api, client_span
+from autotrace.hooks import urllib3 as urllib3_hook
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -41,7 +44,17 @@ if TYPE_CHECKING:
 LIBRARY = "requests"
 
 
+# requests' own adapter and header mapping (set by patch): a request sent through that
+# adapter, with headers of that type, has its propagation headers added by the urllib3
+# hook under it (see TracedAdapter.send).
+_http_adapter: type | None = None
+_header_mapping: type | None = None
+
+
 def patch(module: ModuleType) -> None:
+    global _http_adapter, _header_mapping
+    _http_adapter = getattr(module, "HTTPAdapter", None)
+    _header_mapping = getattr(module, "CaseInsensitiveDict", None)
     wrap_function(module.Session, "send", lambda original: _wrap_send(original, module.PreparedRequest))
     wrap_function(module.Session, "get_adapter", _wrap_get_adapter)
     wrap_function(module, "dispatch_hook", _wrap_dispatch_hook)
@@ -50,10 +63,11 @@ def patch(module: ModuleType) -> None:
 class Exchange:
     """What one outer ``send`` has sent: the span of the request in flight (or last answered)."""
 
-    __slots__ = ("current", "sent", "recorded", "error", "in_adapter", "finished")
+    __slots__ = ("current", "sent", "recorded", "error", "in_adapter", "finished", "head_lines")
 
     def __init__(self, first: client_span.ClientSpan) -> None:
         self.current = first
+        self.head_lines = False  # the urllib3 hook adds the propagation headers (see TracedAdapter.send)
         self.sent = False  # the current span's request went to an adapter
         self.recorded = False  # the current span has its response
         self.error: BaseException | None = None  # the current attempt's failure, seen by urllib3's hook
@@ -179,8 +193,14 @@ class TracedAdapter:
         try:
             call = state.resend(request.method, request.url) if state.sent else state.current
             state.sent = True
-            sent = _copy(request)
-            call.inject(sent.headers)
+            if _leaves_headers_to_urllib3(self.adapter, request, call):
+                # requests' own adapter over urllib3: the urllib3 hook has http.client write
+                # them into the head (no copy of the request, no header through putheader).
+                state.head_lines = True
+            else:
+                state.head_lines = False
+                sent = _copy(request)
+                call.inject(sent.headers)
         except Exception:  # noqa: BLE001 - an odd PreparedRequest: sent as it is
             sent = request
         # The adapter runs with this hop's span current (the app's code in a custom
@@ -205,6 +225,21 @@ class TracedAdapter:
         except Exception:  # noqa: BLE001 - a response object of a custom adapter
             pass
         return response
+
+
+def _leaves_headers_to_urllib3(adapter, request, call: client_span.ClientSpan) -> bool:
+    """Whether the request goes as it is, its propagation headers added under urllib3
+    (``Exchange.head_lines``): requests' own adapter, urllib3's hook in place, none of the
+    headers in the request already (in any case), no request header captured."""
+    if type(adapter) is not _http_adapter or not urllib3_hook.wrapped() or client_span.capture_request_headers_wanted():
+        return False
+    headers = request.headers
+    if type(headers) is not _header_mapping:
+        return False
+    return call.headers().keys().isdisjoint(map(_first_item, headers.lower_items()))
+
+
+_first_item = itemgetter(0)
 
 
 def _copy(request):

@@ -25,6 +25,7 @@ to requests' hook, which ends the span of the attempt before and starts the next
 from __future__ import annotations
 
 from autotrace import api, client_span
+from autotrace.hooks import http_client
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -32,10 +33,21 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 LIBRARY = "urllib3"
+_HEAD_LINES = http_client.HEAD_LINES_KEY
 
 
 # urllib3 1.26: the resend count of the attempt urlopen is making (set by its wrapper).
 _resends = None
+
+# The pool class and its _make_request wrapper, once patched (see wrapped()).
+_pool_class: type | None = None
+_wrapper = None
+
+
+def wrapped() -> bool:
+    """Whether urllib3's ``_make_request`` is the hook's now (requests' hook then leaves the
+    propagation headers to it)."""
+    return _pool_class is not None and _pool_class.__dict__.get("_make_request") is _wrapper
 
 
 def patch(module: ModuleType) -> None:
@@ -50,7 +62,9 @@ def patch(module: ModuleType) -> None:
         if _resends is None:
             _resends = contextvars.ContextVar("autotrace_urllib3_resends", default=0)
         wrap_function(pool, "urlopen", _wrap_urlopen)
-    wrap_function(pool, "_make_request", _wrap_make_request)
+    global _pool_class, _wrapper
+    if wrap_function(pool, "_make_request", _wrap_make_request):
+        _pool_class, _wrapper = pool, pool.__dict__["_make_request"]
 
 
 def _takes(function, name: str) -> bool:
@@ -99,6 +113,7 @@ def _wrap_make_request(original):
         if outer is not None and LIBRARY in outer.lower:  # under requests' call
             return _under_requests(original, outer.state, self, conn, method, url, args, kwargs)
         call = None
+        lines = None
         try:
             if passes_retries:  # _resend_count, inline
                 retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
@@ -108,11 +123,16 @@ def _wrap_make_request(original):
                 resends = _resends.get() if _resends is not None else 0
             call = client_span.start(LIBRARY, method, _url(self, url), resend_count=resends)
             if call is not None:
-                if headers_at is not None and len(args) > headers_at:
+                positional = headers_at is not None and len(args) > headers_at
+                headers = args[headers_at] if positional else kwargs.get("headers")
+                lines = _head_lines(call, conn, headers)
+                if lines is not None:  # written into the head by http.client's endheaders
+                    conn.__dict__[_HEAD_LINES] = lines  # http_client.stash_head_lines, inline
+                elif positional:
                     args = list(args)
-                    args[headers_at] = _with_propagation(call, args[headers_at])
+                    args[headers_at] = _with_propagation(call, headers)
                 else:
-                    kwargs["headers"] = _with_propagation(call, kwargs.get("headers"))
+                    kwargs["headers"] = _with_propagation(call, headers)
         except Exception:  # noqa: BLE001 - odd arguments: urllib3 itself says so
             pass
         if call is None:
@@ -120,9 +140,13 @@ def _wrap_make_request(original):
         try:
             response = original(self, conn, method, url, *args, **kwargs)
         except BaseException as exc:
+            if lines is not None:
+                conn.__dict__.pop(_HEAD_LINES, None)  # not sent if it failed before endheaders
             call.fail(exc)
             call.close()
             raise
+        if lines is not None:
+            conn.__dict__.pop(_HEAD_LINES, None)  # http_client.drop_head_lines, inline
         _record_response(call, response)
         call.close()
         return response
@@ -132,14 +156,22 @@ def _wrap_make_request(original):
         # with its own traceparent (see hooks/requests.py), so the call is told here.
         if state is None or not hasattr(state, "resend"):
             return original(pool, conn, method, url, *args, **kwargs)
+        lines = None
         try:
             if passes_retries:  # _resend_count, inline
                 retries = kwargs.get("retries") if retries_at is None or len(args) <= retries_at else args[retries_at]
                 resent = bool(getattr(retries, "history", None))
             else:
                 resent = bool(_resends.get()) if _resends is not None else False
-            if resent:
-                call = state.resend(method, _url(pool, url))
+            call = state.resend(method, _url(pool, url)) if resent else state.current
+            if state.head_lines:  # requests sent the request as the app made it: the headers go here
+                if http_client.sends_head_lines(conn):
+                    lines = http_client.head_lines(call.headers())
+                if lines is not None:
+                    conn.__dict__[_HEAD_LINES] = lines
+                else:
+                    resent = True  # into urllib3's headers, below
+            if resent:  # a copy of urllib3's headers (requests' copy has the first attempt's)
                 if headers_at is not None and len(args) > headers_at:
                     args = list(args)
                     args[headers_at] = _with_propagation(call, args[headers_at])
@@ -150,13 +182,39 @@ def _wrap_make_request(original):
         try:
             response = original(pool, conn, method, url, *args, **kwargs)
         except BaseException as exc:
+            if lines is not None:
+                conn.__dict__.pop(_HEAD_LINES, None)
             state.error = exc  # recorded if the attempt is retried; else requests' exception is
             raise
+        if lines is not None:
+            conn.__dict__.pop(_HEAD_LINES, None)
         state.recorded = True
         _record_response(state.current, response)
         return response
 
     return _make_request
+
+
+def _head_lines(call: client_span.ClientSpan, conn, headers) -> bytes | None:
+    """The propagation headers as lines for http.client's endheaders to add to the head
+    (:func:`autotrace.hooks.http_client.stash_head_lines`), or None: they go in a copy of
+    the request's headers (:func:`_with_propagation`). None when the request's headers
+    hold one of them in any case (replaced in the copy), request headers are captured,
+    or the connection's endheaders is not the hook's."""
+    if getattr(type(conn), "endheaders", None) is not http_client.wrapped_endheaders or http_client.wrapped_endheaders is None:
+        return None  # http_client.sends_head_lines, inline
+    if client_span.capture_request_headers_wanted():
+        return None
+    values = call.headers()
+    if headers:
+        if type(headers) is not dict:  # an HTTPHeaderDict ...: the copy
+            return None
+        try:
+            if not values.keys().isdisjoint(map(str.lower, headers)):
+                return None
+        except TypeError:  # a name that is not text
+            return None
+    return http_client.head_lines(values)
 
 
 def _with_propagation(call: client_span.ClientSpan, headers):
@@ -208,6 +266,11 @@ def _prefix(scheme: str | None, host: str | None, port: int | None) -> str:
 
 
 def _record_response(call: client_span.ClientSpan, response) -> None:
+    try:  # urllib3 2's HTTPResponse: its headers listed only when some are to be captured
+        call.set_response(response.status, response.version, response.headers.items)
+        return
+    except AttributeError:
+        pass
     try:
         headers = getattr(response, "headers", None)
         call.set_response(

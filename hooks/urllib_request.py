@@ -21,6 +21,7 @@ refused connection or an unknown host, a timeout) is recorded and re-raised unto
 from __future__ import annotations
 
 from autotrace import client_span
+from autotrace.hooks import http_client
 from autotrace.patching import wrap_function
 
 TYPE_CHECKING = False
@@ -49,7 +50,7 @@ def _wrap_do_open(original):
                 resend_count=sum(redirects.values()) if redirects else 0,
             )
             if call is not None:
-                headers = _inject(call, req)
+                headers = _inject(call, req, http_class)
         except Exception:  # noqa: BLE001 - not a urllib Request: urllib itself says so
             _restore(req, headers)
             headers = None
@@ -70,13 +71,16 @@ def _wrap_do_open(original):
     return do_open
 
 
-def _inject(call: client_span.ClientSpan, req) -> list[str] | _RequestHeaders | None:
+def _inject(call: client_span.ClientSpan, req, http_class: type | None = None) -> list[str] | _RequestHeaders | None:
     """Put the propagation headers in the request's ``unredirected_hdrs``; what :func:`_restore` undoes.
 
     Usually the request has none of them, in any case (the names checked in one pass over
-    each dictionary, no call per key) and no header is captured: each is added under
-    urllib's capitalized key, and the keys added are returned. Else through
-    :class:`_RequestHeaders`, which replaces and puts back what the app set.
+    each dictionary, no call per key) and no header is captured: they are left in the
+    call's ``state`` as head lines for http.client's hook to add (``http_class`` its own
+    putrequest and endheaders: see ``http_client.stash_head_lines``), the request not
+    changed at all (None returned); else each is added under urllib's capitalized key,
+    and the keys added are returned. Else through :class:`_RequestHeaders`, which
+    replaces and puts back what the app set.
     """
     values = call.headers()
     capture = client_span.capture_request_headers_wanted()
@@ -89,6 +93,12 @@ def _inject(call: client_span.ClientSpan, req) -> list[str] | _RequestHeaders | 
     except TypeError:  # a key that is not text
         fresh = False
     if fresh and not capture:
+        lines = http_client.head_lines(values) if http_client.class_takes_head_lines(http_class) else None
+        if lines is not None:
+            # http.client's hook under this call adds them to the head (see
+            # http_client.stash_head_lines): the request is not changed at all.
+            call.state = lines
+            return None
         added = []
         for name, value in values.items():
             key = name.capitalize()

@@ -433,3 +433,25 @@ def test_a_call_and_its_hops_are_freed_at_once_not_by_the_garbage_collector(clie
             gc.enable()
     assert left == []
     assert len(client_spans(client_hooks)) == 5  # warm, nocycle, the redirect's three hops (1, 0, ok)
+
+
+def test_requests_own_adapter_sends_the_apps_request_the_headers_added_under_urllib3(client_hooks, peer, parent, monkeypatch):
+    # requests' HTTPAdapter over the urllib3 hook: no copy of the request, the headers
+    # written into the head by http.client; without the urllib3 hook, the copy again.
+    from autotrace.hooks import urllib3 as urllib3_hook
+
+    given = []
+    send = requests.adapters.HTTPAdapter.send
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", lambda self, request, **kw: given.append(request) or send(self, request, **kw))
+    with requests.Session() as session:
+        prepared = session.prepare_request(requests.Request("GET", peer.url("/ok", "own")))
+        session.send(prepared, timeout=5)
+        assert given == [prepared] and "traceparent" not in prepared.headers
+        monkeypatch.setattr(urllib3_hook, "_wrapper", None)  # as if urllib3's hook were not applied
+        session.send(prepared, timeout=5)
+        assert given[1] is not prepared and "traceparent" in given[1].headers
+    first, second = client_spans(client_hooks)
+    for span, got in zip((first, second), peer.requests("own")):
+        [value] = got.headers["traceparent"]
+        assert traceparent_ids(value) == (span.context.trace_id, span.context.span_id)
+        assert span.parent.span_id == parent.get_span_context().span_id

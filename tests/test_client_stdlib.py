@@ -542,3 +542,28 @@ def test_request_headers_are_captured_without_propagation_headers(client_hooks, 
     spans = client_spans(client_hooks)
     assert [s.attributes.get("http.request.header.x-app") for s in spans] == [("1",), ("2",)]
     assert [r.header("traceparent") for r in peer.requests("none")] == [None, None]
+
+
+def test_urlopen_headers_are_written_into_the_head_by_http_client_the_request_untouched(client_hooks, peer, parent):
+    class OwnPutrequest(http.client.HTTPConnection):
+        def putrequest(self, method, url, *args, **kwargs):  # not http.client's: its own way
+            return http.client.HTTPConnection.putrequest(self, method, url, *args, **kwargs)
+
+    assert http_client_hook.class_takes_head_lines(http.client.HTTPConnection)
+    assert not http_client_hook.class_takes_head_lines(OwnPutrequest)
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(OwnPutrequest, req)
+
+    req = urllib.request.Request(peer.url("/ok", "head"), headers={"X-App": "1"})
+    for opener in (urllib.request.build_opener(), urllib.request.build_opener(Handler)):
+        with opener.open(req, timeout=5) as response:
+            assert response.status == 200
+        assert req.headers == {"X-app": "1"}
+        assert set(req.unredirected_hdrs) == {"Host", "User-agent"}  # urllib's own
+    spans = client_spans(client_hooks)
+    got = peer.requests("head")
+    assert len(spans) == len(got) == 2
+    for span, one in zip(spans, got):
+        assert_propagated(span, one, parent)

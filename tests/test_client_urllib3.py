@@ -358,3 +358,56 @@ def test_a_request_without_headers_gets_the_propagation_headers_alone_and_they_a
     [got] = peer.requests("bare")
     assert_propagated(span, got)
     assert span.attributes["http.request.header.traceparent"] == tuple(got.headers["traceparent"])
+
+
+# -- the propagation headers written into the head by http.client ----------------------
+
+
+def test_headers_go_into_the_head_once_and_nothing_is_left_on_the_connection(client_hooks, peer, parent):
+    from autotrace.hooks import http_client
+
+    with urllib3.HTTPConnectionPool("127.0.0.1", peer.port, maxsize=1, retries=False, timeout=5) as pool:
+        for headers in (None, {"x-app": "1"}):
+            response = pool.request("GET", "/ok?case=lines", headers=headers)
+            assert response.status == 200
+        conn = pool.pool.get()  # the one connection, kept alive
+        try:
+            assert http_client.HEAD_LINES_KEY not in conn.__dict__
+            assert http_client.sends_head_lines(conn)
+        finally:
+            pool.pool.put(conn)
+    spans = client_spans(client_hooks)
+    got = peer.requests("lines")
+    assert len(spans) == len(got) == 2
+    for span, one in zip(spans, got):
+        assert_propagated(span, one, parent)
+    assert got[1].headers["x-app"] == ["1"]
+
+
+def test_a_request_failing_before_its_head_is_sent_leaves_no_lines_for_the_next(client_hooks, peer, parent, pool):
+    from autotrace.hooks import http_client
+
+    conn = pool._get_conn()  # the hooked method, called as urlopen calls it, on a connection kept here
+    try:
+        with pytest.raises(ValueError):  # http.client's putheader refuses the value: no head sent
+            pool._make_request(conn, "GET", "/ok?case=bad", headers={"x-bad": "a\nb"})
+        assert http_client.HEAD_LINES_KEY not in conn.__dict__
+    finally:
+        conn.close()
+    pool.request("GET", "/ok?case=after")
+    failed, sent = client_spans(client_hooks)
+    assert failed.status.status_code == StatusCode.ERROR
+    assert_propagated(sent, peer.requests("after")[0], parent)
+
+
+def test_head_lines_are_made_only_from_values_that_can_go_as_they_are():
+    from autotrace.hooks import http_client
+
+    assert http_client.head_lines({"traceparent": "00-ab-cd-01"}) == b"traceparent: 00-ab-cd-01"
+    assert http_client.head_lines({"traceparent": "t", "tracestate": "a=1", "baggage": "k=v"}) == (
+        b"traceparent: t\r\ntracestate: a=1\r\nbaggage: k=v"
+    )
+    assert http_client.head_lines({}) is None
+    for value in ("a\r\nx-injected: 1", "a\nb", "caf\u20ac", 5):
+        assert http_client.head_lines({"baggage": value}) is None
+        assert http_client.head_lines({"traceparent": "t", "baggage": value}) is None

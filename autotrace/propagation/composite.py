@@ -22,7 +22,9 @@ from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 
 from .. import _log
+from .baggage import BaggagePropagator
 from .base import Propagator
+from .tracecontext import _FLAGS, _NO_STATE, _SPAN_CONTEXT, TraceContextPropagator, traceparent
 
 _LINKS_KEY = create_key("autotrace-extracted-links")
 
@@ -54,6 +56,9 @@ class CompositePropagator(Propagator):
         # write_values when every format has a dict writer (W3C trace context and baggage:
         # the default), else None: a client span's headers are then made with inject().
         self.dict_writer = self.write_values if self._value_writers is not None else None
+        if [type(p) for p in self._propagators] == [TraceContextPropagator, BaggagePropagator]:
+            # The default (tracecontext,baggage): both formats' writes in one call.
+            self.dict_writer = _w3c_writer(*self._propagators)
 
     @property
     def propagators(self) -> tuple[textmap.TextMapPropagator, ...]:
@@ -166,3 +171,49 @@ class CompositePropagator(Propagator):
             except Exception:  # noqa: BLE001
                 continue
         return fields
+
+
+def _w3c_writer(trace_format: TraceContextPropagator, baggage_format: BaggagePropagator):
+    """The dict writer of the default formats, W3C trace context then baggage: what
+    :meth:`CompositePropagator.write_values` does through both formats' ``write_values``,
+    in one call for the usual span context (the API's, valid, no trace state) and a
+    context without baggage (one look-up). Anything else through the formats' own."""
+    from .baggage import _BAGGAGE_KEY
+
+    write_trace, write_baggage = trace_format.write_values, baggage_format.write_values
+    baggage_key = _BAGGAGE_KEY
+
+    def write_values(span_context: trace.SpanContext, context: Context | None, values: dict) -> None:
+        try:
+            if type(span_context) is _SPAN_CONTEXT and span_context[4] is _NO_STATE:
+                # The tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
+                trace_id, span_id, _, flags, _, valid = span_context
+                if valid:  # traceparent(), inline
+                    try:
+                        values["traceparent"] = "-".join(
+                            ("00", trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex(), _FLAGS[flags & 0xFF])
+                        )
+                    except OverflowError:
+                        values["traceparent"] = traceparent(trace_id, span_id, flags)
+            else:
+                write_trace(span_context, context, values)
+        except Exception as exc:  # noqa: BLE001 - skipped, as in write_values
+            _warn_inject(trace_format, exc)
+        if context is not None and baggage_key is not None and not context.get(baggage_key):
+            return  # most requests carry no baggage
+        try:
+            write_baggage(span_context, context, values)
+        except Exception as exc:  # noqa: BLE001
+            _warn_inject(baggage_format, exc)
+
+    return write_values
+
+
+def _warn_inject(propagator: object, exc: BaseException) -> None:
+    _log.warn_once(
+        "propagation-inject:" + _name(propagator),
+        "propagator %s failed to inject (%s: %s); it is skipped",
+        _name(propagator),
+        type(exc).__name__,
+        exc,
+    )
