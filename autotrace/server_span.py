@@ -465,7 +465,17 @@ def start(
                             parent = current
         if parent is None:
             parent, links = extract_incoming(headers, _GETTER, current, mode)
-        span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
+        # spans.new_span's common case, inline (a call less on every request): the compiled
+        # start (light_span.compiled_start, known after the first span) for the agent's tracer.
+        span = None
+        if _start_light and not links:
+            found = api.tracers.get(TRACER)
+            if found is not None:
+                span = _start_light(found, name, api.SpanKind.SERVER, parent, attributes)
+        if span is None:
+            span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
+            if _start_light is None:
+                _found_start_light()
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
@@ -474,6 +484,20 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
+
+
+# light_span.compiled_start (autotrace._speedups.start_light) once the first span made
+# light_span known; False when there is none (the extension not built): new_span then.
+_start_light = None
+
+
+def _found_start_light() -> None:
+    global _start_light
+    import sys
+
+    light_span = sys.modules.get("autotrace.light_span")  # imported by the first span, if at all
+    if light_span is not None:
+        _start_light = getattr(light_span, "compiled_start", None) or False
 
 
 # A Host header -> (server.address, server.port), for the values seen last: a service is
