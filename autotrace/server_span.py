@@ -30,8 +30,6 @@ links only).
 
 from __future__ import annotations
 
-from functools import partial
-
 from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
@@ -343,7 +341,14 @@ class ServerSpan(SpanHandle):
         token = self._token
         if token is not None:
             self._token = None
-            api.detach(token)
+            reset = api.reset_current  # api.detach, inline (as SpanHandle.close)
+            if reset is None:
+                api.detach(token)
+            else:
+                try:
+                    reset(token)
+                except Exception:  # noqa: BLE001 - a token of another context: nothing to undo
+                    pass
 
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = http_settings().response_headers
@@ -380,33 +385,6 @@ def _fixed_attributes(key: tuple) -> dict[str, object]:
         _fixed.clear()
     _fixed[key] = found
     return found
-
-
-def _attributes(
-    method: str,
-    known: str | None,
-    scheme: str,
-    server_address: str | None,
-    server_port: int | None,
-    protocol_version: str | None,
-    user_agent: str | None,
-    headers: Lookup,
-    path: str,
-    query: str,
-    client_address: str | None,
-) -> dict[str, object]:
-    """The SERVER span's attributes (see :func:`start`): the ones that repeat from the cache."""
-    if user_agent is _LOOKUP:
-        agent = headers("user-agent")
-        user_agent = agent[0] if agent else None
-    key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
-    attributes = dict(_fixed.get(key) or _fixed_attributes(key))
-    attributes["url.path"] = path
-    if query:
-        attributes["url.query"] = redact_query(query)
-    if client_address:
-        attributes["client.address"] = client_address
-    return attributes
 
 
 def start(
@@ -448,8 +426,19 @@ def start(
             upper = method.upper()
             known = upper if upper in KNOWN_METHODS else None
             name = known or "HTTP"
-        # Computed only if the span is recorded (a partial: no closure made per request).
-        attributes = partial(_attributes, method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
+        # Built at once (a plain dict: the compiled start, autotrace._speedups.start_light,
+        # takes its common case, where a function would send every request the Python way);
+        # _attributes, inline (a call less on every request).
+        if user_agent is _LOOKUP:
+            agent = headers("user-agent")
+            user_agent = agent[0] if agent else None
+        key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
+        attributes = dict(_fixed.get(key) or _fixed_attributes(key))
+        attributes["url.path"] = path
+        if query:
+            attributes["url.query"] = redact_query(query)
+        if client_address:
+            attributes["client.address"] = client_address
         mode = settings.incoming_context
         parent = links = None
         if mode == "continue" and not current:
@@ -476,7 +465,17 @@ def start(
                             parent = current
         if parent is None:
             parent, links = extract_incoming(headers, _GETTER, current, mode)
-        span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
+        # spans.new_span's common case, inline (a call less on every request): the compiled
+        # start (light_span.compiled_start, known after the first span) for the agent's tracer.
+        span = None
+        if _start_light and not links:
+            found = api.tracers.get(TRACER)
+            if found is not None:
+                span = _start_light(found, name, api.SpanKind.SERVER, parent, attributes)
+        if span is None:
+            span = spans.new_span(TRACER, name, api.SpanKind.SERVER, parent, attributes, links or None)
+            if _start_light is None:
+                _found_start_light()
         if settings.request_headers and span.is_recording():
             capture_headers(span, "http.request.header.", settings.request_headers, None, headers)
         # The key's value is the SERVER span: current() finds it under a child span too.
@@ -485,6 +484,20 @@ def start(
     except Exception as exc:  # noqa: BLE001 - never fail a request
         _report(exc)
         return None
+
+
+# light_span.compiled_start (autotrace._speedups.start_light) once the first span made
+# light_span known; False when there is none (the extension not built): new_span then.
+_start_light = None
+
+
+def _found_start_light() -> None:
+    global _start_light
+    import sys
+
+    light_span = sys.modules.get("autotrace.light_span")  # imported by the first span, if at all
+    if light_span is not None:
+        _start_light = getattr(light_span, "compiled_start", None) or False
 
 
 # A Host header -> (server.address, server.port), for the values seen last: a service is
