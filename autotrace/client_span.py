@@ -27,7 +27,6 @@ from __future__ import annotations
 import sys
 
 from . import _log, api, spans
-from . import config as _config
 from .config import http_settings
 from .redact import redact_query
 from .server_span import KNOWN_METHODS
@@ -166,7 +165,7 @@ class ClientSpan(SpanHandle):
                     del headers[key]
                     previous[name] = None
                 headers[name] = value
-            if (_config._http_settings or http_settings()).client_request_headers:  # noqa: SLF001 - read once
+            if http_settings().client_request_headers:
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -176,7 +175,7 @@ class ClientSpan(SpanHandle):
         """A new dict of the propagation headers alone: :meth:`inject` into an empty dict, in one step."""
         headers = dict(self.headers())
         try:
-            if (_config._http_settings or http_settings()).client_request_headers:  # noqa: SLF001 - read once
+            if http_settings().client_request_headers:
                 capture_request_headers(self, headers.items())
         except Exception as exc:  # noqa: BLE001
             self.report(exc)
@@ -220,7 +219,7 @@ class ClientSpan(SpanHandle):
                 span.set_attributes(found)
             if status_code >= 400:
                 mark_error(span, str(status_code))
-            wanted = (_config._http_settings or http_settings()).client_response_headers  # noqa: SLF001
+            wanted = http_settings().client_response_headers
             if wanted and headers is not None:
                 capture_headers(span, "http.response.header.", wanted, headers() if callable(headers) else headers)
         except Exception as exc:  # noqa: BLE001
@@ -272,13 +271,7 @@ def start(
                 _ATTRIBUTES.clear()  # bounded: start again rather than keep old entries in order
             _ATTRIBUTES[key] = found
         name, attributes = found
-        tracer = api.tracers.get(TRACER)
-        compiled = getattr(spans, "_compiled", None)  # spans.new_span's common case, without its call
-        span = None
-        if tracer is not None and compiled is not None:
-            span = compiled(tracer, name, api.SpanKind.CLIENT, parent, attributes)
-        if span is None:
-            span = spans.new_span(TRACER, name, api.SpanKind.CLIENT, parent, attributes)
+        span = spans.new_span(TRACER, name, api.SpanKind.CLIENT, parent, attributes)
         # ClientSpan.__init__, inline (a call less).
         call = _new(ClientSpan)
         call.span = span
@@ -351,7 +344,7 @@ def _attributes(method: str, url: str, protocol_version: str | None, resend_coun
 
 def capture_request_headers_wanted() -> bool:
     """Whether request headers are captured (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST)."""
-    return bool((_config._http_settings or http_settings()).client_request_headers)  # noqa: SLF001 - read once
+    return bool(http_settings().client_request_headers)
 
 
 def capture_request_headers(call: ClientSpan, headers: Iterable[tuple[str, str]]) -> None:

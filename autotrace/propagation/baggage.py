@@ -214,3 +214,4 @@ def _baggage_key() -> object:
 
 
 _BAGGAGE_KEY = _baggage_key()
+CONTEXT_KEY = _BAGGAGE_KEY  # the key the API keeps baggage under in a context (None: not known)

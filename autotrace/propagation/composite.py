@@ -24,7 +24,7 @@ from opentelemetry.propagators import textmap
 from .. import _log
 from .baggage import BaggagePropagator
 from .base import Propagator
-from .tracecontext import _FLAGS, _NO_STATE, _SPAN_CONTEXT, TraceContextPropagator, traceparent
+from .tracecontext import FLAGS_HEX, TraceContextPropagator, traceparent
 
 _LINKS_KEY = create_key("autotrace-extracted-links")
 
@@ -178,20 +178,21 @@ def _w3c_writer(trace_format: TraceContextPropagator, baggage_format: BaggagePro
     :meth:`CompositePropagator.write_values` does through both formats' ``write_values``,
     in one call for the usual span context (the API's, valid, no trace state) and a
     context without baggage (one look-up). Anything else through the formats' own."""
-    from .baggage import _BAGGAGE_KEY
+    from .baggage import CONTEXT_KEY
 
     write_trace, write_baggage = trace_format.write_values, baggage_format.write_values
-    baggage_key = _BAGGAGE_KEY
+    baggage_key = CONTEXT_KEY
+    span_context_class, no_state, flags_hex = trace.SpanContext, trace.DEFAULT_TRACE_STATE, FLAGS_HEX
 
     def write_values(span_context: trace.SpanContext, context: Context | None, values: dict) -> None:
         try:
-            if type(span_context) is _SPAN_CONTEXT and span_context[4] is _NO_STATE:
+            if type(span_context) is span_context_class and span_context[4] is no_state:
                 # The tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid).
                 trace_id, span_id, _, flags, _, valid = span_context
                 if valid:  # traceparent(), inline
                     try:
                         values["traceparent"] = "-".join(
-                            ("00", trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex(), _FLAGS[flags & 0xFF])
+                            ("00", trace_id.to_bytes(16, "big").hex(), span_id.to_bytes(8, "big").hex(), flags_hex[flags & 0xFF])
                         )
                     except OverflowError:
                         values["traceparent"] = traceparent(trace_id, span_id, flags)

@@ -258,3 +258,4 @@ def traceparent(trace_id: int, span_id: int, flags: int) -> str:
 
 
 _FLAGS = tuple(f"{value:02x}" for value in range(256))
+FLAGS_HEX = _FLAGS  # the flags byte's two hex digits, by value
