@@ -30,6 +30,8 @@ links only).
 
 from __future__ import annotations
 
+from functools import partial
+
 from . import api, spans
 from .config import http_settings
 from .propagation.fields import MAX_KEYS, bounded_values
@@ -387,6 +389,45 @@ def _fixed_attributes(key: tuple) -> dict[str, object]:
     return found
 
 
+def _attributes(
+    method: str,
+    known: str | None,
+    scheme: str,
+    server_address: str | None,
+    server_port: int | None,
+    protocol_version: str | None,
+    user_agent: str | None,
+    headers: Lookup,
+    path: str,
+    query: str,
+    client_address: str | None,
+) -> dict[str, object]:
+    """The SERVER span's attributes (see :func:`start`): the ones that repeat from the cache."""
+    if user_agent is _LOOKUP:
+        agent = headers("user-agent")
+        user_agent = agent[0] if agent else None
+    key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
+    attributes = dict(_fixed.get(key) or _fixed_attributes(key))
+    attributes["url.path"] = path
+    if query:
+        attributes["url.query"] = redact_query(query)
+    if client_address:
+        attributes["client.address"] = client_address
+    return attributes
+
+
+def _unsampled(parent: context.Context) -> bool:
+    """Whether ``parent`` holds a span whose context is not sampled (an incoming
+    ``traceparent`` with flags 00, an unsampled local span)."""
+    found = parent.get(api.SPAN_KEY)
+    if found is None:
+        return False
+    try:
+        return not found.get_span_context().trace_flags & 1
+    except Exception:  # noqa: BLE001 - whatever it is, the Python way decides
+        return True
+
+
 def start(
     method: str,
     scheme: str,
@@ -426,19 +467,6 @@ def start(
             upper = method.upper()
             known = upper if upper in KNOWN_METHODS else None
             name = known or "HTTP"
-        # Built at once (a plain dict: the compiled start, autotrace._speedups.start_light,
-        # takes its common case, where a function would send every request the Python way);
-        # _attributes, inline (a call less on every request).
-        if user_agent is _LOOKUP:
-            agent = headers("user-agent")
-            user_agent = agent[0] if agent else None
-        key = (method, known, scheme, server_address, server_port, protocol_version, user_agent)
-        attributes = dict(_fixed.get(key) or _fixed_attributes(key))
-        attributes["url.path"] = path
-        if query:
-            attributes["url.query"] = redact_query(query)
-        if client_address:
-            attributes["client.address"] = client_address
         mode = settings.incoming_context
         parent = links = None
         if mode == "continue" and not current:
@@ -465,6 +493,15 @@ def start(
                             parent = current
         if parent is None:
             parent, links = extract_incoming(headers, _GETTER, current, mode)
+        args = (method, known, scheme, server_address, server_port, protocol_version, user_agent, headers, path, query, client_address)
+        if parent and _unsampled(parent):
+            # A parent-based sampler drops this span: its attributes are computed only if
+            # it is recorded after all (a partial: no closure made per request).
+            attributes = partial(_attributes, *args)
+        else:
+            # Built at once (a plain dict: the compiled start, autotrace._speedups.start_light,
+            # takes its common case, where a function would send every request the Python way).
+            attributes = _attributes(*args)
         # spans.new_span's common case, inline (a call less on every request): the compiled
         # start (light_span.compiled_start, known after the first span) for the agent's tracer.
         span = None
