@@ -2238,7 +2238,9 @@ handle_close(PyObject *self, PyObject *unused)
     else if (reset == Py_None) {
         PyObject *detach = module_global(G_DETACH, start_api_dict, s_detach); /* api.detach: never raises */
         if (detach != NULL) {
+            Py_INCREF(detach);
             done = PyObject_CallOneArg(detach, token);
+            Py_DECREF(detach);
         }
         else if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "autotrace.api has no detach");
