@@ -343,14 +343,7 @@ class ServerSpan(SpanHandle):
         token = self._token
         if token is not None:
             self._token = None
-            reset = api.reset_current  # api.detach, inline (as SpanHandle.close)
-            if reset is None:
-                api.detach(token)
-            else:
-                try:
-                    reset(token)
-                except Exception:  # noqa: BLE001 - a token of another context: nothing to undo
-                    pass
+            api.detach(token)
 
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = http_settings().response_headers

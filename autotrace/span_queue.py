@@ -96,6 +96,15 @@ class _QueueState:
         self.woken = False  # a ready batch signalled since the export thread's last take
 
 
+def _in_state(name: str) -> property:
+    """A processor attribute kept in its state object (``self._state``), read and written there."""
+    return property(
+        lambda self: getattr(self._state, name),
+        lambda self, value: setattr(self._state, name, value),
+        doc=f"the state object's {name}",
+    )
+
+
 class EncodedBatch:
     """An encoded ``ExportTraceServiceRequest`` and the number of spans in it.
 
@@ -161,29 +170,9 @@ class EncodingBatchProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=after_in_child)
 
     # The queue's byte count, the shutdown flag and the lock live in the state object.
-    @property
-    def _bytes(self) -> int:
-        return self._state.bytes
-
-    @_bytes.setter
-    def _bytes(self, value: int) -> None:
-        self._state.bytes = value
-
-    @property
-    def _shutdown(self) -> bool:
-        return self._state.shutdown
-
-    @_shutdown.setter
-    def _shutdown(self, value: bool) -> None:
-        self._state.shutdown = value
-
-    @property
-    def _lock(self) -> Any:
-        return self._state.lock
-
-    @_lock.setter
-    def _lock(self, value: Any) -> None:
-        self._state.lock = value
+    _bytes = _in_state("bytes")
+    _shutdown = _in_state("shutdown")
+    _lock = _in_state("lock")
 
     def _init_threading(self) -> None:
         # Real locks and a real OS thread, even in a process gevent or eventlet patched,

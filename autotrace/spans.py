@@ -100,14 +100,7 @@ class SpanHandle:
         token = self._token
         if token is not None:
             self._token = None
-            reset = api.reset_current  # api.detach, inline
-            if reset is None:
-                api.detach(token)
-            else:
-                try:
-                    reset(token)
-                except Exception:  # noqa: BLE001 - a token of another context: nothing to undo
-                    pass
+            api.detach(token)
 
     def _close_calls(self) -> None:
         """:meth:`close` through the subclass's own ``end`` and ``detach``."""

@@ -136,13 +136,7 @@ class CompositePropagator(Propagator):
                 else:
                     propagator.inject(carrier, context, setter=setter)
             except Exception as exc:  # noqa: BLE001 - one broken format must not stop the others
-                _log.warn_once(
-                    "propagation-inject:" + _name(propagator),
-                    "propagator %s failed to inject (%s: %s); it is skipped",
-                    _name(propagator),
-                    type(exc).__name__,
-                    exc,
-                )
+                _warn_inject(propagator, exc)
 
     def write_values(self, span_context: trace.SpanContext, context: Context | None, values: dict) -> None:
         """The headers ``inject`` would write for ``context``, whose current span has
