@@ -99,14 +99,7 @@ def _execute(original: Callable, driver: Driver) -> Callable:
             return original(self, query, args)
         if call.comment:
             query = _commented(query, args, call)
-        # db.run, inline (every query passes here): the result or exception untouched.
-        try:
-            return original(self, query, args)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.close()
+        return db.run(call, original, self, query, args)
 
     return execute
 

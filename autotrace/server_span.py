@@ -314,7 +314,6 @@ class ServerSpan(SpanHandle):
         :attr:`response_headers` is set), the span ended and its context left (when attached)."""
         span = self.span
         if not self._ended:
-            self._ended = True
             try:
                 known = getattr(span, "attributes", None) if (route and keep) or code >= 500 else None
                 if route and not (keep and known and "http.route" in known):
@@ -336,14 +335,7 @@ class ServerSpan(SpanHandle):
                     self.capture_response_headers(headers)
             except Exception as exc:  # noqa: BLE001
                 _report(exc)
-            try:
-                span.end()
-            except Exception as exc:  # noqa: BLE001
-                self.report(exc)
-        token = self._token
-        if token is not None:
-            self._token = None
-            api.detach(token)
+        self.close()  # the span ended once, its context left
 
     def capture_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
         wanted = http_settings().response_headers

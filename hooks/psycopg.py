@@ -182,14 +182,7 @@ def _wrap_execute(original):
             return original(self, *args, **kwargs)
         if args and call.comment:
             args = _commented(args, kwargs, call)
-        # db.run, inline (every query passes here): the result or exception untouched.
-        try:
-            return original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.close()
+        return db.run(call, original, self, *args, **kwargs)
 
     return execute
 

@@ -232,14 +232,7 @@ def _make_cursor_hook(cursor: type) -> type:
                 return cursor.execute(self, *args, **kwargs)
             if args and call.comment:
                 args = _commented(args, kwargs.get("vars"), call)
-            # db.run, inline (every query passes here): the result or exception untouched.
-            try:
-                return cursor.execute(self, *args, **kwargs)
-            except BaseException as exc:
-                call.fail(exc)
-                raise
-            finally:
-                call.close()
+            return db.run(call, cursor.execute, self, *args, **kwargs)
 
         def executemany(self, *args, **kwargs):
             query = args[0] if args else kwargs.get("query")

@@ -131,14 +131,7 @@ def _wrap_command(original: Callable, target_of: Callable[[Any], db.Target | Non
         call = db.start_cached(LIBRARY, target, args, command_span)
         if call is None:
             return original(self, *args, **options)
-        # db.run, inline (every command passes here): the result or exception untouched.
-        try:
-            return original(self, *args, **options)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.close()
+        return db.run(call, original, self, *args, **options)
 
     return execute_command
 
