@@ -199,13 +199,7 @@ def _wrap_async_execute(original):
             return await original(self, *args, **kwargs)
         if args and call.comment:
             args = _commented(args, kwargs, call)
-        try:
-            return await original(self, *args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.close()
+        return await db.run_async(call, original, self, *args, **kwargs)
 
     return execute
 

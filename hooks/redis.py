@@ -145,13 +145,7 @@ def _wrap_command_async(original: Callable, target_of: Callable[[Any], db.Target
         call = None if target is None else db.start_cached(LIBRARY, target, args, command_span)
         if call is None:
             return await original(self, *args, **options)
-        try:
-            return await original(self, *args, **options)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            call.close()
+        return await db.run_async(call, original, self, *args, **options)
 
     return execute_command
 
